@@ -1,0 +1,312 @@
+"""The ASGI app: routes, and the lifespan that owns the store, the writer, the pool and the upstream client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from proxy_service import admin, metrics
+from proxy_service.errors import google_body
+from proxy_service.events import EventWriter
+from proxy_service.keys import KeySpec, parse_key_list
+from proxy_service.pool import Key, Pool
+from proxy_service.quota import ModelLimits
+from proxy_service.relay import Relay
+from proxy_service.settings import Config, ConfigError, Settings
+from proxy_service.store import Store
+from proxy_service.surfaces import gemini, openai
+from proxy_service.upstream import build_client, client_settings
+
+log = logging.getLogger("keyrack")
+KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
+RECHECK_TICK_S = 5.0
+
+
+def _ts(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None) if epoch else None
+
+
+def _epoch(ts: datetime | None) -> float | None:
+    return ts.replace(tzinfo=UTC).timestamp() if ts else None
+
+
+class Gateway:
+    """Everything the proxy process owns, in one place; routes and background jobs hang off it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.db_path)
+        self.writer = EventWriter(self.store)
+        self._config = self._load_config(settings.config())
+        cfg = self._config
+        self.pool = Pool(
+            cfg.strategy,
+            default_cooldown_s=cfg.default_cooldown_s,
+            failure_threshold=cfg.failure_threshold,
+            limits=_limits(cfg),
+        )
+        self.relay = Relay(self.pool, self.writer, lambda: self._config)
+        self.started_at = time.time()
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._collector = metrics.StateCollector(self.metrics_state)
+        self._load_keys(parse_key_list(settings.api_keys))
+
+    # -- configuration -------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def _load_config(self, seed: Config) -> Config:
+        cur = self.store.cursor()
+        saved = {name: json.loads(value) for name, value in cur.execute("SELECT name, value FROM settings").fetchall()}
+        cur.close()
+        try:
+            return seed.updated({k: v for k, v in saved.items() if k in Config.model_fields})
+        except ConfigError as exc:
+            log.warning("ignoring invalid saved settings: %s", exc)
+            return seed
+
+    async def update_config(self, patch: dict[str, Any]) -> Config:
+        """Validate, apply live, persist. Raises ConfigError naming the bad fields."""
+        new = self._config.updated(patch)
+        changed = {k: v for k, v in new.model_dump().items() if v != getattr(self._config, k)}
+        await self._apply(new)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = [(k, json.dumps(v), now) for k, v in changed.items()]
+        if rows:
+            self.writer.submit(lambda cur: cur.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", rows))
+        return new
+
+    async def reset_config(self) -> Config:
+        self.writer.submit(lambda cur: cur.execute("DELETE FROM settings")).result(10)
+        new = self.settings.config()
+        await self._apply(new)
+        return new
+
+    async def _apply(self, new: Config) -> None:
+        old, self._config = self._config, new
+        self.pool.strategy = new.strategy
+        self.pool.default_cooldown_s = new.default_cooldown_s
+        self.pool.failure_threshold = new.failure_threshold
+        self.pool.tracker.set_overrides(_limits(new))
+        logging.getLogger("keyrack").setLevel(new.log_level)
+        if client_settings(old) != client_settings(new) and self.relay.client is not None:
+            previous, self.relay.client = self.relay.client, build_client(new)
+            # In-flight calls keep the old client; close it once they have had time to finish.
+            asyncio.get_running_loop().call_later(
+                new.request_timeout_s + 5, lambda: asyncio.ensure_future(previous.aclose())
+            )
+
+    # -- keys ----------------------------------------------------------------------------------------------------
+    def _load_keys(self, seeds: list[KeySpec]) -> None:
+        cur = self.store.cursor()
+        rows = cur.execute("SELECT * FROM keys ORDER BY created_at").fetchall()
+        names = [d[0] for d in cur.description]
+        cur.close()
+        for row in rows:
+            r = dict(zip(names, row, strict=True))
+            self.pool.load(
+                Key(
+                    id=r["key_id"],
+                    secret=r["secret"],
+                    project=r["project"],
+                    label=r["label"],
+                    status=r["status"],
+                    disabled_reason=r["disabled_reason"],
+                    created_at=_epoch(r["created_at"]) or time.time(),
+                    last_used_at=_epoch(r["last_used_at"]),
+                    last_checked_at=_epoch(r["last_checked_at"]),
+                    consecutive_failures=r["consecutive_failures"] or 0,
+                    total_failures=r["total_failures"] or 0,
+                    requests=r["requests"] or 0,
+                    successes=r["successes"] or 0,
+                    last_error=r["last_error"],
+                )
+            )
+        added, _ = self.pool.add(seeds)
+        if added:
+            log.info("added %d upstream key(s) from KEYRACK_API_KEYS", len(added))
+        self.persist_keys()
+
+    def persist_keys(self) -> None:
+        """Queue the changed keys' rows for the writer (one Arrow batch, whatever the number of keys)."""
+        dirty, deleted = self.pool.dirty, self.pool.deleted
+        self.pool.dirty, self.pool.deleted = set(), set()
+        rows = [self.pool.keys[k] for k in dirty if k in self.pool.keys]
+        if not rows and not deleted:
+            return
+        table = pa.table(
+            {
+                "key_id": [k.id for k in rows],
+                "secret": [k.secret for k in rows],
+                "label": pa.array([k.label for k in rows], pa.string()),
+                "project": pa.array([k.project for k in rows], pa.string()),
+                "status": [k.status for k in rows],
+                "created_at": pa.array([_ts(k.created_at) for k in rows], pa.timestamp("us")),
+                "last_used_at": pa.array([_ts(k.last_used_at) for k in rows], pa.timestamp("us")),
+                "consecutive_failures": pa.array([k.consecutive_failures for k in rows], pa.int32()),
+                "total_failures": pa.array([k.total_failures for k in rows], pa.int64()),
+                "requests": pa.array([k.requests for k in rows], pa.int64()),
+                "successes": pa.array([k.successes for k in rows], pa.int64()),
+                "last_error": pa.array([k.last_error for k in rows], pa.string()),
+                "last_checked_at": pa.array([_ts(k.last_checked_at) for k in rows], pa.timestamp("us")),
+                "disabled_reason": pa.array([k.disabled_reason for k in rows], pa.string()),
+            }
+        )
+        gone = list(deleted)
+
+        def write(cur: Any) -> None:
+            if gone:
+                cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
+            if table.num_rows:
+                cur.execute("INSERT OR REPLACE INTO keys BY NAME SELECT * FROM table")
+
+        self.writer.submit(write)
+
+    async def verify(self, key: Key) -> dict[str, Any]:
+        """A real minimal upstream call with this key (listing one model costs no generation quota)."""
+        assert self.relay.client is not None
+        started = time.perf_counter()
+        try:
+            resp = await self.relay.client.get(
+                "/v1beta/models", params={"pageSize": "1"}, headers={"x-goog-api-key": key.secret}
+            )
+            status, body = resp.status_code, resp.content
+        except Exception as exc:  # network trouble says nothing about the key
+            self.pool.checked(key, False, f"verify failed: {type(exc).__name__}")
+            return {
+                "id": key.id,
+                "ok": False,
+                "status": None,
+                "message": f"upstream unreachable: {type(exc).__name__}",
+                "latency_ms": (time.perf_counter() - started) * 1000,
+            }
+        from proxy_service.upstream import parse_error
+
+        latency = (time.perf_counter() - started) * 1000
+        if status == 200:
+            self.pool.checked(key, True)
+            return {"id": key.id, "ok": True, "status": 200, "message": "key works", "latency_ms": latency}
+        err = parse_error(body)
+        message = f"{status} {err.reason or err.status or ''}: {err.message}".strip()
+        if status in (400, 401, 403) and (status != 400 or err.reason == "API_KEY_INVALID"):
+            self.pool.invalid(key, message)
+        self.pool.checked(key, False, message)
+        return {"id": key.id, "ok": False, "status": status, "message": message, "latency_ms": latency}
+
+    # -- background jobs -----------------------------------------------------------------------------------------
+    def every(self, seconds: Callable[[], float], job: Callable[[], Awaitable[None] | None], name: str) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds())
+                try:
+                    result = job()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("background job %s failed", name)
+
+        self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def recheck(self) -> None:
+        now = time.time()
+        due = [
+            k
+            for k in self.pool.keys.values()
+            if k.needs_recheck and now - (k.last_checked_at or 0) >= self._config.recheck_interval_s
+        ]
+        for key in due[:20]:  # bounded per tick; the rest come on later ticks
+            await self.verify(key)
+
+    def metrics_state(self) -> dict[str, Any]:
+        s = self.writer.stats
+        return {
+            "keys": self.pool.counts(),
+            "depth": self.writer.depth,
+            "flush_ms": s.last_flush_ms,
+            "lag": self.writer.lag_seconds(),
+            "written": sum(s.written.values()),
+            "failures": s.failures,
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.writer.start()
+        self.relay.client = build_client(self._config)
+        metrics.REGISTRY.register(self._collector)
+        self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
+        self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
+        admin.start_jobs(self)
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.ready = False
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.persist_keys()
+            self.writer.stop()
+            metrics.REGISTRY.unregister(self._collector)
+            if self.relay.client is not None:
+                await self.relay.client.aclose()
+            self.store.close()
+
+
+def _limits(cfg: Config) -> dict[str, ModelLimits]:
+    return {m: ModelLimits(**lim) for m, lim in cfg.model_limits.items()}
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    gw = Gateway(settings or Settings())
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - gw.started_at, 1)})
+
+    async def readyz(_request: Request) -> Response:
+        ok = gw.ready and gw.writer._thread.is_alive()
+        return JSONResponse({"ready": ok, "keys": gw.pool.counts()}, status_code=200 if ok else 503)
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, _exc: Exception) -> Response:
+        return Response(
+            google_body(404, f"Unknown path {request.url.path[:200]}. See the Keyrack README for routes."),
+            404,
+            media_type="application/json",
+        )
+
+    async def not_allowed(request: Request, _exc: Exception) -> Response:
+        return Response(
+            google_body(405, f"Method {request.method} is not allowed on {request.url.path[:200]}."),
+            405,
+            media_type="application/json",
+        )
+
+    routes: list[Any] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", prometheus),
+        *admin.routes(gw),
+        *openai.routes(gw),
+        *gemini.routes(gw),
+    ]
+    app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={404: not_found, 405: not_allowed})
+    app.state.gateway = gw
+    return app

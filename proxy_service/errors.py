@@ -1,0 +1,126 @@
+"""Errors Keyrack itself produces, in one place, and the two body shapes they are written in.
+
+Hierarchy:
+    KeyrackError                 an answer Keyrack gives on its own (never an upstream answer: those pass through)
+    ├── Unauthorized      401    missing or wrong client/admin token
+    ├── BadRequest        400    malformed JSON, missing model, bad parameters
+    ├── NotFound          404    unknown path or id
+    ├── MethodNotAllowed  405
+    ├── PayloadTooLarge   413    body over `max_body_mb`
+    ├── PoolExhausted     429    no key can take the call now; carries `retry_after` seconds
+    └── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
+
+Upstream errors are not exceptions: the client gets the upstream's real status and body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_OPENAI_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class KeyrackError(Exception):
+    status_code = 500
+    error_type = "proxy_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class Unauthorized(KeyrackError):
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class BadRequest(KeyrackError):
+    status_code = 400
+    error_type = "bad_request"
+
+
+class NotFound(KeyrackError):
+    status_code = 404
+    error_type = "not_found"
+
+
+class MethodNotAllowed(KeyrackError):
+    status_code = 405
+    error_type = "method_not_allowed"
+
+
+class PayloadTooLarge(KeyrackError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class PoolExhausted(KeyrackError):
+    """No key can take the call: all cooling, out of headroom, invalid or disabled."""
+
+    status_code = 429
+    error_type = "exhausted"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        # The openai SDK waits `retry-after` when ≤ 60 s and retries; beyond that a retry is pointless, so say so.
+        h = {"retry-after": str(self.retry_after), "retry-after-ms": str(self.retry_after * 1000)}
+        h["x-should-retry"] = "true" if self.retry_after <= 60 else "false"
+        return h
+
+
+class UpstreamUnreachable(KeyrackError):
+    status_code = 502
+    error_type = "upstream_unreachable"
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        if timed_out:
+            self.status_code = 504
+
+
+def google_body(code: int, message: str, status: str | None = None) -> bytes:
+    """Google's error envelope (google.rpc.Status), pretty-printed as Google does."""
+    err = {"error": {"code": code, "message": message, "status": status or _GOOGLE_STATUS.get(code, "UNKNOWN")}}
+    return json.dumps(err, indent=2).encode() + b"\n"
+
+
+def openai_body(code: int, message: str, param: str | None = None) -> bytes:
+    """OpenAI's error shape, which the openai SDK turns into typed exceptions."""
+    err: dict[str, Any] = {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPE.get(code, "api_error"),
+            "param": param,
+            "code": _GOOGLE_STATUS.get(code, "api_error").lower() if code != 429 else "rate_limit_exceeded",
+        }
+    }
+    return json.dumps(err).encode()

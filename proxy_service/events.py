@@ -1,0 +1,242 @@
+"""Call events and the writer: request path → in-memory queue → one writer thread → batched Arrow appends.
+
+The request path only builds a small record and puts it on a queue (no I/O). The writer thread drains the queue
+every `flush_interval` seconds or as soon as `batch_rows` records wait, turns each table's records into one Arrow
+table and appends it with a single `INSERT ... BY NAME`. Other database work that must be serialised with the
+appends (key upserts, settings, deletes, retention) is sent to the same thread with `submit()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from proxy_service.store import Store
+
+log = logging.getLogger("keyrack.events")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RequestEvent:
+    ts: datetime
+    request_id: str
+    client_id: str | None
+    surface: str
+    operation: str
+    model: str | None
+    stream: bool
+    status: int = 0
+    outcome: str = "success"
+    attempts: int = 0
+    key_id: str | None = None
+    project: str | None = None
+    latency_ms: float = 0.0
+    ttfb_ms: float | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    thinking_tokens: int | None = None
+    cached_tokens: int | None = None
+    total_tokens: int | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    error_status: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(slots=True)
+class AttemptEvent:
+    ts: datetime
+    request_id: str
+    attempt: int
+    key_id: str
+    project: str | None
+    model: str | None
+    upstream_status: int | None
+    outcome: str
+    latency_ms: float
+    error_status: str | None = None
+    quota_id: str | None = None
+    retry_delay_s: float | None = None
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    id: str
+    ts: datetime
+    request_id: str | None
+    key_id: str | None
+    model: str | None
+    status: int | None
+    error_type: str
+    message: str
+    upstream_body: str | None = None
+    stack_trace: str | None = None
+    request_body: str | None = None
+
+
+_TABLE_OF: dict[type, str] = {RequestEvent: "requests", AttemptEvent: "attempts", ErrorEvent: "error_logs"}
+_COLUMNS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TABLE_OF}
+Event = RequestEvent | AttemptEvent | ErrorEvent
+
+
+@dataclass
+class WriterStats:
+    enqueued: int = 0
+    written: dict[str, int] = field(default_factory=lambda: {t: 0 for t in _TABLE_OF.values()})
+    flushes: int = 0
+    last_flush_ms: float = 0.0
+    last_flush_at: float = 0.0
+    failures: int = 0
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+
+_STOP = object()
+
+
+class EventWriter:
+    """The single writer. `record()` is safe from any thread and never blocks on the database."""
+
+    def __init__(self, store: Store, flush_interval: float = 0.25, batch_rows: int = 5000) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.batch_rows = batch_rows
+        self.stats = WriterStats()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="keyrack-writer", daemon=True)
+        self._started = False
+
+    # -- producer side -------------------------------------------------------------------------------------------
+    def record(self, event: Event) -> None:
+        self.stats.enqueued += 1
+        self._queue.put(event)
+
+    def submit(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
+        """Run `fn(cursor)` on the writer thread after the events queued before it are written."""
+        job = _Job(fn)
+        if not self._started:  # before start (startup, tools): run inline, nothing else writes yet
+            cur = self.store.cursor()
+            try:
+                job.future.set_result(fn(cur))
+            except Exception as exc:
+                job.future.set_exception(exc)
+            finally:
+                cur.close()
+            return job.future
+        self._queue.put(job)
+        return job.future
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def lag_seconds(self) -> float:
+        """Seconds since the last flush while events wait (0 when the queue is empty)."""
+        if self._queue.empty() or not self.stats.last_flush_at:
+            return 0.0
+        return max(0.0, time.monotonic() - self.stats.last_flush_at)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._started = True
+        self.stats.last_flush_at = time.monotonic()
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far, then end the thread."""
+        if not self._started:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._started = False
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything queued before this call is written."""
+        self.submit(lambda _cur: None).result(timeout)
+
+    # -- writer thread -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        cur = self.store.cursor()
+        pending: dict[type, list[Any]] = {cls: [] for cls in _TABLE_OF}
+        count = 0
+        deadline = time.monotonic() + self.flush_interval
+        stopping = False
+        while not stopping:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                stopping = True
+            elif isinstance(item, _Job):
+                count = self._flush(cur, pending, count)
+                self._run_job(cur, item)
+                continue
+            elif item is not None:
+                pending[type(item)].append(item)
+                count += 1
+                if count < self.batch_rows:
+                    continue
+            if count or time.monotonic() >= deadline or stopping:
+                count = self._flush(cur, pending, count)
+                deadline = time.monotonic() + self.flush_interval
+        # Drain what arrived after STOP (late producers), then close.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Job):
+                self._run_job(cur, item)
+            elif item is not _STOP:
+                pending[type(item)].append(item)
+                count += 1
+        self._flush(cur, pending, count)
+        cur.close()
+
+    def _run_job(self, cur: duckdb.DuckDBPyConnection, job: _Job) -> None:
+        try:
+            job.future.set_result(job.fn(cur))
+        except Exception as exc:
+            job.future.set_exception(exc)
+
+    def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
+        if not count:
+            self.stats.last_flush_at = time.monotonic()
+            return 0
+        started = time.perf_counter()
+        for cls, rows in pending.items():
+            if not rows:
+                continue
+            table = _TABLE_OF[cls]
+            batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})  # noqa: F841 (read by DuckDB by name)
+            try:
+                cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
+                self.stats.written[table] += len(rows)
+            except Exception:
+                # A failed append is counted and logged loudly (metrics expose `failures`), never swallowed.
+                self.stats.failures += 1
+                log.exception("event flush failed for %s (%d rows)", table, len(rows))
+            rows.clear()
+        self.stats.flushes += 1
+        self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
+        self.stats.last_flush_at = time.monotonic()
+        return 0

@@ -1,0 +1,96 @@
+"""Upstream key text: extraction from pasted text, stable ids, masking.
+
+A key's id is a short hash of its secret, so the same key always gets the same id and ids can appear in
+events, logs and URLs while the secret never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+# Google API keys: "AIza" + 35 characters of [A-Za-z0-9_-] (39 in all).
+GEMINI_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")
+# An explicit line may carry any key-like token (test keys, other providers' formats): no spaces, 8..200 chars.
+_EXPLICIT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{8,200}$")
+_PROJECT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{1,64}$")
+
+
+def key_id(secret: str) -> str:
+    """Stable short id of a secret: 12 hex chars of its SHA-256 (never reversible to the key)."""
+    return "k_" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def mask(secret: str) -> str:
+    """A form safe to show anywhere: first 4 and last 4 characters."""
+    if len(secret) <= 10:
+        return secret[:2] + "…" + secret[-2:] if len(secret) > 4 else "…"
+    return f"{secret[:4]}…{secret[-4:]}"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One upstream key as configured: the secret and the Google Cloud project it belongs to (if known)."""
+
+    secret: str
+    project: str | None = None
+    label: str | None = None
+
+
+def parse_key_list(text: str) -> list[KeySpec]:
+    """Parse KEYRACK_API_KEYS: keys separated by commas, spaces or newlines, each optionally `project:key`."""
+    specs: list[KeySpec] = []
+    seen: set[str] = set()
+    for token in re.split(r"[\s,;]+", text.strip()):
+        if not token:
+            continue
+        project, sep, secret = token.rpartition(":")
+        spec = KeySpec(secret=secret, project=project or None) if sep else KeySpec(secret=token)
+        if spec.secret and spec.secret not in seen:
+            seen.add(spec.secret)
+            specs.append(spec)
+    return specs
+
+
+@dataclass
+class Extraction:
+    keys: list[KeySpec]
+    rejected: int  # non-empty lines that held nothing key-like
+
+
+def extract_keys(text: str, project: str | None = None) -> Extraction:
+    """Find keys in pasted text (a file, a table, a log...).
+
+    Gemini-shaped keys are found anywhere in a line; a line without one is accepted as an explicit key when
+    it is a single key-like token (optionally `project:key`), otherwise it is counted as rejected.
+    Duplicates inside the text are dropped here; duplicates of existing keys are the pool's business.
+    """
+    found: list[KeySpec] = []
+    seen: set[str] = set()
+    rejected = 0
+
+    def add(secret: str, proj: str | None) -> None:
+        if secret not in seen:
+            seen.add(secret)
+            found.append(KeySpec(secret=secret, project=proj or project))
+
+    for raw in text.splitlines():
+        line = raw.strip().strip("\"',")
+        if not line or line.startswith("#"):
+            continue
+        matches = GEMINI_KEY_RE.findall(line)
+        if matches:
+            prefix, sep, rest = line.partition(":")
+            line_project = prefix if sep and _PROJECT_RE.match(prefix) and rest.strip() in matches else None
+            for m in matches:
+                add(m, line_project)
+            continue
+        prefix, sep, rest = line.rpartition(":")
+        if sep and _PROJECT_RE.match(prefix) and _EXPLICIT_RE.match(rest):
+            add(rest, prefix)
+        elif _EXPLICIT_RE.match(line):
+            add(line, None)
+        else:
+            rejected += 1
+    return Extraction(keys=found, rejected=rejected)

@@ -1,0 +1,268 @@
+"""The key pool: keys, statuses, selection strategies, cooldowns and accounting.
+
+Everything here runs on the event loop and does no I/O. Quota facts (429 parsing, windows, limits) live in
+`quota.py`; the pool turns them into decisions:
+
+- cooldowns are per (scope, model), where scope is the key's project (keys of one project share a quota) or the
+  key itself when its project is unknown. A per-minute 429 cools the scope for `retryDelay`, a per-day 429 until
+  the next Pacific midnight, a bare 429 for `default_cooldown_s`;
+- invalid-key answers mark the key `invalid`; consecutive transient failures past `failure_threshold` disable it
+  (`disabled_reason="failures"`); both come back when a re-check passes. A success resets the streak;
+- `quota_aware` picks the key whose (scope, model) has the most headroom and refuses at once when none has.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy_service.errors import PoolExhausted
+from proxy_service.keys import KeySpec, key_id, mask
+from proxy_service.quota import ModelLimits, QuotaTracker, QuotaViolation, cooldown_until
+
+KeyStatus = Literal["active", "invalid", "disabled"]
+
+
+@dataclass(eq=False)
+class Key:
+    id: str
+    secret: str
+    project: str | None = None
+    label: str | None = None
+    status: KeyStatus = "active"
+    disabled_reason: str | None = None  # "manual" | "failures"
+    created_at: float = field(default_factory=time.time)
+    last_used_at: float | None = None
+    last_checked_at: float | None = None
+    consecutive_failures: int = 0
+    total_failures: int = 0
+    requests: int = 0
+    successes: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+
+    @property
+    def scope(self) -> str:
+        return self.project or self.id
+
+    @property
+    def masked(self) -> str:
+        return mask(self.secret)
+
+    @property
+    def needs_recheck(self) -> bool:
+        return self.status == "invalid" or (self.status == "disabled" and self.disabled_reason == "failures")
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    until: float
+    reason: str  # "minute" | "day" | "tokens" | "unknown"
+    quota_id: str | None = None
+
+
+class Pool:
+    def __init__(
+        self,
+        strategy: str = "quota_aware",
+        *,
+        default_cooldown_s: float = 60.0,
+        failure_threshold: int = 5,
+        limits: dict[str, ModelLimits] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.strategy = strategy
+        self.default_cooldown_s = default_cooldown_s
+        self.failure_threshold = failure_threshold
+        self.clock = clock
+        self.tracker = QuotaTracker(limits)
+        self.keys: dict[str, Key] = {}
+        self.cooldowns: dict[tuple[str, str], Cooldown] = {}
+        self.dirty: set[str] = set()  # key ids whose stored row is stale (persisted in batches, not per request)
+        self.deleted: set[str] = set()
+        self._rr = itertools.count()
+
+    # -- membership ----------------------------------------------------------------------------------------------
+    def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:
+        """Add keys; returns (ids added, duplicates skipped)."""
+        added, dups = [], 0
+        for spec in specs:
+            kid = key_id(spec.secret)
+            if kid in self.keys:
+                dups += 1
+                continue
+            self.keys[kid] = Key(id=kid, secret=spec.secret, project=spec.project, label=spec.label)
+            self.deleted.discard(kid)
+            self.dirty.add(kid)
+            added.append(kid)
+        return added, dups
+
+    def load(self, key: Key) -> None:
+        self.keys[key.id] = key
+
+    def remove(self, kid: str) -> bool:
+        key = self.keys.pop(kid, None)
+        if key is None:
+            return False
+        self.dirty.discard(kid)
+        self.deleted.add(kid)
+        return True
+
+    # -- status --------------------------------------------------------------------------------------------------
+    def cooldowns_of(self, key: Key, now: float | None = None) -> list[tuple[str, Cooldown]]:
+        now = self.clock() if now is None else now
+        return [(m, c) for (s, m), c in self.cooldowns.items() if s == key.scope and c.until > now]
+
+    def status_of(self, key: Key, now: float | None = None) -> str:
+        if key.status == "active" and self.cooldowns_of(key, now):
+            return "cooling"
+        return key.status
+
+    def counts(self) -> dict[str, int]:
+        now = self.clock()
+        out = {"active": 0, "cooling": 0, "invalid": 0, "disabled": 0}
+        cooling_scopes = {s for (s, _m), c in self.cooldowns.items() if c.until > now}
+        for key in self.keys.values():
+            st = "cooling" if key.status == "active" and key.scope in cooling_scopes else key.status
+            out[st] += 1
+        return out
+
+    def enable(self, key: Key) -> None:
+        key.status, key.disabled_reason, key.consecutive_failures = "active", None, 0
+        self.dirty.add(key.id)
+
+    def disable(self, key: Key, reason: str = "manual") -> None:
+        key.status, key.disabled_reason = "disabled", reason
+        self.dirty.add(key.id)
+
+    def reset(self, key: Key) -> None:
+        """Forget failures and cooldowns (an operator's "reset"); a manual disable stays."""
+        key.consecutive_failures = 0
+        key.last_error = None
+        if key.status == "invalid" or key.disabled_reason == "failures":
+            key.status, key.disabled_reason = "active", None
+        for k in [k for k in self.cooldowns if k[0] == key.scope]:
+            del self.cooldowns[k]
+        self.dirty.add(key.id)
+
+    # -- choosing ------------------------------------------------------------------------------------------------
+    def choose(self, model: str, exclude: set[str] | frozenset[str] = frozenset()) -> Key:
+        """The key for the next attempt at `model`, never one in `exclude` (keys already tried for this call).
+
+        Raises PoolExhausted with the seconds until the earliest key is usable.
+        """
+        now = self.clock()
+        candidates: list[Key] = []
+        wait: float | None = None
+        for key in self.keys.values():
+            if key.status != "active" or key.id in exclude:
+                continue
+            cd = self.cooldowns.get((key.scope, model))
+            if cd is not None:
+                if cd.until > now:
+                    wait = cd.until if wait is None else min(wait, cd.until)
+                    continue
+                del self.cooldowns[(key.scope, model)]
+            candidates.append(key)
+        if not candidates:
+            raise self._exhausted(model, wait, now)
+        if self.strategy == "round_robin":
+            return candidates[next(self._rr) % len(candidates)]
+        if self.strategy == "least_used":
+            return min(candidates, key=lambda k: (k.in_flight, k.requests, k.last_used_at or 0.0))
+        return self._most_headroom(candidates, model, now)
+
+    def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
+        best: Key | None = None
+        best_rank: tuple[float, int, float] | None = None
+        headroom_of: dict[str, float] = {}
+        for key in candidates:
+            h = headroom_of.get(key.scope)
+            if h is None:
+                h = headroom_of[key.scope] = self.tracker.headroom(key.scope, model, now)
+            if h <= 0:
+                continue
+            # Most headroom first; inside a scope spread over keys (fewest in flight, least recently used).
+            rank = (-h, key.in_flight, key.last_used_at or 0.0)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = key, rank
+        if best is None:
+            ready = min(self.tracker.available_at(k.scope, model, now) for k in candidates)
+            raise PoolExhausted(
+                f"Every key is out of quota headroom for {model}; retry in {max(1, round(ready - now))}s.",
+                ready - now,
+            )
+        return best
+
+    def _exhausted(self, model: str, wait_until: float | None, now: float) -> PoolExhausted:
+        if wait_until is not None:
+            return PoolExhausted(
+                f"All keys for {model} are cooling down after rate limits; retry in "
+                f"{max(1, round(wait_until - now))}s.",
+                wait_until - now,
+            )
+        usable = [k for k in self.keys.values() if k.status == "active"]
+        if usable:
+            return PoolExhausted(f"Every usable key was tried for this call ({model}).", self.default_cooldown_s)
+        return PoolExhausted(
+            "No usable upstream key: every key is invalid or disabled. Add or re-enable keys.",
+            self.default_cooldown_s,
+        )
+
+    # -- learning ------------------------------------------------------------------------------------------------
+    def started(self, key: Key, model: str) -> None:
+        now = self.clock()
+        key.in_flight += 1
+        key.requests += 1
+        key.last_used_at = now
+        self.tracker.record(key.scope, model, now)
+        self.dirty.add(key.id)
+
+    def finished(self, key: Key) -> None:
+        key.in_flight = max(0, key.in_flight - 1)
+
+    def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
+        key.successes += 1
+        key.consecutive_failures = 0
+        if tokens:
+            self.tracker.add_tokens(key.scope, model, self.clock(), tokens)
+
+    def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
+        now = self.clock()
+        self.tracker.learn(key.scope, model, violation, now)
+        cd = Cooldown(cooldown_until(violation, now, self.default_cooldown_s), violation.kind, violation.quota_id)
+        current = self.cooldowns.get((key.scope, model))
+        if current is None or current.until < cd.until:
+            self.cooldowns[(key.scope, model)] = cd
+        key.last_error = f"429 {violation.quota_id or 'RESOURCE_EXHAUSTED'}"
+        return cd
+
+    def invalid(self, key: Key, message: str) -> None:
+        key.status = "invalid"
+        key.last_error = message[:300]
+        key.total_failures += 1
+        self.dirty.add(key.id)
+
+    def failed(self, key: Key, message: str) -> None:
+        """A transient failure (5xx, timeout, reset) that may be the key's: count toward disabling."""
+        key.consecutive_failures += 1
+        key.total_failures += 1
+        key.last_error = message[:300]
+        if key.consecutive_failures >= self.failure_threshold and key.status == "active":
+            self.disable(key, "failures")
+        self.dirty.add(key.id)
+
+    def checked(self, key: Key, ok: bool, message: str | None = None) -> None:
+        """Outcome of a verify / scheduled re-check."""
+        key.last_checked_at = self.clock()
+        if ok:
+            if key.needs_recheck:
+                key.status, key.disabled_reason = "active", None
+            key.consecutive_failures = 0
+            key.last_error = None
+        elif message:
+            key.last_error = message[:300]
+        self.dirty.add(key.id)

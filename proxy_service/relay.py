@@ -1,0 +1,456 @@
+"""The request path shared by both surfaces: choose a key → call upstream → learn → record.
+
+Retries go to another key (another scope after a 429, since the 429's cooldown covers the whole scope) for
+429s, invalid keys, 5xx, timeouts and connection errors, at most `max_retries` times. Errors the request itself
+caused (other 4xx) go back as they are, at once, and never count against a key. A stream is committed to the
+client only when its first upstream chunk has arrived intact; after that it ends as the upstream ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from proxy_service import metrics
+from proxy_service.errors import KeyrackError, PoolExhausted, UpstreamUnreachable
+from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
+from proxy_service.pool import Key, Pool
+from proxy_service.quota import parse_rate_limit
+from proxy_service.upstream import (
+    STREAM_TAIL,
+    Usage,
+    gemini_usage,
+    has_error_object,
+    openai_usage,
+    parse_error,
+    stream_error,
+)
+
+if TYPE_CHECKING:
+    from proxy_service.settings import Config
+
+Surface = Literal["gemini", "openai"]
+AttemptOutcome = Literal[
+    "ok", "rate_limited", "invalid_key", "server_error", "timeout", "connection_error", "client_error", "stream_error"
+]
+_SECRET_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
+_BODY_CAP = 8192
+_PASS_HEADERS = ("content-type",)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def redact(text: str) -> str:
+    return _SECRET_RE.sub(lambda m: m.group(0)[:4] + "…" + m.group(0)[-4:], text)
+
+
+@dataclass
+class Call:
+    """One client request, as the relay needs it."""
+
+    surface: Surface
+    operation: str
+    model: str | None
+    method: str
+    path: str  # upstream path, e.g. /v1beta/models/gemini-2.5-flash:generateContent
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    client_id: str | None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    ts: datetime = field(default_factory=utcnow)
+
+    @property
+    def quota_model(self) -> str:
+        """The quota bucket: Google counts countTokens apart from generation; listing costs nothing."""
+        if not self.model:
+            return "*"
+        return f"{self.model}#count" if self.operation == "countTokens" else self.model
+
+
+def classify(status: int, err_reason: str | None, err_status: str | None) -> AttemptOutcome:
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 402, 403) or err_reason in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED"):
+        return "invalid_key"
+    if status >= 500 or status == 408:
+        return "server_error"
+    return "client_error"
+
+
+class Relay:
+    def __init__(self, pool: Pool, writer: EventWriter, config: Callable[[], Config]) -> None:
+        self.pool = pool
+        self.writer = writer
+        self.config = config
+        self.client: httpx.AsyncClient | None = None
+
+    def record_request(self, call: Call, ev_fields: dict[str, object]) -> None:
+        ev = RequestEvent(
+            ts=call.ts,
+            request_id=call.request_id,
+            client_id=call.client_id,
+            surface=call.surface,
+            operation=call.operation,
+            model=call.model,
+            stream=call.stream,
+            request_bytes=len(call.body),
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+        )
+        for k, v in ev_fields.items():
+            setattr(ev, k, v)
+        self.writer.record(ev)
+        metrics.REQUESTS.labels(call.surface, metrics.model_label(call.model), str(ev.status)).inc()
+
+    def record_error(
+        self, call: Call, key: Key | None, status: int | None, error_type: str, message: str, **extra: str | None
+    ) -> None:
+        body = None
+        if self.config().log_request_bodies and call.body:
+            body = redact(call.body[:_BODY_CAP].decode("utf-8", "replace"))
+        self.writer.record(
+            ErrorEvent(
+                id=uuid.uuid4().hex[:16],
+                ts=utcnow(),
+                request_id=call.request_id,
+                key_id=key.id if key else None,
+                model=call.model,
+                status=status,
+                error_type=error_type,
+                message=redact(message)[:2000],
+                request_body=body,
+                **extra,
+            )
+        )
+
+    def _attempt(
+        self, call: Call, n: int, key: Key, status: int | None, outcome: AttemptOutcome, t0: float, **extra: object
+    ) -> None:
+        self.writer.record(
+            AttemptEvent(
+                ts=utcnow(),
+                request_id=call.request_id,
+                attempt=n,
+                key_id=key.id,
+                project=key.project,
+                model=call.model,
+                upstream_status=status,
+                outcome=outcome,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+        metrics.ATTEMPTS.labels(outcome).inc()
+
+    async def handle(self, call: Call) -> Response:
+        """Forward `call`; raises KeyrackError for answers Keyrack gives itself (the surface formats them)."""
+        assert self.client is not None
+        cfg = self.config()
+        tried: set[str] = set()
+        last: tuple[int, bytes, str | None] | None = None  # last upstream error answer: status, body, type
+        last_key: Key | None = None
+        timed_out = False
+        n = 0
+        while n <= cfg.max_retries:
+            try:
+                key = self.pool.choose(call.quota_model, tried)
+            except PoolExhausted as exc:
+                if last is not None and last_key is not None:
+                    break  # the client gets the real upstream answer of the last attempt
+                self.record_request(
+                    call, {"status": 429, "outcome": "exhausted", "attempts": n, "error_message": exc.message}
+                )
+                self.record_error(call, None, 429, "exhausted", exc.message)
+                raise
+            n += 1
+            tried.add(key.id)
+            last_key = key
+            self.pool.started(key, call.quota_model)
+            t0 = time.perf_counter()
+            headers = dict(call.headers)
+            if call.surface == "openai":
+                headers["authorization"] = f"Bearer {key.secret}"
+            else:
+                headers["x-goog-api-key"] = key.secret
+            request = self.client.build_request(
+                call.method, call.path, params=call.query, headers=headers, content=call.body or None
+            )
+            try:
+                resp = await self.client.send(request, stream=True)
+            except httpx.TimeoutException:
+                self.pool.finished(key)
+                self.pool.failed(key, "upstream timeout")
+                self._attempt(call, n, key, None, "timeout", t0)
+                self.record_error(call, key, None, "timeout", f"upstream timed out after attempt {n}")
+                timed_out = True
+                continue
+            except httpx.TransportError as exc:
+                self.pool.finished(key)
+                self.pool.failed(key, f"connection error: {type(exc).__name__}")
+                self._attempt(call, n, key, None, "connection_error", t0)
+                self.record_error(call, key, None, "connection_error", f"{type(exc).__name__}: {exc}")
+                continue
+
+            if resp.status_code == 200:
+                if call.stream:
+                    first = await self._first_chunk(call, n, key, resp, t0)
+                    if first is None:
+                        continue
+                    return self._stream(call, n, key, resp, first, t0)
+                try:
+                    body = await resp.aread()
+                except httpx.HTTPError as exc:
+                    self.pool.finished(key)
+                    self.pool.failed(key, f"read error: {type(exc).__name__}")
+                    self._attempt(call, n, key, 200, "connection_error", t0)
+                    self.record_error(call, key, 200, "connection_error", f"body read failed: {exc}")
+                    continue
+                finally:
+                    await resp.aclose()
+                self.pool.finished(key)
+                usage = self._usage(call, body)
+                self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
+                self._attempt(call, n, key, 200, "ok", t0)
+                self._record_success(call, n, key, body, usage, ttfb=None)
+                return Response(body, 200, headers=self._response_headers(resp, call, key, n))
+
+            body = await resp.aread()
+            await resp.aclose()
+            self.pool.finished(key)
+            last = self._failed_attempt(call, n, key, resp.status_code, body, t0)
+            if last[2] == "client_error":
+                break
+        if last is None or last_key is None:
+            msg = (
+                f"Upstream unreachable: {n} attempt(s) failed with {'timeouts' if timed_out else 'connection errors'}."
+            )
+            self.record_request(
+                call,
+                {
+                    "status": 504 if timed_out else 502,
+                    "outcome": "upstream_error",
+                    "attempts": n,
+                    "error_message": msg,
+                    "key_id": last_key.id if last_key else None,
+                },
+            )
+            raise UpstreamUnreachable(msg, timed_out)
+        return self._pass_error(call, n, last_key, *last)
+
+    def _failed_attempt(
+        self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float
+    ) -> tuple[int, bytes, str | None]:
+        err = parse_error(body)
+        outcome = classify(status, err.reason, err.status)
+        extra: dict[str, object] = {"error_status": err.status}
+        if outcome == "rate_limited":
+            violation = parse_rate_limit(body)
+            self.pool.rate_limited(key, call.quota_model, violation)
+            extra.update(quota_id=violation.quota_id, retry_delay_s=violation.retry_delay_s)
+            metrics.RATE_LIMITS.labels(violation.kind).inc()
+        elif outcome == "invalid_key":
+            self.pool.invalid(key, f"{status} {err.reason or err.status}: {err.message}")
+        elif outcome == "server_error":
+            self.pool.failed(key, f"{status} {err.status}: {err.message}")
+        self._attempt(call, n, key, status, outcome, t0, **extra)
+        if outcome != "client_error":
+            self.record_error(
+                call,
+                key,
+                status,
+                outcome,
+                err.message or f"upstream {status}",
+                upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
+            )
+        return status, body, outcome
+
+    def _pass_error(self, call: Call, n: int, key: Key, status: int, body: bytes, outcome: str | None) -> Response:
+        err = parse_error(body)
+        client_fault = outcome == "client_error"
+        self.record_request(
+            call,
+            {
+                "status": status,
+                "outcome": "client_error" if client_fault else "upstream_error",
+                "attempts": n,
+                "key_id": key.id,
+                "project": key.project,
+                "error_status": err.status,
+                "error_message": err.message[:500],
+                "response_bytes": len(body),
+            },
+        )
+        if client_fault:
+            self.record_error(
+                call,
+                key,
+                status,
+                "client_error",
+                err.message or f"upstream {status}",
+                upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
+            )
+        headers = {
+            "content-type": "application/json; charset=UTF-8",
+            "x-keyrack-request-id": call.request_id,
+            "x-keyrack-attempts": str(n),
+        }
+        if status == 429:
+            try:
+                self.pool.choose(call.quota_model)
+                wait = 1.0
+            except PoolExhausted as exc:
+                wait = exc.retry_after
+            headers.update(PoolExhausted("", wait).headers())
+        elif not client_fault:
+            headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
+        return Response(body, status, headers=headers)
+
+    async def _first_chunk(self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float) -> bytes | None:
+        """Wait for the stream's first bytes; a failure here is still retryable (nothing reached the client)."""
+        try:
+            first = b""
+            async for chunk in resp.aiter_raw():
+                first = chunk
+                break
+        except httpx.HTTPError as exc:
+            await resp.aclose()
+            self.pool.finished(key)
+            self.pool.failed(key, f"stream broke before the first chunk: {type(exc).__name__}")
+            self._attempt(call, n, key, 200, "connection_error", t0)
+            self.record_error(call, key, 200, "connection_error", f"stream broke before its first chunk: {exc}")
+            return None
+        if has_error_object(first) and stream_error(first) is not None:
+            code, message, status = stream_error(first) or (None, "", None)
+            await resp.aclose()
+            self.pool.finished(key)
+            if code == 429:
+                self.pool.rate_limited(key, call.quota_model, parse_rate_limit(first))
+            else:
+                self.pool.failed(key, f"stream error {code}: {message}")
+            self._attempt(call, n, key, 200, "stream_error", t0, error_status=status)
+            self.record_error(
+                call,
+                key,
+                code,
+                "stream_error",
+                message,
+                upstream_body=redact(first[:_BODY_CAP].decode("utf-8", "replace")),
+            )
+            return None
+        return first
+
+    def _stream(self, call: Call, n: int, key: Key, resp: httpx.Response, first: bytes, t0: float) -> Response:
+        ttfb = (time.perf_counter() - call.started) * 1000
+        self._attempt(call, n, key, 200, "ok", t0)
+
+        async def body() -> AsyncIterator[bytes]:
+            tail = first[-STREAM_TAIL:]
+            sent = len(first)
+            broken: str | None = None
+            embedded = False
+            outcome = "success"
+            try:
+                yield first
+                async for chunk in resp.aiter_raw():
+                    sent += len(chunk)
+                    tail = (tail + chunk)[-STREAM_TAIL:]
+                    embedded = embedded or has_error_object(chunk)
+                    yield chunk
+            except httpx.HTTPError as exc:
+                broken = f"upstream stream broke after {sent} bytes: {type(exc).__name__}"
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "cancelled"
+                raise
+            finally:
+                await resp.aclose()
+                self.pool.finished(key)
+                err = stream_error(tail) if embedded else None
+                usage = self._usage(call, tail)
+                fields: dict[str, object] = {}
+                if broken or err:
+                    outcome = "stream_error" if outcome == "success" else outcome
+                    message = (
+                        broken or f"upstream error inside the stream: {err[0] if err else ''} {err[1] if err else ''}"
+                    )
+                    fields = {"error_status": err[2] if err else "STREAM_BROKEN", "error_message": message[:500]}
+                    self.pool.failed(key, message)
+                    self.record_error(
+                        call,
+                        key,
+                        err[0] if err else None,
+                        "stream_error",
+                        message,
+                        upstream_body=redact(tail[-_BODY_CAP:].decode("utf-8", "replace")),
+                    )
+                else:
+                    self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
+                self._record_success(call, n, key, b"", usage, ttfb=ttfb, outcome=outcome, size=sent, **fields)
+
+        return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
+
+    def _usage(self, call: Call, data: bytes) -> Usage | None:
+        return openai_usage(data) if call.surface == "openai" else gemini_usage(data)
+
+    def _record_success(
+        self,
+        call: Call,
+        n: int,
+        key: Key,
+        body: bytes,
+        usage: Usage | None,
+        ttfb: float | None,
+        outcome: str = "success",
+        size: int | None = None,
+        **extra: object,
+    ) -> None:
+        fields: dict[str, object] = {
+            "status": 200,
+            "outcome": outcome,
+            "attempts": n,
+            "key_id": key.id,
+            "project": key.project,
+            "ttfb_ms": ttfb,
+            "response_bytes": len(body) if size is None else size,
+            **extra,
+        }
+        if usage is not None:
+            fields.update(
+                prompt_tokens=usage.prompt,
+                output_tokens=usage.output,
+                thinking_tokens=usage.thinking,
+                cached_tokens=usage.cached,
+                total_tokens=usage.total,
+            )
+        self.record_request(call, fields)
+
+    @staticmethod
+    def _response_headers(resp: httpx.Response, call: Call, key: Key, n: int) -> dict[str, str]:
+        headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
+        headers["x-keyrack-request-id"] = call.request_id
+        headers["x-keyrack-key-id"] = key.id
+        headers["x-keyrack-attempts"] = str(n)
+        return headers
+
+    def internal_error(self, call: Call, exc: BaseException) -> None:
+        """Record a proxy-internal failure with its stack trace (the surface answers 500)."""
+        self.record_request(call, {"status": 500, "outcome": "proxy_error", "error_message": repr(exc)[:500]})
+        self.record_error(
+            call, None, 500, "proxy_error", repr(exc), stack_trace="".join(traceback.format_exception(exc))[-_BODY_CAP:]
+        )
+
+
+__all__ = ["Call", "KeyrackError", "Relay", "classify"]

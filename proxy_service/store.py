@@ -1,0 +1,62 @@
+"""The DuckDB file: schema, the one owning connection, and per-thread cursors.
+
+The proxy process is the file's only owner (DuckDB allows one read-write process and then no other process at
+all). Writes happen on the event writer's thread; every other thread reads through its own `cursor()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+
+# Column order matters only for readability; inserts go BY NAME.
+SCHEMA: dict[str, str] = {
+    "requests": """
+        ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, client_id VARCHAR, surface VARCHAR, operation VARCHAR,
+        model VARCHAR, stream BOOLEAN, status SMALLINT, outcome VARCHAR, attempts SMALLINT, key_id VARCHAR,
+        project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
+        thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
+        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR""",
+    "attempts": """
+        ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
+        model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
+        latency_ms DOUBLE, outcome VARCHAR""",
+    "error_logs": """
+        id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, request_id VARCHAR, key_id VARCHAR, model VARCHAR,
+        status SMALLINT, error_type VARCHAR, message VARCHAR, upstream_body VARCHAR, stack_trace VARCHAR,
+        request_body VARCHAR""",
+    "keys": """
+        key_id VARCHAR PRIMARY KEY, secret VARCHAR NOT NULL, label VARCHAR, project VARCHAR, status VARCHAR,
+        created_at TIMESTAMP, last_used_at TIMESTAMP, consecutive_failures INTEGER, total_failures BIGINT,
+        requests BIGINT, successes BIGINT, last_error VARCHAR, last_checked_at TIMESTAMP, disabled_reason VARCHAR""",
+    "settings": "name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMP",
+}
+EVENT_TABLES = ("requests", "attempts", "error_logs")
+
+
+class Store:
+    """Owns the DuckDB connection. Thread-safe through `cursor()`: one cursor per thread and use."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(path))
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        cur = self._con.cursor()
+        for table, columns in SCHEMA.items():
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        cur.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            return self._con.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()

@@ -1,0 +1,143 @@
+"""What both client-facing surfaces share: client auth, bounded body reading, and turning Keyrack's own
+errors into the surface's error shape (while recording the call: no request goes unrecorded)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy_service.errors import KeyrackError, PayloadTooLarge, Unauthorized, google_body, openai_body
+from proxy_service.relay import Call, Surface
+
+if TYPE_CHECKING:
+    from proxy_service.app import Gateway
+
+log = logging.getLogger("keyrack.proxy")
+Handler = Callable[[Request, "Gateway"], Awaitable[Response]]
+# Hop-by-hop and identity headers are Keyrack's own business; everything else a client sends is dropped too,
+# except what the upstream needs to interpret the request.
+FORWARD_HEADERS = ("content-type", "accept", "user-agent", "x-goog-api-client", "x-server-timeout")
+
+
+def client_token(request: Request) -> str | None:
+    token = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+    if token:
+        return token.strip()
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def client_id(token: str | None) -> str | None:
+    return "t_" + hashlib.sha256(token.encode()).hexdigest()[:10] if token else None
+
+
+def authenticate(request: Request, gw: Gateway) -> str | None:
+    """The client's id, or Unauthorized. With no tokens configured the proxy is open (bound to localhost only)."""
+    tokens = gw.config.access_tokens
+    token = client_token(request)
+    if not tokens:
+        return client_id(token) if token else "anonymous"
+    if token is None:
+        raise Unauthorized(
+            "Missing client token: send your Keyrack access token as x-goog-api-key, ?key= or Authorization: Bearer."
+        )
+    encoded = token.encode()
+    # Compare against every configured token (constant time each) so timing reveals nothing about which matched.
+    ok = False
+    for t in tokens:
+        ok |= hmac.compare_digest(encoded, t.encode())
+    if not ok:
+        raise Unauthorized("Invalid client token: it is not one of this Keyrack's access tokens.")
+    return client_id(token)
+
+
+async def read_body(request: Request, limit_mb: float) -> bytes:
+    limit = int(limit_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the {limit_mb:g} MB limit.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the {limit_mb:g} MB limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def forward_headers(request: Request) -> dict[str, str]:
+    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+    headers["accept-encoding"] = "identity"  # usage is read from the bytes; keep them uncompressed
+    return headers
+
+
+def forward_query(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+
+
+def error_response(surface: Surface, exc: KeyrackError) -> Response:
+    if surface == "openai":
+        return Response(
+            openai_body(exc.status_code, exc.message, exc.field),
+            exc.status_code,
+            headers=exc.headers(),
+            media_type="application/json",
+        )
+    return Response(
+        google_body(exc.status_code, exc.message), exc.status_code, headers=exc.headers(), media_type="application/json"
+    )
+
+
+def base_call(request: Request, surface: Surface, operation: str, model: str | None) -> Call:
+    return Call(
+        surface=surface,
+        operation=operation,
+        model=model,
+        method=request.method,
+        path="",
+        query=[],
+        headers={},
+        body=b"",
+        stream=False,
+        client_id=None,
+    )
+
+
+async def guarded(
+    request: Request,
+    gw: Gateway,
+    surface: Surface,
+    operation: str,
+    model: str | None,
+    handler: Callable[[Call], Awaitable[Response]],
+) -> Response:
+    """Authenticate, run `handler`, and make sure every outcome is answered in the surface's shape and recorded."""
+    call = base_call(request, surface, operation, model)
+    try:
+        call.client_id = authenticate(request, gw)
+        return await handler(call)
+    except KeyrackError as exc:
+        if exc.error_type not in ("exhausted", "upstream_unreachable"):  # the relay already recorded those
+            outcome = "unauthorized" if isinstance(exc, Unauthorized) else "client_error"
+            gw.relay.record_request(
+                call,
+                {
+                    "status": exc.status_code,
+                    "outcome": outcome,
+                    "error_message": exc.message[:500],
+                    "error_status": exc.error_type,
+                },
+            )
+        return error_response(surface, exc)
+    except Exception as exc:
+        log.exception("internal error on %s %s (request %s)", surface, operation, call.request_id)
+        gw.relay.internal_error(call, exc)
+        return error_response(surface, KeyrackError(f"Keyrack internal error (request {call.request_id})."))

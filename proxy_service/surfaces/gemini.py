@@ -1,0 +1,96 @@
+"""The native Gemini surface: the same paths as Google under /v1beta and /v1."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
+from proxy_service.relay import Call
+from proxy_service.surfaces.common import forward_headers, forward_query, guarded, read_body
+
+if TYPE_CHECKING:
+    from proxy_service.app import Gateway
+
+METHODS = {
+    "generateContent": False,
+    "streamGenerateContent": True,
+    "countTokens": False,
+    "embedContent": False,
+    "batchEmbedContents": False,
+}
+# Model ids as Google spells them (gemini-2.5-flash, tunedModels are out of scope); nothing that could
+# climb the path (python-genai rejects `..`, `?` and `&` too).
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{0,127}$")
+
+
+def _model(name: str) -> str:
+    if not _MODEL_RE.match(name) or ".." in name:
+        raise BadRequest(f"Invalid model name {name[:80]!r}: expected an id such as gemini-2.5-flash.")
+    return name
+
+
+async def list_models(request: Request, gw: Gateway) -> Response:
+    version = request.url.path.split("/")[1]
+
+    async def run(call: Call) -> Response:
+        call.path = f"/{version}/models"
+        call.query = forward_query(request)
+        call.headers = forward_headers(request)
+        return await gw.relay.handle(call)
+
+    return await guarded(request, gw, "gemini", "listModels", None, run)
+
+
+async def model_resource(request: Request, gw: Gateway) -> Response:
+    version = request.url.path.split("/")[1]
+    rest: str = request.path_params["rest"]
+    name, _, method = rest.partition(":")
+    if request.method == "GET":
+        operation, model = "getModel", name
+    else:
+        operation, model = method, name
+
+    async def run(call: Call) -> Response:
+        _model(model)
+        if request.method == "GET":
+            if method:
+                raise MethodNotAllowed(f"GET is not allowed on models/{rest}; use POST.")
+        elif method not in METHODS:
+            raise NotFound(
+                f"Unknown method {method!r} on models/{model}. Supported: {', '.join(METHODS)}."
+                if method
+                else f"POST models/{model} needs a method, e.g. models/{model}:generateContent."
+            )
+        else:
+            call.body = await read_body(request, gw.config.max_body_mb)
+            try:
+                json.loads(call.body)
+            except ValueError as exc:
+                raise BadRequest(f"Invalid JSON payload received. {exc}.") from None
+            call.stream = METHODS[method]
+        call.path = f"/{version}/models/{rest}"
+        call.query = forward_query(request)
+        call.headers = forward_headers(request)
+        return await gw.relay.handle(call)
+
+    return await guarded(request, gw, "gemini", operation or "getModel", model, run)
+
+
+def routes(gw: Gateway) -> list[Route]:
+    def bind(fn):  # type: ignore[no-untyped-def]
+        async def endpoint(request: Request) -> Response:
+            return await fn(request, gw)
+
+        return endpoint
+
+    out = []
+    for version in ("v1beta", "v1"):
+        out.append(Route(f"/{version}/models", bind(list_models), methods=["GET"]))
+        out.append(Route(f"/{version}/models/{{rest:path}}", bind(model_resource), methods=["GET", "POST"]))
+    return out
