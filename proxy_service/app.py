@@ -150,7 +150,7 @@ class Gateway:
         rows = [self.pool.keys[k] for k in dirty if k in self.pool.keys]
         if not rows and not deleted:
             return
-        table = pa.table(
+        key_rows = pa.table(
             {
                 "key_id": [k.id for k in rows],
                 "secret": [k.secret for k in rows],
@@ -173,8 +173,8 @@ class Gateway:
         def write(cur: Any) -> None:
             if gone:
                 cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
-            if table.num_rows:
-                cur.execute("INSERT OR REPLACE INTO keys BY NAME SELECT * FROM table")
+            if key_rows.num_rows:
+                cur.execute("INSERT OR REPLACE INTO keys BY NAME SELECT * FROM key_rows")
 
         self.writer.submit(write)
 

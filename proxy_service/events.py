@@ -216,6 +216,7 @@ class EventWriter:
         try:
             job.future.set_result(job.fn(cur))
         except Exception as exc:
+            log.exception("database job failed")  # fire-and-forget callers would never see it otherwise
             job.future.set_exception(exc)
 
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:

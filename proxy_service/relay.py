@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+import aiohttp
 import httpx
 from starlette.responses import Response, StreamingResponse
 
@@ -29,6 +30,7 @@ from proxy_service.quota import parse_rate_limit
 from proxy_service.upstream import (
     STREAM_TAIL,
     Usage,
+    error_object_bytes,
     gemini_usage,
     has_error_object,
     openai_usage,
@@ -80,6 +82,19 @@ class Call:
         if not self.model:
             return "*"
         return f"{self.model}#count" if self.operation == "countTokens" else self.model
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look at the real cause."""
+    cause = exc.__cause__
+    if cause is None:
+        return isinstance(exc, httpx.TimeoutException)
+    return isinstance(cause, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+
+
+def describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {cause}"[:500]
 
 
 def classify(status: int, err_reason: str | None, err_status: str | None) -> AttemptOutcome:
@@ -191,26 +206,31 @@ class Relay:
             )
             try:
                 resp = await self.client.send(request, stream=True)
-            except httpx.TimeoutException:
+            except httpx.TransportError as exc:
+                if not is_timeout(exc):
+                    self.pool.finished(key)
+                    self.pool.failed(key, f"connection error: {type(exc.__cause__ or exc).__name__}")
+                    self._attempt(call, n, key, None, "connection_error", t0)
+                    self.record_error(call, key, None, "connection_error", describe(exc))
+                    continue
                 self.pool.finished(key)
                 self.pool.failed(key, "upstream timeout")
                 self._attempt(call, n, key, None, "timeout", t0)
                 self.record_error(call, key, None, "timeout", f"upstream timed out after attempt {n}")
                 timed_out = True
                 continue
-            except httpx.TransportError as exc:
-                self.pool.finished(key)
-                self.pool.failed(key, f"connection error: {type(exc).__name__}")
-                self._attempt(call, n, key, None, "connection_error", t0)
-                self.record_error(call, key, None, "connection_error", f"{type(exc).__name__}: {exc}")
-                continue
 
             if resp.status_code == 200:
                 if call.stream:
-                    first = await self._first_chunk(call, n, key, resp, t0)
-                    if first is None:
+                    opened = await self._first_chunk(call, n, key, resp, t0)
+                    if opened is None:
                         continue
-                    return self._stream(call, n, key, resp, first, t0)
+                    if isinstance(opened[0], bytes):
+                        return self._stream(call, n, key, resp, opened[0], opened[1], t0)  # type: ignore[arg-type]
+                    last = opened  # type: ignore[assignment]
+                    if last[2] == "client_error":
+                        break
+                    continue
                 try:
                     body = await resp.aread()
                 except httpx.HTTPError as exc:
@@ -319,13 +339,17 @@ class Relay:
             headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
         return Response(body, status, headers=headers)
 
-    async def _first_chunk(self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float) -> bytes | None:
-        """Wait for the stream's first bytes; a failure here is still retryable (nothing reached the client)."""
+    async def _first_chunk(
+        self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float
+    ) -> tuple[bytes, AsyncIterator[bytes]] | tuple[int, bytes, str | None] | None:
+        """Wait for the stream's first bytes; a failure here is still retryable (nothing reached the client).
+
+        Returns (first chunk, the rest) to commit, an upstream error (status, body, outcome) if the stream opened
+        with an error object, or None after a transport failure.
+        """
+        chunks = resp.aiter_raw()
         try:
-            first = b""
-            async for chunk in resp.aiter_raw():
-                first = chunk
-                break
+            first = await anext(chunks, b"")
         except httpx.HTTPError as exc:
             await resp.aclose()
             self.pool.finished(key)
@@ -333,27 +357,18 @@ class Relay:
             self._attempt(call, n, key, 200, "connection_error", t0)
             self.record_error(call, key, 200, "connection_error", f"stream broke before its first chunk: {exc}")
             return None
-        if has_error_object(first) and stream_error(first) is not None:
-            code, message, status = stream_error(first) or (None, "", None)
+        embedded = error_object_bytes(first) if has_error_object(first) else None
+        if embedded is not None:
+            # The upstream failed before sending anything useful: answer it like an ordinary error (retryable).
             await resp.aclose()
             self.pool.finished(key)
-            if code == 429:
-                self.pool.rate_limited(key, call.quota_model, parse_rate_limit(first))
-            else:
-                self.pool.failed(key, f"stream error {code}: {message}")
-            self._attempt(call, n, key, 200, "stream_error", t0, error_status=status)
-            self.record_error(
-                call,
-                key,
-                code,
-                "stream_error",
-                message,
-                upstream_body=redact(first[:_BODY_CAP].decode("utf-8", "replace")),
-            )
-            return None
-        return first
+            err = parse_error(embedded)
+            return self._failed_attempt(call, n, key, err.code or 500, embedded, t0)
+        return first, chunks
 
-    def _stream(self, call: Call, n: int, key: Key, resp: httpx.Response, first: bytes, t0: float) -> Response:
+    def _stream(
+        self, call: Call, n: int, key: Key, resp: httpx.Response, first: bytes, chunks: AsyncIterator[bytes], t0: float
+    ) -> Response:
         ttfb = (time.perf_counter() - call.started) * 1000
         self._attempt(call, n, key, 200, "ok", t0)
 
@@ -365,7 +380,7 @@ class Relay:
             outcome = "success"
             try:
                 yield first
-                async for chunk in resp.aiter_raw():
+                async for chunk in chunks:
                     sent += len(chunk)
                     tail = (tail + chunk)[-STREAM_TAIL:]
                     embedded = embedded or has_error_object(chunk)

@@ -100,6 +100,24 @@ def has_error_object(chunk: bytes) -> bool:
     return b'"error"' in chunk and _ERROR_RE.search(chunk) is not None
 
 
+def error_object_bytes(data: bytes) -> bytes | None:
+    """The bytes of the last `{"error": ...}` object embedded in stream data (to answer it as a plain error)."""
+    m = None
+    for m in _ERROR_RE.finditer(data):  # noqa: B007 (we want the last match)
+        pass
+    if m is None:
+        return None
+    brace = data.rfind(b"{", 0, m.start())
+    if brace < 0:
+        return None
+    text = data[brace:].decode("utf-8", "replace")
+    try:
+        _obj, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return None
+    return text[:end].encode()
+
+
 def stream_error(data: bytes) -> tuple[int | None, str, str | None] | None:
     """(code, message, status) of an error object embedded in a stream, if any."""
     m = None

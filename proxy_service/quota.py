@@ -1,0 +1,629 @@
+"""Gemini quota facts: the Pacific quota day, 429-body parsing, model limits and usage windows.
+
+Pure and clock-free: every function takes ``now`` (epoch seconds) so callers and tests own time.
+Not thread-safe; it is used from the single asyncio loop of the proxy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MINUTE_S",
+    "PACIFIC",
+    "ModelLimits",
+    "QuotaTracker",
+    "QuotaViolation",
+    "UsageWindow",
+    "cooldown_until",
+    "limits_for",
+    "next_pacific_midnight",
+    "pacific_day",
+    "parse_rate_limit",
+]
+
+PACIFIC = ZoneInfo("America/Los_Angeles")
+MINUTE_S = 60.0
+
+# ---------------------------------------------------------------------------------------------------------
+# The Pacific quota day
+
+
+def pacific_day(now: float) -> datetime.date:
+    """The Pacific calendar date (the Gemini quota day) at epoch ``now``."""
+    return datetime.datetime.fromtimestamp(now, PACIFIC).date()
+
+
+def _pacific_midnight(day: datetime.date) -> float:
+    # DST switches happen at 02:00 in Los Angeles, so 00:00 always exists exactly once: no fold/gap handling.
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=PACIFIC).timestamp()
+
+
+def next_pacific_midnight(now: float) -> float:
+    """Epoch of the first 00:00 America/Los_Angeles strictly after ``now`` (23/25-hour days included)."""
+    # Calendar arithmetic on the date, not "+24h", is what makes DST change days come out right.
+    return _pacific_midnight(pacific_day(now) + datetime.timedelta(days=1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 429 bodies
+
+Kind = Literal["minute", "day", "tokens", "unknown"]
+# Which violation wins when a 429 lists several: the one that keeps the quota closed longest.
+_SEVERITY: dict[str, int] = {"unknown": 0, "minute": 1, "tokens": 2, "day": 3}
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """What a 429 says: which limit tripped, how long to wait, and the limit's value when given."""
+
+    kind: Kind
+    quota_id: str | None
+    retry_delay_s: float | None
+    limit: int | None
+    model: str | None
+
+
+_UNKNOWN = QuotaViolation("unknown", None, None, None, None)
+
+_PROTO_DURATION = re.compile(r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*s?\s*")
+_RETRY_IN = re.compile(r"retry in\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|μs|ms|s|m|h))+)", re.IGNORECASE)
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS: dict[str, float] = {
+    "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9,
+}
+# "* Quota exceeded for metric: <metric>, limit: 10, model: gemini-2.5-flash"
+_MSG_LIMIT = re.compile(
+    r"(?:metric:\s*([^\s,]+),\s*)?limit:\s*(\d+)(?:,\s*model:\s*([A-Za-z0-9._\-/]+))?", re.IGNORECASE
+)
+
+
+def _classify(quota_id: str) -> Kind:
+    q = quota_id.lower()
+    if "perday" in q:
+        return "day"
+    if "perminute" in q:
+        return "tokens" if "token" in q else "minute"
+    return "unknown"
+
+
+def _parse_duration(value: object) -> float | None:
+    """A protobuf Duration in JSON ("37s", "1.5s") or object form ({"seconds", "nanos"})."""
+    seconds: float | None = None
+    if isinstance(value, str):
+        m = _PROTO_DURATION.fullmatch(value)
+        if m:
+            seconds = float(m.group(1))
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, dict):
+        s, n = value.get("seconds", 0), value.get("nanos", 0)
+        try:
+            seconds = float(s) + float(n) / 1e9
+        except (TypeError, ValueError):
+            return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _parse_message_delay(message: str) -> float | None:
+    # The message uses Go-style durations ("37.312805215s"; "1m2s" and "850ms" are valid in that syntax).
+    m = _RETRY_IN.search(message)
+    if not m:
+        return None
+    return sum(float(num) * _GO_UNITS[unit] for num, unit in _GO_DURATION_PART.findall(m.group(1)))
+
+
+def _parse_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _error_object(body: bytes | str | dict[str, Any] | list[Any] | None) -> dict[str, Any] | None:
+    obj: Any = body
+    if isinstance(obj, bytes | bytearray):
+        obj = obj.decode("utf-8", errors="replace")
+    if isinstance(obj, str):
+        obj = json.loads(obj)
+    if isinstance(obj, list):
+        # The OpenAI-compatible surface wraps the Google envelope in a one-element array.
+        obj = next((item for item in obj if isinstance(item, dict)), None)
+    if not isinstance(obj, dict):
+        return None
+    err = obj.get("error", obj)
+    return err if isinstance(err, dict) else None
+
+
+def parse_rate_limit(body: bytes | str | dict[str, Any] | list[Any] | None) -> QuotaViolation:
+    """Read a Google 429 body; unreadable input gives kind "unknown". Never raises."""
+    try:
+        return _parse_rate_limit(body)
+    except Exception:  # garbage in must never break the request path
+        return _UNKNOWN
+
+
+def _parse_rate_limit(body: bytes | str | dict[str, Any] | list[Any] | None) -> QuotaViolation:
+    err = _error_object(body)
+    if err is None:
+        return _UNKNOWN
+    message = err.get("message")
+    message = message if isinstance(message, str) else ""
+    details = err.get("details")
+    details = details if isinstance(details, list) else []
+
+    retry: float | None = None
+    violations: list[dict[str, Any]] = []
+    for d in details:
+        if not isinstance(d, dict):
+            continue
+        type_ = d.get("@type")
+        type_ = type_ if isinstance(type_, str) else ""
+        # Matched by @type, never by position: the order of details varies between captures.
+        if type_.endswith("RetryInfo") and retry is None:
+            retry = _parse_duration(d.get("retryDelay"))
+        elif type_.endswith("QuotaFailure"):
+            vs = d.get("violations")
+            if isinstance(vs, list):
+                violations.extend(v for v in vs if isinstance(v, dict))
+    if retry is None:
+        retry = _parse_message_delay(message)
+
+    kind: Kind = "unknown"
+    chosen: dict[str, Any] | None = None
+    for v in violations:
+        qid = v.get("quotaId")
+        k = _classify(qid) if isinstance(qid, str) else "unknown"
+        if chosen is None or _SEVERITY[k] > _SEVERITY[kind]:
+            kind, chosen = k, v
+
+    quota_id: str | None = None
+    limit: int | None = None
+    model: str | None = None
+    metric: str | None = None
+    if chosen is not None:
+        qid = chosen.get("quotaId")
+        quota_id = qid if isinstance(qid, str) else None
+        limit = _parse_int(chosen.get("quotaValue"))
+        dims = chosen.get("quotaDimensions")
+        if isinstance(dims, dict) and isinstance(dims.get("model"), str):
+            model = dims["model"]
+        m = chosen.get("quotaMetric")
+        metric = m if isinstance(m, str) else None
+
+    if limit is None or model is None:
+        lines = _MSG_LIMIT.findall(message)
+        # Prefer the message line for the chosen violation's metric; otherwise the first one.
+        line = next((ln for ln in lines if metric and ln[0] == metric), lines[0] if lines else None)
+        if line is not None:
+            if limit is None:
+                limit = int(line[1])
+            if model is None and line[2]:
+                model = line[2].rstrip(".")
+
+    return QuotaViolation(kind, quota_id, retry, limit, model)
+
+
+def cooldown_until(v: QuotaViolation, now: float, default_s: float) -> float:
+    """When a (scope, model) that got ``v`` may be tried again."""
+    if v.kind == "day":
+        # A per-day 429 still carries a short retryDelay; only the Pacific midnight really clears it.
+        return next_pacific_midnight(now)
+    if v.kind in ("minute", "tokens"):
+        delay = v.retry_delay_s if v.retry_delay_s is not None else default_s
+        return now + max(1.0, delay)
+    return now + default_s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model limits
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Requests/minute, requests/day, tokens/minute; None means unknown or unlimited."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+
+
+# Free tier, reference §6 (third-party Jan 2026 for 2.5, official ~May 2025 for 2.0): a starting point only,
+# learned limits and configured overrides take over.
+DEFAULT_LIMITS: dict[str, ModelLimits] = {
+    "gemini-2.5-flash": ModelLimits(rpm=10, rpd=250, tpm=250_000),
+    "gemini-2.5-flash-lite": ModelLimits(rpm=15, rpd=1000, tpm=250_000),
+    "gemini-2.5-pro": ModelLimits(rpm=5, rpd=100, tpm=250_000),
+    "gemini-2.0-flash": ModelLimits(rpm=15, rpd=1500, tpm=1_000_000),
+    "gemini-2.0-flash-lite": ModelLimits(rpm=30, rpd=1500, tpm=1_000_000),
+    # A guess: no dated source in the reference gives embedding limits.
+    "gemini-embedding-001": ModelLimits(rpm=100, rpd=1000, tpm=None),
+}
+
+_UNLIMITED = ModelLimits()
+
+
+def _strip_models(model: str) -> str:
+    return model[7:] if model.startswith("models/") else model
+
+
+def limits_for(model: str, overrides: Mapping[str, ModelLimits] | None = None) -> ModelLimits:
+    """Configured or built-in limits of ``model`` by longest-prefix match; overrides win on equal names."""
+    name = _strip_models(model)
+    table: dict[str, ModelLimits] = dict(DEFAULT_LIMITS)
+    default: ModelLimits | None = None
+    if overrides:
+        for key, lim in overrides.items():
+            if key == "default":
+                default = lim
+            else:
+                table[_strip_models(key)] = lim
+    # Longest prefix so that dated/preview names inherit their family while "-lite" keeps its own entry.
+    best = max((k for k in table if name.startswith(k)), key=len, default=None)
+    if best is not None:
+        return table[best]
+    return default if default is not None else _UNLIMITED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Usage windows
+
+
+class UsageWindow:
+    """Requests and tokens of one (scope, model): a sliding 60 s window and the Pacific-day request count."""
+
+    __slots__ = ("_day_end", "_req", "_today", "_tok_n", "_tok_sum", "_tok_t")
+
+    def __init__(self) -> None:
+        self._req: deque[float] = deque()  # request times, ascending
+        # Token entries as two parallel deques rather than (time, n) tuples: ~60 bytes less per entry.
+        self._tok_t: deque[float] = deque()  # times, ascending
+        self._tok_n: deque[int] = deque()
+        self._tok_sum = 0
+        self._today = 0
+        self._day_end = -math.inf  # forces the first call to compute the current quota day
+
+    def _prune(self, now: float) -> None:
+        # `t + 60 <= now` (not `t <= now - 60`) so that a request at t is gone at exactly t + 60, the same
+        # float that next_minute_slot() reports.
+        req = self._req
+        while req and req[0] + MINUTE_S <= now:
+            req.popleft()
+        tok_t = self._tok_t
+        while tok_t and tok_t[0] + MINUTE_S <= now:
+            tok_t.popleft()
+            self._tok_sum -= self._tok_n.popleft()
+
+    def _roll_day(self, now: float) -> None:
+        # Only a forward move past the day's end resets; a small backwards clock step keeps today's count.
+        if now >= self._day_end:
+            self._day_end = next_pacific_midnight(now)
+            self._today = 0
+
+    def record(self, now: float, tokens: int = 0) -> None:
+        """Count one request at ``now`` (and its tokens, when already known)."""
+        self._roll_day(now)
+        self._prune(now)
+        req = self._req
+        # Keep the deque sorted even if callers' clocks interleave, so pruning from the left stays exact.
+        req.append(now if not req or now >= req[-1] else req[-1])
+        self._today += 1
+        if tokens > 0:
+            self.add_tokens(now, tokens)
+
+    def add_tokens(self, now: float, tokens: int) -> None:
+        """Add tokens learned from an answer to the minute window."""
+        if tokens <= 0:
+            return
+        self._prune(now)
+        tok_t = self._tok_t
+        tok_t.append(now if not tok_t or now >= tok_t[-1] else tok_t[-1])
+        self._tok_n.append(tokens)
+        self._tok_sum += tokens
+
+    def requests_last_minute(self, now: float) -> int:
+        """Requests in the 60 s before ``now``."""
+        self._prune(now)
+        return len(self._req)
+
+    def tokens_last_minute(self, now: float) -> int:
+        """Tokens in the 60 s before ``now``."""
+        self._prune(now)
+        return self._tok_sum
+
+    def requests_today(self, now: float) -> int:
+        """Requests since the last Pacific midnight."""
+        self._roll_day(now)
+        return self._today
+
+    def next_minute_slot(self, now: float) -> float:
+        """When the oldest request leaves the minute window (``now`` if the window is empty)."""
+        self._prune(now)
+        return self._req[0] + MINUTE_S if self._req else now
+
+    def day_end(self, now: float) -> float:
+        """The next Pacific midnight (cached)."""
+        self._roll_day(now)
+        return self._day_end
+
+    def free_fraction(self, rpm: int | None, rpd: int | None, tpm: int | None, now: float) -> float:
+        """Free fraction of the tightest given limit, clamped to [0, 1]; 1.0 when all are None."""
+        # The per-request hot path: one prune, no helper calls.
+        h = 1.0
+        if rpm is not None or tpm is not None:
+            self._prune(now)
+            if rpm is not None:
+                if rpm <= 0:
+                    return 0.0
+                f = (rpm - len(self._req)) / rpm
+                if f < h:
+                    h = f
+            if tpm is not None:
+                if tpm <= 0:
+                    return 0.0
+                f = (tpm - self._tok_sum) / tpm
+                if f < h:
+                    h = f
+        if rpd is not None:
+            if rpd <= 0:
+                return 0.0
+            if now >= self._day_end:
+                self._roll_day(now)
+            f = (rpd - self._today) / rpd
+            if f < h:
+                h = f
+        return h if h > 0.0 else 0.0
+
+    def requests_below_at(self, limit: int, now: float) -> float:
+        """When fewer than ``limit`` requests remain in the minute window."""
+        self._prune(now)
+        excess = len(self._req) - limit
+        if excess < 0:
+            return now
+        return self._req[excess] + MINUTE_S
+
+    def tokens_below_at(self, limit: int, now: float) -> float:
+        """When fewer than ``limit`` tokens remain in the minute window."""
+        self._prune(now)
+        remaining = self._tok_sum
+        if remaining < limit:
+            return now
+        for t, n in zip(self._tok_t, self._tok_n, strict=True):
+            remaining -= n
+            if remaining < limit:
+                return t + MINUTE_S
+        return now  # unreachable: the sum drops to 0 < limit
+
+    def idle(self, now: float) -> bool:
+        """Nothing left worth keeping: empty minute window and no requests counted today."""
+        self._prune(now)
+        return not self._req and not self._tok_t and (self._today == 0 or now >= self._day_end)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tracker
+
+_DIM_OF_KIND: dict[str, str] = {"minute": "rpm", "day": "rpd", "tokens": "tpm"}
+
+
+class _Entry:
+    __slots__ = ("learned", "rpd", "rpm", "tpm", "version", "window", "zero_until")
+
+    def __init__(self) -> None:
+        self.window = UsageWindow()
+        self.learned: dict[str, int] = {}  # this scope's own learned limits by dimension
+        self.zero_until = 0.0  # a learned "limit: 0" blocks the scope until this Pacific midnight
+        # Resolved limits cached for the hot path; valid while version == tracker version.
+        self.version = -1
+        self.rpm: int | None = None
+        self.rpd: int | None = None
+        self.tpm: int | None = None
+
+
+class QuotaTracker:
+    """Usage and limits per (scope, model); scope is a project name or, for project-less keys, a key id."""
+
+    # Drop idle entries when the table grows past this (then past twice its live size): keeps memory bounded
+    # under churn of scopes/models while staying amortised O(1).
+    _PRUNE_FLOOR = 4096
+
+    def __init__(self, overrides: Mapping[str, ModelLimits] | None = None) -> None:
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._model_learned: dict[str, dict[str, int]] = {}  # model-wide learned defaults
+        self._base: dict[str, ModelLimits] = {}  # limits_for() cache per model
+        self._overrides: dict[str, ModelLimits] = {}
+        self._version = 0
+        self._prune_at = self._PRUNE_FLOOR
+        self.set_overrides(overrides)
+
+    def set_overrides(self, overrides: Mapping[str, ModelLimits] | None) -> None:
+        """Replace the configured per-model limits (learned limits still win)."""
+        self._overrides = dict(overrides or {})
+        self._base.clear()
+        self._version += 1
+
+    # -- bookkeeping
+
+    def _entry(self, scope: str, model: str, now: float) -> _Entry:
+        key = (scope, model)
+        e = self._entries.get(key)
+        if e is None:
+            if len(self._entries) >= self._prune_at:
+                self.prune(now)
+                self._prune_at = max(self._PRUNE_FLOOR, 2 * len(self._entries))
+            e = self._entries[key] = _Entry()
+        return e
+
+    def prune(self, now: float) -> int:
+        """Forget (scope, model) pairs with no recent usage and nothing learned; returns how many."""
+        dead = []
+        for k, e in self._entries.items():
+            if e.zero_until and now >= e.zero_until:
+                self._resolve(e, k[1], now)  # an expired "limit: 0" must not pin the entry forever
+            if not e.learned and not e.zero_until and e.window.idle(now):
+                dead.append(k)
+        for k in dead:
+            del self._entries[k]
+        return len(dead)
+
+    def _base_limits(self, model: str) -> ModelLimits:
+        lim = self._base.get(model)
+        if lim is None:
+            lim = self._base[model] = limits_for(model, self._overrides)
+        return lim
+
+    def _model_limits(self, model: str) -> ModelLimits:
+        """Limits for a scope that learned nothing itself."""
+        base = self._base_limits(model)
+        ml = self._model_learned.get(model)
+        if not ml:
+            return base
+        return ModelLimits(ml.get("rpm", base.rpm), ml.get("rpd", base.rpd), ml.get("tpm", base.tpm))
+
+    def _resolve(self, e: _Entry, model: str, now: float) -> None:
+        if e.zero_until and now >= e.zero_until:
+            # The "no quota" verdict lasts one quota day; then the scope gets one more chance.
+            e.zero_until = 0.0
+            e.learned = {d: v for d, v in e.learned.items() if v != 0}
+        m = self._model_limits(model)
+        own = e.learned
+        e.rpm = own.get("rpm", m.rpm)
+        e.rpd = own.get("rpd", m.rpd)
+        e.tpm = own.get("tpm", m.tpm)
+        e.version = self._version
+
+    def _ready(self, scope: str, model: str, now: float) -> _Entry | None:
+        e = self._entries.get((scope, model))
+        if e is not None and (e.version != self._version or (e.zero_until and now >= e.zero_until)):
+            self._resolve(e, model, now)
+        return e
+
+    # -- recording and learning
+
+    def record(self, scope: str, model: str, now: float, tokens: int = 0) -> None:
+        """Count one request sent on (scope, model)."""
+        self._entry(scope, _strip_models(model), now).window.record(now, tokens)
+
+    def add_tokens(self, scope: str, model: str, now: float, tokens: int) -> None:
+        """Add the tokens of an answer to (scope, model)'s minute window."""
+        self._entry(scope, _strip_models(model), now).window.add_tokens(now, tokens)
+
+    def learn(self, scope: str, model: str, violation: QuotaViolation, now: float) -> None:
+        """Learn a limit from a 429: its quotaValue, else the usage observed when it tripped."""
+        model = _strip_models(model)
+        dim = _DIM_OF_KIND.get(violation.kind)
+        if violation.limit == 0:
+            # No quota at all for this scope (e.g. no free tier for the model). Kept per scope, not
+            # model-wide: another project (billing on) may have quota, and a wrong guess locks out every key.
+            e = self._entry(scope, model, now)
+            e.zero_until = next_pacific_midnight(now)
+            if dim is not None:
+                e.learned[dim] = 0
+            self._version += 1
+            return
+        if dim is None:
+            return  # "unknown" says nothing about any dimension
+        value = violation.limit
+        if value is None:
+            e0 = self._entries.get((scope, model))
+            if e0 is None:
+                return
+            w = e0.window
+            value = (
+                w.requests_last_minute(now) if dim == "rpm"
+                else w.tokens_last_minute(now) if dim == "tpm"
+                else w.requests_today(now)
+            )
+            if value <= 0:
+                return  # nothing observed (e.g. after a restart): learning 0 would block the scope
+        self._entry(scope, model, now).learned[dim] = value
+        # Tiers are usually the same across a user's projects: a good guess for scopes that learned nothing.
+        self._model_learned.setdefault(model, {})[dim] = value
+        self._version += 1
+
+    # -- queries
+
+    def limits(self, scope: str, model: str) -> ModelLimits:
+        """Effective limits: learned for the scope > learned model-wide > override > built-in.
+
+        A learned ``limit: 0`` shows as 0 until a call that takes ``now`` sees that its day is over.
+        """
+        model = _strip_models(model)
+        e = self._entries.get((scope, model))
+        if e is None:
+            return self._model_limits(model)
+        m = self._model_limits(model)
+        own = e.learned
+        return ModelLimits(own.get("rpm", m.rpm), own.get("rpd", m.rpd), own.get("tpm", m.tpm))
+
+    def headroom(self, scope: str, model: str, now: float) -> float:
+        """Free fraction of the tightest known dimension, in [0, 1]; 1.0 when no limit is known."""
+        if model.startswith("models/"):
+            model = model[7:]
+        e = self._entries.get((scope, model))
+        if e is None:
+            lim = self._model_limits(model)
+            return 0.0 if lim.rpm == 0 or lim.rpd == 0 or lim.tpm == 0 else 1.0
+        if e.version != self._version or e.zero_until:
+            if now < e.zero_until:
+                return 0.0
+            self._resolve(e, model, now)
+        return e.window.free_fraction(e.rpm, e.rpd, e.tpm, now)
+
+    def available_at(self, scope: str, model: str, now: float) -> float:
+        """``now`` if (scope, model) has headroom, else the epoch when it comes back."""
+        if self.headroom(scope, model, now) > 0.0:
+            return now
+        model = _strip_models(model)
+        e = self._ready(scope, model, now)
+        if e is None:
+            return next_pacific_midnight(now)  # only a configured/learned zero limit gets here
+        if e.zero_until:
+            return e.zero_until
+        w = e.window
+        rpm, rpd, tpm = e.rpm, e.rpd, e.tpm
+        if 0 in (rpm, rpd, tpm):
+            # A configured zero never clears by itself; look again on the next quota day.
+            return w.day_end(now)
+        at = now
+        if rpd is not None and w.requests_today(now) >= rpd:
+            at = max(at, w.day_end(now))
+        if rpm is not None:
+            at = max(at, w.requests_below_at(rpm, now))
+        if tpm is not None:
+            at = max(at, w.tokens_below_at(tpm, now))
+        return at
+
+    def usage(self, scope: str, model: str, now: float) -> dict[str, int | float | None]:
+        """Used and limit per dimension plus headroom, for the admin API."""
+        model = _strip_models(model)
+        e = self._ready(scope, model, now)  # expire a stale "limit: 0" before reporting limits
+        lim = self.limits(scope, model)
+        w = e.window if e is not None else None
+        return {
+            "rpm_used": w.requests_last_minute(now) if w else 0,
+            "rpm_limit": lim.rpm,
+            "rpd_used": w.requests_today(now) if w else 0,
+            "rpd_limit": lim.rpd,
+            "tpm_used": w.tokens_last_minute(now) if w else 0,
+            "tpm_limit": lim.tpm,
+            "headroom": self.headroom(scope, model, now),
+        }

@@ -1,0 +1,108 @@
+"""Shared fixtures: real servers on 127.0.0.1 — the fake Gemini upstream and the Keyrack proxy — on a real DuckDB
+file in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy_service.app import Gateway, create_app
+from proxy_service.fake_upstream import create_app as create_fake
+from proxy_service.settings import Settings
+from tests.servers import serve
+
+ADMIN_TOKEN = "admin-secret-token-123"
+CLIENT_TOKEN = "client-token-abc"
+
+# The standard pool used by most tests: three projects, one invalid key.
+SCENARIO: dict[str, Any] = {
+    "projects": {"p1": ["key-p1-a", "key-p1-b"], "p2": ["key-p2-a"], "p3": ["key-p3-a"]},
+    "invalid_keys": ["key-bad-1"],
+    "seed": 1,
+}
+POOL_KEYS = "p1:key-p1-a,p1:key-p1-b,p2:key-p2-a,p3:key-p3-a"
+
+
+@dataclass
+class Upstream:
+    url: str
+    app: Any
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_fake/stats").json()
+
+    def set_scenario(self, scenario: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_fake/scenario", json=scenario).raise_for_status()
+
+
+@dataclass
+class Proxy:
+    url: str
+    gateway: Gateway
+    data_dir: Path
+
+    def flush(self) -> None:
+        self.gateway.persist_keys()
+        self.gateway.writer.flush()
+
+    def rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Read the proxy's DuckDB after flushing (tests only: the app itself never reads on the request path)."""
+        self.flush()
+        cur = self.gateway.store.cursor()
+        try:
+            return cur.execute(sql, params or []).fetchall()
+        finally:
+            cur.close()
+
+
+@pytest.fixture
+def start_upstream() -> Iterator[Callable[..., Upstream]]:
+    with contextlib.ExitStack() as stack:
+
+        def start(scenario: dict[str, Any] | None = None) -> Upstream:
+            app = create_fake(scenario)
+            url = stack.enter_context(serve(app))
+            return Upstream(url, app)
+
+        yield start
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def start(upstream_url: str, **settings: Any) -> Proxy:
+            nonlocal count
+            count += 1
+            data_dir = tmp_path / f"proxy{count}"
+            options: dict[str, Any] = {
+                "data_dir": data_dir,
+                "upstream_url": upstream_url,
+                "admin_token": ADMIN_TOKEN,
+                "access_tokens": [CLIENT_TOKEN],
+                "api_keys": POOL_KEYS,
+                "recheck_interval_s": 3600,
+                **settings,
+            }
+            app = create_app(Settings(_env_file=None, **options))  # type: ignore[call-arg]
+            url = stack.enter_context(serve(app, lifespan="on"))
+            return Proxy(url, app.state.gateway, data_dir)
+
+        yield start
+
+
+@pytest.fixture
+def upstream(start_upstream: Callable[..., Upstream]) -> Upstream:
+    return start_upstream(SCENARIO)
+
+
+@pytest.fixture
+def proxy(start_proxy: Callable[..., Proxy], upstream: Upstream) -> Proxy:
+    return start_proxy(upstream.url)

@@ -1,0 +1,175 @@
+"""The pool's decisions, with a controlled clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy_service.errors import PoolExhausted
+from proxy_service.keys import KeySpec, key_id
+from proxy_service.pool import Pool
+from proxy_service.quota import ModelLimits, QuotaViolation, next_pacific_midnight
+
+MODEL = "gemini-2.5-flash"
+T0 = 1_790_000_000.0  # a fixed instant (2026-09-21)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(strategy: str = "quota_aware", **kw: object) -> tuple[Pool, Clock]:
+    clock = Clock()
+    pool = Pool(strategy, clock=clock, **kw)  # type: ignore[arg-type]
+    pool.add([KeySpec("a1", "pa"), KeySpec("a2", "pa"), KeySpec("b1", "pb"), KeySpec("c1")])
+    return pool, clock
+
+
+def use(pool: Pool, model: str = MODEL) -> str:
+    key = pool.choose(model)
+    pool.started(key, model)
+    pool.finished(key)
+    pool.succeeded(key, model)
+    return key.secret
+
+
+def minute_429(delay: float = 30.0, limit: int | None = None) -> QuotaViolation:
+    return QuotaViolation("minute", "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", delay, limit, MODEL)
+
+
+def test_add_dedupes_and_ids_are_stable_hashes() -> None:
+    pool, _ = make_pool()
+    added, dups = pool.add([KeySpec("a1", "pa"), KeySpec("new")])
+    assert dups == 1 and added == [key_id("new")]
+    assert key_id("new") == key_id("new") and "new" not in key_id("new")
+
+
+def test_round_robin_visits_every_key_in_turn() -> None:
+    pool, _ = make_pool("round_robin")
+    assert sorted(use(pool) for _ in range(4)) == ["a1", "a2", "b1", "c1"]
+
+
+def test_least_used_prefers_the_key_with_fewest_requests() -> None:
+    pool, _ = make_pool("least_used")
+    for secret in ("a1", "a2", "b1"):
+        pool.started(pool.keys[key_id(secret)], MODEL)
+    assert use(pool) == "c1"
+
+
+def test_quota_aware_spreads_over_projects_before_reusing_one() -> None:
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=10)})
+    first_three = {pool.keys[key_id(use(pool))].scope for _ in range(3)}
+    assert first_three == {"pa", "pb", key_id("c1")}  # three scopes, not two keys of project pa
+
+
+def test_quota_aware_refuses_when_no_scope_has_headroom() -> None:
+    pool, clock = make_pool(limits={MODEL: ModelLimits(rpm=2)})
+    served = [use(pool) for _ in range(6)]  # 3 scopes × 2 rpm
+    assert len(served) == 6
+    with pytest.raises(PoolExhausted) as exc:
+        pool.choose(MODEL)
+    assert 1 <= exc.value.retry_after <= 60
+    clock.now += 61
+    assert use(pool)  # the minute window rolled over
+
+
+def test_keys_of_one_project_share_headroom() -> None:
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
+    scopes = [pool.keys[key_id(use(pool))].scope for _ in range(3)]
+    assert sorted(scopes) == sorted(["pa", "pb", key_id("c1")])
+    with pytest.raises(PoolExhausted):
+        pool.choose(MODEL)  # a2 is idle, but its project pa has used its one request
+
+
+def test_minute_429_cools_the_scope_for_that_model_only() -> None:
+    pool, clock = make_pool("round_robin")
+    a1 = pool.keys[key_id("a1")]
+    cd = pool.rate_limited(a1, MODEL, minute_429(30))
+    assert cd.until == pytest.approx(T0 + 30)
+    assert pool.status_of(pool.keys[key_id("a2")]) == "cooling"  # same project
+    assert {use(pool) for _ in range(6)} == {"b1", "c1"}
+    assert use(pool, "gemini-2.5-pro") in {"a1", "a2", "b1", "c1"}  # other models unaffected
+    chosen = {pool.choose("gemini-2.5-pro").secret for _ in range(8)}
+    assert {"a1", "a2"} <= chosen
+    clock.now += 31
+    assert {use(pool) for _ in range(8)} == {"a1", "a2", "b1", "c1"}
+
+
+def test_day_429_cools_until_pacific_midnight_and_bare_429_uses_default() -> None:
+    pool, _ = make_pool(default_cooldown_s=45)
+    day = QuotaViolation("day", "GenerateRequestsPerDayPerProjectPerModel-FreeTier", 36.0, None, MODEL)
+    assert pool.rate_limited(pool.keys[key_id("a1")], MODEL, day).until == next_pacific_midnight(T0)
+    bare = QuotaViolation("unknown", None, None, None, None)
+    assert pool.rate_limited(pool.keys[key_id("b1")], MODEL, bare).until == pytest.approx(T0 + 45)
+
+
+def test_all_cooling_raises_with_seconds_to_the_earliest_key() -> None:
+    pool, _ = make_pool("round_robin")
+    for secret, delay in (("a1", 50), ("b1", 20), ("c1", 40)):
+        pool.rate_limited(pool.keys[key_id(secret)], MODEL, minute_429(delay))
+    with pytest.raises(PoolExhausted) as exc:
+        pool.choose(MODEL)
+    assert exc.value.retry_after == 20
+    assert exc.value.headers()["retry-after"] == "20"
+
+
+def test_invalid_keys_are_skipped_until_a_recheck_passes() -> None:
+    pool, _ = make_pool("round_robin")
+    c1 = pool.keys[key_id("c1")]
+    pool.invalid(c1, "400 API_KEY_INVALID")
+    assert "c1" not in {use(pool) for _ in range(8)}
+    assert c1.needs_recheck and pool.counts()["invalid"] == 1
+    pool.checked(c1, ok=True)
+    assert c1.status == "active" and "c1" in {use(pool) for _ in range(8)}
+
+
+def test_consecutive_failures_disable_and_a_success_resets_the_streak() -> None:
+    pool, _ = make_pool("round_robin", failure_threshold=3)
+    b1 = pool.keys[key_id("b1")]
+    pool.failed(b1, "503")
+    pool.failed(b1, "503")
+    pool.succeeded(b1, MODEL)
+    assert b1.consecutive_failures == 0
+    for _ in range(3):
+        pool.failed(b1, "503")
+    assert b1.status == "disabled" and b1.disabled_reason == "failures" and b1.needs_recheck
+    pool.disable(pool.keys[key_id("c1")])
+    assert not pool.keys[key_id("c1")].needs_recheck  # a manual disable is not undone by re-checks
+
+
+def test_exclude_skips_keys_already_tried_for_the_call() -> None:
+    pool, _ = make_pool("round_robin")
+    tried = {key_id("a1"), key_id("a2"), key_id("b1")}
+    assert pool.choose(MODEL, tried).secret == "c1"
+    with pytest.raises(PoolExhausted, match="Every usable key was tried"):
+        pool.choose(MODEL, tried | {key_id("c1")})
+
+
+def test_no_usable_key_says_so() -> None:
+    pool, _ = make_pool()
+    for key in list(pool.keys.values()):
+        pool.disable(key)
+    with pytest.raises(PoolExhausted, match="invalid or disabled"):
+        pool.choose(MODEL)
+
+
+def test_reset_clears_cooldowns_and_failure_state_but_not_a_manual_disable() -> None:
+    pool, _ = make_pool()
+    a1 = pool.keys[key_id("a1")]
+    pool.rate_limited(a1, MODEL, minute_429(30))
+    pool.invalid(a1, "bad")
+    pool.reset(a1)
+    assert a1.status == "active" and not pool.cooldowns_of(a1)
+    pool.disable(a1)
+    pool.reset(a1)
+    assert a1.status == "disabled"
+
+
+def test_learned_limit_from_a_429_steers_quota_aware_away() -> None:
+    pool, _ = make_pool()
+    a1 = pool.keys[key_id("a1")]
+    pool.rate_limited(a1, MODEL, minute_429(1, limit=3))
+    assert pool.tracker.limits("pa", MODEL).rpm == 3
