@@ -62,7 +62,7 @@ class Config(BaseModel):
         5, ge=1, le=1000, json_schema_extra=_meta("upstream", "Consecutive failures before a key is disabled")
     )
     recheck_interval_s: float = Field(
-        300.0, ge=5, le=86400, json_schema_extra=_meta("upstream", "How often invalid/failed keys are re-checked (s)")
+        300.0, ge=1, le=86400, json_schema_extra=_meta("upstream", "How often invalid/failed keys are re-checked (s)")
     )
     model_limits: dict[str, dict[str, int | None]] = Field(
         default_factory=dict,

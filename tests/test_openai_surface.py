@@ -25,9 +25,7 @@ def test_chat_stream_embeddings_models(proxy: Proxy, upstream: Upstream, prefix:
     assert chat.choices[0].message.content and chat.usage and chat.usage.total_tokens > 0
 
     pieces = []
-    stream = oa.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Stream it"}], stream=True
-    )
+    stream = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Stream it"}], stream=True)
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)

@@ -129,7 +129,8 @@ def test_request_errors_pass_through_untouched_and_never_blame_a_key(proxy: Prox
 def test_malformed_json_is_refused_without_spending_an_upstream_call(proxy: Proxy, upstream: Upstream) -> None:
     before = upstream.stats()["requests"]
     resp = httpx.post(
-        f"{proxy.url}/v1beta/models/{MODEL}:generateContent", content=b"{not json",
+        f"{proxy.url}/v1beta/models/{MODEL}:generateContent",
+        content=b"{not json",
         headers={"x-goog-api-key": CLIENT_TOKEN},
     )
     assert resp.status_code == 400 and "Invalid JSON payload" in resp.json()["error"]["message"]

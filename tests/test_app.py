@@ -1,0 +1,96 @@
+"""The Gateway's own jobs: scheduled re-checks of broken keys, live config, key persistence across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from proxy_service import app as app_module
+from proxy_service.app import Gateway
+from proxy_service.keys import key_id
+from proxy_service.settings import ConfigError, Settings
+from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream
+
+BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
+
+
+def generate(proxy: Proxy) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/v1beta/models/gemini-2.5-flash:generateContent",
+        json=BODY,
+        headers={"x-goog-api-key": CLIENT_TOKEN},
+    )
+
+
+def test_invalid_key_comes_back_when_a_scheduled_recheck_passes(
+    monkeypatch: pytest.MonkeyPatch, start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
+) -> None:
+    monkeypatch.setattr(app_module, "RECHECK_TICK_S", 0.1)
+    upstream = start_upstream(SCENARIO)
+    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys="key-bad-1," + POOL_KEYS, recheck_interval_s=1)
+    for _ in range(5):
+        assert generate(proxy).status_code == 200
+    bad = proxy.gateway.pool.keys[key_id("key-bad-1")]
+    assert bad.status == "invalid"
+    time.sleep(1.5)
+    assert bad.status == "invalid" and bad.last_checked_at is not None  # re-checked, still refused upstream
+
+    # The operator fixes the key at Google's side (here: the fake now knows it).
+    upstream.set_scenario({**SCENARIO, "projects": {**SCENARIO["projects"], "p9": ["key-bad-1"]}, "invalid_keys": []})
+    deadline = time.time() + 5
+    while bad.status != "active" and time.time() < deadline:
+        time.sleep(0.1)
+    assert bad.status == "active" and bad.last_error is None
+
+
+def test_config_changes_apply_live_and_persist(start_upstream: Callable[..., Upstream], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    upstream = start_upstream(SCENARIO)
+    settings = Settings(_env_file=None, data_dir=tmp_path, upstream_url="http://127.0.0.1:9", api_keys=POOL_KEYS)  # type: ignore[call-arg]
+
+    async def scenario() -> None:
+        gw = Gateway(settings)
+        async with gw.lifespan(None):  # type: ignore[arg-type]
+            old_client = gw.relay.client
+            new = await gw.update_config({"strategy": "round_robin", "upstream_url": upstream.url, "max_retries": 1})
+            assert new.strategy == gw.pool.strategy == "round_robin"
+            assert gw.relay.client is not old_client and str(gw.relay.client.base_url).startswith(upstream.url)
+            with pytest.raises(ConfigError) as exc:
+                await gw.update_config({"max_retries": -1, "upstream_url": "ftp://x", "nope": 1})
+            assert set(exc.value.errors) == {"nope"}  # unknown names are refused before values are checked
+            with pytest.raises(ConfigError) as exc:
+                await gw.update_config({"max_retries": -1, "upstream_url": "ftp://x", "display_timezone": "Mars/Base"})
+            assert set(exc.value.errors) == {"max_retries", "upstream_url", "display_timezone"}
+            assert "http(s) URL" in exc.value.errors["upstream_url"]
+            assert gw.config.max_retries == 1  # a rejected patch changes nothing
+            gw.writer.flush()
+
+        restarted = Gateway(settings)  # saved config wins over the env seed after a restart
+        assert restarted.config.strategy == "round_robin" and restarted.config.upstream_url == upstream.url
+        await restarted.reset_config()
+        assert restarted.config.strategy == "quota_aware"
+        restarted.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_key_state_survives_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(_env_file=None, data_dir=tmp_path, api_keys=POOL_KEYS)  # type: ignore[call-arg]
+    gw = Gateway(settings)
+    gw.writer.start()
+    key = gw.pool.keys[key_id("key-p2-a")]
+    gw.pool.disable(key)
+    key.requests = 41
+    gw.pool.dirty.add(key.id)
+    gw.persist_keys()
+    gw.writer.stop()
+    gw.store.close()
+
+    again = Gateway(Settings(_env_file=None, data_dir=tmp_path, api_keys=""))  # type: ignore[call-arg]
+    same = again.pool.keys[key.id]
+    assert (same.status, same.disabled_reason, same.requests, same.project) == ("disabled", "manual", 41, "p2")
+    assert len(again.pool.keys) == 4
+    again.store.close()
