@@ -1,0 +1,49 @@
+"""Run an ASGI app on a real uvicorn server in a background thread, for tests that use real HTTP clients."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+@contextlib.contextmanager
+def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
+    """Serve `app` on host:port (0 = a free port) and yield its base URL, e.g. "http://127.0.0.1:54321".
+
+    The socket is bound before the server starts, so there is no race for the port. Extra keyword
+    arguments go to `uvicorn.Config`. The server is stopped (`should_exit`) when the block ends.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "off",
+                               "timeout_graceful_shutdown": 1, **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # surfaced below instead of dying silently in the thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn server did not start: {failure[0]!r}" if failure
+                                   else "uvicorn server did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
