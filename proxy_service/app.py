@@ -29,7 +29,7 @@ from proxy_service.relay import Relay
 from proxy_service.settings import Config, ConfigError, Settings
 from proxy_service.store import Store
 from proxy_service.surfaces import gemini, openai
-from proxy_service.upstream import build_client, client_settings
+from proxy_service.upstream import build_client, client_settings, parse_error
 
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
@@ -196,8 +196,6 @@ class Gateway:
                 "message": f"upstream unreachable: {type(exc).__name__}",
                 "latency_ms": (time.perf_counter() - started) * 1000,
             }
-        from proxy_service.upstream import parse_error
-
         latency = (time.perf_counter() - started) * 1000
         if status == 200:
             self.pool.checked(key, True)

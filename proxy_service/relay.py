@@ -207,17 +207,7 @@ class Relay:
             try:
                 resp = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
-                if not is_timeout(exc):
-                    self.pool.finished(key)
-                    self.pool.failed(key, f"connection error: {type(exc.__cause__ or exc).__name__}")
-                    self._attempt(call, n, key, None, "connection_error", t0)
-                    self.record_error(call, key, None, "connection_error", describe(exc))
-                    continue
-                self.pool.finished(key)
-                self.pool.failed(key, "upstream timeout")
-                self._attempt(call, n, key, None, "timeout", t0)
-                self.record_error(call, key, None, "timeout", f"upstream timed out after attempt {n}")
-                timed_out = True
+                timed_out |= self._transport_failed(call, n, key, t0, exc)
                 continue
 
             if resp.status_code == 200:
@@ -234,10 +224,7 @@ class Relay:
                 try:
                     body = await resp.aread()
                 except httpx.HTTPError as exc:
-                    self.pool.finished(key)
-                    self.pool.failed(key, f"read error: {type(exc).__name__}")
-                    self._attempt(call, n, key, 200, "connection_error", t0)
-                    self.record_error(call, key, 200, "connection_error", f"body read failed: {exc}")
+                    timed_out |= self._transport_failed(call, n, key, t0, exc, 200)
                     continue
                 finally:
                     await resp.aclose()
@@ -248,8 +235,13 @@ class Relay:
                 self._record_success(call, n, key, body, usage, ttfb=None)
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
-            body = await resp.aread()
-            await resp.aclose()
+            try:
+                body = await resp.aread()
+            except httpx.HTTPError as exc:
+                timed_out |= self._transport_failed(call, n, key, t0, exc, resp.status_code)
+                continue
+            finally:
+                await resp.aclose()
             self.pool.finished(key)
             last = self._failed_attempt(call, n, key, resp.status_code, body, t0)
             if last[2] == "client_error":
@@ -270,6 +262,18 @@ class Relay:
             )
             raise UpstreamUnreachable(msg, timed_out)
         return self._pass_error(call, n, last_key, *last)
+
+    def _transport_failed(
+        self, call: Call, n: int, key: Key, t0: float, exc: httpx.HTTPError, status: int | None = None
+    ) -> bool:
+        """Account an attempt that got no complete upstream answer; True when it was a timeout."""
+        self.pool.finished(key)
+        timeout = is_timeout(exc)
+        outcome: AttemptOutcome = "timeout" if timeout else "connection_error"
+        self.pool.failed(key, f"{outcome}: {type(exc.__cause__ or exc).__name__}")
+        self._attempt(call, n, key, status, outcome, t0)
+        self.record_error(call, key, status, outcome, f"attempt {n}: {describe(exc)}")
+        return timeout
 
     def _failed_attempt(
         self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float
@@ -352,10 +356,7 @@ class Relay:
             first = await anext(chunks, b"")
         except httpx.HTTPError as exc:
             await resp.aclose()
-            self.pool.finished(key)
-            self.pool.failed(key, f"stream broke before the first chunk: {type(exc).__name__}")
-            self._attempt(call, n, key, 200, "connection_error", t0)
-            self.record_error(call, key, 200, "connection_error", f"stream broke before its first chunk: {exc}")
+            self._transport_failed(call, n, key, t0, exc, 200)
             return None
         embedded = error_object_bytes(first) if has_error_object(first) else None
         if embedded is not None:
