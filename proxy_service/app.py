@@ -62,6 +62,7 @@ class Gateway:
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
         self.started_at = time.time()
         self.ready = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, for callers on other threads
         self._tasks: list[asyncio.Task[None]] = []
         self._collector = metrics.StateCollector(self.metrics_state)
         self._load_keys(parse_key_list(settings.api_keys))
@@ -244,6 +245,7 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
         self.writer.start()
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
