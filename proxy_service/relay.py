@@ -67,7 +67,7 @@ class Call:
     model: str | None
     method: str
     path: str  # upstream path, e.g. /v1beta/models/gemini-2.5-flash:generateContent
-    query: list[tuple[str, str]]
+    query: list[tuple[str, str | int | float | bool | None]]
     headers: dict[str, str]
     body: bytes
     stream: bool

@@ -79,7 +79,7 @@ def forward_headers(request: Request) -> dict[str, str]:
     return headers
 
 
-def forward_query(request: Request) -> list[tuple[str, str]]:
+def forward_query(request: Request) -> list[tuple[str, str | int | float | bool | None]]:
     return [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
 
 
