@@ -1,0 +1,377 @@
+"""The dashboard's only door to the proxy: the admin API (/admin/api/*) over one shared httpx.Client.
+
+Every method returns plain dicts or pandas DataFrames. Every failure (proxy down, wrong token, timeout, an API
+error answer) becomes an `AdminError` whose `kind` says what happened and whose `message` can be shown to a user
+as is; the dashboard never shows a traceback. Nothing here imports Streamlit, so it works in tests and scripts.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc
+
+API_PREFIX = "/admin/api"
+KEY_STATUSES = ("active", "cooling", "invalid", "disabled")
+ERROR_KINDS = ("unreachable", "unauthorized", "timeout", "invalid", "not_found", "server", "api")
+
+
+class AdminError(Exception):
+    """A failed admin call, with a message fit for the screen.
+
+    kind: unreachable · unauthorized · timeout · invalid (422: see `errors`) · not_found · server · api
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        field: str | None = None,
+        errors: dict[str, str] | None = None,
+        cause: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.field = field
+        self.errors = errors or {}
+
+
+@dataclass
+class KeyPage:
+    items: pd.DataFrame
+    total: int
+    page: int
+    page_size: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ErrorPage:
+    items: pd.DataFrame
+    total: int
+    page: int
+    page_size: int
+
+
+@dataclass
+class QueryResult:
+    frame: pd.DataFrame
+    truncated: bool = False
+    elapsed_ms: float | None = None
+
+
+def iso(value: datetime | str | None) -> str | None:
+    """A query-string time: aware datetimes go to UTC ISO-8601, naive ones are taken as UTC."""
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="seconds") + "Z"
+
+
+def _params(**kw: Any) -> dict[str, Any]:
+    """Drop empty filters; join lists with commas; times to ISO."""
+    out: dict[str, Any] = {}
+    for k, v in kw.items():
+        if v is None or v == "" or v == [] or v == ():
+            continue
+        if isinstance(v, (list, tuple)):
+            v = ",".join(str(x) for x in v)
+        elif isinstance(v, datetime):
+            v = iso(v)
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        out[k] = v
+    return out
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str] | None = None, times: tuple[str, ...] = ()) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns) if columns and not rows else pd.DataFrame(rows)
+    for col in times:
+        if col in df.columns:
+            df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
+    return df
+
+
+KEY_COLUMNS = [
+    "id", "label", "project", "status", "masked", "created_at", "last_used_at", "consecutive_failures",
+    "total_failures", "requests", "successes", "last_error", "cooling",
+]  # fmt: skip
+KEY_TIMES = ("created_at", "last_used_at", "last_checked_at")
+ERROR_COLUMNS = ["id", "ts", "request_id", "key_id", "model", "status", "error_type", "message"]
+
+
+class AdminClient:
+    """Typed access to the admin API. One instance per (URL, token); share its httpx.Client across reruns."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 15.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.http = http or httpx.Client(timeout=timeout)
+        self.timeout = timeout
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> httpx.Response:
+        url = f"{self.base_url}{API_PREFIX}{path}"
+        headers = {"Authorization": f"Bearer {self.token.strip()}"} if self.token.strip() else {}
+        try:
+            resp = self.http.request(method, url, headers=headers, timeout=timeout or self.timeout, **kw)
+        except httpx.TimeoutException:
+            raise AdminError("timeout", f"The proxy at {self.base_url} did not answer in time.") from None
+        except httpx.HTTPError as exc:
+            raise AdminError(
+                "unreachable", f"Cannot reach the proxy at {self.base_url} ({type(exc).__name__}).",
+                cause=type(exc).__name__,
+            ) from None
+        if resp.status_code < 400:
+            return resp
+        raise self._error(resp)
+
+    def _error(self, resp: httpx.Response) -> AdminError:
+        status = resp.status_code
+        body: dict[str, Any] = {}
+        try:
+            parsed = resp.json()
+            body = parsed if isinstance(parsed, dict) else {}
+        except ValueError:
+            pass
+        raw_err = body.get("error")
+        err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
+        message = str(err.get("message") or resp.text[:300] or resp.reason_phrase or f"HTTP {status}")
+        field_name = err.get("field")
+        if status == 401:
+            return AdminError("unauthorized", "The admin token was not accepted.", status=status)
+        if status == 403:
+            return AdminError("unauthorized", message, status=status)
+        if status == 404:
+            return AdminError("not_found", message, status=status)
+        if status == 422:
+            raw = body.get("errors")
+            errors: dict[str, str] = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+            if field_name and field_name not in errors:
+                errors = {**errors, field_name: message}
+            return AdminError("invalid", message, status=status, field=field_name, errors=errors)
+        if status >= 500:
+            return AdminError("server", message, status=status)
+        return AdminError("api", message, status=status, field=field_name)
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self._request(method, path, **kw)
+        if not resp.content:
+            return {}
+        try:
+            return resp.json()
+        except ValueError:
+            raise AdminError("server", f"The proxy answered {path} with something that is not JSON.") from None
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- session -------------------------------------------------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        """One authenticated call that proves the URL and the token; returns the config (for language, tz)."""
+        return self.config()
+
+    # -- keys ----------------------------------------------------------------------------------------------------
+    def keys(
+        self,
+        *,
+        status: str | list[str] | None = None,
+        project: str | None = None,
+        q: str | None = None,
+        min_failures: int | None = None,
+        created_from: datetime | str | None = None,
+        created_to: datetime | str | None = None,
+        sort: str | None = None,
+        order: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> KeyPage:
+        data = self._json(
+            "GET",
+            "/keys",
+            params=_params(
+                status=status, project=project, q=q, min_failures=min_failures or None,
+                created_from=created_from, created_to=created_to, sort=sort, order=order,
+                page=page, page_size=page_size,
+            ),
+        )
+        items = _frame(data.get("items") or [], KEY_COLUMNS, KEY_TIMES)
+        counts = {s: int((data.get("counts") or {}).get(s, 0)) for s in KEY_STATUSES}
+        return KeyPage(items, int(data.get("total", len(items))), int(data.get("page", page)),
+                       int(data.get("page_size", page_size)), counts)  # fmt: skip
+
+    def key(self, key_id: str) -> dict[str, Any]:
+        """Details: {"key", "usage_by_model", "recent_calls", "cooldowns", "headroom"} (lists as DataFrames)."""
+        data = self._json("GET", f"/keys/{key_id}")
+        out: dict[str, Any] = {"key": data.get("key") or {}}
+        for name in ("usage_by_model", "recent_calls", "cooldowns", "headroom"):
+            value = data.get(name) or []
+            out[name] = _frame(value if isinstance(value, list) else [value], times=("ts", "until", "last_ts"))
+        return out
+
+    def add_keys(self, text: str, project: str | None = None, label: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text}
+        if project:
+            body["project"] = project
+        if label:
+            body["label"] = label
+        return self._json("POST", "/keys", json=body)
+
+    def key_action(self, key_id: str, action: str) -> dict[str, Any]:
+        """verify | reset | enable | disable | delete on one key."""
+        if action == "delete":
+            return self._json("DELETE", f"/keys/{key_id}") or {"id": key_id, "ok": True}
+        return self._json("POST", f"/keys/{key_id}/{action}", timeout=max(self.timeout, 60.0))
+
+    def reveal(self, key_id: str) -> str:
+        return str(self._json("POST", f"/keys/{key_id}/reveal").get("secret", ""))
+
+    def batch(self, action: str, ids: list[str]) -> dict[str, Any]:
+        return self._json("POST", "/keys/batch", json={"action": action, "ids": list(ids)}, timeout=120.0)
+
+    # -- config --------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return self._json("GET", "/config")
+
+    def update_config(self, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PATCH", "/config", json=patch).get("values", {})
+
+    def reset_config(self) -> dict[str, Any]:
+        return self._json("POST", "/config/reset").get("values", {})
+
+    # -- error logs ----------------------------------------------------------------------------------------------
+    def errors(
+        self,
+        *,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        key_id: str | None = None,
+        model: str | None = None,
+        status: int | str | None = None,
+        error_type: str | None = None,
+        q: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> ErrorPage:
+        params = _params(
+            key_id=key_id, model=model, status=status, error_type=error_type, q=q, page=page, page_size=page_size
+        )
+        params.update(_params(**{"from": start, "to": end}))
+        data = self._json("GET", "/errors", params=params)
+        items = _frame(data.get("items") or [], ERROR_COLUMNS, ("ts",))
+        return ErrorPage(items, int(data.get("total", len(items))), int(data.get("page", page)),
+                         int(data.get("page_size", page_size)))  # fmt: skip
+
+    def error(self, error_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/errors/{error_id}")
+
+    def delete_errors(
+        self,
+        *,
+        ids: list[str] | None = None,
+        filter: dict[str, Any] | None = None,
+        older_than: datetime | str | None = None,
+    ) -> int:
+        if ids is not None:
+            body: dict[str, Any] = {"ids": list(ids)}
+        elif older_than is not None:
+            body = {"older_than": iso(older_than)}
+        else:
+            body = {"filter": {k: (iso(v) if isinstance(v, datetime) else v) for k, v in (filter or {}).items()
+                               if v not in (None, "")}}  # fmt: skip
+        return int(self._json("POST", "/errors/delete", json=body).get("deleted", 0))
+
+    # -- stats ---------------------------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return self._json("GET", "/stats/summary")
+
+    def series(
+        self,
+        granularity: str = "day",
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        group_by: str = "none",
+    ) -> pd.DataFrame:
+        params = _params(granularity=granularity, group_by=group_by, format="arrow")
+        params.update(_params(**{"from": start, "to": end}))
+        resp = self._request("GET", "/stats/series", params=params)
+        df = self._table(resp, "rows")
+        if "bucket" in df.columns:
+            df["bucket"] = _utc(df["bucket"])
+        return df
+
+    def top(
+        self, dim: str, start: datetime | str | None = None, end: datetime | str | None = None, limit: int = 10
+    ) -> pd.DataFrame:
+        params = _params(dim=dim, limit=limit)
+        params.update(_params(**{"from": start, "to": end}))
+        return self._table(self._request("GET", "/stats/top", params=params), "rows", "items")
+
+    # -- SQL -----------------------------------------------------------------------------------------------------
+    def query(self, sql: str, *, timeout: float = 120.0) -> QueryResult:
+        resp = self._request("POST", "/query", json={"sql": sql, "format": "arrow"}, timeout=timeout)
+        truncated = resp.headers.get("x-keyrack-truncated", "").lower() in ("1", "true", "yes")
+        elapsed = resp.headers.get("x-keyrack-elapsed-ms")
+        frame = self._table(resp, "rows")
+        if isinstance(resp_json := getattr(resp, "_keyrack_json", None), dict):
+            truncated = truncated or bool(resp_json.get("truncated"))
+        return QueryResult(frame, truncated, float(elapsed) if elapsed else None)
+
+    def schema(self) -> dict[str, list[dict[str, str]]]:
+        return self._json("GET", "/schema").get("tables", {})
+
+    def export(self) -> dict[str, Any]:
+        return self._json("POST", "/export", timeout=300.0)
+
+    # -- decoding ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _table(resp: httpx.Response, *json_keys: str) -> pd.DataFrame:
+        """An Arrow IPC stream or a JSON answer ({"columns", "rows"} or {"rows": [{...}]} or [{...}]) → DataFrame."""
+        ctype = resp.headers.get("content-type", "")
+        if "arrow" in ctype or (resp.content[:4] == b"\xff\xff\xff\xff"):
+            try:
+                table = pa.ipc.open_stream(io.BytesIO(resp.content)).read_all()
+            except pa.ArrowInvalid:
+                table = pa.ipc.open_file(io.BytesIO(resp.content)).read_all()
+            return table.to_pandas()
+        data = resp.json()
+        if isinstance(data, list):
+            return pd.DataFrame(data)
+        resp._keyrack_json = data  # type: ignore[attr-defined]  # remembered for flags such as "truncated"
+        for key in json_keys:
+            rows = data.get(key)
+            if rows is None:
+                continue
+            if rows and isinstance(rows[0], (list, tuple)):
+                return pd.DataFrame(rows, columns=data.get("columns"))
+            if not rows and data.get("columns"):
+                cols = [c if isinstance(c, str) else c.get("name") for c in data["columns"]]
+                return pd.DataFrame(columns=cols)
+            return pd.DataFrame(rows)
+        return pd.DataFrame()
+
+
+def _utc(col: pd.Series) -> pd.Series:
+    """Bucket times as tz-aware UTC, whatever the API sent (naive UTC timestamps, ISO strings, aware values)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col.dt.tz_localize("UTC") if col.dt.tz is None else col.dt.tz_convert("UTC")
+    return pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")

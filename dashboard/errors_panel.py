@@ -1,0 +1,124 @@
+"""Error-logs page logic: filters, the table, the detail dialog, deletes and the CSV export."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from dashboard.client import AdminClient
+from dashboard.i18n import t
+
+CSV_MAX_ROWS = 100_000
+CSV_PAGE = 1000
+
+
+def filters() -> dict[str, Any]:
+    """The filter widgets → the API's filter dict (keys as in GET /errors: from, to, key_id, ...)."""
+    today = ui.today()
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+    picked = c1.date_input(t("common.date_range"), value=(today - timedelta(days=6), today), key="err_range",
+                           format="YYYY-MM-DD")  # fmt: skip
+    start, end = ui.date_range(picked, (today - timedelta(days=6), today))
+    key_id = c2.text_input(t("errors.key"), key="err_key")
+    model = c3.text_input(t("errors.model"), key="err_model")
+    status = c4.text_input(t("errors.status"), key="err_status")
+    c5, c6 = st.columns([1, 3])
+    error_type = c5.text_input(t("errors.type"), key="err_type")
+    q = c6.text_input(t("errors.q"), key="err_q")
+    lo, hi = ui.day_range_utc(start, end)
+    return {
+        "from": lo, "to": hi, "key_id": key_id.strip() or None, "model": model.strip() or None,
+        "status": status.strip() or None, "error_type": error_type.strip() or None, "q": q.strip() or None,
+    }  # fmt: skip
+
+
+def query_args(flt: dict[str, Any]) -> dict[str, Any]:
+    """The filter dict as AdminClient.errors() keyword arguments."""
+    args = {k: v for k, v in flt.items() if k not in ("from", "to")}
+    return {"start": flt.get("from"), "end": flt.get("to"), **args}
+
+
+def table_frame(items: pd.DataFrame) -> pd.DataFrame:
+    cols = {"ts": "ts", "key_id": "key", "model": "model", "status": "status", "error_type": "type",
+            "message": "message", "request_id": "request"}  # fmt: skip
+    df = pd.DataFrame({new: items.get(old) for old, new in cols.items()})
+    if not df.empty:
+        df["ts"] = ui.local(df["ts"])
+        df["message"] = df["message"].astype("string").str.slice(0, 300)
+    return df
+
+
+def column_config() -> dict[str, Any]:
+    cc = st.column_config
+    return {
+        "ts": cc.DatetimeColumn(t("errors.col_time"), format="YYYY-MM-DD HH:mm:ss"),
+        "key": cc.TextColumn(t("errors.col_key"), width="small"),
+        "model": cc.TextColumn(t("errors.col_model"), width="small"),
+        "status": cc.NumberColumn(t("errors.col_status"), width="small", format="%d"),
+        "type": cc.TextColumn(t("errors.col_type"), width="small"),
+        "message": cc.TextColumn(t("errors.col_message"), width="large"),
+        "request": cc.TextColumn(t("errors.col_request"), width="small"),
+    }
+
+
+def csv_maker(client: AdminClient, flt: dict[str, Any]) -> Any:
+    """A callable for st.download_button: fetches every matching row (up to CSV_MAX_ROWS) only when clicked."""
+
+    def make() -> bytes:
+        frames, page = [], 1
+        while page * CSV_PAGE <= CSV_MAX_ROWS + CSV_PAGE:
+            chunk = client.errors(page=page, page_size=CSV_PAGE, **query_args(flt))
+            frames.append(chunk.items)
+            if len(chunk.items) < CSV_PAGE or page * CSV_PAGE >= chunk.total:
+                break
+            page += 1
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return df.to_csv(index=False).encode("utf-8")
+
+    return make
+
+
+def _pretty(text: Any) -> tuple[str, str | None]:
+    """JSON text pretty-printed (language "json"), anything else as is."""
+    if not isinstance(text, str):
+        return json.dumps(text, indent=2, ensure_ascii=False), "json"
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False), "json"
+    except ValueError:
+        return text, None
+
+
+def detail_dialog(state: dict[str, Any]) -> None:
+    entry = ui.safe("error", state["id"])
+    if entry is None:
+        return
+    ts = pd.Series(pd.to_datetime([entry.get("ts")], utc=True, errors="coerce", format="ISO8601"))
+    when = ui.local(ts).iloc[0]
+    when = when.strftime("%Y-%m-%d %H:%M:%S") if pd.notna(when) else "–"
+    st.caption(t("errors.meta", ts=when, key=entry.get("key_id") or "–", model=entry.get("model") or "–",
+                 status=entry.get("status") or "–", type=entry.get("error_type") or "–",
+                 request=entry.get("request_id") or "–"))  # fmt: skip
+    st.markdown(f"**{t('errors.message')}**")
+    st.code(entry.get("message") or "", language=None, wrap_lines=True)
+    for field, title in (("upstream_body", "errors.upstream_body"), ("stack_trace", "errors.stack_trace"),
+                         ("request_body", "errors.request_body")):  # fmt: skip
+        st.markdown(f"**{t(title)}**")
+        value = entry.get(field)
+        if value in (None, ""):
+            off = field == "request_body" and not ui.config_values().get("log_request_bodies")
+            st.caption(t("errors.request_body_off") if off else t("errors.not_recorded"))
+        else:
+            text, lang = _pretty(value)
+            st.code(text, language=lang or "text", wrap_lines=True, height=min(400, 40 + 20 * text.count("\n")))
+    if st.button(t("common.close"), key="err_detail_close"):
+        ui.close_dialog()
+
+
+def delete_errors(payload: dict[str, Any]) -> None:
+    n = ui.client().delete_errors(**payload)
+    ui.flash(t("errors.deleted", n=ui.fmt_int(n)))

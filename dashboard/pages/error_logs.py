@@ -1,0 +1,57 @@
+"""Error logs: filter, page through, inspect, delete, export."""
+
+from datetime import datetime, timedelta
+
+import streamlit as st
+
+from dashboard import errors_panel as ep
+from dashboard import ui
+from dashboard.i18n import t
+
+ui.require_login()
+
+ui.page_header("errors.title")
+flt = ep.filters()
+total_page = ui.safe("errors", page_size=1, **ep.query_args(flt))
+total = total_page.total if total_page else 0
+st.caption(t("errors.count", total=ui.fmt_int(total)))
+page, size = ui.pager("errors", total)
+result = ui.safe("errors", page=page, page_size=size, **ep.query_args(flt))
+items = result.items if result is not None else None
+
+if items is not None and not items.empty:
+    st.dataframe(ep.table_frame(items), key="tbl_errors", on_select="rerun", selection_mode="multi-row",
+                 hide_index=True, column_config=ep.column_config(), width="stretch")  # fmt: skip
+    rows = [r for r in ui.selected_rows("tbl_errors") if r < len(items)]
+    ids = [str(items.iloc[r]["id"]) for r in rows]
+    c1, c2, c3, c4 = st.columns(4)
+    if c1.button(t("errors.details"), icon=":material/info:", key="err_details", disabled=len(ids) != 1):
+        ui.open_dialog("error_detail", id=ids[0])
+        st.rerun()
+    if c2.button(t("errors.delete_selected", n=len(ids)), icon=":material/delete:", key="err_delete_selected",
+                 disabled=not ids):  # fmt: skip
+        ui.ask_confirm("delete", t("errors.confirm_selected", n=len(ids)), ids=ids)
+        st.rerun()
+    if c3.button(t("errors.delete_matching", n=ui.fmt_int(total)), icon=":material/delete_sweep:",
+                 key="err_delete_matching"):  # fmt: skip
+        ui.ask_confirm("delete", t("errors.confirm_matching", n=ui.fmt_int(total)), filter=flt)
+        st.rerun()
+    c4.download_button(t("common.download_csv"), ep.csv_maker(ui.client(), flt), file_name="keyrack-errors.csv",
+                       mime="text/csv", icon=":material/download:", key="err_csv", on_click="ignore")  # fmt: skip
+elif items is not None:
+    st.info(t("common.none"))
+
+with st.expander(t("errors.delete_older")):
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    older = c1.date_input(t("errors.older_than"), value=ui.today() - timedelta(days=30), key="err_older")
+    if c2.button(t("errors.delete_older"), icon=":material/auto_delete:", key="err_delete_older"):
+        cutoff = datetime.combine(older, datetime.min.time(), ui.tz())
+        ui.ask_confirm("delete", t("errors.confirm_older", date=older.isoformat()), older_than=cutoff)
+        st.rerun()
+
+ui.show_dialog(
+    {
+        "error_detail": ("errors.detail_title", ep.detail_dialog, "large"),
+        "confirm": ("common.confirm_title", ui.confirm_body({"delete": ep.delete_errors}), "small"),
+    }
+)

@@ -1,0 +1,41 @@
+"""Monitor: pool health at a glance, then the keys: search, filter, per-key and batch actions."""
+
+import streamlit as st
+
+from dashboard import keys_panel as kp
+from dashboard import ui
+from dashboard.i18n import t
+
+ui.require_login()
+
+head, add = st.columns([5, 1], vertical_alignment="bottom")
+head.title(t("monitor.title"))
+if add.button(t("monitor.add_keys"), icon=":material/add:", key="open_add", type="primary", width="stretch"):
+    ui.open_dialog("add")
+    st.rerun()
+ui.show_flash()
+
+
+@st.fragment(run_every=st.session_state.get("auto_refresh") or None)
+def live_cards() -> None:
+    ttl = 1.0 if st.session_state.get("auto_refresh") else ui.CACHE_TTL_S  # each tick asks the proxy again
+    summary = ui.safe("summary", default={}, ttl=ttl) or {}
+    counts = ui.safe("keys", page_size=1, ttl=ttl)
+    kp.cards(summary, counts.counts if counts else {})
+
+
+live_cards()
+st.divider()
+flt = kp.filters(kp.projects())
+kp.batch_summary()
+kp.key_section("active", flt)
+kp.key_section("inactive", flt)
+
+ui.show_dialog(
+    {
+        "add": ("monitor.add_title", kp.add_dialog, "medium"),
+        "details": ("monitor.details_title", kp.details_dialog, "large"),
+        "reveal": ("monitor.reveal_title", kp.reveal_dialog, "medium"),
+        "confirm": ("common.confirm_title", ui.confirm_body({"delete_keys": kp.delete_keys}), "small"),
+    }
+)

@@ -1,0 +1,66 @@
+"""Trends page data: series in the display time zone, range limits, top tables."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from dashboard.i18n import t
+
+GRANULARITIES = ["hour", "day", "week", "month"]
+DIMENSIONS = ["none", "model", "key", "project"]
+MAX_HOURLY_DAYS = 62  # ~1,500 hourly buckets: still a quick chart
+
+
+def clamp(granularity: str, start: date, end: date) -> tuple[date, str | None]:
+    """Keep hourly charts to a drawable number of buckets."""
+    days = (end - start).days + 1
+    if granularity == "hour" and days > MAX_HOURLY_DAYS:
+        return end - timedelta(days=MAX_HOURLY_DAYS - 1), t("trends.range_too_long", days=days, max=MAX_HOURLY_DAYS)
+    return start, None
+
+
+def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.DataFrame | None:
+    df = ui.safe("series", granularity, lo, hi, group_by, ttl=15.0)
+    if df is None:
+        return None
+    if df.empty or "bucket" not in df:
+        return df.iloc[0:0]
+    df = df.copy()
+    df["bucket"] = ui.local(df["bucket"])
+    if "group" not in df:
+        df["group"] = None
+    return df.sort_values("bucket")
+
+
+def top_frame(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    name_col = next((c for c in ("name", "key_id", "model", "key", "id", "group") if c in df.columns), None)
+    if name_col and name_col != "name":
+        df = df.rename(columns={name_col: "name"})
+    keep = [c for c in ("name", "label", "project", "calls", "successes", "failures", "success_rate", "avg_latency_ms",
+                        "p95_latency_ms", "total_tokens") if c in df.columns]  # fmt: skip
+    df = df[keep] if keep else df
+    if "success_rate" in df and pd.to_numeric(df["success_rate"], errors="coerce").max() > 1:
+        df["success_rate"] = pd.to_numeric(df["success_rate"], errors="coerce") / 100
+    return df
+
+
+def top_columns() -> dict[str, Any]:
+    cc = st.column_config
+    return {
+        "name": cc.TextColumn(t("col.name")),
+        "label": cc.TextColumn(t("col.label")),
+        "project": cc.TextColumn(t("col.project")),
+        "calls": cc.NumberColumn(t("col.calls"), format="localized"),
+        "successes": cc.NumberColumn(t("col.successes"), format="localized"),
+        "failures": cc.NumberColumn(t("col.failures"), format="localized"),
+        "success_rate": cc.NumberColumn(t("col.success_rate"), format="percent"),
+        "avg_latency_ms": cc.NumberColumn(t("col.avg_latency"), format="%.0f"),
+        "p95_latency_ms": cc.NumberColumn(t("col.p95_latency"), format="%.0f"),
+        "total_tokens": cc.NumberColumn(t("col.tokens"), format="localized"),
+    }

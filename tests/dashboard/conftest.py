@@ -1,0 +1,135 @@
+"""Dashboard test fixtures: ONE real stack per test session — the fake Gemini upstream and the Keyrack proxy on
+127.0.0.1 (real uvicorn, real DuckDB file) — seeded with synthetic call events and with keys added through the
+admin API. AppTests run the dashboard in-process against it, exactly as `keyrack dashboard` would."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy_service.app import Gateway, create_app
+from proxy_service.events import AttemptEvent, ErrorEvent, RequestEvent
+from proxy_service.fake_upstream import create_app as create_fake
+from proxy_service.keys import key_id
+from proxy_service.settings import Settings
+from tests.servers import serve
+
+ADMIN_TOKEN = "dash-admin-token-456"
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+SCENARIO: dict[str, Any] = {
+    "projects": {"alpha": ["key-alpha-1", "key-alpha-2"], "beta": ["key-beta-1"]},
+    "invalid_keys": ["key-bad-0001"],
+    "seed": 3,
+}
+POOL_KEYS = "alpha:key-alpha-1,alpha:key-alpha-2,beta:key-beta-1"
+MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
+OUTCOMES = [("success", 200)] * 8 + [("upstream_error", 503), ("exhausted", 429)]
+
+
+@dataclass
+class Stack:
+    url: str
+    upstream_url: str
+    gateway: Gateway
+    http: httpx.Client
+
+    def admin(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self.http.request(method, f"{self.url}/admin/api{path}", **kw)
+        resp.raise_for_status()
+        return resp.json() if resp.content else None
+
+    def flush(self) -> None:
+        self.gateway.persist_keys()
+        self.gateway.writer.flush()
+
+    def add_keys(self, secrets: list[str], project: str | None = None, label: str | None = None) -> list[str]:
+        body: dict[str, Any] = {"text": "\n".join(secrets)}
+        if project:
+            body["project"] = project
+        if label:
+            body["label"] = label
+        self.admin("POST", "/keys", json=body)
+        self.flush()
+        return [key_id(s) for s in secrets]
+
+
+def seed_events(gw: Gateway, n: int = 400, days: int = 3, rng: random.Random | None = None) -> None:
+    """Synthetic traffic through the real writer: requests, their attempts, and error logs for failures."""
+    rng = rng or random.Random(7)
+    keys = [(key_id(s), p) for p, ss in SCENARIO["projects"].items() for s in ss]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for i in range(n):
+        ts = now - timedelta(seconds=rng.uniform(0, days * 86400)) if i >= 20 else now - timedelta(seconds=i)
+        kid, project = rng.choice(keys)
+        model = rng.choice(MODELS)
+        outcome, status = rng.choice(OUTCOMES)
+        rid = uuid.uuid4().hex
+        prompt, output = rng.randint(10, 500), rng.randint(0, 800)
+        ok = outcome == "success"
+        gw.writer.record(
+            RequestEvent(
+                ts=ts, request_id=rid, client_id="test", surface="gemini", operation="generateContent",
+                model=model, stream=False, status=status, outcome=outcome, attempts=1, key_id=kid, project=project,
+                latency_ms=rng.uniform(80, 2500), ttfb_ms=rng.uniform(50, 400), prompt_tokens=prompt,
+                output_tokens=output if ok else 0, total_tokens=prompt + (output if ok else 0), request_bytes=300,
+                response_bytes=900, error_status=None if ok else "UNAVAILABLE",
+                error_message=None if ok else "The model is overloaded.",
+            )
+        )
+        gw.writer.record(
+            AttemptEvent(
+                ts=ts, request_id=rid, attempt=1, key_id=kid, project=project, model=model, upstream_status=status,
+                outcome="ok" if ok else ("rate_limited" if status == 429 else "server_error"),
+                latency_ms=rng.uniform(80, 2500),
+                quota_id="GenerateRequestsPerMinutePerProjectPerModel-FreeTier" if status == 429 else None,
+            )
+        )
+        if not ok:
+            gw.writer.record(
+                ErrorEvent(
+                    id=uuid.uuid4().hex[:16], ts=ts, request_id=rid, key_id=kid, model=model, status=status,
+                    error_type="rate_limited" if status == 429 else "upstream_error",
+                    message=f"synthetic failure {i}: {'quota exceeded' if status == 429 else 'model overloaded'}",
+                    upstream_body=json.dumps({"error": {"code": status, "message": "synthetic", "status": "UNAVAILABLE"}}),
+                    stack_trace="Traceback (most recent call last):\n  synthetic frame" if i % 7 == 0 else None,
+                )
+            )  # fmt: skip
+    gw.writer.flush()
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("dash-proxy")
+    with contextlib.ExitStack() as es:
+        upstream_url = es.enter_context(serve(create_fake(SCENARIO)))
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, data_dir=data_dir, upstream_url=upstream_url, admin_token=ADMIN_TOKEN,
+            api_keys=POOL_KEYS, recheck_interval_s=3600,
+        )  # fmt: skip
+        app = create_app(settings)
+        url = es.enter_context(serve(app, lifespan="on"))
+        http = es.enter_context(httpx.Client(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30))
+        s = Stack(url, upstream_url, app.state.gateway, http)
+        seed_events(s.gateway)
+        s.add_keys(["key-bad-0001"], project="gamma", label="known bad")
+        s.admin("POST", f"/keys/{key_id('key-bad-0001')}/verify")  # the fake says it is invalid
+        s.flush()
+        yield s
+
+
+@pytest.fixture
+def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Environment as `keyrack dashboard` sets it: admin URL + token (so the AppTest lands logged in)."""
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
+    return stack

@@ -1,0 +1,367 @@
+"""AppTest: every dashboard page against a real proxy (admin API) with real data — no mocked client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from datetime import date, timedelta
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from proxy_service.keys import key_id
+from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
+
+
+def start(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    ok(at)
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    """No traceback anywhere on screen."""
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(elements: object) -> list[str]:
+    return [str(e.value) for e in elements]  # type: ignore[attr-defined]
+
+
+def select(at: AppTest, table: str, *rows: int) -> AppTest:
+    at.session_state[table] = {"selection": {"rows": list(rows), "columns": [], "cells": []}}
+    return ok(at.run())
+
+
+def search(at: AppTest, text: str) -> AppTest:
+    at.text_input(key="key_q").input(text)
+    return ok(at.run())
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# -- login gate ------------------------------------------------------------------------------------------------
+def test_login_with_wrong_token_shows_a_clear_message(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
+    at = start()
+    assert "Sign in to Keyrack" in texts(at.title)
+    at.text_input(key="login_token").input("not-the-token")
+    ok(at.button[0].click().run())
+    assert any("not accepted" in e for e in texts(at.error)), texts(at.error)
+    assert "Monitor" not in texts(at.title)
+
+    at.text_input(key="login_token").input(ADMIN_TOKEN)
+    ok(at.button[0].click().run())
+    assert "Monitor" in texts(at.title)
+
+
+def test_unreachable_proxy_is_explained_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "anything")
+    at = start()
+    assert any("Cannot reach the proxy" in e for e in texts(at.error)), texts(at.error)
+
+
+def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stack) -> None:
+    at = start()
+    assert "Monitor" in texts(at.title)
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Calls · last 24 h"].replace(",", "")) > 0
+    assert int(metrics[":red[:material/cancel:] Invalid keys"]) >= 1
+    assert metrics["p95 latency"].endswith("ms")
+    # (AppTest keeps the entry script's sidebar in its tree for the first run only: use it right away.)
+    at.sidebar.selectbox(key="lang_select").select("zh")
+    ok(at.run())
+    assert "监控" in texts(at.title)
+    assert any("调用" in label for label in (m.label for m in at.metric))
+
+    auto = AppTest.from_file(str(APP), default_timeout=30)
+    auto.session_state["auto_refresh"] = 5  # the cards become a fragment re-run every 5 s
+    ok(auto.run())
+    assert len(auto.metric) == 12
+
+
+# -- monitor ---------------------------------------------------------------------------------------------------
+def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
+    at = start()
+    active, inactive = at.dataframe[0].value, at.dataframe[1].value
+    assert key_id("key-alpha-1") in set(active["id"])
+    assert key_id("key-bad-0001") in set(inactive["id"])
+    assert key_id("key-bad-0001") not in set(active["id"])
+
+    at.multiselect(key="key_status").set_value(["invalid"])
+    ok(at.run())
+    assert "Hidden by the status filter." in texts(at.caption)
+    assert set(at.dataframe[0].value["id"]) == {key_id("key-bad-0001")} | set(at.dataframe[0].value["id"])
+
+    at.multiselect(key="key_status").set_value([])
+    at.selectbox(key="key_project").set_value("beta")
+    ok(at.run())
+    assert set(at.dataframe[0].value["id"]) == {key_id("key-beta-1")}
+
+    at.selectbox(key="key_project").set_value("")
+    search(at, "known bad")
+    assert list(at.dataframe[0].value["id"]) == [key_id("key-bad-0001")]
+    at.number_input(key="key_failures").set_value(1000)
+    ok(at.run())
+    assert not at.dataframe
+
+    at.number_input(key="key_failures").set_value(0)
+    search(at, "")
+    tomorrow = date.today() + timedelta(days=1)
+    at.date_input(key="key_created").set_value((tomorrow, tomorrow + timedelta(days=1)))
+    ok(at.run())
+    assert not at.dataframe  # nobody was created tomorrow
+    at.date_input(key="key_created").set_value((date.today() - timedelta(days=1), tomorrow))
+    ok(at.run())
+    assert key_id("key-alpha-1") in set(at.dataframe[0].value["id"])
+
+
+def test_monitor_disable_enable_copy_and_details(dash_env: Stack) -> None:
+    secret = unique("key-solo")
+    (kid,) = dash_env.add_keys([secret], project="solo", label=unique("solo"))
+    at = search(start(), kid)
+    select(at, "tbl_active", 0)
+    ok(at.button(key="toggle_active").click().run())
+    assert any("Disable" in s and kid in s for s in texts(at.success)), texts(at.success)
+    assert kid in set(at.dataframe[0].value["id"])  # now in the invalid/disabled section (the only table)
+
+    select(at, "tbl_inactive", 0)
+    ok(at.button(key="copy_inactive").click().run())
+    assert secret in texts(at.code)  # revealed only on this explicit action
+    ok(at.button(key="reveal_close").click().run())
+    assert secret not in texts(at.code)
+
+    select(at, "tbl_inactive", 0)
+    ok(at.button(key="toggle_inactive").click().run())
+    assert any("Enable" in s for s in texts(at.success))
+
+    at.session_state["_dialog"] = {"name": "details", "id": kid}  # dialogs open through session state
+    ok(at.run())
+    assert len(at.tabs) == 3
+    assert any("solo" in m for m in texts(at.markdown))
+    ok(at.button(key="details_close").click().run())
+    assert "_dialog" not in at.session_state
+
+
+def test_monitor_batch_disable_then_delete_with_confirmation(dash_env: Stack) -> None:
+    label = unique("batch")
+    ids = dash_env.add_keys([unique("key-batch") for _ in range(3)], label=label)
+    at = search(start(), label)
+    assert set(at.dataframe[0].value["id"]) == set(ids)
+    select(at, "tbl_active", 0, 1, 2)
+    ok(at.button(key="batch_disable_active").click().run())
+    assert "Disable: 3 succeeded, 0 failed." in texts(at.success)
+    assert set(at.dataframe[0].value["id"]) == set(ids)  # all moved to the inactive table
+    assert len(at.dataframe) == 1
+
+    select(at, "tbl_inactive", 0, 1, 2)
+    ok(at.button(key="batch_delete_inactive").click().run())
+    assert any("Delete 3 keys?" in m for m in texts(at.markdown))  # nothing deleted before confirming
+    assert len(dash_env.admin("GET", "/keys", params={"q": label})["items"]) == 3
+    ok(at.button(key="confirm_yes").click().run())
+    assert "Delete: 3 succeeded, 0 failed." in texts(at.success)
+    assert dash_env.admin("GET", "/keys", params={"q": label})["items"] == []
+
+
+def test_monitor_add_keys_dialog_reports_added_duplicates_rejected(dash_env: Stack) -> None:
+    at = start()
+    ok(at.button(key="open_add").click().run())
+    text = "\n".join([unique("key-new"), unique("key-new"), "key-alpha-1", "this line is not a key at all"])
+    at.text_area(key="add_text").input(text)
+    ok(at.button(key="add_submit").click().run())
+    assert "Added 2 · duplicates 1 · rejected 1" in texts(at.success), texts(at.success)
+
+
+# -- trends ----------------------------------------------------------------------------------------------------
+def _values(data: object) -> np.ndarray:
+    """A Plotly JSON array: a plain list or Plotly's typed-array form {"dtype", "bdata"} (base64)."""
+    if isinstance(data, dict):
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])
+    return np.asarray(data, dtype=float)
+
+
+def _chart_titles(at: AppTest) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
+def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> None:
+    at = start("trends")
+    assert _chart_titles(at) == ["Calls: success vs failure", "Success rate", "Latency p50 / p95", "Tokens"]
+    hourly = len(_values(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]))
+    at.segmented_control(key="granularity").set_value("day")
+    ok(at.run())
+    daily = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert 1 <= len(_values(daily[0]["y"])) < hourly
+    assert sum(_values(trace["y"]).sum() for trace in daily) >= 400  # every seeded call counted once
+    at.selectbox(key="breakdown").set_value("model")
+    ok(at.run())
+    assert "Calls by model" in _chart_titles(at)
+    by_model = json.loads(at.get("plotly_chart")[4].proto.spec)["data"]
+    assert {trace["name"] for trace in by_model} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
+    assert texts(at.subheader)[-2:] == ["Top keys", "Top models"]
+    assert len(at.dataframe) == 2 and not at.dataframe[1].value.empty
+
+
+# -- error logs ------------------------------------------------------------------------------------------------
+def test_error_logs_filter_detail_and_delete_selected(dash_env: Stack) -> None:
+    at = start("error_logs")
+    total = int(texts(at.caption)[0].split()[0].replace(",", ""))
+    assert total > 0
+    at.text_input(key="err_q").input("quota exceeded")
+    ok(at.run())
+    table = at.dataframe[0].value
+    assert set(table["status"]) == {429}
+
+    select(at, "tbl_errors", 0)
+    ok(at.button(key="err_details").click().run())
+    codes = texts(at.code)
+    assert any("quota exceeded" in c for c in codes)
+    assert any('"code": 429' in c for c in codes)  # the upstream body, pretty-printed
+    ok(at.button(key="err_detail_close").click().run())
+
+    matching = int(texts(at.caption)[0].split()[0].replace(",", ""))
+    select(at, "tbl_errors", 0, 1)
+    ok(at.button(key="err_delete_selected").click().run())
+    assert any("Delete 2 selected" in m for m in texts(at.markdown))
+    ok(at.button(key="confirm_yes").click().run())
+    assert "Deleted 2 entries." in texts(at.success)
+    assert int(texts(at.caption)[0].split()[0].replace(",", "")) == matching - 2
+    assert at.get("download_button")
+
+
+# -- config ----------------------------------------------------------------------------------------------------
+def test_config_marks_changes_shows_validation_and_saves_live(dash_env: Stack) -> None:
+    at = start("config")
+    assert [s for s in texts(at.subheader)][:3] == ["General", "Gemini upstream & pool", "Logging & retention"]
+    at.number_input(key="cfg_max_retries").set_value(99)
+    ok(at.run())
+    assert any("1 unsaved changes" in m for m in texts(at.markdown))
+    assert any("changed" in c for c in texts(at.caption))
+    ok(at.button(key="cfg_save_btn").click().run())
+    assert "Not saved: fix the fields marked below." in texts(at.error)
+    assert any("20" in e for e in texts(at.error))  # the API's message for max_retries, next to the field
+    assert dash_env.admin("GET", "/config")["values"]["max_retries"] != 99
+
+    at.number_input(key="cfg_max_retries").set_value(5)
+    ok(at.run())
+    ok(at.button(key="cfg_save_btn").click().run())
+    assert any("Saved 1 settings" in s for s in texts(at.success))
+    assert dash_env.admin("GET", "/config")["values"]["max_retries"] == 5
+    assert dash_env.gateway.config.max_retries == 5  # applied live
+    assert any("No unsaved changes" in m for m in texts(at.markdown))
+    dash_env.admin("PATCH", "/config", json={"max_retries": 3})
+
+
+# -- SQL -------------------------------------------------------------------------------------------------------
+def test_sql_page_error_path_examples_and_downloads(dash_env: Stack) -> None:
+    at = start("sql")
+    assert any(e.label.startswith("requests") for e in at.expander)  # schema browser
+    at.text_area(key="sql_text").input("SELECT no_such_column FROM requests")
+    ok(at.button(key="sql_run").click().run())
+    assert any(e.startswith("Query failed:") and "no_such_column" in e for e in texts(at.error)), texts(at.error)
+    assert not at.dataframe
+
+    at.text_area(key="sql_text").input("DELETE FROM requests")
+    ok(at.button(key="sql_run").click().run())
+    assert any(e.startswith("Query not allowed:") for e in texts(at.error)), texts(at.error)
+
+    at.selectbox(key="sql_example").set_value("sql.ex.calls_by_model")
+    ok(at.run())
+    assert "GROUP BY model" in at.text_area(key="sql_text").value
+    ok(at.button(key="sql_run").click().run())
+    assert not at.error
+    result = at.dataframe[0].value
+    assert set(result["model"]) <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
+    assert len(at.get("download_button")) == 2
+
+
+def test_trends_buckets_follow_the_configured_timezone(dash_env: Stack) -> None:
+    dash_env.admin("PATCH", "/config", json={"display_timezone": "Asia/Shanghai"})
+    try:
+        at = start("trends")
+        at.segmented_control(key="granularity").set_value("day")
+        ok(at.run())
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert spec["layout"]["xaxis"]["title"]["text"] == "Time (Asia/Shanghai)"
+        days = spec["data"][0]["x"]
+        assert days and all("T00:00:00" in str(x) for x in days), days  # local midnights
+    finally:
+        dash_env.admin("PATCH", "/config", json={"display_timezone": "UTC"})
+
+
+@pytest.mark.parametrize("page", ["monitor", "trends", "error_logs", "config", "sql"])
+def test_every_page_renders_in_chinese(dash_env: Stack, page: str) -> None:
+    dash_env.admin("PATCH", "/config", json={"language": "zh"})  # the default language comes from the config
+    try:
+        at = start(page)
+        titles = {"monitor": "监控", "trends": "趋势", "error_logs": "错误日志", "config": "配置", "sql": "SQL 查询"}
+        assert titles[page] in texts(at.title)
+        assert not at.error
+    finally:
+        dash_env.admin("PATCH", "/config", json={"language": "en"})
+
+
+def test_error_logs_paginate_and_delete_by_filter_and_age(dash_env: Stack) -> None:
+    at = start("error_logs")
+    at.selectbox(key="errors_size").set_value(10)
+    ok(at.run())
+    at.number_input(key="errors_page").set_value(2)
+    ok(at.run())
+    assert len(at.dataframe[0].value) == 10
+    assert any(c.startswith("Page 2 of") for c in texts(at.caption))
+
+    ok(at.button(key="err_delete_older").click().run())  # default cut-off: 30 days ago, older than any entry
+    assert any("older than" in m for m in texts(at.markdown))
+    ok(at.button(key="confirm_yes").click().run())
+    assert "Deleted 0 entries." in texts(at.success)
+
+    beta = key_id("key-beta-1")
+    at.text_input(key="err_key").input(beta)
+    at.text_input(key="err_q").input("model overloaded")
+    ok(at.run())
+    matching = len(dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["items"])
+    assert matching > 0
+    ok(at.button(key="err_delete_matching").click().run())
+    ok(at.button(key="confirm_yes").click().run())
+    assert f"Deleted {matching} entries." in texts(at.success)
+    assert dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["total"] == 0
+    assert dash_env.admin("GET", "/errors", params={"key_id": beta})["total"] > 0  # other entries stay
+
+
+def test_monitor_verify_reports_the_upstream_verdict(dash_env: Stack) -> None:
+    at = search(start(), "known bad")
+    select(at, "tbl_inactive", 0)
+    ok(at.button(key="verify_inactive").click().run())
+    warnings = texts(at.warning)
+    assert any(w.startswith("Verify known bad") and "400" in w for w in warnings), warnings
+    assert list(at.dataframe[0].value["id"]) == [key_id("key-bad-0001")]  # still invalid
+
+
+def test_monitor_delete_one_key_after_confirmation(dash_env: Stack) -> None:
+    label = unique("doomed")
+    (kid,) = dash_env.add_keys([unique("key-doomed")], label=label)
+    at = search(start(), label)
+    select(at, "tbl_active", 0)
+    ok(at.button(key="delete_active").click().run())
+    ok(at.button(key="confirm_no").click().run())  # cancel keeps it
+    assert kid in dash_env.gateway.pool.keys
+    select(at, "tbl_active", 0)
+    ok(at.button(key="delete_active").click().run())
+    ok(at.button(key="confirm_yes").click().run())
+    assert kid not in dash_env.gateway.pool.keys
+    assert not at.dataframe
