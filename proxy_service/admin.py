@@ -1,16 +1,276 @@
-"""The admin API (/admin/api/*). Placeholder until the control plane lands."""
+"""The admin API (/admin/api/*): the control plane for the dashboard and for scripts.
+
+Contract: docs/ARCHITECTURE.md. Every route needs `Authorization: Bearer <KEYRACK_ADMIN_TOKEN>` (compared in
+constant time); without a configured token the whole API answers 503. Errors are
+`{"error": {"code", "message", "field"?}}`. Database reads run on worker threads with their own cursor (never on
+the event loop, which serves the proxy); database writes go through the event writer so they are serialised with
+the appends. Handlers live in admin_keys.py (keys) and admin_data.py (config, error logs, stats, SQL, export);
+this module holds the plumbing they share, the route table and the background jobs.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import functools
+import hmac
+import json
+import logging
+import math
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+import duckdb
+import pyarrow as pa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+
+from proxy_service import queries, snapshot
+from proxy_service.rollup import Rollup
+from proxy_service.settings import ConfigError
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
 
+log = logging.getLogger("keyrack.admin")
+PREFIX = "/admin/api"
+MAX_BODY = 10 * 1024 * 1024
+COMPACT_TICK_S = 60.0
+RETENTION_TICK_S = 600.0
+SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
+T = TypeVar("T")
+Handler = Callable[["Gateway", Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.extra = status, message, field, extra
+
+
+@dataclass
+class AdminState:
+    rollup: Rollup = field(default_factory=Rollup)
+    query_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+
+_STATES: weakref.WeakKeyDictionary[Gateway, AdminState] = weakref.WeakKeyDictionary()
+
+
+def state(gw: Gateway) -> AdminState:
+    """The gateway's admin state, set up on first use: safe views, the rollup (checked or rebuilt) and its hook."""
+    st = _STATES.get(gw)
+    if st is None:
+        st = _STATES[gw] = AdminState()
+
+        def setup(cur: duckdb.DuckDBPyConnection) -> None:
+            queries.install_safe_views(cur)
+            st.rollup.install(cur)
+
+        gw.writer.submit(setup).result()  # inline before the writer starts, else serialised with the appends
+        gw.writer.after_append.append(st.rollup.on_append)
+    return st
+
+
+# -- responses -----------------------------------------------------------------------------------------------------
+def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    err: dict[str, Any] = {"code": status, "message": message}
+    if field:
+        err["field"] = field
+    headers = {"www-authenticate": 'Bearer realm="keyrack-admin"'} if status == 401 else None
+    return JSONResponse({"error": err, **extra}, status_code=status, headers=headers)
+
+
+def ok(data: Any, status: int = 200) -> Response:
+    return Response(dumps(data), status, media_type="application/json")
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(jsonable(data), ensure_ascii=False, allow_nan=False).encode()
+
+
+def jsonable(v: Any) -> Any:
+    """Plain JSON values: times as ISO-8601 UTC ("...Z"; naive times are UTC), NaN → null, bytes → hex."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, datetime):
+        return iso(v)
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, pa.MonthDayNano):  # an Arrow interval: seconds when it has no calendar part
+        months, days, ns = v
+        return ns / 1e9 if not months and not days else f"{months} months {days} days {ns / 1e9:g} seconds"
+    if isinstance(v, (list, tuple, set)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (date, time)):
+        return v.isoformat()
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    if isinstance(v, Decimal):
+        return float(v) if v.is_finite() else None
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, UUID):
+        return str(v)
+    return str(v)
+
+
+def iso(t: datetime | float | None) -> str | None:
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        t = datetime.fromtimestamp(t, UTC)
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return t.isoformat(timespec="milliseconds") + "Z"
+
+
+# -- request parsing -------------------------------------------------------------------------------------------------
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body is larger than {MAX_BODY // (1024 * 1024)} MB")
+    if not raw.strip():
+        raise ApiError(400, "request body is empty: send a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def parse_time(value: Any, name: str) -> datetime:
+    """ISO-8601 date or time → naive UTC (a time without an offset is UTC)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"{name} must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z", name)
+    text = value.strip()
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ApiError(
+            400, f"{name}: {value!r} is not an ISO-8601 date or time (e.g. 2026-01-31T12:00:00Z)", name
+        ) from None
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def q_time(request: Request, name: str) -> datetime | None:
+    value = request.query_params.get(name)
+    return parse_time(value, name) if value else None
+
+
+def q_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, not {value!r}", name) from None
+    if not lo <= n <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
+    return n
+
+
+def q_choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = request.query_params.get(name) or default
+    if value not in choices:
+        raise ApiError(400, f"{name} must be one of {', '.join(choices)} (got {value!r})", name)
+    return value
+
+
+# -- database access ------------------------------------------------------------------------------------------------
+async def read(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """Run `fn(cursor)` on a worker thread with its own cursor."""
+
+    def job() -> T:
+        cur = gw.store.cursor()
+        try:
+            return fn(cur)
+        finally:
+            cur.close()
+
+    return await asyncio.to_thread(job)
+
+
+async def write(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """Run `fn(cursor)` on the writer thread, after the events queued before it."""
+    return await asyncio.wrap_future(gw.writer.submit(fn))
+
+
+# -- auth and routing -----------------------------------------------------------------------------------------------
+def _guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        token = gw.settings.admin_token
+        if not token:
+            return error_response(503, "The admin API is disabled: KEYRACK_ADMIN_TOKEN is not set.")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error_response(401, "Missing or wrong admin token (send Authorization: Bearer <token>).")
+        try:
+            return await handler(gw, request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, exc.field, **exc.extra)
+        except ConfigError as exc:
+            first = next(iter(exc.errors), None)
+            return error_response(422, f"invalid configuration: {exc}", first, errors=exc.errors)
+        except Exception as exc:
+            log.exception("admin %s %s failed", request.method, request.url.path)
+            return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log")
+
+    return endpoint
+
 
 def routes(gw: Gateway) -> list[Any]:
-    return []
+    from proxy_service import admin_data, admin_keys
+
+    state(gw)
+    table: list[tuple[str, list[str], Handler]] = [*admin_keys.ROUTES, *admin_data.ROUTES]
+    admin_routes = [Route(PREFIX + path, _guarded(gw, h), methods=methods) for path, methods, h in table]
+
+    async def fallback(gw: Gateway, request: Request) -> Response:
+        allowed = [r for r in admin_routes if r.matches(request.scope)[0] == Match.PARTIAL]
+        if allowed:
+            methods = sorted({m for r in allowed for m in (r.methods or ())} - {"HEAD"})
+            return error_response(405, f"{request.method} is not allowed here (allowed: {', '.join(methods)})")
+        return error_response(404, f"unknown admin API path {request.url.path[:200]}")
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return [*admin_routes, Route(PREFIX + "/{rest:path}", _guarded(gw, fallback), methods=methods)]
 
 
+# -- background jobs ------------------------------------------------------------------------------------------------
 def start_jobs(gw: Gateway) -> None:
-    return None
+    st = state(gw)
+
+    async def compact() -> None:
+        await write(gw, st.rollup.compact)
+
+    async def retention() -> None:
+        cfg = gw.config
+        days = {"requests": cfg.retention_requests_days, "attempts": cfg.retention_attempts_days,
+                "error_logs": cfg.retention_error_logs_days}  # fmt: skip
+        cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
+        await write(gw, lambda cur: snapshot.apply_retention(cur, cutoffs, st.rollup))
+
+    async def periodic_export() -> None:
+        if gw.config.snapshot_interval_s > 0:
+            await export(gw)
+
+    gw.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
+    gw.every(lambda: RETENTION_TICK_S, retention, "retention")
+    gw.every(lambda: gw.config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot")
+
+
+async def export(gw: Gateway) -> snapshot.Export:
+    directory = gw.settings.data_dir / "exports"
+    return await read(gw, lambda cur: snapshot.export(cur, directory))

@@ -122,11 +122,17 @@ class EventWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="keyrack-writer", daemon=True)
         self._started = False
+        self._wake = threading.Event()  # producers that cannot wait for the flush interval set it
+        # Called on the writer thread right after a batch is appended: (cursor, table, the Arrow batch). Used to keep
+        # derived tables (the stats rollup) exactly in step with the appends. A hook must not raise.
+        self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, pa.Table], None]] = []
 
     # -- producer side -------------------------------------------------------------------------------------------
     def record(self, event: Event) -> None:
         self.stats.enqueued += 1
         self._queue.put(event)
+        if self._queue.qsize() >= self.batch_rows and not self._wake.is_set():
+            self._wake.set()
 
     def submit(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
         """Run `fn(cursor)` on the writer thread after the events queued before it are written."""
@@ -141,6 +147,7 @@ class EventWriter:
                 cur.close()
             return job.future
         self._queue.put(job)
+        self._wake.set()
         return job.future
 
     @property
@@ -164,6 +171,7 @@ class EventWriter:
         if not self._started:
             return
         self._queue.put(_STOP)
+        self._wake.set()
         self._thread.join(timeout)
         self._started = False
 
@@ -176,40 +184,33 @@ class EventWriter:
         cur = self.store.cursor()
         pending: dict[type, list[Any]] = {cls: [] for cls in _TABLE_OF}
         count = 0
-        deadline = time.monotonic() + self.flush_interval
         stopping = False
-        while not stopping:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stopping = True
-            elif isinstance(item, _Job):
-                count = self._flush(cur, pending, count)
-                self._run_job(cur, item)
-                continue
-            elif item is not None:
-                pending[type(item)].append(item)
-                count += 1
-                if count < self.batch_rows:
-                    continue
-            if count or time.monotonic() >= deadline or stopping:
-                count = self._flush(cur, pending, count)
-                deadline = time.monotonic() + self.flush_interval
-        # Drain what arrived after STOP (late producers), then close.
+        get = self._queue.get_nowait
         while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+            # Sleep until the flush interval is over or a producer asks (a full batch, a job, stop). Blocking on the
+            # queue instead would wake this thread for every event: a thread switch and a GIL hand-over per event,
+            # paid by the request path.
+            if not stopping:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+            while True:  # drain in queue order (after STOP too: late producers' items are written)
+                try:
+                    item = get()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Job):
+                    count = self._flush(cur, pending, count)
+                    self._run_job(cur, item)
+                else:
+                    pending[type(item)].append(item)
+                    count += 1
+                    if count >= self.batch_rows:
+                        count = self._flush(cur, pending, count)
+            count = self._flush(cur, pending, count)
+            if stopping:
                 break
-            if isinstance(item, _Job):
-                self._run_job(cur, item)
-            elif item is not _STOP:
-                pending[type(item)].append(item)
-                count += 1
-        self._flush(cur, pending, count)
         cur.close()
 
     def _run_job(self, cur: duckdb.DuckDBPyConnection, job: _Job) -> None:
@@ -228,7 +229,8 @@ class EventWriter:
             if not rows:
                 continue
             table = _TABLE_OF[cls]
-            batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})  # noqa: F841 (read by DuckDB by name)
+            # `batch` is read by DuckDB by name (a replacement scan), then handed to the after-append hooks.
+            batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})
             try:
                 cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
                 self.stats.written[table] += len(rows)
@@ -236,6 +238,12 @@ class EventWriter:
                 # A failed append is counted and logged loudly (metrics expose `failures`), never swallowed.
                 self.stats.failures += 1
                 log.exception("event flush failed for %s (%d rows)", table, len(rows))
+            else:
+                for hook in self.after_append:
+                    try:
+                        hook(cur, table, batch)
+                    except Exception:
+                        log.exception("after-append hook failed for %s", table)
             rows.clear()
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000

@@ -1,0 +1,474 @@
+"""All analytics SQL, parameterised: stats (summary, series, top), error-log search, key usage, the safe schema.
+
+Values always travel as parameters; the only text ever assembled into SQL is identifiers and fragments chosen from
+the allow-lists below. Times are naive UTC everywhere (as stored); the display time zone is applied here.
+
+Stats read the 15-minute rollup (`rollup.py`) for whole buckets and the raw `requests` rows for partial edges, so
+figures are exact for counts and sums; p50/p95 come from the rollup's log histogram (±2 %). Local buckets: the
+UTC offset of the display zone over the queried range is a handful of constant segments (DST changes twice a
+year), so a bucket is `date_trunc(g, t + offset(t))` with offset(t) a CASE over the segment boundaries, computed
+in Python with zoneinfo — exact, and ~7x cheaper than ICU's per-row `timezone()`.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from proxy_service.rollup import GAMMA, TIERS
+
+Granularity = Literal["hour", "day", "week", "month"]
+GroupBy = Literal["none", "model", "key", "project", "status"]
+GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+GROUP_BYS: tuple[str, ...] = ("none", "model", "key", "project", "status")
+MAX_BUCKETS = 20_000
+
+# -- the safe schema (what user SQL sees) ------------------------------------------------------------------------
+SAFE_SCHEMA = "safe"
+SAFE_TABLES: dict[str, str] = {
+    "requests": "SELECT * FROM main.requests",
+    "attempts": "SELECT * FROM main.attempts",
+    "error_logs": "SELECT * FROM main.error_logs",
+    "keys": "SELECT * EXCLUDE (secret) FROM main.keys",
+}
+
+
+def install_safe_views(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SAFE_SCHEMA}")
+    for name, body in SAFE_TABLES.items():
+        cur.execute(f"CREATE OR REPLACE VIEW {SAFE_SCHEMA}.{name} AS {body}")
+
+
+def safe_schema(cur: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, str]]]:
+    rows = cur.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+        "ORDER BY table_name, ordinal_position",
+        [SAFE_SCHEMA],
+    ).fetchall()
+    out: dict[str, list[dict[str, str]]] = {name: [] for name in SAFE_TABLES}
+    for table, column, dtype in rows:
+        if table in out:
+            out[table].append({"name": column, "type": dtype})
+    return out
+
+
+def catalog_names(cur: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every table and view name in the database, any schema (for the SQL guard's deny-list)."""
+    return {r[0].lower() for r in cur.execute("SELECT DISTINCT table_name FROM information_schema.tables").fetchall()}
+
+
+def builtin_functions(cur: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = cur.execute(
+        "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+        "WHERE schema_name = 'main' AND function_type IN ('scalar', 'aggregate', 'macro')"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def serialize_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> str:
+    row = cur.execute("SELECT json_serialize_sql(CAST(? AS VARCHAR))", [sql]).fetchone()
+    return str(row[0]) if row else ""
+
+
+# -- time helpers ------------------------------------------------------------------------------------------------
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_local(t: datetime, tz: ZoneInfo) -> datetime:
+    return t.replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
+
+
+def to_utc(local: datetime, tz: ZoneInfo) -> datetime:
+    return local.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+
+
+def floor_local(t: datetime, g: str) -> datetime:
+    if g == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if g == "day":
+        return day
+    if g == "week":
+        return day - timedelta(days=day.weekday())  # ISO weeks start on Monday, as DuckDB's date_trunc
+    return day.replace(day=1)
+
+
+def next_local(t: datetime, g: str) -> datetime:
+    if g == "hour":
+        return t + timedelta(hours=1)
+    if g == "day":
+        return t + timedelta(days=1)
+    if g == "week":
+        return t + timedelta(days=7)
+    return (t.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _floor_grain(t: datetime, grain: int) -> datetime:
+    s = calendar.timegm(t.timetuple())
+    return datetime.fromtimestamp(s - s % grain, UTC).replace(tzinfo=None)
+
+
+def _ceil_grain(t: datetime, grain: int) -> datetime:
+    f = _floor_grain(t, grain)
+    return f if f == t else f + timedelta(seconds=grain)
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """The zone's UTC offset over a range: `first` (seconds), then `changes` = [(utc instant, new offset)]."""
+
+    first: int
+    changes: tuple[tuple[datetime, int], ...]
+
+    def aligned(self, grain: int) -> bool:
+        """Every offset and change instant falls on `grain` seconds: local buckets are unions of rollup buckets.
+
+        True at 15 minutes for every zone in use today, at 1 hour for whole-hour zones."""
+        return self.first % grain == 0 and all(o % grain == 0 and _floor_grain(t, grain) == t for t, o in self.changes)
+
+
+def offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> Offsets:
+    def off(epoch: int) -> int:
+        delta = datetime.fromtimestamp(epoch, tz).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    a, end = calendar.timegm(lo.timetuple()), calendar.timegm(hi.timetuple()) + 1
+    first = current = off(a)
+    changes: list[tuple[datetime, int]] = []
+    while a < end:
+        b = min(a + 86400, end)
+        if off(b) != current:
+            x, y = a, b  # off(x) == current != off(y): bisect to the second
+            while y - x > 1:
+                m = (x + y) // 2
+                x, y = (m, y) if off(m) == current else (x, m)
+            current = off(y)
+            changes.append((datetime.fromtimestamp(y, UTC).replace(tzinfo=None), current))
+        a = b
+    return Offsets(first, tuple(changes))
+
+
+def _bucket_sql(col: str, g: str, offs: Offsets) -> tuple[str, list[Any]]:
+    """`date_trunc(g, col + offset(col))`: the local bucket start of a naive-UTC column."""
+    if not offs.changes:
+        return f"date_trunc(?, {col} + to_seconds(?))", [g, offs.first]
+    whens, params = [], []
+    previous = offs.first
+    for instant, offset in offs.changes:
+        whens.append(f"WHEN {col} < ? THEN ?")
+        params += [instant, previous]
+        previous = offset
+    return f"date_trunc(?, {col} + to_seconds(CASE {' '.join(whens)} ELSE ? END))", [g, *params, previous]
+
+
+# -- the aggregation engine --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Part:
+    source: Literal["rollup", "raw"]
+    lo: datetime
+    hi: datetime
+    grain: int = 0
+
+
+def split(lo: datetime, hi: datetime, grains: Sequence[int]) -> list[Part]:
+    """[lo, hi) as whole buckets of the coarsest tier, then finer tiers, then raw rows for what is left at the edges."""
+    if lo >= hi:
+        return []
+    if not grains:
+        return [Part("raw", lo, hi)]
+    a, b = _ceil_grain(lo, grains[0]), _floor_grain(hi, grains[0])
+    if a >= b:
+        return split(lo, hi, grains[1:])
+    return [*split(lo, a, grains[1:]), Part("rollup", a, b, grains[0]), *split(b, hi, grains[1:])]
+
+
+_RAW_GROUP = {
+    "none": "''",
+    "model": "coalesce(model, '')",
+    "project": "coalesce(project, '')",
+    "status": "coalesce(CAST(status AS VARCHAR), '')",
+    "key": "coalesce(key_id, '')",
+}
+_ROLLUP_DIM = {"none": "all", "model": "model", "project": "project", "status": "status"}
+_LB = f"CAST(ceil(ln(greatest(latency_ms, 0.01)) / ln({GAMMA})) AS SMALLINT)"
+_COUNTERS = """
+    SELECT b AS bucket, g AS "group", CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes,
+           CAST(sum(calls) - sum(successes) AS BIGINT) AS failures, sum(successes) / sum(calls) AS success_rate,
+           sum(latency_sum) / nullif(sum(latency_n), 0) AS avg_latency_ms,
+           CAST(coalesce(sum(prompt_tokens), 0) AS BIGINT) AS prompt_tokens,
+           CAST(coalesce(sum(output_tokens), 0) AS BIGINT) AS output_tokens,
+           CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS total_tokens
+    FROM c GROUP BY b, g ORDER BY b, g"""
+_HISTOGRAM = """
+    SELECT b, g, hash(b, g) AS gk, CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n
+    FROM h GROUP BY b, g, lb ORDER BY b, g, lb"""
+
+
+def aggregate(
+    cur: duckdb.DuckDBPyConnection,
+    parts: Sequence[tuple[Part, tuple[str, list[Any]], tuple[str, list[Any]]]],
+    group: str,
+    key_ids: list[str] | None = None,
+    percentiles: bool = True,
+) -> pa.Table:
+    """Counters and latency percentiles per (bucket, group) over the union of `parts`.
+
+    Each part comes with its bucket expression over the rollup's `bucket` column and over the raw `ts` column.
+    """
+    graw = _RAW_GROUP[group]
+    key_filter, key_params = ("", []) if key_ids is None else (" AND list_contains(?, key_id)", [key_ids])
+    counters, hists, c_params, h_params = [], [], [], []
+    for part, (b_rollup, p_rollup), (b_raw, p_raw) in parts:
+        if part.source == "rollup":
+            c_table, h_table = TIERS[part.grain]
+            where, wp = " WHERE dim = ? AND bucket >= ? AND bucket < ?", [_ROLLUP_DIM[group], part.lo, part.hi]
+            counters.append(
+                f"SELECT {b_rollup} AS b, val AS g, calls, successes, latency_sum, latency_n, prompt_tokens, "
+                f"output_tokens, total_tokens FROM {c_table}{where}"
+            )
+            hists.append(f"SELECT {b_rollup} AS b, val AS g, lb, n FROM {h_table}{where}")
+            c_params += [*p_rollup, *wp]
+            h_params += [*p_rollup, *wp]
+        else:
+            where, wp = f" WHERE ts >= ? AND ts < ?{key_filter}", [part.lo, part.hi, *key_params]
+            counters.append(
+                f"SELECT {b_raw} AS b, {graw} AS g, 1 AS calls, CAST(outcome = 'success' AS INTEGER) AS successes, "
+                "latency_ms AS latency_sum, CAST(latency_ms IS NOT NULL AS INTEGER) AS latency_n, prompt_tokens, "
+                f"output_tokens, total_tokens FROM requests{where}"
+            )
+            hists.append(
+                f"SELECT {b_raw} AS b, {graw} AS g, {_LB} AS lb, 1 AS n FROM requests{where} AND latency_ms IS NOT NULL"
+            )
+            c_params += [*p_raw, *wp]
+            h_params += [*p_raw, *wp]
+    table = cur.execute(f"WITH c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", c_params).to_arrow_table()
+    if not percentiles:
+        return table
+    hist = cur.execute(f"WITH h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", h_params).to_arrow_table()
+    found = _percentiles(hist, (0.5, 0.95))
+    keys = zip(table.column("bucket").to_pylist(), table.column("group").to_pylist(), strict=True)
+    p50, p95 = zip(*(found.get(k, (None, None)) for k in keys), strict=True) if table.num_rows else ((), ())
+    table = table.append_column("p50_latency_ms", pa.array(p50, pa.float64()))
+    return table.append_column("p95_latency_ms", pa.array(p95, pa.float64()))
+
+
+def _percentiles(hist: pa.Table, qs: tuple[float, ...]) -> dict[tuple[Any, Any], tuple[float, ...]]:
+    """Nearest-rank quantiles per (b, g) of a histogram sorted by (b, g, lb), vectorised with numpy."""
+    if hist.num_rows == 0:
+        return {}
+    gk = hist.column("gk").to_numpy()  # hash of (b, g): equal neighbours are the same group
+    lb = hist.column("lb").to_numpy()
+    n = hist.column("n").to_numpy()
+    starts = np.concatenate(([0], np.flatnonzero(gk[1:] != gk[:-1]) + 1))
+    cum = np.cumsum(n)
+    before = cum[starts] - n[starts]
+    totals = np.add.reduceat(n, starts)
+    values = []
+    for q in qs:
+        # The first histogram cell whose running count reaches q·total, within each group (cum is monotonic).
+        idx = np.searchsorted(cum, before + np.maximum(q * totals, 1e-9) - 1e-9, side="left")
+        values.append(2 * np.power(GAMMA, lb[idx]) / (GAMMA + 1))
+    first = pa.array(starts)
+    bs, gs = hist.column("b").take(first).to_pylist(), hist.column("g").take(first).to_pylist()
+    return {(bs[k], gs[k]): tuple(float(v[k]) for v in values) for k in range(len(starts))}
+
+
+# -- stats -------------------------------------------------------------------------------------------------------
+WINDOWS = ("1m", "1h", "24h", "month")
+_WINDOW_SPAN = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+_EMPTY_WINDOW = {
+    "calls": 0, "successes": 0, "failures": 0, "success_rate": None, "avg_latency_ms": None,
+    "p95_latency_ms": None, "prompt_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+}  # fmt: skip
+
+
+def summary(cur: duckdb.DuckDBPyConnection, tz: ZoneInfo, now: datetime, use_rollup: bool = True) -> dict[str, Any]:
+    """Rolling 1 min / 1 h / 24 h and the calendar month so far (in `tz`)."""
+    finest = min(TIERS)
+    hi = _floor_grain(now, finest) + timedelta(seconds=finest)  # the current bucket, whole: nothing is newer
+    starts = {w: now - span for w, span in _WINDOW_SPAN.items()}
+    starts["month"] = to_utc(floor_local(to_local(now, tz), "month"), tz)
+    parts = []
+    for window, lo in starts.items():
+        label = ("?", [window])
+        parts += [(part, label, label) for part in split(lo, hi, tuple(TIERS) if use_rollup else ())]
+    rows = {r["bucket"]: r for r in aggregate(cur, parts, "none").to_pylist()}
+    out = {}
+    for window in WINDOWS:
+        r = rows.get(window)
+        out[window] = _EMPTY_WINDOW.copy() if r is None else {k: _round(r[k]) for k in _EMPTY_WINDOW}
+    return out
+
+
+def series_range(
+    g: str, tz: ZoneInfo, start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """[lo, hi) in UTC covering whole local buckets; defaults to a sensible span ending now."""
+    default_span = {"hour": timedelta(hours=48), "day": timedelta(days=30), "week": timedelta(weeks=12),
+                    "month": timedelta(days=365)}[g]  # fmt: skip
+    end = end or now
+    start = start or end - default_span
+    lo_local = floor_local(to_local(start, tz), g)
+    end_local = to_local(end, tz)
+    hi_local = floor_local(end_local, g)
+    if hi_local < end_local or hi_local == lo_local:
+        hi_local = next_local(hi_local, g)
+    return to_utc(lo_local, tz), to_utc(hi_local, tz)
+
+
+def series(
+    cur: duckdb.DuckDBPyConnection,
+    g: str,
+    group_by: str,
+    tz: ZoneInfo,
+    lo: datetime,
+    hi: datetime,
+    *,
+    use_rollup: bool = True,
+    limit: int = 10,
+) -> pa.Table:
+    """Rows {bucket (local start, tz-aware), group, calls, successes, failures, success_rate, latencies, tokens}.
+
+    `lo`/`hi` must be local bucket boundaries (see `series_range`). group_by=key keeps the `limit` busiest keys.
+    """
+    offs = offsets(tz, lo, hi)
+    grains = tuple(g for g in TIERS if offs.aligned(g)) if use_rollup and group_by != "key" else ()
+    key_ids = top_key_ids(cur, lo, hi, limit) if group_by == "key" else None
+    if key_ids == []:
+        key_ids = [""]  # no key was used in the range: an empty answer, with a typed list parameter
+    bucket_rollup, bucket_raw = _bucket_sql("bucket", g, offs), _bucket_sql("ts", g, offs)
+    parts = [(p, bucket_rollup, bucket_raw) for p in split(lo, hi, grains)]
+    table = aggregate(cur, parts, group_by, key_ids)
+    return _localise(table, tz)
+
+
+def top_key_ids(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, limit: int) -> list[str]:
+    rows = cur.execute(
+        "SELECT key_id FROM requests WHERE ts >= ? AND ts < ? AND key_id IS NOT NULL "
+        "GROUP BY key_id ORDER BY count(*) DESC, key_id LIMIT ?",
+        [lo, hi, limit],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def top(
+    cur: duckdb.DuckDBPyConnection, dim: str, lo: datetime, hi: datetime, limit: int, use_rollup: bool = True
+) -> list[dict[str, Any]]:
+    """The busiest keys or models in [lo, hi)."""
+    group = "key" if dim == "key" else "model"
+    label = ("?", [""])
+    parts = [(p, label, label) for p in split(lo, hi, tuple(TIERS) if use_rollup and group != "key" else ())]
+    rows = aggregate(cur, parts, group, percentiles=False).to_pylist()
+    rows.sort(key=lambda r: (-r["calls"], r["group"]))
+    fields = [k for k in _EMPTY_WINDOW if k != "p95_latency_ms"]
+    return [{"name": r["group"] or None, **{k: _round(r[k]) for k in fields}} for r in rows[:limit]]
+
+
+def _localise(table: pa.Table, tz: ZoneInfo) -> pa.Table:
+    """Local naive bucket starts → the UTC instants they denote, typed as timestamps in the display zone."""
+    local = table.column("bucket").to_pylist()
+    cache = {t: to_utc(t, tz) for t in set(local)}
+    instants = [cache[t] for t in local]
+    col = pa.array(instants, pa.timestamp("us")).cast(pa.timestamp("us", tz=tz.key))
+    groups = [g or None for g in table.column("group").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("bucket"), "bucket", col)
+    return table.set_column(table.schema.get_field_index("group"), "group", pa.array(groups, pa.string()))
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+# -- error logs --------------------------------------------------------------------------------------------------
+ERROR_FILTERS: dict[str, Callable[[Any], tuple[str, list[Any]]]] = {
+    "from": lambda v: ("ts >= ?", [v]),
+    "to": lambda v: ("ts < ?", [v]),
+    "key_id": lambda v: ("key_id = ?", [v]),
+    "model": lambda v: ("model = ?", [v]),
+    "status": lambda v: ("status = ?", [v]),
+    "error_type": lambda v: ("error_type = ?", [v]),
+    "request_id": lambda v: ("request_id = ?", [v]),
+    "q": lambda v: (
+        "(contains(lower(coalesce(message, '')), ?) OR contains(lower(coalesce(upstream_body, '')), ?))",
+        [str(v).lower()] * 2,
+    ),
+}
+_ERROR_LIST_COLUMNS = "id, ts, request_id, key_id, model, status, error_type, left(message, 500) AS message"
+
+
+def _error_where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for name, value in filters.items():
+        clause, p = ERROR_FILTERS[name](value)
+        clauses.append(clause)
+        params += p
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def error_page(
+    cur: duckdb.DuckDBPyConnection, filters: dict[str, Any], page: int, page_size: int
+) -> tuple[list[dict[str, Any]], int]:
+    where, params = _error_where(filters)
+    total_row = cur.execute(f"SELECT count(*) FROM error_logs{where}", params).fetchone()
+    rel = cur.execute(
+        f"SELECT {_ERROR_LIST_COLUMNS} FROM error_logs{where} ORDER BY ts DESC, id LIMIT ? OFFSET ?",
+        [*params, page_size, (page - 1) * page_size],
+    )
+    return _dicts(rel), int(total_row[0]) if total_row else 0
+
+
+def error_entry(cur: duckdb.DuckDBPyConnection, error_id: str) -> dict[str, Any] | None:
+    rows = _dicts(cur.execute("SELECT * FROM error_logs WHERE id = ?", [error_id]))
+    return rows[0] if rows else None
+
+
+def delete_errors(cur: duckdb.DuckDBPyConnection, filters: dict[str, Any]) -> int:
+    """Delete the entries matching `filters` (same names as the search; `ids` = a list of ids)."""
+    filters = dict(filters)
+    ids = filters.pop("ids", None)
+    if ids is not None and not ids:
+        return 0
+    where, params = _error_where(filters)
+    if ids is not None:
+        where = (where + " AND " if where else " WHERE ") + "list_contains(?, id)"
+        params.append(list(ids))
+    row = cur.execute(f"DELETE FROM error_logs{where}", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- keys --------------------------------------------------------------------------------------------------------
+def usage_by_model(cur: duckdb.DuckDBPyConnection, key_id: str) -> list[dict[str, Any]]:
+    rel = cur.execute(
+        "SELECT model, count(*) AS calls, count(*) FILTER (WHERE outcome = 'success') AS successes, "
+        "count(*) FILTER (WHERE outcome <> 'success') AS failures, avg(latency_ms) AS avg_latency_ms, "
+        "CAST(coalesce(sum(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, "
+        "CAST(coalesce(sum(output_tokens), 0) AS BIGINT) AS output_tokens, "
+        "CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS total_tokens, max(ts) AS last_ts "
+        "FROM requests WHERE key_id = ? GROUP BY model ORDER BY calls DESC, model",
+        [key_id],
+    )
+    return _dicts(rel)
+
+
+def recent_calls(cur: duckdb.DuckDBPyConnection, key_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    rel = cur.execute(
+        "SELECT ts, request_id, surface, operation, model, stream, status, outcome, attempts, latency_ms, "
+        "ttfb_ms, total_tokens, error_status, error_message FROM requests WHERE key_id = ? "
+        "ORDER BY ts DESC LIMIT ?",
+        [key_id, limit],
+    )
+    return _dicts(rel)
+
+
+def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -1,0 +1,364 @@
+"""What user SQL may do: exactly one read-only SELECT over requests, attempts, error_logs and keys (without its
+secret), within a time limit and a row cap.
+
+Design, and why (DuckDB facts as measured in the team's stack notes, re-checked on 1.5.5):
+
+The query runs on a cursor of the proxy's own connection, against the `safe` schema of views (`safe.keys` has no
+`secret` column); the cursor's search_path is `safe`. It is admitted only after four checks, each fail-closed:
+
+1. a lexical pre-screen (a small lexer that splits statements exactly as DuckDB does: nested comments, E'' strings,
+   $$ quotes — fuzzed against `extract_statements`): every statement must start with SELECT / WITH / FROM /
+   VALUES / TABLE / "(". It runs before DuckDB's parser sees the text because that parser is not side-effect free:
+   `IMPORT DATABASE 'dir'` and `PRAGMA import_database('dir')` read files while being *parsed*
+   (`extract_statements` included); a regex refuses those words anywhere as a second belt;
+2. `extract_statements`: exactly one statement, of type SELECT;
+3. the parsed tree (`json_serialize_sql`) is walked in full: every table reference must be one of the four safe
+   tables (bare or `safe.`-qualified) or a CTE visible at that point (CTE bodies see only earlier CTEs, themselves
+   only when recursive — stricter than DuckDB, whose `WITH settings AS (SELECT * FROM settings)` reads the real
+   table); CTEs may not reuse the name of any other table or view. Table functions are refused (read_csv, glob,
+   query, duckdb_settings(), pragma_*...) except range / generate_series / unnest; every scalar, aggregate and
+   window function must be a built-in of schema main that touches no state (current_setting, nextval, write_log...
+   are refused); any column reference named `secret` is refused; DESCRIBE / SHOW / SUMMARIZE / PIVOT statements
+   (which cannot be serialised) are refused;
+4. execution: a timer thread calls `cursor.interrupt()` after `query_timeout_s`; results stream as Arrow record
+   batches and stop one row past `query_row_cap`.
+
+Why not a separate, locked-down DuckDB for user SQL: `enable_external_access=false` is database-wide, and on this
+DuckDB (1.5.5) it also disables Python replacement scans, which the event writer and key persistence use to append
+Arrow batches; with `allowed_directories` it still lets `read_blob()` read the database file itself (secrets and
+all), so it would not protect the keys anyway. A second in-memory database would need a copy of the data (10M+ rows)
+per query, or the main file attached a second time in the same process, which DuckDB does not support while it is
+open read-write. Hence: one connection, a schema of safe views, and an allow-list over the parse tree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from proxy_service import queries
+from proxy_service.store import Store
+
+ALLOWED_TABLES = frozenset(queries.SAFE_TABLES)
+ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+DENIED_FUNCTIONS = frozenset(
+    {"current_setting", "nextval", "currval", "setval", "write_log", "getvariable", "setseed", "current_query",
+     "json_execute_serialized_sql", "parse_duckdb_log_message"}
+)  # fmt: skip
+FORBIDDEN_COLUMNS = frozenset({"secret"})
+MAX_SQL_CHARS = 100_000
+_STARTS = {"select", "with", "from", "values", "table", "("}
+_WHY_NOT = {
+    "insert": "writes are not allowed (INSERT)",
+    "update": "writes are not allowed (UPDATE)",
+    "delete": "writes are not allowed (DELETE)",
+    "merge": "writes are not allowed (MERGE)",
+    "truncate": "writes are not allowed (TRUNCATE)",
+    "create": "DDL is not allowed (CREATE)",
+    "drop": "DDL is not allowed (DROP)",
+    "alter": "DDL is not allowed (ALTER)",
+    "comment": "DDL is not allowed (COMMENT)",
+    "pragma": "PRAGMA statements are not allowed",
+    "set": "SET statements are not allowed",
+    "reset": "RESET statements are not allowed",
+    "use": "USE statements are not allowed",
+    "attach": "ATTACH is not allowed",
+    "detach": "DETACH is not allowed",
+    "copy": "COPY is not allowed (use POST /admin/api/export for Parquet files)",
+    "install": "INSTALL is not allowed",
+    "load": "LOAD is not allowed",
+    "force": "INSTALL is not allowed",
+    "export": "EXPORT is not allowed (use POST /admin/api/export for Parquet files)",
+    "import": "IMPORT is not allowed",
+    "call": "CALL is not allowed",
+    "checkpoint": "CHECKPOINT is not allowed",
+    "vacuum": "VACUUM is not allowed",
+    "analyze": "ANALYZE is not allowed",
+    "explain": "EXPLAIN is not allowed",
+    "describe": "DESCRIBE is not supported: GET /admin/api/schema lists the tables and columns",
+    "show": "SHOW is not supported: GET /admin/api/schema lists the tables and columns",
+    "summarize": "SUMMARIZE is not supported",
+    "pivot": "PIVOT statements are not supported (write the aggregation as a SELECT)",
+    "unpivot": "UNPIVOT statements are not supported",
+    "begin": "transactions are not allowed",
+    "start": "transactions are not allowed",
+    "commit": "transactions are not allowed",
+    "rollback": "transactions are not allowed",
+    "abort": "transactions are not allowed",
+    "prepare": "PREPARE is not allowed",
+    "execute": "EXECUTE is not allowed",
+    "deallocate": "DEALLOCATE is not allowed",
+    "update_extensions": "UPDATE EXTENSIONS is not allowed",
+}
+
+
+class QueryRejected(ValueError):
+    """The SQL is not allowed; the message says why (answered as 400)."""
+
+
+class QueryTimeout(Exception):
+    """The query ran past the time limit and was interrupted (answered as 408)."""
+
+
+class QueryFailed(ValueError):
+    """DuckDB refused or failed the (allowed) query: syntax, binder, conversion errors (answered as 400)."""
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table
+    truncated: bool
+    elapsed_ms: float
+
+
+# -- 1. lexical pre-screen -----------------------------------------------------------------------------------------
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_PARSE_TIME_IO = re.compile(r"(?is)\bimport(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))*database\b|\bimport_database\b")
+
+
+def statement_heads(sql: str) -> list[str]:
+    """The first word (lower case) or "(" of each top-level statement, skipping comments and quoted text."""
+    heads: list[str] = []
+    need_head = True
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth and i < n:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            if depth:
+                raise QueryRejected("unterminated /* comment")
+        elif c == ";":
+            need_head, i = True, i + 1
+        elif c in "'\"":
+            if need_head:
+                heads.append(c)
+                need_head = False
+            i = _skip_quoted(sql, i, c, backslash=False)
+        elif c == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])):
+            end = sql.find(m.group(0), i + len(m.group(0)))
+            if end < 0:
+                raise QueryRejected("unterminated $-quoted string")
+            if need_head:
+                heads.append("$")
+                need_head = False
+            i = end + len(m.group(0))
+        else:
+            m = _WORD.match(sql, i)
+            token = m.group(0) if m else c
+            if need_head:
+                heads.append(token.lower())
+                need_head = False
+            i += len(token)
+            if token in ("e", "E") and sql.startswith("'", i):  # E'...': the one string with backslash escapes
+                i = _skip_quoted(sql, i, "'", backslash=True)
+    return heads
+
+
+def _skip_quoted(sql: str, i: int, quote: str, backslash: bool) -> int:
+    j = i + 1
+    while j < len(sql):
+        if backslash and sql[j] == "\\":
+            j += 2
+        elif sql[j] == quote:
+            if sql.startswith(quote * 2, j):
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    raise QueryRejected("unterminated quoted string or identifier")
+
+
+# -- 2 + 3. parse and walk -----------------------------------------------------------------------------------------
+class _Checker:
+    def __init__(self, functions: set[str], other_tables: set[str]) -> None:
+        self.functions = functions
+        self.other_tables = other_tables
+
+    def walk(self, node: Any, ctes: frozenset[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.walk(item, ctes)
+            return
+        if not isinstance(node, dict):
+            return
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict) and cte_map.get("map"):
+            visible = set(ctes)
+            for entry in cte_map["map"]:
+                name = str(entry.get("key", "")).lower()
+                if name in self.other_tables or name == "settings":
+                    raise QueryRejected(f"a CTE may not be named {name!r}: that is the name of a table")
+                body = entry.get("value", {})
+                recursive = (body.get("query", {}).get("node", {}) or {}).get("type") == "RECURSIVE_CTE_NODE"
+                self.walk(body, frozenset(visible | ({name} if recursive else set())))
+                visible.add(name)
+            ctes = frozenset(visible)
+        kind, cls = node.get("type"), node.get("class")
+        if kind == "RECURSIVE_CTE_NODE" and node.get("cte_name"):
+            ctes = ctes | {str(node["cte_name"]).lower()}
+        if kind == "BASE_TABLE":
+            self._table(node, ctes)
+        elif kind == "TABLE_FUNCTION":
+            self._table_function(node, ctes)
+            return
+        elif kind == "SHOW_REF":
+            raise QueryRejected(
+                "DESCRIBE / SHOW / SUMMARIZE are not supported: GET /admin/api/schema lists the columns"
+            )
+        elif cls in ("FUNCTION", "WINDOW") or kind == "FUNCTION":
+            self._function(node)
+        elif cls == "COLUMN_REF":
+            for part in node.get("column_names") or []:
+                if str(part).lower() in FORBIDDEN_COLUMNS:
+                    raise QueryRejected("the keys' secret column is not available to SQL (use the reveal action)")
+        for key, value in node.items():
+            if key != "cte_map":
+                self.walk(value, ctes)
+
+    def _table(self, node: dict[str, Any], ctes: frozenset[str]) -> None:
+        name = str(node.get("table_name", ""))
+        schema = str(node.get("schema_name", "")).lower()
+        lname = name.lower()
+        if node.get("at_clause"):
+            raise QueryRejected("time travel (AT ...) is not supported")
+        if node.get("catalog_name"):
+            raise QueryRejected(f"database-qualified names are not allowed ({node['catalog_name']}.{schema}.{name})")
+        if schema in ("", queries.SAFE_SCHEMA) and lname in ALLOWED_TABLES:
+            return
+        if not schema and lname in ctes:
+            return
+        if lname == "settings":
+            raise QueryRejected("the settings table is not available to SQL (it holds access tokens): use GET /config")
+        if re.search(r"[/\\:.*?]", name):
+            raise QueryRejected(f"reading files or URLs is not allowed ({name!r})")
+        shown = f"{schema}.{name}" if schema else name
+        raise QueryRejected(f"unknown table {shown!r}: you can query {', '.join(sorted(ALLOWED_TABLES))}")
+
+    def _table_function(self, node: dict[str, Any], ctes: frozenset[str]) -> None:
+        fn = node.get("function") or {}
+        name = str(fn.get("function_name", "")).lower()
+        if name not in ALLOWED_TABLE_FUNCTIONS or fn.get("schema") not in ("", "main", None) or fn.get("catalog"):
+            if name.startswith(("read_", "parquet_", "sniff_")) or name in ("glob", "query", "query_table"):
+                raise QueryRejected(f"reading files, URLs or other SQL is not allowed ({name}())")
+            raise QueryRejected(
+                f"table function {name}() is not allowed (only {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))})"
+            )
+        self.walk(fn.get("children"), ctes)
+        for key, value in node.items():
+            if key != "function":
+                self.walk(value, ctes)
+
+    def _function(self, node: dict[str, Any]) -> None:
+        name = str(node.get("function_name", "")).lower()
+        schema = str(node.get("schema") or "").lower()
+        if node.get("catalog") or schema not in ("", "main"):
+            raise QueryRejected(f"qualified function names are not allowed ({schema}.{name})")
+        if name in DENIED_FUNCTIONS or name not in self.functions:
+            raise QueryRejected(f"function {name}() is not allowed")
+
+
+_functions_cache: set[str] | None = None
+
+
+def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise QueryRejected unless `sql` is exactly one allowed SELECT."""
+    global _functions_cache
+    if len(sql) > MAX_SQL_CHARS:
+        raise QueryRejected(f"the query is longer than {MAX_SQL_CHARS} characters")
+    if _PARSE_TIME_IO.search(sql):  # belt and braces: DuckDB reads these files while parsing
+        raise QueryRejected(_WHY_NOT["import"])
+    heads = statement_heads(sql)
+    if not heads:
+        raise QueryRejected("the query is empty")
+    if len(heads) > 1:
+        raise QueryRejected(f"exactly one statement is allowed (found {len(heads)})")
+    if heads[0] not in _STARTS:
+        raise QueryRejected(_WHY_NOT.get(heads[0], f"only SELECT queries are allowed (found {heads[0].upper()})"))
+    try:
+        statements = cur.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryFailed(_first_line(exc)) from None
+    if len(statements) != 1:
+        raise QueryRejected(f"exactly one statement is allowed (found {len(statements)})")
+    stype = str(statements[0].type).rsplit(".", 1)[-1]
+    if stype != "SELECT":
+        raise QueryRejected(_WHY_NOT.get(stype.lower(), f"only SELECT queries are allowed (found {stype})"))
+    tree = json.loads(queries.serialize_sql(cur, sql))
+    if tree.get("error"):
+        raise QueryRejected("only plain SELECT queries are supported (PIVOT / DESCRIBE / SHOW forms are not)")
+    if _functions_cache is None:
+        _functions_cache = queries.builtin_functions(cur)
+    other = queries.catalog_names(cur) - ALLOWED_TABLES
+    _Checker(_functions_cache, other).walk(tree.get("statements"), frozenset())
+
+
+# -- 4. run ----------------------------------------------------------------------------------------------------------
+def run(store: Store, sql: str, timeout_s: float, row_cap: int) -> QueryResult:
+    """Check and run `sql` (blocking: call from a worker thread)."""
+    cur = store.cursor()
+    try:
+        check(cur, sql)
+        cur.execute(f"SET search_path = '{queries.SAFE_SCHEMA}'")
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            cur.interrupt()
+
+        timer = threading.Timer(timeout_s, stop)
+        started = time.perf_counter()
+        timer.start()
+        try:
+            cur.execute(sql)
+            reader = cur.to_arrow_reader(min(row_cap + 1, 100_000))
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > row_cap:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.InterruptException:
+            if fired.is_set():
+                raise QueryTimeout(
+                    f"the query was interrupted after the {timeout_s:g} s limit (query_timeout_s)"
+                ) from None
+            raise QueryFailed("the query was interrupted") from None
+        except duckdb.Error as exc:
+            if fired.is_set():
+                raise QueryTimeout(
+                    f"the query was interrupted after the {timeout_s:g} s limit (query_timeout_s)"
+                ) from None
+            raise QueryFailed(_first_line(exc)) from None
+        finally:
+            timer.cancel()
+        elapsed = (time.perf_counter() - started) * 1000
+        truncated = table.num_rows > row_cap
+        return QueryResult(table.slice(0, row_cap) if truncated else table, truncated, elapsed)
+    finally:
+        cur.close()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
