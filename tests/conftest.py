@@ -4,6 +4,7 @@ file in a temporary directory."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,17 @@ class Proxy:
             return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
+
+
+def wait_rows(proxy: Proxy, sql: str, params: list[Any] | None = None, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+    """Rows of `sql` once there are some: a stream is recorded when its relay ends, which can be a moment after
+    the client has seen the last byte."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = proxy.rows(sql, params)
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from google.genai import types
 
 from proxy_service.keys import key_id
 from proxy_service.quota import next_pacific_midnight
-from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream, wait_rows
 
 MODEL = "gemini-2.5-flash"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}
@@ -48,7 +48,7 @@ def attempts(proxy: Proxy, request_id: str) -> list[tuple[Any, ...]]:
 
 
 def request_row(proxy: Proxy, request_id: str) -> dict[str, Any]:
-    proxy.flush()
+    wait_rows(proxy, "SELECT 1 FROM requests WHERE request_id = ?", [request_id])
     cur = proxy.gateway.store.cursor()
     row = cur.execute("SELECT * FROM requests WHERE request_id = ?", [request_id]).fetchone()
     names = [d[0] for d in cur.description]
@@ -263,7 +263,7 @@ def test_midstream_error_is_not_retried_and_is_recorded(
         for chunk in client.models.generate_content_stream(model=MODEL, contents="Tell me a long story"):
             seen.append(chunk.text or "")
     assert seen, "the client got the chunks sent before the failure"
-    row = proxy.rows("SELECT outcome, attempts, status, error_status, request_id FROM requests")[0]
+    row = wait_rows(proxy, "SELECT outcome, attempts, status, error_status, request_id FROM requests")[0]
     assert row[0] == "stream_error" and row[2] == 200 and row[3] == "UNAVAILABLE"
     # Attempts whose stream failed before its first byte may be retried; the committed one (last) never is.
     tried = attempts(proxy, row[4])
