@@ -137,8 +137,16 @@ def _tz(gw: Gateway) -> ZoneInfo:
     return ZoneInfo(gw.config.display_timezone)
 
 
+async def _rollup_ready(gw: Gateway) -> bool:
+    """Fold what the writer appended since the last fold, so the rollup covers every written row; False → go raw."""
+    rollup = state(gw).rollup
+    if rollup.usable:
+        await write(gw, rollup.fold)
+    return rollup.usable
+
+
 async def stats_summary(gw: Gateway, _request: Request) -> Response:
-    tz, now, usable = _tz(gw), queries.utcnow(), state(gw).rollup.usable
+    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
     windows = await read(gw, lambda cur: queries.summary(cur, tz, now, usable))
     return ok({"windows": windows, "keys": gw.pool.counts(), "timezone": tz.key, "generated_at": iso(now)})
 
@@ -151,7 +159,7 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     start, end = q_time(request, "from"), q_time(request, "to")
     if start and end and start >= end:
         raise ApiError(400, "from must be before to", "from")
-    tz, now, usable = _tz(gw), queries.utcnow(), state(gw).rollup.usable
+    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
     lo, hi = queries.series_range(g, tz, start, end, now)
     if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
         raise ApiError(
@@ -174,7 +182,7 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
     start = q_time(request, "from") or end - timedelta(hours=24)
     if start >= end:
         raise ApiError(400, "from must be before to", "from")
-    usable = state(gw).rollup.usable
+    usable = await _rollup_ready(gw)
     items = await read(gw, lambda cur: queries.top(cur, dim, start, end, limit, usable))
     if dim == "key":
         for item in items:

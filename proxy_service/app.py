@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 from prometheus_client import generate_latest
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy_service import admin, metrics
+from proxy_service import admin, logs, metrics
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
@@ -34,6 +35,7 @@ from proxy_service.upstream import build_client, client_settings, parse_error
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
 RECHECK_TICK_S = 5.0
+FAILURE_RECHECK_S = 30.0
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -87,6 +89,8 @@ class Gateway:
         new = self._config.updated(patch)
         changed = {k: v for k, v in new.model_dump().items() if v != getattr(self._config, k)}
         await self._apply(new)
+        if changed:  # field names only: values may be secrets (access_tokens)
+            logs.event(log, "config_changed", fields=sorted(changed))
         now = datetime.now(UTC).replace(tzinfo=None)
         rows = [(k, json.dumps(v), now) for k, v in changed.items()]
         if rows:
@@ -97,6 +101,7 @@ class Gateway:
         self.writer.submit(lambda cur: cur.execute("DELETE FROM settings")).result(10)
         new = self.settings.config()
         await self._apply(new)
+        logs.event(log, "config_reset")
         return new
 
     async def _apply(self, new: Config) -> None:
@@ -224,10 +229,14 @@ class Gateway:
 
     async def recheck(self) -> None:
         now = time.time()
+        interval = self._config.recheck_interval_s
+        # A key disabled by a failure streak was most likely hit by an upstream incident (a 503 storm trips every
+        # key at once), so it is looked at again sooner than an invalid one.
         due = [
             k
             for k in self.pool.keys.values()
-            if k.needs_recheck and now - (k.last_checked_at or 0) >= self._config.recheck_interval_s
+            if k.needs_recheck
+            and now - (k.last_checked_at or 0) >= (min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval)
         ]
         for key in due[:20]:  # bounded per tick; the rest come on later ticks
             await self.verify(key)
@@ -239,13 +248,23 @@ class Gateway:
             "depth": self.writer.depth,
             "flush_ms": s.last_flush_ms,
             "lag": self.writer.lag_seconds(),
-            "written": sum(s.written.values()),
+            "written": dict(s.written),
             "failures": s.failures,
+            "in_flight": sum(k.in_flight for k in list(self.pool.keys.values())),
+            "ready": self.ready,
+            "started_at": self.started_at,
         }
+
+    def secrets(self) -> list[str]:
+        """What must never reach a log line (read by the log scrubber when a line is formatted)."""
+        keys = [k.secret for k in list(self.pool.keys.values())]
+        return [self.settings.admin_token, *self._config.access_tokens, *keys]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.loop = asyncio.get_running_loop()
+        logs.add_secret_source(self.secrets)
+        logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
@@ -253,6 +272,7 @@ class Gateway:
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         admin.start_jobs(self)
         self.ready = True
+        self._log_startup()
         try:
             yield
         finally:
@@ -266,6 +286,38 @@ class Gateway:
             if self.relay.client is not None:
                 await self.relay.client.aclose()
             self.store.close()
+            s = self.writer.stats
+            logs.event(
+                log,
+                "shutdown",
+                uptime_s=round(time.time() - self.started_at, 1),
+                flushed_requests=s.written["requests"],
+                flushed_attempts=s.written["attempts"],
+                flushed_error_logs=s.written["error_logs"],
+                unwritten=self.writer.depth,
+                write_failures=s.failures,
+            )
+            logs.remove_secret_source(self.secrets)
+
+    def _log_startup(self) -> None:
+        cfg, counts = self._config, self.pool.counts()
+        up = urlsplit(cfg.upstream_url)  # scheme and host only: a URL may carry credentials
+        logs.event(
+            log,
+            "startup",
+            host=self.settings.host,
+            port=self.settings.port,
+            data_dir=str(self.settings.data_dir),
+            upstream=f"{up.scheme}://{up.hostname}" + (f":{up.port}" if up.port else ""),
+            keys=len(self.pool.keys),
+            **{f"keys_{status}": n for status, n in counts.items()},
+            projects=len({k.project for k in self.pool.keys.values() if k.project}),
+            strategy=cfg.strategy,
+            access_tokens=len(cfg.access_tokens),
+            admin_api="on" if self.settings.admin_token else "off",
+            outbound_proxy="on" if cfg.outbound_proxy else "off",
+            log_level=cfg.log_level,
+        )
 
 
 def _limits(cfg: Config) -> dict[str, ModelLimits]:

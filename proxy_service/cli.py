@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from proxy_service.settings import Settings, is_loopback
+from proxy_service.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,23 +19,10 @@ def main() -> None:
 @click.option("--host", default=None, help="Bind address (default KEYRACK_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default KEYRACK_PORT or 8080).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the proxy (data plane + admin API)."""
-    import uvicorn
+    """Run the proxy (data plane + admin API). SIGTERM/SIGINT: finish in-flight calls, flush events, exit 0."""
+    from proxy_service.launcher import serve_proxy
 
-    from proxy_service.app import create_app
-    from proxy_service.logs import setup_logging
-
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    setup_logging(settings.log_level)
-    if not settings.access_tokens and not is_loopback(settings.host):
-        raise click.ClickException(
-            f"Refusing to bind {settings.host} without KEYRACK_ACCESS_TOKENS: anyone could spend your keys."
-        )
-    app = create_app(settings)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False, timeout_graceful_shutdown=60
-    )
+    serve_proxy(host, port)
 
 
 @main.command("fake-upstream")
@@ -52,6 +40,101 @@ def fake_upstream(host: str, port: int, scenario: str | None) -> None:
 
     run(host, port, scenario)
 
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard bind address.")
+@click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
+@click.option("--admin-url", default=None, help="Proxy admin URL (default KEYRACK_ADMIN_URL, else the proxy's host:port).")
+def dashboard(host: str, port: int, admin_url: str | None) -> None:
+    """Run the Streamlit dashboard; it reaches the proxy only through the admin API."""
+    import os
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    from proxy_service.launcher import load_settings
+
+    settings = load_settings()  # a bad setting is one clear line, not a traceback
+    env = dict(os.environ)
+    if admin_url:
+        env["KEYRACK_ADMIN_URL"] = admin_url
+    elif "KEYRACK_ADMIN_URL" not in env and not dotenv_values(".env").get("KEYRACK_ADMIN_URL"):
+        proxy_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        env["KEYRACK_ADMIN_URL"] = f"http://{proxy_host}:{settings.port}"
+    if settings.admin_token and not env.get("KEYRACK_ADMIN_TOKEN"):
+        env["KEYRACK_ADMIN_TOKEN"] = settings.admin_token
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    os.execvpe(sys.executable, argv, env)
+
+
+def _launch_options(fn):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--proxy-port", type=int, default=None, help="Proxy port (default KEYRACK_PORT or 8080)."),
+        click.option("--dashboard-port", type=int, default=8501, show_default=True, help="Dashboard port."),
+        click.option("--upstream-port", type=int, default=8090, show_default=True, help="Demo fake upstream port."),
+        click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard."),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Data directory (default KEYRACK_DATA_DIR or ./data; the demo uses <data dir>/demo).",
+        ),
+        click.option("--rate", type=float, default=2.0, show_default=True, help="Demo traffic, requests/s on average."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@_launch_options
+def run(
+    proxy_port: int | None, dashboard_port: int, upstream_port: int, no_dashboard: bool, data_dir: Path | None,
+    rate: float,
+) -> None:  # fmt: skip
+    """Run Keyrack: proxy + dashboard against Gemini, or the demo when no upstream keys are configured."""
+    from proxy_service.launcher import launch
+
+    sys.exit(launch(None, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
+
+
+@main.command()
+@_launch_options
+def demo(
+    proxy_port: int | None, dashboard_port: int, upstream_port: int, no_dashboard: bool, data_dir: Path | None,
+    rate: float,
+) -> None:  # fmt: skip
+    """Run the demo: fake Gemini + demo keys + proxy + generated traffic + dashboard."""
+    from proxy_service.launcher import launch
+
+    sys.exit(launch(True, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the Parquet files (default <data_dir>/exports; only when the proxy is stopped).")
+@click.option("--url", default=None, help="The running proxy (default http://KEYRACK_HOST:KEYRACK_PORT).")
+def snapshot(out: Path | None, url: str | None) -> None:
+    """Write Parquet snapshots of requests, attempts, keys (without secrets) and error_logs.
+
+    With the proxy stopped the database file is read directly; while the proxy runs (it then holds the file) the
+    export is requested from it through POST /admin/api/export, which needs KEYRACK_ADMIN_TOKEN.
+    """
+    from proxy_service.snapshot import SnapshotError, snapshot_offline_or_online
+
+    settings = Settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        result = snapshot_offline_or_online(
+            settings.db_path, out, url or f"http://{host}:{settings.port}", settings.admin_token
+        )
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, path in result["files"].items():
+        click.echo(f"{table:<11} {result['rows'][table]:>12,} rows  {path}")
+    click.echo(f"(via {result['via']})")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -25,14 +25,47 @@ RATE_LIMITS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+# Whole-request latency as the client sees it (for a stream: until its last byte), by surface.
+REQUEST_SECONDS = Histogram(
+    "keyrack_request_duration_seconds",
+    "Client request latency (streams: until the last byte) by surface",
+    ["surface"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+FIRST_BYTE_SECONDS = Histogram(
+    "keyrack_stream_first_byte_seconds",
+    "Time to the first streamed byte, by surface",
+    ["surface"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 _MODEL_RE = re.compile(r"^[A-Za-z0-9.\-_]{1,64}$")
+MAX_MODEL_LABELS = 100
+_model_labels: set[str] = set()
 
 
 def model_label(model: str | None) -> str:
-    """Client-chosen model names would make label cardinality unbounded: keep only plausible ids."""
+    """Model names are chosen by clients: keep plausible ids only, never anything key-shaped (/metrics has no auth),
+    and at most MAX_MODEL_LABELS distinct ones, so random names cannot grow the label set without bound."""
     if not model:
         return "none"
-    return model if _MODEL_RE.match(model) else "other"
+    if model in _model_labels:
+        return model
+    if not _MODEL_RE.match(model) or model.startswith("AIza") or len(_model_labels) >= MAX_MODEL_LABELS:
+        return "other"
+    _model_labels.add(model)
+    return model
+
+
+def observe_request(
+    surface: str, model: str | None, status: int, latency_ms: float, ttfb_ms: float | None = None
+) -> None:
+    """Count one finished client request (called once per request, when it is recorded)."""
+    REQUESTS.labels(surface, model_label(model), str(status)).inc()
+    REQUEST_SECONDS.labels(surface).observe(max(0.0, latency_ms) / 1000)
+    if ttfb_ms is not None:
+        FIRST_BYTE_SECONDS.labels(surface).observe(max(0.0, ttfb_ms) / 1000)
 
 
 class StateCollector(Collector):
@@ -41,7 +74,7 @@ class StateCollector(Collector):
     def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self.read = read
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = self.read()
         keys = GaugeMetricFamily("keyrack_keys", "Upstream keys by status", labels=["status"])
         for status, n in state["keys"].items():
@@ -54,5 +87,22 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "keyrack_event_writer_lag_seconds", "Age of the oldest unwritten event batch", value=state["lag"]
         )
-        yield GaugeMetricFamily("keyrack_events_written", "Events written since start", value=state["written"])
-        yield GaugeMetricFamily("keyrack_event_write_failures", "Failed event flushes", value=state["failures"])
+        written = state["written"]
+        if isinstance(written, dict):  # by table
+            fam = CounterMetricFamily("keyrack_events_written", "Event rows written since start", labels=["table"])
+            for table, n in written.items():
+                fam.add_metric([table], n)
+            yield fam
+        else:
+            yield CounterMetricFamily("keyrack_events_written", "Event rows written since start", value=written)
+        yield CounterMetricFamily("keyrack_event_write_failures", "Failed event flushes", value=state["failures"])
+        if "in_flight" in state:
+            yield GaugeMetricFamily(
+                "keyrack_upstream_in_flight", "Upstream calls in progress", value=state["in_flight"]
+            )
+        if "ready" in state:
+            yield GaugeMetricFamily("keyrack_ready", "1 when the proxy is ready to serve", value=int(state["ready"]))
+        if "started_at" in state:
+            yield GaugeMetricFamily(
+                "keyrack_start_time_seconds", "Unix time the proxy started", value=state["started_at"]
+            )

@@ -14,6 +14,7 @@ Everything here runs on the event loop and does no I/O. Quota facts (429 parsing
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +22,18 @@ from typing import Literal
 
 from proxy_service.errors import PoolExhausted
 from proxy_service.keys import KeySpec, key_id, mask
+from proxy_service.logs import event
 from proxy_service.quota import ModelLimits, QuotaTracker, QuotaViolation, cooldown_until
 
 KeyStatus = Literal["active", "invalid", "disabled"]
+log = logging.getLogger("keyrack.pool")  # status changes only (rare); never the secret, only the key id
+
+
+def _status_changed(key: Key, before: str, reason: str, detail: str | None = None) -> None:
+    if key.status != before:
+        level = logging.INFO if key.status == "active" else logging.WARNING
+        fields = {"key_id": key.id, "project": key.project, "from": before, "to": key.status, "reason": reason}
+        event(log, "key_status", level, **fields, **({"detail": detail[:200]} if detail else {}))
 
 
 @dataclass(eq=False)
@@ -109,6 +119,7 @@ class Pool:
             return False
         self.dirty.discard(kid)
         self.deleted.add(kid)
+        event(log, "key_deleted", key_id=kid, project=key.project)
         return True
 
     # -- status --------------------------------------------------------------------------------------------------
@@ -131,19 +142,25 @@ class Pool:
         return out
 
     def enable(self, key: Key) -> None:
+        before = key.status
         key.status, key.disabled_reason, key.consecutive_failures = "active", None, 0
         self.dirty.add(key.id)
+        _status_changed(key, before, "manual")
 
     def disable(self, key: Key, reason: str = "manual") -> None:
+        before = key.status
         key.status, key.disabled_reason = "disabled", reason
         self.dirty.add(key.id)
+        _status_changed(key, before, reason, key.last_error if reason == "failures" else None)
 
     def reset(self, key: Key) -> None:
         """Forget failures and cooldowns (an operator's "reset"); a manual disable stays."""
         key.consecutive_failures = 0
         key.last_error = None
+        before = key.status
         if key.status == "invalid" or key.disabled_reason == "failures":
             key.status, key.disabled_reason = "active", None
+        _status_changed(key, before, "reset")
         for k in [k for k in self.cooldowns if k[0] == key.scope]:
             del self.cooldowns[k]
         self.dirty.add(key.id)
@@ -178,24 +195,32 @@ class Pool:
     def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
         best: Key | None = None
         best_rank: tuple[float, int, float] | None = None
+        guessed: Key | None = None  # best key whose scope is "full" only by the built-in table's guess
+        guessed_rank: tuple[int, float] | None = None
         headroom_of: dict[str, float] = {}
         for key in candidates:
             h = headroom_of.get(key.scope)
             if h is None:
                 h = headroom_of[key.scope] = self.tracker.headroom(key.scope, model, now)
             if h <= 0:
+                if not self.tracker.enforced(key.scope, model):
+                    rank = (key.in_flight, key.last_used_at or 0.0)
+                    if guessed_rank is None or rank < guessed_rank:
+                        guessed, guessed_rank = key, rank
                 continue
             # Most headroom first; inside a scope spread over keys (fewest in flight, least recently used).
-            rank = (-h, key.in_flight, key.last_used_at or 0.0)
-            if best_rank is None or rank < best_rank:
-                best, best_rank = key, rank
-        if best is None:
-            ready = min(self.tracker.available_at(k.scope, model, now) for k in candidates)
-            raise PoolExhausted(
-                f"Every key is out of quota headroom for {model}; retry in {max(1, round(ready - now))}s.",
-                ready - now,
-            )
-        return best
+            rank3 = (-h, key.in_flight, key.last_used_at or 0.0)
+            if best_rank is None or rank3 < best_rank:
+                best, best_rank = key, rank3
+        if best is not None:
+            return best
+        if guessed is not None:
+            return guessed  # try: the answer (success, or a 429 with quotaValue) tells the real limit
+        ready = min(self.tracker.available_at(k.scope, model, now) for k in candidates)
+        raise PoolExhausted(
+            f"Every key is out of quota headroom for {model}; retry in {max(1, round(ready - now))}s.",
+            ready - now,
+        )
 
     def _exhausted(self, model: str, wait_until: float | None, now: float) -> PoolExhausted:
         if wait_until is not None:
@@ -232,6 +257,9 @@ class Pool:
 
     def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
         now = self.clock()
+        # The refused attempt was counted when it started, but upstream did not count it: un-count it first (also
+        # before learning a limit from the observed usage, which would otherwise come out one too high).
+        self.tracker.forget(key.scope, model, now)
         self.tracker.learn(key.scope, model, violation, now)
         cd = Cooldown(cooldown_until(violation, now, self.default_cooldown_s), violation.kind, violation.quota_id)
         current = self.cooldowns.get((key.scope, model))
@@ -241,13 +269,21 @@ class Pool:
         return cd
 
     def invalid(self, key: Key, message: str) -> None:
+        before = key.status
         key.status = "invalid"
+        _status_changed(key, before, "invalid_key", message)
         key.last_error = message[:300]
         key.total_failures += 1
         self.dirty.add(key.id)
 
-    def failed(self, key: Key, message: str) -> None:
-        """A transient failure (5xx, timeout, reset) that may be the key's: count toward disabling."""
+    def failed(self, key: Key, message: str, model: str | None = None) -> None:
+        """A transient failure (5xx, timeout, reset) that may be the key's: count toward disabling.
+
+        With `model`, the attempt is also un-counted from the quota window: the upstream refused or never saw it
+        (a 5xx answer, a connection that failed). Timeouts are left counted: the upstream may have served them.
+        """
+        if model is not None:
+            self.tracker.forget(key.scope, model, self.clock())
         key.consecutive_failures += 1
         key.total_failures += 1
         key.last_error = message[:300]
@@ -260,7 +296,9 @@ class Pool:
         key.last_checked_at = self.clock()
         if ok:
             if key.needs_recheck:
+                before = key.status
                 key.status, key.disabled_reason = "active", None
+                _status_changed(key, before, "recheck_passed")
             key.consecutive_failures = 0
             key.last_error = None
         elif message:

@@ -283,6 +283,19 @@ def limits_for(model: str, overrides: Mapping[str, ModelLimits] | None = None) -
     return default if default is not None else _UNLIMITED
 
 
+def is_configured(model: str, overrides: Mapping[str, ModelLimits] | None) -> bool:
+    """Whether `limits_for(model, overrides)` comes from the operator's overrides rather than the built-in table."""
+    if not overrides:
+        return False
+    name = _strip_models(model)
+    configured = {_strip_models(k) for k in overrides if k != "default"}
+    matches = [k for k in (*DEFAULT_LIMITS, *configured) if name.startswith(k)]
+    if not matches:
+        return "default" in overrides
+    longest = max(map(len, matches))
+    return any(len(k) == longest and k in configured for k in matches)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Usage windows
 
@@ -328,6 +341,14 @@ class UsageWindow:
         self._today += 1
         if tokens > 0:
             self.add_tokens(now, tokens)
+
+    def forget_last(self, now: float) -> None:
+        """Un-count the newest request: it was refused (429), and a refused request uses no quota upstream."""
+        self._prune(now)
+        if self._req:
+            self._req.pop()
+        if self._today > 0 and now < self._day_end:
+            self._today -= 1
 
     def add_tokens(self, now: float, tokens: int) -> None:
         """Add tokens learned from an answer to the minute window."""
@@ -522,6 +543,17 @@ class QuotaTracker:
         """Count one request sent on (scope, model)."""
         self._entry(scope, _strip_models(model), now).window.record(now, tokens)
 
+    def forget(self, scope: str, model: str, now: float) -> None:
+        """Un-count a request recorded on (scope, model) that upstream refused with a 429.
+
+        Upstream counts only admitted calls. Left counted, a refused call keeps its slot "used" for 60 s (one lost
+        request per 429) and inflates a limit learned from observed usage by one. The newest entry is removed: the
+        refused call's own entry or one at most one 429 round trip younger.
+        """
+        e = self._entries.get((scope, _strip_models(model)))
+        if e is not None:
+            e.window.forget_last(now)
+
     def add_tokens(self, scope: str, model: str, now: float, tokens: int) -> None:
         """Add the tokens of an answer to (scope, model)'s minute window."""
         self._entry(scope, _strip_models(model), now).window.add_tokens(now, tokens)
@@ -573,6 +605,16 @@ class QuotaTracker:
         m = self._model_limits(model)
         own = e.learned
         return ModelLimits(own.get("rpm", m.rpm), own.get("rpd", m.rpd), own.get("tpm", m.tpm))
+
+    def enforced(self, scope: str, model: str) -> bool:
+        """Whether the limits of (scope, model) are known rather than guessed: configured by the operator or learned
+        from a 429. The built-in free-tier table only guesses (a paid project has far higher limits): it steers
+        the choice between keys, but a call is never refused on its word alone."""
+        model = _strip_models(model)
+        e = self._entries.get((scope, model))
+        if (e is not None and (e.learned or e.zero_until)) or self._model_learned.get(model):
+            return True
+        return is_configured(model, self._overrides)
 
     def headroom(self, scope: str, model: str, now: float) -> float:
         """Free fraction of the tightest known dimension, in [0, 1]; 1.0 when no limit is known."""

@@ -35,7 +35,9 @@ from proxy_service.upstream import (
     has_error_object,
     openai_usage,
     parse_error,
+    send,
     stream_error,
+    upstream_request,
 )
 
 if TYPE_CHECKING:
@@ -128,8 +130,13 @@ class Relay:
         )
         for k, v in ev_fields.items():
             setattr(ev, k, v)
+        # A key pasted where a model name goes ends up in the model column and in "Invalid model name '…'".
+        if ev.error_message:
+            ev.error_message = redact(ev.error_message)
+        if ev.model and "AIza" in ev.model:
+            ev.model = redact(ev.model)
         self.writer.record(ev)
-        metrics.REQUESTS.labels(call.surface, metrics.model_label(call.model), str(ev.status)).inc()
+        metrics.observe_request(call.surface, call.model, ev.status, ev.latency_ms, ev.ttfb_ms)
 
     def record_error(
         self, call: Call, key: Key | None, status: int | None, error_type: str, message: str, **extra: str | None
@@ -184,8 +191,10 @@ class Relay:
             try:
                 key = self.pool.choose(call.quota_model, tried)
             except PoolExhausted as exc:
-                if last is not None and last_key is not None:
-                    break  # the client gets the real upstream answer of the last attempt
+                if last_key is not None:
+                    # Attempts were made: the client gets what really happened (the last upstream answer, or
+                    # 502/504 when every attempt died in transport), not a 429 claiming the pool is out of quota.
+                    break
                 self.record_request(
                     call, {"status": 429, "outcome": "exhausted", "attempts": n, "error_message": exc.message}
                 )
@@ -201,11 +210,9 @@ class Relay:
                 headers["authorization"] = f"Bearer {key.secret}"
             else:
                 headers["x-goog-api-key"] = key.secret
-            request = self.client.build_request(
-                call.method, call.path, params=call.query, headers=headers, content=call.body or None
-            )
+            request = upstream_request(self.client, call.method, call.path, call.query, headers, call.body or None)
             try:
-                resp = await self.client.send(request, stream=True)
+                resp = await send(self.client, request)
             except httpx.TransportError as exc:
                 timed_out |= self._transport_failed(call, n, key, t0, exc)
                 continue
@@ -270,7 +277,9 @@ class Relay:
         self.pool.finished(key)
         timeout = is_timeout(exc)
         outcome: AttemptOutcome = "timeout" if timeout else "connection_error"
-        self.pool.failed(key, f"{outcome}: {type(exc.__cause__ or exc).__name__}")
+        self.pool.failed(
+            key, f"{outcome}: {type(exc.__cause__ or exc).__name__}", None if timeout else call.quota_model
+        )
         self._attempt(call, n, key, status, outcome, t0)
         self.record_error(call, key, status, outcome, f"attempt {n}: {describe(exc)}")
         return timeout
@@ -289,7 +298,7 @@ class Relay:
         elif outcome == "invalid_key":
             self.pool.invalid(key, f"{status} {err.reason or err.status}: {err.message}")
         elif outcome == "server_error":
-            self.pool.failed(key, f"{status} {err.status}: {err.message}")
+            self.pool.failed(key, f"{status} {err.status}: {err.message}", call.quota_model)
         self._attempt(call, n, key, status, outcome, t0, **extra)
         if outcome != "client_error":
             self.record_error(

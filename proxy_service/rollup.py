@@ -19,7 +19,9 @@ rebuild. Whole-hour zones (most) read the 1-hour tier, ~3x fewer rows. `queries.
 fits and reads raw rows only for partial edges.
 
 Exactness by construction: the writer calls `on_append` right after each batch lands in `requests`, on the writer
-thread, so the rollup sees exactly the rows the table got, late or not. `compact()` (a periodic writer job) merges
+thread, so the rollup sees exactly the rows the table got, late or not. Folding costs ~100 ms of CPU whatever the
+batch size, so appended batches are kept and folded together every `FOLD_EVERY_S` (or past `FOLD_ROWS` rows);
+readers call `fold()` through the writer first, so what they read is always complete. `compact()` (a periodic writer job) merges
 the partial rows of the buckets touched since its last run. At startup `install()` compares each tier's total with
 `count(*)` of requests and rebuilds when they differ (first start on an old file, rows changed while the proxy was
 stopped, a crash between the appends). If maintaining it ever fails, `stale` is set: readers fall back to the raw
@@ -44,6 +46,8 @@ TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogra
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),
 }
+FOLD_EVERY_S = 2.0  # at most ~5 % of a core at any traffic level (one fold ≈ 100 ms)
+FOLD_ROWS = 100_000
 _INTERVAL = {3600: "INTERVAL 1 HOUR", 900: "INTERVAL 15 MINUTE"}
 DIMS = ("all", "model", "project", "status")
 
@@ -109,6 +113,9 @@ class Rollup:
         self.stale = False
         self._touched: set[datetime] = set()  # 15-minute buckets appended to since the last compaction
         self._lock = threading.Lock()
+        self._pending: list[pa.Table] = []  # appended to `requests`, not folded yet (writer thread only)
+        self._pending_rows = 0
+        self._folded_at = time.monotonic()
 
     @property
     def usable(self) -> bool:
@@ -144,6 +151,7 @@ class Rollup:
         except Exception:
             cur.execute("ROLLBACK")
             raise
+        self._pending, self._pending_rows = [], 0  # the rebuild read them from `requests`
         with self._lock:
             self._touched.clear()
         self.stale = False
@@ -151,8 +159,23 @@ class Rollup:
 
     # -- maintenance (writer thread) -------------------------------------------------------------------------------
     def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
-        """EventWriter hook: fold the batch that was just appended to `table` into the rollup."""
+        """EventWriter hook: keep the batch just appended to `requests`; fold when enough has gathered."""
         if table != "requests" or self.stale or batch.num_rows == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY_S:
+            self.fold(cur)
+
+    def fold(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Fold every pending batch into the rollup (writer thread; readers submit it before reading)."""
+        self._folded_at = time.monotonic()
+        if not self._pending:
+            return
+        # Batches built from Python rows may type an all-NULL column as `null`: promote to the common schema.
+        batch = pa.concat_tables(self._pending, promote_options="default")
+        self._pending, self._pending_rows = [], 0
+        if self.stale:
             return
         try:
             cur.register(_BATCH, batch)
@@ -171,6 +194,7 @@ class Rollup:
 
     def compact(self, cur: duckdb.DuckDBPyConnection) -> int:
         """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns buckets."""
+        self.fold(cur)
         if self.stale:
             self.rebuild(cur)
             return 0

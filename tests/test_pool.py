@@ -173,3 +173,37 @@ def test_learned_limit_from_a_429_steers_quota_aware_away() -> None:
     a1 = pool.keys[key_id("a1")]
     pool.rate_limited(a1, MODEL, minute_429(1, limit=3))
     assert pool.tracker.limits("pa", MODEL).rpm == 3
+
+
+def test_built_in_limits_steer_but_do_not_refuse_until_a_429_confirms_them() -> None:
+    pool, _ = make_pool()  # no configured limits: gemini-2.5-flash has the built-in free-tier guess of rpm 10
+    assert not pool.tracker.enforced("pa", MODEL)
+    for _ in range(30):  # 3 scopes × 10 rpm: the guess says every scope is full now
+        use(pool)
+    key = pool.choose(MODEL)  # a paid project would be refused for nothing: Keyrack tries instead
+    pool.started(key, MODEL)
+    pool.finished(key)
+    pool.rate_limited(key, MODEL, minute_429(20, limit=10))  # Google confirms: the limit is real
+    assert pool.tracker.enforced("pb", MODEL)  # learned limits apply model-wide
+    with pytest.raises(PoolExhausted):
+        pool.choose(MODEL)
+
+
+def test_configured_limits_are_enforced_without_a_429() -> None:
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
+    assert pool.tracker.enforced("pa", MODEL) and not pool.tracker.enforced("pa", "gemini-2.0-flash")
+    for _ in range(3):
+        use(pool)
+    with pytest.raises(PoolExhausted):
+        pool.choose(MODEL)
+
+
+def test_refused_attempts_give_their_quota_slot_back_but_timeouts_keep_it() -> None:
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=5)})
+    a1 = pool.keys[key_id("a1")]
+    pool.started(a1, MODEL)
+    pool.failed(a1, "503 UNAVAILABLE", MODEL)  # upstream refused: it did not count the call
+    assert pool.tracker.usage("pa", MODEL, T0)["rpm_used"] == 0
+    pool.started(a1, MODEL)
+    pool.failed(a1, "timeout")  # upstream may have served it: stays counted
+    assert pool.tracker.usage("pa", MODEL, T0)["rpm_used"] == 1

@@ -83,16 +83,19 @@ def forward_query(request: Request) -> list[tuple[str, str | int | float | bool 
     return [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
 
 
-def error_response(surface: Surface, exc: KeyrackError) -> Response:
+def error_response(surface: Surface, exc: KeyrackError, request_id: str | None = None) -> Response:
+    headers = exc.headers()
+    if request_id:  # every recorded request can be found from its answer, Keyrack's own errors included
+        headers["x-keyrack-request-id"] = request_id
     if surface == "openai":
         return Response(
             openai_body(exc.status_code, exc.message, exc.field),
             exc.status_code,
-            headers=exc.headers(),
+            headers=headers,
             media_type="application/json",
         )
     return Response(
-        google_body(exc.status_code, exc.message), exc.status_code, headers=exc.headers(), media_type="application/json"
+        google_body(exc.status_code, exc.message), exc.status_code, headers=headers, media_type="application/json"
     )
 
 
@@ -136,8 +139,10 @@ async def guarded(
                     "error_status": exc.error_type,
                 },
             )
-        return error_response(surface, exc)
+        return error_response(surface, exc, call.request_id)
     except Exception as exc:
         log.exception("internal error on %s %s (request %s)", surface, operation, call.request_id)
         gw.relay.internal_error(call, exc)
-        return error_response(surface, KeyrackError(f"Keyrack internal error (request {call.request_id})."))
+        return error_response(
+            surface, KeyrackError(f"Keyrack internal error (request {call.request_id})."), call.request_id
+        )

@@ -1,0 +1,217 @@
+"""Proxy throughput and added latency (issue 2).
+
+One run, every figure from the same machine state: the fake upstream (zero latency, no limits) measured directly,
+then through `keyrack serve` (8 pool keys, quota_aware, no model limits), each at c=1 and c=32 for `--duration`
+seconds with a closed-loop aiohttp client in this process (the servers are subprocesses). Then the proxy is
+stopped with SIGTERM and its DuckDB file is counted: every response the client received must have its
+`requests` row (zero lost events). Optionally the same proxy on plain httpx instead of the aiohttp transport.
+
+    python -m bench.proxy_throughput [--duration 10] [--warmup 2] [--no-transport]
+
+Targets (2 cores): >= 700 req/s through the proxy at c=32; <= 3 ms added p50 at c=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    GENERATE_BODY,
+    HOST,
+    NO_LIMITS,
+    RESULTS,
+    LoadResult,
+    Server,
+    _spawn,
+    closed_loop,
+    count_rows,
+    free_port,
+    generate_path,
+    http_json,
+    load_average,
+    markdown_table,
+    start_fake,
+    start_proxy,
+    wait_ready,
+    write_json,
+)
+
+TARGET_RPS = 700.0
+TARGET_ADDED_P50_MS = 3.0
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))  # 8 keys in 4 projects
+
+
+def _measure(server_url: str, label: str, concurrency: int, duration: float) -> LoadResult:
+    result = closed_loop(server_url + generate_path(), concurrency=concurrency, duration=duration)
+    result.target = label
+    return result
+
+
+def _proxy_phase(
+    workdir: Path, fake: Server, name: str, duration: float, warmup: float, levels: tuple[int, ...], module: str
+) -> tuple[dict[int, LoadResult], dict[str, Any]]:
+    """Start a proxy, warm it up, measure each concurrency level, stop it and count its events."""
+    proxy = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name=name, module=module)
+    received = 0
+    try:
+        wait_ready([proxy])
+        results: dict[int, LoadResult] = {}
+        if warmup > 0:
+            w = _measure(proxy.url, f"{name} warm-up", 8, warmup)
+            received += w.responses
+        for c in levels:
+            r = results[c] = _measure(proxy.url, name, c, duration)
+            received += r.responses
+    finally:
+        rc = proxy.stop()
+    assert proxy.data_dir is not None
+    (requests, attempts, successes), = count_rows(
+        proxy.data_dir / "keyrack.duckdb",
+        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts), "
+        "(SELECT count(*) FROM requests WHERE outcome = 'success')",
+    )
+    events = {
+        "responses_received": received,
+        "requests_rows": requests,
+        "attempts_rows": attempts,
+        "success_rows": successes,
+        "lost": received - requests,
+        "exit_code": rc,
+    }
+    return results, events
+
+
+def _minimal_phase(workdir: Path, fake: Server, duration: float, warmup: float) -> LoadResult:
+    """The calibration row: bench/_minimal_proxy.py (same stack, no Keyrack logic) at c=32."""
+    port = free_port()
+    args = [sys.executable, "-m", "bench._minimal_proxy", "--port", str(port), "--upstream", fake.url]
+    minimal = _spawn("minimal-proxy", args, workdir, {}, f"http://{HOST}:{port}")
+    try:
+        wait_ready([minimal])
+        if warmup > 0:
+            _measure(minimal.url, "minimal warm-up", 8, warmup)
+        return _measure(minimal.url, "minimal Starlette proxy (calibration)", 32, duration)
+    finally:
+        minimal.stop()
+
+
+def run(
+    duration: float = 10.0,
+    warmup: float = 2.0,
+    transport: bool = True,
+    minimal: bool = True,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run every phase; returns the figures (see `report`)."""
+    load_before = load_average()
+    own_tmp = None
+    if workdir is None:
+        own_tmp = tempfile.TemporaryDirectory(prefix="keyrack-bench-")
+        workdir = Path(own_tmp.name)
+    fake = start_fake(workdir)
+    try:
+        wait_ready([fake])
+        direct: dict[int, LoadResult] = {}
+        if warmup > 0:
+            _measure(fake.url, "direct warm-up", 8, warmup)
+        for c in (1, 32):
+            direct[c] = _measure(fake.url, "direct", c, duration)
+        proxied, events = _proxy_phase(workdir, fake, "proxy", duration, warmup, (1, 32), "proxy_service.cli")
+        calibration = _minimal_phase(workdir, fake, duration, warmup) if minimal else None
+        plain: dict[int, LoadResult] = {}
+        if transport:
+            plain, _ = _proxy_phase(workdir, fake, "proxy-plain-httpx", duration, warmup, (32,), "bench._plain_httpx_proxy")
+        fake_stats = http_json(fake.url + "/_fake/stats")
+    finally:
+        fake.stop()
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+    extra = [calibration] if calibration is not None else []
+    rows = [r.summary() for r in (direct[1], direct[32], proxied[1], proxied[32], *extra, *plain.values())]
+    d1, d32, p1, p32 = direct[1], direct[32], proxied[1], proxied[32]
+    figures: dict[str, Any] = {
+        "duration_s": duration,
+        "load_average": [load_before, load_average()],
+        "body_bytes": len(GENERATE_BODY),
+        "rows": rows,
+        "proxy_rps_c32": round(p32.rps, 1),
+        "proxy_rps_c1": round(p1.rps, 1),
+        "direct_rps_c32": round(d32.rps, 1),
+        "throughput_ratio_c32": round(p32.rps / d32.rps, 3) if d32.rps else 0.0,
+        "throughput_ratio_c1": round(p1.rps / d1.rps, 3) if d1.rps else 0.0,
+        "added_p50_ms_c1": round(p1.pct(50) - d1.pct(50), 3),
+        "added_p99_ms_c1": round(p1.pct(99) - d1.pct(99), 3),
+        "events": events,
+        "fake_requests": fake_stats.get("requests"),
+        "targets": {
+            "proxy_rps_c32": {"target": f">= {TARGET_RPS:g}", "met": p32.rps >= TARGET_RPS},
+            "added_p50_ms_c1": {"target": f"<= {TARGET_ADDED_P50_MS:g}",
+                                "met": p1.pct(50) - d1.pct(50) <= TARGET_ADDED_P50_MS},
+            "lost_events": {"target": "== 0", "met": events["lost"] == 0},
+        },
+    }
+    if calibration is not None:
+        figures["minimal_rps_c32"] = round(calibration.rps, 1)
+        figures["keyrack_vs_minimal_c32"] = round(p32.rps / calibration.rps, 3) if calibration.rps else 0.0
+    if plain:
+        figures["plain_httpx_rps_c32"] = round(plain[32].rps, 1)
+        figures["aiohttp_vs_plain_c32"] = round(p32.rps / plain[32].rps, 2) if plain[32].rps else 0.0
+    return figures
+
+
+def report(f: dict[str, Any]) -> str:
+    head = ["target", "c", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms"]
+    table = markdown_table(
+        head,
+        [[r["target"], r["concurrency"], r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"]]
+         for r in f["rows"]],
+    )
+    ev = f["events"]
+    lines = [
+        f"### Proxy throughput ({f['duration_s']:g} s per row, generateContent, {f['body_bytes']} B body)",
+        "",
+        table,
+        "",
+        f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]} on 2 cores "
+        "(figures from a loaded machine understate every row; the ratios hold better)",
+        f"- proxy/direct throughput: c=1 {f['throughput_ratio_c1']:.2f}, c=32 {f['throughput_ratio_c32']:.2f}",
+        f"- added latency at c=1: p50 {f['added_p50_ms_c1']:+.3f} ms, p99 {f['added_p99_ms_c1']:+.3f} ms",
+        f"- events: {ev['responses_received']} responses received, {ev['requests_rows']} requests rows, "
+        f"{ev['attempts_rows']} attempts rows, lost {ev['lost']} (proxy exit code {ev['exit_code']})",
+    ]
+    if "minimal_rps_c32" in f:
+        lines.append(
+            f"- calibration: a minimal Starlette proxy on the same stack (no pool, events or auth) did "
+            f"{f['minimal_rps_c32']:,.0f} req/s at c=32; Keyrack/minimal = {f['keyrack_vs_minimal_c32']:.2f}"
+        )
+    if "plain_httpx_rps_c32" in f:
+        lines.append(
+            f"- upstream transport at c=32: aiohttp {f['proxy_rps_c32']:,.0f} req/s vs plain httpx "
+            f"{f['plain_httpx_rps_c32']:,.0f} req/s ({f['aiohttp_vs_plain_c32']:.2f}x)"
+        )
+    for name, t in f["targets"].items():
+        lines.append(f"- target {name} {t['target']}: {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured row (default 10)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each target (default 2)")
+    ap.add_argument("--no-transport", action="store_true", help="skip the plain-httpx transport comparison")
+    ap.add_argument("--no-minimal", action="store_true", help="skip the minimal-proxy calibration row")
+    ap.add_argument("--json", type=Path, default=RESULTS / "proxy_throughput.json", help="where to write the figures")
+    args = ap.parse_args(argv)
+    figures = run(args.duration, args.warmup, transport=not args.no_transport, minimal=not args.no_minimal)
+    print(report(figures))
+    write_json(args.json, figures)
+    return 0 if figures["events"]["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Every benchmark, one summary table (`make bench`).
+
+Runs each benchmark as its own process (a failing or missing one does not stop the others), reads the figures it
+leaves in bench/results/<name>.json, and prints ONE table — proxy throughput and latency, event-writer rate,
+quota pressure, analytics query times, dashboard render times — each with its baseline and target. The same table
+plus every benchmark's own report goes to bench/results/latest.md (git-ignored), from which the README's
+BENCHMARKS section is updated.
+
+    python -m bench.run_all [--quick] [--only NAME[,NAME...]]
+
+NAME: proxy_throughput, event_writer, quota_pressure, analytics, dashboard_render, reliability (the last three are
+run when their modules exist). --quick shortens every run (a check that the benchmarks work, not figures to
+publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.common import REPO, RESULTS, markdown_table
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    args: tuple[str, ...]
+    quick_args: tuple[str, ...]
+    timeout_s: float
+    optional: bool = False  # written by other engineers: skipped when the module does not exist
+
+
+BENCHES = (
+    Bench("proxy_throughput", (), ("--duration", "3", "--warmup", "1"), 900),
+    Bench("event_writer", (), ("--events", "100000", "--baseline-rows", "500"), 900),
+    Bench("quota_pressure", ("--minutes", "2"), ("--minutes", "1"), 1200),
+    Bench("analytics", (), ("--rows", "1000000", "--runs", "3"), 3600, optional=True),
+    Bench("dashboard_render", (), ("--rows", "100000", "--keys", "100", "--repeat", "1"), 3600, optional=True),
+    Bench("reliability", (), ("--duration", "20"), 1800, optional=True),
+)
+
+
+@dataclass
+class Outcome:
+    bench: Bench
+    status: str  # "ok", "failed (exit N)", "timed out", "absent"
+    seconds: float
+    output: str
+    figures: dict[str, Any] | None
+
+
+def run_bench(b: Bench, quick: bool) -> Outcome:
+    if not (REPO / "bench" / f"{b.name}.py").exists():
+        return Outcome(b, "absent", 0.0, "", None)
+    result_file = RESULTS / f"{b.name}.json"
+    args = [sys.executable, "-m", f"bench.{b.name}", *(b.quick_args if quick else b.args)]
+    started_wall, started = time.time(), time.perf_counter()
+    print(f"[bench] {' '.join(args[2:])} ...", file=sys.stderr, flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    try:
+        proc = subprocess.run(
+            args, cwd=REPO, env=env, capture_output=True, text=True, timeout=b.timeout_s, check=False
+        )
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        output = proc.stdout + (f"\n[stderr]\n{proc.stderr[-3000:]}" if proc.returncode else "")
+    except subprocess.TimeoutExpired as exc:
+        status, output = "timed out", str(exc.stdout or "")
+    seconds = time.perf_counter() - started
+    figures = None
+    if result_file.exists() and result_file.stat().st_mtime >= started_wall:  # never a stale file of an older run
+        try:
+            figures = json.loads(result_file.read_text())
+        except ValueError:
+            figures = None
+    print(f"[bench] {b.name}: {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return Outcome(b, status, seconds, output, figures)
+
+
+# ------------------------------------------------------------------------------------------------ summary rows
+
+Row = list[Any]
+
+
+def _met(ok: bool | None) -> str:
+    return "–" if ok is None else ("yes" if ok else "NO")
+
+
+def rows_proxy(f: dict[str, Any]) -> list[Row]:
+    by = {(r["target"], r["concurrency"]): r for r in f["rows"]}
+    d1, d32, p1, p32 = by[("direct", 1)], by[("direct", 32)], by[("proxy", 1)], by[("proxy", 32)]
+    out: list[Row] = [
+        ["proxy", "req/s through Keyrack, c=32", f"{p32['rps']:,.0f}", f"fake direct {d32['rps']:,.0f}",
+         f"{p32['rps'] / d32['rps']:.2f}" if d32["rps"] else "–", "≥ 700", _met(p32["rps"] >= 700)],
+        ["proxy", "req/s through Keyrack, c=1", f"{p1['rps']:,.0f}", f"fake direct {d1['rps']:,.0f}",
+         f"{p1['rps'] / d1['rps']:.2f}" if d1["rps"] else "–", "", "–"],
+        ["proxy", "added p50 latency, c=1", f"{f['added_p50_ms_c1']:.2f} ms", f"fake direct p50 {d1['p50_ms']:.2f} ms",
+         "", "≤ 3 ms", _met(f["added_p50_ms_c1"] <= 3.0)],
+        ["proxy", "p99 latency through Keyrack, c=32", f"{p32['p99_ms']:.1f} ms", f"fake direct {d32['p99_ms']:.1f} ms",
+         "", "", "–"],
+        ["proxy", "events lost (requests rows vs answers)", str(f["events"]["lost"]),
+         f"{f['events']['responses_received']:,} answers", "", "0", _met(f["events"]["lost"] == 0)],
+    ]
+    if "minimal_rps_c32" in f:
+        out.append(["proxy", "minimal Starlette proxy, same stack, c=32 (calibration)", f"{f['minimal_rps_c32']:,.0f}",
+                    f"Keyrack {p32['rps']:,.0f}", f"{f['keyrack_vs_minimal_c32']:.2f}", "", "–"])
+    if "plain_httpx_rps_c32" in f:
+        out.append(["proxy", "Keyrack on plain httpx transport, c=32", f"{f['plain_httpx_rps_c32']:,.0f}",
+                    f"aiohttp transport {p32['rps']:,.0f}", f"{f['aiohttp_vs_plain_c32']:.2f}x faster", "", "–"])
+    return out
+
+
+def rows_writer(f: dict[str, Any]) -> list[Row]:
+    w, b = f["writer"], f["single_insert"]
+    return [
+        ["event writer", "events/s to on-disk DuckDB", f"{w['events_per_s']:,.0f}",
+         f"single-row INSERT {b['rows_per_s']:,.0f}/s", f"{f['ratio']:,.0f}x", "≥ 50,000",
+         _met(w["events_per_s"] >= 50_000)],
+        ["event writer", "events lost", str(w["lost"]), f"{w['events']:,} enqueued", "", "0", _met(w["lost"] == 0)],
+        ["event writer", "producer cost per event (build + enqueue)", f"{f['enqueue_us']:.2f} µs",
+         f"record() alone {w['record_us']:.2f} µs", "", "", "–"],
+    ]
+
+
+def rows_quota(f: dict[str, Any]) -> list[Row]:
+    """One row per strategy and load: capacity served / upstream attempts per success / upstream 429s caused."""
+    out: list[Row] = []
+    cap = f["capacity_per_minute"]
+    rr = {r["load_rpm"]: r for r in f["rows"] if r["strategy"] == "round_robin"}
+    for r in f["rows"]:
+        qa = r["strategy"].startswith("quota_aware")
+        over = r["load_rpm"] > cap
+        base = rr.get(r["load_rpm"])
+        value = (f"{r['served_share']:.1%} / {r['attempts_per_success']:.3f} / {r['upstream_429']} "
+                 f"(429s to client: {r['client_429_keyrack']} Keyrack, {r['client_429_upstream']} upstream)")
+        baseline = ratio = ""
+        if base is not None and base is not r:
+            baseline = f"round_robin {base['served_share']:.1%} / {base['attempts_per_success']:.3f} / {base['upstream_429']}"
+            if base["upstream_429"] and r["upstream_429"] == 0:
+                ratio = f"upstream 429s {base['upstream_429']} → 0"
+            elif base["upstream_429"]:
+                ratio = f"{base['upstream_429'] / r['upstream_429']:.0f}x fewer upstream 429s"
+        target, met = "", "–"
+        if qa:
+            checks = [r["attempts_per_success"] <= 1.05]
+            parts = ["≤ 1.05 attempts"]
+            if over:
+                checks.append(r["served_share"] >= 0.99)
+                parts.insert(0, "≥ 99 % served")
+            if base is not None and base["upstream_429"]:
+                checks.append(base["upstream_429"] >= 10 * r["upstream_429"])
+                parts.append("≥ 10x fewer 429s")
+            target, met = ", ".join(parts), _met(all(checks))
+        out.append([f"quota pressure ({cap}/min capacity, {f['minutes']:g} min)",
+                    f"{r['strategy']} @ {r['load_rpm']}/min: served / attempts per success / upstream 429s",
+                    value, baseline, ratio, target, met])
+    return out
+
+
+def rows_analytics(f: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    raw = next((x for x in f.get("figures", []) if "raw rows" in x["query"]), None)
+    for x in f.get("figures", []):
+        base = f"raw rows {raw['p50_ms']:,.0f} ms" if raw and x is not raw and "series day (" in x["query"] else ""
+        ratio = f"{raw['p50_ms'] / x['p50_ms']:.1f}x" if base and x["p50_ms"] else ""
+        out.append([f"analytics ({f.get('rows', 0):,} rows)", f"{x['query']} p50", f"{x['p50_ms']:,.0f} ms", base,
+                    ratio, "≤ 500 ms" if x.get("target") else "",
+                    _met(x["p50_ms"] <= 500) if x.get("target") else "–"])
+    return out
+
+
+def rows_dashboard(f: dict[str, Any]) -> list[Row]:
+    return [
+        [f"dashboard ({f.get('keys', 0):,} keys, {f.get('rows', 0):,} rows)", f"{p['page']} first render",
+         f"{p['first_s']:.2f} s", f"warm rerun {p['warm_s']:.2f} s", "", "≤ 2 s", _met(bool(p.get("ok")))]
+        for p in f.get("pages", [])
+    ]
+
+
+def rows_reliability(f: dict[str, Any]) -> list[Row]:
+    area = f"reliability soak ({f['duration_s']:g} s, {f['workers']} clients, faults injected)"
+    out: list[Row] = [
+        [area, "requests/s under faults", f"{f['requests_per_s']:,.1f}", f"{f['requests']:,} requests", "", "", "–"],
+        [area, "RSS growth", f"{f['rss_growth_mb']:.1f} MB", "", "", "", "–"],
+    ]
+    out += [[area, name, "ok" if ok else "FAILED", "", "", "holds", _met(bool(ok))] for name, ok in f["checks"].items()]
+    return out
+
+
+SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "proxy_throughput": rows_proxy,
+    "event_writer": rows_writer,
+    "quota_pressure": rows_quota,
+    "analytics": rows_analytics,
+    "dashboard_render": rows_dashboard,
+    "reliability": rows_reliability,
+}
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    rows: list[Row] = []
+    for o in outcomes:
+        if o.figures is None:
+            if o.status != "absent":
+                rows.append([o.bench.name, "(no figures)", o.status, "", "", "", "NO"])
+            continue
+        try:
+            rows += SUMMARISERS[o.bench.name](o.figures)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a peer's JSON changed shape
+            rows.append([o.bench.name, f"(unreadable figures: {type(exc).__name__}: {exc})", o.status, "", "", "", "–"])
+    return markdown_table(["area", "metric", "value", "baseline", "ratio", "target", "met"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (checks the benches work; not for publishing)")
+    ap.add_argument("--only", default="", help="comma-separated benchmark names")
+    args = ap.parse_args(argv)
+    names = {n.strip() for n in args.only.split(",") if n.strip()}
+    unknown = names - {b.name for b in BENCHES}
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(b.name for b in BENCHES)}")
+    selected = [b for b in BENCHES if not names or b.name in names]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    started = datetime.now(UTC)
+    outcomes = [run_bench(b, args.quick) for b in selected]
+    table = summary_table(outcomes)
+    ran = ", ".join(f"{o.bench.name} ({o.status}, {o.seconds:.0f} s)" for o in outcomes)
+    header = (
+        f"Keyrack benchmarks — {started:%Y-%m-%d %H:%M} UTC, {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {'QUICK run' if args.quick else 'full run'}\n\n{ran}"
+    )
+    print(f"\n{header}\n\n{table}")
+
+    details = "\n\n".join(
+        f"## {o.bench.name} ({o.status}, {o.seconds:.0f} s)\n\n{o.output.strip() or '(no output)'}"
+        for o in outcomes if o.status != "absent"
+    )
+    latest = RESULTS / "latest.md"
+    latest.write_text(f"# {header}\n\n{table}\n\n{details}\n")
+    print(f"\nwritten to {latest.relative_to(REPO)}")
+    return 0 if all(o.status in ("ok", "absent") for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

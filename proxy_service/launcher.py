@@ -1,0 +1,630 @@
+"""Starting Keyrack: `keyrack serve` (one proxy, with startup checks that fail in one clear line) and
+`keyrack run` / `keyrack demo` (the processes behind the one command a newcomer types).
+
+`keyrack run` decides by itself:
+- upstream keys configured (KEYRACK_API_KEYS, or keys already stored in the database) → the proxy and the dashboard
+  against the real Gemini API (KEYRACK_UPSTREAM_URL);
+- no keys anywhere → the demo (SPEC §6): the fake upstream with demo keys in several projects (two of them invalid,
+  limits tight enough that cooldowns happen), the proxy pointed at it, generated traffic, and the dashboard.
+
+Children are the same `keyrack` subcommands the Docker image runs (`serve`, `dashboard`, `fake-upstream`), each in
+its own process group with its output in `<data dir>/logs/`. Ctrl-C or SIGTERM stops the traffic, then the
+dashboard, the proxy (SIGTERM: it finishes in-flight calls and flushes every event) and the fake upstream; a child
+that does not stop in time is killed with its whole group. On Linux a child also gets SIGTERM if the launcher
+itself dies (PR_SET_PDEATHSIG), so nothing is left behind.
+
+The demo keeps its data apart from real data (`<data dir>/demo/`), so fake calls never mix with real statistics
+and demo keys never make `keyrack run` believe real keys are configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from pydantic import ValidationError
+
+from proxy_service.keys import parse_key_list
+from proxy_service.settings import Settings, is_loopback
+
+# ---------------------------------------------------------------------------------------------------------- serve
+
+_CLI_NAMES = {"host": "--host", "port": "--port"}
+# Never echoed back in an error message (a proxy URL may carry a password).
+_SECRET_SETTINGS = frozenset({"api_keys", "access_tokens", "admin_token", "outbound_proxy"})
+
+
+def env_name(field_name: str) -> str:
+    return f"KEYRACK_{field_name.upper()}"
+
+
+def describe_validation(exc: ValidationError, cli: dict[str, str] | None = None) -> str:
+    """One line per bad setting, named as the operator spells it (the env var, or the CLI option)."""
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        where = env_name(name) + (f" / {cli[name]}" if cli and name in cli else "")
+        value = err.get("input")
+        hidden = isinstance(value, dict) or name in _SECRET_SETTINGS
+        shown = "" if hidden else f" (got {str(value)[:80]!r})"
+        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise click.ClickException(describe_validation(exc, _CLI_NAMES)) from None
+
+
+def check_data_dir(path: Path) -> None:
+    """The data directory must exist (or be creatable), be a directory, and be writable."""
+    name = env_name("data_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise click.ClickException(f"{name}={path}: not a directory (a file is in the way).") from None
+    except OSError as exc:
+        raise click.ClickException(f"{name}={path}: cannot create it ({exc.strerror}).") from None
+    if not path.is_dir():
+        raise click.ClickException(f"{name}={path}: not a directory.")
+    probe = path / f".keyrack-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise click.ClickException(f"{name}={path}: not writable ({exc.strerror}).") from None
+    db = path / "keyrack.duckdb"
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise click.ClickException(f"{db}: the database file is not readable and writable by this user.")
+
+
+def database_error(db: Path, exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "lock" in text.lower():
+        holder = text[text.find("(PID") :].split(")")[0] + ")" if "(PID" in text else ""
+        return (
+            f"{db} is in use by another process {holder}: is another Keyrack running on this data directory? "
+            f"Stop it, or set {env_name('data_dir')} to another directory."
+        ).replace("  ", " ")
+    return f"cannot open {db}: {text}"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a taken port is one clear line instead of a traceback."""
+    try:
+        family, kind, proto, _name, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise click.ClickException(f"{env_name('host')} / --host {host!r}: cannot resolve ({exc.strerror}).") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        what = "is already in use" if exc.errno == 98 else f"cannot be bound ({exc.strerror})"
+        raise click.ClickException(
+            f"port {port} on {host} {what}: set {env_name('port')} or --port to a free port."
+        ) from None
+    return sock
+
+
+def serve_proxy(host: str | None, port: int | None) -> None:
+    """`keyrack serve`: check the configuration, bind, run uvicorn until SIGTERM/SIGINT, exit 0 after a clean stop."""
+    from proxy_service.logs import setup_logging
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = load_settings(**overrides)
+    setup_logging(settings.log_level)
+    if not settings.access_tokens and not is_loopback(settings.host):
+        raise click.ClickException(
+            f"Refusing to bind {settings.host} without KEYRACK_ACCESS_TOKENS: anyone could spend your keys."
+        )
+    check_data_dir(settings.data_dir)
+    sock = bind_socket(settings.host, settings.port)
+
+    import duckdb  # the heavy imports only once the configuration is known to be good
+    import uvicorn
+
+    from proxy_service.app import create_app
+
+    settings.port = sock.getsockname()[1]  # the real port when 0 was asked for (logged at startup)
+    try:
+        app = create_app(settings)
+    except (duckdb.Error, OSError) as exc:
+        sock.close()
+        raise click.ClickException(database_error(settings.db_path, exc)) from None
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=60,
+        # Longer than clients' and load balancers' idle timeouts (httpx 5 s, typical LBs 60 s), so the client side
+        # always closes an idle connection first. With uvicorn's 5 s default a request sent just as the server
+        # closes the idle connection gets a reset (seen in the soak: one ReadError in 6,470 calls).
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in place that
+    # re-raise is a no-op and a graceful stop ends with exit status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise click.ClickException("the proxy did not start (see the log lines above).")
+
+
+# ---------------------------------------------------------------------------------------------------------- demo
+
+DEMO_PROJECTS = ("acme-prod", "acme-staging", "research", "batch-jobs", "free-tier")
+KEYS_PER_PROJECT = 2
+DEMO_LIMITS: dict[str, dict[str, int | None]] = {
+    "default": {"rpm": 10},
+    "gemini-2.5-flash": {"rpm": 10},
+    "gemini-2.5-flash-lite": {"rpm": 15},
+    "gemini-2.5-pro": {"rpm": 8},
+    "gemini-2.0-flash": {"rpm": 12},
+    "gemini-embedding-001": {"rpm": 15},
+    "text-embedding-004": {"rpm": 15},
+}
+
+
+def demo_key(name: str) -> str:
+    """A fake key shaped like a real one (AIza + 35 characters), the same on every run."""
+    digest = hashlib.sha256(f"keyrack-demo:{name}".encode()).hexdigest()
+    return "AIzaSyDemo" + digest[:29]
+
+
+def demo_pool() -> tuple[str, dict[str, Any]]:
+    """(KEYRACK_API_KEYS for the proxy, the fake upstream's scenario)."""
+    projects = {p: [demo_key(f"{p}-{i}") for i in range(1, KEYS_PER_PROJECT + 1)] for p in DEMO_PROJECTS}
+    invalid = [demo_key("revoked-1"), demo_key("revoked-2")]
+    api_keys = [f"{p}:{k}" for p, keys in projects.items() for k in keys] + [f"legacy:{k}" for k in invalid]
+    scenario = {
+        "projects": projects,
+        "invalid_keys": invalid,
+        "limits": DEMO_LIMITS,
+        "latency_ms": 120,
+        "ttft_ms": 350,
+        "tokens_per_s": 45,
+        "error_rates": {"503": 0.03, "500": 0.01, "midstream": 0.02, "timeout": 0.004, "reset": 0.004},
+        "timeout_s": 8,
+        "seed": int(time.time()),
+    }
+    return ",".join(api_keys), scenario
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):  # pragma: no cover - exotic libc
+    _prctl = None
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec: nothing but one syscall
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Child:
+    """One subprocess in its own process group, writing its output straight to a log file (so it never depends on
+    the launcher to log, even if the launcher dies); with `echo`, new lines of that file are shown in the terminal."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, echo: bool = False) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+            log.flush()
+            self._start_offset = log.tell()
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: the terminal's Ctrl-C reaches only the launcher
+                preexec_fn=_child_setup,
+            )
+        self._echo: threading.Thread | None = None
+        if echo:
+            self._echo = threading.Thread(target=self._follow, name=f"echo-{name}", daemon=True)
+            self._echo.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _follow(self) -> None:
+        """Print the log file's new lines, prefixed with the child's name, until the child has exited."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._start_offset)
+            partial = b""
+            while True:
+                running = self.alive()
+                chunk = f.read()
+                if chunk:
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()
+                    for line in lines:
+                        print(f"{self.name:>9} │ {line.decode('utf-8', 'replace').rstrip()}", flush=True)
+                elif not running:
+                    return
+                else:
+                    time.sleep(0.2)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 12) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._start_offset)
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            lines = []
+        return "\n".join(f"    {line}" for line in lines[-n:])
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float, force: Callable[[], bool] = lambda: False) -> int | None:
+        """SIGTERM the group, wait up to `timeout` (or until `force()`), then SIGKILL what is left."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline and not force():
+                time.sleep(0.05)
+        if self.alive():
+            print(f"  {self.name} did not stop in time: killing it", flush=True)
+        self.signal(signal.SIGKILL)  # also reaps any grandchildren left in the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self._echo is not None:
+            self._echo.join(2)
+        return self.proc.returncode
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def dashboard_app() -> Path | None:
+    spec = importlib.util.find_spec("dashboard")
+    if spec is None or not spec.origin:
+        return None
+    app = Path(spec.origin).parent / "app.py"
+    return app if app.exists() else None
+
+
+def dashboard_argv(host: str, port: int, admin_url: str) -> list[str]:
+    """`keyrack dashboard` when the CLI has it (what the Docker image runs), else `streamlit run` directly."""
+    from proxy_service import cli
+
+    command = cli.main.commands.get("dashboard")
+    options = {opt for p in (command.params if command else []) for opt in p.opts}
+    if command is not None and {"--host", "--port"} <= options:
+        argv = [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", host, "--port", str(port)]
+        return argv + (["--admin-url", admin_url] if "--admin-url" in options else [])
+    app = dashboard_app()
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+# -------------------------------------------------------------------------------------------------------- launcher
+
+
+@dataclass
+class Options:
+    demo: bool
+    proxy_port: int | None = None
+    dashboard_port: int = 8501
+    upstream_port: int = 8090
+    dashboard: bool = True
+    data_dir: Path | None = None
+    rate: float = 2.0
+    reason: str = ""
+
+
+@dataclass
+class Launcher:
+    opts: Options
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    forced: threading.Event = field(default_factory=threading.Event)
+    traffic: Any = None
+
+    # -- signals -------------------------------------------------------------------------------------------------
+    def _on_signal(self, sig: int, _frame: Any) -> None:
+        if self.stopping.is_set():
+            self.forced.set()
+            return
+        self.stopping.set()
+        message = f"\n{signal.Signals(sig).name}: stopping Keyrack (Ctrl-C again to stop at once)…\n"
+        with contextlib.suppress(OSError, ValueError):  # os.write: print() is not reentrant in a signal handler
+            os.write(sys.stdout.fileno(), message.encode())
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _start(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, echo: bool = False) -> Child:
+        child = Child(name, argv, env, log_dir / f"{name}.log", echo=echo)
+        self.children.append(child)
+        return child
+
+    def _wait_http(self, child: Child, url: str, timeout: float) -> bool:
+        """Poll `url` until it answers 200; False on timeout or stop. Raises if the child died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if not child.alive():
+                raise click.ClickException(
+                    f"{child.name} exited with status {child.proc.returncode} while starting:\n{child.tail()}\n"
+                    f"  (full log: {child.log_path})"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return True
+            time.sleep(0.2)
+        return False
+
+    def shutdown(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop(grace=3.0)
+        timeouts = {"dashboard": 10.0, "proxy": 70.0, "upstream": 10.0}
+        for child in sorted(self.children, key=lambda c: list(timeouts).index(c.name) if c.name in timeouts else 9):
+            code = child.stop(timeouts.get(child.name, 10.0), force=self.forced.is_set)
+            if child.name == "proxy" and code not in (0, None):
+                print(f"  proxy exited with status {code}; see {child.log_path}", flush=True)
+        self.children.clear()
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self._run()
+            return 0
+        finally:
+            self.shutdown()
+
+    def _run(self) -> None:
+        opts = self.opts
+        base = load_settings()
+        root = (opts.data_dir or base.data_dir).resolve()
+        data_dir = root / "demo" if opts.demo else root
+        check_data_dir(data_dir)
+        log_dir = data_dir / "logs"
+        host = "127.0.0.1" if opts.demo else base.host
+        proxy_port = opts.proxy_port if opts.proxy_port is not None else base.port
+        app = dashboard_app()
+        with_dashboard = opts.dashboard and app is not None
+        ports = {"proxy (--proxy-port)": proxy_port}
+        if with_dashboard:
+            ports["dashboard (--dashboard-port)"] = opts.dashboard_port
+        if opts.demo:
+            ports["fake upstream (--upstream-port)"] = opts.upstream_port
+        for what, port in ports.items():
+            if not port_free("127.0.0.1" if host in ("0.0.0.0", "::") else host, port):
+                raise click.ClickException(f"port {port} for the {what} is already in use: choose another one.")
+
+        admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
+        client_token = base.access_tokens[0] if base.access_tokens else None
+        env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
+        env.update(
+            {"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
+        )
+        if opts.demo:
+            client_token = client_token or "krc_demo_" + secrets.token_urlsafe(12)
+            api_keys, scenario = demo_pool()
+            scenario_path = data_dir / "fake-upstream.json"
+            scenario_path.write_text(json.dumps(scenario, indent=2))
+            upstream_url = f"http://127.0.0.1:{opts.upstream_port}"
+            env.update(
+                {
+                    "KEYRACK_API_KEYS": api_keys,
+                    "KEYRACK_UPSTREAM_URL": upstream_url,
+                    "KEYRACK_ACCESS_TOKENS": client_token,
+                    "KEYRACK_HOST": host,
+                    "KEYRACK_OUTBOUND_PROXY": "",  # the fake upstream is local
+                    "KEYRACK_REQUEST_TIMEOUT_S": env.get("KEYRACK_REQUEST_TIMEOUT_S", "6"),
+                }
+            )
+            upstream = self._start(
+                "upstream",
+                [sys.executable, "-m", "proxy_service.cli", "fake-upstream", "--host", "127.0.0.1",
+                 "--port", str(opts.upstream_port), "--scenario", str(scenario_path)],
+                env, log_dir,
+            )  # fmt: skip
+            if not self._wait_http(upstream, f"{upstream_url}/_fake/stats", 30):
+                raise click.ClickException(f"the fake upstream did not start in 30 s; see {upstream.log_path}")
+
+        proxy_url = f"http://{_url_host(host)}:{proxy_port}"
+        proxy = self._start(
+            "proxy",
+            [sys.executable, "-m", "proxy_service.cli", "serve", "--host", host, "--port", str(proxy_port)],
+            env, log_dir, echo=True,
+        )  # fmt: skip
+        if not self._wait_http(proxy, f"{proxy_url}/readyz", 60):
+            if self.stopping.is_set():
+                return
+            raise click.ClickException(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
+
+        if opts.demo and opts.rate > 0:  # traffic first: the dashboard has data by the time it opens
+            from proxy_service.traffic import TrafficGenerator
+
+            self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate)
+            self.traffic.start()
+
+        dashboard_url = None
+        if with_dashboard:
+            dashboard_url = f"http://127.0.0.1:{opts.dashboard_port}"
+            dash_env = {**env, "KEYRACK_ADMIN_URL": f"http://127.0.0.1:{proxy_port}"}
+            dash = self._start(
+                "dashboard", dashboard_argv("127.0.0.1", opts.dashboard_port, dash_env["KEYRACK_ADMIN_URL"]),
+                dash_env, log_dir,
+            )  # fmt: skip
+            if not self._wait_http(dash, f"{dashboard_url}/_stcore/health", 60) and not self.stopping.is_set():
+                print(f"  the dashboard is slow to start; it will be at {dashboard_url} (log: {dash.log_path})")
+
+        if self.stopping.is_set():
+            return
+        self._banner(proxy_url, dashboard_url, admin_token, client_token, data_dir, log_dir, app is None)
+        self._supervise()
+
+    def _supervise(self) -> None:
+        last_status = time.monotonic()
+        while not self.stopping.wait(0.5):
+            for child in self.children:
+                if not child.alive():
+                    print(
+                        f"\n{child.name} exited unexpectedly (status {child.proc.returncode}):\n{child.tail()}\n"
+                        f"  (full log: {child.log_path}) — stopping everything.",
+                        flush=True,
+                    )
+                    raise click.exceptions.Exit(1)
+            if self.traffic is not None and time.monotonic() - last_status >= 30:
+                last_status = time.monotonic()
+                print(f"demo traffic: {self.traffic.summary()}", flush=True)
+
+    def _banner(
+        self,
+        proxy_url: str,
+        dashboard_url: str | None,
+        admin_token: str,
+        client_token: str | None,
+        data_dir: Path,
+        log_dir: Path,
+        no_dashboard_app: bool,
+    ) -> None:
+        opts = self.opts
+        token = client_token or "any-token"
+        lines = [""]
+        if opts.demo:
+            lines.append("Keyrack DEMO is running: a simulated Gemini API, fake keys in 5 projects (2 keys revoked),")
+            lines.append("tight rate limits and generated traffic. " + (opts.reason or ""))
+            lines.append("To use your real keys: put KEYRACK_API_KEYS in .env (see .env.example) and `make run` again.")
+        else:
+            lines.append(f"Keyrack is running against {load_settings().upstream_url}. {opts.reason}")
+        lines.append("")
+        if dashboard_url:
+            lines.append(f"  Dashboard     {dashboard_url}   (signs in with the admin token below)")
+        elif no_dashboard_app and opts.dashboard:
+            lines.append("  Dashboard     not started: dashboard/app.py is not available in this install")
+        else:
+            lines.append("  Dashboard     not started (--no-dashboard)")
+        lines.append(f"  Proxy         {proxy_url}")
+        lines.append(f"  Admin token   {admin_token}")
+        if client_token:
+            lines.append(f"  Client token  {client_token}")
+        else:
+            lines.append("  Client token  none needed: KEYRACK_ACCESS_TOKENS is empty, the proxy is open to this machine")
+        lines.append(f"  Data          {data_dir / 'keyrack.duckdb'}   logs: {log_dir}/")
+        lines += [
+            "",
+            "Try it with curl:",
+            f'  curl -s "{proxy_url}/v1beta/models/gemini-2.5-flash:generateContent" \\',
+            f'    -H "x-goog-api-key: {token}" -H "content-type: application/json" \\',
+            """    -d '{"contents":[{"parts":[{"text":"Hello"}]}]}'""",
+            "",
+            "or with google-genai (pip install google-genai):",
+            "  from google import genai",
+            "  from google.genai import types",
+            f'  client = genai.Client(api_key="{token}",',
+            f'                        http_options=types.HttpOptions(base_url="{proxy_url}"))',
+            '  print(client.models.generate_content(model="gemini-2.5-flash", contents="Hello").text)',
+            "",
+            "Metrics: " + f"{proxy_url}/metrics    Stop: Ctrl-C",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+
+def real_keys_configured(settings: Settings) -> tuple[bool, str]:
+    """Whether `keyrack run` should talk to the real upstream: keys in KEYRACK_API_KEYS or stored in the DB."""
+    import duckdb
+
+    if parse_key_list(settings.api_keys):
+        return True, "Keys come from KEYRACK_API_KEYS."
+    db = settings.db_path
+    if not db.exists():
+        return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} does not exist)."
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.Error as exc:
+        raise click.ClickException(database_error(db, exc)) from None
+    try:
+        n = con.execute("SELECT count(*) FROM keys").fetchone()[0]  # type: ignore[index]
+    except duckdb.CatalogException:
+        n = 0
+    finally:
+        con.close()
+    if n:
+        return True, f"{n} key(s) are stored in {db}."
+    return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} holds no keys)."
+
+
+def launch(
+    demo: bool | None,
+    proxy_port: int | None,
+    dashboard_port: int,
+    upstream_port: int,
+    dashboard: bool,
+    data_dir: Path | None,
+    rate: float,
+) -> int:
+    """`keyrack run` (demo=None: decide) and `keyrack demo` (demo=True)."""
+    reason = ""
+    if demo is None:
+        settings = load_settings(**({"data_dir": data_dir} if data_dir else {}))
+        real, reason = real_keys_configured(settings)
+        demo = not real
+    opts = Options(
+        demo=demo,
+        proxy_port=proxy_port,
+        dashboard_port=dashboard_port,
+        upstream_port=upstream_port,
+        dashboard=dashboard,
+        data_dir=data_dir,
+        rate=rate,
+        reason=reason,
+    )
+    return Launcher(opts).run()

@@ -1,0 +1,65 @@
+"""The benchmarks still run and produce sane figures (tiny budgets: this checks the machinery, not the speed).
+
+No timing assertions: only that each benchmark's core function measures something, loses nothing and reports
+what it promises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import event_writer, proxy_throughput, quota_pressure, run_all
+
+
+def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
+    f = proxy_throughput.run(duration=0.3, warmup=0.0, transport=False, minimal=False, workdir=tmp_path)
+    rows = {(r["target"], r["concurrency"]): r for r in f["rows"]}
+    assert set(rows) == {("direct", 1), ("direct", 32), ("proxy", 1), ("proxy", 32)}
+    for r in rows.values():
+        assert r["ok"] > 0 and r["errors"] == 0 and r["rps"] > 0
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    ev = f["events"]
+    assert ev["responses_received"] >= rows[("proxy", 1)]["ok"] + rows[("proxy", 32)]["ok"]
+    assert ev["lost"] == 0 and ev["requests_rows"] == ev["responses_received"] == ev["success_rows"]
+    assert f["throughput_ratio_c32"] > 0
+    assert "| proxy | 32 |" in proxy_throughput.report(f)
+
+
+def test_event_writer_writes_every_event(tmp_path: Path) -> None:
+    f = event_writer.run(events=20_000, baseline_rows=50, workdir=tmp_path)
+    w = f["writer"]
+    assert w["events"] == 20_000 and w["requests_rows"] == w["attempts_rows"] == 10_000
+    assert w["lost"] == 0 and w["failures"] == 0
+    assert w["events_per_s"] > 0 and f["single_insert"]["rows"] == 50
+    assert f["enqueue_us"] > 0 and f["ratio"] > 1
+    assert "EventWriter" in event_writer.report(f)
+
+
+def test_ideal_successes_is_the_sliding_window_bound() -> None:
+    every_second = [float(t) for t in range(180)]
+    assert quota_pressure.ideal_successes(every_second, 50) == 150  # 50 per minute × 3 minutes
+    assert quota_pressure.ideal_successes(every_second[:30], 50) == 30  # demand below capacity
+
+
+def test_quota_pressure_reports_the_three_strategies(tmp_path: Path) -> None:
+    variants = quota_pressure.VARIANTS[:3]
+    # 3 s at 1,200/min against 50/min of capacity: every strategy meets the limit within the run.
+    f = quota_pressure.run(minutes=0.05, loads=(1200,), rpm_limit=10, variants=variants, workdir=tmp_path)
+    rows = {r["strategy"]: r for r in f["rows"]}
+    assert set(rows) == {"round_robin", "least_used", "quota_aware"}
+    for r in rows.values():
+        assert r["demand"] == 60
+        assert r["ok"] + r["client_429"] + r["other_errors"] == r["demand"]
+        assert r["ok"] <= r["capacity"] == 50 and r["upstream_attempts"] >= r["ok"] > 0
+        assert r["client_429_without_retry_after"] == 0
+        assert r["db"].get("request_success", 0) == r["ok"]
+    qa = rows["quota_aware"]
+    assert qa["upstream_429"] == 0 and qa["client_429_keyrack"] > 0  # refused at once, never sent upstream
+    assert rows["round_robin"]["upstream_429"] > 0
+    table = quota_pressure.report(f)
+    assert all(name in table for name in rows) and "capacity served" in table
+
+
+def test_run_all_summarises_every_known_shape() -> None:
+    outcome = run_all.Outcome(run_all.BENCHES[0], "absent", 0.0, "", None)
+    assert run_all.summary_table([outcome]).count("\n") == 1  # header only: an absent bench adds no row
