@@ -78,9 +78,13 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
 
     Skips httpx's per-request machinery that Keyrack never uses (auth flow, redirect loop, cookie jar, event
     hooks): ~10 % of the proxy's CPU per request. The answer streams exactly as from `client.send`, and transport
-    failures raise the same httpx exceptions (the aiohttp transport maps them).
+    failures raise the same httpx exceptions (the aiohttp transport maps them). `_transport_for_url` is httpx's
+    private API: should an upgrade remove it, this falls back to the public `client.send`.
     """
-    return await client._transport_for_url(request.url).handle_async_request(request)
+    pick = getattr(client, "_transport_for_url", None)
+    if pick is None:
+        return await client.send(request, stream=True)
+    return await pick(request.url).handle_async_request(request)
 
 
 def client_settings(config: Config) -> tuple[object, ...]:
