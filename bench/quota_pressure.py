@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -70,13 +71,17 @@ TARGET_429_RATIO = 10.0
 class Variant:
     name: str
     strategy: str
-    model_limits: str | None = None  # KEYRACK_MODEL_LIMITS; None = the proxy's built-in table
+    model_limits: str | None = None  # KEYRACK_MODEL_LIMITS; None = the proxy's built-in table; CONFIGURED = the fake's rpm
+
+
+CONFIGURED = "configured"  # the operator told Keyrack the real limit (KEYRACK_MODEL_LIMITS with the fake's rpm)
 
 
 VARIANTS = (
     Variant("round_robin", "round_robin"),
     Variant("least_used", "least_used"),
-    Variant("quota_aware", "quota_aware"),
+    Variant("quota_aware", "quota_aware", CONFIGURED),
+    Variant("quota_aware (built-in guess)", "quota_aware"),
     Variant("quota_aware (learns rpm)", "quota_aware", NO_LIMITS),
 )
 
@@ -261,7 +266,8 @@ def _run_pairs(
                 fake = start_fake(workdir, scenario, name=f"fake-{tag}")
                 fakes.append(fake)
                 proxy = start_proxy(
-                    workdir, fake.url, api_keys, strategy=v.strategy, model_limits=v.model_limits,
+                    workdir, fake.url, api_keys, strategy=v.strategy,
+                    model_limits=json.dumps(scenario["limits"]) if v.model_limits == CONFIGURED else v.model_limits,
                     name=f"proxy-{tag}", env={"KEYRACK_RECHECK_INTERVAL_S": "3600"},
                 )
                 pairs.append(Pair(v, load, fake, proxy))

@@ -26,6 +26,7 @@ from proxy_service.logs import event
 from proxy_service.quota import ModelLimits, QuotaTracker, QuotaViolation, cooldown_until
 
 KeyStatus = Literal["active", "invalid", "disabled"]
+PROBE_TIMEOUT_S = 30.0  # a probe whose answer never came (timeout, cancelled) stops blocking the next one
 log = logging.getLogger("keyrack.pool")  # status changes only (rare); never the secret, only the key id
 
 
@@ -94,6 +95,8 @@ class Pool:
         self.dirty: set[str] = set()  # key ids whose stored row is stale (persisted in batches, not per request)
         self.deleted: set[str] = set()
         self._rr = itertools.count()
+        # model → (key id, started) of the one call in flight past the built-in table's guess, if any
+        self._probes: dict[str, tuple[str, float]] = {}
 
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:
@@ -214,8 +217,12 @@ class Pool:
                 best, best_rank = key, rank3
         if best is not None:
             return best
-        if guessed is not None:
-            return guessed  # try: the answer (success, or a 429 with quotaValue) tells the real limit
+        probe = self._probes.get(model)
+        if guessed is not None and (probe is None or now - probe[1] > PROBE_TIMEOUT_S):
+            # Only the built-in guess says "full": send one call to find out. A success disproves the guess (a
+            # higher tier), a 429 teaches the real limit; until its answer, other calls are refused as usual.
+            self._probes[model] = (guessed.id, now)
+            return guessed
         ready = min(self.tracker.available_at(k.scope, model, now) for k in candidates)
         raise PoolExhausted(
             f"Every key is out of quota headroom for {model}; retry in {max(1, round(ready - now))}s.",
@@ -249,14 +256,24 @@ class Pool:
     def finished(self, key: Key) -> None:
         key.in_flight = max(0, key.in_flight - 1)
 
+    def _end_probe(self, key: Key, model: str) -> bool:
+        probe = self._probes.get(model)
+        if probe is not None and probe[0] == key.id:
+            del self._probes[model]
+            return True
+        return False
+
     def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
         key.successes += 1
         key.consecutive_failures = 0
+        if self._end_probe(key, model):
+            self.tracker.disprove_guess(model)
         if tokens:
             self.tracker.add_tokens(key.scope, model, self.clock(), tokens)
 
     def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
         now = self.clock()
+        self._end_probe(key, model)
         # The refused attempt was counted when it started, but upstream did not count it: un-count it first (also
         # before learning a limit from the observed usage, which would otherwise come out one too high).
         self.tracker.forget(key.scope, model, now)
@@ -283,6 +300,7 @@ class Pool:
         (a 5xx answer, a connection that failed). Timeouts are left counted: the upstream may have served them.
         """
         if model is not None:
+            self._end_probe(key, model)
             self.tracker.forget(key.scope, model, self.clock())
         key.consecutive_failures += 1
         key.total_failures += 1

@@ -471,6 +471,7 @@ class QuotaTracker:
         self._model_learned: dict[str, dict[str, int]] = {}  # model-wide learned defaults
         self._base: dict[str, ModelLimits] = {}  # limits_for() cache per model
         self._overrides: dict[str, ModelLimits] = {}
+        self._guess_disproven: set[str] = set()  # models whose built-in limits proved too low
         self._version = 0
         self._prune_at = self._PRUNE_FLOOR
         self.set_overrides(overrides)
@@ -508,8 +509,19 @@ class QuotaTracker:
     def _base_limits(self, model: str) -> ModelLimits:
         lim = self._base.get(model)
         if lim is None:
-            lim = self._base[model] = limits_for(model, self._overrides)
+            if model in self._guess_disproven and not is_configured(model, self._overrides):
+                lim = _UNLIMITED
+            else:
+                lim = limits_for(model, self._overrides)
+            self._base[model] = lim
         return lim
+
+    def disprove_guess(self, model: str) -> None:
+        """A call succeeded where the built-in table said there was no headroom: this user's tier is higher, so
+        the table is ignored for `model` from now on (configured limits still hold, and a 429 teaches the real one)."""
+        self._guess_disproven.add(_strip_models(model))
+        self._base.clear()
+        self._version += 1
 
     def _model_limits(self, model: str) -> ModelLimits:
         """Limits for a scope that learned nothing itself."""

@@ -172,12 +172,13 @@ class Rollup:
         self._folded_at = time.monotonic()
         if not self._pending:
             return
-        # Batches built from Python rows may type an all-NULL column as `null`: promote to the common schema.
-        batch = pa.concat_tables(self._pending, promote_options="default")
-        self._pending, self._pending_rows = [], 0
+        pending, self._pending, self._pending_rows = self._pending, [], 0
         if self.stale:
             return
         try:
+            # Batches built from Python rows may type an all-NULL column as `null`, or whole numbers as int64 where
+            # another batch has doubles: promote to the common schema (the table casts on insert the same way).
+            batch = pa.concat_tables(pending, promote_options="permissive")
             cur.register(_BATCH, batch)
             try:
                 buckets = cur.execute(f"SELECT DISTINCT time_bucket(INTERVAL 15 MINUTE, ts) FROM {_BATCH}").fetchall()

@@ -54,7 +54,7 @@ def test_quota_pressure_reports_the_three_strategies(tmp_path: Path) -> None:
         assert r["client_429_without_retry_after"] == 0
         assert r["db"].get("request_success", 0) == r["ok"]
     qa = rows["quota_aware"]
-    assert qa["upstream_429"] == 0 and qa["client_429_keyrack"] > 0  # refused at once, never sent upstream
+    assert qa["upstream_429"] == 0 and qa["client_429_keyrack"] > 0  # configured limit: refused, never sent upstream
     assert rows["round_robin"]["upstream_429"] > 0
     table = quota_pressure.report(f)
     assert all(name in table for name in rows) and "capacity served" in table

@@ -207,3 +207,17 @@ def test_refused_attempts_give_their_quota_slot_back_but_timeouts_keep_it() -> N
     pool.started(a1, MODEL)
     pool.failed(a1, "timeout")  # upstream may have served it: stays counted
     assert pool.tracker.usage("pa", MODEL, T0)["rpm_used"] == 1
+
+
+def test_one_probe_at_a_time_past_the_guess_and_a_success_disproves_it() -> None:
+    pool, _ = make_pool()
+    for _ in range(30):
+        use(pool)  # the built-in guess (rpm 10 × 3 scopes) says every scope is full
+    probe = pool.choose(MODEL)
+    with pytest.raises(PoolExhausted):
+        pool.choose(MODEL)  # while the probe's answer is pending, nothing else goes past the guess
+    pool.started(probe, MODEL)
+    pool.finished(probe)
+    pool.succeeded(probe, MODEL)  # a higher tier: the guess was wrong
+    assert pool.tracker.limits("pa", MODEL).rpm is None
+    assert all(use(pool) for _ in range(12))  # no longer refused

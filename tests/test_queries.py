@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,7 @@ class DB:
         for e in events:
             self.writer.record(e)
         self.writer.flush()
+        self.writer.submit(self.rollup.fold).result()  # what the admin API does before reading the rollup
         if compact:
             self.writer.submit(self.rollup.compact).result()
 
@@ -298,3 +300,16 @@ def test_snapshot_command_reads_the_file_when_the_proxy_is_stopped(tmp_path: Pat
     assert b"AIza-secret-for-cli" not in (out / "keys.parquet").read_bytes()
     missing = CliRunner().invoke(main, ["snapshot"], env={"KEYRACK_DATA_DIR": str(tmp_path / "nowhere")})
     assert missing.exit_code == 1 and "no database at" in missing.output
+
+
+def test_batches_gather_until_a_fold_so_the_writer_does_not_fold_every_flush(db: DB) -> None:
+    t = datetime(2026, 3, 1, 10, 1)
+    db.rollup._folded_at = time.monotonic()  # a fold just happened: the next batches wait for the next one
+    for i in range(3):
+        db.writer.record(event(t + timedelta(seconds=i), i))
+        db.writer.flush()
+    count = "SELECT coalesce(sum(calls), 0) FROM rollup_requests WHERE dim = 'all'"
+    assert db.cur.execute("SELECT count(*) FROM requests").fetchone() == (3,)
+    assert db.cur.execute(count).fetchone() == (0,)  # appended, not folded yet
+    db.writer.submit(db.rollup.fold).result()
+    assert db.cur.execute(count).fetchone() == (3,)
