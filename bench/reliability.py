@@ -50,7 +50,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")
     ap.add_argument("--workers", type=int, default=12, help="concurrent closed-loop clients (default 12)")
     ap.add_argument("--rss-every", type=float, default=10.0, help="RSS sampling period, seconds (default 10)")
-    ap.add_argument("--max-growth-mb", type=float, default=60.0, help="allowed RSS growth (default 60 MB)")
+    ap.add_argument(
+        "--max-growth-mb", type=float, default=20.0, help="allowed RSS growth over the run's 2nd half (default 20 MB)"
+    )
     args = ap.parse_args()
 
     started = time.time()
@@ -64,13 +66,17 @@ def main() -> int:
 
     statuses = status_counts(soak)
     growth = soak.rss_end_mb - soak.rss_start_mb
+    # Warm-up (DuckDB's buffer pool, allocator arenas, caches) raises RSS in the first minute or two whatever the
+    # code; a leak keeps growing. So flatness is judged on the second half of the run: its growth must stay small.
+    half = [mb for t, mb in soak.rss_mb if t >= soak.duration / 2]
+    late_growth = (max(half) - half[0]) if half else growth
     checks = {
         "every request answered, well formed": not answers,
         "recorded exactly once, with its attempts": not recording,
         "no secret in log, tables or exports": not leaks,
         "clean exit 0 after SIGTERM, nothing unwritten": soak.exit_code == 0 and "unwritten=0" in soak.log,
         "no proxy_error, no traceback": "Traceback" not in soak.log and not outcomes.get("proxy_error"),
-        f"RSS growth < {args.max_growth_mb:g} MB": growth < args.max_growth_mb,
+        f"RSS flat after warm-up (2nd-half growth < {args.max_growth_mb:g} MB)": late_growth < args.max_growth_mb,
     }
     figures = {
         "duration_s": round(soak.duration, 1),
@@ -83,6 +89,7 @@ def main() -> int:
         "upstream_faults": soak.upstream_stats.get("faults", {}),
         "rss_mb": [(round(t, 1), round(mb, 1)) for t, mb in soak.rss_mb],
         "rss_growth_mb": round(growth, 1),
+        "rss_second_half_growth_mb": round(late_growth, 1),
         "checks": checks,
         "problems": answers + recording + leaks,
         "started": started,
