@@ -331,7 +331,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "ok", "uptime_s": round(time.time() - gw.started_at, 1)})
 
     async def readyz(_request: Request) -> Response:
-        ok = gw.ready and gw.writer._thread.is_alive()
+        ok = gw.ready and gw.writer.alive
         return JSONResponse({"ready": ok, "keys": gw.pool.counts()}, status_code=200 if ok else 503)
 
     async def prometheus(_request: Request) -> Response:

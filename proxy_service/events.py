@@ -151,6 +151,11 @@ class EventWriter:
         return job.future
 
     @property
+    def alive(self) -> bool:
+        """The writer thread is running (readiness: events can be recorded)."""
+        return self._thread.is_alive()
+
+    @property
     def depth(self) -> int:
         return self._queue.qsize()
 

@@ -23,7 +23,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from proxy_service import metrics
-from proxy_service.errors import KeyrackError, PoolExhausted, UpstreamUnreachable
+from proxy_service.errors import PoolExhausted, UpstreamUnreachable
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.pool import Key, Pool
 from proxy_service.quota import parse_rate_limit
@@ -99,7 +99,8 @@ def describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"[:500]
 
 
-def classify(status: int, err_reason: str | None, err_status: str | None) -> AttemptOutcome:
+def classify(status: int, err_reason: str | None) -> AttemptOutcome:
+    """What an upstream error answer says about the key: the status first, then ErrorInfo.reason."""
     if status == 429:
         return "rate_limited"
     if status in (401, 402, 403) or err_reason in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED"):
@@ -107,6 +108,14 @@ def classify(status: int, err_reason: str | None, err_status: str | None) -> Att
     if status >= 500 or status == 408:
         return "server_error"
     return "client_error"
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """A stream whose first chunk arrived intact: from here on it is committed to the client."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
 
 
 class Relay:
@@ -222,9 +231,9 @@ class Relay:
                     opened = await self._first_chunk(call, n, key, resp, t0)
                     if opened is None:
                         continue
-                    if isinstance(opened[0], bytes):
-                        return self._stream(call, n, key, resp, opened[0], opened[1], t0)  # type: ignore[arg-type]
-                    last = opened  # type: ignore[assignment]
+                    if isinstance(opened, OpenedStream):
+                        return self._stream(call, n, key, resp, opened.first, opened.rest, t0)
+                    last = opened
                     if last[2] == "client_error":
                         break
                     continue
@@ -288,7 +297,7 @@ class Relay:
         self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float
     ) -> tuple[int, bytes, str | None]:
         err = parse_error(body)
-        outcome = classify(status, err.reason, err.status)
+        outcome = classify(status, err.reason)
         extra: dict[str, object] = {"error_status": err.status}
         if outcome == "rate_limited":
             violation = parse_rate_limit(body)
@@ -354,10 +363,10 @@ class Relay:
 
     async def _first_chunk(
         self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float
-    ) -> tuple[bytes, AsyncIterator[bytes]] | tuple[int, bytes, str | None] | None:
+    ) -> OpenedStream | tuple[int, bytes, str | None] | None:
         """Wait for the stream's first bytes; a failure here is still retryable (nothing reached the client).
 
-        Returns (first chunk, the rest) to commit, an upstream error (status, body, outcome) if the stream opened
+        Returns the stream to commit, an upstream error (status, body, outcome) if the stream opened
         with an error object, or None after a transport failure.
         """
         chunks = resp.aiter_raw()
@@ -374,7 +383,7 @@ class Relay:
             self.pool.finished(key)
             err = parse_error(embedded)
             return self._failed_attempt(call, n, key, err.code or 500, embedded, t0)
-        return first, chunks
+        return OpenedStream(first, chunks)
 
     def _stream(
         self, call: Call, n: int, key: Key, resp: httpx.Response, first: bytes, chunks: AsyncIterator[bytes], t0: float
@@ -476,6 +485,3 @@ class Relay:
         self.record_error(
             call, None, 500, "proxy_error", repr(exc), stack_trace="".join(traceback.format_exception(exc))[-_BODY_CAP:]
         )
-
-
-__all__ = ["Call", "KeyrackError", "Relay", "classify"]
