@@ -1,4 +1,5 @@
-"""The ASGI app: routes, and the lifespan that owns the store, the writer, the pool and the upstream client."""
+"""The ASGI app: routes, and the gateway that owns the store, the writer, the pool, the upstream client and the
+background jobs (key flushes, re-checks, rollup compaction, retention, snapshots)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import duckdb
 import pyarrow as pa
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -20,13 +22,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy_service import admin, logs, metrics
+from proxy_service import logs, metrics, queries, snapshot
+from proxy_service.admin import api as admin_api
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool
 from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay
+from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings
 from proxy_service.store import Store
 from proxy_service.surfaces import gemini, openai
@@ -36,6 +40,11 @@ log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
 RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
+COMPACT_TICK_S = 60.0
+RETENTION_TICK_S = 600.0
+SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
+QUERY_SLOTS = 2  # user SQL queries running at once
+T = TypeVar("T")
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -53,6 +62,9 @@ class Gateway:
         self.settings = settings
         self.store = Store(settings.db_path)
         self.writer = EventWriter(self.store)
+        self.rollup = Rollup()
+        self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
+        self._setup_storage()
         self._config = self._load_config(settings.config())
         cfg = self._config
         self.pool = Pool(
@@ -68,6 +80,38 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._collector = metrics.StateCollector(self.metrics_state)
         self._load_keys(parse_key_list(settings.api_keys))
+
+    # -- storage ---------------------------------------------------------------------------------------------------
+    def _setup_storage(self) -> None:
+        """Safe views for user SQL and the rollup (checked or rebuilt), then the hook that keeps the rollup current."""
+
+        def setup(cur: duckdb.DuckDBPyConnection) -> None:
+            queries.install_safe_views(cur)
+            self.rollup.install(cur)
+
+        self.writer.submit(setup).result()  # inline: the writer has not started yet
+        self.writer.after_append.append(self.rollup.on_append)
+
+    async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run `fn(cursor)` on a worker thread with its own cursor (never on the event loop, which serves the proxy)."""
+
+        def job() -> T:
+            cur = self.store.cursor()
+            try:
+                return fn(cur)
+            finally:
+                cur.close()
+
+        return await asyncio.to_thread(job)
+
+    async def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run `fn(cursor)` on the writer thread, after the events queued before it (serialised with the appends)."""
+        return await asyncio.wrap_future(self.writer.submit(fn))
+
+    async def export(self) -> snapshot.Export:
+        """Parquet snapshots of the tables into `<data dir>/exports`."""
+        directory = self.settings.data_dir / "exports"
+        return await self.read(lambda cur: snapshot.export(cur, directory))
 
     # -- configuration -------------------------------------------------------------------------------------------
     @property
@@ -241,6 +285,25 @@ class Gateway:
         for key in due[:20]:  # bounded per tick; the rest come on later ticks
             await self.verify(key)
 
+    def _start_storage_jobs(self) -> None:
+        async def compact() -> None:
+            await self.write(self.rollup.compact)
+
+        async def retention() -> None:
+            cfg = self._config
+            days = {"requests": cfg.retention_requests_days, "attempts": cfg.retention_attempts_days,
+                    "error_logs": cfg.retention_error_logs_days}  # fmt: skip
+            cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
+            await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup))
+
+        async def periodic_export() -> None:
+            if self._config.snapshot_interval_s > 0:
+                await self.export()
+
+        self.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
+        self.every(lambda: RETENTION_TICK_S, retention, "retention")
+        self.every(lambda: self._config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot")
+
     def metrics_state(self) -> dict[str, Any]:
         s = self.writer.stats
         return {
@@ -270,7 +333,7 @@ class Gateway:
         metrics.REGISTRY.register(self._collector)
         self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
-        admin.start_jobs(self)
+        self._start_storage_jobs()
         self.ready = True
         self._log_startup()
         try:
@@ -355,7 +418,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
-        *admin.routes(gw),
+        admin_api.mount(gw),
         *openai.routes(gw),
         *gemini.routes(gw),
     ]

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
+from dotenv import dotenv_values
 
-from proxy_service.settings import Settings
+from proxy_service.startup import StartupError, load_settings, streamlit_argv, url_host
+
+T = TypeVar("T")
+
+
+def _checked(fn: Callable[..., T], *args: object) -> T:
+    """Run a starter; a `StartupError` becomes click's one-line "Error: ..." and exit status 1."""
+    try:
+        return fn(*args)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,9 +34,9 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port (default KEYRACK_PORT or 8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the proxy (data plane + admin API). SIGTERM/SIGINT: finish in-flight calls, flush events, exit 0."""
-    from proxy_service.launcher import serve_proxy
+    from proxy_service.server import serve_proxy  # the web stack only for this command
 
-    serve_proxy(host, port)
+    _checked(serve_proxy, host, port)
 
 
 @main.command("fake-upstream")
@@ -36,7 +50,7 @@ def serve(host: str | None, port: int | None) -> None:
 )
 def fake_upstream(host: str, port: int, scenario: str | None) -> None:
     """Run the simulated Gemini API."""
-    from proxy_service.fake_upstream import run
+    from proxy_service.demo.fake_upstream import run
 
     run(host, port, scenario)
 
@@ -47,25 +61,16 @@ def fake_upstream(host: str, port: int, scenario: str | None) -> None:
 @click.option("--admin-url", default=None, help="Proxy admin URL (default KEYRACK_ADMIN_URL, else the proxy's host:port).")
 def dashboard(host: str, port: int, admin_url: str | None) -> None:
     """Run the Streamlit dashboard; it reaches the proxy only through the admin API."""
-    import os
-    from pathlib import Path
-
-    from dotenv import dotenv_values
-
-    from proxy_service.launcher import load_settings
-
-    settings = load_settings()  # a bad setting is one clear line, not a traceback
+    settings = _checked(load_settings)  # a bad setting is one clear line, not a traceback
     env = dict(os.environ)
     if admin_url:
         env["KEYRACK_ADMIN_URL"] = admin_url
     elif "KEYRACK_ADMIN_URL" not in env and not dotenv_values(".env").get("KEYRACK_ADMIN_URL"):
-        proxy_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        env["KEYRACK_ADMIN_URL"] = f"http://{proxy_host}:{settings.port}"
+        env["KEYRACK_ADMIN_URL"] = f"http://{url_host(settings.host)}:{settings.port}"
     if settings.admin_token and not env.get("KEYRACK_ADMIN_TOKEN"):
         env["KEYRACK_ADMIN_TOKEN"] = settings.admin_token
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    argv = streamlit_argv(app, host, port)
     os.execvpe(sys.executable, argv, env)
 
 
@@ -95,9 +100,9 @@ def run(
     rate: float,
 ) -> None:  # fmt: skip
     """Run Keyrack: proxy + dashboard against Gemini, or the demo when no upstream keys are configured."""
-    from proxy_service.launcher import launch
+    from proxy_service.supervisor import launch
 
-    sys.exit(launch(None, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
+    sys.exit(_checked(launch, None, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
 
 
 @main.command()
@@ -107,9 +112,9 @@ def demo(
     rate: float,
 ) -> None:  # fmt: skip
     """Run the demo: fake Gemini + demo keys + proxy + generated traffic + dashboard."""
-    from proxy_service.launcher import launch
+    from proxy_service.supervisor import launch
 
-    sys.exit(launch(True, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
+    sys.exit(_checked(launch, True, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
 
 
 @main.command()
@@ -124,8 +129,8 @@ def snapshot(out: Path | None, url: str | None) -> None:
     """
     from proxy_service.snapshot import SnapshotError, snapshot_offline_or_online
 
-    settings = Settings()
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    settings = _checked(load_settings)
+    host = url_host(settings.host)
     try:
         result = snapshot_offline_or_online(
             settings.db_path, out, url or f"http://{host}:{settings.port}", settings.admin_token

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from proxy_service.app import Gateway, create_app
-from proxy_service.fake_upstream import create_app as create_fake
+from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.settings import Settings
 from tests.servers import serve
 

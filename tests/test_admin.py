@@ -23,8 +23,8 @@ import pyarrow as pa
 import pytest
 
 from proxy_service.app import Gateway, create_app
+from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.events import ErrorEvent, RequestEvent
-from proxy_service.fake_upstream import create_app as create_fake
 from proxy_service.pool import Cooldown
 from proxy_service.settings import Settings
 from tests.servers import serve

@@ -17,9 +17,10 @@ import duckdb
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy_service.demo.scenario import demo_pool
 from proxy_service.keys import key_id
-from proxy_service.launcher import demo_pool, real_keys_configured
 from proxy_service.settings import Settings
+from proxy_service.startup import real_keys_configured
 from proxy_service.store import Store
 from tests.conftest import SCENARIO, Upstream
 from tests.reliability.harness import KEYRACK, clean_env, free_port, query, start, start_proxy, wait_http

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy_service.launcher import dashboard_argv
 from proxy_service.settings import Settings
+from proxy_service.supervisor import dashboard_argv
 from tests.conftest import Proxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_make_run_starts_the_same_subcommands_as_the_image() -> None:
     assert image_commands == {"serve", "dashboard"}
     argv = dashboard_argv("127.0.0.1", 8501, "http://127.0.0.1:8080")
     assert argv[1:4] == ["-m", "proxy_service.cli", "dashboard"]
-    launcher = (REPO / "proxy_service" / "launcher.py").read_text()
+    launcher = (REPO / "proxy_service" / "supervisor.py").read_text()
     assert '"proxy_service.cli", "serve"' in launcher
     assert "$(BIN)/keyrack run" in (REPO / "Makefile").read_text()
 

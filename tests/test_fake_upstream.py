@@ -16,8 +16,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from proxy_service import fake_upstream
-from proxy_service.fake_upstream import Scenario, create_app
+from proxy_service.demo import fake_upstream
+from proxy_service.demo.fake_upstream import Scenario, create_app
 from tests.servers import serve
 
 PROJECTS = {"p1": ["k1", "k2"], "p2": ["k3"]}

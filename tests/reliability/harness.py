@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 import httpx
 
-from proxy_service.traffic import MIX, Outcome, make_request, send
+from proxy_service.demo.traffic import MIX, Outcome, make_request, send
 
 KEYRACK = [sys.executable, "-m", "proxy_service.cli"]
 REPO = Path(__file__).resolve().parents[2]

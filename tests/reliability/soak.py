@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from proxy_service.launcher import demo_key
-from proxy_service.traffic import Outcome
+from proxy_service.demo.scenario import demo_key
+from proxy_service.demo.traffic import Outcome
 from tests.reliability.harness import closed_loop, fake_upstream, query, start_proxy
 
 CLIENT_TOKEN = "soak-client-token-7f3a9c"

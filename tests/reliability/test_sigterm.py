@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from proxy_service.traffic import Outcome, make_request, send
+from proxy_service.demo.traffic import Outcome, make_request, send
 from tests.reliability.harness import fake_upstream, query, start_proxy
 
 TOKEN = "sigterm-client-token-91c2"

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service import queries
-from proxy_service.admin import ApiError, iso, json_body, ok, q_int, q_time, read
+from proxy_service.admin.common import ApiError, iso, json_body, ok, q_int, q_time
 from proxy_service.events import ErrorEvent
 from proxy_service.keys import KeySpec, extract_keys
 from proxy_service.pool import Cooldown, Key
@@ -224,7 +224,7 @@ async def details(gw: Gateway, request: Request) -> Response:
     def load(cur: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return queries.usage_by_model(cur, key.id), queries.recent_calls(cur, key.id, 20)
 
-    usage, recent = await read(gw, load)
+    usage, recent = await gw.read(load)
     now = time.time()
     models = [u["model"] for u in usage if u["model"]] + [c["model"] for c in view["cooling"]]
     headroom = [

@@ -1,49 +1,37 @@
-"""The admin API (/admin/api/*): the control plane for the dashboard and for scripts.
+"""What every admin route shares: `ApiError`, the JSON answer helpers, request and query-parameter parsing, and
+the admin-token guard.
 
 Contract: docs/ARCHITECTURE.md. Every route needs `Authorization: Bearer <KEYRACK_ADMIN_TOKEN>` (compared in
 constant time); without a configured token the whole API answers 503. Errors are
-`{"error": {"code", "message", "field"?}}`. Database reads run on worker threads with their own cursor (never on
-the event loop, which serves the proxy); database writes go through the event writer so they are serialised with
-the appends. Handlers live in admin_keys.py (keys) and admin_data.py (config, error logs, stats, SQL, export);
-this module holds the plumbing they share, the route table and the background jobs.
+`{"error": {"code", "message", "field"?}}`. Handlers are `async (gw, request)`; they read the database with
+`gw.read(fn)` (a worker thread, its own cursor) and write with `gw.write(fn)` (the event writer's thread).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
 import json
 import logging
 import math
-import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import duckdb
 import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
 
-from proxy_service import queries, snapshot
-from proxy_service.rollup import Rollup
 from proxy_service.settings import ConfigError
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
 
 log = logging.getLogger("keyrack.admin")
-PREFIX = "/admin/api"
 MAX_BODY = 10 * 1024 * 1024
-COMPACT_TICK_S = 60.0
-RETENTION_TICK_S = 600.0
-SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
-T = TypeVar("T")
+ARROW = "application/vnd.apache.arrow.stream"
 Handler = Callable[["Gateway", Request], Awaitable[Response]]
 
 
@@ -51,30 +39,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.field, self.extra = status, message, field, extra
-
-
-@dataclass
-class AdminState:
-    rollup: Rollup = field(default_factory=Rollup)
-    query_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
-
-
-_STATES: weakref.WeakKeyDictionary[Gateway, AdminState] = weakref.WeakKeyDictionary()
-
-
-def state(gw: Gateway) -> AdminState:
-    """The gateway's admin state, set up on first use: safe views, the rollup (checked or rebuilt) and its hook."""
-    st = _STATES.get(gw)
-    if st is None:
-        st = _STATES[gw] = AdminState()
-
-        def setup(cur: duckdb.DuckDBPyConnection) -> None:
-            queries.install_safe_views(cur)
-            st.rollup.install(cur)
-
-        gw.writer.submit(setup).result()  # inline before the writer starts, else serialised with the appends
-        gw.writer.after_append.append(st.rollup.on_append)
-    return st
 
 
 # -- responses -----------------------------------------------------------------------------------------------------
@@ -88,6 +52,13 @@ def error_response(status: int, message: str, field: str | None = None, **extra:
 
 def ok(data: Any, status: int = 200) -> Response:
     return Response(dumps(data), status, media_type="application/json")
+
+
+def arrow_response(table: pa.Table, headers: dict[str, str] | None = None) -> Response:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return Response(sink.getvalue().to_pybytes(), media_type=ARROW, headers=headers)
 
 
 def dumps(data: Any) -> bytes:
@@ -187,27 +158,8 @@ def q_choice(request: Request, name: str, choices: tuple[str, ...], default: str
     return value
 
 
-# -- database access ------------------------------------------------------------------------------------------------
-async def read(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    """Run `fn(cursor)` on a worker thread with its own cursor."""
-
-    def job() -> T:
-        cur = gw.store.cursor()
-        try:
-            return fn(cur)
-        finally:
-            cur.close()
-
-    return await asyncio.to_thread(job)
-
-
-async def write(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    """Run `fn(cursor)` on the writer thread, after the events queued before it."""
-    return await asyncio.wrap_future(gw.writer.submit(fn))
-
-
-# -- auth and routing -----------------------------------------------------------------------------------------------
-def _guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+# -- auth ------------------------------------------------------------------------------------------------------------
+def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         token = gw.settings.admin_token
@@ -228,49 +180,3 @@ def _guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Res
             return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log")
 
     return endpoint
-
-
-def routes(gw: Gateway) -> list[Any]:
-    from proxy_service import admin_data, admin_keys
-
-    state(gw)
-    table: list[tuple[str, list[str], Handler]] = [*admin_keys.ROUTES, *admin_data.ROUTES]
-    admin_routes = [Route(PREFIX + path, _guarded(gw, h), methods=methods) for path, methods, h in table]
-
-    async def fallback(gw: Gateway, request: Request) -> Response:
-        allowed = [r for r in admin_routes if r.matches(request.scope)[0] == Match.PARTIAL]
-        if allowed:
-            methods = sorted({m for r in allowed for m in (r.methods or ())} - {"HEAD"})
-            return error_response(405, f"{request.method} is not allowed here (allowed: {', '.join(methods)})")
-        return error_response(404, f"unknown admin API path {request.url.path[:200]}")
-
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return [*admin_routes, Route(PREFIX + "/{rest:path}", _guarded(gw, fallback), methods=methods)]
-
-
-# -- background jobs ------------------------------------------------------------------------------------------------
-def start_jobs(gw: Gateway) -> None:
-    st = state(gw)
-
-    async def compact() -> None:
-        await write(gw, st.rollup.compact)
-
-    async def retention() -> None:
-        cfg = gw.config
-        days = {"requests": cfg.retention_requests_days, "attempts": cfg.retention_attempts_days,
-                "error_logs": cfg.retention_error_logs_days}  # fmt: skip
-        cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
-        await write(gw, lambda cur: snapshot.apply_retention(cur, cutoffs, st.rollup))
-
-    async def periodic_export() -> None:
-        if gw.config.snapshot_interval_s > 0:
-            await export(gw)
-
-    gw.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
-    gw.every(lambda: RETENTION_TICK_S, retention, "retention")
-    gw.every(lambda: gw.config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot")
-
-
-async def export(gw: Gateway) -> snapshot.Export:
-    directory = gw.settings.data_dir / "exports"
-    return await read(gw, lambda cur: snapshot.export(cur, directory))

@@ -1,5 +1,4 @@
-"""Starting Keyrack: `keyrack serve` (one proxy, with startup checks that fail in one clear line) and
-`keyrack run` / `keyrack demo` (the processes behind the one command a newcomer types).
+"""`keyrack run` / `keyrack demo`: the process supervisor behind the one command a newcomer types.
 
 `keyrack run` decides by itself:
 - upstream keys configured (KEYRACK_API_KEYS, or keys already stored in the database) → the proxy and the dashboard
@@ -21,13 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import importlib.util
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,184 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import httpx
-from pydantic import ValidationError
 
-from proxy_service.keys import parse_key_list
-from proxy_service.settings import Settings, is_loopback
-
-# ---------------------------------------------------------------------------------------------------------- serve
-
-_CLI_NAMES = {"host": "--host", "port": "--port"}
-# Never echoed back in an error message (a proxy URL may carry a password).
-_SECRET_SETTINGS = frozenset({"api_keys", "access_tokens", "admin_token", "outbound_proxy"})
-
-
-def env_name(field_name: str) -> str:
-    return f"KEYRACK_{field_name.upper()}"
-
-
-def describe_validation(exc: ValidationError, cli: dict[str, str] | None = None) -> str:
-    """One line per bad setting, named as the operator spells it (the env var, or the CLI option)."""
-    lines = []
-    for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "settings"
-        where = env_name(name) + (f" / {cli[name]}" if cli and name in cli else "")
-        value = err.get("input")
-        hidden = isinstance(value, dict) or name in _SECRET_SETTINGS
-        shown = "" if hidden else f" (got {str(value)[:80]!r})"
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}")
-    return "invalid configuration: " + "; ".join(lines)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise click.ClickException(describe_validation(exc, _CLI_NAMES)) from None
-
-
-def check_data_dir(path: Path) -> None:
-    """The data directory must exist (or be creatable), be a directory, and be writable."""
-    name = env_name("data_dir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise click.ClickException(f"{name}={path}: not a directory (a file is in the way).") from None
-    except OSError as exc:
-        raise click.ClickException(f"{name}={path}: cannot create it ({exc.strerror}).") from None
-    if not path.is_dir():
-        raise click.ClickException(f"{name}={path}: not a directory.")
-    probe = path / f".keyrack-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise click.ClickException(f"{name}={path}: not writable ({exc.strerror}).") from None
-    db = path / "keyrack.duckdb"
-    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-        raise click.ClickException(f"{db}: the database file is not readable and writable by this user.")
-
-
-def database_error(db: Path, exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "lock" in text.lower():
-        holder = text[text.find("(PID") :].split(")")[0] + ")" if "(PID" in text else ""
-        return (
-            f"{db} is in use by another process {holder}: is another Keyrack running on this data directory? "
-            f"Stop it, or set {env_name('data_dir')} to another directory."
-        ).replace("  ", " ")
-    return f"cannot open {db}: {text}"
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before starting anything, so a taken port is one clear line instead of a traceback."""
-    try:
-        family, kind, proto, _name, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise click.ClickException(f"{env_name('host')} / --host {host!r}: cannot resolve ({exc.strerror}).") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        what = "is already in use" if exc.errno == 98 else f"cannot be bound ({exc.strerror})"
-        raise click.ClickException(
-            f"port {port} on {host} {what}: set {env_name('port')} or --port to a free port."
-        ) from None
-    return sock
-
-
-def serve_proxy(host: str | None, port: int | None) -> None:
-    """`keyrack serve`: check the configuration, bind, run uvicorn until SIGTERM/SIGINT, exit 0 after a clean stop."""
-    from proxy_service.logs import setup_logging
-
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = load_settings(**overrides)
-    setup_logging(settings.log_level)
-    if not settings.access_tokens and not is_loopback(settings.host):
-        raise click.ClickException(
-            f"Refusing to bind {settings.host} without KEYRACK_ACCESS_TOKENS: anyone could spend your keys."
-        )
-    check_data_dir(settings.data_dir)
-    sock = bind_socket(settings.host, settings.port)
-
-    import duckdb  # the heavy imports only once the configuration is known to be good
-    import uvicorn
-
-    from proxy_service.app import create_app
-
-    settings.port = sock.getsockname()[1]  # the real port when 0 was asked for (logged at startup)
-    try:
-        app = create_app(settings)
-    except (duckdb.Error, OSError) as exc:
-        sock.close()
-        raise click.ClickException(database_error(settings.db_path, exc)) from None
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=60,
-        # Longer than clients' and load balancers' idle timeouts (httpx 5 s, typical LBs 60 s), so the client side
-        # always closes an idle connection first. With uvicorn's 5 s default a request sent just as the server
-        # closes the idle connection gets a reset (seen in the soak: one ReadError in 6,470 calls).
-        timeout_keep_alive=75,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in place that
-    # re-raise is a no-op and a graceful stop ends with exit status 0.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    server.run(sockets=[sock])
-    if not server.started:
-        raise click.ClickException("the proxy did not start (see the log lines above).")
-
-
-# ---------------------------------------------------------------------------------------------------------- demo
-
-DEMO_PROJECTS = ("acme-prod", "acme-staging", "research", "batch-jobs", "free-tier")
-KEYS_PER_PROJECT = 2
-DEMO_LIMITS: dict[str, dict[str, int | None]] = {
-    "default": {"rpm": 10},
-    "gemini-2.5-flash": {"rpm": 10},
-    "gemini-2.5-flash-lite": {"rpm": 15},
-    "gemini-2.5-pro": {"rpm": 8},
-    "gemini-2.0-flash": {"rpm": 12},
-    "gemini-embedding-001": {"rpm": 15},
-    "text-embedding-004": {"rpm": 15},
-}
-
-
-def demo_key(name: str) -> str:
-    """A fake key shaped like a real one (AIza + 35 characters), the same on every run."""
-    digest = hashlib.sha256(f"keyrack-demo:{name}".encode()).hexdigest()
-    return "AIzaSyDemo" + digest[:29]
-
-
-def demo_pool() -> tuple[str, dict[str, Any]]:
-    """(KEYRACK_API_KEYS for the proxy, the fake upstream's scenario)."""
-    projects = {p: [demo_key(f"{p}-{i}") for i in range(1, KEYS_PER_PROJECT + 1)] for p in DEMO_PROJECTS}
-    invalid = [demo_key("revoked-1"), demo_key("revoked-2")]
-    api_keys = [f"{p}:{k}" for p, keys in projects.items() for k in keys] + [f"legacy:{k}" for k in invalid]
-    scenario = {
-        "projects": projects,
-        "invalid_keys": invalid,
-        "limits": DEMO_LIMITS,
-        "latency_ms": 120,
-        "ttft_ms": 350,
-        "tokens_per_s": 45,
-        "error_rates": {"503": 0.03, "500": 0.01, "midstream": 0.02, "timeout": 0.004, "reset": 0.004},
-        "timeout_s": 8,
-        "seed": int(time.time()),
-    }
-    return ",".join(api_keys), scenario
-
-
-# ------------------------------------------------------------------------------------------------------ processes
+from proxy_service.demo.scenario import demo_pool
+from proxy_service.demo.traffic import TrafficGenerator
+from proxy_service.startup import (
+    StartupError,
+    check_data_dir,
+    dashboard_app,
+    load_settings,
+    port_free,
+    real_keys_configured,
+    url_host,
+)
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -309,44 +140,10 @@ class Child:
         return self.proc.returncode
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def dashboard_app() -> Path | None:
-    spec = importlib.util.find_spec("dashboard")
-    if spec is None or not spec.origin:
-        return None
-    app = Path(spec.origin).parent / "app.py"
-    return app if app.exists() else None
-
-
 def dashboard_argv(host: str, port: int, admin_url: str) -> list[str]:
-    """`keyrack dashboard` when the CLI has it (what the Docker image runs), else `streamlit run` directly."""
-    from proxy_service import cli
-
-    command = cli.main.commands.get("dashboard")
-    options = {opt for p in (command.params if command else []) for opt in p.opts}
-    if command is not None and {"--host", "--port"} <= options:
-        argv = [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", host, "--port", str(port)]
-        return argv + (["--admin-url", admin_url] if "--admin-url" in options else [])
-    app = dashboard_app()
-    return [
-        sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+    """`keyrack dashboard`, the same subcommand the Docker image runs."""
+    return [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", host, "--port", str(port),
+            "--admin-url", admin_url]  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------------- launcher
@@ -370,7 +167,7 @@ class Launcher:
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     forced: threading.Event = field(default_factory=threading.Event)
-    traffic: Any = None
+    traffic: TrafficGenerator | None = None
 
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_signal(self, sig: int, _frame: Any) -> None:
@@ -397,7 +194,7 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             if not child.alive():
-                raise click.ClickException(
+                raise StartupError(
                     f"{child.name} exited with status {child.proc.returncode} while starting:\n{child.tail()}\n"
                     f"  (full log: {child.log_path})"
                 )
@@ -421,12 +218,11 @@ class Launcher:
     def run(self) -> int:
         self._install_signals()
         try:
-            self._run()
-            return 0
+            return self._run()
         finally:
             self.shutdown()
 
-    def _run(self) -> None:
+    def _run(self) -> int:
         opts = self.opts
         base = load_settings()
         root = (opts.data_dir or base.data_dir).resolve()
@@ -443,8 +239,8 @@ class Launcher:
         if opts.demo:
             ports["fake upstream (--upstream-port)"] = opts.upstream_port
         for what, port in ports.items():
-            if not port_free("127.0.0.1" if host in ("0.0.0.0", "::") else host, port):
-                raise click.ClickException(f"port {port} for the {what} is already in use: choose another one.")
+            if not port_free(host, port):
+                raise StartupError(f"port {port} for the {what} is already in use: choose another one.")
 
         admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
         client_token = base.access_tokens[0] if base.access_tokens else None
@@ -475,9 +271,9 @@ class Launcher:
                 env, log_dir,
             )  # fmt: skip
             if not self._wait_http(upstream, f"{upstream_url}/_fake/stats", 30):
-                raise click.ClickException(f"the fake upstream did not start in 30 s; see {upstream.log_path}")
+                raise StartupError(f"the fake upstream did not start in 30 s; see {upstream.log_path}")
 
-        proxy_url = f"http://{_url_host(host)}:{proxy_port}"
+        proxy_url = f"http://{url_host(host)}:{proxy_port}"
         proxy = self._start(
             "proxy",
             [sys.executable, "-m", "proxy_service.cli", "serve", "--host", host, "--port", str(proxy_port)],
@@ -485,12 +281,10 @@ class Launcher:
         )  # fmt: skip
         if not self._wait_http(proxy, f"{proxy_url}/readyz", 60):
             if self.stopping.is_set():
-                return
-            raise click.ClickException(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
+                return 0
+            raise StartupError(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
 
         if opts.demo and opts.rate > 0:  # traffic first: the dashboard has data by the time it opens
-            from proxy_service.traffic import TrafficGenerator
-
             self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate)
             self.traffic.start()
 
@@ -506,11 +300,11 @@ class Launcher:
                 print(f"  the dashboard is slow to start; it will be at {dashboard_url} (log: {dash.log_path})")
 
         if self.stopping.is_set():
-            return
+            return 0
         self._banner(proxy_url, dashboard_url, admin_token, client_token, data_dir, log_dir, app is None)
-        self._supervise()
+        return self._supervise()
 
-    def _supervise(self) -> None:
+    def _supervise(self) -> int:
         last_status = time.monotonic()
         while not self.stopping.wait(0.5):
             for child in self.children:
@@ -520,10 +314,11 @@ class Launcher:
                         f"  (full log: {child.log_path}) — stopping everything.",
                         flush=True,
                     )
-                    raise click.exceptions.Exit(1)
+                    return 1
             if self.traffic is not None and time.monotonic() - last_status >= 30:
                 last_status = time.monotonic()
                 print(f"demo traffic: {self.traffic.summary()}", flush=True)
+        return 0
 
     def _banner(
         self,
@@ -576,30 +371,6 @@ class Launcher:
             "",
         ]
         print("\n".join(lines), flush=True)
-
-
-def real_keys_configured(settings: Settings) -> tuple[bool, str]:
-    """Whether `keyrack run` should talk to the real upstream: keys in KEYRACK_API_KEYS or stored in the DB."""
-    import duckdb
-
-    if parse_key_list(settings.api_keys):
-        return True, "Keys come from KEYRACK_API_KEYS."
-    db = settings.db_path
-    if not db.exists():
-        return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} does not exist)."
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.Error as exc:
-        raise click.ClickException(database_error(db, exc)) from None
-    try:
-        n = con.execute("SELECT count(*) FROM keys").fetchone()[0]  # type: ignore[index]
-    except duckdb.CatalogException:
-        n = 0
-    finally:
-        con.close()
-    if n:
-        return True, f"{n} key(s) are stored in {db}."
-    return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} holds no keys)."
 
 
 def launch(

@@ -1,0 +1,86 @@
+"""Admin API: statistics (summary windows, time series, top keys or models), as JSON or Arrow."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy_service import queries
+from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time
+
+if TYPE_CHECKING:
+    from proxy_service.app import Gateway
+
+_BUCKET_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}
+
+
+def _tz(gw: Gateway) -> ZoneInfo:
+    return ZoneInfo(gw.config.display_timezone)
+
+
+async def _rollup_ready(gw: Gateway) -> bool:
+    """Fold what the writer appended since the last fold, so the rollup covers every written row; False → go raw."""
+    rollup = gw.rollup
+    if rollup.usable:
+        await gw.write(rollup.fold)
+    return rollup.usable
+
+
+async def stats_summary(gw: Gateway, _request: Request) -> Response:
+    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
+    windows = await gw.read(lambda cur: queries.summary(cur, tz, now, usable))
+    return ok({"windows": windows, "keys": gw.pool.counts(), "timezone": tz.key, "generated_at": iso(now)})
+
+
+async def stats_series(gw: Gateway, request: Request) -> Response:
+    g = q_choice(request, "granularity", queries.GRANULARITIES, "day")
+    group_by = q_choice(request, "group_by", queries.GROUP_BYS, "none")
+    fmt = q_choice(request, "format", ("json", "arrow"), "json")
+    limit = q_int(request, "limit", 10, 1, 100)
+    start, end = q_time(request, "from"), q_time(request, "to")
+    if start and end and start >= end:
+        raise ApiError(400, "from must be before to", "from")
+    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
+    lo, hi = queries.series_range(g, tz, start, end, now)
+    if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
+        raise ApiError(
+            400, f"too many {g} buckets in that range (max {queries.MAX_BUCKETS}): use a coarser granularity"
+        )
+    table = await gw.read(lambda cur: queries.series(cur, g, group_by, tz, lo, hi, use_rollup=usable, limit=limit))
+    meta = {"granularity": g, "group_by": group_by, "timezone": tz.key, "from": iso(lo), "to": iso(hi)}
+    if fmt == "arrow":
+        return arrow_response(table, {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
+    rows = table.to_pylist()
+    for r in rows:
+        r["bucket"] = r["bucket"].isoformat()  # local start with its UTC offset, e.g. 2026-03-08T00:00:00-05:00
+    return ok({**meta, "rows": rows})
+
+
+async def stats_top(gw: Gateway, request: Request) -> Response:
+    dim = q_choice(request, "dim", ("key", "model"), "key")
+    limit = q_int(request, "limit", 10, 1, 100)
+    end = q_time(request, "to") or queries.utcnow()
+    start = q_time(request, "from") or end - timedelta(hours=24)
+    if start >= end:
+        raise ApiError(400, "from must be before to", "from")
+    usable = await _rollup_ready(gw)
+    items = await gw.read(lambda cur: queries.top(cur, dim, start, end, limit, usable))
+    if dim == "key":
+        for item in items:
+            key = gw.pool.keys.get(item["name"] or "")
+            item["label"], item["project"] = (key.label, key.project) if key else (None, None)
+    if q_choice(request, "format", ("json", "arrow"), "json") == "arrow":
+        return arrow_response(pa.Table.from_pylist(items) if items else pa.table({"name": pa.array([], pa.string())}))
+    return ok({"dim": dim, "from": iso(start), "to": iso(end), "items": items})
+
+
+ROUTES: list[tuple[str, list[str], Any]] = [
+    ("/stats/summary", ["GET"], stats_summary),
+    ("/stats/series", ["GET"], stats_series),
+    ("/stats/top", ["GET"], stats_top),
+]
