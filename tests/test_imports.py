@@ -5,9 +5,9 @@ been imported first)."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,15 +127,73 @@ def test_the_fake_upstream_stays_independent_of_the_product() -> None:
 
 
 IMPORTABLE = sorted(m for m in MODULES if m not in SCRIPTS)
+# Imports each module in a child forked from an interpreter that has loaded only third-party libraries (the slow
+# part, done once): the child starts with no Keyrack module loaded, exactly as a fresh interpreter would.
+FORK_EACH = """
+import importlib, json, os, sys, traceback
+for name in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+failed = {}
+for module in json.loads(sys.argv[2]):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            assert not [m for m in sys.modules if m.split(".")[0] in ("proxy_service", "dashboard")]
+            importlib.import_module(module)
+        except BaseException:
+            os.write(w, traceback.format_exc()[-2000:].encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        err = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    if status:
+        failed[module] = err or f"exit status {status}"
+print(json.dumps(failed))
+"""
+
+
+def third_party_imports() -> list[str]:
+    names: set[str] = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return sorted(n for n in names if n.split(".")[0] not in ("proxy_service", "dashboard", "tests", "__future__"))
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
-    def load(module: str) -> tuple[str, int, str]:
-        res = subprocess.run(
-            [sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
-        return module, res.returncode, res.stderr[-2000:]
+    res = subprocess.run(
+        [sys.executable, "-c", FORK_EACH, json.dumps(third_party_imports()), json.dumps(IMPORTABLE)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    failed = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not failed, "\n\n".join(f"{m}:\n{err}" for m, err in failed.items())
 
-    with ThreadPoolExecutor(4) as pool:
-        failed = [(m, err) for m, code, err in pool.map(load, IMPORTABLE) if code != 0]
-    assert not failed, "\n\n".join(f"{m}:\n{err}" for m, err in failed)
+
+def test_the_fresh_import_check_sees_a_broken_module() -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", FORK_EACH, "[]", json.dumps(["proxy_service.no_such_module", "proxy_service.keys"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    failed = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (
+        list(failed) == ["proxy_service.no_such_module"]
+        and "ModuleNotFoundError" in failed["proxy_service.no_such_module"]
+    )
