@@ -38,6 +38,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy proxy_service dashboard
 
 clean:

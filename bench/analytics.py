@@ -97,12 +97,22 @@ class Appender(threading.Thread):
             for i in range(self.sent, due):
                 self.writer.record(
                     RequestEvent(
-                        ts=now, request_id=uuid.uuid4().hex, client_id="bench", surface="gemini",
-                        operation="generateContent", model=MODELS[i % 5], stream=False, status=200,
-                        outcome="success", attempts=1, key_id=f"k_{i % 1000:012d}", project=f"p{i % 40}",
-                        latency_ms=float(300 + i % 2000), total_tokens=500,
+                        ts=now,
+                        request_id=uuid.uuid4().hex,
+                        client_id="bench",
+                        surface="gemini",
+                        operation="generateContent",
+                        model=MODELS[i % 5],
+                        stream=False,
+                        status=200,
+                        outcome="success",
+                        attempts=1,
+                        key_id=f"k_{i % 1000:012d}",
+                        project=f"p{i % 40}",
+                        latency_ms=float(300 + i % 2000),
+                        total_tokens=500,
                     )
-                )  # fmt: skip
+                )
             self.sent = max(self.sent, due)
             self.max_depth = max(self.max_depth, self.writer.depth)
             time.sleep(0.01)
@@ -170,12 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         ("series day by project", lambda: queries.series(cur, "day", "project", tz, lo, hi), False),
         ("top 10 keys (90 d)", lambda: queries.top(cur, "key", start, now, 10), False),
         ("top models (90 d)", lambda: queries.top(cur, "model", start, now, 10), False),
-        ("series day, raw rows (no rollup)", lambda: queries.series(cur, "day", "none", tz, lo, hi, use_rollup=False), False),
-    ]  # fmt: skip
+        (
+            "series day, raw rows (no rollup)",
+            lambda: queries.series(cur, "day", "none", tz, lo, hi, use_rollup=False),
+            False,
+        ),
+    ]
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     figures: list[dict[str, Any]] = []
     table = []
+
     def folded(fn: Callable[[], Any]) -> Callable[[], Any]:
         """What the admin API does: fold the batches appended since the last fold, then read (both timed)."""
         return lambda: (writer.submit(rollup.fold).result(), fn())
@@ -198,14 +213,29 @@ def main(argv: list[str] | None = None) -> int:
     achieved = appender.sent / elapsed if elapsed else 0.0
     load = (load_before, os.getloadavg()[0])
 
-    print(f"\nrows {args.rows:,}  file {size_mb:,.0f} MB  zone {args.tz}  runs {args.runs}  "
-          + "  ".join(f"{k} {v:.1f}" for k, v in setup.items()))  # fmt: skip
+    print(
+        f"\nrows {args.rows:,}  file {size_mb:,.0f} MB  zone {args.tz}  runs {args.runs}  "
+        + "  ".join(f"{k} {v:.1f}" for k, v in setup.items())
+    )
     print(f"machine load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
-    print(f"appended meanwhile: {appender.sent:,} events ({achieved:,.0f}/s, target {args.rate:,.0f}/s), "
-          f"max queue depth {appender.max_depth:,}; rollup == count(*): {rolled == total} ({total[0] if total else 0:,})\n")  # fmt: skip
+    print(
+        f"appended meanwhile: {appender.sent:,} events ({achieved:,.0f}/s, target {args.rate:,.0f}/s), "
+        f"max queue depth {appender.max_depth:,}; rollup == count(*): {rolled == total} ({total[0] if total else 0:,})\n"
+    )
     print(markdown_table(["query", "p50 ms", "min ms", "max ms", f"≤ {TARGET_MS:.0f} ms"], table))
-    write_json(RESULTS / "analytics.json", {"rows": args.rows, "tz": args.tz, "rate": args.rate, "achieved_rate": achieved,
-                                            "setup": setup, "file_mb": size_mb, "load": load, "figures": figures})  # fmt: skip
+    write_json(
+        RESULTS / "analytics.json",
+        {
+            "rows": args.rows,
+            "tz": args.tz,
+            "rate": args.rate,
+            "achieved_rate": achieved,
+            "setup": setup,
+            "file_mb": size_mb,
+            "load": load,
+            "figures": figures,
+        },
+    )
     if tmp is not None:
         tmp.cleanup()
     missed = [f["query"] for f in figures if f["target"] and f["p50_ms"] > TARGET_MS]

@@ -309,7 +309,12 @@ def _request_bytes(url: str, body: bytes, headers: dict[str, str]) -> tuple[str,
 
 
 async def _closed_loop(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float, max_requests: int,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    max_requests: int,
     timeout: float,
 ) -> LoadResult:
     result = LoadResult(url, concurrency)

@@ -127,8 +127,9 @@ def main() -> int:
     print(f"seeded {args.rows:,} requests (+ attempts, error logs) for {args.keys:,} keys in {seeded_s:.1f} s")
 
     fake = start_fake(workdir)
-    proxy = start_proxy(workdir, fake.url, ",".join(f"{p}:{s}" for s, p in keys),
-                        env={"KEYRACK_RECHECK_INTERVAL_S": "86400"})  # fmt: skip
+    proxy = start_proxy(
+        workdir, fake.url, ",".join(f"{p}:{s}" for s, p in keys), env={"KEYRACK_RECHECK_INTERVAL_S": "86400"}
+    )
     results: list[dict[str, object]] = []
     with running(fake, proxy):
         wait_ready([fake, proxy])
@@ -143,17 +144,33 @@ def main() -> int:
                 warms.append(warm)
                 problems += shown
             first_med = sorted(firsts)[len(firsts) // 2]
-            results.append({
-                "page": page, "first_s": round(first_med, 3), "first_max_s": round(max(firsts), 3),
-                "warm_s": round(sorted(warms)[len(warms) // 2], 3), "ok": first_med <= TARGET_S and not problems,
-                "problems": sorted(set(problems))[:3],
-            })  # fmt: skip
+            results.append(
+                {
+                    "page": page,
+                    "first_s": round(first_med, 3),
+                    "first_max_s": round(max(firsts), 3),
+                    "warm_s": round(sorted(warms)[len(warms) // 2], 3),
+                    "ok": first_med <= TARGET_S and not problems,
+                    "problems": sorted(set(problems))[:3],
+                }
+            )
     print(f"\nDashboard first render, {args.keys:,} keys / {args.rows:,} request rows (target ≤ {TARGET_S:.0f} s)\n")
-    print(markdown_table(
-        ["page", "first render (median)", "first render (max)", "warm rerun", "target met", "problems shown"],
-        [[r["page"], f"{r['first_s']:.2f} s", f"{r['first_max_s']:.2f} s", f"{r['warm_s']:.2f} s",
-          "yes" if r["ok"] else "NO", "; ".join(r["problems"]) or "–"] for r in results],  # type: ignore[arg-type]
-    ))  # fmt: skip
+    print(
+        markdown_table(
+            ["page", "first render (median)", "first render (max)", "warm rerun", "target met", "problems shown"],
+            [
+                [
+                    r["page"],
+                    f"{r['first_s']:.2f} s",
+                    f"{r['first_max_s']:.2f} s",
+                    f"{r['warm_s']:.2f} s",
+                    "yes" if r["ok"] else "NO",
+                    "; ".join(r["problems"]) or "–",
+                ]
+                for r in results
+            ],  # type: ignore[arg-type]
+        )
+    )
     write_json(RESULTS / "dashboard_render.json", {"rows": args.rows, "keys": args.keys, "pages": results})
     return 0 if all(r["ok"] for r in results) else 1
 

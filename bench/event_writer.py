@@ -39,16 +39,38 @@ def _events(n_calls: int) -> list[RequestEvent | AttemptEvent]:
         key = KEYS[i % len(KEYS)]
         out.append(
             AttemptEvent(
-                ts=now, request_id=rid, attempt=1, key_id=key, project=f"p{i % 6}", model="gemini-2.5-flash",
-                upstream_status=200, outcome="ok", latency_ms=1.5 + (i % 7),
+                ts=now,
+                request_id=rid,
+                attempt=1,
+                key_id=key,
+                project=f"p{i % 6}",
+                model="gemini-2.5-flash",
+                upstream_status=200,
+                outcome="ok",
+                latency_ms=1.5 + (i % 7),
             )
         )
         out.append(
             RequestEvent(
-                ts=now, request_id=rid, client_id="t_0123456789", surface="gemini", operation="generateContent",
-                model="gemini-2.5-flash", stream=False, status=200, outcome="success", attempts=1, key_id=key,
-                project=f"p{i % 6}", latency_ms=2.0 + (i % 11), prompt_tokens=7, output_tokens=40 + i % 30,
-                thinking_tokens=100, total_tokens=147 + i % 30, request_bytes=83, response_bytes=900,
+                ts=now,
+                request_id=rid,
+                client_id="t_0123456789",
+                surface="gemini",
+                operation="generateContent",
+                model="gemini-2.5-flash",
+                stream=False,
+                status=200,
+                outcome="success",
+                attempts=1,
+                key_id=key,
+                project=f"p{i % 6}",
+                latency_ms=2.0 + (i % 11),
+                prompt_tokens=7,
+                output_tokens=40 + i % 30,
+                thinking_tokens=100,
+                total_tokens=147 + i % 30,
+                request_bytes=83,
+                response_bytes=900,
             )
         )
     return out
@@ -60,16 +82,27 @@ def _build_cost_us(n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         RequestEvent(
-            ts=now, request_id="0123456789abcdef0123456789abcdef", client_id="t_0123456789", surface="gemini",
-            operation="generateContent", model="gemini-2.5-flash", stream=False, status=200, outcome="success",
-            attempts=1, key_id="k_000000000000", project="p1", latency_ms=2.0 + i, request_bytes=83,
+            ts=now,
+            request_id="0123456789abcdef0123456789abcdef",
+            client_id="t_0123456789",
+            surface="gemini",
+            operation="generateContent",
+            model="gemini-2.5-flash",
+            stream=False,
+            status=200,
+            outcome="success",
+            attempts=1,
+            key_id="k_000000000000",
+            project="p1",
+            latency_ms=2.0 + i,
+            request_bytes=83,
         )
     return (time.perf_counter() - t0) / n * 1e6
 
 
 def _count(store: Store) -> tuple[int, int]:
     cur = store.cursor()
-    (requests, attempts), = cur.execute(
+    ((requests, attempts),) = cur.execute(
         "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts)"
     ).fetchall()
     cur.close()
@@ -163,7 +196,7 @@ def single_insert_run(n: int, workdir: Path) -> dict[str, Any]:
     for ev in events:
         cur.execute(sql, [getattr(ev, c) for c in cols])
     elapsed = time.perf_counter() - t0
-    (rows,), = cur.execute("SELECT count(*) FROM requests").fetchall()
+    ((rows,),) = cur.execute("SELECT count(*) FROM requests").fetchall()
     cur.close()
     store.close()
     return {"rows": rows, "elapsed_s": round(elapsed, 3), "rows_per_s": round(rows / elapsed, 0)}
@@ -184,10 +217,15 @@ def run(events: int = 500_000, baseline_rows: int = 2000, workdir: Path | None =
         "enqueue_us": round(build_us + w["record_us"], 3),
         "ratio": round(w["events_per_s"] / b["rows_per_s"], 1) if b["rows_per_s"] else 0.0,
         "targets": {
-            "events_per_s": {"target": f">= {TARGET_EVENTS_PER_S:,.0f}", "met": w["events_per_s"] >= TARGET_EVENTS_PER_S},
+            "events_per_s": {
+                "target": f">= {TARGET_EVENTS_PER_S:,.0f}",
+                "met": w["events_per_s"] >= TARGET_EVENTS_PER_S,
+            },
             "lost": {
                 "target": "== 0",
-                "met": w["lost"] == 0 and w["failures"] == 0 and w["concurrent"]["lost"] == 0
+                "met": w["lost"] == 0
+                and w["failures"] == 0
+                and w["concurrent"]["lost"] == 0
                 and w["concurrent"]["failures"] == 0,
             },
         },
@@ -201,8 +239,13 @@ def report(f: dict[str, Any]) -> str:
         ["method", "rows", "seconds", "rows/s", "lost"],
         [
             ["EventWriter, draining a full queue", w["events"], w["elapsed_s"], w["events_per_s"], w["lost"]],
-            ["EventWriter, producer thread enqueuing meanwhile", w["events"], c["elapsed_s"], c["events_per_s"],
-             c["lost"]],
+            [
+                "EventWriter, producer thread enqueuing meanwhile",
+                w["events"],
+                c["elapsed_s"],
+                c["events_per_s"],
+                c["lost"],
+            ],
             ["single-row INSERT (baseline)", b["rows"], b["elapsed_s"], b["rows_per_s"], "-"],
         ],
     )

@@ -69,7 +69,7 @@ def _proxy_phase(
     finally:
         rc = proxy.stop()
     assert proxy.data_dir is not None
-    (requests, attempts, successes), = count_rows(
+    ((requests, attempts, successes),) = count_rows(
         proxy.data_dir / "keyrack.duckdb",
         "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts), "
         "(SELECT count(*) FROM requests WHERE outcome = 'success')",
@@ -124,7 +124,9 @@ def run(
         calibration = _minimal_phase(workdir, fake, duration, warmup) if minimal else None
         plain: dict[int, LoadResult] = {}
         if transport:
-            plain, _ = _proxy_phase(workdir, fake, "proxy-plain-httpx", duration, warmup, (32,), "bench._plain_httpx_proxy")
+            plain, _ = _proxy_phase(
+                workdir, fake, "proxy-plain-httpx", duration, warmup, (32,), "bench._plain_httpx_proxy"
+            )
         fake_stats = http_json(fake.url + "/_fake/stats")
     finally:
         fake.stop()
@@ -150,8 +152,10 @@ def run(
         "fake_requests": fake_stats.get("requests"),
         "targets": {
             "proxy_rps_c32": {"target": f">= {TARGET_RPS:g}", "met": p32.rps >= TARGET_RPS},
-            "added_p50_ms_c1": {"target": f"<= {TARGET_ADDED_P50_MS:g}",
-                                "met": p1.pct(50) - d1.pct(50) <= TARGET_ADDED_P50_MS},
+            "added_p50_ms_c1": {
+                "target": f"<= {TARGET_ADDED_P50_MS:g}",
+                "met": p1.pct(50) - d1.pct(50) <= TARGET_ADDED_P50_MS,
+            },
             "lost_events": {"target": "== 0", "met": events["lost"] == 0},
         },
     }
@@ -168,8 +172,10 @@ def report(f: dict[str, Any]) -> str:
     head = ["target", "c", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms"]
     table = markdown_table(
         head,
-        [[r["target"], r["concurrency"], r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"]]
-         for r in f["rows"]],
+        [
+            [r["target"], r["concurrency"], r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"]]
+            for r in f["rows"]
+        ],
     )
     ev = f["events"]
     lines = [

@@ -71,7 +71,9 @@ TARGET_429_RATIO = 10.0
 class Variant:
     name: str
     strategy: str
-    model_limits: str | None = None  # KEYRACK_MODEL_LIMITS; None = the proxy's built-in table; CONFIGURED = the fake's rpm
+    model_limits: str | None = (
+        None  # KEYRACK_MODEL_LIMITS; None = the proxy's built-in table; CONFIGURED = the fake's rpm
+    )
 
 
 CONFIGURED = "configured"  # the operator told Keyrack the real limit (KEYRACK_MODEL_LIMITS with the fake's rpm)
@@ -89,8 +91,7 @@ VARIANTS = (
 def pool() -> tuple[dict[str, list[str]], list[str], str]:
     """(fake projects, invalid keys, KEYRACK_API_KEYS): 5 projects × 2 valid keys + 1 project with 2 invalid keys."""
     projects = {
-        f"p{p}": [f"qp-p{p}-key-{k}-0123456789" for k in "ab"[:KEYS_PER_PROJECT]]
-        for p in range(1, VALID_PROJECTS + 2)
+        f"p{p}": [f"qp-p{p}-key-{k}-0123456789" for k in "ab"[:KEYS_PER_PROJECT]] for p in range(1, VALID_PROJECTS + 2)
     }
     invalid = projects[f"p{VALID_PROJECTS + 1}"]
     api_keys = ",".join(f"{p}:{k}" for p, keys in projects.items() for k in keys)
@@ -266,9 +267,13 @@ def _run_pairs(
                 fake = start_fake(workdir, scenario, name=f"fake-{tag}")
                 fakes.append(fake)
                 proxy = start_proxy(
-                    workdir, fake.url, api_keys, strategy=v.strategy,
+                    workdir,
+                    fake.url,
+                    api_keys,
+                    strategy=v.strategy,
                     model_limits=json.dumps(scenario["limits"]) if v.model_limits == CONFIGURED else v.model_limits,
-                    name=f"proxy-{tag}", env={"KEYRACK_RECHECK_INTERVAL_S": "3600"},
+                    name=f"proxy-{tag}",
+                    env={"KEYRACK_RECHECK_INTERVAL_S": "3600"},
                 )
                 pairs.append(Pair(v, load, fake, proxy))
         wait_ready([s for p in pairs for s in (p.fake, p.proxy)], timeout=120)
@@ -289,7 +294,8 @@ def _run_pairs(
         )
         p.db = dict(rows)
         at = count_rows(
-            p.proxy.data_dir / "keyrack.duckdb", "SELECT epoch(ts) FROM attempts WHERE upstream_status = 429 ORDER BY ts"
+            p.proxy.data_dir / "keyrack.duckdb",
+            "SELECT epoch(ts) FROM attempts WHERE upstream_status = 429 ORDER BY ts",
         )
         p.db["upstream_429_at_s"] = [round(t - wall_start, 2) for (t,) in at]
 
@@ -305,17 +311,20 @@ def _targets(rows: list[dict[str, Any]], loads: tuple[int, ...], rpm_limit: int)
             tag = f"{r['strategy']} @ {load}/min"
             if load > capacity:
                 out[f"{tag}: served share"] = {
-                    "value": round(r["served_share"], 4), "target": f">= {TARGET_SERVED}",
+                    "value": round(r["served_share"], 4),
+                    "target": f">= {TARGET_SERVED}",
                     "met": r["served_share"] >= TARGET_SERVED,
                 }
             out[f"{tag}: attempts per success"] = {
-                "value": round(r["attempts_per_success"], 3), "target": f"<= {TARGET_ATTEMPTS_PER_SUCCESS}",
+                "value": round(r["attempts_per_success"], 3),
+                "target": f"<= {TARGET_ATTEMPTS_PER_SUCCESS}",
                 "met": r["attempts_per_success"] <= TARGET_ATTEMPTS_PER_SUCCESS,
             }
             if rr is not None and rr["upstream_429"] > 0:
                 ratio = rr["upstream_429"] / max(r["upstream_429"], 1)
                 out[f"{tag}: upstream 429s vs round_robin"] = {
-                    "value": f"{rr['upstream_429']} vs {r['upstream_429']}", "target": f">= {TARGET_429_RATIO:g}x fewer",
+                    "value": f"{rr['upstream_429']} vs {r['upstream_429']}",
+                    "target": f">= {TARGET_429_RATIO:g}x fewer",
                     "met": rr["upstream_429"] >= TARGET_429_RATIO * r["upstream_429"],
                     "ratio": round(ratio, 1),
                 }
@@ -323,14 +332,33 @@ def _targets(rows: list[dict[str, Any]], loads: tuple[int, ...], rpm_limit: int)
 
 
 def report(f: dict[str, Any]) -> str:
-    head = ["strategy", "load/min", "sent", "ok", "success", "capacity served", "upstream attempts/success",
-            "429 to client (Keyrack / upstream)", "upstream 429s", "other errors"]
+    head = [
+        "strategy",
+        "load/min",
+        "sent",
+        "ok",
+        "success",
+        "capacity served",
+        "upstream attempts/success",
+        "429 to client (Keyrack / upstream)",
+        "upstream 429s",
+        "other errors",
+    ]
     table = markdown_table(
         head,
         [
-            [r["strategy"], r["load_rpm"], r["demand"], r["ok"], f"{r['success_rate']:.1%}", f"{r['served_share']:.1%}",
-             round(r["attempts_per_success"], 3), f"{r['client_429_keyrack']} / {r['client_429_upstream']}",
-             r["upstream_429"], r["other_errors"]]
+            [
+                r["strategy"],
+                r["load_rpm"],
+                r["demand"],
+                r["ok"],
+                f"{r['success_rate']:.1%}",
+                f"{r['served_share']:.1%}",
+                round(r["attempts_per_success"], 3),
+                f"{r['client_429_keyrack']} / {r['client_429_upstream']}",
+                r["upstream_429"],
+                r["other_errors"],
+            ]
             for r in f["rows"]
         ],
     )
@@ -342,7 +370,9 @@ def report(f: dict[str, Any]) -> str:
         "",
     ]
     missing_ra = sum(r["client_429_without_retry_after"] for r in f["rows"])
-    lines.append(f"- every 429 to a client carried Retry-After: {'yes' if missing_ra == 0 else f'no ({missing_ra} without)'}")
+    lines.append(
+        f"- every 429 to a client carried Retry-After: {'yes' if missing_ra == 0 else f'no ({missing_ra} without)'}"
+    )
     for r in f["rows"]:
         at = r["db"].get("upstream_429_at_s") or []
         if r["strategy"].startswith("quota_aware") and at:

@@ -40,7 +40,9 @@ def secret_leaks(data_dir: Path, log: str) -> list[str]:
     for table, rows in dump_tables(data_dir / "keyrack.duckdb").items():
         places[f"table {table}"] = "\n".join(map(repr, rows))
     for path in sorted((data_dir / "exports").glob("**/*.parquet")):
-        places[f"export {path.name}"] = "\n".join(map(repr, duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall()))
+        places[f"export {path.name}"] = "\n".join(
+            map(repr, duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall())
+        )
     secrets = [CLIENT_TOKEN, ADMIN_TOKEN, *UPSTREAM_KEYS]
     return [f"{where}: {s[:8]}…" for where, text in places.items() for s in secrets if s in text]
 
@@ -97,15 +99,26 @@ def main() -> int:
     write_json(RESULTS / "reliability.json", figures)
 
     print(f"## Reliability soak — {soak.duration:.0f} s, {args.workers} clients, faults injected\n")
-    print(markdown_table(["figure", "value"], [
-        ["requests", len(soak.outcomes)],
-        ["requests/s", figures["requests_per_s"]],
-        ["answers by status", ", ".join(f"{k}: {v}" for k, v in figures["statuses"].items())],
-        ["request outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))],
-        ["attempt outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(attempts.items()))],
-        ["faults injected upstream", ", ".join(f"{k}: {v}" for k, v in sorted(Counter(figures["upstream_faults"]).items()))],
-        ["RSS start → end (MB)", f"{soak.rss_start_mb:.0f} → {soak.rss_end_mb:.0f} (max {max(mb for _, mb in soak.rss_mb):.0f})"],
-    ]))  # fmt: skip
+    print(
+        markdown_table(
+            ["figure", "value"],
+            [
+                ["requests", len(soak.outcomes)],
+                ["requests/s", figures["requests_per_s"]],
+                ["answers by status", ", ".join(f"{k}: {v}" for k, v in figures["statuses"].items())],
+                ["request outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))],
+                ["attempt outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(attempts.items()))],
+                [
+                    "faults injected upstream",
+                    ", ".join(f"{k}: {v}" for k, v in sorted(Counter(figures["upstream_faults"]).items())),
+                ],
+                [
+                    "RSS start → end (MB)",
+                    f"{soak.rss_start_mb:.0f} → {soak.rss_end_mb:.0f} (max {max(mb for _, mb in soak.rss_mb):.0f})",
+                ],
+            ],
+        )
+    )
     print()
     print(markdown_table(["invariant", "holds"], [[name, "yes" if ok else "NO"] for name, ok in checks.items()]))
     for problem in figures["problems"][:20]:

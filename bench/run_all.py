@@ -67,9 +67,7 @@ def run_bench(b: Bench, quick: bool) -> Outcome:
     print(f"[bench] {' '.join(args[2:])} ...", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     try:
-        proc = subprocess.run(
-            args, cwd=REPO, env=env, capture_output=True, text=True, timeout=b.timeout_s, check=False
-        )
+        proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=b.timeout_s, check=False)
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
         output = proc.stdout + (f"\n[stderr]\n{proc.stderr[-3000:]}" if proc.returncode else "")
     except subprocess.TimeoutExpired as exc:
@@ -98,35 +96,101 @@ def rows_proxy(f: dict[str, Any]) -> list[Row]:
     by = {(r["target"], r["concurrency"]): r for r in f["rows"]}
     d1, d32, p1, p32 = by[("direct", 1)], by[("direct", 32)], by[("proxy", 1)], by[("proxy", 32)]
     out: list[Row] = [
-        ["proxy", "req/s through Keyrack, c=32", f"{p32['rps']:,.0f}", f"fake direct {d32['rps']:,.0f}",
-         f"{p32['rps'] / d32['rps']:.2f}" if d32["rps"] else "–", "≥ 700", _met(p32["rps"] >= 700)],
-        ["proxy", "req/s through Keyrack, c=1", f"{p1['rps']:,.0f}", f"fake direct {d1['rps']:,.0f}",
-         f"{p1['rps'] / d1['rps']:.2f}" if d1["rps"] else "–", "", "–"],
-        ["proxy", "added p50 latency, c=1", f"{f['added_p50_ms_c1']:.2f} ms", f"fake direct p50 {d1['p50_ms']:.2f} ms",
-         "", "≤ 3 ms", _met(f["added_p50_ms_c1"] <= 3.0)],
-        ["proxy", "p99 latency through Keyrack, c=32", f"{p32['p99_ms']:.1f} ms", f"fake direct {d32['p99_ms']:.1f} ms",
-         "", "", "–"],
-        ["proxy", "events lost (requests rows vs answers)", str(f["events"]["lost"]),
-         f"{f['events']['responses_received']:,} answers", "", "0", _met(f["events"]["lost"] == 0)],
+        [
+            "proxy",
+            "req/s through Keyrack, c=32",
+            f"{p32['rps']:,.0f}",
+            f"fake direct {d32['rps']:,.0f}",
+            f"{p32['rps'] / d32['rps']:.2f}" if d32["rps"] else "–",
+            "≥ 700",
+            _met(p32["rps"] >= 700),
+        ],
+        [
+            "proxy",
+            "req/s through Keyrack, c=1",
+            f"{p1['rps']:,.0f}",
+            f"fake direct {d1['rps']:,.0f}",
+            f"{p1['rps'] / d1['rps']:.2f}" if d1["rps"] else "–",
+            "",
+            "–",
+        ],
+        [
+            "proxy",
+            "added p50 latency, c=1",
+            f"{f['added_p50_ms_c1']:.2f} ms",
+            f"fake direct p50 {d1['p50_ms']:.2f} ms",
+            "",
+            "≤ 3 ms",
+            _met(f["added_p50_ms_c1"] <= 3.0),
+        ],
+        [
+            "proxy",
+            "p99 latency through Keyrack, c=32",
+            f"{p32['p99_ms']:.1f} ms",
+            f"fake direct {d32['p99_ms']:.1f} ms",
+            "",
+            "",
+            "–",
+        ],
+        [
+            "proxy",
+            "events lost (requests rows vs answers)",
+            str(f["events"]["lost"]),
+            f"{f['events']['responses_received']:,} answers",
+            "",
+            "0",
+            _met(f["events"]["lost"] == 0),
+        ],
     ]
     if "minimal_rps_c32" in f:
-        out.append(["proxy", "minimal Starlette proxy, same stack, c=32 (calibration)", f"{f['minimal_rps_c32']:,.0f}",
-                    f"Keyrack {p32['rps']:,.0f}", f"{f['keyrack_vs_minimal_c32']:.2f}", "", "–"])
+        out.append(
+            [
+                "proxy",
+                "minimal Starlette proxy, same stack, c=32 (calibration)",
+                f"{f['minimal_rps_c32']:,.0f}",
+                f"Keyrack {p32['rps']:,.0f}",
+                f"{f['keyrack_vs_minimal_c32']:.2f}",
+                "",
+                "–",
+            ]
+        )
     if "plain_httpx_rps_c32" in f:
-        out.append(["proxy", "Keyrack on plain httpx transport, c=32", f"{f['plain_httpx_rps_c32']:,.0f}",
-                    f"aiohttp transport {p32['rps']:,.0f}", f"{f['aiohttp_vs_plain_c32']:.2f}x faster", "", "–"])
+        out.append(
+            [
+                "proxy",
+                "Keyrack on plain httpx transport, c=32",
+                f"{f['plain_httpx_rps_c32']:,.0f}",
+                f"aiohttp transport {p32['rps']:,.0f}",
+                f"{f['aiohttp_vs_plain_c32']:.2f}x faster",
+                "",
+                "–",
+            ]
+        )
     return out
 
 
 def rows_writer(f: dict[str, Any]) -> list[Row]:
     w, b = f["writer"], f["single_insert"]
     return [
-        ["event writer", "events/s to on-disk DuckDB", f"{w['events_per_s']:,.0f}",
-         f"single-row INSERT {b['rows_per_s']:,.0f}/s", f"{f['ratio']:,.0f}x", "≥ 50,000",
-         _met(w["events_per_s"] >= 50_000)],
+        [
+            "event writer",
+            "events/s to on-disk DuckDB",
+            f"{w['events_per_s']:,.0f}",
+            f"single-row INSERT {b['rows_per_s']:,.0f}/s",
+            f"{f['ratio']:,.0f}x",
+            "≥ 50,000",
+            _met(w["events_per_s"] >= 50_000),
+        ],
         ["event writer", "events lost", str(w["lost"]), f"{w['events']:,} enqueued", "", "0", _met(w["lost"] == 0)],
-        ["event writer", "producer cost per event (build + enqueue)", f"{f['enqueue_us']:.2f} µs",
-         f"record() alone {w['record_us']:.2f} µs", "", "", "–"],
+        [
+            "event writer",
+            "producer cost per event (build + enqueue)",
+            f"{f['enqueue_us']:.2f} µs",
+            f"record() alone {w['record_us']:.2f} µs",
+            "",
+            "",
+            "–",
+        ],
     ]
 
 
@@ -139,11 +203,15 @@ def rows_quota(f: dict[str, Any]) -> list[Row]:
         qa = r["strategy"].startswith("quota_aware")
         over = r["load_rpm"] > cap
         base = rr.get(r["load_rpm"])
-        value = (f"{r['served_share']:.1%} / {r['attempts_per_success']:.3f} / {r['upstream_429']} "
-                 f"(429s to client: {r['client_429_keyrack']} Keyrack, {r['client_429_upstream']} upstream)")
+        value = (
+            f"{r['served_share']:.1%} / {r['attempts_per_success']:.3f} / {r['upstream_429']} "
+            f"(429s to client: {r['client_429_keyrack']} Keyrack, {r['client_429_upstream']} upstream)"
+        )
         baseline = ratio = ""
         if base is not None and base is not r:
-            baseline = f"round_robin {base['served_share']:.1%} / {base['attempts_per_success']:.3f} / {base['upstream_429']}"
+            baseline = (
+                f"round_robin {base['served_share']:.1%} / {base['attempts_per_success']:.3f} / {base['upstream_429']}"
+            )
             if base["upstream_429"] and r["upstream_429"] == 0:
                 ratio = f"upstream 429s {base['upstream_429']} → 0"
             elif base["upstream_429"]:
@@ -159,9 +227,17 @@ def rows_quota(f: dict[str, Any]) -> list[Row]:
                 checks.append(base["upstream_429"] >= 10 * r["upstream_429"])
                 parts.append("≥ 10x fewer 429s")
             target, met = ", ".join(parts), _met(all(checks))
-        out.append([f"quota pressure ({cap}/min capacity, {f['minutes']:g} min)",
-                    f"{r['strategy']} @ {r['load_rpm']}/min: served / attempts per success / upstream 429s",
-                    value, baseline, ratio, target, met])
+        out.append(
+            [
+                f"quota pressure ({cap}/min capacity, {f['minutes']:g} min)",
+                f"{r['strategy']} @ {r['load_rpm']}/min: served / attempts per success / upstream 429s",
+                value,
+                baseline,
+                ratio,
+                target,
+                met,
+            ]
+        )
     return out
 
 
@@ -171,16 +247,31 @@ def rows_analytics(f: dict[str, Any]) -> list[Row]:
     for x in f.get("figures", []):
         base = f"raw rows {raw['p50_ms']:,.0f} ms" if raw and x is not raw and "series day (" in x["query"] else ""
         ratio = f"{raw['p50_ms'] / x['p50_ms']:.1f}x" if base and x["p50_ms"] else ""
-        out.append([f"analytics ({f.get('rows', 0):,} rows)", f"{x['query']} p50", f"{x['p50_ms']:,.0f} ms", base,
-                    ratio, "≤ 500 ms" if x.get("target") else "",
-                    _met(x["p50_ms"] <= 500) if x.get("target") else "–"])
+        out.append(
+            [
+                f"analytics ({f.get('rows', 0):,} rows)",
+                f"{x['query']} p50",
+                f"{x['p50_ms']:,.0f} ms",
+                base,
+                ratio,
+                "≤ 500 ms" if x.get("target") else "",
+                _met(x["p50_ms"] <= 500) if x.get("target") else "–",
+            ]
+        )
     return out
 
 
 def rows_dashboard(f: dict[str, Any]) -> list[Row]:
     return [
-        [f"dashboard ({f.get('keys', 0):,} keys, {f.get('rows', 0):,} rows)", f"{p['page']} first render",
-         f"{p['first_s']:.2f} s", f"warm rerun {p['warm_s']:.2f} s", "", "≤ 2 s", _met(bool(p.get("ok")))]
+        [
+            f"dashboard ({f.get('keys', 0):,} keys, {f.get('rows', 0):,} rows)",
+            f"{p['page']} first render",
+            f"{p['first_s']:.2f} s",
+            f"warm rerun {p['warm_s']:.2f} s",
+            "",
+            "≤ 2 s",
+            _met(bool(p.get("ok"))),
+        ]
         for p in f.get("pages", [])
     ]
 
@@ -243,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
     details = "\n\n".join(
         f"## {o.bench.name} ({o.status}, {o.seconds:.0f} s)\n\n{o.output.strip() or '(no output)'}"
-        for o in outcomes if o.status != "absent"
+        for o in outcomes
+        if o.status != "absent"
     )
     latest = RESULTS / "latest.md"
     latest.write_text(f"# {header}\n\n{table}\n\n{details}\n")

@@ -34,9 +34,12 @@ def _language_changed() -> None:
 
 def language_switch() -> None:
     st.sidebar.selectbox(
-        t("chrome.language"), list(LANGUAGES), format_func=lambda code: LANGUAGES.get(code, code), key="lang_select",
+        t("chrome.language"),
+        list(LANGUAGES),
+        format_func=lambda code: LANGUAGES.get(code, code),
+        key="lang_select",
         on_change=_language_changed,
-    )  # fmt: skip
+    )
 
 
 def login_gate() -> None:
@@ -91,9 +94,11 @@ def chrome() -> None:
     if side.button(t("chrome.refresh"), icon=":material/refresh:", key="refresh", width="stretch"):
         ui.bump()
     side.selectbox(
-        t("chrome.auto_refresh"), AUTO_REFRESH, key="auto_refresh",
+        t("chrome.auto_refresh"),
+        AUTO_REFRESH,
+        key="auto_refresh",
         format_func=lambda s: t("chrome.every_s", n=s) if s else t("chrome.auto_off"),
-    )  # fmt: skip
+    )
     language_switch()
     side.caption(t("chrome.timezone", tz=ui.tz_name()))
     if side.button(t("chrome.logout"), icon=":material/logout:", key="logout", width="stretch"):

@@ -51,8 +51,9 @@ def success_rate(df: pd.DataFrame, tz: str) -> go.Figure:
     rate = _num(df, "success_rate")
     if rate.max(skipna=True) > 1.0:  # the API may answer percent instead of a ratio
         rate = rate / 100.0
-    fig = go.Figure(go.Scatter(x=df["bucket"], y=rate, name=t("chart.rate"), mode="lines+markers",
-                               line={"color": SUCCESS}))  # fmt: skip
+    fig = go.Figure(
+        go.Scatter(x=df["bucket"], y=rate, name=t("chart.rate"), mode="lines+markers", line={"color": SUCCESS})
+    )
     fig = _layout(fig, t("chart.success_rate"), t("chart.rate"), tz)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.05])
     return fig
@@ -61,18 +62,27 @@ def success_rate(df: pd.DataFrame, tz: str) -> go.Figure:
 def latency(df: pd.DataFrame, tz: str) -> go.Figure:
     fig = go.Figure(
         [
-            go.Scatter(x=df["bucket"], y=_num(df, "p50_latency_ms"), name=t("chart.p50"), mode="lines+markers",
-                       line={"color": P50}),
-            go.Scatter(x=df["bucket"], y=_num(df, "p95_latency_ms"), name=t("chart.p95"), mode="lines+markers",
-                       line={"color": P95}),
+            go.Scatter(
+                x=df["bucket"],
+                y=_num(df, "p50_latency_ms"),
+                name=t("chart.p50"),
+                mode="lines+markers",
+                line={"color": P50},
+            ),
+            go.Scatter(
+                x=df["bucket"],
+                y=_num(df, "p95_latency_ms"),
+                name=t("chart.p95"),
+                mode="lines+markers",
+                line={"color": P95},
+            ),
         ]
-    )  # fmt: skip
+    )
     return _layout(fig, t("chart.latency"), t("chart.ms"), tz)
 
 
 def tokens(df: pd.DataFrame, tz: str) -> go.Figure:
-    fig = go.Figure(go.Bar(x=df["bucket"], y=_num(df, "total_tokens"), name=t("chart.tokens"),
-                           marker_color=TOKENS))  # fmt: skip
+    fig = go.Figure(go.Bar(x=df["bucket"], y=_num(df, "total_tokens"), name=t("chart.tokens"), marker_color=TOKENS))
     return _layout(fig, t("chart.tokens"), t("chart.token_count"), tz)
 
 

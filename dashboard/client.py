@@ -105,9 +105,20 @@ def _frame(rows: list[dict[str, Any]], columns: list[str] | None = None, times: 
 
 
 KEY_COLUMNS = [
-    "id", "label", "project", "status", "masked", "created_at", "last_used_at", "consecutive_failures",
-    "total_failures", "requests", "successes", "last_error", "cooling",
-]  # fmt: skip
+    "id",
+    "label",
+    "project",
+    "status",
+    "masked",
+    "created_at",
+    "last_used_at",
+    "consecutive_failures",
+    "total_failures",
+    "requests",
+    "successes",
+    "last_error",
+    "cooling",
+]
 KEY_TIMES = ("created_at", "last_used_at", "last_checked_at")
 ERROR_COLUMNS = ["id", "ts", "request_id", "key_id", "model", "status", "error_type", "message"]
 
@@ -138,7 +149,8 @@ class AdminClient:
             raise AdminError("timeout", f"The proxy at {self.base_url} did not answer in time.") from None
         except httpx.HTTPError as exc:
             raise AdminError(
-                "unreachable", f"Cannot reach the proxy at {self.base_url} ({type(exc).__name__}).",
+                "unreachable",
+                f"Cannot reach the proxy at {self.base_url} ({type(exc).__name__}).",
                 cause=type(exc).__name__,
             ) from None
         if resp.status_code < 400:
@@ -209,15 +221,27 @@ class AdminClient:
             "GET",
             "/keys",
             params=_params(
-                status=status, project=project, q=q, min_failures=min_failures or None,
-                created_from=created_from, created_to=created_to, sort=sort, order=order,
-                page=page, page_size=page_size,
+                status=status,
+                project=project,
+                q=q,
+                min_failures=min_failures or None,
+                created_from=created_from,
+                created_to=created_to,
+                sort=sort,
+                order=order,
+                page=page,
+                page_size=page_size,
             ),
         )
         items = _frame(data.get("items") or [], KEY_COLUMNS, KEY_TIMES)
         counts = {s: int((data.get("counts") or {}).get(s, 0)) for s in KEY_STATUSES}
-        return KeyPage(items, int(data.get("total", len(items))), int(data.get("page", page)),
-                       int(data.get("page_size", page_size)), counts)  # fmt: skip
+        return KeyPage(
+            items,
+            int(data.get("total", len(items))),
+            int(data.get("page", page)),
+            int(data.get("page_size", page_size)),
+            counts,
+        )
 
     def key(self, key_id: str) -> dict[str, Any]:
         """Details: {"key", "usage_by_model", "recent_calls", "cooldowns", "headroom"} (lists as DataFrames)."""
@@ -278,8 +302,12 @@ class AdminClient:
         params.update(_params(**{"from": start, "to": end}))
         data = self._json("GET", "/errors", params=params)
         items = _frame(data.get("items") or [], ERROR_COLUMNS, ("ts",))
-        return ErrorPage(items, int(data.get("total", len(items))), int(data.get("page", page)),
-                         int(data.get("page_size", page_size)))  # fmt: skip
+        return ErrorPage(
+            items,
+            int(data.get("total", len(items))),
+            int(data.get("page", page)),
+            int(data.get("page_size", page_size)),
+        )
 
     def error(self, error_id: str) -> dict[str, Any]:
         return self._json("GET", f"/errors/{error_id}")
@@ -296,8 +324,13 @@ class AdminClient:
         elif older_than is not None:
             body = {"older_than": iso(older_than)}
         else:
-            body = {"filter": {k: (iso(v) if isinstance(v, datetime) else v) for k, v in (filter or {}).items()
-                               if v not in (None, "")}}  # fmt: skip
+            body = {
+                "filter": {
+                    k: (iso(v) if isinstance(v, datetime) else v)
+                    for k, v in (filter or {}).items()
+                    if v not in (None, "")
+                }
+            }
         return int(self._json("POST", "/errors/delete", json=body).get("deleted", 0))
 
     # -- stats ---------------------------------------------------------------------------------------------------

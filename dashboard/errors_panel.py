@@ -21,8 +21,9 @@ def filters() -> dict[str, Any]:
     """The filter widgets → the API's filter dict (keys as in GET /errors: from, to, key_id, ...)."""
     today = ui.today()
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-    picked = c1.date_input(t("common.date_range"), value=(today - timedelta(days=6), today), key="err_range",
-                           format="YYYY-MM-DD")  # fmt: skip
+    picked = c1.date_input(
+        t("common.date_range"), value=(today - timedelta(days=6), today), key="err_range", format="YYYY-MM-DD"
+    )
     start, end = ui.date_range(picked, (today - timedelta(days=6), today))
     key_id = c2.text_input(t("errors.key"), key="err_key")
     model = c3.text_input(t("errors.model"), key="err_model")
@@ -32,9 +33,14 @@ def filters() -> dict[str, Any]:
     q = c6.text_input(t("errors.q"), key="err_q")
     lo, hi = ui.day_range_utc(start, end)
     return {
-        "from": lo, "to": hi, "key_id": key_id.strip() or None, "model": model.strip() or None,
-        "status": status.strip() or None, "error_type": error_type.strip() or None, "q": q.strip() or None,
-    }  # fmt: skip
+        "from": lo,
+        "to": hi,
+        "key_id": key_id.strip() or None,
+        "model": model.strip() or None,
+        "status": status.strip() or None,
+        "error_type": error_type.strip() or None,
+        "q": q.strip() or None,
+    }
 
 
 def query_args(flt: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +50,15 @@ def query_args(flt: dict[str, Any]) -> dict[str, Any]:
 
 
 def table_frame(items: pd.DataFrame) -> pd.DataFrame:
-    cols = {"ts": "ts", "key_id": "key", "model": "model", "status": "status", "error_type": "type",
-            "message": "message", "request_id": "request"}  # fmt: skip
+    cols = {
+        "ts": "ts",
+        "key_id": "key",
+        "model": "model",
+        "status": "status",
+        "error_type": "type",
+        "message": "message",
+        "request_id": "request",
+    }
     df = pd.DataFrame({new: items.get(old) for old, new in cols.items()})
     if not df.empty:
         df["ts"] = ui.local(df["ts"])
@@ -100,13 +113,24 @@ def detail_dialog(state: dict[str, Any]) -> None:
     ts = pd.Series(pd.to_datetime([entry.get("ts")], utc=True, errors="coerce", format="ISO8601"))
     when = ui.local(ts).iloc[0]
     when = when.strftime("%Y-%m-%d %H:%M:%S") if pd.notna(when) else "–"
-    st.caption(t("errors.meta", ts=when, key=entry.get("key_id") or "–", model=entry.get("model") or "–",
-                 status=entry.get("status") or "–", type=entry.get("error_type") or "–",
-                 request=entry.get("request_id") or "–"))  # fmt: skip
+    st.caption(
+        t(
+            "errors.meta",
+            ts=when,
+            key=entry.get("key_id") or "–",
+            model=entry.get("model") or "–",
+            status=entry.get("status") or "–",
+            type=entry.get("error_type") or "–",
+            request=entry.get("request_id") or "–",
+        )
+    )
     st.markdown(f"**{t('errors.message')}**")
     st.code(entry.get("message") or "", language=None, wrap_lines=True)
-    for field, title in (("upstream_body", "errors.upstream_body"), ("stack_trace", "errors.stack_trace"),
-                         ("request_body", "errors.request_body")):  # fmt: skip
+    for field, title in (
+        ("upstream_body", "errors.upstream_body"),
+        ("stack_trace", "errors.stack_trace"),
+        ("request_body", "errors.request_body"),
+    ):
         st.markdown(f"**{t(title)}**")
         value = entry.get(field)
         if value in (None, ""):

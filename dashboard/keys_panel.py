@@ -15,9 +15,11 @@ from dashboard.i18n import t
 SECTIONS = {"active": ("active", "cooling"), "inactive": ("invalid", "disabled")}
 STATUS_ICON = {"active": "●", "cooling": "◐", "invalid": "✕", "disabled": "○"}  # plain glyphs: no emoji font needed
 STATUS_BADGE = {
-    "active": ":green[:material/check_circle:]", "cooling": ":blue[:material/hourglass_top:]",
-    "invalid": ":red[:material/cancel:]", "disabled": ":gray[:material/pause_circle:]",
-}  # fmt: skip
+    "active": ":green[:material/check_circle:]",
+    "cooling": ":blue[:material/hourglass_top:]",
+    "invalid": ":red[:material/cancel:]",
+    "disabled": ":gray[:material/pause_circle:]",
+}
 BATCH_CHUNK = 25  # ids per batch call: small enough for a moving progress bar, big enough to stay fast
 
 
@@ -27,15 +29,23 @@ def cards(summary: dict[str, Any], counts: dict[str, int]) -> None:
     keys = {**counts, **(summary.get("keys") or {})}
     st.caption(t("monitor.keys_heading"))
     for col, status in zip(st.columns(4), KEY_STATUSES, strict=True):
-        col.metric(f"{STATUS_BADGE[status]} {t('monitor.keys_status', status=t(f'status.{status}'))}",
-                   ui.fmt_int(keys.get(status, 0)), border=True)  # fmt: skip
+        col.metric(
+            f"{STATUS_BADGE[status]} {t('monitor.keys_status', status=t(f'status.{status}'))}",
+            ui.fmt_int(keys.get(status, 0)),
+            border=True,
+        )
     st.caption(t("monitor.calls_heading"))
     for col, win in zip(st.columns(4), ("1m", "1h", "24h", "month"), strict=True):
         w = windows.get(win) or {}
         failures = int(w.get("failures") or 0)
-        col.metric(t(f"monitor.calls_{win}"), ui.fmt_int(w.get("calls")),
-                   delta=t("monitor.failures_delta", n=ui.fmt_int(failures)) if failures else None,
-                   delta_color="inverse", delta_arrow="off", border=True)  # fmt: skip
+        col.metric(
+            t(f"monitor.calls_{win}"),
+            ui.fmt_int(w.get("calls")),
+            delta=t("monitor.failures_delta", n=ui.fmt_int(failures)) if failures else None,
+            delta_color="inverse",
+            delta_arrow="off",
+            border=True,
+        )
     day = windows.get("24h") or {}
     month = windows.get("month") or {}
     st.caption(t("monitor.quality_heading"))
@@ -43,18 +53,24 @@ def cards(summary: dict[str, Any], counts: dict[str, int]) -> None:
     c1.metric(t("monitor.success_rate"), ui.fmt_pct(day.get("success_rate")) if day.get("calls") else "–", border=True)
     c2.metric(t("monitor.avg_latency"), ui.fmt_ms(day.get("avg_latency_ms")), border=True)
     c3.metric(t("monitor.p95_latency"), ui.fmt_ms(day.get("p95_latency_ms")), border=True)
-    c4.metric(t("monitor.tokens_24h"), ui.fmt_int(day.get("total_tokens")), border=True,
-              help=t("monitor.tokens_month", n=ui.fmt_int(month.get("total_tokens"))))  # fmt: skip
+    c4.metric(
+        t("monitor.tokens_24h"),
+        ui.fmt_int(day.get("total_tokens")),
+        border=True,
+        help=t("monitor.tokens_month", n=ui.fmt_int(month.get("total_tokens"))),
+    )
 
 
 # -- filters and tables ------------------------------------------------------------------------------------------
 def filters(projects: list[str]) -> dict[str, Any]:
     c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 1])
     q = c1.text_input(t("monitor.search"), key="key_q")
-    statuses = c2.multiselect(t("monitor.filter_status"), KEY_STATUSES, format_func=lambda s: t(f"status.{s}"),
-                              key="key_status")  # fmt: skip
-    project = c3.selectbox(t("monitor.filter_project"), ["", *projects], key="key_project",
-                           format_func=lambda p: p or t("common.all"))  # fmt: skip
+    statuses = c2.multiselect(
+        t("monitor.filter_status"), KEY_STATUSES, format_func=lambda s: t(f"status.{s}"), key="key_status"
+    )
+    project = c3.selectbox(
+        t("monitor.filter_project"), ["", *projects], key="key_project", format_func=lambda p: p or t("common.all")
+    )
     created = c4.date_input(t("monitor.filter_created"), value=(), key="key_created", format="YYYY-MM-DD")  # type: ignore[arg-type]
     min_failures = c5.number_input(t("monitor.filter_failures"), min_value=0, step=1, key="key_failures")
     out: dict[str, Any] = {"q": q.strip() or None, "project": project or None, "min_failures": int(min_failures)}
@@ -73,13 +89,30 @@ def section_statuses(section: str, chosen: list[str]) -> list[str]:
 
 def table_frame(items: pd.DataFrame) -> pd.DataFrame:
     if items.empty:
-        return pd.DataFrame(columns=["id", "status", "key", "label", "project", "requests", "success", "failures",
-                                     "last_used", "created", "last_error", "cooling"])  # fmt: skip
+        return pd.DataFrame(
+            columns=[
+                "id",
+                "status",
+                "key",
+                "label",
+                "project",
+                "requests",
+                "success",
+                "failures",
+                "last_used",
+                "created",
+                "last_error",
+                "cooling",
+            ]
+        )
     requests = items["requests"].fillna(0).astype("int64")
     successes = items["successes"].fillna(0).astype("int64")
     cooling = items["cooling"].map(
-        lambda cds: ", ".join(sorted({str(c.get("model")) for c in cds or [] if isinstance(c, dict)}))
-        if isinstance(cds, list) else ""
+        lambda cds: (
+            ", ".join(sorted({str(c.get("model")) for c in cds or [] if isinstance(c, dict)}))
+            if isinstance(cds, list)
+            else ""
+        )
     )
     return pd.DataFrame(
         {
@@ -91,7 +124,8 @@ def table_frame(items: pd.DataFrame) -> pd.DataFrame:
             "requests": requests,
             "success": (successes / requests.where(requests > 0)).astype("float64"),
             "failures": items["consecutive_failures"].fillna(0).astype(int).astype(str)
-            + " / " + items["total_failures"].fillna(0).astype(int).astype(str),
+            + " / "
+            + items["total_failures"].fillna(0).astype(int).astype(str),
             "last_used": ui.local(items["last_used_at"]),
             "created": ui.local(items["created_at"]),
             "last_error": items["last_error"],
@@ -138,8 +172,15 @@ def key_section(section: str, flt: dict[str, Any]) -> None:
         st.caption(t("monitor.no_keys"))
         return
     table_key = f"tbl_{section}"
-    st.dataframe(table_frame(items), key=table_key, on_select="rerun", selection_mode="multi-row",
-                 hide_index=True, column_config=column_config(), width="stretch")  # fmt: skip
+    st.dataframe(
+        table_frame(items),
+        key=table_key,
+        on_select="rerun",
+        selection_mode="multi-row",
+        hide_index=True,
+        column_config=column_config(),
+        width="stretch",
+    )
     rows = [r for r in ui.selected_rows(table_key) if r < len(items)]
     if not rows:
         st.caption(t("monitor.select_hint"))
@@ -190,8 +231,9 @@ def act(kid: str, action: str, label: str) -> None:
     else:
         ok = result.get("ok", True) if isinstance(result, dict) else True
         msg = (result.get("message") if isinstance(result, dict) else None) or t("monitor.ok")
-        ui.flash(t("monitor.action_done", action=t(f"monitor.{action}"), key=label, msg=msg),
-                 "success" if ok else "warning")  # fmt: skip
+        ui.flash(
+            t("monitor.action_done", action=t(f"monitor.{action}"), key=label, msg=msg), "success" if ok else "warning"
+        )
     ui.bump()
     st.rerun()
 
@@ -204,8 +246,13 @@ def batch_actions(section: str, ids: list[str]) -> None:
     for col, action, icon in zip(
         cols,
         ("verify", "enable", "disable", "reset", "delete"),
-        (":material/task_alt:", ":material/play_circle:", ":material/pause_circle:", ":material/restart_alt:",
-         ":material/delete:"),
+        (
+            ":material/task_alt:",
+            ":material/play_circle:",
+            ":material/pause_circle:",
+            ":material/restart_alt:",
+            ":material/delete:",
+        ),
         strict=True,
     ):
         if col.button(t(f"monitor.batch_{action}", n=len(ids)), icon=icon, key=f"batch_{action}_{section}"):
@@ -233,8 +280,12 @@ def run_batch(action: str, ids: list[str]) -> dict[str, Any]:
         done = min(len(ids), start + len(chunk))
         bar.progress(done / len(ids), text=t("monitor.batch_progress", action=name, done=done, n=len(ids)))
     ok = sum(1 for r in results if r.get("ok"))
-    summary = {"action": action, "ok": ok, "failed": len(results) - ok,
-               "failures": [r for r in results if not r.get("ok")]}  # fmt: skip
+    summary = {
+        "action": action,
+        "ok": ok,
+        "failed": len(results) - ok,
+        "failures": [r for r in results if not r.get("ok")],
+    }
     st.session_state["batch_result"] = summary
     ui.bump()
     return summary
@@ -244,8 +295,9 @@ def batch_summary() -> None:
     summary = st.session_state.get("batch_result")
     if not summary:
         return
-    text = t("monitor.batch_result", action=t(f"monitor.{summary['action']}"), ok=summary["ok"],
-             failed=summary["failed"])  # fmt: skip
+    text = t(
+        "monitor.batch_result", action=t(f"monitor.{summary['action']}"), ok=summary["ok"], failed=summary["failed"]
+    )
     (st.warning if summary["failed"] else st.success)(text)
     if summary["failures"]:
         with st.expander(t("monitor.batch_failures")):
@@ -281,8 +333,10 @@ def details_dialog(state: dict[str, Any]) -> None:
         return
     key = info["key"]
     status = key.get("status", "")
-    st.markdown(f"**{_label(key)}** · `{key.get('masked', '')}` · {STATUS_BADGE.get(status, '')} "
-                f"{t(f'status.{status}')} · {t('monitor.col_project')}: {key.get('project') or '–'}")  # fmt: skip
+    st.markdown(
+        f"**{_label(key)}** · `{key.get('masked', '')}` · {STATUS_BADGE.get(status, '')} "
+        f"{t(f'status.{status}')} · {t('monitor.col_project')}: {key.get('project') or '–'}"
+    )
     c1, c2, c3 = st.columns(3)
     c1.metric(t("monitor.col_requests"), ui.fmt_int(key.get("requests")))
     requests = int(key.get("requests") or 0)
@@ -335,8 +389,14 @@ def add_dialog(state: dict[str, Any]) -> None:
                 ui.show_error(exc)
     result = state.get("result")
     if result:
-        st.success(t("monitor.add_result", added=result.get("added", 0), duplicates=result.get("duplicates", 0),
-                     rejected=result.get("rejected", 0)))  # fmt: skip
+        st.success(
+            t(
+                "monitor.add_result",
+                added=result.get("added", 0),
+                duplicates=result.get("duplicates", 0),
+                rejected=result.get("rejected", 0),
+            )
+        )
     if st.button(t("common.close"), key="add_close"):
         for name in ("add_text", "add_project", "add_label"):
             st.session_state.pop(name, None)

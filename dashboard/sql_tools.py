@@ -8,7 +8,9 @@ import pandas as pd
 
 # (i18n key of the title, SQL). The tables are those of docs/ARCHITECTURE.md.
 EXAMPLES: list[tuple[str, str]] = [
-    ("sql.ex.calls_by_model", """SELECT model,
+    (
+        "sql.ex.calls_by_model",
+        """SELECT model,
        count(*) AS calls,
        round(avg(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END) * 100, 1) AS success_pct,
        round(quantile_cont(latency_ms, 0.95)) AS p95_ms,
@@ -16,42 +18,61 @@ EXAMPLES: list[tuple[str, str]] = [
 FROM requests
 WHERE ts > now() - INTERVAL 24 HOUR
 GROUP BY model
-ORDER BY calls DESC"""),
-    ("sql.ex.hourly", """SELECT date_trunc('hour', ts) AS hour,
+ORDER BY calls DESC""",
+    ),
+    (
+        "sql.ex.hourly",
+        """SELECT date_trunc('hour', ts) AS hour,
        count(*) AS calls,
        count(*) FILTER (WHERE outcome <> 'success') AS failures,
        round(quantile_cont(latency_ms, 0.95)) AS p95_ms
 FROM requests
 WHERE ts > now() - INTERVAL 2 DAY
 GROUP BY hour
-ORDER BY hour"""),
-    ("sql.ex.keys_429", """SELECT key_id, project, count(*) AS rate_limited
+ORDER BY hour""",
+    ),
+    (
+        "sql.ex.keys_429",
+        """SELECT key_id, project, count(*) AS rate_limited
 FROM attempts
 WHERE outcome = 'rate_limited' AND ts >= current_date
 GROUP BY key_id, project
 ORDER BY rate_limited DESC
-LIMIT 20"""),
-    ("sql.ex.quota_ids", """SELECT quota_id, model, count(*) AS hits, round(avg(retry_delay_s), 1) AS avg_retry_s
+LIMIT 20""",
+    ),
+    (
+        "sql.ex.quota_ids",
+        """SELECT quota_id, model, count(*) AS hits, round(avg(retry_delay_s), 1) AS avg_retry_s
 FROM attempts
 WHERE quota_id IS NOT NULL
 GROUP BY quota_id, model
-ORDER BY hits DESC"""),
-    ("sql.ex.errors_by_type", """SELECT error_type, status, count(*) AS entries, max(ts) AS last_seen
+ORDER BY hits DESC""",
+    ),
+    (
+        "sql.ex.errors_by_type",
+        """SELECT error_type, status, count(*) AS entries, max(ts) AS last_seen
 FROM error_logs
 WHERE ts > now() - INTERVAL 7 DAY
 GROUP BY error_type, status
-ORDER BY entries DESC"""),
-    ("sql.ex.tokens_by_project", """SELECT CAST(ts AS DATE) AS day, coalesce(project, '–') AS project,
+ORDER BY entries DESC""",
+    ),
+    (
+        "sql.ex.tokens_by_project",
+        """SELECT CAST(ts AS DATE) AS day, coalesce(project, '–') AS project,
        sum(prompt_tokens) AS prompt, sum(output_tokens) AS output, sum(total_tokens) AS total
 FROM requests
 GROUP BY ALL
 ORDER BY day DESC, total DESC
-LIMIT 200"""),
-    ("sql.ex.slowest", """SELECT ts, request_id, model, key_id, status, outcome, latency_ms, ttfb_ms, attempts
+LIMIT 200""",
+    ),
+    (
+        "sql.ex.slowest",
+        """SELECT ts, request_id, model, key_id, status, outcome, latency_ms, ttfb_ms, attempts
 FROM requests
 WHERE ts > now() - INTERVAL 24 HOUR
 ORDER BY latency_ms DESC
-LIMIT 50"""),
+LIMIT 50""",
+    ),
 ]
 
 

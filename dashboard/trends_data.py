@@ -42,8 +42,22 @@ def top_frame(df: pd.DataFrame) -> pd.DataFrame:
     name_col = next((c for c in ("name", "key_id", "model", "key", "id", "group") if c in df.columns), None)
     if name_col and name_col != "name":
         df = df.rename(columns={name_col: "name"})
-    keep = [c for c in ("name", "label", "project", "calls", "successes", "failures", "success_rate", "avg_latency_ms",
-                        "p95_latency_ms", "total_tokens") if c in df.columns]  # fmt: skip
+    keep = [
+        c
+        for c in (
+            "name",
+            "label",
+            "project",
+            "calls",
+            "successes",
+            "failures",
+            "success_rate",
+            "avg_latency_ms",
+            "p95_latency_ms",
+            "total_tokens",
+        )
+        if c in df.columns
+    ]
     df = df[keep] if keep else df
     if "success_rate" in df and pd.to_numeric(df["success_rate"], errors="coerce").max() > 1:
         df["success_rate"] = pd.to_numeric(df["success_rate"], errors="coerce") / 100

@@ -318,8 +318,9 @@ def pages(total: int, page_size: int) -> int:
 def pager(key: str, total: int, default_size: int = 50) -> tuple[int, int]:
     """Page-size select + page number; returns (page, page_size). Both are keyed widgets (tests set them)."""
     left, mid, right = st.columns([1, 1, 4], vertical_alignment="bottom")
-    size = left.selectbox(t("common.page_size"), [10, 20, 50, 100, 500], index=2 if default_size == 50 else 0,
-                          key=f"{key}_size")  # fmt: skip
+    size = left.selectbox(
+        t("common.page_size"), [10, 20, 50, 100, 500], index=2 if default_size == 50 else 0, key=f"{key}_size"
+    )
     n_pages = pages(total, size)
     if st.session_state.get(f"{key}_page", 1) > n_pages:
         st.session_state[f"{key}_page"] = n_pages

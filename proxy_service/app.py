@@ -280,7 +280,8 @@ class Gateway:
             k
             for k in self.pool.keys.values()
             if k.needs_recheck
-            and now - (k.last_checked_at or 0) >= (min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval)
+            and now - (k.last_checked_at or 0)
+            >= (min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval)
         ]
         for key in due[:20]:  # bounded per tick; the rest come on later ticks
             await self.verify(key)
@@ -291,8 +292,11 @@ class Gateway:
 
         async def retention() -> None:
             cfg = self._config
-            days = {"requests": cfg.retention_requests_days, "attempts": cfg.retention_attempts_days,
-                    "error_logs": cfg.retention_error_logs_days}  # fmt: skip
+            days = {
+                "requests": cfg.retention_requests_days,
+                "attempts": cfg.retention_attempts_days,
+                "error_logs": cfg.retention_error_logs_days,
+            }
             cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
             await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup))
 

@@ -58,7 +58,9 @@ def fake_upstream(host: str, port: int, scenario: str | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard bind address.")
 @click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
-@click.option("--admin-url", default=None, help="Proxy admin URL (default KEYRACK_ADMIN_URL, else the proxy's host:port).")
+@click.option(
+    "--admin-url", default=None, help="Proxy admin URL (default KEYRACK_ADMIN_URL, else the proxy's host:port)."
+)
 def dashboard(host: str, port: int, admin_url: str | None) -> None:
     """Run the Streamlit dashboard; it reaches the proxy only through the admin API."""
     settings = _checked(load_settings)  # a bad setting is one clear line, not a traceback
@@ -96,9 +98,13 @@ def _launch_options(fn):  # type: ignore[no-untyped-def]
 @main.command()
 @_launch_options
 def run(
-    proxy_port: int | None, dashboard_port: int, upstream_port: int, no_dashboard: bool, data_dir: Path | None,
+    proxy_port: int | None,
+    dashboard_port: int,
+    upstream_port: int,
+    no_dashboard: bool,
+    data_dir: Path | None,
     rate: float,
-) -> None:  # fmt: skip
+) -> None:
     """Run Keyrack: proxy + dashboard against Gemini, or the demo when no upstream keys are configured."""
     from proxy_service.supervisor import launch
 
@@ -108,9 +114,13 @@ def run(
 @main.command()
 @_launch_options
 def demo(
-    proxy_port: int | None, dashboard_port: int, upstream_port: int, no_dashboard: bool, data_dir: Path | None,
+    proxy_port: int | None,
+    dashboard_port: int,
+    upstream_port: int,
+    no_dashboard: bool,
+    data_dir: Path | None,
     rate: float,
-) -> None:  # fmt: skip
+) -> None:
     """Run the demo: fake Gemini + demo keys + proxy + generated traffic + dashboard."""
     from proxy_service.supervisor import launch
 
@@ -118,8 +128,12 @@ def demo(
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the Parquet files (default <data_dir>/exports; only when the proxy is stopped).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the Parquet files (default <data_dir>/exports; only when the proxy is stopped).",
+)
 @click.option("--url", default=None, help="The running proxy (default http://KEYRACK_HOST:KEYRACK_PORT).")
 def snapshot(out: Path | None, url: str | None) -> None:
     """Write Parquet snapshots of requests, attempts, keys (without secrets) and error_logs.
@@ -140,6 +154,7 @@ def snapshot(out: Path | None, url: str | None) -> None:
     for table, path in result["files"].items():
         click.echo(f"{table:<11} {result['rows'][table]:>12,} rows  {path}")
     click.echo(f"(via {result['via']})")
+
 
 if __name__ == "__main__":
     sys.exit(main())

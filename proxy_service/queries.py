@@ -286,9 +286,16 @@ def _percentiles(hist: pa.Table, qs: tuple[float, ...]) -> dict[tuple[Any, Any],
 WINDOWS = ("1m", "1h", "24h", "month")
 _WINDOW_SPAN = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "24h": timedelta(hours=24)}
 _EMPTY_WINDOW = {
-    "calls": 0, "successes": 0, "failures": 0, "success_rate": None, "avg_latency_ms": None,
-    "p95_latency_ms": None, "prompt_tokens": 0, "output_tokens": 0, "total_tokens": 0,
-}  # fmt: skip
+    "calls": 0,
+    "successes": 0,
+    "failures": 0,
+    "success_rate": None,
+    "avg_latency_ms": None,
+    "p95_latency_ms": None,
+    "prompt_tokens": 0,
+    "output_tokens": 0,
+    "total_tokens": 0,
+}
 
 
 def summary(cur: duckdb.DuckDBPyConnection, tz: ZoneInfo, now: datetime, use_rollup: bool = True) -> dict[str, Any]:
@@ -313,8 +320,12 @@ def series_range(
     g: str, tz: ZoneInfo, start: datetime | None, end: datetime | None, now: datetime
 ) -> tuple[datetime, datetime]:
     """[lo, hi) in UTC covering whole local buckets; defaults to a sensible span ending now."""
-    default_span = {"hour": timedelta(hours=48), "day": timedelta(days=30), "week": timedelta(weeks=12),
-                    "month": timedelta(days=365)}[g]  # fmt: skip
+    default_span = {
+        "hour": timedelta(hours=48),
+        "day": timedelta(days=30),
+        "week": timedelta(weeks=12),
+        "month": timedelta(days=365),
+    }[g]
     end = end or now
     start = start or end - default_span
     lo_local = floor_local(to_local(start, tz), g)

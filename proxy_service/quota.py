@@ -79,7 +79,14 @@ _PROTO_DURATION = re.compile(r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*s?\s*")
 _RETRY_IN = re.compile(r"retry in\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|μs|ms|s|m|h))+)", re.IGNORECASE)
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS: dict[str, float] = {
-    "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ns": 1e-9,
 }
 # "* Quota exceeded for metric: <metric>, limit: 10, model: gemini-2.5-flash"
 _MSG_LIMIT = re.compile(
@@ -592,8 +599,10 @@ class QuotaTracker:
                 return
             w = e0.window
             value = (
-                w.requests_last_minute(now) if dim == "rpm"
-                else w.tokens_last_minute(now) if dim == "tpm"
+                w.requests_last_minute(now)
+                if dim == "rpm"
+                else w.tokens_last_minute(now)
+                if dim == "tpm"
                 else w.requests_today(now)
             )
             if value <= 0:

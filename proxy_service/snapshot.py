@@ -131,14 +131,19 @@ def _online(url: str, admin_token: str, out: Path | None) -> dict[str, Any]:
     import httpx
 
     if out is not None:
-        raise SnapshotError("the proxy is running and holds the database: it writes the snapshot into its own "
-                            "<data_dir>/exports; drop --out (or stop the proxy)")  # fmt: skip
+        raise SnapshotError(
+            "the proxy is running and holds the database: it writes the snapshot into its own "
+            "<data_dir>/exports; drop --out (or stop the proxy)"
+        )
     if not admin_token:
-        raise SnapshotError("the proxy is running and holds the database: set KEYRACK_ADMIN_TOKEN so that the "
-                            "snapshot can be requested through its admin API")  # fmt: skip
+        raise SnapshotError(
+            "the proxy is running and holds the database: set KEYRACK_ADMIN_TOKEN so that the "
+            "snapshot can be requested through its admin API"
+        )
     try:
-        resp = httpx.post(f"{url.rstrip('/')}/admin/api/export", headers={"authorization": f"Bearer {admin_token}"},
-                          timeout=600)  # fmt: skip
+        resp = httpx.post(
+            f"{url.rstrip('/')}/admin/api/export", headers={"authorization": f"Bearer {admin_token}"}, timeout=600
+        )
     except httpx.HTTPError as exc:
         raise SnapshotError(f"the database is locked by a running proxy, but {url} does not answer ({exc})") from None
     if resp.status_code != 200:

@@ -49,9 +49,19 @@ from proxy_service.store import Store
 ALLOWED_TABLES = frozenset(queries.SAFE_TABLES)
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 DENIED_FUNCTIONS = frozenset(
-    {"current_setting", "nextval", "currval", "setval", "write_log", "getvariable", "setseed", "current_query",
-     "json_execute_serialized_sql", "parse_duckdb_log_message"}
-)  # fmt: skip
+    {
+        "current_setting",
+        "nextval",
+        "currval",
+        "setval",
+        "write_log",
+        "getvariable",
+        "setseed",
+        "current_query",
+        "json_execute_serialized_sql",
+        "parse_duckdb_log_message",
+    }
+)
 FORBIDDEN_COLUMNS = frozenset({"secret"})
 MAX_SQL_CHARS = 100_000
 _STARTS = {"select", "with", "from", "values", "table", "("}

@@ -103,9 +103,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         what = "is already in use" if exc.errno == 98 else f"cannot be bound ({exc.strerror})"
-        raise StartupError(
-            f"port {port} on {host} {what}: set {env_name('port')} or --port to a free port."
-        ) from None
+        raise StartupError(f"port {port} on {host} {what}: set {env_name('port')} or --port to a free port.") from None
     return sock
 
 
@@ -139,9 +137,22 @@ def dashboard_app() -> Path | None:
 def streamlit_argv(app: Path, host: str, port: int) -> list[str]:
     """The Streamlit command line for the dashboard (what `keyrack dashboard` execs)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address", host,
-        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
 
 
 def real_keys_configured(settings: Settings) -> tuple[bool, str]:

@@ -142,8 +142,18 @@ class Child:
 
 def dashboard_argv(host: str, port: int, admin_url: str) -> list[str]:
     """`keyrack dashboard`, the same subcommand the Docker image runs."""
-    return [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", host, "--port", str(port),
-            "--admin-url", admin_url]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "proxy_service.cli",
+        "dashboard",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--admin-url",
+        admin_url,
+    ]
 
 
 # -------------------------------------------------------------------------------------------------------- launcher
@@ -245,9 +255,7 @@ class Launcher:
         admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
         client_token = base.access_tokens[0] if base.access_tokens else None
         env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
-        env.update(
-            {"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
-        )
+        env.update({"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"})
         if opts.demo:
             client_token = client_token or "krc_demo_" + secrets.token_urlsafe(12)
             api_keys, scenario = demo_pool()
@@ -266,10 +274,21 @@ class Launcher:
             )
             upstream = self._start(
                 "upstream",
-                [sys.executable, "-m", "proxy_service.cli", "fake-upstream", "--host", "127.0.0.1",
-                 "--port", str(opts.upstream_port), "--scenario", str(scenario_path)],
-                env, log_dir,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy_service.cli",
+                    "fake-upstream",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(opts.upstream_port),
+                    "--scenario",
+                    str(scenario_path),
+                ],
+                env,
+                log_dir,
+            )
             if not self._wait_http(upstream, f"{upstream_url}/_fake/stats", 30):
                 raise StartupError(f"the fake upstream did not start in 30 s; see {upstream.log_path}")
 
@@ -277,8 +296,10 @@ class Launcher:
         proxy = self._start(
             "proxy",
             [sys.executable, "-m", "proxy_service.cli", "serve", "--host", host, "--port", str(proxy_port)],
-            env, log_dir, echo=True,
-        )  # fmt: skip
+            env,
+            log_dir,
+            echo=True,
+        )
         if not self._wait_http(proxy, f"{proxy_url}/readyz", 60):
             if self.stopping.is_set():
                 return 0
@@ -293,9 +314,11 @@ class Launcher:
             dashboard_url = f"http://127.0.0.1:{opts.dashboard_port}"
             dash_env = {**env, "KEYRACK_ADMIN_URL": f"http://127.0.0.1:{proxy_port}"}
             dash = self._start(
-                "dashboard", dashboard_argv("127.0.0.1", opts.dashboard_port, dash_env["KEYRACK_ADMIN_URL"]),
-                dash_env, log_dir,
-            )  # fmt: skip
+                "dashboard",
+                dashboard_argv("127.0.0.1", opts.dashboard_port, dash_env["KEYRACK_ADMIN_URL"]),
+                dash_env,
+                log_dir,
+            )
             if not self._wait_http(dash, f"{dashboard_url}/_stcore/health", 60) and not self.stopping.is_set():
                 print(f"  the dashboard is slow to start; it will be at {dashboard_url} (log: {dash.log_path})")
 
@@ -351,7 +374,9 @@ class Launcher:
         if client_token:
             lines.append(f"  Client token  {client_token}")
         else:
-            lines.append("  Client token  none needed: KEYRACK_ACCESS_TOKENS is empty, the proxy is open to this machine")
+            lines.append(
+                "  Client token  none needed: KEYRACK_ACCESS_TOKENS is empty, the proxy is open to this machine"
+            )
         lines.append(f"  Data          {data_dir / 'keyrack.duckdb'}   logs: {log_dir}/")
         lines += [
             "",

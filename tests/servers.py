@@ -22,8 +22,13 @@ def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> It
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "off",
-                               "timeout_graceful_shutdown": 1, **config}
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "off",
+        "timeout_graceful_shutdown": 1,
+        **config,
+    }
     server = uvicorn.Server(uvicorn.Config(app, **options))
     failure: list[BaseException] = []
 
@@ -39,8 +44,9 @@ def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> It
         deadline = time.monotonic() + 10
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn server did not start: {failure[0]!r}" if failure
-                                   else "uvicorn server did not start")
+                raise RuntimeError(
+                    f"uvicorn server did not start: {failure[0]!r}" if failure else "uvicorn server did not start"
+                )
             time.sleep(0.01)
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:

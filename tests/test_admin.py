@@ -116,21 +116,38 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 def req(ts: datetime, key_id: str | None, **kw: Any) -> RequestEvent:
     fields: dict[str, Any] = {
-        "ts": ts, "request_id": uuid.uuid4().hex, "client_id": "c1", "surface": "gemini",
-        "operation": "generateContent", "model": "gemini-2.5-flash", "stream": False, "status": 200,
-        "outcome": "success", "key_id": key_id, "project": "p1", "latency_ms": 120.0, "total_tokens": 30,
-        "prompt_tokens": 10, "output_tokens": 20,
-    }  # fmt: skip
+        "ts": ts,
+        "request_id": uuid.uuid4().hex,
+        "client_id": "c1",
+        "surface": "gemini",
+        "operation": "generateContent",
+        "model": "gemini-2.5-flash",
+        "stream": False,
+        "status": 200,
+        "outcome": "success",
+        "key_id": key_id,
+        "project": "p1",
+        "latency_ms": 120.0,
+        "total_tokens": 30,
+        "prompt_tokens": 10,
+        "output_tokens": 20,
+    }
     fields.update(kw)
     return RequestEvent(**fields)
 
 
 def err(ts: datetime, **kw: Any) -> ErrorEvent:
     fields: dict[str, Any] = {
-        "id": uuid.uuid4().hex[:16], "ts": ts, "request_id": uuid.uuid4().hex, "key_id": "k_x",
-        "model": "gemini-2.5-pro", "status": 503, "error_type": "upstream_error", "message": "The model is overloaded.",
+        "id": uuid.uuid4().hex[:16],
+        "ts": ts,
+        "request_id": uuid.uuid4().hex,
+        "key_id": "k_x",
+        "model": "gemini-2.5-pro",
+        "status": 503,
+        "error_type": "upstream_error",
+        "message": "The model is overloaded.",
         "upstream_body": '{"error": {"code": 503, "status": "UNAVAILABLE"}}',
-    }  # fmt: skip
+    }
     fields.update(kw)
     return ErrorEvent(**fields)
 
@@ -147,8 +164,13 @@ def error_of(resp: httpx.Response) -> dict[str, Any]:
 
 # -- auth and plumbing -----------------------------------------------------------------------------------------------
 def test_auth_is_required_and_constant_time(env: Env) -> None:
-    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"},
-                    {"authorization": f"Bearer {TOKEN}x"}, {"authorization": "Bearer"}):  # fmt: skip
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Basic {TOKEN}"},
+        {"authorization": f"Bearer {TOKEN}x"},
+        {"authorization": "Bearer"},
+    ):
         r = httpx.get(f"{env.url}/admin/api/keys", headers=headers)
         assert r.status_code == 401 and "admin token" in error_of(r)["message"]
         assert r.headers["www-authenticate"].startswith("Bearer")
@@ -187,8 +209,21 @@ def test_list_keys_never_shows_secrets_and_counts(env: Env) -> None:
     assert data["total"] == 4 and data["page"] == 1 and data["page_size"] == 50
     assert set(data["counts"]) == {"active", "cooling", "invalid", "disabled"}
     item = data["items"][0]
-    assert {"id", "label", "project", "status", "masked", "created_at", "last_used_at", "consecutive_failures",
-            "total_failures", "requests", "successes", "last_error", "cooling"} <= set(item)  # fmt: skip
+    assert {
+        "id",
+        "label",
+        "project",
+        "status",
+        "masked",
+        "created_at",
+        "last_used_at",
+        "consecutive_failures",
+        "total_failures",
+        "requests",
+        "successes",
+        "last_error",
+        "cooling",
+    } <= set(item)
     assert item["masked"].count("…") == 1 and item["created_at"].endswith("Z")
     assert not any(s in r.text for s in SECRETS)
 
@@ -216,9 +251,14 @@ def test_add_keys_from_pasted_text(env: Env) -> None:
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({}, "text"), ({"text": "   "}, "text"), ({"text": 42}, "text"), ({"text": GOOD, "project": "bad project!"},
-     "project"), ({"text": GOOD, "label": 5}, "label")],
-)  # fmt: skip
+    [
+        ({}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": 42}, "text"),
+        ({"text": GOOD, "project": "bad project!"}, "project"),
+        ({"text": GOOD, "label": 5}, "label"),
+    ],
+)
 def test_add_keys_validation(env: Env, body: dict[str, Any], field: str) -> None:
     r = env.post("/keys", body)
     assert r.status_code == 400 and error_of(r)["field"] == field
@@ -241,9 +281,14 @@ def test_list_filters_sort_and_pages(env: Env) -> None:
     assert ids == sorted(ids, reverse=True)
     page = env.get("/keys", params={"sort": "id", "page": 2, "page_size": 2}).json()
     assert page["items"][0]["id"] == sorted(ids)[2] and page["total"] == len(ids) and len(page["items"]) == 2
-    for params, field in (({"status": "weird"}, "status"), ({"sort": "secret"}, "sort"), ({"order": "up"}, "order"),
-                          ({"page": 0}, "page"), ({"page_size": "x"}, "page_size"),
-                          ({"created_from": "yesterday"}, "created_from")):  # fmt: skip
+    for params, field in (
+        ({"status": "weird"}, "status"),
+        ({"sort": "secret"}, "sort"),
+        ({"order": "up"}, "order"),
+        ({"page": 0}, "page"),
+        ({"page_size": "x"}, "page_size"),
+        ({"created_from": "yesterday"}, "created_from"),
+    ):
         r = env.get("/keys", params=params)
         assert r.status_code == 400 and error_of(r)["field"] == field, params
 
@@ -289,8 +334,11 @@ def test_batch_reports_each_key(env: Env) -> None:
     r = env.post("/keys/batch", {"action": "verify", "ids": [env.id_of("key-p1-bbbb"), env.id_of(NEW_2)]}).json()
     assert [x["ok"] for x in r["results"]] == [True, False]
     env.post(f"/keys/{env.id_of(NEW_2)}/reset")
-    for body, field in (({"action": "explode", "ids": []}, "action"), ({"action": "reset", "ids": "k_1"}, "ids"),
-                        ({"action": "reset", "ids": [1]}, "ids")):  # fmt: skip
+    for body, field in (
+        ({"action": "explode", "ids": []}, "action"),
+        ({"action": "reset", "ids": "k_1"}, "ids"),
+        ({"action": "reset", "ids": [1]}, "ids"),
+    ):
         resp = env.post("/keys/batch", body)
         assert resp.status_code == 400 and error_of(resp)["field"] == field
 
@@ -349,8 +397,14 @@ def test_config_read_update_reset(env: Env) -> None:
 
 
 def test_config_validation_names_each_field(env: Env) -> None:
-    bad = {"strategy": "fastest", "max_retries": -1, "display_timezone": "Mars/Olympus", "query_row_cap": 0,
-           "upstream_url": "ftp://x", "nonsense": 1}  # fmt: skip
+    bad = {
+        "strategy": "fastest",
+        "max_retries": -1,
+        "display_timezone": "Mars/Olympus",
+        "query_row_cap": 0,
+        "upstream_url": "ftp://x",
+        "nonsense": 1,
+    }
     r = env.http.patch("/admin/api/config", json=bad)
     body = r.json()
     assert r.status_code == 422 and body["error"]["code"] == 422
@@ -386,8 +440,12 @@ def test_error_logs_search_detail_and_delete(env: Env) -> None:
     full = env.get(f"/errors/{entries[2].id}").json()
     assert full["stack_trace"] == "Traceback..." and full["upstream_body"].startswith("{")
     assert env.get("/errors/nope").status_code == 404
-    for params, field in (({"from": "not-a-date"}, "from"), ({"status": "abc"}, "status"), ({"color": "red"}, "color"),
-                          ({"from": "2026-02-02", "to": "2026-02-01"}, "from")):  # fmt: skip
+    for params, field in (
+        ({"from": "not-a-date"}, "from"),
+        ({"status": "abc"}, "status"),
+        ({"color": "red"}, "color"),
+        ({"from": "2026-02-02", "to": "2026-02-01"}, "from"),
+    ):
         resp = env.get("/errors", params=params)
         assert resp.status_code == 400 and error_of(resp)["field"] == field, params
 
@@ -397,8 +455,14 @@ def test_error_logs_search_detail_and_delete(env: Env) -> None:
     }
     assert env.post("/errors/delete", {"older_than": "2026-02-01T13:30:00Z"}).json() == {"deleted": 1}
     assert env.get("/errors", params={"from": "2026-02-01", "to": "2026-02-03"}).json()["total"] == 21
-    bad: list[dict[str, Any]] = [{}, {"ids": ["a"], "older_than": "2026-01-01"}, {"filter": {}},
-                                 {"filter": {"colour": 1}}, {"older_than": "soon"}, {"ids": "a"}]  # fmt: skip
+    bad: list[dict[str, Any]] = [
+        {},
+        {"ids": ["a"], "older_than": "2026-01-01"},
+        {"filter": {}},
+        {"filter": {"colour": 1}},
+        {"older_than": "soon"},
+        {"ids": "a"},
+    ]
     for body in bad:
         assert env.post("/errors/delete", body).status_code == 400, body
 
@@ -444,8 +508,15 @@ def test_stats_series_json_and_arrow_in_the_display_zone(env: Env) -> None:
             ("2025-03-11T00:00:00+08:00", 2),
         ]
         row = s["rows"][1]
-        assert {"group", "successes", "failures", "success_rate", "p50_latency_ms", "p95_latency_ms",
-                "total_tokens"} <= set(row)  # fmt: skip
+        assert {
+            "group",
+            "successes",
+            "failures",
+            "success_rate",
+            "p50_latency_ms",
+            "p95_latency_ms",
+            "total_tokens",
+        } <= set(row)
         by_key = env.get("/stats/series", params={**params, "group_by": "key"}).json()["rows"]
         assert sorted((r["group"], r["calls"]) for r in by_key) == [("k_t1", 1), ("k_t1", 1), ("k_t2", 1)]
         r = env.get("/stats/series", params={**params, "format": "arrow", "group_by": "model"})
@@ -455,8 +526,12 @@ def test_stats_series_json_and_arrow_in_the_display_zone(env: Env) -> None:
         assert table.column("calls").to_pylist() == [1, 2] and table.column("group").to_pylist() == ["m-series"] * 2
     finally:
         env.post("/config/reset")
-    for params, field in (({"granularity": "minute"}, "granularity"), ({"group_by": "color"}, "group_by"),
-                          ({"from": "2025-02-01", "to": "2025-01-01"}, "from"), ({"format": "csv"}, "format")):  # fmt: skip
+    for params, field in (
+        ({"granularity": "minute"}, "granularity"),
+        ({"group_by": "color"}, "group_by"),
+        ({"from": "2025-02-01", "to": "2025-01-01"}, "from"),
+        ({"format": "csv"}, "format"),
+    ):
         r = env.get("/stats/series", params=params)
         assert r.status_code == 400 and error_of(r)["field"] == field
     r = env.get("/stats/series", params={"granularity": "hour", "from": "2000-01-01", "to": "2026-01-01"})
@@ -582,16 +657,24 @@ def test_snapshot_command_asks_the_running_proxy(env: Env) -> None:
     environ = {**os.environ, "KEYRACK_DATA_DIR": str(env.data_dir), "KEYRACK_ADMIN_TOKEN": TOKEN}
     done = subprocess.run(
         [sys.executable, "-m", "proxy_service.cli", "snapshot", "--url", env.url],
-        env=environ, capture_output=True, text=True, timeout=60, cwd=env.data_dir,
-    )  # fmt: skip
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=env.data_dir,
+    )
     assert done.returncode == 0, done.stderr
     assert f"(via {env.url})" in done.stdout and "requests" in done.stdout
     assert (env.data_dir / "exports" / "keys.parquet").exists()
     environ["KEYRACK_ADMIN_TOKEN"] = "wrong"
     done = subprocess.run(
         [sys.executable, "-m", "proxy_service.cli", "snapshot", "--url", env.url],
-        env=environ, capture_output=True, text=True, timeout=60, cwd=env.data_dir,
-    )  # fmt: skip
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=env.data_dir,
+    )
     assert done.returncode == 1 and "refused the export: 401" in done.stderr
 
 
@@ -604,5 +687,16 @@ def test_query_json_handles_every_duckdb_type(env: Env) -> None:
     r = env.post("/query", {"sql": sql, "format": "json"})
     assert r.status_code == 200, r.text
     row = dict(zip([c["name"] for c in r.json()["columns"]], r.json()["rows"][0], strict=True))
-    assert row == {"d": "2026-01-02", "t": "2026-01-02T03:04:05.500Z", "i": 5400.0, "dec": 1.25, "b": "616263",
-                   "u": True, "l": [1, 2], "s": {"x": 1}, "nan": None, "n": None, "tm": "10:11:12"}  # fmt: skip
+    assert row == {
+        "d": "2026-01-02",
+        "t": "2026-01-02T03:04:05.500Z",
+        "i": 5400.0,
+        "dec": 1.25,
+        "b": "616263",
+        "u": True,
+        "l": [1, 2],
+        "s": {"x": 1},
+        "nan": None,
+        "n": None,
+        "tm": "10:11:12",
+    }

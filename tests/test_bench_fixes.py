@@ -57,16 +57,38 @@ def test_writer_sleeps_between_flushes_but_answers_jobs_and_stop_at_once(tmp_pat
     writer.start()
     try:
         for i in range(10):
-            writer.record(AttemptEvent(ts=_now(), request_id=f"r{i}", attempt=1, key_id="k", project=None,
-                                       model=MODEL, upstream_status=200, outcome="ok", latency_ms=1.0))  # fmt: skip
+            writer.record(
+                AttemptEvent(
+                    ts=_now(),
+                    request_id=f"r{i}",
+                    attempt=1,
+                    key_id="k",
+                    project=None,
+                    model=MODEL,
+                    upstream_status=200,
+                    outcome="ok",
+                    latency_ms=1.0,
+                )
+            )
         started = time.perf_counter()
         writer.flush(timeout=10)  # a job wakes the writer: events queued before it are written first
         assert time.perf_counter() - started < 10
         assert writer.stats.written["attempts"] == 10
         writer.batch_rows = 100
         for i in range(100):  # a full batch wakes it too
-            writer.record(AttemptEvent(ts=_now(), request_id=f"b{i}", attempt=1, key_id="k", project=None,
-                                       model=MODEL, upstream_status=200, outcome="ok", latency_ms=1.0))  # fmt: skip
+            writer.record(
+                AttemptEvent(
+                    ts=_now(),
+                    request_id=f"b{i}",
+                    attempt=1,
+                    key_id="k",
+                    project=None,
+                    model=MODEL,
+                    upstream_status=200,
+                    outcome="ok",
+                    latency_ms=1.0,
+                )
+            )
         deadline = time.monotonic() + 10
         while writer.stats.written["attempts"] < 110 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -88,8 +110,19 @@ def test_events_recorded_from_other_threads_are_all_written(tmp_path: Path) -> N
 
     def produce(tag: str) -> None:
         for i in range(2000):
-            writer.record(AttemptEvent(ts=_now(), request_id=f"{tag}{i}", attempt=1, key_id="k", project=None,
-                                       model=MODEL, upstream_status=200, outcome="ok", latency_ms=1.0))  # fmt: skip
+            writer.record(
+                AttemptEvent(
+                    ts=_now(),
+                    request_id=f"{tag}{i}",
+                    attempt=1,
+                    key_id="k",
+                    project=None,
+                    model=MODEL,
+                    upstream_status=200,
+                    outcome="ok",
+                    latency_ms=1.0,
+                )
+            )
 
     threads = [threading.Thread(target=produce, args=(t,)) for t in "abc"]
     for t in threads:
@@ -109,8 +142,9 @@ def test_upstream_request_matches_what_build_request_sends() -> None:
     headers = {"content-type": "application/json", "x-goog-api-key": "secret"}
     for _ in range(2):  # second time from the URL cache
         req = upstream_request(client, "POST", "/v1beta/models/m:streamGenerateContent", query, headers, b"{}")
-        ref = client.build_request("POST", "/v1beta/models/m:streamGenerateContent", params=query, headers=headers,
-                                   content=b"{}")  # fmt: skip
+        ref = client.build_request(
+            "POST", "/v1beta/models/m:streamGenerateContent", params=query, headers=headers, content=b"{}"
+        )
         assert req.url == ref.url and req.content == ref.content == b"{}"
         for name in ("host", "content-length", "content-type", "x-goog-api-key"):
             assert req.headers[name] == ref.headers[name]

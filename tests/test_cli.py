@@ -60,9 +60,12 @@ def alive(pid: int) -> bool:
 def requests_total(proxy_url: str) -> float:
     text = httpx.get(f"{proxy_url}/metrics", timeout=5).text
     return sum(
-        s.value for fam in text_string_to_metric_families(text) if fam.name == "keyrack_requests"
-        for s in fam.samples if s.name == "keyrack_requests_total"
-    )  # fmt: skip
+        s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "keyrack_requests"
+        for s in fam.samples
+        if s.name == "keyrack_requests_total"
+    )
 
 
 def serve_fails(tmp_path: Path, *args: str, **settings: str) -> str:
@@ -83,8 +86,19 @@ def serve_fails(tmp_path: Path, *args: str, **settings: str) -> str:
 
 def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
     proxy_port, dash_port, up_port = free_port(), free_port(), free_port()
-    args = ["demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dash_port), "--upstream-port",
-            str(up_port), "--data-dir", str(tmp_path / "data"), "--rate", "5"]  # fmt: skip
+    args = [
+        "demo",
+        "--proxy-port",
+        str(proxy_port),
+        "--dashboard-port",
+        str(dash_port),
+        "--upstream-port",
+        str(up_port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--rate",
+        "5",
+    ]
     launcher = start(args, clean_env(), tmp_path / "launcher.out", cwd=tmp_path)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     try:
@@ -147,8 +161,12 @@ def test_run_with_keys_serves_the_configured_upstream_and_children_die_with_it(
     upstream = start_upstream(SCENARIO)
     proxy_port = free_port()
     env = clean_env(api_keys="p1:key-p1-a,p2:key-p2-a", upstream_url=upstream.url, admin_token="admin-token-for-run")
-    launcher = start(["run", "--no-dashboard", "--proxy-port", str(proxy_port), "--data-dir", str(tmp_path / "d")],
-                     env, tmp_path / "run.out", cwd=tmp_path)  # fmt: skip
+    launcher = start(
+        ["run", "--no-dashboard", "--proxy-port", str(proxy_port), "--data-dir", str(tmp_path / "d")],
+        env,
+        tmp_path / "run.out",
+        cwd=tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{proxy_port}/readyz", launcher)
         launcher.wait_for("Stop: Ctrl-C")
@@ -186,8 +204,11 @@ def test_demo_refuses_a_taken_port(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         res = subprocess.run(
             [*KEYRACK, "demo", "--no-dashboard", "--proxy-port", str(port), "--data-dir", str(tmp_path)],
-            env=clean_env(), cwd=tmp_path, capture_output=True, timeout=30,
-        )  # fmt: skip
+            env=clean_env(),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=30,
+        )
     assert res.returncode == 1
     assert f"port {port} for the proxy (--proxy-port) is already in use" in res.stderr.decode()
 
@@ -206,21 +227,29 @@ def test_demo_pool_has_projects_invalid_keys_and_tight_limits() -> None:
 
 def test_serve_logs_startup_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     admin, client = "admin-token-serve-1", "client-token-serve-1"
-    proc, url = start_proxy(tmp_path, api_keys="p1:AIzaSyA1234567890abcdefghijklmnopqrstuv", admin_token=admin,
-                            access_tokens=client, upstream_url="http://127.0.0.1:9")  # fmt: skip
+    proc, url = start_proxy(
+        tmp_path,
+        api_keys="p1:AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        admin_token=admin,
+        access_tokens=client,
+        upstream_url="http://127.0.0.1:9",
+    )
     try:
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
-        resp = httpx.post(f"{url}/v1beta/models/gemini-2.5-flash:generateContent", json={},
-                          headers={"x-goog-api-key": client})  # fmt: skip
+        resp = httpx.post(
+            f"{url}/v1beta/models/gemini-2.5-flash:generateContent", json={}, headers={"x-goog-api-key": client}
+        )
         assert resp.status_code == 502 and resp.headers["x-keyrack-request-id"]  # nothing listens upstream
         assert proc.stop(signal.SIGTERM) == 0
     finally:
         proc.kill()
     log = proc.log()
     startup = re.search(r"event=startup .*", log).group(0)  # type: ignore[union-attr]
-    assert "keys=1 keys_active=1" in startup and "access_tokens=1" in startup and "upstream=http://127.0.0.1:9" in startup
+    assert (
+        "keys=1 keys_active=1" in startup and "access_tokens=1" in startup and "upstream=http://127.0.0.1:9" in startup
+    )
     assert re.search(r"event=shutdown .*flushed_requests=1 .*unwritten=0", log)
     assert all(re.match(r"ts=\S+ level=[A-Z]+ logger=\S+ ", line) for line in log.splitlines() if line), log
     for secret in (admin, client, "AIzaSyA1234567890abcdefghijklmnopqrstuv"):
@@ -265,9 +294,13 @@ def test_serve_refuses_a_corrupt_or_locked_database(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     held = subprocess.Popen(
-        [*KEYRACK[:1], "-c", f"import duckdb,time; c=duckdb.connect({str(locked / 'keyrack.duckdb')!r}); print('held', flush=True); time.sleep(60)"],
+        [
+            *KEYRACK[:1],
+            "-c",
+            f"import duckdb,time; c=duckdb.connect({str(locked / 'keyrack.duckdb')!r}); print('held', flush=True); time.sleep(60)",
+        ],
         stdout=subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert held.stdout is not None and held.stdout.readline().strip() == b"held"
         line = serve_fails(tmp_path, "--port", "0", data_dir=str(locked))

@@ -57,9 +57,7 @@ def test_compose_wiring() -> None:
     assert "http://127.0.0.1:8080/healthz" in checks[0][3]
 
 
-@pytest.mark.parametrize(
-    "command", [dockerfile_cmd(), *compose_lists("command")], ids=lambda c: " ".join(c[1:3])
-)
+@pytest.mark.parametrize("command", [dockerfile_cmd(), *compose_lists("command")], ids=lambda c: " ".join(c[1:3]))
 def test_image_commands_are_real_keyrack_subcommands(command: list[str]) -> None:
     assert command[0] == "keyrack"
     # `--help` after the options: click rejects an unknown subcommand or option before printing help.

@@ -92,10 +92,11 @@ def test_non_thinking_model_and_thinking_budget(base):
     assert u.thoughts_token_count is None
     assert u.total_token_count == u.prompt_token_count + u.candidates_token_count
     cfg = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=0))
-    assert client.models.generate_content(model=FLASH, contents="hi", config=cfg).usage_metadata \
-        .thoughts_token_count is None
-    cfg = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=20,
-                                                                           include_thoughts=True))
+    assert (
+        client.models.generate_content(model=FLASH, contents="hi", config=cfg).usage_metadata.thoughts_token_count
+        is None
+    )
+    cfg = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=20, include_thoughts=True))
     r = client.models.generate_content(model="gemini-2.5-pro", contents="hi", config=cfg)
     assert r.usage_metadata.thoughts_token_count == 20
     assert r.candidates[0].content.parts[0].thought is True
@@ -125,8 +126,12 @@ def test_stream_sse_via_sdk(base):
 
 
 def test_stream_sse_wire_format(base):
-    with HTTP.stream("POST", f"{base}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse", json=HELLO,
-                      headers={"x-goog-api-key": "k1"}) as r:
+    with HTTP.stream(
+        "POST",
+        f"{base}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse",
+        json=HELLO,
+        headers={"x-goog-api-key": "k1"},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
         raw = r.read().decode()
@@ -139,8 +144,9 @@ def test_stream_sse_wire_format(base):
 
 
 def test_stream_json_array_without_alt(base):
-    with HTTP.stream("POST", f"{base}/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO,
-                      headers={"x-goog-api-key": "k1"}) as r:
+    with HTTP.stream(
+        "POST", f"{base}/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO, headers={"x-goog-api-key": "k1"}
+    ) as r:
         assert r.headers["content-type"].startswith("application/json")
         pieces = list(r.iter_raw())
     body = b"".join(pieces).decode()
@@ -167,24 +173,34 @@ def test_embed_single_and_batch(base):
     one = client.models.embed_content(model="gemini-embedding-001", contents="hello world")
     assert len(one.embeddings) == 1 and len(one.embeddings[0].values) == 3072
     cfg = types.EmbedContentConfig(output_dimensionality=256)
-    many = client.models.embed_content(model="gemini-embedding-001", contents=["hello world", "other"],
-                                       config=cfg)
+    many = client.models.embed_content(model="gemini-embedding-001", contents=["hello world", "other"], config=cfg)
     a, b = (e.values for e in many.embeddings)
     assert len(a) == len(b) == 256
     assert a == one.embeddings[0].values[:256] and a != b
     small = client.models.embed_content(model="text-embedding-004", contents="x")
     assert len(small.embeddings[0].values) == 768
-    r = post(base, "/v1beta/models/text-embedding-004:embedContent",
-             {"model": "models/text-embedding-004", "content": {"parts": [{"text": "x"}]}})
+    r = post(
+        base,
+        "/v1beta/models/text-embedding-004:embedContent",
+        {"model": "models/text-embedding-004", "content": {"parts": [{"text": "x"}]}},
+    )
     assert r.status_code == 200 and r.json()["embedding"]["values"] == small.embeddings[0].values
 
 
 def test_models_list_get_and_pagination(base):
     client = gemini(base)
     names = [m.name for m in client.models.list()]
-    assert {f"models/{m}" for m in ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
-                                    "gemini-2.0-flash", "gemini-embedding-001", "text-embedding-004")} \
-        <= set(names)
+    assert {
+        f"models/{m}"
+        for m in (
+            "gemini-2.5-flash",
+            "gemini-2.5-pro",
+            "gemini-2.5-flash-lite",
+            "gemini-2.0-flash",
+            "gemini-embedding-001",
+            "text-embedding-004",
+        )
+    } <= set(names)
     m = client.models.get(model="gemini-2.5-pro")
     assert m.display_name == "Gemini 2.5 Pro" and m.input_token_limit == 1048576 and m.thinking is True
     assert "generateContent" in m.supported_actions
@@ -216,14 +232,18 @@ def test_openai_chat_and_stream(base):
     text = r.choices[0].message.content
     assert text and r.choices[0].message.role == "assistant"
     assert r.usage.total_tokens > r.usage.prompt_tokens + r.usage.completion_tokens  # thoughts included
-    chunks = list(client.chat.completions.create(
-        model=FLASH, messages=[{"role": "user", "content": "Hi there"}], stream=True))
+    chunks = list(
+        client.chat.completions.create(model=FLASH, messages=[{"role": "user", "content": "Hi there"}], stream=True)
+    )
     assert len(chunks) >= 2 and all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content for c in chunks) == text
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.total_tokens == r.usage.total_tokens
     assert all(c.choices[0].finish_reason is None and c.usage is None for c in chunks[:-1])
-    raw = HTTP.post(f"{base}/v1beta/openai/chat/completions", headers={"authorization": "Bearer k1"},
-                     json={"model": FLASH, "messages": [{"role": "user", "content": "x"}], "stream": True})
+    raw = HTTP.post(
+        f"{base}/v1beta/openai/chat/completions",
+        headers={"authorization": "Bearer k1"},
+        json={"model": FLASH, "messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
     assert raw.text.endswith("data: [DONE]\n\n")
 
 
@@ -255,13 +275,18 @@ def test_per_minute_429_shape_and_project_sharing(base):
     assert r.text.startswith('{\n  "error": {\n    "code": 429,')  # pretty-printed like Google
     body = r.json()
     assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
-    assert re.search(r"\* Quota exceeded for metric: generativelanguage\.googleapis\.com/generate_content_free"
-                     r"_tier_requests, limit: 2, model: gemini-2\.5-flash\nPlease retry in \d+\.\d+s\.$",
-                     body["error"]["message"])
+    assert re.search(
+        r"\* Quota exceeded for metric: generativelanguage\.googleapis\.com/generate_content_free"
+        r"_tier_requests, limit: 2, model: gemini-2\.5-flash\nPlease retry in \d+\.\d+s\.$",
+        body["error"]["message"],
+    )
     violation = quota_detail(body, "QuotaFailure")["violations"][0]
-    assert violation == {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                         "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-                         "quotaDimensions": {"location": "global", "model": FLASH}, "quotaValue": "2"}
+    assert violation == {
+        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        "quotaDimensions": {"location": "global", "model": FLASH},
+        "quotaValue": "2",
+    }
     delay = quota_detail(body, "RetryInfo")["retryDelay"]
     assert re.fullmatch(r"\d+s", delay) and 55 <= int(delay[:-1]) <= 60
     assert quota_detail(body, "Help")["links"][0]["url"].startswith("https://ai.google.dev/")
@@ -276,8 +301,7 @@ def test_per_minute_429_shape_and_project_sharing(base):
 
 
 def test_per_day_and_per_model_limits(base):
-    configure(base, {**BASE_SCENARIO, "limits": {"default": {"rpm": 100, "rpd": 2},
-                                                  "gemini-2.5-pro": {"rpd": 1}}})
+    configure(base, {**BASE_SCENARIO, "limits": {"default": {"rpm": 100, "rpd": 2}, "gemini-2.5-pro": {"rpd": 1}}})
     for _ in range(2):
         assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO).status_code == 200
     r = post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO)
@@ -337,8 +361,10 @@ def test_unknown_model_404(base):
     with pytest.raises(errors.ClientError) as e:
         gemini(base).models.generate_content(model="gemini-1.5-flash", contents="hi")
     assert e.value.code == 404 and e.value.status == "NOT_FOUND"
-    assert e.value.message.startswith("models/gemini-1.5-flash is not found for API version v1beta, or is "
-                                      "not supported for generateContent. Call ListModels")
+    assert e.value.message.startswith(
+        "models/gemini-1.5-flash is not found for API version v1beta, or is "
+        "not supported for generateContent. Call ListModels"
+    )
 
 
 def test_bad_bodies_400(base):
@@ -389,8 +415,10 @@ def test_midstream_error(base):
     assert 1 <= len(got) <= 2 and e.value.code == 503
     assert all(c.candidates[0].finish_reason is None for c in got)
     raw = post(base, f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse", HELLO).text
-    assert raw.endswith('\r\n\r\n{\n  "error": {\n    "code": 503,\n    "message": "The model is overloaded. '
-                        'Please try again later.",\n    "status": "UNAVAILABLE"\n  }\n}\n')
+    assert raw.endswith(
+        '\r\n\r\n{\n  "error": {\n    "code": 503,\n    "message": "The model is overloaded. '
+        'Please try again later.",\n    "status": "UNAVAILABLE"\n  }\n}\n'
+    )
     arr = post(base, f"/v1beta/models/{FLASH}:streamGenerateContent", HELLO).text
     assert json.loads(arr)[-1]["error"]["code"] == 503
     assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO).status_code == 500
@@ -412,7 +440,7 @@ def test_latency_ttft_and_pacing(base):
     assert time.monotonic() - t0 >= 0.06
     t0 = time.monotonic()
     chunks = list(gemini(base).models.generate_content_stream(model=FLASH, contents="hi"))
-    paced = (chunks[-1].usage_metadata.candidates_token_count - chunks[0].usage_metadata.candidates_token_count)
+    paced = chunks[-1].usage_metadata.candidates_token_count - chunks[0].usage_metadata.candidates_token_count
     assert time.monotonic() - t0 >= 0.12 + paced / 1000 * 0.9
 
 
@@ -434,8 +462,12 @@ def test_scenario_files_and_validation(base):
     sc = Scenario.from_file(SCENARIOS / "free_tier.json")
     assert sc.projects == PROJECTS and sc.limits_for("gemini-2.5-pro") == {"rpm": 5, "rpd": 100, "tpm": 250000}
     assert Scenario.from_file(SCENARIOS / "flaky.json").error_rates["reset"] == 0.02
-    for bad in ({"nope": 1}, {"error_rates": {"503": 2}}, {"limits": {"default": {"rph": 1}}},
-                {"projects": {"a": ["k"], "b": ["k"]}}):
+    for bad in (
+        {"nope": 1},
+        {"error_rates": {"503": 2}},
+        {"limits": {"default": {"rph": 1}}},
+        {"projects": {"a": ["k"], "b": ["k"]}},
+    ):
         with pytest.raises(ValueError):
             Scenario.from_dict(bad)
     r = HTTP.post(f"{base}/_fake/scenario", json={"bogus": True})

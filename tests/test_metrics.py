@@ -28,9 +28,10 @@ def scrape(proxy: Proxy) -> dict[str, Any]:
 def sample(families: dict[str, Any], family: str, name: str | None = None, **labels: str) -> float:
     fam = families[family]
     return sum(
-        s.value for s in fam.samples
+        s.value
+        for s in fam.samples
         if (name is None or s.name == name) and all(s.labels.get(k) == v for k, v in labels.items())
-    )  # fmt: skip
+    )
 
 
 def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]) -> None:
@@ -51,10 +52,16 @@ def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], sta
         assert chat.status_code == 200
         for _ in range(5):  # rpm 1 per project on this model: 429s, then the pool refuses
             client.post("/v1beta/models/gemini-2.0-flash:generateContent", json=BODY)
-        assert client.post("/v1beta/models/gemini-2.5-flash-lite:generateContent", json=BODY,
-                           headers={"x-goog-api-key": "wrong"}).status_code == 401  # fmt: skip
+        assert (
+            client.post(
+                "/v1beta/models/gemini-2.5-flash-lite:generateContent", json=BODY, headers={"x-goog-api-key": "wrong"}
+            ).status_code
+            == 401
+        )
         assert client.post("/v1beta/models/x%20y:generateContent", json=BODY).status_code == 400
-        pasted_key = "AIzaSy" + "K" * 33  # a key pasted where the model goes: upstream says 404, /metrics never shows it
+        pasted_key = (
+            "AIzaSy" + "K" * 33
+        )  # a key pasted where the model goes: upstream says 404, /metrics never shows it
         assert client.post(f"/v1beta/models/{pasted_key}:generateContent", json=BODY).status_code == 404
     proxy.flush()
     after = scrape(proxy)
@@ -79,7 +86,9 @@ def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], sta
     assert delta(hist, f"{hist}_count", surface="openai") == 1
     assert delta(hist, f"{hist}_count", surface="gemini") >= 13
     buckets = [s for s in after[hist].samples if s.name == f"{hist}_bucket" and s.labels["surface"] == "gemini"]
-    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == sample(after, hist, f"{hist}_count", surface="gemini")
+    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == sample(
+        after, hist, f"{hist}_count", surface="gemini"
+    )
     assert all(a.value <= b.value for a, b in itertools.pairwise(buckets))
     assert delta("keyrack_stream_first_byte_seconds", "keyrack_stream_first_byte_seconds_count", surface="gemini") == 1
 
@@ -121,8 +130,13 @@ def format_line(record_logger: str, level: int, msg: str, *args: Any, **extra: A
 
 
 def test_log_lines_are_one_line_key_value_and_scrub_secrets() -> None:
-    line = format_line("keyrack.pool", logging.WARNING, "key_status", event="key_status",
-                       fields={"key_id": "k_1", "detail": 'bad "key"\nnext', "n": 3, "on": True})  # fmt: skip
+    line = format_line(
+        "keyrack.pool",
+        logging.WARNING,
+        "key_status",
+        event="key_status",
+        fields={"key_id": "k_1", "detail": 'bad "key"\nnext', "n": 3, "on": True},
+    )
     assert "\n" not in line
     assert line.split(" ", 1)[1] == (
         'level=WARNING logger=keyrack.pool event=key_status key_id=k_1 detail="bad \\"key\\"\\nnext" n=3 on=true'
@@ -147,7 +161,7 @@ def test_log_lines_are_one_line_key_value_and_scrub_secrets() -> None:
 
         record = logging.LogRecord("keyrack", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     line = logs.KeyValueFormatter().format(record)
-    assert "\n" not in line and "exc=\"Traceback" in line and secret not in line
+    assert "\n" not in line and 'exc="Traceback' in line and secret not in line
 
 
 def test_key_status_changes_and_config_changes_are_logged(
@@ -158,8 +172,11 @@ def test_key_status_changes_and_config_changes_are_logged(
     gw = proxy.gateway
     caplog.set_level(logging.INFO, logger="keyrack")
     for _ in range(2):
-        httpx.post(f"{proxy.url}/v1beta/models/gemini-2.5-flash:generateContent", json=BODY,
-                   headers={"x-goog-api-key": CLIENT_TOKEN})  # fmt: skip
+        httpx.post(
+            f"{proxy.url}/v1beta/models/gemini-2.5-flash:generateContent",
+            json=BODY,
+            headers={"x-goog-api-key": CLIENT_TOKEN},
+        )
     bad = next(k for k in gw.pool.keys.values() if k.secret == "key-bad-1")
     changes = [r for r in caplog.records if getattr(r, "event", None) == "key_status"]
     assert len(changes) == 1, "an invalid key is logged once, when it changes status"
@@ -167,8 +184,9 @@ def test_key_status_changes_and_config_changes_are_logged(
     gw.pool.enable(bad)
     gw.pool.disable(bad)
     assert [r.fields["to"] for r in caplog.records if getattr(r, "event", None) == "key_status"][1:] == [  # type: ignore[attr-defined]
-        "active", "disabled"
-    ]  # fmt: skip
+        "active",
+        "disabled",
+    ]
 
     asyncio.run_coroutine_threadsafe(
         gw.update_config({"log_level": "DEBUG", "access_tokens": [CLIENT_TOKEN, "second-token-123"]}), gw.loop

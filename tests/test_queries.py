@@ -27,10 +27,20 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 def event(ts: datetime, i: int = 0, **kw: Any) -> RequestEvent:
     fields: dict[str, Any] = {
-        "ts": ts, "request_id": f"r{i}-{ts.isoformat()}", "client_id": None, "surface": "gemini",
-        "operation": "generateContent", "model": "gemini-2.5-flash", "stream": False, "status": 200,
-        "outcome": "success", "key_id": "k_1", "project": "p1", "latency_ms": 100.0, "total_tokens": 10,
-    }  # fmt: skip
+        "ts": ts,
+        "request_id": f"r{i}-{ts.isoformat()}",
+        "client_id": None,
+        "surface": "gemini",
+        "operation": "generateContent",
+        "model": "gemini-2.5-flash",
+        "stream": False,
+        "status": 200,
+        "outcome": "success",
+        "key_id": "k_1",
+        "project": "p1",
+        "latency_ms": 100.0,
+        "total_tokens": 10,
+    }
     fields.update(kw)
     return RequestEvent(**fields)
 
@@ -127,13 +137,18 @@ def test_rollup_and_raw_agree_everywhere(db: DB) -> None:
     base = datetime(2026, 10, 20)
     events = [
         event(
-            base + timedelta(seconds=rnd.randrange(40 * 86400), microseconds=rnd.randrange(10**6)), i,
-            model=rnd.choice(["a", "b", None]), status=rnd.choice([200, 200, 429, 503]),
-            outcome=rnd.choice(["success", "success", "exhausted"]), key_id=f"k{rnd.randrange(6)}",
-            project=rnd.choice(["p1", "p2", None]), latency_ms=rnd.uniform(0, 8000), total_tokens=rnd.randrange(500),
+            base + timedelta(seconds=rnd.randrange(40 * 86400), microseconds=rnd.randrange(10**6)),
+            i,
+            model=rnd.choice(["a", "b", None]),
+            status=rnd.choice([200, 200, 429, 503]),
+            outcome=rnd.choice(["success", "success", "exhausted"]),
+            key_id=f"k{rnd.randrange(6)}",
+            project=rnd.choice(["p1", "p2", None]),
+            latency_ms=rnd.uniform(0, 8000),
+            total_tokens=rnd.randrange(500),
         )
         for i in range(3000)
-    ]  # fmt: skip
+    ]
     db.add(*events[:1500], compact=True)
     db.add(*events[1500:])  # partial rows, not compacted: readers sum them
     # Every granularity and grouping in a DST zone (the range spans New York's fall-back), plus the half- and
@@ -265,8 +280,11 @@ def test_export_writes_parquet_atomically_without_secrets(db: DB, tmp_path: Path
     result = snapshot.export(db.store.cursor(), out)
     assert result.rows == {"requests": 2, "attempts": 0, "keys": 1, "error_logs": 0}
     assert sorted(p.name for p in out.iterdir()) == [
-        "attempts.parquet", "error_logs.parquet", "keys.parquet", "requests.parquet",
-    ]  # fmt: skip
+        "attempts.parquet",
+        "error_logs.parquet",
+        "keys.parquet",
+        "requests.parquet",
+    ]
     keys = duckdb.sql(f"SELECT * FROM '{out / 'keys.parquet'}'")
     assert "secret" not in keys.columns
     assert b"very-secret" not in (out / "keys.parquet").read_bytes()

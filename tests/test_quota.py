@@ -181,8 +181,13 @@ def test_message_only_body_keeps_numbers_but_kind_unknown() -> None:
 
 
 def test_2024_style_body_is_unknown() -> None:
-    old = {"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
-                     "status": "RESOURCE_EXHAUSTED"}}
+    old = {
+        "error": {
+            "code": 429,
+            "message": "Resource has been exhausted (e.g. check quota).",
+            "status": "RESOURCE_EXHAUSTED",
+        }
+    }
     assert parse_rate_limit(old) == QuotaViolation("unknown", None, None, None, None)
     assert parse_rate_limit([old]) == QuotaViolation("unknown", None, None, None, None)
 
@@ -190,8 +195,19 @@ def test_2024_style_body_is_unknown() -> None:
 @pytest.mark.parametrize(
     "garbage",
     [
-        None, b"", "", "not json", b"\xff\xfe\x00", "null", "42", "[]", "{}", "[1, 2]", '{"error": "boom"}',
-        {"error": {"details": "x", "message": 5}}, {"error": {"details": [1, None, {"@type": 5}, {}]}},
+        None,
+        b"",
+        "",
+        "not json",
+        b"\xff\xfe\x00",
+        "null",
+        "42",
+        "[]",
+        "{}",
+        "[1, 2]",
+        '{"error": "boom"}',
+        {"error": {"details": "x", "message": 5}},
+        {"error": {"details": [1, None, {"@type": 5}, {}]}},
         {"error": {"details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": 3}]}},
         "[" * 100_000,  # deep nesting: json raises RecursionError
         "<html><body>502 Bad Gateway</body></html>",
@@ -209,6 +225,7 @@ def test_parse_does_not_mutate_input() -> None:
 
 # --------------------------------------------------------------------------------------------------------
 # The Pacific quota day
+
 
 def test_pacific_day_boundaries() -> None:
     # PDT (UTC-7) in June: the Pacific day changes at 07:00 UTC, not at 00:00 UTC.
@@ -356,6 +373,7 @@ def test_out_of_order_records_are_still_counted() -> None:
 
 # --------------------------------------------------------------------------------------------------------
 # limits_for
+
 
 def test_limits_for_builtin_and_prefixes() -> None:
     flash = DEFAULT_LIMITS["gemini-2.5-flash"]
@@ -555,8 +573,13 @@ def test_usage_report() -> None:
     t.record("p", "m", T0 + 1)
     t.add_tokens("p", "m", T0 + 1, 150)
     assert t.usage("p", "m", T0 + 2) == {
-        "rpm_used": 2, "rpm_limit": 10, "rpd_used": 2, "rpd_limit": 100,
-        "tpm_used": 250, "tpm_limit": 1000, "headroom": pytest.approx(0.75),
+        "rpm_used": 2,
+        "rpm_limit": 10,
+        "rpd_used": 2,
+        "rpd_limit": 100,
+        "tpm_used": 250,
+        "tpm_limit": 1000,
+        "headroom": pytest.approx(0.75),
     }
     assert t.usage("nobody", "m", T0)["rpm_used"] == 0
     assert ("nobody", "m") not in t._entries  # reads do not allocate

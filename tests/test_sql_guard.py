@@ -118,10 +118,14 @@ def test_rejections_are_precise(store: Store, sql: str, why: str) -> None:
 def test_import_database_is_refused_before_duckdb_parses_it(store: Store, tmp_path: Path) -> None:
     # DuckDB's parser reads files for IMPORT DATABASE: the guard must refuse before parsing.
     (tmp_path / "schema.sql").write_text("CREATE TABLE pwned (x INT);")
-    for sql in (f"IMPORT DATABASE '{tmp_path}'", f"SELECT 1; IMPORT DATABASE '{tmp_path}'",
-                f"/* c */ import /* x */ database '{tmp_path}'", f"PRAGMA import_database('{tmp_path}')",
-                f"SELECT xe'\\'; IMPORT/**/DATABASE '{tmp_path}'; --'",
-                f"SELECT 1; CALL import_database('{tmp_path}')"):  # fmt: skip
+    for sql in (
+        f"IMPORT DATABASE '{tmp_path}'",
+        f"SELECT 1; IMPORT DATABASE '{tmp_path}'",
+        f"/* c */ import /* x */ database '{tmp_path}'",
+        f"PRAGMA import_database('{tmp_path}')",
+        f"SELECT xe'\\'; IMPORT/**/DATABASE '{tmp_path}'; --'",
+        f"SELECT 1; CALL import_database('{tmp_path}')",
+    ):
         assert "IMPORT is not allowed" in rejected(store, sql), sql
     # Without the belt, the statement heads still stop it before DuckDB parses anything.
     assert sql_guard.statement_heads("SELECT xe'\\'; IMPORT/**/DATABASE 'x'; --'") == ["select", "import"]

@@ -17,11 +17,18 @@ if cfg:
 
     bar = st.columns([2, 1, 1, 1], vertical_alignment="center")
     bar[0].markdown(f"**:orange[{t('config.unsaved', n=n)}]**" if n else t("config.no_changes"))
-    if bar[1].button(t("config.save"), type="primary", icon=":material/save:", key="cfg_save_btn",
-                     disabled=not patch or bool(local_errors), width="stretch"):  # fmt: skip
+    if bar[1].button(
+        t("config.save"),
+        type="primary",
+        icon=":material/save:",
+        key="cfg_save_btn",
+        disabled=not patch or bool(local_errors),
+        width="stretch",
+    ):
         cf.save(fields, values)
-    if bar[2].button(t("config.discard"), icon=":material/undo:", key="cfg_discard_btn", disabled=not n,
-                     width="stretch"):  # fmt: skip
+    if bar[2].button(
+        t("config.discard"), icon=":material/undo:", key="cfg_discard_btn", disabled=not n, width="stretch"
+    ):
         cf.clear_widgets()
         st.rerun()
     if bar[3].button(t("config.reset"), icon=":material/restart_alt:", key="cfg_reset_btn", width="stretch"):

@@ -20,24 +20,40 @@ result = ui.safe("errors", page=page, page_size=size, **ep.query_args(flt))
 items = result.items if result is not None else None
 
 if items is not None and not items.empty:
-    st.dataframe(ep.table_frame(items), key="tbl_errors", on_select="rerun", selection_mode="multi-row",
-                 hide_index=True, column_config=ep.column_config(), width="stretch")  # fmt: skip
+    st.dataframe(
+        ep.table_frame(items),
+        key="tbl_errors",
+        on_select="rerun",
+        selection_mode="multi-row",
+        hide_index=True,
+        column_config=ep.column_config(),
+        width="stretch",
+    )
     rows = [r for r in ui.selected_rows("tbl_errors") if r < len(items)]
     ids = [str(items.iloc[r]["id"]) for r in rows]
     c1, c2, c3, c4 = st.columns(4)
     if c1.button(t("errors.details"), icon=":material/info:", key="err_details", disabled=len(ids) != 1):
         ui.open_dialog("error_detail", id=ids[0])
         st.rerun()
-    if c2.button(t("errors.delete_selected", n=len(ids)), icon=":material/delete:", key="err_delete_selected",
-                 disabled=not ids):  # fmt: skip
+    if c2.button(
+        t("errors.delete_selected", n=len(ids)), icon=":material/delete:", key="err_delete_selected", disabled=not ids
+    ):
         ui.ask_confirm("delete", t("errors.confirm_selected", n=len(ids)), ids=ids)
         st.rerun()
-    if c3.button(t("errors.delete_matching", n=ui.fmt_int(total)), icon=":material/delete_sweep:",
-                 key="err_delete_matching"):  # fmt: skip
+    if c3.button(
+        t("errors.delete_matching", n=ui.fmt_int(total)), icon=":material/delete_sweep:", key="err_delete_matching"
+    ):
         ui.ask_confirm("delete", t("errors.confirm_matching", n=ui.fmt_int(total)), filter=flt)
         st.rerun()
-    c4.download_button(t("common.download_csv"), ep.csv_maker(ui.client(), flt), file_name="keyrack-errors.csv",
-                       mime="text/csv", icon=":material/download:", key="err_csv", on_click="ignore")  # fmt: skip
+    c4.download_button(
+        t("common.download_csv"),
+        ep.csv_maker(ui.client(), flt),
+        file_name="keyrack-errors.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="err_csv",
+        on_click="ignore",
+    )
 elif items is not None:
     st.info(t("common.none"))
 

@@ -24,8 +24,13 @@ ui.page_header("sql.title")
 st.caption(t("sql.intro"))
 editor, schema = st.columns([3, 1])
 with editor:
-    st.selectbox(t("sql.examples"), ["", *EXAMPLES], key="sql_example", on_change=_use_example,
-                 format_func=lambda k: t(k) if k else t("sql.pick_example"))  # fmt: skip
+    st.selectbox(
+        t("sql.examples"),
+        ["", *EXAMPLES],
+        key="sql_example",
+        on_change=_use_example,
+        format_func=lambda k: t(k) if k else t("sql.pick_example"),
+    )
     sql = st.text_area(t("sql.editor"), key="sql_text", height=220)
     run = st.button(t("sql.run"), type="primary", icon=":material/play_arrow:", key="sql_run")
 with schema:
@@ -58,8 +63,21 @@ if st.session_state.get("sql_result"):
         st.warning(t("sql.truncated"))
     st.dataframe(sql_tools.displayable(result.frame), hide_index=True, width="stretch", key="sql_table")
     c1, c2, _ = st.columns([1, 1, 4])
-    c1.download_button(t("common.download_csv"), lambda: sql_tools.to_csv(result.frame), file_name="keyrack-query.csv",
-                       mime="text/csv", icon=":material/download:", key="sql_csv", on_click="ignore")  # fmt: skip
-    c2.download_button(t("common.download_parquet"), lambda: sql_tools.to_parquet(result.frame),
-                       file_name="keyrack-query.parquet", mime="application/vnd.apache.parquet",
-                       icon=":material/download:", key="sql_parquet", on_click="ignore")  # fmt: skip
+    c1.download_button(
+        t("common.download_csv"),
+        lambda: sql_tools.to_csv(result.frame),
+        file_name="keyrack-query.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="sql_csv",
+        on_click="ignore",
+    )
+    c2.download_button(
+        t("common.download_parquet"),
+        lambda: sql_tools.to_parquet(result.frame),
+        file_name="keyrack-query.parquet",
+        mime="application/vnd.apache.parquet",
+        icon=":material/download:",
+        key="sql_parquet",
+        on_click="ignore",
+    )

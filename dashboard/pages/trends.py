@@ -11,16 +11,26 @@ ui.require_login()
 
 ui.page_header("trends.title")
 c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
-granularity = c1.segmented_control(
-    t("trends.granularity"), trends_data.GRANULARITIES, format_func=lambda g: t(f"gran.{g}"),
-    default="hour", key="granularity",
-) or "hour"  # fmt: skip
+granularity = (
+    c1.segmented_control(
+        t("trends.granularity"),
+        trends_data.GRANULARITIES,
+        format_func=lambda g: t(f"gran.{g}"),
+        default="hour",
+        key="granularity",
+    )
+    or "hour"
+)
 today = ui.today()
-picked = c2.date_input(t("common.date_range"), value=(today - timedelta(days=6), today), key="trends_range",
-                       max_value=today, format="YYYY-MM-DD")  # fmt: skip
+picked = c2.date_input(
+    t("common.date_range"),
+    value=(today - timedelta(days=6), today),
+    key="trends_range",
+    max_value=today,
+    format="YYYY-MM-DD",
+)
 start, end = ui.date_range(picked, (today - timedelta(days=6), today))
-dim = c3.selectbox(t("trends.breakdown"), trends_data.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"),
-                   key="breakdown")  # fmt: skip
+dim = c3.selectbox(t("trends.breakdown"), trends_data.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key="breakdown")
 
 start, note = trends_data.clamp(granularity, start, end)
 if note:
@@ -50,5 +60,6 @@ elif series is not None:
         col.subheader(t(f"trends.top_{which}s"))
         top = ui.safe("top", which, lo, hi, 10)
         if top is not None:
-            col.dataframe(trends_data.top_frame(top), hide_index=True, width="stretch",
-                          column_config=trends_data.top_columns())  # fmt: skip
+            col.dataframe(
+                trends_data.top_frame(top), hide_index=True, width="stretch", column_config=trends_data.top_columns()
+            )

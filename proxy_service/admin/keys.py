@@ -30,8 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyrack.admin")
 STATUSES = ("active", "cooling", "invalid", "disabled")
 ACTIONS = ("verify", "reset", "enable", "disable", "delete")
-SORTS = ("id", "label", "project", "status", "masked", "created_at", "last_used_at", "last_checked_at",
-         "consecutive_failures", "total_failures", "requests", "successes", "last_error")  # fmt: skip
+SORTS = (
+    "id",
+    "label",
+    "project",
+    "status",
+    "masked",
+    "created_at",
+    "last_used_at",
+    "last_checked_at",
+    "consecutive_failures",
+    "total_failures",
+    "requests",
+    "successes",
+    "last_error",
+)
 MAX_BATCH = 10_000
 VERIFY_CONCURRENCY = 8
 _DONE = {"reset": "reset", "enable": "enabled", "disable": "disabled"}
@@ -161,8 +174,13 @@ async def _act(gw: Gateway, key: Key, action: str) -> dict[str, Any]:
     """Apply one action; returns {"id", "ok", "message", ...}. Does not persist."""
     if action == "verify":
         result = await gw.verify(key)
-        return {"id": key.id, "ok": bool(result["ok"]), "message": result["message"],
-                "status": result.get("status"), "latency_ms": round(result.get("latency_ms") or 0, 1)}  # fmt: skip
+        return {
+            "id": key.id,
+            "ok": bool(result["ok"]),
+            "message": result["message"],
+            "status": result.get("status"),
+            "latency_ms": round(result.get("latency_ms") or 0, 1),
+        }
     if action == "delete":
         gw.pool.remove(key.id)
         return {"id": key.id, "ok": True, "message": "deleted"}
@@ -233,8 +251,15 @@ async def details(gw: Gateway, request: Request) -> Response:
     for r in recent:  # the request's own id is enough to find it; the error text is capped
         if r.get("error_message"):
             r["error_message"] = r["error_message"][:500]
-    return ok({"key": view, "usage_by_model": usage, "recent_calls": recent, "cooldowns": view["cooling"],
-               "headroom": headroom})  # fmt: skip
+    return ok(
+        {
+            "key": view,
+            "usage_by_model": usage,
+            "recent_calls": recent,
+            "cooldowns": view["cooling"],
+            "headroom": headroom,
+        }
+    )
 
 
 async def reveal(gw: Gateway, request: Request) -> Response:
@@ -254,9 +279,10 @@ async def reveal(gw: Gateway, request: Request) -> Response:
     )
     log.warning("admin revealed the secret of key %s to %s", key.id, client)
     return Response(
-        ok({"id": key.id, "secret": key.secret}).body, media_type="application/json",
+        ok({"id": key.id, "secret": key.secret}).body,
+        media_type="application/json",
         headers={"cache-control": "no-store"},
-    )  # fmt: skip
+    )
 
 
 ROUTES: list[tuple[str, list[str], Any]] = [

@@ -37,13 +37,24 @@ async def run_query(gw: Gateway, request: Request) -> Response:
             raise ApiError(400, f"query failed: {exc}", "sql") from None
     table = result.table
     if fmt == "arrow":
-        headers = {"x-keyrack-truncated": "true" if result.truncated else "false",
-                   "x-keyrack-rows": str(table.num_rows), "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}"}  # fmt: skip
+        headers = {
+            "x-keyrack-truncated": "true" if result.truncated else "false",
+            "x-keyrack-rows": str(table.num_rows),
+            "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}",
+        }
         return arrow_response(table, headers)
     columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
     rows = [list(r.values()) for r in table.to_pylist()]
-    return ok({"columns": columns, "rows": rows, "truncated": result.truncated, "row_count": table.num_rows,
-               "row_cap": cfg.query_row_cap, "elapsed_ms": round(result.elapsed_ms, 1)})  # fmt: skip
+    return ok(
+        {
+            "columns": columns,
+            "rows": rows,
+            "truncated": result.truncated,
+            "row_count": table.num_rows,
+            "row_cap": cfg.query_row_cap,
+            "elapsed_ms": round(result.elapsed_ms, 1),
+        }
+    )
 
 
 async def schema(gw: Gateway, _request: Request) -> Response:

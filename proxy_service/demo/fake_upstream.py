@@ -54,12 +54,64 @@ from starlette.routing import Route
 _GEN = ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]
 _SAMPLING = {"temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2}
 _MODELS: dict[str, dict[str, Any]] = {
-    "gemini-2.5-flash": {"version": "001", "displayName": "Gemini 2.5 Flash", "description": "Stable version of Gemini 2.5 Flash, our mid-size multimodal model that supports up to 1 million tokens, released in June of 2025.", "inputTokenLimit": 1048576, "outputTokenLimit": 65536, "supportedGenerationMethods": _GEN, **_SAMPLING, "thinking": True},
-    "gemini-2.5-pro": {"version": "2.5", "displayName": "Gemini 2.5 Pro", "description": "Stable release (June 17th, 2025) of Gemini 2.5 Pro", "inputTokenLimit": 1048576, "outputTokenLimit": 65536, "supportedGenerationMethods": _GEN, **_SAMPLING, "thinking": True},
-    "gemini-2.5-flash-lite": {"version": "001", "displayName": "Gemini 2.5 Flash-Lite", "description": "Stable version of Gemini 2.5 Flash-Lite, released in July of 2025", "inputTokenLimit": 1048576, "outputTokenLimit": 65536, "supportedGenerationMethods": _GEN, **_SAMPLING, "thinking": True},
-    "gemini-2.0-flash": {"version": "2.0", "displayName": "Gemini 2.0 Flash", "description": "Gemini 2.0 Flash", "inputTokenLimit": 1048576, "outputTokenLimit": 8192, "supportedGenerationMethods": _GEN, "temperature": 1, "topP": 0.95, "topK": 40, "maxTemperature": 2},
-    "gemini-embedding-001": {"version": "001", "displayName": "Gemini Embedding 001", "description": "Obtain a distributed representation of a text.", "inputTokenLimit": 2048, "outputTokenLimit": 1, "supportedGenerationMethods": ["embedContent", "countTextTokens", "countTokens", "asyncBatchEmbedContent"]},
-    "text-embedding-004": {"version": "004", "displayName": "Text Embedding 004", "description": "Obtain a distributed representation of a text.", "inputTokenLimit": 2048, "outputTokenLimit": 1, "supportedGenerationMethods": ["embedContent"]},
+    "gemini-2.5-flash": {
+        "version": "001",
+        "displayName": "Gemini 2.5 Flash",
+        "description": "Stable version of Gemini 2.5 Flash, our mid-size multimodal model that supports up to 1 million tokens, released in June of 2025.",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": _GEN,
+        **_SAMPLING,
+        "thinking": True,
+    },
+    "gemini-2.5-pro": {
+        "version": "2.5",
+        "displayName": "Gemini 2.5 Pro",
+        "description": "Stable release (June 17th, 2025) of Gemini 2.5 Pro",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": _GEN,
+        **_SAMPLING,
+        "thinking": True,
+    },
+    "gemini-2.5-flash-lite": {
+        "version": "001",
+        "displayName": "Gemini 2.5 Flash-Lite",
+        "description": "Stable version of Gemini 2.5 Flash-Lite, released in July of 2025",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": _GEN,
+        **_SAMPLING,
+        "thinking": True,
+    },
+    "gemini-2.0-flash": {
+        "version": "2.0",
+        "displayName": "Gemini 2.0 Flash",
+        "description": "Gemini 2.0 Flash",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": _GEN,
+        "temperature": 1,
+        "topP": 0.95,
+        "topK": 40,
+        "maxTemperature": 2,
+    },
+    "gemini-embedding-001": {
+        "version": "001",
+        "displayName": "Gemini Embedding 001",
+        "description": "Obtain a distributed representation of a text.",
+        "inputTokenLimit": 2048,
+        "outputTokenLimit": 1,
+        "supportedGenerationMethods": ["embedContent", "countTextTokens", "countTokens", "asyncBatchEmbedContent"],
+    },
+    "text-embedding-004": {
+        "version": "004",
+        "displayName": "Text Embedding 004",
+        "description": "Obtain a distributed representation of a text.",
+        "inputTokenLimit": 2048,
+        "outputTokenLimit": 1,
+        "supportedGenerationMethods": ["embedContent"],
+    },
 }
 for _mid, _m in _MODELS.items():
     _MODELS[_mid] = {"name": f"models/{_mid}", **_m}
@@ -67,8 +119,11 @@ _MODEL_IDS = list(_MODELS)
 _MODEL_JSON = {mid: (json.dumps(m, indent=2) + "\n").encode() for mid, m in _MODELS.items()}
 _EMBED_DIMS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
 # Thinking: (thinks by default, base thought tokens, spread). Pro cannot switch thinking off.
-_THINKING = {"gemini-2.5-pro": (True, 180, 900), "gemini-2.5-flash": (True, 90, 600),
-             "gemini-2.5-flash-lite": (False, 60, 300)}
+_THINKING = {
+    "gemini-2.5-pro": (True, 180, 900),
+    "gemini-2.5-flash": (True, 90, 600),
+    "gemini-2.5-flash-lite": (False, 60, 300),
+}
 _OAI_MODELS = {mid: {"id": f"models/{mid}", "object": "model", "owned_by": "google"} for mid in _MODELS}
 _OAI_MODEL_LIST = json.dumps({"object": "list", "data": list(_OAI_MODELS.values())}).encode()
 
@@ -99,31 +154,58 @@ _EMB_POOL = [f"{_emb_rng.gauss(0.0, 0.018):.9f}" for _ in range(_EMB_N)]
 _EMB_POOL += _EMB_POOL[:3072]
 
 _FAULTS = ("503", "500", "timeout", "reset", "midstream")
-_GENERATE_FIELDS = frozenset({
-    "contents", "systemInstruction", "system_instruction", "tools", "toolConfig", "tool_config",
-    "safetySettings", "safety_settings", "generationConfig", "generation_config", "cachedContent",
-    "cached_content", "serviceTier", "service_tier", "labels", "store", "continuationToken"})
+_GENERATE_FIELDS = frozenset(
+    {
+        "contents",
+        "systemInstruction",
+        "system_instruction",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "safetySettings",
+        "safety_settings",
+        "generationConfig",
+        "generation_config",
+        "cachedContent",
+        "cached_content",
+        "serviceTier",
+        "service_tier",
+        "labels",
+        "store",
+        "continuationToken",
+    }
+)
 _GENERATE_FIELDS_V1 = _GENERATE_FIELDS - {"systemInstruction", "system_instruction"}
-_EMBED_FIELDS = frozenset({"model", "content", "taskType", "task_type", "title", "outputDimensionality",
-                           "output_dimensionality"})
+_EMBED_FIELDS = frozenset(
+    {"model", "content", "taskType", "task_type", "title", "outputDimensionality", "output_dimensionality"}
+)
 _COUNT_FIELDS = frozenset({"contents", "generateContentRequest", "generate_content_request"})
 _QUOTA = {  # kind -> (metric, quotaId)
-    "rpm": ("generativelanguage.googleapis.com/generate_content_free_tier_requests",
-            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"),
-    "tpm": ("generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
-            "GenerateContentInputTokensPerModelPerMinute-FreeTier"),
-    "rpd": ("generativelanguage.googleapis.com/generate_content_free_tier_requests",
-            "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+    "rpm": (
+        "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+        "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+    ),
+    "tpm": (
+        "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+        "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+    ),
+    "rpd": (
+        "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+        "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+    ),
 }
 _PACIFIC = ZoneInfo("America/Los_Angeles")
 _JSON = "application/json; charset=UTF-8"
 _JSON_HEADERS = {"content-type": _JSON}
 _OVERLOADED = "The model is overloaded. Please try again later."
-_INTERNAL_MSG = ("An internal error has occurred. Please retry or report in "
-                 "https://developers.generativeai.google/guide/troubleshooting")
+_INTERNAL_MSG = (
+    "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting"
+)
 
 
 # ---------------------------------------------------------------- scenario
+
 
 @dataclass
 class Scenario:
@@ -194,6 +276,7 @@ class Scenario:
 
 # ---------------------------------------------------------------- small helpers
 
+
 class _Fail(Exception):
     """An upstream error answer: Google's error envelope with HTTP status = error.code."""
 
@@ -217,15 +300,23 @@ class _Reset(Exception):
 def _bad(message: str, violations: list[str] | None = None) -> _Fail:
     details = None
     if violations:
-        details = [{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                    "fieldViolations": [{"description": v} for v in violations]}]
+        details = [
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"description": v} for v in violations],
+            }
+        ]
     return _Fail(400, "INVALID_ARGUMENT", message, details)
 
 
 def _not_found(model: str, version: str, method: str) -> _Fail:
-    return _Fail(404, "NOT_FOUND", f"models/{model} is not found for API version {version}, or is not "
-                 f"supported for {method}. Call ListModels to see the list of available models and their "
-                 "supported methods.")
+    return _Fail(
+        404,
+        "NOT_FOUND",
+        f"models/{model} is not found for API version {version}, or is not "
+        f"supported for {method}. Call ListModels to see the list of available models and their "
+        "supported methods.",
+    )
 
 
 def _tokens(chars: int) -> int:
@@ -277,7 +368,7 @@ def _pacific_day(ts: float) -> tuple[str, float]:
 
 def _embedding_json(text: str, seed: int, dims: int) -> str:
     off = zlib.crc32(text.encode(), seed & 0xFFFFFFFF) % _EMB_N
-    return "[" + ",".join(_EMB_POOL[off:off + dims]) + "]"
+    return "[" + ",".join(_EMB_POOL[off : off + dims]) + "]"
 
 
 @dataclass(slots=True)
@@ -294,9 +385,12 @@ class _Answer:
     def usage(self, chars: int | None = None) -> dict[str, Any]:
         """usageMetadata after `chars` characters of answer (None = all of it)."""
         cand = _tokens(sum(map(len, self.pieces)) if chars is None else chars)
-        u: dict[str, Any] = {"promptTokenCount": self.prompt + self.media, "candidatesTokenCount": cand,
-                             "totalTokenCount": self.prompt + self.media + cand + self.thoughts,
-                             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": self.prompt}]}
+        u: dict[str, Any] = {
+            "promptTokenCount": self.prompt + self.media,
+            "candidatesTokenCount": cand,
+            "totalTokenCount": self.prompt + self.media + cand + self.thoughts,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": self.prompt}],
+        }
         if self.media:
             u["promptTokensDetails"].append({"modality": "IMAGE", "tokenCount": self.media})
         if self.thoughts:
@@ -315,6 +409,7 @@ class _Window:
 
 
 # ---------------------------------------------------------------- the fake
+
 
 class _Fake:
     def __init__(self, scenario: Scenario):
@@ -345,10 +440,16 @@ class _Fake:
         self.accepted: dict[str, Counter[str]] = defaultdict(Counter)
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_status": dict(self.by_status), "by_key": dict(self.by_key),
-                "by_project": dict(self.by_project), "by_operation": dict(self.by_operation),
-                "rate_limited": dict(self.rate_limited), "faults": dict(self.faults),
-                "accepted": {p: dict(c) for p, c in self.accepted.items()}}
+        return {
+            "requests": self.requests,
+            "by_status": dict(self.by_status),
+            "by_key": dict(self.by_key),
+            "by_project": dict(self.by_project),
+            "by_operation": dict(self.by_operation),
+            "rate_limited": dict(self.rate_limited),
+            "faults": dict(self.faults),
+            "accepted": {p: dict(c) for p, c in self.accepted.items()},
+        }
 
     # -- request plumbing
 
@@ -385,16 +486,30 @@ class _Fake:
 
     def _project(self, key: str | None) -> str:
         if key is None:
-            raise _Fail(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without "
-                        "established identity). Please use API Key or other form of API consumer identity "
-                        "to call this API.")
+            raise _Fail(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without "
+                "established identity). Please use API Key or other form of API consumer identity "
+                "to call this API.",
+            )
         project = key if not self.key_project else self.key_project.get(key)
         if project is None or key in self.invalid:
             msg = "API key not valid. Please pass a valid API key."
-            raise _Fail(400, "INVALID_ARGUMENT", msg, [
-                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
-                {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg}])
+            raise _Fail(
+                400,
+                "INVALID_ARGUMENT",
+                msg,
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    },
+                    {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg},
+                ],
+            )
         return project
 
     @staticmethod
@@ -410,8 +525,11 @@ class _Fake:
             msg = 'Invalid JSON payload received. Unknown name "": Root element must be a message.'
             raise _bad(msg, [msg])
         if allowed is not None and not allowed.issuperset(body):
-            msgs = [f'Invalid JSON payload received. Unknown name "{k}": Cannot find field.'
-                    for k in body if k not in allowed]
+            msgs = [
+                f'Invalid JSON payload received. Unknown name "{k}": Cannot find field.'
+                for k in body
+                if k not in allowed
+            ]
             raise _bad("\n".join(msgs), msgs)
         return body
 
@@ -488,19 +606,39 @@ class _Fake:
             self.rate_limited[kind] += 1
             metric, quota_id = _QUOTA[kind]
             lines.append(f"* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}")
-            violations.append({"quotaMetric": metric, "quotaId": quota_id,
-                               "quotaDimensions": {"location": "global", "model": model},
-                               "quotaValue": str(limit)})
-        msg = ("You exceeded your current quota, please check your plan and billing details. For more "
-               "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. "
-               "To monitor your current usage, head to: https://ai.dev/rate-limit. \n"
-               + "\n".join(lines) + f"\nPlease retry in {delay:.9f}s.")
-        return _Fail(429, "RESOURCE_EXHAUSTED", msg, [
-            {"@type": "type.googleapis.com/google.rpc.Help", "links": [
-                {"description": "Learn more about Gemini API quotas",
-                 "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
-            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(-(-delay // 1))}s"}])
+            violations.append(
+                {
+                    "quotaMetric": metric,
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": str(limit),
+                }
+            )
+        msg = (
+            "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. "
+            "To monitor your current usage, head to: https://ai.dev/rate-limit. \n"
+            + "\n".join(lines)
+            + f"\nPlease retry in {delay:.9f}s."
+        )
+        return _Fail(
+            429,
+            "RESOURCE_EXHAUSTED",
+            msg,
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(-(-delay // 1))}s"},
+            ],
+        )
 
     # -- generation
 
@@ -539,8 +677,9 @@ class _Fake:
                     thought_text = _THOUGHT
         return _Answer(pieces, finish, _tokens(len(prompt_text)), media, thoughts, thought_text)
 
-    def _native_chunk(self, ans: _Answer, text: str, first: bool, last: bool, chars: int | None,
-                      rid: str, model: str) -> dict[str, Any]:
+    def _native_chunk(
+        self, ans: _Answer, text: str, first: bool, last: bool, chars: int | None, rid: str, model: str
+    ) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": text}]
         if first and ans.thought_text:
             parts.insert(0, {"text": ans.thought_text, "thought": True})
@@ -548,8 +687,7 @@ class _Fake:
         if last:
             cand["finishReason"] = ans.finish
         cand["index"] = 0
-        return {"candidates": [cand], "usageMetadata": ans.usage(chars), "modelVersion": model,
-                "responseId": rid}
+        return {"candidates": [cand], "usageMetadata": ans.usage(chars), "modelVersion": model, "responseId": rid}
 
     async def _paced(self, frames: list[tuple[str, int]], tail: str | None):
         """Yield (frame, token count) pairs honouring ttft_ms / tokens_per_s, then an optional tail.
@@ -582,8 +720,9 @@ class _Fake:
         rid = _response_id()
         if not stream:
             full = "".join(ans.pieces)
-            return Response(json.dumps(self._native_chunk(ans, full, True, True, None, rid, model)).encode(),
-                            headers=_JSON_HEADERS)
+            return Response(
+                json.dumps(self._native_chunk(ans, full, True, True, None, rid, model)).encode(), headers=_JSON_HEADERS
+            )
         n = min(len(ans.pieces), self.rng.randint(1, 2)) if midstream else len(ans.pieces)
         chunks, chars = [], 0
         for i, piece in enumerate(ans.pieces[:n]):
@@ -604,20 +743,26 @@ class _Fake:
         body = await self._body(request, _COUNT_FIELDS)
         model = self._model(model, version, method, "countTokens")
         inner = body.get("generateContentRequest", body.get("generate_content_request")) or {}
-        texts, media = _prompt(body.get("contents", inner.get("contents", [])),
-                               inner.get("systemInstruction", inner.get("system_instruction")))
+        texts, media = _prompt(
+            body.get("contents", inner.get("contents", [])),
+            inner.get("systemInstruction", inner.get("system_instruction")),
+        )
         await self._fault(False)
         prompt = _tokens(len("\n".join(texts))) if texts else 0
         details = [{"modality": "TEXT", "tokenCount": prompt}]
         if media:
             details.append({"modality": "IMAGE", "tokenCount": media})
-        return Response(json.dumps({"totalTokens": prompt + media, "promptTokensDetails": details}).encode(),
-                        headers=_JSON_HEADERS)
+        return Response(
+            json.dumps({"totalTokens": prompt + media, "promptTokensDetails": details}).encode(), headers=_JSON_HEADERS
+        )
 
     def _embed_one(self, req: dict[str, Any], model: str, where: str) -> tuple[str, int]:
         if not _EMBED_FIELDS.issuperset(req):
-            msgs = [f'Invalid JSON payload received. Unknown name "{k}"{where}: Cannot find field.'
-                    for k in req if k not in _EMBED_FIELDS]
+            msgs = [
+                f'Invalid JSON payload received. Unknown name "{k}"{where}: Cannot find field.'
+                for k in req
+                if k not in _EMBED_FIELDS
+            ]
             raise _bad("\n".join(msgs), msgs)
         content = req.get("content")
         if not content:
@@ -639,8 +784,10 @@ class _Fake:
             reqs = body.get("requests")
             if not isinstance(reqs, list) or not reqs:
                 raise _bad("* BatchEmbedContentsRequest.requests: requests is not specified\n")
-            vecs = [self._embed_one(r if isinstance(r, dict) else {}, model, f" at 'requests[{i}]'")
-                    for i, r in enumerate(reqs)]
+            vecs = [
+                self._embed_one(r if isinstance(r, dict) else {}, model, f" at 'requests[{i}]'")
+                for i, r in enumerate(reqs)
+            ]
         else:
             vecs = [self._embed_one(body, model, "")]
         await self._fault(False)
@@ -662,10 +809,10 @@ class _Fake:
         if q.get("pageToken"):
             try:
                 raw = base64.b64decode(q["pageToken"], validate=True)
-                start = _MODEL_IDS.index(raw[2:2 + raw[1]].decode().removeprefix("models/")) + 1
+                start = _MODEL_IDS.index(raw[2 : 2 + raw[1]].decode().removeprefix("models/")) + 1
             except (ValueError, IndexError):
                 raise _bad("Invalid page token.") from None
-        page = _MODEL_IDS[start:start + size]
+        page = _MODEL_IDS[start : start + size]
         out: dict[str, Any] = {"models": [_MODELS[m] for m in page]}
         if start + size < len(_MODEL_IDS):
             name = f"models/{page[-1]}".encode()
@@ -703,20 +850,42 @@ class _Fake:
         rid, created = _response_id(), int(time.time())
         finish = "length" if ans.finish == "MAX_TOKENS" else "stop"
         u = ans.usage()
-        usage = {"prompt_tokens": u["promptTokenCount"], "completion_tokens": u["candidatesTokenCount"],
-                 "total_tokens": u["totalTokenCount"]}
+        usage = {
+            "prompt_tokens": u["promptTokenCount"],
+            "completion_tokens": u["candidatesTokenCount"],
+            "total_tokens": u["totalTokenCount"],
+        }
         if not stream:
-            return Response(json.dumps({
-                "choices": [{"finish_reason": finish, "index": 0,
-                             "message": {"content": "".join(ans.pieces), "role": "assistant"}}],
-                "created": created, "id": rid, "model": model, "object": "chat.completion",
-                "usage": usage}).encode(), headers=_JSON_HEADERS)
+            return Response(
+                json.dumps(
+                    {
+                        "choices": [
+                            {
+                                "finish_reason": finish,
+                                "index": 0,
+                                "message": {"content": "".join(ans.pieces), "role": "assistant"},
+                            }
+                        ],
+                        "created": created,
+                        "id": rid,
+                        "model": model,
+                        "object": "chat.completion",
+                        "usage": usage,
+                    }
+                ).encode(),
+                headers=_JSON_HEADERS,
+            )
         n = min(len(ans.pieces), self.rng.randint(1, 2)) if midstream else len(ans.pieces)
         frames = []
         for i, piece in enumerate(ans.pieces[:n]):
             choice: dict[str, Any] = {"delta": {"content": piece, "role": "assistant"}, "index": 0}
-            chunk: dict[str, Any] = {"choices": [choice], "created": created, "id": rid, "model": model,
-                                     "object": "chat.completion.chunk"}
+            chunk: dict[str, Any] = {
+                "choices": [choice],
+                "created": created,
+                "id": rid,
+                "model": model,
+                "object": "chat.completion.chunk",
+            }
             if i == len(ans.pieces) - 1 and not midstream:
                 choice["finish_reason"] = finish
                 chunk["usage"] = usage
@@ -733,14 +902,18 @@ class _Fake:
         if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
             raise _bad("* BatchEmbedContentsRequest.requests: input must be a string or a list of strings\n")
         dims = body.get("dimensions") or _EMBED_DIMS[model]
-        vecs = [self._embed_one({"content": {"parts": [{"text": t}]}, "outputDimensionality": dims}, model, "")
-                for t in inputs]
+        vecs = [
+            self._embed_one({"content": {"parts": [{"text": t}]}, "outputDimensionality": dims}, model, "")
+            for t in inputs
+        ]
         await self._fault(False)
         tokens = sum(t for _, t in vecs)
         self._admit(project, model, tokens)
         data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{v}}}' for i, (v, _) in enumerate(vecs))
-        text = (f'{{"object":"list","data":[{data}],"model":"{model}",'
-                f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}')
+        text = (
+            f'{{"object":"list","data":[{data}],"model":"{model}",'
+            f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}'
+        )
         return Response(text.encode(), headers=_JSON_HEADERS)
 
     async def oai_models(self, request: Request, project: str, model: str | None):
@@ -768,8 +941,13 @@ def _abort_connection(request: Request) -> None:
 # ---------------------------------------------------------------- app
 
 _VERSIONS = frozenset({"v1beta", "v1", "v1alpha"})
-_NATIVE_OPS = {"generateContent": "generate", "streamGenerateContent": "generate", "countTokens": "count_tokens",
-               "embedContent": "embed", "batchEmbedContents": "embed"}
+_NATIVE_OPS = {
+    "generateContent": "generate",
+    "streamGenerateContent": "generate",
+    "countTokens": "count_tokens",
+    "embedContent": "embed",
+    "batchEmbedContents": "embed",
+}
 
 
 def create_app(scenario: Scenario | dict | None = None) -> Starlette:
@@ -803,8 +981,7 @@ def create_app(scenario: Scenario | dict | None = None) -> Starlette:
 
     async def oai_models(request: Request) -> Response:
         model = request.path_params.get("model")
-        return await fake.serve(request, True, "models" if model is None else "models.retrieve",
-                                fake.oai_models, model)
+        return await fake.serve(request, True, "models" if model is None else "models.retrieve", fake.oai_models, model)
 
     async def stats(request: Request) -> Response:
         return Response(json.dumps(fake.stats(), indent=2).encode(), headers=_JSON_HEADERS)
@@ -821,17 +998,19 @@ def create_app(scenario: Scenario | dict | None = None) -> Starlette:
                 return Response(json.dumps({"error": str(e)}).encode(), 400, headers=_JSON_HEADERS)
         return Response(json.dumps(fake.sc.to_dict(), indent=2).encode(), headers=_JSON_HEADERS)
 
-    app = Starlette(routes=[  # hot routes first: Starlette tries them in order
-        Route("/{version}/models/{target:path}", native, methods=["GET", "POST"]),
-        Route("/{version}/models", native, methods=["GET"]),
-        Route("/v1beta/openai/chat/completions", chat, methods=["POST"]),
-        Route("/v1beta/openai/embeddings", embeddings, methods=["POST"]),
-        Route("/v1beta/openai/models", oai_models, methods=["GET"]),
-        Route("/v1beta/openai/models/{model:path}", oai_models, methods=["GET"]),
-        Route("/_fake/stats", stats, methods=["GET"]),
-        Route("/_fake/reset", reset, methods=["POST"]),
-        Route("/_fake/scenario", scenario_endpoint, methods=["GET", "POST"]),
-    ])
+    app = Starlette(
+        routes=[  # hot routes first: Starlette tries them in order
+            Route("/{version}/models/{target:path}", native, methods=["GET", "POST"]),
+            Route("/{version}/models", native, methods=["GET"]),
+            Route("/v1beta/openai/chat/completions", chat, methods=["POST"]),
+            Route("/v1beta/openai/embeddings", embeddings, methods=["POST"]),
+            Route("/v1beta/openai/models", oai_models, methods=["GET"]),
+            Route("/v1beta/openai/models/{model:path}", oai_models, methods=["GET"]),
+            Route("/_fake/stats", stats, methods=["GET"]),
+            Route("/_fake/reset", reset, methods=["POST"]),
+            Route("/_fake/scenario", scenario_endpoint, methods=["GET", "POST"]),
+        ]
+    )
     app.state.fake = fake
     return app
 

@@ -26,7 +26,12 @@ from typing import Any
 
 import httpx
 
-MODELS: dict[str, float] = {"gemini-2.5-flash": 5, "gemini-2.5-flash-lite": 4, "gemini-2.0-flash": 2, "gemini-2.5-pro": 1}
+MODELS: dict[str, float] = {
+    "gemini-2.5-flash": 5,
+    "gemini-2.5-flash-lite": 4,
+    "gemini-2.0-flash": 2,
+    "gemini-2.5-pro": 1,
+}
 EMBED_MODEL = "gemini-embedding-001"
 # kind -> weight (relative). Bad requests are a few percent, as in real life.
 MIX: dict[str, float] = {

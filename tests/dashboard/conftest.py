@@ -78,17 +78,38 @@ def seed_events(gw: Gateway, n: int = 400, days: int = 3, rng: random.Random | N
         ok = outcome == "success"
         gw.writer.record(
             RequestEvent(
-                ts=ts, request_id=rid, client_id="test", surface="gemini", operation="generateContent",
-                model=model, stream=False, status=status, outcome=outcome, attempts=1, key_id=kid, project=project,
-                latency_ms=rng.uniform(80, 2500), ttfb_ms=rng.uniform(50, 400), prompt_tokens=prompt,
-                output_tokens=output if ok else 0, total_tokens=prompt + (output if ok else 0), request_bytes=300,
-                response_bytes=900, error_status=None if ok else "UNAVAILABLE",
+                ts=ts,
+                request_id=rid,
+                client_id="test",
+                surface="gemini",
+                operation="generateContent",
+                model=model,
+                stream=False,
+                status=status,
+                outcome=outcome,
+                attempts=1,
+                key_id=kid,
+                project=project,
+                latency_ms=rng.uniform(80, 2500),
+                ttfb_ms=rng.uniform(50, 400),
+                prompt_tokens=prompt,
+                output_tokens=output if ok else 0,
+                total_tokens=prompt + (output if ok else 0),
+                request_bytes=300,
+                response_bytes=900,
+                error_status=None if ok else "UNAVAILABLE",
                 error_message=None if ok else "The model is overloaded.",
             )
         )
         gw.writer.record(
             AttemptEvent(
-                ts=ts, request_id=rid, attempt=1, key_id=kid, project=project, model=model, upstream_status=status,
+                ts=ts,
+                request_id=rid,
+                attempt=1,
+                key_id=kid,
+                project=project,
+                model=model,
+                upstream_status=status,
                 outcome="ok" if ok else ("rate_limited" if status == 429 else "server_error"),
                 latency_ms=rng.uniform(80, 2500),
                 quota_id="GenerateRequestsPerMinutePerProjectPerModel-FreeTier" if status == 429 else None,
@@ -97,13 +118,20 @@ def seed_events(gw: Gateway, n: int = 400, days: int = 3, rng: random.Random | N
         if not ok:
             gw.writer.record(
                 ErrorEvent(
-                    id=uuid.uuid4().hex[:16], ts=ts, request_id=rid, key_id=kid, model=model, status=status,
+                    id=uuid.uuid4().hex[:16],
+                    ts=ts,
+                    request_id=rid,
+                    key_id=kid,
+                    model=model,
+                    status=status,
                     error_type="rate_limited" if status == 429 else "upstream_error",
                     message=f"synthetic failure {i}: {'quota exceeded' if status == 429 else 'model overloaded'}",
-                    upstream_body=json.dumps({"error": {"code": status, "message": "synthetic", "status": "UNAVAILABLE"}}),
+                    upstream_body=json.dumps(
+                        {"error": {"code": status, "message": "synthetic", "status": "UNAVAILABLE"}}
+                    ),
                     stack_trace="Traceback (most recent call last):\n  synthetic frame" if i % 7 == 0 else None,
                 )
-            )  # fmt: skip
+            )
     gw.writer.flush()
 
 
@@ -113,9 +141,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with contextlib.ExitStack() as es:
         upstream_url = es.enter_context(serve(create_fake(SCENARIO)))
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, data_dir=data_dir, upstream_url=upstream_url, admin_token=ADMIN_TOKEN,
-            api_keys=POOL_KEYS, recheck_interval_s=3600,
-        )  # fmt: skip
+            _env_file=None,
+            data_dir=data_dir,
+            upstream_url=upstream_url,
+            admin_token=ADMIN_TOKEN,
+            api_keys=POOL_KEYS,
+            recheck_interval_s=3600,
+        )
         app = create_app(settings)
         url = es.enter_context(serve(app, lifespan="on"))
         http = es.enter_context(httpx.Client(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30))

@@ -98,9 +98,13 @@ def start(args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [*KEYRACK, *args], env=env, cwd=cwd or log_path.parent, stdout=out, stderr=subprocess.STDOUT,
+            [*KEYRACK, *args],
+            env=env,
+            cwd=cwd or log_path.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
     return Proc(proc, log_path)
 
 
@@ -177,9 +181,14 @@ def dump_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         out: dict[str, list[tuple[Any, ...]]] = {}
         for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
-            cols = [c for (c,) in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [table]).fetchall() if not (table == "keys" and c == "secret")]  # fmt: skip
+            cols = [
+                c
+                for (c,) in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                    [table],
+                ).fetchall()
+                if not (table == "keys" and c == "secret")
+            ]
             columns = ", ".join(f'"{c}"' for c in cols)
             out[table] = con.execute(f'SELECT {columns} FROM "{table}"').fetchall()
         return out

@@ -28,7 +28,13 @@ INVALID = [demo_key("soak-revoked-1"), demo_key("soak-revoked-2")]
 UPSTREAM_KEYS = [k for keys in PROJECTS.values() for k in keys] + INVALID
 NORMAL_FAULTS = {"503": 0.04, "500": 0.02, "timeout": 0.015, "reset": 0.03, "midstream": 0.05}
 BURST_FAULTS = {"503": 0.6, "reset": 0.05, "midstream": 0.05}
-LIMITED_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-embedding-001")
+LIMITED_MODELS = (
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-2.5-pro",
+    "gemini-2.0-flash",
+    "gemini-embedding-001",
+)
 
 
 def scenario(faults: dict[str, float]) -> dict[str, Any]:
@@ -100,12 +106,20 @@ def leaky_requests(proxy_url: str) -> list[httpx.Response]:
     with httpx.Client(base_url=proxy_url, timeout=30) as c:
         # An upstream key inside a failing request's body (request bodies are logged: log_request_bodies=true).
         body = {"contents": [{"parts": [{"text": f"my key is {key}"}]}], "bogusField": key}
-        out.append(c.post("/v1beta/models/gemini-2.5-flash:generateContent", json=body,
-                          headers={"x-goog-api-key": CLIENT_TOKEN}))  # fmt: skip
+        out.append(
+            c.post(
+                "/v1beta/models/gemini-2.5-flash:generateContent", json=body, headers={"x-goog-api-key": CLIENT_TOKEN}
+            )
+        )
         out.append(c.post("/v1beta/models/gemini-2.5-flash:generateContent", json=body, params={"key": CLIENT_TOKEN}))
         # A wrong token that is almost the real one, and an upstream key used as a client token.
-        out.append(c.post("/v1beta/models/gemini-2.5-flash:generateContent", json=body,
-                          headers={"x-goog-api-key": CLIENT_TOKEN + "x"}))  # fmt: skip
+        out.append(
+            c.post(
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                json=body,
+                headers={"x-goog-api-key": CLIENT_TOKEN + "x"},
+            )
+        )
         out.append(c.get("/v1beta/models", headers={"x-goog-api-key": key}))
         # The admin API with the right and a wrong token, and a Parquet export.
         admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -131,8 +145,10 @@ def run_soak(tmp: Path, duration: float, workers: int = 12, rss_every: float = 5
                 while not stop.wait(rss_every):
                     rss.append((time.monotonic() - started, proc.rss_mb()))
 
-            helpers = [threading.Thread(target=burst_503s, args=(upstream_url, stop), daemon=True),
-                       threading.Thread(target=sample_rss, daemon=True)]  # fmt: skip
+            helpers = [
+                threading.Thread(target=burst_503s, args=(upstream_url, stop), daemon=True),
+                threading.Thread(target=sample_rss, daemon=True),
+            ]
             for t in helpers:
                 t.start()
             outcomes = warmup + asyncio.run(closed_loop(url, CLIENT_TOKEN, duration, workers=workers))
@@ -145,8 +161,9 @@ def run_soak(tmp: Path, duration: float, workers: int = 12, rss_every: float = 5
             stats = httpx.get(f"{upstream_url}/_fake/stats").json()
         finally:
             code = proc.stop()
-    return SoakResult(outcomes, extra, code, rss, tmp / "data" / "keyrack.duckdb", tmp / "data", proc.log(),
-                      elapsed, stats)  # fmt: skip
+    return SoakResult(
+        outcomes, extra, code, rss, tmp / "data" / "keyrack.duckdb", tmp / "data", proc.log(), elapsed, stats
+    )
 
 
 def recording_problems(soak: SoakResult) -> list[str]:

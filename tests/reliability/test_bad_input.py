@@ -20,7 +20,9 @@ BEARER = {"authorization": f"Bearer {CLIENT_TOKEN}"}
 
 
 @pytest.fixture
-def small(start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]) -> Iterator[tuple[Proxy, Upstream]]:
+def small(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
+) -> Iterator[tuple[Proxy, Upstream]]:
     upstream = start_upstream(SCENARIO)
     yield start_proxy(upstream.url, max_body_mb=0.01, log_request_bodies=True), upstream  # a 10 KB body limit
 
@@ -51,26 +53,39 @@ def test_bad_requests_get_precise_errors_in_the_right_shape(small: tuple[Proxy, 
             openai_error(c.post("/v1/chat/completions", json=[1, 2], headers=BEARER), 400, "must be a JSON object"),
             # over the size limit: declared, and streamed without a content-length
             google_error(c.post(GEN, content=b"x" * 50_000, headers=GOOG), 413, "exceeds the 0.01 MB limit"),
-            google_error(
-                c.post(GEN, content=iter([b"y" * 8_000] * 4), headers=GOOG), 413, "exceeds the 0.01 MB limit"
-            ),
+            google_error(c.post(GEN, content=iter([b"y" * 8_000] * 4), headers=GOOG), 413, "exceeds the 0.01 MB limit"),
             openai_error(c.post("/v1/embeddings", content=b"z" * 50_000, headers=BEARER), 413, "0.01 MB"),
             # missing and wrong tokens
             google_error(c.post(GEN, json=BODY), 401, "Missing client token"),
             google_error(c.post(GEN, json=BODY, headers={"x-goog-api-key": "nope-wrong"}), 401, "Invalid client token"),
             openai_error(
-                c.post("/v1/chat/completions", json={"model": "m"}, headers={"authorization": "Bearer x"}), 401, "Invalid"
+                c.post("/v1/chat/completions", json={"model": "m"}, headers={"authorization": "Bearer x"}),
+                401,
+                "Invalid",
             ),
             # invalid model names
-            google_error(c.post("/v1beta/models/bad model!:generateContent", json=BODY, headers=GOOG), 400, "Invalid model name"),
-            google_error(c.post("/v1beta/models/..%2F..%2Fetc:generateContent", json=BODY, headers=GOOG), 400, "Invalid model"),
-            google_error(c.post(f"/v1beta/models/{'m' * 300}:generateContent", json=BODY, headers=GOOG), 400, "Invalid model"),
+            google_error(
+                c.post("/v1beta/models/bad model!:generateContent", json=BODY, headers=GOOG), 400, "Invalid model name"
+            ),
+            google_error(
+                c.post("/v1beta/models/..%2F..%2Fetc:generateContent", json=BODY, headers=GOOG), 400, "Invalid model"
+            ),
+            google_error(
+                c.post(f"/v1beta/models/{'m' * 300}:generateContent", json=BODY, headers=GOOG), 400, "Invalid model"
+            ),
             openai_error(c.post("/v1/chat/completions", json={"messages": []}, headers=BEARER), 400, "'model'"),
-            openai_error(c.post("/v1/chat/completions", json={"model": "a/../b"}, headers=BEARER), 400, "Invalid model"),
-            openai_error(c.post("/v1/chat/completions", json={"model": "gemini-2.5-flash", "stream": "yes"},
-                                headers=BEARER), 400, "'stream'"),
+            openai_error(
+                c.post("/v1/chat/completions", json={"model": "a/../b"}, headers=BEARER), 400, "Invalid model"
+            ),
+            openai_error(
+                c.post("/v1/chat/completions", json={"model": "gemini-2.5-flash", "stream": "yes"}, headers=BEARER),
+                400,
+                "'stream'",
+            ),
             # unknown methods on a model
-            google_error(c.post("/v1beta/models/gemini-2.5-flash:explode", json=BODY, headers=GOOG), 404, "Unknown method"),
+            google_error(
+                c.post("/v1beta/models/gemini-2.5-flash:explode", json=BODY, headers=GOOG), 404, "Unknown method"
+            ),
             google_error(c.get("/v1beta/models/gemini-2.5-flash:generateContent", headers=GOOG), 405, "use POST"),
         ]
     assert len(answers) == 17
@@ -85,9 +100,13 @@ def test_unknown_paths_and_wrong_methods(proxy: Proxy) -> None:
         for path in ("/", "/v2/models", "/v1beta/nothing", "/v1beta/openai/completions", "/admin"):
             google_error(c.get(path), 404, "Unknown path")
         for method, path in (
-            ("DELETE", GEN), ("PUT", "/v1beta/models"), ("GET", "/v1/chat/completions"), ("PATCH", "/v1/embeddings"),
-            ("POST", "/healthz"), ("POST", "/metrics"),
-        ):  # fmt: skip
+            ("DELETE", GEN),
+            ("PUT", "/v1beta/models"),
+            ("GET", "/v1/chat/completions"),
+            ("PATCH", "/v1/embeddings"),
+            ("POST", "/healthz"),
+            ("POST", "/metrics"),
+        ):
             google_error(c.request(method, path, json=BODY), 405, f"Method {method} is not allowed")
 
 
