@@ -31,7 +31,7 @@ from proxy_service.pool import Key, Pool
 from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
-from proxy_service.settings import Config, ConfigError, Settings
+from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.store import Store
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import build_client, client_settings, parse_error
@@ -40,6 +40,7 @@ log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
 RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
+JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
 COMPACT_TICK_S = 60.0
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
@@ -60,13 +61,19 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.db_path)
+        self.loopback = is_loopback(settings.host)  # open mode (no client tokens) is allowed only then
+        self.store = Store(settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads)
         self.writer = EventWriter(self.store)
         self.rollup = Rollup()
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self._setup_storage()
         self._config = self._load_config(settings.config())
         cfg = self._config
+        try:  # the effective config (saved values win over env) must not open a non-loopback proxy
+            check_access(settings.host, cfg)
+        except ConfigError:
+            self.store.close()
+            raise
         self.pool = Pool(
             cfg.strategy,
             default_cooldown_s=cfg.default_cooldown_s,
@@ -104,9 +111,10 @@ class Gateway:
 
         return await asyncio.to_thread(job)
 
-    async def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `fn(cursor)` on the writer thread, after the events queued before it (serialised with the appends)."""
-        return await asyncio.wrap_future(self.writer.submit(fn))
+    async def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float | None = None) -> T:
+        """Run `fn(cursor)` on the writer thread, after the events queued before it (serialised with the appends).
+        Raises WriterUnavailable after a bounded wait (`writer.write_timeout`): an admin answer never hangs."""
+        return await self.writer.run(fn, timeout)
 
     async def export(self) -> snapshot.Export:
         """Parquet snapshots of the tables into `<data dir>/exports`."""
@@ -129,21 +137,25 @@ class Gateway:
             return seed
 
     async def update_config(self, patch: dict[str, Any]) -> Config:
-        """Validate, apply live, persist. Raises ConfigError naming the bad fields."""
+        """Validate, persist, apply live. Raises ConfigError naming the bad fields (an open proxy on a non-loopback
+        bind is one), WriterUnavailable when the change could not be saved (then nothing changed)."""
         new = self._config.updated(patch)
+        check_access(self.settings.host, new)
         changed = {k: v for k, v in new.model_dump().items() if v != getattr(self._config, k)}
-        await self._apply(new)
-        if changed:  # field names only: values may be secrets (access_tokens)
-            logs.event(log, "config_changed", fields=sorted(changed))
         now = datetime.now(UTC).replace(tzinfo=None)
         rows = [(k, json.dumps(v), now) for k, v in changed.items()]
         if rows:
-            self.writer.submit(lambda cur: cur.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", rows))
+            await self.writer.run(lambda cur: cur.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", rows))
+        await self._apply(new)
+        if changed:  # secret values masked as their field metadata says
+            masked = {k: Config.masked_value(k, v) for k, v in sorted(changed.items())}
+            logs.event(log, "config_changed", fields=sorted(changed), **masked)
         return new
 
     async def reset_config(self) -> Config:
-        self.writer.submit(lambda cur: cur.execute("DELETE FROM settings")).result(10)
         new = self.settings.config()
+        check_access(self.settings.host, new)
+        await self.writer.run(lambda cur: cur.execute("DELETE FROM settings"))
         await self._apply(new)
         logs.event(log, "config_reset")
         return new
@@ -288,7 +300,7 @@ class Gateway:
 
     def _start_storage_jobs(self) -> None:
         async def compact() -> None:
-            await self.write(self.rollup.compact)
+            await self.write(self.rollup.compact, JOB_WRITE_TIMEOUT_S)
 
         async def retention() -> None:
             cfg = self._config
@@ -298,7 +310,7 @@ class Gateway:
                 "error_logs": cfg.retention_error_logs_days,
             }
             cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
-            await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup))
+            await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S)
 
         async def periodic_export() -> None:
             if self._config.snapshot_interval_s > 0:
@@ -317,15 +329,22 @@ class Gateway:
             "lag": self.writer.lag_seconds(),
             "written": dict(s.written),
             "failures": s.failures,
+            "dead_letters": s.dead_letters,
+            "writer_alive": self.writer.alive,
             "in_flight": sum(k.in_flight for k in list(self.pool.keys.values())),
-            "ready": self.ready,
+            "ready": self.is_ready(),
             "started_at": self.started_at,
         }
 
+    def is_ready(self) -> bool:
+        """Ready to serve and to record: one answer for /readyz and the keyrack_ready metric."""
+        return self.ready and self.writer.alive
+
     def secrets(self) -> list[str]:
-        """What must never reach a log line (read by the log scrubber when a line is formatted)."""
+        """What `keys.redact` hides (log lines, upstream text): secret settings as their metadata declares, and
+        the pool's keys."""
         keys = [k.secret for k in list(self.pool.keys.values())]
-        return [self.settings.admin_token, *self._config.access_tokens, *keys]
+        return [*self.settings.secret_values(), *self._config.secret_values(), *keys]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -398,7 +417,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "ok", "uptime_s": round(time.time() - gw.started_at, 1)})
 
     async def readyz(_request: Request) -> Response:
-        ok = gw.ready and gw.writer.alive
+        ok = gw.is_ready()
         return JSONResponse({"ready": ok, "keys": gw.pool.counts()}, status_code=200 if ok else 503)
 
     async def prometheus(_request: Request) -> Response:

@@ -3,10 +3,12 @@
 Hierarchy:
     KeyrackError                 an answer Keyrack gives on its own (never an upstream answer: those pass through)
     ├── Unauthorized      401    missing or wrong client/admin token
+    │   └── Forbidden     403    open-localhost mode refuses a request a browser page could have sent
     ├── BadRequest        400    malformed JSON, missing model, bad parameters
     ├── NotFound          404    unknown path or id
     ├── MethodNotAllowed  405
     ├── PayloadTooLarge   413    body over `max_body_mb`
+    ├── UnsupportedMediaType 415 open-localhost mode: a POST without a JSON content type
     ├── PoolExhausted     429    no key can take the call now; carries `retry_after` seconds
     └── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
 
@@ -26,6 +28,7 @@ _GOOGLE_STATUS = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     502: "UNAVAILABLE",
@@ -35,9 +38,11 @@ _GOOGLE_STATUS = {
 _OPENAI_TYPE = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -60,6 +65,13 @@ class Unauthorized(KeyrackError):
     error_type = "unauthorized"
 
 
+class Forbidden(Unauthorized):
+    """A refusal of access (recorded like a missing token): open-localhost mode and a request from a web page."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
 class BadRequest(KeyrackError):
     status_code = 400
     error_type = "bad_request"
@@ -78,6 +90,13 @@ class MethodNotAllowed(KeyrackError):
 class PayloadTooLarge(KeyrackError):
     status_code = 413
     error_type = "payload_too_large"
+
+
+class UnsupportedMediaType(Unauthorized):
+    """Open-localhost mode only takes JSON POSTs: a text/plain or form POST is what a cross-site page can send."""
+
+    status_code = 415
+    error_type = "unsupported_media_type"
 
 
 class PoolExhausted(KeyrackError):

@@ -4,18 +4,26 @@ The request path only builds a small record and puts it on a queue (no I/O). The
 every `flush_interval` seconds or as soon as `batch_rows` records wait, turns each table's records into one Arrow
 table and appends it with a single `INSERT ... BY NAME`. Other database work that must be serialised with the
 appends (key upserts, settings, deletes, retention) is sent to the same thread with `submit()`.
+
+The thread must outlive anything: a batch that cannot be built or appended goes, row by row, to the dead-letter
+file (`dead_letters.jsonl` next to the database, 0600), counted in `stats.dead_letters`; an exception anywhere
+else in the loop is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
@@ -25,6 +33,11 @@ from proxy_service.store import Store
 
 log = logging.getLogger("keyrack.events")
 T = TypeVar("T")
+WRITE_TIMEOUT_S = 15.0  # how long an admin action waits for the writer before answering 503
+
+
+class WriterUnavailable(RuntimeError):
+    """The event writer is not running or did not answer in time (admin answers 503: nothing was confirmed)."""
 
 
 @dataclass(slots=True)
@@ -98,6 +111,7 @@ class WriterStats:
     last_flush_ms: float = 0.0
     last_flush_at: float = 0.0
     failures: int = 0
+    dead_letters: int = 0  # rows written to the dead-letter file instead of their table
 
 
 class _Job:
@@ -123,6 +137,9 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="keyrack-writer", daemon=True)
         self._started = False
         self._wake = threading.Event()  # producers that cannot wait for the flush interval set it
+        self.write_timeout = WRITE_TIMEOUT_S
+        memory = str(store.path) == ":memory:"
+        self.dead_letter_path: Path | None = None if memory else store.path.parent / "dead_letters.jsonl"
         # Called on the writer thread right after a batch is appended: (cursor, table, the Arrow batch). Used to keep
         # derived tables (the stats rollup) exactly in step with the appends. A hook must not raise.
         self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, pa.Table], None]] = []
@@ -149,6 +166,21 @@ class EventWriter:
         self._queue.put(job)
         self._wake.set()
         return job.future
+
+    async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float | None = None) -> T:
+        """`submit(fn)` and await its result, for code on the event loop: never waits forever for a stuck or dead
+        writer (WriterUnavailable). On a timeout the job may still run later; the caller reports it unconfirmed."""
+        if self._started and not self.alive:
+            raise WriterUnavailable("the event writer is not running (see the proxy log); nothing was written")
+        future = asyncio.wrap_future(self.submit(fn))
+        timeout = self.write_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise WriterUnavailable(
+                f"the event writer did not answer within {timeout:g} s (queue depth {self.depth}); "
+                "the change is not confirmed"
+            ) from None
 
     @property
     def alive(self) -> bool:
@@ -198,22 +230,26 @@ class EventWriter:
             if not stopping:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
-            while True:  # drain in queue order (after STOP too: late producers' items are written)
-                try:
-                    item = get()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                elif isinstance(item, _Job):
-                    count = self._flush(cur, pending, count)
-                    self._run_job(cur, item)
-                else:
-                    pending[type(item)].append(item)
-                    count += 1
-                    if count >= self.batch_rows:
+            try:
+                while True:  # drain in queue order (after STOP too: late producers' items are written)
+                    try:
+                        item = get()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                    elif isinstance(item, _Job):
                         count = self._flush(cur, pending, count)
-            count = self._flush(cur, pending, count)
+                        self._run_job(cur, item)
+                    else:
+                        pending[type(item)].append(item)
+                        count += 1
+                        if count >= self.batch_rows:
+                            count = self._flush(cur, pending, count)
+                count = self._flush(cur, pending, count)
+            except Exception:  # never reached by design (each step is guarded): the thread must not die anyway
+                log.exception("event writer loop failed; continuing")
+                count = self._flush(cur, pending, count)
             if stopping:
                 break
         cur.close()
@@ -234,15 +270,17 @@ class EventWriter:
             if not rows:
                 continue
             table = _TABLE_OF[cls]
-            # `batch` is read by DuckDB by name (a replacement scan), then handed to the after-append hooks.
-            batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})
             try:
+                # Built inside the protection: a value Arrow cannot take (an int past 64 bits) fails this batch only.
+                # `batch` is read by DuckDB by name (a replacement scan), then handed to the after-append hooks.
+                batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})
                 cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
                 self.stats.written[table] += len(rows)
             except Exception:
-                # A failed append is counted and logged loudly (metrics expose `failures`), never swallowed.
+                # A failed append is counted, logged loudly and kept in the dead-letter file, never swallowed.
                 self.stats.failures += 1
-                log.exception("event flush failed for %s (%d rows)", table, len(rows))
+                log.exception("event flush failed for %s (%d rows); rows go to the dead-letter file", table, len(rows))
+                self._dead_letter(table, rows)
             else:
                 for hook in self.after_append:
                     try:
@@ -254,3 +292,17 @@ class EventWriter:
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         self.stats.last_flush_at = time.monotonic()
         return 0
+
+    def _dead_letter(self, table: str, rows: list[Any]) -> None:
+        """Append `rows` as JSON lines ({"table": ..., "row": {...}}) to the dead-letter file (created 0600)."""
+        if self.dead_letter_path is None:
+            log.error("no dead-letter file for an in-memory store: %d %s rows lost", len(rows), table)
+            return
+        try:
+            fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps({"table": table, "row": asdict(r)}, default=str, ensure_ascii=False) + "\n")
+            self.stats.dead_letters += len(rows)
+        except Exception:
+            log.exception("could not write %d %s rows to %s", len(rows), table, self.dead_letter_path)

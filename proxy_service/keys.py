@@ -1,18 +1,22 @@
-"""Upstream key text: extraction from pasted text, stable ids, masking.
+"""Upstream key text: extraction from pasted text, stable ids, masking, and redaction of secrets.
 
 A key's id is a short hash of its secret, so the same key always gets the same id and ids can appear in
-events, logs and URLs while the secret never does.
+events, logs and URLs while the secret never does. `redact` is the one place that knows what a secret looks like:
+every boundary where outside text enters Keyrack (upstream error bodies and messages, log lines) goes through it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # Google API keys: "AIza" + 35 characters of [A-Za-z0-9_-] (39 in all).
 GEMINI_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")
 # An explicit line may carry any key-like token (test keys, other providers' formats): no spaces, 8..200 chars.
+# The same shape anywhere in text (a key glued to other characters is still a key to hide).
+GEMINI_KEY_SHAPE_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
 _EXPLICIT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{8,200}$")
 _PROJECT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{1,64}$")
 
@@ -27,6 +31,35 @@ def mask(secret: str) -> str:
     if len(secret) <= 10:
         return secret[:2] + "…" + secret[-2:] if len(secret) > 4 else "…"
     return f"{secret[:4]}…{secret[-4:]}"
+
+
+_MIN_SECRET_LEN = 6  # shorter "secrets" would redact ordinary words
+_secret_sources: list[Callable[[], Iterable[str]]] = []
+
+
+def add_secret_source(source: Callable[[], Iterable[str]]) -> None:
+    """Register a callable returning secrets to redact (read at each `redact`: pool keys, client and admin tokens)."""
+    _secret_sources.append(source)
+
+
+def remove_secret_source(source: Callable[[], Iterable[str]]) -> None:
+    if source in _secret_sources:
+        _secret_sources.remove(source)
+
+
+def redact(text: str) -> str:
+    """`text` with every Gemini-shaped key and every registered secret replaced by its masked form."""
+    if "AIza" in text:
+        text = GEMINI_KEY_SHAPE_RE.sub(lambda m: mask(m.group(0)), text)
+    for source in list(_secret_sources):
+        try:
+            secrets = list(source())
+        except Exception:  # a source reading live state must never break the caller (a log line, an error path)
+            continue
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET_LEN and secret in text:
+                text = text.replace(secret, mask(secret))
+    return text
 
 
 @dataclass(frozen=True)

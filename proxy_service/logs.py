@@ -8,9 +8,9 @@ Lines look like
 come out as `msg="text ..."`. Values with spaces, quotes or newlines are JSON-quoted, so a line is always one line
 (tracebacks too: `exc="Traceback...\\n..."`).
 
-Secrets: messages carry key ids, never keys. As a second line of defence every formatted line is scrubbed of
-Gemini-shaped keys and of every secret a registered source returns (the gateway registers its pool keys, client
-tokens and admin token), so a careless message cannot leak one.
+Secrets: messages carry key ids, never keys. As a second line of defence every formatted line goes through
+`keys.redact` (Gemini-shaped keys and every secret a registered source returns: the gateway registers its pool keys,
+client tokens and admin token), so a careless message cannot leak one.
 """
 
 from __future__ import annotations
@@ -19,42 +19,14 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-_GEMINI_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
+from proxy_service.keys import add_secret_source, redact, remove_secret_source
+
+__all__ = ["add_secret_source", "event", "remove_secret_source", "setup_logging"]
+
 _BARE_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-,%]*$")
-_MIN_SECRET_LEN = 6  # shorter "secrets" would scrub ordinary words
-_sources: list[Callable[[], Iterable[str]]] = []
-
-
-def add_secret_source(source: Callable[[], Iterable[str]]) -> None:
-    """Register a callable returning secrets that must never appear in a log line (read at format time)."""
-    _sources.append(source)
-
-
-def remove_secret_source(source: Callable[[], Iterable[str]]) -> None:
-    if source in _sources:
-        _sources.remove(source)
-
-
-def _mask(secret: str) -> str:
-    return f"{secret[:4]}…{secret[-4:]}" if len(secret) > 10 else "…"
-
-
-def scrub(text: str) -> str:
-    """`text` without Gemini-shaped keys or registered secrets (each replaced by its masked form)."""
-    text = _GEMINI_KEY_RE.sub(lambda m: _mask(m.group(0)), text)
-    for source in list(_sources):
-        try:
-            secrets = list(source())
-        except Exception:  # a source reading live state must never break logging
-            continue
-        for secret in secrets:
-            if secret and len(secret) >= _MIN_SECRET_LEN and secret in text:
-                text = text.replace(secret, _mask(secret))
-    return text
 
 
 def _value(v: Any) -> str:
@@ -81,7 +53,7 @@ class KeyValueFormatter(logging.Formatter):
             parts.append(f"{k}={_value(v)}")
         if record.exc_info:
             parts.append(f"exc={_value(self.formatException(record.exc_info))}")
-        return scrub(" ".join(parts))
+        return redact(" ".join(parts))
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

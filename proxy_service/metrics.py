@@ -3,13 +3,14 @@ describe state (keys by status, queue depth, writer lag) are computed when /metr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from proxy_service.settings import is_model_name
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter(
@@ -40,19 +41,25 @@ FIRST_BYTE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
-_MODEL_RE = re.compile(r"^[A-Za-z0-9.\-_]{1,64}$")
+UNTRUSTED = Counter(
+    "keyrack_untrusted_requests",
+    "Refused calls that carried what anyone can send: unauthenticated, or with a model name that is no model id",
+    ["kind"],
+    registry=REGISTRY,
+)
 MAX_MODEL_LABELS = 100
 _model_labels: set[str] = set()
 
 
 def model_label(model: str | None) -> str:
-    """Model names are chosen by clients: keep plausible ids only, never anything key-shaped (/metrics has no auth),
-    and at most MAX_MODEL_LABELS distinct ones, so random names cannot grow the label set without bound."""
+    """Model names are chosen by clients: keep model ids' shape only (the relay passes "other" for unauthenticated
+    calls), never anything key-shaped (/metrics has no auth), and at most MAX_MODEL_LABELS distinct ones, so random
+    names cannot grow the label set without bound."""
     if not model:
         return "none"
     if model in _model_labels:
         return model
-    if not _MODEL_RE.match(model) or model.startswith("AIza") or len(_model_labels) >= MAX_MODEL_LABELS:
+    if not is_model_name(model) or model.startswith("AIza") or len(_model_labels) >= MAX_MODEL_LABELS:
         return "other"
     _model_labels.add(model)
     return model
@@ -96,6 +103,16 @@ class StateCollector(Collector):
         else:
             yield CounterMetricFamily("keyrack_events_written", "Event rows written since start", value=written)
         yield CounterMetricFamily("keyrack_event_write_failures", "Failed event flushes", value=state["failures"])
+        if "dead_letters" in state:
+            yield CounterMetricFamily(
+                "keyrack_event_dead_letters",
+                "Event rows the writer could not append, kept in the data dir's dead-letter file",
+                value=state["dead_letters"],
+            )
+        if "writer_alive" in state:
+            yield GaugeMetricFamily(
+                "keyrack_event_writer_alive", "1 while the event writer thread runs", value=int(state["writer_alive"])
+            )
         if "in_flight" in state:
             yield GaugeMetricFamily(
                 "keyrack_upstream_in_flight", "Upstream calls in progress", value=state["in_flight"]

@@ -9,14 +9,13 @@ client only when its first upstream chunk has arrived intact; after that it ends
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import aiohttp
 import httpx
@@ -25,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from proxy_service import metrics
 from proxy_service.errors import PoolExhausted, UpstreamUnreachable
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
+from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
 from proxy_service.quota import parse_rate_limit
 from proxy_service.upstream import (
@@ -47,7 +47,7 @@ Surface = Literal["gemini", "openai"]
 AttemptOutcome = Literal[
     "ok", "rate_limited", "invalid_key", "server_error", "timeout", "connection_error", "client_error", "stream_error"
 ]
-_SECRET_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
+T = TypeVar("T")
 _BODY_CAP = 8192
 _PASS_HEADERS = ("content-type",)
 
@@ -56,8 +56,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def redact(text: str) -> str:
-    return _SECRET_RE.sub(lambda m: m.group(0)[:4] + "…" + m.group(0)[-4:], text)
+def redact_body(body: bytes) -> bytes:
+    """An upstream error body as the client may see it: secrets redacted (error answers only, never a stream)."""
+    text = body.decode("utf-8", "replace")
+    clean = redact(text)
+    return body if clean == text else clean.encode()
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Call:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.perf_counter)
     ts: datetime = field(default_factory=utcnow)
+    deadline: float = float("inf")  # event-loop time by which the answer (or a stream's first chunk) must be there
+    junk_model: bool = False  # the client sent a model name that is no model id (dropped: recorded as NULL)
 
     @property
     def quota_model(self) -> str:
@@ -84,6 +89,19 @@ class Call:
         if not self.model:
             return "*"
         return f"{self.model}#count" if self.operation == "countTokens" else self.model
+
+
+class CallDeadline(httpx.TimeoutException):
+    """The call's overall deadline (`call_deadline_s`) passed during an attempt: accounted like a timeout."""
+
+
+async def by_deadline(aw: Awaitable[T], deadline: float) -> T:
+    """`await aw`, cancelled when the call's deadline passes (then CallDeadline)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await aw
+    except TimeoutError:
+        raise CallDeadline("the call deadline (call_deadline_s) passed") from None
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -145,7 +163,9 @@ class Relay:
         if ev.model and "AIza" in ev.model:
             ev.model = redact(ev.model)
         self.writer.record(ev)
-        metrics.observe_request(call.surface, call.model, ev.status, ev.latency_ms, ev.ttfb_ms)
+        # Unauthenticated calls and junk names never claim a metric label (anyone can send them): "other".
+        label = "other" if call.junk_model or (call.client_id is None and ev.model) else ev.model
+        metrics.observe_request(call.surface, label, ev.status, ev.latency_ms, ev.ttfb_ms)
 
     def record_error(
         self, call: Call, key: Key | None, status: int | None, error_type: str, message: str, **extra: str | None
@@ -191,12 +211,20 @@ class Relay:
         """Forward `call`; raises KeyrackError for answers Keyrack gives itself (the surface formats them)."""
         assert self.client is not None
         cfg = self.config()
+        loop = asyncio.get_running_loop()
+        # The whole call, retries included, gets `call_deadline_s` (a hanging upstream would otherwise hold the
+        # client for (max_retries + 1) × request_timeout_s); a stream's deadline ends with its first chunk.
+        call.deadline = loop.time() + cfg.call_deadline_s - (time.perf_counter() - call.started)
+        late = False
         tried: set[str] = set()
         last: tuple[int, bytes, str | None] | None = None  # last upstream error answer: status, body, type
         last_key: Key | None = None
         timed_out = False
         n = 0
         while n <= cfg.max_retries:
+            if n and loop.time() >= call.deadline:
+                late = timed_out = True
+                break
             try:
                 key = self.pool.choose(call.quota_model, tried)
             except PoolExhausted as exc:
@@ -221,7 +249,7 @@ class Relay:
                 headers["x-goog-api-key"] = key.secret
             request = upstream_request(self.client, call.method, call.path, call.query, headers, call.body or None)
             try:
-                resp = await send(self.client, request)
+                resp = await by_deadline(send(self.client, request), call.deadline)
             except httpx.TransportError as exc:
                 timed_out |= self._transport_failed(call, n, key, t0, exc)
                 continue
@@ -238,7 +266,7 @@ class Relay:
                         break
                     continue
                 try:
-                    body = await resp.aread()
+                    body = await by_deadline(resp.aread(), call.deadline)
                 except httpx.HTTPError as exc:
                     timed_out |= self._transport_failed(call, n, key, t0, exc, 200)
                     continue
@@ -252,7 +280,7 @@ class Relay:
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
             try:
-                body = await resp.aread()
+                body = await by_deadline(resp.aread(), call.deadline)
             except httpx.HTTPError as exc:
                 timed_out |= self._transport_failed(call, n, key, t0, exc, resp.status_code)
                 continue
@@ -266,6 +294,8 @@ class Relay:
             msg = (
                 f"Upstream unreachable: {n} attempt(s) failed with {'timeouts' if timed_out else 'connection errors'}."
             )
+            if late or loop.time() >= call.deadline:
+                msg = f"Upstream gave no answer within the call deadline of {cfg.call_deadline_s:g} s ({n} attempt(s))."
             self.record_request(
                 call,
                 {
@@ -359,7 +389,7 @@ class Relay:
             headers.update(PoolExhausted("", wait).headers())
         elif not client_fault:
             headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
-        return Response(body, status, headers=headers)
+        return Response(redact_body(body), status, headers=headers)
 
     async def _first_chunk(
         self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float
@@ -371,7 +401,7 @@ class Relay:
         """
         chunks = resp.aiter_raw()
         try:
-            first = await anext(chunks, b"")
+            first = await by_deadline(anext(chunks, b""), call.deadline)
         except httpx.HTTPError as exc:
             await resp.aclose()
             self._transport_failed(call, n, key, t0, exc, 200)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 from proxy_service.logs import setup_logging
-from proxy_service.settings import is_loopback
+from proxy_service.settings import ConfigError, is_loopback
 from proxy_service.startup import StartupError, bind_socket, check_data_dir, database_error, load_settings
 
 
@@ -14,6 +15,7 @@ def serve_proxy(host: str | None, port: int | None) -> None:
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = load_settings(**overrides)
     setup_logging(settings.log_level)
+    os.umask(0o077)  # the database, its WAL, exports and dead letters hold keys: files 0600, directories 0700
     if not settings.access_tokens and not is_loopback(settings.host):
         raise StartupError(
             f"Refusing to bind {settings.host} without KEYRACK_ACCESS_TOKENS: anyone could spend your keys."
@@ -29,6 +31,9 @@ def serve_proxy(host: str | None, port: int | None) -> None:
     settings.port = sock.getsockname()[1]  # the real port when 0 was asked for (logged at startup)
     try:
         app = create_app(settings)
+    except ConfigError as exc:  # the effective config (saved values included) would open the proxy
+        sock.close()
+        raise StartupError(f"Refusing to start: {exc}") from None
     except (duckdb.Error, OSError) as exc:
         sock.close()
         raise StartupError(database_error(settings.db_path, exc)) from None

@@ -12,18 +12,49 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Strategy = Literal["quota_aware", "round_robin", "least_used"]
+# How a secret setting is hidden: "value" masks the whole value (each item of a list), "url" only the password of
+# a URL (http://user:pass@host → http://user:***@host). Declared once per field, below; config answers, log lines,
+# the redaction of outside text and the dashboard's form all read it from here.
+SecretKind = Literal["value", "url"]
 GOOGLE_URL = "https://generativelanguage.googleapis.com"
+# Model ids as Google spells them (gemini-2.5-flash, after any "models/" prefix); nothing that could climb a path.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
-def _meta(section: str, description: str, secret: bool = False) -> dict[str, Any]:
+def _meta(section: str, description: str, secret: SecretKind | None = None) -> dict[str, Any]:
     return {"section": section, "description": description, "secret": secret}
+
+
+def is_model_name(name: str | None) -> bool:
+    """A known-shape model id (≤ 128 characters): the only model names that reach metric labels and analytics."""
+    return name is not None and MODEL_NAME_RE.match(name) is not None and ".." not in name
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "***"
+    if password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _secret_kind(info: Any) -> SecretKind | None:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    kind = extra.get("secret")
+    return kind if kind in ("value", "url") else None
 
 
 def _split_tokens(value: Any) -> Any:
@@ -40,7 +71,9 @@ class Config(BaseModel):
     # General
     access_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        json_schema_extra=_meta("general", "Client tokens accepted by the proxy (empty: open, localhost only)", True),
+        json_schema_extra=_meta(
+            "general", "Client tokens accepted by the proxy (empty: open, loopback bind only)", "value"
+        ),
     )
     display_timezone: str = Field("UTC", json_schema_extra=_meta("general", "Time zone for dashboard charts"))
     language: Literal["en", "zh"] = Field("en", json_schema_extra=_meta("general", "Dashboard language"))
@@ -48,12 +81,20 @@ class Config(BaseModel):
 
     # Gemini upstream & pool
     upstream_url: str = Field(GOOGLE_URL, json_schema_extra=_meta("upstream", "Gemini API base URL"))
-    outbound_proxy: str = Field("", json_schema_extra=_meta("upstream", "HTTP(S) proxy for upstream calls"))
+    outbound_proxy: str = Field("", json_schema_extra=_meta("upstream", "HTTP(S) proxy for upstream calls", "url"))
     strategy: Strategy = Field("quota_aware", json_schema_extra=_meta("upstream", "Key selection strategy"))
     max_retries: int = Field(3, ge=0, le=20, json_schema_extra=_meta("upstream", "Retries on another key"))
     connect_timeout_s: float = Field(10.0, gt=0, le=300, json_schema_extra=_meta("upstream", "Connect timeout (s)"))
     request_timeout_s: float = Field(
         300.0, gt=0, le=3600, json_schema_extra=_meta("upstream", "Read timeout per upstream attempt (s)")
+    )
+    call_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        json_schema_extra=_meta(
+            "upstream", "Deadline for a whole call, retries included, until its answer (or first stream chunk) (s)"
+        ),
     )
     default_cooldown_s: float = Field(
         60.0, ge=1, le=86400, json_schema_extra=_meta("upstream", "Cooldown after a 429 without details (s)")
@@ -86,6 +127,9 @@ class Config(BaseModel):
     )
     query_timeout_s: float = Field(10.0, gt=0, le=600, json_schema_extra=_meta("logging", "SQL page time limit (s)"))
     query_row_cap: int = Field(100_000, ge=1, le=10_000_000, json_schema_extra=_meta("logging", "SQL page row cap"))
+    query_byte_cap_mb: float = Field(
+        32.0, gt=0, le=1024, json_schema_extra=_meta("logging", "SQL page size cap (MB of answer)")
+    )
 
     _split = field_validator("access_tokens", mode="before")(_split_tokens)
 
@@ -126,12 +170,44 @@ class Config(BaseModel):
                     raise ValueError(f"{model}.{name} must be ≥ 0")
         return v
 
-    def masked(self) -> dict[str, Any]:
-        """Values safe to show: secret fields masked."""
+    @classmethod
+    def secret_fields(cls) -> dict[str, SecretKind]:
+        """Secret settings and how each is hidden, from the field metadata (the one declaration)."""
+        return {name: kind for name, info in cls.model_fields.items() if (kind := _secret_kind(info))}
+
+    @classmethod
+    def masked_value(cls, name: str, value: Any) -> Any:
+        """`value` of setting `name` in a form safe to show or log."""
         from proxy_service.keys import mask
 
-        out = self.model_dump()
-        out["access_tokens"] = [mask(t) for t in self.access_tokens]
+        kind = cls.secret_fields().get(name)
+        if kind is None or not value:
+            return value
+        if kind == "url":
+            return mask_url(value) if isinstance(value, str) else "***"
+        if isinstance(value, list):
+            return [mask(str(v)) for v in value]
+        return mask(str(value))
+
+    def masked(self) -> dict[str, Any]:
+        """Values safe to show: secret fields masked."""
+        return {name: self.masked_value(name, value) for name, value in self.model_dump().items()}
+
+    def secret_values(self) -> list[str]:
+        """Every secret string these settings hold (tokens, URL passwords), for redaction."""
+        out: list[str] = []
+        for name, kind in self.secret_fields().items():
+            value = getattr(self, name, None)
+            if not value:
+                continue
+            if kind == "url":
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                out.extend([password] if password else [])
+            else:
+                out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
         return out
 
     @classmethod
@@ -148,6 +224,7 @@ class Config(BaseModel):
                     "section": extra.get("section"),
                     "description": extra.get("description"),
                     "secret": bool(extra.get("secret")),
+                    "secret_kind": extra.get("secret"),
                     "type": prop.get("type", "object"),
                     "choices": prop.get("enum"),
                     "minimum": prop.get("minimum", prop.get("exclusiveMinimum")),
@@ -192,8 +269,11 @@ class Settings(BaseSettings, Config):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path("./data")
-    api_keys: str = ""
-    admin_token: str = ""
+    api_keys: str = Field("", json_schema_extra={"secret": "value"})
+    admin_token: str = Field("", json_schema_extra={"secret": "value"})
+    # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
+    duckdb_memory_limit: str = "256MB"
+    duckdb_threads: int = Field(2, ge=1, le=64)
 
     def config(self) -> Config:
         return Config.model_validate({k: getattr(self, k) for k in Config.model_fields})
@@ -202,11 +282,34 @@ class Settings(BaseSettings, Config):
     def db_path(self) -> Path:
         return self.data_dir / "keyrack.duckdb"
 
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_limit(cls, v: str) -> str:
+        v = v.strip().replace(" ", "")
+        if not re.fullmatch(r"(?i)\d+(\.\d+)?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", v):
+            raise ValueError("must be a size such as 256MB or 1GB")
+        return v
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
+
+def is_loopback(host: str | None) -> bool:
+    """A loopback name or address (localhost, *.localhost, 127.0.0.0/8, ::1), with or without [brackets]."""
+    if not host:
+        return False
+    host = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_access(host: str, config: Config) -> None:
+    """Fail closed: the effective client-token list may be empty only while the proxy is bound to loopback."""
+    if not config.access_tokens and not is_loopback(host):
+        raise ConfigError(
+            {
+                "access_tokens": f"cannot be empty while the proxy listens on {host} (not loopback): anyone who "
+                "can reach it could spend your keys. Set at least one token, or bind to 127.0.0.1."
+            }
+        )

@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 
 from proxy_service.rollup import TIERS, Rollup
+from proxy_service.store import private_dir, private_file
 
 log = logging.getLogger("keyrack.snapshot")
 
@@ -51,7 +52,7 @@ class Export:
 
 def export(cur: duckdb.DuckDBPyConnection, directory: Path) -> Export:
     """Write the four tables as Parquet files under `directory` (blocking; one export at a time)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # the exports hold what the database holds (keys excepted): 0700 / 0600
     started = time.perf_counter()
     files, rows = {}, {}
     with _export_lock:
@@ -63,6 +64,7 @@ def export(cur: duckdb.DuckDBPyConnection, directory: Path) -> Export:
                 try:
                     result = cur.execute(f"COPY ({select}) TO ? (FORMAT parquet, COMPRESSION zstd)", [str(tmp)])
                     count = result.fetchone()
+                    private_file(tmp)
                     os.replace(tmp, final)
                 except BaseException:
                     tmp.unlink(missing_ok=True)  # the previous snapshot stays in place

@@ -29,8 +29,6 @@ class StartupError(Exception):
 
 
 _CLI_NAMES = {"host": "--host", "port": "--port"}
-# Never echoed back in an error message (a proxy URL may carry a password).
-_SECRET_SETTINGS = frozenset({"api_keys", "access_tokens", "admin_token", "outbound_proxy"})
 
 
 def env_name(field_name: str) -> str:
@@ -44,7 +42,7 @@ def describe_validation(exc: ValidationError, cli: dict[str, str] | None = None)
         name = str(err["loc"][0]) if err["loc"] else "settings"
         where = env_name(name) + (f" / {cli[name]}" if cli and name in cli else "")
         value = err.get("input")
-        hidden = isinstance(value, dict) or name in _SECRET_SETTINGS
+        hidden = isinstance(value, dict) or name in Settings.secret_fields()  # never echo a secret back
         shown = "" if hidden else f" (got {str(value)[:80]!r})"
         lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return "invalid configuration: " + "; ".join(lines)
@@ -61,7 +59,7 @@ def check_data_dir(path: Path) -> None:
     """The data directory must exist (or be creatable), be a directory, and be writable."""
     name = env_name("data_dir")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise StartupError(f"{name}={path}: not a directory (a file is in the way).") from None
     except OSError as exc:

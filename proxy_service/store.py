@@ -6,6 +6,8 @@ all). Writes happen on the event writer's thread; every other thread reads throu
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from pathlib import Path
 
@@ -36,14 +38,37 @@ SCHEMA: dict[str, str] = {
 EVENT_TABLES = ("requests", "attempts", "error_logs")
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` (and parents) with mode 0700, and tighten it to 0700 if it exists and is ours: the data dir
+    holds the upstream keys."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours (a mounted volume): the files inside are still 0600
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+
+
+def private_file(path: Path) -> None:
+    """Mode 0600 for a file Keyrack made (DuckDB creates its files with the process umask, which `keyrack serve`
+    sets to 077; this covers a library caller with a looser umask)."""
+    with contextlib.suppress(OSError):
+        path.chmod(0o600)
+
+
 class Store:
     """Owns the DuckDB connection. Thread-safe through `cursor()`: one cursor per thread and use."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, memory_limit: str | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(path))
+            private_dir(self.path.parent)
+        config: dict[str, str | bool | int | float | list[str]] = {}
+        if memory_limit:  # DuckDB's own caps, so one analytics query cannot take the proxy's memory or cores
+            config["memory_limit"] = memory_limit
+        if threads:
+            config["threads"] = threads
+        self._con = duckdb.connect(str(path), config=config)
+        if str(path) != ":memory:":
+            private_file(self.path)
         self._lock = threading.Lock()
         self._migrate()
 

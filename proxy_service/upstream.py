@@ -15,22 +15,34 @@ from dataclasses import dataclass
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy_service.keys import redact
 from proxy_service.settings import Config
 
 _DECODER = json.JSONDecoder()
 # An error object that is JSON structure, not text inside a string (where quotes are escaped).
 _ERROR_RE = re.compile(rb'(?<!\\)"error"\s*:\s*\{')
 STREAM_TAIL = 16384
+# Token counts land in INTEGER columns and in the quota tracker: anything else an upstream sends (10^30, -1, 1.5,
+# true, "12") is not a count.
+MAX_COUNT = 2**31 - 1
 
 
-def build_client(config: Config) -> httpx.AsyncClient:
+class UpstreamClient(httpx.AsyncClient):
+    """An httpx client that keeps the one transport it was built with, so `send` can call it directly."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, **kwargs: object) -> None:
+        super().__init__(transport=transport, **kwargs)  # type: ignore[arg-type]
+        self.transport = transport
+
+
+def build_client(config: Config) -> UpstreamClient:
     timeout = httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
     transport = AiohttpTransport(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         proxy=httpx.Proxy(config.outbound_proxy) if config.outbound_proxy else None,
         trust_env=False,
     )
-    return httpx.AsyncClient(transport=transport, base_url=config.upstream_url, timeout=timeout)
+    return UpstreamClient(transport, base_url=config.upstream_url, timeout=timeout)
 
 
 _URLS: dict[tuple[object, ...], tuple[httpx.URL, str]] = {}
@@ -74,17 +86,16 @@ def upstream_request(
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """`client.send(request, stream=True)`, straight to the client's transport.
+    """`client.send(request, stream=True)`, straight to the transport the client was built with.
 
     Skips httpx's per-request machinery that Keyrack never uses (auth flow, redirect loop, cookie jar, event
     hooks): ~10 % of the proxy's CPU per request. The answer streams exactly as from `client.send`, and transport
-    failures raise the same httpx exceptions (the aiohttp transport maps them). `_transport_for_url` is httpx's
-    private API: should an upgrade remove it, this falls back to the public `client.send`.
+    failures raise the same httpx exceptions (the aiohttp transport maps them). Only public API: the transport's
+    `handle_async_request`; a client not built by `build_client` goes through `client.send`.
     """
-    pick = getattr(client, "_transport_for_url", None)
-    if pick is None:
-        return await client.send(request, stream=True)
-    return await pick(request.url).handle_async_request(request)
+    if isinstance(client, UpstreamClient):
+        return await client.transport.handle_async_request(request)
+    return await client.send(request, stream=True)
 
 
 def client_settings(config: Config) -> tuple[object, ...]:
@@ -112,13 +123,19 @@ def _object_after(data: bytes, marker: bytes) -> dict[str, object] | None:
     try:
         text = data[brace:].decode("utf-8", "replace")
         obj, _end = _DECODER.raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
 
 def _int(v: object) -> int | None:
-    return v if isinstance(v, int) else None
+    """A token count as the upstream sent it, or None when it is not one (bool is not an int; 0 ≤ n < 2^31)."""
+    return v if type(v) is int and 0 <= v <= MAX_COUNT else None
+
+
+def _status(v: object) -> int | None:
+    """An HTTP status code found in an error body (100..599), or None."""
+    return v if type(v) is int and 100 <= v <= 599 else None
 
 
 def gemini_usage(data: bytes) -> Usage | None:
@@ -167,7 +184,7 @@ def error_object_bytes(data: bytes) -> bytes | None:
     text = data[brace:].decode("utf-8", "replace")
     try:
         _obj, end = _DECODER.raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return text[:end].encode()
 
@@ -183,7 +200,11 @@ def stream_error(data: bytes) -> tuple[int | None, str, str | None] | None:
     if err is None:
         return (None, "stream ended with an unparseable error object", None)
     status = err.get("status")
-    return (_int(err.get("code")), str(err.get("message", "")), status if isinstance(status, str) else None)
+    return (
+        _status(err.get("code")),
+        redact(str(err.get("message", ""))[:2000]),
+        status[:100] if isinstance(status, str) else None,
+    )
 
 
 @dataclass(slots=True)
@@ -197,18 +218,26 @@ class UpstreamError:
 
 
 def parse_error(body: bytes) -> UpstreamError:
+    """What an upstream error body says; its text is redacted here, where it enters Keyrack (an upstream may echo
+    a key), and bounded (it reaches key state, events and logs)."""
     try:
         doc = json.loads(body)
-    except ValueError:
-        return UpstreamError(None, None, body[:300].decode("utf-8", "replace").strip(), None)
+    except (ValueError, RecursionError):
+        return UpstreamError(None, None, redact(body[:300].decode("utf-8", "replace").strip()), None)
     if isinstance(doc, list) and doc:
         doc = doc[0]
     err = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(err, dict):
-        return UpstreamError(None, None, str(doc)[:300], None)
+        return UpstreamError(None, None, redact(str(doc)[:300]), None)
     reason = None
-    for d in err.get("details") or []:
+    details = err.get("details")
+    for d in details if isinstance(details, list) else []:
         if isinstance(d, dict) and d.get("reason"):
-            reason = str(d["reason"])
+            reason = str(d["reason"])[:100]
     status = err.get("status") or err.get("type")
-    return UpstreamError(_int(err.get("code")), str(status) if status else None, str(err.get("message", "")), reason)
+    return UpstreamError(
+        _status(err.get("code")),
+        str(status)[:100] if status else None,
+        redact(str(err.get("message", ""))[:2000]),
+        reason,
+    )

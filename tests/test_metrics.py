@@ -72,8 +72,10 @@ def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], sta
     req = "keyrack_requests_total"
     assert delta("keyrack_requests", req, surface="gemini", model="gemini-2.5-flash-lite", status="200") == 5
     assert delta("keyrack_requests", req, surface="openai", model="gemini-2.5-flash-lite", status="200") == 1
-    assert delta("keyrack_requests", req, surface="gemini", model="gemini-2.5-flash-lite", status="401") == 1
-    assert delta("keyrack_requests", req, surface="gemini", model="other", status="400") == 1  # bounded labels
+    # refused calls never claim a model label (anyone can send them): "other", like invalid names
+    assert delta("keyrack_requests", req, surface="gemini", model="gemini-2.5-flash-lite", status="401") == 0
+    assert delta("keyrack_requests", req, surface="gemini", model="other", status="401") == 1
+    assert delta("keyrack_requests", req, surface="gemini", model="other", status="400") == 1  # invalid name
     assert delta("keyrack_requests", req, surface="gemini", model="other", status="404") == 1
     assert delta("keyrack_requests", req, surface="gemini", model="gemini-2.0-flash", status="429") >= 1
     assert delta("keyrack_upstream_attempts", "keyrack_upstream_attempts_total", outcome="ok") >= 7
@@ -193,7 +195,8 @@ def test_key_status_changes_and_config_changes_are_logged(
     ).result(10)
     assert logging.getLogger("keyrack").level == logging.DEBUG  # applied live
     changed = [r for r in caplog.records if getattr(r, "event", None) == "config_changed"]
-    assert changed and changed[-1].fields == {"fields": ["access_tokens", "log_level"]}  # type: ignore[attr-defined]
+    assert changed and changed[-1].fields["fields"] == ["access_tokens", "log_level"]  # type: ignore[attr-defined]
+    assert changed[-1].fields["log_level"] == "DEBUG"  # type: ignore[attr-defined]  # secret values come masked
     asyncio.run_coroutine_threadsafe(gw.update_config({"log_level": "INFO"}), gw.loop).result(10)
     assert logging.getLogger("keyrack").level == logging.INFO
     text = "\n".join(logs.KeyValueFormatter().format(r) for r in caplog.records)

@@ -24,6 +24,7 @@ import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy_service.events import WriterUnavailable
 from proxy_service.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Resp
         except ConfigError as exc:
             first = next(iter(exc.errors), None)
             return error_response(422, f"invalid configuration: {exc}", first, errors=exc.errors)
+        except WriterUnavailable as exc:
+            return error_response(503, f"not saved: {exc}")
         except Exception as exc:
             log.exception("admin %s %s failed", request.method, request.url.path)
             return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log")

@@ -12,8 +12,18 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.errors import KeyrackError, PayloadTooLarge, Unauthorized, google_body, openai_body
+from proxy_service import metrics
+from proxy_service.errors import (
+    Forbidden,
+    KeyrackError,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    google_body,
+    openai_body,
+)
 from proxy_service.relay import Call, Surface
+from proxy_service.settings import is_loopback, is_model_name
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -23,6 +33,9 @@ Handler = Callable[[Request, "Gateway"], Awaitable[Response]]
 # Hop-by-hop and identity headers are Keyrack's own business; everything else a client sends is dropped too,
 # except what the upstream needs to interpret the request.
 FORWARD_HEADERS = ("content-type", "accept", "user-agent", "x-goog-api-client", "x-server-timeout")
+# Query parameters the Gemini API defines for the routes Keyrack serves (docs/ARCHITECTURE.md, the wire reference):
+# everything else stays here, so no client credential (`key`, `KEY`, `access_token`, ...) is ever forwarded.
+FORWARD_QUERY = frozenset({"alt", "$alt", "pageSize", "pageToken", "filter"})
 
 
 def client_token(request: Request) -> str | None:
@@ -40,10 +53,18 @@ def client_id(token: str | None) -> str | None:
 
 
 def authenticate(request: Request, gw: Gateway) -> str | None:
-    """The client's id, or Unauthorized. With no tokens configured the proxy is open (bound to localhost only)."""
+    """The client's id, or Unauthorized/Forbidden.
+
+    With no tokens configured the proxy is open, which is allowed only while it is bound to loopback (checked at
+    startup and on every config change; checked here again so that a way around those checks still fails closed)
+    and only for local programs: see `check_local_caller`.
+    """
     tokens = gw.config.access_tokens
     token = client_token(request)
     if not tokens:
+        if not gw.loopback:
+            raise Unauthorized("This Keyrack has no client tokens configured and is not bound to loopback: refused.")
+        check_local_caller(request)
         return client_id(token) if token else "anonymous"
     if token is None:
         raise Unauthorized(
@@ -57,6 +78,46 @@ def authenticate(request: Request, gw: Gateway) -> str | None:
     if not ok:
         raise Unauthorized("Invalid client token: it is not one of this Keyrack's access tokens.")
     return client_id(token)
+
+
+def _host_name(value: str) -> str:
+    """The host part of a Host header or of an origin's netloc: strip the port (IPv6 literals keep their [])."""
+    if value.startswith("["):
+        return value[: value.find("]") + 1]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def check_local_caller(request: Request) -> None:
+    """Open-localhost mode: refuse what a web page in a browser could send (cheap header checks only).
+
+    A DNS-rebinding page reaches 127.0.0.1 under its own name (Host), a page elsewhere sends its Origin and
+    `Sec-Fetch-Site: cross-site`, and a cross-site form or `fetch` without a preflight can only POST text/plain,
+    form or multipart bodies, so a JSON content type is required on POST.
+    """
+    headers = request.headers
+    host = headers.get("host", "")
+    if not is_loopback(_host_name(host)):
+        raise Forbidden(
+            f"Host {host[:100]!r} is not a loopback name: this Keyrack has no client tokens and only serves "
+            "programs on this machine (call it as 127.0.0.1 or localhost, or configure access tokens)."
+        )
+    origin = headers.get("origin")
+    if origin is not None:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not is_loopback(_host_name(rest.split("/", 1)[0])):
+            raise Forbidden(
+                f"Origin {origin[:100]!r} is not a loopback origin: web pages may not call a Keyrack that has no "
+                "client tokens."
+            )
+    if headers.get("sec-fetch-site") == "cross-site":
+        raise Forbidden("Cross-site browser requests may not call a Keyrack that has no client tokens.")
+    if request.method == "POST":
+        ctype = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+            raise UnsupportedMediaType(
+                f"Content-Type {ctype or '(none)'!r} refused: send the body as application/json "
+                "(a Keyrack without client tokens takes only JSON POSTs, which a web page cannot send cross-site)."
+            )
 
 
 async def read_body(request: Request, limit_mb: float) -> bytes:
@@ -80,7 +141,7 @@ def forward_headers(request: Request) -> dict[str, str]:
 
 
 def forward_query(request: Request) -> list[tuple[str, str | int | float | bool | None]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+    return [(k, v) for k, v in request.query_params.multi_items() if k in FORWARD_QUERY]
 
 
 def error_response(surface: Surface, exc: KeyrackError, request_id: str | None = None) -> Response:
@@ -129,6 +190,7 @@ async def guarded(
         return await handler(call)
     except KeyrackError as exc:
         if exc.error_type not in ("exhausted", "upstream_unreachable"):  # the relay already recorded those
+            untrusted(call)
             outcome = "unauthorized" if isinstance(exc, Unauthorized) else "client_error"
             gw.relay.record_request(
                 call,
@@ -142,7 +204,21 @@ async def guarded(
         return error_response(surface, exc, call.request_id)
     except Exception as exc:
         log.exception("internal error on %s %s (request %s)", surface, operation, call.request_id)
+        untrusted(call)
         gw.relay.internal_error(call, exc)
         return error_response(
             surface, KeyrackError(f"Keyrack internal error (request {call.request_id})."), call.request_id
         )
+
+
+def untrusted(call: Call) -> None:
+    """A refused call keeps its model name only if it has a model id's shape (≤ 128 characters); counted.
+
+    Anyone can send a refused call, so what it carries must cost little to store and must not reach analytics or
+    metric labels (which stay for authenticated calls: `metrics.observe_request`).
+    """
+    if call.client_id is None:
+        metrics.UNTRUSTED.labels("unauthenticated").inc()
+    if call.model is not None and not is_model_name(call.model):
+        metrics.UNTRUSTED.labels("invalid_model").inc()
+        call.model, call.junk_model = None, True

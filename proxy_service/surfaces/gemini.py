@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from starlette.routing import Route
 
 from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
 from proxy_service.relay import Call
+from proxy_service.settings import is_model_name
 from proxy_service.surfaces.common import forward_headers, forward_query, guarded, read_body
 
 if TYPE_CHECKING:
@@ -24,13 +24,11 @@ METHODS = {
     "embedContent": False,
     "batchEmbedContents": False,
 }
-# Model ids as Google spells them (gemini-2.5-flash, tunedModels are out of scope); nothing that could
-# climb the path (python-genai rejects `..`, `?` and `&` too).
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{0,127}$")
 
 
 def _model(name: str) -> str:
-    if not _MODEL_RE.match(name) or ".." in name:
+    # Model ids as Google spells them (tunedModels are out of scope); nothing that could climb the path.
+    if not is_model_name(name):
         raise BadRequest(f"Invalid model name {name[:80]!r}: expected an id such as gemini-2.5-flash.")
     return name
 
@@ -73,6 +71,8 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
                 json.loads(call.body)
             except ValueError as exc:
                 raise BadRequest(f"Invalid JSON payload received. {exc}.") from None
+            except RecursionError:  # tens of thousands of nested [ or {: the client's fault, not Keyrack's
+                raise BadRequest("Invalid JSON payload received: nested too deeply.") from None
             call.stream = METHODS[method]
         call.path = f"/{version}/models/{rest}"
         call.query = forward_query(request)

@@ -30,6 +30,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # tens of thousands of nested [ or {: the client's fault, not Keyrack's
+        raise BadRequest("Request body is not valid JSON: nested too deeply.") from None
     if not isinstance(doc, dict):
         raise BadRequest("Request body must be a JSON object.")
     return doc
@@ -48,6 +50,8 @@ async def post_endpoint(request: Request, gw: Gateway, resource: str) -> Respons
     async def run(call: Call) -> Response:
         call.body = await read_body(request, gw.config.max_body_mb)
         doc = _json_object(call.body)
+        if isinstance(doc.get("model"), str):  # recorded even when refused (`untrusted` keeps only a model id)
+            call.model = doc["model"].removeprefix("models/")
         call.model = _model_of(doc)
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
