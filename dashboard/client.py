@@ -359,6 +359,17 @@ class AdminClient:
         params.update(_params(**{"from": start, "to": end}))
         return self._table(self._request("GET", "/stats/top", params=params), "rows", "items")
 
+    # -- forecasts -----------------------------------------------------------------------------------------------
+    def forecast_quota(self) -> dict[str, Any]:
+        return self._json("GET", "/forecast/quota")
+
+    def forecast_demand(self, model: str | None = None, horizon_h: int = 24, granularity: str = "hour") -> dict[str, Any]:
+        params = _params(model=model, horizon_h=horizon_h, granularity=granularity)
+        return self._json("GET", "/forecast/demand", params=params, timeout=90.0)  # the first fit after a start
+
+    def forecast_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/forecast/plan", json=body)
+
     # -- SQL -----------------------------------------------------------------------------------------------------
     def query(self, sql: str, *, timeout: float = 120.0) -> QueryResult:
         resp = self._request("POST", "/query", json={"sql": sql, "format": "arrow"}, timeout=timeout)

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from proxy_service import logs, metrics, queries, snapshot
 from proxy_service.admin import api as admin_api
+from proxy_service.admin import forecast as admin_forecast
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
@@ -357,6 +358,7 @@ class Gateway:
         self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
+        admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
         self.ready = True
         self._log_startup()
         try:

@@ -483,3 +483,24 @@ def recent_calls(cur: duckdb.DuckDBPyConnection, key_id: str, limit: int = 20) -
 def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description or []]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# -- forecasts ---------------------------------------------------------------------------------------------------------
+def hourly_calls(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> list[tuple[datetime, str, int]]:
+    """Calls per UTC hour in [lo, hi) per model, and the total as model '' — from the 1-hour rollup only (a forecast
+    over 90 days never scans the raw rows). Hours without calls are absent."""
+    counters = TIERS[3600][0]
+    return [
+        (b, "" if dim == "all" else val, int(n))
+        for b, dim, val, n in cur.execute(
+            f"SELECT bucket, dim, val, sum(calls) FROM {counters} WHERE dim IN ('all', 'model') AND bucket >= ? "
+            "AND bucket < ? GROUP BY ALL ORDER BY 1",
+            [lo, hi],
+        ).fetchall()
+    ]
+
+
+def latest_from_client(cur: duckdb.DuckDBPyConnection, client_id: str) -> datetime | None:
+    """The newest call of `client_id` (the demo's backfilled history is marked with its own client id)."""
+    row = cur.execute("SELECT max(ts) FROM requests WHERE client_id = ?", [client_id]).fetchone()
+    return row[0] if row else None

@@ -690,3 +690,20 @@ class QuotaTracker:
             "tpm_limit": lim.tpm,
             "headroom": self.headroom(scope, model, now),
         }
+
+    # -- read-only views for the forecasts (never on the request path)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (scope, model) the tracker holds state for."""
+        return list(self._entries)
+
+    def limit_source(self, scope: str, model: str, dim: str) -> str | None:
+        """Where the effective `dim` limit ("rpm" | "rpd" | "tpm") of (scope, model) comes from: "learned" (a 429),
+        "configured" (the operator), "builtin" (the free-tier table), or None when no limit is known."""
+        model = _strip_models(model)
+        e = self._entries.get((scope, model))
+        if (e is not None and dim in e.learned) or dim in self._model_learned.get(model, {}):
+            return "learned"
+        if getattr(self._base_limits(model), dim) is None:
+            return None
+        return "configured" if is_configured(model, self._overrides) else "builtin"

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from dashboard import forecast_view, ui
 from dashboard import keys_panel as kp
-from dashboard import ui
 from dashboard.i18n import t
 
 ui.require_login()
@@ -25,6 +25,7 @@ def live_cards() -> None:
 
 
 live_cards()
+forecast_view.soonest_card()  # the Forecast page's headline: which model runs out first today
 st.divider()
 flt = kp.filters(kp.projects())
 kp.batch_summary()
