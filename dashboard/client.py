@@ -363,7 +363,9 @@ class AdminClient:
     def forecast_quota(self) -> dict[str, Any]:
         return self._json("GET", "/forecast/quota")
 
-    def forecast_demand(self, model: str | None = None, horizon_h: int = 24, granularity: str = "hour") -> dict[str, Any]:
+    def forecast_demand(
+        self, model: str | None = None, horizon_h: int = 24, granularity: str = "hour"
+    ) -> dict[str, Any]:
         params = _params(model=model, horizon_h=horizon_h, granularity=granularity)
         return self._json("GET", "/forecast/demand", params=params, timeout=90.0)  # the first fit after a start
 

@@ -45,8 +45,10 @@ def soonest_text(quota: dict[str, Any], zone: ZoneInfo) -> tuple[str, str]:
     soon = quota.get("soonest")
     if not soon:
         return t("forecast.lasts"), t("forecast.card_none")
-    return (clock(soon["exhausts_at"], zone),
-            t("forecast.card_model", model=soon["model"], pt=clock(soon["exhausts_at"], PACIFIC)))
+    return (
+        clock(soon["exhausts_at"], zone),
+        t("forecast.card_model", model=soon["model"], pt=clock(soon["exhausts_at"], PACIFIC)),
+    )
 
 
 def quota_frame(rows: list[dict[str, Any]], zone: ZoneInfo, pool: bool = False) -> pd.DataFrame:
@@ -63,11 +65,13 @@ def quota_frame(rows: list[dict[str, Any]], zone: ZoneInfo, pool: bool = False) 
             t("forecast.col_rpm_headroom"): r.get("rpm_headroom") if r.get("rpm_headroom") is not None else "∞",
         }
         if pool:
-            row = {**row, t("forecast.col_projects"): r["projects"],
-                   t("forecast.col_refused"): r["refused_next_hour"]}
+            row = {**row, t("forecast.col_projects"): r["projects"], t("forecast.col_refused"): r["refused_next_hour"]}
         else:
-            row = {t("forecast.col_project"): who(r), **row,
-                   t("forecast.col_source"): t(f"forecast.source_{r.get('limit_source') or 'none'}")}
+            row = {
+                t("forecast.col_project"): who(r),
+                **row,
+                t("forecast.col_source"): t(f"forecast.source_{r.get('limit_source') or 'none'}"),
+            }
         out.append(row)
     return pd.DataFrame(out)
 
@@ -83,21 +87,42 @@ def timeline(quota: dict[str, Any], zone: ZoneInfo, tz_label: str) -> go.Figure:
         end = parse(it["exhausts_at"], zone) or reset
         assert now is not None and end is not None
         runs_out = it["exhausts_at"] is not None
-        fig.add_trace(go.Bar(
-            y=[f"{it['model']} · {who(it)}"], x=[(end - now).total_seconds() * 1000], base=[now], orientation="h",
-            marker_color=RUNS_OUT if runs_out else LASTS, showlegend=False,
-            hovertemplate=(f"{it['used']} / {it['limit'] if it['limit'] is not None else '∞'} · "
-                           f"{it['rate_per_min']}/min<br>"
-                           + (t("forecast.runs_out_at", at=clock(it["exhausts_at"], zone)) if runs_out
-                              else t("forecast.lasts")) + "<extra></extra>"),
-        ))
+        fig.add_trace(
+            go.Bar(
+                y=[f"{it['model']} · {who(it)}"],
+                x=[(end - now).total_seconds() * 1000],
+                base=[now],
+                orientation="h",
+                marker_color=RUNS_OUT if runs_out else LASTS,
+                showlegend=False,
+                hovertemplate=(
+                    f"{it['used']} / {it['limit'] if it['limit'] is not None else '∞'} · "
+                    f"{it['rate_per_min']}/min<br>"
+                    + (
+                        t("forecast.runs_out_at", at=clock(it["exhausts_at"], zone))
+                        if runs_out
+                        else t("forecast.lasts")
+                    )
+                    + "<extra></extra>"
+                ),
+            )
+        )
     if reset is not None:
         fig.add_vline(x=reset, line_dash="dash", line_color="#888")
-        fig.add_annotation(x=reset, y=1, yref="paper", text=t("forecast.reset_line"), showarrow=False,
-                           xanchor="right", yanchor="bottom")
+        fig.add_annotation(
+            x=reset,
+            y=1,
+            yref="paper",
+            text=t("forecast.reset_line"),
+            showarrow=False,
+            xanchor="right",
+            yanchor="bottom",
+        )
     fig.update_layout(
         title={"text": t("forecast.timeline_title"), "x": 0, "xanchor": "left"},
-        height=max(220, 60 + 28 * len(items)), margin={"l": 10, "r": 10, "t": 50, "b": 10}, barmode="overlay",
+        height=max(220, 60 + 28 * len(items)),
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        barmode="overlay",
         xaxis={"type": "date", "title": t("chart.time", tz=tz_label)},
     )
     return fig
@@ -110,18 +135,43 @@ def demand_figure(view: dict[str, Any], zone: ZoneInfo, tz_label: str, title: st
     hx = [parse(h["ts"], zone) for h in hist]
     fx = [parse(p["ts"], zone) for p in pts]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=hx, y=[h["calls"] for h in hist], mode="lines", name=t("forecast.history"),
-                             line={"color": HISTORY, "width": 1.5}))
-    fig.add_trace(go.Scatter(x=fx + fx[::-1], y=[p["hi"] for p in pts] + [p["lo"] for p in pts][::-1],
-                             fill="toself", fillcolor=BAND, line={"width": 0}, hoverinfo="skip",
-                             name=t("forecast.band")))
-    fig.add_trace(go.Scatter(x=fx, y=[p["yhat"] for p in pts], mode="lines", name=t("forecast.forecast"),
-                             line={"color": FORECAST, "width": 2}))
+    fig.add_trace(
+        go.Scatter(
+            x=hx,
+            y=[h["calls"] for h in hist],
+            mode="lines",
+            name=t("forecast.history"),
+            line={"color": HISTORY, "width": 1.5},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=fx + fx[::-1],
+            y=[p["hi"] for p in pts] + [p["lo"] for p in pts][::-1],
+            fill="toself",
+            fillcolor=BAND,
+            line={"width": 0},
+            hoverinfo="skip",
+            name=t("forecast.band"),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=fx,
+            y=[p["yhat"] for p in pts],
+            mode="lines",
+            name=t("forecast.forecast"),
+            line={"color": FORECAST, "width": 2},
+        )
+    )
     fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left"}, height=HEIGHT,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10}, hovermode="x unified",
+        title={"text": title, "x": 0, "xanchor": "left"},
+        height=HEIGHT,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        hovermode="x unified",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
-        xaxis_title=t("chart.time", tz=tz_label), yaxis_title=t("forecast.calls_axis"),
+        xaxis_title=t("chart.time", tz=tz_label),
+        yaxis_title=t("forecast.calls_axis"),
     )
     return fig
 
@@ -130,8 +180,13 @@ def backtest_text(view: dict[str, Any]) -> str:
     bt = view.get("backtest") or {}
     held = bt.get("holdout_h") or (bt.get("holdout_days") or 0) * 24
     mape = bt.get("mape")
-    return t("forecast.backtest", days=round(held / 24), mape="–" if mape is None else f"{mape * 100:.1f}",
-             cov="–" if bt.get("coverage") is None else f"{bt['coverage'] * 100:.0f}", method=view.get("method", ""))
+    return t(
+        "forecast.backtest",
+        days=round(held / 24),
+        mape="–" if mape is None else f"{mape * 100:.1f}",
+        cov="–" if bt.get("coverage") is None else f"{bt['coverage'] * 100:.0f}",
+        method=view.get("method", ""),
+    )
 
 
 def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
@@ -140,12 +195,16 @@ def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
 
     rows = []
     for r in plan.get("headroom", []):
-        rows.append({
-            t("forecast.col_dim"): r["dim"].upper(), t("forecast.col_target"): num(r["target"]) if r["target"] else "–",
-            t("forecast.col_cap_before"): num(r["capacity_before"]), t("forecast.col_cap_after"): num(r["capacity_after"]),
-            t("forecast.col_room_before"): num(r["headroom_before"]) if r["target"] else "–",
-            t("forecast.col_room_after"): num(r["headroom_after"]) if r["target"] else "–",
-        })
+        rows.append(
+            {
+                t("forecast.col_dim"): r["dim"].upper(),
+                t("forecast.col_target"): num(r["target"]) if r["target"] else "–",
+                t("forecast.col_cap_before"): num(r["capacity_before"]),
+                t("forecast.col_cap_after"): num(r["capacity_after"]),
+                t("forecast.col_room_before"): num(r["headroom_before"]) if r["target"] else "–",
+                t("forecast.col_room_after"): num(r["headroom_after"]) if r["target"] else "–",
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -59,8 +59,13 @@ with st.form("fc_plan_form"):
     lim_rpd = q3.number_input(t("forecast.whatif_rpd"), min_value=0, value=None, step=1, key="fc_lim_rpd")
     submitted = st.form_submit_button(t("forecast.plan_submit"), type="primary")
 if submitted:
-    body = {"model": plan_model, "target_rpm": rpm, "target_rpd": rpd, "remove_projects": remove,
-            "limits": {k: v for k, v in (("rpm", lim_rpm), ("rpd", lim_rpd)) if v is not None}}
+    body = {
+        "model": plan_model,
+        "target_rpm": rpm,
+        "target_rpd": rpd,
+        "remove_projects": remove,
+        "limits": {k: v for k, v in (("rpm", lim_rpm), ("rpd", lim_rpd)) if v is not None},
+    }
     try:
         st.session_state["fc_plan"] = ui.client().forecast_plan({k: v for k, v in body.items() if v is not None})
     except AdminError as exc:

@@ -8,7 +8,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from proxy_service import admin_forecast
+from proxy_service.admin import forecast as admin_forecast
 from proxy_service.app import Gateway
 from proxy_service.events import RequestEvent
 from tests.dashboard.conftest import Stack
