@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium clean
+.PHONY: run test bench lint install chromium clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: install
 
 test: install chromium
 	$(BIN)/pytest
+
+# README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
+screenshot-forecast: install chromium
+	$(BIN)/python -m tests.dashboard.forecast_screenshot
 
 bench: install
 	$(BIN)/python -m bench.run_all

@@ -48,12 +48,14 @@ POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(
 
 
 def synthetic(n_models: int, days: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from proxy_service.demo_history import hourly_profile
+    from proxy_service.demo.history import hourly_profile
 
     rng = np.random.default_rng(seed)
     hours = np.arange(days * 24, dtype=np.int64) + 480_000
-    out = {f"model-{i:02d}": rng.poisson(rng.uniform(5, 200) * hourly_profile(hours)).astype(float)
-           for i in range(n_models)}
+    out = {
+        f"model-{i:02d}": rng.poisson(rng.uniform(5, 200) * hourly_profile(hours)).astype(float)
+        for i in range(n_models)
+    }
     out[""] = np.sum(list(out.values()), axis=0)
     return out
 
@@ -89,8 +91,13 @@ def fit_phase(n_models: int, days: int) -> dict[str, Any]:
             _statsmodels_fit(y[-demand.FIT_DAYS * 24 :], demand.HORIZON_H)
     base_per_fit = (time.perf_counter() - t0) / base_n
     return {
-        "series": len(series), "days": days, "ok": len(ok), "warmup_s": round(warm, 2), "refresh_s": round(total, 2),
-        "per_fit_ms": round(1000 * total / max(fits, 1), 1), "statsmodels_per_fit_ms": round(1000 * base_per_fit, 1),
+        "series": len(series),
+        "days": days,
+        "ok": len(ok),
+        "warmup_s": round(warm, 2),
+        "refresh_s": round(total, 2),
+        "per_fit_ms": round(1000 * total / max(fits, 1), 1),
+        "statsmodels_per_fit_ms": round(1000 * base_per_fit, 1),
         "mape_median": round(float(np.median([r["backtest"]["mape"] for r in ok])), 4),
         "coverage_median": round(float(np.median([r["backtest"]["coverage"] for r in ok])), 3),
     }
@@ -99,7 +106,7 @@ def fit_phase(n_models: int, days: int) -> dict[str, Any]:
 def _seed_db(path: Path, n_models: int, days: int) -> int:
     import duckdb
 
-    from proxy_service.demo_history import history_table
+    from proxy_service.demo.history import history_table
     from proxy_service.store import SCHEMA
 
     end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
@@ -117,8 +124,9 @@ def _seed_db(path: Path, n_models: int, days: int) -> int:
 
 
 def _refresh(url: str, out: dict[str, Any]) -> None:
-    req = urllib.request.Request(f"{url}/admin/api/forecast/refresh", method="POST", data=b"",
-                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    req = urllib.request.Request(
+        f"{url}/admin/api/forecast/refresh", method="POST", data=b"", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as resp:
         out.update(json.loads(resp.read()))
@@ -146,9 +154,13 @@ def throughput_phase(n_models: int, days: int, duration: float) -> dict[str, Any
             proxy.stop()
             fake.stop()
     return {
-        "rows": rows, "first_refresh_s": first.get("fit_seconds"), "series": first.get("series"),
-        "refresh_under_load_s": during_fit.get("fit_seconds"), "idle_rps": round(idle.rps, 1),
-        "during_refresh_rps": round(busy.rps, 1), "ratio": round(busy.rps / idle.rps, 3) if idle.rps else 0.0,
+        "rows": rows,
+        "first_refresh_s": first.get("fit_seconds"),
+        "series": first.get("series"),
+        "refresh_under_load_s": during_fit.get("fit_seconds"),
+        "idle_rps": round(idle.rps, 1),
+        "during_refresh_rps": round(busy.rps, 1),
+        "ratio": round(busy.rps / idle.rps, 3) if idle.rps else 0.0,
         "measured_within_refresh": bool(during_fit.get("wall_s", 0) >= duration),
         "errors": idle.errors + busy.errors,
     }
@@ -157,18 +169,38 @@ def throughput_phase(n_models: int, days: int, duration: float) -> dict[str, Any
 def report(f: dict[str, Any]) -> str:
     fit, tp = f["fit"], f["throughput"]
     rows = [
-        [f"demand refresh in-process ({f['models']} models × {f['days']} d + total)", f"{fit['refresh_s']:.1f} s",
-         f"statsmodels {fit['statsmodels_per_fit_ms']:.0f} ms/fit",
-         f"{fit['statsmodels_per_fit_ms'] / fit['per_fit_ms']:.1f}x faster per fit" if fit["per_fit_ms"] else "",
-         f"≤ {TARGET_FIT_S:g} s", "yes" if fit["refresh_s"] <= TARGET_FIT_S else "NO"],
-        ["demand refresh in the proxy's worker (same data shape)", f"{tp['first_refresh_s'] or 0:.1f} s",
-         f"{tp['series']} series from {tp['rows']:,} rows", "", f"≤ {TARGET_FIT_S:g} s",
-         "yes" if (tp["first_refresh_s"] or 1e9) <= TARGET_FIT_S else "NO"],
-        ["proxy req/s at c=32 while a refresh runs", f"{tp['during_refresh_rps']:,.0f}",
-         f"idle {tp['idle_rps']:,.0f}", f"{tp['ratio']:.2f}", f"≥ {TARGET_RATIO:g}×",
-         "yes" if tp["ratio"] >= TARGET_RATIO else "NO"],
-        ["backtest (synthetic): median MAPE / 90 % coverage", f"{fit['mape_median']:.1%} / {fit['coverage_median']:.0%}",
-         "", "", "", "–"],
+        [
+            f"demand refresh in-process ({f['models']} models × {f['days']} d + total)",
+            f"{fit['refresh_s']:.1f} s",
+            f"statsmodels {fit['statsmodels_per_fit_ms']:.0f} ms/fit",
+            f"{fit['statsmodels_per_fit_ms'] / fit['per_fit_ms']:.1f}x faster per fit" if fit["per_fit_ms"] else "",
+            f"≤ {TARGET_FIT_S:g} s",
+            "yes" if fit["refresh_s"] <= TARGET_FIT_S else "NO",
+        ],
+        [
+            "demand refresh in the proxy's worker (same data shape)",
+            f"{tp['first_refresh_s'] or 0:.1f} s",
+            f"{tp['series']} series from {tp['rows']:,} rows",
+            "",
+            f"≤ {TARGET_FIT_S:g} s",
+            "yes" if (tp["first_refresh_s"] or 1e9) <= TARGET_FIT_S else "NO",
+        ],
+        [
+            "proxy req/s at c=32 while a refresh runs",
+            f"{tp['during_refresh_rps']:,.0f}",
+            f"idle {tp['idle_rps']:,.0f}",
+            f"{tp['ratio']:.2f}",
+            f"≥ {TARGET_RATIO:g}×",
+            "yes" if tp["ratio"] >= TARGET_RATIO else "NO",
+        ],
+        [
+            "backtest (synthetic): median MAPE / 90 % coverage",
+            f"{fit['mape_median']:.1%} / {fit['coverage_median']:.0%}",
+            "",
+            "",
+            "",
+            "–",
+        ],
     ]
     head = f"load average before/after: {f['load_average'][0]} / {f['load_average'][1]}"
     return head + "\n\n" + markdown_table(["metric", "value", "baseline", "ratio", "target", "met"], rows)
@@ -178,8 +210,13 @@ def run(n_models: int = 20, days: int = 90, duration: float = 8.0) -> dict[str, 
     load_before = load_average()
     fit = fit_phase(n_models, days)
     tp = throughput_phase(n_models, days, duration)
-    return {"models": n_models, "days": days, "fit": fit, "throughput": tp,
-            "load_average": [load_before, load_average()]}
+    return {
+        "models": n_models,
+        "days": days,
+        "fit": fit,
+        "throughput": tp,
+        "load_average": [load_before, load_average()],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

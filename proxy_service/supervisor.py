@@ -35,8 +35,9 @@ from typing import Any
 
 import httpx
 
-from proxy_service.demo.scenario import demo_pool
-from proxy_service.demo.traffic import TrafficGenerator
+from proxy_service.demo.history import backfill, demo_rates
+from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
+from proxy_service.demo.traffic import MODELS, TrafficGenerator
 from proxy_service.startup import (
     StartupError,
     check_data_dir,
@@ -272,6 +273,10 @@ class Launcher:
                     "KEYRACK_REQUEST_TIMEOUT_S": env.get("KEYRACK_REQUEST_TIMEOUT_S", "6"),
                 }
             )
+            if opts.rate > 0:  # 24 days of seasonal history for the Forecast page, marked as demo data
+                rows = backfill(data_dir / "keyrack.duckdb", demo_rates(opts.rate, MODELS), projects=DEMO_PROJECTS)
+                if rows:
+                    print(f"  {rows:,} rows of demo history written for the Forecast page (client_id demo-backfill)")
             upstream = self._start(
                 "upstream",
                 [
