@@ -276,7 +276,10 @@ class Launcher:
             if opts.rate > 0:  # 24 days of seasonal history for the Forecast page, marked as demo data
                 rows = backfill(data_dir / "keyrack.duckdb", demo_rates(opts.rate, MODELS), projects=DEMO_PROJECTS)
                 if rows:
-                    print(f"  {rows:,} rows of demo history written for the Forecast page (client_id demo-backfill)")
+                    print(
+                        f"  {rows:,} rows of demo history written for the Forecast page (client_id demo-backfill)",
+                        flush=True,
+                    )
             upstream = self._start(
                 "upstream",
                 [

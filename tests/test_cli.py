@@ -49,6 +49,13 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -111,9 +118,10 @@ def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         admin_token, client_token = banner.group(1), banner.group(2)
         assert f"Proxy         {proxy_url}" in launcher.log()
         assert "google-genai" in launcher.log() and "curl -s" in launcher.log()
-        children = descendants(launcher.pid)
+        children = descendants(launcher.pid)  # the services and their own helpers (the proxy's forecast worker)
         expected = 3 if "Dashboard     http" in launcher.log() else 2
-        assert len(children) == expected, "fake upstream, proxy and (when dashboard/app.py exists) the dashboard"
+        direct = [pid for pid in children if parent_of(pid) == launcher.pid]
+        assert len(direct) == expected, "fake upstream, proxy and (when dashboard/app.py exists) the dashboard"
         # The client token printed for the user works.
         ok = httpx.post(
             f"{proxy_url}/v1beta/models/gemini-2.5-flash:countTokens",
@@ -131,8 +139,13 @@ def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
 
     db = tmp_path / "data" / "demo" / "keyrack.duckdb"
     flushed = int(re.search(r"flushed_requests=(\d+)", out).group(1))  # type: ignore[union-attr]
-    rows = query(db, "SELECT count(*) FROM requests")[0][0]
+    rows, backfilled = query(
+        db,
+        "SELECT count(*) FILTER (client_id IS DISTINCT FROM 'demo-backfill'), count(*) FILTER (client_id = 'demo-backfill') FROM requests",
+    )[0]
     assert rows >= 5 and rows == flushed
+    # The Forecast page's history: written before the proxy started, marked as demo data.
+    assert backfilled > 10_000 and "rows of demo history written" in out
     # The admin token went to the terminal only, never to a log file.
     for log in (tmp_path / "data" / "demo" / "logs").glob("*.log"):
         text = log.read_text(errors="replace")
