@@ -20,27 +20,31 @@ from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.demo.history import backfill, demo_rates
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
 from proxy_service.demo.traffic import MODELS
+from proxy_service.quota import next_pacific_midnight
 from proxy_service.settings import Settings
 from tests.dashboard.test_browser import APP, CHROMIUM, CHROMIUM_ARGS, SHOTS, _free_port, _idle
 from tests.servers import serve
 
 TOKEN = "screenshot-admin-token-1"
-BUSY = {"gemini-2.5-pro": 0.75, "gemini-2.5-flash": 0.45}  # share of the day's limit used by now, per model
+BUSY = {"gemini-2.5-pro": 0.93, "gemini-2.5-flash": 0.55}  # share of the day's limit used by now, per model
+SPREAD = (1.0, 0.97, 0.9, 0.8, 0.6)  # projects are not equally busy
 
 
 async def busy_day(gw: object) -> None:
-    """Calls on the pool as the relay makes them, and a rate history for the meter (ten minutes at a steady pace)."""
+    """Calls on the pool as the relay makes them, at a steady pace since the Pacific midnight, and the rate meter's
+    readings of the last ten minutes of it."""
     pool, meter = gw.pool, admin_forecast.engine(gw).meter  # type: ignore[attr-defined]
     now = time.time()
+    elapsed_min = max(60.0, (now - (next_pacific_midnight(now) - 86400)) / 60)
     for model, share in BUSY.items():
-        for scope in DEMO_PROJECTS:
+        for scope, factor in zip(DEMO_PROJECTS, SPREAD, strict=True):
             limit = pool.tracker.limits(scope, model).rpd or 100
-            used = int(limit * share)
+            used = int(limit * min(0.98, share * factor))
             key = next(k for k in pool.keys.values() if k.scope == scope)
             for _ in range(used):
                 pool.tracker.record(scope, model, now)
             key.requests += used
-            per_min = used / (14 * 60)  # as if the day had run at this pace for 14 hours
+            per_min = used / elapsed_min
             for i in range(10, -1, -1):
                 meter.observe(scope, model, max(0, used - round(per_min * i)), now - 60 * i)
 
@@ -94,14 +98,17 @@ def shoot(proxy_url: str) -> int:
             time.sleep(0.3)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 1200})
+            page = browser.new_page(viewport={"width": 1440, "height": 2500})
             page.set_default_timeout(60_000)
-            page.goto(f"{url}/forecast")
+            page.goto(url)  # signed in from the environment, on the Monitor page
+            expect(page.get_by_role("heading", name="Monitor")).to_be_visible(timeout=60_000)
+            page.get_by_role("link", name="Forecast").click()
             expect(page.get_by_role("heading", name="Forecast", exact=True)).to_be_visible(timeout=60_000)
             expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(2, timeout=60_000)
             page.get_by_role("button", name="Plan").click()
             expect(page.get_by_text("Projects needed")).to_be_visible()
             _idle(page, 60_000)
+            page.mouse.wheel(0, -10_000)  # back to the top: Streamlit scrolls its main block, not the page
             page.wait_for_timeout(1500)  # charts finish drawing
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "forecast.png"), full_page=True)
