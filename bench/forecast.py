@@ -1,8 +1,9 @@
 """Forecast benchmark: how long a demand refresh takes for 20 models × 90 days of hourly history, and what it costs the
 proxy while it runs.
 
-1. Fit time, in this process: `demand.forecast_many` on 20 synthetic 90-day hourly series plus their total (three
-   fits each: calibration, backtest, final), after one small warm-up fit (imports). Baseline measured in the same
+1. Fit time, in this process: `demand.forecast_many` on 20 synthetic 90-day hourly series plus their total — a full
+   refresh (three fits each: calibration, backtest, final) and a routine one (the final fit, with the full run's
+   band factor and backtest) — after one small warm-up fit (imports). Baseline measured in the same
    run: statsmodels' MSTL + ETSModel on the same windows (the alternative `docs/ARCHITECTURE.md` compares), per fit.
 2. Throughput: a real proxy (subprocess) on a DuckDB file holding 90 days × 20 models of history; closed-loop load
    at c=32 while idle, then the same load while `POST /admin/api/forecast/refresh` refits everything in the
@@ -82,6 +83,10 @@ def fit_phase(n_models: int, days: int) -> dict[str, Any]:
     out = demand.forecast_many(series)
     total = time.perf_counter() - t0
     ok = [r for r in out.values() if r["status"] == "ok"]
+    known = {sid: {k: r[k] for k in ("backtest", "daily_backtest", "scale")} for sid, r in out.items()}
+    t0 = time.perf_counter()
+    demand.forecast_many(series, demand.HORIZON_H, known)
+    routine = time.perf_counter() - t0
     fits = 3 * len(ok)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -96,6 +101,7 @@ def fit_phase(n_models: int, days: int) -> dict[str, Any]:
         "ok": len(ok),
         "warmup_s": round(warm, 2),
         "refresh_s": round(total, 2),
+        "routine_refresh_s": round(routine, 2),
         "per_fit_ms": round(1000 * total / max(fits, 1), 1),
         "statsmodels_per_fit_ms": round(1000 * base_per_fit, 1),
         "mape_median": round(float(np.median([r["backtest"]["mape"] for r in ok])), 4),
@@ -123,9 +129,12 @@ def _seed_db(path: Path, n_models: int, days: int) -> int:
     return table.num_rows
 
 
-def _refresh(url: str, out: dict[str, Any]) -> None:
+def _refresh(url: str, out: dict[str, Any], full: bool = True) -> None:
     req = urllib.request.Request(
-        f"{url}/admin/api/forecast/refresh", method="POST", data=b"", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        f"{url}/admin/api/forecast/refresh?backtest={int(full)}",
+        method="POST",
+        data=b"",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as resp:
@@ -143,6 +152,8 @@ def throughput_phase(n_models: int, days: int, duration: float) -> dict[str, Any
             wait_ready([fake, proxy], timeout=300)
             first: dict[str, Any] = {}
             _refresh(proxy.url, first)  # the first refresh: worker start, imports
+            routine: dict[str, Any] = {}
+            _refresh(proxy.url, routine, full=False)
             closed_loop(proxy.url + generate_path(MODEL), concurrency=8, duration=1.0)  # warm-up
             idle = closed_loop(proxy.url + generate_path(MODEL), concurrency=32, duration=duration)
             during_fit: dict[str, Any] = {}
@@ -156,6 +167,7 @@ def throughput_phase(n_models: int, days: int, duration: float) -> dict[str, Any
     return {
         "rows": rows,
         "first_refresh_s": first.get("fit_seconds"),
+        "routine_refresh_s": routine.get("fit_seconds"),
         "series": first.get("series"),
         "refresh_under_load_s": during_fit.get("fit_seconds"),
         "idle_rps": round(idle.rps, 1),
@@ -178,15 +190,23 @@ def report(f: dict[str, Any]) -> str:
             "yes" if fit["refresh_s"] <= TARGET_FIT_S else "NO",
         ],
         [
-            "demand refresh in the proxy's worker (same data shape)",
+            "routine refresh (forecast fit only; backtest every 6 h)",
+            f"{fit['routine_refresh_s']:.1f} s",
+            f"full {fit['refresh_s']:.1f} s",
+            f"{fit['refresh_s'] / fit['routine_refresh_s']:.1f}x less" if fit["routine_refresh_s"] else "",
+            f"≤ {TARGET_FIT_S:g} s",
+            "yes" if fit["routine_refresh_s"] <= TARGET_FIT_S else "NO",
+        ],
+        [
+            "full refresh in the proxy's worker (same data shape)",
             f"{tp['first_refresh_s'] or 0:.1f} s",
-            f"{tp['series']} series from {tp['rows']:,} rows",
+            f"{tp['series']} series from {tp['rows']:,} rows; routine {tp['routine_refresh_s'] or 0:.1f} s",
             "",
             f"≤ {TARGET_FIT_S:g} s",
             "yes" if (tp["first_refresh_s"] or 1e9) <= TARGET_FIT_S else "NO",
         ],
         [
-            "proxy req/s at c=32 while a refresh runs",
+            "proxy req/s at c=32 while a full refresh runs",
             f"{tp['during_refresh_rps']:,.0f}",
             f"idle {tp['idle_rps']:,.0f}",
             f"{tp['ratio']:.2f}",

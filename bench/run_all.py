@@ -294,7 +294,7 @@ def rows_forecast(f: dict[str, Any]) -> list[Row]:
     return [
         [
             area,
-            "demand refresh, all models (3 fits each)",
+            "full demand refresh, all models (3 fits each)",
             f"{fit['refresh_s']:.1f} s",
             f"statsmodels MSTL+ETS {fit['statsmodels_per_fit_ms']:.0f} ms/fit vs {fit['per_fit_ms']:.0f}",
             speedup,
@@ -303,7 +303,16 @@ def rows_forecast(f: dict[str, Any]) -> list[Row]:
         ],
         [
             area,
-            "refresh inside the proxy (worker process)",
+            "routine demand refresh (forecast fit only; backtest every 6 h)",
+            f"{fit['routine_refresh_s']:.1f} s",
+            f"full {fit['refresh_s']:.1f} s",
+            "",
+            "≤ 10 s",
+            _met(fit["routine_refresh_s"] <= 10),
+        ],
+        [
+            area,
+            "full refresh inside the proxy (worker process)",
             f"{tp['first_refresh_s'] or 0:.1f} s",
             "",
             "",
@@ -312,7 +321,7 @@ def rows_forecast(f: dict[str, Any]) -> list[Row]:
         ],
         [
             area,
-            "proxy req/s c=32 during a refresh",
+            "proxy req/s c=32 during a full refresh",
             f"{tp['during_refresh_rps']:,.0f}",
             f"idle {tp['idle_rps']:,.0f}",
             f"{tp['ratio']:.2f}",

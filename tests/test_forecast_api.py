@@ -125,6 +125,11 @@ def test_demand_forecast_and_honest_short_history(env: Env) -> None:
     assert total["status"] == "ok" and total["model"] is None
     short = env.http.get("/forecast/demand", params={"model": "gemini-2.5-pro"}).json()
     assert short["status"] == "insufficient_history" and short["need_days"] == 3 and short["have_days"] == 1.0
+    first = env.http.post("/forecast/refresh").json()  # routine: the backtest is not due again yet
+    assert first["series"] >= 3 and first["backtest_at"] == r["backtest_at"] and first["fitted_at"] > r["fitted_at"]
+    forced = env.http.post("/forecast/refresh", params={"backtest": "1"}).json()
+    assert forced["backtest_at"] > first["backtest_at"]
+    assert error(env.http.post("/forecast/refresh", params={"backtest": "yes"}), 400, "backtest")
     none = env.http.get("/forecast/demand", params={"model": "gemini-2.0-flash-lite"}).json()
     assert none["status"] == "insufficient_history" and none["have_days"] == 0
 

@@ -136,3 +136,16 @@ def test_demo_backfill_is_marked_seasonal_and_written_once(tmp_path: Path) -> No
     assert first >= datetime(2026, 9, 17, 15) and last < datetime(2026, 9, 21, 15)  # ends at the last full hour
     by_hour = dict(hours)
     assert max(by_hour.values()) > 3 * min(by_hour.values())  # a daily cycle, not a flat line
+
+
+def test_routine_refresh_reuses_the_full_runs_backtest_and_band_factor() -> None:
+    y = seasonal(21, seed=4)
+    full = forecast_many({"m": y})["m"]
+    known = {"m": {k: full[k] for k in ("backtest", "daily_backtest", "scale")}}
+    routine = forecast_many({"m": y}, known=known)["m"]
+    assert routine["backtest"] == full["backtest"] and routine["scale"] == full["scale"]
+    assert routine["yhat"] == pytest.approx(full["yhat"])  # the same final fit
+    assert routine["hi"] == pytest.approx(full["hi"], rel=1e-3)  # (the carried factor is rounded)
+    narrow = forecast_many({"m": y}, known={"m": {**known["m"], "scale": 1.0}})["m"]
+    width = np.subtract(routine["hi"], routine["lo"]).sum()
+    assert np.subtract(narrow["hi"], narrow["lo"]).sum() < width  # the known factor widens the band

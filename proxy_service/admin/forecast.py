@@ -126,17 +126,20 @@ async def demand_forecast(gw: Gateway, request: Request) -> Response:
     if not await eng.ensure_fitted(_reader(gw)):
         return ok({"status": "pending", "model": model or None, "retry_after_s": 30, "error": eng.last_error})
     view = eng.demand_view(model, horizon, granularity)
-    _times(view, ("fitted_at",))
+    _times(view, ("fitted_at", "backtest_at"))
     return ok(view)
 
 
-async def refresh_now(gw: Gateway, _request: Request) -> Response:
-    """Refit every demand series now (shares a refresh already running) and say how long it took."""
+async def refresh_now(gw: Gateway, request: Request) -> Response:
+    """Refit every demand series now (shares a refresh already running) and say how long it took; `?backtest=1`
+    reruns the calibration and the backtest too (otherwise they run when due, every 6 hours)."""
+    full = q_choice(request, "backtest", ("0", "1"), "0") == "1"
     eng = engine(gw)
-    await eng.refresh(_reader(gw))
+    await eng.refresh(_reader(gw), full)
     return ok(
         {
             "fitted_at": iso(eng.fitted_at),
+            "backtest_at": iso(eng.backtest_at),
             "fit_seconds": eng.fit_seconds,
             "series": len(eng.results),
             "error": eng.last_error,

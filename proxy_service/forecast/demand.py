@@ -4,7 +4,8 @@ The model: statsforecast's MSTL (multiple seasonal-trend decomposition by Loess)
 weeks of history exist, weekly (168 h) seasonality; the deseasonalised rest goes to AutoETS. Why this and not the
 alternatives: docs/ARCHITECTURE.md ("Forecasts"), measured by `bench/forecast.py`.
 
-Per series and refresh there are three fits, each on at most the `FIT_DAYS` before its cut-off:
+A full refresh makes three fits per series, each on at most the `FIT_DAYS` before its cut-off (a routine refresh
+between two full ones makes only the third, reusing the last full run's band factor and backtest — see `known`):
 1. calibration — cut off before the backtest's window (with a training part of the same seasonal setup), forecast
    up to the backtest window: how much wider than the model's own 90 % band the band must be to hold 90 % of what
    really came (the band from the ETS part ignores the error of the seasonal estimate: ~70 % coverage measured);
@@ -108,12 +109,16 @@ def _clip(a: np.ndarray) -> np.ndarray:
 
 
 def forecast_many(
-    series: Mapping[str, list[float] | np.ndarray], horizon_h: int = HORIZON_H
+    series: Mapping[str, list[float] | np.ndarray],
+    horizon_h: int = HORIZON_H,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Forecast each hourly series (oldest first, ending with the last complete hour).
 
     Returns per id either `{"status": "ok", "yhat", "lo", "hi", "backtest", "daily_backtest", "have_days",
     "scale"}` (lists of `horizon_h` floats) or `{"status": "insufficient_history", "need_days", "have_days"}`.
+    `known`: per id, the `backtest`, `daily_backtest` and `scale` of an earlier full run; those series get the final
+    fit only (one fit instead of three), their band widened by the known scale and their backtest carried over.
     """
     ys = {sid: np.asarray(y, dtype=float) for sid, y in series.items()}
     out: dict[str, dict[str, Any]] = {}
@@ -126,6 +131,13 @@ def forecast_many(
             ready[sid] = y
     if not ready:
         return out
+    final = _fit_predict({sid: _tail(y, len(y)) for sid, y in ready.items()}, horizon_h)  # the forecast itself
+    for sid in [s for s in ready if s in (known or {})]:
+        k, y = (known or {})[sid], ready.pop(sid)
+        fy, flo, fhi = final[sid]
+        flo, fhi = _widen(fy, flo, fhi, float(k["scale"]))
+        out[sid] = {**_result(y, fy, flo, fhi), "backtest": k["backtest"], "daily_backtest": k["daily_backtest"],
+                    "scale": k["scale"]}  # fmt: skip
     hb = {sid: holdout_hours(len(y)) for sid, y in ready.items()}
     # 1. calibration windows, just before the backtest's, fitted with the backtest's seasonal setup (a factor measured on
     #    a daily-only fit says nothing about a daily + weekly one): as long as the backtest window where room allows.
@@ -146,8 +158,6 @@ def forecast_many(
     back: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for h, group in by_h.items():
         back.update(_fit_predict(group, h))
-    # 3. the forecast itself
-    final = _fit_predict({sid: _tail(y, len(y)) for sid, y in ready.items()}, horizon_h)
 
     for sid, y in ready.items():
         h = hb[sid]
@@ -174,17 +184,23 @@ def forecast_many(
         fy, flo, fhi = final[sid]
         flo, fhi = _widen(fy, flo, fhi, final_scale)
         out[sid] = {
-            "status": "ok",
-            "have_days": round(len(y) / 24, 1),
-            "yhat": _clip(fy).tolist(),
-            "lo": _clip(flo).tolist(),
-            "hi": _clip(fhi).tolist(),
+            **_result(y, fy, flo, fhi),
             "backtest": backtest,
             "daily_backtest": {**daily, "holdout_days": days},
             "scale": round(final_scale, 3),
-            "method": METHOD if len(y) >= WEEKLY_FROM_H else "statsforecast MSTL (24 h) + AutoETS",
         }
     return out
+
+
+def _result(y: np.ndarray, fy: np.ndarray, flo: np.ndarray, fhi: np.ndarray) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "have_days": round(len(y) / 24, 1),
+        "yhat": _clip(fy).tolist(),
+        "lo": _clip(flo).tolist(),
+        "hi": _clip(fhi).tolist(),
+        "method": METHOD if len(y) >= WEEKLY_FROM_H else "statsforecast MSTL (24 h) + AutoETS",
+    }
 
 
 def _scale(needed: list[np.ndarray]) -> float:

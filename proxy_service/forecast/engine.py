@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from proxy_service.forecast.exhaustion import RateMeter
 
 log = logging.getLogger("keyrack.forecast")
 HISTORY_DAYS = 90
+BACKTEST_EVERY_S = 6 * 3600.0  # a 7-day backtest barely moves in 15 minutes: rerun it (and the calibration) 4x a day
 REFRESH_S = 900.0  # hourly data: a new point every hour; every 15 minutes keeps the first refresh after an hour close
 FIRST_WAIT_S = 60.0  # how long a reader waits for the very first fit before answering "pending"
 TOTAL = ""  # the series id of all models together
@@ -74,6 +76,7 @@ class ForecastEngine:
         self.fitted_at: float | None = None
         self.fit_seconds: float | None = None
         self.last_error: str | None = None
+        self.backtest_at: float | None = None  # the last full refresh (calibration + backtest + forecast)
         self.demo_until: datetime | None = None  # history before this was backfilled by the demo, not recorded
         self._executor: ProcessPoolExecutor | None = None
         self._running: asyncio.Task[None] | None = None
@@ -92,29 +95,38 @@ class ForecastEngine:
             self._executor = None
 
     # -- refreshing ----------------------------------------------------------------------------------------------
-    async def refresh(self, read_rows: Callable[[datetime, datetime], Any]) -> None:
-        """Read the history (`read_rows(lo, hi)` awaitable, on a worker thread) and refit every series off-process.
+    async def refresh(self, read_rows: Callable[[datetime, datetime], Any], full: bool = False) -> None:
+        """Read the history (`read_rows(lo, hi)` awaitable, on a worker thread) and refit every series off-process:
+        with calibration and backtest when `full` or due (`BACKTEST_EVERY_S`), else the forecast fit only.
         Concurrent callers share the one refresh in flight."""
         if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._refresh(read_rows))
+            self._running = asyncio.create_task(self._refresh(read_rows, full))
         await asyncio.shield(self._running)
 
-    async def _refresh(self, read_rows: Callable[[datetime, datetime], Any]) -> None:
+    async def _refresh(self, read_rows: Callable[[datetime, datetime], Any], full: bool) -> None:
         end = hour_floor(datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None))
         started = time.perf_counter()
         try:
             rows = await read_rows(end - timedelta(days=HISTORY_DAYS), end)
             history = build_series(rows, end)
             payload: dict[str, Any] = {model: ys for model, (_start, ys) in history.items()}
+            full = full or self.backtest_at is None or self.clock() - self.backtest_at >= BACKTEST_EVERY_S
+            known = None if full else {
+                sid: {k: r[k] for k in ("backtest", "daily_backtest", "scale")}
+                for sid, r in self.results.items() if r.get("status") == "ok"
+            }  # fmt: skip
             if any(len(ys) >= demand.NEED_DAYS * 24 for ys in payload.values()):
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._pool(), demand.forecast_many, payload)
+                fit = functools.partial(demand.forecast_many, payload, demand.HORIZON_H, known)
+                results = await loop.run_in_executor(self._pool(), fit)
             else:  # only "not enough history" answers: no fit, no worker process (a fresh install starts none)
                 results = demand.forecast_many(payload)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("demand forecast refresh failed")
             return
+        if full:
+            self.backtest_at = self.clock()
         for res in results.values():
             res["start"] = end  # the first forecast hour (UTC)
         self.results, self.history = results, history
@@ -136,6 +148,7 @@ class ForecastEngine:
         """The cached forecast of `model` ('' = total) for the admin API: hourly or daily points with the history."""
         res = self.results.get(model)
         base: dict[str, Any] = {
+            "backtest_at": self.backtest_at,
             "model": model or None,
             "granularity": granularity,
             "fitted_at": self.fitted_at,
