@@ -43,11 +43,12 @@ def language_switch() -> None:
 
 
 def login_gate() -> None:
-    """Sign in with the env token when there is one; otherwise (or when it fails) ask for it."""
-    url = st.session_state.setdefault("login_url", ui.env_admin_url())
+    """Sign in with the env token when there is one and the dashboard listens on loopback; otherwise (or when it
+    fails) ask for the token. The admin URL is server-side configuration, not a form field."""
+    url = ui.env_admin_url()
     problem: AdminError | None = st.session_state.pop("login_problem", None)
     env_token = ui.env_admin_token()
-    if env_token and not st.session_state.get("login_tried_env"):
+    if env_token and ui.auto_sign_in_allowed() and not st.session_state.get("login_tried_env"):
         st.session_state["login_tried_env"] = True
         problem = ui.sign_in(url, env_token)
         if problem is None:
@@ -56,21 +57,20 @@ def login_gate() -> None:
     st.title(t("login.title"))
     st.caption(t("login.intro"))
     with st.form("login", border=True):
-        st.text_input(t("login.url"), key="login_url")
         token = st.text_input(t("login.token"), type="password", key="login_token")
         submitted = st.form_submit_button(t("login.submit"), type="primary")
     if submitted:
         if not token.strip():
             st.warning(t("login.empty"))
             st.stop()
-        problem = ui.sign_in(st.session_state["login_url"], token.strip())
+        problem = ui.sign_in(url, token.strip())
         if problem is None:
             st.rerun()
     if problem is not None:
         if problem.kind == "unauthorized":
             st.error(t("login.wrong_token"), icon=":material/lock:")
         elif problem.kind in ("unreachable", "timeout"):
-            st.error(t("login.unreachable", url=st.session_state["login_url"]), icon=":material/cloud_off:")
+            st.error(t("login.unreachable", url=url), icon=":material/cloud_off:")
         elif problem.status == 503:
             st.error(t("login.no_token_configured"), icon=":material/lock:")
         else:

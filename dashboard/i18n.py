@@ -84,7 +84,6 @@ _add("chrome.timezone", "Times in {tz}", "时间显示时区：{tz}")
 _add("login.title", "Sign in to Keyrack", "登录 Keyrack")
 _add("login.intro", "Enter the proxy's admin token (KEYRACK_ADMIN_TOKEN).", "请输入代理的管理令牌（KEYRACK_ADMIN_TOKEN）。")
 _add("login.token", "Admin token", "管理令牌")
-_add("login.url", "Proxy admin URL", "代理管理地址")
 _add("login.submit", "Sign in", "登录")
 _add("login.empty", "Enter the admin token first.", "请先输入管理令牌。")
 _add("login.wrong_token", "The admin token was not accepted. Check KEYRACK_ADMIN_TOKEN.",

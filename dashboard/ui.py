@@ -3,6 +3,7 @@ per-session cache, error display, dialogs opened through session state, flash me
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +58,18 @@ def env_admin_token() -> str:
     return setting("KEYRACK_ADMIN_TOKEN", "")
 
 
+def auto_sign_in_allowed() -> bool:
+    """The env token signs visitors in by itself only while the dashboard listens on loopback (the demo, a laptop):
+    on any other address every visitor who can reach it would be the admin. Unset means every interface."""
+    host = (st.get_option("server.address") or "").strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @st.cache_resource(show_spinner=False)
 def _http() -> httpx.Client:
     """One pooled HTTP client for every session of this dashboard process."""
@@ -84,7 +97,9 @@ def require_login() -> None:
 
 
 def sign_in(url: str, token: str) -> AdminError | None:
-    """Check URL + token with one admin call; on success remember them and adopt the configured language."""
+    """Check URL + token with one admin call; on success remember them and adopt the configured language.
+    `url` is server-side configuration (KEYRACK_ADMIN_URL / --admin-url), never a visitor's input: the dashboard
+    must not fetch a URL a stranger chose and show the answer."""
     try:
         cfg = make_client(url, token).check()
     except AdminError as exc:

@@ -193,6 +193,19 @@ class Config(BaseModel):
         """Values safe to show: secret fields masked."""
         return {name: self.masked_value(name, value) for name, value in self.model_dump().items()}
 
+    def unmasked(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """`patch` with secret values sent back in their masked form (an editor round trip) replaced by the real
+        ones, so saving a form never overwrites a secret with its mask."""
+        out = dict(patch)
+        for name in set(patch) & set(self.secret_fields()):
+            current = getattr(self, name)
+            if isinstance(current, list) and isinstance(patch[name], list):
+                real = {self.masked_value(name, [v])[0]: v for v in current}
+                out[name] = [real.get(v, v) if isinstance(v, str) else v for v in patch[name]]
+            elif current and patch[name] == self.masked_value(name, current):
+                out[name] = current
+        return out
+
     def secret_values(self) -> list[str]:
         """Every secret string these settings hold (tokens, URL passwords), for redaction."""
         out: list[str] = []

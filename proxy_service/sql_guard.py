@@ -63,6 +63,19 @@ DENIED_FUNCTIONS = frozenset(
     }
 )
 FORBIDDEN_COLUMNS = frozenset({"secret"})
+# Scalar functions whose result size is given by an argument. DuckDB builds such a value whole, outside its
+# memory_limit (the list `range(10000000)` alone took 1.1 GB), so the size must be a small integer constant.
+# name → index of the size argument (None: range-like, every argument is a bound).
+SIZED_FUNCTIONS: dict[str, int | None] = {
+    "range": None,
+    "generate_series": None,
+    "repeat": 1,
+    "lpad": 1,
+    "rpad": 1,
+    "list_resize": 1,
+    "array_resize": 1,
+}
+MAX_GENERATED = 100_000
 MAX_SQL_CHARS = 100_000
 _STARTS = {"select", "with", "from", "values", "table", "("}
 _WHY_NOT = {
@@ -285,6 +298,34 @@ class _Checker:
             raise QueryRejected(f"qualified function names are not allowed ({schema}.{name})")
         if name in DENIED_FUNCTIONS or name not in self.functions:
             raise QueryRejected(f"function {name}() is not allowed")
+        if name in SIZED_FUNCTIONS:
+            _check_size(name, SIZED_FUNCTIONS[name], node.get("children") or [])
+
+
+def _int_constant(node: Any) -> int | None:
+    if not isinstance(node, dict) or node.get("class") != "CONSTANT":
+        return None
+    value = (node.get("value") or {}).get("value")
+    return value if type(value) is int else None
+
+
+def _check_size(name: str, index: int | None, args: list[Any]) -> None:
+    """Refuse a sized scalar call unless its size is a constant ≤ MAX_GENERATED (see SIZED_FUNCTIONS)."""
+    why = f"{name}() here must have a constant size of at most {MAX_GENERATED:,} (it is built whole in memory)" + (
+        "; use the table function FROM range(...) to generate rows" if index is None else ""
+    )
+    if index is None:
+        bounds = [_int_constant(a) for a in args]
+        if not bounds or any(b is None for b in bounds):
+            raise QueryRejected(why)
+        ints = [b for b in bounds if b is not None]
+        start, stop, step = (0, ints[0], 1) if len(ints) == 1 else (ints[0], ints[1], ints[2] if len(ints) > 2 else 1)
+        if step == 0 or (stop - start) // step > MAX_GENERATED:
+            raise QueryRejected(why)
+        return
+    size = _int_constant(args[index]) if len(args) > index else None
+    if size is None or size > MAX_GENERATED:
+        raise QueryRejected(why)
 
 
 _functions_cache: set[str] | None = None
@@ -323,8 +364,9 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 
 # -- 4. run ----------------------------------------------------------------------------------------------------------
-def run(store: Store, sql: str, timeout_s: float, row_cap: int) -> QueryResult:
-    """Check and run `sql` (blocking: call from a worker thread)."""
+def run(store: Store, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None = None) -> QueryResult:
+    """Check and run `sql` (blocking: call from a worker thread). The answer stops one row past `row_cap` or at the
+    first batch that takes it past `byte_cap` bytes of Arrow data (then `truncated`)."""
     cur = store.cursor()
     try:
         check(cur, sql)
@@ -341,11 +383,15 @@ def run(store: Store, sql: str, timeout_s: float, row_cap: int) -> QueryResult:
         try:
             cur.execute(sql)
             reader = cur.to_arrow_reader(min(row_cap + 1, 100_000))
-            batches, rows = [], 0
+            batches, rows, size, over = [], 0, 0, False
             for batch in reader:
+                if byte_cap is not None and size + batch.nbytes > byte_cap:
+                    batch = _fit(batch, byte_cap - size)
+                    over = True
                 batches.append(batch)
                 rows += batch.num_rows
-                if rows > row_cap:
+                size += batch.nbytes
+                if rows > row_cap or over:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
         except duckdb.InterruptException:
@@ -364,9 +410,17 @@ def run(store: Store, sql: str, timeout_s: float, row_cap: int) -> QueryResult:
             timer.cancel()
         elapsed = (time.perf_counter() - started) * 1000
         truncated = table.num_rows > row_cap
-        return QueryResult(table.slice(0, row_cap) if truncated else table, truncated, elapsed)
+        return QueryResult(table.slice(0, row_cap) if truncated else table, truncated or over, elapsed)
     finally:
         cur.close()
+
+
+def _fit(batch: pa.RecordBatch, budget: int) -> pa.RecordBatch:
+    """The longest head of `batch` whose (estimated) size fits `budget` bytes."""
+    if budget <= 0 or not batch.num_rows:
+        return batch.slice(0, 0)
+    per_row = max(1, batch.nbytes // batch.num_rows)
+    return batch.slice(0, min(batch.num_rows, budget // per_row))
 
 
 def _first_line(exc: Exception) -> str:

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import ApiError, json_body, ok
-from proxy_service.keys import mask
 from proxy_service.settings import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -23,10 +22,7 @@ async def patch_config(gw: Gateway, request: Request) -> Response:
     patch = await json_body(request)
     if not patch:
         raise ApiError(400, 'send at least one setting to change, e.g. {"strategy": "round_robin"}')
-    tokens = patch.get("access_tokens")
-    if isinstance(tokens, list):  # a masked value sent back unchanged keeps the real token
-        real = {mask(t): t for t in gw.config.access_tokens}
-        patch["access_tokens"] = [real.get(t, t) if isinstance(t, str) else t for t in tokens]
+    patch = gw.config.unmasked(patch)  # a masked secret sent back unchanged keeps the real value
     errors = {name: "unknown setting" for name in patch if name not in Config.model_fields}
     try:  # validate the known fields too, so that every bad field gets its message in one answer
         gw.config.updated({k: v for k, v in patch.items() if k in Config.model_fields})

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service import queries, sql_guard
-from proxy_service.admin.common import ApiError, arrow_response, json_body, ok
+from proxy_service.admin.common import ApiError, arrow_response, dumps, json_body, ok
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -26,35 +26,64 @@ async def run_query(gw: Gateway, request: Request) -> Response:
     if fmt not in ("arrow", "json"):
         raise ApiError(400, f"format must be arrow or json (got {fmt!r})", "format")
     cfg = gw.config
+    byte_cap = int(cfg.query_byte_cap_mb * 1024 * 1024)
     async with gw.query_slots:
         try:
-            result = await asyncio.to_thread(sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap)
+            result = await asyncio.to_thread(
+                sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap
+            )
         except sql_guard.QueryRejected as exc:
             raise ApiError(400, f"query not allowed: {exc}", "sql") from None
         except sql_guard.QueryTimeout as exc:
             raise ApiError(408, f"query interrupted: {exc}", "sql") from None
         except sql_guard.QueryFailed as exc:
             raise ApiError(400, f"query failed: {exc}", "sql") from None
+        # Serialising a big answer takes seconds of CPU: on a worker thread (still inside the query slot), never on
+        # the event loop that serves the proxy.
+        if fmt == "arrow":
+            headers = {
+                "x-keyrack-truncated": "true" if result.truncated else "false",
+                "x-keyrack-rows": str(result.table.num_rows),
+                "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}",
+            }
+            return await asyncio.to_thread(arrow_response, result.table, headers)
+        answer = await asyncio.to_thread(json_answer, result, cfg.query_row_cap, byte_cap)
+    return Response(answer, media_type="application/json")
+
+
+def json_answer(result: sql_guard.QueryResult, row_cap: int, byte_cap: int) -> bytes:
+    """The JSON answer, its rows cut where the encoded rows would pass `byte_cap` bytes (then `truncated`)."""
     table = result.table
-    if fmt == "arrow":
-        headers = {
-            "x-keyrack-truncated": "true" if result.truncated else "false",
-            "x-keyrack-rows": str(table.num_rows),
-            "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}",
-        }
-        return arrow_response(table, headers)
     columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
-    rows = [list(r.values()) for r in table.to_pylist()]
-    return ok(
+    parts: list[bytes] = []
+    size, count, truncated = 0, 0, result.truncated
+    for batch in table.to_batches(max_chunksize=1000):
+        rows = [list(r.values()) for r in batch.to_pylist()]
+        encoded = dumps(rows)[1:-1]  # a whole batch at once; row by row only for the batch that reaches the cap
+        if size + len(encoded) + 1 <= byte_cap:
+            if encoded:
+                parts.append(encoded)
+            size, count = size + len(encoded) + 1, count + len(rows)
+            continue
+        for row in rows:
+            one = dumps(row)
+            if size + len(one) + 1 > byte_cap:
+                break
+            parts.append(one)
+            size, count = size + len(one) + 1, count + 1
+        truncated = True
+        break
+    head = dumps({"columns": columns})[:-1]  # without its closing brace: the rows follow
+    tail = dumps(
         {
-            "columns": columns,
-            "rows": rows,
-            "truncated": result.truncated,
-            "row_count": table.num_rows,
-            "row_cap": cfg.query_row_cap,
+            "truncated": truncated,
+            "row_count": count,
+            "row_cap": row_cap,
+            "byte_cap": byte_cap,
             "elapsed_ms": round(result.elapsed_ms, 1),
         }
-    )
+    )[1:]
+    return head + b', "rows": [' + b",".join(parts) + b"], " + tail
 
 
 async def schema(gw: Gateway, _request: Request) -> Response:

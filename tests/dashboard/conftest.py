@@ -8,7 +8,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -160,8 +160,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """Environment as `keyrack dashboard` sets it: admin URL + token (so the AppTest lands logged in)."""
+def dashboard_address() -> Iterator[Callable[[str], None]]:
+    """Set the address the dashboard believes it listens on (Streamlit's server.address; unset = every interface)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+
+    def set_address(host: str) -> None:
+        config.set_option("server.address", host)
+
+    yield set_address
+    config.set_option("server.address", before)
+
+
+@pytest.fixture
+def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None]) -> Stack:
+    """Environment as `keyrack dashboard --host 127.0.0.1` sets it: admin URL + token, loopback bind (so the AppTest
+    lands logged in)."""
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
+    dashboard_address("127.0.0.1")
     return stack

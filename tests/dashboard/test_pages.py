@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import numpy as np
@@ -66,7 +67,10 @@ def test_login_with_wrong_token_shows_a_clear_message(stack: Stack, monkeypatch:
     assert "Monitor" in texts(at.title)
 
 
-def test_unreachable_proxy_is_explained_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_proxy_is_explained_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None]
+) -> None:
+    dashboard_address("127.0.0.1")
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -74,6 +78,28 @@ def test_unreachable_proxy_is_explained_without_a_traceback(monkeypatch: pytest.
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "anything")
     at = start()
     assert any("Cannot reach the proxy" in e for e in texts(at.error)), texts(at.error)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.20", ""])
+def test_dashboard_auto_sign_in_only_on_a_loopback_bind(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None], address: str
+) -> None:
+    # The env token is there, but a visitor of a dashboard reachable from elsewhere must still give the token.
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
+    dashboard_address(address)
+    at = start()
+    assert "Sign in to Keyrack" in texts(at.title) and "Monitor" not in texts(at.title)
+    at.text_input(key="login_token").input(ADMIN_TOKEN)
+    ok(at.button[0].click().run())
+    assert "Monitor" in texts(at.title)
+
+
+def test_dashboard_admin_url_is_server_side_not_a_form_field(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
+    at = start()
+    assert [w.key for w in at.text_input] == ["login_token"]  # a visitor cannot point the server elsewhere
 
 
 def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stack) -> None:

@@ -364,6 +364,9 @@ def test_secret_settings_url_credentials_are_masked(proxy: Proxy, caplog: pytest
     assert fields["outbound_proxy"]["secret"] and fields["access_tokens"]["secret"]
     assert not fields["strategy"]["secret"]
     assert proxy.gateway.config.outbound_proxy == url  # the real value is kept
+    masked = got["values"]["outbound_proxy"]
+    r = httpx.patch(f"{proxy.url}/admin/api/config", json={"outbound_proxy": masked, "max_retries": 2}, headers=ADMIN)
+    assert r.status_code == 200 and proxy.gateway.config.outbound_proxy == url  # a form round trip keeps it
     assert "hunter2" not in caplog.text
 
 
@@ -420,3 +423,76 @@ def test_query_parameter_allow_list_never_forwards_credentials(
     )
     assert hostile.seen[0]["query"] == [("alt", "json"), ("pageSize", "5"), ("pageToken", "abc")]
     assert hostile.seen[1]["query"] == [("alt", "sse"), ("$alt", "sse")]
+
+
+def test_deeply_nested_json_to_the_admin_api_is_a_client_error(proxy: Proxy) -> None:
+    r = httpx.patch(f"{proxy.url}/admin/api/config", content=b"[" * 100_000, headers=ADMIN)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+
+
+# -- 5. the SQL endpoint cannot stall the data plane or take its memory ----------------------------------------------
+
+
+def test_sql_answer_is_serialised_off_the_event_loop(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The JSON answer waits (up to 10 s) for a /healthz answered meanwhile: only possible if the event loop is free.
+    from proxy_service.admin import sql as admin_sql
+
+    serialising, healthz_done = threading.Event(), threading.Event()
+    real = admin_sql.json_answer
+
+    def slow_answer(*args: Any) -> bytes:
+        serialising.set()
+        healthz_done.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(admin_sql, "json_answer", slow_answer)
+    order: list[str] = []
+
+    def query() -> None:
+        sql = "SELECT i, repeat('x', 50) AS s FROM range(20000) t(i)"
+        r = httpx.post(f"{proxy.url}/admin/api/query", json={"sql": sql, "format": "json"}, headers=ADMIN, timeout=60)
+        assert r.status_code == 200 and r.json()["row_count"] == 20000
+        order.append("query")
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    assert serialising.wait(30)
+    assert httpx.get(f"{proxy.url}/healthz", timeout=30).status_code == 200
+    order.append("healthz")
+    healthz_done.set()
+    worker.join(60)
+    assert order == ["healthz", "query"]
+
+
+def test_sql_byte_cap_truncates_with_the_flag_set(proxy: Proxy) -> None:
+    r = httpx.patch(f"{proxy.url}/admin/api/config", json={"query_byte_cap_mb": 0.01}, headers=ADMIN)  # 10 KiB
+    assert r.status_code == 200
+    sql = "SELECT i, repeat('y', 500) AS s FROM range(100) t(i)"
+    r = httpx.post(f"{proxy.url}/admin/api/query", json={"sql": sql, "format": "json"}, headers=ADMIN)
+    doc = r.json()
+    assert r.status_code == 200 and doc["truncated"] is True and 0 < doc["row_count"] < 100
+    assert len(r.content) < 10_240 + 1_000 and len(doc["rows"]) == doc["row_count"]
+    r = httpx.post(f"{proxy.url}/admin/api/query", json={"sql": sql}, headers=ADMIN)
+    assert r.headers["x-keyrack-truncated"] == "true" and int(r.headers["x-keyrack-rows"]) < 100
+    r = httpx.post(f"{proxy.url}/admin/api/query", json={"sql": "SELECT 1 AS one", "format": "json"}, headers=ADMIN)
+    assert r.json()["truncated"] is False and r.json()["rows"] == [[1]]
+
+
+def test_sql_memory_hungry_queries_get_a_clear_error(start_proxy: Callable[..., Proxy], upstream: Upstream) -> None:
+    proxy = start_proxy(upstream.url, duckdb_memory_limit="32MB", duckdb_threads=1)
+    cur = proxy.gateway.store.cursor()
+    assert cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone() == (
+        "30.5 MiB",
+        1,
+    )
+    cur.close()
+    with httpx.Client(base_url=proxy.url, headers=ADMIN, timeout=60) as c:
+        # built whole outside DuckDB's memory limit: refused before it runs
+        for sql in ("SELECT range(100000000)", "SELECT repeat('x', 2000000000)", "SELECT range(i) FROM range(3) t(i)"):
+            r = c.post("/admin/api/query", json={"sql": sql})
+            assert r.status_code == 400 and "constant size" in r.json()["error"]["message"], (sql, r.text)
+        assert c.post("/admin/api/query", json={"sql": "SELECT range(5) AS r", "format": "json"}).json()["rows"]
+        # under DuckDB's memory limit: a clear error, and the proxy goes on
+        r = c.post("/admin/api/query", json={"sql": "SELECT len(list(x)) FROM range(20000000) t(x)"})
+        assert r.status_code == 400 and "Out of Memory" in r.json()["error"]["message"], r.text
+        assert c.post(GEN, json=BODY, headers=GOOG).status_code == 200
