@@ -26,6 +26,10 @@ the partial rows of the buckets touched since its last run. At startup `install(
 `count(*)` of requests and rebuilds when they differ (first start on an old file, rows changed while the proxy was
 stopped, a crash between the appends). If maintaining it ever fails, `stale` is set: readers fall back to the raw
 table (slower, still exact) until the next job tick rebuilds it.
+
+The explore cube (`cube.py`, all low-cardinality dimensions at once, hourly) lives and dies with the rollup: same
+fold, compaction, trim, rebuild and staleness. Folds wait for the append after the requests one in a flush (attempts,
+which the cube reads) or for a reader.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from datetime import datetime, timedelta
 import duckdb
 import pyarrow as pa
 
+from proxy_service import cube
+from proxy_service.histogram import GAMMA
+
 log = logging.getLogger("keyrack.rollup")
 
-VERSION = "2"
-GAMMA = 1.04
+VERSION = "3"  # 3: the explore cube (cube.py) is maintained with the rollup
 TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),
@@ -100,6 +106,7 @@ def _insert(cur: duckdb.DuckDBPyConnection, source: str) -> None:
         base = {"interval": _INTERVAL[grain], "gamma": GAMMA, "source": _SOURCES[source]}
         cur.execute(_INSERT_COUNTERS.format(counters=counters, **base))
         cur.execute(_INSERT_LATENCY.format(latency=latency, **base))
+    cube.insert(cur, _SOURCES[source])
 
 
 def _floor(t: datetime, grain: int) -> datetime:
@@ -128,12 +135,13 @@ class Rollup:
         for counters, latency in TIERS.values():
             cur.execute(_COUNTERS_DDL.format(table=counters))
             cur.execute(_LATENCY_DDL.format(table=latency))
+        cube.install(cur)
         row = cur.execute("SELECT value FROM rollup_meta WHERE name = 'version'").fetchone()
         raw = cur.execute("SELECT count(*) FROM requests").fetchone()
         agree = all(
             cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == raw
             for counters, _ in TIERS.values()
-        )
+        ) and (cube.total_calls(cur),) == raw
         if row is None or row[0] != VERSION or not agree:
             self.rebuild(cur)
 
@@ -145,6 +153,7 @@ class Rollup:
             for counters, latency in TIERS.values():
                 cur.execute(f"DELETE FROM {counters}")
                 cur.execute(f"DELETE FROM {latency}")
+            cube.reset(cur)
             _insert(cur, "requests")
             cur.execute("INSERT OR REPLACE INTO rollup_meta VALUES ('version', ?)", [VERSION])
             cur.execute("COMMIT")
@@ -159,11 +168,17 @@ class Rollup:
 
     # -- maintenance (writer thread) -------------------------------------------------------------------------------
     def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
-        """EventWriter hook: keep the batch just appended to `requests`; fold when enough has gathered."""
-        if table != "requests" or self.stale or batch.num_rows == 0:
+        """EventWriter hook: keep the batch just appended to `requests`; fold when enough has gathered.
+
+        Folds only after another table's append: a flush appends requests first, then the attempts the cube needs
+        for those requests (a request's attempts are recorded before it)."""
+        if self.stale:
             return
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
+        if table == "requests":
+            if batch.num_rows:
+                self._pending.append(batch)
+                self._pending_rows += batch.num_rows
+            return
         if self._pending_rows >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY_S:
             self.fold(cur)
 
@@ -214,6 +229,7 @@ class Rollup:
                 cur.execute(f"DELETE FROM {latency} {_IN_TOUCHED}", params)
                 cur.execute(f"INSERT INTO {counters} SELECT * FROM _rollup_c")
                 cur.execute(f"INSERT INTO {latency} SELECT * FROM _rollup_l")
+            cube.compact(cur, sorted({_floor(b, 3600) for b in touched}))
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
@@ -230,3 +246,4 @@ class Rollup:
         for counters, latency in TIERS.values():
             cur.execute(f"DELETE FROM {counters} WHERE bucket < ?", [before])
             cur.execute(f"DELETE FROM {latency} WHERE bucket < ?", [before])
+        cube.trim(cur, before)

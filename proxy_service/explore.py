@@ -1,0 +1,471 @@
+"""Explore: measures × up to two dimensions, with filters, a time range, top N and compare-with-previous-period.
+
+The request (`Spec`) is validated here against allow-lists, so the only text assembled into SQL is identifiers and
+fragments chosen from them; values travel as parameters (the "open in SQL" text inlines them as quoted literals for
+display, see `sql_text`).
+
+Sources: whole UTC hours come from the cube (`cube.py`, exact counters + ±2 % histograms); the partial hours at
+the edges come from raw `requests` rows. Raw rows for the whole range when the query groups or filters by `key`
+(not in the cube), or when it uses a time dimension in a display zone whose offset is not a whole number of hours
+(Asia/Kolkata...). Time dimensions are local to the display zone (DST-exact: the offset is a CASE over its changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pyarrow as pa
+
+from proxy_service import cube, queries
+from proxy_service.histogram import lb_sql
+
+OTHER = "(other)"
+MAX_ROWS = 50_000
+DRILL_LIMIT = 1000
+# name → SQL over the summed counters
+COUNTER_MEASURES: dict[str, str] = {
+    "calls": "calls",
+    "successes": "successes",
+    "success_rate": "successes / nullif(calls, 0)",
+    "error_rate": "1 - successes / nullif(calls, 0)",
+    "exhausted": "exhausted",
+    "attempts_per_call": "attempts / nullif(calls, 0)",
+    "upstream_429s": "upstream_429s",
+    "prompt_tokens": "prompt_tokens",
+    "output_tokens": "output_tokens",
+    "thinking_tokens": "thinking_tokens",
+    "cached_tokens": "cached_tokens",
+    "total_tokens": "total_tokens",
+    "tokens_per_call": "total_tokens / nullif(calls, 0)",
+    "request_bytes": "request_bytes",
+    "response_bytes": "response_bytes",
+    "avg_latency_ms": "latency_sum / nullif(latency_n, 0)",
+    "avg_ttfb_ms": "ttfb_sum / nullif(ttfb_n, 0)",
+}
+# name → (histogram metric, quantile)
+PERCENTILE_MEASURES: dict[str, tuple[str, float]] = {
+    "p50_latency_ms": ("l", 0.5),
+    "p95_latency_ms": ("l", 0.95),
+    "p99_latency_ms": ("l", 0.99),
+    "p50_ttfb_ms": ("t", 0.5),
+    "p95_ttfb_ms": ("t", 0.95),
+}
+MEASURES = (*COUNTER_MEASURES, *PERCENTILE_MEASURES)
+TIME_BUCKETS = ("hour", "day", "week", "month")
+CLOCK_DIMS = ("hour_of_day", "day_of_week")
+TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status")
+DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
+_RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
+_SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
+
+
+class ExploreError(ValueError):
+    """A request Explore cannot answer; `field` names the part of the request at fault."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Spec:
+    measures: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    lo: datetime  # naive UTC, inclusive
+    hi: datetime  # naive UTC, exclusive
+    filters: dict[str, list[Any]] = field(default_factory=dict)  # normalised: values as the dimension's SQL compares
+    compare: bool = False
+    top_n: int | None = None
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+def _names(value: Any, allowed: Sequence[str], what: str, lo: int, hi: int) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ExploreError(f"{what} must be a list of names, e.g. [{allowed[0]!r}]", what)
+    if not lo <= len(value) <= hi:
+        raise ExploreError(f"{what}: give {lo} to {hi} names (got {len(value)})", what)
+    for v in value:
+        if v not in allowed:
+            raise ExploreError(f"{what}: unknown name {v[:80]!r} (known: {', '.join(allowed)})", what)
+    if len(set(value)) != len(value):
+        raise ExploreError(f"{what}: each name at most once", what)
+    return tuple(value)
+
+
+def parse_spec(
+    body: dict[str, Any], tz: ZoneInfo, now: datetime, labels: dict[str, str] | None = None
+) -> tuple[Spec, str]:
+    """A validated Spec and the answer format from an explore request body (see the contract)."""
+    known = {"measures", "dimensions", "filters", "from", "to", "compare", "top_n", "format"}
+    for name in body:
+        if name not in known:
+            raise ExploreError(f"unknown field {name[:80]!r} (known: {', '.join(sorted(known))})", name)
+    measures = _names(body.get("measures"), MEASURES, "measures", 1, len(MEASURES))
+    dimensions = _names(body.get("dimensions", []), DIMENSIONS, "dimensions", 0, 2)
+    hi = _time(body.get("to"), "to") or now
+    lo = _time(body.get("from"), "from") or hi - timedelta(days=7)
+    if lo >= hi:
+        raise ExploreError("from must be before to", "from")
+    if hi - lo > timedelta(days=3660):
+        raise ExploreError("the range may span at most 10 years", "from")
+    compare = body.get("compare")
+    if compare not in (None, "previous_period"):
+        raise ExploreError(f"compare must be 'previous_period' or absent (got {str(compare)[:40]!r})", "compare")
+    top_n = body.get("top_n")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or not 1 <= top_n <= 1000):
+        raise ExploreError("top_n must be an integer from 1 to 1000", "top_n")
+    fmt = body.get("format", "json")
+    if fmt not in ("json", "arrow"):
+        raise ExploreError(f"format must be json or arrow (got {str(fmt)[:40]!r})", "format")
+    filters = parse_filters(body.get("filters") or {}, tz, labels or {})
+    return Spec(measures, dimensions, lo, hi, filters, compare == "previous_period", top_n), fmt
+
+
+def _time(value: Any, name: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ExploreError(f"{name} must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z", name)
+    text = value.strip()
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ExploreError(f"{name}: {value[:60]!r} is not an ISO-8601 date or time", name) from None
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def parse_filters(raw: Any, tz: ZoneInfo, labels: dict[str, str]) -> dict[str, list[Any]]:
+    """{dimension: [values]} → values typed as each dimension's SQL expression compares them."""
+    if not isinstance(raw, dict):
+        raise ExploreError('filters must be an object like {"model": ["gemini-2.5-flash"]}', "filters")
+    out: dict[str, list[Any]] = {}
+    for dim, values in raw.items():
+        where = f"filters.{str(dim)[:40]}"
+        if dim not in DIMENSIONS:
+            raise ExploreError(f"filters: unknown dimension {str(dim)[:80]!r} (known: {', '.join(DIMENSIONS)})", where)
+        if not isinstance(values, list) or not values or len(values) > 10_000:
+            raise ExploreError(f"{where} must be a list of 1 to 10,000 values", where)
+        out[dim] = [_filter_value(dim, v, tz, where) for v in values]
+        if dim == "client":  # a label stands for every client id that carries it
+            ids = {i for i, label in labels.items() if label in out[dim]}
+            out[dim] = sorted(set(out[dim]) | ids)
+    return out
+
+
+def _filter_value(dim: str, v: Any, tz: ZoneInfo, where: str) -> Any:
+    if dim in TEXT_DIMS:
+        if v is None:
+            return ""
+        if dim == "stream" and isinstance(v, bool):
+            return "true" if v else "false"
+        if dim == "status" and isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, str) and len(v) <= 1000:
+            return v
+        raise ExploreError(f"{where}: values must be strings of at most 1,000 characters or null", where)
+    if dim in CLOCK_DIMS:
+        top = 23 if dim == "hour_of_day" else 7
+        if isinstance(v, int) and not isinstance(v, bool) and (0 if dim == "hour_of_day" else 1) <= v <= top:
+            return v
+        raise ExploreError(f"{where}: values must be integers ({'0-23' if top == 23 else '1 (Monday) to 7'})", where)
+    t = _time(v, where) if isinstance(v, str) else None
+    if t is None:
+        raise ExploreError(f"{where}: values must be ISO-8601 bucket starts", where)
+    return queries.floor_local(queries.to_local(t, tz), dim)  # local naive bucket start, as the SQL computes it
+
+
+# -- SQL fragments -------------------------------------------------------------------------------------------------
+@dataclass
+class Frag:
+    sql: str
+    params: list[Any]
+
+
+def _local(col: str, offs: queries.Offsets) -> Frag:
+    """`col` (naive UTC) as local wall-clock time in the display zone."""
+    if not offs.changes:
+        return Frag(f"({col} + to_seconds(?))", [offs.first])
+    whens, params, previous = [], [], offs.first
+    for instant, offset in offs.changes:
+        whens.append(f"WHEN {col} < ? THEN ?")
+        params += [instant, previous]
+        previous = offset
+    return Frag(f"({col} + to_seconds(CASE {' '.join(whens)} ELSE ? END))", [*params, previous])
+
+
+def dim_sql(dim: str, source: str, offs: queries.Offsets) -> Frag:
+    """The dimension's value in a cube row (source 'cube') or a raw `requests` row ('raw')."""
+    if dim in TEXT_DIMS:
+        return Frag(dim if source == "cube" else _RAW_TEXT[dim], [])
+    local = _local("bucket" if source == "cube" else "ts", offs)
+    if dim == "hour_of_day":
+        return Frag(f"hour({local.sql})", local.params)
+    if dim == "day_of_week":
+        return Frag(f"isodow({local.sql})", local.params)
+    return Frag(f"date_trunc('{dim}', {local.sql})", local.params)
+
+
+def _where(spec: Spec, source: str, offs: queries.Offsets, lo: datetime, hi: datetime) -> Frag:
+    col = "bucket" if source == "cube" else "ts"
+    clauses = [f"{col} >= ?", f"{col} < ?"]
+    params: list[Any] = [lo, hi]
+    for dim, values in spec.filters.items():
+        d = dim_sql(dim, source, offs)
+        clauses.append(f"list_contains(?, {d.sql})")
+        params += [values, *d.params]
+    return Frag(" AND ".join(clauses), params)
+
+
+def _keyed(spec: Spec, source: str, offs: queries.Offsets, tops: dict[str, list[str]]) -> list[Frag]:
+    """The SELECT expressions d0, d1 (top-N dimensions fold the rest into OTHER)."""
+    out = []
+    for i, dim in enumerate(spec.dimensions):
+        d = dim_sql(dim, source, offs)
+        if dim in tops:
+            d = Frag(f"CASE WHEN list_contains(?, {d.sql}) THEN {d.sql} ELSE '{OTHER}' END",
+                     [tops[dim], *d.params, *d.params])  # fmt: skip
+        out.append(Frag(f"{d.sql} AS d{i}", d.params))
+    return out
+
+
+def plan(spec: Spec, tz: ZoneInfo, use_cube: bool = True) -> tuple[queries.Offsets, list[queries.Part]]:
+    offs = queries.offsets(tz, spec.lo, spec.hi)
+    timed = any(d in (*CLOCK_DIMS, *TIME_BUCKETS) for d in (*spec.dimensions, *spec.filters))
+    raw_only = not use_cube or "key" in spec.dimensions or "key" in spec.filters or (timed and not offs.aligned(3600))
+    return offs, queries.split(spec.lo, spec.hi, () if raw_only else (3600,))
+
+
+def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part], tops: dict) -> Frag:
+    selects, params = [], []
+    for part in parts:
+        source = "cube" if part.source == "rollup" else "raw"
+        keys = _keyed(spec, source, offs, tops)
+        where = _where(spec, source, offs, part.lo, part.hi)
+        cols = ", ".join([*(k.sql for k in keys), ""]) if keys else ""
+        if source == "cube":
+            selects.append(f"SELECT {cols}{', '.join(cube.SUMS)} FROM {cube.COUNTERS} WHERE {where.sql}")
+            params += [p for k in keys for p in k.params] + where.params
+        else:
+            lookup = cube.upstream_429s_sql("?", "?")
+            sums = ", ".join(f"{expr} AS {s}" for s, expr in cube.RAW_SUMS.items())
+            selects.append(
+                f"SELECT {cols}{sums} FROM requests r LEFT JOIN ({lookup}) u USING (request_id) WHERE {where.sql}"
+            )
+            params += [p for k in keys for p in k.params] + [part.lo, part.hi] + where.params
+    return Frag(" UNION ALL ".join(selects), params)
+
+
+def _counters(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list, tops: dict) -> pa.Table:
+    union = _counter_parts(spec, offs, parts, tops)
+    dims = [f"d{i}" for i in range(len(spec.dimensions))]
+    sums = ", ".join(f"CAST(coalesce(sum({s}), 0) AS {_SUM_TYPES[s]}) AS {s}" for s in cube.SUMS)
+    group = f" GROUP BY {', '.join(dims)}" if dims else ""
+    agg = f"SELECT {', '.join([*dims, ''])}{sums} FROM c{group}"
+    measures = [f"{COUNTER_MEASURES[m]} AS {m}" for m in COUNTER_MEASURES]
+    sql = f"WITH c AS ({union.sql}) SELECT {', '.join([*dims, *measures])} FROM ({agg}) WHERE calls > 0"
+    return cur.execute(sql, union.params).to_arrow_table()
+
+
+def _histogram(
+    cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list, tops: dict, metric: str
+) -> pa.Table:
+    selects, params = [], []
+    col = "latency_ms" if metric == "l" else "ttfb_ms"
+    n = len(spec.dimensions)
+    for part in parts:
+        source = "cube" if part.source == "rollup" else "raw"
+        keys = _keyed(spec, source, offs, tops)
+        where = _where(spec, source, offs, part.lo, part.hi)
+        cols = ", ".join([*(k.sql for k in keys), *(f"'' AS d{i}" for i in range(n, 2))])
+        if source == "cube":
+            selects.append(f"SELECT {cols}, lb, n FROM {cube.HISTOGRAM} WHERE metric = ? AND {where.sql}")
+            params += [p for k in keys for p in k.params] + [metric, *where.params]
+        else:
+            selects.append(f"SELECT {cols}, {lb_sql(col)} AS lb, 1 AS n FROM requests WHERE {col} IS NOT NULL "
+                           f"AND {where.sql}")  # fmt: skip
+            params += [p for k in keys for p in k.params] + where.params
+    sql = (
+        f"WITH h AS ({' UNION ALL '.join(selects)}) SELECT d0 AS b, d1 AS g, hash(d0, d1) AS gk, "
+        "CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY d0, d1, lb ORDER BY gk, lb"
+    )
+    return cur.execute(sql, params).to_arrow_table()
+
+
+def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list) -> dict[str, list[str]]:
+    """The top_n values by calls of each text dimension (time dimensions are never folded)."""
+    out: dict[str, list[str]] = {}
+    if spec.top_n is None:
+        return out
+    for dim in spec.dimensions:
+        if dim not in TEXT_DIMS:
+            continue
+        one = replace(spec, dimensions=(dim,))
+        table = _counters(cur, one, offs, parts, {})
+        ranked = sorted(zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
+                        key=lambda r: (-r[1], r[0]))  # fmt: skip
+        if len(ranked) > spec.top_n:
+            out[dim] = [v for v, _ in ranked[: spec.top_n]]
+    return out
+
+
+# -- answering -----------------------------------------------------------------------------------------------------
+@dataclass
+class Answer:
+    columns: list[str]
+    rows: list[list[Any]]
+    source: str  # cube | raw | mixed
+    timezone: str
+    lo: datetime
+    hi: datetime
+    compare_lo: datetime | None = None
+    compare_hi: datetime | None = None
+    types: dict[str, str] = field(default_factory=dict)
+
+
+def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, use_cube: bool, tops: dict | None) -> tuple:
+    offs, parts = plan(spec, tz, use_cube)
+    if tops is None:
+        tops = _tops(cur, spec, offs, parts)
+    table = _counters(cur, spec, offs, parts, tops)
+    n = len(spec.dimensions)
+    keys = [tuple(table.column(f"d{i}")[k].as_py() for i in range(n)) for k in range(table.num_rows)]
+    if len(keys) > MAX_ROWS:
+        raise ExploreError(f"the answer would have more than {MAX_ROWS:,} rows: use top_n or a coarser time", "top_n")
+    values: dict[tuple, dict[str, Any]] = {}
+    data = {m: table.column(m).to_pylist() for m in COUNTER_MEASURES if m in spec.measures}
+    for k, key in enumerate(keys):
+        values[key] = {m: col[k] for m, col in data.items()}
+    for metric in sorted({PERCENTILE_MEASURES[m][0] for m in spec.measures if m in PERCENTILE_MEASURES}):
+        wanted = [m for m in spec.measures if PERCENTILE_MEASURES.get(m, ("", 0))[0] == metric]
+        qs = tuple(PERCENTILE_MEASURES[m][1] for m in wanted)
+        found = queries._percentiles(_histogram(cur, spec, offs, parts, tops, metric), qs)
+        for key, row in values.items():
+            got = found.get((*key, "", "")[:2])
+            for m, v in zip(wanted, got or (None,) * len(wanted), strict=True):
+                row[m] = v
+    sources = {p.source for p in parts}
+    source = "mixed" if len(sources) > 1 else ("cube" if sources == {"rollup"} else "raw")
+    return values, tops, source
+
+
+def answer(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, labels: dict[str, str] | None = None,
+           use_cube: bool = True) -> Answer:  # fmt: skip
+    values, tops, source = _period(cur, spec, tz, use_cube, None)
+    columns = [*spec.dimensions, *spec.measures]
+    ans = Answer(columns, [], source, tz.key, spec.lo, spec.hi)
+    prev: dict[tuple, dict[str, Any]] = {}
+    if spec.compare:
+        span = spec.hi - spec.lo
+        ans.compare_lo, ans.compare_hi = spec.lo - span, spec.lo
+        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo), tz, use_cube, tops)
+        prev = _align(prev, spec, tz)
+        columns += [f"{m}_{s}" for m in spec.measures for s in ("prev", "delta")]
+    keys = sorted(set(values) | (set(prev) if spec.compare else set()), key=_order)
+    for key in keys:
+        cur_row, prev_row = values.get(key, {}), prev.get(key, {})
+        row = [_out(d, v, tz, labels or {}) for d, v in zip(spec.dimensions, key, strict=True)]
+        row += [_num(cur_row.get(m), m) for m in spec.measures]
+        for m in spec.measures if spec.compare else ():
+            a, b = _num(cur_row.get(m), m), _num(prev_row.get(m), m)
+            row += [b, None if a is None or b is None else a - b]
+        ans.rows.append(row)
+    return ans
+
+
+def _num(v: Any, m: str) -> Any:
+    if v is None:
+        return 0 if m in COUNTER_MEASURES and COUNTER_MEASURES[m] == m else None
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def _order(key: tuple) -> tuple:
+    return tuple((v == OTHER, v is None, str(v) if isinstance(v, str) else "", v if not isinstance(v, str) else 0)
+                 for v in key)  # fmt: skip
+
+
+def _align(prev: dict[tuple, dict], spec: Spec, tz: ZoneInfo) -> dict[tuple, dict]:
+    """Previous-period rows keyed like the current ones: time buckets match by position (the k-th bucket)."""
+    span = spec.hi - spec.lo
+    for i, dim in enumerate(spec.dimensions):
+        if dim in TIME_BUCKETS:
+            mapping = dict(zip(_buckets(spec.lo - span, spec.lo, dim, tz), _buckets(spec.lo, spec.hi, dim, tz),
+                               strict=False))  # fmt: skip
+            prev = {(*k[:i], mapping[k[i]], *k[i + 1 :]): v for k, v in prev.items() if k[i] in mapping}
+    return prev
+
+
+def _buckets(lo: datetime, hi: datetime, g: str, tz: ZoneInfo) -> list[datetime]:
+    """The local start of every `g` bucket that overlaps [lo, hi)."""
+    t, end, out = queries.floor_local(queries.to_local(lo, tz), g), queries.to_local(hi, tz), []
+    while t < end:
+        out.append(t)
+        t = queries.next_local(t, g)
+    return out
+
+
+def _out(dim: str, v: Any, tz: ZoneInfo, labels: dict[str, str]) -> Any:
+    if v == OTHER:
+        return v
+    if dim in TIME_BUCKETS:
+        return queries.to_utc(v, tz).replace(tzinfo=UTC).astimezone(tz).isoformat()
+    if dim in CLOCK_DIMS:
+        return v
+    if v == "":
+        return None
+    if dim == "status":
+        return int(v)
+    if dim == "stream":
+        return v == "true"
+    if dim == "client":
+        return labels.get(v, v)
+    return v
+
+
+def to_arrow(ans: Answer) -> pa.Table:
+    cols = {c: [r[i] for r in ans.rows] for i, c in enumerate(ans.columns)}
+    return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
+
+
+# -- drill-down ----------------------------------------------------------------------------------------------------
+CALL_COLUMNS = ("ts", "request_id", "client_id", "model", "key_id", "project", "surface", "operation", "stream",
+                "status", "outcome", "attempts", "latency_ms", "ttfb_ms", "total_tokens", "error_message")  # fmt: skip
+
+
+def calls(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, limit: int = 100) -> list[dict[str, Any]]:
+    """The calls behind a cell: `spec.filters` already holds the cell's dimension values."""
+    offs = queries.offsets(tz, spec.lo, spec.hi)
+    where = _where(spec, "raw", offs, spec.lo, spec.hi)
+    sql = (
+        f"SELECT {', '.join('r.' + c for c in CALL_COLUMNS)}, e.error_id FROM requests r LEFT JOIN "
+        "(SELECT request_id, min(id) AS error_id FROM error_logs WHERE ts >= ? AND ts < ? + INTERVAL 1 HOUR "
+        f"GROUP BY request_id) e USING (request_id) WHERE {where.sql} "
+        "ORDER BY r.ts DESC LIMIT ?"
+    )
+    return queries._dicts(cur.execute(sql, [spec.lo, spec.hi, *where.params, limit]))
+
+
+def _literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, datetime):
+        return f"TIMESTAMP '{v.isoformat(sep=' ')}'"
+    if isinstance(v, list):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def sql_text(spec: Spec, tz: ZoneInfo, limit: int = DRILL_LIMIT) -> str:
+    """The drill-down as one SELECT over the SQL page's `requests`, values inlined as literals (display only)."""
+    offs = queries.offsets(tz, spec.lo, spec.hi)
+    where = _where(spec, "raw", offs, spec.lo, spec.hi)
+    parts = where.sql.split("?")
+    text = parts[0] + "".join(_literal(p) + rest for p, rest in zip(where.params, parts[1:], strict=True))
+    text = text.replace(" AND ", "\n  AND ")
+    return f"SELECT {', '.join(CALL_COLUMNS)}\nFROM requests\nWHERE {text}\nORDER BY ts DESC\nLIMIT {limit}"

@@ -1,0 +1,242 @@
+"""Explore: the cube and the query builder against plain SQL over the raw rows, on a real DuckDB file."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from proxy_service import cube, explore
+from proxy_service.events import AttemptEvent
+from tests.test_queries import DB, event
+
+UTC = ZoneInfo("UTC")
+NY = ZoneInfo("America/New_York")
+KOLKATA = ZoneInfo("Asia/Kolkata")
+START = datetime(2026, 3, 6, 0, 0)  # spans the New York DST change of 2026-03-08
+END = START + timedelta(days=4)
+CLIENTS = ["t_billing", "t_search", "t_batch", None]
+MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
+
+
+def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
+    rnd = random.Random(seed)
+    events, attempts = [], []
+    for i in range(n):
+        ts = START + timedelta(seconds=rnd.uniform(0, (END - START).total_seconds()))
+        outcome = rnd.choice(["success"] * 6 + ["exhausted", "upstream_error", "client_error"])
+        status = {"success": 200, "exhausted": 429, "upstream_error": 503, "client_error": 400}[outcome]
+        n_att = 0 if outcome == "exhausted" else rnd.randint(1, 3)
+        rid = f"q{i}"
+        for a in range(n_att):
+            attempts.append(AttemptEvent(ts=ts + timedelta(seconds=a), request_id=rid, attempt=a + 1, key_id="k_1",
+                                         project="p1", model="m", upstream_status=429 if a < n_att - 1 else status,
+                                         outcome="rate_limited" if a < n_att - 1 else "ok", latency_ms=5.0))  # fmt: skip
+        events.append(
+            event(ts, i, request_id=rid, client_id=rnd.choice(CLIENTS), model=rnd.choice(MODELS),
+                  project=rnd.choice(["p1", "p2", None]), key_id=f"k_{rnd.randint(1, 12)}",
+                  surface=rnd.choice(["gemini", "openai"]), stream=rnd.random() < 0.3, status=status, outcome=outcome,
+                  attempts=n_att, latency_ms=rnd.lognormvariate(6, 1), ttfb_ms=rnd.choice([None, rnd.uniform(20, 900)]),
+                  prompt_tokens=rnd.randint(0, 5000), output_tokens=rnd.choice([None, rnd.randint(0, 900)]),
+                  total_tokens=rnd.randint(0, 6000), request_bytes=rnd.randint(100, 9000))
+        )  # fmt: skip
+    return events, attempts
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> Iterator[DB]:
+    d = DB(tmp_path / "k.duckdb")
+    events, attempts = traffic(3000)
+    for a in attempts:  # as the relay does: a call's attempts are recorded before the call itself
+        d.writer.record(a)
+    d.add(*events, compact=True)
+    yield d
+    d.close()
+
+
+def ask(db: DB, tz: ZoneInfo = UTC, labels: dict[str, str] | None = None, **body: Any) -> explore.Answer:
+    spec, _ = explore.parse_spec(body, tz, END, labels)
+    db.writer.submit(db.rollup.fold).result()
+    return explore.answer(db.cur, spec, tz, labels)
+
+
+LOCAL = {
+    "hour_of_day": "hour(timezone('{tz}', ts::TIMESTAMPTZ))",
+    "day_of_week": "isodow(timezone('{tz}', ts::TIMESTAMPTZ))",
+    "day": "strftime(date_trunc('day', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
+}
+RAW = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
+
+
+def raw_sql(db: DB, dims: list[str], tz: ZoneInfo, lo: datetime, hi: datetime, where: str = "") -> dict:
+    """The reference answer: plain SQL over requests (and attempts), ICU time zones."""
+    db.cur.execute("SET TimeZone = 'UTC'")
+    keys = [RAW[d].format(tz=tz.key) for d in dims]
+    sel = ", ".join([*keys, ""]) if keys else ""
+    group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    rows = db.cur.execute(
+        f"""SELECT {sel} count(*), count(*) FILTER (WHERE outcome = 'success'), sum(coalesce(prompt_tokens, 0)),
+                   sum(coalesce(output_tokens, 0)), sum(coalesce(total_tokens, 0)),
+                   sum((SELECT count(*) FROM attempts a WHERE a.request_id = r.request_id AND a.upstream_status = 429)),
+                   sum(attempts), quantile_disc(latency_ms, 0.95)
+            FROM requests r WHERE ts >= ? AND ts < ? {where} {group}""",
+        [lo, hi],
+    ).fetchall()
+    n = len(keys)
+    return {tuple(r[:n]): r[n:] for r in rows}
+
+
+def normal(dim: str, v: Any) -> Any:
+    if dim == "day":
+        return v[:19]
+    if v is None:
+        return ""
+    return str(v).lower() if dim in ("status", "stream") else v
+
+
+@pytest.mark.parametrize(
+    ("dims", "tz", "lo", "hi"),
+    [
+        ([], UTC, START, END),
+        (["model"], UTC, START + timedelta(minutes=17), END - timedelta(minutes=43)),  # partial hours: raw edges
+        (["model", "client"], NY, START, END),
+        (["project", "status"], UTC, START + timedelta(hours=5), END),
+        (["hour_of_day", "day_of_week"], NY, START, END),
+        (["day", "surface"], NY, START + timedelta(minutes=30), END),
+        (["key", "stream"], UTC, START, END),  # key: raw rows
+        (["hour_of_day", "outcome"], KOLKATA, START, END),  # a half-hour zone: raw rows
+    ],
+)
+def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_percent(
+    loaded: DB, dims: list[str], tz: ZoneInfo, lo: datetime, hi: datetime
+) -> None:
+    measures = ["calls", "successes", "prompt_tokens", "output_tokens", "total_tokens", "upstream_429s",
+                "attempts_per_call", "p95_latency_ms"]  # fmt: skip
+    ans = ask(loaded, tz, measures=measures, dimensions=dims, **{"from": lo.isoformat(), "to": hi.isoformat()})
+    expected = raw_sql(loaded, dims, tz, lo, hi)
+    got = {tuple(normal(d, v) for d, v in zip(dims, row, strict=False)): row[len(dims) :] for row in ans.rows}
+    assert set(got) == set(expected)
+    assert sum(r[0] for r in expected.values()) > 100
+    for key, (calls, ok, prompt, output, total, u429, attempts, p95) in expected.items():
+        row = got[key]
+        assert row[:6] == [calls, ok, prompt, output, total, u429], key
+        assert row[6] == pytest.approx(attempts / calls)
+        assert row[7] == pytest.approx(p95, rel=0.021), key
+    assert ans.source == ("raw" if "key" in dims or tz is KOLKATA else "mixed" if lo.minute else "cube")
+
+
+def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
+    ans = ask(loaded, NY, measures=["calls", "total_tokens"], dimensions=["model"],
+              filters={"surface": ["openai"], "stream": [True], "client": ["t_billing", None], "hour_of_day": [9, 10]},
+              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
+    where = ("AND surface = 'openai' AND stream AND (client_id = 't_billing' OR client_id IS NULL) "
+             "AND hour(timezone('America/New_York', ts::TIMESTAMPTZ)) IN (9, 10)")  # fmt: skip
+    expected = raw_sql(loaded, ["model"], NY, START, END, where)
+    assert {r[0]: r[1:] for r in ans.rows} == {k[0]: [v[0], v[4]] for k, v in expected.items()}
+    assert ans.rows
+
+
+def test_compare_gives_previous_period_and_delta(loaded: DB) -> None:
+    mid = START + timedelta(days=2)
+    ans = ask(loaded, measures=["calls", "p50_latency_ms"], dimensions=["model"], compare="previous_period",
+              **{"from": mid.isoformat(), "to": END.isoformat()})  # fmt: skip
+    assert ans.columns == ["model", "calls", "p50_latency_ms", "calls_prev", "calls_delta", "p50_latency_ms_prev",
+                           "p50_latency_ms_delta"]  # fmt: skip
+    now, before = raw_sql(loaded, ["model"], UTC, mid, END), raw_sql(loaded, ["model"], UTC, START, mid)
+    for row in ans.rows:
+        assert row[1] == now[(row[0],)][0] and row[3] == before[(row[0],)][0] and row[4] == row[1] - row[3]
+        assert row[6] == pytest.approx(row[2] - row[5])
+    assert ans.compare_lo == START and ans.compare_hi == mid
+
+
+def test_compare_matches_time_buckets_by_position(loaded: DB) -> None:
+    mid = START + timedelta(days=2)
+    ans = ask(loaded, measures=["calls"], dimensions=["day"], compare="previous_period",
+              **{"from": mid.isoformat(), "to": END.isoformat()})  # fmt: skip
+    assert [r[0][:10] for r in ans.rows] == ["2026-03-08", "2026-03-09"]
+    before = raw_sql(loaded, ["day"], UTC, START, mid)
+    assert [r[2] for r in ans.rows] == [before[d][0] for d in sorted(before)]
+
+
+def test_top_n_folds_the_rest_into_other_exactly(loaded: DB) -> None:
+    ans = ask(loaded, measures=["calls", "p95_latency_ms"], dimensions=["key"], top_n=3,
+              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
+    assert len(ans.rows) == 4 and ans.rows[-1][0] == explore.OTHER
+    assert sum(r[1] for r in ans.rows) == 3000
+    full = raw_sql(loaded, ["key"], UTC, START, END)
+    top = sorted(full.items(), key=lambda kv: (-kv[1][0], kv[0]))[:3]
+    assert [(r[0], r[1]) for r in ans.rows[:3]] == sorted((k[0], v[0]) for k, v in top)
+
+
+def test_client_labels_show_and_filter(loaded: DB) -> None:
+    labels = {"t_billing": "billing-service"}
+    ans = ask(loaded, labels=labels, measures=["calls"], dimensions=["client"], filters={"client": ["billing-service"]},
+              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
+    expected = raw_sql(loaded, [], UTC, START, END, "AND client_id = 't_billing'")
+    assert ans.rows == [["billing-service", expected[()][0]]]
+
+
+def test_the_cube_follows_appends_after_compaction(loaded: DB) -> None:
+    extra, _ = traffic(50, seed=99)
+    loaded.add(*[event(e.ts, 0, **{k: getattr(e, k) for k in ("model", "client_id")}, request_id=f"x{i}")
+                 for i, e in enumerate(extra)])  # fmt: skip
+    ans = ask(loaded, measures=["calls"], **{"from": START.isoformat(), "to": END.isoformat()})
+    assert ans.rows == [[3050]]
+    loaded.writer.submit(loaded.rollup.compact).result()
+    rows = loaded.cur.execute(f"SELECT sum(calls) FROM {cube.COUNTERS}").fetchone()
+    assert rows == (3050,)
+
+
+def test_drill_down_lists_the_calls_and_the_sql_page_query_agrees(loaded: DB) -> None:
+    spec, _ = explore.parse_spec(
+        {"measures": ["calls"], "filters": {"model": ["gemini-2.5-pro"], "hour_of_day": [3], "outcome": ["exhausted"]},
+         "from": START.isoformat(), "to": END.isoformat()}, NY, END)  # fmt: skip
+    calls = explore.calls(loaded.cur, spec, NY, limit=1000)
+    expected = raw_sql(loaded, [], NY, START, END, "AND model = 'gemini-2.5-pro' AND outcome = 'exhausted' AND "
+                       "hour(timezone('America/New_York', ts::TIMESTAMPTZ)) = 3")  # fmt: skip
+    assert len(calls) == expected[()][0] > 0
+    assert all(c["model"] == "gemini-2.5-pro" and c["outcome"] == "exhausted" for c in calls)
+    text = explore.sql_text(spec, NY)
+    assert "'gemini-2.5-pro'" in text and "?" not in text
+    rows = loaded.cur.execute(text.replace("FROM requests", "FROM safe.requests")).fetchall()
+    assert sorted(r[1] for r in rows) == sorted(c["request_id"] for c in calls)
+
+
+def test_sql_text_quotes_values_safely(loaded: DB) -> None:
+    spec, _ = explore.parse_spec({"measures": ["calls"], "filters": {"model": ["x'); DROP TABLE keys; --"]}}, UTC, END)
+    text = explore.sql_text(spec, UTC)
+    assert loaded.cur.execute(text).fetchall() == []
+    assert loaded.cur.execute("SELECT count(*) FROM keys").fetchone() is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"measures": ["calls", "nope"]}, "measures"),
+        ({"measures": []}, "measures"),
+        ({"measures": "calls"}, "measures"),
+        ({"measures": ["calls"], "dimensions": ["model", "key", "client"]}, "dimensions"),
+        ({"measures": ["calls"], "dimensions": ["colour"]}, "dimensions"),
+        ({"measures": ["calls"], "dimensions": ["model", "model"]}, "dimensions"),
+        ({"measures": ["calls"], "filters": {"colour": ["red"]}}, "filters.colour"),
+        ({"measures": ["calls"], "filters": {"model": "x"}}, "filters.model"),
+        ({"measures": ["calls"], "filters": {"hour_of_day": [24]}}, "filters.hour_of_day"),
+        ({"measures": ["calls"], "filters": {"model": [{"a": 1}]}}, "filters.model"),
+        ({"measures": ["calls"], "from": "yesterday"}, "from"),
+        ({"measures": ["calls"], "from": "2026-03-02", "to": "2026-03-01"}, "from"),
+        ({"measures": ["calls"], "compare": "last_year"}, "compare"),
+        ({"measures": ["calls"], "top_n": 0}, "top_n"),
+        ({"measures": ["calls"], "top_n": 1e30}, "top_n"),
+        ({"measures": ["calls"], "format": "csv"}, "format"),
+        ({"measures": ["calls"], "colour": 1}, "colour"),
+    ],
+)
+def test_bad_requests_name_the_field(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(explore.ExploreError) as err:
+        explore.parse_spec(body, UTC, END)
+    assert err.value.field == field
