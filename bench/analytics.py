@@ -40,7 +40,7 @@ MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite", "gemini
 # One hash per row; every field is a different slice of it. Spread: ~90 days up to `end`, evenly in time.
 GENERATE = """
 INSERT INTO requests BY NAME
-SELECT ts, request_id, 'c' || (h % 7) AS client_id, CASE WHEN h % 5 = 0 THEN 'openai' ELSE 'gemini' END AS surface,
+SELECT ts, request_id, 'c' || (h % {clients}) AS client_id, CASE WHEN h % 5 = 0 THEN 'openai' ELSE 'gemini' END AS surface,
        'generateContent' AS operation, list_extract(?, 1 + CAST((h >> 8) % 5 AS INTEGER)) AS model,
        (h >> 11) % 3 = 0 AS stream,
        CAST(CASE WHEN r < 92 THEN 200 WHEN r < 97 THEN 429 WHEN r < 99 THEN 503 ELSE 400 END AS SMALLINT) AS status,
@@ -63,12 +63,12 @@ FROM (
 )"""
 
 
-def build(path: Path, rows: int, end: datetime) -> dict[str, float]:
+def build(path: Path, rows: int, end: datetime, clients: int = 7) -> dict[str, float]:
     store = Store(path)
     cur = store.cursor()
     t0 = time.perf_counter()
     step_us = 90 * 86400 * 1_000_000 // max(rows, 1)
-    cur.execute(GENERATE, [MODELS, end, rows, step_us, rows])
+    cur.execute(GENERATE.format(clients=clients), [MODELS, end, rows, step_us, rows])
     generated = time.perf_counter() - t0
     t0 = time.perf_counter()
     Rollup().install(cur)

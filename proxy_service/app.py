@@ -75,6 +75,7 @@ class Gateway:
         except ConfigError:
             self.store.close()
             raise
+        self.writer.submit(lambda cur: queries.set_client_labels(cur, cfg.client_labels))  # inline: not started
         self.pool = Pool(
             cfg.strategy,
             default_cooldown_s=cfg.default_cooldown_s,
@@ -163,6 +164,8 @@ class Gateway:
 
     async def _apply(self, new: Config) -> None:
         old, self._config = self._config, new
+        if old.client_labels != new.client_labels:
+            self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels))
         self.pool.strategy = new.strategy
         self.pool.default_cooldown_s = new.default_cooldown_s
         self.pool.failure_threshold = new.failure_threshold

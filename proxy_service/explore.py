@@ -431,6 +431,16 @@ def to_arrow(ans: Answer) -> pa.Table:
     return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
 
 
+def client_calls(cur: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int]]:
+    """Calls per client id since `since` (whole hours from the cube: a listing, not an exact figure)."""
+    rows = cur.execute(
+        f"SELECT client, CAST(sum(calls) AS BIGINT) FROM {cube.COUNTERS} WHERE bucket >= ? AND client <> '' "
+        "GROUP BY client",
+        [since],
+    ).fetchall()
+    return [(str(c), int(n)) for c, n in rows]
+
+
 # -- drill-down ----------------------------------------------------------------------------------------------------
 CALL_COLUMNS = ("ts", "request_id", "client_id", "model", "key_id", "project", "surface", "operation", "stream",
                 "status", "outcome", "attempts", "latency_ms", "ttfb_ms", "total_tokens", "error_message")  # fmt: skip

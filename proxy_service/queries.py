@@ -34,7 +34,9 @@ MAX_BUCKETS = 20_000
 # -- the safe schema (what user SQL sees) ------------------------------------------------------------------------
 SAFE_SCHEMA = "safe"
 SAFE_TABLES: dict[str, str] = {
-    "requests": "SELECT * FROM main.requests",
+    # `client`: the operator's label for the client (config `client_labels`), else its id.
+    "requests": "SELECT r.*, coalesce(l.label, r.client_id) AS client FROM main.requests r "
+    "LEFT JOIN main.client_labels l ON l.client_id = r.client_id",
     "attempts": "SELECT * FROM main.attempts",
     "error_logs": "SELECT * FROM main.error_logs",
     "keys": "SELECT * EXCLUDE (secret) FROM main.keys",
@@ -42,9 +44,18 @@ SAFE_TABLES: dict[str, str] = {
 
 
 def install_safe_views(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute("CREATE TABLE IF NOT EXISTS main.client_labels (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SAFE_SCHEMA}")
     for name, body in SAFE_TABLES.items():
         cur.execute(f"CREATE OR REPLACE VIEW {SAFE_SCHEMA}.{name} AS {body}")
+
+
+def set_client_labels(cur: duckdb.DuckDBPyConnection, labels: dict[str, str]) -> None:
+    """Keep the table behind `safe.requests.client` equal to the configured labels (writer thread)."""
+    cur.execute("CREATE TABLE IF NOT EXISTS main.client_labels (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
+    cur.execute("DELETE FROM main.client_labels")
+    if labels:
+        cur.executemany("INSERT INTO main.client_labels VALUES (?, ?)", list(labels.items()))
 
 
 def safe_schema(cur: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, str]]]:

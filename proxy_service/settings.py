@@ -26,6 +26,7 @@ SecretKind = Literal["value", "url"]
 GOOGLE_URL = "https://generativelanguage.googleapis.com"
 # Model ids as Google spells them (gemini-2.5-flash, after any "models/" prefix); nothing that could climb a path.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+CLIENT_ID = re.compile(r"t_[0-9a-f]{10}|anonymous")  # what surfaces.common.client_id makes of a token
 
 
 def _meta(section: str, description: str, secret: SecretKind | None = None) -> dict[str, Any]:
@@ -73,6 +74,12 @@ class Config(BaseModel):
         default_factory=list,
         json_schema_extra=_meta(
             "general", "Client tokens accepted by the proxy (empty: open, loopback bind only)", "value"
+        ),
+    )
+    client_labels: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "general", 'Names for clients (access tokens) by client id, e.g. {"t_1a2b3c4d5e": "billing-service"}'
         ),
     )
     display_timezone: str = Field("UTC", json_schema_extra=_meta("general", "Time zone for dashboard charts"))
@@ -157,6 +164,21 @@ class Config(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from None
         return v
+
+    @field_validator("client_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 1000:
+            raise ValueError("at most 1,000 client labels")
+        out = {}
+        for client, label in v.items():
+            if not CLIENT_ID.fullmatch(client):
+                raise ValueError(f"{client[:40]!r} is not a client id (t_ and 10 hex digits, or anonymous)")
+            text = label.strip() if isinstance(label, str) else ""
+            if not 1 <= len(text) <= 64 or not text.isprintable():
+                raise ValueError(f"the label of {client} must be 1 to 64 printable characters")
+            out[client] = text
+        return out
 
     @field_validator("model_limits")
     @classmethod

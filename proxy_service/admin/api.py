@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
-from proxy_service.admin import config, errors, forecast, keys, sql, stats
+from proxy_service.admin import config, errors, explore, forecast, keys, sql, stats
 from proxy_service.admin.common import Handler, error_response, guarded
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def mount(gw: Gateway) -> Mount:
         *stats.ROUTES,
         *sql.ROUTES,
         *forecast.ROUTES,
+        *explore.ROUTES,
     ]
     routes = [Route(path, guarded(gw, h), methods=methods) for path, methods, h in table]
 

@@ -1,0 +1,96 @@
+"""Admin API: Explore (measures × up to two dimensions) and its drill-down to the calls behind a cell.
+
+Contract: docs/ARCHITECTURE.md ("Explore"). Validation lives in `explore.parse_spec`; its errors become 400s naming
+the field. Reads fold the rollup first (the cube is folded with it) so that answers cover every written row.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy_service import explore, queries
+from proxy_service.admin.common import ApiError, arrow_response, iso, json_body, ok
+from proxy_service.keys import mask
+from proxy_service.surfaces.common import client_id
+
+if TYPE_CHECKING:
+    from proxy_service.app import Gateway
+
+
+async def _ready(gw: Gateway) -> bool:
+    """Fold what the writer appended since the last fold (the cube folds with the rollup); False → go raw."""
+    rollup = gw.rollup
+    if rollup.usable:
+        await gw.write(rollup.fold)
+    return rollup.usable
+
+
+def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInfo]:
+    tz = ZoneInfo(gw.config.display_timezone)
+    try:
+        spec, fmt = explore.parse_spec(body, tz, queries.utcnow(), gw.config.client_labels)
+    except explore.ExploreError as exc:
+        raise ApiError(400, str(exc), exc.field) from None
+    return spec, fmt, tz
+
+
+async def run_explore(gw: Gateway, request: Request) -> Response:
+    spec, fmt, tz = _spec(gw, await json_body(request))
+    usable, labels = await _ready(gw), gw.config.client_labels
+    try:
+        ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, use_cube=usable))
+    except explore.ExploreError as exc:
+        raise ApiError(400, str(exc), exc.field) from None
+    meta = {"timezone": ans.timezone, "from": iso(ans.lo), "to": iso(ans.hi), "source": ans.source,
+            "compare_from": iso(ans.compare_lo), "compare_to": iso(ans.compare_hi)}  # fmt: skip
+    if fmt == "arrow":
+        headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
+        return arrow_response(explore.to_arrow(ans), headers)
+    return ok({"columns": ans.columns, "rows": ans.rows, **meta})
+
+
+async def explore_calls(gw: Gateway, request: Request) -> Response:
+    """The calls behind one cell: the explore request's range and filters plus `cell` {dimension: value}."""
+    body = await json_body(request)
+    cell, limit = body.pop("cell", {}) or {}, body.pop("limit", 100)
+    if not isinstance(cell, dict):
+        raise ApiError(400, 'cell must be an object like {"model": "gemini-2.5-flash", "hour_of_day": 9}', "cell")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= explore.DRILL_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {explore.DRILL_LIMIT}", "limit")
+    if any(v == explore.OTHER for v in cell.values()):
+        raise ApiError(400, f"{explore.OTHER} stands for many values: drill into a named one", "cell")
+    body.setdefault("measures", ["calls"])
+    filters = body.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise ApiError(400, 'filters must be an object like {"model": ["gemini-2.5-flash"]}', "filters")
+    body["filters"] = {**filters, **{k: [v] for k, v in cell.items()}}
+    spec, _, tz = _spec(gw, body)
+    await _ready(gw)
+    items = await gw.read(lambda cur: explore.calls(cur, spec, tz, limit))
+    labels = gw.config.client_labels
+    for item in items:
+        item["client"] = labels.get(item["client_id"] or "", item["client_id"])
+    return ok({"items": items, "sql": explore.sql_text(spec, tz), "from": iso(spec.lo), "to": iso(spec.hi)})
+
+
+async def list_clients(gw: Gateway, _request: Request) -> Response:
+    """Every client: the configured access tokens (masked) and the ids seen in the last 90 days, with labels."""
+    labels = gw.config.client_labels
+    tokens = {client_id(t) or "": mask(t) for t in gw.config.access_tokens}
+    since = queries.utcnow() - timedelta(days=90)
+    seen = dict(await gw.read(lambda cur: explore.client_calls(cur, since)))
+    ids = sorted(set(tokens) | set(seen) | set(labels))
+    items = [{"client_id": i, "token": tokens.get(i), "label": labels.get(i), "calls_90d": seen.get(i, 0)} for i in ids]
+    return ok({"items": items})
+
+
+ROUTES: list[tuple[str, list[str], Any]] = [
+    ("/explore", ["POST"], run_explore),
+    ("/explore/calls", ["POST"], explore_calls),
+    ("/clients", ["GET"], list_clients),
+]

@@ -1,0 +1,101 @@
+"""Explore through the admin API of a real proxy (fake Gemini behind it): real calls from two clients, labels set
+through /config, answers checked against SQL over the same DuckDB file."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from proxy_service.surfaces.common import client_id
+from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Proxy, wait_rows
+
+OTHER_TOKEN = "client-token-other-42"
+BILLING = client_id(CLIENT_TOKEN) or ""
+
+
+def admin(proxy: Proxy) -> httpx.Client:
+    return httpx.Client(base_url=f"{proxy.url}/admin/api", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                        timeout=30)  # fmt: skip
+
+
+def call(proxy: Proxy, token: str, model: str, n: int = 1) -> None:
+    for _ in range(n):
+        r = httpx.post(f"{proxy.url}/v1beta/models/{model}:generateContent", headers={"x-goog-api-key": token},
+                       json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=30)  # fmt: skip
+        assert r.status_code in (200, 400, 404, 429, 503), r.text
+
+
+def traffic(proxy: Proxy) -> None:
+    call(proxy, CLIENT_TOKEN, "gemini-2.5-flash", 4)
+    call(proxy, CLIENT_TOKEN, "gemini-2.5-pro", 2)
+    call(proxy, OTHER_TOKEN, "gemini-2.5-flash", 3)
+    wait_rows(proxy, "SELECT 1 FROM requests HAVING count(*) >= 9")
+
+
+def test_explore_answers_match_sql_with_client_labels(start_proxy: Any, upstream: Any) -> None:
+    proxy = start_proxy(upstream.url, access_tokens=[CLIENT_TOKEN, OTHER_TOKEN])
+    traffic(proxy)
+    with admin(proxy) as api:
+        r = api.patch("/config", json={"client_labels": {BILLING: "billing-service"}})
+        assert r.status_code == 200, r.text
+        body = {"measures": ["calls", "successes", "total_tokens", "p95_latency_ms"], "dimensions": ["client", "model"],
+                "from": "2020-01-01T00:00:00Z"}  # fmt: skip
+        ans = api.post("/explore", json=body).json()
+        assert ans["columns"] == ["client", "model", "calls", "successes", "total_tokens", "p95_latency_ms"]
+        expected = proxy.rows(
+            "SELECT coalesce(l.label, r.client_id), model, count(*), count(*) FILTER (WHERE outcome = 'success'), "
+            "sum(coalesce(total_tokens, 0)) FROM requests r LEFT JOIN client_labels l USING (client_id) GROUP BY ALL"
+        )
+        assert sorted(tuple(row[:5]) for row in ans["rows"]) == sorted(expected)
+        assert {row[0] for row in ans["rows"]} == {"billing-service", client_id(OTHER_TOKEN)}
+        # The SQL page's requests.client column carries the label too.
+        q = api.post("/query", json={"sql": "SELECT DISTINCT client FROM requests ORDER BY 1", "format": "json"})
+        assert [r[0] for r in q.json()["rows"]] == sorted(["billing-service", client_id(OTHER_TOKEN) or ""])
+        # The clients listing: tokens masked, ids, labels.
+        clients = {c["client_id"]: c for c in api.get("/clients").json()["items"]}
+        assert clients[BILLING]["label"] == "billing-service" and CLIENT_TOKEN not in str(clients)
+        assert clients[BILLING]["token"] and clients[BILLING]["calls_90d"] == 6
+        # Arrow, with compare.
+        r = api.post("/explore", json={**body, "format": "arrow", "compare": "previous_period"})
+        table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+        assert "calls_prev" in table.column_names and sum(table.column("calls").to_pylist()) == 9
+        # Bad labels are refused naming the field.
+        r = api.patch("/config", json={"client_labels": {"not-a-client": "x"}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "client_labels"
+
+
+def test_bad_explore_requests_are_400_naming_the_field(proxy: Proxy) -> None:
+    with admin(proxy) as api:
+        for body, field in (
+            ({"measures": ["calls", "vibes"]}, "measures"),
+            ({"measures": ["calls"], "dimensions": ["model", "key", "client"]}, "dimensions"),
+            ({"measures": ["calls"], "filters": {"planet": ["mars"]}}, "filters.planet"),
+            ({"measures": ["calls"], "from": "not a time"}, "from"),
+            ({"measures": ["calls"], "compare": "yesterday"}, "compare"),
+        ):
+            r = api.post("/explore", json=body)
+            assert r.status_code == 400 and r.json()["error"]["field"] == field, (body, r.text)
+        r = api.post("/explore/calls", json={"cell": {"model": "(other)"}})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "cell"
+        r = api.post("/explore/calls", json={"limit": 10**9})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "limit"
+
+
+def test_drill_down_lists_calls_links_errors_and_opens_in_sql(proxy: Proxy, upstream: Any) -> None:
+    call(proxy, CLIENT_TOKEN, "gemini-2.5-flash", 3)
+    upstream.set_scenario({**SCENARIO, "error_rates": {"503": 1.0}})
+    call(proxy, CLIENT_TOKEN, "gemini-2.5-flash", 2)
+    wait_rows(proxy, "SELECT 1 FROM requests HAVING count(*) >= 5")
+    with admin(proxy) as api:
+        cell = {"model": "gemini-2.5-flash", "outcome": "upstream_error"}
+        r = api.post("/explore/calls", json={"from": "2020-01-01", "cell": cell}).json()
+        expected = proxy.rows("SELECT request_id FROM requests WHERE outcome = 'upstream_error'")
+        assert sorted(i["request_id"] for i in r["items"]) == sorted(x[0] for x in expected) and expected
+        error_id = r["items"][0]["error_id"]
+        assert error_id and api.get(f"/errors/{error_id}").json()["request_id"] == r["items"][0]["request_id"]
+        q = api.post("/query", json={"sql": r["sql"], "format": "json"}).json()
+        names = [c["name"] for c in q["columns"]]
+        assert sorted(row[names.index("request_id")] for row in q["rows"]) == sorted(x[0] for x in expected)
