@@ -119,6 +119,7 @@ page = st.navigation(
         st.Page(HERE / "pages" / "monitor.py", title=t("nav.monitor"), icon=":material/monitor_heart:", default=True),
         st.Page(HERE / "pages" / "trends.py", title=t("nav.trends"), icon=":material/insights:"),
         st.Page(HERE / "pages" / "forecast.py", title=t("nav.forecast"), icon=":material/query_stats:"),
+        st.Page(HERE / "pages" / "explore.py", title=t("nav.explore"), icon=":material/pivot_table_chart:"),
         st.Page(HERE / "pages" / "error_logs.py", title=t("nav.errors"), icon=":material/error:"),
         st.Page(HERE / "pages" / "config.py", title=t("nav.config"), icon=":material/settings:"),
         st.Page(HERE / "pages" / "sql.py", title=t("nav.sql"), icon=":material/database:"),

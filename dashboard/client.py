@@ -372,6 +372,20 @@ class AdminClient:
     def forecast_plan(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/forecast/plan", json=body)
 
+    # -- explore -------------------------------------------------------------------------------------------------
+    def explore(self, body: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """POST /explore as JSON: (the answer as a frame, its meta: timezone, from, to, source, compare_*)."""
+        data = self._json("POST", "/explore", json=body, timeout=120.0)
+        frame = pd.DataFrame(data.get("rows", []), columns=data.get("columns", []))
+        return frame, {k: v for k, v in data.items() if k not in ("rows", "columns")}
+
+    def explore_calls(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /explore/calls: {"items": [...], "sql": "..."} (the calls behind a cell)."""
+        return self._json("POST", "/explore/calls", json=body, timeout=60.0)
+
+    def clients(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/clients").get("items", [])
+
     # -- SQL -----------------------------------------------------------------------------------------------------
     def query(self, sql: str, *, timeout: float = 120.0) -> QueryResult:
         resp = self._request("POST", "/query", json={"sql": sql, "format": "arrow"}, timeout=timeout)

@@ -250,13 +250,17 @@ def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part],
         if source == "cube":
             selects.append(f"SELECT {cols}{', '.join(cube.SUMS)} FROM {cube.COUNTERS} WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
-        else:
+        elif "upstream_429s" in spec.measures:  # the attempts lookup costs a join: only when asked for
             lookup = cube.upstream_429s_sql("?", "?")
             sums = ", ".join(f"{expr} AS {s}" for s, expr in cube.RAW_SUMS.items())
             selects.append(
                 f"SELECT {cols}{sums} FROM requests r LEFT JOIN ({lookup}) u USING (request_id) WHERE {where.sql}"
             )
             params += [p for k in keys for p in k.params] + [part.lo, part.hi] + where.params
+        else:
+            sums = ", ".join(f"{'0' if s == 'upstream_429s' else expr} AS {s}" for s, expr in cube.RAW_SUMS.items())
+            selects.append(f"SELECT {cols}{sums} FROM requests r WHERE {where.sql}")
+            params += [p for k in keys for p in k.params] + where.params
     return Frag(" UNION ALL ".join(selects), params)
 
 

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from dashboard import clients_panel, ui
 from dashboard import config_form as cf
-from dashboard import ui
 from dashboard.i18n import t
 
 ui.require_login()
@@ -12,6 +12,7 @@ ui.page_header("config.title")
 cfg = ui.safe("config", ttl=30.0)
 if cfg:
     fields, values = cfg.get("fields") or [], cfg.get("values") or {}
+    fields = [f for f in fields if f.get("name") != clients_panel.FIELD]  # its own editor below
     patch, local_errors = cf.changes(fields, values)
     n = len(patch) + len(set(local_errors) - set(patch))
 
@@ -49,5 +50,7 @@ if cfg:
                 with cols[i % 2]:
                     cf.widget(field, values)
                     cf.mark(field, values, local_errors)
+
+    clients_panel.editor()
 
 ui.show_dialog({"confirm": ("common.confirm_title", ui.confirm_body({"reset": cf.reset}), "small")})

@@ -1,0 +1,24 @@
+"""Explore: any measure by up to two dimensions — pivot, heatmap, small multiples, share — with drill-down."""
+
+import streamlit as st
+
+from dashboard import explore_panel as xp
+from dashboard import ui
+from dashboard.i18n import t
+
+ui.require_login()
+
+ui.page_header("explore.title")
+view = xp.controls()
+answer = xp.fetch(view)
+if answer is not None:
+    df, meta = answer
+    if df.empty:
+        st.info(t("explore.no_data"))
+    else:
+        xp.chart(df, view)
+        cell = xp.pivot_table(df, view)
+        xp.downloads(df)
+        st.caption(t("explore.footer", source=meta.get("source", "?"), tz=meta.get("timezone", "")))
+        if cell is not None:
+            xp.drill(view, cell)
