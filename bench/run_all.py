@@ -8,8 +8,8 @@ BENCHMARKS section is updated.
 
     python -m bench.run_all [--quick] [--only NAME[,NAME...]]
 
-NAME: proxy_throughput, event_writer, quota_pressure, analytics, dashboard_render, reliability (these three are
-run when their modules exist), forecast. --quick shortens every run (a check that the benchmarks work, not figures to
+NAME: proxy_throughput, event_writer, quota_pressure, analytics, explore, dashboard_render, reliability (these
+are run when their modules exist), forecast. --quick shortens every run (a check that the benchmarks work, not figures to
 publish).
 """
 
@@ -44,6 +44,7 @@ BENCHES = (
     Bench("event_writer", (), ("--events", "100000", "--baseline-rows", "500"), 900),
     Bench("quota_pressure", ("--minutes", "2"), ("--minutes", "1"), 1200),
     Bench("analytics", (), ("--rows", "1000000", "--runs", "3"), 3600, optional=True),
+    Bench("explore", (), ("--rows", "200000", "--runs", "3"), 3600, optional=True),
     Bench("dashboard_render", (), ("--rows", "100000", "--keys", "100", "--repeat", "1"), 3600, optional=True),
     Bench("reliability", ("--duration", "300"), ("--duration", "20"), 1800, optional=True),  # warm-up ends ~2 min
     Bench("forecast", (), ("--models", "3", "--days", "24", "--duration", "2"), 1800),
@@ -262,6 +263,17 @@ def rows_analytics(f: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_explore(f: dict[str, Any]) -> list[Row]:
+    area = f"explore ({f.get('rows', 0):,} rows, 90 days, 2 dimensions)"
+    out: list[Row] = []
+    for x in f.get("figures", []):
+        raw = x.get("raw_p50_ms")
+        base, ratio = (f"raw rows {raw:,.0f} ms", f"{raw / x['p50_ms']:.1f}x") if raw and x["p50_ms"] else ("", "")
+        out.append([area, f"{x['query']} p50", f"{x['p50_ms']:,.0f} ms", base, ratio, "≤ 1 s",
+                    _met(x["p50_ms"] <= 1000)])  # fmt: skip
+    return out
+
+
 def rows_dashboard(f: dict[str, Any]) -> list[Row]:
     return [
         [
@@ -336,6 +348,7 @@ SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "event_writer": rows_writer,
     "quota_pressure": rows_quota,
     "analytics": rows_analytics,
+    "explore": rows_explore,
     "dashboard_render": rows_dashboard,
     "reliability": rows_reliability,
     "forecast": rows_forecast,
