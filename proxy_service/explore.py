@@ -81,6 +81,7 @@ class Spec:
     filters: dict[str, list[Any]] = field(default_factory=dict)  # normalised: values as the dimension's SQL compares
     compare: bool = False
     top_n: int | None = None
+    open_end: bool = False  # `hi` is now: nothing newer exists, so the current hour may be read whole from the cube
 
 
 # -- validation ----------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def parse_spec(
     if fmt not in ("json", "arrow"):
         raise ExploreError(f"format must be json or arrow (got {str(fmt)[:40]!r})", "format")
     filters = parse_filters(body.get("filters") or {}, tz, labels or {})
-    return Spec(measures, dimensions, lo, hi, filters, compare == "previous_period", top_n), fmt
+    return Spec(measures, dimensions, lo, hi, filters, compare == "previous_period", top_n, hi >= now), fmt
 
 
 def _time(value: Any, name: str) -> datetime | None:
@@ -237,7 +238,10 @@ def plan(spec: Spec, tz: ZoneInfo, use_cube: bool = True) -> tuple[queries.Offse
     offs = queries.offsets(tz, spec.lo, spec.hi)
     timed = any(d in (*CLOCK_DIMS, *TIME_BUCKETS) for d in (*spec.dimensions, *spec.filters))
     raw_only = not use_cube or "key" in spec.dimensions or "key" in spec.filters or (timed and not offs.aligned(3600))
-    return offs, queries.split(spec.lo, spec.hi, () if raw_only else (3600,))
+    # Up to now: the current hour is read whole from the cube (as the stats summary does), not as raw rows that
+    # could be an hour of heavy traffic.
+    hi = queries.ceil_grain(spec.hi, 3600) if spec.open_end and not raw_only else spec.hi
+    return offs, queries.split(spec.lo, hi, () if raw_only else (3600,))
 
 
 def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part], tops: dict) -> Frag:
@@ -366,7 +370,7 @@ def answer(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, labels: dic
     if spec.compare:
         span = spec.hi - spec.lo
         ans.compare_lo, ans.compare_hi = spec.lo - span, spec.lo
-        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo), tz, use_cube, tops)
+        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo, open_end=False), tz, use_cube, tops)
         prev = _align(prev, spec, tz)
         columns += [f"{m}_{s}" for m in spec.measures for s in ("prev", "delta")]
     keys = sorted(set(values) | (set(prev) if spec.compare else set()), key=_order)

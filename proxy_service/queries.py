@@ -128,7 +128,7 @@ def _floor_grain(t: datetime, grain: int) -> datetime:
     return datetime.fromtimestamp(s - s % grain, UTC).replace(tzinfo=None)
 
 
-def _ceil_grain(t: datetime, grain: int) -> datetime:
+def ceil_grain(t: datetime, grain: int) -> datetime:
     f = _floor_grain(t, grain)
     return f if f == t else f + timedelta(seconds=grain)
 
@@ -196,7 +196,7 @@ def split(lo: datetime, hi: datetime, grains: Sequence[int]) -> list[Part]:
         return []
     if not grains:
         return [Part("raw", lo, hi)]
-    a, b = _ceil_grain(lo, grains[0]), _floor_grain(hi, grains[0])
+    a, b = ceil_grain(lo, grains[0]), _floor_grain(hi, grains[0])
     if a >= b:
         return split(lo, hi, grains[1:])
     return [*split(lo, a, grains[1:]), Part("rollup", a, b, grains[0]), *split(b, hi, grains[1:])]

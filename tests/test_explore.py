@@ -240,3 +240,11 @@ def test_bad_requests_name_the_field(body: dict[str, Any], field: str) -> None:
     with pytest.raises(explore.ExploreError) as err:
         explore.parse_spec(body, UTC, END)
     assert err.value.field == field
+
+
+def test_up_to_now_the_current_hour_comes_whole_from_the_cube(loaded: DB) -> None:
+    loaded.writer.submit(loaded.rollup.fold).result()
+    now = END + timedelta(minutes=20)  # mid-hour: nothing was recorded after it
+    spec, _ = explore.parse_spec({"measures": ["calls"], "from": START.isoformat()}, UTC, now)
+    ans = explore.answer(loaded.cur, spec, UTC)
+    assert ans.rows == [[3000]] and ans.source == "cube" and ans.hi == now
