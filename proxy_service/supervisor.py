@@ -37,7 +37,7 @@ import httpx
 
 from proxy_service.demo.history import backfill, demo_rates
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
-from proxy_service.demo.traffic import MODELS, TrafficGenerator
+from proxy_service.demo.traffic import HABITS, MODELS, Habit, TrafficGenerator
 from proxy_service.startup import (
     StartupError,
     check_data_dir,
@@ -47,6 +47,7 @@ from proxy_service.startup import (
     real_keys_configured,
     url_host,
 )
+from proxy_service.surfaces.common import client_id
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -256,9 +257,16 @@ class Launcher:
         admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
         client_token = base.access_tokens[0] if base.access_tokens else None
         env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
-        env.update({"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
+        )
+        demo_clients: dict[str, Habit] = {}
         if opts.demo:
             client_token = client_token or "krc_demo_" + secrets.token_urlsafe(12)
+            # Several clients with different habits, one token each, labelled (the first keeps the banner's token).
+            demo_clients = {client_token: HABITS[0]}
+            demo_clients.update({"krc_demo_" + secrets.token_urlsafe(12): h for h in HABITS[1:]})
+            labels = {client_id(t): h.name for t, h in demo_clients.items()}
             api_keys, scenario = demo_pool()
             scenario_path = data_dir / "fake-upstream.json"
             scenario_path.write_text(json.dumps(scenario, indent=2))
@@ -267,7 +275,8 @@ class Launcher:
                 {
                     "KEYRACK_API_KEYS": api_keys,
                     "KEYRACK_UPSTREAM_URL": upstream_url,
-                    "KEYRACK_ACCESS_TOKENS": client_token,
+                    "KEYRACK_ACCESS_TOKENS": ",".join(demo_clients),
+                    "KEYRACK_CLIENT_LABELS": json.dumps(labels),
                     "KEYRACK_HOST": host,
                     "KEYRACK_OUTBOUND_PROXY": "",  # the fake upstream is local
                     "KEYRACK_REQUEST_TIMEOUT_S": env.get("KEYRACK_REQUEST_TIMEOUT_S", "6"),
@@ -314,7 +323,7 @@ class Launcher:
             raise StartupError(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
 
         if opts.demo and opts.rate > 0:  # traffic first: the dashboard has data by the time it opens
-            self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate)
+            self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate, clients=demo_clients)
             self.traffic.start()
 
         dashboard_url = None

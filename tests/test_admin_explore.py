@@ -99,3 +99,27 @@ def test_drill_down_lists_calls_links_errors_and_opens_in_sql(proxy: Proxy, upst
         q = api.post("/query", json={"sql": r["sql"], "format": "json"}).json()
         names = [c["name"] for c in q["columns"]]
         assert sorted(row[names.index("request_id")] for row in q["rows"]) == sorted(x[0] for x in expected)
+
+
+def test_demo_clients_have_different_habits_that_explore_shows(start_proxy: Any, upstream: Any) -> None:
+    from proxy_service.demo.traffic import HABITS, TrafficGenerator
+
+    tokens = {f"demo-client-token-{i}": h for i, h in enumerate(HABITS)}
+    labels = {client_id(t): h.name for t, h in tokens.items()}
+    proxy = start_proxy(upstream.url, access_tokens=list(tokens), client_labels=labels)
+    traffic = TrafficGenerator(proxy.url, next(iter(tokens)), rate=40, seed=5, clients=tokens)
+    traffic.start()
+    try:
+        wait_rows(proxy, "SELECT 1 FROM requests GROUP BY client_id HAVING count(*) >= 3 OFFSET 3", timeout=30)
+    finally:
+        traffic.stop()
+    proxy.flush()
+    with admin(proxy) as api:
+        body = {"measures": ["calls"], "dimensions": ["client", "model"], "from": "2020-01-01"}
+        rows = api.post("/explore", json=body).json()["rows"]
+    by_client: dict[str, set[str]] = {}
+    for client, model, _ in rows:
+        by_client.setdefault(client, set()).add(model)
+    assert len(by_client) >= 4 and set(by_client) <= {h.name for h in HABITS}
+    assert by_client.get("search-indexer", {"gemini-embedding-001"}) == {"gemini-embedding-001"}
+    assert by_client.get("chat-frontend", {"gemini-2.5-flash"}) == {"gemini-2.5-flash"}

@@ -79,6 +79,26 @@ EMBED_TEXTS = [
 ]
 
 
+@dataclass(frozen=True)
+class Habit:
+    """How one demo client behaves: what it calls, on which models, how much of the traffic it sends."""
+
+    name: str
+    weight: float
+    mix: dict[str, float]
+    models: dict[str, float]
+
+
+# The demo's clients (one access token each, labelled with the name): Explore has differences worth finding.
+HABITS: tuple[Habit, ...] = (
+    Habit("chat-frontend", 5, {"stream_sse": 6, "chat_stream": 3, "generate": 1}, {"gemini-2.5-flash": 1}),
+    Habit("billing-service", 2, {"chat": 8, "generate": 2}, {"gemini-2.5-pro": 3, "gemini-2.5-flash": 1}),
+    Habit("search-indexer", 3, {"embed": 4, "batch_embed": 4, "oai_embed": 2}, {EMBED_MODEL: 1}),
+    Habit("nightly-reports", 1, {"generate": 8, "count": 2}, {"gemini-2.5-flash-lite": 2, "gemini-2.0-flash": 1}),
+    Habit("intern-scripts", 0.6, MIX, MODELS),
+)
+
+
 @dataclass
 class Spec:
     """One client request."""
@@ -293,9 +313,11 @@ class TrafficGenerator:
         seed: int | None = None,
         concurrency: int = 32,
         on_outcome: Callable[[Outcome], None] | None = None,
+        clients: dict[str, Habit] | None = None,
     ) -> None:
         self.base_url = base_url
         self.token = token
+        self.clients = clients or {}  # token → habit: each request comes from one of them (else all from `token`)
         self.rate = rate
         self.rng = random.Random(seed)
         self.concurrency = concurrency
@@ -340,6 +362,15 @@ class TrafficGenerator:
         with contextlib.suppress(Exception):
             asyncio.run(self._run())
 
+    def next_request(self) -> Spec:
+        """One request from a client chosen by weight, following its habits (or the plain mix)."""
+        if not self.clients:
+            return make_request(self.rng, self.token)
+        tokens = list(self.clients)
+        token = self.rng.choices(tokens, weights=[self.clients[t].weight for t in tokens])[0]
+        habit = self.clients[token]
+        return make_request(self.rng, token, _pick(self.rng, habit.mix), _pick(self.rng, habit.models))
+
     def current_rate(self, t: float) -> float:
         """The drifting base rate: between ~0.5x and ~1.5x `rate`, a period of about two minutes."""
         return max(0.05, self.rate * (1 + 0.5 * math.sin(2 * math.pi * t / 120)))
@@ -367,10 +398,11 @@ class TrafficGenerator:
                 kind = self.rng.choice(["generate", "generate", "stream_sse", "batch_embed"])
                 model = self.rng.choice(["gemini-2.5-flash", "gemini-2.5-flash", "gemini-2.5-flash-lite"])
                 n, span = self.rng.randint(10, 20), self.rng.uniform(2, 5)
+                token = next((t for t, h in self.clients.items() if h.name == "nightly-reports"), self.token)
                 for _ in range(n):
                     if self._stop.is_set():
                         return
-                    launch(make_request(self.rng, self.token, kind, model))
+                    launch(make_request(self.rng, token, kind, model))
                     await asyncio.sleep(span / n)
 
             bursts: set[asyncio.Task[None]] = set()
@@ -383,7 +415,7 @@ class TrafficGenerator:
                     next_burst = now + self.rng.uniform(20, 45)
                 await asyncio.sleep(min(self.rng.expovariate(self.current_rate(now - start)), 2.0))
                 if not self._stop.is_set():
-                    launch(make_request(self.rng, self.token))
+                    launch(self.next_request())
             for b in list(bursts):
                 b.cancel()
             if tasks:
