@@ -1,0 +1,108 @@
+"""Real browser (Debian's Chromium via Playwright) on Explore: a view opened from a URL, a control writing the URL,
+a drill-down from a pivot cell to its calls and on to the SQL page, and a shared link reproducing a view in a fresh
+session. The dashboard signs in with the env token, as `keyrack dashboard` does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
+from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _idle
+
+
+@pytest.fixture(scope="module")
+def signed_in_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "KEYRACK_ADMIN_URL": stack.url, "KEYRACK_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path_factory.mktemp("streamlit-explore") / "streamlit.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"],
+            cwd=tmp_path_factory.mktemp("cwd"), env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_explore_drill_down_and_shared_url_in_a_real_browser(signed_in_url: str, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium` or `apt-get install chromium`)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 1400},
+        )  # fmt: skip
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{signed_in_url}/explore?m=calls&r=model&c=outcome")
+            expect(page.get_by_role("heading", name="Explore")).to_be_visible()
+            _idle(page, 30_000)
+            assert "r=model" in page.url and "c=outcome" in page.url
+
+            # A control writes the URL.
+            page.locator('[data-testid="stButtonGroup"]').get_by_text("Heatmap", exact=True).click()
+            _idle(page, 30_000)
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)
+            assert "v=heatmap" in page.url
+
+            # Drill down: click a cell of the pivot's first row (a model × an outcome).
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            grid.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            box = grid.bounding_box()
+            assert box is not None
+            heading = page.get_by_role("heading", name="Calls: Model =")
+            for x in (230, 330, 430):
+                page.mouse.click(box["x"] + x, box["y"] + 35 + 17)
+                _idle(page, 30_000)
+                if heading.count():
+                    break
+            expect(heading).to_be_visible()
+            expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # the pivot and the calls
+            page.get_by_role("button", name="Open in SQL").click()
+            expect(page.get_by_role("heading", name="SQL", exact=True)).to_be_visible()
+            expect(page.get_by_label("SQL", exact=True)).to_contain_text("FROM requests")
+            page.get_by_role("button", name="Run").click()
+            expect(page.get_by_text(" rows · ")).to_be_visible()
+
+            # A shared link opens the same view in a fresh session.
+            shared = f"{signed_in_url}/explore?m=total_tokens&r=day&c=model&v=multiples&top=3"
+            other = ctx.new_page()
+            other.goto(shared)
+            expect(other.get_by_role("heading", name="Explore")).to_be_visible()
+            _idle(other, 30_000)
+            expect(other.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)
+            expect(other.get_by_text("Total tokens").first).to_be_visible()
+            assert "m=total_tokens" in other.url and "v=multiples" in other.url and "top=3" in other.url
+        finally:
+            ctx.close()
