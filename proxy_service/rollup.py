@@ -138,10 +138,13 @@ class Rollup:
         cube.install(cur)
         row = cur.execute("SELECT value FROM rollup_meta WHERE name = 'version'").fetchone()
         raw = cur.execute("SELECT count(*) FROM requests").fetchone()
-        agree = all(
-            cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == raw
-            for counters, _ in TIERS.values()
-        ) and (cube.total_calls(cur),) == raw
+        agree = (
+            all(
+                cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == raw
+                for counters, _ in TIERS.values()
+            )
+            and (cube.total_calls(cur),) == raw
+        )
         if row is None or row[0] != VERSION or not agree:
             self.rebuild(cur)
 

@@ -257,9 +257,7 @@ class Launcher:
         admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
         client_token = base.access_tokens[0] if base.access_tokens else None
         env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
-        env.update(
-            {"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
-        )
+        env.update({"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"})
         demo_clients: dict[str, Habit] = {}
         if opts.demo:
             client_token = client_token or "krc_demo_" + secrets.token_urlsafe(12)
