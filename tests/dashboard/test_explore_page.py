@@ -119,3 +119,31 @@ def test_pivot_totals_only_where_the_measure_adds_up() -> None:
     table = ev.pivot(df, ev.View("calls", "model", "outcome"))
     assert table.loc["Σ", "Σ"] == 6 and table.loc["a", "Σ"] == 4
     assert "Σ" not in ev.pivot(df, ev.View("p95_latency_ms", "model", "outcome")).index
+
+
+def test_trends_breaks_down_by_client_with_labels(dash_env: Stack) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from proxy_service.events import RequestEvent
+
+    cid = "t_0123456789"
+    for i in range(3):
+        dash_env.gateway.writer.record(
+            RequestEvent(ts=datetime.now(UTC).replace(tzinfo=None), request_id=uuid.uuid4().hex, client_id=cid,
+                         surface="openai", operation="chat", model="gemini-2.5-pro", stream=False, status=200,
+                         latency_ms=100.0 + i, total_tokens=10)
+        )  # fmt: skip
+    dash_env.flush()
+    dash_env.admin("PATCH", "/config", json={"client_labels": {cid: "billing-service"}})
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        at.run()
+        at.switch_page("pages/trends.py")
+        ok(at.run())
+        at.selectbox(key="breakdown").set_value("client")
+        ok(at.run())
+        names = {trace["name"] for c in at.get("plotly_chart") for trace in json.loads(c.proto.spec)["data"]}
+        assert {"billing-service", "test"} <= names
+    finally:
+        dash_env.admin("PATCH", "/config", json={"client_labels": {}})
