@@ -12,6 +12,7 @@ the edges come from raw `requests` rows. Raw rows for the whole range when the q
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -244,25 +245,32 @@ def plan(spec: Spec, tz: ZoneInfo, use_cube: bool = True) -> tuple[queries.Offse
     return offs, queries.split(spec.lo, hi, () if raw_only else (3600,))
 
 
+def _sums(spec: Spec) -> list[str]:
+    """The counters the requested measures read (calls always: it decides which groups exist)."""
+    exprs = [COUNTER_MEASURES[m] for m in spec.measures if m in COUNTER_MEASURES]
+    return [s for s in cube.SUMS if s == "calls" or any(re.search(rf"\b{s}\b", e) for e in exprs)]
+
+
 def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part], tops: dict) -> Frag:
     selects, params = [], []
+    wanted = _sums(spec)
     for part in parts:
         source = "cube" if part.source == "rollup" else "raw"
         keys = _keyed(spec, source, offs, tops)
         where = _where(spec, source, offs, part.lo, part.hi)
         cols = ", ".join([*(k.sql for k in keys), ""]) if keys else ""
         if source == "cube":
-            selects.append(f"SELECT {cols}{', '.join(cube.SUMS)} FROM {cube.COUNTERS} WHERE {where.sql}")
+            selects.append(f"SELECT {cols}{', '.join(wanted)} FROM {cube.COUNTERS} WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
         elif "upstream_429s" in spec.measures:  # the attempts lookup costs a join: only when asked for
             lookup = cube.upstream_429s_sql("?", "?")
-            sums = ", ".join(f"{expr} AS {s}" for s, expr in cube.RAW_SUMS.items())
+            sums = ", ".join(f"{cube.RAW_SUMS[s]} AS {s}" for s in wanted)
             selects.append(
                 f"SELECT {cols}{sums} FROM requests r LEFT JOIN ({lookup}) u USING (request_id) WHERE {where.sql}"
             )
             params += [p for k in keys for p in k.params] + [part.lo, part.hi] + where.params
         else:
-            sums = ", ".join(f"{'0' if s == 'upstream_429s' else expr} AS {s}" for s, expr in cube.RAW_SUMS.items())
+            sums = ", ".join(f"{cube.RAW_SUMS[s]} AS {s}" for s in wanted)
             selects.append(f"SELECT {cols}{sums} FROM requests r WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
     return Frag(" UNION ALL ".join(selects), params)
@@ -271,10 +279,11 @@ def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part],
 def _counters(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list, tops: dict) -> pa.Table:
     union = _counter_parts(spec, offs, parts, tops)
     dims = [f"d{i}" for i in range(len(spec.dimensions))]
-    sums = ", ".join(f"CAST(coalesce(sum({s}), 0) AS {_SUM_TYPES[s]}) AS {s}" for s in cube.SUMS)
+    sums = ", ".join(f"CAST(coalesce(sum({s}), 0) AS {_SUM_TYPES[s]}) AS {s}" for s in _sums(spec))
     group = f" GROUP BY {', '.join(dims)}" if dims else ""
     agg = f"SELECT {', '.join([*dims, ''])}{sums} FROM c{group}"
-    measures = [f"{COUNTER_MEASURES[m]} AS {m}" for m in COUNTER_MEASURES]
+    measures = [f"{COUNTER_MEASURES[m]} AS {m}" for m in spec.measures if m in COUNTER_MEASURES]
+    measures += [] if "calls" in spec.measures else ["calls"]
     sql = f"WITH c AS ({union.sql}) SELECT {', '.join([*dims, *measures])} FROM ({agg}) WHERE calls > 0"
     return cur.execute(sql, union.params).to_arrow_table()
 
@@ -312,7 +321,7 @@ def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, par
     for dim in spec.dimensions:
         if dim not in TEXT_DIMS:
             continue
-        one = replace(spec, dimensions=(dim,))
+        one = replace(spec, dimensions=(dim,), measures=("calls",))
         table = _counters(cur, one, offs, parts, {})
         ranked = sorted(zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
                         key=lambda r: (-r[1], r[0]))  # fmt: skip
