@@ -170,6 +170,7 @@ def heatmap(df: pd.DataFrame, v: View, title: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=table.values, x=list(table.columns), y=list(table.index), colorscale="Blues",
                                hovertemplate="%{y} · %{x}: %{z}<extra></extra>"))  # fmt: skip
     fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_yaxes(autorange="reversed")  # rows top to bottom, as in the pivot table
     return fig
 
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _idle
+from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _idle, _shot
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,7 @@ def test_explore_drill_down_and_shared_url_in_a_real_browser(signed_in_url: str,
                 if heading.count():
                     break
             expect(heading).to_be_visible()
+            _shot(page, "explore")
             expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # the pivot and the calls
             page.get_by_role("button", name="Open in SQL").click()
             expect(page.get_by_role("heading", name="SQL", exact=True)).to_be_visible()
