@@ -4,7 +4,6 @@ per-session cache, error display, dialogs opened through session state, flash me
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -18,6 +17,7 @@ import streamlit as st
 
 from dashboard.client import AdminClient, AdminError
 from dashboard.i18n import EN, t
+from proxy_service.envfile import env_setting
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
 CACHE_TTL_S = 5.0
@@ -26,27 +26,9 @@ FLASH = "_flash"
 
 
 # -- connection settings ---------------------------------------------------------------------------------------
-def _dotenv(path: Path = Path(".env")) -> dict[str, str]:
-    """KEY=VALUE lines of `.env` in the working directory (same file the proxy reads)."""
-    out: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.removeprefix("export ").partition("=")
-        out[name.strip()] = value.strip().strip("'\"")
-    return out
-
-
 def setting(name: str, default: str = "") -> str:
-    """Environment first, then `.env`."""
-    value = os.environ.get(name)
-    if value is None:
-        value = _dotenv().get(name)
+    """Environment first, then `.env` (the same reader as the proxy's)."""
+    value = env_setting(name)
     return value if value is not None else default
 
 

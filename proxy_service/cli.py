@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from dotenv import dotenv_values
 
+from proxy_service.envfile import env_setting
 from proxy_service.startup import StartupError, load_settings, streamlit_argv, url_host
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ def dashboard(host: str, port: int, admin_url: str | None) -> None:
     env = dict(os.environ)
     if admin_url:
         env["KEYRACK_ADMIN_URL"] = admin_url
-    elif "KEYRACK_ADMIN_URL" not in env and not dotenv_values(".env").get("KEYRACK_ADMIN_URL"):
+    elif not env_setting("KEYRACK_ADMIN_URL"):
         env["KEYRACK_ADMIN_URL"] = f"http://{url_host(settings.host)}:{settings.port}"
     if settings.admin_token and not env.get("KEYRACK_ADMIN_TOKEN"):
         env["KEYRACK_ADMIN_TOKEN"] = settings.admin_token

@@ -1,4 +1,6 @@
-"""Upstream key text: extraction from pasted text, stable ids, masking, and redaction of secrets.
+"""Upstream key text: what a Gemini key looks like, extraction from pasted text, stable ids, masking, the
+project-name rule, and redaction of secrets. The one place for each: other modules use `KEY_PATTERN` /
+`looks_like_key()` / `mask()` / `valid_project()` / `redact()` from here.
 
 A key's id is a short hash of its secret, so the same key always gets the same id and ids can appear in
 events, logs and URLs while the secret never does. `redact` is the one place that knows what a secret looks like:
@@ -12,13 +14,24 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Google API keys: "AIza" + 35 characters of [A-Za-z0-9_-] (39 in all).
-GEMINI_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")
+# A real Gemini (Google API) key: "AIza" + 35 characters of [0-9A-Za-z_-] (39 in all).
+KEY_PATTERN = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
+# In pasted text a key is not the start of a longer token (redaction still hides a key glued to other characters).
+_KEY_IN_TEXT = re.compile(KEY_PATTERN.pattern + r"(?![0-9A-Za-z_\-])")
 # An explicit line may carry any key-like token (test keys, other providers' formats): no spaces, 8..200 chars.
-# The same shape anywhere in text (a key glued to other characters is still a key to hide).
-GEMINI_KEY_SHAPE_RE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
 _EXPLICIT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{8,200}$")
-_PROJECT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{1,64}$")
+# A Google Cloud project as Keyrack names it (a label, not checked against Google): 1-64 of these characters.
+PROJECT_PATTERN = re.compile(r"^[0-9A-Za-z_\-\.]{1,64}$")
+PROJECT_RULE = "1-64 letters, digits, '_', '-' or '.'"
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether `text` is exactly one Gemini-shaped key."""
+    return KEY_PATTERN.fullmatch(text) is not None
+
+
+def valid_project(name: str) -> bool:
+    return PROJECT_PATTERN.match(name) is not None
 
 
 def key_id(secret: str) -> str:
@@ -50,7 +63,7 @@ def remove_secret_source(source: Callable[[], Iterable[str]]) -> None:
 def redact(text: str) -> str:
     """`text` with every Gemini-shaped key and every registered secret replaced by its masked form."""
     if "AIza" in text:
-        text = GEMINI_KEY_SHAPE_RE.sub(lambda m: mask(m.group(0)), text)
+        text = KEY_PATTERN.sub(lambda m: mask(m.group(0)), text)
     for source in list(_secret_sources):
         try:
             secrets = list(source())
@@ -112,15 +125,15 @@ def extract_keys(text: str, project: str | None = None) -> Extraction:
         line = raw.strip().strip("\"',")
         if not line or line.startswith("#"):
             continue
-        matches = GEMINI_KEY_RE.findall(line)
+        matches = _KEY_IN_TEXT.findall(line)
         if matches:
             prefix, sep, rest = line.partition(":")
-            line_project = prefix if sep and _PROJECT_RE.match(prefix) and rest.strip() in matches else None
+            line_project = prefix if sep and valid_project(prefix) and rest.strip() in matches else None
             for m in matches:
                 add(m, line_project)
             continue
         prefix, sep, rest = line.rpartition(":")
-        if sep and _PROJECT_RE.match(prefix) and _EXPLICIT_RE.match(rest):
+        if sep and valid_project(prefix) and _EXPLICIT_RE.match(rest):
             add(rest, prefix)
         elif _EXPLICIT_RE.match(line):
             add(line, None)

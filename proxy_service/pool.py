@@ -75,6 +75,11 @@ class Cooldown:
     quota_id: str | None = None
 
 
+def shown_status(key: Key, cooling: bool) -> str:
+    """The status shown to people: "cooling" is derived (an active key whose scope has a live cooldown), never stored."""
+    return "cooling" if key.status == "active" and cooling else key.status
+
+
 class Pool:
     def __init__(
         self,
@@ -126,22 +131,26 @@ class Pool:
         return True
 
     # -- status --------------------------------------------------------------------------------------------------
-    def cooldowns_of(self, key: Key, now: float | None = None) -> list[tuple[str, Cooldown]]:
+    def cooling_by_scope(self, now: float | None = None) -> dict[str, list[tuple[str, Cooldown]]]:
+        """Live cooldowns, (model, cooldown) per scope (a project, or a key without one)."""
         now = self.clock() if now is None else now
-        return [(m, c) for (s, m), c in self.cooldowns.items() if s == key.scope and c.until > now]
+        out: dict[str, list[tuple[str, Cooldown]]] = {}
+        for (scope, model), cd in list(self.cooldowns.items()):
+            if cd.until > now:
+                out.setdefault(scope, []).append((model, cd))
+        return out
+
+    def cooldowns_of(self, key: Key, now: float | None = None) -> list[tuple[str, Cooldown]]:
+        return self.cooling_by_scope(now).get(key.scope, [])
 
     def status_of(self, key: Key, now: float | None = None) -> str:
-        if key.status == "active" and self.cooldowns_of(key, now):
-            return "cooling"
-        return key.status
+        return shown_status(key, bool(self.cooldowns_of(key, now)))
 
     def counts(self) -> dict[str, int]:
-        now = self.clock()
         out = {"active": 0, "cooling": 0, "invalid": 0, "disabled": 0}
-        cooling_scopes = {s for (s, _m), c in self.cooldowns.items() if c.until > now}
+        cooling = self.cooling_by_scope()
         for key in self.keys.values():
-            st = "cooling" if key.status == "active" and key.scope in cooling_scopes else key.status
-            out[st] += 1
+            out[shown_status(key, key.scope in cooling)] += 1
         return out
 
     def enable(self, key: Key) -> None:

@@ -23,7 +23,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from proxy_service.rollup import GAMMA, TIERS
+from proxy_service.rollup import GAMMA, TIERS, floor_time
+from proxy_service.store import PUBLIC_TABLES, public_select
 
 Granularity = Literal["hour", "day", "week", "month"]
 GroupBy = Literal["none", "model", "key", "project", "status"]
@@ -34,12 +35,10 @@ MAX_BUCKETS = 20_000
 # -- the safe schema (what user SQL sees) ------------------------------------------------------------------------
 SAFE_SCHEMA = "safe"
 SAFE_TABLES: dict[str, str] = {
+    **{table: public_select(table) for table in PUBLIC_TABLES},
     # `client`: the operator's label for the client (config `client_labels`), else its id.
     "requests": "SELECT r.*, coalesce(l.label, r.client_id) AS client FROM main.requests r "
     "LEFT JOIN main.client_labels l ON l.client_id = r.client_id",
-    "attempts": "SELECT * FROM main.attempts",
-    "error_logs": "SELECT * FROM main.error_logs",
-    "keys": "SELECT * EXCLUDE (secret) FROM main.keys",
 }
 
 
@@ -123,13 +122,8 @@ def next_local(t: datetime, g: str) -> datetime:
     return (t.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
-def _floor_grain(t: datetime, grain: int) -> datetime:
-    s = calendar.timegm(t.timetuple())
-    return datetime.fromtimestamp(s - s % grain, UTC).replace(tzinfo=None)
-
-
 def ceil_grain(t: datetime, grain: int) -> datetime:
-    f = _floor_grain(t, grain)
+    f = floor_time(t, grain)
     return f if f == t else f + timedelta(seconds=grain)
 
 
@@ -144,7 +138,7 @@ class Offsets:
         """Every offset and change instant falls on `grain` seconds: local buckets are unions of rollup buckets.
 
         True at 15 minutes for every zone in use today, at 1 hour for whole-hour zones."""
-        return self.first % grain == 0 and all(o % grain == 0 and _floor_grain(t, grain) == t for t, o in self.changes)
+        return self.first % grain == 0 and all(o % grain == 0 and floor_time(t, grain) == t for t, o in self.changes)
 
 
 def offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> Offsets:
@@ -196,7 +190,7 @@ def split(lo: datetime, hi: datetime, grains: Sequence[int]) -> list[Part]:
         return []
     if not grains:
         return [Part("raw", lo, hi)]
-    a, b = ceil_grain(lo, grains[0]), _floor_grain(hi, grains[0])
+    a, b = ceil_grain(lo, grains[0]), floor_time(hi, grains[0])
     if a >= b:
         return split(lo, hi, grains[1:])
     return [*split(lo, a, grains[1:]), Part("rollup", a, b, grains[0]), *split(b, hi, grains[1:])]
@@ -312,7 +306,7 @@ _EMPTY_WINDOW = {
 def summary(cur: duckdb.DuckDBPyConnection, tz: ZoneInfo, now: datetime, use_rollup: bool = True) -> dict[str, Any]:
     """Rolling 1 min / 1 h / 24 h and the calendar month so far (in `tz`)."""
     finest = min(TIERS)
-    hi = _floor_grain(now, finest) + timedelta(seconds=finest)  # the current bucket, whole: nothing is newer
+    hi = floor_time(now, finest) + timedelta(seconds=finest)  # the current bucket, whole: nothing is newer
     starts = {w: now - span for w, span in _WINDOW_SPAN.items()}
     starts["month"] = to_utc(floor_local(to_local(now, tz), "month"), tz)
     parts = []

@@ -34,6 +34,7 @@ which the cube reads) or for a reader.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ from proxy_service import cube
 from proxy_service.histogram import GAMMA
 
 log = logging.getLogger("keyrack.rollup")
+_EPOCH = datetime(1970, 1, 1)
 
 VERSION = "3"  # 3: the explore cube (cube.py) is maintained with the rollup
 TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
@@ -109,8 +111,12 @@ def _insert(cur: duckdb.DuckDBPyConnection, source: str) -> None:
     cube.insert(cur, _SOURCES[source])
 
 
-def _floor(t: datetime, grain: int) -> datetime:
-    return t - timedelta(seconds=(t.minute * 60 + t.second) % grain, microseconds=t.microsecond)
+def floor_time(t: datetime, grain_s: int) -> datetime:
+    """The start of the `grain_s`-second bucket holding `t` (naive UTC), buckets aligned on the epoch as DuckDB's
+    time_bucket aligns them for grains that divide a day. The one flooring rule for the rollup, the analytics
+    queries and retention."""
+    s = calendar.timegm(t.timetuple())
+    return _EPOCH + timedelta(seconds=s - s % grain_s)
 
 
 class Rollup:
@@ -224,7 +230,7 @@ class Rollup:
         cur.execute("BEGIN TRANSACTION")
         try:
             for grain, (counters, latency) in TIERS.items():
-                buckets = sorted({_floor(b, grain) for b in touched})
+                buckets = sorted({floor_time(b, grain) for b in touched})
                 params = [buckets[0], buckets[-1], buckets]
                 cur.execute(_COMPACT_COUNTERS.format(counters=counters), params)
                 cur.execute(_COMPACT_LATENCY.format(latency=latency), params)

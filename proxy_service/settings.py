@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from proxy_service.envfile import ENV_FILE
+
 Strategy = Literal["quota_aware", "round_robin", "least_used"]
 # How a secret setting is hidden: "value" masks the whole value (each item of a list), "url" only the password of
 # a URL (http://user:pass@host → http://user:***@host). Declared once per field, below; config answers, log lines,
@@ -299,7 +301,7 @@ class ConfigError(ValueError):
 class Settings(BaseSettings, Config):
     """Startup settings from the environment and `.env`; the Config fields here only seed the live config."""
 
-    model_config = SettingsConfigDict(env_prefix="KEYRACK_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KEYRACK_", env_file=ENV_FILE, extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)

@@ -25,17 +25,12 @@ from typing import Any
 
 import duckdb
 
-from proxy_service.rollup import TIERS, Rollup
-from proxy_service.store import private_dir, private_file
+from proxy_service.rollup import TIERS, Rollup, floor_time
+from proxy_service.store import PUBLIC_TABLES, private_dir, private_file, public_select
 
 log = logging.getLogger("keyrack.snapshot")
 
-EXPORTS: dict[str, str] = {
-    "requests": "SELECT * FROM requests",
-    "attempts": "SELECT * FROM attempts",
-    "keys": "SELECT * EXCLUDE (secret) FROM keys",
-    "error_logs": "SELECT * FROM error_logs",
-}
+EXPORTS: dict[str, str] = {table: public_select(table) for table in PUBLIC_TABLES}
 RETAINED = ("requests", "attempts", "error_logs")
 _export_lock = threading.Lock()
 
@@ -76,14 +71,9 @@ def export(cur: duckdb.DuckDBPyConnection, directory: Path) -> Export:
     return Export(files, rows, (time.perf_counter() - started) * 1000)
 
 
-def _floor_grain(t: datetime) -> datetime:
-    epoch = int((t - datetime(1970, 1, 1)).total_seconds())
-    return datetime(1970, 1, 1) + timedelta(seconds=epoch - epoch % max(TIERS))
-
-
 def retention_cutoffs(days: dict[str, int], now: datetime) -> dict[str, datetime]:
     cutoffs = {table: now - timedelta(days=days[table]) for table in RETAINED}
-    cutoffs["requests"] = _floor_grain(cutoffs["requests"])
+    cutoffs["requests"] = floor_time(cutoffs["requests"], max(TIERS))
     return cutoffs
 
 

@@ -44,7 +44,7 @@ import duckdb
 import pyarrow as pa
 
 from proxy_service import queries
-from proxy_service.store import Store
+from proxy_service.store import SECRET_COLUMNS, Store
 
 ALLOWED_TABLES = frozenset(queries.SAFE_TABLES)
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
@@ -62,7 +62,7 @@ DENIED_FUNCTIONS = frozenset(
         "parse_duckdb_log_message",
     }
 )
-FORBIDDEN_COLUMNS = frozenset({"secret"})
+FORBIDDEN_COLUMNS = frozenset(c for cols in SECRET_COLUMNS.values() for c in cols)
 # Scalar functions whose result size is given by an argument. DuckDB builds such a value whole, outside its
 # memory_limit (the list `range(10000000)` alone took 1.1 GB), so the size must be a small integer constant.
 # name → index of the size argument (None: range-like, every argument is a bound).

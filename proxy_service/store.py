@@ -35,7 +35,16 @@ SCHEMA: dict[str, str] = {
         requests BIGINT, successes BIGINT, last_error VARCHAR, last_checked_at TIMESTAMP, disabled_reason VARCHAR""",
     "settings": "name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMP",
 }
-EVENT_TABLES = ("requests", "attempts", "error_logs")
+# What may leave the store without an explicit reveal (user SQL, Parquet exports): these tables, the keys without
+# their secret. One rule for the safe views and the export.
+SECRET_COLUMNS: dict[str, tuple[str, ...]] = {"keys": ("secret",)}
+PUBLIC_TABLES = ("requests", "attempts", "error_logs", "keys")
+
+
+def public_select(table: str) -> str:
+    """`SELECT` of `table` without its secret columns."""
+    hidden = SECRET_COLUMNS.get(table)
+    return f"SELECT * EXCLUDE ({', '.join(hidden)}) FROM main.{table}" if hidden else f"SELECT * FROM main.{table}"
 
 
 def private_dir(path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,8 +20,8 @@ from starlette.responses import Response
 from proxy_service import queries
 from proxy_service.admin.common import ApiError, iso, json_body, ok, q_int, q_time
 from proxy_service.events import ErrorEvent
-from proxy_service.keys import KeySpec, extract_keys
-from proxy_service.pool import Cooldown, Key
+from proxy_service.keys import PROJECT_RULE, KeySpec, extract_keys, valid_project
+from proxy_service.pool import Cooldown, Key, shown_status
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -48,24 +47,15 @@ SORTS = (
 MAX_BATCH = 10_000
 VERIFY_CONCURRENCY = 8
 _DONE = {"reset": "reset", "enable": "enabled", "disable": "disabled"}
-_PROJECT_RE = re.compile(r"^[0-9A-Za-z_\-\.]{1,64}$")
 
 
 # -- views ---------------------------------------------------------------------------------------------------------
-def _cooldowns(gw: Gateway, now: float) -> dict[str, list[tuple[str, Cooldown]]]:
-    by_scope: dict[str, list[tuple[str, Cooldown]]] = {}
-    for (scope, model), cd in list(gw.pool.cooldowns.items()):
-        if cd.until > now:
-            by_scope.setdefault(scope, []).append((model, cd))
-    return by_scope
-
-
 def key_view(key: Key, cooling: list[tuple[str, Cooldown]]) -> dict[str, Any]:
     return {
         "id": key.id,
         "label": key.label,
         "project": key.project,
-        "status": "cooling" if key.status == "active" and cooling else key.status,
+        "status": shown_status(key, bool(cooling)),
         "masked": key.masked,
         "created_at": iso(key.created_at),
         "last_used_at": iso(key.last_used_at),
@@ -84,7 +74,7 @@ def key_view(key: Key, cooling: list[tuple[str, Cooldown]]) -> dict[str, Any]:
 
 
 def _view(gw: Gateway, key: Key) -> dict[str, Any]:
-    return key_view(key, _cooldowns(gw, time.time()).get(key.scope, []))
+    return key_view(key, gw.pool.cooldowns_of(key))
 
 
 def _key(gw: Gateway, key_id: str) -> Key:
@@ -124,7 +114,7 @@ async def list_keys(gw: Gateway, request: Request) -> Response:
     page_size = q_int(request, "page_size", 50, 1, 1000)
 
     now = time.time()
-    cooling = _cooldowns(gw, now)
+    cooling = gw.pool.cooling_by_scope(now)
     lo = created_from.replace(tzinfo=UTC).timestamp() if created_from else None
     hi = created_to.replace(tzinfo=UTC).timestamp() if created_to else None
     views: list[tuple[Key, dict[str, Any]]] = []
@@ -156,8 +146,8 @@ async def add_keys(gw: Gateway, request: Request) -> Response:
     text, project, label = body.get("text"), body.get("project"), body.get("label")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "text is required: paste one or more keys (any text; keys are extracted)", "text")
-    if project is not None and (not isinstance(project, str) or not _PROJECT_RE.match(project)):
-        raise ApiError(400, "project must be 1-64 letters, digits, '_', '-' or '.'", "project")
+    if project is not None and (not isinstance(project, str) or not valid_project(project)):
+        raise ApiError(400, f"project must be {PROJECT_RULE}", "project")
     if label is not None and (not isinstance(label, str) or len(label) > 200):
         raise ApiError(400, "label must be a string of at most 200 characters", "label")
     found = extract_keys(text, project or None)
