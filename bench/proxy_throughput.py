@@ -1,4 +1,4 @@
-"""Proxy throughput and added latency (issue 2).
+"""Proxy throughput and added latency.
 
 One run, every figure from the same machine state: the fake upstream (zero latency, no limits) measured directly,
 then through `keyrack serve` (8 pool keys, quota_aware, no model limits), each at c=1 and c=32 for `--duration`

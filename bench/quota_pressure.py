@@ -1,4 +1,4 @@
-"""Quota pressure (issue 3): what each key-selection strategy does when demand nears and exceeds the free tier.
+"""Quota pressure: what each key-selection strategy does when demand nears and exceeds the free tier.
 
 Setup (per strategy and load level, each on its own fake upstream + proxy pair, all pairs at once so every one
 starts from empty quota windows and the whole bench takes `--minutes` plus start-up):

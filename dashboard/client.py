@@ -19,7 +19,6 @@ import pyarrow.ipc
 
 API_PREFIX = "/admin/api"
 KEY_STATUSES = ("active", "cooling", "invalid", "disabled")
-ERROR_KINDS = ("unreachable", "unauthorized", "timeout", "invalid", "not_found", "server", "api")
 
 
 class AdminError(Exception):

@@ -105,9 +105,8 @@ Event = RequestEvent | AttemptEvent | ErrorEvent
 
 @dataclass
 class WriterStats:
-    enqueued: int = 0
     written: dict[str, int] = field(default_factory=lambda: {t: 0 for t in _TABLE_OF.values()})
-    flushes: int = 0
+    flushes: int = 0  # read by bench/event_writer.py (rows per flush)
     last_flush_ms: float = 0.0
     last_flush_at: float = 0.0
     failures: int = 0
@@ -146,7 +145,6 @@ class EventWriter:
 
     # -- producer side -------------------------------------------------------------------------------------------
     def record(self, event: Event) -> None:
-        self.stats.enqueued += 1
         self._queue.put(event)
         if self._queue.qsize() >= self.batch_rows and not self._wake.is_set():
             self._wake.set()

@@ -26,8 +26,6 @@ import pyarrow as pa
 from proxy_service.rollup import GAMMA, TIERS, floor_time
 from proxy_service.store import PUBLIC_TABLES, public_select
 
-Granularity = Literal["hour", "day", "week", "month"]
-GroupBy = Literal["none", "model", "key", "project", "status"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 GROUP_BYS: tuple[str, ...] = ("none", "model", "key", "project", "status")
 MAX_BUCKETS = 20_000

@@ -57,7 +57,6 @@ TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogra
 FOLD_EVERY_S = 2.0  # at most ~5 % of a core at any traffic level (one fold ≈ 100 ms)
 FOLD_ROWS = 100_000
 _INTERVAL = {3600: "INTERVAL 1 HOUR", 900: "INTERVAL 15 MINUTE"}
-DIMS = ("all", "model", "project", "status")
 
 _COUNTERS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
     bucket TIMESTAMP NOT NULL, dim VARCHAR NOT NULL, val VARCHAR NOT NULL, calls BIGINT, successes BIGINT,

@@ -1,4 +1,4 @@
-"""Each meaning lives in one place (issue 11, seam 4): the key shape and masking, the project rule, time-bucket
+"""Each meaning lives in one place: the key shape and masking, the project rule, time-bucket
 flooring, the keys without their secret, the derived "cooling" status and reading `.env`. These pin the shared
 definitions; the modules that use them are tested through their own behaviour elsewhere."""
 

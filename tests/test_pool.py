@@ -221,3 +221,38 @@ def test_one_probe_at_a_time_past_the_guess_and_a_success_disproves_it() -> None
     pool.succeeded(probe, MODEL)  # a higher tier: the guess was wrong
     assert pool.tracker.limits("pa", MODEL).rpm is None
     assert all(use(pool) for _ in range(12))  # no longer refused
+
+
+# -- what the quota-pressure benchmark found (bench/quota_pressure.py) --------------------------------------------
+RPM_ID = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+
+
+def _pool(limits: dict[str, ModelLimits]) -> tuple[Pool, list[float]]:
+    now = [T0]
+    pool = Pool("quota_aware", limits=limits, clock=lambda: now[0])
+    pool.add([KeySpec("a1", "pa"), KeySpec("a2", "pa")])
+    return pool, now
+
+
+def test_a_refused_attempt_gives_its_slot_back() -> None:
+    pool, now = _pool({MODEL: ModelLimits(rpm=3)})
+    a1 = pool.keys[key_id("a1")]
+    for _ in range(2):
+        pool.started(a1, MODEL)
+        now[0] += 1
+    pool.started(a1, MODEL)  # upstream refuses this one (its own window disagreed): 429
+    pool.rate_limited(a1, MODEL, QuotaViolation("minute", RPM_ID, 1.0, 3, MODEL))
+    assert pool.tracker.usage("pa", MODEL, now[0])["rpm_used"] == 2  # upstream counted 2, so do we
+    now[0] += 1.5  # the 429's cooldown is over: the slot the refused call never used is free
+    assert pool.choose(MODEL).scope == "pa"
+
+
+def test_a_limit_learned_from_observed_usage_is_not_one_too_high() -> None:
+    pool, now = _pool({MODEL: ModelLimits()})
+    a1 = pool.keys[key_id("a1")]
+    for _ in range(5):  # upstream admitted 5 ...
+        pool.started(a1, MODEL)
+        now[0] += 1
+    pool.started(a1, MODEL)  # ... and refused the 6th, with a 429 that gives no quotaValue
+    pool.rate_limited(a1, MODEL, QuotaViolation("minute", RPM_ID, 30.0, None, MODEL))
+    assert pool.tracker.limits("pa", MODEL).rpm == 5
