@@ -4,9 +4,11 @@ One run, every figure from the same machine state: the fake upstream (zero laten
 then through `keyrack serve` (8 pool keys, quota_aware, no model limits), each at c=1 and c=32 for `--duration`
 seconds with a closed-loop aiohttp client in this process (the servers are subprocesses). Then the proxy is
 stopped with SIGTERM and its DuckDB file is counted: every response the client received must have its
-`requests` row (zero lost events). Optionally the same proxy on plain httpx instead of the aiohttp transport.
+`requests` row (zero lost events). Then the same proxy on granian instead of uvicorn (the ASGI-server comparison:
+granian would be adopted only if >= 15 % faster at c=32), and optionally on plain httpx instead of the aiohttp
+transport.
 
-    python -m bench.proxy_throughput [--duration 10] [--warmup 2] [--no-transport]
+    python -m bench.proxy_throughput [--duration 10] [--warmup 2] [--no-transport] [--no-granian]
 
 Targets (2 cores): >= 700 req/s through the proxy at c=32; <= 3 ms added p50 at c=1.
 """
@@ -105,6 +107,7 @@ def run(
     transport: bool = True,
     minimal: bool = True,
     workdir: Path | None = None,
+    granian: bool = True,
 ) -> dict[str, Any]:
     """Run every phase; returns the figures (see `report`)."""
     load_before = load_average()
@@ -121,6 +124,12 @@ def run(
         for c in (1, 32):
             direct[c] = _measure(fake.url, "direct", c, duration)
         proxied, events = _proxy_phase(workdir, fake, "proxy", duration, warmup, (1, 32), "proxy_service.cli")
+        on_granian: dict[int, LoadResult] = {}
+        granian_events: dict[str, Any] = {}
+        if granian:
+            on_granian, granian_events = _proxy_phase(
+                workdir, fake, "proxy on granian", duration, warmup, (1, 32), "bench._granian_proxy"
+            )
         calibration = _minimal_phase(workdir, fake, duration, warmup) if minimal else None
         plain: dict[int, LoadResult] = {}
         if transport:
@@ -134,7 +143,10 @@ def run(
             own_tmp.cleanup()
 
     extra = [calibration] if calibration is not None else []
-    rows = [r.summary() for r in (direct[1], direct[32], proxied[1], proxied[32], *extra, *plain.values())]
+    rows = [
+        r.summary()
+        for r in (direct[1], direct[32], proxied[1], proxied[32], *on_granian.values(), *extra, *plain.values())
+    ]
     d1, d32, p1, p32 = direct[1], direct[32], proxied[1], proxied[32]
     figures: dict[str, Any] = {
         "duration_s": duration,
@@ -162,6 +174,12 @@ def run(
     if calibration is not None:
         figures["minimal_rps_c32"] = round(calibration.rps, 1)
         figures["keyrack_vs_minimal_c32"] = round(p32.rps / calibration.rps, 3) if calibration.rps else 0.0
+    if on_granian:
+        g32 = on_granian[32].rps
+        figures["granian_rps_c32"] = round(g32, 1)
+        figures["granian_rps_c1"] = round(on_granian[1].rps, 1)
+        figures["granian_vs_uvicorn_c32"] = round(g32 / p32.rps, 3) if p32.rps else 0.0
+        figures["granian_events"] = granian_events
     if plain:
         figures["plain_httpx_rps_c32"] = round(plain[32].rps, 1)
         figures["aiohttp_vs_plain_c32"] = round(p32.rps / plain[32].rps, 2) if plain[32].rps else 0.0
@@ -195,6 +213,13 @@ def report(f: dict[str, Any]) -> str:
             f"- calibration: a minimal Starlette proxy on the same stack (no pool, events or auth) did "
             f"{f['minimal_rps_c32']:,.0f} req/s at c=32; Keyrack/minimal = {f['keyrack_vs_minimal_c32']:.2f}"
         )
+    if "granian_rps_c32" in f:
+        ge = f["granian_events"]
+        lines.append(
+            f"- ASGI server at c=32: granian {f['granian_rps_c32']:,.0f} req/s vs uvicorn {f['proxy_rps_c32']:,.0f} "
+            f"req/s (granian/uvicorn {f['granian_vs_uvicorn_c32']:.2f}; adopted only at >= 1.15); granian lost "
+            f"{ge['lost']} events (exit code {ge['exit_code']})"
+        )
     if "plain_httpx_rps_c32" in f:
         lines.append(
             f"- upstream transport at c=32: aiohttp {f['proxy_rps_c32']:,.0f} req/s vs plain httpx "
@@ -211,9 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each target (default 2)")
     ap.add_argument("--no-transport", action="store_true", help="skip the plain-httpx transport comparison")
     ap.add_argument("--no-minimal", action="store_true", help="skip the minimal-proxy calibration row")
+    ap.add_argument("--no-granian", action="store_true", help="skip the granian-vs-uvicorn comparison")
     ap.add_argument("--json", type=Path, default=RESULTS / "proxy_throughput.json", help="where to write the figures")
     args = ap.parse_args(argv)
-    figures = run(args.duration, args.warmup, transport=not args.no_transport, minimal=not args.no_minimal)
+    figures = run(
+        args.duration,
+        args.warmup,
+        transport=not args.no_transport,
+        minimal=not args.no_minimal,
+        granian=not args.no_granian,
+    )
     print(report(figures))
     write_json(args.json, figures)
     return 0 if figures["events"]["lost"] == 0 else 1

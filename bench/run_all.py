@@ -9,8 +9,8 @@ BENCHMARKS section is updated.
     python -m bench.run_all [--quick] [--only NAME[,NAME...]]
 
 NAME: proxy_throughput, event_writer, quota_pressure, analytics, explore, dashboard_render, reliability (these
-are run when their modules exist), forecast. --quick shortens every run (a check that the benchmarks work, not figures to
-publish).
+are run when their modules exist), forecast, memory. --quick shortens every run (a check that the benchmarks work, not
+figures to publish).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ BENCHES = (
     Bench("dashboard_render", (), ("--rows", "100000", "--keys", "100", "--repeat", "1"), 3600, optional=True),
     Bench("reliability", ("--duration", "300"), ("--duration", "20"), 1800, optional=True),  # warm-up ends ~2 min
     Bench("forecast", (), ("--models", "3", "--days", "24", "--duration", "2"), 1800),
+    Bench("memory", ("--load", "20", "--soak", "120"), ("--load", "3", "--soak", "10"), 900),
 )
 
 
@@ -343,6 +344,45 @@ def rows_forecast(f: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_memory(f: dict[str, Any]) -> list[Row]:
+    p, d = f["proxy"], f.get("dashboard")
+    area = "memory (RSS)"
+    out: list[Row] = [
+        [
+            area,
+            "proxy at start",
+            f"{p['start']['VmRSS']:.0f} MB",
+            f"anon {p['start'].get('RssAnon', 0):.0f}",
+            "",
+            "",
+            "–",
+        ],
+        [area, f"proxy after c=32 ({f['load_s']:g} s)", f"{p['after_load']['VmRSS']:.0f} MB", "", "", "", "–"],
+        [
+            area,
+            f"proxy steady (soak {f['soak_s']:g} s)",
+            f"{p['steady']['VmRSS']:.0f} MB",
+            f"start {p['start']['VmRSS']:.0f} MB",
+            f"{p['steady']['VmRSS'] / p['start']['VmRSS']:.2f}" if p["start"]["VmRSS"] else "–",
+            "≤ 150 MB",
+            _met(p["steady"]["VmRSS"] <= 150),
+        ],
+    ]
+    if d:
+        out.append(
+            [
+                area,
+                f"dashboard ({d['how']})",
+                f"{d['after_pages']['VmRSS']:.0f} MB",
+                f"no session {d['idle']['VmRSS']:.0f} MB",
+                "",
+                "",
+                "–",
+            ]
+        )
+    return out
+
+
 SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "proxy_throughput": rows_proxy,
     "event_writer": rows_writer,
@@ -352,6 +392,7 @@ SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "dashboard_render": rows_dashboard,
     "reliability": rows_reliability,
     "forecast": rows_forecast,
+    "memory": rows_memory,
 }
 
 

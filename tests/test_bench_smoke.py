@@ -14,14 +14,17 @@ from bench import event_writer, proxy_throughput, quota_pressure, run_all
 def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
     f = proxy_throughput.run(duration=0.3, warmup=0.0, transport=False, minimal=False, workdir=tmp_path)
     rows = {(r["target"], r["concurrency"]): r for r in f["rows"]}
-    assert set(rows) == {("direct", 1), ("direct", 32), ("proxy", 1), ("proxy", 32)}
+    assert set(rows) == {("direct", 1), ("direct", 32), ("proxy", 1), ("proxy", 32)} | {
+        ("proxy on granian", c) for c in (1, 32)
+    }
     for r in rows.values():
         assert r["ok"] > 0 and r["errors"] == 0 and r["rps"] > 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     ev = f["events"]
     assert ev["responses_received"] >= rows[("proxy", 1)]["ok"] + rows[("proxy", 32)]["ok"]
     assert ev["lost"] == 0 and ev["requests_rows"] == ev["responses_received"] == ev["success_rows"]
-    assert f["throughput_ratio_c32"] > 0
+    assert f["throughput_ratio_c32"] > 0 and f["granian_vs_uvicorn_c32"] > 0
+    assert f["granian_events"]["lost"] == 0 and f["granian_events"]["exit_code"] == 0
     assert "| proxy | 32 |" in proxy_throughput.report(f)
 
 

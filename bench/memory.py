@@ -1,0 +1,304 @@
+"""Memory: the proxy's RSS at start, after the c=32 throughput load and through a soak; the dashboard's RSS.
+
+    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--server uvicorn|granian]
+
+`keyrack serve` runs as its own process in front of the fake upstream (zero latency, no limits, 8 pool keys), as in
+bench/proxy_throughput.py. RSS is read from /proc/<pid>/status: `VmRSS` = `RssAnon` (heap, arenas, DuckDB's
+buffers: what grows) + `RssFile` (mapped shared libraries and files: libduckdb, libarrow, ...) + `RssShmem`.
+Phases: ready (idle) → c=32 closed loop for `--load` s → a soak at c=8 for `--soak` s with a sample every 5 s →
+idle again. "steady" is the largest sample of the soak's second half. Then `keyrack dashboard` is started against
+the same proxy and, when Chromium is installed, every page is opened once in headless Chromium (signed in) before
+its RSS is read (a Streamlit server holds one script run per session; without a session it is only the server).
+
+Target: steady RSS ≤ 150 MB for `keyrack serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    ADMIN_TOKEN,
+    HOST,
+    NO_LIMITS,
+    RESULTS,
+    Server,
+    _spawn,
+    closed_loop,
+    free_port,
+    generate_path,
+    load_average,
+    markdown_table,
+    start_fake,
+    start_proxy,
+    wait_ready,
+    write_json,
+)
+
+TARGET_STEADY_MB = 150.0
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))
+CHROMIUM = Path("/usr/bin/chromium")
+PAGES = ("", "trends", "error_logs", "config", "sql")
+
+
+# Where the start-up RSS goes: the proxy's imports and start, step by step, in a fresh interpreter (as `serve` does).
+BREAKDOWN = """
+import json, os, sys
+steps = []
+def mark(label):
+    d = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "RssAnon", "RssFile"):
+            d[k] = int(v.split()[0]) / 1024
+    steps.append((label, d))
+mark("Python")
+from proxy_service.server import without_pandas
+without_pandas()
+mark("Keyrack's startup checks, settings, pydantic")
+import duckdb
+mark("duckdb")
+import pyarrow
+mark("pyarrow (+ numpy)")
+import starlette.applications, uvicorn, httpx, httpx_aiohttp, aiohttp
+mark("web stack (Starlette, uvicorn, httpx, aiohttp)")
+import proxy_service.app
+mark("Keyrack's modules, prometheus-client")
+from proxy_service.app import create_app
+from proxy_service.settings import Settings
+create_app(Settings())
+mark("open the database: schema, safe views, rollup, keys")
+print(json.dumps(steps))
+"""
+
+
+def import_breakdown(workdir: Path) -> list[dict[str, Any]]:
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "KEYRACK_DATA_DIR": str(workdir / "breakdown"), "KEYRACK_API_KEYS": POOL_KEYS}
+    env = {
+        k: v for k, v in env.items() if not k.startswith("KEYRACK_") or k in ("KEYRACK_DATA_DIR", "KEYRACK_API_KEYS")
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    if res.returncode:
+        raise RuntimeError(res.stderr[-2000:])
+    steps = json.loads(res.stdout.strip().splitlines()[-1])
+    out, before = [], {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
+    for label, now in steps:
+        out.append(
+            {"step": label, **{k: round(now[k] - before[k], 1) for k in before}, "total": round(now["VmRSS"], 1)}
+        )
+        before = now
+    return out
+
+
+def rss(pid: int) -> dict[str, float]:
+    """VmRSS and its parts (MB) of a running process (and its threads)."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[name] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def _sample(label: str, server: Server, samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    s = {"phase": label, "t_s": round(time.monotonic() - t0, 1), **rss(server.proc.pid)}
+    samples.append(s)
+    return s
+
+
+def proxy_phases(workdir: Path, fake: Server, load_s: float, soak_s: float, env: dict[str, str]) -> dict[str, Any]:
+    proxy = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, env=env)
+    samples: list[dict[str, Any]] = []
+    url = proxy.url + generate_path()
+    try:
+        wait_ready([proxy])
+        t0 = time.monotonic()
+        time.sleep(2.0)  # the lifespan's first ticks (jobs scheduled, first flush) before "at start"
+        start = _sample("start", proxy, samples, t0)
+        load = closed_loop(url, concurrency=32, duration=load_s)
+        after_load = _sample("after c=32", proxy, samples, t0)
+        soak_requests = 0
+        soak_end = time.monotonic() + soak_s
+        while time.monotonic() < soak_end:
+            r = closed_loop(url, concurrency=8, duration=min(5.0, max(0.5, soak_end - time.monotonic())))
+            soak_requests += r.responses
+            _sample("soak", proxy, samples, t0)
+        time.sleep(3.0)
+        idle = _sample("idle after", proxy, samples, t0)
+    finally:
+        proxy.stop()
+    soak = [s for s in samples if s["phase"] == "soak"]
+    second_half = soak[len(soak) // 2 :] or soak
+    steady = max(second_half, key=lambda s: s["VmRSS"]) if second_half else after_load
+    return {
+        "start": start,
+        "after_load": after_load,
+        "steady": steady,
+        "idle_after": idle,
+        "peak_mb": max(s.get("VmHWM", 0.0) for s in samples),
+        "load_rps_c32": round(load.rps, 1),
+        "load_errors": load.errors,
+        "soak_requests": soak_requests,
+        "samples": samples,
+    }
+
+
+def _open_pages(dashboard_url: str) -> str:
+    """Open every page once in headless Chromium, signing in when asked. Returns what was done (for the report)."""
+    if not CHROMIUM.exists():
+        return "no Chromium: server only, no session"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "no Playwright: server only, no session"
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(dashboard_url)
+            with contextlib.suppress(Exception):
+                field = page.get_by_label("Admin token")
+                field.wait_for(timeout=10_000)
+                field.fill(ADMIN_TOKEN)
+                page.get_by_role("button", name="Sign in").click()
+            page.wait_for_timeout(3_000)
+            for name in PAGES[1:]:
+                page.goto(f"{dashboard_url}/{name}")
+                page.wait_for_timeout(3_000)
+        finally:
+            ctx.close()
+    return f"signed in, {len(PAGES)} pages opened in Chromium"
+
+
+def dashboard_phase(workdir: Path, fake: Server, env: dict[str, str]) -> dict[str, Any]:
+    proxy = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, env=env, name="proxy-for-dashboard")
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    args = [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", HOST, "--port", str(port)]
+    dash_env = {"KEYRACK_ADMIN_URL": proxy.url, "KEYRACK_ADMIN_TOKEN": ADMIN_TOKEN}
+    dash = _spawn("dashboard", args, workdir, dash_env, url)
+    try:
+        wait_ready([proxy, dash], timeout=120)
+        closed_loop(proxy.url + generate_path(), concurrency=4, duration=3)  # some data for the pages
+        idle = rss(dash.proc.pid)
+        how = _open_pages(url)
+        time.sleep(2.0)
+        used = rss(dash.proc.pid)
+    finally:
+        dash.stop()
+        proxy.stop()
+    return {"idle": idle, "after_pages": used, "how": how}
+
+
+def run(load_s: float, soak_s: float, dashboard: bool, server: str | None = None) -> dict[str, Any]:
+    load_before = load_average()
+    env = {"KEYRACK_SERVER": server} if server else {}
+    with tempfile.TemporaryDirectory(prefix="keyrack-mem-") as tmp:
+        workdir = Path(tmp)
+        breakdown = import_breakdown(workdir)
+        fake = start_fake(workdir)
+        try:
+            wait_ready([fake])
+            proxy = proxy_phases(workdir, fake, load_s, soak_s, env)
+            dash = dashboard_phase(workdir, fake, env) if dashboard else None
+        finally:
+            fake.stop()
+    steady = proxy["steady"]["VmRSS"]
+    return {
+        "load_s": load_s,
+        "soak_s": soak_s,
+        "server": server or "default",
+        "load_average": [load_before, load_average()],
+        "proxy": proxy,
+        "breakdown": breakdown,
+        "dashboard": dash,
+        "proxy_steady_mb": steady,
+        "dashboard_mb": dash["after_pages"]["VmRSS"] if dash else None,
+        "targets": {"proxy_steady_mb": {"target": f"<= {TARGET_STEADY_MB:g}", "met": steady <= TARGET_STEADY_MB}},
+    }
+
+
+def report(f: dict[str, Any]) -> str:
+    p = f["proxy"]
+    rows = [
+        [name, s["VmRSS"], s.get("RssAnon", 0.0), s.get("RssFile", 0.0), s.get("RssShmem", 0.0)]
+        for name, s in (
+            ("proxy at start", p["start"]),
+            (f"proxy after c=32 ({f['load_s']:g} s, {p['load_rps_c32']:,.0f} req/s)", p["after_load"]),
+            (f"proxy steady (soak {f['soak_s']:g} s, 2nd-half max)", p["steady"]),
+            ("proxy idle after", p["idle_after"]),
+        )
+    ]
+    d = f["dashboard"]
+    if d:
+        rows.append(
+            [
+                "dashboard server, no session",
+                d["idle"]["VmRSS"],
+                d["idle"].get("RssAnon", 0.0),
+                d["idle"].get("RssFile", 0.0),
+                d["idle"].get("RssShmem", 0.0),
+            ]
+        )
+        a = d["after_pages"]
+        rows.append(
+            [
+                f"dashboard ({d['how']})",
+                a["VmRSS"],
+                a.get("RssAnon", 0.0),
+                a.get("RssFile", 0.0),
+                a.get("RssShmem", 0.0),
+            ]
+        )
+    lines = [
+        f"### Memory (RSS, MB; server: {f['server']})",
+        "",
+        markdown_table(["process / phase", "RSS", "anon", "file", "shmem"], rows),
+        "",
+        f"- proxy peak (VmHWM): {p['peak_mb']:.0f} MB; soak: {p['soak_requests']:,} requests",
+        f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]} on 2 cores",
+    ]
+    lines += ["", "Start-up RSS by step (fresh interpreter, as `keyrack serve` starts; MB added by each step):", ""]
+    lines.append(
+        markdown_table(
+            ["step", "RSS +", "anon +", "file +", "total"],
+            [[b["step"], b["VmRSS"], b["RssAnon"], b["RssFile"], b["total"]] for b in f["breakdown"]],
+        )
+    )
+    for name, t in f["targets"].items():
+        lines.append(f"- target {name} {t['target']}: {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--load", type=float, default=20.0, help="seconds of c=32 load (default 20)")
+    ap.add_argument("--soak", type=float, default=60.0, help="seconds of c=8 soak (default 60)")
+    ap.add_argument("--no-dashboard", action="store_true", help="skip the dashboard's RSS")
+    ap.add_argument("--server", choices=("uvicorn", "granian"), default=None, help="the proxy's ASGI server")
+    ap.add_argument("--json", type=Path, default=RESULTS / "memory.json", help="where to write the figures")
+    args = ap.parse_args(argv)
+    figures = run(args.load, args.soak, not args.no_dashboard, args.server)
+    print(report(figures))
+    write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

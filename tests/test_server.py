@@ -1,0 +1,47 @@
+"""`keyrack serve`'s process keeps pandas out: the proxy never uses it, yet DuckDB's parameter binding and pyarrow's
+array building would import it (~33 MB of RSS) when it is installed for the dashboard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = """
+import sys
+from proxy_service.server import without_pandas
+without_pandas()
+from starlette.testclient import TestClient
+from proxy_service.app import create_app
+from proxy_service.settings import Settings
+app = create_app(Settings())
+with TestClient(app) as client:
+    assert client.get("/readyz").status_code == 200
+    auth = {"authorization": "Bearer admin-token-for-the-probe"}
+    for path in ("/admin/api/keys", "/admin/api/stats/summary", "/admin/api/stats/series?format=arrow"):
+        r = client.get(path, headers=auth)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    r = client.post("/admin/api/query", json={"sql": "SELECT count(*) AS n FROM requests", "format": "json"}, headers=auth)
+    assert r.status_code == 200, r.text[:300]
+try:
+    import pandas
+except ModuleNotFoundError:
+    print("pandas absent", "pandas" in sys.modules)
+"""
+
+
+def test_the_proxy_runs_its_storage_and_admin_api_without_pandas(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
+        "KEYRACK_API_KEYS": "p1:AIza" + "A" * 35,
+        "KEYRACK_ADMIN_TOKEN": "admin-token-for-the-probe",
+        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "pandas absent False"
