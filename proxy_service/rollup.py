@@ -237,7 +237,7 @@ class Rollup:
                 cur.execute(f"DELETE FROM {latency} {_IN_TOUCHED}", params)
                 cur.execute(f"INSERT INTO {counters} SELECT * FROM _rollup_c")
                 cur.execute(f"INSERT INTO {latency} SELECT * FROM _rollup_l")
-            cube.compact(cur, sorted({_floor(b, 3600) for b in touched}))
+            cube.compact(cur, sorted({floor_time(b, 3600) for b in touched}))
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
