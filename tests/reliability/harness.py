@@ -158,17 +158,21 @@ async def closed_loop(
     mix: dict[str, float] = MIX,
     seed: int = 1,
     timeout: float = 30.0,
+    min_requests: int = 0,
 ) -> list[Outcome]:
-    """`workers` clients, each sending the demo's request mix back to back for `duration` seconds."""
+    """`workers` clients, each sending the demo's request mix back to back for `duration` seconds, and on past it
+    until `min_requests` answers are in (at most 3 × `duration` in all: a loaded machine slows the run, not the
+    checks that need enough requests)."""
     outcomes: list[Outcome] = []
-    deadline = time.monotonic() + duration
+    started = time.monotonic()
+    soft, hard = started + duration, started + 3 * duration
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
 
         async def worker(n: int) -> None:
             rng = random.Random(seed * 1000 + n)
-            while time.monotonic() < deadline:
+            while (now := time.monotonic()) < soft or (len(outcomes) < min_requests and now < hard):
                 outcomes.append(await send(client, make_request(rng, token, mix=mix), timeout))
 
         await asyncio.gather(*(worker(n) for n in range(workers)))

@@ -130,7 +130,9 @@ def leaky_requests(proxy_url: str) -> list[httpx.Response]:
     return out
 
 
-def run_soak(tmp: Path, duration: float, workers: int = 12, rss_every: float = 5.0) -> SoakResult:
+def run_soak(
+    tmp: Path, duration: float, workers: int = 12, rss_every: float = 5.0, min_requests: int = 0
+) -> SoakResult:
     with fake_upstream(tmp, scenario(NORMAL_FAULTS)) as (_up, upstream_url):
         proc, url = start_proxy(tmp, upstream_url=upstream_url, **proxy_settings())
         rss: list[tuple[float, float]] = []
@@ -151,7 +153,9 @@ def run_soak(tmp: Path, duration: float, workers: int = 12, rss_every: float = 5
             ]
             for t in helpers:
                 t.start()
-            outcomes = warmup + asyncio.run(closed_loop(url, CLIENT_TOKEN, duration, workers=workers))
+            outcomes = warmup + asyncio.run(
+                closed_loop(url, CLIENT_TOKEN, duration, workers=workers, min_requests=min_requests)
+            )
             elapsed = time.monotonic() - started
             stop.set()
             for t in helpers:
