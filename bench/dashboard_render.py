@@ -31,6 +31,7 @@ from bench.common import (
     wait_ready,
     write_json,
 )
+from proxy_service.demo.scenario import demo_key
 
 PAGES = ["monitor", "trends", "error_logs", "config", "sql"]
 TARGET_S = 2.0
@@ -118,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="keyrack-dash-bench-"))
-    keys = [(f"bench-key-{i:05d}-abcdefgh", f"proj-{i % 40:02d}") for i in range(args.keys)]
+    keys = [(demo_key(f"bench-key-{i:05d}"), f"proj-{i % 40:02d}") for i in range(args.keys)]
     from proxy_service.keys import key_id
 
     data_dir = workdir / "proxy-data"

@@ -41,10 +41,11 @@ from bench.common import (
     wait_ready,
     write_json,
 )
+from proxy_service.demo.scenario import demo_key
 
 TARGET_RPS = 700.0
 TARGET_ADDED_P50_MS = 3.0
-POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))  # 8 keys in 4 projects
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-key-{i:02d}')}" for i in range(8))  # 8 keys in 4 projects
 
 
 def _measure(server_url: str, label: str, concurrency: int, duration: float) -> LoadResult:

@@ -59,6 +59,7 @@ from bench.common import (
     wait_ready,
     write_json,
 )
+from proxy_service.demo.scenario import demo_key
 
 VALID_PROJECTS = 5
 KEYS_PER_PROJECT = 2
@@ -91,7 +92,7 @@ VARIANTS = (
 def pool() -> tuple[dict[str, list[str]], list[str], str]:
     """(fake projects, invalid keys, KEYRACK_API_KEYS): 5 projects × 2 valid keys + 1 project with 2 invalid keys."""
     projects = {
-        f"p{p}": [f"qp-p{p}-key-{k}-0123456789" for k in "ab"[:KEYS_PER_PROJECT]] for p in range(1, VALID_PROJECTS + 2)
+        f"p{p}": [demo_key(f"qp-p{p}-key-{k}") for k in "ab"[:KEYS_PER_PROJECT]] for p in range(1, VALID_PROJECTS + 2)
     }
     invalid = projects[f"p{VALID_PROJECTS + 1}"]
     api_keys = ",".join(f"{p}:{k}" for p, keys in projects.items() for k in keys)

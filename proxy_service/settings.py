@@ -9,6 +9,7 @@ data directory, the initial upstream keys, the admin token).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from proxy_service.envfile import ENV_FILE
+from proxy_service.keys import mask, parse_key_list
 
 Strategy = Literal["quota_aware", "round_robin", "least_used"]
 # How a secret setting is hidden: "value" masks the whole value (each item of a list), "url" only the password of
@@ -114,7 +116,7 @@ class Config(BaseModel):
     recheck_interval_s: float = Field(
         300.0, ge=1, le=86400, json_schema_extra=_meta("upstream", "How often invalid/failed keys are re-checked (s)")
     )
-    model_limits: dict[str, dict[str, int | None]] = Field(
+    model_limits: Annotated[dict[str, dict[str, int | None]], NoDecode] = Field(
         default_factory=dict,
         json_schema_extra=_meta("upstream", 'Per-model limits, e.g. {"gemini-2.5-pro": {"rpm": 5, "rpd": 100}}'),
     )
@@ -182,6 +184,21 @@ class Config(BaseModel):
             out[client] = text
         return out
 
+    @field_validator("model_limits", mode="before")
+    @classmethod
+    def _limits_json(cls, v: Any) -> Any:
+        # From the environment the value is JSON text: a parse error is one line naming the setting, not a traceback.
+        if isinstance(v, str):
+            if not v.strip():
+                return {}
+            try:
+                return json.loads(v)
+            except ValueError as exc:
+                raise ValueError(
+                    f'not valid JSON ({exc}); expected e.g. {{"gemini-2.5-pro": {{"rpm": 5, "rpd": 100}}}}'
+                ) from None
+        return v
+
     @field_validator("model_limits")
     @classmethod
     def _limits(cls, v: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int | None]]:
@@ -202,8 +219,6 @@ class Config(BaseModel):
     @classmethod
     def masked_value(cls, name: str, value: Any) -> Any:
         """`value` of setting `name` in a form safe to show or log."""
-        from proxy_service.keys import mask
-
         kind = cls.secret_fields().get(name)
         if kind is None or not value:
             return value
@@ -311,6 +326,12 @@ class Settings(BaseSettings, Config):
     # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: str) -> str:
+        parse_key_list(v)  # raises KeyListError naming (masked) every entry that cannot be a Gemini API key
+        return v
 
     def config(self) -> Config:
         return Config.model_validate({k: getattr(self, k) for k in Config.model_fields})

@@ -4,6 +4,7 @@ file in a temporary directory."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,13 +22,22 @@ from tests.servers import serve
 ADMIN_TOKEN = "admin-secret-token-123"
 CLIENT_TOKEN = "client-token-abc"
 
+
+def fake_key(name: str) -> str:
+    """A deterministic fake key shaped like a real Gemini key ("AIza" + 35 characters), named for readability:
+    Keyrack rejects text that cannot be a key, so tests use keys of the real shape."""
+    return "AIza" + hashlib.sha256(name.encode()).hexdigest()[:35]
+
+
 # The standard pool used by most tests: three projects, one invalid key.
+P1_A, P1_B, P2_A, P3_A = (fake_key(n) for n in ("key-p1-a", "key-p1-b", "key-p2-a", "key-p3-a"))
+BAD_1 = fake_key("key-bad-1")
 SCENARIO: dict[str, Any] = {
-    "projects": {"p1": ["key-p1-a", "key-p1-b"], "p2": ["key-p2-a"], "p3": ["key-p3-a"]},
-    "invalid_keys": ["key-bad-1"],
+    "projects": {"p1": [P1_A, P1_B], "p2": [P2_A], "p3": [P3_A]},
+    "invalid_keys": [BAD_1],
     "seed": 1,
 }
-POOL_KEYS = "p1:key-p1-a,p1:key-p1-b,p2:key-p2-a,p3:key-p3-a"
+POOL_KEYS = ",".join(f"{p}:{k}" for p, keys in SCENARIO["projects"].items() for k in keys)
 
 
 @dataclass
@@ -77,8 +87,8 @@ def wait_rows(proxy: Proxy, sql: str, params: list[Any] | None = None, timeout: 
 def start_upstream() -> Iterator[Callable[..., Upstream]]:
     with contextlib.ExitStack() as stack:
 
-        def start(scenario: dict[str, Any] | None = None) -> Upstream:
-            app = create_fake(scenario)
+        def start(scenario: dict[str, Any] | None = None, clock: Callable[[], float] | None = None) -> Upstream:
+            app = create_fake(scenario, clock)
             url = stack.enter_context(serve(app))
             return Upstream(url, app)
 

@@ -27,6 +27,7 @@ from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.events import ErrorEvent, RequestEvent
 from proxy_service.pool import Cooldown
 from proxy_service.settings import Settings
+from tests.conftest import fake_key
 from tests.servers import serve
 
 TOKEN = "admin-token-for-tests-7Qx"
@@ -34,11 +35,12 @@ CLIENT_TOKEN = "client-token-for-tests-9Zy"
 GOOD = "AIza" + "G" * 31 + "good"
 NEW_1 = "AIza" + "N" * 31 + "new1"
 NEW_2 = "AIza" + "M" * 31 + "new2"
-POOL = {"p1:key-p1-aaaa": "p1", "p1:key-p1-bbbb": "p1", "p2:key-p2-aaaa": "p2", "key-bad-11111": None}
-SECRETS = ["key-p1-aaaa", "key-p1-bbbb", "key-p2-aaaa", "key-bad-11111", GOOD, NEW_1, NEW_2, CLIENT_TOKEN, TOKEN]
+P1_A, P1_B, P2_A, BAD = (fake_key(n) for n in ("key-p1-aaaa", "key-p1-bbbb", "key-p2-aaaa", "key-bad-11111"))
+POOL = {f"p1:{P1_A}": "p1", f"p1:{P1_B}": "p1", f"p2:{P2_A}": "p2", BAD: None}
+SECRETS = [P1_A, P1_B, P2_A, BAD, GOOD, NEW_1, NEW_2, CLIENT_TOKEN, TOKEN]
 SCENARIO = {
-    "projects": {"p1": ["key-p1-aaaa", "key-p1-bbbb"], "p2": ["key-p2-aaaa"], "p9": [GOOD]},
-    "invalid_keys": ["key-bad-11111"],
+    "projects": {"p1": [P1_A, P1_B], "p2": [P2_A], "p9": [GOOD]},
+    "invalid_keys": [BAD],
 }
 SEEN: list[tuple[str, str]] = []  # (url, body) of every admin answer
 LOGS: list[str] = []
@@ -232,7 +234,7 @@ def test_add_keys_from_pasted_text(env: Env) -> None:
     text = f"""# my keys
     project-x:{NEW_1}
     GEMINI_API_KEY="{NEW_2}"  also {NEW_1} again
-    key-p1-aaaa
+    {P1_A}
     this line has no key at all
     """
     r = env.post("/keys", {"text": text, "label": "pasted"})
@@ -247,6 +249,31 @@ def test_add_keys_from_pasted_text(env: Env) -> None:
     assert {k for k, _ in stored} == set(data["added_ids"])
     r = env.post("/keys", {"text": NEW_1, "project": "p1"})
     assert r.json()["duplicates"] == 1 and r.json()["added"] == 0
+
+
+def test_add_keys_rejects_what_cannot_be_a_key_and_says_why(env: Env) -> None:
+    fresh = fake_key("fresh-for-rejections")
+    short, long_, odd = "AIza" + "x" * 30, "AIza" + "y" * 36, "AIza" + "z" * 34 + "!"
+    text = "\n".join(["not-a-key", f"p7:{short}", long_, odd, fresh, f"p1:{P1_A}", P1_B, fresh, "p7:"])
+    before = len(env.gw.pool.keys)
+    r = env.post("/keys", {"text": text, "project": "p7"})
+    data = r.json()
+    assert r.status_code == 200, data
+    assert data["added"] == 1 and data["duplicates"] == 2 and data["rejected"] == 5
+    assert len(env.gw.pool.keys) == before + 1 and env.gw.pool.keys[env.id_of(fresh)].project == "p7"
+    codes = [(f["line"], f["code"]) for f in data["rejections"]]
+    assert codes == [(1, "not_a_key"), (2, "bad_length"), (3, "bad_length"), (4, "bad_characters"), (9, "not_a_key")]
+    reasons = [f["message"] for f in data["rejections"]]
+    assert "30 characters after AIza, not 35" in reasons[1] and "36 characters after AIza" in reasons[2]
+    assert all(f["text"] and "…" in f["text"] for f in data["rejections"])  # masked, never the text itself
+    warned = [(f["line"], f["code"], f["key_id"]) for f in data["warnings"]]
+    assert warned == [
+        (6, "duplicate", env.id_of(P1_A)),
+        (7, "other_project", env.id_of(P1_B)),
+        (8, "duplicate_in_text", env.id_of(fresh)),
+    ]
+    assert "under project p1" in data["warnings"][1]["message"] and env.gw.pool.keys[env.id_of(P1_B)].project == "p1"
+    assert not any(secret in r.text for secret in (short, long_, odd, fresh, P1_A, P1_B))
 
 
 @pytest.mark.parametrize(
@@ -294,7 +321,7 @@ def test_list_filters_sort_and_pages(env: Env) -> None:
 
 
 def test_verify_reset_enable_disable(env: Env) -> None:
-    good, bad = env.id_of("key-p1-aaaa"), env.id_of("key-bad-11111")
+    good, bad = env.id_of(P1_A), env.id_of(BAD)
     r = env.post(f"/keys/{good}/verify").json()
     assert r["ok"] is True and r["status"] == 200 and r["key"]["status"] == "active"
     r = env.post(f"/keys/{bad}/verify").json()
@@ -310,7 +337,7 @@ def test_verify_reset_enable_disable(env: Env) -> None:
 
 
 def test_cooling_is_derived_from_live_cooldowns(env: Env) -> None:
-    key = env.gw.pool.keys[env.id_of("key-p2-aaaa")]
+    key = env.gw.pool.keys[env.id_of(P2_A)]
     env.gw.pool.cooldowns[("p2", "gemini-2.5-pro")] = Cooldown(time.time() + 60, "minute", "PerMinute")
     try:
         items = env.get("/keys", params={"status": "cooling"}).json()["items"]
@@ -325,13 +352,13 @@ def test_cooling_is_derived_from_live_cooldowns(env: Env) -> None:
 
 
 def test_batch_reports_each_key(env: Env) -> None:
-    ids = [env.id_of("key-p1-bbbb"), "k_unknown", env.id_of(NEW_2)]
+    ids = [env.id_of(P1_B), "k_unknown", env.id_of(NEW_2)]
     r = env.post("/keys/batch", {"action": "disable", "ids": ids}).json()
     assert (r["ok"], r["failed"]) == (2, 1)
     assert [x["ok"] for x in r["results"]] == [True, False, True] and r["results"][1]["message"] == "unknown key id"
     r = env.post("/keys/batch", {"action": "enable", "ids": ids[:1] + ids[2:]}).json()
     assert r["ok"] == 2
-    r = env.post("/keys/batch", {"action": "verify", "ids": [env.id_of("key-p1-bbbb"), env.id_of(NEW_2)]}).json()
+    r = env.post("/keys/batch", {"action": "verify", "ids": [env.id_of(P1_B), env.id_of(NEW_2)]}).json()
     assert [x["ok"] for x in r["results"]] == [True, False]
     env.post(f"/keys/{env.id_of(NEW_2)}/reset")
     for body, field in (
@@ -344,7 +371,7 @@ def test_batch_reports_each_key(env: Env) -> None:
 
 
 def test_key_details(env: Env) -> None:
-    kid = env.id_of("key-p1-aaaa")
+    kid = env.id_of(P1_A)
     t = now() - timedelta(minutes=5)
     env.record(
         *(req(t + timedelta(seconds=i), kid) for i in range(25)),
@@ -540,7 +567,7 @@ def test_stats_series_json_and_arrow_in_the_display_zone(env: Env) -> None:
 
 def test_stats_top(env: Env) -> None:
     t = datetime(2025, 6, 1, 12)
-    kid = env.id_of("key-p1-bbbb")
+    kid = env.id_of(P1_B)
     env.record(*(req(t, kid, model="m-top-a") for _ in range(3)), req(t, "k_other", model="m-top-b"))
     span = {"from": "2025-06-01T00:00:00Z", "to": "2025-06-02T00:00:00Z"}
     keys = env.get("/stats/top", params={**span, "dim": "key"}).json()["items"]

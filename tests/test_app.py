@@ -13,7 +13,7 @@ from proxy_service import app as app_module
 from proxy_service.app import Gateway
 from proxy_service.keys import key_id
 from proxy_service.settings import ConfigError, Settings
-from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.conftest import BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 
 BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
 
@@ -31,10 +31,10 @@ def test_invalid_key_comes_back_when_a_scheduled_recheck_passes(
 ) -> None:
     monkeypatch.setattr(app_module, "RECHECK_TICK_S", 0.1)
     upstream = start_upstream(SCENARIO)
-    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys="key-bad-1," + POOL_KEYS, recheck_interval_s=1)
+    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys=f"{BAD_1},{POOL_KEYS}", recheck_interval_s=1)
     for _ in range(5):
         assert generate(proxy).status_code == 200
-    bad = proxy.gateway.pool.keys[key_id("key-bad-1")]
+    bad = proxy.gateway.pool.keys[key_id(BAD_1)]
     assert bad.status == "invalid"
     deadline = time.time() + 5
     while bad.last_checked_at is None and time.time() < deadline:
@@ -42,7 +42,7 @@ def test_invalid_key_comes_back_when_a_scheduled_recheck_passes(
     assert bad.status == "invalid" and bad.last_checked_at is not None  # re-checked, still refused upstream
 
     # The operator fixes the key at Google's side (here: the fake now knows it).
-    upstream.set_scenario({**SCENARIO, "projects": {**SCENARIO["projects"], "p9": ["key-bad-1"]}, "invalid_keys": []})
+    upstream.set_scenario({**SCENARIO, "projects": {**SCENARIO["projects"], "p9": [BAD_1]}, "invalid_keys": []})
     deadline = time.time() + 5
     while bad.status != "active" and time.time() < deadline:
         time.sleep(0.1)
@@ -83,7 +83,7 @@ def test_key_state_survives_a_restart(tmp_path) -> None:  # type: ignore[no-unty
     settings = Settings(_env_file=None, data_dir=tmp_path, api_keys=POOL_KEYS)  # type: ignore[call-arg]
     gw = Gateway(settings)
     gw.writer.start()
-    key = gw.pool.keys[key_id("key-p2-a")]
+    key = gw.pool.keys[key_id(P2_A)]
     gw.pool.disable(key)
     key.requests = 41
     gw.pool.dirty.add(key.id)

@@ -22,7 +22,7 @@ from proxy_service.keys import key_id
 from proxy_service.settings import Settings
 from proxy_service.startup import real_keys_configured
 from proxy_service.store import Store
-from tests.conftest import SCENARIO, Upstream
+from tests.conftest import P1_A, P2_A, SCENARIO, Upstream
 from tests.reliability.harness import KEYRACK, clean_env, free_port, query, start, start_proxy, wait_http
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_run_chooses_the_demo_only_without_keys(tmp_path: Path) -> None:
     con.close()
     real, reason = real_keys_configured(settings)
     assert real and "1 key(s)" in reason
-    with_env = Settings(_env_file=None, data_dir=tmp_path / "other", api_keys="p1:key-a")  # type: ignore[call-arg]
+    with_env = Settings(_env_file=None, data_dir=tmp_path / "other", api_keys=f"p1:{P1_A}")  # type: ignore[call-arg]
     assert real_keys_configured(with_env) == (True, "Keys come from KEYRACK_API_KEYS.")
 
 
@@ -173,7 +173,7 @@ def test_run_with_keys_serves_the_configured_upstream_and_children_die_with_it(
     leaves nothing behind: the children get SIGTERM when their parent dies, so the proxy flushes and exits."""
     upstream = start_upstream(SCENARIO)
     proxy_port = free_port()
-    env = clean_env(api_keys="p1:key-p1-a,p2:key-p2-a", upstream_url=upstream.url, admin_token="admin-token-for-run")
+    env = clean_env(api_keys=f"p1:{P1_A},p2:{P2_A}", upstream_url=upstream.url, admin_token="admin-token-for-run")
     launcher = start(
         ["run", "--no-dashboard", "--proxy-port", str(proxy_port), "--data-dir", str(tmp_path / "d")],
         env,

@@ -18,10 +18,12 @@ from google.genai import errors, types
 
 from proxy_service.demo import fake_upstream
 from proxy_service.demo.fake_upstream import Scenario, create_app
+from tests.conftest import fake_key
 from tests.servers import serve
 
-PROJECTS = {"p1": ["k1", "k2"], "p2": ["k3"]}
-BASE_SCENARIO = {"projects": PROJECTS, "invalid_keys": ["bad1"]}
+K1, K2, K3, BAD1 = (fake_key(n) for n in ("k1", "k2", "k3", "bad1"))
+PROJECTS = {"p1": [K1, K2], "p2": [K3]}
+BASE_SCENARIO = {"projects": PROJECTS, "invalid_keys": [BAD1]}
 SCENARIOS = Path(__file__).parent / "scenarios"
 FLASH = "gemini-2.5-flash"
 HTTP = httpx.Client(timeout=10)  # one client: building an httpx.Client costs ~50 ms
@@ -46,16 +48,16 @@ def base(server):
 
 
 @functools.cache  # the SDK closes its HTTP client when the Client object is garbage-collected
-def gemini(base_url: str, key: str = "k1") -> genai.Client:
+def gemini(base_url: str, key: str = K1) -> genai.Client:
     return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base_url, api_version="v1beta"))
 
 
 @functools.cache
-def oai(base_url: str, key: str = "k1") -> openai.OpenAI:
+def oai(base_url: str, key: str = K1) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=f"{base_url}/v1beta/openai/", max_retries=0)
 
 
-def post(base_url: str, path: str, body: object, key: str | None = "k1", **kw) -> httpx.Response:
+def post(base_url: str, path: str, body: object, key: str | None = K1, **kw) -> httpx.Response:
     headers = {"x-goog-api-key": key} if key else {}
     return HTTP.post(f"{base_url}{path}", json=body, headers=headers, **kw)
 
@@ -130,7 +132,7 @@ def test_stream_sse_wire_format(base):
         "POST",
         f"{base}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse",
         json=HELLO,
-        headers={"x-goog-api-key": "k1"},
+        headers={"x-goog-api-key": K1},
     ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
@@ -145,7 +147,7 @@ def test_stream_sse_wire_format(base):
 
 def test_stream_json_array_without_alt(base):
     with HTTP.stream(
-        "POST", f"{base}/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO, headers={"x-goog-api-key": "k1"}
+        "POST", f"{base}/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO, headers={"x-goog-api-key": K1}
     ) as r:
         assert r.headers["content-type"].startswith("application/json")
         pieces = list(r.iter_raw())
@@ -207,7 +209,7 @@ def test_models_list_get_and_pagination(base):
     seen, token = [], None
     for _ in range(10):
         params = {"pageSize": 2, **({"pageToken": token} if token else {})}
-        page = HTTP.get(f"{base}/v1beta/models", params=params, headers={"x-goog-api-key": "k1"}).json()
+        page = HTTP.get(f"{base}/v1beta/models", params=params, headers={"x-goog-api-key": K1}).json()
         seen += [m["name"] for m in page["models"]]
         token = page.get("nextPageToken")
         if not token:
@@ -241,7 +243,7 @@ def test_openai_chat_and_stream(base):
     assert all(c.choices[0].finish_reason is None and c.usage is None for c in chunks[:-1])
     raw = HTTP.post(
         f"{base}/v1beta/openai/chat/completions",
-        headers={"authorization": "Bearer k1"},
+        headers={"authorization": f"Bearer {K1}"},
         json={"model": FLASH, "messages": [{"role": "user", "content": "x"}], "stream": True},
     )
     assert raw.text.endswith("data: [DONE]\n\n")
@@ -268,9 +270,9 @@ def quota_detail(body: dict, suffix: str) -> dict:
 
 def test_per_minute_429_shape_and_project_sharing(base):
     configure(base, {**BASE_SCENARIO, "limits": {"default": {"rpm": 2}}})
-    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key="k1").status_code == 200
-    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key="k2").status_code == 200
-    r = post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key="k1")  # p1 shared by k1 and k2
+    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key=K1).status_code == 200
+    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key=K2).status_code == 200
+    r = post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key=K1)  # p1 shared by k1 and k2
     assert r.status_code == 429 and "retry-after" not in r.headers
     assert r.text.startswith('{\n  "error": {\n    "code": 429,')  # pretty-printed like Google
     body = r.json()
@@ -290,10 +292,10 @@ def test_per_minute_429_shape_and_project_sharing(base):
     delay = quota_detail(body, "RetryInfo")["retryDelay"]
     assert re.fullmatch(r"\d+s", delay) and 55 <= int(delay[:-1]) <= 60
     assert quota_detail(body, "Help")["links"][0]["url"].startswith("https://ai.google.dev/")
-    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key="k3").status_code == 200  # p2
+    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key=K3).status_code == 200  # p2
     assert post(base, "/v1beta/models/gemini-2.0-flash:generateContent", HELLO).status_code == 200  # model
     with pytest.raises(errors.ClientError) as e:
-        gemini(base, "k2").models.generate_content(model=FLASH, contents="hi")
+        gemini(base, K2).models.generate_content(model=FLASH, contents="hi")
     assert e.value.code == 429
     s = stats(base)
     assert s["rate_limited"] == {"rpm": 2}
@@ -325,9 +327,9 @@ def test_input_tokens_per_minute(base):
 
 def test_openai_surface_shares_quota_and_wraps_errors(base):
     configure(base, {**BASE_SCENARIO, "limits": {"default": {"rpm": 1}}})
-    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key="k2").status_code == 200
+    assert post(base, f"/v1beta/models/{FLASH}:generateContent", HELLO, key=K2).status_code == 200
     with pytest.raises(openai.RateLimitError) as e:
-        oai(base, "k1").chat.completions.create(model=FLASH, messages=[{"role": "user", "content": "x"}])
+        oai(base, K1).chat.completions.create(model=FLASH, messages=[{"role": "user", "content": "x"}])
     assert e.value.response.headers.get("retry-after") is None
     body = e.value.body
     assert isinstance(body, list) and len(body) == 1 and body[0]["error"]["code"] == 429
@@ -337,7 +339,7 @@ def test_openai_surface_shares_quota_and_wraps_errors(base):
 
 
 def test_invalid_and_unknown_keys(base):
-    for key in ("bad1", "not-in-any-project"):
+    for key in (BAD1, "not-in-any-project"):
         with pytest.raises(errors.ClientError) as e:
             gemini(base, key).models.generate_content(model=FLASH, contents="hi")
         assert e.value.code == 400 and e.value.status == "INVALID_ARGUMENT"
@@ -352,8 +354,8 @@ def test_missing_key_and_other_key_carriers(base):
     assert r.json()["error"]["message"].startswith("Method doesn't allow unregistered callers")
     assert "details" not in r.json()["error"]
     url = f"{base}/v1/models/{FLASH}:generateContent"
-    assert HTTP.post(url, params={"key": "k1"}, json=HELLO).status_code == 200
-    assert HTTP.post(url, headers={"authorization": "Bearer k3"}, json=HELLO).status_code == 200
+    assert HTTP.post(url, params={"key": K1}, json=HELLO).status_code == 200
+    assert HTTP.post(url, headers={"authorization": f"Bearer {K3}"}, json=HELLO).status_code == 200
     assert stats(base)["by_project"] == {"p1": 1, "p2": 1}
 
 
@@ -378,7 +380,7 @@ def test_bad_bodies_400(base):
     assert v1.status_code == 400 and '"systemInstruction"' in v1.json()["error"]["message"]
     missing = post(base, url, {"generationConfig": {}})
     assert missing.status_code == 400 and "contents" in missing.json()["error"]["message"]
-    r = HTTP.post(f"{base}{url}", content=b"not json", headers={"x-goog-api-key": "k1"})
+    r = HTTP.post(f"{base}{url}", content=b"not json", headers={"x-goog-api-key": K1})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("Invalid JSON payload received.")
 
 
@@ -449,10 +451,10 @@ def test_latency_ttft_and_pacing(base):
 
 def test_stats_and_reset(base):
     gemini(base).models.generate_content(model=FLASH, contents="hi")
-    post(base, "/v1beta/models/nope:generateContent", HELLO, key="k3")
+    post(base, "/v1beta/models/nope:generateContent", HELLO, key=K3)
     s = stats(base)
     assert s["requests"] == 2 and s["by_status"] == {"200": 1, "404": 1}
-    assert s["by_key"] == {"k1": 1, "k3": 1} and s["by_project"] == {"p1": 1, "p2": 1}
+    assert s["by_key"] == {K1: 1, K3: 1} and s["by_project"] == {"p1": 1, "p2": 1}
     assert s["by_operation"] == {"generateContent": 2}
     HTTP.post(f"{base}/_fake/reset").raise_for_status()
     assert stats(base)["requests"] == 0

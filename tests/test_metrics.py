@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy_service import logs
-from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.conftest import BAD_1, CLIENT_TOKEN, P1_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 
 BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
 
@@ -36,7 +36,7 @@ def sample(families: dict[str, Any], family: str, name: str | None = None, **lab
 
 def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]) -> None:
     upstream = start_upstream({**SCENARIO, "limits": {"gemini-2.0-flash": {"rpm": 1}}})
-    proxy = start_proxy(upstream.url, api_keys="key-bad-1," + POOL_KEYS, strategy="round_robin")
+    proxy = start_proxy(upstream.url, api_keys=f"{BAD_1},{POOL_KEYS}", strategy="round_robin")
     before = scrape(proxy)
     headers = {"x-goog-api-key": CLIENT_TOKEN}
     with httpx.Client(base_url=proxy.url, headers=headers, timeout=30) as client:
@@ -106,7 +106,7 @@ def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], sta
     assert sample(after, "keyrack_ready") == 1
     # No secret in the exposition.
     text = httpx.get(f"{proxy.url}/metrics").text
-    assert CLIENT_TOKEN not in text and "key-p1-a" not in text and "key-bad-1" not in text and pasted_key not in text
+    assert CLIENT_TOKEN not in text and P1_A not in text and BAD_1 not in text and pasted_key not in text
 
 
 def test_healthz_is_liveness_and_readyz_is_readiness(proxy: Proxy) -> None:
@@ -170,7 +170,7 @@ def test_key_status_changes_and_config_changes_are_logged(
     start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream = start_upstream(SCENARIO)
-    proxy = start_proxy(upstream.url, api_keys="key-bad-1,p1:key-p1-a", strategy="round_robin")
+    proxy = start_proxy(upstream.url, api_keys=f"{BAD_1},p1:{P1_A}", strategy="round_robin")
     gw = proxy.gateway
     caplog.set_level(logging.INFO, logger="keyrack")
     for _ in range(2):
@@ -179,7 +179,7 @@ def test_key_status_changes_and_config_changes_are_logged(
             json=BODY,
             headers={"x-goog-api-key": CLIENT_TOKEN},
         )
-    bad = next(k for k in gw.pool.keys.values() if k.secret == "key-bad-1")
+    bad = next(k for k in gw.pool.keys.values() if k.secret == BAD_1)
     changes = [r for r in caplog.records if getattr(r, "event", None) == "key_status"]
     assert len(changes) == 1, "an invalid key is logged once, when it changes status"
     assert changes[0].fields["key_id"] == bad.id and changes[0].fields["to"] == "invalid"  # type: ignore[attr-defined]
@@ -200,4 +200,4 @@ def test_key_status_changes_and_config_changes_are_logged(
     asyncio.run_coroutine_threadsafe(gw.update_config({"log_level": "INFO"}), gw.loop).result(10)
     assert logging.getLogger("keyrack").level == logging.INFO
     text = "\n".join(logs.KeyValueFormatter().format(r) for r in caplog.records)
-    assert "key-bad-1" not in text and "second-token-123" not in text and CLIENT_TOKEN not in text
+    assert BAD_1 not in text and "second-token-123" not in text and CLIENT_TOKEN not in text

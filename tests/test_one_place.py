@@ -38,7 +38,8 @@ def test_masking_keeps_four_characters_each_side_wherever_the_key_is() -> None:
 def test_extraction_does_not_take_the_start_of_a_longer_token() -> None:
     longer = REAL_SHAPED + "-and-more"
     found = extract_keys(f"{REAL_SHAPED}\n{longer}")
-    assert [k.secret for k in found.keys] == [REAL_SHAPED, longer]  # the second line is one explicit token
+    assert [k.secret for k in found.keys] == [REAL_SHAPED]  # the longer token cannot be a key: rejected, with why
+    assert [(f.line, f.code) for f in found.rejected] == [(2, "bad_length")]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from google.genai import types
 
 from proxy_service.keys import key_id
 from proxy_service.quota import next_pacific_midnight
-from tests.conftest import CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream, wait_rows
+from tests.conftest import BAD_1, CLIENT_TOKEN, P1_A, P1_B, P2_A, P3_A, POOL_KEYS, SCENARIO, Proxy, Upstream, wait_rows
 
 MODEL = "gemini-2.5-flash"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}
@@ -84,13 +84,13 @@ def test_google_genai_generate_stream_count_embed(proxy: Proxy, upstream: Upstre
     assert last_usage is not None and stream[4] == last_usage.total_token_count  # last chunk's running total
     assert stream[5] is not None and stream[6] is True
     # The client's token never went upstream: the fake only ever saw pool keys.
-    assert set(upstream.stats()["by_key"]) <= {"key-p1-a", "key-p1-b", "key-p2-a", "key-p3-a"}
+    assert set(upstream.stats()["by_key"]) <= {P1_A, P1_B, P2_A, P3_A}
 
 
 def test_json_array_stream_passes_through_byte_for_byte(proxy: Proxy, upstream: Upstream) -> None:
     url = f"/v1beta/models/{MODEL}:streamGenerateContent"
     via_proxy = httpx.post(proxy.url + url, json=BODY, headers={"x-goog-api-key": CLIENT_TOKEN})
-    direct = httpx.post(upstream.url + url, json=BODY, headers={"x-goog-api-key": "key-p1-a"})
+    direct = httpx.post(upstream.url + url, json=BODY, headers={"x-goog-api-key": P1_A})
     assert via_proxy.status_code == 200 and via_proxy.headers["content-type"].startswith("application/json")
     assert via_proxy.text.lstrip().startswith("[") and via_proxy.text.rstrip().endswith("]")
     assert len(via_proxy.json()) == len(direct.json())  # same framing as the upstream's own answer
@@ -160,8 +160,8 @@ def test_per_minute_429_cools_the_project_and_retries_elsewhere(
 def test_per_day_429_cools_until_pacific_midnight(
     start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
 ) -> None:
-    upstream = start_upstream(scenario(projects={"p1": ["key-p1-a", "key-p1-b"]}, limits={"default": {"rpd": 1}}))
-    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys="p1:key-p1-a,p1:key-p1-b")
+    upstream = start_upstream(scenario(projects={"p1": [P1_A, P1_B]}, limits={"default": {"rpd": 1}}))
+    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys=f"p1:{P1_A},p1:{P1_B}")
     assert generate(proxy).status_code == 200
     resp = generate(proxy)
     assert resp.status_code == 429  # the project's daily quota is gone: the real upstream 429 body comes back
@@ -197,10 +197,10 @@ def test_invalid_key_is_marked_and_the_call_succeeds_on_another(
     start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
 ) -> None:
     upstream = start_upstream(SCENARIO)
-    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys="key-bad-1," + POOL_KEYS)
+    proxy = start_proxy(upstream.url, strategy="round_robin", api_keys=f"{BAD_1},{POOL_KEYS}")
     results = [generate(proxy) for _ in range(5)]
     assert all(r.status_code == 200 for r in results)
-    bad = proxy.gateway.pool.keys[key_id("key-bad-1")]
+    bad = proxy.gateway.pool.keys[key_id(BAD_1)]
     assert bad.status == "invalid" and "API_KEY_INVALID" in (bad.last_error or "")
     outcomes = [a[3] for r in results for a in attempts(proxy, r.headers["x-keyrack-request-id"])]
     assert outcomes.count("invalid_key") == 1  # never tried again once marked

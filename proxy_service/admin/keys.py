@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from proxy_service import queries
 from proxy_service.admin.common import ApiError, iso, json_body, ok, q_int, q_time
 from proxy_service.events import ErrorEvent
-from proxy_service.keys import PROJECT_RULE, KeySpec, extract_keys, valid_project
+from proxy_service.keys import PROJECT_RULE, Finding, KeySpec, extract_keys, key_id, valid_project
 from proxy_service.pool import Cooldown, Key, shown_status
 
 if TYPE_CHECKING:
@@ -151,12 +152,36 @@ async def add_keys(gw: Gateway, request: Request) -> Response:
     if label is not None and (not isinstance(label, str) or len(label) > 200):
         raise ApiError(400, "label must be a string of at most 200 characters", "label")
     found = extract_keys(text, project or None)
-    specs = [KeySpec(s.secret, s.project, label or None) for s in found.keys]
-    added, duplicates = gw.pool.add(specs)
+    specs, warnings = [], [asdict(f) for f in found.repeated]
+    for s in found.keys:
+        kid = key_id(s.secret)
+        have = gw.pool.keys.get(kid)
+        if have is None:
+            specs.append(KeySpec(s.secret, s.project, label or None))
+        elif s.project and have.project != s.project:
+            where = f"project {have.project}" if have.project else "no project"
+            msg = f"already in the pool under {where}; left there (delete it first to move it to {s.project})"
+            warnings.append(asdict(Finding(found.lines[s.secret], "other_project", msg, key_id=kid)))
+        else:
+            warnings.append(asdict(Finding(found.lines[s.secret], "duplicate", "already in the pool", key_id=kid)))
+    added, _ = gw.pool.add(specs)
     gw.persist_keys()
     if added:
         log.info("admin added %d key(s): %s", len(added), ", ".join(added[:20]))
-    return ok({"added": len(added), "duplicates": duplicates, "rejected": found.rejected, "added_ids": added})
+    rejected = [asdict(f) for f in found.rejected]
+    duplicates = sum(w["code"] in ("duplicate", "other_project") for w in warnings)
+    # `rejected` / `duplicates` are counts; `rejections` / `warnings` say which line and why, with a `code` the
+    # dashboard translates (not_a_key, bad_length, bad_characters, duplicate, duplicate_in_text, other_project).
+    return ok(
+        {
+            "added": len(added),
+            "duplicates": duplicates,
+            "rejected": len(rejected),
+            "added_ids": added,
+            "rejections": rejected,
+            "warnings": sorted(warnings, key=lambda w: w["line"]),
+        }
+    )
 
 
 # -- single-key actions -------------------------------------------------------------------------------------------

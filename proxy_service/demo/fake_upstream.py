@@ -38,6 +38,7 @@ import struct
 import time
 import zlib
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -412,7 +413,10 @@ class _Window:
 
 
 class _Fake:
-    def __init__(self, scenario: Scenario):
+    def __init__(self, scenario: Scenario, clock: Callable[[], float] | None = None):
+        # An injected clock (epoch seconds) drives the quota windows and the quota day, so tests can step time
+        # instead of sleeping through a minute; by default the windows use the monotonic clock.
+        self.clock = clock
         self.set_scenario(scenario)
         self.reset()
 
@@ -429,7 +433,7 @@ class _Fake:
     def reset(self) -> None:
         self.rng = random.Random(self.sc.seed)
         self.windows: dict[tuple[str, str], _Window] = defaultdict(_Window)
-        self.day_key, self.day_end = _pacific_day(time.time())
+        self.day_key, self.day_end = _pacific_day(self.clock() if self.clock else time.time())
         self.requests = 0
         self.by_status: Counter[str] = Counter()
         self.by_key: Counter[str] = Counter()
@@ -573,7 +577,7 @@ class _Fake:
         self.accepted[project][model] += 1
 
     def _check_quota(self, project: str, model: str, prompt_tokens: int, lim: dict[str, int]) -> None:
-        now, wall = time.monotonic(), time.time()
+        now, wall = (self.clock(),) * 2 if self.clock else (time.monotonic(), time.time())
         if wall >= self.day_end:
             self.day_key, self.day_end = _pacific_day(wall)
         w = self.windows[(project, model)]
@@ -950,13 +954,14 @@ _NATIVE_OPS = {
 }
 
 
-def create_app(scenario: Scenario | dict | None = None) -> Starlette:
-    """The fake as an ASGI app. `scenario` may be a Scenario, its dict form, or None (any key, no limits)."""
+def create_app(scenario: Scenario | dict | None = None, clock: Callable[[], float] | None = None) -> Starlette:
+    """The fake as an ASGI app. `scenario` may be a Scenario, its dict form, or None (any key, no limits);
+    `clock` (epoch seconds) replaces real time in the quota windows (tests step it instead of sleeping)."""
     if scenario is None:
         scenario = Scenario()
     elif isinstance(scenario, dict):
         scenario = Scenario.from_dict(scenario)
-    fake = _Fake(scenario)
+    fake = _Fake(scenario, clock)
     not_found = Response(b"Not Found", 404, media_type="text/plain")
 
     async def native(request: Request) -> Response:

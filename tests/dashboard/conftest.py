@@ -22,16 +22,17 @@ from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.events import AttemptEvent, ErrorEvent, RequestEvent
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
+from tests.conftest import fake_key
 from tests.servers import serve
 
 ADMIN_TOKEN = "dash-admin-token-456"
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 SCENARIO: dict[str, Any] = {
-    "projects": {"alpha": ["key-alpha-1", "key-alpha-2"], "beta": ["key-beta-1"]},
-    "invalid_keys": ["key-bad-0001"],
+    "projects": {"alpha": [fake_key("key-alpha-1"), fake_key("key-alpha-2")], "beta": [fake_key("key-beta-1")]},
+    "invalid_keys": [fake_key("key-bad-0001")],
     "seed": 3,
 }
-POOL_KEYS = "alpha:key-alpha-1,alpha:key-alpha-2,beta:key-beta-1"
+POOL_KEYS = ",".join(f"{p}:{k}" for p, keys in SCENARIO["projects"].items() for k in keys)
 MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
 OUTCOMES = [("success", 200)] * 8 + [("upstream_error", 503), ("exhausted", 429)]
 
@@ -153,8 +154,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         http = es.enter_context(httpx.Client(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30))
         s = Stack(url, upstream_url, app.state.gateway, http)
         seed_events(s.gateway)
-        s.add_keys(["key-bad-0001"], project="gamma", label="known bad")
-        s.admin("POST", f"/keys/{key_id('key-bad-0001')}/verify")  # the fake says it is invalid
+        s.add_keys([fake_key("key-bad-0001")], project="gamma", label="known bad")
+        s.admin("POST", f"/keys/{key_id(fake_key('key-bad-0001'))}/verify")  # the fake says it is invalid
         s.flush()
         yield s
 

@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from proxy_service.keys import key_id
+from tests.conftest import fake_key
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 
 
@@ -48,7 +49,7 @@ def search(at: AppTest, text: str) -> AppTest:
 
 
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return fake_key(f"{prefix}-{uuid.uuid4().hex[:12]}")
 
 
 # -- login gate ------------------------------------------------------------------------------------------------
@@ -125,23 +126,23 @@ def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stac
 def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     at = start()
     active, inactive = at.dataframe[0].value, at.dataframe[1].value
-    assert key_id("key-alpha-1") in set(active["id"])
-    assert key_id("key-bad-0001") in set(inactive["id"])
-    assert key_id("key-bad-0001") not in set(active["id"])
+    assert key_id(fake_key("key-alpha-1")) in set(active["id"])
+    assert key_id(fake_key("key-bad-0001")) in set(inactive["id"])
+    assert key_id(fake_key("key-bad-0001")) not in set(active["id"])
 
     at.multiselect(key="key_status").set_value(["invalid"])
     ok(at.run())
     assert "Hidden by the status filter." in texts(at.caption)
-    assert set(at.dataframe[0].value["id"]) == {key_id("key-bad-0001")} | set(at.dataframe[0].value["id"])
+    assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-bad-0001"))} | set(at.dataframe[0].value["id"])
 
     at.multiselect(key="key_status").set_value([])
     at.selectbox(key="key_project").set_value("beta")
     ok(at.run())
-    assert set(at.dataframe[0].value["id"]) == {key_id("key-beta-1")}
+    assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-beta-1"))}
 
     at.selectbox(key="key_project").set_value("")
     search(at, "known bad")
-    assert list(at.dataframe[0].value["id"]) == [key_id("key-bad-0001")]
+    assert list(at.dataframe[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]
     at.number_input(key="key_failures").set_value(1000)
     ok(at.run())
     assert not at.dataframe
@@ -154,7 +155,7 @@ def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     assert not at.dataframe  # nobody was created tomorrow
     at.date_input(key="key_created").set_value((date.today() - timedelta(days=1), tomorrow))
     ok(at.run())
-    assert key_id("key-alpha-1") in set(at.dataframe[0].value["id"])
+    assert key_id(fake_key("key-alpha-1")) in set(at.dataframe[0].value["id"])
 
 
 def test_monitor_disable_enable_copy_and_details(dash_env: Stack) -> None:
@@ -207,7 +208,7 @@ def test_monitor_batch_disable_then_delete_with_confirmation(dash_env: Stack) ->
 def test_monitor_add_keys_dialog_reports_added_duplicates_rejected(dash_env: Stack) -> None:
     at = start()
     ok(at.button(key="open_add").click().run())
-    text = "\n".join([unique("key-new"), unique("key-new"), "key-alpha-1", "this line is not a key at all"])
+    text = "\n".join([unique("key-new"), unique("key-new"), fake_key("key-alpha-1"), "this line is not a key at all"])
     at.text_area(key="add_text").input(text)
     ok(at.button(key="add_submit").click().run())
     assert "Added 2 · duplicates 1 · rejected 1" in texts(at.success), texts(at.success)
@@ -356,7 +357,7 @@ def test_error_logs_paginate_and_delete_by_filter_and_age(dash_env: Stack) -> No
     ok(at.button(key="confirm_yes").click().run())
     assert "Deleted 0 entries." in texts(at.success)
 
-    beta = key_id("key-beta-1")
+    beta = key_id(fake_key("key-beta-1"))
     at.text_input(key="err_key").input(beta)
     at.text_input(key="err_q").input("model overloaded")
     ok(at.run())
@@ -375,7 +376,7 @@ def test_monitor_verify_reports_the_upstream_verdict(dash_env: Stack) -> None:
     ok(at.button(key="verify_inactive").click().run())
     warnings = texts(at.warning)
     assert any(w.startswith("Verify known bad") and "400" in w for w in warnings), warnings
-    assert list(at.dataframe[0].value["id"]) == [key_id("key-bad-0001")]  # still invalid
+    assert list(at.dataframe[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]  # still invalid
 
 
 def test_monitor_delete_one_key_after_confirmation(dash_env: Stack) -> None:

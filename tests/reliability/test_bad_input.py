@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from proxy_service import logs
-from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Proxy, Upstream
+from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, P1_A, SCENARIO, Proxy, Upstream
 
 GEN = "/v1beta/models/gemini-2.5-flash:generateContent"
 BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
@@ -142,5 +142,5 @@ def test_bad_input_leaves_no_secret_in_logs_or_rows(
     for table in ("requests", "attempts", "error_logs"):
         text += "\n" + "\n".join(map(repr, proxy.rows(f"SELECT * FROM {table}")))
     assert "unknownField" in text  # the failing request's body was recorded…
-    for secret in (CLIENT_TOKEN, ADMIN_TOKEN, upstream_key, "key-p1-a"):
+    for secret in (CLIENT_TOKEN, ADMIN_TOKEN, upstream_key, P1_A):
         assert secret not in text, secret  # …with the key redacted, and no token anywhere

@@ -14,10 +14,12 @@ from pathlib import Path
 import httpx
 
 from proxy_service.demo.traffic import Outcome, make_request, send
+from tests.conftest import fake_key
 from tests.reliability.harness import fake_upstream, query, start_proxy
 
 TOKEN = "sigterm-client-token-91c2"
 MIX = {"stream_sse": 4, "stream_json": 2, "chat_stream": 2, "generate": 2, "count": 1}
+POOL = ",".join(map(fake_key, ("k1", "k2", "k3")))
 SCENARIO = {"latency_ms": 20, "ttft_ms": 300, "tokens_per_s": 25, "seed": 5}  # streams last ~1-4 s
 
 
@@ -51,7 +53,7 @@ async def load(url: str, proc_signal: float, stop_at: float, workers: int = 10) 
 
 def test_sigterm_under_load_finishes_in_flight_calls_and_loses_nothing(tmp_path: Path) -> None:
     with fake_upstream(tmp_path, SCENARIO) as (_up, upstream_url):
-        proc, url = start_proxy(tmp_path, upstream_url=upstream_url, access_tokens=TOKEN, api_keys="k1,k2,k3")
+        proc, url = start_proxy(tmp_path, upstream_url=upstream_url, access_tokens=TOKEN, api_keys=POOL)
         t0 = time.monotonic()
         sigterm_at = t0 + 2.5
 
