@@ -99,21 +99,37 @@ class UnsupportedMediaType(Unauthorized):
     error_type = "unsupported_media_type"
 
 
+def retry_after_s(wait_s: float) -> int:
+    """The one rounding rule for every wait Keyrack states (header and text alike): whole seconds, rounded up so a
+    client that waits exactly this long is never early, at least 1. A microsecond of float noise is not a second."""
+    return max(1, math.ceil(wait_s - 1e-6))
+
+
+def retry_headers(seconds: int) -> dict[str, str]:
+    """`Retry-After` / `retry-after-ms` for a wait of `seconds` (already rounded by `retry_after_s`)."""
+    # The openai SDK waits `retry-after` when ≤ 60 s and retries; beyond that a retry is pointless, so say so.
+    return {
+        "retry-after": str(seconds),
+        "retry-after-ms": str(seconds * 1000),
+        "x-should-retry": "true" if seconds <= 60 else "false",
+    }
+
+
 class PoolExhausted(KeyrackError):
-    """No key can take the call: all cooling, out of headroom, invalid or disabled."""
+    """No key can take the call: all cooling, out of headroom, invalid or disabled.
+
+    `reason` is the sentence without the wait; the message appends "retry in Ns." with the same N as the headers.
+    """
 
     status_code = 429
     error_type = "exhausted"
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, math.ceil(retry_after))
+    def __init__(self, reason: str, wait_s: float) -> None:
+        self.retry_after = retry_after_s(wait_s)
+        super().__init__(f"{reason}; retry in {self.retry_after}s.")
 
     def headers(self) -> dict[str, str]:
-        # The openai SDK waits `retry-after` when ≤ 60 s and retries; beyond that a retry is pointless, so say so.
-        h = {"retry-after": str(self.retry_after), "retry-after-ms": str(self.retry_after * 1000)}
-        h["x-should-retry"] = "true" if self.retry_after <= 60 else "false"
-        return h
+        return retry_headers(self.retry_after)
 
 
 class UpstreamUnreachable(KeyrackError):

@@ -8,7 +8,10 @@ Everything here runs on the event loop and does no I/O. Quota facts (429 parsing
   the next Pacific midnight, a bare 429 for `default_cooldown_s`;
 - invalid-key answers mark the key `invalid`; consecutive transient failures past `failure_threshold` disable it
   (`disabled_reason="failures"`); both come back when a re-check passes. A success resets the streak;
-- `quota_aware` picks the key whose (scope, model) has the most headroom and refuses at once when none has.
+- `quota_aware` picks the key whose (scope, model) has the most headroom. Only hard limits (configured, or learned
+  from Google's 429s) refuse a call; the built-in free-tier table orders the choice and nothing else;
+- `retry_after(model)` / `headroom(model)` look without choosing (no cursor moves): every 429 Keyrack answers states
+  the pool's earliest-usable time for the model.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from proxy_service.logs import event
 from proxy_service.quota import ModelLimits, QuotaTracker, QuotaViolation, cooldown_until
 
 KeyStatus = Literal["active", "invalid", "disabled"]
-PROBE_TIMEOUT_S = 30.0  # a probe whose answer never came (timeout, cancelled) stops blocking the next one
 log = logging.getLogger("keyrack.pool")  # status changes only (rare); never the secret, only the key id
 
 
@@ -100,8 +102,6 @@ class Pool:
         self.dirty: set[str] = set()  # key ids whose stored row is stale (persisted in batches, not per request)
         self.deleted: set[str] = set()
         self._rr = itertools.count()
-        # model → (key id, started) of the one call in flight past the built-in table's guess, if any
-        self._probes: dict[str, tuple[str, float]] = {}
 
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:
@@ -177,6 +177,45 @@ class Pool:
             del self.cooldowns[k]
         self.dirty.add(key.id)
 
+    # -- looking (read-only: no cursor moves, nothing reserved) --------------------------------------------------
+    def _ready_at(self, key: Key, model: str, now: float) -> float:
+        """When `key` can take a call for `model`: its scope's cooldown, then its hard limits (never the guess)."""
+        cd = self.cooldowns.get((key.scope, model))
+        if cd is not None and cd.until > now:
+            return cd.until
+        return self.tracker.available_at(key.scope, model, now)
+
+    def _earliest(self, model: str, now: float) -> float | None:
+        """The earliest epoch any active key can take a call for `model`; None when no key is active."""
+        best: float | None = None
+        seen: set[str] = set()
+        for key in self.keys.values():
+            if key.status != "active" or key.scope in seen:
+                continue
+            seen.add(key.scope)  # keys of one scope share cooldowns and quota
+            at = self._ready_at(key, model, now)
+            if best is None or at < best:
+                best = at
+                if at <= now:
+                    break
+        return best
+
+    def retry_after(self, model: str) -> float | None:
+        """Seconds until some key can take a call for `model` (0.0: now); None when no key is active at all."""
+        now = self.clock()
+        at = self._earliest(model, now)
+        return None if at is None else max(0.0, at - now)
+
+    def headroom(self, model: str) -> float:
+        """The largest free fraction for `model` among keys that could take a call now (0.0 when none can)."""
+        now = self.clock()
+        best = 0.0
+        for key in self.keys.values():
+            if key.status != "active" or self._ready_at(key, model, now) > now:
+                continue
+            best = max(best, self.tracker.headroom(key.scope, model, now))
+        return best
+
     # -- choosing ------------------------------------------------------------------------------------------------
     def choose(self, model: str, exclude: set[str] | frozenset[str] = frozenset()) -> Key:
         """The key for the next attempt at `model`, never one in `exclude` (keys already tried for this call).
@@ -185,19 +224,17 @@ class Pool:
         """
         now = self.clock()
         candidates: list[Key] = []
-        wait: float | None = None
         for key in self.keys.values():
             if key.status != "active" or key.id in exclude:
                 continue
             cd = self.cooldowns.get((key.scope, model))
             if cd is not None:
                 if cd.until > now:
-                    wait = cd.until if wait is None else min(wait, cd.until)
                     continue
                 del self.cooldowns[(key.scope, model)]
             candidates.append(key)
         if not candidates:
-            raise self._exhausted(model, wait, now)
+            raise self._exhausted(model, now, bool(exclude))
         if self.strategy == "round_robin":
             return candidates[next(self._rr) % len(candidates)]
         if self.strategy == "least_used":
@@ -207,51 +244,37 @@ class Pool:
     def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
         best: Key | None = None
         best_rank: tuple[float, int, float] | None = None
-        guessed: Key | None = None  # best key whose scope is "full" only by the built-in table's guess
-        guessed_rank: tuple[int, float] | None = None
-        headroom_of: dict[str, float] = {}
+        open_of: dict[str, float] = {}  # scope → headroom, or -1.0 when a hard limit refuses it
         for key in candidates:
-            h = headroom_of.get(key.scope)
+            h = open_of.get(key.scope)
             if h is None:
-                h = headroom_of[key.scope] = self.tracker.headroom(key.scope, model, now)
-            if h <= 0:
-                if not self.tracker.enforced(key.scope, model):
-                    rank = (key.in_flight, key.last_used_at or 0.0)
-                    if guessed_rank is None or rank < guessed_rank:
-                        guessed, guessed_rank = key, rank
+                h = self.tracker.headroom(key.scope, model, now)
+                if h <= 0.0 and self.tracker.available_at(key.scope, model, now) > now:
+                    h = -1.0  # a configured or learned limit is used up: this scope refuses
+                open_of[key.scope] = h
+            if h < 0.0:
                 continue
-            # Most headroom first; inside a scope spread over keys (fewest in flight, least recently used).
-            rank3 = (-h, key.in_flight, key.last_used_at or 0.0)
-            if best_rank is None or rank3 < best_rank:
-                best, best_rank = key, rank3
+            # Most headroom first (a scope full only by the built-in guess ranks last but is still used); inside a
+            # scope spread over keys (fewest in flight, least recently used).
+            rank = (-h, key.in_flight, key.last_used_at or 0.0)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = key, rank
         if best is not None:
             return best
-        probe = self._probes.get(model)
-        if guessed is not None and (probe is None or now - probe[1] > PROBE_TIMEOUT_S):
-            # Only the built-in guess says "full": send one call to find out. A success disproves the guess (a
-            # higher tier), a 429 teaches the real limit; until its answer, other calls are refused as usual.
-            self._probes[model] = (guessed.id, now)
-            return guessed
-        ready = min(self.tracker.available_at(k.scope, model, now) for k in candidates)
-        raise PoolExhausted(
-            f"Every key is out of quota headroom for {model}; retry in {max(1, round(ready - now))}s.",
-            ready - now,
-        )
+        raise self._exhausted(model, now, False)
 
-    def _exhausted(self, model: str, wait_until: float | None, now: float) -> PoolExhausted:
-        if wait_until is not None:
+    def _exhausted(self, model: str, now: float, tried: bool) -> PoolExhausted:
+        at = self._earliest(model, now)
+        if at is None:
             return PoolExhausted(
-                f"All keys for {model} are cooling down after rate limits; retry in "
-                f"{max(1, round(wait_until - now))}s.",
-                wait_until - now,
+                "No usable upstream key: every key is invalid or disabled. Add or re-enable keys",
+                self.default_cooldown_s,
             )
-        usable = [k for k in self.keys.values() if k.status == "active"]
-        if usable:
-            return PoolExhausted(f"Every usable key was tried for this call ({model}).", self.default_cooldown_s)
-        return PoolExhausted(
-            "No usable upstream key: every key is invalid or disabled. Add or re-enable keys.",
-            self.default_cooldown_s,
-        )
+        if tried and at <= now:
+            return PoolExhausted(f"Every usable key was tried for this call ({model})", 0.0)
+        cooling = any(c.until > now and m == model for (_s, m), c in self.cooldowns.items())
+        why = "cooling down after rate limits" if cooling else "out of quota (configured or learned limits)"
+        return PoolExhausted(f"Every key for {model} is {why}", at - now)
 
     # -- learning ------------------------------------------------------------------------------------------------
     def started(self, key: Key, model: str) -> None:
@@ -265,24 +288,16 @@ class Pool:
     def finished(self, key: Key) -> None:
         key.in_flight = max(0, key.in_flight - 1)
 
-    def _end_probe(self, key: Key, model: str) -> bool:
-        probe = self._probes.get(model)
-        if probe is not None and probe[0] == key.id:
-            del self._probes[model]
-            return True
-        return False
-
     def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
         key.successes += 1
         key.consecutive_failures = 0
-        if self._end_probe(key, model):
-            self.tracker.disprove_guess(model)
+        now = self.clock()
+        self.tracker.note_success(key.scope, model, now)  # served past the built-in guess: the guess is dropped
         if tokens:
-            self.tracker.add_tokens(key.scope, model, self.clock(), tokens)
+            self.tracker.add_tokens(key.scope, model, now, tokens)
 
     def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
         now = self.clock()
-        self._end_probe(key, model)
         # The refused attempt was counted when it started, but upstream did not count it: un-count it first (also
         # before learning a limit from the observed usage, which would otherwise come out one too high).
         self.tracker.forget(key.scope, model, now)
@@ -309,7 +324,6 @@ class Pool:
         (a 5xx answer, a connection that failed). Timeouts are left counted: the upstream may have served them.
         """
         if model is not None:
-            self._end_probe(key, model)
             self.tracker.forget(key.scope, model, self.clock())
         key.consecutive_failures += 1
         key.total_failures += 1

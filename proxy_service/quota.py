@@ -453,7 +453,7 @@ _DIM_OF_KIND: dict[str, str] = {"minute": "rpm", "day": "rpd", "tokens": "tpm"}
 
 
 class _Entry:
-    __slots__ = ("learned", "rpd", "rpm", "tpm", "version", "window", "zero_until")
+    __slots__ = ("hard", "learned", "rpd", "rpm", "tpm", "version", "window", "zero_until")
 
     def __init__(self) -> None:
         self.window = UsageWindow()
@@ -464,10 +464,17 @@ class _Entry:
         self.rpm: int | None = None
         self.rpd: int | None = None
         self.tpm: int | None = None
+        # The subset that may refuse a call: configured or learned, never the built-in table's guess.
+        self.hard = _UNLIMITED
 
 
 class QuotaTracker:
-    """Usage and limits per (scope, model); scope is a project name or, for project-less keys, a key id."""
+    """Usage and limits per (scope, model); scope is a project name or, for project-less keys, a key id.
+
+    Two views of the limits: the effective ones (learned > configured > built-in table) order the choice between
+    keys (`headroom`); the hard ones (learned > configured, never the table) are the only ones that refuse a call
+    (`available_at`). The built-in free-tier table is a guess: a paid project has far higher limits.
+    """
 
     # Drop idle entries when the table grows past this (then past twice its live size): keeps memory bounded
     # under churn of scopes/models while staying amortised O(1).
@@ -476,7 +483,7 @@ class QuotaTracker:
     def __init__(self, overrides: Mapping[str, ModelLimits] | None = None) -> None:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._model_learned: dict[str, dict[str, int]] = {}  # model-wide learned defaults
-        self._base: dict[str, ModelLimits] = {}  # limits_for() cache per model
+        self._base: dict[str, tuple[ModelLimits, bool]] = {}  # per model: (limits_for(), configured?) cache
         self._overrides: dict[str, ModelLimits] = {}
         self._guess_disproven: set[str] = set()  # models whose built-in limits proved too low
         self._version = 0
@@ -513,30 +520,61 @@ class QuotaTracker:
             del self._entries[k]
         return len(dead)
 
-    def _base_limits(self, model: str) -> ModelLimits:
-        lim = self._base.get(model)
-        if lim is None:
-            if model in self._guess_disproven and not is_configured(model, self._overrides):
-                lim = _UNLIMITED
+    def _base_limits(self, model: str) -> tuple[ModelLimits, bool]:
+        """(configured or built-in limits of `model`, whether they are configured)."""
+        base = self._base.get(model)
+        if base is None:
+            configured = is_configured(model, self._overrides)
+            if model in self._guess_disproven and not configured:
+                base = (_UNLIMITED, False)
             else:
-                lim = limits_for(model, self._overrides)
-            self._base[model] = lim
-        return lim
+                base = (limits_for(model, self._overrides), configured)
+            self._base[model] = base
+        return base
 
     def disprove_guess(self, model: str) -> None:
-        """A call succeeded where the built-in table said there was no headroom: this user's tier is higher, so
-        the table is ignored for `model` from now on (configured limits still hold, and a 429 teaches the real one)."""
+        """A call succeeded past the built-in table's limit: this user's tier is higher, so the table is ignored
+        for `model` from now on (configured limits still hold, and a 429 teaches the real one)."""
         self._guess_disproven.add(_strip_models(model))
         self._base.clear()
         self._version += 1
 
+    def note_success(self, scope: str, model: str, now: float) -> None:
+        """An answer came back on (scope, model): if the window already holds more than a built-in (guessed) limit
+        allows, the guess is wrong for this user and is dropped."""
+        model = _strip_models(model)
+        if model in self._guess_disproven:
+            return
+        base, configured = self._base_limits(model)
+        e = self._entries.get((scope, model))
+        if configured or e is None:
+            return
+        own, ml = e.learned, self._model_learned.get(model, {})
+        w = e.window
+        beyond = (
+            ("rpm" not in own and "rpm" not in ml and base.rpm is not None and w.requests_last_minute(now) > base.rpm)
+            or ("rpd" not in own and "rpd" not in ml and base.rpd is not None and w.requests_today(now) > base.rpd)
+            or ("tpm" not in own and "tpm" not in ml and base.tpm is not None and w.tokens_last_minute(now) > base.tpm)
+        )
+        if beyond:
+            self.disprove_guess(model)
+
     def _model_limits(self, model: str) -> ModelLimits:
-        """Limits for a scope that learned nothing itself."""
-        base = self._base_limits(model)
+        """Effective limits for a scope that learned nothing itself."""
+        base, _ = self._base_limits(model)
         ml = self._model_learned.get(model)
         if not ml:
             return base
         return ModelLimits(ml.get("rpm", base.rpm), ml.get("rpd", base.rpd), ml.get("tpm", base.tpm))
+
+    def _model_hard(self, model: str) -> ModelLimits:
+        """Hard limits for a scope that learned nothing itself: learned model-wide > configured; no table guess."""
+        base, configured = self._base_limits(model)
+        b = base if configured else _UNLIMITED
+        ml = self._model_learned.get(model)
+        if not ml:
+            return b
+        return ModelLimits(ml.get("rpm", b.rpm), ml.get("rpd", b.rpd), ml.get("tpm", b.tpm))
 
     def _resolve(self, e: _Entry, model: str, now: float) -> None:
         if e.zero_until and now >= e.zero_until:
@@ -548,6 +586,8 @@ class QuotaTracker:
         e.rpm = own.get("rpm", m.rpm)
         e.rpd = own.get("rpd", m.rpd)
         e.tpm = own.get("tpm", m.tpm)
+        h = self._model_hard(model)
+        e.hard = ModelLimits(own.get("rpm", h.rpm), own.get("rpd", h.rpd), own.get("tpm", h.tpm))
         e.version = self._version
 
     def _ready(self, scope: str, model: str, now: float) -> _Entry | None:
@@ -627,15 +667,23 @@ class QuotaTracker:
         own = e.learned
         return ModelLimits(own.get("rpm", m.rpm), own.get("rpd", m.rpd), own.get("tpm", m.tpm))
 
-    def enforced(self, scope: str, model: str) -> bool:
-        """Whether the limits of (scope, model) are known rather than guessed: configured by the operator or learned
-        from a 429. The built-in free-tier table only guesses (a paid project has far higher limits): it steers
-        the choice between keys, but a call is never refused on its word alone."""
+    def sources(self, scope: str, model: str) -> dict[str, str | None]:
+        """Where each effective limit of (scope, model) comes from: "learned" (a 429 from Google), "configured",
+        "built-in" (the free-tier table: orders the choice, never refuses), or None (no limit known)."""
         model = _strip_models(model)
         e = self._entries.get((scope, model))
-        if (e is not None and (e.learned or e.zero_until)) or self._model_learned.get(model):
-            return True
-        return is_configured(model, self._overrides)
+        own = e.learned if e is not None else {}
+        ml = self._model_learned.get(model, {})
+        base, configured = self._base_limits(model)
+        out: dict[str, str | None] = {}
+        for dim in ("rpm", "rpd", "tpm"):
+            if dim in own or dim in ml:
+                out[dim] = "learned"
+            elif getattr(base, dim) is None:
+                out[dim] = None
+            else:
+                out[dim] = "configured" if configured else "built-in"
+        return out
 
     def headroom(self, scope: str, model: str, now: float) -> float:
         """Free fraction of the tightest known dimension, in [0, 1]; 1.0 when no limit is known."""
@@ -652,17 +700,17 @@ class QuotaTracker:
         return e.window.free_fraction(e.rpm, e.rpd, e.tpm, now)
 
     def available_at(self, scope: str, model: str, now: float) -> float:
-        """``now`` if (scope, model) has headroom, else the epoch when it comes back."""
-        if self.headroom(scope, model, now) > 0.0:
-            return now
+        """``now`` when no hard (configured or learned) limit of (scope, model) is used up, else the epoch when the
+        last one that is frees up. The built-in table never delays a call, so it plays no part here."""
         model = _strip_models(model)
         e = self._ready(scope, model, now)
         if e is None:
-            return next_pacific_midnight(now)  # only a configured/learned zero limit gets here
-        if e.zero_until:
+            h = self._model_hard(model)
+            return next_pacific_midnight(now) if 0 in (h.rpm, h.rpd, h.tpm) else now
+        if e.zero_until and now < e.zero_until:
             return e.zero_until
         w = e.window
-        rpm, rpd, tpm = e.rpm, e.rpd, e.tpm
+        rpm, rpd, tpm = e.hard.rpm, e.hard.rpd, e.hard.tpm
         if 0 in (rpm, rpd, tpm):
             # A configured zero never clears by itself; look again on the next quota day.
             return w.day_end(now)
@@ -675,12 +723,13 @@ class QuotaTracker:
             at = max(at, w.tokens_below_at(tpm, now))
         return at
 
-    def usage(self, scope: str, model: str, now: float) -> dict[str, int | float | None]:
+    def usage(self, scope: str, model: str, now: float) -> dict[str, int | float | str | None]:
         """Used and limit per dimension plus headroom, for the admin API."""
         model = _strip_models(model)
         e = self._ready(scope, model, now)  # expire a stale "limit: 0" before reporting limits
         lim = self.limits(scope, model)
         w = e.window if e is not None else None
+        src = self.sources(scope, model)
         return {
             "rpm_used": w.requests_last_minute(now) if w else 0,
             "rpm_limit": lim.rpm,
@@ -689,6 +738,11 @@ class QuotaTracker:
             "tpm_used": w.tokens_last_minute(now) if w else 0,
             "tpm_limit": lim.tpm,
             "headroom": self.headroom(scope, model, now),
+            "rpm_source": src["rpm"],
+            "rpd_source": src["rpd"],
+            "tpm_source": src["tpm"],
+            # Seconds until a hard limit lets a call through (0: now); cooldowns after a 429 are the pool's.
+            "available_in_s": max(0.0, self.available_at(scope, model, now) - now),
         }
 
     # -- read-only views for the forecasts (never on the request path)

@@ -9,6 +9,8 @@ client only when its first upstream chunk has arrived intact; after that it ends
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import traceback
 import uuid
@@ -22,7 +24,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from proxy_service import metrics
-from proxy_service.errors import PoolExhausted, UpstreamUnreachable
+from proxy_service.errors import PoolExhausted, UpstreamUnreachable, retry_after_s, retry_headers
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
@@ -104,6 +106,37 @@ async def by_deadline(aw: Awaitable[T], deadline: float) -> T:
         raise CallDeadline("the call deadline (call_deadline_s) passed") from None
 
 
+_RETRY_TEXT = re.compile(r"(retry in\s+)(?:\d+(?:\.\d+)?(?:ns|us|µs|μs|ms|s|m|h))+", re.IGNORECASE)
+
+
+def with_retry_delay(body: bytes, seconds: int) -> bytes:
+    """A Google 429 body whose stated wait (message text and RetryInfo) is `seconds`, as the headers say.
+
+    Unchanged when it already says so (same rounding) or is not a JSON error envelope; a message that states no
+    wait gets one appended.
+    """
+    stated = parse_rate_limit(body).retry_delay_s
+    if stated is not None and retry_after_s(stated) == seconds:
+        return body
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    envelope = doc[0] if isinstance(doc, list) and doc and isinstance(doc[0], dict) else doc
+    err = envelope.get("error") if isinstance(envelope, dict) else None
+    if not isinstance(err, dict):
+        return body
+    message = err["message"] if isinstance(err.get("message"), str) else ""
+    if _RETRY_TEXT.search(message):
+        err["message"] = _RETRY_TEXT.sub(lambda m: f"{m.group(1)}{seconds}s", message)
+    else:
+        err["message"] = f"{message.rstrip()} Please retry in {seconds}s.".lstrip()
+    for detail in err.get("details") or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            detail["retryDelay"] = f"{seconds}s"
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
 def is_timeout(exc: BaseException) -> bool:
     """httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look at the real cause."""
     cause = exc.__cause__
@@ -128,6 +161,15 @@ def classify(status: int, err_reason: str | None) -> AttemptOutcome:
     return "client_error"
 
 
+@dataclass(slots=True, frozen=True)
+class FailedAttempt:
+    """An upstream error answer to one attempt: what the client gets if it is the last one."""
+
+    status: int
+    body: bytes
+    outcome: AttemptOutcome
+
+
 @dataclass(slots=True)
 class OpenedStream:
     """A stream whose first chunk arrived intact: from here on it is committed to the client."""
@@ -143,8 +185,10 @@ class Relay:
         self.config = config
         self.client: httpx.AsyncClient | None = None
 
-    def record_request(self, call: Call, ev_fields: dict[str, object]) -> None:
-        ev = RequestEvent(
+    @staticmethod
+    def request_event(call: Call, status: int, outcome: str, attempts: int, key: Key | None = None) -> RequestEvent:
+        """The call's request row with what every row has; callers set further fields as typed attributes."""
+        return RequestEvent(
             ts=call.ts,
             request_id=call.request_id,
             client_id=call.client_id,
@@ -152,11 +196,16 @@ class Relay:
             operation=call.operation,
             model=call.model,
             stream=call.stream,
+            status=status,
+            outcome=outcome,
+            attempts=attempts,
+            key_id=key.id if key else None,
+            project=key.project if key else None,
             request_bytes=len(call.body),
-            latency_ms=(time.perf_counter() - call.started) * 1000,
         )
-        for k, v in ev_fields.items():
-            setattr(ev, k, v)
+
+    def record_request(self, call: Call, ev: RequestEvent) -> None:
+        ev.latency_ms = (time.perf_counter() - call.started) * 1000
         # A key pasted where a model name goes ends up in the model column and in "Invalid model name '…'".
         if ev.error_message:
             ev.error_message = redact(ev.error_message)
@@ -217,7 +266,7 @@ class Relay:
         call.deadline = loop.time() + cfg.call_deadline_s - (time.perf_counter() - call.started)
         late = False
         tried: set[str] = set()
-        last: tuple[int, bytes, str | None] | None = None  # last upstream error answer: status, body, type
+        last: FailedAttempt | None = None  # the last upstream error answer
         last_key: Key | None = None
         timed_out = False
         n = 0
@@ -232,9 +281,9 @@ class Relay:
                     # Attempts were made: the client gets what really happened (the last upstream answer, or
                     # 502/504 when every attempt died in transport), not a 429 claiming the pool is out of quota.
                     break
-                self.record_request(
-                    call, {"status": 429, "outcome": "exhausted", "attempts": n, "error_message": exc.message}
-                )
+                ev = self.request_event(call, 429, "exhausted", n)
+                ev.error_message = exc.message
+                self.record_request(call, ev)
                 self.record_error(call, None, 429, "exhausted", exc.message)
                 raise
             n += 1
@@ -262,7 +311,7 @@ class Relay:
                     if isinstance(opened, OpenedStream):
                         return self._stream(call, n, key, resp, opened.first, opened.rest, t0)
                     last = opened
-                    if last[2] == "client_error":
+                    if last.outcome == "client_error":
                         break
                     continue
                 try:
@@ -276,7 +325,7 @@ class Relay:
                 usage = self._usage(call, body)
                 self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
                 self._attempt(call, n, key, 200, "ok", t0)
-                self._record_success(call, n, key, body, usage, ttfb=None)
+                self.record_request(call, self._success_event(call, n, key, len(body), usage, None))
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
             try:
@@ -288,7 +337,7 @@ class Relay:
                 await resp.aclose()
             self.pool.finished(key)
             last = self._failed_attempt(call, n, key, resp.status_code, body, t0)
-            if last[2] == "client_error":
+            if last.outcome == "client_error":
                 break
         if last is None or last_key is None:
             msg = (
@@ -296,18 +345,12 @@ class Relay:
             )
             if late or loop.time() >= call.deadline:
                 msg = f"Upstream gave no answer within the call deadline of {cfg.call_deadline_s:g} s ({n} attempt(s))."
-            self.record_request(
-                call,
-                {
-                    "status": 504 if timed_out else 502,
-                    "outcome": "upstream_error",
-                    "attempts": n,
-                    "error_message": msg,
-                    "key_id": last_key.id if last_key else None,
-                },
-            )
+            ev = self.request_event(call, 504 if timed_out else 502, "upstream_error", n)
+            ev.key_id = last_key.id if last_key else None
+            ev.error_message = msg
+            self.record_request(call, ev)
             raise UpstreamUnreachable(msg, timed_out)
-        return self._pass_error(call, n, last_key, *last)
+        return self._pass_error(call, n, last_key, last)
 
     def _transport_failed(
         self, call: Call, n: int, key: Key, t0: float, exc: httpx.HTTPError, status: int | None = None
@@ -323,9 +366,7 @@ class Relay:
         self.record_error(call, key, status, outcome, f"attempt {n}: {describe(exc)}")
         return timeout
 
-    def _failed_attempt(
-        self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float
-    ) -> tuple[int, bytes, str | None]:
+    def _failed_attempt(self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float) -> FailedAttempt:
         err = parse_error(body)
         outcome = classify(status, err.reason)
         extra: dict[str, object] = {"error_status": err.status}
@@ -348,24 +389,32 @@ class Relay:
                 err.message or f"upstream {status}",
                 upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
             )
-        return status, body, outcome
+        return FailedAttempt(status, body, outcome)
 
-    def _pass_error(self, call: Call, n: int, key: Key, status: int, body: bytes, outcome: str | None) -> Response:
+    def _pass_error(self, call: Call, n: int, key: Key, last: FailedAttempt) -> Response:
+        status, body = last.status, last.body
         err = parse_error(body)
-        client_fault = outcome == "client_error"
-        self.record_request(
-            call,
-            {
-                "status": status,
-                "outcome": "client_error" if client_fault else "upstream_error",
-                "attempts": n,
-                "key_id": key.id,
-                "project": key.project,
-                "error_status": err.status,
-                "error_message": err.message[:500],
-                "response_bytes": len(body),
-            },
-        )
+        client_fault = last.outcome == "client_error"
+        headers = {
+            "content-type": "application/json; charset=UTF-8",
+            "x-keyrack-request-id": call.request_id,
+            "x-keyrack-attempts": str(n),
+        }
+        if status == 429:
+            # The wait is the pool's earliest-usable time for the model (Google's own only when later), and the
+            # body's "retry in …s" / retryDelay say the same number as the headers.
+            upstream_wait = parse_rate_limit(body).retry_delay_s or 0.0
+            pool_wait = self.pool.retry_after(call.quota_model)
+            wait = retry_after_s(max(upstream_wait, self.pool.default_cooldown_s if pool_wait is None else pool_wait))
+            body = with_retry_delay(body, wait)
+            headers.update(retry_headers(wait))
+        elif not client_fault:
+            headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
+        ev = self.request_event(call, status, "client_error" if client_fault else "upstream_error", n, key)
+        ev.error_status = err.status
+        ev.error_message = err.message[:500]
+        ev.response_bytes = len(body)
+        self.record_request(call, ev)
         if client_fault:
             self.record_error(
                 call,
@@ -375,25 +424,11 @@ class Relay:
                 err.message or f"upstream {status}",
                 upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
             )
-        headers = {
-            "content-type": "application/json; charset=UTF-8",
-            "x-keyrack-request-id": call.request_id,
-            "x-keyrack-attempts": str(n),
-        }
-        if status == 429:
-            try:
-                self.pool.choose(call.quota_model)
-                wait = 1.0
-            except PoolExhausted as exc:
-                wait = exc.retry_after
-            headers.update(PoolExhausted("", wait).headers())
-        elif not client_fault:
-            headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
         return Response(redact_body(body), status, headers=headers)
 
     async def _first_chunk(
         self, call: Call, n: int, key: Key, resp: httpx.Response, t0: float
-    ) -> OpenedStream | tuple[int, bytes, str | None] | None:
+    ) -> OpenedStream | FailedAttempt | None:
         """Wait for the stream's first bytes; a failure here is still retryable (nothing reached the client).
 
         Returns the stream to commit, an upstream error (status, body, outcome) if the stream opened
@@ -444,13 +479,13 @@ class Relay:
                 self.pool.finished(key)
                 err = stream_error(tail) if embedded else None
                 usage = self._usage(call, tail)
-                fields: dict[str, object] = {}
+                error_status = message = None
                 if broken or err:
                     outcome = "stream_error" if outcome == "success" else outcome
                     message = (
                         broken or f"upstream error inside the stream: {err[0] if err else ''} {err[1] if err else ''}"
                     )
-                    fields = {"error_status": err[2] if err else "STREAM_BROKEN", "error_message": message[:500]}
+                    error_status = err[2] if err else "STREAM_BROKEN"
                     self.pool.failed(key, message)
                     self.record_error(
                         call,
@@ -462,44 +497,25 @@ class Relay:
                     )
                 else:
                     self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
-                self._record_success(call, n, key, b"", usage, ttfb=ttfb, outcome=outcome, size=sent, **fields)
+                ev = self._success_event(call, n, key, sent, usage, ttfb, outcome)
+                ev.error_status, ev.error_message = error_status, message[:500] if message else None
+                self.record_request(call, ev)
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
 
     def _usage(self, call: Call, data: bytes) -> Usage | None:
         return openai_usage(data) if call.surface == "openai" else gemini_usage(data)
 
-    def _record_success(
-        self,
-        call: Call,
-        n: int,
-        key: Key,
-        body: bytes,
-        usage: Usage | None,
-        ttfb: float | None,
-        outcome: str = "success",
-        size: int | None = None,
-        **extra: object,
-    ) -> None:
-        fields: dict[str, object] = {
-            "status": 200,
-            "outcome": outcome,
-            "attempts": n,
-            "key_id": key.id,
-            "project": key.project,
-            "ttfb_ms": ttfb,
-            "response_bytes": len(body) if size is None else size,
-            **extra,
-        }
+    def _success_event(
+        self, call: Call, n: int, key: Key, size: int, usage: Usage | None, ttfb: float | None, outcome: str = "success"
+    ) -> RequestEvent:
+        ev = self.request_event(call, 200, outcome, n, key)
+        ev.ttfb_ms = ttfb
+        ev.response_bytes = size
         if usage is not None:
-            fields.update(
-                prompt_tokens=usage.prompt,
-                output_tokens=usage.output,
-                thinking_tokens=usage.thinking,
-                cached_tokens=usage.cached,
-                total_tokens=usage.total,
-            )
-        self.record_request(call, fields)
+            ev.prompt_tokens, ev.output_tokens = usage.prompt, usage.output
+            ev.thinking_tokens, ev.cached_tokens, ev.total_tokens = usage.thinking, usage.cached, usage.total
+        return ev
 
     @staticmethod
     def _response_headers(resp: httpx.Response, call: Call, key: Key, n: int) -> dict[str, str]:
@@ -511,7 +527,9 @@ class Relay:
 
     def internal_error(self, call: Call, exc: BaseException) -> None:
         """Record a proxy-internal failure with its stack trace (the surface answers 500)."""
-        self.record_request(call, {"status": 500, "outcome": "proxy_error", "error_message": repr(exc)[:500]})
+        ev = self.request_event(call, 500, "proxy_error", 0)
+        ev.error_message = repr(exc)[:500]
+        self.record_request(call, ev)
         self.record_error(
             call, None, 500, "proxy_error", repr(exc), stack_trace="".join(traceback.format_exception(exc))[-_BODY_CAP:]
         )

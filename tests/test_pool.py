@@ -175,27 +175,74 @@ def test_learned_limit_from_a_429_steers_quota_aware_away() -> None:
     assert pool.tracker.limits("pa", MODEL).rpm == 3
 
 
-def test_built_in_limits_steer_but_do_not_refuse_until_a_429_confirms_them() -> None:
+def test_built_in_limits_order_but_never_refuse_until_a_429_confirms_them() -> None:
     pool, _ = make_pool()  # no configured limits: gemini-2.5-flash has the built-in free-tier guess of rpm 10
-    assert not pool.tracker.enforced("pa", MODEL)
-    for _ in range(30):  # 3 scopes × 10 rpm: the guess says every scope is full now
-        use(pool)
-    key = pool.choose(MODEL)  # a paid project would be refused for nothing: Keyrack tries instead
+    assert pool.tracker.sources("pa", MODEL) == {"rpm": "built-in", "rpd": "built-in", "tpm": "built-in"}
+    started = []
+    for _ in range(100):  # 10× the guess over 3 scopes, all in flight at once: nothing refused, nothing capped
+        key = pool.choose(MODEL)
+        pool.started(key, MODEL)
+        started.append(key)
+    assert {k.scope for k in started} == {"pa", "pb", key_id("c1")}
+    assert pool.retry_after(MODEL) == 0.0
+    for key in started:
+        pool.finished(key)
+    key = pool.choose(MODEL)
     pool.started(key, MODEL)
     pool.finished(key)
     pool.rate_limited(key, MODEL, minute_429(20, limit=10))  # Google confirms: the limit is real
-    assert pool.tracker.enforced("pb", MODEL)  # learned limits apply model-wide
+    assert pool.tracker.sources("pb", MODEL)["rpm"] == "learned"  # learned limits apply model-wide
     with pytest.raises(PoolExhausted):
         pool.choose(MODEL)
 
 
 def test_configured_limits_are_enforced_without_a_429() -> None:
     pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
-    assert pool.tracker.enforced("pa", MODEL) and not pool.tracker.enforced("pa", "gemini-2.0-flash")
+    assert pool.tracker.sources("pa", MODEL)["rpm"] == "configured"
+    assert pool.tracker.sources("pa", "gemini-2.0-flash")["rpm"] == "built-in"
     for _ in range(3):
         use(pool)
     with pytest.raises(PoolExhausted):
         pool.choose(MODEL)
+
+
+def test_a_success_past_the_guess_disproves_it() -> None:
+    pool, _ = make_pool()
+    for _ in range(30):
+        use(pool)  # the built-in guess (rpm 10 × 3 scopes) says every scope is full: nothing beyond it yet
+    assert pool.tracker.limits("pa", MODEL).rpm == 10
+    use(pool)  # served past the guess: a higher tier
+    assert pool.tracker.limits("pa", MODEL).rpm is None and pool.tracker.sources("pa", MODEL)["rpm"] is None
+    assert pool.headroom(MODEL) == 1.0
+
+
+def test_looking_never_moves_the_cursor() -> None:
+    looked, plain = make_pool("round_robin")[0], make_pool("round_robin")[0]
+    order = []
+    for _ in range(8):
+        assert looked.retry_after(MODEL) == 0.0 and looked.headroom(MODEL) > 0.0
+        order.append(use(looked))
+    assert order == [use(plain) for _ in range(8)]
+
+
+def test_retry_after_is_the_earliest_of_cooldowns_and_hard_limits() -> None:
+    pool, clock = make_pool(limits={MODEL: ModelLimits(rpm=1)})
+    first = []
+    for _ in range(3):
+        first.append(pool.keys[key_id(use(pool))])  # each scope uses its one request: at T0, T0+5, T0+10
+        clock.now += 5
+    assert pool.retry_after(MODEL) == pytest.approx(45.0)  # the first scope's request leaves its window at T0+60
+    pool.rate_limited(first[0], MODEL, minute_429(55))  # ...but a 429 cools that scope until T0+70
+    assert pool.retry_after(MODEL) == pytest.approx(50.0)  # so the second scope, at T0+65, is the earliest
+    with pytest.raises(PoolExhausted) as exc:
+        pool.choose(MODEL)
+    assert exc.value.retry_after == 50 and "retry in 50s." in exc.value.message
+    assert exc.value.headers()["retry-after"] == "50" and exc.value.headers()["retry-after-ms"] == "50000"
+    clock.now = T0 + 65
+    assert pool.retry_after(MODEL) == 0.0 and pool.headroom(MODEL) == 1.0  # pb's window is empty again
+    for key in list(pool.keys.values()):
+        pool.disable(key)
+    assert pool.retry_after(MODEL) is None and pool.headroom(MODEL) == 0.0
 
 
 def test_refused_attempts_give_their_quota_slot_back_but_timeouts_keep_it() -> None:
@@ -207,20 +254,6 @@ def test_refused_attempts_give_their_quota_slot_back_but_timeouts_keep_it() -> N
     pool.started(a1, MODEL)
     pool.failed(a1, "timeout")  # upstream may have served it: stays counted
     assert pool.tracker.usage("pa", MODEL, T0)["rpm_used"] == 1
-
-
-def test_one_probe_at_a_time_past_the_guess_and_a_success_disproves_it() -> None:
-    pool, _ = make_pool()
-    for _ in range(30):
-        use(pool)  # the built-in guess (rpm 10 × 3 scopes) says every scope is full
-    probe = pool.choose(MODEL)
-    with pytest.raises(PoolExhausted):
-        pool.choose(MODEL)  # while the probe's answer is pending, nothing else goes past the guess
-    pool.started(probe, MODEL)
-    pool.finished(probe)
-    pool.succeeded(probe, MODEL)  # a higher tier: the guess was wrong
-    assert pool.tracker.limits("pa", MODEL).rpm is None
-    assert all(use(pool) for _ in range(12))  # no longer refused
 
 
 # -- what the quota-pressure benchmark found (bench/quota_pressure.py) --------------------------------------------

@@ -580,6 +580,10 @@ def test_usage_report() -> None:
         "tpm_used": 250,
         "tpm_limit": 1000,
         "headroom": pytest.approx(0.75),
+        "rpm_source": "configured",
+        "rpd_source": "configured",
+        "tpm_source": "configured",
+        "available_in_s": 0.0,
     }
     assert t.usage("nobody", "m", T0)["rpm_used"] == 0
     assert ("nobody", "m") not in t._entries  # reads do not allocate

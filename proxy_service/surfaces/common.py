@@ -192,15 +192,9 @@ async def guarded(
         if exc.error_type not in ("exhausted", "upstream_unreachable"):  # the relay already recorded those
             untrusted(call)
             outcome = "unauthorized" if isinstance(exc, Unauthorized) else "client_error"
-            gw.relay.record_request(
-                call,
-                {
-                    "status": exc.status_code,
-                    "outcome": outcome,
-                    "error_message": exc.message[:500],
-                    "error_status": exc.error_type,
-                },
-            )
+            ev = gw.relay.request_event(call, exc.status_code, outcome, 0)
+            ev.error_message, ev.error_status = exc.message[:500], exc.error_type
+            gw.relay.record_request(call, ev)
         return error_response(surface, exc, call.request_id)
     except Exception as exc:
         log.exception("internal error on %s %s (request %s)", surface, operation, call.request_id)
