@@ -13,13 +13,21 @@ Strategies: round_robin, least_used, quota_aware with the proxy's built-in free-
 rpm 10), and quota_aware with that model's limits unset (KEYRACK_MODEL_LIMITS), which must learn rpm from the
 first 429's quotaValue.
 
+Three more rows check that the built-in table is only a guess (quota_aware, default settings, each on its own fake):
+- "no limit at all (burst)": the fake has no limits; a closed-loop burst of 300 calls at c=32 at the start. Every
+  call must be served (the table says 50/min; it must not refuse, delay or cap);
+- "limit below the table": the fake allows 4 rpm per project (the table says 10); open-loop load at 2× capacity.
+  At most one upstream 429 per project, then Keyrack refuses on its own;
+- "limit above the table": the fake allows 25 rpm per project (a paid tier); open-loop load at 1.3× capacity.
+  Served at the real capacity without refusals of Keyrack's own while capacity remains.
+
 Reported per row: client-visible success rate; share of capacity served = successes / the most any scheduler
 could have served for the same send times (= min(demand, capacity × minutes) for whole minutes); upstream
 attempts per success (the fake's generateContent count, invalid-key attempts included); 429s that reached the
 client, split into Keyrack's own (immediate, with Retry-After, no upstream call) and upstream 429s passed
 through; upstream 429s caused (the fake's count) and when they happened (the proxy's attempts table).
 
-    python -m bench.quota_pressure [--minutes 2] [--loads 40,80] [--rpm 10]
+    python -m bench.quota_pressure [--minutes 2] [--loads 40,80] [--rpm 10] [--no-table-cases]
 
 Targets: quota_aware serves >= 99 % of capacity when demand exceeds it, makes <= 1.05 upstream attempts per
 success, and causes >= 10x fewer upstream 429s than round_robin.
@@ -109,12 +117,33 @@ class Outcome:
     attempts: int | None = None
 
 
+@dataclass(frozen=True)
+class TableCase:
+    """A row that checks the built-in table is only a guess: the fake's real limit differs from it."""
+
+    name: str
+    rpm_limit: int | None  # the fake's rpm per project; None = no limit at all
+    load_per_capacity: float = 0.0  # open-loop load as a multiple of the capacity
+    burst: tuple[int, int] | None = None  # (calls, concurrency) of a closed-loop burst instead
+
+
+TABLE_RPM = 10  # what the proxy's built-in table says for MODEL
+TABLE_CASES = (
+    TableCase("no limit at all (burst)", None, burst=(300, 32)),
+    TableCase("limit below the table", 4, load_per_capacity=2.0),
+    TableCase("limit above the table", 25, load_per_capacity=1.3),
+)
+
+
 @dataclass
 class Pair:
     variant: Variant
     rpm_load: int
     fake: Server
     proxy: Server
+    rpm_limit: int | None = 10  # the fake's rpm per project (None: unlimited)
+    burst: tuple[int, int] | None = None
+    label: str | None = None  # a table case's name
     outcomes: list[Outcome] = field(default_factory=list)
     fake_stats: dict[str, Any] = field(default_factory=dict)
     db: dict[str, Any] = field(default_factory=dict)
@@ -152,7 +181,21 @@ async def _open_loop(pairs: list[Pair], minutes: float, timeout: float) -> float
         start = loop.time()
         t_start = time.monotonic()
 
+        async def burst(p: Pair) -> None:
+            assert p.burst is not None
+            n, concurrency = p.burst
+            sem = asyncio.Semaphore(concurrency)
+            url = p.proxy.url + generate_path(MODEL)
+
+            async def one() -> None:
+                async with sem:
+                    await _one(session, url, p.outcomes, t_start)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
         async def sender(p: Pair) -> None:
+            if p.burst is not None:
+                return await burst(p)
             interval = 60.0 / p.rpm_load
             n = round(p.rpm_load * minutes)
             url = p.proxy.url + generate_path(MODEL)
@@ -181,20 +224,22 @@ def ideal_successes(send_times: list[float], per_minute: int) -> int:
     return len(admitted)
 
 
-def _summarise(p: Pair, minutes: float, rpm_limit: int) -> dict[str, Any]:
+def _summarise(p: Pair) -> dict[str, Any]:
     statuses = Counter(o.status for o in p.outcomes)
     demand = len(p.outcomes)
     ok = statuses.get(200, 0)
     c429 = statuses.get(429, 0)
     keyrack_429 = sum(1 for o in p.outcomes if o.keyrack_429)
     no_retry_after = sum(1 for o in p.outcomes if o.status == 429 and not o.retry_after)
-    capacity = ideal_successes([o.sent_at for o in p.outcomes], VALID_PROJECTS * rpm_limit)
+    sent = [o.sent_at for o in p.outcomes]
+    capacity = len(sent) if p.rpm_limit is None else ideal_successes(sent, VALID_PROJECTS * p.rpm_limit)
     ops = p.fake_stats.get("by_operation", {})
     upstream_attempts = ops.get("generateContent", 0)
     upstream_429 = p.fake_stats.get("by_status", {}).get("429", 0)
     return {
-        "strategy": p.variant.name,
-        "load_rpm": p.rpm_load,
+        "strategy": p.variant.name if p.label is None else f"quota_aware, {p.label}",
+        "fake_rpm": p.rpm_limit,
+        "load_rpm": p.rpm_load if p.burst is None else f"burst {p.burst[0]} @ c={p.burst[1]}",
         "demand": demand,
         "ok": ok,
         "success_rate": ok / demand if demand else 0.0,
@@ -209,9 +254,22 @@ def _summarise(p: Pair, minutes: float, rpm_limit: int) -> dict[str, Any]:
         "other_errors": demand - ok - c429,
         "upstream_429": upstream_429,
         "upstream_400_invalid_key": p.fake_stats.get("by_status", {}).get("400", 0),
+        # Keyrack's own 429s sent while the real capacity was not yet used up (a guess refusing would show here).
+        "keyrack_429_before_capacity": _refused_before_capacity(p, capacity),
         "db": p.db,
         "p50_latency_ms": round(sorted(o.latency_s for o in p.outcomes)[demand // 2] * 1000, 2) if demand else 0.0,
     }
+
+
+def _refused_before_capacity(p: Pair, capacity: int) -> int:
+    """Keyrack's own 429s sent before `capacity` successes had been answered (in send order)."""
+    served = refused = 0
+    for o in sorted(p.outcomes, key=lambda o: o.sent_at):
+        if served >= capacity:
+            break
+        served += o.status == 200
+        refused += o.keyrack_429
+    return refused
 
 
 def run(
@@ -220,6 +278,7 @@ def run(
     rpm_limit: int = 10,
     variants: tuple[Variant, ...] = VARIANTS,
     workdir: Path | None = None,
+    table_cases: tuple[TableCase, ...] = TABLE_CASES,
 ) -> dict[str, Any]:
     own_tmp = None
     if workdir is None:
@@ -231,12 +290,12 @@ def run(
     pairs: list[Pair] = []
     fakes: list[Server] = []
     try:
-        _run_pairs(pairs, fakes, variants, loads, minutes, scenario, api_keys, workdir)
+        _run_pairs(pairs, fakes, variants, loads, minutes, scenario, api_keys, workdir, table_cases)
     finally:
         stop_all(fakes)
         if own_tmp is not None:
             own_tmp.cleanup()
-    rows = [_summarise(p, minutes, rpm_limit) for p in pairs]
+    rows = [_summarise(p) for p in pairs]
     return {
         "minutes": minutes,
         "load_average": [load_before, load_average()],
@@ -259,6 +318,7 @@ def _run_pairs(
     scenario: dict[str, Any],
     api_keys: str,
     workdir: Path,
+    table_cases: tuple[TableCase, ...] = (),
 ) -> None:
     """Start every pair, drive the load, collect the fakes' stats, stop the proxies and read their files."""
     try:
@@ -276,7 +336,19 @@ def _run_pairs(
                     name=f"proxy-{tag}",
                     env={"KEYRACK_RECHECK_INTERVAL_S": "3600"},
                 )
-                pairs.append(Pair(v, load, fake, proxy))
+                pairs.append(Pair(v, load, fake, proxy, scenario["limits"][MODEL]["rpm"]))
+        for j, case in enumerate(table_cases):
+            tag = f"table-{j}"
+            limits = {} if case.rpm_limit is None else {MODEL: {"rpm": case.rpm_limit}}
+            fake = start_fake(workdir, {**scenario, "limits": limits}, name=f"fake-{tag}")
+            fakes.append(fake)
+            proxy = start_proxy(
+                workdir, fake.url, api_keys, name=f"proxy-{tag}", env={"KEYRACK_RECHECK_INTERVAL_S": "3600"}
+            )  # default settings: the built-in table
+            load = 0 if case.rpm_limit is None else round(case.load_per_capacity * VALID_PROJECTS * case.rpm_limit)
+            pairs.append(
+                Pair(Variant(case.name, "quota_aware"), load, fake, proxy, case.rpm_limit, case.burst, case.name)
+            )
         wait_ready([s for p in pairs for s in (p.fake, p.proxy)], timeout=120)
         started = time.monotonic()
         wall_start = run_async(_open_loop(pairs, minutes, timeout=60.0))
@@ -299,6 +371,11 @@ def _run_pairs(
             "SELECT epoch(ts) FROM attempts WHERE upstream_status = 429 ORDER BY ts",
         )
         p.db["upstream_429_at_s"] = [round(t - wall_start, 2) for (t,) in at]
+        by_project = count_rows(
+            p.proxy.data_dir / "keyrack.duckdb",
+            "SELECT project, count(*) FROM attempts WHERE upstream_status = 429 GROUP BY ALL ORDER BY 1",
+        )
+        p.db["upstream_429_by_project"] = dict(by_project)
 
 
 def _targets(rows: list[dict[str, Any]], loads: tuple[int, ...], rpm_limit: int) -> dict[str, Any]:
@@ -307,7 +384,7 @@ def _targets(rows: list[dict[str, Any]], loads: tuple[int, ...], rpm_limit: int)
     for load in loads:
         rr = next((r for r in rows if r["strategy"] == "round_robin" and r["load_rpm"] == load), None)
         for r in rows:
-            if not r["strategy"].startswith("quota_aware") or r["load_rpm"] != load:
+            if not r["strategy"].startswith("quota_aware") or r["load_rpm"] != load or r["fake_rpm"] != rpm_limit:
                 continue
             tag = f"{r['strategy']} @ {load}/min"
             if load > capacity:
@@ -329,12 +406,25 @@ def _targets(rows: list[dict[str, Any]], loads: tuple[int, ...], rpm_limit: int)
                     "met": rr["upstream_429"] >= TARGET_429_RATIO * r["upstream_429"],
                     "ratio": round(ratio, 1),
                 }
+    for r in rows:
+        if r["fake_rpm"] == rpm_limit:
+            continue  # a table case
+        tag = r["strategy"]
+        out[f"{tag}: Keyrack 429s while capacity remained"] = {
+            "value": r["keyrack_429_before_capacity"],
+            "target": "0",
+            "met": r["keyrack_429_before_capacity"] == 0,
+        }
+        if r["fake_rpm"] is not None and r["fake_rpm"] < TABLE_RPM:
+            worst = max(r["db"].get("upstream_429_by_project", {}).values(), default=0)
+            out[f"{tag}: upstream 429s per project"] = {"value": worst, "target": "<= 1", "met": worst <= 1}
     return out
 
 
 def report(f: dict[str, Any]) -> str:
     head = [
         "strategy",
+        "fake rpm/project",
         "load/min",
         "sent",
         "ok",
@@ -350,6 +440,7 @@ def report(f: dict[str, Any]) -> str:
         [
             [
                 r["strategy"],
+                r["fake_rpm"] if r["fake_rpm"] is not None else "none",
                 r["load_rpm"],
                 r["demand"],
                 r["ok"],
@@ -389,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=2.0, help="load duration per pair (all pairs run at once)")
     ap.add_argument("--loads", default="40,80", help="open-loop loads in requests per minute (default 40,80)")
     ap.add_argument("--rpm", type=int, default=10, help="the fake's rpm limit per project (default 10)")
+    ap.add_argument("--no-table-cases", action="store_true", help="skip the rows that check the built-in table")
     ap.add_argument("--json", type=Path, default=RESULTS / "quota_pressure.json", help="where to write the figures")
     args = ap.parse_args(argv)
     loads = tuple(int(x) for x in args.loads.split(",") if x.strip())
-    figures = run(args.minutes, loads, args.rpm)
+    figures = run(args.minutes, loads, args.rpm, table_cases=() if args.no_table_cases else TABLE_CASES)
     print(report(figures))
     write_json(args.json, figures)
     return 0

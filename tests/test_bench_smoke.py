@@ -47,7 +47,9 @@ def test_ideal_successes_is_the_sliding_window_bound() -> None:
 def test_quota_pressure_reports_the_three_strategies(tmp_path: Path) -> None:
     variants = quota_pressure.VARIANTS[:3]
     # 3 s at 1,200/min against 50/min of capacity: every strategy meets the limit within the run.
-    f = quota_pressure.run(minutes=0.05, loads=(1200,), rpm_limit=10, variants=variants, workdir=tmp_path)
+    f = quota_pressure.run(
+        minutes=0.05, loads=(1200,), rpm_limit=10, variants=variants, workdir=tmp_path, table_cases=()
+    )
     rows = {r["strategy"]: r for r in f["rows"]}
     assert set(rows) == {"round_robin", "least_used", "quota_aware"}
     for r in rows.values():
@@ -61,6 +63,22 @@ def test_quota_pressure_reports_the_three_strategies(tmp_path: Path) -> None:
     assert rows["round_robin"]["upstream_429"] > 0
     table = quota_pressure.report(f)
     assert all(name in table for name in rows) and "capacity served" in table
+
+
+def test_quota_pressure_table_cases_report_guesses_that_never_refuse(tmp_path: Path) -> None:
+    cases = (
+        quota_pressure.TableCase("no limit at all (burst)", None, burst=(60, 16)),
+        quota_pressure.TableCase("limit above the table", 25, load_per_capacity=12.0),
+    )
+    f = quota_pressure.run(minutes=0.05, loads=(), variants=(), workdir=tmp_path, table_cases=cases)
+    burst, above = f["rows"]
+    assert burst["strategy"] == "quota_aware, no limit at all (burst)" and burst["load_rpm"] == "burst 60 @ c=16"
+    assert burst["ok"] == burst["demand"] == burst["capacity"] == 60 and burst["client_429"] == 0
+    assert above["fake_rpm"] == 25 and above["demand"] == 75  # 1,500/min for 3 s: 15 a project, the table says 10
+    assert above["keyrack_429_before_capacity"] == 0 and above["ok"] == above["demand"]  # the table (10) did not cap
+    assert f["targets"]["quota_aware, no limit at all (burst): Keyrack 429s while capacity remained"]["met"]
+    table = quota_pressure.report(f)
+    assert "no limit at all (burst)" in table and "limit above the table" in table
 
 
 def test_run_all_summarises_every_known_shape() -> None:
