@@ -668,22 +668,8 @@ class QuotaTracker:
         return ModelLimits(own.get("rpm", m.rpm), own.get("rpd", m.rpd), own.get("tpm", m.tpm))
 
     def sources(self, scope: str, model: str) -> dict[str, str | None]:
-        """Where each effective limit of (scope, model) comes from: "learned" (a 429 from Google), "configured",
-        "built-in" (the free-tier table: orders the choice, never refuses), or None (no limit known)."""
-        model = _strip_models(model)
-        e = self._entries.get((scope, model))
-        own = e.learned if e is not None else {}
-        ml = self._model_learned.get(model, {})
-        base, configured = self._base_limits(model)
-        out: dict[str, str | None] = {}
-        for dim in ("rpm", "rpd", "tpm"):
-            if dim in own or dim in ml:
-                out[dim] = "learned"
-            elif getattr(base, dim) is None:
-                out[dim] = None
-            else:
-                out[dim] = "configured" if configured else "built-in"
-        return out
+        """`limit_source` of each dimension: {"rpm": ..., "rpd": ..., "tpm": ...}."""
+        return {dim: self.limit_source(scope, model, dim) for dim in ("rpm", "rpd", "tpm")}
 
     def headroom(self, scope: str, model: str, now: float) -> float:
         """Free fraction of the tightest known dimension, in [0, 1]; 1.0 when no limit is known."""
@@ -758,6 +744,8 @@ class QuotaTracker:
         e = self._entries.get((scope, model))
         if (e is not None and dim in e.learned) or dim in self._model_learned.get(model, {}):
             return "learned"
-        if getattr(self._base_limits(model), dim) is None:
+        base, configured = self._base_limits(model)
+        if getattr(base, dim) is None:
             return None
-        return "configured" if is_configured(model, self._overrides) else "builtin"
+        # "builtin" orders the choice only; "configured" and "learned" limits are the ones that refuse.
+        return "configured" if configured else "builtin"

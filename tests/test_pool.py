@@ -177,7 +177,7 @@ def test_learned_limit_from_a_429_steers_quota_aware_away() -> None:
 
 def test_built_in_limits_order_but_never_refuse_until_a_429_confirms_them() -> None:
     pool, _ = make_pool()  # no configured limits: gemini-2.5-flash has the built-in free-tier guess of rpm 10
-    assert pool.tracker.sources("pa", MODEL) == {"rpm": "built-in", "rpd": "built-in", "tpm": "built-in"}
+    assert pool.tracker.sources("pa", MODEL) == {"rpm": "builtin", "rpd": "builtin", "tpm": "builtin"}
     started = []
     for _ in range(100):  # 10× the guess over 3 scopes, all in flight at once: nothing refused, nothing capped
         key = pool.choose(MODEL)
@@ -199,7 +199,7 @@ def test_built_in_limits_order_but_never_refuse_until_a_429_confirms_them() -> N
 def test_configured_limits_are_enforced_without_a_429() -> None:
     pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
     assert pool.tracker.sources("pa", MODEL)["rpm"] == "configured"
-    assert pool.tracker.sources("pa", "gemini-2.0-flash")["rpm"] == "built-in"
+    assert pool.tracker.sources("pa", "gemini-2.0-flash")["rpm"] == "builtin"
     for _ in range(3):
         use(pool)
     with pytest.raises(PoolExhausted):
