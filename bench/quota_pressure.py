@@ -27,7 +27,7 @@ attempts per success (the fake's generateContent count, invalid-key attempts inc
 client, split into Keyrack's own (immediate, with Retry-After, no upstream call) and upstream 429s passed
 through; upstream 429s caused (the fake's count) and when they happened (the proxy's attempts table).
 
-    python -m bench.quota_pressure [--minutes 2] [--loads 40,80] [--rpm 10] [--no-table-cases]
+    python -m bench.quota_pressure [--minutes 2] [--loads 40,80] [--rpm 10] [--no-table-cases | --table-cases-only]
 
 Targets: quota_aware serves >= 99 % of capacity when demand exceeds it, makes <= 1.05 upstream attempts per
 success, and causes >= 10x fewer upstream 429s than round_robin.
@@ -481,10 +481,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loads", default="40,80", help="open-loop loads in requests per minute (default 40,80)")
     ap.add_argument("--rpm", type=int, default=10, help="the fake's rpm limit per project (default 10)")
     ap.add_argument("--no-table-cases", action="store_true", help="skip the rows that check the built-in table")
+    ap.add_argument("--table-cases-only", action="store_true", help="only the rows that check the built-in table")
     ap.add_argument("--json", type=Path, default=RESULTS / "quota_pressure.json", help="where to write the figures")
     args = ap.parse_args(argv)
     loads = tuple(int(x) for x in args.loads.split(",") if x.strip())
-    figures = run(args.minutes, loads, args.rpm, table_cases=() if args.no_table_cases else TABLE_CASES)
+    figures = run(
+        args.minutes,
+        () if args.table_cases_only else loads,
+        args.rpm,
+        variants=() if args.table_cases_only else VARIANTS,
+        table_cases=() if args.no_table_cases else TABLE_CASES,
+    )
     print(report(figures))
     write_json(args.json, figures)
     return 0
