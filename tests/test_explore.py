@@ -112,9 +112,17 @@ def normal(dim: str, v: Any) -> Any:
         (["hour_of_day", "outcome"], KOLKATA, START, END),  # a half-hour zone: raw rows
     ],
 )
+@pytest.mark.parametrize("histograms", ["cube", "raw"])  # percentiles from the cube's histograms, or raw rows
 def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_percent(
-    loaded: DB, dims: list[str], tz: ZoneInfo, lo: datetime, hi: datetime
+    loaded: DB,
+    dims: list[str],
+    tz: ZoneInfo,
+    lo: datetime,
+    hi: datetime,
+    histograms: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(explore, "HISTOGRAM_RAW_RATIO", 1e9 if histograms == "cube" else 0.0)
     measures = ["calls", "successes", "prompt_tokens", "output_tokens", "total_tokens", "upstream_429s",
                 "attempts_per_call", "p95_latency_ms"]  # fmt: skip
     ans = ask(loaded, tz, measures=measures, dimensions=dims, **{"from": lo.isoformat(), "to": hi.isoformat()})
