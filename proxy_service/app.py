@@ -25,6 +25,7 @@ from starlette.routing import Route
 from proxy_service import logs, metrics, queries, snapshot
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
+from proxy_service.alerts.engine import AlertEngine
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
@@ -89,6 +90,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._collector = metrics.StateCollector(self.metrics_state)
         self._load_keys(parse_key_list(settings.api_keys))
+        self.alerts = AlertEngine(self)
 
     # -- storage ---------------------------------------------------------------------------------------------------
     def _setup_storage(self) -> None:
@@ -362,6 +364,8 @@ class Gateway:
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
+        self.alerts.start()
+        logs.add_secret_source(self.alerts.secrets)
         self.ready = True
         self._log_startup()
         try:
@@ -371,6 +375,8 @@ class Gateway:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.alerts.stop()
+            logs.remove_secret_source(self.alerts.secrets)
             self.persist_keys()
             self.writer.stop()
             metrics.REGISTRY.unregister(self._collector)

@@ -654,6 +654,10 @@ class QuotaTracker:
 
     # -- queries
 
+    def scopes(self) -> list[tuple[str, str]]:
+        """The (scope, model) pairs with recorded usage or learned limits (read-only; for alert rules)."""
+        return list(self._entries)
+
     def limits(self, scope: str, model: str) -> ModelLimits:
         """Effective limits: learned for the scope > learned model-wide > override > built-in.
 

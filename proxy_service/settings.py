@@ -142,7 +142,23 @@ class Config(BaseModel):
         32.0, gt=0, le=1024, json_schema_extra=_meta("logging", "SQL page size cap (MB of answer)")
     )
 
+    # Alerts
+    alert_interval_s: int = Field(
+        15, ge=1, le=3600, json_schema_extra=_meta("alerts", "How often alert rules are evaluated (s)")
+    )
+    dashboard_url: str = Field(
+        "http://127.0.0.1:8501", json_schema_extra=_meta("alerts", "Dashboard address linked from alert messages")
+    )
+
     _split = field_validator("access_tokens", mode="before")(_split_tokens)
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8501")
+        return v.strip().rstrip("/")
 
     @field_validator("upstream_url")
     @classmethod

@@ -34,6 +34,16 @@ SCHEMA: dict[str, str] = {
         created_at TIMESTAMP, last_used_at TIMESTAMP, consecutive_failures INTEGER, total_failures BIGINT,
         requests BIGINT, successes BIGINT, last_error VARCHAR, last_checked_at TIMESTAMP, disabled_reason VARCHAR""",
     "settings": "name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMP",
+    # Alerting (proxy_service/alerts): rules as JSON bodies, channels (url and secret are secrets), silences, and
+    # the history of every state change and delivery attempt.
+    "alert_rules": "id VARCHAR PRIMARY KEY, body VARCHAR NOT NULL, updated_at TIMESTAMP",
+    "alert_channels": "id VARCHAR PRIMARY KEY, name VARCHAR, url VARCHAR NOT NULL, secret VARCHAR, created_at DOUBLE",
+    "alert_silences": "id VARCHAR PRIMARY KEY, rule_id VARCHAR, labels VARCHAR, until DOUBLE, comment VARCHAR, "
+    "created_at DOUBLE",
+    "alert_events": "id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, kind VARCHAR, rule_id VARCHAR, rule VARCHAR, "
+    "severity VARCHAR, state VARCHAR, labels VARCHAR, value DOUBLE, threshold DOUBLE, channel_id VARCHAR, "
+    "attempt SMALLINT, message VARCHAR",
+    "alert_meta": "name VARCHAR PRIMARY KEY, value VARCHAR",
 }
 # What may leave the store without an explicit reveal (user SQL, Parquet exports): these tables, the keys without
 # their secret. One rule for the safe views and the export.

@@ -1,0 +1,113 @@
+"""The alerting SQL, parameterised: window figures for live evaluation and 7-day series for backtests.
+
+Live evaluation reads only the rows of its window: `ts >= now - window` is pruned by DuckDB's per-row-group min/max
+(zone maps) on these append-ordered tables, so the cost follows the window's rows, never the table's size. Rules
+sharing (window, filters, grouping) share one query. Backtests read the 15-minute rollup (`rollup.py`) only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from proxy_service.rollup import TIERS
+
+# filter / group name → column; only these identifiers are ever put into SQL text
+REQUEST_COLUMNS = {"model": "model", "project": "project", "key": "key_id", "client": "client_id", "surface": "surface"}
+ATTEMPT_COLUMNS = {"model": "model", "project": "project", "key": "key_id"}
+WEEK = timedelta(days=7)
+
+_REQUESTS = """
+    SELECT {group} AS g, count(*) AS calls,
+           count(*) FILTER (WHERE outcome = 'success') AS success,
+           count(*) FILTER (WHERE outcome = 'upstream_error') AS upstream_error,
+           count(*) FILTER (WHERE outcome = 'exhausted') AS exhausted,
+           count(*) FILTER (WHERE outcome = 'stream_error') AS stream_error,
+           count(*) FILTER (WHERE outcome = 'client_error') AS client_error,
+           avg(attempts) AS attempts_per_call,
+           quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
+           quantile_cont(ttfb_ms, 0.95) FILTER (WHERE stream) AS p95_ttft_ms
+    FROM requests WHERE ts >= ? AND ts < ?{where} GROUP BY ALL"""
+_ATTEMPTS = """
+    SELECT {group} AS g, count(*) AS attempts,
+           count(*) FILTER (WHERE outcome = 'rate_limited' OR upstream_status = 429) AS rate_limited
+    FROM attempts WHERE ts >= ? AND ts < ?{where} GROUP BY ALL"""
+_VOLUME = """
+    SELECT {group} AS g, count(*) FILTER (WHERE ts >= ?) AS now_calls, count(*) FILTER (WHERE ts < ?) AS then_calls
+    FROM requests WHERE ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)){where} GROUP BY ALL"""
+
+
+def _where(filters: dict[str, str], columns: dict[str, str]) -> tuple[str, list[Any]]:
+    parts, params = [], []
+    for name, value in sorted(filters.items()):
+        parts.append(f" AND {columns[name]} = ?")
+        params.append(value)
+    return "".join(parts), params
+
+
+def _group(group_by: str, columns: dict[str, str]) -> str:
+    return f"coalesce({columns[group_by]}, '')" if group_by else "''"
+
+
+def request_window(
+    cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, filters: dict[str, str], group_by: str
+) -> dict[str, dict[str, Any]]:
+    """Per group value ('' when ungrouped): calls, counts per outcome class, attempts per call, p95s."""
+    where, params = _where(filters, REQUEST_COLUMNS)
+    sql = _REQUESTS.format(group=_group(group_by, REQUEST_COLUMNS), where=where)
+    return _rows(cur.execute(sql, [lo, hi, *params]))
+
+
+def attempt_window(
+    cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, filters: dict[str, str], group_by: str
+) -> dict[str, dict[str, Any]]:
+    where, params = _where(filters, ATTEMPT_COLUMNS)
+    sql = _ATTEMPTS.format(group=_group(group_by, ATTEMPT_COLUMNS), where=where)
+    return _rows(cur.execute(sql, [lo, hi, *params]))
+
+
+def volume_window(
+    cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, filters: dict[str, str], group_by: str
+) -> dict[str, dict[str, Any]]:
+    """Calls in [lo, hi) and in the same span one week earlier."""
+    where, params = _where(filters, REQUEST_COLUMNS)
+    sql = _VOLUME.format(group=_group(group_by, REQUEST_COLUMNS), where=where)
+    return _rows(cur.execute(sql, [lo, lo, lo, hi, lo - WEEK, hi - WEEK, *params]))
+
+
+def _rows(rel: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    names = [d[0] for d in rel.description]
+    return {row[0]: dict(zip(names, row, strict=True)) for row in rel.fetchall()}
+
+
+# -- backtests: the 15-minute rollup ------------------------------------------------------------------------------
+_COUNTERS_15M, _LATENCY_15M = TIERS[900]
+_BACKTEST_COUNTERS = f"""
+    SELECT bucket, CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes
+    FROM {_COUNTERS_15M} WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket ORDER BY bucket"""
+_BACKTEST_EXHAUSTED = f"""
+    SELECT bucket, CAST(sum(calls) AS BIGINT) AS calls FROM {_COUNTERS_15M}
+    WHERE dim = 'status' AND val = '429' AND bucket >= ? AND bucket < ? GROUP BY bucket"""
+_BACKTEST_LATENCY = f"""
+    SELECT bucket, lb, CAST(sum(n) AS DOUBLE) AS n FROM {_LATENCY_15M}
+    WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket, lb ORDER BY bucket, lb"""
+
+
+def backtest_counters(
+    cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
+) -> list[tuple[datetime, int, int]]:
+    """(bucket, calls, successes) per 15-minute bucket with traffic."""
+    return cur.execute(_BACKTEST_COUNTERS, [dim, val, lo, hi]).fetchall()
+
+
+def backtest_exhausted(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> dict[datetime, int]:
+    """Calls answered 429 per bucket (Keyrack's own refusals; the status dimension has no model split)."""
+    return dict(cur.execute(_BACKTEST_EXHAUSTED, [lo, hi]).fetchall())
+
+
+def backtest_latency(
+    cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
+) -> list[tuple[datetime, int, float]]:
+    return cur.execute(_BACKTEST_LATENCY, [dim, val, lo, hi]).fetchall()
