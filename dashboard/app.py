@@ -14,6 +14,7 @@ import streamlit as st
 if __package__ in (None, "") and "dashboard" not in sys.modules:  # `streamlit run dashboard/app.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dashboard import alerts_view as av
 from dashboard import ui
 from dashboard.client import AdminError
 from dashboard.i18n import LANGUAGES, t
@@ -101,6 +102,12 @@ def chrome() -> None:
     )
     language_switch()
     side.caption(t("chrome.timezone", tz=ui.tz_name()))
+    try:  # the firing-count badge on every page (cached briefly: one small call per 10 s at most)
+        firing = av.badge(ui.fetch("alerts_active", ttl=10.0))
+        if firing:
+            side.markdown(firing)
+    except AdminError:
+        pass
     if side.button(t("chrome.logout"), icon=":material/logout:", key="logout", width="stretch"):
         ui.sign_out()
         st.rerun()
@@ -121,6 +128,7 @@ page = st.navigation(
         st.Page(HERE / "pages" / "forecast.py", title=t("nav.forecast"), icon=":material/query_stats:"),
         st.Page(HERE / "pages" / "explore.py", title=t("nav.explore"), icon=":material/pivot_table_chart:"),
         st.Page(HERE / "pages" / "error_logs.py", title=t("nav.errors"), icon=":material/error:"),
+        st.Page(HERE / "pages" / "alerts.py", title=t("nav.alerts"), icon=":material/notifications:"),
         st.Page(HERE / "pages" / "config.py", title=t("nav.config"), icon=":material/settings:"),
         st.Page(HERE / "pages" / "sql.py", title=t("nav.sql"), icon=":material/database:"),
     ],

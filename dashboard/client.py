@@ -271,6 +271,52 @@ class AdminClient:
     def batch(self, action: str, ids: list[str]) -> dict[str, Any]:
         return self._json("POST", "/keys/batch", json={"action": action, "ids": list(ids)}, timeout=120.0)
 
+    # -- alerts --------------------------------------------------------------------------------------------------
+    def alert_metrics(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/alerts/metrics").get("items", []))
+
+    def alert_rules(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/alerts/rules").get("items", []))
+
+    def create_alert_rule(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/alerts/rules", json=body)
+
+    def update_alert_rule(self, rule_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PATCH", f"/alerts/rules/{rule_id}", json=patch)
+
+    def delete_alert_rule(self, rule_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/alerts/rules/{rule_id}")
+
+    def alert_backtest(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/alerts/backtest", json=body, timeout=60.0)
+
+    def alert_channels(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/alerts/channels").get("items", []))
+
+    def create_alert_channel(self, name: str, url: str) -> dict[str, Any]:
+        return self._json("POST", "/alerts/channels", json={"name": name, "url": url})
+
+    def delete_alert_channel(self, channel_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/alerts/channels/{channel_id}")
+
+    def test_alert_channel(self, channel_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/alerts/channels/{channel_id}/test", timeout=60.0)
+
+    def alerts_active(self) -> dict[str, Any]:
+        return self._json("GET", "/alerts/active")
+
+    def alert_history(self, limit: int = 200) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/alerts/history", params={"limit": limit}).get("items", []))
+
+    def alert_silences(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/alerts/silences").get("items", []))
+
+    def create_alert_silence(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/alerts/silences", json=body)
+
+    def delete_alert_silence(self, silence_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/alerts/silences/{silence_id}")
+
     # -- config --------------------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return self._json("GET", "/config")

@@ -11,7 +11,7 @@ from dashboard import ui
 from dashboard.client import AdminError
 from dashboard.i18n import EN, LANGUAGES, t
 
-SECTIONS = ("general", "upstream", "logging")
+SECTIONS = ("general", "upstream", "logging", "alerts")
 PREFIX = "cfg_"
 ERRORS = "cfg_errors_state"
 

@@ -1,0 +1,198 @@
+"""The Alerts page's logic, kept out of the page file: tables for firing alerts, rules, channels, silences and
+history; the rule editor's body; the backtest chart (the metric over 7 days, the threshold, would-fire spans)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.i18n import t
+
+# Text marks, not emoji: headless and server fonts often lack emoji glyphs.
+SEVERITY_ICON = {"critical": "▲▲", "warning": "▲", "info": "·"}
+STATE_ICON = {"firing": "●", "pending": "◐", "inactive": "○"}
+OPS = (">", ">=", "<", "<=")
+SEVERITIES = ("info", "warning", "critical")
+GROUPS = ("", "model", "project", "key")
+THRESHOLD = "#d9534f"
+VALUE = "#4c78a8"
+SPAN = "rgba(217, 83, 79, 0.18)"
+
+
+def fmt_value(v: Any, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    v = float(v)
+    if unit == "ratio":
+        return f"{v * 100:.1f} %"
+    if unit == "ms":
+        return f"{v:,.0f} ms"
+    if unit == "pct":
+        return f"{v:.1f} %"
+    return f"{v:,.4g}"
+
+
+def labels_text(labels: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (labels or {}).items()) or "–"
+
+
+def units(metrics: list[dict[str, Any]]) -> dict[str, str]:
+    return {m["name"]: m.get("unit", "") for m in metrics}
+
+
+def firing_frame(items: list[dict[str, Any]], unit_of: dict[str, str], admin_page: str = "") -> pd.DataFrame:
+    """Firing and pending alerts, with links to the matching calls on Error logs and Trends."""
+    rows = []
+    for a in items:
+        unit = unit_of.get(a.get("metric", ""), "")
+        labels = a.get("labels") or {}
+        query = "&".join(f"{k}={v}" for k, v in labels.items() if k in ("model", "key"))
+        rows.append({
+            "state": f"{STATE_ICON.get(a['state'], '')} {t('alerts.state.' + a['state'])}",
+            "severity": f"{SEVERITY_ICON.get(a.get('severity', ''), '')} {t('alerts.sev.' + a.get('severity', 'info'))}",
+            "rule": a["name"],
+            "since": pd.to_datetime(a.get("since"), utc=True),
+            "value": f"{fmt_value(a.get('value'), unit)} {a.get('op', '')} {fmt_value(a.get('threshold'), unit)}",
+            "labels": labels_text(labels),
+            "silenced": bool(a.get("silenced")),
+            "errors": f"{admin_page}error_logs" + (f"?{query}" if query else ""),
+            "trends": f"{admin_page}trends" + (f"?{query}" if query else ""),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["state", "severity", "rule", "since", "value", "labels", "silenced", "errors",
+                                       "trends"])  # fmt: skip
+
+
+def rules_frame(rules: list[dict[str, Any]], unit_of: dict[str, str]) -> pd.DataFrame:
+    rows = [
+        {
+            "enabled": bool(r["enabled"]),
+            "state": f"{STATE_ICON.get(r.get('state', 'inactive'), '')} {t('alerts.state.' + r.get('state', 'inactive'))}",
+            "name": r["name"],
+            "condition": f"{r['metric']} {r['op']} {fmt_value(r['threshold'], unit_of.get(r['metric'], ''))}",
+            "window": f"{r['window_s']} s",
+            "for": f"{r['for_s']} s",
+            "severity": f"{SEVERITY_ICON.get(r['severity'], '')} {t('alerts.sev.' + r['severity'])}",
+            "channels": len(r.get("channels") or []),
+            "id": r["id"],
+        }
+        for r in rules
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["enabled", "state", "name", "condition", "window", "for", "severity", "channels",
+                                       "id"])  # fmt: skip
+
+
+def enabled_changes(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(rule id, enabled) for the rows whose checkbox the operator flipped in the rules table."""
+    if before.empty or len(before) != len(after):
+        return []
+    out = []
+    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows(), strict=True):
+        if bool(b["enabled"]) != bool(a["enabled"]):
+            out.append((str(b["id"]), bool(a["enabled"])))
+    return out
+
+
+def channels_frame(channels: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"name": c["name"], "kind": c["scheme"], "url": c["url"], "id": c["id"]} for c in channels]
+    return pd.DataFrame(rows, columns=["name", "kind", "url", "id"])
+
+
+def silences_frame(silences: list[dict[str, Any]], rule_names: dict[str, str]) -> pd.DataFrame:
+    rows = [
+        {
+            "active": bool(s.get("active")),
+            "rule": rule_names.get(s.get("rule_id") or "", s.get("rule_id") or t("alerts.any_rule")),
+            "labels": labels_text(s.get("labels")),
+            "until": pd.to_datetime(s.get("until"), utc=True),
+            "comment": s.get("comment") or "",
+            "id": s["id"],
+        }
+        for s in silences
+    ]
+    return pd.DataFrame(rows, columns=["active", "rule", "labels", "until", "comment", "id"])
+
+
+def history_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [
+        {
+            "ts": pd.to_datetime(h.get("ts"), utc=True),
+            "kind": h["kind"],
+            "rule": h.get("rule") or "",
+            "state": h.get("state") or "",
+            "labels": labels_text(h.get("labels")),
+            "value": h.get("value"),
+            "channel": h.get("channel_id") or "",
+            "attempt": h.get("attempt") or None,
+            "message": h.get("message") or "",
+        }
+        for h in items
+    ]
+    return pd.DataFrame(rows, columns=["ts", "kind", "rule", "state", "labels", "value", "channel", "attempt",
+                                       "message"])  # fmt: skip
+
+
+KIND_COLOURS = {"fired": "#d9534f", "repeat": "#f0ad4e", "resolved": "#2e9e5b", "delivered": "#4c78a8",
+                "failed": "#7b1f1f"}  # fmt: skip
+
+
+def timeline(history: pd.DataFrame, tz: str) -> go.Figure:
+    """One dot per history event: time across, rule down, colour by kind."""
+    fig = go.Figure()
+    for kind, colour in KIND_COLOURS.items():
+        part = history[history["kind"] == kind]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=part["ts"].dt.tz_convert(tz), y=part["rule"], mode="markers", name=t(f"alerts.kind.{kind}"),
+            marker={"color": colour, "size": 10, "symbol": "circle" if kind != "failed" else "x"},
+            text=part["message"], hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
+        ))  # fmt: skip
+    fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": t("alerts.timeline"),
+                      "x": 0}, legend={"orientation": "h", "y": 1.1, "x": 1, "xanchor": "right"})  # fmt: skip
+    return fig
+
+
+def backtest_figure(result: dict[str, Any], metric: str, unit: str, tz: str) -> go.Figure:
+    """The metric over the last 7 days (15-minute points), the threshold line and shaded would-fire spans."""
+    series = pd.DataFrame(result.get("series") or [], columns=["t", "value"])
+    fig = go.Figure()
+    if not series.empty:
+        x = pd.to_datetime(series["t"], utc=True).dt.tz_convert(tz)
+        y = pd.to_numeric(series["value"], errors="coerce") * (100 if unit == "ratio" else 1)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=metric, line={"color": VALUE}, connectgaps=False))
+    threshold = float(result.get("threshold", 0)) * (100 if unit == "ratio" else 1)
+    fig.add_hline(y=threshold, line={"color": THRESHOLD, "dash": "dash"},
+                  annotation_text=f"{t('alerts.threshold')} {result.get('op', '')} {threshold:g}")  # fmt: skip
+    for span in result.get("spans") or []:
+        a = pd.Timestamp(span["start"]).tz_convert(tz)
+        b = pd.Timestamp(span["end"]).tz_convert(tz)
+        fig.add_vrect(x0=a, x1=b, fillcolor=SPAN, line_width=0)
+    fig.update_layout(
+        height=300, margin={"l": 10, "r": 10, "t": 50, "b": 10}, showlegend=False,
+        title={"text": t("alerts.backtest_title", n=result.get("fired", 0)), "x": 0},
+        yaxis_title=f"{metric} ({'%' if unit == 'ratio' else unit})", xaxis_title=t("chart.time", tz=tz),
+    )  # fmt: skip
+    return fig
+
+
+def rule_body(values: dict[str, Any]) -> dict[str, Any]:
+    """The editor's widget values → a rule body for the API (empty filters dropped)."""
+    filters = {k: v.strip() for k, v in (values.get("filters") or {}).items() if isinstance(v, str) and v.strip()}
+    body = {
+        "name": values["name"].strip(), "metric": values["metric"], "op": values["op"],
+        "threshold": float(values["threshold"]), "window_s": int(values["window_s"]), "for_s": int(values["for_s"]),
+        "severity": values["severity"], "channels": list(values.get("channels") or []),
+        "repeat_s": int(values.get("repeat_s", 3600)), "group_by": values.get("group_by") or "",
+        "enabled": bool(values.get("enabled", True)),
+    }  # fmt: skip
+    if filters:
+        body["filters"] = filters
+    return body
+
+
+def badge(active: dict[str, Any] | None) -> str:
+    """The sidebar badge: the firing count (empty when nothing fires)."""
+    n = int((active or {}).get("firing") or 0)
+    return f":red-badge[:material/notifications_active: {t('alerts.badge', n=n)}]" if n else ""
