@@ -9,7 +9,7 @@ BENCHMARKS section is updated.
     python -m bench.run_all [--quick] [--only NAME[,NAME...]]
 
 NAME: proxy_throughput, event_writer, quota_pressure, analytics, explore, dashboard_render, reliability (these
-are run when their modules exist), forecast, memory. --quick shortens every run (a check that the benchmarks work, not
+are run when their modules exist), forecast, memory, alerts. --quick shortens every run (a check that the benchmarks work, not
 figures to publish).
 """
 
@@ -49,6 +49,7 @@ BENCHES = (
     Bench("reliability", ("--duration", "300"), ("--duration", "20"), 1800, optional=True),  # warm-up ends ~2 min
     Bench("forecast", (), ("--models", "3", "--days", "24", "--duration", "2"), 1800),
     Bench("memory", ("--load", "20", "--soak", "120"), ("--load", "3", "--soak", "10"), 900),
+    Bench("alerts", (), ("--rows", "200000", "--runs", "3", "--duration", "3", "--warmup", "1"), 1800),
 )
 
 
@@ -383,6 +384,17 @@ def rows_memory(f: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_alerts(f: dict[str, Any]) -> list[Row]:
+    e, t = f["evaluation"], f["throughput"]
+    area = f"alerts ({e['rules']} rules, {e['rows']:,} rows)"
+    return [
+        [area, "ms per evaluation (median)", f"{e['eval_ms_median']:,.1f} ms", f"p95 {e['eval_ms_p95']:,.1f} ms", "",
+         "", "–"],
+        [area, "proxy req/s c=32, rules every 1 s", f"{t['rps_50_rules']:,.0f}", f"no rules {t['rps_no_rules']:,.0f}",
+         f"{t['ratio']:.2f}x", "≥ 0.95x", _met(t["ratio"] >= 0.95)],
+    ]  # fmt: skip
+
+
 SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "proxy_throughput": rows_proxy,
     "event_writer": rows_writer,
@@ -393,6 +405,7 @@ SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "reliability": rows_reliability,
     "forecast": rows_forecast,
     "memory": rows_memory,
+    "alerts": rows_alerts,
 }
 
 

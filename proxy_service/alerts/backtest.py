@@ -16,7 +16,7 @@ import pyarrow as pa
 from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
 from proxy_service.queries import _percentiles
-from proxy_service.rollup import _floor
+from proxy_service.rollup import floor_time
 
 SPAN = timedelta(days=7)
 RESOLUTION_S = 900
@@ -34,7 +34,7 @@ def unsupported(rule: Rule) -> str | None:
 
 
 def run(cur: duckdb.DuckDBPyConnection, rule: Rule, now: datetime) -> dict[str, Any]:
-    hi = _floor(now, RESOLUTION_S) + timedelta(seconds=RESOLUTION_S)
+    hi = floor_time(now, RESOLUTION_S) + timedelta(seconds=RESOLUTION_S)
     lo = hi - SPAN
     why = unsupported(rule)
     out: dict[str, Any] = {"supported": why is None, "resolution_s": RESOLUTION_S, "from": lo, "to": hi,
