@@ -39,12 +39,13 @@ from bench.common import (
 )
 from proxy_service.alerts import sources
 from proxy_service.alerts.rules import Rule, parse_rule
+from proxy_service.demo.scenario import demo_key
 from proxy_service.keys import KeySpec
 from proxy_service.pool import Pool
 from proxy_service.store import Store
 
 TARGET_RATIO = 0.95
-POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-key-{i:02d}')}" for i in range(8))
 MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "gemini-2.5-flash-lite")
 
 
