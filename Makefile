@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium clean screenshot-forecast
+.PHONY: run test bench lint install chromium services clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,17 +27,21 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q docker-compose; }
 
+# Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh.
+services:
+	@bash .ci/services.sh
+
 run: install
 	$(BIN)/keyrack run
 
-test: install chromium
+test: install chromium services
 	$(BIN)/pytest
 
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
 screenshot-forecast: install chromium
 	$(BIN)/python -m tests.dashboard.forecast_screenshot
 
-bench: install
+bench: install services
 	$(BIN)/python -m bench.run_all
 
 lint: install

@@ -8,9 +8,9 @@ BENCHMARKS section is updated.
 
     python -m bench.run_all [--quick] [--only NAME[,NAME...]]
 
-NAME: proxy_throughput, event_writer, quota_pressure, analytics, explore, dashboard_render, reliability (these
-are run when their modules exist), forecast, memory, alerts. --quick shortens every run (a check that the benchmarks work, not
-figures to publish).
+NAME: proxy_throughput, event_writer, quota_pressure, analytics, explore, dashboard_render, reliability, cluster
+(these are run when their modules exist), forecast, memory, alerts. --quick shortens every run (a check that the
+benchmarks work, not figures to publish).
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ BENCHES = (
     Bench("forecast", (), ("--models", "3", "--days", "24", "--duration", "2"), 1800),
     Bench("memory", ("--load", "20", "--soak", "120"), ("--load", "3", "--soak", "10"), 900),
     Bench("alerts", (), ("--rows", "200000", "--runs", "3", "--duration", "3", "--warmup", "1"), 1800),
+    Bench(
+        "cluster",
+        (),
+        ("--duration", "2", "--minutes", "0.5", "--load", "160", "--events", "5000", "--rows", "50000", "--runs", "2"),
+        3600,
+        optional=True,
+    ),
 )
 
 
@@ -395,6 +402,12 @@ def rows_alerts(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_cluster(f: dict[str, Any]) -> list[Row]:
+    from bench.cluster import report_rows
+
+    return [["cluster", *row[:2], row[2], "", *row[3:]] for row in report_rows(f)]
+
+
 SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "proxy_throughput": rows_proxy,
     "event_writer": rows_writer,
@@ -406,6 +419,7 @@ SUMMARISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "forecast": rows_forecast,
     "memory": rows_memory,
     "alerts": rows_alerts,
+    "cluster": rows_cluster,
 }
 
 

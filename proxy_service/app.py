@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import duckdb
@@ -26,6 +26,7 @@ from proxy_service import logs, metrics, queries, snapshot
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts.engine import AlertEngine
+from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
@@ -37,6 +38,9 @@ from proxy_service.settings import Config, ConfigError, Settings, check_access, 
 from proxy_service.store import Store
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import build_client, client_settings, parse_error
+
+if TYPE_CHECKING:
+    from proxy_service.cluster.node import Cluster
 
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
@@ -64,8 +68,18 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loopback = is_loopback(settings.host)  # open mode (no client tokens) is allowed only then
-        self.store = Store(settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads)
-        self.writer = EventWriter(self.store)
+        self.cluster: Cluster | None = None
+        self.store: Store  # or the cluster's LakeStore (same interface)
+        self.writer: EventWriter
+        cluster_cfg = cluster_config.from_settings(settings)  # ClusterConfigError: a one-line startup error
+        if cluster_cfg is None:  # the embedded default: one process, one DuckDB file, the pool in memory
+            self.store = Store(settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads)
+            self.writer = EventWriter(self.store)
+        else:
+            from proxy_service.cluster.node import Cluster
+
+            self.cluster = Cluster(cluster_cfg, settings.data_dir)
+            self.store, self.writer = self.cluster.store, self.cluster.writer
         self.rollup = Rollup()
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self._setup_storage()
@@ -76,8 +90,10 @@ class Gateway:
         except ConfigError:
             self.store.close()
             raise
-        self.writer.submit(lambda cur: queries.set_client_labels(cur, cfg.client_labels))  # inline: not started
-        self.pool = Pool(
+        self.writer.submit(
+            lambda cur: queries.set_client_labels(cur, cfg.client_labels, self.store.client_labels)
+        )  # inline: not started
+        self.pool = (Pool if self.cluster is None else self.cluster.make_pool)(
             cfg.strategy,
             default_cooldown_s=cfg.default_cooldown_s,
             failure_threshold=cfg.failure_threshold,
@@ -97,7 +113,7 @@ class Gateway:
         """Safe views for user SQL and the rollup (checked or rebuilt), then the hook that keeps the rollup current."""
 
         def setup(cur: duckdb.DuckDBPyConnection) -> None:
-            queries.install_safe_views(cur)
+            self.store.install_safe_views(cur)
             self.rollup.install(cur)
 
         self.writer.submit(setup).result()  # inline: the writer has not started yet
@@ -151,6 +167,8 @@ class Gateway:
         if rows:
             await self.writer.run(lambda cur: cur.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", rows))
         await self._apply(new)
+        if rows and self.cluster is not None:
+            self.cluster.broadcast({"kind": "config"})
         if changed:  # secret values masked as their field metadata says
             masked = {k: Config.masked_value(k, v) for k, v in sorted(changed.items())}
             logs.event(log, "config_changed", fields=sorted(changed), **masked)
@@ -161,13 +179,15 @@ class Gateway:
         check_access(self.settings.host, new)
         await self.writer.run(lambda cur: cur.execute("DELETE FROM settings"))
         await self._apply(new)
+        if self.cluster is not None:
+            self.cluster.broadcast({"kind": "config"})
         logs.event(log, "config_reset")
         return new
 
     async def _apply(self, new: Config) -> None:
         old, self._config = self._config, new
         if old.client_labels != new.client_labels:
-            self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels))
+            self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels, self.store.client_labels))
         self.pool.strategy = new.strategy
         self.pool.default_cooldown_s = new.default_cooldown_s
         self.pool.failure_threshold = new.failure_threshold
@@ -213,6 +233,9 @@ class Gateway:
 
     def persist_keys(self) -> None:
         """Queue the changed keys' rows for the writer (one Arrow batch, whatever the number of keys)."""
+        if self.cluster is not None:  # counters as deltas, then a broadcast to the other replicas
+            self.cluster.persist_keys(self)
+            return
         dirty, deleted = self.pool.dirty, self.pool.deleted
         self.pool.dirty, self.pool.deleted = set(), set()
         rows = [self.pool.keys[k] for k in dirty if k in self.pool.keys]
@@ -328,7 +351,9 @@ class Gateway:
 
     def metrics_state(self) -> dict[str, Any]:
         s = self.writer.stats
+        extra = {"cluster": self.cluster.state()} if self.cluster is not None else {}
         return {
+            **extra,
             "keys": self.pool.counts(),
             "depth": self.writer.depth,
             "flush_ms": s.last_flush_ms,
@@ -350,7 +375,8 @@ class Gateway:
         """What `keys.redact` hides (log lines, upstream text): secret settings as their metadata declares, and
         the pool's keys."""
         keys = [k.secret for k in list(self.pool.keys.values())]
-        return [*self.settings.secret_values(), *self._config.secret_values(), *keys]
+        dsn = self.cluster.secrets() if self.cluster is not None else []
+        return [*self.settings.secret_values(), *self._config.secret_values(), *keys, *dsn]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -358,6 +384,8 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
+        if self.cluster is not None:
+            await self.cluster.start(self)
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
         self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
@@ -377,8 +405,12 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.alerts.stop()
             logs.remove_secret_source(self.alerts.secrets)
+            if self.cluster is not None:
+                await self.cluster.stop()
             self.persist_keys()
             self.writer.stop()
+            if self.cluster is not None:
+                await self.cluster.close()
             metrics.REGISTRY.unregister(self._collector)
             if self.relay.client is not None:
                 await self.relay.client.aclose()
@@ -399,6 +431,9 @@ class Gateway:
     def _log_startup(self) -> None:
         cfg, counts = self._config, self.pool.counts()
         up = urlsplit(cfg.upstream_url)  # scheme and host only: a URL may carry credentials
+        cluster_fields: dict[str, Any] = (
+            {f"cluster_{k}": v for k, v in self.cluster.cfg.masked().items()} if self.cluster is not None else {}
+        )
         logs.event(
             log,
             "startup",
@@ -414,6 +449,7 @@ class Gateway:
             admin_api="on" if self.settings.admin_token else "off",
             outbound_proxy="on" if cfg.outbound_proxy else "off",
             log_level=cfg.log_level,
+            **cluster_fields,
         )
 
 
@@ -429,7 +465,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def readyz(_request: Request) -> Response:
         ok = gw.is_ready()
-        return JSONResponse({"ready": ok, "keys": gw.pool.counts()}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "keys": gw.pool.counts()}
+        if gw.cluster is not None:
+            # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
+            c = gw.cluster.state()
+            body["cluster"] = {"replica": c["replica"], "replicas": c["replicas"],
+                               "redis": "degraded" if c["redis_degraded"] else "ok",
+                               "lake": "retrying" if c["lake_last_error"] else "ok",
+                               "lake_waiting_rows": c["lake_waiting_rows"]}  # fmt: skip
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def prometheus(_request: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

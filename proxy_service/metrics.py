@@ -119,6 +119,24 @@ class StateCollector(Collector):
             )
         if "ready" in state:
             yield GaugeMetricFamily("keyrack_ready", "1 when the proxy is ready to serve", value=int(state["ready"]))
+        if "cluster" in state:  # cluster mode: which replica answers, how many are alive, Redis degraded
+            c = state["cluster"]
+            info = GaugeMetricFamily("keyrack_replica_info", "This replica's id (cluster mode)", labels=["replica"])
+            info.add_metric([c["replica"]], 1)
+            yield info
+            yield GaugeMetricFamily(
+                "keyrack_cluster_replicas", "Replicas alive at the last heartbeat", value=c["replicas"]
+            )
+            yield GaugeMetricFamily(
+                "keyrack_cluster_redis_degraded",
+                "1 while Redis is unreachable (local limits at 1/N)",
+                value=int(c["redis_degraded"]),
+            )
+            yield GaugeMetricFamily(
+                "keyrack_lake_spilled_rows",
+                "Event rows spilled to local files since start",
+                value=c["lake_spilled_rows"],
+            )
         if "started_at" in state:
             yield GaugeMetricFamily(
                 "keyrack_start_time_seconds", "Unix time the proxy started", value=state["started_at"]

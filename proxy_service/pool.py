@@ -83,6 +83,10 @@ def shown_status(key: Key, cooling: bool) -> str:
 
 
 class Pool:
+    # Cluster mode (proxy_service/cluster/pool.py) must reserve each attempt in Redis: the relay awaits `admit()`
+    # only when this is True, so the in-memory pool keeps its code path.
+    clustered = False
+
     def __init__(
         self,
         strategy: str = "quota_aware",
@@ -275,6 +279,10 @@ class Pool:
         cooling = any(c.until > now and m == model for (_s, m), c in self.cooldowns.items())
         why = "cooling down after rate limits" if cooling else "out of quota (configured or learned limits)"
         return PoolExhausted(f"Every key for {model} is {why}", at - now)
+
+    async def admit(self, key: Key, model: str) -> bool:
+        """Reserve the attempt cluster-wide (ClusterPool); the in-memory pool has nothing to ask."""
+        return True
 
     # -- learning ------------------------------------------------------------------------------------------------
     def started(self, key: Key, model: str) -> None:

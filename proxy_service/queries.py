@@ -47,12 +47,15 @@ def install_safe_views(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute(f"CREATE OR REPLACE VIEW {SAFE_SCHEMA}.{name} AS {body}")
 
 
-def set_client_labels(cur: duckdb.DuckDBPyConnection, labels: dict[str, str]) -> None:
-    """Keep the table behind `safe.requests.client` equal to the configured labels (writer thread)."""
-    cur.execute("CREATE TABLE IF NOT EXISTS main.client_labels (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
-    cur.execute("DELETE FROM main.client_labels")
+def set_client_labels(
+    cur: duckdb.DuckDBPyConnection, labels: dict[str, str], table: str = "main.client_labels"
+) -> None:
+    """Keep the table behind `safe.requests.client` equal to the configured labels (writer thread). Cluster mode
+    keeps it replica-local (`memory.main.client_labels`): it is derived from the config every replica has."""
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
+    cur.execute(f"DELETE FROM {table}")
     if labels:
-        cur.executemany("INSERT INTO main.client_labels VALUES (?, ?)", list(labels.items()))
+        cur.executemany(f"INSERT INTO {table} VALUES (?, ?)", list(labels.items()))
 
 
 def safe_schema(cur: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, str]]]:

@@ -286,6 +286,8 @@ class Relay:
                 self.record_request(call, ev)
                 self.record_error(call, None, 429, "exhausted", exc.message)
                 raise
+            if self.pool.clustered and not await self.pool.admit(key, call.quota_model):
+                continue  # full or cooling on another replica: the scope now cools here too, choose() moves on
             n += 1
             tried.add(key.id)
             last_key = key

@@ -118,6 +118,18 @@ def floor_time(t: datetime, grain_s: int) -> datetime:
     return _EPOCH + timedelta(seconds=s - s % grain_s)
 
 
+def fold_batch(cur: duckdb.DuckDBPyConnection, batch: pa.Table) -> None:
+    """Insert the rollup rows of `batch` (rows about to be appended to `requests`); raises on failure.
+
+    Cluster mode calls it inside the transaction that appends the batch, so the rollup and the raw rows of a lake
+    agree at every snapshot whatever the number of writers."""
+    cur.register(_BATCH, batch)
+    try:
+        _insert(cur, "batch")
+    finally:
+        cur.unregister(_BATCH)
+
+
 class Rollup:
     """Maintains the rollup tables; all methods that write run on the event writer's thread."""
 
@@ -163,7 +175,9 @@ class Rollup:
                 cur.execute(f"DELETE FROM {latency}")
             cube.reset(cur)
             _insert(cur, "requests")
-            cur.execute("INSERT OR REPLACE INTO rollup_meta VALUES ('version', ?)", [VERSION])
+            # Delete + insert rather than INSERT OR REPLACE: a DuckLake table (cluster mode) has no primary key.
+            cur.execute("DELETE FROM rollup_meta WHERE name = 'version'")
+            cur.execute("INSERT INTO rollup_meta VALUES ('version', ?)", [VERSION])
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")

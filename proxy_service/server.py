@@ -12,7 +12,14 @@ from types import ModuleType
 
 from proxy_service.logs import setup_logging
 from proxy_service.settings import ConfigError, is_loopback
-from proxy_service.startup import StartupError, bind_socket, check_data_dir, database_error, load_settings
+from proxy_service.startup import (
+    StartupError,
+    bind_socket,
+    check_cluster,
+    check_data_dir,
+    database_error,
+    load_settings,
+)
 
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
@@ -44,6 +51,7 @@ def serve_proxy(host: str | None, port: int | None) -> None:
             f"Refusing to bind {settings.host} without KEYRACK_ACCESS_TOKENS: anyone could spend your keys."
         )
     check_data_dir(settings.data_dir)
+    check_cluster(settings)
     sock = bind_socket(settings.host, settings.port)
 
     import duckdb  # the heavy imports only once the configuration is known to be good
@@ -60,6 +68,13 @@ def serve_proxy(host: str | None, port: int | None) -> None:
     except (duckdb.Error, OSError) as exc:
         sock.close()
         raise StartupError(database_error(settings.db_path, exc)) from None
+    except Exception as exc:
+        from proxy_service.cluster.node import ClusterStartError
+
+        if not isinstance(exc, ClusterStartError):
+            raise
+        sock.close()
+        raise StartupError(str(exc)) from None
     config = uvicorn.Config(
         app,
         log_config=None,

@@ -342,6 +342,14 @@ class Settings(BaseSettings, Config):
     # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
+    # Cluster mode (proxy_service/cluster/): all three set = replicas share Redis pool state and a DuckLake on
+    # PostgreSQL; none set = the embedded default. The URLs may carry passwords (masked everywhere).
+    redis_url: str = Field("", json_schema_extra={"secret": "url"})
+    lake_catalog: str = Field("", json_schema_extra={"secret": "url"})
+    lake_data: str = Field("", json_schema_extra={"secret": "url"})
+    replica_id: str = ""  # default hostname:port
+    lake_commit_interval_s: float = Field(1.0, gt=0, le=60)
+    lake_max_waiting_rows: int = Field(100_000, ge=1, le=10_000_000)  # past this, waiting rows spill to files
 
     @field_validator("api_keys")
     @classmethod

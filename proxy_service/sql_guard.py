@@ -370,7 +370,7 @@ def run(store: Store, sql: str, timeout_s: float, row_cap: int, byte_cap: int | 
     cur = store.cursor()
     try:
         check(cur, sql)
-        cur.execute(f"SET search_path = '{queries.SAFE_SCHEMA}'")
+        cur.execute(f"SET search_path = '{store.safe_schema}'")
         fired = threading.Event()
 
         def stop() -> None:

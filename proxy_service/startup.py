@@ -77,6 +77,16 @@ def check_data_dir(path: Path) -> None:
         raise StartupError(f"{db}: the database file is not readable and writable by this user.")
 
 
+def check_cluster(settings: Settings) -> None:
+    """Cluster settings: all three or none (one line naming the variables); passwords never echoed."""
+    from proxy_service.cluster.config import ClusterConfigError, from_settings
+
+    try:
+        from_settings(settings)
+    except ClusterConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def database_error(db: Path, exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "lock" in text.lower():

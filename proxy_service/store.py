@@ -76,6 +76,9 @@ def private_file(path: Path) -> None:
 class Store:
     """Owns the DuckDB connection. Thread-safe through `cursor()`: one cursor per thread and use."""
 
+    safe_schema = "safe"  # where user SQL's views live (the cluster's lake store keeps them elsewhere)
+    client_labels = "main.client_labels"  # the labels table behind safe.requests.client (replica-local in a cluster)
+
     def __init__(self, path: Path | str, memory_limit: str | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
@@ -96,6 +99,11 @@ class Store:
         for table, columns in SCHEMA.items():
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
         cur.close()
+
+    def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
+        from proxy_service import queries
+
+        queries.install_safe_views(cur)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:

@@ -1,0 +1,429 @@
+"""Cluster mode (issue 13): what replicas cost and what they buy, on loopback, this machine.
+
+Sections (each against its own fake upstream; PostgreSQL and Redis are the local services, in a throwaway database
+`keyrack_bench_<hex>` that is dropped after, and Redis db 12, flushed):
+
+1. latency: added p50 of a 1-replica cluster over the embedded proxy, closed loop at c=1 (target ≤ 1 ms);
+2. throughput: 2 replicas (c=16 each, at once) vs 1 replica (c=32), req/s;
+3. quota pressure: 3 replicas vs 1 embedded proxy, 5 projects × rpm 10 (capacity 50/min), open-loop demand of
+   `--load` per minute spread round robin over the replicas, for `--minutes`: served share of capacity (≥ 99 %),
+   upstream 429s (≤ single + 2), upstream attempts per success (≤ 1.05);
+4. lake ingest: 3 writer processes (the real LakeWriter, 1 s commits) appending as fast as they can: events/s
+   committed, zero lost;
+5. analytics on a lake: `--rows` synthetic rows (the analytics bench's generator) in the lake and in an embedded
+   file; summary and series p50 on both (target ≤ 2× embedded). Default 1M rows, scaled down from the issue's 10M
+   (generating and rolling 10M rows into DuckLake on this shared 2-core machine takes too long for `make bench`).
+
+    python -m bench.cluster [--duration 5] [--minutes 1] [--load 80] [--events 100000] [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import duckdb
+import redis
+
+from bench.common import (
+    CLIENT_TOKEN,
+    GENERATE_BODY,
+    MODEL,
+    RESULTS,
+    _closed_loop,
+    generate_path,
+    markdown_table,
+    percentile,
+    run_async,
+    start_fake,
+    start_proxy,
+    stop_all,
+    wait_ready,
+    write_json,
+)
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379/12"
+ROOMY = json.dumps({MODEL: {"rpm": 1_000_000, "rpd": 100_000_000}})
+PROJECTS = 5
+RPM = 10
+HEADERS = {"content-type": "application/json", "x-goog-api-key": CLIENT_TOKEN}
+
+
+# ------------------------------------------------------------------------------------------------ services
+def _admin() -> duckdb.DuckDBPyConnection:
+    from proxy_service.cluster.config import pg_conninfo
+    from proxy_service.cluster.lake import _lit, load_extensions
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    load_extensions(con)
+    con.execute(f"ATTACH {_lit(pg_conninfo(PG + '/postgres'))} AS pgadmin (TYPE postgres)")
+    return con
+
+
+@contextlib.contextmanager
+def lake_database() -> Iterator[str]:
+    name = f"keyrack_bench_{secrets.token_hex(4)}"
+    con = _admin()
+    con.execute(f"CALL postgres_execute('pgadmin', 'CREATE DATABASE {name}', use_transaction => false)")
+    con.close()
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        con = _admin()
+        sql = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        con.execute(f"CALL postgres_execute('pgadmin', '{sql}', use_transaction => false)")
+        con.close()
+
+
+def cluster_env(catalog: str, lake: Path, replica: str, redis_url: str = REDIS) -> dict[str, str]:
+    return {
+        "KEYRACK_REDIS_URL": redis_url,
+        "KEYRACK_LAKE_CATALOG": catalog,
+        "KEYRACK_LAKE_DATA": str(lake),
+        "KEYRACK_REPLICA_ID": replica,
+    }
+
+
+def keys() -> str:
+    return ",".join(f"p{p}:key-p{p}-{k}" for p in range(1, PROJECTS + 1) for k in "ab")
+
+
+def scenario(rpm: int | None) -> dict[str, Any]:
+    projects = {f"p{p}": [f"key-p{p}-{k}" for k in "ab"] for p in range(1, PROJECTS + 1)}
+    return {"projects": projects, "seed": 1, **({"limits": {MODEL: {"rpm": rpm}}} if rpm else {})}
+
+
+# ------------------------------------------------------------------------------------------------ 1 + 2
+def latency_and_throughput(work: Path, catalog: str, duration: float) -> dict[str, Any]:
+    fake = start_fake(work, scenario(None), name="fake-speed")
+    embedded = start_proxy(work, fake.url, keys(), model_limits=ROOMY, name="embedded")
+    r1 = start_proxy(
+        work, fake.url, keys(), model_limits=ROOMY, name="r1", env=cluster_env(catalog, work / "lake", "r1")
+    )
+    r2 = start_proxy(
+        work, fake.url, keys(), model_limits=ROOMY, name="r2", env=cluster_env(catalog, work / "lake", "r2")
+    )
+    servers = [fake, embedded, r1, r2]
+    try:
+        wait_ready(servers, timeout=180)
+        url = generate_path(MODEL)
+        for s in (embedded, r1, r2):  # warm-up: connections, first lake commit
+            run_async(_closed_loop(s.url + url, GENERATE_BODY, HEADERS, 4, 1.0, 10**6, 30))
+        emb = run_async(_closed_loop(embedded.url + url, GENERATE_BODY, HEADERS, 1, duration, 10**6, 30))
+        one = run_async(_closed_loop(r1.url + url, GENERATE_BODY, HEADERS, 1, duration, 10**6, 30))
+        p50_emb = statistics.median(emb.latencies_ms)
+        p50_one = statistics.median(one.latencies_ms)
+        single = run_async(_closed_loop(r1.url + url, GENERATE_BODY, HEADERS, 32, duration, 10**6, 30))
+
+        async def both() -> list[Any]:
+            return list(await asyncio.gather(
+                *(_closed_loop(r.url + url, GENERATE_BODY, HEADERS, 16, duration, 10**6, 30) for r in (r1, r2))
+            ))  # fmt: skip
+
+        pair = run_async(both())
+        rps_single = single.ok / single.elapsed_s
+        rps_pair = sum(p.ok for p in pair) / max(p.elapsed_s for p in pair)
+        return {
+            "p50_embedded_ms": p50_emb,
+            "p50_cluster_ms": p50_one,
+            "added_p50_ms": p50_one - p50_emb,
+            "p99_cluster_ms": percentile(sorted(one.latencies_ms), 99),
+            "rps_1_replica": rps_single,
+            "rps_2_replicas": rps_pair,
+            "ratio_2_vs_1": rps_pair / rps_single if rps_single else 0.0,
+            "errors": single.failures + sum(p.failures for p in pair)
+            + sum(n for s, n in single.statuses.items() if s != 200),
+        }  # fmt: skip
+    finally:
+        stop_all(servers)
+
+
+# ------------------------------------------------------------------------------------------------ 3
+def ideal(send_times: list[float], per_minute: int) -> int:
+    admitted: list[float] = []
+    for t in sorted(send_times):
+        if len(admitted) < per_minute or admitted[-per_minute] + 60.0 <= t:
+            admitted.append(t)
+    return len(admitted)
+
+
+async def _open_loop(urls: list[str], per_minute: float, minutes: float) -> list[tuple[float, int | None]]:
+    out: list[tuple[float, int | None]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def one(url: str, sent: float) -> None:
+            try:
+                async with session.post(url, data=GENERATE_BODY, headers=HEADERS) as resp:
+                    await resp.read()
+                    out.append((sent, resp.status))
+            except (aiohttp.ClientError, TimeoutError):
+                out.append((sent, None))
+
+        tasks = []
+        for i in range(round(per_minute * minutes)):
+            delay = start + i * 60.0 / per_minute - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(urls[i % len(urls)], i * 60.0 / per_minute)))
+        await asyncio.gather(*tasks)
+    return out
+
+
+def quota(work: Path, catalog: str, minutes: float, load: float) -> dict[str, Any]:
+    limits = json.dumps({MODEL: {"rpm": RPM}})
+    fake1 = start_fake(work, scenario(RPM), name="fake-q1")
+    fake3 = start_fake(work, scenario(RPM), name="fake-q3")
+    single = start_proxy(work, fake1.url, keys(), model_limits=limits, name="q-single")
+    replicas = [
+        start_proxy(work, fake3.url, keys(), model_limits=limits, name=f"q-r{i}",
+                    env=cluster_env(catalog, work / "qlake", f"q{i}", "redis://127.0.0.1:6379/11"))
+        for i in range(1, 4)
+    ]  # fmt: skip
+    servers = [fake1, fake3, single, *replicas]
+    try:
+        wait_ready(servers, timeout=180)
+        path = generate_path(MODEL)
+
+        async def both() -> list[Any]:
+            return list(await asyncio.gather(
+                _open_loop([single.url + path], load, minutes), _open_loop([r.url + path for r in replicas], load, minutes)
+            ))  # fmt: skip
+
+        out1, out3 = run_async(both())
+        rows = {}
+        for name, out, fake in (("1 replica (embedded)", out1, fake1), ("3 replicas", out3, fake3)):
+            stats = json.loads(_get(fake.url + "/_fake/stats"))
+            ok = sum(1 for _, s in out if s == 200)
+            cap = ideal([t for t, _ in out], PROJECTS * RPM)
+            attempts = stats["by_operation"].get("generateContent", 0)
+            rows[name] = {
+                "demand": len(out),
+                "ok": ok,
+                "capacity": cap,
+                "served_share": ok / cap if cap else 0.0,
+                "upstream_429": stats["by_status"].get("429", 0),
+                "attempts_per_success": attempts / ok if ok else float("inf"),
+            }
+        return rows
+    finally:
+        stop_all(servers)
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+# ------------------------------------------------------------------------------------------------ 4
+def _writer_proc(catalog: str, lake: str, replica: str, events: int, spill: str, out: Any) -> None:
+    import uuid
+
+    from proxy_service.cluster.config import ClusterConfig
+    from proxy_service.cluster.lake import LakeStore
+    from proxy_service.cluster.writer import LakeWriter
+    from proxy_service.events import RequestEvent
+    from proxy_service.rollup import Rollup, fold_batch
+
+    client = redis.Redis.from_url(REDIS)
+
+    def lock() -> Any:
+        return client.lock("keyrack:lock:init", timeout=120, blocking_timeout=120)
+
+    cfg = ClusterConfig(REDIS, catalog, lake, replica)
+    store = LakeStore(cfg, lock)
+    writer = LakeWriter(store, replica, Path(spill), 1.0, init_lock=lock)
+    writer.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
+                                if "requests" in t else None)  # fmt: skip
+    writer.submit(Rollup().install).result()  # under the init lock, as a replica does at startup
+    writer.start()
+    t0 = time.perf_counter()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for i in range(events):
+        writer.record(RequestEvent(ts=now, request_id=uuid.uuid4().hex, client_id="bench", surface="gemini",
+                                   operation="generateContent", model=MODEL, stream=False, status=200,
+                                   key_id=f"k{i % 100}", project=f"p{i % 5}", latency_ms=float(100 + i % 900)))  # fmt: skip
+        if i % 20_000 == 0:
+            time.sleep(0.001)
+    writer.stop(120)
+    out.put((replica, time.perf_counter() - t0, writer.stats.written["requests"], writer.stats.failures))
+    store.close()
+
+
+def ingest(work: Path, catalog: str, events: int) -> dict[str, Any]:
+    from proxy_service.cluster.config import ClusterConfig
+    from proxy_service.cluster.lake import LakeStore
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    lake = str(work / "ilake")
+    procs = [ctx.Process(target=_writer_proc, args=(catalog, lake, f"w{i}", events, str(work / f"spill{i}"), out))
+             for i in range(3)]  # fmt: skip
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(60)
+    wall = time.perf_counter() - t0
+    store = LakeStore(ClusterConfig(REDIS, catalog, lake, "reader"), contextlib.nullcontext)
+    cur = store.cursor()
+    rows = dict(cur.execute("SELECT replica, count(*) FROM requests GROUP BY 1").fetchall())
+    rolled = cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone()
+    store.close()
+    total = sum(r[2] for r in results)
+    slowest = max(r[1] for r in results)
+    return {
+        "writers": 3,
+        "events": 3 * events,
+        "committed": sum(rows.values()),
+        "lost": 3 * events - sum(rows.values()),
+        "events_per_s": total / slowest,
+        "wall_s": wall,
+        "failures": sum(r[3] for r in results),
+        "rollup_matches": bool(rolled and rolled[0] == sum(rows.values())),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ 5
+def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
+    from bench.analytics import GENERATE, MODELS, build
+    from proxy_service import queries
+    from proxy_service.cluster.config import ClusterConfig
+    from proxy_service.cluster.lake import LakeStore
+    from proxy_service.rollup import Rollup
+    from proxy_service.store import Store
+
+    end = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    build(work / "emb.duckdb", rows, end)
+    lake = LakeStore(ClusterConfig(REDIS, catalog, str(work / "alake"), "analytics"), contextlib.nullcontext)
+    cur = lake.cursor()
+    t0 = time.perf_counter()
+    step_us = 90 * 86400 * 1_000_000 // max(rows, 1)
+    cur.execute(GENERATE, [MODELS, end, rows, step_us, rows])
+    Rollup().install(cur)
+    lake_build_s = time.perf_counter() - t0
+    emb = Store(work / "emb.duckdb")
+    ecur = emb.cursor()
+    tz = ZoneInfo("America/New_York")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    start = now - timedelta(days=90)
+    out = []
+    for name, fn in (
+        ("summary", lambda c: queries.summary(c, tz, now)),
+        ("series day (90 d)", lambda c: queries.series(c, "day", "none", tz, *queries.series_range("day", tz, start, now, now))),
+        ("series hour (90 d)", lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now))),
+        ("top models (90 d)", lambda c: queries.top(c, "model", start, now, 10)),
+    ):  # fmt: skip
+        times = {}
+        for label, c in (("embedded", ecur), ("lake", cur)):
+            fn(c)
+            ms = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                fn(c)
+                ms.append((time.perf_counter() - t) * 1000)
+            times[label] = statistics.median(ms)
+        out.append({"query": name, **times, "ratio": times["lake"] / times["embedded"] if times["embedded"] else 0})
+    lake.close()
+    emb.close()
+    return {"rows": rows, "lake_build_s": lake_build_s, "figures": out}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def report(f: dict[str, Any]) -> str:
+    return markdown_table(["metric", "value", "baseline", "target", "met"], report_rows(f))
+
+
+def report_rows(f: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    if "speed" in f:
+        rows += _speed_rows(f["speed"])
+    if "quota" in f:
+        rows += _quota_rows(f["quota"])
+    if "ingest" in f:
+        i = f["ingest"]
+        rows.append(["lake ingest, 3 writers", f"{i['events_per_s']:,.0f} events/s", f"{i['committed']:,} committed, "
+                     f"{i['lost']} lost, rollup exact: {i['rollup_matches']}", "0 lost", "yes" if i["lost"] == 0 else "NO"])  # fmt: skip
+    if "analytics" in f:
+        a = f["analytics"]
+        for x in a["figures"]:
+            rows.append([f"analytics {a['rows']:,} rows: {x['query']} p50", f"lake {x['lake']:,.0f} ms",
+                         f"embedded {x['embedded']:,.0f} ms ({x['ratio']:.1f}x)", "≤ 2x", "yes" if x["ratio"] <= 2 else "NO"])  # fmt: skip
+    return rows
+
+
+def _speed_rows(s: dict[str, Any]) -> list[list[Any]]:
+    return [
+        ["added p50 latency, c=1", f"{s['added_p50_ms']:.2f} ms", f"embedded {s['p50_embedded_ms']:.2f} ms", "≤ 1 ms",
+         "yes" if s["added_p50_ms"] <= 1.0 else "NO"],
+        ["req/s 2 replicas vs 1 (c=32)", f"{s['rps_2_replicas']:,.0f} vs {s['rps_1_replica']:,.0f}",
+         f"{s['ratio_2_vs_1']:.2f}x", "", "–"],
+    ]  # fmt: skip
+
+
+def _quota_rows(q: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    single = q["1 replica (embedded)"]
+    for name, r in q.items():
+        ok = r["served_share"] >= 0.99 and r["attempts_per_success"] <= 1.05
+        if name != "1 replica (embedded)":
+            ok = ok and r["upstream_429"] <= single["upstream_429"] + 2
+        rows.append([f"quota pressure, {name}: served / 429s / attempts per success",
+                     f"{r['served_share']:.1%} / {r['upstream_429']} / {r['attempts_per_success']:.3f}",
+                     f"{r['ok']} of capacity {r['capacity']} (demand {r['demand']})",
+                     "≥ 99 %, ≤ single + 2, ≤ 1.05", "yes" if ok else "NO"])  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--minutes", type=float, default=1.0)
+    ap.add_argument("--load", type=float, default=80.0)
+    ap.add_argument("--events", type=int, default=100_000, help="per writer")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", default="speed,quota,ingest,analytics")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    for db in (12, 11):
+        redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}").flushdb()
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="keyrack-bench-cluster-") as tmp:
+        work = Path(tmp)
+        sections = {
+            "speed": lambda c: latency_and_throughput(work, c, args.duration),
+            "quota": lambda c: quota(work, c, args.minutes, args.load),
+            "ingest": lambda c: ingest(work, c, args.events),
+            "analytics": lambda c: analytics(work, c, args.rows, args.runs),
+        }
+        for name, run in sections.items():
+            if name in only:
+                with lake_database() as catalog:
+                    figures[name] = run(catalog)
+    print(report(figures))
+    write_json(RESULTS / "cluster.json", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

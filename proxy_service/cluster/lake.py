@@ -1,0 +1,179 @@
+"""The event lake: a DuckLake whose catalog is PostgreSQL, plus the keys/settings tables in PostgreSQL itself.
+
+`LakeStore` has the embedded `Store`'s interface (`cursor()`, `close()`), so the writer, the rollup, the queries
+and the admin API run their SQL unchanged: every cursor starts with `USE lake` and a search path of
+`lake.main,pg.keyrack`, so `requests` / `attempts` / `error_logs` / the rollup tables resolve to the lake (Parquet
+files under `KEYRACK_LAKE_DATA`, shared by every replica) and `keys` / `settings` to PostgreSQL tables in the schema
+`keyrack` beside the catalog's own schema `ducklake` (DuckLake has no primary keys; keys and settings need
+upserts). The connection itself is an in-memory DuckDB: nothing replica-local is persistent except the spill files.
+
+Extensions come from the PyPI wheels (`duckdb-extension-ducklake`, `-postgres`, `-httpfs` for S3) through
+`import_extension`; `autoinstall_known_extensions` is off, so nothing is ever downloaded at run time.
+
+An empty catalog is initialised once under a cluster-wide lock (replicas attaching an empty catalog at the same
+moment race to create its metadata tables); "already exists" is retried as well, for a lock that expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from proxy_service.cluster.config import ClusterConfig, mask_url
+from proxy_service.store import SCHEMA, Store
+
+log = logging.getLogger("keyrack.cluster.lake")
+
+CATALOG = "lake"
+STATE_DB = "pg"
+STATE_SCHEMA = "keyrack"  # keys and settings: PostgreSQL tables (upserts), beside the catalog's schema
+META_SCHEMA = "ducklake"
+SAFE = "memory.safe"  # user SQL's views: replica-local (in-memory), bodies fully qualified
+SEARCH_PATH = f"{CATALOG}.main,{STATE_DB}.{STATE_SCHEMA}"
+LAKE_TABLES = ("requests", "attempts", "error_logs")
+STATE_TABLES = tuple(t for t in SCHEMA if t not in LAKE_TABLES)  # keys, settings, alerts: need primary keys
+# Which replica recorded a row: only the lake has it (the embedded file has one writer by definition).
+EXTRA_COLUMNS = {"requests": "replica VARCHAR", "error_logs": "replica VARCHAR"}
+# Pre-created so that the rollup's own `CREATE TABLE IF NOT EXISTS rollup_meta (... PRIMARY KEY)` is a no-op here.
+ROLLUP_META_DDL = "CREATE TABLE IF NOT EXISTS lake.main.rollup_meta (name VARCHAR, value VARCHAR)"
+LABELS = "memory.main.client_labels"
+SAFE_VIEWS = {
+    "requests": f"SELECT r.*, coalesce(l.label, r.client_id) AS client FROM {CATALOG}.main.requests r "
+    f"LEFT JOIN {LABELS} l ON l.client_id = r.client_id",
+    "attempts": f"SELECT * FROM {CATALOG}.main.attempts",
+    "error_logs": f"SELECT * FROM {CATALOG}.main.error_logs",
+    "keys": f"SELECT * EXCLUDE (secret) FROM {STATE_DB}.{STATE_SCHEMA}.keys",
+}
+
+
+class LakeError(Exception):
+    """The lake cannot be opened; the message is one line, passwords masked."""
+
+
+def load_extensions(con: duckdb.DuckDBPyConnection, s3: bool = False) -> None:
+    """Load the bundled extensions from their wheels (never downloaded)."""
+    from duckdb_extensions import import_extension
+
+    for name in ("ducklake", "postgres", *(("httpfs",) if s3 else ())):
+        import_extension(name, con=con)
+
+
+def connect(cfg: ClusterConfig, create: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake and the state schema attached (no locking: for readers and tools)."""
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    load_extensions(con, cfg.lake_data.startswith("s3://"))
+    if cfg.lake_data.startswith("s3://"):
+        con.execute("CREATE OR REPLACE SECRET lake_s3 (TYPE s3, PROVIDER credential_chain)")
+    else:
+        Path(cfg.lake_data.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    data = cfg.lake_data.removeprefix("file://")
+    if not data.endswith("/"):
+        data += "/"
+    # ATTACH takes no parameters: the strings are quoted literals (a quote inside is doubled).
+    con.execute(f"ATTACH {_lit(cfg.conninfo)} AS {STATE_DB} (TYPE postgres, SCHEMA {_lit(STATE_SCHEMA)})")
+    if create:  # the catalog's schema must exist before DuckLake attaches to it
+        for schema in (STATE_SCHEMA, META_SCHEMA):
+            con.execute(f"CALL postgres_execute('{STATE_DB}', 'CREATE SCHEMA IF NOT EXISTS {schema}')")
+    lake = "ducklake:postgres:" + cfg.conninfo
+    con.execute(f"ATTACH {_lit(lake)} AS {CATALOG} (DATA_PATH {_lit(data)}, METADATA_SCHEMA {_lit(META_SCHEMA)})")
+    return con
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Create what is missing (each DDL statement is a catalog commit: existing tables are not touched)."""
+    cur = con.cursor()
+    try:
+        have = set(
+            cur.execute(
+                "SELECT database_name, table_name FROM duckdb_tables() WHERE database_name IN (?, ?)",
+                [CATALOG, STATE_DB],
+            ).fetchall()
+        )
+        for table in LAKE_TABLES:
+            if (CATALOG, table) not in have:
+                extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
+        for table in STATE_TABLES:
+            if (STATE_DB, table) not in have:
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")
+        if (CATALOG, "rollup_meta") not in have:
+            cur.execute(ROLLUP_META_DDL)
+    finally:
+        cur.close()
+
+
+def _is_race(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key" in text or "conflict" in text
+
+
+class LakeStore(Store):
+    """The cluster's store: the interface of `proxy_service.store.Store` (its constructor is not used)."""
+
+    safe_schema = SAFE
+    client_labels = LABELS
+
+    def __init__(  # deliberately not Store.__init__: no DuckDB file
+        self, cfg: ClusterConfig, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]
+    ) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.lake_data)
+        self._lock = threading.Lock()
+        self._con = self._open(init_lock)
+
+    def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
+        last: BaseException | None = None
+        for attempt in range(5):
+            try:
+                with init_lock():
+                    con = connect(self.cfg, create=True)
+                    try:
+                        migrate(con)
+                    except BaseException:
+                        con.close()
+                        raise
+                    return con
+            except duckdb.Error as exc:
+                last = exc
+                if not _is_race(exc):
+                    break
+                time.sleep(0.2 * (attempt + 1))  # another replica is creating the same tables
+        text = str(last).splitlines()[0] if last else "unknown error"
+        raise LakeError(f"cannot open the lake at {mask_url(self.cfg.lake_catalog)}: {text}")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            cur = self._con.cursor()
+        cur.execute(f"USE {CATALOG}")
+        cur.execute(f"SET search_path = '{SEARCH_PATH}'")
+        return cur
+
+    def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {LABELS} (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SAFE}")
+        for name, body in SAFE_VIEWS.items():
+            cur.execute(f"CREATE OR REPLACE VIEW {SAFE}.{name} AS {body}")
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()

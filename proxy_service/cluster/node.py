@@ -1,0 +1,450 @@
+"""`Cluster`: what one replica adds to the gateway in cluster mode — Redis clients, the lake store and writer, the
+shared pool, and the background loops (heartbeat, key/config broadcast, compactor election).
+
+Keys and settings: PostgreSQL (`keyrack.keys`, `keyrack.settings`) is the one source of truth. A replica that
+changes a key or the config writes it there, then publishes `{"kind": "keys"|"config", ...}` on the Redis channel
+`keyrack:bus`; every other replica re-reads those rows and applies them (well under 1 s). A full re-read every
+`RELOAD_S` repairs anything a lost message (Redis restarting) missed. Per-key counters are written as deltas
+(`requests = keys.requests + Δ`), so replicas never overwrite each other's counts.
+
+Compaction: every `COMPACT_S` the replica holding the Redis lock `keyrack:lock:compactor` folds the rollup rows
+that several commits left for one bucket, merges small adjacent Parquet files (`ducklake_merge_adjacent_files`) and
+expires snapshots older than `SNAPSHOT_KEEP` (files are then deleted by `ducklake_cleanup_old_files`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+
+from proxy_service.cluster import shared
+from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
+from proxy_service.cluster.lake import LakeError, LakeStore
+from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool, _text
+from proxy_service.cluster.writer import LakeWriter
+from proxy_service.logs import event
+from proxy_service.pool import Key
+from proxy_service.rollup import TIERS, fold_batch
+
+if TYPE_CHECKING:
+    from proxy_service.app import Gateway
+
+log = logging.getLogger("keyrack.cluster")
+BUS = shared.PREFIX + "bus"
+LIVE = shared.PREFIX + "live"
+HEARTBEAT_S = 1.0
+ALIVE_S = 5.0  # a replica silent for longer is not counted in N
+RELOAD_S = 10.0
+COMPACT_S = 30.0
+SNAPSHOT_KEEP = "1 hour"
+REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
+
+
+class ClusterStartError(Exception):
+    """Redis or the lake cannot be reached at startup; one line, passwords masked."""
+
+
+def _ts(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None) if epoch else None
+
+
+def _epoch(ts: datetime | None) -> float | None:
+    return ts.replace(tzinfo=UTC).timestamp() if ts else None
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig, data_dir: Any) -> None:
+        self.cfg = cfg
+        self.replica = cfg.replica_id
+        self.redis = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise ClusterStartError(f"cannot reach Redis at {mask_url(cfg.redis_url)}: {exc}") from None
+        self.aredis = aredis.Redis.from_url(
+            cfg.redis_url,
+            socket_timeout=REQUEST_TIMEOUT_S,
+            socket_connect_timeout=REQUEST_TIMEOUT_S,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        try:
+            self.store = LakeStore(cfg, self.init_lock)
+        except LakeError as exc:
+            raise ClusterStartError(str(exc)) from None
+        self.writer = LakeWriter(
+            self.store,
+            self.replica,
+            data_dir / "spill",
+            cfg.commit_interval_s,
+            max_carry_rows=cfg.max_waiting_rows,
+            init_lock=self.init_lock,
+        )
+        self.writer.before_commit.append(_fold_requests)
+        self.pool: ClusterPool | None = None
+        self.gw: Gateway | None = None
+        self.compactions = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def init_lock(self) -> Iterator[None]:
+        lock = self.redis.lock(shared.PREFIX + "lock:init", timeout=120, blocking_timeout=120)
+        if not lock.acquire():
+            raise ClusterStartError("another replica holds the lake initialisation lock for over 120 s")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+
+    def make_pool(self, *args: Any, **kwargs: Any) -> ClusterPool:
+        self.pool = ClusterPool(*args, redis=self.aredis, replica=self.replica, **kwargs)
+        return self.pool
+
+    def secrets(self) -> list[str]:
+        return [s for url in (self.cfg.redis_url, self.cfg.lake_catalog, self.cfg.lake_data) for s in secrets_of(url)]
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    async def start(self, gw: Gateway) -> None:
+        self.gw = gw
+        loop = asyncio.get_running_loop()
+        for name, coro in (("heartbeat", self._heartbeat()), ("bus", self._listen()), ("reload", self._reload_loop()),
+                           ("compactor", self._compactor())):  # fmt: skip
+            self._tasks.append(loop.create_task(coro, name=f"cluster-{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.drain()
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.aredis.hdel(LIVE, self.replica)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.aredis.aclose()
+        with contextlib.suppress(Exception):
+            self.redis.close()
+
+    def state(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            "replica": self.replica,
+            "replicas": pool.replicas if pool else 1,
+            "redis_degraded": bool(pool and pool.degraded),
+            "lake_waiting_rows": self.writer.depth,
+            "lake_spilled_rows": self.writer.spilled_rows,
+            "lake_last_error": self.writer.last_error,
+        }
+
+    # -- heartbeat and degraded mode ----------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                now_ms = int(time.time() * 1000)
+                pipe = self.aredis.pipeline(transaction=False)
+                pipe.hset(LIVE, self.replica, now_ms)
+                pipe.hgetall(LIVE)
+                _, live = await pipe.execute()
+                alive = {k: int(v) for k, v in live.items() if now_ms - int(v) <= ALIVE_S * 1000}
+                dead = [k for k, v in live.items() if now_ms - int(v) > 60_000]
+                if dead:
+                    await self.aredis.hdel(LIVE, *dead)
+                if self.pool is not None:
+                    self.pool.replicas = max(1, len(alive))
+                    if self.pool.degraded:
+                        await self.pool.recover()
+                        await self._reload()  # messages may have been lost while Redis was away
+            except REDIS_ERRORS as exc:
+                if self.pool is not None:
+                    self.pool._degrade(exc)
+            except Exception:
+                log.exception("cluster heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_S)
+
+    # -- keys and config: persist, broadcast, apply ----------------------------------------------------------------------
+    def persist_keys(self, gw: Gateway) -> Future[Any] | None:
+        """Write changed keys to PostgreSQL (counters as deltas), then tell the other replicas."""
+        pool = self.pool
+        assert pool is not None
+        dirty, deleted, changed = pool.dirty, pool.deleted, pool.changed
+        pool.dirty, pool.deleted, pool.changed = set(), set(), set()
+        keys = [pool.keys[k] for k in dirty | changed if k in pool.keys]
+        if not keys and not deleted:
+            return None
+        deltas = []
+        for k in keys:
+            base = pool.persisted.get(k.id, (0, 0, 0))
+            now = (k.requests, k.successes, k.total_failures)
+            deltas.append(tuple(a - b for a, b in zip(now, base, strict=True)))
+            pool.persisted[k.id] = now
+        rows = _key_table(keys, deltas)
+        status_rows = rows.filter(pa.array([k.id in changed for k in keys], pa.bool_())) if keys and changed else None
+        gone = list(deleted)
+
+        def write(cur: Any) -> None:
+            if gone:
+                cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
+            if rows.num_rows:
+                cur.register("_key_rows", rows)
+                cur.execute(_UPSERT_COUNTERS)
+                if status_rows is not None and status_rows.num_rows:
+                    cur.register("_key_rows", status_rows)
+                    cur.execute(_UPSERT_STATUS)
+                cur.unregister("_key_rows")
+
+        fut = gw.writer.submit(write)
+        announce = sorted(changed | deleted)
+        if announce:
+            # The status travels in the message (applied at once); a replica that lacks a key reads its row (the
+            # secret never goes over Redis).
+            status = {k.id: [k.status, k.disabled_reason, k.label, k.project] for k in keys if k.id in changed}
+            self.announce(fut, {"kind": "keys", "ids": announce, "status": status})
+        return fut
+
+    def announce(self, fut: Future[Any], message: dict[str, Any]) -> None:
+        """Publish `message` once `fut` (the write to PostgreSQL) has succeeded."""
+        loop = self.gw.loop if self.gw else None
+        payload = json.dumps({**message, "from": self.replica})
+
+        def done(f: Future[Any]) -> None:
+            if f.exception() is None and loop is not None and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._publish(payload), loop)
+
+        fut.add_done_callback(done)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Publish `message` now (called on the event loop after the change is stored)."""
+        task = asyncio.get_running_loop().create_task(self._publish(json.dumps({**message, "from": self.replica})))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _publish(self, payload: str) -> None:
+        try:
+            await self.aredis.publish(BUS, payload)
+        except REDIS_ERRORS as exc:  # the periodic reload will carry it
+            log.warning("cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__,
+                        RELOAD_S)  # fmt: skip
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while True:
+            pubsub = self.aredis.pubsub()
+            try:
+                await pubsub.subscribe(BUS)
+                backoff = 0.2
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None:
+                        continue
+                    try:
+                        data = json.loads(msg["data"])
+                    except (ValueError, TypeError):
+                        continue
+                    if not isinstance(data, dict) or data.get("from") == self.replica:
+                        continue
+                    if data.get("kind") == "keys":
+                        ids = [i for i in data.get("ids", []) if isinstance(i, str)][:10_000]
+                        status = data["status"] if isinstance(data.get("status"), dict) else {}
+                        await self._reload_keys(self._apply_status(ids, status))
+                    elif data.get("kind") == "config":
+                        await self._reload_config()
+            except REDIS_ERRORS:
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+            except Exception:
+                log.exception("cluster bus listener failed")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_S)
+            try:
+                await self._reload()
+            except Exception as exc:
+                log.warning("cluster reload failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    async def _reload(self) -> None:
+        await self._reload_keys(None)
+        await self._reload_config()
+
+    def _read(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        cur = self.store.cursor()
+        try:
+            rows = cur.execute(sql, params or []).fetchall()
+            return [d[0] for d in cur.description], rows
+        finally:
+            cur.close()
+
+    def _apply_status(self, ids: list[str], status: dict[str, Any]) -> list[str]:
+        """Apply the statuses carried by a message; returns the ids that need their stored row."""
+        pool = self.pool
+        assert pool is not None
+        need = []
+        for kid in ids:
+            key, st = pool.keys.get(kid), status.get(kid)
+            if key is None or not isinstance(st, list) or len(st) != 4 or kid in pool.changed:
+                need.append(kid)
+                continue
+            if st[0] in ("active", "invalid", "disabled"):
+                key.status, key.disabled_reason, key.label, key.project = st[0], st[1], st[2], st[3]
+        return need
+
+    async def _reload_keys(self, ids: list[str] | None) -> None:
+        """Apply the stored state of `ids` (None: every key) to this replica's pool."""
+        pool = self.pool
+        assert pool is not None
+        if ids == []:
+            return
+        if ids is None:
+            names, rows = await asyncio.to_thread(self._read, "SELECT * FROM keys")
+        else:
+            names, rows = await asyncio.to_thread(
+                self._read, "SELECT * FROM keys WHERE list_contains(?, key_id)", [ids]
+            )
+        stored = {r["key_id"]: r for r in (dict(zip(names, row, strict=True)) for row in rows)}
+        wanted = set(stored) | set(ids or pool.keys)
+        for kid in wanted:
+            r = stored.get(kid)
+            key = pool.keys.get(kid)
+            if r is None:
+                if key is not None and kid not in pool.dirty and kid not in pool.changed:
+                    pool.keys.pop(kid, None)  # deleted elsewhere (not a local add still waiting to be written)
+                continue
+            if key is None:
+                if kid in pool.deleted:
+                    continue
+                pool.load(_key_of(r))
+                continue
+            if kid in pool.changed:
+                continue  # a local change not written yet wins; it is announced right after
+            key.status, key.disabled_reason = r["status"], r["disabled_reason"]
+            key.label, key.project = r["label"], r["project"]
+            key.consecutive_failures = r["consecutive_failures"] or 0
+            key.last_checked_at = _epoch(r["last_checked_at"])
+
+    async def _reload_config(self) -> None:
+        gw = self.gw
+        assert gw is not None
+        new = await asyncio.to_thread(gw._load_config, gw.settings.config())
+        if new != gw.config:
+            await gw._apply(new)
+
+    # -- compactor ---------------------------------------------------------------------------------------------------
+    async def _compactor(self) -> None:
+        lock_key = shared.PREFIX + "lock:compactor"
+        while True:
+            await asyncio.sleep(COMPACT_S)
+            try:
+                holder = await self.aredis.set(lock_key, self.replica, nx=True, px=int(COMPACT_S * 3000))
+                if not holder:
+                    current = await self.aredis.get(lock_key)
+                    if current is None or _text(current) != self.replica:
+                        continue
+                    await self.aredis.pexpire(lock_key, int(COMPACT_S * 3000))
+                await self.compact()
+            except REDIS_ERRORS:
+                continue
+            except Exception as exc:
+                log.warning("lake compaction failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+    async def compact(self) -> dict[str, int]:
+        """Fold duplicate rollup rows, merge small files, expire old snapshots (the elected compactor runs it)."""
+        assert self.gw is not None
+        rollup = self.gw.rollup
+
+        def job(cur: Any) -> dict[str, int]:
+            counters = TIERS[900][0]
+            rows = cur.execute(
+                f"SELECT DISTINCT bucket FROM (SELECT bucket FROM {counters} GROUP BY bucket, dim, val "
+                "HAVING count(*) > 1) ORDER BY 1 LIMIT 2000"
+            ).fetchall()
+            with rollup._lock:
+                rollup._touched.update(b for (b,) in rows)
+            folded = rollup.compact(cur)
+            merged = cur.execute("SELECT count(*) FROM ducklake_merge_adjacent_files('lake')").fetchone()
+            cur.execute(f"CALL ducklake_expire_snapshots('lake', older_than => now() - INTERVAL '{SNAPSHOT_KEEP}')")
+            cur.execute(f"CALL ducklake_cleanup_old_files('lake', older_than => now() - INTERVAL '{SNAPSHOT_KEEP}')")
+            return {"buckets": folded, "merged": int(merged[0]) if merged else 0}
+
+        result = await asyncio.wrap_future(self.gw.writer.submit(job))
+        self.compactions += 1
+        event(log, "lake_compacted", replica=self.replica, **result)
+        return result
+
+
+def _fold_requests(cur: Any, tables: dict[str, pa.Table]) -> None:
+    batch = tables.get("requests")
+    if batch is not None and batch.num_rows:
+        fold_batch(cur, batch.drop_columns(["replica"]) if "replica" in batch.column_names else batch)
+
+
+_UPSERT_COUNTERS = """
+    INSERT INTO keys BY NAME SELECT * FROM _key_rows ON CONFLICT (key_id) DO UPDATE SET
+        requests = keys.requests + excluded.requests, successes = keys.successes + excluded.successes,
+        total_failures = keys.total_failures + excluded.total_failures,
+        last_used_at = greatest(keys.last_used_at, excluded.last_used_at),
+        last_checked_at = greatest(keys.last_checked_at, excluded.last_checked_at),
+        last_error = coalesce(excluded.last_error, keys.last_error),
+        consecutive_failures = excluded.consecutive_failures"""
+_UPSERT_STATUS = """
+    INSERT INTO keys BY NAME SELECT * FROM _key_rows ON CONFLICT (key_id) DO UPDATE SET
+        status = excluded.status, disabled_reason = excluded.disabled_reason, label = excluded.label,
+        project = excluded.project"""
+
+
+def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
+    return pa.table(
+        {
+            "key_id": [k.id for k in keys],
+            "secret": [k.secret for k in keys],
+            "label": pa.array([k.label for k in keys], pa.string()),
+            "project": pa.array([k.project for k in keys], pa.string()),
+            "status": [k.status for k in keys],
+            "created_at": pa.array([_ts(k.created_at) for k in keys], pa.timestamp("us")),
+            "last_used_at": pa.array([_ts(k.last_used_at) for k in keys], pa.timestamp("us")),
+            "consecutive_failures": pa.array([k.consecutive_failures for k in keys], pa.int32()),
+            "total_failures": pa.array([d[2] for d in deltas], pa.int64()),
+            "requests": pa.array([d[0] for d in deltas], pa.int64()),
+            "successes": pa.array([d[1] for d in deltas], pa.int64()),
+            "last_error": pa.array([k.last_error for k in keys], pa.string()),
+            "last_checked_at": pa.array([_ts(k.last_checked_at) for k in keys], pa.timestamp("us")),
+            "disabled_reason": pa.array([k.disabled_reason for k in keys], pa.string()),
+        }
+    )
+
+
+def _key_of(r: dict[str, Any]) -> Key:
+    return Key(
+        id=r["key_id"],
+        secret=r["secret"],
+        project=r["project"],
+        label=r["label"],
+        status=r["status"],
+        disabled_reason=r["disabled_reason"],
+        created_at=_epoch(r["created_at"]) or time.time(),
+        last_used_at=_epoch(r["last_used_at"]),
+        last_checked_at=_epoch(r["last_checked_at"]),
+        consecutive_failures=r["consecutive_failures"] or 0,
+        total_failures=r["total_failures"] or 0,
+        requests=r["requests"] or 0,
+        successes=r["successes"] or 0,
+        last_error=r["last_error"],
+    )

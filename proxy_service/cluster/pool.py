@@ -1,0 +1,261 @@
+"""`ClusterPool`: the in-memory pool plus one cluster-wide admission per upstream attempt, through Redis.
+
+The embedded `Pool` keeps its code and speed; this subclass adds:
+- `admit(key, model)` (awaited by the relay before each attempt): the Lua `reserve` counts the call in the shared
+  window or refuses it (cooldown, or a known limit reached on any replica). A refusal becomes a local cooldown of
+  the scope until the wait Redis computed, so the next `choose()` moves on to another scope without a round trip;
+- the outcome methods settle the reservation in Redis in the background (never awaited on the request path): a 429
+  un-counts it, cools the scope for every replica and records the learned limit (from the observed cluster-wide
+  usage when the 429 gives no value); a 5xx / connection failure un-counts it; answer tokens feed the tpm window;
+- status changes (enable, disable, invalid, re-check...) are remembered for the broadcast to the other replicas.
+
+Redis unreachable (degraded mode): `admit` never waits longer than the socket timeouts (0.5 s, then not at all
+until the heartbeat sees Redis again). While degraded, each replica admits by its local windows at 1/N of every
+known (hard) limit, N = the replicas alive at the last heartbeat — together they cannot exceed the limit; guessed
+limits stay advisory as in the embedded pool. The calls admitted meanwhile are added to the shared windows when
+Redis is back (reconcile), then Redis gates again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy_service.cluster import shared
+from proxy_service.keys import KeySpec
+from proxy_service.logs import event
+from proxy_service.pool import Cooldown, Key, Pool
+from proxy_service.quota import QuotaViolation, cooldown_until, next_pacific_midnight, pacific_day
+
+log = logging.getLogger("keyrack.cluster")
+_DIM = {"minute": "rpm", "day": "rpd", "tokens": "tpm"}
+_REASON = {"rpm": "minute", "rpd": "day", "tpm": "tokens", "cooldown": "cluster"}
+_MEMBERS_PER_KEY = 64  # reservations awaiting an outcome per (key, model); older ones are settled as used
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class ClusterPool(Pool):
+    clustered = True
+
+    def __init__(self, *args: Any, redis: Redis, replica: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.redis = redis
+        self.replica = replica
+        self.replicas = 1  # alive at the last heartbeat (the divisor of the degraded mode)
+        self.degraded = False
+        self.degraded_since: float | None = None
+        self.changed: set[str] = set()  # key ids whose status changed here: broadcast after they are persisted
+        self.persisted: dict[str, tuple[int, int, int]] = {}  # counters already in PostgreSQL (deltas go out)
+        self.admitted_local = 0  # admissions decided locally while degraded (metrics)
+        self._seq = itertools.count()
+        self._members: dict[tuple[str, str], list[str]] = {}
+        self._offline: list[tuple[str, str, int, str]] = []  # (scope, model, ms, member) admitted while degraded
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reserve = redis.register_script(shared.RESERVE)
+        self._release = redis.register_script(shared.RELEASE)
+        self._limited = redis.register_script(shared.RATE_LIMITED)
+        self._tokens = redis.register_script(shared.TOKENS)
+
+    # -- admission (awaited by the relay) -------------------------------------------------------------------------
+    async def admit(self, key: Key, model: str) -> bool:
+        now = self.clock()
+        member = f"{self.replica}:{next(self._seq)}"
+        if self.degraded:
+            return self._admit_local(key, model, now, member)
+        hard = self._hard(key.scope, model)
+        args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
+        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard))]
+        try:
+            res = await self._reserve(keys=self._keys(key.scope, model, now), args=args)
+        except REDIS_ERRORS as exc:
+            self._degrade(exc)
+            return self._admit_local(key, model, now, member)
+        if int(res[0]) == 1:
+            members = self._members.setdefault((key.id, model), [])
+            members.append(member)
+            if len(members) > _MEMBERS_PER_KEY:
+                del members[0]
+            return True
+        wait, reason = int(res[1]) / 1000, _text(res[2])
+        # Cool the whole scope here until Redis says it frees up: choose() skips it without asking again.
+        self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON.get(reason, "cluster"))
+        return False
+
+    def _hard(self, scope: str, model: str) -> dict[str, int]:
+        """The limits that refuse (configured or learned); the built-in table only orders the choice."""
+        lim, sources = self.tracker.limits(scope, model), self.tracker.sources(scope, model)
+        return {
+            d: int(getattr(lim, d))
+            for d in ("rpm", "rpd", "tpm")
+            if sources.get(d) in ("configured", "learned") and getattr(lim, d) is not None
+        }
+
+    def _admit_local(self, key: Key, model: str, now: float, member: str) -> bool:
+        hard = self._hard(key.scope, model)
+        if hard:
+            use = self.tracker.usage(key.scope, model, now)
+            n = max(1, self.replicas)
+            for dim, limit in hard.items():
+                if int(use.get(f"{dim}_used") or 0) >= limit // n:
+                    self.cooldowns[(key.scope, model)] = Cooldown(now + 1.0, _REASON[dim])
+                    return False
+        self.admitted_local += 1
+        if len(self._offline) < 100_000:  # bounded: a day-long outage at full speed still fits
+            self._offline.append((key.scope, model, int(now * 1000), member))
+        return True
+
+    def _keys(self, scope: str, model: str, now: float) -> list[str]:
+        return shared.scope_keys(scope, model.removeprefix("models/"), pacific_day(now).isoformat())
+
+    def _take(self, key: Key, model: str) -> str | None:
+        members = self._members.get((key.id, model))
+        return members.pop() if members else None
+
+    # -- outcomes (settled in Redis in the background) --------------------------------------------------------------
+    def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
+        super().succeeded(key, model, tokens)
+        member = self._take(key, model)
+        if tokens and not self.degraded:
+            now = self.clock()
+            tok_key = self._keys(key.scope, model, now)[2]
+            self._spawn(self._tokens(keys=[tok_key], args=[int(now * 1000), member or f"{self.replica}:t", tokens]))
+
+    def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
+        cd = super().rate_limited(key, model, violation)
+        member = self._take(key, model) or ""
+        if not self.degraded:
+            now = self.clock()
+            until = cooldown_until(violation, now, self.default_cooldown_s)
+            dim = _DIM.get(violation.kind, "")
+            limit = -1 if violation.limit is None else violation.limit
+            args = [member, int(now * 1000), int(until * 1000), dim, limit]
+            self._spawn(self._learn(key.scope, model, violation, args))
+        return cd
+
+    async def _learn(self, scope: str, model: str, violation: QuotaViolation, args: list[Any]) -> None:
+        learned = await self._limited(keys=self._keys(scope, model, self.clock()), args=args)
+        learned = int(learned)
+        if learned >= 0 and violation.limit is None:
+            # The cluster-wide usage is the limit; the local window saw only this replica's share.
+            known = QuotaViolation(violation.kind, violation.quota_id, violation.retry_delay_s, learned, model)
+            self.tracker.learn(scope, model, known, self.clock())
+
+    def failed(self, key: Key, message: str, model: str | None = None) -> None:
+        super().failed(key, message, model)
+        if model is not None:  # the upstream refused or never saw it: give the slot back cluster-wide
+            self._release_member(key, model)
+        elif (member_model := next((m for (k, m) in self._members if k == key.id), None)) is not None:
+            self._take(key, member_model)  # a timeout: the upstream may have served it, it stays counted
+
+    def invalid(self, key: Key, message: str) -> None:
+        super().invalid(key, message)
+        self.changed.add(key.id)
+        for k, m in list(self._members):
+            if k == key.id:
+                self._release_member(key, m)
+
+    def _release_member(self, key: Key, model: str) -> None:
+        member = self._take(key, model)
+        if member and not self.degraded:
+            keys = self._keys(key.scope, model, self.clock())
+            self._spawn(self._release(keys=keys[:2], args=[member]))
+
+    # -- status changes (broadcast after persisting) ------------------------------------------------------------------
+    def load(self, key: Key) -> None:
+        super().load(key)
+        self.persisted[key.id] = (key.requests, key.successes, key.total_failures)
+
+    def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:
+        added, dups = super().add(specs)
+        self.changed.update(added)
+        return added, dups
+
+    def remove(self, kid: str) -> bool:
+        self.changed.add(kid)
+        return super().remove(kid)
+
+    def enable(self, key: Key) -> None:
+        super().enable(key)
+        self.changed.add(key.id)
+
+    def disable(self, key: Key, reason: str = "manual") -> None:
+        super().disable(key, reason)
+        self.changed.add(key.id)
+
+    def reset(self, key: Key) -> None:
+        super().reset(key)
+        self.changed.add(key.id)
+
+    def checked(self, key: Key, ok: bool, message: str | None = None) -> None:
+        before = key.status
+        super().checked(key, ok, message)
+        if key.status != before:
+            self.changed.add(key.id)
+
+    # -- background -------------------------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except REDIS_ERRORS as exc:
+                self._degrade(exc)
+
+        try:
+            task = asyncio.get_running_loop().create_task(guarded())
+        except RuntimeError:  # no loop (tools, tests of the local part): nothing to settle remotely
+            coro.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded, self.degraded_since = True, time.time()
+            event(log, "redis_unreachable", logging.WARNING, replica=self.replica, error=type(exc).__name__,
+                  mode=f"local limits at 1/{max(1, self.replicas)}")  # fmt: skip
+
+    async def recover(self) -> None:
+        """Called by the heartbeat once Redis answers again: add the offline admissions, then gate through Redis."""
+        offline, self._offline = self._offline, []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for scope, model, ms, member in offline:
+                keys = self._keys(scope, model, ms / 1000)
+                pipe.zadd(keys[0], {member: ms})
+                pipe.pexpire(keys[0], 61_000)
+                pipe.incr(keys[1])
+                pipe.pexpire(keys[1], 2 * 86_400_000)
+            if offline:
+                await pipe.execute()
+        except REDIS_ERRORS:
+            self._offline = offline + self._offline
+            raise
+        since = self.degraded_since or time.time()
+        self.degraded, self.degraded_since = False, None
+        event(
+            log,
+            "redis_recovered",
+            replica=self.replica,
+            reconciled=len(offline),
+            degraded_s=round(time.time() - since, 1),
+        )
+
+    async def drain(self) -> None:
+        """Wait for the background settlements (shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+
+
+def _n(v: int | None) -> int:
+    return -1 if v is None else int(v)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,130 @@
+"""Pool state shared through Redis: quota windows, cooldowns and learned limits, changed atomically by Lua scripts.
+
+Layout (every key under `keyrack:`; the Redis database comes from the URL), per (scope, model) `s`:
+- `w:{s}` sorted set: one member per admitted call (score = ms), the rolling 60 s request window (rpm);
+- `d:{s}:{pacific date}` counter: calls on the Pacific quota day (rpd), expiring after the day;
+- `t:{s}` sorted set: `member:tokens` entries for the 60 s token window (tpm);
+- `cd:{s}` the cooldown's end (ms), kept only when later than the current one;
+- `l:{s}` hash: limits learned from 429s for this scope; `lm:{model}`: learned model-wide (the next guess);
+- `live` hash: replica → last heartbeat (ms), for N in the degraded mode and for `/metrics`.
+
+`reserve` is the one call on the request path: it checks the cooldown and the known limits cluster-wide and, when
+there is headroom, counts the call — one round trip, atomic, so N replicas never admit more than the limit together.
+A built-in (guessed) limit never refuses (the single-process rule): the call is counted, not gated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "keyrack:"
+
+# KEYS: win, day, tokens, cooldown, learned, model_learned
+# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard)
+# → {1, rpm_used, rpd_used, tpm_used} admitted | {0, wait_ms, reason}
+RESERVE = """
+local now = tonumber(ARGV[1])
+local cd = tonumber(redis.call('GET', KEYS[4]) or '0')
+if cd > now then return {0, cd - now, 'cooldown'} end
+local rpm, rpd, tpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local enforce = ARGV[7] == '1'
+local learned = redis.call('HGETALL', KEYS[5])
+if #learned == 0 then learned = redis.call('HGETALL', KEYS[6]) end
+for i = 1, #learned, 2 do
+  enforce = true
+  local v = tonumber(learned[i + 1])
+  if learned[i] == 'rpm' then rpm = v elseif learned[i] == 'rpd' then rpd = v elseif learned[i] == 'tpm' then tpm = v end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
+local n = redis.call('ZCARD', KEYS[1])
+local day = tonumber(redis.call('GET', KEYS[2]) or '0')
+local tok = 0
+if tpm >= 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do tok = tok + tonumber(string.match(m, ':(%d+)$')) end
+end
+if enforce then
+  if rpm >= 0 and n >= rpm then
+    if rpm == 0 then return {0, 60000, 'rpm'} end
+    local oldest = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
+    return {0, math.max(1, tonumber(oldest[2]) + 60000 - now), 'rpm'}
+  end
+  if rpd >= 0 and day >= rpd then return {0, tonumber(ARGV[6]), 'rpd'} end
+  if tpm >= 0 and tok >= tpm then
+    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    return {0, math.max(1, tonumber(first[2]) + 60000 - now), 'tpm'}
+  end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 61000)
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
+return {1, n + 1, day + 1, tok}
+"""
+
+# Un-count an admitted call the upstream refused or never saw. KEYS: win, day. ARGV: member.
+RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local day = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if day > 0 then redis.call('DECR', KEYS[2]) end
+  return 1
+end
+return 0
+"""
+
+# A 429: un-count, cool the scope (the later end wins), learn the limit (its value, else the usage seen cluster-wide).
+# KEYS: win, day, tokens, cooldown, learned, model_learned. ARGV: member, now_ms, until_ms, dim ('' = none),
+# limit (-1 = observed)
+RATE_LIMITED = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[2])
+local untl = tonumber(ARGV[3])
+local cur = tonumber(redis.call('GET', KEYS[4]) or '0')
+if untl > cur then redis.call('SET', KEYS[4], untl, 'PX', math.max(1, untl - now)) end
+local dim, limit = ARGV[4], tonumber(ARGV[5])
+if dim == '' then return -1 end
+if limit < 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  if dim == 'rpm' then limit = redis.call('ZCARD', KEYS[1])
+  elseif dim == 'rpd' then limit = tonumber(redis.call('GET', KEYS[2]) or '0')
+  else
+    limit = 0
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do limit = limit + tonumber(string.match(m, ':(%d+)$')) end
+  end
+  if limit <= 0 then return -1 end
+end
+redis.call('HSET', KEYS[5], dim, limit)
+redis.call('PEXPIRE', KEYS[5], 2 * 86400000)
+if limit > 0 then
+  redis.call('HSET', KEYS[6], dim, limit)
+  redis.call('PEXPIRE', KEYS[6], 2 * 86400000)
+end
+return limit
+"""
+
+# Add tokens learned from an answer. KEYS: tokens. ARGV: now_ms, member, tokens.
+TOKENS = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 61000)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    ok: bool
+    wait_s: float = 0.0
+    reason: str = ""
+    member: str = ""
+
+
+def scope_keys(scope: str, model: str, day: str) -> list[str]:
+    s = f"{scope}|{model}"
+    return [
+        f"{PREFIX}w:{s}",
+        f"{PREFIX}d:{s}:{day}",
+        f"{PREFIX}t:{s}",
+        f"{PREFIX}cd:{s}",
+        f"{PREFIX}l:{s}",
+        f"{PREFIX}lm:{model}",
+    ]

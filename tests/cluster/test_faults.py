@@ -1,0 +1,189 @@
+"""Faults under load, each with real processes: SIGTERM and SIGKILL of a replica, PostgreSQL and Redis restarted.
+
+The load is a few closed-loop clients per replica; every answer's `x-keyrack-request-id` is kept, so "nothing lost"
+means: every request a client got an answer for has its row in the lake. Outages are kept to seconds (the behaviour
+does not depend on their length: the writer backs off up to 10 s and spills past its waiting-row cap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster.conftest import Replica, database
+from tests.cluster.services import throwaway_postgres, throwaway_redis
+from tests.cluster.test_replicas import MODEL, admin, call, until
+from tests.conftest import CLIENT_TOKEN, SCENARIO, Upstream
+
+BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
+pytestmark = pytest.mark.timeout(300)
+# Configured (hence hard, cluster-wide) limits far above the load: every call goes through the Redis reservation,
+# and the built-in free-tier guess never enters.
+ROOMY = {
+    "model_limits": {MODEL: {"rpm": 100_000, "rpd": 10_000_000}}
+}  # several replica processes start in each test (slow on a loaded machine)
+
+
+@dataclass
+class Answer:
+    replica: str
+    status: int
+    request_id: str | None
+    at: float
+    elapsed: float
+
+
+@dataclass
+class Load:
+    """Closed-loop clients against some replicas, in a background thread, until stopped."""
+
+    targets: dict[str, str]  # replica id → base URL
+    workers: int = 3
+    answers: list[Answer] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(60)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def worker(name: str, url: str) -> None:
+                while not self._stop.is_set():
+                    t0 = time.monotonic()
+                    try:
+                        resp = await client.post(
+                            f"{url}/v1beta/models/{MODEL}:generateContent",
+                            json=BODY,
+                            headers={"x-goog-api-key": CLIENT_TOKEN},
+                        )
+                    except httpx.HTTPError as exc:
+                        self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+                        await asyncio.sleep(0.05)
+                        continue
+                    now = time.monotonic()
+                    self.answers.append(
+                        Answer(name, resp.status_code, resp.headers.get("x-keyrack-request-id"), now, now - t0)
+                    )
+
+            await asyncio.gather(*(worker(n, u) for n, u in self.targets.items() for _ in range(self.workers)))
+
+    def ids(self, replica: str) -> set[str]:
+        return {a.request_id for a in self.answers if a.replica == replica and a.request_id}
+
+
+def lake_ids(replica: Replica, of: str) -> set[str]:
+    rows = admin(replica, "POST", "/query", json={"sql": f"SELECT request_id FROM requests WHERE replica = '{of}'",
+                                                  "format": "json"})["rows"]  # fmt: skip
+    return {r[0] for r in rows}
+
+
+def test_sigterm_under_load_loses_nothing(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    up = start_upstream(SCENARIO)
+    r1, r2 = start_replica(up.url, **ROOMY), start_replica(up.url, **ROOMY)
+    load = Load({"r1": r1.url, "r2": r2.url}).start()
+    until(lambda: len(load.ids("r1")) >= 30)
+    assert r1.proc.stop(signal.SIGTERM, 60) == 0
+    time.sleep(0.5)  # r2 keeps serving alone for a moment
+    load.stop()
+    served = load.ids("r1")
+    assert served and served <= lake_ids(r2, "r1"), "rows of answered requests are missing after SIGTERM"
+    assert all(a.status == 200 for a in load.answers if a.replica == "r2")
+    # r1 answers what it accepted; while draining, uvicorn may refuse new requests with 503 (clients retry)
+    assert {a.status for a in load.answers if a.replica == "r1"} <= {200, 503}
+    until(lambda: load.ids("r2") <= lake_ids(r2, "r2"))
+
+
+def test_sigkill_under_load_loses_at_most_one_commit_window_and_the_replica_rejoins(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    up = start_upstream(SCENARIO)
+    r1, r2 = start_replica(up.url, **ROOMY), start_replica(up.url, **ROOMY)
+    load = Load({"r1": r1.url, "r2": r2.url}).start()
+    until(lambda: len(load.ids("r1")) >= 30)
+    r1.proc.proc.kill()
+    killed_at = time.monotonic()
+    r1.proc.proc.wait(10)
+    until(lambda: len([a for a in load.answers if a.replica == "r2" and a.at > killed_at]) >= 20)
+    load.stop()
+    assert all(a.status == 200 for a in load.answers if a.replica == "r2"), "r2 must keep serving"
+    served = load.ids("r1")
+    lost = served - lake_ids(r2, "r1")
+    # Bound: the rows answered since the last commit, i.e. within one commit interval (1 s) plus a commit's
+    # duration before the kill. Measured and printed; the README states it.
+    window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 2.5}
+    print(f"SIGKILL: {len(lost)} of {len(served)} answered requests lost ({len(window)} answered in the last 2.5 s)")
+    assert lost <= window
+    back = start_replica(up.url, replica_id="r1", **ROOMY)  # a restarted replica rejoins under its id
+    assert call(back).status_code == 200
+    until(lambda: len(lake_ids(back, "r1")) > len(served) - len(lost))
+    assert httpx.get(f"{back.url}/readyz").json()["cluster"]["replicas"] >= 1
+
+
+def test_postgres_outage_under_load_loses_nothing(
+    tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    up = start_upstream(SCENARIO)
+    with throwaway_postgres() as pg, database(pg.url) as catalog:
+        r1 = start_replica(up.url, lake_catalog=catalog, lake_max_waiting_rows=25, **ROOMY)
+        load = Load({"r1": r1.url}).start()
+        until(lambda: len(load.ids("r1")) >= 20)
+        pg.stop()
+        until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["lake"] == "retrying")
+        during = len(load.answers)
+        until(lambda: len(load.answers) >= during + 60)  # served while the catalog is down
+        pg.start()
+        time.sleep(0.5)
+        load.stop()
+        assert all(a.status == 200 for a in load.answers)
+        until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["lake"] == "ok", timeout=30)
+        until(lambda: load.ids("r1") <= lake_ids(r1, "r1"), timeout=30)
+        metrics = httpx.get(f"{r1.url}/metrics").text
+        spilled = next(float(line.split()[1]) for line in metrics.splitlines()
+                       if line.startswith("keyrack_lake_spilled_rows "))  # fmt: skip
+        assert spilled > 0, "the waiting rows passed the cap and must have been spilled to files"
+        assert not list((r1.dir / "data" / "spill").glob("*.arrow")), "spill files are committed, then removed"
+
+
+def test_redis_restart_degrades_to_local_limits_then_recovers(
+    tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    up = start_upstream({"projects": {"p1": ["key-p1-a"]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpm": 6}}, "api_keys": "p1:key-p1-a"}
+    with throwaway_redis(tmp_path) as server:
+        r1 = start_replica(up.url, redis_url=server.url, **limits)
+        r2 = start_replica(up.url, redis_url=server.url, **limits)
+        until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["replicas"] == 2)
+        server.stop()
+        started = time.monotonic()
+        statuses = [call(r).status_code for r in (r1, r2) * 6]
+        assert time.monotonic() - started < 30, "no request may hang on an unreachable Redis"
+        # 1/N of the limit each: 3 + 3, never more than the limit together.
+        assert statuses.count(200) == 6 and up.stats()["requests"] == 6 and not up.stats()["rate_limited"]
+        for r in (r1, r2):
+            assert httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "degraded"
+            assert "keyrack_cluster_redis_degraded 1.0" in httpx.get(f"{r.url}/metrics").text
+        server.start()
+        for r in (r1, r2):
+            until(lambda r=r: httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "ok", timeout=30)
+        # Reconciled: the 6 calls admitted while degraded are in the shared window, so nothing more is admitted.
+        assert call(r1).status_code == 429 and up.stats()["requests"] == 6
