@@ -113,7 +113,8 @@ class Gateway:
         """Safe views for user SQL and the rollup (checked or rebuilt), then the hook that keeps the rollup current."""
 
         def setup(cur: duckdb.DuckDBPyConnection) -> None:
-            self.store.install_safe_views(cur)
+            # The cluster's lake store keeps user SQL's views replica-local, with fully qualified bodies.
+            (self.cluster.store.install_safe_views if self.cluster is not None else queries.install_safe_views)(cur)
             self.rollup.install(cur)
 
         self.writer.submit(setup).result()  # inline: the writer has not started yet
@@ -139,7 +140,8 @@ class Gateway:
     async def export(self) -> snapshot.Export:
         """Parquet snapshots of the tables into `<data dir>/exports`."""
         directory = self.settings.data_dir / "exports"
-        return await self.read(lambda cur: snapshot.export(cur, directory))
+        selects = self.cluster.store.export_selects() if self.cluster is not None else None
+        return await self.read(lambda cur: snapshot.export(cur, directory, selects))
 
     # -- configuration -------------------------------------------------------------------------------------------
     @property

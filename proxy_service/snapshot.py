@@ -45,15 +45,16 @@ class Export:
         return {"files": self.files, "rows": self.rows, "elapsed_ms": round(self.elapsed_ms, 1)}
 
 
-def export(cur: duckdb.DuckDBPyConnection, directory: Path) -> Export:
-    """Write the four tables as Parquet files under `directory` (blocking; one export at a time)."""
+def export(cur: duckdb.DuckDBPyConnection, directory: Path, selects: dict[str, str] | None = None) -> Export:
+    """Write the four tables as Parquet files under `directory` (blocking; one export at a time). `selects`: the
+    queries per table when they differ from EXPORTS (the cluster's lake store)."""
     private_dir(directory)  # the exports hold what the database holds (keys excepted): 0700 / 0600
     started = time.perf_counter()
     files, rows = {}, {}
     with _export_lock:
         cur.execute("BEGIN TRANSACTION")
         try:
-            for table, select in EXPORTS.items():
+            for table, select in (selects or EXPORTS).items():
                 final = directory / f"{table}.parquet"
                 tmp = directory / f"{table}.tmp.parquet"
                 try:

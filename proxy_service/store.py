@@ -100,11 +100,6 @@ class Store:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
         cur.close()
 
-    def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
-        from proxy_service import queries
-
-        queries.install_safe_views(cur)
-
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             return self._con.cursor()

@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 
 from proxy_service.cluster.config import ClusterConfig, mask_url
-from proxy_service.store import SCHEMA, Store
+from proxy_service.store import PUBLIC_TABLES, SCHEMA, Store, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -165,6 +165,10 @@ class LakeStore(Store):
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SAFE}")
         for name, body in SAFE_VIEWS.items():
             cur.execute(f"CREATE OR REPLACE VIEW {SAFE}.{name} AS {body}")
+
+    def export_selects(self) -> dict[str, str]:
+        """The snapshot's queries: unqualified, so the search path finds the lake tables and PostgreSQL's keys."""
+        return {t: public_select(t).replace(f"FROM main.{t}", f"FROM {t}") for t in PUBLIC_TABLES}
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
