@@ -99,12 +99,18 @@ def cluster_env(catalog: str, lake: Path, replica: str, redis_url: str = REDIS) 
     }
 
 
+def _key(name: str) -> str:
+    import hashlib
+
+    return "AIza" + hashlib.sha256(name.encode()).hexdigest()[:35]  # shaped like a Gemini key
+
+
 def keys() -> str:
-    return ",".join(f"p{p}:key-p{p}-{k}" for p in range(1, PROJECTS + 1) for k in "ab")
+    return ",".join(f"p{p}:{_key(f'p{p}-{k}')}" for p in range(1, PROJECTS + 1) for k in "ab")
 
 
 def scenario(rpm: int | None) -> dict[str, Any]:
-    projects = {f"p{p}": [f"key-p{p}-{k}" for k in "ab"] for p in range(1, PROJECTS + 1)}
+    projects = {f"p{p}": [_key(f"p{p}-{k}") for k in "ab"] for p in range(1, PROJECTS + 1)}
     return {"projects": projects, "seed": 1, **({"limits": {MODEL: {"rpm": rpm}}} if rpm else {})}
 
 

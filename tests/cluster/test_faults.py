@@ -21,7 +21,7 @@ import pytest
 from tests.cluster.conftest import Replica, database
 from tests.cluster.services import throwaway_postgres, throwaway_redis
 from tests.cluster.test_replicas import MODEL, admin, call, until
-from tests.conftest import CLIENT_TOKEN, SCENARIO, Upstream
+from tests.conftest import CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
 pytestmark = pytest.mark.timeout(300)
@@ -167,8 +167,9 @@ def test_postgres_outage_under_load_loses_nothing(
 def test_redis_restart_degrades_to_local_limits_then_recovers(
     tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
 ) -> None:
-    up = start_upstream({"projects": {"p1": ["key-p1-a"]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
-    limits = {"model_limits": {MODEL: {"rpm": 6}}, "api_keys": "p1:key-p1-a"}
+    key = fake_key("p1-a")
+    up = start_upstream({"projects": {"p1": [key]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpm": 6}}, "api_keys": f"p1:{key}"}
     with throwaway_redis(tmp_path) as server:
         r1 = start_replica(up.url, redis_url=server.url, **limits)
         r2 = start_replica(up.url, redis_url=server.url, **limits)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.cluster.conftest import Replica
-from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Upstream
+from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 MODEL = "gemini-2.5-flash"
@@ -87,7 +87,7 @@ def test_keys_and_config_changes_apply_on_every_replica(
     admin(r1, "POST", f"/keys/{victim}/enable")
     assert until(lambda: status(r2, victim) == "active")
 
-    added = admin(r2, "POST", "/keys", json={"text": "p9:key-p9-new-one", "label": "fresh"})["added_ids"]
+    added = admin(r2, "POST", "/keys", json={"text": f"p9:{fake_key('p9-new')}", "label": "fresh"})["added_ids"]
     assert until(lambda: status(r1, added[0]) == "active")
     assert next(k for k in admin(r1, "GET", "/keys")["items"] if k["id"] == added[0])["label"] == "fresh"
     admin(r1, "DELETE", f"/keys/{added[0]}")
@@ -105,8 +105,9 @@ def test_quota_is_reserved_cluster_wide(
 ) -> None:
     """A configured rpm of 3 on one project: two replicas together send exactly 3 calls upstream, none of them
     refused there, and Keyrack answers the rest with its own 429 before any attempt."""
-    up = start_upstream({"projects": {"p1": ["key-p1-a"]}, "limits": {MODEL: {"rpm": 3}}, "seed": 1})
-    limits = {"model_limits": {MODEL: {"rpm": 3}}, "api_keys": "p1:key-p1-a"}
+    key = fake_key("p1-a")
+    up = start_upstream({"projects": {"p1": [key]}, "limits": {MODEL: {"rpm": 3}}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpm": 3}}, "api_keys": f"p1:{key}"}
     r1, r2 = start_replica(up.url, **limits), start_replica(up.url, **limits)
     statuses = [call(r).status_code for r in (r1, r2, r1, r2, r1, r2, r1, r2)]
     assert statuses.count(200) == 3 and statuses.count(429) == 5
