@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium services clean screenshot-forecast
+.PHONY: run test bench lint install chromium services screenshots clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ test: install chromium services
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
 screenshot-forecast: install chromium
 	$(BIN)/python -m tests.dashboard.forecast_screenshot
+
+# README screenshots (docs/screenshots/*.png, English and one zh-CN Monitor) from the real-browser test; only on
+# request, so `make test` leaves the work tree clean. CJK glyphs need a CJK font: Debian's fonts-noto-cjk.
+screenshots: install chromium
+	@fc-list 2>/dev/null | grep -qi "noto.*cjk" || { \
+	  echo "installing Debian's fonts-noto-cjk for the zh-CN screenshot"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q fonts-noto-cjk; }
+	KEYRACK_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/dashboard/test_browser.py -q
 
 bench: install services
 	$(BIN)/python -m bench.run_all

@@ -1,7 +1,11 @@
-"""Keyrack dashboard entry: login gate, shared chrome (title, connection, refresh, language) and navigation.
+"""Keyrack dashboard entry: every page registered on every run, the sign-in guard (once, here), shared chrome.
 
 Run with `keyrack dashboard` (or `streamlit run dashboard/app.py`). It talks to the proxy only through the admin
 API at KEYRACK_ADMIN_URL with KEYRACK_ADMIN_TOKEN (environment or `.env`).
+
+Every page is known to `st.navigation` on every run, signed in or not, so `/trends` resolves to Trends on a fresh
+tab or after F5; while signed out the login form is drawn in place of the page asked for, and after sign-in the
+same URL shows that page. A new page is one line in PAGES.
 """
 
 from __future__ import annotations
@@ -10,26 +14,41 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit.navigation.page import StreamlitPage
 
 if __package__ in (None, "") and "dashboard" not in sys.modules:  # `streamlit run dashboard/app.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dashboard import alerts_view as av
-from dashboard import ui
+from dashboard import auth, cache, dialogs, fmt, times
 from dashboard.client import AdminError
-from dashboard.i18n import LANGUAGES, t
+from dashboard.i18n import LANGUAGES, carry_widgets, t, wkey
 
 HERE = Path(__file__).resolve().parent
 AUTO_REFRESH = [0, 5, 15, 30, 60]
+# (file under pages/, title key, icon). The URL of a page is its file name without ".py" (the first is also "/").
+PAGES = [
+    ("monitor.py", "nav.monitor", ":material/monitor_heart:"),
+    ("trends.py", "nav.trends", ":material/insights:"),
+    ("forecast.py", "nav.forecast", ":material/query_stats:"),
+    ("explore.py", "nav.explore", ":material/pivot_table_chart:"),
+    ("error_logs.py", "nav.errors", ":material/error:"),
+    ("alerts.py", "nav.alerts", ":material/notifications:"),
+    ("config.py", "nav.config", ":material/settings:"),
+    ("sql.py", "nav.sql", ":material/database:"),
+]
 
-st.set_page_config(page_title="Keyrack", page_icon=":material/key:", layout="wide")
+st.set_page_config(page_title="Keyrack", page_icon=str(HERE / "favicon.png"), layout="wide")
 st.session_state.setdefault("lang", "en")
 if st.session_state.pop("_lang_sync", False) or "lang_select" not in st.session_state:
     st.session_state["lang_select"] = st.session_state["lang"]
 
 
 def _language_changed() -> None:
-    st.session_state["lang"] = st.session_state["lang_select"]
+    """Runs before the script: every widget of this run is drawn in the new language."""
+    old, new = st.session_state["lang"], st.session_state["lang_select"]
+    carry_widgets(old, new)
+    st.session_state["lang"] = new
     st.session_state["lang_chosen"] = True
 
 
@@ -43,15 +62,23 @@ def language_switch() -> None:
     )
 
 
+def navigation() -> StreamlitPage:
+    pages = [
+        st.Page(HERE / "pages" / file, title=t(title), icon=icon, url_path=Path(file).stem, default=i == 0)
+        for i, (file, title, icon) in enumerate(PAGES)
+    ]
+    return st.navigation(pages, position="top" if auth.logged_in() else "hidden")
+
+
 def login_gate() -> None:
     """Sign in with the env token when there is one and the dashboard listens on loopback; otherwise (or when it
-    fails) ask for the token. The admin URL is server-side configuration, not a form field."""
-    url = ui.env_admin_url()
+    fails) ask for the token. The admin URL is server-side configuration, not a form field. Stops the run."""
+    url = auth.env_admin_url()
     problem: AdminError | None = st.session_state.pop("login_problem", None)
-    env_token = ui.env_admin_token()
-    if env_token and ui.auto_sign_in_allowed() and not st.session_state.get("login_tried_env"):
+    env_token = auth.env_admin_token()
+    if env_token and auth.auto_sign_in_allowed() and not st.session_state.get("login_tried_env"):
         st.session_state["login_tried_env"] = True
-        problem = ui.sign_in(url, env_token)
+        problem = auth.sign_in(url, env_token)
         if problem is None:
             st.rerun()
 
@@ -64,9 +91,9 @@ def login_gate() -> None:
         if not token.strip():
             st.warning(t("login.empty"))
             st.stop()
-        problem = ui.sign_in(url, token.strip())
+        problem = auth.sign_in(url, token.strip())
         if problem is None:
-            st.rerun()
+            st.rerun()  # same URL: the page asked for is drawn now
     if problem is not None:
         if problem.kind == "unauthorized":
             st.error(t("login.wrong_token"), icon=":material/lock:")
@@ -75,7 +102,7 @@ def login_gate() -> None:
         elif problem.status == 503:
             st.error(t("login.no_token_configured"), icon=":material/lock:")
         else:
-            st.error(ui.error_text(problem))
+            st.error(fmt.error_text(problem))
     st.stop()
 
 
@@ -84,57 +111,41 @@ def chrome() -> None:
     side.title(f":material/key: {t('app.title')}")
     side.caption(t("app.tagline"))
     try:
-        ui.fetch("config", ttl=30.0)
-        side.caption(f":green[●] {t('chrome.connected', url=ui.client().base_url)}")
+        cache.cached(cache.api().config, ttl=30.0)()
+        side.caption(f":green[●] {t('chrome.connected', url=cache.api().base_url)}")
     except AdminError as exc:
         if exc.kind == "unauthorized":
-            ui.sign_out()
+            auth.sign_out()
             st.session_state["login_problem"] = exc
             st.rerun()
-        side.caption(f":red[●] {t('chrome.disconnected', msg=ui.error_text(exc))}")
+        side.caption(f":red[●] {t('chrome.disconnected', msg=fmt.error_text(exc))}")
     if side.button(t("chrome.refresh"), icon=":material/refresh:", key="refresh", width="stretch"):
-        ui.bump()
+        cache.bump()
     side.selectbox(
         t("chrome.auto_refresh"),
         AUTO_REFRESH,
-        key="auto_refresh",
+        key=wkey("auto_refresh"),
         format_func=lambda s: t("chrome.every_s", n=s) if s else t("chrome.auto_off"),
     )
     language_switch()
-    side.caption(t("chrome.timezone", tz=ui.tz_name()))
+    side.caption(t("chrome.timezone", tz=times.tz_name()))
     try:  # the firing-count badge on every page (cached briefly: one small call per 10 s at most)
-        firing = av.badge(ui.fetch("alerts_active", ttl=10.0))
+        firing = av.badge(cache.cached(cache.api().alerts_active, ttl=10.0)())
         if firing:
             side.markdown(firing)
     except AdminError:
         pass
     if side.button(t("chrome.logout"), icon=":material/logout:", key="logout", width="stretch"):
-        ui.sign_out()
+        auth.sign_out()
         st.rerun()
 
 
-if not ui.logged_in():
-    # The login form is the only page until sign-in: calling st.navigation here also keeps Streamlit from
-    # serving dashboard/pages/*.py directly by URL (its pages/ directory convention) to a visitor not signed in.
+page = navigation()
+if not auth.logged_in():
     language_switch()
-    st.navigation([st.Page(login_gate, title=t("login.submit"), icon=":material/login:")], position="hidden").run()
-    st.stop()
-
+    login_gate()
 chrome()
-page = st.navigation(
-    [
-        st.Page(HERE / "pages" / "monitor.py", title=t("nav.monitor"), icon=":material/monitor_heart:", default=True),
-        st.Page(HERE / "pages" / "trends.py", title=t("nav.trends"), icon=":material/insights:"),
-        st.Page(HERE / "pages" / "forecast.py", title=t("nav.forecast"), icon=":material/query_stats:"),
-        st.Page(HERE / "pages" / "explore.py", title=t("nav.explore"), icon=":material/pivot_table_chart:"),
-        st.Page(HERE / "pages" / "error_logs.py", title=t("nav.errors"), icon=":material/error:"),
-        st.Page(HERE / "pages" / "alerts.py", title=t("nav.alerts"), icon=":material/notifications:"),
-        st.Page(HERE / "pages" / "config.py", title=t("nav.config"), icon=":material/settings:"),
-        st.Page(HERE / "pages" / "sql.py", title=t("nav.sql"), icon=":material/database:"),
-    ],
-    position="top",
-)
 if st.session_state.get("_page") != page.url_path:  # a dialog belongs to the page that opened it
     st.session_state["_page"] = page.url_path
-    st.session_state.pop(ui.DIALOG, None)
+    st.session_state.pop(dialogs.DIALOG, None)
 page.run()

@@ -1,22 +1,136 @@
 """Plotly figure builders for the Trends page. Input: the admin API's series rows with `bucket` already in the
-display time zone. Every title and axis label goes through t()."""
+display time zone, and the chosen range as an `Axis`. Every title, axis label and tick label goes through t().
+
+Two rules every chart follows:
+- the x axis spans the chosen range with ticks on whole buckets, labelled in the session's language (one bucket
+  of data is one bar in a week, not a zoom into fractions of a millisecond);
+- a group (model, key, project, status, outcome) has one colour everywhere: `colour(name)` hashes the name into a
+  fixed palette, so "gemini-2.5-flash" is the same colour on every chart of every page.
+"""
 
 from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.i18n import t
+from dashboard.i18n import current, t
 
 SUCCESS = "#2e9e5b"
 FAILURE = "#d9534f"
 P50 = "#4c78a8"
 P95 = "#f58518"
 TOKENS = "#7b61ff"
+OTHERS = "#b0b0b0"
 HEIGHT = 320
+MAX_TICKS = 12
+# Tableau-like qualitative palette without the success green / failure red / grey used above.
+PALETTE = (
+    "#4c78a8",
+    "#f58518",
+    "#72b7b2",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#eeca3b",
+    "#54a24b",
+    "#439894",
+    "#83bcb6",
+    "#e45756",
+    "#bab0ac",
+    "#d67195",
+    "#fcbfd2",
+    "#8f6d31",
+    "#1f77b4",
+    "#9467bd",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
+BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+FREQ = {"hour": "h", "day": "D", "week": "W-MON", "month": "MS"}
+MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def _layout(fig: go.Figure, title: str, y_title: str, tz: str, *, stacked: bool = False) -> go.Figure:
+def colour(name: object) -> str:
+    """The one colour of a group, the same on every chart and page (CRC32 of the name into PALETTE)."""
+    if name in (None, "…"):
+        return OTHERS
+    return PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The chosen range in display-zone wall-clock time: [start 00:00, end + 1 day 00:00), bucketed."""
+
+    granularity: str
+    start: date
+    end: date
+    tz: str
+
+    @property
+    def lo(self) -> datetime:
+        return datetime.combine(self.start, time.min)
+
+    @property
+    def hi(self) -> datetime:
+        return datetime.combine(self.end + timedelta(days=1), time.min)
+
+    def buckets(self) -> pd.DatetimeIndex:
+        """Every bucket start that overlaps the range (the first week/month may start before it)."""
+        first = pd.Timestamp(self.lo)
+        if self.granularity == "week":
+            first -= pd.Timedelta(days=first.weekday())
+        elif self.granularity == "month":
+            first = first.replace(day=1)
+        return pd.date_range(first, pd.Timestamp(self.hi), freq=FREQ[self.granularity], inclusive="left")
+
+    def span(self) -> tuple[datetime, datetime]:
+        """The x range: from the first bucket's start to the last one's end (whole buckets, the range inside)."""
+        buckets = self.buckets()
+        last = buckets[-1] + (pd.DateOffset(months=1) if self.granularity == "month" else BUCKET[self.granularity])
+        return buckets[0].to_pydatetime(), max(self.hi, last.to_pydatetime())
+
+    def width_ms(self) -> float:
+        """A bar's width: 80 % of its bucket."""
+        span = BUCKET.get(self.granularity, timedelta(days=30))
+        return span.total_seconds() * 1000 * 0.8
+
+
+def tick_label(ts: pd.Timestamp, granularity: str, with_date: bool) -> str:
+    """A tick's text in the session's language (no browser locale needed)."""
+    zh = current() == "zh"
+    if granularity == "month":
+        return f"{ts.year}年{ts.month}月" if zh else f"{MONTHS_EN[ts.month - 1]} {ts.year}"
+    day = f"{ts.month}月{ts.day}日" if zh else f"{MONTHS_EN[ts.month - 1]} {ts.day}"
+    if granularity == "hour":
+        clock = f"{ts.hour:02d}:00"
+        return f"{clock}<br>{day}" if with_date else clock
+    return day
+
+
+def _x_axis(fig: go.Figure, axis: Axis) -> None:
+    buckets = axis.buckets()
+    step = max(1, -(-len(buckets) // MAX_TICKS))
+    if axis.granularity == "hour" and step < 24:  # keep hourly ticks on round hours (every 1, 2, 3, 4, 6, 12 h)
+        step = next(s for s in (1, 2, 3, 4, 6, 12, 24) if s >= step)
+    ticks = list(buckets[::step])
+    labels = [tick_label(ts, axis.granularity, i == 0 or ts.hour < step) for i, ts in enumerate(ticks)]
+    fig.update_xaxes(
+        type="date",
+        range=list(axis.span()),
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=labels,
+        hoverformat="%Y-%m-%d %H:%M",
+        showgrid=True,
+    )
+
+
+def _layout(fig: go.Figure, title: str, y_title: str, axis: Axis, *, stacked: bool = False) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0, "xanchor": "left"},
         height=HEIGHT,
@@ -24,9 +138,12 @@ def _layout(fig: go.Figure, title: str, y_title: str, tz: str, *, stacked: bool 
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
         hovermode="x unified",
         barmode="stack" if stacked else None,
-        xaxis_title=t("chart.time", tz=tz),
+        xaxis_title=t("chart.time", tz=axis.tz),
         yaxis_title=y_title,
+        separators=".,",
     )
+    _x_axis(fig, axis)
+    fig.update_yaxes(rangemode="tozero", tickformat=",~r")
     return fig
 
 
@@ -36,67 +153,100 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(df[col], errors="coerce")
 
 
-def calls(df: pd.DataFrame, tz: str) -> go.Figure:
+COUNTS = ("calls", "successes", "failures", "total_tokens", "prompt_tokens", "output_tokens")
+
+
+def complete(df: pd.DataFrame, axis: Axis) -> pd.DataFrame:
+    """One row per bucket of the range: missing buckets count zero calls; rates and latencies stay gaps."""
+    full = pd.DataFrame({"bucket": axis.buckets()})
+    out = full.merge(df, on="bucket", how="left")
+    for col in COUNTS:
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce").fillna(0)
+    return out
+
+
+def _bar(x: pd.Series, y: pd.Series, name: str, colour_: str, axis: Axis) -> go.Bar:
+    # offset=0: the bar starts at its bucket's start and covers 80 % of the bucket, as the axis ticks suggest.
+    return go.Bar(x=x, y=y, name=name, marker_color=colour_, width=axis.width_ms(), offset=0)
+
+
+def calls(df: pd.DataFrame, axis: Axis) -> go.Figure:
     """Stacked bars: successful and failed calls per bucket."""
+    df = complete(df, axis)
     fig = go.Figure(
         [
-            go.Bar(x=df["bucket"], y=_num(df, "successes"), name=t("chart.success"), marker_color=SUCCESS),
-            go.Bar(x=df["bucket"], y=_num(df, "failures"), name=t("chart.failure"), marker_color=FAILURE),
+            _bar(df["bucket"], _num(df, "successes"), t("chart.success"), SUCCESS, axis),
+            _bar(df["bucket"], _num(df, "failures"), t("chart.failure"), FAILURE, axis),
         ]
     )
-    return _layout(fig, t("chart.calls"), t("chart.count"), tz, stacked=True)
+    return _layout(fig, t("chart.calls"), t("chart.count"), axis, stacked=True)
 
 
-def success_rate(df: pd.DataFrame, tz: str) -> go.Figure:
-    rate = _num(df, "success_rate")
-    if rate.max(skipna=True) > 1.0:  # the API may answer percent instead of a ratio
-        rate = rate / 100.0
+def success_rate(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    df = complete(df, axis)
     fig = go.Figure(
-        go.Scatter(x=df["bucket"], y=rate, name=t("chart.rate"), mode="lines+markers", line={"color": SUCCESS})
+        go.Scatter(
+            x=df["bucket"],
+            y=_num(df, "success_rate"),
+            name=t("chart.rate"),
+            mode="lines+markers",
+            line={"color": SUCCESS},
+        )
     )
-    fig = _layout(fig, t("chart.success_rate"), t("chart.rate"), tz)
+    fig = _layout(fig, t("chart.success_rate"), t("chart.rate"), axis)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.05])
     return fig
 
 
-def latency(df: pd.DataFrame, tz: str) -> go.Figure:
+def latency(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    df = complete(df, axis)
     fig = go.Figure(
         [
             go.Scatter(
                 x=df["bucket"],
-                y=_num(df, "p50_latency_ms"),
+                y=_num(df, "p50_latency_ms").round(),
                 name=t("chart.p50"),
                 mode="lines+markers",
                 line={"color": P50},
             ),
             go.Scatter(
                 x=df["bucket"],
-                y=_num(df, "p95_latency_ms"),
+                y=_num(df, "p95_latency_ms").round(),
                 name=t("chart.p95"),
                 mode="lines+markers",
                 line={"color": P95},
             ),
         ]
     )
-    return _layout(fig, t("chart.latency"), t("chart.ms"), tz)
+    return _layout(fig, t("chart.latency"), t("chart.ms"), axis)
 
 
-def tokens(df: pd.DataFrame, tz: str) -> go.Figure:
-    fig = go.Figure(go.Bar(x=df["bucket"], y=_num(df, "total_tokens"), name=t("chart.tokens"), marker_color=TOKENS))
-    return _layout(fig, t("chart.tokens"), t("chart.token_count"), tz)
+def tokens(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    df = complete(df, axis)
+    fig = go.Figure(_bar(df["bucket"], _num(df, "total_tokens"), t("chart.tokens"), TOKENS, axis))
+    return _layout(fig, t("chart.tokens"), t("chart.token_count"), axis)
 
 
-def breakdown(df: pd.DataFrame, metric: str, dim: str, tz: str, top: int = 12) -> go.Figure:
+def group_label(dim: str, value: object) -> str:
+    """A group's name on a legend: a missing key is a call that never reached one; blanks are "–"."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return t("common.no_key") if dim == "key" else "–"
+    return str(value)
+
+
+def breakdown(df: pd.DataFrame, metric: str, dim: str, axis: Axis, top: int = 12) -> go.Figure:
     """Stacked bars of `metric` per bucket, one trace per group (the `top` biggest groups, the rest as "…")."""
-    data = df.assign(group=df["group"].fillna("–").astype(str), value=_num(df, metric).fillna(0))
+    data = df.assign(group=[group_label(dim, g) for g in df["group"]], value=_num(df, metric).fillna(0))
     order = data.groupby("group")["value"].sum().sort_values(ascending=False)
+    order = order.iloc[sorted(range(len(order)), key=lambda i: (-order.iloc[i], order.index[i]))]
     keep = set(order.index[:top])
     data["group"] = data["group"].where(data["group"].isin(keep), "…")
     data = data.groupby(["bucket", "group"], as_index=False)["value"].sum()
     fig = go.Figure()
     for group in [g for g in order.index if g in keep] + (["…"] if len(order) > top else []):
         part = data[data["group"] == group]
-        fig.add_trace(go.Bar(x=part["bucket"], y=part["value"], name=group))
+        fig.add_trace(_bar(part["bucket"], part["value"], group, colour(group), axis))
     title_key = "chart.calls_by" if metric == "calls" else "chart.tokens_by"
     y_title = t("chart.count") if metric == "calls" else t("chart.token_count")
-    return _layout(fig, t(title_key, dim=t(f"dim.{dim}").lower()), y_title, tz, stacked=True)
+    return _layout(fig, t(title_key, dim=t(f"dim.{dim}").lower()), y_title, axis, stacked=True)

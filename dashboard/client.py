@@ -24,7 +24,9 @@ KEY_STATUSES = ("active", "cooling", "invalid", "disabled")
 class AdminError(Exception):
     """A failed admin call, with a message fit for the screen.
 
-    kind: unreachable · unauthorized · timeout · invalid (422: see `errors`) · not_found · server · api
+    kind: unreachable · unauthorized · timeout · invalid (422: see `errors`) · not_found · server · api.
+    reason: the proxy's machine-readable `error.reason` (e.g. "query_failed"), which the dashboard translates;
+    detail: the part of the message that is data (e.g. DuckDB's own parser message), shown as is.
     """
 
     def __init__(
@@ -36,9 +38,13 @@ class AdminError(Exception):
         field: str | None = None,
         errors: dict[str, str] | None = None,
         cause: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.cause = cause
+        self.reason = reason
+        self.detail = detail
         self.kind = kind
         self.message = message
         self.status = status
@@ -157,32 +163,37 @@ class AdminClient:
         raise self._error(resp)
 
     def _error(self, resp: httpx.Response) -> AdminError:
+        """The API's one error shape: {"error": {"code", "message", "field"?, "reason"?, "detail"?}, "errors"?}."""
         status = resp.status_code
-        body: dict[str, Any] = {}
         try:
-            parsed = resp.json()
-            body = parsed if isinstance(parsed, dict) else {}
+            body = resp.json()
         except ValueError:
-            pass
-        raw_err = body.get("error")
-        err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
-        message = str(err.get("message") or resp.text[:300] or resp.reason_phrase or f"HTTP {status}")
-        field_name = err.get("field")
+            body = {}
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):  # not the admin API answering (a proxy in between, a wrong URL)
+            return AdminError(
+                "not_found" if status == 404 else "server" if status >= 500 else "api",
+                resp.text[:300] or f"HTTP {status}",
+                status=status,
+            )
+        message, field_name = str(err.get("message") or f"HTTP {status}"), err.get("field")
+        reason, detail = err.get("reason"), err.get("detail")
+
+        def error(kind: str, text: str = message, errors: dict[str, str] | None = None) -> AdminError:
+            return AdminError(kind, text, status=status, field=field_name, errors=errors, reason=reason, detail=detail)
+
         if status == 401:
-            return AdminError("unauthorized", "The admin token was not accepted.", status=status)
+            return error("unauthorized", "The admin token was not accepted.")
         if status == 403:
-            return AdminError("unauthorized", message, status=status)
+            return error("unauthorized")
         if status == 404:
-            return AdminError("not_found", message, status=status)
+            return error("not_found")
         if status == 422:
-            raw = body.get("errors")
-            errors: dict[str, str] = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+            errors = {str(k): str(v) for k, v in (body.get("errors") or {}).items()}
             if field_name and field_name not in errors:
-                errors = {**errors, field_name: message}
-            return AdminError("invalid", message, status=status, field=field_name, errors=errors)
-        if status >= 500:
-            return AdminError("server", message, status=status)
-        return AdminError("api", message, status=status, field=field_name)
+                errors[field_name] = message
+            return error("invalid", errors=errors)
+        return error("server" if status >= 500 else "api")
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._request(method, path, **kw)
@@ -195,11 +206,6 @@ class AdminClient:
 
     def close(self) -> None:
         self.http.close()
-
-    # -- session -------------------------------------------------------------------------------------------------
-    def check(self) -> dict[str, Any]:
-        """One authenticated call that proves the URL and the token; returns the config (for language, tz)."""
-        return self.config()
 
     # -- keys ----------------------------------------------------------------------------------------------------
     def keys(
@@ -232,23 +238,16 @@ class AdminClient:
                 page_size=page_size,
             ),
         )
-        items = _frame(data.get("items") or [], KEY_COLUMNS, KEY_TIMES)
-        counts = {s: int((data.get("counts") or {}).get(s, 0)) for s in KEY_STATUSES}
-        return KeyPage(
-            items,
-            int(data.get("total", len(items))),
-            int(data.get("page", page)),
-            int(data.get("page_size", page_size)),
-            counts,
-        )
+        items = _frame(data["items"], KEY_COLUMNS, KEY_TIMES)
+        counts = {s: int(data["counts"].get(s, 0)) for s in KEY_STATUSES}
+        return KeyPage(items, int(data["total"]), int(data["page"]), int(data["page_size"]), counts)
 
     def key(self, key_id: str) -> dict[str, Any]:
         """Details: {"key", "usage_by_model", "recent_calls", "cooldowns", "headroom"} (lists as DataFrames)."""
         data = self._json("GET", f"/keys/{key_id}")
-        out: dict[str, Any] = {"key": data.get("key") or {}}
+        out: dict[str, Any] = {"key": data["key"]}
         for name in ("usage_by_model", "recent_calls", "cooldowns", "headroom"):
-            value = data.get(name) or []
-            out[name] = _frame(value if isinstance(value, list) else [value], times=("ts", "until", "last_ts"))
+            out[name] = _frame(data[name], times=("ts", "until", "last_ts"))
         return out
 
     def add_keys(self, text: str, project: str | None = None, label: str | None = None) -> dict[str, Any]:
@@ -262,11 +261,11 @@ class AdminClient:
     def key_action(self, key_id: str, action: str) -> dict[str, Any]:
         """verify | reset | enable | disable | delete on one key."""
         if action == "delete":
-            return self._json("DELETE", f"/keys/{key_id}") or {"id": key_id, "ok": True}
+            return dict(self._json("DELETE", f"/keys/{key_id}"))
         return self._json("POST", f"/keys/{key_id}/{action}", timeout=max(self.timeout, 60.0))
 
     def reveal(self, key_id: str) -> str:
-        return str(self._json("POST", f"/keys/{key_id}/reveal").get("secret", ""))
+        return str(self._json("POST", f"/keys/{key_id}/reveal")["secret"])
 
     def batch(self, action: str, ids: list[str]) -> dict[str, Any]:
         return self._json("POST", "/keys/batch", json={"action": action, "ids": list(ids)}, timeout=120.0)
@@ -322,10 +321,10 @@ class AdminClient:
         return self._json("GET", "/config")
 
     def update_config(self, patch: dict[str, Any]) -> dict[str, Any]:
-        return self._json("PATCH", "/config", json=patch).get("values", {})
+        return self._json("PATCH", "/config", json=patch)["values"]
 
     def reset_config(self) -> dict[str, Any]:
-        return self._json("POST", "/config/reset").get("values", {})
+        return self._json("POST", "/config/reset")["values"]
 
     # -- error logs ----------------------------------------------------------------------------------------------
     def errors(
@@ -346,13 +345,8 @@ class AdminClient:
         )
         params.update(_params(**{"from": start, "to": end}))
         data = self._json("GET", "/errors", params=params)
-        items = _frame(data.get("items") or [], ERROR_COLUMNS, ("ts",))
-        return ErrorPage(
-            items,
-            int(data.get("total", len(items))),
-            int(data.get("page", page)),
-            int(data.get("page_size", page_size)),
-        )
+        items = _frame(data["items"], ERROR_COLUMNS, ("ts",))
+        return ErrorPage(items, int(data["total"]), int(data["page"]), int(data["page_size"]))
 
     def error(self, error_id: str) -> dict[str, Any]:
         return self._json("GET", f"/errors/{error_id}")
@@ -376,7 +370,7 @@ class AdminClient:
                     if v not in (None, "")
                 }
             }
-        return int(self._json("POST", "/errors/delete", json=body).get("deleted", 0))
+        return int(self._json("POST", "/errors/delete", json=body)["deleted"])
 
     # -- stats ---------------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -392,17 +386,16 @@ class AdminClient:
         params = _params(granularity=granularity, group_by=group_by, format="arrow")
         params.update(_params(**{"from": start, "to": end}))
         resp = self._request("GET", "/stats/series", params=params)
-        df = self._table(resp, "rows")
-        if "bucket" in df.columns:
-            df["bucket"] = _utc(df["bucket"])
+        df = _arrow(resp)
+        df["bucket"] = _utc(df["bucket"])
         return df
 
     def top(
         self, dim: str, start: datetime | str | None = None, end: datetime | str | None = None, limit: int = 10
     ) -> pd.DataFrame:
-        params = _params(dim=dim, limit=limit)
+        params = _params(dim=dim, limit=limit, format="arrow")
         params.update(_params(**{"from": start, "to": end}))
-        return self._table(self._request("GET", "/stats/top", params=params), "rows", "items")
+        return _arrow(self._request("GET", "/stats/top", params=params))
 
     # -- forecasts -----------------------------------------------------------------------------------------------
     def forecast_quota(self) -> dict[str, Any]:
@@ -434,45 +427,20 @@ class AdminClient:
     # -- SQL -----------------------------------------------------------------------------------------------------
     def query(self, sql: str, *, timeout: float = 120.0) -> QueryResult:
         resp = self._request("POST", "/query", json={"sql": sql, "format": "arrow"}, timeout=timeout)
-        truncated = resp.headers.get("x-keyrack-truncated", "").lower() in ("1", "true", "yes")
+        truncated = resp.headers.get("x-keyrack-truncated") == "true"
         elapsed = resp.headers.get("x-keyrack-elapsed-ms")
-        frame = self._table(resp, "rows")
-        if isinstance(resp_json := getattr(resp, "_keyrack_json", None), dict):
-            truncated = truncated or bool(resp_json.get("truncated"))
-        return QueryResult(frame, truncated, float(elapsed) if elapsed else None)
+        return QueryResult(_arrow(resp), truncated, float(elapsed) if elapsed else None)
 
     def schema(self) -> dict[str, list[dict[str, str]]]:
-        return self._json("GET", "/schema").get("tables", {})
+        return dict(self._json("GET", "/schema")["tables"])
 
     def export(self) -> dict[str, Any]:
         return self._json("POST", "/export", timeout=300.0)
 
-    # -- decoding ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _table(resp: httpx.Response, *json_keys: str) -> pd.DataFrame:
-        """An Arrow IPC stream or a JSON answer ({"columns", "rows"} or {"rows": [{...}]} or [{...}]) → DataFrame."""
-        ctype = resp.headers.get("content-type", "")
-        if "arrow" in ctype or (resp.content[:4] == b"\xff\xff\xff\xff"):
-            try:
-                table = pa.ipc.open_stream(io.BytesIO(resp.content)).read_all()
-            except pa.ArrowInvalid:
-                table = pa.ipc.open_file(io.BytesIO(resp.content)).read_all()
-            return table.to_pandas()
-        data = resp.json()
-        if isinstance(data, list):
-            return pd.DataFrame(data)
-        resp._keyrack_json = data  # type: ignore[attr-defined]  # remembered for flags such as "truncated"
-        for key in json_keys:
-            rows = data.get(key)
-            if rows is None:
-                continue
-            if rows and isinstance(rows[0], (list, tuple)):
-                return pd.DataFrame(rows, columns=data.get("columns"))
-            if not rows and data.get("columns"):
-                cols = [c if isinstance(c, str) else c.get("name") for c in data["columns"]]
-                return pd.DataFrame(columns=cols)
-            return pd.DataFrame(rows)
-        return pd.DataFrame()
+
+def _arrow(resp: httpx.Response) -> pd.DataFrame:
+    """The Arrow IPC stream the tabular endpoints answer with (format=arrow) → DataFrame."""
+    return pa.ipc.open_stream(io.BytesIO(resp.content)).read_all().to_pandas()
 
 
 def _utc(col: pd.Series) -> pd.Series:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import cache, dialogs, fmt
 from dashboard.client import AdminError
 from dashboard.i18n import t
 
@@ -28,7 +28,7 @@ def editor() -> None:
     with st.container(border=True):
         st.subheader(t("config.clients_title"))
         st.caption(t("config.clients_intro"))
-        items = ui.safe("clients", ttl=30.0)
+        items = cache.safe(cache.api().clients, ttl=30.0)()
         if items is None:
             return
         if not items:
@@ -36,15 +36,15 @@ def editor() -> None:
             return
         df = frame(items)
         edited = st.data_editor(df, key="cfg_clients", hide_index=True, width="stretch",
-                                disabled=["client_id", "token", "calls_90d"], column_config=ui.column_labels(df))  # fmt: skip
+                                disabled=["client_id", "token", "calls_90d"], column_config=fmt.column_labels(df))  # fmt: skip
         labels = labels_of(edited)
         if st.button(t("config.clients_save"), icon=":material/save:", key="cfg_clients_save",
                      disabled=labels == labels_of(df)):  # fmt: skip
             try:
-                ui.client().update_config({FIELD: labels})
+                cache.api().update_config({FIELD: labels})
             except AdminError as exc:
-                st.error(exc.errors.get(FIELD) or ui.error_text(exc))
+                st.error(exc.errors.get(FIELD) or fmt.error_text(exc))
                 return
-            ui.bump()
-            ui.flash(t("config.clients_saved"))
+            cache.bump()
+            dialogs.flash(t("config.clients_saved"))
             st.rerun()

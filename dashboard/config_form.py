@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import auth, cache, dialogs, fmt
 from dashboard.client import AdminError
 from dashboard.i18n import EN, LANGUAGES, t
 
@@ -132,24 +132,24 @@ def save(fields: list[dict[str, Any]], values: dict[str, Any]) -> None:
     if bad or not patch:
         return
     try:
-        saved = ui.client().update_config(patch)
+        saved = cache.api().update_config(patch)
     except AdminError as exc:
         if exc.kind == "invalid":
             shown = {f["name"]: current(f, values) for f in fields}
             st.session_state[ERRORS] = {"errors": exc.errors or {"config": exc.message}, "shown": shown}
             st.session_state["cfg_flash_invalid"] = True
         else:
-            ui.flash(ui.error_text(exc), "error")
+            dialogs.flash(fmt.error_text(exc), "error")
         st.rerun()
     if "language" in patch and saved.get("language") in LANGUAGES:
-        ui.set_language(saved["language"])
+        auth.set_language(saved["language"])
     clear_widgets()
-    ui.bump()
-    ui.flash(t("config.saved", n=len(patch)))
+    cache.bump()
+    dialogs.flash(t("config.saved", n=len(patch)))
     st.rerun()
 
 
 def reset(_payload: dict[str, Any]) -> None:
-    ui.client().reset_config()
+    cache.api().reset_config()
     clear_widgets()
-    ui.flash(t("config.reset_done"))
+    dialogs.flash(t("config.reset_done"))

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import cache, dialogs, fmt, times
 from dashboard.client import AdminClient
 from dashboard.i18n import t
 
@@ -19,19 +19,19 @@ CSV_PAGE = 1000
 
 def filters() -> dict[str, Any]:
     """The filter widgets → the API's filter dict (keys as in GET /errors: from, to, key_id, ...)."""
-    today = ui.today()
+    today = times.today()
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
     picked = c1.date_input(
         t("common.date_range"), value=(today - timedelta(days=6), today), key="err_range", format="YYYY-MM-DD"
     )
-    start, end = ui.date_range(picked, (today - timedelta(days=6), today))
+    start, end = times.date_range(picked, (today - timedelta(days=6), today))
     key_id = c2.text_input(t("errors.key"), key="err_key")
     model = c3.text_input(t("errors.model"), key="err_model")
     status = c4.text_input(t("errors.status"), key="err_status")
     c5, c6 = st.columns([1, 3])
     error_type = c5.text_input(t("errors.type"), key="err_type")
     q = c6.text_input(t("errors.q"), key="err_q")
-    lo, hi = ui.day_range_utc(start, end)
+    lo, hi = times.day_range_utc(start, end)
     return {
         "from": lo,
         "to": hi,
@@ -61,8 +61,10 @@ def table_frame(items: pd.DataFrame) -> pd.DataFrame:
     }
     df = pd.DataFrame({new: items.get(old) for old, new in cols.items()})
     if not df.empty:
-        df["ts"] = ui.local(df["ts"])
-        df["message"] = df["message"].astype("string").str.slice(0, 300)
+        df["ts"] = times.local(df["ts"])
+        for col in ("key", "model", "type", "request"):
+            df[col] = df[col].map(fmt.text)
+        df["message"] = df["message"].map(fmt.text).str.slice(0, 300)
     return df
 
 
@@ -70,12 +72,12 @@ def column_config() -> dict[str, Any]:
     cc = st.column_config
     return {
         "ts": cc.DatetimeColumn(t("errors.col_time"), format="YYYY-MM-DD HH:mm:ss"),
-        "key": cc.TextColumn(t("errors.col_key"), width="small"),
-        "model": cc.TextColumn(t("errors.col_model"), width="small"),
+        "key": cc.TextColumn(t("errors.col_key"), width="medium"),
+        "model": cc.TextColumn(t("errors.col_model"), width="medium"),
         "status": cc.NumberColumn(t("errors.col_status"), width="small", format="%d"),
-        "type": cc.TextColumn(t("errors.col_type"), width="small"),
+        "type": cc.TextColumn(t("errors.col_type"), width="medium"),
         "message": cc.TextColumn(t("errors.col_message"), width="large"),
-        "request": cc.TextColumn(t("errors.col_request"), width="small"),
+        "request": cc.TextColumn(t("errors.col_request"), width="medium"),
     }
 
 
@@ -107,11 +109,11 @@ def _pretty(text: Any) -> tuple[str, str | None]:
 
 
 def detail_dialog(state: dict[str, Any]) -> None:
-    entry = ui.safe("error", state["id"])
+    entry = cache.safe(cache.api().error)(state["id"])
     if entry is None:
         return
     ts = pd.Series(pd.to_datetime([entry.get("ts")], utc=True, errors="coerce", format="ISO8601"))
-    when = ui.local(ts).iloc[0]
+    when = times.local(ts).iloc[0]
     when = when.strftime("%Y-%m-%d %H:%M:%S") if pd.notna(when) else "–"
     st.caption(
         t(
@@ -134,15 +136,15 @@ def detail_dialog(state: dict[str, Any]) -> None:
         st.markdown(f"**{t(title)}**")
         value = entry.get(field)
         if value in (None, ""):
-            off = field == "request_body" and not ui.config_values().get("log_request_bodies")
+            off = field == "request_body" and not cache.config_values().get("log_request_bodies")
             st.caption(t("errors.request_body_off") if off else t("errors.not_recorded"))
         else:
             text, lang = _pretty(value)
             st.code(text, language=lang or "text", wrap_lines=True, height=min(400, 40 + 20 * text.count("\n")))
     if st.button(t("common.close"), key="err_detail_close"):
-        ui.close_dialog()
+        dialogs.close_dialog()
 
 
 def delete_errors(payload: dict[str, Any]) -> None:
-    n = ui.client().delete_errors(**payload)
-    ui.flash(t("errors.deleted", n=ui.fmt_int(n)))
+    n = cache.api().delete_errors(**payload)
+    dialogs.flash(t("errors.deleted", n=fmt.fmt_int(n)))

@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard import cache, fmt, paging, sql_tools, times
 from dashboard import explore_view as ev
-from dashboard import sql_tools, ui
 from dashboard.client import AdminError
 from dashboard.i18n import t
 
@@ -35,7 +35,7 @@ def _seed(v: ev.View, today: date) -> None:
 
 
 def controls() -> ev.View:
-    today = ui.today()
+    today = times.today()
     params = {k: st.query_params[k] for k in st.query_params}
     if params != st.session_state.get("_ex_url") or KEYS["measure"] not in st.session_state:
         _seed(ev.from_params(params), today)
@@ -48,7 +48,7 @@ def controls() -> ev.View:
                                 key=KEYS["view"]) or "pivot"  # fmt: skip
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
     picked = c1.date_input(t("common.date_range"), key=KEYS["range"], max_value=today, format="YYYY-MM-DD")
-    start, end = ui.date_range(picked, (today - timedelta(days=6), today))
+    start, end = times.date_range(picked, (today - timedelta(days=6), today))
     top_n = c2.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=KEYS["top_n"])
     compare = c3.toggle(t("explore.compare"), key=KEYS["compare"])
     filters: dict[str, list[str]] = st.session_state.setdefault("ex_filters", {})
@@ -87,10 +87,10 @@ def _options(dim: str, start: date, end: date) -> list[str]:
         return [str(h) for h in range(24)]
     if dim == "day_of_week":
         return [str(d) for d in range(1, 8)]
-    lo, hi = ui.day_range_utc(start, end)
+    lo, hi = times.day_range_utc(start, end)
     body = {"measures": ["calls"], "dimensions": [dim], "top_n": 200, "from": lo.isoformat(), "to": hi.isoformat()}
     try:
-        df, _ = ui.fetch("explore", body, ttl=60.0)
+        df, _ = cache.cached(cache.api().explore, ttl=60.0)(body)
     except AdminError:
         return []
     values = [ev.NONE if v is None else str(v) for v in df[dim]] if dim in df else []
@@ -98,8 +98,8 @@ def _options(dim: str, start: date, end: date) -> list[str]:
 
 
 def fetch(v: ev.View) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    lo, hi = ui.day_range_utc(*v.range(ui.today()))
-    answer = ui.safe("explore", ev.request(v, lo, hi), ttl=15.0)
+    lo, hi = times.day_range_utc(*v.range(times.today()))
+    answer = cache.safe(cache.api().explore, ttl=15.0)(ev.request(v, lo, hi))
     if answer is None:
         return None
     df, meta = answer
@@ -171,23 +171,23 @@ def downloads(df: pd.DataFrame) -> None:
 
 
 def drill(v: ev.View, cell: dict[str, Any]) -> None:
-    lo, hi = ui.day_range_utc(*v.range(ui.today()))
+    lo, hi = times.day_range_utc(*v.range(times.today()))
     body = ev.request(v, lo, hi)
     body = {"from": body["from"], "to": body["to"], "filters": body.get("filters", {}), "cell": cell, "limit": 200}
-    found = ui.safe("explore_calls", body, ttl=15.0)
+    found = cache.safe(cache.api().explore_calls, ttl=15.0)(body)
     if found is None:
         return
     what = " · ".join(f"{t(f'dim.{d}')} = {ev.NONE if x is None else x}" for d, x in cell.items())
     st.subheader(t("explore.drill_title", what=what))
     items = pd.DataFrame(found.get("items", []))
-    st.caption(t("explore.drill_count", n=ui.fmt_int(len(items))))
+    st.caption(t("explore.drill_count", n=fmt.fmt_int(len(items))))
     if not items.empty:
         shown = ev.calls_frame(items)
         st.dataframe(shown, key="ex_calls", hide_index=True, width="stretch", on_select="rerun",
-                     selection_mode="single-row", column_config=ui.column_labels(shown))  # fmt: skip
-        rows = ui.selected_rows("ex_calls")
+                     selection_mode="single-row", column_config=fmt.column_labels(shown))  # fmt: skip
+        rows = paging.selected_rows("ex_calls")
         if rows and rows[0] < len(items) and items.iloc[rows[0]].get("error_id"):
-            entry = ui.safe("error", str(items.iloc[rows[0]]["error_id"]))
+            entry = cache.safe(cache.api().error)(str(items.iloc[rows[0]]["error_id"]))
             if entry:
                 with st.expander(t("explore.error_entry", id=entry.get("id", "")), expanded=True):
                     st.json(entry)

@@ -216,14 +216,14 @@ def soonest_card() -> None:
     """The Monitor page's card: the soonest projected exhaustion today (details on the Forecast page)."""
     import streamlit as st
 
-    from dashboard import ui
+    from dashboard import cache, times
     from dashboard.client import AdminError
 
     try:
-        quota = ui.fetch("forecast_quota", ttl=5.0)
+        quota = cache.cached(cache.api().forecast_quota, ttl=5.0)()
     except AdminError:
         return  # the Monitor page stays useful without it (e.g. a proxy without forecasts)
-    value, caption = soonest_text(quota, ui.tz())
+    value, caption = soonest_text(quota, times.tz())
     col, _rest = st.columns([1, 3])
     col.metric(t("forecast.card_title"), value, border=True, help=caption)
     col.caption(caption)

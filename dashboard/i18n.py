@@ -41,9 +41,12 @@ def current() -> str:
 def t(key: str, /, **kw: Any) -> str:
     """The text for `key` in the session's language (falls back to English, then to the key itself).
 
-    Keyword arguments fill the placeholders; `_lang="zh"` picks a language explicitly.
+    Keyword arguments fill the placeholders; `_lang="zh"` picks a language explicitly. When `n` (or `total`) is 1
+    and a `<key>.one` text exists, that singular form is used.
     """
     table = STRINGS.get(kw.pop("_lang", None) or current(), STRINGS[DEFAULT])
+    if f"{key}.one" in EN and str(kw.get("n", kw.get("total"))) == "1":  # "1 setting", not "1 settings"
+        key = f"{key}.one"
     text = table.get(key) or STRINGS[DEFAULT].get(key) or key
     if kw:
         try:
@@ -51,6 +54,26 @@ def t(key: str, /, **kw: Any) -> str:
         except (KeyError, IndexError, ValueError):
             return text
     return text
+
+
+def wkey(name: str) -> str:
+    """The key of a widget whose options are formatted through t(): one per language.
+
+    Streamlit keeps a selectbox's (or multiselect's, segmented control's) value as the option's formatted text; after
+    a language switch the old text matches no option, so the widget shows English until the next rerun. A key per
+    language gives the widget a fresh identity; `carry_widgets` moves the chosen values across.
+    """
+    return f"{name}.{current()}"
+
+
+def carry_widgets(old: str, new: str) -> None:
+    """Copy the values of `wkey` widgets from language `old` to `new` (call from the language selector's callback,
+    before any widget of the new run exists)."""
+    if st is None or old == new:
+        return
+    suffix = f".{old}"
+    for name in [k for k in st.session_state if isinstance(k, str) and k.endswith(suffix)]:
+        st.session_state[f"{name[: -len(suffix)]}.{new}"] = st.session_state[name]
 
 
 EN: dict[str, str] = {}
@@ -102,15 +125,29 @@ _add("error.not_found", "Not found (it may have just been deleted).", "未找到
 _add("error.server", "The proxy reported an internal error.", "代理内部错误。")
 _add("error.api", "The proxy refused the request.", "代理拒绝了该请求。")
 _add("error.detail", "Details: {msg}", "详情：{msg}")
+# -- the proxy's machine-readable error reasons (error.reason in the admin API's answers) --------------------------
+_add("reason.sql_empty", "Write a query first.", "请先输入查询。")
+_add("reason.sql_required", "Write a query first.", "请先输入查询。")
+_add("reason.query_not_allowed", "Query not allowed: {detail}", "不允许执行该查询：{detail}")
+_add("reason.query_failed", "Query failed: {detail}", "查询失败：{detail}")
+_add("reason.query_timeout", "Query interrupted at the time limit: {detail}", "查询超过时间上限，已中断：{detail}")
+_add("reason.invalid_value", "Invalid value for {field}: {detail}", "{field} 的取值无效：{detail}")
+_add("reason.invalid_body", "The request body is not valid JSON: {detail}", "请求体不是有效的 JSON：{detail}")
+_add("reason.not_found", "Not found: {detail}", "未找到：{detail}")
+_add("reason.too_many_buckets", "Too many buckets in that range: choose a coarser granularity.",
+     "该范围内的时间桶过多：请选择更粗的粒度。")
 # -- common ----------------------------------------------------------------------------------------------------
 _add("common.close", "Close", "关闭")
 _add("common.cancel", "Cancel", "取消")
 _add("common.confirm", "Confirm", "确认")
 _add("common.confirm_title", "Please confirm", "请确认")
 _add("common.all", "All", "全部")
+_add("common.no_key", "(no key: refused / unauthorised)", "（无密钥：被拒绝 / 未授权）")
+_add("common.choose", "Choose…", "请选择…")
 _add("common.page", "Page", "页码")
 _add("common.page_size", "Rows per page", "每页行数")
 _add("common.page_of", "Page {page} of {pages} · {total} rows", "第 {page} / {pages} 页 · 共 {total} 行")
+_add("common.page_of.one", "Page {page} of {pages} · {total} row", "第 {page} / {pages} 页 · 共 {total} 行")
 _add("common.none", "Nothing to show.", "暂无数据。")
 _add("common.dismiss", "Dismiss", "关闭提示")
 _add("common.download_csv", "Download CSV", "下载 CSV")
@@ -147,6 +184,7 @@ _add("monitor.filter_project", "Project", "项目")
 _add("monitor.filter_created", "Created between", "创建时间")
 _add("monitor.filter_failures", "Failures ≥", "失败次数 ≥")
 _add("monitor.add_keys", "Add keys", "添加密钥")
+_add("monitor.cooling_item", "{model} until {until}", "{model}（至 {until}）")
 _add("monitor.active_section", "Active keys ({n})", "可用密钥（{n}）")
 _add("monitor.inactive_section", "Invalid and disabled keys ({n})", "无效与已禁用密钥（{n}）")
 _add("monitor.hidden_by_filter", "Hidden by the status filter.", "已被状态筛选隐藏。")
@@ -215,6 +253,7 @@ _add("gran.day", "Day", "天")
 _add("gran.week", "Week", "周")
 _add("gran.month", "Month", "月")
 _add("trends.breakdown", "Break down by", "拆分维度")
+_add("trends.breakdown_heading", "Breakdown", "拆分")
 _add("dim.none", "Nothing", "不拆分")
 _add("dim.model", "Model", "模型")
 _add("dim.key", "Key", "密钥")
@@ -294,6 +333,7 @@ _add("errors.status", "HTTP status", "HTTP 状态码")
 _add("errors.type", "Error type", "错误类型")
 _add("errors.q", "Text search", "全文搜索")
 _add("errors.count", "{total} matching entries", "共 {total} 条匹配")
+_add("errors.count.one", "{total} matching entry", "共 {total} 条匹配")
 _add("errors.col_time", "Time", "时间")
 _add("errors.col_key", "Key", "密钥")
 _add("errors.col_model", "Model", "模型")
@@ -307,9 +347,12 @@ _add("errors.delete_matching", "Delete all matching ({n})", "删除全部匹配�
 _add("errors.older_than", "Older than", "早于")
 _add("errors.delete_older", "Delete older", "删除更早的")
 _add("errors.confirm_selected", "Delete {n} selected error log entries?", "删除所选的 {n} 条错误日志？")
+_add("errors.confirm_selected.one", "Delete {n} selected error log entry?", "删除所选的 {n} 条错误日志？")
 _add("errors.confirm_matching", "Delete all {n} entries matching the current filter?", "删除当前筛选匹配的全部 {n} 条错误日志？")
+_add("errors.confirm_matching.one", "Delete the {n} entry matching the current filter?", "删除当前筛选匹配的 {n} 条错误日志？")
 _add("errors.confirm_older", "Delete every entry older than {date}?", "删除 {date} 之前的全部错误日志？")
 _add("errors.deleted", "Deleted {n} entries.", "已删除 {n} 条。")
+_add("errors.deleted.one", "Deleted {n} entry.", "已删除 {n} 条。")
 _add("errors.detail_title", "Error details", "错误详情")
 _add("errors.message", "Message", "消息")
 _add("errors.upstream_body", "Upstream body", "上游响应体")
@@ -331,9 +374,11 @@ _add("config.discard", "Discard changes", "放弃修改")
 _add("config.reset", "Reset to defaults", "恢复默认")
 _add("config.confirm_reset", "Reset every setting to its default (environment / .env) value?", "将所有设置恢复为默认值（环境变量 / .env）？")
 _add("config.unsaved", "{n} unsaved changes", "{n} 项未保存的修改")
+_add("config.unsaved.one", "{n} unsaved change", "{n} 项未保存的修改")
 _add("config.no_changes", "No unsaved changes.", "没有未保存的修改。")
 _add("config.changed", "● changed (saved value: {old})", "● 已修改（已保存的值：{old}）")
 _add("config.saved", "Saved {n} settings; they apply now.", "已保存 {n} 项设置，立即生效。")
+_add("config.saved.one", "Saved {n} setting; it applies now.", "已保存 {n} 项设置，立即生效。")
 _add("config.reset_done", "Settings reset to defaults.", "已恢复默认设置。")
 _add("config.invalid", "Not saved: fix the fields marked below.", "未保存：请修正下方标出的字段。")
 _add("config.bad_json", "Not valid JSON: {msg}", "不是有效的 JSON：{msg}")
@@ -349,8 +394,8 @@ _add("sql.editor", "SQL", "SQL")
 _add("sql.run", "Run", "运行")
 _add("sql.schema", "Schema", "表结构")
 _add("sql.rows", "{n} rows · {ms} ms", "{n} 行 · {ms} 毫秒")
+_add("sql.rows.one", "{n} row · {ms} ms", "{n} 行 · {ms} 毫秒")
 _add("sql.truncated", "The result was cut at the row cap.", "结果已按行数上限截断。")
-_add("sql.empty", "Write a query first.", "请先输入查询。")
 _add("sql.ex.calls_by_model", "Calls and success rate by model, last 24 h", "最近 24 小时各模型调用数与成功率")
 _add("sql.ex.hourly", "Hourly calls and p95 latency, last 2 days", "最近 2 天每小时调用数与 p95 延迟")
 _add("sql.ex.keys_429", "Keys with the most 429s today", "今天 429 最多的密钥")

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import cache, dialogs, fmt, paging, times
 from dashboard.client import KEY_STATUSES, AdminError, KeyPage
-from dashboard.i18n import t
+from dashboard.i18n import t, wkey
 
 SECTIONS = {"active": ("active", "cooling"), "inactive": ("invalid", "disabled")}
 STATUS_ICON = {"active": "●", "cooling": "◐", "invalid": "✕", "disabled": "○"}  # plain glyphs: no emoji font needed
@@ -31,7 +31,7 @@ def cards(summary: dict[str, Any], counts: dict[str, int]) -> None:
     for col, status in zip(st.columns(4), KEY_STATUSES, strict=True):
         col.metric(
             f"{STATUS_BADGE[status]} {t('monitor.keys_status', status=t(f'status.{status}'))}",
-            ui.fmt_int(keys.get(status, 0)),
+            fmt.fmt_int(keys.get(status, 0)),
             border=True,
         )
     st.caption(t("monitor.calls_heading"))
@@ -40,8 +40,8 @@ def cards(summary: dict[str, Any], counts: dict[str, int]) -> None:
         failures = int(w.get("failures") or 0)
         col.metric(
             t(f"monitor.calls_{win}"),
-            ui.fmt_int(w.get("calls")),
-            delta=t("monitor.failures_delta", n=ui.fmt_int(failures)) if failures else None,
+            fmt.fmt_int(w.get("calls")),
+            delta=t("monitor.failures_delta", n=fmt.fmt_int(failures)) if failures else None,
             delta_color="inverse",
             delta_arrow="off",
             border=True,
@@ -50,14 +50,14 @@ def cards(summary: dict[str, Any], counts: dict[str, int]) -> None:
     month = windows.get("month") or {}
     st.caption(t("monitor.quality_heading"))
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(t("monitor.success_rate"), ui.fmt_pct(day.get("success_rate")) if day.get("calls") else "–", border=True)
-    c2.metric(t("monitor.avg_latency"), ui.fmt_ms(day.get("avg_latency_ms")), border=True)
-    c3.metric(t("monitor.p95_latency"), ui.fmt_ms(day.get("p95_latency_ms")), border=True)
+    c1.metric(t("monitor.success_rate"), fmt.fmt_pct(day.get("success_rate")) if day.get("calls") else "–", border=True)
+    c2.metric(t("monitor.avg_latency"), fmt.fmt_ms(day.get("avg_latency_ms")), border=True)
+    c3.metric(t("monitor.p95_latency"), fmt.fmt_ms(day.get("p95_latency_ms")), border=True)
     c4.metric(
         t("monitor.tokens_24h"),
-        ui.fmt_int(day.get("total_tokens")),
+        fmt.fmt_int(day.get("total_tokens")),
         border=True,
-        help=t("monitor.tokens_month", n=ui.fmt_int(month.get("total_tokens"))),
+        help=t("monitor.tokens_month", n=fmt.fmt_int(month.get("total_tokens"))),
     )
 
 
@@ -66,10 +66,17 @@ def filters(projects: list[str]) -> dict[str, Any]:
     c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 1])
     q = c1.text_input(t("monitor.search"), key="key_q")
     statuses = c2.multiselect(
-        t("monitor.filter_status"), KEY_STATUSES, format_func=lambda s: t(f"status.{s}"), key="key_status"
+        t("monitor.filter_status"),
+        KEY_STATUSES,
+        format_func=lambda s: t(f"status.{s}"),
+        key=wkey("key_status"),
+        placeholder=t("common.all"),
     )
     project = c3.selectbox(
-        t("monitor.filter_project"), ["", *projects], key="key_project", format_func=lambda p: p or t("common.all")
+        t("monitor.filter_project"),
+        ["", *projects],
+        key=wkey("key_project"),
+        format_func=lambda p: p or t("common.all"),
     )
     created = c4.date_input(t("monitor.filter_created"), value=(), key="key_created", format="YYYY-MM-DD")  # type: ignore[arg-type]
     min_failures = c5.number_input(t("monitor.filter_failures"), min_value=0, step=1, key="key_failures")
@@ -77,7 +84,7 @@ def filters(projects: list[str]) -> dict[str, Any]:
     if isinstance(created, (list, tuple)) and created:
         start: date = created[0]
         end: date = created[1] if len(created) > 1 else created[0]
-        out["created_from"], out["created_to"] = ui.day_range_utc(start, end)
+        out["created_from"], out["created_to"] = times.day_range_utc(start, end)
     out["statuses"] = list(statuses)
     return out
 
@@ -87,68 +94,77 @@ def section_statuses(section: str, chosen: list[str]) -> list[str]:
     return [s for s in own if not chosen or s in chosen]
 
 
-def table_frame(items: pd.DataFrame) -> pd.DataFrame:
-    if items.empty:
-        return pd.DataFrame(
-            columns=[
-                "id",
-                "status",
-                "key",
-                "label",
-                "project",
-                "requests",
-                "success",
-                "failures",
-                "last_used",
-                "created",
-                "last_error",
-                "cooling",
-            ]
+def cooling_text(cooldowns: Any) -> str:
+    """ "gemini-2.5-pro until 14:05 (per minute)" for each cooling model of a key; blank when none."""
+    if not isinstance(cooldowns, list):
+        return ""
+    parts = []
+    for c in cooldowns:
+        if not isinstance(c, dict):
+            continue
+        until = times.local(pd.Series(pd.to_datetime([c.get("until")], utc=True, errors="coerce", format="ISO8601")))
+        when = until.iloc[0].strftime("%H:%M") if not until.empty and pd.notna(until.iloc[0]) else ""
+        parts.append(
+            t("monitor.cooling_item", model=c.get("model") or "–", until=when) if when else str(c.get("model"))
         )
+    return ", ".join(sorted(parts))
+
+
+def table_frame(items: pd.DataFrame) -> pd.DataFrame:
+    columns = [
+        "id",
+        "status",
+        "cooling",
+        "key",
+        "label",
+        "project",
+        "requests",
+        "success",
+        "failures",
+        "last_used",
+        "created",
+        "last_error",
+    ]
+    if items.empty:
+        return pd.DataFrame(columns=columns)
     requests = items["requests"].fillna(0).astype("int64")
     successes = items["successes"].fillna(0).astype("int64")
-    cooling = items["cooling"].map(
-        lambda cds: (
-            ", ".join(sorted({str(c.get("model")) for c in cds or [] if isinstance(c, dict)}))
-            if isinstance(cds, list)
-            else ""
-        )
-    )
     return pd.DataFrame(
         {
             "id": items["id"],
             "status": items["status"].map(lambda s: f"{STATUS_ICON.get(s, '')} {t(f'status.{s}')}"),
+            "cooling": items["cooling"].map(cooling_text),
             "key": items["masked"],
-            "label": items["label"],
-            "project": items["project"],
+            "label": items["label"].map(fmt.text),
+            "project": items["project"].map(fmt.text),
             "requests": requests,
             "success": (successes / requests.where(requests > 0)).astype("float64"),
             "failures": items["consecutive_failures"].fillna(0).astype(int).astype(str)
             + " / "
             + items["total_failures"].fillna(0).astype(int).astype(str),
-            "last_used": ui.local(items["last_used_at"]),
-            "created": ui.local(items["created_at"]),
-            "last_error": items["last_error"],
-            "cooling": cooling,
-        }
+            "last_used": times.local(items["last_used_at"]),
+            "created": times.local(items["created_at"]),
+            "last_error": items["last_error"].map(fmt.text),
+        },
+        columns=columns,
     )
 
 
 def column_config() -> dict[str, Any]:
     cc = st.column_config
     return {
-        "id": cc.TextColumn(t("monitor.col_id"), width="small"),
+        "id": cc.TextColumn(t("monitor.col_id"), width="medium"),
         "status": cc.TextColumn(t("monitor.col_status"), width="small"),
-        "key": cc.TextColumn(t("monitor.col_key"), width="small"),
-        "label": cc.TextColumn(t("monitor.col_label")),
-        "project": cc.TextColumn(t("monitor.col_project"), width="small"),
-        "requests": cc.NumberColumn(t("monitor.col_requests"), format="localized"),
-        "success": cc.NumberColumn(t("monitor.col_success"), format="percent"),
+        "cooling": cc.TextColumn(t("monitor.col_cooling"), width="medium"),
+        "key": cc.TextColumn(t("monitor.col_key"), width="medium"),
+        "label": cc.TextColumn(t("monitor.col_label"), width="medium"),
+        "project": cc.TextColumn(t("monitor.col_project"), width="medium"),
+        "requests": cc.NumberColumn(t("monitor.col_requests"), format="localized", width="small"),
+        "success": cc.NumberColumn(t("monitor.col_success"), format="percent", width="small"),
         "failures": cc.TextColumn(t("monitor.col_failures"), width="small"),
         "last_used": cc.DatetimeColumn(t("monitor.col_last_used"), format="YYYY-MM-DD HH:mm:ss"),
         "created": cc.DatetimeColumn(t("monitor.col_created"), format="YYYY-MM-DD HH:mm"),
-        "last_error": cc.TextColumn(t("monitor.col_last_error")),
-        "cooling": cc.TextColumn(t("monitor.col_cooling")),
+        "last_error": cc.TextColumn(t("monitor.col_last_error"), width="large"),
     }
 
 
@@ -159,12 +175,12 @@ def key_section(section: str, flt: dict[str, Any]) -> None:
         st.caption(t("monitor.hidden_by_filter"))
         return
     params = {k: v for k, v in flt.items() if k != "statuses"}
-    total = ui.safe("keys", status=statuses, page_size=1, **params)
+    total = cache.safe(cache.api().keys)(status=statuses, page_size=1, **params)
     if total is None:
         return
-    st.subheader(t(f"monitor.{section}_section", n=ui.fmt_int(total.total)))
-    page, size = ui.pager(f"keys_{section}", total.total)
-    result: KeyPage | None = ui.safe("keys", status=statuses, page=page, page_size=size, **params)
+    st.subheader(t(f"monitor.{section}_section", n=fmt.fmt_int(total.total)))
+    page, size = paging.pager(f"keys_{section}", total.total)
+    result: KeyPage | None = cache.safe(cache.api().keys)(status=statuses, page=page, page_size=size, **params)
     if result is None:
         return
     items = result.items
@@ -181,7 +197,7 @@ def key_section(section: str, flt: dict[str, Any]) -> None:
         column_config=column_config(),
         width="stretch",
     )
-    rows = [r for r in ui.selected_rows(table_key) if r < len(items)]
+    rows = [r for r in paging.selected_rows(table_key) if r < len(items)]
     if not rows:
         st.caption(t("monitor.select_hint"))
     elif len(rows) == 1:
@@ -206,41 +222,41 @@ def key_actions(section: str, key: dict[str, Any]) -> None:
         act(kid, "reset", _label(key))
     if cols[2].button(t("monitor.copy"), icon=":material/content_copy:", key=f"copy_{section}"):
         try:
-            ui.open_dialog("reveal", id=kid, label=_label(key), secret=ui.client().reveal(kid))
+            dialogs.open_dialog("reveal", id=kid, label=_label(key), secret=cache.api().reveal(kid))
         except AdminError as exc:
-            ui.show_error(exc)
+            cache.show_error(exc)
         else:
             st.rerun()
     if cols[3].button(t("monitor.details"), icon=":material/info:", key=f"details_{section}"):
-        ui.open_dialog("details", id=kid)
+        dialogs.open_dialog("details", id=kid)
         st.rerun()
     toggle = "enable" if key.get("status") in ("disabled", "invalid") else "disable"
     icon = ":material/play_circle:" if toggle == "enable" else ":material/pause_circle:"
     if cols[4].button(t(f"monitor.{toggle}"), icon=icon, key=f"toggle_{section}"):
         act(kid, toggle, _label(key))
     if cols[5].button(t("monitor.delete"), icon=":material/delete:", key=f"delete_{section}"):
-        ui.ask_confirm("delete_keys", t("monitor.confirm_delete_one", key=_label(key)), ids=[kid])
+        dialogs.ask_confirm("delete_keys", t("monitor.confirm_delete_one", key=_label(key)), ids=[kid])
         st.rerun()
 
 
 def act(kid: str, action: str, label: str) -> None:
     try:
-        result = ui.client().key_action(kid, action)
+        result = cache.api().key_action(kid, action)
     except AdminError as exc:
-        ui.flash(ui.error_text(exc), "error")
+        dialogs.flash(fmt.error_text(exc), "error")
     else:
         ok = result.get("ok", True) if isinstance(result, dict) else True
         msg = (result.get("message") if isinstance(result, dict) else None) or t("monitor.ok")
-        ui.flash(
+        dialogs.flash(
             t("monitor.action_done", action=t(f"monitor.{action}"), key=label, msg=msg), "success" if ok else "warning"
         )
-    ui.bump()
+    cache.bump()
     st.rerun()
 
 
 # -- batch actions -----------------------------------------------------------------------------------------------
 def batch_actions(section: str, ids: list[str]) -> None:
-    st.markdown(t("monitor.selected_many", n=len(ids)))
+    st.markdown(t("monitor.selected_many", n=len(ids)))  # two or more: a plural form always
     cols = st.columns(5)
     chosen = None
     for col, action, icon in zip(
@@ -258,7 +274,7 @@ def batch_actions(section: str, ids: list[str]) -> None:
         if col.button(t(f"monitor.batch_{action}", n=len(ids)), icon=icon, key=f"batch_{action}_{section}"):
             chosen = action
     if chosen == "delete":
-        ui.ask_confirm("delete_keys", t("monitor.confirm_delete_many", n=len(ids)), ids=ids)
+        dialogs.ask_confirm("delete_keys", t("monitor.confirm_delete_many", n=len(ids)), ids=ids)
         st.rerun()
     elif chosen:
         run_batch(chosen, ids)
@@ -273,10 +289,10 @@ def run_batch(action: str, ids: list[str]) -> dict[str, Any]:
     for start in range(0, len(ids), BATCH_CHUNK):
         chunk = ids[start : start + BATCH_CHUNK]
         try:
-            answer = ui.client().batch(action, chunk)
+            answer = cache.api().batch(action, chunk)
             results.extend(answer.get("results") or [{"id": k, "ok": True} for k in chunk])
         except AdminError as exc:
-            results.extend({"id": k, "ok": False, "message": ui.error_text(exc)} for k in chunk)
+            results.extend({"id": k, "ok": False, "message": fmt.error_text(exc)} for k in chunk)
         done = min(len(ids), start + len(chunk))
         bar.progress(done / len(ids), text=t("monitor.batch_progress", action=name, done=done, n=len(ids)))
     ok = sum(1 for r in results if r.get("ok"))
@@ -287,7 +303,7 @@ def run_batch(action: str, ids: list[str]) -> dict[str, Any]:
         "failures": [r for r in results if not r.get("ok")],
     }
     st.session_state["batch_result"] = summary
-    ui.bump()
+    cache.bump()
     return summary
 
 
@@ -302,7 +318,7 @@ def batch_summary() -> None:
     if summary["failures"]:
         with st.expander(t("monitor.batch_failures")):
             failures = pd.DataFrame(summary["failures"])
-            st.dataframe(failures, hide_index=True, width="stretch", column_config=ui.column_labels(failures))
+            st.dataframe(failures, hide_index=True, width="stretch", column_config=fmt.column_labels(failures))
     if st.button(t("common.dismiss"), key="batch_dismiss"):
         st.session_state.pop("batch_result", None)
         st.rerun()
@@ -311,8 +327,8 @@ def batch_summary() -> None:
 def delete_keys(payload: dict[str, Any]) -> None:
     ids = list(payload.get("ids") or [])
     if len(ids) == 1:
-        ui.client().key_action(ids[0], "delete")
-        ui.flash(t("monitor.action_done", action=t("monitor.delete"), key=ids[0], msg=t("monitor.ok")))
+        cache.api().key_action(ids[0], "delete")
+        dialogs.flash(t("monitor.action_done", action=t("monitor.delete"), key=ids[0], msg=t("monitor.ok")))
     else:
         run_batch("delete", ids)
 
@@ -322,14 +338,14 @@ def reveal_dialog(state: dict[str, Any]) -> None:
     st.caption(t("monitor.reveal_note", key=state.get("label", state.get("id"))))
     st.code(state.get("secret", ""), language=None)
     if st.button(t("common.close"), key="reveal_close"):
-        ui.close_dialog()
+        dialogs.close_dialog()
 
 
 def details_dialog(state: dict[str, Any]) -> None:
     try:
-        info = ui.fetch("key", state["id"])
+        info = cache.cached(cache.api().key)(state["id"])
     except AdminError as exc:
-        ui.show_error(exc)
+        cache.show_error(exc)
         return
     key = info["key"]
     status = key.get("status", "")
@@ -338,9 +354,9 @@ def details_dialog(state: dict[str, Any]) -> None:
         f"{t(f'status.{status}')} · {t('monitor.col_project')}: {key.get('project') or '–'}"
     )
     c1, c2, c3 = st.columns(3)
-    c1.metric(t("monitor.col_requests"), ui.fmt_int(key.get("requests")))
+    c1.metric(t("monitor.col_requests"), fmt.fmt_int(key.get("requests")))
     requests = int(key.get("requests") or 0)
-    c2.metric(t("monitor.col_success"), ui.fmt_pct((key.get("successes") or 0) / requests) if requests else "–")
+    c2.metric(t("monitor.col_success"), fmt.fmt_pct((key.get("successes") or 0) / requests) if requests else "–")
     c3.metric(t("monitor.col_failures"), f"{key.get('consecutive_failures', 0)} / {key.get('total_failures', 0)}")
     if key.get("last_error"):
         st.caption(t("monitor.last_error", msg=key["last_error"]))
@@ -359,7 +375,7 @@ def details_dialog(state: dict[str, Any]) -> None:
         st.caption(t("monitor.headroom"))
         _frame(info["headroom"])
     if st.button(t("common.close"), key="details_close"):
-        ui.close_dialog()
+        dialogs.close_dialog()
 
 
 def _frame(df: pd.DataFrame) -> None:
@@ -369,8 +385,9 @@ def _frame(df: pd.DataFrame) -> None:
     df = df.copy()
     for col in df.columns:
         if pd.api.types.is_datetime64_any_dtype(df[col]):
-            df[col] = ui.local(df[col])
-    st.dataframe(df, hide_index=True, width="stretch", column_config=ui.column_labels(df))
+            df[col] = times.local(df[col])
+    df, config = fmt.readable(df)
+    st.dataframe(df, hide_index=True, width="stretch", column_config=config)
 
 
 def add_dialog(state: dict[str, Any]) -> None:
@@ -383,10 +400,10 @@ def add_dialog(state: dict[str, Any]) -> None:
             st.warning(t("monitor.add_empty"))
         else:
             try:
-                state["result"] = ui.client().add_keys(text, project.strip() or None, label.strip() or None)
-                ui.bump()
+                state["result"] = cache.api().add_keys(text, project.strip() or None, label.strip() or None)
+                cache.bump()
             except AdminError as exc:
-                ui.show_error(exc)
+                cache.show_error(exc)
     result = state.get("result")
     if result:
         st.success(
@@ -400,13 +417,13 @@ def add_dialog(state: dict[str, Any]) -> None:
     if st.button(t("common.close"), key="add_close"):
         for name in ("add_text", "add_project", "add_label"):
             st.session_state.pop(name, None)
-        ui.close_dialog()
+        dialogs.close_dialog()
 
 
 def projects() -> list[str]:
     """Projects seen in the pool (for the filter), from one listing of up to 1,000 keys."""
     try:
-        page = ui.fetch("keys", page_size=1000, ttl=60.0)
+        page = cache.cached(cache.api().keys, ttl=60.0)(page_size=1000)
     except AdminError:  # the tables below report connection problems; the filter just has no choices
         return []
     if page.items.empty or "project" not in page.items:

@@ -8,11 +8,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import cache, fmt, times
 from dashboard.i18n import t
 
 GRANULARITIES = ["hour", "day", "week", "month"]
-DIMENSIONS = ["none", "model", "key", "project", "client"]
+DIMENSIONS = ["model", "key", "project", "status", "client"]
 MAX_HOURLY_DAYS = 62  # ~1,500 hourly buckets: still a quick chart
 
 
@@ -27,36 +27,44 @@ def clamp(granularity: str, start: date, end: date) -> tuple[date, str | None]:
 def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.DataFrame | None:
     if group_by == "client":  # clients (with their labels) are an Explore dimension, not a stats-rollup one
         return _client_series(granularity, lo, hi)
-    df = ui.safe("series", granularity, lo, hi, group_by, ttl=15.0)
+    df = cache.safe(cache.api().series, ttl=15.0)(granularity, lo, hi, group_by)
     if df is None:
         return None
     if df.empty or "bucket" not in df:
         return df.iloc[0:0]
     df = df.copy()
-    df["bucket"] = ui.local(df["bucket"])
+    df["bucket"] = times.local(df["bucket"])
     if "group" not in df:
         df["group"] = None
     return df.sort_values("bucket")
 
 
 def _client_series(granularity: str, lo: datetime, hi: datetime) -> pd.DataFrame | None:
-    body = {"measures": ["calls", "total_tokens"], "dimensions": [granularity, "client"], "top_n": 12,
-            "from": lo.isoformat(), "to": hi.isoformat()}  # fmt: skip
-    answer = ui.safe("explore", body, ttl=15.0)
+    body = {
+        "measures": ["calls", "total_tokens"],
+        "dimensions": [granularity, "client"],
+        "top_n": 12,
+        "from": lo.isoformat(),
+        "to": hi.isoformat(),
+    }
+    answer = cache.safe(cache.api().explore, ttl=15.0)(body)
     if answer is None:
         return None
     df = answer[0].rename(columns={granularity: "bucket", "client": "group"})
     if df.empty:
         return df
-    df["bucket"] = ui.local(pd.to_datetime(df["bucket"], utc=True, format="ISO8601"))
+    df["bucket"] = times.local(pd.to_datetime(df["bucket"], utc=True, format="ISO8601"))
     return df.sort_values("bucket")
 
 
-def top_frame(df: pd.DataFrame) -> pd.DataFrame:
+def top_frame(df: pd.DataFrame, which: str) -> pd.DataFrame:
+    """The API's top rows for the table: a missing key is named for what it was; blank labels stay blank."""
     df = df.copy()
-    name_col = next((c for c in ("name", "key_id", "model", "key", "id", "group") if c in df.columns), None)
-    if name_col and name_col != "name":
-        df = df.rename(columns={name_col: "name"})
+    if "name" in df:
+        df["name"] = [fmt.key_name(v) if which == "key" else fmt.text(v) for v in df["name"]]
+    for col in ("label", "project"):
+        if col in df:
+            df[col] = [fmt.text(v) for v in df[col]]
     keep = [
         c
         for c in (
@@ -73,23 +81,20 @@ def top_frame(df: pd.DataFrame) -> pd.DataFrame:
         )
         if c in df.columns
     ]
-    df = df[keep] if keep else df
-    if "success_rate" in df and pd.to_numeric(df["success_rate"], errors="coerce").max() > 1:
-        df["success_rate"] = pd.to_numeric(df["success_rate"], errors="coerce") / 100
-    return df
+    return df[keep]
 
 
 def top_columns() -> dict[str, Any]:
     cc = st.column_config
     return {
-        "name": cc.TextColumn(t("col.name")),
+        "name": cc.TextColumn(t("col.name"), width="medium"),
         "label": cc.TextColumn(t("col.label")),
         "project": cc.TextColumn(t("col.project")),
         "calls": cc.NumberColumn(t("col.calls"), format="localized"),
         "successes": cc.NumberColumn(t("col.successes"), format="localized"),
         "failures": cc.NumberColumn(t("col.failures"), format="localized"),
         "success_rate": cc.NumberColumn(t("col.success_rate"), format="percent"),
-        "avg_latency_ms": cc.NumberColumn(t("col.avg_latency"), format="%.0f"),
-        "p95_latency_ms": cc.NumberColumn(t("col.p95_latency"), format="%.0f"),
+        "avg_latency_ms": cc.NumberColumn(t("col.avg_latency"), format="localized"),
+        "p95_latency_ms": cc.NumberColumn(t("col.p95_latency"), format="localized"),
         "total_tokens": cc.NumberColumn(t("col.tokens"), format="localized"),
     }

@@ -3,17 +3,16 @@
 import streamlit as st
 
 from dashboard import alerts_view as av
-from dashboard import ui
+from dashboard import cache, dialogs, times
 from dashboard.client import AdminError
 from dashboard.i18n import t
 
-ui.require_login()
-ui.page_header("alerts.title")
-tz = ui.tz_name()
-metrics = ui.safe("alert_metrics", ttl=300.0, default=[]) or []
+dialogs.page_header("alerts.title")
+tz = times.tz_name()
+metrics = cache.safe(cache.api().alert_metrics, ttl=300.0)() or []
 unit_of = av.units(metrics)
-rules = ui.safe("alert_rules", default=[]) or []
-channels = ui.safe("alert_channels", default=[]) or []
+rules = cache.safe(cache.api().alert_rules)() or []
+channels = cache.safe(cache.api().alert_channels)() or []
 names = {r["id"]: r["name"] for r in rules}
 
 
@@ -21,15 +20,15 @@ def act(fn, done: str) -> None:  # type: ignore[no-untyped-def]
     try:
         fn()
     except AdminError as exc:
-        ui.show_error(exc)
+        cache.show_error(exc)
         return
-    ui.flash(done)
-    ui.bump()
+    dialogs.flash(done)
+    cache.bump()
     st.rerun()
 
 
 # -- firing now -------------------------------------------------------------------------------------------------
-active = ui.safe("alerts_active", ttl=5.0, default={}) or {}
+active = cache.safe(cache.api().alerts_active, ttl=5.0)() or {}
 st.subheader(t("alerts.firing_now", n=active.get("firing", 0)))
 items = active.get("items") or []
 if items:
@@ -55,7 +54,7 @@ with rules_tab:
         column_config={"enabled": st.column_config.CheckboxColumn(t("alerts.col.enabled")), "id": None},
     )  # fmt: skip
     for rule_id, enabled in av.enabled_changes(frame, edited):
-        act(lambda r=rule_id, e=enabled: ui.client().update_alert_rule(r, {"enabled": e}),
+        act(lambda r=rule_id, e=enabled: cache.api().update_alert_rule(r, {"enabled": e}),
             t("alerts.enabled" if enabled else "alerts.disabled", name=names.get(rule_id, rule_id)))  # fmt: skip
     choice = st.selectbox(t("alerts.edit"), ["", *names], format_func=lambda r: names.get(r) or t("alerts.new_rule"),
                           key="rule_choice")  # fmt: skip
@@ -91,9 +90,9 @@ with rules_tab:
                          "enabled": base.get("enabled", True)})  # fmt: skip
     if run_backtest:
         try:
-            result = ui.client().alert_backtest(body)
+            result = cache.api().alert_backtest(body)
         except AdminError as exc:
-            ui.show_error(exc)
+            cache.show_error(exc)
         else:
             if result.get("supported"):
                 st.plotly_chart(av.backtest_figure(result, metric, unit_of.get(metric, ""), tz), key="backtest_chart")
@@ -104,11 +103,11 @@ with rules_tab:
                 st.info(t("alerts.backtest_unsupported", why=result.get("reason", "")))
     if save:
         if base:
-            act(lambda: ui.client().update_alert_rule(base["id"], body), t("alerts.saved", name=body["name"]))
+            act(lambda: cache.api().update_alert_rule(base["id"], body), t("alerts.saved", name=body["name"]))
         else:
-            act(lambda: ui.client().create_alert_rule(body), t("alerts.saved", name=body["name"]))
+            act(lambda: cache.api().create_alert_rule(body), t("alerts.saved", name=body["name"]))
     if delete and base:
-        act(lambda: ui.client().delete_alert_rule(base["id"]), t("alerts.deleted", name=base["name"]))
+        act(lambda: cache.api().delete_alert_rule(base["id"]), t("alerts.deleted", name=base["name"]))
 
 with channels_tab:
     cframe = av.channels_frame(channels)
@@ -119,40 +118,40 @@ with channels_tab:
         c1, c2 = st.columns(2)
         if c1.button(t("alerts.send_test"), icon=":material/send:", key="channel_test"):
             try:
-                res = ui.client().test_alert_channel(pick)
+                res = cache.api().test_alert_channel(pick)
             except AdminError as exc:
-                ui.show_error(exc)
+                cache.show_error(exc)
             else:
                 (st.success if res.get("ok") else st.error)(t("alerts.test_result", msg=res.get("message", "")))
         if c2.button(t("alerts.delete"), icon=":material/delete:", key="channel_delete"):
-            act(lambda: ui.client().delete_alert_channel(pick), t("alerts.channel_deleted"))
+            act(lambda: cache.api().delete_alert_channel(pick), t("alerts.channel_deleted"))
     with st.form("channel_form", clear_on_submit=True):
         st.caption(t("alerts.channel_help"))
         cname = st.text_input(t("alerts.f.name"), key="channel_name")
         curl = st.text_input(t("alerts.f.url"), type="password", key="channel_url")
         if st.form_submit_button(t("alerts.add_channel"), icon=":material/add:"):
-            act(lambda: ui.client().create_alert_channel(cname or "channel", curl), t("alerts.channel_added"))
+            act(lambda: cache.api().create_alert_channel(cname or "channel", curl), t("alerts.channel_added"))
 
 with silences_tab:
-    silences = ui.safe("alert_silences", default=[]) or []
+    silences = cache.safe(cache.api().alert_silences)() or []
     sframe = av.silences_frame(silences, names)
     if not sframe.empty:
         st.dataframe(sframe, hide_index=True, width="stretch", key="tbl_silences", column_config={
             "until": st.column_config.DatetimeColumn(t("alerts.col.until"), timezone=tz), "id": None})  # fmt: skip
         gone = st.selectbox(t("alerts.silence"), sframe["id"].tolist(), key="silence_pick")
         if st.button(t("alerts.delete"), icon=":material/delete:", key="silence_delete"):
-            act(lambda: ui.client().delete_alert_silence(gone), t("alerts.silence_deleted"))
+            act(lambda: cache.api().delete_alert_silence(gone), t("alerts.silence_deleted"))
     with st.form("silence_form"):
         c1, c2 = st.columns(2)
         srule = c1.selectbox(t("alerts.f.rule"), list(names), format_func=lambda r: names.get(r, r))
         hours = c2.number_input(t("alerts.f.hours"), 0.1, 8784.0, 2.0)
         comment = st.text_input(t("alerts.f.comment"))
         if st.form_submit_button(t("alerts.add_silence"), icon=":material/notifications_off:") and srule:
-            act(lambda: ui.client().create_alert_silence({"rule_id": srule, "duration_s": hours * 3600,
+            act(lambda: cache.api().create_alert_silence({"rule_id": srule, "duration_s": hours * 3600,
                                                           "comment": comment}), t("alerts.silence_added"))  # fmt: skip
 
 with history_tab:
-    hist = av.history_frame(ui.safe("alert_history", default=[]) or [])
+    hist = av.history_frame(cache.safe(cache.api().alert_history)() or [])
     if hist.empty:
         st.info(t("common.none"))
     else:

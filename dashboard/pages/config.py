@@ -2,14 +2,12 @@
 
 import streamlit as st
 
-from dashboard import clients_panel, ui
+from dashboard import cache, clients_panel, dialogs
 from dashboard import config_form as cf
 from dashboard.i18n import t
 
-ui.require_login()
-
-ui.page_header("config.title")
-cfg = ui.safe("config", ttl=30.0)
+dialogs.page_header("config.title")
+cfg = cache.safe(cache.api().config, ttl=30.0)()
 if cfg:
     fields, values = cfg.get("fields") or [], cfg.get("values") or {}
     fields = [f for f in fields if f.get("name") != clients_panel.FIELD]  # its own editor below
@@ -33,7 +31,7 @@ if cfg:
         cf.clear_widgets()
         st.rerun()
     if bar[3].button(t("config.reset"), icon=":material/restart_alt:", key="cfg_reset_btn", width="stretch"):
-        ui.ask_confirm("reset", t("config.confirm_reset"))
+        dialogs.ask_confirm("reset", t("config.confirm_reset"))
         st.rerun()
     if st.session_state.pop("cfg_flash_invalid", False):
         st.error(t("config.invalid"))
@@ -53,4 +51,4 @@ if cfg:
 
     clients_panel.editor()
 
-ui.show_dialog({"confirm": ("common.confirm_title", ui.confirm_body({"reset": cf.reset}), "small")})
+dialogs.show_dialog({"confirm": ("common.confirm_title", dialogs.confirm_body({"reset": cf.reset}), "small")})

@@ -4,19 +4,17 @@ from datetime import datetime, timedelta
 
 import streamlit as st
 
+from dashboard import cache, dialogs, fmt, paging, times
 from dashboard import errors_panel as ep
-from dashboard import ui
 from dashboard.i18n import t
 
-ui.require_login()
-
-ui.page_header("errors.title")
+dialogs.page_header("errors.title")
 flt = ep.filters()
-total_page = ui.safe("errors", page_size=1, **ep.query_args(flt))
+total_page = cache.safe(cache.api().errors)(page_size=1, **ep.query_args(flt))
 total = total_page.total if total_page else 0
-st.caption(t("errors.count", total=ui.fmt_int(total)))
-page, size = ui.pager("errors", total)
-result = ui.safe("errors", page=page, page_size=size, **ep.query_args(flt))
+st.caption(t("errors.count", total=fmt.fmt_int(total)))
+page, size = paging.pager("errors", total)
+result = cache.safe(cache.api().errors)(page=page, page_size=size, **ep.query_args(flt))
 items = result.items if result is not None else None
 
 if items is not None and not items.empty:
@@ -29,25 +27,25 @@ if items is not None and not items.empty:
         column_config=ep.column_config(),
         width="stretch",
     )
-    rows = [r for r in ui.selected_rows("tbl_errors") if r < len(items)]
+    rows = [r for r in paging.selected_rows("tbl_errors") if r < len(items)]
     ids = [str(items.iloc[r]["id"]) for r in rows]
     c1, c2, c3, c4 = st.columns(4)
     if c1.button(t("errors.details"), icon=":material/info:", key="err_details", disabled=len(ids) != 1):
-        ui.open_dialog("error_detail", id=ids[0])
+        dialogs.open_dialog("error_detail", id=ids[0])
         st.rerun()
     if c2.button(
         t("errors.delete_selected", n=len(ids)), icon=":material/delete:", key="err_delete_selected", disabled=not ids
     ):
-        ui.ask_confirm("delete", t("errors.confirm_selected", n=len(ids)), ids=ids)
+        dialogs.ask_confirm("delete", t("errors.confirm_selected", n=len(ids)), ids=ids)
         st.rerun()
     if c3.button(
-        t("errors.delete_matching", n=ui.fmt_int(total)), icon=":material/delete_sweep:", key="err_delete_matching"
+        t("errors.delete_matching", n=fmt.fmt_int(total)), icon=":material/delete_sweep:", key="err_delete_matching"
     ):
-        ui.ask_confirm("delete", t("errors.confirm_matching", n=ui.fmt_int(total)), filter=flt)
+        dialogs.ask_confirm("delete", t("errors.confirm_matching", n=fmt.fmt_int(total)), filter=flt)
         st.rerun()
     c4.download_button(
         t("common.download_csv"),
-        ep.csv_maker(ui.client(), flt),
+        ep.csv_maker(cache.api(), flt),
         file_name="keyrack-errors.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -59,15 +57,15 @@ elif items is not None:
 
 with st.expander(t("errors.delete_older")):
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-    older = c1.date_input(t("errors.older_than"), value=ui.today() - timedelta(days=30), key="err_older")
+    older = c1.date_input(t("errors.older_than"), value=times.today() - timedelta(days=30), key="err_older")
     if c2.button(t("errors.delete_older"), icon=":material/auto_delete:", key="err_delete_older"):
-        cutoff = datetime.combine(older, datetime.min.time(), ui.tz())
-        ui.ask_confirm("delete", t("errors.confirm_older", date=older.isoformat()), older_than=cutoff)
+        cutoff = datetime.combine(older, datetime.min.time(), times.tz())
+        dialogs.ask_confirm("delete", t("errors.confirm_older", date=older.isoformat()), older_than=cutoff)
         st.rerun()
 
-ui.show_dialog(
+dialogs.show_dialog(
     {
         "error_detail": ("errors.detail_title", ep.detail_dialog, "large"),
-        "confirm": ("common.confirm_title", ui.confirm_body({"delete": ep.delete_errors}), "small"),
+        "confirm": ("common.confirm_title", dialogs.confirm_body({"delete": ep.delete_errors}), "small"),
     }
 )

@@ -2,13 +2,11 @@
 
 import streamlit as st
 
+from dashboard import dialogs
 from dashboard import explore_panel as xp
-from dashboard import ui
 from dashboard.i18n import t
 
-ui.require_login()
-
-ui.page_header("explore.title")
+dialogs.page_header("explore.title")
 view = xp.controls()
 answer = xp.fetch(view)
 if answer is not None:

@@ -2,18 +2,17 @@
 
 import streamlit as st
 
+from dashboard import cache, dialogs, times
 from dashboard import forecast_view as fv
-from dashboard import ui
 from dashboard.client import AdminError
 from dashboard.i18n import t
 
-ui.require_login()
-ui.page_header("forecast.title")
-zone, tz = ui.tz(), ui.tz_name()
+dialogs.page_header("forecast.title")
+zone, tz = times.tz(), times.tz_name()
 
 # -- 1. today's quota ---------------------------------------------------------------------------------------------
 st.subheader(t("forecast.quota_title"))
-quota = ui.safe("forecast_quota", ttl=5.0) or {}
+quota = cache.safe(cache.api().forecast_quota, ttl=5.0)() or {}
 if quota and not quota.get("items"):
     st.info(t("forecast.no_traffic_today"))
 elif quota:
@@ -31,7 +30,9 @@ model = c1.selectbox(t("forecast.model"), ["total", *models], key="fc_model",
                      format_func=lambda m: t("forecast.all_models") if m == "total" else m)  # fmt: skip
 span = c2.segmented_control(t("forecast.horizon"), ["hour", "day"], default="hour", key="fc_span",
                             format_func=lambda s: t(f"forecast.horizon_{s}")) or "hour"  # fmt: skip
-view = ui.safe("forecast_demand", None if model == "total" else model, 24 if span == "hour" else 336, span, ttl=60.0)
+view = cache.safe(cache.api().forecast_demand, ttl=60.0)(
+    None if model == "total" else model, 24 if span == "hour" else 336, span
+)
 if view and view.get("status") == "ok":
     title = t(f"forecast.demand_chart_{span}", model=t("forecast.all_models") if model == "total" else model)
     st.plotly_chart(fv.demand_figure(view, zone, tz, title), key="fc_demand")
@@ -67,10 +68,10 @@ if submitted:
         "limits": {k: v for k, v in (("rpm", lim_rpm), ("rpd", lim_rpd)) if v is not None},
     }
     try:
-        st.session_state["fc_plan"] = ui.client().forecast_plan({k: v for k, v in body.items() if v is not None})
+        st.session_state["fc_plan"] = cache.api().forecast_plan({k: v for k, v in body.items() if v is not None})
     except AdminError as exc:
         st.session_state.pop("fc_plan", None)
-        ui.show_error(exc)
+        cache.show_error(exc)
 plan = st.session_state.get("fc_plan")
 if plan:
     m1, m2, m3 = st.columns(3)

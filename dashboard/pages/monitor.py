@@ -2,25 +2,23 @@
 
 import streamlit as st
 
-from dashboard import forecast_view, ui
+from dashboard import cache, dialogs, forecast_view
 from dashboard import keys_panel as kp
-from dashboard.i18n import t
-
-ui.require_login()
+from dashboard.i18n import t, wkey
 
 head, add = st.columns([5, 1], vertical_alignment="bottom")
 head.title(t("monitor.title"))
 if add.button(t("monitor.add_keys"), icon=":material/add:", key="open_add", type="primary", width="stretch"):
-    ui.open_dialog("add")
+    dialogs.open_dialog("add")
     st.rerun()
-ui.show_flash()
+dialogs.show_flash()
 
 
-@st.fragment(run_every=st.session_state.get("auto_refresh") or None)
+@st.fragment(run_every=st.session_state.get(wkey("auto_refresh")) or None)
 def live_cards() -> None:
-    ttl = 1.0 if st.session_state.get("auto_refresh") else ui.CACHE_TTL_S  # each tick asks the proxy again
-    summary = ui.safe("summary", default={}, ttl=ttl) or {}
-    counts = ui.safe("keys", page_size=1, ttl=ttl)
+    ttl = 1.0 if st.session_state.get(wkey("auto_refresh")) else cache.TTL_S  # each tick asks the proxy again
+    summary = cache.safe(cache.api().summary, ttl=ttl)() or {}
+    counts = cache.safe(cache.api().keys, ttl=ttl)(page_size=1)
     kp.cards(summary, counts.counts if counts else {})
 
 
@@ -32,11 +30,11 @@ kp.batch_summary()
 kp.key_section("active", flt)
 kp.key_section("inactive", flt)
 
-ui.show_dialog(
+dialogs.show_dialog(
     {
         "add": ("monitor.add_title", kp.add_dialog, "medium"),
         "details": ("monitor.details_title", kp.details_dialog, "large"),
         "reveal": ("monitor.reveal_title", kp.reveal_dialog, "medium"),
-        "confirm": ("common.confirm_title", ui.confirm_body({"delete_keys": kp.delete_keys}), "small"),
+        "confirm": ("common.confirm_title", dialogs.confirm_body({"delete_keys": kp.delete_keys}), "small"),
     }
 )

@@ -4,30 +4,28 @@ import time
 
 import streamlit as st
 
-from dashboard import sql_tools, ui
+from dashboard import cache, dialogs, fmt, sql_tools
 from dashboard.client import AdminError
-from dashboard.i18n import t
-
-ui.require_login()
+from dashboard.i18n import t, wkey
 
 EXAMPLES = dict(sql_tools.EXAMPLES)
 st.session_state.setdefault("sql_text", sql_tools.EXAMPLES[0][1])
 
 
 def _use_example() -> None:
-    chosen = st.session_state.get("sql_example")
+    chosen = st.session_state.get(wkey("sql_example"))
     if chosen in EXAMPLES:
         st.session_state["sql_text"] = EXAMPLES[chosen]
 
 
-ui.page_header("sql.title")
+dialogs.page_header("sql.title")
 st.caption(t("sql.intro"))
 editor, schema = st.columns([3, 1])
 with editor:
     st.selectbox(
         t("sql.examples"),
         ["", *EXAMPLES],
-        key="sql_example",
+        key=wkey("sql_example"),
         on_change=_use_example,
         format_func=lambda k: t(k) if k else t("sql.pick_example"),
     )
@@ -35,7 +33,7 @@ with editor:
     run = st.button(t("sql.run"), type="primary", icon=":material/play_arrow:", key="sql_run")
 with schema:
     st.markdown(f"**{t('sql.schema')}**")
-    for table, columns in (ui.safe("schema", ttl=300.0, default={}) or {}).items():
+    for table, columns in (cache.safe(cache.api().schema, ttl=300.0)() or {}).items():
         with st.expander(f"{table} ({len(columns)})"):
             st.markdown("\n".join(f"- `{c.get('name')}` {c.get('type', '')}" for c in columns))
 
@@ -43,22 +41,20 @@ if run:
     st.session_state.pop("sql_result", None)
     st.session_state.pop("sql_error", None)
     if not sql.strip():
-        st.session_state["sql_error"] = t("sql.empty")
+        st.session_state["sql_error"] = AdminError("invalid", "", reason="sql_empty")
     else:
         started = time.perf_counter()
         try:
-            result = ui.client().query(sql)
+            result = cache.api().query(sql)
             st.session_state["sql_result"] = (result, (time.perf_counter() - started) * 1000)
-        except AdminError as exc:
-            # The proxy's own words (e.g. "query failed: Parser Error: ..."), shown as they are.
-            plain = exc.message[:1].upper() + exc.message[1:]
-            st.session_state["sql_error"] = plain if exc.kind in ("api", "invalid") else ui.error_text(exc)
+        except AdminError as exc:  # kept as the error, drawn in the language of each run
+            st.session_state["sql_error"] = exc
 
 if st.session_state.get("sql_error"):
-    st.error(st.session_state["sql_error"], icon=":material/error:")
+    st.error(fmt.sql_error_text(st.session_state["sql_error"]), icon=":material/error:")
 if st.session_state.get("sql_result"):
     result, ms = st.session_state["sql_result"]
-    st.caption(t("sql.rows", n=ui.fmt_int(len(result.frame)), ms=f"{result.elapsed_ms or ms:,.0f}"))
+    st.caption(t("sql.rows", n=fmt.fmt_int(len(result.frame)), ms=f"{result.elapsed_ms or ms:,.0f}"))
     if result.truncated:
         st.warning(t("sql.truncated"))
     st.dataframe(sql_tools.displayable(result.frame), hide_index=True, width="stretch", key="sql_table")

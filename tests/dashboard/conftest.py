@@ -160,6 +160,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
+@pytest.fixture(autouse=True)
+def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AppTest resets Streamlit's "pages/ folder" switch before every run, so each run would start as a fresh process
+    does; the running dashboard leaves that convention on its first run (dashboard/__init__.py, covered by the
+    real-browser deep-link test). Here every run goes through the entry's st.navigation, as in a running server."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
 @pytest.fixture
 def dashboard_address() -> Iterator[Callable[[str], None]]:
     """Set the address the dashboard believes it listens on (Streamlit's server.address; unset = every interface)."""

@@ -1,17 +1,22 @@
 """Real browser: Debian's Chromium (via Playwright) against a real `streamlit run` of the dashboard and the real
-proxy. Logs in, visits every page, switches the Trends granularity, opens a key's details, runs a SQL query, and
-saves a screenshot of each page to docs/screenshots/<page>.png."""
+proxy. One Streamlit server and one browser for the module; each test opens fresh contexts (fresh sessions).
+
+Covers what AppTest cannot: URLs (deep links, reload), what Plotly draws (ticks, legend colours), the language
+switch as a reader sees it, requests to hosts other than 127.0.0.1, and the README screenshots. Screenshots go to a
+temporary directory, or to KEYRACK_SCREENSHOTS (what `make screenshots` sets to docs/screenshots)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,10 +24,7 @@ import pytest
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = APP.parents[1]
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = [
-    "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -32,6 +34,132 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+PAGES = {"": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config": "Config", "sql": "SQL"}
+# Words that stay as they are in Chinese: names, units, protocol and product terms, the seeded data.
+ALLOWED = {
+    "keyrack",
+    "gemini",
+    "flash",
+    "pro",
+    "sql",
+    "api",
+    "url",
+    "token",
+    "tokens",
+    "ms",
+    "utc",
+    "rpm",
+    "rpd",
+    "tpm",
+    "json",
+    "csv",
+    "parquet",
+    "http",
+    "https",
+    "admin",
+    "keyrack_admin_token",
+    "duckdb",
+    "select",
+    "from",
+    "where",
+    "group",
+    "order",
+    "by",
+    "limit",
+    "count",
+    "as",
+    "and",
+    "desc",
+    "asc",
+    "on",
+    "now",
+    "interval",
+    "requests",
+    "attempts",
+    "error_logs",
+    "keys",
+    "model",
+    "outcome",
+    "status",
+    "key_id",
+    "project",
+    "ts",
+    "alpha",
+    "beta",
+    "gamma",
+    "known",
+    "bad",
+    "id",
+    "ids",
+    "max",
+    "min",
+    "avg",
+    "sum",
+    "quantile_cont",
+    "latency_ms",
+    "total_tokens",
+    "date_trunc",
+    "hour",
+    "day",
+    "cast",
+    "int",
+    "double",
+    "varchar",
+    "timestamp",
+    "bigint",
+    "boolean",
+    "float",
+    "integer",
+    "stream",
+    "surface",
+    "operation",
+    "filter",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "round",
+    "not",
+    "null",
+    "is",
+    "in",
+    "or",
+    "like",
+    "having",
+    "distinct",
+    "with",
+    "over",
+    "partition",
+    "rows",
+    "upstream_status",
+    "quota_id",
+    "error_type",
+    "message",
+    "upstream_body",
+    "request_id",
+    "prompt_tokens",
+    "output_tokens",
+    "ttfb_ms",
+    "attempt",
+    "label",
+    "secret",
+    "created_at",
+    "last_used_at",
+    "request_bytes",
+    "response_bytes",
+    "error_status",
+    "error_message",
+    "client_id",
+    "stack_trace",
+    "request_body",
+    "ok",
+    "enum",
+    "str",
+    "localhost",
+    "deploy",
+    "yyyy",  # the date fields' format mask (st.date_input has no placeholder)
+}
 
 
 def _free_port() -> int:
@@ -42,7 +170,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dashboard_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` as `keyrack dashboard` runs it, without a token (the test types it)."""
+    """`streamlit run dashboard/app.py` as `keyrack dashboard` runs it, without a token (the tests type it)."""
     port = _free_port()
     env = {**os.environ, "KEYRACK_ADMIN_URL": stack.url, "KEYRACK_ADMIN_TOKEN": "", "PYTHONUNBUFFERED": "1"}
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
@@ -91,92 +219,243 @@ def dashboard_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
             proc.kill()
 
 
-def _idle(page: object, timeout: float = 20_000) -> None:
-    page.wait_for_timeout(300)  # type: ignore[attr-defined]  # let a rerun start before waiting for its end
-    page.locator(IDLE).wait_for(timeout=timeout)  # type: ignore[attr-defined]
-
-
-def _shot(page: object, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    _idle(page)
-    page.wait_for_timeout(400)  # type: ignore[attr-defined]  # charts and tables finish drawing
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
-
-
-def test_dashboard_in_a_real_browser(dashboard_url: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium` or `apt-get install chromium`)")
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=20_000)
-
+    expect.set_options(timeout=60_000)  # a shared 2-core machine: slow, not wrong
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1440, "height": 1200},
-        )
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = ctx.new_page()
-            page.set_default_timeout(20_000)
-            page.goto(f"{dashboard_url}/trends")
-
-            # Login gate, even for a page asked for by URL: a wrong token is refused with a message, the right
-            # one gets in.
-            expect(page.get_by_role("heading", name="Sign in to Keyrack")).to_be_visible()
-            expect(page.get_by_role("heading", name="Trends")).to_have_count(0)
-            page.get_by_label("Admin token").fill("wrong-token")
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_text("The admin token was not accepted")).to_be_visible()
-            page.get_by_label("Admin token").fill(ADMIN_TOKEN)
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="Monitor").click()
-            expect(page.get_by_role("heading", name="Monitor")).to_be_visible()
-            expect(page.get_by_text("Calls · last 24 h")).to_be_visible()
-            _shot(page, "monitor")
-
-            # A key's details: tick the first row of the active-keys table, then "Details".
-            grid = page.locator('[data-testid="stDataFrame"]').first
-            grid.scroll_into_view_if_needed()
-            expect(grid).to_be_visible()
-            page.wait_for_timeout(500)
-            box = grid.bounding_box()
-            assert box is not None
-            page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the row-selection checkbox of row 1
-            _idle(page)
-            page.get_by_role("button", name="Details").click()
-            dialog = page.get_by_role("dialog")
-            expect(dialog.get_by_text("Usage by model")).to_be_visible()
-            _shot(page, "key_details")
-            dialog.get_by_role("button", name="Close").first.click()
-            expect(dialog).to_have_count(0)
-
-            # Trends: switch the granularity to days.
-            page.get_by_role("link", name="Trends").click()
-            expect(page.get_by_role("heading", name="Trends")).to_be_visible()
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)
-            page.locator('[data-testid="stButtonGroup"]').get_by_text("Day", exact=True).click()
-            _idle(page)
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4)
-            expect(page.get_by_text("Top models")).to_be_visible()
-            _shot(page, "trends")
-
-            page.get_by_role("link", name="Error logs").click()
-            expect(page.get_by_role("heading", name="Error logs")).to_be_visible()
-            expect(page.get_by_text("matching entries")).to_be_visible()
-            _shot(page, "error_logs")
-
-            page.get_by_role("link", name="Config").click()
-            expect(page.get_by_role("heading", name="Gemini upstream & pool")).to_be_visible()
-            _shot(page, "config")
-
-            # SQL: run the default example query.
-            page.get_by_role("link", name="SQL").click()
-            expect(page.get_by_role("heading", name="SQL", exact=True)).to_be_visible()
-            page.get_by_role("button", name="Run").click()
-            expect(page.get_by_text(" rows · ")).to_be_visible()
-            _shot(page, "sql")
+            yield b
         finally:
-            ctx.close()
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = os.environ.get("KEYRACK_SCREENSHOTS")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Tab:
+    """One browser context (a fresh Streamlit session) with the requests it made to other hosts."""
+
+    def __init__(self, browser: Any, base: str) -> None:
+        self.base = base
+        self.ctx = browser.new_context(viewport={"width": 1440, "height": 1200})
+        self.page = self.ctx.new_page()
+        self.page.set_default_timeout(60_000)
+        self.foreign: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on("request", self._request)
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+
+    def _request(self, request: Any) -> None:
+        host = re.sub(r"^[a-z]+://([^/:]+).*$", r"\1", request.url)
+        if request.url.startswith(("http", "ws")) and host not in ("127.0.0.1", "localhost"):
+            self.foreign.append(request.url)
+
+    def goto(self, path: str) -> None:
+        self.page.goto(f"{self.base}/{path}")
+        self.idle()
+
+    def idle(self) -> None:
+        self.page.wait_for_timeout(300)  # let a rerun start before waiting for its end
+        self.page.locator(IDLE).wait_for(timeout=60_000)
+
+    def sign_in(self, token: str = ADMIN_TOKEN) -> None:
+        from playwright.sync_api import expect
+
+        expect(self.page.get_by_role("heading", name="Sign in to Keyrack")).to_be_visible()
+        self.page.get_by_label("Admin token").fill(token)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.idle()
+
+    def heading(self, name: str) -> Any:
+        return self.page.get_by_role("heading", name=name, exact=True)
+
+    def shot(self, shots: Path, name: str) -> None:
+        self.idle()
+        self.page.wait_for_timeout(500)  # charts and tables finish drawing
+        self.page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        assert not self.foreign, f"requests to other hosts: {self.foreign}"
+        self.ctx.close()
+
+
+@contextlib.contextmanager
+def tab(browser: Any, base: str) -> Iterator[Tab]:
+    t = Tab(browser, base)
+    try:
+        yield t
+    except BaseException:
+        with contextlib.suppress(Exception):  # what the page showed, for the failure report
+            print(
+                t.page.url,
+                t.page.evaluate(
+                    "() => Array.from(new Set(Array.from(document.querySelectorAll('[data-testid]')).map(e => e.dataset.testid))).join(' ')"
+                ),
+            )
+        raise
+    finally:
+        t.close()
+
+
+def test_deep_link_and_reload_on_every_page(browser: Any, dashboard_url: str) -> None:
+    """A fresh tab on /<page> shows the login in place (no "Page not found"); after sign-in the same page; after
+    a reload the same URL and, once signed in again, the same page. The first deep link is the server's first run."""
+    from playwright.sync_api import expect
+
+    for path, title in [*list(PAGES.items())[1:], ("", "Monitor")]:
+        with tab(browser, dashboard_url) as t:
+            t.goto(path)
+            expect(t.page.get_by_text("Page not found")).to_have_count(0)
+            expect(t.heading(title)).to_have_count(0)
+            t.sign_in()
+            expect(t.heading(title)).to_be_visible()
+            assert t.page.url.rstrip("/") == f"{dashboard_url}/{path}".rstrip("/")
+            t.page.reload()
+            t.idle()
+            expect(t.page.get_by_text("Page not found")).to_have_count(0)
+            t.sign_in()
+            expect(t.heading(title)).to_be_visible()
+            assert t.page.url.rstrip("/") == f"{dashboard_url}/{path}".rstrip("/")
+
+
+def test_wrong_token_then_every_page_and_screenshots(browser: Any, dashboard_url: str, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    with tab(browser, dashboard_url) as t:
+        t.goto("")
+        t.sign_in("wrong-token")
+        expect(t.page.get_by_text("The admin token was not accepted")).to_be_visible()
+        t.sign_in()
+        expect(t.heading("Monitor")).to_be_visible()
+        expect(t.page.get_by_text("Calls · last 24 h")).to_be_visible()
+        t.shot(shots, "monitor")
+
+        # A key's details: tick the first row of the active-keys table, then "Details".
+        grid = t.page.locator('[data-testid="stDataFrame"]').first
+        grid.scroll_into_view_if_needed()
+        expect(grid).to_be_visible()
+        t.page.wait_for_timeout(500)
+        box = grid.bounding_box()
+        assert box is not None
+        t.page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the row-selection checkbox of row 1
+        t.idle()
+        t.page.get_by_role("button", name="Details").click()
+        dialog = t.page.get_by_role("dialog")
+        expect(dialog.get_by_text("Usage by model")).to_be_visible()
+        t.shot(shots, "key_details")
+        dialog.get_by_role("button", name="Close").first.click()
+        expect(dialog).to_have_count(0)
+
+        t.page.get_by_role("link", name="Trends").click()
+        expect(t.heading("Trends")).to_be_visible()
+        expect(t.page.locator('[data-testid="stPlotlyChart"]')).to_have_count(6)
+        expect(t.page.get_by_text("Top models")).to_be_visible()
+        t.shot(shots, "trends")
+
+        t.page.get_by_role("link", name="Error logs").click()
+        expect(t.page.get_by_text("matching entries")).to_be_visible()
+        t.shot(shots, "error_logs")
+
+        t.page.get_by_role("link", name="Config").click()
+        expect(t.heading("Gemini upstream & pool")).to_be_visible()
+        t.shot(shots, "config")
+
+        t.page.get_by_role("link", name="SQL").click()
+        expect(t.heading("SQL")).to_be_visible()
+        t.page.get_by_role("button", name="Run").click()
+        expect(t.page.get_by_text(re.compile(r" rows? · "))).to_be_visible()
+        t.shot(shots, "sql")
+
+
+def _ticks(chart: Any, pattern: str) -> list[str]:
+    """The x tick labels of a chart, once Plotly has drawn ones that match `pattern` (after a rerun)."""
+    from playwright.sync_api import expect
+
+    expect(chart.locator("g.xtick text").first).to_have_text(re.compile(pattern))
+    return list(chart.evaluate("el => Array.from(el.querySelectorAll('g.xtick text')).map(x => x.textContent)"))
+
+
+def _legend_colours(chart: Any) -> dict[str, str]:
+    return dict(
+        chart.evaluate(
+            """el => Array.from(el.querySelectorAll('g.legend g.traces')).map(g => [
+                g.querySelector('text.legendtext').textContent,
+                getComputedStyle(g.querySelector('path.legendundefined, g.legendpoints path')).fill])"""
+        )
+    )
+
+
+def test_trends_single_bucket_and_one_colour_per_model(browser: Any, dashboard_url: str) -> None:
+    from playwright.sync_api import expect
+
+    with tab(browser, dashboard_url) as t:
+        t.goto("trends")
+        t.sign_in()
+        expect(t.heading("Trends")).to_be_visible()
+        charts = t.page.locator('[data-testid="stPlotlyChart"]')
+        expect(charts).to_have_count(6)
+        expect(charts.nth(5).locator("g.legend g.traces").first).to_be_visible()
+
+        # The default breakdown is by model: both breakdown charts give each model the same colour.
+        by_calls, by_tokens = _legend_colours(charts.nth(4)), _legend_colours(charts.nth(5))
+        assert len(by_calls) >= 3 and by_calls == by_tokens, (by_calls, by_tokens)
+        assert len(set(by_calls.values())) == len(by_calls)
+
+        # Month granularity over a week: all the data is one bucket. The axis still spans the range, ticks whole.
+        t.page.locator('[data-testid="stButtonGroup"]').get_by_text("Month", exact=True).click()
+        t.idle()
+        ticks = _ticks(charts.first, r"[A-Z][a-z]{2} \d{4}")
+        assert len(ticks) == 1, ticks  # one month, one tick: no zoom into the bucket
+        t.page.locator('[data-testid="stButtonGroup"]').get_by_text("Hour", exact=True).click()
+        t.idle()
+        ticks = _ticks(charts.first, r"\d\d:00")
+        assert not any(re.search(r"\d:\d\d:\d\d|\.\d", x) for x in ticks), ticks
+
+
+def _visible_text(t: Tab) -> str:
+    """The app's text as read, without icon ligatures (Material icons are words in an icon font)."""
+    return str(
+        t.page.evaluate(
+            """() => { const app = document.querySelector('[data-testid="stApp"]').cloneNode(true);
+                app.querySelectorAll('[data-testid="stIconMaterial"], [role="img"][translate="no"], '
+                    + '[data-testid="stSkipToContent"]').forEach(e => e.remove());
+                document.body.appendChild(app); const text = app.innerText; app.remove(); return text; }"""
+        )
+    )
+
+
+def _english_words(text: str) -> set[str]:
+    words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z_]{2,}", text)}
+    return {w for w in words if w not in ALLOWED and not w.startswith("gemini")}
+
+
+def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    with tab(browser, dashboard_url) as t:
+        t.goto("")
+        t.sign_in()
+        expect(t.heading("Monitor")).to_be_visible()
+        t.page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').last.click()
+        t.page.get_by_role("option", name="简体中文").click()
+        t.idle()
+        expect(t.heading("监控")).to_be_visible()
+        leftover = _english_words(_visible_text(t))
+        assert not leftover, sorted(leftover)  # right after the switch, not one rerun later
+        t.shot(shots, "monitor_zh")
+        for link, title in (("趋势", "趋势"), ("错误日志", "错误日志"), ("配置", "配置"), ("SQL 查询", "SQL 查询")):
+            t.page.get_by_role("link", name=link).click()
+            expect(t.heading(title)).to_be_visible()
+            t.idle()
+            leftover = _english_words(_visible_text(t))
+            assert not leftover, f"{title}: {sorted(leftover)}"

@@ -68,6 +68,34 @@ def test_login_with_wrong_token_shows_a_clear_message(stack: Stack, monkeypatch:
     assert "Monitor" in texts(at.title)
 
 
+PAGE_TITLES = {"monitor": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config": "Config", "sql": "SQL"}
+
+
+@pytest.mark.parametrize("page", list(PAGE_TITLES))
+def test_a_deep_link_without_a_session_shows_the_login_then_that_page(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
+    monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    ok(at.run())
+    ok(at.switch_page(f"pages/{page}.py").run())
+    assert texts(at.title) == ["Sign in to Keyrack"]  # nothing of the page itself
+    assert not at.dataframe and not at.get("plotly_chart")
+    at.text_input(key="login_token").input(ADMIN_TOKEN)
+    ok(at.button[0].click().run())
+    assert PAGE_TITLES[page] in texts(at.title)
+
+
+def test_sign_out_really_signs_out(dash_env: Stack) -> None:
+    at = start("trends")
+    ok(at.sidebar.button(key="logout").click().run())
+    assert texts(at.title) == ["Sign in to Keyrack"]
+    assert "auth" not in at.session_state and not at.text_input(key="login_token").value
+    ok(at.run())  # the env token is not used again by itself
+    assert texts(at.title) == ["Sign in to Keyrack"]
+
+
 def test_unreachable_proxy_is_explained_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None]
 ) -> None:
@@ -117,7 +145,7 @@ def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stac
     assert any("调用" in label for label in (m.label for m in at.metric))
 
     auto = AppTest.from_file(str(APP), default_timeout=30)
-    auto.session_state["auto_refresh"] = 5  # the cards become a fragment re-run every 5 s
+    auto.session_state["auto_refresh.en"] = 5  # the cards become a fragment re-run every 5 s
     ok(auto.run())
     assert len(auto.metric) == 13  # 12 cards + the soonest quota exhaustion (forecast)
 
@@ -130,17 +158,17 @@ def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     assert key_id(fake_key("key-bad-0001")) in set(inactive["id"])
     assert key_id(fake_key("key-bad-0001")) not in set(active["id"])
 
-    at.multiselect(key="key_status").set_value(["invalid"])
+    at.multiselect(key="key_status.en").set_value(["invalid"])
     ok(at.run())
     assert "Hidden by the status filter." in texts(at.caption)
     assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-bad-0001"))} | set(at.dataframe[0].value["id"])
 
-    at.multiselect(key="key_status").set_value([])
-    at.selectbox(key="key_project").set_value("beta")
+    at.multiselect(key="key_status.en").set_value([])
+    at.selectbox(key="key_project.en").set_value("beta")
     ok(at.run())
     assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-beta-1"))}
 
-    at.selectbox(key="key_project").set_value("")
+    at.selectbox(key="key_project.en").set_value("")
     search(at, "known bad")
     assert list(at.dataframe[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]
     at.number_input(key="key_failures").set_value(1000)
@@ -228,16 +256,25 @@ def _chart_titles(at: AppTest) -> list[str]:
 
 def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> None:
     at = start("trends")
-    assert _chart_titles(at) == ["Calls: success vs failure", "Success rate", "Latency p50 / p95", "Tokens"]
+    assert _chart_titles(at) == [
+        "Calls: success vs failure",
+        "Success rate",
+        "Latency p50 / p95",
+        "Tokens",
+        "Calls by model",
+        "Tokens by model",
+    ]
     hourly = len(_values(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]))
-    at.segmented_control(key="granularity").set_value("day")
+    at.segmented_control(key="granularity.en").set_value("day")
     ok(at.run())
     daily = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
     assert 1 <= len(_values(daily[0]["y"])) < hourly
     assert sum(_values(trace["y"]).sum() for trace in daily) >= 400  # every seeded call counted once
-    at.selectbox(key="breakdown").set_value("model")
+    at.selectbox(key="breakdown.en").set_value("project")
     ok(at.run())
-    assert "Calls by model" in _chart_titles(at)
+    assert "Calls by project" in _chart_titles(at)
+    at.selectbox(key="breakdown.en").set_value("model")
+    ok(at.run())
     by_model = json.loads(at.get("plotly_chart")[4].proto.spec)["data"]
     assert {trace["name"] for trace in by_model} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     assert texts(at.subheader)[-2:] == ["Top keys", "Top models"]
@@ -277,7 +314,7 @@ def test_config_marks_changes_shows_validation_and_saves_live(dash_env: Stack) -
     assert [s for s in texts(at.subheader)][:3] == ["General", "Gemini upstream & pool", "Logging & retention"]
     at.number_input(key="cfg_max_retries").set_value(99)
     ok(at.run())
-    assert any("1 unsaved changes" in m for m in texts(at.markdown))
+    assert any("1 unsaved change" in m and "changes" not in m for m in texts(at.markdown))
     assert any("changed" in c for c in texts(at.caption))
     ok(at.button(key="cfg_save_btn").click().run())
     assert "Not saved: fix the fields marked below." in texts(at.error)
@@ -287,7 +324,7 @@ def test_config_marks_changes_shows_validation_and_saves_live(dash_env: Stack) -
     at.number_input(key="cfg_max_retries").set_value(5)
     ok(at.run())
     ok(at.button(key="cfg_save_btn").click().run())
-    assert any("Saved 1 settings" in s for s in texts(at.success))
+    assert any("Saved 1 setting;" in s for s in texts(at.success))
     assert dash_env.admin("GET", "/config")["values"]["max_retries"] == 5
     assert dash_env.gateway.config.max_retries == 5  # applied live
     assert any("No unsaved changes" in m for m in texts(at.markdown))
@@ -307,7 +344,7 @@ def test_sql_page_error_path_examples_and_downloads(dash_env: Stack) -> None:
     ok(at.button(key="sql_run").click().run())
     assert any(e.startswith("Query not allowed:") for e in texts(at.error)), texts(at.error)
 
-    at.selectbox(key="sql_example").set_value("sql.ex.calls_by_model")
+    at.selectbox(key="sql_example.en").set_value("sql.ex.calls_by_model")
     ok(at.run())
     assert "GROUP BY model" in at.text_area(key="sql_text").value
     ok(at.button(key="sql_run").click().run())
@@ -321,7 +358,7 @@ def test_trends_buckets_follow_the_configured_timezone(dash_env: Stack) -> None:
     dash_env.admin("PATCH", "/config", json={"display_timezone": "Asia/Shanghai"})
     try:
         at = start("trends")
-        at.segmented_control(key="granularity").set_value("day")
+        at.segmented_control(key="granularity.en").set_value("day")
         ok(at.run())
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         assert spec["layout"]["xaxis"]["title"]["text"] == "Time (Asia/Shanghai)"

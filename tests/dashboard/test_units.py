@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from dashboard.client import AdminClient, AdminError
 from tests.dashboard.conftest import ADMIN_TOKEN, Stack
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
-PREFIXES = "app|nav|chrome|login|error|common|status|monitor|trends|gran|dim|chart|col|errors|config|field|sql"
+PREFIXES = "app|nav|chrome|login|error|reason|common|status|monitor|trends|gran|dim|chart|col|errors|config|field|sql"
 LITERAL = re.compile(rf"""["']((?:{PREFIXES})\.[a-z0-9_.]+)["']""")
 DYNAMIC = re.compile(r"""\bt\(\s*f["']([a-z_.]+)\{""")
 
@@ -95,11 +96,63 @@ def test_charts_build_from_series_rows() -> None:
             "total_tokens": [10, 20, 30],
         }
     )
-    assert [tr.name for tr in charts.calls(df, "UTC").data] == ["Success", "Failure"]
-    assert charts.success_rate(df, "UTC").layout.yaxis.tickformat == ".0%"
-    assert len(charts.latency(df, "UTC").data) == 2
-    assert charts.tokens(df, "UTC").layout.title.text == "Tokens"
-    assert {tr.name for tr in charts.breakdown(df, "calls", "model", "UTC").data} == {"a", "b"}
+    axis = charts.Axis("day", date(2026, 1, 1), date(2026, 1, 7), "UTC")
+    assert [tr.name for tr in charts.calls(df, axis).data] == ["Success", "Failure"]
+    assert charts.success_rate(df, axis).layout.yaxis.tickformat == ".0%"
+    assert len(charts.latency(df, axis).data) == 2
+    assert charts.tokens(df, axis).layout.title.text == "Tokens"
+    assert {tr.name for tr in charts.breakdown(df, "calls", "model", axis).data} == {"a", "b"}
+
+
+@pytest.mark.parametrize("granularity", ["hour", "day", "week", "month"])
+def test_one_bucket_spans_the_chosen_range_with_whole_bucket_ticks(granularity: str) -> None:
+    axis = charts.Axis(granularity, date(2026, 3, 2), date(2026, 3, 8), "UTC")
+    one = pd.DataFrame(
+        {
+            "bucket": [axis.buckets()[len(axis.buckets()) // 2]],
+            "calls": [4],
+            "successes": [3],
+            "failures": [1],
+            "success_rate": [0.75],
+            "total_tokens": [10],
+        }
+    )
+    fig = charts.calls(one, axis)
+    lo, hi = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    assert lo <= pd.Timestamp("2026-03-02") and hi >= pd.Timestamp("2026-03-09")
+    assert hi - lo <= pd.Timedelta(days=31)
+    ticks = [pd.Timestamp(v) for v in fig.layout.xaxis.tickvals]
+    assert 1 <= len(ticks) <= charts.MAX_TICKS
+    assert all(ts == ts.floor("h") for ts in ticks)  # never fractions of a bucket
+    if granularity != "hour":
+        assert all(ts == ts.normalize() for ts in ticks)
+    assert all("." not in label for label in fig.layout.xaxis.ticktext)
+    y = list(fig.data[0].y)
+    assert len(y) == len(axis.buckets()) and sum(y) == 3  # empty buckets are zero, not missing
+
+
+def test_tick_labels_follow_the_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    axis = charts.Axis("day", date(2026, 3, 2), date(2026, 3, 8), "UTC")
+    df = pd.DataFrame({"bucket": [pd.Timestamp("2026-03-05")], "calls": [1], "successes": [1], "failures": [0]})
+    assert charts.calls(df, axis).layout.xaxis.ticktext[0] == "Mar 2"
+    monkeypatch.setattr(i18n, "_last", "zh")
+    assert charts.calls(df, axis).layout.xaxis.ticktext[0] == "3月2日"
+
+
+def test_a_model_has_one_colour_on_every_chart() -> None:
+    axis = charts.Axis("day", date(2026, 1, 1), date(2026, 1, 3), "UTC")
+    a = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime(["2026-01-01"] * 3),
+            "group": ["m1", "m2", "m3"],
+            "calls": [1, 5, 9],
+            "total_tokens": [900, 50, 1],
+        }
+    )
+    by_calls = {tr.name: tr.marker.color for tr in charts.breakdown(a, "calls", "model", axis).data}
+    by_tokens = {tr.name: tr.marker.color for tr in charts.breakdown(a, "total_tokens", "model", axis).data}
+    assert by_calls == by_tokens == {m: charts.colour(m) for m in ("m1", "m2", "m3")}
+    assert charts.colour("gemini-2.5-flash") == charts.colour("gemini-2.5-flash") != charts.OTHERS
 
 
 def test_error_csv_export_fetches_every_matching_row(stack: Stack) -> None:

@@ -1,0 +1,88 @@
+"""Sign-in state: where the proxy is (environment or `.env`), the session's admin client, sign in / sign out."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import httpx
+import streamlit as st
+
+from dashboard.client import AdminClient, AdminError
+from proxy_service.envfile import env_setting
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
+SESSION_STATE = ("auth", "_dialog", "_cache", "_flash", "login_token")  # what a sign-out forgets
+
+
+def setting(name: str, default: str = "") -> str:
+    """Environment first, then `.env` (the same reader as the proxy's)."""
+    value = env_setting(name)
+    return value if value is not None else default
+
+
+def env_admin_url() -> str:
+    return setting("KEYRACK_ADMIN_URL", DEFAULT_ADMIN_URL).rstrip("/") or DEFAULT_ADMIN_URL
+
+
+def env_admin_token() -> str:
+    return setting("KEYRACK_ADMIN_TOKEN", "")
+
+
+def auto_sign_in_allowed() -> bool:
+    """The env token signs visitors in by itself only while the dashboard listens on loopback (the demo, a laptop):
+    on any other address every visitor who can reach it would be the admin. Unset means every interface."""
+    host = (st.get_option("server.address") or "").strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@st.cache_resource(show_spinner=False)
+def _http() -> httpx.Client:
+    """One pooled HTTP client for every session of this dashboard process."""
+    return httpx.Client(timeout=15.0, limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+
+
+def make_client(url: str, token: str) -> AdminClient:
+    return AdminClient(url, token, http=_http())
+
+
+def client() -> AdminClient:
+    """The signed-in session's admin client."""
+    auth = st.session_state.get("auth") or {}
+    return make_client(auth.get("url", env_admin_url()), auth.get("token", ""))
+
+
+def logged_in() -> bool:
+    return bool(st.session_state.get("auth"))
+
+
+def sign_in(url: str, token: str) -> AdminError | None:
+    """Check URL + token with one admin call; on success remember them and adopt the configured language.
+    `url` is server-side configuration (KEYRACK_ADMIN_URL / --admin-url), never a visitor's input: the dashboard
+    must not fetch a URL a stranger chose and show the answer."""
+    try:
+        cfg = make_client(url, token).config()
+    except AdminError as exc:
+        return exc
+    st.session_state["auth"] = {"url": url.rstrip("/"), "token": token}
+    if not st.session_state.get("lang_chosen"):
+        set_language(str((cfg.get("values") or {}).get("language", "en")))
+    st.session_state["_data_version"] = st.session_state.get("_data_version", 0) + 1
+    return None
+
+
+def set_language(lang: str) -> None:
+    """Switch the language for this run and every widget drawn after it (the entry syncs its selector)."""
+    st.session_state["lang"] = lang
+    st.session_state["_lang_sync"] = True
+
+
+def sign_out() -> None:
+    """Forget the session's token and everything fetched with it; the env token is not used again by itself."""
+    for name in SESSION_STATE:
+        st.session_state.pop(name, None)
+    st.session_state["login_tried_env"] = True
