@@ -11,13 +11,14 @@ Two rules every chart follows:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.i18n import current, t
+from dashboard.i18n import EN, current, t
 
 SUCCESS = "#2e9e5b"
 FAILURE = "#d9534f"
@@ -250,3 +251,99 @@ def breakdown(df: pd.DataFrame, metric: str, dim: str, axis: Axis, top: int = 12
     title_key = "chart.calls_by" if metric == "calls" else "chart.tokens_by"
     y_title = t("chart.count") if metric == "calls" else t("chart.token_count")
     return _layout(fig, t(title_key, dim=t(f"dim.{dim}").lower()), y_title, axis, stacked=True)
+
+
+# -- the 429 story (GET /stats/outcomes, long form: bucket, group, n) -----------------------------------------------
+REFUSED = "#7b61ff"
+UPSTREAM_429 = "#f58518"
+FIXED = {"success": SUCCESS, "200": SUCCESS, "exhausted": REFUSED, "429": UPSTREAM_429, "upstream_error": FAILURE}
+
+
+def _wide(df: pd.DataFrame, prefix: str, axis: Axis) -> pd.DataFrame:
+    """Rows whose group starts with `prefix` as one column per name, one row per bucket of the range (zeros)."""
+    part = df[df["group"].str.startswith(prefix)]
+    wide = part.assign(name=part["group"].str.slice(len(prefix))).pivot_table(
+        index="bucket", columns="name", values="n", aggfunc="sum", fill_value=0
+    )
+    full = wide.reindex(axis.buckets(), fill_value=0)
+    full.index.name = "bucket"
+    return full
+
+
+def _series(df: pd.DataFrame, group: str, axis: Axis) -> pd.Series:
+    part = df[df["group"] == group].groupby("bucket")["n"].sum()
+    return part.reindex(axis.buckets(), fill_value=0)
+
+
+def refusals(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    """Google's 429s (upstream attempts answered 429) next to Keyrack's own refusals (calls it answered 429
+    without asking Google: every key of the model was cooling or out of a known limit)."""
+    up, own = _series(df, "upstream_429", axis), _series(df, "outcome:exhausted", axis)
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=up.index,
+                y=up.values,
+                name=t("chart.upstream_429"),
+                marker_color=UPSTREAM_429,
+                width=axis.width_ms() / 2,
+                offset=0,
+            ),
+            go.Bar(
+                x=own.index,
+                y=own.values,
+                name=t("chart.refused"),
+                marker_color=REFUSED,
+                width=axis.width_ms() / 2,
+                offset=axis.width_ms() / 2,
+            ),
+        ]
+    )
+    return _layout(fig, t("chart.refusals"), t("chart.count"), axis)
+
+
+def attempts_per_success(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    attempts, successes = _series(df, "attempts", axis), _series(df, "outcome:success", axis)
+    ratio = (attempts / successes.where(successes > 0)).round(2)
+    fig = go.Figure(
+        go.Scatter(
+            x=ratio.index,
+            y=ratio.values,
+            name=t("chart.attempts_per_success"),
+            mode="lines+markers",
+            line={"color": P50},
+        )
+    )
+    fig = _layout(fig, t("chart.attempts_per_success"), t("chart.ratio"), axis)
+    fig.update_yaxes(tickformat=",.2~f")
+    return fig
+
+
+def _stacked(wide: pd.DataFrame, title: str, label: Callable[[str], str], axis: Axis) -> go.Figure:
+    order = wide.sum().sort_values(ascending=False).index
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=wide.index,
+                y=wide[name].values,
+                name=label(str(name)),
+                width=axis.width_ms(),
+                offset=0,
+                marker_color=FIXED.get(str(name), colour(name)),
+            )
+            for name in order
+        ]
+    )
+    return _layout(fig, title, t("chart.count"), axis, stacked=True)
+
+
+def outcome_breakdown(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    return _stacked(_wide(df, "outcome:", axis), t("chart.outcomes"), outcome_label, axis)
+
+
+def status_breakdown(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    return _stacked(_wide(df, "status:", axis), t("chart.statuses"), lambda s: s or "–", axis)
+
+
+def outcome_label(name: str) -> str:
+    return t(f"outcome.{name}") if f"outcome.{name}" in EN else name or "–"

@@ -424,6 +424,28 @@ class AdminClient:
     def clients(self) -> list[dict[str, Any]]:
         return self._json("GET", "/clients").get("items", [])
 
+    def outcomes(
+        self, granularity: str = "day", start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> pd.DataFrame:
+        """The 429 story in long form: {bucket (UTC), group ("outcome:x" | "status:n" | "attempts" |
+        "upstream_429"), n}."""
+        params = _params(granularity=granularity)
+        params.update(_params(**{"from": start, "to": end}))
+        df = _arrow(self._request("GET", "/stats/outcomes", params=params))
+        df["bucket"] = _utc(df["bucket"])
+        return df
+
+    def pool_headroom(self, hours: int = 24) -> dict[str, pd.DataFrame]:
+        """{"models": per-model summary, "scopes": per (scope, model) rows}, tightest first (see the API)."""
+        data = self._json("GET", "/pool/headroom", params={"hours": hours})
+        times = ("cooling_until", "frees_at")
+        return {"models": _frame(data["models"], times=times), "scopes": _frame(data["scopes"], times=times)}
+
+    def error_facets(self, start: datetime | str | None = None, end: datetime | str | None = None) -> dict[str, list]:
+        """{column: [values, most frequent first]} for the error-log filters (model, status, error_type, key_id)."""
+        data = self._json("GET", "/errors/facets", params=_params(**{"from": start, "to": end}))
+        return {name: [v["value"] for v in values] for name, values in data["facets"].items()}
+
     # -- SQL -----------------------------------------------------------------------------------------------------
     def query(self, sql: str, *, timeout: float = 120.0) -> QueryResult:
         resp = self._request("POST", "/query", json={"sql": sql, "format": "arrow"}, timeout=timeout)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import cache, dialogs, fmt, times
 from dashboard.client import AdminClient
-from dashboard.i18n import t
+from dashboard.i18n import t, wkey
 
 CSV_MAX_ROWS = 100_000
 CSV_PAGE = 1000
@@ -25,22 +25,33 @@ def filters() -> dict[str, Any]:
         t("common.date_range"), value=(today - timedelta(days=6), today), key="err_range", format="YYYY-MM-DD"
     )
     start, end = times.date_range(picked, (today - timedelta(days=6), today))
-    key_id = c2.text_input(t("errors.key"), key="err_key")
-    model = c3.text_input(t("errors.model"), key="err_model")
-    status = c4.text_input(t("errors.status"), key="err_status")
-    c5, c6 = st.columns([1, 3])
-    error_type = c5.text_input(t("errors.type"), key="err_type")
-    q = c6.text_input(t("errors.q"), key="err_q")
     lo, hi = times.day_range_utc(start, end)
+    facets = cache.safe(cache.api().error_facets, ttl=30.0)(lo, hi) or {}
+    key_id = _choice(c2, "errors.key", facets.get("key_id", []), "err_key")
+    model = _choice(c3, "errors.model", facets.get("model", []), "err_model")
+    status = _choice(c4, "errors.status", facets.get("status", []), "err_status")
+    c5, c6 = st.columns([1, 3])
+    error_type = _choice(c5, "errors.type", facets.get("error_type", []), "err_type")
+    q = c6.text_input(t("errors.q"), key="err_q")
     return {
         "from": lo,
         "to": hi,
-        "key_id": key_id.strip() or None,
-        "model": model.strip() or None,
-        "status": status.strip() or None,
-        "error_type": error_type.strip() or None,
+        "key_id": key_id,
+        "model": model,
+        "status": status,
+        "error_type": error_type,
         "q": q.strip() or None,
     }
+
+
+def _choice(col: Any, label: str, values: list[Any], key: str) -> Any:
+    """A dropdown of the values that exist in the range ("All" = no filter); a value chosen earlier that has left
+    the range stays selectable so the filter does not silently change."""
+    chosen = st.session_state.get(wkey(key))
+    options = [None, *values] + ([chosen] if chosen is not None and chosen not in values else [])
+    return col.selectbox(
+        t(label), options, key=wkey(key), format_func=lambda v: t("common.all") if v is None else str(v)
+    )
 
 
 def query_args(flt: dict[str, Any]) -> dict[str, Any]:

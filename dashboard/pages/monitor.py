@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import cache, dialogs, forecast_view
+from dashboard import cache, dialogs, forecast_view, headroom_panel
 from dashboard import keys_panel as kp
 from dashboard.i18n import t, wkey
 
@@ -20,6 +20,7 @@ def live_cards() -> None:
     summary = cache.safe(cache.api().summary, ttl=ttl)() or {}
     counts = cache.safe(cache.api().keys, ttl=ttl)(page_size=1)
     kp.cards(summary, counts.counts if counts else {})
+    headroom_panel.panel(ttl)
 
 
 live_cards()

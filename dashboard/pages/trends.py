@@ -45,6 +45,18 @@ elif series is not None:
     left.plotly_chart(charts.latency(series, axis), key="chart_latency")
     right.plotly_chart(charts.tokens(series, axis), key="chart_tokens")
 
+    st.subheader(t("trends.story_heading"))
+    st.caption(t("trends.story_intro"))
+    story = cache.safe(cache.api().outcomes, ttl=15.0)(granularity, lo, hi)
+    if story is not None:
+        story = story.assign(bucket=times.local(story["bucket"]))
+        left, right = st.columns(2)
+        left.plotly_chart(charts.refusals(story, axis), key="chart_refusals")
+        right.plotly_chart(charts.attempts_per_success(story, axis), key="chart_attempts")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.outcome_breakdown(story, axis), key="chart_outcomes")
+        right.plotly_chart(charts.status_breakdown(story, axis), key="chart_statuses")
+
     st.subheader(t("trends.breakdown_heading"))
     dim = st.selectbox(
         t("trends.breakdown"), trends_data.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=wkey("breakdown")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
-from proxy_service.admin import alerts, config, errors, explore, forecast, keys, sql, stats
+from proxy_service.admin import alerts, config, errors, explore, forecast, keys, pool, sql, stats
 from proxy_service.admin.common import Handler, error_response, guarded
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ def mount(gw: Gateway) -> Mount:
         *forecast.ROUTES,
         *explore.ROUTES,
         *alerts.ROUTES,
+        *pool.ROUTES,
     ]
     routes = [Route(path, guarded(gw, h), methods=methods) for path, methods, h in table]
 

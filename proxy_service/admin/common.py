@@ -3,7 +3,8 @@ the admin-token guard.
 
 Contract: docs/ARCHITECTURE.md. Every route needs `Authorization: Bearer <KEYRACK_ADMIN_TOKEN>` (compared in
 constant time); without a configured token the whole API answers 503. Errors are
-`{"error": {"code", "message", "field"?}}`. Handlers are `async (gw, request)`; they read the database with
+`{"error": {"code", "message", "field"?, "reason"?, "detail"?}}`: `reason` is a stable machine-readable code (e.g.
+"query_failed") a client can translate, `detail` the part of the message that is data (e.g. DuckDB's own words). Handlers are `async (gw, request)`; they read the database with
 `gw.read(fn)` (a worker thread, its own cursor) and write with `gw.write(fn)` (the event writer's thread).
 """
 
@@ -37,16 +38,38 @@ Handler = Callable[["Gateway", Request], Awaitable[Response]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.field, self.extra = status, message, field, extra
+        self.reason, self.detail = reason, detail
 
 
 # -- responses -----------------------------------------------------------------------------------------------------
-def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+    **extra: Any,
+) -> JSONResponse:
     err: dict[str, Any] = {"code": status, "message": message}
     if field:
         err["field"] = field
+    if reason:
+        err["reason"] = reason
+    if detail is not None:
+        err["detail"] = detail
     headers = {"www-authenticate": 'Bearer realm="keyrack-admin"'} if status == 401 else None
     return JSONResponse({"error": err, **extra}, status_code=status, headers=headers)
 
@@ -114,9 +137,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"request body is not valid JSON: {exc}", reason="invalid_body", detail=str(exc)) from None
     except RecursionError:  # tens of thousands of nested [ or {: the client's fault
-        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+        raise ApiError(
+            400, "request body is not valid JSON: nested too deeply", reason="invalid_body", detail="nested too deeply"
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(data).__name__}")
     return data
@@ -125,13 +150,23 @@ async def json_body(request: Request) -> dict[str, Any]:
 def parse_time(value: Any, name: str) -> datetime:
     """ISO-8601 date or time → naive UTC (a time without an offset is UTC)."""
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"{name} must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z", name)
+        raise ApiError(
+            400,
+            f"{name} must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z",
+            name,
+            reason="invalid_value",
+            detail=repr(value)[:100],
+        )
     text = value.strip()
     try:
         t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise ApiError(
-            400, f"{name}: {value!r} is not an ISO-8601 date or time (e.g. 2026-01-31T12:00:00Z)", name
+            400,
+            f"{name}: {value!r} is not an ISO-8601 date or time (e.g. 2026-01-31T12:00:00Z)",
+            name,
+            reason="invalid_value",
+            detail=repr(value)[:100],
         ) from None
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
@@ -148,16 +183,24 @@ def q_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ApiError(400, f"{name} must be an integer, not {value!r}", name) from None
+        raise ApiError(
+            400, f"{name} must be an integer, not {value!r}", name, reason="invalid_value", detail=repr(value)[:100]
+        ) from None
     if not lo <= n <= hi:
-        raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
+        raise ApiError(400, f"{name} must be between {lo} and {hi}", name, reason="invalid_value", detail=str(n))
     return n
 
 
 def q_choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
     value = request.query_params.get(name) or default
     if value not in choices:
-        raise ApiError(400, f"{name} must be one of {', '.join(choices)} (got {value!r})", name)
+        raise ApiError(
+            400,
+            f"{name} must be one of {', '.join(choices)} (got {value!r})",
+            name,
+            reason="invalid_value",
+            detail=repr(value)[:100],
+        )
     return value
 
 
@@ -167,21 +210,27 @@ def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Resp
     async def endpoint(request: Request) -> Response:
         token = gw.settings.admin_token
         if not token:
-            return error_response(503, "The admin API is disabled: KEYRACK_ADMIN_TOKEN is not set.")
+            return error_response(
+                503, "The admin API is disabled: KEYRACK_ADMIN_TOKEN is not set.", reason="admin_disabled"
+            )
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return error_response(401, "Missing or wrong admin token (send Authorization: Bearer <token>).")
+            return error_response(
+                401, "Missing or wrong admin token (send Authorization: Bearer <token>).", reason="unauthorized"
+            )
         try:
             return await handler(gw, request)
         except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.field, **exc.extra)
+            return error_response(exc.status, exc.message, exc.field, reason=exc.reason, detail=exc.detail, **exc.extra)
         except ConfigError as exc:
             first = next(iter(exc.errors), None)
-            return error_response(422, f"invalid configuration: {exc}", first, errors=exc.errors)
+            return error_response(
+                422, f"invalid configuration: {exc}", first, reason="invalid_config", errors=exc.errors
+            )
         except WriterUnavailable as exc:
-            return error_response(503, f"not saved: {exc}")
+            return error_response(503, f"not saved: {exc}", reason="not_saved", detail=str(exc))
         except Exception as exc:
             log.exception("admin %s %s failed", request.method, request.url.path)
-            return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log")
+            return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log", reason="internal")
 
     return endpoint

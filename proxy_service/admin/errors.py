@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service import queries
-from proxy_service.admin.common import ApiError, json_body, ok, parse_time, q_int
+from proxy_service import pool_queries, queries
+from proxy_service.admin.common import ApiError, json_body, ok, parse_time, q_int, q_time
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -87,7 +87,16 @@ async def delete_errors(gw: Gateway, request: Request) -> Response:
     return ok({"deleted": deleted})
 
 
+async def error_facets(gw: Gateway, request: Request) -> Response:
+    """The values the error-log filters can take in [from, to): {column: [{value, count}]}, most frequent first."""
+    lo, hi = q_time(request, "from"), q_time(request, "to")
+    limit = q_int(request, "limit", 200, 1, 1000)
+    facets = await gw.read(lambda cur: pool_queries.error_facets(cur, lo, hi, limit))
+    return ok({"facets": facets})
+
+
 ROUTES: list[tuple[str, list[str], Any]] = [
+    ("/errors/facets", ["GET"], error_facets),
     ("/errors", ["GET"], list_errors),
     ("/errors/delete", ["POST"], delete_errors),
     ("/errors/{id}", ["GET"], get_error),

@@ -22,9 +22,13 @@ async def run_query(gw: Gateway, request: Request) -> Response:
     body = await json_body(request)
     sql, fmt = body.get("sql"), body.get("format", "arrow")
     if not isinstance(sql, str) or not sql.strip():
-        raise ApiError(400, "sql is required: one SELECT over requests, attempts, error_logs or keys", "sql")
+        raise ApiError(
+            400, "sql is required: one SELECT over requests, attempts, error_logs or keys", "sql", reason="sql_required"
+        )
     if fmt not in ("arrow", "json"):
-        raise ApiError(400, f"format must be arrow or json (got {fmt!r})", "format")
+        raise ApiError(
+            400, f"format must be arrow or json (got {fmt!r})", "format", reason="invalid_value", detail=repr(fmt)[:100]
+        )
     cfg = gw.config
     byte_cap = int(cfg.query_byte_cap_mb * 1024 * 1024)
     async with gw.query_slots:
@@ -33,11 +37,13 @@ async def run_query(gw: Gateway, request: Request) -> Response:
                 sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap
             )
         except sql_guard.QueryRejected as exc:
-            raise ApiError(400, f"query not allowed: {exc}", "sql") from None
+            raise ApiError(
+                400, f"query not allowed: {exc}", "sql", reason="query_not_allowed", detail=str(exc)
+            ) from None
         except sql_guard.QueryTimeout as exc:
-            raise ApiError(408, f"query interrupted: {exc}", "sql") from None
+            raise ApiError(408, f"query interrupted: {exc}", "sql", reason="query_timeout", detail=str(exc)) from None
         except sql_guard.QueryFailed as exc:
-            raise ApiError(400, f"query failed: {exc}", "sql") from None
+            raise ApiError(400, f"query failed: {exc}", "sql", reason="query_failed", detail=str(exc)) from None
         # Serialising a big answer takes seconds of CPU: on a worker thread (still inside the query slot), never on
         # the event loop that serves the proxy.
         if fmt == "arrow":

@@ -10,7 +10,7 @@ import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service import queries
+from proxy_service import pool_queries, queries
 from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time
 
 if TYPE_CHECKING:
@@ -44,12 +44,14 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     limit = q_int(request, "limit", 10, 1, 100)
     start, end = q_time(request, "from"), q_time(request, "to")
     if start and end and start >= end:
-        raise ApiError(400, "from must be before to", "from")
+        raise ApiError(400, "from must be before to", "from", reason="range_reversed")
     tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
     lo, hi = queries.series_range(g, tz, start, end, now)
     if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
         raise ApiError(
-            400, f"too many {g} buckets in that range (max {queries.MAX_BUCKETS}): use a coarser granularity"
+            400,
+            f"too many {g} buckets in that range (max {queries.MAX_BUCKETS}): use a coarser granularity",
+            reason="too_many_buckets",
         )
     table = await gw.read(lambda cur: queries.series(cur, g, group_by, tz, lo, hi, use_rollup=usable, limit=limit))
     meta = {"granularity": g, "group_by": group_by, "timezone": tz.key, "from": iso(lo), "to": iso(hi)}
@@ -67,7 +69,7 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
     end = q_time(request, "to") or queries.utcnow()
     start = q_time(request, "from") or end - timedelta(hours=24)
     if start >= end:
-        raise ApiError(400, "from must be before to", "from")
+        raise ApiError(400, "from must be before to", "from", reason="range_reversed")
     usable = await _rollup_ready(gw)
     items = await gw.read(lambda cur: queries.top(cur, dim, start, end, limit, usable))
     if dim == "key":
@@ -79,7 +81,26 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
     return ok({"dim": dim, "from": iso(start), "to": iso(end), "items": items})
 
 
+async def stats_outcomes(gw: Gateway, request: Request) -> Response:
+    """The 429 story per bucket (Arrow): outcomes, client statuses, upstream attempts and upstream 429s."""
+    g = q_choice(request, "granularity", queries.GRANULARITIES, "day")
+    start, end = q_time(request, "from"), q_time(request, "to")
+    if start and end and start >= end:
+        raise ApiError(400, "from must be before to", "from", reason="range_reversed")
+    tz, now = _tz(gw), queries.utcnow()
+    lo, hi = queries.series_range(g, tz, start, end, now)
+    if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
+        raise ApiError(
+            400,
+            f"too many {g} buckets in that range (max {queries.MAX_BUCKETS}): use a coarser granularity",
+            reason="too_many_buckets",
+        )
+    table = await gw.read(lambda cur: pool_queries.outcomes(cur, g, tz, lo, hi))
+    return arrow_response(table, {"x-keyrack-granularity": g, "x-keyrack-timezone": tz.key})
+
+
 ROUTES: list[tuple[str, list[str], Any]] = [
+    ("/stats/outcomes", ["GET"], stats_outcomes),
     ("/stats/summary", ["GET"], stats_summary),
     ("/stats/series", ["GET"], stats_series),
     ("/stats/top", ["GET"], stats_top),

@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+pytestmark = pytest.mark.timeout(600)  # a real browser on a shared 2-core machine: minutes, not the suite's 120 s
 PAGES = {"": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config": "Config", "sql": "SQL"}
 # Words that stay as they are in Chinese: names, units, protocol and product terms, the seeded data.
 ALLOWED = {
@@ -308,8 +309,9 @@ def tab(browser: Any, base: str) -> Iterator[Tab]:
 
 
 def test_deep_link_and_reload_on_every_page(browser: Any, dashboard_url: str) -> None:
-    """A fresh tab on /<page> shows the login in place (no "Page not found"); after sign-in the same page; after
-    a reload the same URL and, once signed in again, the same page. The first deep link is the server's first run."""
+    """A fresh tab on /<page> shows the login in place (no "Page not found"); after sign-in the same page; a reload
+    (a new Streamlit session) keeps the URL and shows the login in place again, then the page once signed in (checked
+    on one page: the others differ only by URL). The first deep link is the server's first run."""
     from playwright.sync_api import expect
 
     for path, title in [*list(PAGES.items())[1:], ("", "Monitor")]:
@@ -323,12 +325,28 @@ def test_deep_link_and_reload_on_every_page(browser: Any, dashboard_url: str) ->
             t.page.reload()
             t.idle()
             expect(t.page.get_by_text("Page not found")).to_have_count(0)
-            t.sign_in()
-            expect(t.heading(title)).to_be_visible()
+            expect(t.page.get_by_role("heading", name="Sign in to Keyrack")).to_be_visible()
             assert t.page.url.rstrip("/") == f"{dashboard_url}/{path}".rstrip("/")
+            if path == "trends":
+                t.sign_in()
+                expect(t.heading(title)).to_be_visible()
 
 
-def test_wrong_token_then_every_page_and_screenshots(browser: Any, dashboard_url: str, shots: Path) -> None:
+@pytest.fixture
+def cooling_pair(stack: Stack) -> Iterator[None]:
+    """(project alpha, gemini-2.5-pro) cools for five minutes, as after a per-minute 429 from Google."""
+    from proxy_service.pool import Cooldown
+
+    stack.gateway.pool.cooldowns[("alpha", "gemini-2.5-pro")] = Cooldown(time.time() + 300, "minute", "RPM")
+    try:
+        yield
+    finally:
+        stack.gateway.pool.cooldowns.pop(("alpha", "gemini-2.5-pro"), None)
+
+
+def test_wrong_token_then_every_page_and_screenshots(
+    browser: Any, dashboard_url: str, shots: Path, cooling_pair: None
+) -> None:
     from playwright.sync_api import expect
 
     with tab(browser, dashboard_url) as t:
@@ -338,10 +356,12 @@ def test_wrong_token_then_every_page_and_screenshots(browser: Any, dashboard_url
         t.sign_in()
         expect(t.heading("Monitor")).to_be_visible()
         expect(t.page.get_by_text("Calls · last 24 h")).to_be_visible()
+        expect(t.heading("Pool headroom")).to_be_visible()  # the cooling pair is in it, on top (AppTest checks rows)
+        expect(t.page.get_by_text(re.compile(r"\(project, model\) pairs · 1 cooling · tightest first"))).to_be_visible()
         t.shot(shots, "monitor")
 
         # A key's details: tick the first row of the active-keys table, then "Details".
-        grid = t.page.locator('[data-testid="stDataFrame"]').first
+        grid = t.page.locator('.st-key-tbl_active [data-testid="stDataFrame"]')
         grid.scroll_into_view_if_needed()
         expect(grid).to_be_visible()
         t.page.wait_for_timeout(500)
@@ -358,7 +378,7 @@ def test_wrong_token_then_every_page_and_screenshots(browser: Any, dashboard_url
 
         t.page.get_by_role("link", name="Trends").click()
         expect(t.heading("Trends")).to_be_visible()
-        expect(t.page.locator('[data-testid="stPlotlyChart"]')).to_have_count(6)
+        expect(t.page.locator('[data-testid="stPlotlyChart"]')).to_have_count(10)
         expect(t.page.get_by_text("Top models")).to_be_visible()
         t.shot(shots, "trends")
 
@@ -403,11 +423,11 @@ def test_trends_single_bucket_and_one_colour_per_model(browser: Any, dashboard_u
         t.sign_in()
         expect(t.heading("Trends")).to_be_visible()
         charts = t.page.locator('[data-testid="stPlotlyChart"]')
-        expect(charts).to_have_count(6)
-        expect(charts.nth(5).locator("g.legend g.traces").first).to_be_visible()
+        expect(charts).to_have_count(10)
+        expect(charts.nth(9).locator("g.legend g.traces").first).to_be_visible()
 
         # The default breakdown is by model: both breakdown charts give each model the same colour.
-        by_calls, by_tokens = _legend_colours(charts.nth(4)), _legend_colours(charts.nth(5))
+        by_calls, by_tokens = _legend_colours(charts.nth(8)), _legend_colours(charts.nth(9))
         assert len(by_calls) >= 3 and by_calls == by_tokens, (by_calls, by_tokens)
         assert len(set(by_calls.values())) == len(by_calls)
 
@@ -439,7 +459,7 @@ def _english_words(text: str) -> set[str]:
     return {w for w in words if w not in ALLOWED and not w.startswith("gemini")}
 
 
-def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, shots: Path) -> None:
+def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, shots: Path, cooling_pair: None) -> None:
     from playwright.sync_api import expect
 
     with tab(browser, dashboard_url) as t:

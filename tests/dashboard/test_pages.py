@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.i18n import t
 from proxy_service.keys import key_id
 from tests.conftest import fake_key
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
@@ -395,14 +396,15 @@ def test_error_logs_paginate_and_delete_by_filter_and_age(dash_env: Stack) -> No
     assert "Deleted 0 entries." in texts(at.success)
 
     beta = key_id(fake_key("key-beta-1"))
-    at.text_input(key="err_key").input(beta)
+    assert beta in at.selectbox(key="err_key.en").options  # a dropdown of the keys that have error entries
+    at.selectbox(key="err_key.en").set_value(beta)
     at.text_input(key="err_q").input("model overloaded")
     ok(at.run())
     matching = len(dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["items"])
     assert matching > 0
     ok(at.button(key="err_delete_matching").click().run())
     ok(at.button(key="confirm_yes").click().run())
-    assert f"Deleted {matching} entries." in texts(at.success)
+    assert t("errors.deleted", n=matching, _lang="en") in texts(at.success)
     assert dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["total"] == 0
     assert dash_env.admin("GET", "/errors", params={"key_id": beta})["total"] > 0  # other entries stay
 

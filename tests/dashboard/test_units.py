@@ -15,7 +15,7 @@ from dashboard.client import AdminClient, AdminError
 from tests.dashboard.conftest import ADMIN_TOKEN, Stack
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
-PREFIXES = "app|nav|chrome|login|error|reason|common|status|monitor|trends|gran|dim|chart|col|errors|config|field|sql"
+PREFIXES = "app|nav|chrome|login|error|reason|common|status|monitor|trends|gran|dim|chart|col|errors|config|field|sql|headroom|source|cooling"
 LITERAL = re.compile(rf"""["']((?:{PREFIXES})\.[a-z0-9_.]+)["']""")
 DYNAMIC = re.compile(r"""\bt\(\s*f["']([a-z_.]+)\{""")
 
