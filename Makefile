@@ -15,17 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's Chromium for the real-browser dashboard test (a test tool's own browser download cannot work here),
-# and Debian's docker-compose to validate docker-compose.yml (no Docker engine here).
+# Debian's Chromium for the real-browser dashboard test (a test tool's own browser download cannot work here).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser test"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  echo "installing Debian's docker-compose for the compose-file test"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q docker-compose; }
 
 # Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh.
 services:

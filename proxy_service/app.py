@@ -301,10 +301,20 @@ class Gateway:
         return {"id": key.id, "ok": False, "status": status, "message": message, "latency_ms": latency}
 
     # -- background jobs -----------------------------------------------------------------------------------------
-    def every(self, seconds: Callable[[], float], job: Callable[[], Awaitable[None] | None], name: str) -> None:
+    def every(
+        self,
+        seconds: Callable[[], float],
+        job: Callable[[], Awaitable[None] | None],
+        name: str,
+        *,
+        at_start: bool = False,
+    ) -> None:
         async def loop() -> None:
+            first = at_start
             while True:
-                await asyncio.sleep(seconds())
+                if not first:
+                    await asyncio.sleep(seconds())
+                first = False
                 try:
                     result = job()
                     if asyncio.iscoroutine(result):
@@ -349,7 +359,10 @@ class Gateway:
 
         self.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
         self.every(lambda: RETENTION_TICK_S, retention, "retention")
-        self.every(lambda: self._config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot")
+        # The first snapshot at start: the Parquet files exist (and can be queried) from the first minute on.
+        self.every(
+            lambda: self._config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot", at_start=True
+        )
 
     def metrics_state(self) -> dict[str, Any]:
         s = self.writer.stats

@@ -25,6 +25,7 @@ def _checked(fn: Callable[..., T], *args: object) -> T:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="keyrack", prog_name="keyrack", message="%(prog)s %(version)s")
 def main() -> None:
     """Keyrack: a gateway that spreads Gemini API traffic over a pool of keys."""
 
@@ -145,10 +146,16 @@ def snapshot(out: Path | None, url: str | None) -> None:
 
     settings = _checked(load_settings)
     host = url_host(settings.host)
+    db_path, admin_token = settings.db_path, settings.admin_token
+    demo_dir = settings.data_dir / "demo"
+    if not db_path.exists() and (demo_dir / "keyrack.duckdb").exists():  # only the demo has run here: its data
+        from proxy_service.demo import tokens
+
+        db_path = demo_dir / "keyrack.duckdb"
+        admin_token = admin_token or (tokens.load(demo_dir) or ("", ""))[0]
+        click.echo(f"(the demo's data in {demo_dir})")
     try:
-        result = snapshot_offline_or_online(
-            settings.db_path, out, url or f"http://{host}:{settings.port}", settings.admin_token
-        )
+        result = snapshot_offline_or_online(db_path, out, url or f"http://{host}:{settings.port}", admin_token)
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     for table, path in result["files"].items():

@@ -37,6 +37,7 @@ import httpx
 
 from proxy_service.demo.history import backfill, demo_rates
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
+from proxy_service.demo.tokens import demo_tokens, derived_token
 from proxy_service.demo.traffic import HABITS, MODELS, Habit, TrafficGenerator
 from proxy_service.startup import (
     StartupError,
@@ -254,16 +255,18 @@ class Launcher:
             if not port_free(host, port):
                 raise StartupError(f"port {port} for the {what} is already in use: choose another one.")
 
-        admin_token = base.admin_token or "kra_" + secrets.token_urlsafe(18)
+        kept = demo_tokens(data_dir) if opts.demo else None  # the demo's tokens stay the same across runs
+        admin_token = base.admin_token or (kept[0] if kept else "kra_" + secrets.token_urlsafe(18))
         client_token = base.access_tokens[0] if base.access_tokens else None
         env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
         env.update({"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"})
         demo_clients: dict[str, Habit] = {}
         if opts.demo:
-            client_token = client_token or "krc_demo_" + secrets.token_urlsafe(12)
-            # Several clients with different habits, one token each, labelled (the first keeps the banner's token).
+            client_token = client_token or (kept[1] if kept else "krc_demo_" + secrets.token_urlsafe(12))
+            # Several clients with different habits, one token each, labelled (the first keeps the banner's token);
+            # the others follow from the kept one, so every demo client keeps its id (and label) across runs.
             demo_clients = {client_token: HABITS[0]}
-            demo_clients.update({"krc_demo_" + secrets.token_urlsafe(12): h for h in HABITS[1:]})
+            demo_clients.update({derived_token(client_token, h.name): h for h in HABITS[1:]})
             labels = {client_id(t): h.name for t, h in demo_clients.items()}
             api_keys, scenario = demo_pool()
             scenario_path = data_dir / "fake-upstream.json"

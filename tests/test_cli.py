@@ -17,6 +17,7 @@ import duckdb
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy_service.demo import tokens
 from proxy_service.demo.scenario import demo_pool
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
@@ -150,6 +151,29 @@ def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
     for log in (tmp_path / "data" / "demo" / "logs").glob("*.log"):
         text = log.read_text(errors="replace")
         assert admin_token not in text and client_token not in text, log.name
+    # The tokens are kept for the next run (0600), and the first snapshot was written at start.
+    kept = tmp_path / "data" / "demo" / "tokens.json"
+    assert tokens.load(kept.parent) == (admin_token, client_token) and kept.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "data" / "demo" / "exports" / "requests.parquet").exists()
+    # `keyrack snapshot` finds the demo's data (only the demo ran here) and `--version` answers.
+    res = subprocess.run(
+        [*KEYRACK, "snapshot"],
+        env=clean_env(KEYRACK_DATA_DIR=str(tmp_path / "data")),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and b"demo" in res.stdout and b"(via file)" in res.stdout, res.stdout + res.stderr
+    version = subprocess.run([*KEYRACK, "--version"], capture_output=True, timeout=30)
+    assert re.fullmatch(rb"keyrack \d+\.\d+\.\d+\s*", version.stdout), version.stdout
+
+
+def test_demo_tokens_are_kept_private_and_reused(tmp_path: Path) -> None:
+    first = tokens.demo_tokens(tmp_path)
+    assert first == tokens.demo_tokens(tmp_path) == tokens.load(tmp_path)
+    assert (tmp_path / tokens.TOKENS_FILE).stat().st_mode & 0o777 == 0o600
+    (tmp_path / tokens.TOKENS_FILE).write_text("{not json")
+    assert tokens.load(tmp_path) is None and tokens.demo_tokens(tmp_path) != first  # a damaged file: new tokens
 
 
 def test_run_chooses_the_demo_only_without_keys(tmp_path: Path) -> None:
