@@ -160,8 +160,10 @@ def now() -> datetime:
 
 def error_of(resp: httpx.Response) -> dict[str, Any]:
     body = resp.json()
-    assert set(body["error"]) <= {"code", "message", "field"} and body["error"]["code"] == resp.status_code
-    return body["error"]
+    err = body["error"]
+    assert set(err) <= {"code", "message", "field", "reason", "detail"} and err["code"] == resp.status_code
+    assert isinstance(err.get("reason", ""), str) and (err.get("reason") or "x").replace("_", "").isalpha()
+    return err
 
 
 # -- auth and plumbing -----------------------------------------------------------------------------------------------

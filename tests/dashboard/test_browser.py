@@ -39,6 +39,7 @@ PAGES = {"": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config"
 # Words that stay as they are in Chinese: names, units, protocol and product terms, the seeded data.
 ALLOWED = {
     "keyrack",
+    "google",
     "gemini",
     "flash",
     "pro",

@@ -49,6 +49,11 @@ def search(at: AppTest, text: str) -> AppTest:
     return ok(at.run())
 
 
+def kt(at: AppTest) -> list:  # type: ignore[type-arg]
+    """Monitor's key tables (active, then invalid/disabled), whatever else the page shows above them."""
+    return [d for d in at.dataframe if d.key in ("tbl_active", "tbl_inactive")]
+
+
 def unique(prefix: str) -> str:
     return fake_key(f"{prefix}-{uuid.uuid4().hex[:12]}")
 
@@ -154,7 +159,7 @@ def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stac
 # -- monitor ---------------------------------------------------------------------------------------------------
 def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     at = start()
-    active, inactive = at.dataframe[0].value, at.dataframe[1].value
+    active, inactive = kt(at)[0].value, kt(at)[1].value
     assert key_id(fake_key("key-alpha-1")) in set(active["id"])
     assert key_id(fake_key("key-bad-0001")) in set(inactive["id"])
     assert key_id(fake_key("key-bad-0001")) not in set(active["id"])
@@ -162,29 +167,29 @@ def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     at.multiselect(key="key_status.en").set_value(["invalid"])
     ok(at.run())
     assert "Hidden by the status filter." in texts(at.caption)
-    assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-bad-0001"))} | set(at.dataframe[0].value["id"])
+    assert set(kt(at)[0].value["id"]) == {key_id(fake_key("key-bad-0001"))} | set(kt(at)[0].value["id"])
 
     at.multiselect(key="key_status.en").set_value([])
     at.selectbox(key="key_project.en").set_value("beta")
     ok(at.run())
-    assert set(at.dataframe[0].value["id"]) == {key_id(fake_key("key-beta-1"))}
+    assert set(kt(at)[0].value["id"]) == {key_id(fake_key("key-beta-1"))}
 
     at.selectbox(key="key_project.en").set_value("")
     search(at, "known bad")
-    assert list(at.dataframe[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]
+    assert list(kt(at)[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]
     at.number_input(key="key_failures").set_value(1000)
     ok(at.run())
-    assert not at.dataframe
+    assert not kt(at)
 
     at.number_input(key="key_failures").set_value(0)
     search(at, "")
     tomorrow = date.today() + timedelta(days=1)
     at.date_input(key="key_created").set_value((tomorrow, tomorrow + timedelta(days=1)))
     ok(at.run())
-    assert not at.dataframe  # nobody was created tomorrow
+    assert not kt(at)  # nobody was created tomorrow
     at.date_input(key="key_created").set_value((date.today() - timedelta(days=1), tomorrow))
     ok(at.run())
-    assert key_id(fake_key("key-alpha-1")) in set(at.dataframe[0].value["id"])
+    assert key_id(fake_key("key-alpha-1")) in set(kt(at)[0].value["id"])
 
 
 def test_monitor_disable_enable_copy_and_details(dash_env: Stack) -> None:
@@ -194,7 +199,7 @@ def test_monitor_disable_enable_copy_and_details(dash_env: Stack) -> None:
     select(at, "tbl_active", 0)
     ok(at.button(key="toggle_active").click().run())
     assert any("Disable" in s and kid in s for s in texts(at.success)), texts(at.success)
-    assert kid in set(at.dataframe[0].value["id"])  # now in the invalid/disabled section (the only table)
+    assert kid in set(kt(at)[0].value["id"])  # now in the invalid/disabled section (the only table)
 
     select(at, "tbl_inactive", 0)
     ok(at.button(key="copy_inactive").click().run())
@@ -218,12 +223,12 @@ def test_monitor_batch_disable_then_delete_with_confirmation(dash_env: Stack) ->
     label = unique("batch")
     ids = dash_env.add_keys([unique("key-batch") for _ in range(3)], label=label)
     at = search(start(), label)
-    assert set(at.dataframe[0].value["id"]) == set(ids)
+    assert set(kt(at)[0].value["id"]) == set(ids)
     select(at, "tbl_active", 0, 1, 2)
     ok(at.button(key="batch_disable_active").click().run())
     assert "Disable: 3 succeeded, 0 failed." in texts(at.success)
-    assert set(at.dataframe[0].value["id"]) == set(ids)  # all moved to the inactive table
-    assert len(at.dataframe) == 1
+    assert set(kt(at)[0].value["id"]) == set(ids)  # all moved to the inactive table
+    assert len(kt(at)) == 1
 
     select(at, "tbl_inactive", 0, 1, 2)
     ok(at.button(key="batch_delete_inactive").click().run())
@@ -262,6 +267,10 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
         "Success rate",
         "Latency p50 / p95",
         "Tokens",
+        "Rate limits: Google's 429s vs Keyrack's refusals",
+        "Upstream attempts per successful call",
+        "Calls by outcome",
+        "Calls by HTTP status",
         "Calls by model",
         "Tokens by model",
     ]
@@ -276,7 +285,7 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
     assert "Calls by project" in _chart_titles(at)
     at.selectbox(key="breakdown.en").set_value("model")
     ok(at.run())
-    by_model = json.loads(at.get("plotly_chart")[4].proto.spec)["data"]
+    by_model = json.loads(at.get("plotly_chart")[8].proto.spec)["data"]
     assert {trace["name"] for trace in by_model} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     assert texts(at.subheader)[-2:] == ["Top keys", "Top models"]
     assert len(at.dataframe) == 2 and not at.dataframe[1].value.empty
@@ -415,7 +424,7 @@ def test_monitor_verify_reports_the_upstream_verdict(dash_env: Stack) -> None:
     ok(at.button(key="verify_inactive").click().run())
     warnings = texts(at.warning)
     assert any(w.startswith("Verify known bad") and "400" in w for w in warnings), warnings
-    assert list(at.dataframe[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]  # still invalid
+    assert list(kt(at)[0].value["id"]) == [key_id(fake_key("key-bad-0001"))]  # still invalid
 
 
 def test_monitor_delete_one_key_after_confirmation(dash_env: Stack) -> None:
@@ -430,4 +439,4 @@ def test_monitor_delete_one_key_after_confirmation(dash_env: Stack) -> None:
     ok(at.button(key="delete_active").click().run())
     ok(at.button(key="confirm_yes").click().run())
     assert kid not in dash_env.gateway.pool.keys
-    assert not at.dataframe
+    assert not kt(at)
