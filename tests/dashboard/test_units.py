@@ -163,3 +163,10 @@ def test_error_csv_export_fetches_every_matching_row(stack: Stack) -> None:
     csv = errors_panel.csv_maker(client, {"q": None})()
     lines = csv.decode().strip().splitlines()
     assert lines[0].startswith("id,ts,") and len(lines) == total + 1
+
+
+def test_every_live_setting_has_a_label_in_both_languages() -> None:
+    from proxy_service.settings import Config
+
+    missing = [name for name in Config.model_fields if f"field.{name}" not in i18n.EN]
+    assert not missing, f"add field.<name> strings to dashboard/i18n.py: {missing}"
