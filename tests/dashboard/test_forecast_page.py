@@ -62,7 +62,8 @@ def test_forecast_page_timeline_demand_planner_and_monitor_card(dash_env: Stack)
 
     at.selectbox(key="fc_plan_model").set_value(OTHER)
     at.number_input(key="fc_rpd").set_value(5000.0)
-    ok(at.button[-1].click().run())  # the form's submit button
+    plan = next(b for b in at.button if b.key.startswith("FormSubmitter:fc_plan_form"))  # the sidebar has buttons too
+    ok(plan.click().run())
     metrics = {m.label: m.value for m in at.metric}
     # two active projects (alpha, beta) at the built-in 1,500 calls/day: 4 needed, 2 more
     assert metrics["Projects needed"] == "4" and metrics["Projects to add"] == "2"
