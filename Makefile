@@ -43,7 +43,7 @@ screenshots: install chromium
 	  echo "installing Debian's fonts-noto-cjk for the zh-CN screenshot"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q fonts-noto-cjk; }
-	KEYRACK_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/dashboard/test_browser.py -q
+	KEYRACK_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/dashboard/test_browser.py tests/dashboard/test_explore_browser.py -q
 
 bench: install services
 	$(BIN)/python -m bench.run_all

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = APP.parents[1] / "docs" / "screenshots"  # the README's pictures: written only by explicit make targets
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -238,10 +240,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = os.environ.get("KEYRACK_SCREENSHOTS")
-    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return shots_dir()
 
 
 class Tab:
@@ -289,6 +288,26 @@ class Tab:
     def close(self) -> None:
         assert not self.foreign, f"requests to other hosts: {self.foreign}"
         self.ctx.close()
+
+
+def shots_dir() -> Path:
+    """Where a test run's screenshots go: KEYRACK_SCREENSHOTS (`make screenshots`), else a temporary directory."""
+    target = os.environ.get("KEYRACK_SCREENSHOTS")
+    path = Path(target) if target else Path(tempfile.gettempdir()) / "keyrack-screenshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _idle(page: Any, timeout: float = 60_000) -> None:
+    """Wait for the script run a click started to finish (for tests that drive a bare Playwright page)."""
+    page.wait_for_timeout(300)
+    page.locator(IDLE).wait_for(timeout=timeout)
+
+
+def _shot(page: Any, name: str) -> None:
+    _idle(page)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shots_dir() / f"{name}.png"), full_page=True)
 
 
 @contextlib.contextmanager

@@ -141,7 +141,7 @@ def test_trends_breaks_down_by_client_with_labels(dash_env: Stack) -> None:
         at.run()
         at.switch_page("pages/trends.py")
         ok(at.run())
-        at.selectbox(key="breakdown").set_value("client")
+        at.selectbox(key="breakdown.en").set_value("client")
         ok(at.run())
         names = {trace["name"] for c in at.get("plotly_chart") for trace in json.loads(c.proto.spec)["data"]}
         assert {"billing-service", "test"} <= names
