@@ -42,6 +42,7 @@ PAGES = {"": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config"
 ALLOWED = {
     "keyrack",
     "google",
+    "client",  # the SQL column requests.client, named in the Config page's client-labels note
     "gemini",
     "flash",
     "pro",
