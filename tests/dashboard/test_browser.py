@@ -491,6 +491,7 @@ def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, sho
         t.page.get_by_role("option", name="简体中文").click()
         t.idle()
         expect(t.heading("监控")).to_be_visible()
+        t.idle()  # the heading comes first in the run: wait until the whole page is drawn in Chinese
         leftover = _english_words(_visible_text(t))
         assert not leftover, sorted(leftover)  # right after the switch, not one rerun later
         t.shot(shots, "monitor_zh")
