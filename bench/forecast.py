@@ -42,10 +42,12 @@ from bench.common import (
     wait_ready,
     write_json,
 )
+from proxy_service.demo.scenario import demo_key
 
 TARGET_FIT_S = 10.0
 TARGET_RATIO = 0.9
-POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))
+# Gemini-shaped keys: Keyrack refuses to start on text that cannot be a key.
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-{i:02d}')}" for i in range(8))
 
 
 def synthetic(n_models: int, days: int, seed: int = 0) -> dict[str, np.ndarray]:

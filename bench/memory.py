@@ -40,9 +40,11 @@ from bench.common import (
     wait_ready,
     write_json,
 )
+from proxy_service.demo.scenario import demo_key
 
 TARGET_STEADY_MB = 150.0
-POOL_KEYS = ",".join(f"p{i // 2 + 1}:bench-key-{i:02d}-abcdefgh" for i in range(8))
+# Gemini-shaped keys: Keyrack refuses to start on text that cannot be a key.
+POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-{i:02d}')}" for i in range(8))
 CHROMIUM = Path("/usr/bin/chromium")
 PAGES = ("", "trends", "error_logs", "config", "sql")
 
