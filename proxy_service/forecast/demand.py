@@ -35,6 +35,14 @@ WEEKLY_FROM_H = 2 * 168  # MSTL needs two full cycles of a period
 HORIZON_H = 14 * 24
 HOLDOUT_MAX_H = 7 * 24
 LEVEL = 90
+# statsmodels' STL evaluates its trend and low-pass loess at every point (jump 1; R's stl uses ~10 % of the window);
+# every 10th / 5th point, linearly interpolated, cuts a 20-model full refresh from ~14 s to ~5 s with the same
+# backtest MAPE and coverage (measured, bench/forecast.py).
+STL_KWARGS = {"trend_jump": 10, "low_pass_jump": 5}
+# Additive error only: the deseasonalised series of a quiet model touches zero or dips below, where a multiplicative
+# error is ill-posed; halving AutoETS's search saves another ~25 % and measured a lower median backtest MAPE (12.2 %
+# vs 13.6 %).
+ETS_MODEL = "AZN"
 METHOD = "statsforecast MSTL (24 h, 168 h) + AutoETS"
 
 
@@ -68,7 +76,9 @@ def _fit_predict(series: dict[str, np.ndarray], h: int) -> dict[str, tuple[np.nd
             for sid in ids
         ]
         df = pd.concat(frames, ignore_index=True)
-        model = MSTL(season_length=list(seasons), trend_forecaster=AutoETS(model="ZZN"))
+        model = MSTL(
+            season_length=list(seasons), trend_forecaster=AutoETS(model=ETS_MODEL), stl_kwargs=dict(STL_KWARGS)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fc = StatsForecast(models=[model], freq=1).forecast(df=df, h=h, level=[LEVEL])
