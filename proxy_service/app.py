@@ -407,6 +407,7 @@ class Gateway:
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
+        self.alerts.quota_rate = admin_forecast.engine(self).meter.per_min  # "runs out before reset" rules
         self.alerts.start()
         logs.add_secret_source(self.alerts.secrets)
         self.ready = True

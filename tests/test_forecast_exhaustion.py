@@ -130,3 +130,42 @@ def test_refused_next_hour() -> None:
     assert refused_next_hour(10.0, None, None, now, reset) == 0
     # runs out 20 minutes before the reset, 10 minutes from now: only those 20 minutes are lost, not 50
     assert refused_next_hour(10.0, None, reset - 1200, reset - 1800, reset) == 200
+
+
+def test_alert_metric_minutes_before_reset_follows_the_same_projection() -> None:
+    """The alerts' "projected exhaustion before reset" metric: 60 % used by noon at a steady rate runs out at about
+    20:00 PT, four hours (240 min) before the Pacific reset; a slow pool lasts (0), and so does any pool when no
+    rate is known."""
+    from proxy_service.alerts.rules import parse_rule
+    from proxy_service.alerts.sources import FlapCounter, live_values
+
+    rule = parse_rule(
+        {
+            "name": "runs out",
+            "metric": "exhaustion_before_reset_min",
+            "op": ">",
+            "threshold": 0,
+            "window_s": 60,
+            "for_s": 0,
+            "severity": "warning",
+            "channels": [],
+            "group_by": "project",
+        }
+    )
+    pool, clock = make_pool({MODEL: ModelLimits(rpm=100, rpd=1200)}, [KeySpec("k1", "p1")])
+    meter = RateMeter()
+    run_steady(pool, clock, meter, pt(12), 60.0)
+    values = live_values(pool, [rule], {}, FlapCounter(), clock.now, meter.per_min)[rule.id]
+    item = next(i for i in quota_view(pool, meter, clock.now)["items"] if i["project"] == "p1")
+    assert values[(("project", "p1"),)] == pytest.approx((item["resets_at"] - item["exhausts_at"]) / 60.0, abs=0.01)
+    assert abs(values[(("project", "p1"),)] - 240.0) <= 10.0
+    # No rate known (the forecast's meter not sampled yet): nothing is projected to run out.
+    assert live_values(pool, [rule], {}, FlapCounter(), clock.now)[rule.id] == {(("project", "p1"),): 0.0}
+    # A slow pool lasts until the reset.
+    slow, slow_clock = make_pool({MODEL: ModelLimits(rpm=100, rpd=1200)}, [KeySpec("k2", "p2")])
+    slow_meter = RateMeter()
+    slow_clock.now = pt(10)
+    run_steady(slow, slow_clock, slow_meter, pt(11), 600.0)
+    assert live_values(slow, [rule], {}, FlapCounter(), slow_clock.now, slow_meter.per_min)[rule.id] == {
+        (("project", "p2"),): 0.0
+    }

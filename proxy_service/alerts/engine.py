@@ -73,6 +73,7 @@ class AlertEngine:
         self.silences: dict[str, Silence] = {}
         self.machines: dict[str, Machine] = {}
         self.flaps = sources.FlapCounter()
+        self.quota_rate: sources.QuotaRate | None = None  # set by the gateway to the forecast's rate meter
         self.notifier = Notifier(self._record, self._message_settings)
         self.evaluations = 0
         self.last_eval_ms = 0.0
@@ -134,7 +135,7 @@ class AlertEngine:
             await asyncio.to_thread(self._read_db, db_rules, capacity, now) if db_rules or capacity else ({}, {})
         )
         self.flaps.observe(self.gw.pool, now)
-        values = {**db_values, **sources.live_values(self.gw.pool, rules, demand, self.flaps, now)}
+        values = {**db_values, **sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate)}
         for rule in rules:
             if rule.id not in self.rules:  # deleted while reading
                 continue

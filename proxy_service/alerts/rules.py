@@ -87,6 +87,15 @@ METRICS: dict[str, Metric] = {
             ("", "project", "model"),
             False,
         ),
+        Metric(
+            "exhaustion_before_reset_min",
+            "quota",
+            "min",
+            "Minutes by which the daily quota of a (project, model) is projected to run out before the Pacific reset "
+            "at its current rate (0: it lasts)",
+            ("", "project", "model"),
+            False,
+        ),
         Metric("key_flaps", "flaps", "count", "Invalid ↔ active changes of a key in the last hour", ("", "key"), False),
     )
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +18,13 @@ import duckdb
 from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
 from proxy_service.alerts.state import Labels
+from proxy_service.forecast.exhaustion import project_exhaustion
+from proxy_service.quota import next_pacific_midnight
 
 if TYPE_CHECKING:
     from proxy_service.pool import Pool
+
+QuotaRate = Callable[[str, str], float]  # (scope, model) → calls per minute
 
 Values = dict[Labels, float | None]
 FLAP_WINDOW_S = 3600.0
@@ -116,9 +120,15 @@ class FlapCounter:
 
 
 def live_values(
-    pool: Pool, rules: Iterable[Rule], demand: dict[str, float], flaps: FlapCounter, now: float | None = None
+    pool: Pool,
+    rules: Iterable[Rule],
+    demand: dict[str, float],
+    flaps: FlapCounter,
+    now: float | None = None,
+    quota_rate: QuotaRate | None = None,
 ) -> dict[str, Values]:
-    """Values of the pool-backed rules. `demand`: calls per minute per model over the recent window."""
+    """Values of the pool-backed rules. `demand`: calls per minute per model over the recent window; `quota_rate`:
+    the forecast's smoothed calls per minute of a (scope, model) (without it, nothing is projected to run out)."""
     now = time.time() if now is None else now
     keys = list(pool.keys.values())
     cooling_scopes = {s for (s, _m), c in list(pool.cooldowns.items()) if c.until > now}
@@ -142,6 +152,8 @@ def live_values(
             out[rule.id] = values
         elif rule.metric == "quota_day_usage_pct":
             out[rule.id] = _quota_day(pool, rule, filters, now)
+        elif rule.metric == "exhaustion_before_reset_min":
+            out[rule.id] = _exhaustion(pool, rule, filters, quota_rate, now)
         elif rule.metric == "usable_capacity_pct":
             out[rule.id] = _capacity(pool, rule, filters, demand, now)
         elif source == "flaps":
@@ -165,6 +177,28 @@ def _quota_day(pool: Pool, rule: Rule, filters: dict[str, str], now: float) -> V
         pct = 100.0 * float(used) / float(limit)
         labels = _labels(rule.group_by, {"project": scope, "model": model}.get(rule.group_by, ""))
         values[labels] = max(pct, values.get(labels) or 0.0)
+    if not rule.group_by and () not in values:
+        values[()] = 0.0
+    return values
+
+
+def _exhaustion(pool: Pool, rule: Rule, filters: dict[str, str], rate: QuotaRate | None, now: float) -> Values:
+    """Per (scope, model) with a daily limit: minutes between the projected exhaustion and the next Pacific reset,
+    the same projection as the Forecast page (`forecast.exhaustion.project_exhaustion`)."""
+    reset = next_pacific_midnight(now)
+    values: Values = {}
+    for scope, model in pool.tracker.scopes():
+        if filters.get("project", scope) != scope or filters.get("model", model) != model:
+            continue
+        usage = pool.tracker.usage(scope, model, now)
+        limit = usage["rpd_limit"]
+        if not limit:
+            continue
+        per_min = rate(scope, model) if rate is not None else 0.0
+        at = project_exhaustion(int(usage["rpd_used"] or 0), int(limit), per_min, now, reset)
+        minutes = 0.0 if at is None else (reset - at) / 60.0
+        labels = _labels(rule.group_by, {"project": scope, "model": model}.get(rule.group_by, ""))
+        values[labels] = max(minutes, values.get(labels) or 0.0)
     if not rule.group_by and () not in values:
         values[()] = 0.0
     return values
