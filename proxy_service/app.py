@@ -30,7 +30,7 @@ from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
-from proxy_service.pool import Key, Pool
+from proxy_service.pool import Key, Pool, key_from_row
 from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
@@ -56,10 +56,6 @@ T = TypeVar("T")
 
 def _ts(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None) if epoch else None
-
-
-def _epoch(ts: datetime | None) -> float | None:
-    return ts.replace(tzinfo=UTC).timestamp() if ts else None
 
 
 class Gateway:
@@ -210,24 +206,7 @@ class Gateway:
         cur.close()
         for row in rows:
             r = dict(zip(names, row, strict=True))
-            self.pool.load(
-                Key(
-                    id=r["key_id"],
-                    secret=r["secret"],
-                    project=r["project"],
-                    label=r["label"],
-                    status=r["status"],
-                    disabled_reason=r["disabled_reason"],
-                    created_at=_epoch(r["created_at"]) or time.time(),
-                    last_used_at=_epoch(r["last_used_at"]),
-                    last_checked_at=_epoch(r["last_checked_at"]),
-                    consecutive_failures=r["consecutive_failures"] or 0,
-                    total_failures=r["total_failures"] or 0,
-                    requests=r["requests"] or 0,
-                    successes=r["successes"] or 0,
-                    last_error=r["last_error"],
-                )
-            )
+            self.pool.load(key_from_row(r))
         added, _ = self.pool.add(seeds)
         if added:
             log.info("added %d upstream key(s) from KEYRACK_API_KEYS", len(added))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from proxy_service.errors import PoolExhausted
 from proxy_service.keys import KeySpec, key_id, mask
@@ -68,6 +69,31 @@ class Key:
     @property
     def needs_recheck(self) -> bool:
         return self.status == "invalid" or (self.status == "disabled" and self.disabled_reason == "failures")
+
+
+def stored_epoch(ts: datetime | None) -> float | None:
+    """A stored naive-UTC timestamp as epoch seconds."""
+    return ts.replace(tzinfo=UTC).timestamp() if ts else None
+
+
+def key_from_row(r: Mapping[str, Any]) -> Key:
+    """A key as stored in a `keys` table row (DuckDB embedded or PostgreSQL in cluster mode)."""
+    return Key(
+        id=r["key_id"],
+        secret=r["secret"],
+        project=r["project"],
+        label=r["label"],
+        status=r["status"],
+        disabled_reason=r["disabled_reason"],
+        created_at=stored_epoch(r["created_at"]) or time.time(),
+        last_used_at=stored_epoch(r["last_used_at"]),
+        last_checked_at=stored_epoch(r["last_checked_at"]),
+        consecutive_failures=r["consecutive_failures"] or 0,
+        total_failures=r["total_failures"] or 0,
+        requests=r["requests"] or 0,
+        successes=r["successes"] or 0,
+        last_error=r["last_error"],
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from proxy_service.cluster.lake import LakeError, LakeStore
 from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool, _text
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
-from proxy_service.pool import Key
+from proxy_service.pool import Key, key_from_row, stored_epoch
 from proxy_service.rollup import TIERS, fold_batch
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ class ClusterStartError(Exception):
 
 def _ts(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None) if epoch else None
-
-
-def _epoch(ts: datetime | None) -> float | None:
-    return ts.replace(tzinfo=UTC).timestamp() if ts else None
 
 
 class Cluster:
@@ -331,14 +327,14 @@ class Cluster:
             if key is None:
                 if kid in pool.deleted:
                     continue
-                pool.load(_key_of(r))
+                pool.load(key_from_row(r))
                 continue
             if kid in pool.changed:
                 continue  # a local change not written yet wins; it is announced right after
             key.status, key.disabled_reason = r["status"], r["disabled_reason"]
             key.label, key.project = r["label"], r["project"]
             key.consecutive_failures = r["consecutive_failures"] or 0
-            key.last_checked_at = _epoch(r["last_checked_at"])
+            key.last_checked_at = stored_epoch(r["last_checked_at"])
 
     async def _reload_config(self) -> None:
         gw = self.gw
@@ -428,23 +424,4 @@ def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
             "last_checked_at": pa.array([_ts(k.last_checked_at) for k in keys], pa.timestamp("us")),
             "disabled_reason": pa.array([k.disabled_reason for k in keys], pa.string()),
         }
-    )
-
-
-def _key_of(r: dict[str, Any]) -> Key:
-    return Key(
-        id=r["key_id"],
-        secret=r["secret"],
-        project=r["project"],
-        label=r["label"],
-        status=r["status"],
-        disabled_reason=r["disabled_reason"],
-        created_at=_epoch(r["created_at"]) or time.time(),
-        last_used_at=_epoch(r["last_used_at"]),
-        last_checked_at=_epoch(r["last_checked_at"]),
-        consecutive_failures=r["consecutive_failures"] or 0,
-        total_failures=r["total_failures"] or 0,
-        requests=r["requests"] or 0,
-        successes=r["successes"] or 0,
-        last_error=r["last_error"],
     )
