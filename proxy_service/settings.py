@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,18 +42,31 @@ def is_model_name(name: str | None) -> bool:
     return name is not None and MODEL_NAME_RE.match(name) is not None and ".." not in name
 
 
+CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_SECRET_QUERY_NAMES = ("password", "secret", "aws_secret_access_key")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***."""
+    """A URL (or libpq keyword string) with its password, and query values named like secrets, replaced by ***;
+    user, host, port and path kept. The one masking rule for every URL-shaped setting (outbound proxy, cluster DSNs)."""
+    if "://" not in url:
+        return CONNINFO_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
-        password = parts.password
     except ValueError:
         return "***"
-    if password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}{':***' if sep else ''}@{hostport}"
+    query = parts.query
+    if query:
+        query = "&".join(
+            f"{k}={'***' if k.lower() in _SECRET_QUERY_NAMES else v}"
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _secret_kind(info: Any) -> SecretKind | None:

@@ -11,13 +11,14 @@ import re
 import socket
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from proxy_service.settings import CONNINFO_PASSWORD, mask_url
 
 CLUSTER_SETTINGS = ("redis_url", "lake_catalog", "lake_data")
 _ENV = {name: f"KEYRACK_{name.upper()}" for name in (*CLUSTER_SETTINGS, "replica_id")}
 _REPLICA_RE = re.compile(r"^[0-9A-Za-z_.:\-]{1,64}$")
 _CATALOG_SCHEMES = ("postgresql", "postgres")
-_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 class ClusterConfigError(ValueError):
@@ -47,27 +48,10 @@ class ClusterConfig:
         }
 
 
-def mask_url(url: str) -> str:
-    """A URL or libpq string with its password replaced by `***` (user, host, port and path kept)."""
-    if "://" not in url:
-        return _CONNINFO_PASSWORD.sub(r"\1***", url)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}{':***' if sep else ''}@{hostport}"
-    query = "&".join(
-        f"{k}={'***' if k.lower() in ('password', 'secret', 'aws_secret_access_key') else v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def secrets_of(url: str) -> list[str]:
     """The password in a URL (for the log scrubber)."""
     if "://" not in url:
-        m = _CONNINFO_PASSWORD.search(url)
+        m = CONNINFO_PASSWORD.search(url)
         return [m.group(2).strip("'")] if m else []
     parts = urlsplit(url)
     out = [unquote(parts.password)] if parts.password else []
