@@ -303,6 +303,11 @@ class Gateway:
 
         self._tasks.append(asyncio.create_task(loop(), name=name))
 
+    def leads(self) -> bool:
+        """Whether this process runs the cluster-wide jobs (alert evaluation, retention, lake compaction): always
+        when embedded; in cluster mode only the replica elected leader (cluster/leader.py), so they never run twice."""
+        return self.cluster is None or self.cluster.leader.leading
+
     async def recheck(self) -> None:
         now = time.time()
         interval = self._config.recheck_interval_s
@@ -323,6 +328,8 @@ class Gateway:
             await self.write(self.rollup.compact, JOB_WRITE_TIMEOUT_S)
 
         async def retention() -> None:
+            if not self.leads():
+                return
             cfg = self._config
             days = {
                 "requests": cfg.retention_requests_days,
@@ -464,7 +471,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if gw.cluster is not None:
             # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
             c = gw.cluster.state()
-            body["cluster"] = {"replica": c["replica"], "replicas": c["replicas"],
+            body["cluster"] = {"replica": c["replica"], "replicas": c["replicas"], "leader": c["leader_id"],
                                "redis": "degraded" if c["redis_degraded"] else "ok",
                                "lake": "retrying" if c["lake_last_error"] else "ok",
                                "lake_waiting_rows": c["lake_waiting_rows"]}  # fmt: skip

@@ -133,6 +133,11 @@ class StateCollector(Collector):
                 value=int(c["redis_degraded"]),
             )
             yield GaugeMetricFamily(
+                "keyrack_cluster_leader",
+                "1 on the replica elected to run the cluster-wide jobs (alerts, retention, compaction)",
+                value=int(c["leader"]),
+            )
+            yield GaugeMetricFamily(
                 "keyrack_lake_spilled_rows",
                 "Event rows spilled to local files since start",
                 value=c["lake_spilled_rows"],

@@ -361,6 +361,7 @@ class Settings(BaseSettings, Config):
     lake_catalog: str = Field("", json_schema_extra={"secret": "url"})
     lake_data: str = Field("", json_schema_extra={"secret": "url"})
     replica_id: str = ""  # default hostname:port
+    redis_prefix: str = "keyrack"  # every Redis key starts `<prefix>:` (checked in cluster/config.py)
     lake_commit_interval_s: float = Field(1.0, gt=0, le=60)
     lake_max_waiting_rows: int = Field(100_000, ge=1, le=10_000_000)  # past this, waiting rows spill to files
 

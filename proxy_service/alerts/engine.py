@@ -4,6 +4,10 @@ evaluation loop, the state machines, and the /metrics view of alert states.
 Evaluation (every `alert_interval_s`): window figures are read on a worker thread with their own cursor, pool
 figures on the loop; each rule's state machine steps; transitions are recorded in `alert_events` and their
 messages queued for delivery. Nothing here runs on the request path.
+
+Cluster mode: only the leader (`Gateway.leads()`) evaluates and notifies, so each firing is sent once. After each
+evaluation it shares its alert states through Redis; the other replicas load them, so every replica shows the same
+active alerts and a newly elected leader carries on from them (no second "fired" message at a handover).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +30,7 @@ from proxy_service import metrics
 from proxy_service.alerts import backtest, queries, sources
 from proxy_service.alerts.notify import Channel, ChannelError, Notice, Notifier, new_secret, validate_url
 from proxy_service.alerts.rules import METRICS, Rule, RuleError, default_rules, parse_rule
-from proxy_service.alerts.state import STATE_CODE, Labels, Machine, Timing
+from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -85,23 +89,36 @@ class AlertEngine:
     # -- storage ---------------------------------------------------------------------------------------------------
     def _load(self) -> None:
         self.gw.writer.submit(install).result(30)
+        self.rules, self.channels, self.silences = self._read_stored()
+
+    def _read_stored(self) -> tuple[dict[str, Rule], dict[str, Channel], dict[str, Silence]]:
+        rules: dict[str, Rule] = {}
+        channels: dict[str, Channel] = {}
+        silences: dict[str, Silence] = {}
         cur = self.gw.store.cursor()
         try:
             for rid, body in cur.execute("SELECT id, body FROM alert_rules").fetchall():
                 try:
-                    self.rules[rid] = parse_rule({**json.loads(body), "id": rid})
+                    rules[rid] = parse_rule({**json.loads(body), "id": rid})
                 except (RuleError, ValueError) as exc:
                     log.warning("ignoring stored alert rule %s: %s", rid, exc)
             for cid, name, url, secret, created in cur.execute("SELECT * FROM alert_channels").fetchall():
-                self.channels[cid] = Channel(cid, name, url, secret, created or 0.0)
+                channels[cid] = Channel(cid, name, url, secret, created or 0.0)
             for sid, rule_id, labels, until, comment, created in cur.execute("SELECT * FROM alert_silences").fetchall():
                 lab = tuple(sorted(json.loads(labels or "{}").items()))
-                self.silences[sid] = Silence(sid, until, rule_id, lab, comment or "", created or 0.0)
+                silences[sid] = Silence(sid, until, rule_id, lab, comment or "", created or 0.0)
         finally:
             cur.close()
+        return rules, channels, silences
+
+    async def reload(self) -> None:
+        """Re-read rules, channels and silences (cluster mode: another replica changed them)."""
+        self.rules, self.channels, self.silences = await asyncio.to_thread(self._read_stored)
 
     async def _write(self, sql: str, params: list[Any]) -> None:
         await asyncio.wrap_future(self.gw.writer.submit(lambda cur: cur.execute(sql, params)))
+        if self.gw.cluster is not None:  # the leader evaluates: every replica must know the same rules
+            self.gw.cluster.broadcast({"kind": "alerts"})
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,12 +134,31 @@ class AlertEngine:
         metrics.REGISTRY.unregister(self._collector)
 
     async def _loop(self) -> None:
+        cluster = self.gw.cluster
         while True:
             await asyncio.sleep(max(1, self.gw.config.alert_interval_s))
             try:
-                await self.evaluate()
+                if self.gw.leads():
+                    await self.evaluate()
+                    if cluster is not None:
+                        await cluster.share_alert_states(self.dump_states())
+                elif cluster is not None:
+                    shared = await cluster.alert_states()
+                    if shared is not None:
+                        self.load_states(shared)
             except Exception:
                 log.exception("alert evaluation failed")
+
+    def dump_states(self) -> str:
+        """The live (pending/firing) states as JSON, for the other replicas of a cluster."""
+        return json.dumps([asdict(st) for m in list(self.machines.values()) for st in m.states.values()])
+
+    def load_states(self, payload: str) -> None:
+        machines: dict[str, Machine] = {}
+        for d in json.loads(payload):
+            st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
+            machines.setdefault(st.rule_id, Machine(st.rule_id)).states[st.labels] = st
+        self.machines = machines
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     async def evaluate(self, now: float | None = None) -> None:

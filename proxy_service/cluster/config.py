@@ -16,8 +16,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from proxy_service.settings import CONNINFO_PASSWORD, mask_url
 
 CLUSTER_SETTINGS = ("redis_url", "lake_catalog", "lake_data")
-_ENV = {name: f"KEYRACK_{name.upper()}" for name in (*CLUSTER_SETTINGS, "replica_id")}
+_ENV = {name: f"KEYRACK_{name.upper()}" for name in (*CLUSTER_SETTINGS, "replica_id", "redis_prefix")}
 _REPLICA_RE = re.compile(r"^[0-9A-Za-z_.:\-]{1,64}$")
+# No spaces, quotes, braces or glob characters: the prefix starts every Redis key and the pub/sub channel name.
+_PREFIX_RE = re.compile(r"^[0-9A-Za-z_.\-]{1,40}$")
+DEFAULT_PREFIX = "keyrack"
 _CATALOG_SCHEMES = ("postgresql", "postgres")
 
 
@@ -33,6 +36,7 @@ class ClusterConfig:
     replica_id: str
     commit_interval_s: float = 1.0
     max_waiting_rows: int = 100_000
+    redis_prefix: str = DEFAULT_PREFIX  # every Redis key is `<prefix>:...`: two clusters can share one Redis
 
     @property
     def conninfo(self) -> str:
@@ -45,6 +49,7 @@ class ClusterConfig:
             "catalog": mask_url(self.lake_catalog),
             "data": mask_url(self.lake_data),
             "replica": self.replica_id,
+            "redis_prefix": self.redis_prefix,
         }
 
 
@@ -120,6 +125,12 @@ def from_settings(settings: Any) -> ClusterConfig | None:
         raise ClusterConfigError(
             f"{_ENV['replica_id']}={replica[:80]!r}: 1-64 characters of letters, digits, '_', '.', ':' or '-'"
         )
+    prefix = str(getattr(settings, "redis_prefix", DEFAULT_PREFIX) or "").strip()
+    if not _PREFIX_RE.match(prefix):
+        raise ClusterConfigError(
+            f"{_ENV['redis_prefix']}={prefix[:80]!r}: 1-40 characters of letters, digits, '_', '.' or '-' "
+            f"(each key is '<prefix>:...'; default {DEFAULT_PREFIX!r})"
+        )
     interval = float(getattr(settings, "lake_commit_interval_s", 1.0))
     waiting = int(getattr(settings, "lake_max_waiting_rows", 100_000))
-    return ClusterConfig(redis_url, catalog, data, replica, interval, waiting)
+    return ClusterConfig(redis_url, catalog, data, replica, interval, waiting, prefix)

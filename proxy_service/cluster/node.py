@@ -3,11 +3,12 @@ shared pool, and the background loops (heartbeat, key/config broadcast, compacto
 
 Keys and settings: PostgreSQL (`keyrack.keys`, `keyrack.settings`) is the one source of truth. A replica that
 changes a key or the config writes it there, then publishes `{"kind": "keys"|"config", ...}` on the Redis channel
-`keyrack:bus`; every other replica re-reads those rows and applies them (well under 1 s). A full re-read every
+`<prefix>:bus`; every other replica re-reads those rows and applies them (well under 1 s). A full re-read every
 `RELOAD_S` repairs anything a lost message (Redis restarting) missed. Per-key counters are written as deltas
 (`requests = keys.requests + Δ`), so replicas never overwrite each other's counts.
 
-Compaction: every `COMPACT_S` the replica holding the Redis lock `keyrack:lock:compactor` folds the rollup rows
+Cluster-wide jobs run on one replica, the leader elected in `leader.py` (alert evaluation, retention — see the
+gateway — and compaction). Compaction: every `COMPACT_S` the leader folds the rollup rows
 that several commits left for one bucket, merges small adjacent Parquet files (`ducklake_merge_adjacent_files`) and
 expires snapshots older than `SNAPSHOT_KEEP` (files are then deleted by `ducklake_cleanup_old_files`).
 """
@@ -33,7 +34,8 @@ from redis.backoff import NoBackoff
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore
-from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool, _text
+from proxy_service.cluster.leader import Leader
+from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
@@ -43,13 +45,12 @@ if TYPE_CHECKING:
     from proxy_service.app import Gateway
 
 log = logging.getLogger("keyrack.cluster")
-BUS = shared.PREFIX + "bus"
-LIVE = shared.PREFIX + "live"
 HEARTBEAT_S = 1.0
 ALIVE_S = 5.0  # a replica silent for longer is not counted in N
 RELOAD_S = 10.0
 COMPACT_S = 30.0
 SNAPSHOT_KEEP = "1 hour"
+ALERT_STATES_S = 300  # how long the leader's last shared alert states stay readable (it rewrites them each evaluation)
 REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
 
 
@@ -65,6 +66,8 @@ class Cluster:
     def __init__(self, cfg: ClusterConfig, data_dir: Any) -> None:
         self.cfg = cfg
         self.replica = cfg.replica_id
+        self.prefix = cfg.redis_prefix
+        self.bus, self.live = f"{self.prefix}:bus", f"{self.prefix}:live"
         self.redis = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         try:
             self.redis.ping()
@@ -89,6 +92,7 @@ class Cluster:
             init_lock=self.init_lock,
         )
         self.writer.before_commit.append(_fold_requests)
+        self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica)
         self.pool: ClusterPool | None = None
         self.gw: Gateway | None = None
         self.compactions = 0
@@ -97,7 +101,7 @@ class Cluster:
 
     @contextlib.contextmanager
     def init_lock(self) -> Iterator[None]:
-        lock = self.redis.lock(shared.PREFIX + "lock:init", timeout=120, blocking_timeout=120)
+        lock = self.redis.lock(f"{self.prefix}:lock:init", timeout=120, blocking_timeout=120)
         if not lock.acquire():
             raise ClusterStartError("another replica holds the lake initialisation lock for over 120 s")
         try:
@@ -107,7 +111,7 @@ class Cluster:
                 lock.release()
 
     def make_pool(self, *args: Any, **kwargs: Any) -> ClusterPool:
-        self.pool = ClusterPool(*args, redis=self.aredis, replica=self.replica, **kwargs)
+        self.pool = ClusterPool(*args, redis=self.aredis, replica=self.replica, prefix=self.prefix, **kwargs)
         return self.pool
 
     def secrets(self) -> list[str]:
@@ -118,17 +122,18 @@ class Cluster:
         self.gw = gw
         loop = asyncio.get_running_loop()
         for name, coro in (("heartbeat", self._heartbeat()), ("bus", self._listen()), ("reload", self._reload_loop()),
-                           ("compactor", self._compactor())):  # fmt: skip
+                           ("leader", self.leader.run()), ("compactor", self._compactor())):  # fmt: skip
             self._tasks.append(loop.create_task(coro, name=f"cluster-{name}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.leader.resign()
         if self.pool is not None:
             await self.pool.drain()
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.aredis.hdel(LIVE, self.replica)
+            await self.aredis.hdel(self.live, self.replica)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -141,11 +146,24 @@ class Cluster:
         return {
             "replica": self.replica,
             "replicas": pool.replicas if pool else 1,
+            **self.leader.state(),
             "redis_degraded": bool(pool and pool.degraded),
             "lake_waiting_rows": self.writer.depth,
             "lake_spilled_rows": self.writer.spilled_rows,
             "lake_last_error": self.writer.last_error,
         }
+
+    # -- alert states (written by the leader, read by the others) -----------------------------------------------------
+    async def share_alert_states(self, payload: str) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.aredis.set(f"{self.prefix}:alerts", payload, px=ALERT_STATES_S * 1000)
+
+    async def alert_states(self) -> str | None:
+        try:
+            value = await self.aredis.get(f"{self.prefix}:alerts")
+        except REDIS_ERRORS:
+            return None
+        return None if value is None else shared.text(value)
 
     # -- heartbeat and degraded mode ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -153,13 +171,13 @@ class Cluster:
             try:
                 now_ms = int(time.time() * 1000)
                 pipe = self.aredis.pipeline(transaction=False)
-                pipe.hset(LIVE, self.replica, now_ms)
-                pipe.hgetall(LIVE)
+                pipe.hset(self.live, self.replica, now_ms)
+                pipe.hgetall(self.live)
                 _, live = await pipe.execute()
                 alive = {k: int(v) for k, v in live.items() if now_ms - int(v) <= ALIVE_S * 1000}
                 dead = [k for k, v in live.items() if now_ms - int(v) > 60_000]
                 if dead:
-                    await self.aredis.hdel(LIVE, *dead)
+                    await self.aredis.hdel(self.live, *dead)
                 if self.pool is not None:
                     self.pool.replicas = max(1, len(alive))
                     if self.pool.degraded:
@@ -231,7 +249,7 @@ class Cluster:
 
     async def _publish(self, payload: str) -> None:
         try:
-            await self.aredis.publish(BUS, payload)
+            await self.aredis.publish(self.bus, payload)
         except REDIS_ERRORS as exc:  # the periodic reload will carry it
             log.warning("cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__,
                         RELOAD_S)  # fmt: skip
@@ -241,7 +259,7 @@ class Cluster:
         while True:
             pubsub = self.aredis.pubsub()
             try:
-                await pubsub.subscribe(BUS)
+                await pubsub.subscribe(self.bus)
                 backoff = 0.2
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -259,6 +277,8 @@ class Cluster:
                         await self._reload_keys(self._apply_status(ids, status))
                     elif data.get("kind") == "config":
                         await self._reload_config()
+                    elif data.get("kind") == "alerts" and self.gw is not None:
+                        await self.gw.alerts.reload()
             except REDIS_ERRORS:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -280,6 +300,8 @@ class Cluster:
     async def _reload(self) -> None:
         await self._reload_keys(None)
         await self._reload_config()
+        if self.gw is not None:
+            await self.gw.alerts.reload()
 
     def _read(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = self.store.cursor()
@@ -345,19 +367,12 @@ class Cluster:
 
     # -- compactor ---------------------------------------------------------------------------------------------------
     async def _compactor(self) -> None:
-        lock_key = shared.PREFIX + "lock:compactor"
         while True:
             await asyncio.sleep(COMPACT_S)
-            try:
-                holder = await self.aredis.set(lock_key, self.replica, nx=True, px=int(COMPACT_S * 3000))
-                if not holder:
-                    current = await self.aredis.get(lock_key)
-                    if current is None or _text(current) != self.replica:
-                        continue
-                    await self.aredis.pexpire(lock_key, int(COMPACT_S * 3000))
-                await self.compact()
-            except REDIS_ERRORS:
+            if not self.leader.leading:
                 continue
+            try:
+                await self.compact()
             except Exception as exc:
                 log.warning("lake compaction failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 

@@ -44,10 +44,11 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 class ClusterPool(Pool):
     clustered = True
 
-    def __init__(self, *args: Any, redis: Redis, replica: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, redis: Redis, replica: str, prefix: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.redis = redis
         self.replica = replica
+        self.prefix = prefix
         self.replicas = 1  # alive at the last heartbeat (the divisor of the degraded mode)
         self.degraded = False
         self.degraded_since: float | None = None
@@ -83,7 +84,7 @@ class ClusterPool(Pool):
             if len(members) > _MEMBERS_PER_KEY:
                 del members[0]
             return True
-        wait, reason = int(res[1]) / 1000, _text(res[2])
+        wait, reason = int(res[1]) / 1000, shared.text(res[2])
         # Cool the whole scope here until Redis says it frees up: choose() skips it without asking again.
         self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON.get(reason, "cluster"))
         return False
@@ -112,7 +113,7 @@ class ClusterPool(Pool):
         return True
 
     def _keys(self, scope: str, model: str, now: float) -> list[str]:
-        return shared.scope_keys(scope, model.removeprefix("models/"), pacific_day(now).isoformat())
+        return shared.scope_keys(self.prefix, scope, model.removeprefix("models/"), pacific_day(now).isoformat())
 
     def _take(self, key: Key, model: str) -> str | None:
         members = self._members.get((key.id, model))
@@ -255,7 +256,3 @@ class ClusterPool(Pool):
 
 def _n(v: int | None) -> int:
     return -1 if v is None else int(v)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

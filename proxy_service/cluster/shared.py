@@ -1,6 +1,7 @@
 """Pool state shared through Redis: quota windows, cooldowns and learned limits, changed atomically by Lua scripts.
 
-Layout (every key under `keyrack:`; the Redis database comes from the URL), per (scope, model) `s`:
+Layout (every key under `<prefix>:`, `KEYRACK_REDIS_PREFIX`, default `keyrack`; the Redis database comes from the
+URL), per (scope, model) `s`:
 - `w:{s}` sorted set: one member per admitted call (score = ms), the rolling 60 s request window (rpm);
 - `d:{s}:{pacific date}` counter: calls on the Pacific quota day (rpd), expiring after the day;
 - `t:{s}` sorted set: `member:tokens` entries for the 60 s token window (tpm);
@@ -16,8 +17,7 @@ A built-in (guessed) limit never refuses (the single-process rule): the call is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-PREFIX = "keyrack:"
+from typing import Any
 
 # KEYS: win, day, tokens, cooldown, learned, model_learned
 # ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard)
@@ -118,13 +118,18 @@ class Admission:
     member: str = ""
 
 
-def scope_keys(scope: str, model: str, day: str) -> list[str]:
+def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
     s = f"{scope}|{model}"
     return [
-        f"{PREFIX}w:{s}",
-        f"{PREFIX}d:{s}:{day}",
-        f"{PREFIX}t:{s}",
-        f"{PREFIX}cd:{s}",
-        f"{PREFIX}l:{s}",
-        f"{PREFIX}lm:{model}",
+        f"{prefix}:w:{s}",
+        f"{prefix}:d:{s}:{day}",
+        f"{prefix}:t:{s}",
+        f"{prefix}:cd:{s}",
+        f"{prefix}:l:{s}",
+        f"{prefix}:lm:{model}",
     ]
+
+
+def text(v: Any) -> str:
+    """A Redis reply (bytes) as text."""
+    return v.decode() if isinstance(v, bytes) else str(v)

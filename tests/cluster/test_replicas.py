@@ -3,13 +3,16 @@ shared events and stats, keys and config broadcast, quota reserved cluster-wide.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
-from tests.cluster.conftest import Replica
+from tests.cluster.conftest import Replica, database
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -113,3 +116,21 @@ def test_quota_is_reserved_cluster_wide(
     assert statuses.count(200) == 3 and statuses.count(429) == 5
     stats = up.stats()
     assert stats["requests"] == 3 and not stats["rate_limited"]
+
+
+def test_two_clusters_share_one_redis_under_their_own_prefixes(
+    tmp_path: Path, redis_url: str, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    """KEYRACK_REDIS_PREFIX: the same project and rpm in two clusters on one Redis database are two quotas."""
+    key = fake_key("p1-a")
+    up = start_upstream({"projects": {"p1": [key]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpm": 3}}, "api_keys": f"p1:{key}"}
+    with database() as other_catalog:
+        a = start_replica(up.url, redis_prefix="team-a", **limits)
+        b = start_replica(up.url, redis_prefix="team-b", lake_catalog=other_catalog,
+                          lake_data=str(tmp_path / "lake-b"), **limits)  # fmt: skip
+        statuses = {r.url: [call(r).status_code for _ in range(4)] for r in (a, b)}
+        b.proc.stop(signal.SIGTERM, 20)  # before its catalog is dropped
+    assert all(s == [200, 200, 200, 429] for s in statuses.values()), statuses
+    names = {k.decode().split(":", 1)[0] for k in redis.Redis.from_url(redis_url).keys("*")}
+    assert names == {"team-a", "team-b"}

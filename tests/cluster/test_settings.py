@@ -52,6 +52,9 @@ def test_all_three_make_a_cluster_with_a_hostname_port_replica_id() -> None:
         ("lake_catalog", "postgresql://u:s3cret-pw@h:5432", "with a database name"),
         ("lake_data", "ftp://files/lake", "directory every replica reaches or an s3:// URL"),
         ("replica_id", "a b;c", "1-64 characters"),
+        ("redis_prefix", "team a", "1-40 characters"),
+        ("redis_prefix", "k{1}*", "1-40 characters"),
+        ("redis_prefix", "x" * 41, "1-40 characters"),
     ],
 )
 def test_malformed_values_are_named(name: str, value: str, expected: str) -> None:
@@ -59,6 +62,20 @@ def test_malformed_values_are_named(name: str, value: str, expected: str) -> Non
     with pytest.raises(ClusterConfigError, match=expected) as err:
         from_settings(settings(**values))
     assert f"KEYRACK_{name.upper()}" in str(err.value) and "s3cret-pw" not in str(err.value)
+
+
+def test_redis_prefix_defaults_to_keyrack_and_is_shown() -> None:
+    values = {"redis_url": "redis://h/0", "lake_catalog": CATALOG, "lake_data": "/l"}
+    default = from_settings(settings(**values))
+    assert default is not None and default.redis_prefix == "keyrack"
+    team = from_settings(settings(**values, redis_prefix="team-b.prod"))
+    assert team is not None and team.redis_prefix == "team-b.prod" and team.masked()["redis_prefix"] == "team-b.prod"
+
+
+def test_serve_refuses_a_bad_redis_prefix_in_one_line(tmp_path: Path) -> None:
+    line = serve_fails(tmp_path, redis_url="redis://127.0.0.1:6379/0", lake_catalog=CATALOG,
+                       lake_data=str(tmp_path / "lake"), redis_prefix="my keys")  # fmt: skip
+    assert "KEYRACK_REDIS_PREFIX='my keys': 1-40 characters" in line
 
 
 def test_masking_and_conninfo() -> None:

@@ -1,0 +1,108 @@
+"""One leader for the cluster-wide jobs (alerts, retention, compaction), elected through a Redis lease: real
+replicas, a real webhook receiver on 127.0.0.1, and the lease itself against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import redis.asyncio as aredis
+
+from proxy_service.cluster.leader import Leader
+from tests import test_alerts
+from tests.cluster.conftest import Replica
+from tests.cluster.test_replicas import ADMIN, admin, until
+from tests.conftest import SCENARIO, Upstream
+from tests.test_alerts import Receiver
+
+receiver = test_alerts.receiver  # the real webhook receiver fixture (an HTTP server on 127.0.0.1)
+
+
+def metric(replica: Replica, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", httpx.get(f"{replica.url}/metrics", timeout=10).text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def create(replica: Replica, path: str, body: dict[str, Any]) -> Any:
+    resp = httpx.post(f"{replica.url}/admin/api{path}", headers=ADMIN, json=body, timeout=30)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def leader_of(replicas: list[Replica]) -> list[str]:
+    """The leader each replica names in /readyz."""
+    return [httpx.get(f"{r.url}/readyz", timeout=10).json()["cluster"]["leader"] for r in replicas]
+
+
+def test_one_notification_per_firing_and_a_dead_leader_is_replaced(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica], receiver: Receiver
+) -> None:
+    up = start_upstream(SCENARIO)
+    replicas = [start_replica(up.url, alert_interval_s=1) for _ in range(3)]
+    until(lambda: len(set(leader_of(replicas))) == 1 and None not in leader_of(replicas), timeout=30)
+    leader = replicas[int(leader_of(replicas)[0].removeprefix("r")) - 1]  # the fixture names them r1, r2, r3
+    followers = [r for r in replicas if r is not leader]
+    assert [metric(r, "keyrack_cluster_leader") for r in replicas].count(1.0) == 1
+
+    # Channel and rule created on followers: the leader learns them over the bus and is the one that notifies.
+    channel = create(followers[0], "/alerts/channels", {"name": "hook", "url": f"webhook+{receiver.url}/hook"})
+    rule = create(followers[1], "/alerts/rules", {"name": "Keys present", "metric": "active_keys",
+                 "op": ">", "threshold": 0, "window_s": 60, "for_s": 0, "channels": [channel["id"]]})  # fmt: skip
+
+    def firing() -> list[dict[str, Any]]:
+        return [b for b in receiver.bodies() if b["state"] == "firing" and b["rule"] == "Keys present"]
+
+    until(firing, timeout=30)
+    # Every replica shows the alert (the leader shares its states), and the leader has evaluated a few more times.
+    for r in replicas:
+        until(lambda r=r: [a["rule_id"] for a in admin(r, "GET", "/alerts/active")["items"]] == [rule["id"]])
+    seen = metric(leader, "keyrack_alert_evaluations_total")
+    until(lambda: metric(leader, "keyrack_alert_evaluations_total") >= seen + 3)
+    assert [metric(r, "keyrack_alert_evaluations_total") for r in followers] == [0.0, 0.0], "only the leader evaluates"
+    assert len(firing()) == 1
+
+    # The leader dies without resigning: a follower takes the lease once it expires, and carries on from the shared
+    # states (no second "fired" message).
+    leader.proc.proc.kill()
+    killed = time.monotonic()
+    leader.proc.proc.wait(10)
+    until(lambda: any(metric(r, "keyrack_cluster_leader") == 1.0 for r in followers), timeout=30)
+    print(f"leader handover after SIGKILL: {time.monotonic() - killed:.1f} s (lease 6 s, campaign every 1 s)")
+    new = next(r for r in followers if metric(r, "keyrack_cluster_leader") == 1.0)
+    seen = metric(new, "keyrack_alert_evaluations_total")
+    until(lambda: metric(new, "keyrack_alert_evaluations_total") >= seen + 3)
+    assert len(firing()) == 1, "a handover must not notify the same firing again"
+
+    # It resolves once, from the new leader.
+    admin(followers[0], "PATCH", f"/alerts/rules/{rule['id']}", json={"threshold": 1000})
+    until(lambda: [b for b in receiver.bodies() if b["state"] == "resolved"], timeout=30)
+    seen = metric(new, "keyrack_alert_evaluations_total")
+    until(lambda: metric(new, "keyrack_alert_evaluations_total") >= seen + 2)
+    assert [b["state"] for b in receiver.bodies()] == ["firing", "resolved"]
+
+
+def test_the_lease_is_exclusive_renewed_and_released(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        clock = [0.0]
+        a = Leader(client, "keyrack:leader", "a", lease_s=30, clock=lambda: clock[0])
+        b = Leader(client, "keyrack:leader", "b", lease_s=30, clock=lambda: clock[0])
+        try:
+            assert await a.campaign() and not await b.campaign()
+            assert b.holder == "a" and b.state() == {"leader": False, "leader_id": "a"}
+            assert await a.campaign()  # renewed, still the one leader
+            assert await client.pttl("keyrack:leader") > 25_000
+            clock[0] = 31.0  # a's renewals failed for a whole lease (by its own clock): it stops acting at once
+            assert not a.leading
+            await b.resign()  # never deletes a lease it does not hold
+            assert await client.get("keyrack:leader") is not None
+            await a.resign()
+            assert await b.campaign() and b.terms == 1 and not await a.campaign()
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
