@@ -313,14 +313,14 @@ class Gateway:
         interval = self._config.recheck_interval_s
         # A key disabled by a failure streak was most likely hit by an upstream incident (a 503 storm trips every
         # key at once), so it is looked at again sooner than an invalid one.
-        due = [
-            k
-            for k in self.pool.keys.values()
-            if k.needs_recheck
-            and now - (k.last_checked_at or 0)
-            >= (min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval)
-        ]
-        for key in due[:20]:  # bounded per tick; the rest come on later ticks
+        every = {k.id: min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval
+                 for k in self.pool.keys.values() if k.needs_recheck}  # fmt: skip
+        due = [self.pool.keys[kid] for kid, s in every.items() if now - (self.pool.keys[kid].last_checked_at or 0) >= s]
+        due = due[:20]  # bounded per tick; the rest come on later ticks
+        if due and self.pool.clustered:  # one replica probes each key per interval (a Redis slot)
+            won = await self.pool.claim_probes({k.id: every[k.id] for k in due})
+            due = [k for k in due if k.id in won]
+        for key in due:
             await self.verify(key)
 
     def _start_storage_jobs(self) -> None:

@@ -266,10 +266,13 @@ class Pool:
         if not candidates:
             raise self._exhausted(model, now, bool(exclude))
         if self.strategy == "round_robin":
-            return candidates[next(self._rr) % len(candidates)]
+            return self._round_robin(candidates)
         if self.strategy == "least_used":
             return min(candidates, key=lambda k: (k.in_flight, k.requests, k.last_used_at or 0.0))
         return self._most_headroom(candidates, model, now)
+
+    def _round_robin(self, candidates: list[Key]) -> Key:
+        return candidates[next(self._rr) % len(candidates)]
 
     def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
         best: Key | None = None
@@ -305,6 +308,13 @@ class Pool:
         cooling = any(c.until > now and m == model for (_s, m), c in self.cooldowns.items())
         why = "cooling down after rate limits" if cooling else "out of quota (configured or learned limits)"
         return PoolExhausted(f"Every key for {model} is {why}", at - now)
+
+    async def turn(self, model: str) -> None:
+        """Take the round-robin turn cluster-wide before `choose()` (ClusterPool); the in-memory pool counts locally."""
+
+    async def claim_probes(self, seconds: dict[str, float]) -> set[str]:
+        """The keys this process may re-check now (ClusterPool: one replica per key and interval); here all of them."""
+        return set(seconds)
 
     async def admit(self, key: Key, model: str) -> bool:
         """Reserve the attempt cluster-wide (ClusterPool); the in-memory pool has nothing to ask."""

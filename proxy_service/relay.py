@@ -274,6 +274,8 @@ class Relay:
             if n and loop.time() >= call.deadline:
                 late = timed_out = True
                 break
+            if self.pool.clustered and self.pool.strategy == "round_robin":
+                await self.pool.turn(call.quota_model)  # the cluster-wide cursor (one INCR), then choose() uses it
             try:
                 key = self.pool.choose(call.quota_model, tried)
             except PoolExhausted as exc:

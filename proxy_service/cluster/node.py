@@ -355,8 +355,17 @@ class Cluster:
                 continue  # a local change not written yet wins; it is announced right after
             key.status, key.disabled_reason = r["status"], r["disabled_reason"]
             key.label, key.project = r["label"], r["project"]
-            key.consecutive_failures = r["consecutive_failures"] or 0
             key.last_checked_at = stored_epoch(r["last_checked_at"])
+            key.last_used_at = max(key.last_used_at or 0.0, stored_epoch(r["last_used_at"]) or 0.0) or None
+            # Counters: every replica's totals as stored, plus what this replica has not written yet (the deltas
+            # stay exact: the next delta is counted from the stored totals). Consecutive failures live in Redis.
+            stored_counts = (r["requests"] or 0, r["successes"] or 0, r["total_failures"] or 0)
+            local = (key.requests, key.successes, key.total_failures)
+            base = pool.persisted.get(kid, (0, 0, 0))
+            key.requests, key.successes, key.total_failures = (
+                c + (n - b) for c, n, b in zip(stored_counts, local, base, strict=True)
+            )
+            pool.persisted[kid] = stored_counts
 
     async def _reload_config(self) -> None:
         gw = self.gw

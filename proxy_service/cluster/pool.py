@@ -7,7 +7,12 @@ The embedded `Pool` keeps its code and speed; this subclass adds:
 - the outcome methods settle the reservation in Redis in the background (never awaited on the request path): a 429
   un-counts it, cools the scope for every replica and records the learned limit (from the observed cluster-wide
   usage when the 429 gives no value); a 5xx / connection failure un-counts it; answer tokens feed the tpm window;
-- status changes (enable, disable, invalid, re-check...) are remembered for the broadcast to the other replicas.
+- status changes (enable, disable, invalid, re-check...) are remembered for the broadcast to the other replicas;
+- consecutive failures are counted in Redis (`fails`): every replica's transient failures of a key add up, past the
+  threshold the replica that saw the last one disables the key (and broadcasts it), a success anywhere clears the
+  count. `reserve` answers the current count, so the local copy is at most one call old;
+- round_robin: `turn(model)` takes the next cluster-wide cursor (one INCR) and `choose()` applies it to the
+  candidates in one order every replica agrees on (by key id), so N replicas cycle through the keys as one.
 
 Redis unreachable (degraded mode): `admit` never waits longer than the socket timeouts (0.5 s, then not at all
 until the heartbeat sees Redis again). While degraded, each replica admits by its local windows at 1/N of every
@@ -59,10 +64,28 @@ class ClusterPool(Pool):
         self._members: dict[tuple[str, str], list[str]] = {}
         self._offline: list[tuple[str, str, int, str]] = []  # (scope, model, ms, member) admitted while degraded
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._fails = f"{prefix}:fails"
+        self._cursor: int | None = None  # the round-robin turn taken by turn(), used by the next choose()
         self._reserve = redis.register_script(shared.RESERVE)
         self._release = redis.register_script(shared.RELEASE)
         self._limited = redis.register_script(shared.RATE_LIMITED)
         self._tokens = redis.register_script(shared.TOKENS)
+        self._failed = redis.register_script(shared.FAILED)
+
+    # -- round robin (awaited by the relay before choose(), with that strategy only) -------------------------------
+    async def turn(self, model: str) -> None:
+        if self.degraded:
+            return
+        try:
+            self._cursor = int(await self.redis.incr(f"{self.prefix}:rr:{model.removeprefix('models/')}")) - 1
+        except REDIS_ERRORS as exc:
+            self._degrade(exc)
+
+    def _round_robin(self, candidates: list[Key]) -> Key:
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:  # degraded: this replica's own turns
+            return super()._round_robin(candidates)
+        return sorted(candidates, key=lambda k: k.id)[cursor % len(candidates)]
 
     # -- admission (awaited by the relay) -------------------------------------------------------------------------
     async def admit(self, key: Key, model: str) -> bool:
@@ -72,13 +95,14 @@ class ClusterPool(Pool):
             return self._admit_local(key, model, now, member)
         hard = self._hard(key.scope, model)
         args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
-        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard))]
+        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard)), key.id]
         try:
             res = await self._reserve(keys=self._keys(key.scope, model, now), args=args)
         except REDIS_ERRORS as exc:
             self._degrade(exc)
             return self._admit_local(key, model, now, member)
         if int(res[0]) == 1:
+            key.consecutive_failures = int(res[4])  # the cluster's count: failures elsewhere, or cleared elsewhere
             members = self._members.setdefault((key.id, model), [])
             members.append(member)
             if len(members) > _MEMBERS_PER_KEY:
@@ -119,9 +143,26 @@ class ClusterPool(Pool):
         members = self._members.get((key.id, model))
         return members.pop() if members else None
 
+    # -- re-check probes ---------------------------------------------------------------------------------------------
+    async def claim_probes(self, seconds: dict[str, float]) -> set[str]:
+        """The key ids this replica may probe now: the probe slot `probe:{id}` is taken for the key's re-check
+        interval by the first replica to ask. With Redis away every replica probes for itself (a probe lists one
+        model and costs no quota; keys coming back matters more than a few duplicate probes)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for kid, s in seconds.items():
+            pipe.set(f"{self.prefix}:probe:{kid}", self.replica, nx=True, px=max(1000, int(s * 1000)))
+        try:
+            won = await pipe.execute()
+        except REDIS_ERRORS:
+            return set(seconds)
+        return {kid for kid, ok in zip(seconds, won, strict=True) if ok}
+
     # -- outcomes (settled in Redis in the background) --------------------------------------------------------------
     def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
+        streak = key.consecutive_failures > 0  # only then is there a shared count to clear (rare: no write per call)
         super().succeeded(key, model, tokens)
+        if streak:
+            self._clear_failures(key)
         member = self._take(key, model)
         if tokens and not self.degraded:
             now = self.clock()
@@ -150,6 +191,8 @@ class ClusterPool(Pool):
 
     def failed(self, key: Key, message: str, model: str | None = None) -> None:
         super().failed(key, message, model)
+        if not self.degraded:
+            self._spawn(self._count_failure(key))
         if model is not None:  # the upstream refused or never saw it: give the slot back cluster-wide
             self._release_member(key, model)
         elif (member_model := next((m for (k, m) in self._members if k == key.id), None)) is not None:
@@ -161,6 +204,20 @@ class ClusterPool(Pool):
         for k, m in list(self._members):
             if k == key.id:
                 self._release_member(key, m)
+
+    async def _count_failure(self, key: Key) -> None:
+        n = int(await self._failed(keys=[self._fails], args=[key.id]))
+        key.consecutive_failures = n
+        self.dirty.add(key.id)
+        if n >= self.failure_threshold and key.status == "active":  # the failures of every replica add up
+            self.disable(key, "failures")
+
+    def _clear_failures(self, key: Key) -> None:
+        async def clear() -> None:
+            await self.redis.hdel(self._fails, key.id)
+
+        if not self.degraded:
+            self._spawn(clear())
 
     def _release_member(self, key: Key, model: str) -> None:
         member = self._take(key, model)
@@ -184,6 +241,7 @@ class ClusterPool(Pool):
 
     def enable(self, key: Key) -> None:
         super().enable(key)
+        self._clear_failures(key)
         self.changed.add(key.id)
 
     def disable(self, key: Key, reason: str = "manual") -> None:
@@ -192,11 +250,14 @@ class ClusterPool(Pool):
 
     def reset(self, key: Key) -> None:
         super().reset(key)
+        self._clear_failures(key)
         self.changed.add(key.id)
 
     def checked(self, key: Key, ok: bool, message: str | None = None) -> None:
         before = key.status
         super().checked(key, ok, message)
+        if ok:
+            self._clear_failures(key)
         if key.status != before:
             self.changed.add(key.id)
 

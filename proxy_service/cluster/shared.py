@@ -7,21 +7,27 @@ URL), per (scope, model) `s`:
 - `t:{s}` sorted set: `member:tokens` entries for the 60 s token window (tpm);
 - `cd:{s}` the cooldown's end (ms), kept only when later than the current one;
 - `l:{s}` hash: limits learned from 429s for this scope; `lm:{model}`: learned model-wide (the next guess);
-- `live` hash: replica → last heartbeat (ms), for N in the degraded mode and for `/metrics`.
+- `fails` hash: key id → consecutive transient failures cluster-wide (past the threshold the key is disabled; a
+  success anywhere clears it);
+- `rr:{model}` counter: the round-robin cursor (one INCR per pick, only with the round_robin strategy);
+- `probe:{key id}`: the re-check slot — the replica that sets it (NX, for one re-check interval) probes the key;
+- `live` hash: replica → last heartbeat (ms), for N in the degraded mode and for `/metrics`;
+- `leader`, `alerts`, `bus`, `lock:init`: the lease of `leader.py`, the leader's alert states, the pub/sub channel,
+  the lake initialisation lock.
 
 `reserve` is the one call on the request path: it checks the cooldown and the known limits cluster-wide and, when
 there is headroom, counts the call — one round trip, atomic, so N replicas never admit more than the limit together.
+It also answers the key's shared failure count, so a replica's local copy is never more than one call old.
 A built-in (guessed) limit never refuses (the single-process rule): the call is counted, not gated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-# KEYS: win, day, tokens, cooldown, learned, model_learned
-# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard)
-# → {1, rpm_used, rpd_used, tpm_used} admitted | {0, wait_ms, reason}
+# KEYS: win, day, tokens, cooldown, learned, model_learned, fails
+# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard), key id
+# → {1, rpm_used, rpd_used, tpm_used, key_failures} admitted | {0, wait_ms, reason}
 RESERVE = """
 local now = tonumber(ARGV[1])
 local cd = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -59,7 +65,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 61000)
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
-return {1, n + 1, day + 1, tok}
+return {1, n + 1, day + 1, tok, tonumber(redis.call('HGET', KEYS[7], ARGV[8]) or '0')}
 """
 
 # Un-count an admitted call the upstream refused or never saw. KEYS: win, day. ARGV: member.
@@ -102,20 +108,19 @@ end
 return limit
 """
 
+# A transient failure of a key: count it cluster-wide. KEYS: fails. ARGV: key id → the consecutive failures now.
+FAILED = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], 7 * 86400000)
+return n
+"""
+
 # Add tokens learned from an answer. KEYS: tokens. ARGV: now_ms, member, tokens.
 TOKENS = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 61000)
 return 1
 """
-
-
-@dataclass(frozen=True)
-class Admission:
-    ok: bool
-    wait_s: float = 0.0
-    reason: str = ""
-    member: str = ""
 
 
 def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
@@ -127,6 +132,7 @@ def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
         f"{prefix}:cd:{s}",
         f"{prefix}:l:{s}",
         f"{prefix}:lm:{model}",
+        f"{prefix}:fails",
     ]
 
 
