@@ -30,8 +30,8 @@ from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
 from proxy_service.events import EventWriter
 from proxy_service.keys import KeySpec, parse_key_list
-from proxy_service.pool import Key, Pool, key_from_row
-from proxy_service.quota import ModelLimits
+from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
+from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
@@ -211,6 +211,23 @@ class Gateway:
         if added:
             log.info("added %d upstream key(s) from KEYRACK_API_KEYS", len(added))
         self.persist_keys()
+        if self.cluster is None:  # in a cluster the windows live in Redis
+            self._restore_usage()
+
+    def _restore_usage(self) -> None:
+        """Today's calls per (scope, model), back from the attempts table: the quota windows live in memory, and a
+        restart that forgot them would let quota_aware spend the Pacific day's quota (and the minute's) again."""
+        now = time.time()
+        cur = self.store.cursor()
+        try:
+            day = _ts(pacific_day_start(now))
+            rows = cur.execute(_USAGE_SINCE, [_ts(now - 60), day, day]).fetchall()
+        finally:
+            cur.close()
+        for scope, model, today, recent in rows:
+            self.pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent or []], now)
+        if rows:
+            logs.event(log, "quota_usage_restored", pairs=len(rows), calls_today=sum(r[2] for r in rows))
 
     def persist_keys(self) -> None:
         """Queue the changed keys' rows for the writer (one Arrow batch, whatever the number of keys)."""
@@ -453,6 +470,20 @@ class Gateway:
             log_level=cfg.log_level,
             **cluster_fields,
         )
+
+
+# Attempts that reached Google and counted there: a 429, a 5xx or a failed connection is un-counted on the spot
+# (Pool.rate_limited / Pool.failed), timeouts and answers stay counted. countTokens has its own quota bucket.
+_USAGE_SINCE = """
+    SELECT coalesce(a.project, a.key_id) AS scope,
+           CASE WHEN c.request_id IS NULL THEN a.model ELSE a.model || '#count' END AS model,
+           count(*) AS today, list(a.ts ORDER BY a.ts) FILTER (WHERE a.ts > ?) AS recent
+    FROM attempts a
+    LEFT JOIN (SELECT request_id FROM requests WHERE ts > ? - INTERVAL 1 HOUR AND operation = 'countTokens') c
+        USING (request_id)
+    WHERE a.ts >= ? AND a.model IS NOT NULL AND a.key_id IS NOT NULL
+      AND a.outcome NOT IN ('rate_limited', 'server_error', 'connection_error')
+    GROUP BY ALL"""
 
 
 def _limits(cfg: Config) -> dict[str, ModelLimits]:

@@ -48,6 +48,11 @@ def _pacific_midnight(day: datetime.date) -> float:
     return datetime.datetime(day.year, day.month, day.day, tzinfo=PACIFIC).timestamp()
 
 
+def pacific_day_start(now: float) -> float:
+    """Epoch of the 00:00 America/Los_Angeles that began the quota day of ``now``."""
+    return _pacific_midnight(pacific_day(now))
+
+
 def next_pacific_midnight(now: float) -> float:
     """Epoch of the first 00:00 America/Los_Angeles strictly after ``now`` (23/25-hour days included)."""
     # Calendar arithmetic on the date, not "+24h", is what makes DST change days come out right.
@@ -357,6 +362,12 @@ class UsageWindow:
         if self._today > 0 and now < self._day_end:
             self._today -= 1
 
+    def restore(self, today: int, recent: list[float], now: float) -> None:
+        """Add calls made before a restart: `today` on the current quota day, `recent` their times in the last 60 s."""
+        self._roll_day(now)
+        self._today += today
+        self._req = deque(sorted([*self._req, *(t for t in recent if t + MINUTE_S > now)]))
+
     def add_tokens(self, now: float, tokens: int) -> None:
         """Add tokens learned from an answer to the minute window."""
         if tokens <= 0:
@@ -601,6 +612,10 @@ class QuotaTracker:
     def record(self, scope: str, model: str, now: float, tokens: int = 0) -> None:
         """Count one request sent on (scope, model)."""
         self._entry(scope, _strip_models(model), now).window.record(now, tokens)
+
+    def restore(self, scope: str, model: str, today: int, recent: list[float], now: float) -> None:
+        """Seed (scope, model) with the calls it made before a restart (the windows live in memory)."""
+        self._entry(scope, _strip_models(model), now).window.restore(today, recent, now)
 
     def forget(self, scope: str, model: str, now: float) -> None:
         """Un-count a request recorded on (scope, model) that upstream refused with a 429.

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy_service import app as app_module
-from proxy_service.app import Gateway
+from proxy_service.app import Gateway, create_app
 from proxy_service.keys import key_id
 from proxy_service.settings import ConfigError, Settings
 from tests.conftest import BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.servers import serve
 
 BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
 
@@ -96,3 +98,27 @@ def test_key_state_survives_a_restart(tmp_path) -> None:  # type: ignore[no-unty
     assert (same.status, same.disabled_reason, same.requests, same.project) == ("disabled", "manual", 41, "p2")
     assert len(again.pool.keys) == 4
     again.store.close()
+
+
+def test_quota_day_counts_survive_a_restart(start_upstream: Callable[..., Upstream], tmp_path: Path) -> None:
+    """Embedded: the (project, model) windows live in memory; a restart reads today's attempts back, so a
+    configured rpd is not spent a second time (nor the minute's rpm)."""
+    upstream = start_upstream(SCENARIO)
+    settings = Settings(_env_file=None, data_dir=tmp_path, upstream_url=upstream.url, api_keys=f"p2:{P2_A}",  # type: ignore[call-arg]
+                        access_tokens=[CLIENT_TOKEN], model_limits={"gemini-2.5-flash": {"rpd": 5}})  # fmt: skip
+
+    def calls(n: int) -> list[int]:
+        with serve(create_app(settings), lifespan="on") as url:
+            return [
+                httpx.post(f"{url}/v1beta/models/gemini-2.5-flash:generateContent", json=BODY,
+                           headers={"x-goog-api-key": CLIENT_TOKEN}).status_code
+                for _ in range(n)
+            ]  # fmt: skip
+
+    assert calls(3) == [200, 200, 200]
+    assert calls(3) == [200, 200, 429]  # 3 before the restart + 2 = the day's 5
+    assert upstream.stats()["requests"] == 5
+    gw = Gateway(settings)
+    usage = gw.pool.tracker.usage("p2", "gemini-2.5-flash", time.time())
+    gw.store.close()
+    assert usage["rpd_used"] == 5 and usage["rpm_used"] == 5

@@ -89,6 +89,10 @@ class Load:
         return {a.request_id for a in self.answers if a.replica == replica and a.request_id}
 
 
+def leads(replica: Replica) -> bool:
+    return "keyrack_cluster_leader 1.0" in httpx.get(f"{replica.url}/metrics", timeout=10).text
+
+
 def lake_ids(replica: Replica, of: str) -> set[str]:
     rows = admin(replica, "POST", "/query", json={"sql": f"SELECT request_id FROM requests WHERE replica = '{of}'",
                                                   "format": "json"})["rows"]  # fmt: skip
@@ -183,8 +187,15 @@ def test_redis_restart_degrades_to_local_limits_then_recovers(
         for r in (r1, r2):
             assert httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "degraded"
             assert "keyrack_cluster_redis_degraded 1.0" in httpx.get(f"{r.url}/metrics").text
-        server.start()
+        # Nobody can renew the leader's lease: once it runs out (by the leader's own clock) no replica leads, so the
+        # cluster-wide jobs (alerts, retention, compaction) pause instead of running on both.
+        until(lambda: [leads(r) for r in (r1, r2)] == [False, False], timeout=30)
+        server.start()  # an empty Redis (no persistence): windows, failure counts, cursors and the lease start over
         for r in (r1, r2):
             until(lambda r=r: httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "ok", timeout=30)
         # Reconciled: the 6 calls admitted while degraded are in the shared window, so nothing more is admitted.
         assert call(r1).status_code == 429 and up.stats()["requests"] == 6
+        # One leader again, the same for both.
+        until(lambda: sorted(leads(r) for r in (r1, r2)) == [False, True], timeout=30)
+        named = {httpx.get(f"{r.url}/readyz").json()["cluster"]["leader"] for r in (r1, r2)}
+        assert len(named) == 1 and named <= {"r1", "r2"}
