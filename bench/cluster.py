@@ -311,6 +311,11 @@ def ingest(work: Path, catalog: str, events: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ 5
 def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
+    """The same `rows` synthetic rows (bench.analytics' generator) in an embedded file and in the lake, the same
+    queries through `queries` on both, timed alternately (embedded, lake, embedded, ...) so that the machine's load
+    hits both sides alike."""
+    import os
+
     from bench.analytics import GENERATE, MODELS, build
     from proxy_service import queries
     from proxy_service.cluster.config import ClusterConfig
@@ -319,12 +324,15 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     from proxy_service.store import Store
 
     end = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    t0 = time.perf_counter()
     build(work / "emb.duckdb", rows, end)
+    embedded_build_s = time.perf_counter() - t0
     lake = LakeStore(ClusterConfig(REDIS, catalog, str(work / "alake"), "analytics"), contextlib.nullcontext)
     cur = lake.cursor()
     t0 = time.perf_counter()
     step_us = 90 * 86400 * 1_000_000 // max(rows, 1)
-    cur.execute(GENERATE, [MODELS, end, rows, step_us, rows])
+    cur.execute(GENERATE.format(clients=7), [MODELS, end, rows, step_us, rows])
+    lake_generate_s = time.perf_counter() - t0
     Rollup().install(cur)
     lake_build_s = time.perf_counter() - t0
     emb = Store(work / "emb.duckdb")
@@ -332,6 +340,7 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     tz = ZoneInfo("America/New_York")
     now = datetime.now(UTC).replace(tzinfo=None)
     start = now - timedelta(days=90)
+    load = [os.getloadavg()[0]]
     out = []
     for name, fn in (
         ("summary", lambda c: queries.summary(c, tz, now)),
@@ -339,19 +348,22 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
         ("series hour (90 d)", lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now))),
         ("top models (90 d)", lambda c: queries.top(c, "model", start, now, 10)),
     ):  # fmt: skip
-        times = {}
-        for label, c in (("embedded", ecur), ("lake", cur)):
-            fn(c)
-            ms = []
-            for _ in range(runs):
+        ms: dict[str, list[float]] = {"embedded": [], "lake": []}
+        fn(ecur), fn(cur)  # warm-up
+        for _ in range(runs):
+            for label, c in (("embedded", ecur), ("lake", cur)):
                 t = time.perf_counter()
                 fn(c)
-                ms.append((time.perf_counter() - t) * 1000)
-            times[label] = statistics.median(ms)
+                ms[label].append((time.perf_counter() - t) * 1000)
+        times = {label: statistics.median(v) for label, v in ms.items()}
         out.append({"query": name, **times, "ratio": times["lake"] / times["embedded"] if times["embedded"] else 0})
+    load.append(os.getloadavg()[0])
+    files = cur.execute("SELECT count(*) FROM ducklake_list_files('lake', 'requests')").fetchone()
     lake.close()
     emb.close()
-    return {"rows": rows, "lake_build_s": lake_build_s, "figures": out}
+    return {"rows": rows, "embedded_build_s": embedded_build_s, "lake_generate_s": lake_generate_s,
+            "lake_build_s": lake_build_s, "requests_files": files[0] if files else 0, "load": load,
+            "figures": out}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -371,6 +383,9 @@ def report_rows(f: dict[str, Any]) -> list[list[Any]]:
                      f"{i['lost']} lost, rollup exact: {i['rollup_matches']}", "0 lost", "yes" if i["lost"] == 0 else "NO"])  # fmt: skip
     if "analytics" in f:
         a = f["analytics"]
+        rows.append([f"analytics lake build, {a['rows']:,} rows", f"{a['lake_build_s']:,.0f} s (generate "
+                     f"{a['lake_generate_s']:,.0f} s)", f"embedded file {a['embedded_build_s']:,.0f} s",
+                     f"load {a['load'][0]:.1f} → {a['load'][1]:.1f}", "–"])  # fmt: skip
         for x in a["figures"]:
             rows.append([f"analytics {a['rows']:,} rows: {x['query']} p50", f"lake {x['lake']:,.0f} ms",
                          f"embedded {x['embedded']:,.0f} ms ({x['ratio']:.1f}x)", "≤ 2x", "yes" if x["ratio"] <= 2 else "NO"])  # fmt: skip

@@ -44,6 +44,10 @@ EXTRA_COLUMNS = {"requests": "replica VARCHAR", "error_logs": "replica VARCHAR"}
 # Pre-created so that the rollup's own `CREATE TABLE IF NOT EXISTS rollup_meta (... PRIMARY KEY)` is a no-op here.
 ROLLUP_META_DDL = "CREATE TABLE IF NOT EXISTS lake.main.rollup_meta (name VARCHAR, value VARCHAR)"
 LABELS = "memory.main.client_labels"
+FILE_STATS_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS ducklake_file_column_stats_table_column "
+    f"ON {META_SCHEMA}.ducklake_file_column_stats (table_id, column_id)"
+)
 SAFE_VIEWS = {
     "requests": f"SELECT r.*, coalesce(l.label, r.client_id) AS client FROM {CATALOG}.main.requests r "
     f"LEFT JOIN {LABELS} l ON l.client_id = r.client_id",
@@ -83,6 +87,8 @@ def connect(cfg: ClusterConfig, create: bool = False) -> duckdb.DuckDBPyConnecti
             con.execute(f"CALL postgres_execute('{STATE_DB}', 'CREATE SCHEMA IF NOT EXISTS {schema}')")
     lake = "ducklake:postgres:" + cfg.conninfo
     con.execute(f"ATTACH {_lit(lake)} AS {CATALOG} (DATA_PATH {_lit(data)}, METADATA_SCHEMA {_lit(META_SCHEMA)})")
+    # Lake files never change once written: their Parquet footers can be parsed once per process.
+    con.execute("SET parquet_metadata_cache = true")
     return con
 
 
@@ -109,6 +115,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")
         if (CATALOG, "rollup_meta") not in have:
             cur.execute(ROLLUP_META_DDL)
+        # Every scan reads the file statistics of its table's filter columns; without this index PostgreSQL reads
+        # the whole stats table each time (duckdb/ducklake#859, #1147), which grows with every commit until the
+        # compactor merges files and expires snapshots.
+        cur.execute(f"CALL postgres_execute('{STATE_DB}', '{FILE_STATS_INDEX}')")
     finally:
         cur.close()
 

@@ -1,18 +1,23 @@
-"""`LakeWriter`: the event writer for the lake — one DuckLake commit per interval, retried, bounded, spilled.
+"""`LakeWriter`: the event writer for the lake — one DuckLake commit per interval, journaled, retried, bounded.
 
 Same producer side as the embedded `EventWriter` (`record()` never blocks, `submit()` serialises jobs); what changes
 is the flush:
-- every `commit_interval_s` (default 1 s, or `batch_rows`) the rows gathered become one Arrow table per event table,
-  stamped with this replica's id, and are appended **in one transaction together with their rollup rows**
-  (`before_commit` hooks): any reader on any replica sees the raw rows and the rollup agree at every snapshot, and
-  several replicas' rollup rows simply add up (readers SUM; the elected compactor folds them later);
-- a failed commit (PostgreSQL restarting, a conflict) rolls back; the batches stay and are retried with exponential
-  backoff (0.25 s → 10 s). Nothing is dropped: past `max_carry_rows` waiting rows the oldest batches are spilled to
-  Arrow IPC files under `<data_dir>/spill/` (written to a temporary name, then renamed), which are committed first
-  once the lake answers again, and at the next start if the process stopped before that;
-- stop(): one last commit attempt whatever the backoff; what still cannot be committed is spilled. So SIGTERM loses
-  nothing; SIGKILL loses at most the rows gathered since the last commit (≤ one interval) plus those of a failing
-  commit that were not spilled yet.
+- every `journal_interval_s` (default 0.1 s) the writer thread drains the queue into one Arrow table per event table,
+  stamped with this replica's id, and appends it to a **journal file** under `<data_dir>/spill/` (Arrow IPC, written
+  under a temporary name then renamed; not fsync'd: it survives the process being killed, not the machine losing
+  power). So a SIGKILL loses at most the events recorded since the last journal write (≤ one journal interval plus
+  the time to write it), not the whole commit window;
+- every `commit_interval_s` (default 1 s, or `batch_rows`) the journaled tables are appended **in one transaction
+  together with their rollup rows** (`before_commit` hooks): any reader on any replica sees the raw rows and the
+  rollup agree at every snapshot, and several replicas' rollup rows simply add up (readers SUM; the elected
+  compactor folds them later). After the COMMIT their journal files are deleted;
+- a failed commit (PostgreSQL restarting, a conflict) rolls back; the tables stay and are retried with exponential
+  backoff (0.25 s → 5 s). Nothing is dropped: past `max_carry_rows` waiting rows the in-memory copies are let go
+  (counted as spilled) and the journal files alone hold them; files not in memory are committed first (oldest first)
+  once the lake answers again, and at the next start if the process stopped or was killed before that;
+- stop(): one last commit attempt whatever the backoff; what still cannot be committed stays in its journal files.
+  So SIGTERM loses nothing. A kill between a COMMIT and the deletion of its journal files (microseconds) would
+  commit those rows a second time at the next start: at-least-once, not exactly-once, in that window.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from proxy_service.events import _COLUMNS, _TABLE_OF, EventWriter
 log = logging.getLogger("keyrack.cluster.writer")
 T = TypeVar("T")
 STAMPED = ("requests", "error_logs")  # tables with a `replica` column
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 5.0
+JOURNAL_INTERVAL_S = 0.1
+REPLAY_FILES = 64  # journal files committed per attempt (bounded, oldest first)
 
 
 class LakeWriter(EventWriter):
@@ -49,8 +56,11 @@ class LakeWriter(EventWriter):
         batch_rows: int = 20_000,
         max_carry_rows: int = 100_000,
         init_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        journal_interval_s: float = JOURNAL_INTERVAL_S,
     ) -> None:
-        super().__init__(store, flush_interval=commit_interval_s, batch_rows=batch_rows)
+        # The writer thread wakes every journal interval; commits happen every commit interval.
+        super().__init__(store, flush_interval=min(journal_interval_s, commit_interval_s), batch_rows=batch_rows)
+        self.commit_interval_s = commit_interval_s
         self.replica = replica
         self.spill_dir = spill_dir
         self.max_carry_rows = max_carry_rows
@@ -59,8 +69,9 @@ class LakeWriter(EventWriter):
         # Called inside the commit's transaction with the tables about to be committed (the rollup fold). Raising
         # aborts the commit (retried later with the same rows).
         self.before_commit: list[Callable[[duckdb.DuckDBPyConnection, dict[str, pa.Table]], None]] = []
-        self._carry: list[tuple[str, pa.Table]] = []
+        self._carry: list[tuple[str, pa.Table, Path]] = []  # journaled, in memory, not committed yet
         self._carry_rows = 0
+        self._commit_at = 0.0  # the next commit is due at this monotonic time
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN_S
         self._final = False
@@ -83,9 +94,10 @@ class LakeWriter(EventWriter):
 
     @property
     def healthy(self) -> bool:
-        return self.alive and not self._carry_rows and not self.pending_spill()
+        return self.alive and self.last_error is None
 
     def pending_spill(self) -> list[Path]:
+        """Every journal file not committed yet (in memory or not), oldest first."""
         return sorted(self.spill_dir.glob("*.arrow")) if self.spill_dir.exists() else []
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -93,7 +105,7 @@ class LakeWriter(EventWriter):
         self._final = True  # the last flush ignores the backoff
         super().stop(timeout)
         if self._carry:
-            self._spill_all()
+            self._spill_all()  # their journal files stay: committed at the next start
 
     # -- writer thread -------------------------------------------------------------------------------------------
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
@@ -105,7 +117,8 @@ class LakeWriter(EventWriter):
                         data: dict[str, Any] = {c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]}
                         if table in STAMPED:
                             data["replica"] = pa.array([self.replica] * len(rows), pa.string())
-                        self._carry.append((table, pa.Table.from_pydict(data)))
+                        batch = pa.Table.from_pydict(data)
+                        self._carry.append((table, batch, self._journal(table, batch)))
                         self._carry_rows += len(rows)
                     except Exception:
                         self.stats.failures += 1
@@ -113,8 +126,10 @@ class LakeWriter(EventWriter):
                         self._dead_letter(table, rows)
                     rows.clear()
         now = time.monotonic()
-        if (self._carry or self.pending_spill()) and (now >= self._retry_at or self._final):
+        due = now >= self._commit_at or self._carry_rows >= self.batch_rows or self._final
+        if due and (self._carry or self.pending_spill()) and (now >= self._retry_at or self._final):
             self._commit(cur)
+            self._commit_at = time.monotonic() + self.commit_interval_s
         if self._carry_rows > self.max_carry_rows:
             self._spill_all()
         self.stats.last_flush_at = time.monotonic()
@@ -123,9 +138,12 @@ class LakeWriter(EventWriter):
     def _commit(self, cur: duckdb.DuckDBPyConnection) -> None:
         started = time.perf_counter()
         try:
-            self._replay_spill(cur)
-            if self._carry:
-                self._write(cur, self._carry)
+            if self._replay_spill(cur) and self._carry:
+                self._write(cur, [(t, b) for t, b, _ in self._carry])
+                for _, _, path in self._carry:
+                    path.unlink(missing_ok=True)
+            else:
+                return  # older journal files still wait: the in-memory ones follow them, in order
         except Exception as exc:
             self.stats.failures += 1
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -134,7 +152,7 @@ class LakeWriter(EventWriter):
                         self.last_error)  # fmt: skip
             self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
             return
-        for table, batch in self._carry:
+        for table, batch, _ in self._carry:
             self.stats.written[table] += batch.num_rows
         self._carry, self._carry_rows = [], 0
         self._backoff, self._retry_at, self.last_error = BACKOFF_MIN_S, 0.0, None
@@ -162,26 +180,39 @@ class LakeWriter(EventWriter):
                 cur.execute("ROLLBACK")
             raise
 
-    # -- spill ---------------------------------------------------------------------------------------------------
-    def _spill_all(self) -> None:
-        """Move every waiting batch to disk (memory stays bounded; the files are committed first later)."""
+    # -- journal and spill ----------------------------------------------------------------------------------------
+    def _journal(self, table: str, batch: pa.Table) -> Path:
+        """Append `batch` to the journal: one file, complete under its final name or absent."""
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        for table, batch in self._carry:
-            name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}-{table}"
-            tmp = self.spill_dir / f"{name}.tmp"
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, batch.schema) as out:
-                out.write_table(batch)
-            os.replace(tmp, self.spill_dir / f"{name}.arrow")
-            self.spilled_rows += batch.num_rows
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}-{table}"
+        tmp = self.spill_dir / f"{name}.tmp"
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, batch.schema) as out:
+            out.write_table(batch)
+        path = self.spill_dir / f"{name}.arrow"
+        os.replace(tmp, path)
+        return path
+
+    def _spill_all(self) -> None:
+        """Let go of the waiting tables in memory (memory stays bounded); their journal files are committed later."""
+        self.spilled_rows += self._carry_rows
         log.warning("spilled %d waiting event rows to %s", self._carry_rows, self.spill_dir)
         self._carry, self._carry_rows = [], 0
 
-    def _replay_spill(self, cur: duckdb.DuckDBPyConnection) -> None:
-        for path in self.pending_spill()[:64]:  # bounded per commit; the rest on the next ones
-            table = path.stem.rsplit("-", 1)[-1]
+    def _replay_spill(self, cur: duckdb.DuckDBPyConnection) -> bool:
+        """Commit the journal files that are not in memory (spilled, or left by a previous process), oldest first,
+        at most REPLAY_FILES per call. True when none is left."""
+        in_memory = {path for _, _, path in self._carry}
+        waiting = [p for p in self.pending_spill() if p not in in_memory]
+        if not waiting:
+            return True
+        batches = []
+        for path in waiting[:REPLAY_FILES]:
             with pa.memory_map(str(path)) as source:
-                batch = ipc.open_file(source).read_all()
-            self._write(cur, [(table, batch)])
+                batches.append((path.stem.rsplit("-", 1)[-1], ipc.open_file(source).read_all()))
+        self._write(cur, batches)  # one transaction for all of them
+        for path in waiting[:REPLAY_FILES]:
             path.unlink()
+        for table, batch in batches:
             self.stats.written[table] += batch.num_rows
-            log.info("committed %d spilled rows from %s", batch.num_rows, path.name)
+        log.info("committed %d journaled rows from %d files", sum(b.num_rows for _, b in batches), len(batches))
+        return len(waiting) <= REPLAY_FILES

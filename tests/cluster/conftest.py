@@ -89,10 +89,11 @@ def start_replica(tmp_path: Path, lake_catalog: str, redis_url: str) -> Iterator
     procs: list[Proc] = []
     count = 0
 
-    def start(upstream_url: str, **settings: Any) -> Replica:
+    def start(upstream_url: str, where: Path | None = None, **settings: Any) -> Replica:
+        """`where`: a previous replica's directory, to restart it with its data dir (journal, spill files)."""
         nonlocal count
         count += 1
-        where = tmp_path / f"replica{count}"
+        where = where or tmp_path / f"replica{count}"
         options: dict[str, Any] = {
             "upstream_url": upstream_url,
             "admin_token": ADMIN_TOKEN,

@@ -1,8 +1,8 @@
 """Faults under load, each with real processes: SIGTERM and SIGKILL of a replica, PostgreSQL and Redis restarted.
 
 The load is a few closed-loop clients per replica; every answer's `x-keyrack-request-id` is kept, so "nothing lost"
-means: every request a client got an answer for has its row in the lake. Outages are kept to seconds (the behaviour
-does not depend on their length: the writer backs off up to 10 s and spills past its waiting-row cap).
+means: every request a client got an answer for has its row in the lake. The PostgreSQL outage lasts ~20 s (the
+issue's figure: the writer backs off up to 5 s and spills past its waiting-row cap); the others are seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tests.conftest import CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
 pytestmark = pytest.mark.timeout(300)
+OUTAGE_S = 20.0
 # Configured (hence hard, cluster-wide) limits far above the load: every call goes through the Redis reservation,
 # and the built-in free-tier guess never enters.
 ROOMY = {
@@ -123,7 +124,7 @@ def test_sigkill_under_load_loses_at_most_one_commit_window_and_the_replica_rejo
     up = start_upstream(SCENARIO)
     r1, r2 = start_replica(up.url, **ROOMY), start_replica(up.url, **ROOMY)
     load = Load({"r1": r1.url, "r2": r2.url}).start()
-    until(lambda: len(load.ids("r1")) >= 30)
+    until(lambda: len(load.ids("r1")) >= 150, timeout=60)
     r1.proc.proc.kill()
     killed_at = time.monotonic()
     r1.proc.proc.wait(10)
@@ -132,14 +133,20 @@ def test_sigkill_under_load_loses_at_most_one_commit_window_and_the_replica_rejo
     assert all(a.status == 200 for a in load.answers if a.replica == "r2"), "r2 must keep serving"
     served = load.ids("r1")
     lost = served - lake_ids(r2, "r1")
-    # Bound: the rows answered since the last commit, i.e. within one commit interval (1 s) plus a commit's
-    # duration before the kill. Measured and printed; the README states it.
-    window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 2.5}
-    print(f"SIGKILL: {len(lost)} of {len(served)} answered requests lost ({len(window)} answered in the last 2.5 s)")
-    assert lost <= window
-    back = start_replica(up.url, replica_id="r1", **ROOMY)  # a restarted replica rejoins under its id
+    # Bound: the events recorded since the writer's last journal write (every 0.1 s, LakeWriter JOURNAL_INTERVAL_S),
+    # not the whole commit window: every answered request older than that is in the lake (its journal file was
+    # committed by the restarted replica below, or by r1 itself before the kill). 1 s of slack for a loaded machine;
+    # bench/cluster.py (--only sigkill) measures the figure.
+    window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 1.0}
+    print(f"SIGKILL: {len(lost)} of {len(served)} answered requests not in the lake before the restart "
+          f"({len(window)} answered in the last 1 s)")  # fmt: skip
+    # A restarted replica rejoins under its id, with its data directory (the journal is there)
+    back = start_replica(up.url, where=r1.dir, replica_id="r1", **ROOMY)
     assert call(back).status_code == 200
-    until(lambda: len(lake_ids(back, "r1")) > len(served) - len(lost))
+    until(lambda: not list((back.dir / "data" / "spill").glob("*.arrow")), timeout=30)  # its journal replayed
+    after = served - lake_ids(back, "r1")
+    print(f"SIGKILL: {len(after)} answered requests lost after the restart replayed the journal")
+    assert after <= window, "an answered request older than the journal window is missing"
     assert httpx.get(f"{back.url}/readyz").json()["cluster"]["replicas"] >= 1
 
 
@@ -152,9 +159,12 @@ def test_postgres_outage_under_load_loses_nothing(
         load = Load({"r1": r1.url}).start()
         until(lambda: len(load.ids("r1")) >= 20)
         pg.stop()
+        down_at = time.monotonic()
         until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["lake"] == "retrying")
-        during = len(load.answers)
-        until(lambda: len(load.answers) >= during + 60)  # served while the catalog is down
+        waiting = 0
+        while time.monotonic() - down_at < OUTAGE_S:  # served all along while the catalog is down
+            waiting = max(waiting, httpx.get(f"{r1.url}/readyz").json()["cluster"]["lake_waiting_rows"])
+            time.sleep(0.5)
         pg.start()
         time.sleep(0.5)
         load.stop()
@@ -164,6 +174,12 @@ def test_postgres_outage_under_load_loses_nothing(
         metrics = httpx.get(f"{r1.url}/metrics").text
         spilled = next(float(line.split()[1]) for line in metrics.splitlines()
                        if line.startswith("keyrack_lake_spilled_rows "))  # fmt: skip
+        sent = len(load.ids("r1"))
+        stored = admin(r1, "POST", "/query", json={"sql": "SELECT count(*) FROM requests WHERE replica = 'r1'",
+                                                   "format": "json"})["rows"][0][0]  # fmt: skip
+        print(f"PostgreSQL down {OUTAGE_S:.0f} s: {sent} answered, {stored} rows in the lake, {spilled:.0f} spilled, "
+              f"at most {waiting} waiting in memory (cap 25 + one journal tick)")  # fmt: skip
+        assert stored == sent, "every answered request has exactly one row (none lost, none twice)"
         assert spilled > 0, "the waiting rows passed the cap and must have been spilled to files"
         assert not list((r1.dir / "data" / "spill").glob("*.arrow")), "spill files are committed, then removed"
 

@@ -62,3 +62,68 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
     writer.stop()
     store.close()
     assert "password" not in pg_conninfo(lake_catalog)
+
+
+# A writer process that journals but never commits (commit interval 1 h): killed, its events exist only in the
+# journal files, and the next writer on the same directory commits them.
+_JOURNALING_WRITER = """
+import contextlib, sys, time
+from pathlib import Path
+from proxy_service.cluster.config import ClusterConfig
+from proxy_service.cluster.lake import LakeStore
+from proxy_service.cluster.writer import LakeWriter
+from tests.cluster.test_lake import event
+catalog, data, spill, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+store = LakeStore(ClusterConfig("redis://unused", catalog, data, "k1"), contextlib.nullcontext)
+writer = LakeWriter(store, "k1", spill, commit_interval_s=3600)
+writer._commit_at = time.monotonic() + 3600  # not even the first tick commits
+writer.start()
+for i in range(n):
+    writer.record(event(i))
+print("recorded", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_killed_writer_loses_nothing_it_journaled_and_the_next_start_commits_it(
+    tmp_path: Path, lake_catalog: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pyarrow.ipc as ipc
+
+    from tests.cluster.test_replicas import until
+
+    spill, data, n = tmp_path / "spill", str(tmp_path / "lake"), 700
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", _JOURNALING_WRITER, lake_catalog, data, str(spill), str(n)],
+                            env=env, cwd=README.parent, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+
+        def journaled() -> int:
+            rows = 0
+            for path in spill.glob("*.arrow"):
+                with ipc.open_file(str(path)) as f:
+                    rows += f.read_all().num_rows
+            return rows
+
+        until(lambda: journaled() == n, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    cfg = ClusterConfig("redis://unused", lake_catalog, data, "k1", commit_interval_s=0.2)
+    store = LakeStore(cfg, contextlib.nullcontext)
+    cur = store.cursor()
+    assert cur.execute("SELECT count(*) FROM requests").fetchone() == (0,), "nothing was committed before the kill"
+    writer = LakeWriter(store, "k1", spill, 0.2)
+    writer.start()
+    writer.record(event(0))
+    writer.flush()
+    until(lambda: cur.execute("SELECT count(*) FROM requests").fetchone() == (n + 1,))
+    assert not list(spill.glob("*.arrow")), "journal files are deleted once committed"
+    writer.stop()
+    cur.close()
+    store.close()
