@@ -229,19 +229,21 @@ def aggregate(
     """Counters and latency percentiles per (bucket, group) over the union of `parts`.
 
     Each part comes with its bucket expression over the rollup's `bucket` column and over the raw `ts` column.
-    Each table is scanned once per query (a materialised CTE over the union of its parts' ranges), whatever the
-    number of parts: on a DuckLake (cluster mode) every scan costs a handful of catalog round trips, so the
-    summary's 8 scans per query made it ~5x slower than the same data in a DuckDB file.
+    Each rollup table is scanned once per query (a materialised CTE over the union of its parts' ranges), raw rows
+    once per cluster of nearby parts, whatever the number of parts: on a DuckLake (cluster mode) every scan costs
+    a handful of catalog round trips, so the summary's 8 scans per query made it ~5x slower than the same data in
+    a DuckDB file.
     """
     graw = _RAW_GROUP[group]
     key_filter, key_params = ("", []) if key_ids is None else (" AND list_contains(?, key_id)", [key_ids])
-    scans: dict[str, list[Part]] = {}  # table → its parts (for the one scan of each table)
+    raw_scan = _raw_clusters([p for p, _, _ in parts if p.source == "raw"])
+    scans: dict[str, tuple[str, list[Part]]] = {}  # CTE name → (table, the parts it serves)
     counters, hists, c_params, h_params = [], [], [], []
     for part, (b_rollup, p_rollup), (b_raw, p_raw) in parts:
         if part.source == "rollup":
             c_table, h_table = TIERS[part.grain]
-            scans.setdefault(c_table, []).append(part)
-            scans.setdefault(h_table, []).append(part)
+            for table in (c_table, h_table):
+                scans.setdefault(f"_s_{table}", (table, []))[1].append(part)
             where, wp = " WHERE bucket >= ? AND bucket < ?", [part.lo, part.hi]
             counters.append(
                 f"SELECT {b_rollup} AS b, val AS g, calls, successes, latency_sum, latency_n, prompt_tokens, "
@@ -251,43 +253,50 @@ def aggregate(
             c_params += [*p_rollup, *wp]
             h_params += [*p_rollup, *wp]
         else:
-            scans.setdefault("requests", []).append(part)
+            name = f"_s_requests_{raw_scan[id(part)]}"
+            scans.setdefault(name, ("requests", []))[1].append(part)
             where, wp = " WHERE ts >= ? AND ts < ?", [part.lo, part.hi]
             counters.append(
                 f"SELECT {b_raw} AS b, {graw} AS g, 1 AS calls, CAST(outcome = 'success' AS INTEGER) AS successes, "
                 "latency_ms AS latency_sum, CAST(latency_ms IS NOT NULL AS INTEGER) AS latency_n, prompt_tokens, "
-                f"output_tokens, total_tokens FROM _s_requests{where}"
+                f"output_tokens, total_tokens FROM {name}{where}"
             )
             hists.append(
-                f"SELECT {b_raw} AS b, {graw} AS g, {_LB} AS lb, 1 AS n FROM _s_requests{where} "
-                "AND latency_ms IS NOT NULL"
+                f"SELECT {b_raw} AS b, {graw} AS g, {_LB} AS lb, 1 AS n FROM {name}{where} AND latency_ms IS NOT NULL"
             )
             c_params += [*p_raw, *wp]
             h_params += [*p_raw, *wp]
 
-    def ctes(tables: list[str]) -> tuple[str, list[Any]]:
+    def ctes(names: list[str]) -> tuple[str, list[Any]]:
         out: list[str] = []
         params: list[Any] = []
-        for table in tables:
-            ranges = scans[table]
+        for name in names:
+            table, ranges = scans[name]
             column, extra, extra_params = (
                 ("ts", key_filter, key_params)
                 if table == "requests"
                 else ("bucket", " AND dim = ?", [_ROLLUP_DIM[group]])
             )
+            # The bounding range is what the scan can prune row groups / files with (an OR of ranges is not pushed
+            # down); the OR keeps only the parts' rows.
             spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in ranges)
-            out.append(f"_s_{table} AS MATERIALIZED (SELECT * FROM {table} WHERE ({spans}){extra})")
+            out.append(
+                f"{name} AS MATERIALIZED (SELECT * FROM {table} WHERE {column} >= ? AND {column} < ? AND ({spans})"
+                f"{extra})"
+            )
+            params += [min(p.lo for p in ranges), max(p.hi for p in ranges)]
             params += [v for p in ranges for v in (p.lo, p.hi)] + extra_params
         return ", ".join(out), params
 
-    c_tables = [t for t in scans if t == "requests" or t in {c for c, _ in TIERS.values()}]
-    c_with, c_with_params = ctes(c_tables)
+    counter_tables = {"requests", *(c for c, _ in TIERS.values())}
+    c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if t in counter_tables])
     table = cur.execute(
         f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params]
     ).to_arrow_table()
     if not percentiles:
         return table
-    h_with, h_with_params = ctes([t for t in scans if t == "requests" or t in {h for _, h in TIERS.values()}])
+    hist_tables = {"requests", *(h for _, h in TIERS.values())}
+    h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if t in hist_tables])
     hist = cur.execute(
         f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
     ).to_arrow_table()
@@ -296,6 +305,21 @@ def aggregate(
     p50, p95 = zip(*(found.get(k, (None, None)) for k in keys), strict=True) if table.num_rows else ((), ())
     table = table.append_column("p50_latency_ms", pa.array(p50, pa.float64()))
     return table.append_column("p95_latency_ms", pa.array(p95, pa.float64()))
+
+
+RAW_CLUSTER = timedelta(hours=2)  # raw parts closer than this share one scan
+
+
+def _raw_clusters(parts: list[Part]) -> dict[int, int]:
+    """id(part) → its scan number: raw parts whose bounding range stays within RAW_CLUSTER share a scan (the
+    summary's 1 min and 1 h edges), distant ones (a 90-day range's two edges) get their own, pruned, scan."""
+    out: dict[int, int] = {}
+    cluster, lo = -1, datetime.min
+    for part in sorted(parts, key=lambda p: p.lo):
+        if cluster < 0 or part.hi - lo > RAW_CLUSTER:
+            cluster, lo = cluster + 1, part.lo
+        out[id(part)] = cluster
+    return out
 
 
 def _percentiles(hist: pa.Table, qs: tuple[float, ...]) -> dict[tuple[Any, Any], tuple[float, ...]]:

@@ -16,7 +16,7 @@ from proxy_service.cluster.config import ClusterConfig, pg_conninfo
 from proxy_service.cluster.lake import LakeStore, load_extensions
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.events import RequestEvent
-from proxy_service.rollup import Rollup, fold_batch
+from proxy_service.rollup import TIERS, Rollup, fold_batch
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -127,3 +127,52 @@ def test_a_killed_writer_loses_nothing_it_journaled_and_the_next_start_commits_i
     writer.stop()
     cur.close()
     store.close()
+
+
+def test_retention_on_one_replica_applies_to_the_lake_every_replica_reads_and_exports(
+    tmp_path: Path, lake_catalog: str
+) -> None:
+    """Retention runs on the leader only (cluster/leader.py); its DELETEs are lake commits, so every replica's reads
+    and exports see the trimmed tables and rollup."""
+    from datetime import timedelta
+
+    from proxy_service import snapshot
+    from proxy_service.events import AttemptEvent, ErrorEvent
+
+    data = str(tmp_path / "lake")
+    stores = [LakeStore(ClusterConfig("redis://unused", lake_catalog, data, r), contextlib.nullcontext) for r in "ab"]
+    writer = LakeWriter(stores[0], "a", tmp_path / "spill", 0.2)
+    writer.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
+                                if "requests" in t else None)  # fmt: skip
+    rollup = Rollup()
+    writer.submit(rollup.install).result()
+    writer.start()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for age_days, n in ((40, 30), (1, 20)):
+        for i in range(n):
+            ev = event(i)
+            ev.ts = now - timedelta(days=age_days, minutes=i)
+            writer.record(ev)
+            writer.record(AttemptEvent(ts=ev.ts, request_id=ev.request_id, attempt=1, key_id="k1", project="p1",
+                                       model=ev.model, upstream_status=200, outcome="success", latency_ms=5.0))  # fmt: skip
+            writer.record(ErrorEvent(id=uuid.uuid4().hex[:16], ts=ev.ts, request_id=ev.request_id, key_id="k1",
+                                     model=ev.model, status=500, error_type="upstream", message="x"))  # fmt: skip
+    writer.flush()
+    cutoffs = snapshot.retention_cutoffs({"requests": 30, "attempts": 30, "error_logs": 30}, now)
+    deleted = writer.submit(lambda cur: snapshot.apply_retention(cur, cutoffs, rollup)).result()
+    assert deleted == {"requests": 30, "attempts": 30, "error_logs": 30}
+
+    cur = stores[1].cursor()  # the other replica
+    for table in ("requests", "attempts", "error_logs"):
+        assert cur.execute(f"SELECT count(*), min(ts) >= ? FROM {table}", [cutoffs[table]]).fetchone() == (20, True)
+    for counters, _ in TIERS.values():
+        assert cur.execute(f"SELECT sum(calls) FROM {counters} WHERE dim = 'all'").fetchone() == (20,)
+    exported = snapshot.export(cur, tmp_path / "exports", stores[1].export_selects())
+    assert {t: exported.rows[t] for t in ("requests", "attempts", "error_logs")} == {
+        "requests": 20, "attempts": 20, "error_logs": 20}  # fmt: skip
+    check = duckdb.connect()
+    assert check.execute("SELECT count(*) FROM read_parquet(?)", [exported.files["requests"]]).fetchone() == (20,)
+    cur.close()
+    writer.stop()
+    for store in stores:
+        store.close()
