@@ -266,12 +266,12 @@ class Pool:
         if not candidates:
             raise self._exhausted(model, now, bool(exclude))
         if self.strategy == "round_robin":
-            return self._round_robin(candidates)
+            return self._round_robin(candidates, model)
         if self.strategy == "least_used":
             return min(candidates, key=lambda k: (k.in_flight, k.requests, k.last_used_at or 0.0))
         return self._most_headroom(candidates, model, now)
 
-    def _round_robin(self, candidates: list[Key]) -> Key:
+    def _round_robin(self, candidates: list[Key], model: str) -> Key:
         return candidates[next(self._rr) % len(candidates)]
 
     def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
@@ -310,7 +310,7 @@ class Pool:
         return PoolExhausted(f"Every key for {model} is {why}", at - now)
 
     async def turn(self, model: str) -> None:
-        """Take the round-robin turn cluster-wide before `choose()` (ClusterPool); the in-memory pool counts locally."""
+        """Have a cluster-wide round-robin turn ready for `choose()` (ClusterPool); the in-memory pool counts locally."""
 
     async def claim_probes(self, seconds: dict[str, float]) -> set[str]:
         """The keys this process may re-check now (ClusterPool: one replica per key and interval); here all of them."""

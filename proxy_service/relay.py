@@ -275,7 +275,7 @@ class Relay:
                 late = timed_out = True
                 break
             if self.pool.clustered and self.pool.strategy == "round_robin":
-                await self.pool.turn(call.quota_model)  # the cluster-wide cursor (one INCR), then choose() uses it
+                await self.pool.turn(call.quota_model)  # a cluster-wide turn for choose() (no I/O when one waits)
             try:
                 key = self.pool.choose(call.quota_model, tried)
             except PoolExhausted as exc:

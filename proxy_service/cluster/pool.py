@@ -11,8 +11,11 @@ The embedded `Pool` keeps its code and speed; this subclass adds:
 - consecutive failures are counted in Redis (`fails`): every replica's transient failures of a key add up, past the
   threshold the replica that saw the last one disables the key (and broadcasts it), a success anywhere clears the
   count. `reserve` answers the current count, so the local copy is at most one call old;
-- round_robin: `turn(model)` takes the next cluster-wide cursor (one INCR) and `choose()` applies it to the
-  candidates in one order every replica agrees on (by key id), so N replicas cycle through the keys as one.
+- round_robin: turns come from one cluster-wide cursor. Each `reserve` also hands out the next turn, which this
+  replica's next pick uses (`turn()` asks for one with an INCR only when none is waiting: the first pick, or more
+  picks in flight than turns); `choose()` applies it to the candidates in one order every replica agrees on (by key
+  id). Every turn is used once, so N replicas spread calls over the keys as one process would (any key at most N
+  picks ahead of another, never two replicas in lockstep on one key), with still one round trip per pick.
 
 Redis unreachable (degraded mode): `admit` never waits longer than the socket timeouts (0.5 s, then not at all
 until the heartbeat sees Redis again). While degraded, each replica admits by its local windows at 1/N of every
@@ -27,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -65,7 +69,7 @@ class ClusterPool(Pool):
         self._offline: list[tuple[str, str, int, str]] = []  # (scope, model, ms, member) admitted while degraded
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fails = f"{prefix}:fails"
-        self._cursor: int | None = None  # the round-robin turn taken by turn(), used by the next choose()
+        self._turns: dict[str, deque[int]] = {}  # model → round-robin turns handed out by Redis, not used yet
         self._reserve = redis.register_script(shared.RESERVE)
         self._release = redis.register_script(shared.RELEASE)
         self._limited = redis.register_script(shared.RATE_LIMITED)
@@ -74,18 +78,20 @@ class ClusterPool(Pool):
 
     # -- round robin (awaited by the relay before choose(), with that strategy only) -------------------------------
     async def turn(self, model: str) -> None:
-        if self.degraded:
+        if self.degraded or self._turns.get(model):
             return
         try:
-            self._cursor = int(await self.redis.incr(f"{self.prefix}:rr:{model.removeprefix('models/')}")) - 1
+            n = int(await self.redis.incr(f"{self.prefix}:rr:{model.removeprefix('models/')}")) - 1
         except REDIS_ERRORS as exc:
             self._degrade(exc)
+            return
+        self._turns.setdefault(model, deque()).append(n)
 
-    def _round_robin(self, candidates: list[Key]) -> Key:
-        cursor, self._cursor = self._cursor, None
-        if cursor is None:  # degraded: this replica's own turns
-            return super()._round_robin(candidates)
-        return sorted(candidates, key=lambda k: k.id)[cursor % len(candidates)]
+    def _round_robin(self, candidates: list[Key], model: str) -> Key:
+        turns = self._turns.get(model)
+        if not turns:  # degraded: this replica's own turns
+            return super()._round_robin(candidates, model)
+        return sorted(candidates, key=lambda k: k.id)[turns.popleft() % len(candidates)]
 
     # -- admission (awaited by the relay) -------------------------------------------------------------------------
     async def admit(self, key: Key, model: str) -> bool:
@@ -96,11 +102,14 @@ class ClusterPool(Pool):
         hard = self._hard(key.scope, model)
         args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
         args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard)), key.id]
+        args.append(int(self.strategy == "round_robin"))
         try:
             res = await self._reserve(keys=self._keys(key.scope, model, now), args=args)
         except REDIS_ERRORS as exc:
             self._degrade(exc)
             return self._admit_local(key, model, now, member)
+        if int(res[-1]) >= 0:  # the next round-robin turn, for this replica's next pick
+            self._turns.setdefault(model, deque()).append(int(res[-1]))
         if int(res[0]) == 1:
             key.consecutive_failures = int(res[4])  # the cluster's count: failures elsewhere, or cleared elsewhere
             members = self._members.setdefault((key.id, model), [])

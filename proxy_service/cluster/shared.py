@@ -9,7 +9,8 @@ URL), per (scope, model) `s`:
 - `l:{s}` hash: limits learned from 429s for this scope; `lm:{model}`: learned model-wide (the next guess);
 - `fails` hash: key id → consecutive transient failures cluster-wide (past the threshold the key is disabled; a
   success anywhere clears it);
-- `rr:{model}` counter: the round-robin cursor (one INCR per pick, only with the round_robin strategy);
+- `rr:{model}` counter: the round-robin cursor (round_robin only): every value is one turn, handed out by `reserve`
+  together with an admission, and used by that replica's next pick;
 - `probe:{key id}`: the re-check slot — the replica that sets it (NX, for one re-check interval) probes the key;
 - `live` hash: replica → last heartbeat (ms), for N in the degraded mode and for `/metrics`;
 - `leader`, `alerts`, `bus`, `lock:init`: the lease of `leader.py`, the leader's alert states, the pub/sub channel,
@@ -25,13 +26,16 @@ from __future__ import annotations
 
 from typing import Any
 
-# KEYS: win, day, tokens, cooldown, learned, model_learned, fails
-# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard), key id
-# → {1, rpm_used, rpd_used, tpm_used, key_failures} admitted | {0, wait_ms, reason}
+# KEYS: win, day, tokens, cooldown, learned, model_learned, fails, turns
+# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard), key id,
+#       take a round-robin turn (1/0)
+# → {1, rpm_used, rpd_used, tpm_used, key_failures, turn} admitted | {0, wait_ms, reason, turn}  (turn -1: none)
 RESERVE = """
 local now = tonumber(ARGV[1])
+local turn = -1
+if ARGV[9] == '1' then turn = redis.call('INCR', KEYS[8]) - 1 end
 local cd = tonumber(redis.call('GET', KEYS[4]) or '0')
-if cd > now then return {0, cd - now, 'cooldown'} end
+if cd > now then return {0, cd - now, 'cooldown', turn} end
 local rpm, rpd, tpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local enforce = ARGV[7] == '1'
 local learned = redis.call('HGETALL', KEYS[5])
@@ -51,21 +55,21 @@ if tpm >= 0 then
 end
 if enforce then
   if rpm >= 0 and n >= rpm then
-    if rpm == 0 then return {0, 60000, 'rpm'} end
+    if rpm == 0 then return {0, 60000, 'rpm', turn} end
     local oldest = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
-    return {0, math.max(1, tonumber(oldest[2]) + 60000 - now), 'rpm'}
+    return {0, math.max(1, tonumber(oldest[2]) + 60000 - now), 'rpm', turn}
   end
-  if rpd >= 0 and day >= rpd then return {0, tonumber(ARGV[6]), 'rpd'} end
+  if rpd >= 0 and day >= rpd then return {0, tonumber(ARGV[6]), 'rpd', turn} end
   if tpm >= 0 and tok >= tpm then
     local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {0, math.max(1, tonumber(first[2]) + 60000 - now), 'tpm'}
+    return {0, math.max(1, tonumber(first[2]) + 60000 - now), 'tpm', turn}
   end
 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 61000)
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
-return {1, n + 1, day + 1, tok, tonumber(redis.call('HGET', KEYS[7], ARGV[8]) or '0')}
+return {1, n + 1, day + 1, tok, tonumber(redis.call('HGET', KEYS[7], ARGV[8]) or '0'), turn}
 """
 
 # Un-count an admitted call the upstream refused or never saw. KEYS: win, day. ARGV: member.
@@ -133,6 +137,7 @@ def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
         f"{prefix}:l:{s}",
         f"{prefix}:lm:{model}",
         f"{prefix}:fails",
+        f"{prefix}:rr:{model}",
     ]
 
 

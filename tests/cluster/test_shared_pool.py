@@ -5,6 +5,8 @@ falls back to when Redis cannot be reached."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,13 +35,21 @@ def with_pools(url: str, test: Callable[[ClusterPool, ClusterPool], Awaitable[No
 
 
 def test_round_robin_turns_are_cluster_wide(redis_url: str) -> None:
+    async def pick(pool: ClusterPool) -> str:
+        await pool.turn(MODEL)  # a round trip only when no turn is waiting (the first pick)
+        key = pool.choose(MODEL)
+        assert await pool.admit(key, MODEL)  # hands out the replica's next turn in the same round trip
+        return key.id
+
     async def test(a: ClusterPool, b: ClusterPool) -> None:
-        picks = []
-        for pool in (a, b, b, a, b, a, a):
-            await pool.turn(MODEL)
-            picks.append(pool.choose(MODEL).id)
         ids = sorted(a.keys)
-        assert picks == [ids[i % 3] for i in range(7)]  # one cycle over both replicas, as one process would
+        # Two replicas behind an alternating balancer: every turn is used once, so they never pick in lockstep
+        # (own cursors would send each pair of calls to the same key) and the keys get equal shares.
+        both = [await pick(pool) for pool in (a, b) * 6]
+        assert all(x != y for x, y in itertools.pairwise(both)) and sorted(Counter(both).values()) == [4, 4, 4]
+        # One replica alone: strictly in order (after the one turn it was still holding).
+        alone = [ids.index(await pick(a)) for _ in range(5)][1:]
+        assert all((y - x) % 3 == 1 for x, y in itertools.pairwise(alone))
         assert not a.degraded and not b.degraded
 
     with_pools(redis_url, test, strategy="round_robin")
