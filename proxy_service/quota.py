@@ -315,7 +315,7 @@ def is_configured(model: str, overrides: Mapping[str, ModelLimits] | None) -> bo
 class UsageWindow:
     """Requests and tokens of one (scope, model): a sliding 60 s window and the Pacific-day request count."""
 
-    __slots__ = ("_day_end", "_req", "_today", "_tok_n", "_tok_sum", "_tok_t")
+    __slots__ = ("_day_end", "_o_day", "_o_req", "_o_tok", "_o_until", "_req", "_today", "_tok_n", "_tok_sum", "_tok_t")
 
     def __init__(self) -> None:
         self._req: deque[float] = deque()  # request times, ascending
@@ -325,6 +325,10 @@ class UsageWindow:
         self._tok_sum = 0
         self._today = 0
         self._day_end = -math.inf  # forces the first call to compute the current quota day
+        # Cluster mode: other replicas' calls as Redis last counted them (0 when embedded). The minute figures hold
+        # until `_o_until` (60 s after the count), the day's until the day ends.
+        self._o_req = self._o_tok = self._o_day = 0
+        self._o_until = -math.inf
 
     def _prune(self, now: float) -> None:
         # `t + 60 <= now` (not `t <= now - 60`) so that a request at t is gone at exactly t + 60, the same
@@ -341,7 +345,7 @@ class UsageWindow:
         # Only a forward move past the day's end resets; a small backwards clock step keeps today's count.
         if now >= self._day_end:
             self._day_end = next_pacific_midnight(now)
-            self._today = 0
+            self._today = self._o_day = 0
 
     def record(self, now: float, tokens: int = 0) -> None:
         """Count one request at ``now`` (and its tokens, when already known)."""
@@ -362,6 +366,16 @@ class UsageWindow:
         if self._today > 0 and now < self._day_end:
             self._today -= 1
 
+    def observe_shared(self, requests: int, tokens: int, today: int, now: float) -> None:
+        """Cluster mode: the window as Redis counts it for every replica; what is not this replica's own counts as
+        the others' share, so ranking and the shown usage are cluster-wide."""
+        self._roll_day(now)
+        self._prune(now)
+        self._o_req = max(0, requests - len(self._req))
+        self._o_tok = max(0, tokens - self._tok_sum)
+        self._o_day = max(0, today - self._today)
+        self._o_until = now + MINUTE_S
+
     def restore(self, today: int, recent: list[float], now: float) -> None:
         """Add calls made before a restart: `today` on the current quota day, `recent` their times in the last 60 s."""
         self._roll_day(now)
@@ -381,17 +395,17 @@ class UsageWindow:
     def requests_last_minute(self, now: float) -> int:
         """Requests in the 60 s before ``now``."""
         self._prune(now)
-        return len(self._req)
+        return len(self._req) + (self._o_req if now < self._o_until else 0)
 
     def tokens_last_minute(self, now: float) -> int:
         """Tokens in the 60 s before ``now``."""
         self._prune(now)
-        return self._tok_sum
+        return self._tok_sum + (self._o_tok if now < self._o_until else 0)
 
     def requests_today(self, now: float) -> int:
         """Requests since the last Pacific midnight."""
         self._roll_day(now)
-        return self._today
+        return self._today + self._o_day
 
     def next_minute_slot(self, now: float) -> float:
         """When the oldest request leaves the minute window (``now`` if the window is empty)."""
@@ -409,16 +423,17 @@ class UsageWindow:
         h = 1.0
         if rpm is not None or tpm is not None:
             self._prune(now)
+            shared = now < self._o_until
             if rpm is not None:
                 if rpm <= 0:
                     return 0.0
-                f = (rpm - len(self._req)) / rpm
+                f = (rpm - len(self._req) - (self._o_req if shared else 0)) / rpm
                 if f < h:
                     h = f
             if tpm is not None:
                 if tpm <= 0:
                     return 0.0
-                f = (tpm - self._tok_sum) / tpm
+                f = (tpm - self._tok_sum - (self._o_tok if shared else 0)) / tpm
                 if f < h:
                     h = f
         if rpd is not None:
@@ -426,7 +441,7 @@ class UsageWindow:
                 return 0.0
             if now >= self._day_end:
                 self._roll_day(now)
-            f = (rpd - self._today) / rpd
+            f = (rpd - self._today - self._o_day) / rpd
             if f < h:
                 h = f
         return h if h > 0.0 else 0.0
@@ -612,6 +627,10 @@ class QuotaTracker:
     def record(self, scope: str, model: str, now: float, tokens: int = 0) -> None:
         """Count one request sent on (scope, model)."""
         self._entry(scope, _strip_models(model), now).window.record(now, tokens)
+
+    def observe_shared(self, scope: str, model: str, requests: int, tokens: int, today: int, now: float) -> None:
+        """Cluster mode: (scope, model)'s minute and day counts as Redis has them for every replica."""
+        self._entry(scope, _strip_models(model), now).window.observe_shared(requests, tokens, today, now)
 
     def restore(self, scope: str, model: str, today: int, recent: list[float], now: float) -> None:
         """Seed (scope, model) with the calls it made before a restart (the windows live in memory)."""

@@ -112,6 +112,8 @@ class ClusterPool(Pool):
             self._turns.setdefault(model, deque()).append(int(res[-1]))
         if int(res[0]) == 1:
             key.consecutive_failures = int(res[4])  # the cluster's count: failures elsewhere, or cleared elsewhere
+            # The scope's cluster-wide usage before this call: quota_aware ranks (and /pool/headroom shows) it.
+            self.tracker.observe_shared(key.scope, model, int(res[1]) - 1, int(res[3]), int(res[2]) - 1, now)
             members = self._members.setdefault((key.id, model), [])
             members.append(member)
             if len(members) > _MEMBERS_PER_KEY:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +15,7 @@ import redis.asyncio as aredis
 
 from proxy_service.cluster.pool import ClusterPool
 from proxy_service.keys import KeySpec
+from proxy_service.quota import ModelLimits
 from tests.conftest import fake_key
 
 MODEL = "gemini-2.5-flash"
@@ -53,6 +55,24 @@ def test_round_robin_turns_are_cluster_wide(redis_url: str) -> None:
         assert not a.degraded and not b.degraded
 
     with_pools(redis_url, test, strategy="round_robin")
+
+
+def test_quota_aware_ranks_by_the_cluster_wide_usage(redis_url: str) -> None:
+    async def test(a: ClusterPool, b: ClusterPool) -> None:
+        by_project = {k.project: k.id for k in a.keys.values()}
+        for _ in range(5):  # replica a spends p0's minute (5 of 10)
+            key = a.keys[by_project["p0"]]
+            assert await a.admit(key, MODEL)
+            a.started(key, MODEL)
+        for project in ("p0", "p1", "p2"):  # replica b made one call on each project: locally they look the same
+            key = b.keys[by_project[project]]
+            assert await b.admit(key, MODEL)
+            b.started(key, MODEL)
+        assert b.tracker.usage("p0", MODEL, time.time())["rpm_used"] == 6  # the cluster's count, shown as such
+        # Its own view alone would pick p0 (least recently used among equals); the cluster's says p0 is the fullest.
+        assert b.choose(MODEL).project != "p0"
+
+    with_pools(redis_url, test, limits={MODEL: ModelLimits(rpm=10)})
 
 
 def test_consecutive_failures_add_up_across_replicas_and_a_success_anywhere_clears_them(redis_url: str) -> None:
