@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 
 from proxy_service.cluster.config import ClusterConfig, mask_url
+from proxy_service.rollup import TIERS, Rollup
 from proxy_service.store import PUBLIC_TABLES, SCHEMA, Store, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
@@ -126,6 +127,40 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 def _is_race(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "already exists" in text or "duplicate key" in text or "conflict" in text
+
+
+SNAPSHOT_KEEP = "1 hour"  # time travel kept; older snapshots are expired and their files deleted
+
+
+def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup) -> dict[str, int]:
+    """The leader's lake maintenance (writer thread): fold the rollup rows that several commits left for one key,
+    write inlined rows out to Parquet, merge small adjacent files, expire snapshots older than SNAPSHOT_KEEP and
+    delete their files. Readers' cost per scan grows with inlined rows and files until this runs."""
+    counters = TIERS[900][0]
+    rows = cur.execute(
+        f"SELECT DISTINCT bucket FROM (SELECT bucket FROM {counters} GROUP BY bucket, dim, val "
+        "HAVING count(*) > 1) ORDER BY 1 LIMIT 2000"
+    ).fetchall()
+    with rollup._lock:
+        rollup._touched.update(b for (b,) in rows)
+    folded = rollup.compact(cur)
+    # Small commits (< 10 rows: most rollup deltas) are inlined into PostgreSQL, and every scan reads all of a
+    # table's inlined rows (no filter pushdown): write them out, then merge the small files.
+    flushed = cur.execute("SELECT count(*) FROM ducklake_flush_inlined_data(?)", [CATALOG]).fetchone()
+    merged = cur.execute(
+        "SELECT coalesce(sum(files_processed), 0), coalesce(sum(files_created), 0) "
+        "FROM ducklake_merge_adjacent_files(?)",
+        [CATALOG],
+    ).fetchone()
+    keep = f"now() - INTERVAL '{SNAPSHOT_KEEP}'"
+    cur.execute(f"CALL ducklake_expire_snapshots('{CATALOG}', older_than => {keep})")
+    cur.execute(f"CALL ducklake_cleanup_old_files('{CATALOG}', older_than => {keep})")
+    return {
+        "buckets": folded,
+        "flushed_tables": int(flushed[0]) if flushed else 0,
+        "merged_files": int(merged[0]) if merged else 0,
+        "into_files": int(merged[1]) if merged else 0,
+    }
 
 
 class LakeStore(Store):

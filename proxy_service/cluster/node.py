@@ -8,9 +8,8 @@ changes a key or the config writes it there, then publishes `{"kind": "keys"|"co
 (`requests = keys.requests + Δ`), so replicas never overwrite each other's counts.
 
 Cluster-wide jobs run on one replica, the leader elected in `leader.py` (alert evaluation, retention — see the
-gateway — and compaction). Compaction: every `COMPACT_S` the leader folds the rollup rows
-that several commits left for one bucket, merges small adjacent Parquet files (`ducklake_merge_adjacent_files`) and
-expires snapshots older than `SNAPSHOT_KEEP` (files are then deleted by `ducklake_cleanup_old_files`).
+gateway — and compaction). Compaction: every `COMPACT_S` the leader runs `lake.compact_lake` (fold the rollup rows
+that several commits left for one bucket, flush inlined rows, merge small files, expire old snapshots).
 """
 
 from __future__ import annotations
@@ -33,13 +32,13 @@ from redis.backoff import NoBackoff
 
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
-from proxy_service.cluster.lake import LakeError, LakeStore
+from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
-from proxy_service.rollup import TIERS, fold_batch
+from proxy_service.rollup import fold_batch
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -49,7 +48,6 @@ HEARTBEAT_S = 1.0
 ALIVE_S = 5.0  # a replica silent for longer is not counted in N
 RELOAD_S = 10.0
 COMPACT_S = 30.0
-SNAPSHOT_KEEP = "1 hour"
 ALERT_STATES_S = 300  # how long the leader's last shared alert states stay readable (it rewrites them each evaluation)
 REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
 
@@ -390,21 +388,7 @@ class Cluster:
         assert self.gw is not None
         rollup = self.gw.rollup
 
-        def job(cur: Any) -> dict[str, int]:
-            counters = TIERS[900][0]
-            rows = cur.execute(
-                f"SELECT DISTINCT bucket FROM (SELECT bucket FROM {counters} GROUP BY bucket, dim, val "
-                "HAVING count(*) > 1) ORDER BY 1 LIMIT 2000"
-            ).fetchall()
-            with rollup._lock:
-                rollup._touched.update(b for (b,) in rows)
-            folded = rollup.compact(cur)
-            merged = cur.execute("SELECT count(*) FROM ducklake_merge_adjacent_files('lake')").fetchone()
-            cur.execute(f"CALL ducklake_expire_snapshots('lake', older_than => now() - INTERVAL '{SNAPSHOT_KEEP}')")
-            cur.execute(f"CALL ducklake_cleanup_old_files('lake', older_than => now() - INTERVAL '{SNAPSHOT_KEEP}')")
-            return {"buckets": folded, "merged": int(merged[0]) if merged else 0}
-
-        result = await asyncio.wrap_future(self.gw.writer.submit(job))
+        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup)))
         self.compactions += 1
         event(log, "lake_compacted", replica=self.replica, **result)
         return result

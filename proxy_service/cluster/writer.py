@@ -107,6 +107,15 @@ class LakeWriter(EventWriter):
         if self._carry:
             self._spill_all()  # their journal files stay: committed at the next start
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything queued before this call is committed (or its commit failed: then it waits)."""
+
+        def commit_now(cur: duckdb.DuckDBPyConnection) -> None:
+            self._commit_at = 0.0  # the rows were journaled just before this job: commit them now
+            self._flush(cur, {cls: [] for cls in _TABLE_OF}, 0)
+
+        self.submit(commit_now).result(timeout)
+
     # -- writer thread -------------------------------------------------------------------------------------------
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
         if count:
