@@ -64,6 +64,13 @@ def test_replicas_share_events_stats_and_sql(
         assert admin(replica, "GET", "/stats/summary")["windows"]["1h"]["calls"] == 7
         series = admin(replica, "GET", "/stats/series?granularity=hour&group_by=model")
         assert sum(r["calls"] for r in series["rows"]) == 7
+
+    # Per-key counters (the Keys page) are every replica's totals on each replica (re-read every 10 s).
+    def served(replica: Replica) -> tuple[int, int]:
+        items = admin(replica, "GET", "/keys?page_size=1000")["items"]
+        return sum(k["requests"] for k in items), sum(k["successes"] for k in items)
+
+    until(lambda: served(r1) == served(r2) == (7, 7), timeout=40)
     until(lambda: "keyrack_cluster_replicas 2.0" in httpx.get(f"{r2.url}/metrics").text)
     assert 'keyrack_replica_info{replica="r2"} 1.0' in httpx.get(f"{r2.url}/metrics").text
     ready = httpx.get(f"{r1.url}/readyz").json()["cluster"]
