@@ -50,6 +50,11 @@ def test_one_notification_per_firing_and_a_dead_leader_is_replaced(
 
     # Channel and rule created on followers: the leader learns them over the bus and is the one that notifies.
     channel = create(followers[0], "/alerts/channels", {"name": "hook", "url": f"webhook+{receiver.url}/hook"})
+
+    def known() -> bool:  # the channel reached the other replica over the bus
+        return channel["id"] in [c["id"] for c in admin(followers[1], "GET", "/alerts/channels")["items"]]
+
+    until(known)
     rule = create(followers[1], "/alerts/rules", {"name": "Keys present", "metric": "active_keys",
                  "op": ">", "threshold": 0, "window_s": 60, "for_s": 0, "channels": [channel["id"]]})  # fmt: skip
 
