@@ -273,13 +273,14 @@ def rows_analytics(f: dict[str, Any]) -> list[Row]:
 
 
 def rows_explore(f: dict[str, Any]) -> list[Row]:
-    area = f"explore ({f.get('rows', 0):,} rows, 90 days, 2 dimensions)"
     out: list[Row] = []
-    for x in f.get("figures", []):
-        raw = x.get("raw_p50_ms")
-        base, ratio = (f"raw rows {raw:,.0f} ms", f"{raw / x['p50_ms']:.1f}x") if raw and x["p50_ms"] else ("", "")
-        out.append([area, f"{x['query']} p50", f"{x['p50_ms']:,.0f} ms", base, ratio, "≤ 1 s",
-                    _met(x["p50_ms"] <= 1000)])  # fmt: skip
+    for traffic, got in f.get("traffic", {}).items():  # realistic: the target; independent: the adversarial case
+        area = f"explore ({f.get('rows', 0):,} rows, 90 days, {traffic} traffic)"
+        for x in got.get("figures", []):
+            raw = x.get("raw_p50_ms")
+            base, ratio = (f"raw rows {raw:,.0f} ms", f"{raw / x['p50_ms']:.1f}x") if raw and x["p50_ms"] else ("", "")
+            out.append([area, f"{x['query']} p50", f"{x['p50_ms']:,.0f} ms", base, ratio,
+                        "≤ 1 s" if traffic == "realistic" else "reported", _met(x["p50_ms"] <= 1000)])  # fmt: skip
     return out
 
 

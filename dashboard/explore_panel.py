@@ -14,43 +14,50 @@ import streamlit as st
 from dashboard import cache, fmt, paging, sql_tools, times
 from dashboard import explore_view as ev
 from dashboard.client import AdminError
-from dashboard.i18n import t
+from dashboard.i18n import t, wkey
 
 KEYS = {"measure": "ex_m", "rows": "ex_r", "cols": "ex_c", "view": "ex_v", "range": "ex_range", "compare": "ex_cmp",
         "top_n": "ex_top"}  # fmt: skip
 FILTER_DIMS = [d for d in ev.DIMENSIONS if d not in ev.TIME_DIMS]
+
+
+def _k(name: str) -> str:
+    """A control's widget key, one per language (`wkey`: formatted options must not outlive a language switch)."""
+    return wkey(KEYS[name])
+
+
 NO_COLS = "-"
 
 
 def _seed(v: ev.View, today: date) -> None:
     """Widget state from a view (the URL's), so that a shared link opens the same view."""
-    st.session_state[KEYS["measure"]] = v.measure
-    st.session_state[KEYS["rows"]] = v.rows
-    st.session_state[KEYS["cols"]] = v.cols or NO_COLS
-    st.session_state[KEYS["view"]] = v.view
-    st.session_state[KEYS["range"]] = v.range(today)
-    st.session_state[KEYS["compare"]] = v.compare
-    st.session_state[KEYS["top_n"]] = v.top_n
+    st.session_state[_k("measure")] = v.measure
+    st.session_state[_k("rows")] = v.rows
+    st.session_state[_k("cols")] = v.cols or NO_COLS
+    st.session_state[_k("view")] = v.view
+    st.session_state[_k("range")] = v.range(today)
+    st.session_state[_k("compare")] = v.compare
+    st.session_state[_k("top_n")] = v.top_n
     st.session_state["ex_filters"] = {d: list(vals) for d, vals in v.filters.items()}
 
 
 def controls() -> ev.View:
     today = times.today()
     params = {k: st.query_params[k] for k in st.query_params}
-    if params != st.session_state.get("_ex_url") or KEYS["measure"] not in st.session_state:
+    if params != st.session_state.get("_ex_url") or _k("measure") not in st.session_state:
         _seed(ev.from_params(params), today)
     c1, c2, c3, c4 = st.columns([2, 2, 2, 3], vertical_alignment="bottom")
-    measure = c1.selectbox(t("explore.measure"), ev.MEASURES, format_func=lambda m: t(f"m.{m}"), key=KEYS["measure"])
-    rows = c2.selectbox(t("explore.rows"), ev.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=KEYS["rows"])
-    cols = c3.selectbox(t("explore.cols"), [NO_COLS, *ev.DIMENSIONS], key=KEYS["cols"],
+    measure = c1.selectbox(t("explore.measure"), ev.MEASURES, format_func=lambda m: t(f"m.{m}"), key=_k("measure"))
+    rows = c2.selectbox(t("explore.rows"), ev.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=_k("rows"))
+    cols = c3.selectbox(t("explore.cols"), [NO_COLS, *ev.DIMENSIONS], key=_k("cols"),
                         format_func=lambda d: t("explore.no_cols") if d == NO_COLS else t(f"dim.{d}"))  # fmt: skip
     view = c4.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"),
-                                key=KEYS["view"]) or "pivot"  # fmt: skip
+                                key=_k("view")) or "pivot"  # fmt: skip
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
-    picked = c1.date_input(t("common.date_range"), key=KEYS["range"], max_value=today, format="YYYY-MM-DD")
+    picked = c1.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
     start, end = times.date_range(picked, (today - timedelta(days=6), today))
-    top_n = c2.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=KEYS["top_n"])
-    compare = c3.toggle(t("explore.compare"), key=KEYS["compare"])
+    top_n = c2.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=_k("top_n"))
+    compare = c3.toggle(t("explore.compare"), key=_k("compare"))
     filters: dict[str, list[str]] = st.session_state.setdefault("ex_filters", {})
     _filter_editor(c4, filters, start, end)
     v = ev.View(measure, rows, None if cols in (NO_COLS, rows) else cols, view, start, end, compare, int(top_n),
@@ -65,7 +72,9 @@ def controls() -> ev.View:
 def _filter_editor(where: Any, filters: dict[str, list[str]], start: date, end: date) -> None:
     active = " · ".join(f"{t(f'dim.{d}')} = {', '.join(vals)}" for d, vals in sorted(filters.items()) if vals)
     with where.popover(t("explore.filters_n", n=sum(1 for v in filters.values() if v)), icon=":material/filter_list:"):
-        dim = st.selectbox(t("explore.filter_dim"), FILTER_DIMS, format_func=lambda d: t(f"dim.{d}"), key="ex_fdim")
+        dim = st.selectbox(
+            t("explore.filter_dim"), FILTER_DIMS, format_func=lambda d: t(f"dim.{d}"), key=wkey("ex_fdim")
+        )
         options = _options(dim, start, end)
         chosen = filters.get(dim, [])
         picked = st.multiselect(t("explore.filter_values"), sorted(set(options) | set(chosen)), default=chosen,

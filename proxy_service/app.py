@@ -48,6 +48,7 @@ RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
 JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
 COMPACT_TICK_S = 60.0
+REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change started gets going
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
@@ -76,11 +77,11 @@ class Gateway:
 
             self.cluster = Cluster(cluster_cfg, settings.data_dir)
             self.store, self.writer = self.cluster.store, self.cluster.writer
-        self.rollup = Rollup()
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
-        self._setup_storage()
         self._config = self._load_config(settings.config())
         cfg = self._config
+        self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
+        self._setup_storage()
         try:  # the effective config (saved values win over env) must not open a non-loopback proxy
             check_access(settings.host, cfg)
         except ConfigError:
@@ -111,7 +112,10 @@ class Gateway:
         def setup(cur: duckdb.DuckDBPyConnection) -> None:
             # The cluster's lake store keeps user SQL's views replica-local, with fully qualified bodies.
             (self.cluster.store.install_safe_views if self.cluster is not None else queries.install_safe_views)(cur)
-            self.rollup.install(cur)
+            # Embedded: a rebuild (new version, display zone changed, rows changed while stopped) only starts here;
+            # the "rollup-rebuild" job runs it in chunks once serving. The lake (cluster) rebuilds before serving:
+            # its folds run on every replica and cannot skip the rows a chunk will read.
+            self.rollup.install(cur, background=self.cluster is None)
 
         self.writer.submit(setup).result()  # inline: the writer has not started yet
         self.writer.after_append.append(self.rollup.on_append)
@@ -186,6 +190,8 @@ class Gateway:
         old, self._config = self._config, new
         if old.client_labels != new.client_labels:
             self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels, self.store.client_labels))
+        if old.display_timezone != new.display_timezone and self.cluster is None:
+            self.writer.submit(lambda cur: self.rollup.rezone(cur, new.display_timezone))  # rebuilt in the background
         self.pool.strategy = new.strategy
         self.pool.default_cooldown_s = new.default_cooldown_s
         self.pool.failure_threshold = new.failure_threshold
@@ -360,7 +366,13 @@ class Gateway:
             if self._config.snapshot_interval_s > 0:
                 await self.export()
 
+        async def rebuild() -> None:
+            # One local day per writer job: appends and admin writes queue behind one chunk at most (~0.5 s).
+            while self.rollup.rebuilding is not None:
+                await self.write(self.rollup.rebuild_step, JOB_WRITE_TIMEOUT_S)
+
         self.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
+        self.every(lambda: REBUILD_TICK_S, rebuild, "rollup-rebuild", at_start=True)
         self.every(lambda: RETENTION_TICK_S, retention, "retention")
         # The first snapshot at start: the Parquet files exist (and can be queried) from the first minute on.
         self.every(

@@ -28,7 +28,6 @@ from proxy_service.histogram import lb_sql
 OTHER = "(other)"
 MAX_ROWS = 50_000
 DRILL_LIMIT = 1000
-HISTOGRAM_RAW_RATIO = 0.5  # read percentiles from raw rows when the cube's histograms are ≥ this many rows per call
 # name → SQL over the summed counters
 COUNTER_MEASURES: dict[str, str] = {
     "calls": "calls",
@@ -62,6 +61,7 @@ TIME_BUCKETS = ("hour", "day", "week", "month")
 CLOCK_DIMS = ("hour_of_day", "day_of_week")
 TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status")
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
+DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
 _RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
 _SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
 
@@ -201,11 +201,16 @@ def _local(col: str, offs: queries.Offsets) -> Frag:
     return Frag(f"({col} + to_seconds(CASE {' '.join(whens)} ELSE ? END))", [*params, previous])
 
 
-def dim_sql(dim: str, source: str, offs: queries.Offsets) -> Frag:
-    """The dimension's value in a cube row (source 'cube') or a raw `requests` row ('raw')."""
+def _text(spec: Spec) -> set[str]:
+    """The text dimensions the query groups or filters by: the set of pre-aggregates it needs."""
+    return {d for d in (*spec.dimensions, *spec.filters) if d in TEXT_DIMS}
+
+
+def dim_sql(dim: str, part: Part, text: set[str], offs: queries.Offsets) -> Frag:
+    """The dimension's value in a pre-aggregated row (of the set `text`) or a raw `requests` row."""
     if dim in TEXT_DIMS:
-        return Frag(dim if source == "cube" else _RAW_TEXT[dim], [])
-    local = _local("bucket" if source == "cube" else "ts", offs)
+        return Frag(cube.column_of(dim, text) if part.grain else _RAW_TEXT[dim], [])
+    local = _local("bucket" if part.grain else "ts", offs)
     if dim == "hour_of_day":
         return Frag(f"hour({local.sql})", local.params)
     if dim == "day_of_week":
@@ -213,22 +218,25 @@ def dim_sql(dim: str, source: str, offs: queries.Offsets) -> Frag:
     return Frag(f"date_trunc('{dim}', {local.sql})", local.params)
 
 
-def _where(spec: Spec, source: str, offs: queries.Offsets, lo: datetime, hi: datetime) -> Frag:
-    col = "bucket" if source == "cube" else "ts"
-    clauses = [f"{col} >= ?", f"{col} < ?"]
-    params: list[Any] = [lo, hi]
+def _where(spec: Spec, part: Part, text: set[str], offs: queries.Offsets) -> Frag:
+    params: list[Any] = []
+    if part.grain:
+        clauses, params = ["grain = ?", "a = ?", "b = ?", "bucket >= ?", "bucket < ?"], [part.grain, *cube.set_of(text)]
+    else:
+        clauses = ["ts >= ?", "ts < ?"]
+    params += [part.lo, part.hi]
     for dim, values in spec.filters.items():
-        d = dim_sql(dim, source, offs)
+        d = dim_sql(dim, part, text, offs)
         clauses.append(f"list_contains(?, {d.sql})")
         params += [values, *d.params]
     return Frag(" AND ".join(clauses), params)
 
 
-def _keyed(spec: Spec, source: str, offs: queries.Offsets, tops: dict[str, list[str]]) -> list[Frag]:
+def _keyed(spec: Spec, part: Part, text: set[str], offs: queries.Offsets, tops: dict[str, list[str]]) -> list[Frag]:
     """The SELECT expressions d0, d1 (top-N dimensions fold the rest into OTHER)."""
     out = []
     for i, dim in enumerate(spec.dimensions):
-        d = dim_sql(dim, source, offs)
+        d = dim_sql(dim, part, text, offs)
         if dim in tops:
             d = Frag(f"CASE WHEN list_contains(?, {d.sql}) THEN {d.sql} ELSE '{OTHER}' END",
                      [tops[dim], *d.params, *d.params])  # fmt: skip
@@ -236,14 +244,47 @@ def _keyed(spec: Spec, source: str, offs: queries.Offsets, tops: dict[str, list[
     return out
 
 
-def plan(spec: Spec, tz: ZoneInfo, use_cube: bool = True) -> tuple[queries.Offsets, list[queries.Part]]:
+@dataclass(frozen=True)
+class Part:
+    """A piece of the range and where it is read: pre-aggregates of `grain` ('d' local days, 'h' hours) or raw
+    rows ('')."""
+
+    grain: str
+    lo: datetime
+    hi: datetime
+
+
+def plan(spec: Spec, tz: ZoneInfo, zone: str | None, histogram: bool = False) -> tuple[queries.Offsets, list[Part]]:
+    """Where each piece of the range is read from: whole local days from the day pre-aggregates when they hold the
+    query's set (and, for time dimensions, are in its zone), whole hours from the hourly ones likewise, raw rows for
+    the rest. `zone`: the zone of the pre-aggregates' days, None when they cannot be used (rebuilding)."""
     offs = queries.offsets(tz, spec.lo, spec.hi)
-    timed = any(d in (*CLOCK_DIMS, *TIME_BUCKETS) for d in (*spec.dimensions, *spec.filters))
-    raw_only = not use_cube or "key" in spec.dimensions or "key" in spec.filters or (timed and not offs.aligned(3600))
-    # Up to now: the current hour is read whole from the cube (as the stats summary does), not as raw rows that
-    # could be an hour of heavy traffic.
-    hi = queries.ceil_grain(spec.hi, 3600) if spec.open_end and not raw_only else spec.hi
-    return offs, queries.split(spec.lo, hi, () if raw_only else (3600,))
+    text = _text(spec)
+    timed = {d for d in (*spec.dimensions, *spec.filters) if d not in TEXT_DIMS}
+    if zone is None or "key" in text:
+        return offs, [Part("", spec.lo, spec.hi)]
+    hour_ok = cube.holds("h", text, histogram) and (not timed or offs.aligned(3600))
+    day_ok = cube.holds("d", text, histogram) and (not timed or (zone == tz.key and timed <= DAY_DIMS))
+
+    def edge(lo: datetime, hi: datetime) -> list[Part]:
+        """[lo, hi) by whole hours (up to now: the current hour whole, nothing newer exists) and raw edges."""
+        if lo >= hi:
+            return []
+        if not hour_ok:
+            return [Part("", lo, hi)]
+        a = queries.ceil_grain(lo, 3600)
+        b = queries.ceil_grain(hi, 3600) if spec.open_end and hi == spec.hi else queries.floor_time(hi, 3600)
+        if a >= b:
+            return [Part("", lo, hi)]
+        return [*([Part("", lo, a)] if lo < a else []), Part("h", a, b), *([Part("", b, hi)] if b < hi else [])]
+
+    if day_ok:
+        starts = cube.day_starts(ZoneInfo(zone), spec.lo, spec.hi)
+        inner = [s for s in starts if s >= spec.lo and (s <= spec.hi or spec.open_end)]
+        if len(inner) >= 2:
+            a, b = inner[0], inner[-1]
+            return offs, [*edge(spec.lo, a), Part("d", a, b), *edge(b, spec.hi)]
+    return offs, edge(spec.lo, spec.hi)
 
 
 def _sums(spec: Spec) -> list[str]:
@@ -252,15 +293,14 @@ def _sums(spec: Spec) -> list[str]:
     return [s for s in cube.SUMS if s == "calls" or any(re.search(rf"\b{s}\b", e) for e in exprs)]
 
 
-def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part], tops: dict) -> Frag:
+def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops: dict) -> Frag:
     selects, params = [], []
-    wanted = _sums(spec)
+    wanted, text = _sums(spec), _text(spec)
     for part in parts:
-        source = "cube" if part.source == "rollup" else "raw"
-        keys = _keyed(spec, source, offs, tops)
-        where = _where(spec, source, offs, part.lo, part.hi)
+        keys = _keyed(spec, part, text, offs, tops)
+        where = _where(spec, part, text, offs)
         cols = ", ".join([*(k.sql for k in keys), ""]) if keys else ""
-        if source == "cube":
+        if part.grain:
             selects.append(f"SELECT {cols}{', '.join(wanted)} FROM {cube.COUNTERS} WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
         elif "upstream_429s" in spec.measures:  # the attempts lookup costs a join: only when asked for
@@ -277,7 +317,10 @@ def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[queries.Part],
     return Frag(" UNION ALL ".join(selects), params)
 
 
-def _counters(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list, tops: dict) -> pa.Table:
+def _counters(
+    cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict
+) -> tuple[pa.Table, list[Part]]:
+    offs, parts = plan(spec, tz, zone)
     union = _counter_parts(spec, offs, parts, tops)
     dims = [f"d{i}" for i in range(len(spec.dimensions))]
     sums = ", ".join(f"CAST(coalesce(sum({s}), 0) AS {_SUM_TYPES[s]}) AS {s}" for s in _sums(spec))
@@ -286,21 +329,21 @@ def _counters(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets,
     measures = [f"{COUNTER_MEASURES[m]} AS {m}" for m in spec.measures if m in COUNTER_MEASURES]
     measures += [] if "calls" in spec.measures else ["calls"]
     sql = f"WITH c AS ({union.sql}) SELECT {', '.join([*dims, *measures])} FROM ({agg}) WHERE calls > 0"
-    return cur.execute(sql, union.params).to_arrow_table()
+    return cur.execute(sql, union.params).to_arrow_table(), parts
 
 
 def _histogram(
-    cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list, tops: dict, metric: str
-) -> pa.Table:
+    cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict, metric: str
+) -> tuple[pa.Table, list[Part]]:
+    offs, parts = plan(spec, tz, zone, histogram=True)
     selects, params = [], []
     col = "latency_ms" if metric == "l" else "ttfb_ms"
-    n = len(spec.dimensions)
+    n, text = len(spec.dimensions), _text(spec)
     for part in parts:
-        source = "cube" if part.source == "rollup" else "raw"
-        keys = _keyed(spec, source, offs, tops)
-        where = _where(spec, source, offs, part.lo, part.hi)
+        keys = _keyed(spec, part, text, offs, tops)
+        where = _where(spec, part, text, offs)
         cols = ", ".join([*(k.sql for k in keys), *(f"'' AS d{i}" for i in range(n, 2))])
-        if source == "cube":
+        if part.grain:
             selects.append(f"SELECT {cols}, lb, n FROM {cube.HISTOGRAM} WHERE metric = ? AND {where.sql}")
             params += [p for k in keys for p in k.params] + [metric, *where.params]
         else:
@@ -311,25 +354,10 @@ def _histogram(
         f"WITH h AS ({' UNION ALL '.join(selects)}) SELECT d0 AS b, d1 AS g, hash(d0, d1) AS gk, "
         "CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY d0, d1, lb ORDER BY gk, lb"
     )
-    return cur.execute(sql, params).to_arrow_table()
+    return cur.execute(sql, params).to_arrow_table(), parts
 
 
-def _histograms_compress(cur: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the cube's histograms are smaller than the raw rows they stand for.
-
-    When an hour's calls spread over many combinations, the histogram holds ~one row per call and metric: reading
-    it is slower than reading `requests` (measured: 2.0 s vs 1.2 s for p95 by model × client on 1M calls). Both are
-    exact to the same ±2 %, so the smaller one is read."""
-    rows = dict(
-        cur.execute(
-            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'main' AND table_name IN (?, ?)",
-            [cube.HISTOGRAM, "requests"],
-        ).fetchall()
-    )
-    return rows.get(cube.HISTOGRAM, 0) / 2 < HISTOGRAM_RAW_RATIO * rows.get("requests", 0)
-
-
-def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, parts: list) -> dict[str, list[str]]:
+def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None) -> dict[str, list[str]]:
     """The top_n values by calls of each text dimension (time dimensions are never folded)."""
     out: dict[str, list[str]] = {}
     if spec.top_n is None:
@@ -338,7 +366,7 @@ def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, offs: queries.Offsets, par
         if dim not in TEXT_DIMS:
             continue
         one = replace(spec, dimensions=(dim,), measures=("calls",))
-        table = _counters(cur, one, offs, parts, {})
+        table, _ = _counters(cur, one, tz, zone, {})
         ranked = sorted(zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
                         key=lambda r: (-r[1], r[0]))  # fmt: skip
         if len(ranked) > spec.top_n:
@@ -360,11 +388,10 @@ class Answer:
     types: dict[str, str] = field(default_factory=dict)
 
 
-def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, use_cube: bool, tops: dict | None) -> tuple:
-    offs, parts = plan(spec, tz, use_cube)
+def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict | None) -> tuple:
     if tops is None:
-        tops = _tops(cur, spec, offs, parts)
-    table = _counters(cur, spec, offs, parts, tops)
+        tops = _tops(cur, spec, tz, zone)
+    table, parts = _counters(cur, spec, tz, zone, tops)
     n = len(spec.dimensions)
     keys = [tuple(table.column(f"d{i}")[k].as_py() for i in range(n)) for k in range(table.num_rows)]
     if len(keys) > MAX_ROWS:
@@ -374,30 +401,31 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, use_cube: 
     for k, key in enumerate(keys):
         values[key] = {m: col[k] for m, col in data.items()}
     metrics = sorted({PERCENTILE_MEASURES[m][0] for m in spec.measures if m in PERCENTILE_MEASURES})
-    hist_parts = parts if not metrics or _histograms_compress(cur) else queries.split(spec.lo, spec.hi, ())
     for metric in metrics:
         wanted = [m for m in spec.measures if PERCENTILE_MEASURES.get(m, ("", 0))[0] == metric]
         qs = tuple(PERCENTILE_MEASURES[m][1] for m in wanted)
-        found = queries._percentiles(_histogram(cur, spec, offs, hist_parts, tops, metric), qs)
+        hist, hist_parts = _histogram(cur, spec, tz, zone, tops, metric)
+        parts = [*parts, *hist_parts]
+        found = queries._percentiles(hist, qs)
         for key, row in values.items():
             got = found.get((*key, "", "")[:2])
             for m, v in zip(wanted, got or (None,) * len(wanted), strict=True):
                 row[m] = v
-    sources = {p.source for p in parts}
-    source = "mixed" if len(sources) > 1 else ("cube" if sources == {"rollup"} else "raw")
-    return values, tops, source
+    sources = {"cube" if p.grain else "raw" for p in parts}
+    return values, tops, "mixed" if len(sources) > 1 else sources.pop() if sources else "cube"
 
 
 def answer(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, labels: dict[str, str] | None = None,
-           use_cube: bool = True) -> Answer:  # fmt: skip
-    values, tops, source = _period(cur, spec, tz, use_cube, None)
+           zone: str | None = "UTC") -> Answer:  # fmt: skip
+    """`zone`: the zone of the pre-aggregates' local days (`Rollup.zone`); None reads raw rows only."""
+    values, tops, source = _period(cur, spec, tz, zone, None)
     columns = [*spec.dimensions, *spec.measures]
     ans = Answer(columns, [], source, tz.key, spec.lo, spec.hi)
     prev: dict[tuple, dict[str, Any]] = {}
     if spec.compare:
         span = spec.hi - spec.lo
         ans.compare_lo, ans.compare_hi = spec.lo - span, spec.lo
-        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo, open_end=False), tz, use_cube, tops)
+        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo, open_end=False), tz, zone, tops)
         prev = _align(prev, spec, tz)
         columns += [f"{m}_{s}" for m in spec.measures for s in ("prev", "delta")]
     keys = sorted(set(values) | (set(prev) if spec.compare else set()), key=_order)
@@ -467,10 +495,10 @@ def to_arrow(ans: Answer) -> pa.Table:
 
 
 def client_calls(cur: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int]]:
-    """Calls per client id since `since` (whole hours from the cube: a listing, not an exact figure)."""
+    """Calls per client id since `since` (whole local days from the pre-aggregates: a listing, not an exact figure)."""
     rows = cur.execute(
-        f"SELECT client, CAST(sum(calls) AS BIGINT) FROM {cube.COUNTERS} WHERE bucket >= ? AND client <> '' "
-        "GROUP BY client",
+        f"SELECT av, CAST(sum(calls) AS BIGINT) FROM {cube.COUNTERS} WHERE grain = 'd' AND a = 'client' AND b = '' "
+        "AND bucket >= ? AND av <> '' GROUP BY av",
         [since],
     ).fetchall()
     return [(str(c), int(n)) for c, n in rows]
@@ -484,7 +512,7 @@ CALL_COLUMNS = ("ts", "request_id", "client_id", "model", "key_id", "project", "
 def calls(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, limit: int = 100) -> list[dict[str, Any]]:
     """The calls behind a cell: `spec.filters` already holds the cell's dimension values."""
     offs = queries.offsets(tz, spec.lo, spec.hi)
-    where = _where(spec, "raw", offs, spec.lo, spec.hi)
+    where = _where(spec, Part("", spec.lo, spec.hi), set(), offs)
     sql = (
         f"SELECT {', '.join('r.' + c for c in CALL_COLUMNS)}, e.error_id FROM requests r LEFT JOIN "
         "(SELECT request_id, min(id) AS error_id FROM error_logs WHERE ts >= ? AND ts < ? + INTERVAL 1 HOUR "
@@ -509,7 +537,7 @@ def _literal(v: Any) -> str:
 def sql_text(spec: Spec, tz: ZoneInfo, limit: int = DRILL_LIMIT) -> str:
     """The drill-down as one SELECT over the SQL page's `requests`, values inlined as literals (display only)."""
     offs = queries.offsets(tz, spec.lo, spec.hi)
-    where = _where(spec, "raw", offs, spec.lo, spec.hi)
+    where = _where(spec, Part("", spec.lo, spec.hi), set(), offs)
     parts = where.sql.split("?")
     text = parts[0] + "".join(_literal(p) + rest for p, rest in zip(where.params, parts[1:], strict=True))
     text = text.replace(" AND ", "\n  AND ")

@@ -38,10 +38,13 @@ import calendar
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from proxy_service import cube
 from proxy_service.histogram import GAMMA
@@ -49,13 +52,14 @@ from proxy_service.histogram import GAMMA
 log = logging.getLogger("keyrack.rollup")
 _EPOCH = datetime(1970, 1, 1)
 
-VERSION = "3"  # 3: the explore cube (cube.py) is maintained with the rollup
+VERSION = "4"  # 4: the explore pre-aggregates per local day (cube.py) replace the all-dimensions cube
 TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),
 }
 FOLD_EVERY_S = 2.0  # at most ~5 % of a core at any traffic level (one fold ≈ 100 ms)
 FOLD_ROWS = 100_000
+INLINE_CHUNK_DAYS = 7
 _INTERVAL = {3600: "INTERVAL 1 HOUR", 900: "INTERVAL 15 MINUTE"}
 
 _COUNTERS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
@@ -90,7 +94,7 @@ _INSERT_LATENCY = f"""
     ORDER BY 2, 1"""
 # Sources: the batch just appended (registered under this name on the writer cursor) or the whole table.
 _BATCH = "_rollup_batch"
-_SOURCES = {"batch": _BATCH, "requests": "requests"}
+_CHUNK = "_rollup_chunk"
 _IN_TOUCHED = "WHERE bucket BETWEEN ? AND ? AND list_contains(?, bucket)"
 _COMPACT_COUNTERS = f"""
     CREATE OR REPLACE TEMP TABLE _rollup_c AS
@@ -102,12 +106,20 @@ _COMPACT_LATENCY = f"""
     SELECT bucket, dim, val, lb, sum(n)::BIGINT FROM {{latency}} {_IN_TOUCHED} GROUP BY ALL"""
 
 
-def _insert(cur: duckdb.DuckDBPyConnection, source: str) -> None:
+def _insert(
+    cur: duckdb.DuckDBPyConnection, source: str, tz: ZoneInfo, span: tuple[datetime, datetime] | None = None
+) -> None:
+    """Fold the `requests` rows in table `source` into every tier and the explore pre-aggregates."""
     for grain, (counters, latency) in TIERS.items():
-        base = {"interval": _INTERVAL[grain], "gamma": GAMMA, "source": _SOURCES[source]}
+        base = {"interval": _INTERVAL[grain], "gamma": GAMMA, "source": source}
         cur.execute(_INSERT_COUNTERS.format(counters=counters, **base))
         cur.execute(_INSERT_LATENCY.format(latency=latency, **base))
-    cube.insert(cur, _SOURCES[source])
+    cube.insert(cur, source, tz, span=span)
+
+
+def _meta(cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    row = cur.execute("SELECT value FROM rollup_meta WHERE name = ?", [name]).fetchone()
+    return str(row[0]) if row else None
 
 
 def floor_time(t: datetime, grain_s: int) -> datetime:
@@ -122,20 +134,42 @@ def fold_batch(cur: duckdb.DuckDBPyConnection, batch: pa.Table) -> None:
     """Insert the rollup rows of `batch` (rows about to be appended to `requests`); raises on failure.
 
     Cluster mode calls it inside the transaction that appends the batch, so the rollup and the raw rows of a lake
-    agree at every snapshot whatever the number of writers."""
+    agree at every snapshot whatever the number of writers. The local days are those of the zone the tables were
+    built for (`rollup_meta`)."""
+    tz = ZoneInfo(_meta(cur, "zone") or "UTC")
     cur.register(_BATCH, batch)
     try:
-        _insert(cur, "batch")
+        _insert(cur, _BATCH, tz)
     finally:
         cur.unregister(_BATCH)
+
+
+@dataclass
+class _Rebuild:
+    """A rebuild in progress: `chunks` (local days, oldest first) still to read from `requests`.
+
+    Rows appended meanwhile are folded as usual when they fall before `done_to` (their day is rebuilt) or at or after
+    `until` (newer than every row at the start); the rest are left to the chunk of their day, which reads them from
+    `requests` when it runs. So every row is counted once, however late it arrives."""
+
+    chunks: list[tuple[datetime, datetime]]
+    total: int
+    done_to: datetime
+    until: datetime
+    started: float
+    trim_due: datetime | None = None
 
 
 class Rollup:
     """Maintains the rollup tables; all methods that write run on the event writer's thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, zone: str = "UTC") -> None:
+        self.zone = zone  # the local days of the explore pre-aggregates
         self.stale = False
+        self.background = False  # rebuild in chunks (driven by `rebuild_step`) rather than in one go
+        self.rebuilding: _Rebuild | None = None
         self._touched: set[datetime] = set()  # 15-minute buckets appended to since the last compaction
+        self._cube_touched: set[datetime] = set()  # hour and local-day buckets of the explore pre-aggregates
         self._lock = threading.Lock()
         self._pending: list[pa.Table] = []  # appended to `requests`, not folded yet (writer thread only)
         self._pending_rows = 0
@@ -143,50 +177,126 @@ class Rollup:
 
     @property
     def usable(self) -> bool:
-        return not self.stale
+        """Whether the tables agree with `requests` (else readers read raw rows)."""
+        return not self.stale and self.rebuilding is None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.zone)
+
+    @property
+    def progress(self) -> float | None:
+        """The share of a rebuild done (0..1), None when none runs."""
+        r = self.rebuilding
+        return None if r is None else round(1 - len(r.chunks) / max(r.total, 1), 3)
 
     # -- setup ---------------------------------------------------------------------------------------------------
-    def install(self, cur: duckdb.DuckDBPyConnection) -> None:
-        """Create the tables and make sure they agree with `requests` (rebuild when they don't)."""
+    def install(self, cur: duckdb.DuckDBPyConnection, background: bool = False) -> None:
+        """Create the tables and make sure they agree with `requests` (rebuild when they don't).
+
+        `background`: only start the rebuild here (a few fast deletes); the caller then runs `rebuild_step` on the
+        writer thread until it returns False, and readers go raw meanwhile. Otherwise rebuild before returning."""
+        self.background = background
         cur.execute(_META_DDL)
         for counters, latency in TIERS.values():
             cur.execute(_COUNTERS_DDL.format(table=counters))
             cur.execute(_LATENCY_DDL.format(table=latency))
         cube.install(cur)
-        row = cur.execute("SELECT value FROM rollup_meta WHERE name = 'version'").fetchone()
         raw = cur.execute("SELECT count(*) FROM requests").fetchone()
-        agree = (
-            all(
-                cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == raw
-                for counters, _ in TIERS.values()
-            )
-            and (cube.total_calls(cur),) == raw
-        )
-        if row is None or row[0] != VERSION or not agree:
+        n = raw[0] if raw else 0
+        agree = all(
+            cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
+            for counters, _ in TIERS.values()
+        ) and cube.total_calls(cur) == (n, n)
+        if _meta(cur, "version") != VERSION or _meta(cur, "zone") != self.zone or not agree:
             self.rebuild(cur)
 
     def rebuild(self, cur: duckdb.DuckDBPyConnection) -> None:
-        """Recompute everything from `requests` in one transaction (≈20 s per 10M rows on 2 cores)."""
-        started = time.perf_counter()
+        """Recompute everything from `requests`: in chunks by the caller when `background`, else now."""
+        self.start_rebuild(cur)
+        while not self.background and self.rebuild_step(cur):
+            pass
+
+    def start_rebuild(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Empty the tables and plan the chunks (one local day each, oldest first)."""
         cur.execute("BEGIN TRANSACTION")
         try:
             for counters, latency in TIERS.values():
                 cur.execute(f"DELETE FROM {counters}")
                 cur.execute(f"DELETE FROM {latency}")
             cube.reset(cur)
-            _insert(cur, "requests")
-            # Delete + insert rather than INSERT OR REPLACE: a DuckLake table (cluster mode) has no primary key.
-            cur.execute("DELETE FROM rollup_meta WHERE name = 'version'")
-            cur.execute("INSERT INTO rollup_meta VALUES ('version', ?)", [VERSION])
+            cur.execute("DELETE FROM rollup_meta WHERE name IN ('version', 'zone')")
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
             raise
-        self._pending, self._pending_rows = [], 0  # the rebuild read them from `requests`
+        span = cur.execute("SELECT min(ts), max(ts) FROM requests").fetchone()
+        self._pending, self._pending_rows = [], 0  # the chunks read them from `requests`
         with self._lock:
             self._touched.clear()
+            self._cube_touched.clear()
         self.stale = False
-        log.info("rollup rebuilt in %.1f s", time.perf_counter() - started)
+        chunks: list[tuple[datetime, datetime]] = []
+        until = _utcnow()
+        if span is not None and span[0] is not None:
+            until = span[1] + timedelta(microseconds=1)
+            starts = cube.day_starts(self.tz, span[0], span[1])
+            # One local day per chunk in the background (the writer waits for one chunk at most); a week at a time
+            # inline, where nothing waits and fewer, larger statements are faster.
+            days = [a for a in starts if a < until] + [until]
+            step = 1 if self.background else INLINE_CHUNK_DAYS
+            chunks = [(days[i], days[min(i + step, len(days) - 1)]) for i in range(0, len(days) - 1, step)]
+        self.rebuilding = _Rebuild(chunks, len(chunks), chunks[0][0] if chunks else until, until, time.perf_counter())
+        log.info("rollup rebuild started: %d day(s) of rows", len(chunks))
+        if not chunks:
+            self.rebuild_step(cur)
+
+    def rebuild_step(self, cur: duckdb.DuckDBPyConnection) -> bool:
+        """Rebuild the next chunk (writer thread; ~0.5 s per 100k rows). Returns whether chunks remain."""
+        r = self.rebuilding
+        if r is None:
+            return False
+        if r.chunks:
+            lo, hi = r.chunks[0]
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                cur.execute(f"CREATE OR REPLACE TEMP TABLE {_CHUNK} AS SELECT * FROM requests WHERE ts >= ? AND ts < ?",
+                            [lo, hi])  # fmt: skip
+                _insert(cur, _CHUNK, self.tz)
+                cur.execute(f"DROP TABLE {_CHUNK}")
+                cur.execute("COMMIT")
+            except Exception:
+                cur.execute("ROLLBACK")
+                self.stale, self.rebuilding = True, None
+                log.exception("rollup rebuild failed; readers stay on raw rows until the next attempt")
+                return False
+            r.chunks.pop(0)
+            r.done_to = hi
+            if r.chunks:
+                return True
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            cube.cluster(cur)  # a few seconds on 10M calls' worth, once
+            # Delete + insert rather than INSERT OR REPLACE: a DuckLake table (cluster mode) has no primary key.
+            cur.execute("DELETE FROM rollup_meta WHERE name IN ('version', 'zone')")
+            cur.execute("INSERT INTO rollup_meta VALUES ('version', ?), ('zone', ?)", [VERSION, self.zone])
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            self.stale, self.rebuilding = True, None
+            log.exception("rollup rebuild failed; readers stay on raw rows until the next attempt")
+            return False
+        self.rebuilding = None
+        log.info("rollup rebuilt in %.1f s (%d day(s))", time.perf_counter() - r.started, r.total)
+        if r.trim_due is not None:
+            self.trim(cur, r.trim_due)
+        return False
+
+    def rezone(self, cur: duckdb.DuckDBPyConnection, zone: str) -> None:
+        """The display zone changed: the local days of the explore pre-aggregates are rebuilt for the new one."""
+        if zone != self.zone:
+            self.zone = zone
+            self.rebuild(cur)
 
     # -- maintenance (writer thread) -------------------------------------------------------------------------------
     def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
@@ -216,19 +326,34 @@ class Rollup:
             # Batches built from Python rows may type an all-NULL column as `null`, or whole numbers as int64 where
             # another batch has doubles: promote to the common schema (the table casts on insert the same way).
             batch = pa.concat_tables(pending, promote_options="permissive")
+            r = self.rebuilding
+            if r is not None:  # rows of days not rebuilt yet are left to their chunk (see _Rebuild)
+                ts = batch.column("ts").cast(pa.timestamp("us"))
+                keep = pc.or_(pc.less(ts, pa.scalar(r.done_to, pa.timestamp("us"))),
+                              pc.greater_equal(ts, pa.scalar(r.until, pa.timestamp("us"))))  # fmt: skip
+                batch = batch.filter(keep)
+                if not batch.num_rows:
+                    return
             cur.register(_BATCH, batch)
             try:
-                buckets = cur.execute(f"SELECT DISTINCT time_bucket(INTERVAL 15 MINUTE, ts) FROM {_BATCH}").fetchall()
-                _insert(cur, "batch")
+                # Buckets and span from the Arrow batch: each query costs tens of ms on a busy machine.
+                ts = batch.column("ts").cast(pa.timestamp("us"))
+                bounds = pc.min_max(ts).as_py()
+                span = (bounds["min"], bounds["max"])
+                buckets = pc.unique(pc.floor_temporal(ts, 15, "minute")).to_pylist()
+                hours = pc.unique(pc.floor_temporal(ts, 1, "hour")).to_pylist()
+                cube_buckets = cube.touched(hours, span[0], span[1], self.tz)
+                _insert(cur, _BATCH, self.tz, span)
             finally:
                 cur.unregister(_BATCH)
         except Exception:
             # The raw rows are in; the rollup no longer matches them. Readers go raw until the rebuild.
-            self.stale = True
+            self.stale, self.rebuilding = True, None
             log.exception("rollup update failed; falling back to raw rows until it is rebuilt")
             return
         with self._lock:
-            self._touched.update(b for (b,) in buckets)
+            self._touched.update(buckets)
+            self._cube_touched.update(cube_buckets)
 
     def compact(self, cur: duckdb.DuckDBPyConnection) -> int:
         """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns buckets."""
@@ -238,11 +363,12 @@ class Rollup:
             return 0
         with self._lock:
             touched, self._touched = self._touched, set()
-        if not touched:
+            cube_touched, self._cube_touched = self._cube_touched, set()
+        if not touched and not cube_touched:
             return 0
         cur.execute("BEGIN TRANSACTION")
         try:
-            for grain, (counters, latency) in TIERS.items():
+            for grain, (counters, latency) in TIERS.items() if touched else ():
                 buckets = sorted({floor_time(b, grain) for b in touched})
                 params = [buckets[0], buckets[-1], buckets]
                 cur.execute(_COMPACT_COUNTERS.format(counters=counters), params)
@@ -251,12 +377,14 @@ class Rollup:
                 cur.execute(f"DELETE FROM {latency} {_IN_TOUCHED}", params)
                 cur.execute(f"INSERT INTO {counters} SELECT * FROM _rollup_c")
                 cur.execute(f"INSERT INTO {latency} SELECT * FROM _rollup_l")
-            cube.compact(cur, sorted({floor_time(b, 3600) for b in touched}))
+            if cube_touched:
+                cube.compact(cur, sorted(cube_touched))
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
             with self._lock:
                 self._touched.update(touched)
+                self._cube_touched.update(cube_touched)
             raise
         finally:
             cur.execute("DROP TABLE IF EXISTS _rollup_c")
@@ -264,8 +392,17 @@ class Rollup:
         return len(touched)
 
     def trim(self, cur: duckdb.DuckDBPyConnection, before: datetime) -> None:
-        """Retention: drop buckets older than `before`, an hour boundary (as the raw cutoff is)."""
+        """Retention: drop buckets older than `before`, an hour boundary (as the raw cutoff is). During a rebuild,
+        after it (a chunk may already hold rows older than `before`)."""
+        if self.rebuilding is not None:
+            self.rebuilding.trim_due = before
+            return
+        self.fold(cur)  # the pending rows are in `requests`: the day recomputed below must not count them twice
         for counters, latency in TIERS.values():
             cur.execute(f"DELETE FROM {counters} WHERE bucket < ?", [before])
             cur.execute(f"DELETE FROM {latency} WHERE bucket < ?", [before])
-        cube.trim(cur, before)
+        cube.trim(cur, before, self.tz)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -4,11 +4,17 @@ through /config, answers checked against SQL over the same DuckDB file."""
 from __future__ import annotations
 
 import io
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
 
+from bench.analytics import GENERATE, MODELS
+from proxy_service.store import Store
 from proxy_service.surfaces.common import client_id
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Proxy, wait_rows
 
@@ -123,3 +129,49 @@ def test_demo_clients_have_different_habits_that_explore_shows(start_proxy: Any,
     assert len(by_client) >= 4 and set(by_client) <= {h.name for h in HABITS}
     assert by_client.get("search-indexer", {"gemini-embedding-001"}) == {"gemini-embedding-001"}
     assert by_client.get("chat-frontend", {"gemini-2.5-flash"}) == {"gemini-2.5-flash"}
+
+
+def test_a_rebuild_runs_in_the_background_and_explore_answers_exactly_meanwhile(
+    start_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    # A file written by an older version: 12 days of rows and no explore pre-aggregates (the rollup version is
+    # missing), so the proxy starts a rebuild, one local day per writer job, and serves at once.
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    store = Store(data_dir / "keyrack.duckdb")
+    cur = store.cursor()
+    end = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    cur.execute(GENERATE.format(clients=5), [MODELS, end, 20_000, 12 * 86400 * 1_000_000 // 20_000, 20_000])
+    cur.close()
+    store.close()
+    proxy = start_proxy(upstream.url, data_dir=data_dir)
+    gw = proxy.gateway
+    expected = sorted(proxy.rows("SELECT model, count(*) FROM requests GROUP BY model"))
+    body = {"measures": ["calls"], "dimensions": ["model"], "from": (end - timedelta(days=13)).isoformat()}
+    with admin(proxy) as api:
+
+        def answer() -> dict[str, Any]:
+            r = api.post("/explore", json=body)
+            assert r.status_code == 200, r.text
+            ans: dict[str, Any] = r.json()
+            assert sorted(tuple(row) for row in ans["rows"]) == expected  # exact whatever the state
+            return ans
+
+        deadline = time.monotonic() + 120
+        while "rebuilding" in answer():
+            assert time.monotonic() < deadline, "the startup rebuild did not finish"
+            time.sleep(0.2)
+        assert gw.rollup.usable and answer()["source"] != "raw"
+        # Hold the writer in the middle of another rebuild: answers come from the raw rows and say so.
+        gw.writer.submit(gw.rollup.start_rebuild).result()
+        release = threading.Event()
+        gw.writer.submit(lambda _cur: release.wait(60))
+        try:
+            ans = answer()
+            assert ans["source"] == "raw" and 0 <= ans["rebuilding"] < 1
+        finally:
+            release.set()
+        while "rebuilding" in (ans := answer()):
+            assert time.monotonic() < deadline, "the rebuild did not finish"
+            time.sleep(0.2)
+        assert ans["source"] != "raw"

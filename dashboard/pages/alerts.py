@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import alerts_view as av
 from dashboard import cache, dialogs, times
 from dashboard.client import AdminError
-from dashboard.i18n import t
+from dashboard.i18n import t, wkey
 
 dialogs.page_header("alerts.title")
 tz = times.tz_name()
@@ -57,7 +57,7 @@ with rules_tab:
         act(lambda r=rule_id, e=enabled: cache.api().update_alert_rule(r, {"enabled": e}),
             t("alerts.enabled" if enabled else "alerts.disabled", name=names.get(rule_id, rule_id)))  # fmt: skip
     choice = st.selectbox(t("alerts.edit"), ["", *names], format_func=lambda r: names.get(r) or t("alerts.new_rule"),
-                          key="rule_choice")  # fmt: skip
+                          key=wkey("rule_choice"))  # fmt: skip
     base = next((r for r in rules if r["id"] == choice), None) or {}
     with st.form(f"rule_form_{choice or 'new'}"):
         c1, c2, c3 = st.columns([3, 2, 1])

@@ -11,6 +11,8 @@ view = xp.controls()
 answer = xp.fetch(view)
 if answer is not None:
     df, meta = answer
+    if meta.get("rebuilding") is not None:  # exact, from the raw rows: slower until the rebuild ends
+        st.info(t("explore.rebuilding", pct=f"{100 * float(meta['rebuilding']):.0f}"), icon=":material/build:")
     if df.empty:
         st.info(t("explore.no_data"))
     else:

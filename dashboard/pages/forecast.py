@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import cache, dialogs, times
 from dashboard import forecast_view as fv
 from dashboard.client import AdminError
-from dashboard.i18n import t
+from dashboard.i18n import t, wkey
 
 dialogs.page_header("forecast.title")
 zone, tz = times.tz(), times.tz_name()
@@ -26,9 +26,9 @@ elif quota:
 st.subheader(t("forecast.demand_title"))
 models = fv.models_of(quota)
 c1, c2 = st.columns(2, vertical_alignment="bottom")
-model = c1.selectbox(t("forecast.model"), ["total", *models], key="fc_model",
+model = c1.selectbox(t("forecast.model"), ["total", *models], key=wkey("fc_model"),
                      format_func=lambda m: t("forecast.all_models") if m == "total" else m)  # fmt: skip
-span = c2.segmented_control(t("forecast.horizon"), ["hour", "day"], default="hour", key="fc_span",
+span = c2.segmented_control(t("forecast.horizon"), ["hour", "day"], default="hour", key=wkey("fc_span"),
                             format_func=lambda s: t(f"forecast.horizon_{s}")) or "hour"  # fmt: skip
 view = cache.safe(cache.api().forecast_demand, ttl=60.0)(
     None if model == "total" else model, 24 if span == "hour" else 336, span

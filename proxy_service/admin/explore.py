@@ -43,15 +43,18 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
     spec, fmt, tz = _spec(gw, await json_body(request))
     usable, labels = await _ready(gw), gw.config.client_labels
     try:
-        ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, use_cube=usable))
+        ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None))
     except explore.ExploreError as exc:
         raise ApiError(400, str(exc), exc.field) from None
+    # While the pre-aggregates are rebuilt (after an upgrade or a display-zone change) answers are still exact, read
+    # from the raw rows (slower); `rebuilding` says so, with the share done (0..1), absent otherwise.
     meta = {"timezone": ans.timezone, "from": iso(ans.lo), "to": iso(ans.hi), "source": ans.source,
-            "compare_from": iso(ans.compare_lo), "compare_to": iso(ans.compare_hi)}  # fmt: skip
+            "compare_from": iso(ans.compare_lo), "compare_to": iso(ans.compare_hi),
+            "rebuilding": gw.rollup.progress}  # fmt: skip
     if fmt == "arrow":
         headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
         return arrow_response(explore.to_arrow(ans), headers)
-    return ok({"columns": ans.columns, "rows": ans.rows, **meta})
+    return ok({"columns": ans.columns, "rows": ans.rows, **{k: v for k, v in meta.items() if v is not None}})
 
 
 async def explore_calls(gw: Gateway, request: Request) -> Response:

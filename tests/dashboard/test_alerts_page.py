@@ -42,7 +42,7 @@ def test_alerts_page_shows_firing_rules_backtest_channels_and_speaks_chinese(das
         assert list(firing["rule"]) == ["Page test: keys present"] and "critical" in firing["severity"].iloc[0]
 
         # the editor: pick the success-rate rule and backtest it over the seeded 3 days
-        at.selectbox(key="rule_choice").select(slow["id"])
+        at.selectbox(key="rule_choice.en").select(slow["id"])
         ok(at.run())
         at.button(key="FormSubmitter:rule_form_" + slow["id"] + "-Backtest 7 days").click()
         ok(at.run())

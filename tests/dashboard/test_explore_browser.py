@@ -1,7 +1,7 @@
 """Real browser (Debian's Chromium via Playwright) on Explore: controls writing the view to the URL, a drill-down
 from a pivot cell to its calls and on to the SQL page. The dashboard signs in with the env token, as `keyrack
-dashboard` does. (A URL opened in a fresh session goes through sign-in, which does not keep the path yet; the
-URL → view direction is covered by the AppTest in test_explore_page.py.)"""
+dashboard` does; and a shared link opened in a fresh session, through the sign-in form and through the env token,
+showing the shared view (page, controls and chart), not Monitor."""
 
 from __future__ import annotations
 
@@ -13,12 +13,22 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _idle, _shot
+from tests.dashboard.test_browser import (  # noqa: F401  (fixtures: browser, dashboard_url)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    _free_port,
+    _idle,
+    _shot,
+    browser,
+    dashboard_url,
+    tab,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +119,33 @@ def test_explore_drill_down_and_shared_url_in_a_real_browser(signed_in_url: str,
 
         finally:
             ctx.close()
+
+
+SHARED = "explore?m=calls&r=model&c=outcome&v=heatmap&top=10"
+
+
+def _shows_the_shared_view(page: Any, base: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name="Explore")).to_be_visible()
+    _idle(page, 60_000)
+    assert page.url.startswith(f"{base}/explore?")
+    for part in ("r=model", "c=outcome", "v=heatmap"):
+        assert part in page.url, page.url
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)  # the heatmap, not the default pivot
+
+
+def test_a_shared_link_opened_in_a_fresh_session_shows_the_shared_view_after_sign_in(
+    browser: Any,  # noqa: F811  (the fixture imported above)
+    dashboard_url: str,  # noqa: F811
+    signed_in_url: str,
+) -> None:
+    # Signing in with the form (no env token)...
+    with tab(browser, dashboard_url) as t:
+        t.goto(SHARED)
+        t.sign_in()
+        _shows_the_shared_view(t.page, dashboard_url)
+    # ... and with the env token, which signs the session in on its first run.
+    with tab(browser, signed_in_url) as t:
+        t.goto(SHARED)
+        _shows_the_shared_view(t.page, signed_in_url)

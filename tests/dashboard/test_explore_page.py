@@ -51,9 +51,9 @@ def test_a_shared_url_reproduces_the_view(dash_env: Stack) -> None:
     params = {"m": "p95_latency_ms", "r": "hour_of_day", "c": "day_of_week", "v": "heatmap", "top": "5", "cmp": "1",
               "f.outcome": "success"}  # fmt: skip
     at = start(params)
-    assert at.selectbox(key="ex_m").value == "p95_latency_ms"
-    assert at.selectbox(key="ex_r").value == "hour_of_day" and at.selectbox(key="ex_c").value == "day_of_week"
-    assert at.toggle(key="ex_cmp").value is True and at.number_input(key="ex_top").value == 5
+    assert at.selectbox(key="ex_m.en").value == "p95_latency_ms"
+    assert at.selectbox(key="ex_r.en").value == "hour_of_day" and at.selectbox(key="ex_c.en").value == "day_of_week"
+    assert at.toggle(key="ex_cmp.en").value is True and at.number_input(key="ex_top.en").value == 5
     assert any("Outcome = success" in c for c in texts(at.caption))
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["data"][0]["type"] == "heatmap" and spec["layout"]["title"]["text"] == "p95 latency (ms)"

@@ -54,7 +54,7 @@ def test_forecast_page_timeline_demand_planner_and_monitor_card(dash_env: Stack)
     assert {f"{FLASH} · alpha", f"{FLASH} · beta", f"{OTHER} · alpha", f"{OTHER} · beta"} <= labels
     assert any(s.get("type") == "line" for s in timeline["layout"]["shapes"])  # the reset line
 
-    at.selectbox(key="fc_model").set_value(OTHER)
+    at.selectbox(key="fc_model.en").set_value(OTHER)
     ok(at.run())
     demand = json.loads(at.get("plotly_chart")[1].proto.spec)
     assert [len(trace["x"]) for trace in demand["data"]] == [5 * 24, 48, 24]  # history, band, forecast
