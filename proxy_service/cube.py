@@ -10,7 +10,8 @@ TTFB per single dimension. Per **UTC hour** (`grain` 'h') the counters per singl
 total (for hour / hour-of-day views). A set is named by its dimensions `a` ≤ `b` (in DIMS order; '' when absent)
 and their values `av`, `bv`. `explore.py` picks the set a query needs, and reads raw rows for what no set holds.
 
-Not here: `key` (1,000 keys × anything is as large as the raw table), histograms of pairs (project × client × 150
+`key` has counters per local day alone (1,000 rows a day); not here: `key` with anything else or its histograms
+(1,000 keys × anything is as large as the raw table), histograms of pairs (project × client × 150
 latency buckets a day is again the raw table), and three dimensions at once (a query filtering on a third one).
 
 Local days: a day's `bucket` is the UTC instant its local midnight falls on, for the zone in `rollup_meta` (the
@@ -84,12 +85,14 @@ HISTOGRAM_SETS = {"h": _sets(0), "d": _sets(1)}
 
 def holds(grain: str, dims: set[str], histogram: bool) -> bool:
     """Whether the `grain` rows keep the set `dims` (for counters, or for histograms too)."""
+    if "key" in dims:  # counters per key and local day only (1,000 rows a day)
+        return dims == {"key"} and grain == "d" and not histogram
     return tuple(d for d in DIMS if d in dims) in (HISTOGRAM_SETS if histogram else COUNTER_SETS)[grain]
 
 
 def set_of(dims: set[str]) -> tuple[str, str]:
     """The (a, b) names of the set of `dims` as stored."""
-    s = [d for d in DIMS if d in dims]
+    s = [d for d in (*DIMS, "key") if d in dims]
     return ([*s, "", ""])[0], ([*s, "", ""])[1]
 
 
@@ -192,6 +195,14 @@ def insert(
         FROM l, {_sets_values(COUNTER_SETS, grains)} GROUP BY ALL""",
         params,
     )
+    if "d" in grains:  # per key: from the rows directly (as leaves, keys would make every row its own)
+        cur.execute(
+            f"""INSERT INTO {COUNTERS}
+            WITH u AS ({upstream_429s_sql("?", "?")})
+            SELECT {bucket_d} AS bd, 'd', 'key', coalesce(r.key_id, ''), '', '', {", ".join(f"sum({RAW_SUMS[s]})" for s in SUMS)}
+            FROM {source} r LEFT JOIN u USING (request_id) GROUP BY ALL""",
+            params,
+        )
     cur.execute(
         f"""INSERT INTO {HISTOGRAM}
         WITH l AS (SELECT {keys}, 'l' AS metric, {lb_sql("r.latency_ms")} AS lb, count(*) AS n FROM {source} r

@@ -63,6 +63,9 @@ TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "strea
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
 DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
 _RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
+# Text dimensions that are a bare VARCHAR column of `requests` (filters on them go to the scan).
+_RAW_COLUMN = {"model": "model", "project": "project", "key": "key_id", "client": "client_id", "surface": "surface",
+               "operation": "operation", "outcome": "outcome"}  # fmt: skip
 _SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
 
 
@@ -226,6 +229,16 @@ def _where(spec: Spec, part: Part, text: set[str], offs: queries.Offsets) -> Fra
         clauses = ["ts >= ?", "ts < ?"]
     params += [part.lo, part.hi]
     for dim, values in spec.filters.items():
+        if not part.grain and dim in _RAW_COLUMN and len(values) <= 100:
+            # `col IN (...)` on the bare column: DuckDB filters it in the scan (row-group statistics, no
+            # per-row coalesce); '' stands for NULL and the empty string, as the coalesce would.
+            col = _RAW_COLUMN[dim]
+            named = [v for v in values if v != ""]
+            ors = [f"{col} IN ({', '.join('?' * len(named))})"] if named else []
+            ors += [f"{col} IS NULL OR {col} = ''"] if "" in values else []
+            clauses.append(f"({' OR '.join(ors)})")
+            params += named
+            continue
         d = dim_sql(dim, part, text, offs)
         clauses.append(f"list_contains(?, {d.sql})")
         params += [values, *d.params]
@@ -261,7 +274,7 @@ def plan(spec: Spec, tz: ZoneInfo, zone: str | None, histogram: bool = False) ->
     offs = queries.offsets(tz, spec.lo, spec.hi)
     text = _text(spec)
     timed = {d for d in (*spec.dimensions, *spec.filters) if d not in TEXT_DIMS}
-    if zone is None or "key" in text:
+    if zone is None:
         return offs, [Part("", spec.lo, spec.hi)]
     hour_ok = cube.holds("h", text, histogram) and (not timed or offs.aligned(3600))
     day_ok = cube.holds("d", text, histogram) and (not timed or (zone == tz.key and timed <= DAY_DIMS))
@@ -393,7 +406,8 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
         tops = _tops(cur, spec, tz, zone)
     table, parts = _counters(cur, spec, tz, zone, tops)
     n = len(spec.dimensions)
-    keys = [tuple(table.column(f"d{i}")[k].as_py() for i in range(n)) for k in range(table.num_rows)]
+    columns = [table.column(f"d{i}").to_pylist() for i in range(n)]
+    keys = list(zip(*columns, strict=True)) if n else [()] * table.num_rows
     if len(keys) > MAX_ROWS:
         raise ExploreError(f"the answer would have more than {MAX_ROWS:,} rows: use top_n or a coarser time", "top_n")
     values: dict[tuple, dict[str, Any]] = {}
@@ -429,9 +443,14 @@ def answer(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, labels: dic
         prev = _align(prev, spec, tz)
         columns += [f"{m}_{s}" for m in spec.measures for s in ("prev", "delta")]
     keys = sorted(set(values) | (set(prev) if spec.compare else set()), key=_order)
+    shown: dict[tuple[str, Any], Any] = {}  # each dimension value converted once (time buckets: zone arithmetic)
     for key in keys:
         cur_row, prev_row = values.get(key, {}), prev.get(key, {})
-        row = [_out(d, v, tz, labels or {}) for d, v in zip(spec.dimensions, key, strict=True)]
+        row = []
+        for d, v in zip(spec.dimensions, key, strict=True):
+            if (d, v) not in shown:
+                shown[d, v] = _out(d, v, tz, labels or {})
+            row.append(shown[d, v])
         row += [_num(cur_row.get(m), m) for m in spec.measures]
         for m in spec.measures if spec.compare else ():
             a, b = _num(cur_row.get(m), m), _num(prev_row.get(m), m)

@@ -52,7 +52,7 @@ from proxy_service.histogram import GAMMA
 log = logging.getLogger("keyrack.rollup")
 _EPOCH = datetime(1970, 1, 1)
 
-VERSION = "4"  # 4: the explore pre-aggregates per local day (cube.py) replace the all-dimensions cube
+VERSION = "5"  # 4: explore pre-aggregates per local day (cube.py) replace the all-dimensions cube; 5: + per key
 TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),
