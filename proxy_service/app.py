@@ -226,12 +226,11 @@ class Gateway:
         now = time.time()
         cur = self.store.cursor()
         try:
-            day = _ts(pacific_day_start(now))
-            rows = cur.execute(_USAGE_SINCE, [_ts(now - 60), day, day]).fetchall()
+            rows = queries.quota_usage(cur, pacific_day_start(now), now - 60, now + 3600)
         finally:
             cur.close()
         for scope, model, today, recent in rows:
-            self.pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent or []], now)
+            self.pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent], now)
         if rows:
             logs.event(log, "quota_usage_restored", pairs=len(rows), calls_today=sum(r[2] for r in rows))
 
@@ -482,20 +481,6 @@ class Gateway:
             log_level=cfg.log_level,
             **cluster_fields,
         )
-
-
-# Attempts that reached Google and counted there: a 429, a 5xx or a failed connection is un-counted on the spot
-# (Pool.rate_limited / Pool.failed), timeouts and answers stay counted. countTokens has its own quota bucket.
-_USAGE_SINCE = """
-    SELECT coalesce(a.project, a.key_id) AS scope,
-           CASE WHEN c.request_id IS NULL THEN a.model ELSE a.model || '#count' END AS model,
-           count(*) AS today, list(a.ts ORDER BY a.ts) FILTER (WHERE a.ts > ?) AS recent
-    FROM attempts a
-    LEFT JOIN (SELECT request_id FROM requests WHERE ts > ? - INTERVAL 1 HOUR AND operation = 'countTokens') c
-        USING (request_id)
-    WHERE a.ts >= ? AND a.model IS NOT NULL AND a.key_id IS NOT NULL
-      AND a.outcome NOT IN ('rate_limited', 'server_error', 'connection_error')
-    GROUP BY ALL"""
 
 
 def _limits(cfg: Config) -> dict[str, ModelLimits]:

@@ -566,3 +566,28 @@ def latest_from_client(cur: duckdb.DuckDBPyConnection, client_id: str) -> dateti
     """The newest call of `client_id` (the demo's backfilled history is marked with its own client id)."""
     row = cur.execute("SELECT max(ts) FROM requests WHERE client_id = ?", [client_id]).fetchone()
     return row[0] if row else None
+
+
+# -- quota windows after a restart -------------------------------------------------------------------------------------
+# Attempts that reached Google and counted there: a 429, a 5xx or a failed connection is un-counted on the spot
+# (Pool.rate_limited / Pool.failed), timeouts and answers stay counted. countTokens has its own quota bucket.
+_QUOTA_USAGE = """
+    SELECT coalesce(a.project, a.key_id) AS scope,
+           CASE WHEN c.request_id IS NULL THEN a.model ELSE a.model || '#count' END AS model,
+           count(*) AS today, list(a.ts ORDER BY a.ts) FILTER (WHERE a.ts > ?) AS recent
+    FROM attempts a
+    LEFT JOIN (SELECT request_id FROM requests WHERE ts > ? - INTERVAL 1 HOUR AND operation = 'countTokens') c
+        USING (request_id)
+    WHERE a.ts >= ? AND a.ts < ? AND a.model IS NOT NULL AND a.key_id IS NOT NULL
+      AND a.outcome NOT IN ('rate_limited', 'server_error', 'connection_error')
+    GROUP BY ALL"""
+
+
+def quota_usage(
+    cur: duckdb.DuckDBPyConnection, day_start: float, recent: float, until: float
+) -> list[tuple[str, str, int, list[datetime]]]:
+    """Upstream calls per (scope, quota model) in [day_start, until) (epochs): the count, and the times (naive UTC)
+    of those after `recent` — what the in-memory quota windows held (rebuilt after a restart)."""
+    day, after, end = (datetime.fromtimestamp(t, UTC).replace(tzinfo=None) for t in (day_start, recent, until))
+    rows = cur.execute(_QUOTA_USAGE, [after, day, day, end]).fetchall()
+    return [(scope, model, int(n), list(times or [])) for scope, model, n, times in rows]

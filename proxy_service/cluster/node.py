@@ -30,6 +30,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
+from proxy_service import queries
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake
@@ -38,6 +39,7 @@ from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
+from proxy_service.quota import next_pacific_midnight, pacific_day, pacific_day_start
 from proxy_service.rollup import fold_batch
 
 if TYPE_CHECKING:
@@ -178,15 +180,50 @@ class Cluster:
                     await self.aredis.hdel(self.live, *dead)
                 if self.pool is not None:
                     self.pool.replicas = max(1, len(alive))
+                    # The first replica to see an empty Redis (new, or restarted without persistence) refills it.
+                    empty = await self.aredis.set(f"{self.prefix}:born", self.replica, nx=True)
+                    cut = self.pool.degraded_since or time.time()
                     if self.pool.degraded:
                         await self.pool.recover()
                         await self._reload()  # messages may have been lost while Redis was away
+                    if empty:
+                        await self._restore_days(cut)
             except REDIS_ERRORS as exc:
                 if self.pool is not None:
                     self.pool._degrade(exc)
             except Exception:
                 log.exception("cluster heartbeat failed")
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def _restore_days(self, cut: float) -> None:
+        """Redis came up empty (restarted without persistence, or new): put back today's calls per (scope, model)
+        from the lake, so no day limit is spent twice. Calls from `cut` on (this replica's outage start) are added
+        by the replicas themselves (their reconciled local admissions, new reservations). The minute windows are not
+        rebuilt: at most one minute's rpm is spent twice."""
+        now = time.time()
+        try:
+            rows = await asyncio.to_thread(self._read_usage, pacific_day_start(now), cut)
+            ttl = int((next_pacific_midnight(now) - now) * 1000) + 3_600_000
+            pipe = self.aredis.pipeline(transaction=False)
+            for scope, model, today, _recent in rows:
+                key = shared.scope_keys(self.prefix, scope, model.removeprefix("models/"), pacific_day(now).isoformat())
+                pipe.incrby(key[1], today)
+                pipe.pexpire(key[1], ttl)
+            await pipe.execute()
+        except Exception as exc:  # the lake or Redis failed: let the next heartbeat try again
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.aredis.delete(f"{self.prefix}:born")
+            log.warning("restoring the day counts failed (%s); retrying", type(exc).__name__)
+            return
+        event(log, "redis_day_counts_restored", replica=self.replica, pairs=len(rows),
+              calls=sum(r[2] for r in rows))  # fmt: skip
+
+    def _read_usage(self, day_start: float, cut: float) -> list[tuple[str, str, int, list[datetime]]]:
+        cur = self.store.cursor()
+        try:
+            return queries.quota_usage(cur, day_start, cut - 60, cut)
+        finally:
+            cur.close()
 
     # -- keys and config: persist, broadcast, apply ----------------------------------------------------------------------
     def persist_keys(self, gw: Gateway) -> Future[Any] | None:

@@ -21,7 +21,7 @@ import redis
 
 from tests.cluster.conftest import Replica, database
 from tests.cluster.services import throwaway_postgres, throwaway_redis
-from tests.cluster.test_replicas import MODEL, admin, call, until
+from tests.cluster.test_replicas import MODEL, admin, call, lake_rows, until
 from tests.conftest import CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 BODY = {"contents": [{"parts": [{"text": "hello"}]}]}
@@ -246,3 +246,24 @@ def test_redis_restart_under_load_hangs_nothing_and_reconciles_every_local_admis
         assert call(r1).status_code == 200 and call(r2).status_code == 200  # gated by Redis again
     # No request hung (the clients' 10 s timeout would show as an error) and none failed.
     assert not load.errors and {a.status for a in load.answers} == {200}
+
+
+def test_an_empty_redis_gets_todays_calls_back_from_the_lake(
+    tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    """Redis restarted without persistence: the day counts come back from the lake, so a configured rpd is not
+    spent twice (checked from a replica started after the restart, whose own windows know nothing)."""
+    key = fake_key("p1-a")
+    up = start_upstream({"projects": {"p1": [key]}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpd": 5}}, "api_keys": f"p1:{key}"}
+    with throwaway_redis(tmp_path) as server:
+        r1 = start_replica(up.url, redis_url=server.url, **limits)
+        assert [call(r1).status_code for _ in range(3)] == [200, 200, 200]
+        until(lambda: lake_rows(r1, "SELECT count(*) FROM attempts") == [[3]])
+        server.stop()
+        server.start()  # empty
+        r2 = start_replica(up.url, redis_url=server.url, **limits)
+        restored = "event=redis_day_counts_restored"
+        until(lambda: r1.proc.log().count(restored) + r2.proc.log().count(restored) == 2, timeout=30)
+        assert [call(r2).status_code for _ in range(3)] == [200, 200, 429]
+        assert up.stats()["requests"] == 5
