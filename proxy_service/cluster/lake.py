@@ -45,8 +45,9 @@ EXTRA_COLUMNS = {"requests": "replica VARCHAR", "error_logs": "replica VARCHAR"}
 # Pre-created so that the rollup's own `CREATE TABLE IF NOT EXISTS rollup_meta (... PRIMARY KEY)` is a no-op here.
 ROLLUP_META_DDL = "CREATE TABLE IF NOT EXISTS lake.main.rollup_meta (name VARCHAR, value VARCHAR)"
 LABELS = "memory.main.client_labels"
-FILE_STATS_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS ducklake_file_column_stats_table_column "
+FILE_STATS_INDEX_NAME = "ducklake_file_column_stats_table_column"
+FILE_STATS_INDEX = (  # lock_timeout: CREATE INDEX waits for a SHARE lock; never hang a start on a busy catalog
+    f"SET lock_timeout = ''5s''; CREATE INDEX IF NOT EXISTS {FILE_STATS_INDEX_NAME} "
     f"ON {META_SCHEMA}.ducklake_file_column_stats (table_id, column_id)"
 )
 SAFE_VIEWS = {
@@ -119,7 +120,17 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         # Every scan reads the file statistics of its table's filter columns; without this index PostgreSQL reads
         # the whole stats table each time (duckdb/ducklake#859, #1147), which grows with every commit until the
         # compactor merges files and expires snapshots.
-        cur.execute(f"CALL postgres_execute('{STATE_DB}', '{FILE_STATS_INDEX}')")
+        # Created once: even with IF NOT EXISTS PostgreSQL takes the table's SHARE lock first, which would wait for
+        # the other replicas' commits on every start.
+        found = cur.execute(
+            f"SELECT count(*) FROM postgres_query('{STATE_DB}', 'SELECT 1 FROM pg_indexes WHERE schemaname = "
+            f"''{META_SCHEMA}'' AND indexname = ''{FILE_STATS_INDEX_NAME}''')"
+        ).fetchone()
+        if found == (0,):
+            try:
+                cur.execute(f"CALL postgres_execute('{STATE_DB}', '{FILE_STATS_INDEX}')")
+            except duckdb.Error as exc:  # an optimisation only: the next start tries again
+                log.warning("file statistics index not created: %s", str(exc).splitlines()[0])
     finally:
         cur.close()
 

@@ -60,6 +60,11 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         con.execute("DELETE FROM requests")
     con.close()
     writer.stop()
+    index = store.cursor().execute(
+        "SELECT count(*) FROM postgres_query('pg', 'SELECT 1 FROM pg_indexes WHERE indexname = "
+        "''ducklake_file_column_stats_table_column''')"
+    )
+    assert index.fetchone() == (1,), "the catalog's file statistics are indexed for the per-scan lookups"
     store.close()
     assert "password" not in pg_conninfo(lake_catalog)
 
