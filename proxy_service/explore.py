@@ -63,9 +63,6 @@ TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "strea
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
 DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
 _RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
-# Text dimensions that are a bare VARCHAR column of `requests` (filters on them go to the scan).
-_RAW_COLUMN = {"model": "model", "project": "project", "key": "key_id", "client": "client_id", "surface": "surface",
-               "operation": "operation", "outcome": "outcome"}  # fmt: skip
 _SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
 
 
@@ -229,16 +226,6 @@ def _where(spec: Spec, part: Part, text: set[str], offs: queries.Offsets) -> Fra
         clauses = ["ts >= ?", "ts < ?"]
     params += [part.lo, part.hi]
     for dim, values in spec.filters.items():
-        if not part.grain and dim in _RAW_COLUMN and len(values) <= 100:
-            # `col IN (...)` on the bare column: DuckDB filters it in the scan (row-group statistics, no
-            # per-row coalesce); '' stands for NULL and the empty string, as the coalesce would.
-            col = _RAW_COLUMN[dim]
-            named = [v for v in values if v != ""]
-            ors = [f"{col} IN ({', '.join('?' * len(named))})"] if named else []
-            ors += [f"{col} IS NULL OR {col} = ''"] if "" in values else []
-            clauses.append(f"({' OR '.join(ors)})")
-            params += named
-            continue
         d = dim_sql(dim, part, text, offs)
         clauses.append(f"list_contains(?, {d.sql})")
         params += [values, *d.params]
