@@ -5,8 +5,8 @@ is the flush:
 - every `journal_interval_s` (default 0.1 s) the writer thread drains the queue into one Arrow table per event table,
   stamped with this replica's id, and appends it to a **journal file** under `<data_dir>/spill/` (Arrow IPC, written
   under a temporary name then renamed; not fsync'd: it survives the process being killed, not the machine losing
-  power). So a SIGKILL loses at most the events recorded since the last journal write (≤ one journal interval plus
-  the time to write it), not the whole commit window;
+  power). So a SIGKILL loses at most the events recorded since the last journal write (one journal interval, plus
+  the commit or job the writer thread was busy with meanwhile), not the whole commit window;
 - every `commit_interval_s` (default 1 s, or `batch_rows`) the journaled tables are appended **in one transaction
   together with their rollup rows** (`before_commit` hooks): any reader on any replica sees the raw rows and the
   rollup agree at every snapshot, and several replicas' rollup rows simply add up (readers SUM; the elected

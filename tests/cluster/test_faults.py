@@ -134,13 +134,14 @@ def test_sigkill_under_load_loses_at_most_one_commit_window_and_the_replica_rejo
     assert all(a.status == 200 for a in load.answers if a.replica == "r2"), "r2 must keep serving"
     served = load.ids("r1")
     lost = served - lake_ids(r2, "r1")
-    # Bound: the events recorded since the writer's last journal write (every 0.1 s, LakeWriter JOURNAL_INTERVAL_S),
-    # not the whole commit window: every answered request older than that is in the lake (its journal file was
-    # committed by the restarted replica below, or by r1 itself before the kill). 1 s of slack for a loaded machine;
-    # bench/cluster.py (--only sigkill) measures the figure.
-    window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 1.0}
+    # Bound: the events recorded since the writer's last journal write (every 0.1 s, LakeWriter JOURNAL_INTERVAL_S,
+    # but not while the writer thread is inside a commit or a job: add the longest of those), not the whole commit
+    # window: every answered request older than that is in the lake once the restarted replica replayed the
+    # journal. 3 s of slack for a loaded CI machine (commits take seconds at load 20); bench/cluster.py
+    # (--only sigkill) measures the figure.
+    window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 3.0}
     print(f"SIGKILL: {len(lost)} of {len(served)} answered requests not in the lake before the restart "
-          f"({len(window)} answered in the last 1 s)")  # fmt: skip
+          f"({len(window)} answered in the last 3 s)")  # fmt: skip
     # A restarted replica rejoins under its id, with its data directory (the journal is there)
     back = start_replica(up.url, where=r1.dir, replica_id="r1", **ROOMY)
     assert call(back).status_code == 200
