@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import redis.asyncio as aredis
 from proxy_service.cluster.leader import Leader
 from tests import test_alerts
 from tests.cluster.conftest import Replica
+from tests.cluster.services import throwaway_redis
 from tests.cluster.test_replicas import ADMIN, admin, until
 from tests.conftest import SCENARIO, Upstream
 from tests.test_alerts import Receiver
@@ -90,8 +92,8 @@ def test_one_notification_per_firing_and_a_dead_leader_is_replaced(
     assert [b["state"] for b in receiver.bodies()] == ["firing", "resolved"]
 
 
-def test_the_lease_is_exclusive_renewed_and_released(redis_url: str) -> None:
-    async def scenario() -> None:
+def test_the_lease_is_exclusive_renewed_and_released(tmp_path: Path) -> None:
+    async def scenario(redis_url: str) -> None:
         client = aredis.Redis.from_url(redis_url)
         clock = [0.0]
         a = Leader(client, "keyrack:leader", "a", lease_s=30, clock=lambda: clock[0])
@@ -110,4 +112,5 @@ def test_the_lease_is_exclusive_renewed_and_released(redis_url: str) -> None:
         finally:
             await client.aclose()
 
-    asyncio.run(scenario())
+    with throwaway_redis(tmp_path) as server:  # its own: the shared test database is flushed by concurrent tests
+        asyncio.run(scenario(server.url))

@@ -13,6 +13,7 @@ import httpx
 import redis
 
 from tests.cluster.conftest import Replica, database
+from tests.cluster.services import throwaway_redis
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Upstream, fake_key
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -126,18 +127,19 @@ def test_quota_is_reserved_cluster_wide(
 
 
 def test_two_clusters_share_one_redis_under_their_own_prefixes(
-    tmp_path: Path, redis_url: str, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+    tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
 ) -> None:
-    """KEYRACK_REDIS_PREFIX: the same project and rpm in two clusters on one Redis database are two quotas."""
+    """KEYRACK_REDIS_PREFIX: the same project and rpm in two clusters on one Redis database are two quotas. (A Redis
+    of its own: the shared test database is flushed by other tests running at the same time.)"""
     key = fake_key("p1-a")
     up = start_upstream({"projects": {"p1": [key]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
     limits = {"model_limits": {MODEL: {"rpm": 3}}, "api_keys": f"p1:{key}"}
-    with database() as other_catalog:
-        a = start_replica(up.url, redis_prefix="team-a", **limits)
-        b = start_replica(up.url, redis_prefix="team-b", lake_catalog=other_catalog,
+    with throwaway_redis(tmp_path) as server, database() as other_catalog:
+        a = start_replica(up.url, redis_url=server.url, redis_prefix="team-a", **limits)
+        b = start_replica(up.url, redis_url=server.url, redis_prefix="team-b", lake_catalog=other_catalog,
                           lake_data=str(tmp_path / "lake-b"), **limits)  # fmt: skip
         statuses = {r.url: [call(r).status_code for _ in range(4)] for r in (a, b)}
         b.proc.stop(signal.SIGTERM, 20)  # before its catalog is dropped
+        names = {k.decode().split(":", 1)[0] for k in redis.Redis.from_url(server.url).keys("*")}
     assert all(s == [200, 200, 200, 429] for s in statuses.values()), statuses
-    names = {k.decode().split(":", 1)[0] for k in redis.Redis.from_url(redis_url).keys("*")}
     assert names == {"team-a", "team-b"}

@@ -8,18 +8,28 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aredis
 
 from proxy_service.cluster.pool import ClusterPool
 from proxy_service.keys import KeySpec
 from proxy_service.quota import ModelLimits
+from tests.cluster.services import throwaway_redis
 from tests.conftest import fake_key
 
 MODEL = "gemini-2.5-flash"
 SPECS = [KeySpec(fake_key(f"shared-{i}"), project=f"p{i}") for i in range(3)]
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own (the shared test database is flushed by other tests running at the same time)."""
+    with throwaway_redis(tmp_path) as server:
+        yield server.url
 
 
 def with_pools(url: str, test: Callable[[ClusterPool, ClusterPool], Awaitable[None]], **kwargs: Any) -> None:
