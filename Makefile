@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium services screenshots clean screenshot-forecast
+.PHONY: run test bench lint install chromium compose services screenshots clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
+# Debian's docker-compose: tests/cluster/test_compose.py resolves docker-compose.cluster.yml with `docker-compose
+# config` (no Docker engine needed for that).
+compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing Debian's docker-compose for the compose-file test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q docker-compose; }
+
 # Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh.
 services:
 	@bash .ci/services.sh
@@ -29,7 +37,7 @@ services:
 run: install
 	$(BIN)/keyrack run
 
-test: install chromium services
+test: install chromium compose services
 	$(BIN)/pytest
 
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.

@@ -1,5 +1,5 @@
 """docker-compose.cluster.yml without a Docker engine: validated and resolved by Debian's `docker-compose config`
-(installed by `make test`), then its wiring checked on the resolved form."""
+(installed by `make test` through the Makefile's `compose` target), then its wiring checked on the resolved form."""
 
 from __future__ import annotations
 
