@@ -1,4 +1,4 @@
-"""Cluster fixtures: a fresh PostgreSQL database per test (dropped after) and a Redis database flushed per test.
+"""Cluster fixtures: a fresh PostgreSQL database per test (dropped after) and a Redis key prefix of its own per test.
 
 They use the local services (127.0.0.1:5432 trust as `postgres`, 127.0.0.1:6379), or KEYRACK_TEST_PG_URL /
 KEYRACK_TEST_REDIS_URL. `make test` (.ci/run) starts throwaway instances when a machine has none; a missing
@@ -65,14 +65,23 @@ def lake_catalog() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_prefix() -> str:
+    """This test's own KEYRACK_REDIS_PREFIX: test runs going on at the same time (other worktrees) share the Redis
+    database, and must neither see nor flush each other's pool state or leader lease."""
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def redis_url(redis_prefix: str) -> Iterator[str]:
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        client.flushdb()
+        client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); run `make test`, which starts one", False)
     yield REDIS_URL
-    client.flushdb()
+    with contextlib.suppress(redis.RedisError):
+        for key in client.scan_iter(f"{redis_prefix}:*"):
+            client.delete(key)
     client.close()
 
 
@@ -84,7 +93,9 @@ class Replica:
 
 
 @pytest.fixture
-def start_replica(tmp_path: Path, lake_catalog: str, redis_url: str) -> Iterator[Callable[..., Replica]]:
+def start_replica(
+    tmp_path: Path, lake_catalog: str, redis_url: str, redis_prefix: str
+) -> Iterator[Callable[..., Replica]]:
     """Start `keyrack serve` replicas (real processes on 127.0.0.1) sharing one lake, one catalog and one Redis."""
     procs: list[Proc] = []
     count = 0
@@ -101,6 +112,7 @@ def start_replica(tmp_path: Path, lake_catalog: str, redis_url: str) -> Iterator
             "api_keys": POOL_KEYS,
             "recheck_interval_s": 3600,
             "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
             "lake_catalog": lake_catalog,
             "lake_data": str(tmp_path / "lake"),
             "replica_id": f"r{count}",

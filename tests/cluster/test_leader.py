@@ -45,50 +45,59 @@ def test_one_notification_per_firing_and_a_dead_leader_is_replaced(
 ) -> None:
     up = start_upstream(SCENARIO)
     replicas = [start_replica(up.url, alert_interval_s=1) for _ in range(3)]
-    until(lambda: len(set(leader_of(replicas))) == 1 and None not in leader_of(replicas), timeout=30)
-    leader = replicas[int(leader_of(replicas)[0].removeprefix("r")) - 1]  # the fixture names them r1, r2, r3
-    followers = [r for r in replicas if r is not leader]
-    assert [metric(r, "keyrack_cluster_leader") for r in replicas].count(1.0) == 1
 
-    # Channel and rule created on followers: the leader learns them over the bus and is the one that notifies.
-    channel = create(followers[0], "/alerts/channels", {"name": "hook", "url": f"webhook+{receiver.url}/hook"})
+    def leaders() -> set[int]:  # the replicas that say they lead (a loaded machine may see a handover any time)
+        return {i for i, r in enumerate(replicas) if metric(r, "keyrack_cluster_leader") == 1.0}
+
+    def evaluations() -> list[float]:
+        return [metric(r, "keyrack_alert_evaluations_total") for r in replicas]
+
+    until(lambda: len(set(leader_of(replicas))) == 1 and None not in leader_of(replicas), timeout=30)
+    assert len(leaders()) <= 1
+    # Channel and rule created on two different replicas: whichever leads learns them over the bus and notifies.
+    channel = create(replicas[0], "/alerts/channels", {"name": "hook", "url": f"webhook+{receiver.url}/hook"})
 
     def known() -> bool:  # the channel reached the other replica over the bus
-        return channel["id"] in [c["id"] for c in admin(followers[1], "GET", "/alerts/channels")["items"]]
+        return channel["id"] in [c["id"] for c in admin(replicas[1], "GET", "/alerts/channels")["items"]]
 
     until(known)
-    rule = create(followers[1], "/alerts/rules", {"name": "Keys present", "metric": "active_keys",
+    rule = create(replicas[1], "/alerts/rules", {"name": "Keys present", "metric": "active_keys",
                  "op": ">", "threshold": 0, "window_s": 60, "for_s": 0, "channels": [channel["id"]]})  # fmt: skip
 
     def firing() -> list[dict[str, Any]]:
         return [b for b in receiver.bodies() if b["state"] == "firing" and b["rule"] == "Keys present"]
 
     until(firing, timeout=30)
-    # Every replica shows the alert (the leader shares its states), and the leader has evaluated a few more times.
+    # Every replica shows the alert (the leader shares its states); over a few more evaluations only the replica(s)
+    # leading at the start or end of the window evaluated.
     for r in replicas:
         until(lambda r=r: [a["rule_id"] for a in admin(r, "GET", "/alerts/active")["items"]] == [rule["id"]])
-    seen = metric(leader, "keyrack_alert_evaluations_total")
-    until(lambda: metric(leader, "keyrack_alert_evaluations_total") >= seen + 3)
-    assert [metric(r, "keyrack_alert_evaluations_total") for r in followers] == [0.0, 0.0], "only the leader evaluates"
+    before, led = evaluations(), leaders()
+    until(lambda: sum(evaluations()) >= sum(before) + 3)
+    led |= leaders()
+    grew = {i for i, (a, b) in enumerate(zip(before, evaluations(), strict=True)) if b > a}
+    assert grew and grew <= led, "only the leader evaluates"
     assert len(firing()) == 1
 
-    # The leader dies without resigning: a follower takes the lease once it expires, and carries on from the shared
-    # states (no second "fired" message).
+    # The leader dies without resigning: another replica takes the lease once it expires, and carries on from the
+    # shared states (no second "fired" message).
+    until(lambda: len(leaders()) == 1)
+    leader = replicas[leaders().pop()]
+    others = [r for r in replicas if r is not leader]
     leader.proc.proc.kill()
     killed = time.monotonic()
     leader.proc.proc.wait(10)
-    until(lambda: any(metric(r, "keyrack_cluster_leader") == 1.0 for r in followers), timeout=30)
+    until(lambda: any(metric(r, "keyrack_cluster_leader") == 1.0 for r in others), timeout=30)
     print(f"leader handover after SIGKILL: {time.monotonic() - killed:.1f} s (lease 6 s, campaign every 1 s)")
-    new = next(r for r in followers if metric(r, "keyrack_cluster_leader") == 1.0)
-    seen = metric(new, "keyrack_alert_evaluations_total")
-    until(lambda: metric(new, "keyrack_alert_evaluations_total") >= seen + 3)
+    seen = sum(metric(r, "keyrack_alert_evaluations_total") for r in others)
+    until(lambda: sum(metric(r, "keyrack_alert_evaluations_total") for r in others) >= seen + 3)
     assert len(firing()) == 1, "a handover must not notify the same firing again"
 
     # It resolves once, from the new leader.
-    admin(followers[0], "PATCH", f"/alerts/rules/{rule['id']}", json={"threshold": 1000})
+    admin(others[0], "PATCH", f"/alerts/rules/{rule['id']}", json={"threshold": 1000})
     until(lambda: [b for b in receiver.bodies() if b["state"] == "resolved"], timeout=30)
-    seen = metric(new, "keyrack_alert_evaluations_total")
-    until(lambda: metric(new, "keyrack_alert_evaluations_total") >= seen + 2)
+    seen = sum(metric(r, "keyrack_alert_evaluations_total") for r in others)
+    until(lambda: sum(metric(r, "keyrack_alert_evaluations_total") for r in others) >= seen + 2)
     assert [b["state"] for b in receiver.bodies()] == ["firing", "resolved"]
 
 
