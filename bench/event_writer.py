@@ -1,9 +1,11 @@
-"""The event writer alone: queue → one writer thread → batched Arrow appends to an on-disk DuckDB file.
+"""The event writer alone: queue → one writer thread → batched column appends to an on-disk DuckDB file.
 
 A producer thread builds and enqueues N request events and N attempt events (what N proxied calls record) as fast
 as it can; the writer's rate is rows written / time from the first enqueue until `stop()` has written the last one.
 Reported: writer rows/s, the producer's cost per event (building the dataclass + `record()`, and `record()` alone),
-rows lost (enqueued − counted in the file after `stop()`), and a baseline of single-row INSERTs on the same schema.
+rows lost (enqueued − counted in the file after `stop()`), a baseline of single-row INSERTs on the same schema, and
+the same drain with the writer's former append (an Arrow table built from the same column lists, `INSERT ... BY
+NAME SELECT * FROM batch`), for the price of keeping pyarrow out of the proxy (events.insert_columns).
 
     python -m bench.event_writer [--events 500000] [--baseline-rows 2000]
 
@@ -22,12 +24,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from bench.common import RESULTS, load_average, markdown_table, write_json
-from proxy_service.events import AttemptEvent, EventWriter, RequestEvent
+from proxy_service.events import AttemptEvent, Columns, EventWriter, RequestEvent
+from proxy_service.server import without_pandas
 from proxy_service.store import Store
 
 TARGET_EVENTS_PER_S = 50_000.0
 KEYS = [f"k_{i:012x}" for i in range(12)]
+
+
+class ArrowWriter(EventWriter):
+    """The writer with its former append: an Arrow table per batch (pyarrow loaded into the process)."""
+
+    def _append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: Columns) -> None:
+        import pyarrow as pa
+
+        arrow_batch = pa.Table.from_pydict(batch)  # noqa: F841  (read by DuckDB by name)
+        cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM arrow_batch")
 
 
 def _events(n_calls: int) -> list[RequestEvent | AttemptEvent]:
@@ -109,6 +124,33 @@ def _count(store: Store) -> tuple[int, int]:
     return requests, attempts
 
 
+def drain_run(events: list[RequestEvent | AttemptEvent], path: Path, writer_class: type[EventWriter]) -> dict[str, Any]:
+    """Everything enqueued first, then the writer empties the queue: its own rate (after a warm-up file)."""
+    warm_store = Store(path.with_suffix(".warm.duckdb"))
+    warm = writer_class(warm_store)
+    for ev in events[:2000]:
+        warm.record(ev)
+    warm.start()
+    warm.stop()
+    warm_store.close()
+    store = Store(path)
+    writer = writer_class(store)
+    for ev in events:
+        writer.record(ev)
+    t0 = time.perf_counter()
+    writer.start()
+    writer.stop(timeout=600)
+    elapsed = time.perf_counter() - t0
+    requests, attempts = _count(store)
+    store.close()
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "events_per_s": round((requests + attempts) / elapsed, 0) if elapsed else 0.0,
+        "lost": len(events) - requests - attempts,
+        "failures": writer.stats.failures,
+    }
+
+
 def writer_run(n_calls: int, workdir: Path) -> dict[str, Any]:
     """Two phases on two fresh files, n_calls request + n_calls attempt events each.
 
@@ -165,7 +207,9 @@ def writer_run(n_calls: int, workdir: Path) -> dict[str, Any]:
     store2.close()
 
     written = requests + attempts
+    arrow = drain_run(events, workdir / "arrow.duckdb", ArrowWriter)
     return {
+        "arrow": arrow,
         "events": total,
         "requests_rows": requests,
         "attempts_rows": attempts,
@@ -246,6 +290,13 @@ def report(f: dict[str, Any]) -> str:
                 c["events_per_s"],
                 c["lost"],
             ],
+            [
+                "former Arrow append, draining a full queue",
+                w["events"],
+                w["arrow"]["elapsed_s"],
+                w["arrow"]["events_per_s"],
+                w["arrow"]["lost"],
+            ],
             ["single-row INSERT (baseline)", b["rows"], b["elapsed_s"], b["rows_per_s"], "-"],
         ],
     )
@@ -256,6 +307,8 @@ def report(f: dict[str, Any]) -> str:
         "",
         f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]} on 2 cores",
         f"- writer / single-row INSERT: {f['ratio']:,.0f}x; {w['flushes']} flushes, {w['failures']} failed",
+        f"- writer (JSON column texts, no pyarrow) / former Arrow append, both draining: "
+        f"{w['events_per_s'] / max(1.0, w['arrow']['events_per_s']):.2f}",
         f"- producer cost per event: build {f['build_us']:.2f} µs + record() {w['record_us']:.2f} µs "
         f"= {f['enqueue_us']:.2f} µs (record() while the writer competes for the GIL: {c['record_us']:.2f} µs)",
     ]
@@ -270,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rows", type=int, default=2000, help="rows for the single-INSERT baseline")
     ap.add_argument("--json", type=Path, default=RESULTS / "event_writer.json", help="where to write the figures")
     args = ap.parse_args(argv)
+    without_pandas()  # as `keyrack serve` does: DuckDB's parameter binding would otherwise import pandas
     figures = run(args.events, args.baseline_rows)
     print(report(figures))
     write_json(args.json, figures)

@@ -66,8 +66,6 @@ without_pandas()
 mark("Keyrack's startup checks, settings, pydantic")
 import duckdb
 mark("duckdb")
-import pyarrow
-mark("pyarrow (+ numpy)")
 import starlette.applications, uvicorn, httpx, httpx_aiohttp, aiohttp
 mark("web stack (Starlette, uvicorn, httpx, aiohttp)")
 import proxy_service.app
@@ -76,6 +74,8 @@ from proxy_service.app import create_app
 from proxy_service.settings import Settings
 create_app(Settings())
 mark("open the database: schema, safe views, rollup, keys")
+heavy = [m for m in ("pyarrow", "numpy", "pandas") if m in sys.modules]
+steps.append(("not loaded: pyarrow, numpy, pandas" if not heavy else "LOADED: " + ", ".join(heavy), steps[-1][1]))
 print(json.dumps(steps))
 """
 

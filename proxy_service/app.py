@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import duckdb
-import pyarrow as pa
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -28,7 +27,7 @@ from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts.engine import AlertEngine
 from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
-from proxy_service.events import EventWriter
+from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
@@ -235,7 +234,7 @@ class Gateway:
             logs.event(log, "quota_usage_restored", pairs=len(rows), calls_today=sum(r[2] for r in rows))
 
     def persist_keys(self) -> None:
-        """Queue the changed keys' rows for the writer (one Arrow batch, whatever the number of keys)."""
+        """Queue the changed keys' rows for the writer (one statement, whatever the number of keys)."""
         if self.cluster is not None:  # counters as deltas, then a broadcast to the other replicas
             self.cluster.persist_keys(self)
             return
@@ -244,31 +243,29 @@ class Gateway:
         rows = [self.pool.keys[k] for k in dirty if k in self.pool.keys]
         if not rows and not deleted:
             return
-        key_rows = pa.table(
-            {
-                "key_id": [k.id for k in rows],
-                "secret": [k.secret for k in rows],
-                "label": pa.array([k.label for k in rows], pa.string()),
-                "project": pa.array([k.project for k in rows], pa.string()),
-                "status": [k.status for k in rows],
-                "created_at": pa.array([_ts(k.created_at) for k in rows], pa.timestamp("us")),
-                "last_used_at": pa.array([_ts(k.last_used_at) for k in rows], pa.timestamp("us")),
-                "consecutive_failures": pa.array([k.consecutive_failures for k in rows], pa.int32()),
-                "total_failures": pa.array([k.total_failures for k in rows], pa.int64()),
-                "requests": pa.array([k.requests for k in rows], pa.int64()),
-                "successes": pa.array([k.successes for k in rows], pa.int64()),
-                "last_error": pa.array([k.last_error for k in rows], pa.string()),
-                "last_checked_at": pa.array([_ts(k.last_checked_at) for k in rows], pa.timestamp("us")),
-                "disabled_reason": pa.array([k.disabled_reason for k in rows], pa.string()),
-            }
-        )
+        key_rows: Columns = {
+            "key_id": [k.id for k in rows],
+            "secret": [k.secret for k in rows],
+            "label": [k.label for k in rows],
+            "project": [k.project for k in rows],
+            "status": [k.status for k in rows],
+            "created_at": [_ts(k.created_at) for k in rows],
+            "last_used_at": [_ts(k.last_used_at) for k in rows],
+            "consecutive_failures": [k.consecutive_failures for k in rows],
+            "total_failures": [k.total_failures for k in rows],
+            "requests": [k.requests for k in rows],
+            "successes": [k.successes for k in rows],
+            "last_error": [k.last_error for k in rows],
+            "last_checked_at": [_ts(k.last_checked_at) for k in rows],
+            "disabled_reason": [k.disabled_reason for k in rows],
+        }
         gone = list(deleted)
 
         def write(cur: Any) -> None:
             if gone:
                 cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
-            if key_rows.num_rows:
-                cur.execute("INSERT OR REPLACE INTO keys BY NAME SELECT * FROM key_rows")
+            if rows:
+                insert_columns(cur, "keys", key_rows, replace=True)
 
         self.writer.submit(write)
 

@@ -1,9 +1,10 @@
-"""Call events and the writer: request path → in-memory queue → one writer thread → batched Arrow appends.
+"""Call events and the writer: request path → in-memory queue → one writer thread → batched column appends.
 
 The request path only builds a small record and puts it on a queue (no I/O). The writer thread drains the queue
-every `flush_interval` seconds or as soon as `batch_rows` records wait, turns each table's records into one Arrow
-table and appends it with a single `INSERT ... BY NAME`. Other database work that must be serialised with the
-appends (key upserts, settings, deletes, retention) is sent to the same thread with `submit()`.
+every `flush_interval` seconds or as soon as `batch_rows` records wait, turns each table's records into one list
+per column and appends them with a single `INSERT` (`insert_columns`: no pyarrow in the proxy process). Other
+database work that must be serialised with the appends (key upserts, settings, deletes, retention) is sent to the
+same thread with `submit()`.
 
 The thread must outlive anything: a batch that cannot be built or appended goes, row by row, to the dead-letter
 file (`dead_letters.jsonl` next to the database, 0600), counted in `stats.dead_letters`; an exception anywhere
@@ -22,12 +23,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import pyarrow as pa
 
 from proxy_service.store import Store
 
@@ -122,6 +122,33 @@ class _Job:
 
 
 _STOP = object()
+_EPOCH = datetime(1970, 1, 1)  # stored times are naive UTC
+_MICROSECOND = timedelta(microseconds=1)
+Columns = dict[str, list[Any]]  # a batch of rows as one list per column, in the table's column names
+
+
+def insert_columns(cur: duckdb.DuckDBPyConnection, table: str, columns: Columns, *, replace: bool = False) -> None:
+    """Append a batch given as equal-length column lists in one statement (`INSERT OR REPLACE` with `replace`).
+
+    Each column travels as one JSON text that DuckDB casts to a list of the table column's type and unnests side by
+    side with the others (timestamps as epoch microseconds); a value a column cannot take (an int past its range)
+    fails the whole statement. Why not the alternatives: an Arrow table is faster to convert but keeps pyarrow and
+    numpy (~50 MB of RSS) in the proxy; binding the Python lists themselves as LIST parameters makes DuckDB look up
+    `pandas.NA` for every value, which either imports pandas (+33 MB) or, with pandas kept out
+    (`server.without_pandas`), costs a failed import per value (~30 µs: 1,700 rows/s). bench/event_writer.py
+    measures this against the Arrow append in the same run."""
+    types = dict(cur.execute(f"SELECT column_name, column_type FROM (DESCRIBE {table})").fetchall())
+    names, picks, docs = list(columns), [], []
+    for i, name in enumerate(names, 1):
+        values = columns[name]
+        if types[name] == "TIMESTAMP":
+            values = [None if t is None else (t - _EPOCH) // _MICROSECOND for t in values]
+            picks.append(f"unnest(list_transform(CAST(${i} AS JSON)::BIGINT[], us -> make_timestamp(us)))")
+        else:
+            picks.append(f"unnest(CAST(${i} AS JSON)::{types[name]}[])")
+        docs.append(json.dumps(values, ensure_ascii=False))
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    cur.execute(f"{verb} INTO {table} ({', '.join(names)}) SELECT {', '.join(picks)}", docs)
 
 
 class EventWriter:
@@ -139,9 +166,10 @@ class EventWriter:
         self.write_timeout = WRITE_TIMEOUT_S
         memory = str(store.path) == ":memory:"
         self.dead_letter_path: Path | None = None if memory else store.path.parent / "dead_letters.jsonl"
-        # Called on the writer thread right after a batch is appended: (cursor, table, the Arrow batch). Used to keep
-        # derived tables (the stats rollup) exactly in step with the appends. A hook must not raise.
-        self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, pa.Table], None]] = []
+        # Called on the writer thread right after a batch is appended: (cursor, table, the batch's columns). Used to
+        # keep derived tables (the stats rollup) exactly in step with the appends. A hook must not raise nor change
+        # the lists (they are the writer's; a hook that keeps them owns them from then on).
+        self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, Columns], None]] = []
 
     # -- producer side -------------------------------------------------------------------------------------------
     def record(self, event: Event) -> None:
@@ -269,10 +297,9 @@ class EventWriter:
                 continue
             table = _TABLE_OF[cls]
             try:
-                # Built inside the protection: a value Arrow cannot take (an int past 64 bits) fails this batch only.
-                # `batch` is read by DuckDB by name (a replacement scan), then handed to the after-append hooks.
-                batch = pa.Table.from_pydict({c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]})
-                cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM batch")
+                # Inside the protection: a value the column cannot take (an int past its range) fails this batch only.
+                batch = {c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]}
+                self._append(cur, table, batch)
                 self.stats.written[table] += len(rows)
             except Exception:
                 # A failed append is counted, logged loudly and kept in the dead-letter file, never swallowed.
@@ -290,6 +317,9 @@ class EventWriter:
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         self.stats.last_flush_at = time.monotonic()
         return 0
+
+    def _append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: Columns) -> None:
+        insert_columns(cur, table, batch)  # a method: bench/event_writer.py times an Arrow append in its place
 
     def _dead_letter(self, table: str, rows: list[Any]) -> None:
         """Append `rows` as JSON lines ({"table": ..., "row": {...}}) to the dead-letter file (created 0600)."""

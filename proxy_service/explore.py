@@ -16,14 +16,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import duckdb
-import pyarrow as pa
 
 from proxy_service import cube, queries
-from proxy_service.histogram import lb_sql
+from proxy_service.histogram import lb_sql, percentiles
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 OTHER = "(other)"
 MAX_ROWS = 50_000
@@ -407,7 +409,7 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
         qs = tuple(PERCENTILE_MEASURES[m][1] for m in wanted)
         hist, hist_parts = _histogram(cur, spec, tz, zone, tops, metric)
         parts = [*parts, *hist_parts]
-        found = queries._percentiles(hist, qs)
+        found = percentiles(hist, qs)
         for key, row in values.items():
             got = found.get((*key, "", "")[:2])
             for m, v in zip(wanted, got or (None,) * len(wanted), strict=True):
@@ -496,6 +498,8 @@ def _out(dim: str, v: Any, tz: ZoneInfo, labels: dict[str, str]) -> Any:
 
 
 def to_arrow(ans: Answer) -> pa.Table:
+    import pyarrow as pa
+
     cols = {c: [r[i] for r in ans.rows] for i, c in enumerate(ans.columns)}
     return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
 

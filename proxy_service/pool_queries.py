@@ -5,13 +5,15 @@ distinct values the error-log filters offer. Parameterised, like everything in `
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import duckdb
-import pyarrow as pa
 
 from proxy_service import queries
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FACETS = ("model", "status", "error_type", "key_id")
 
@@ -21,6 +23,8 @@ def outcomes(cur: duckdb.DuckDBPyConnection, g: str, tz: ZoneInfo, lo: datetime,
     "outcome:<outcome>" (calls by how they ended: success, exhausted = Keyrack refused, upstream_error, ...),
     "status:<http status>" (what the client got), "attempts" (upstream attempts) and "upstream_429"
     (attempts Google answered 429). Attempts per success and refusals vs upstream 429s follow from these."""
+    import pyarrow as pa
+
     offs = queries.offsets(tz, lo, hi)
     b_req, p_req = queries._bucket_sql("ts", g, offs)
     b_att, p_att = queries._bucket_sql("ts", g, offs)

@@ -16,15 +16,17 @@ import calendar
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
-from proxy_service.rollup import GAMMA, TIERS, floor_time
+from proxy_service import histogram
+from proxy_service.rollup import TIERS, floor_time
 from proxy_service.store import PUBLIC_TABLES, public_select
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 GROUP_BYS: tuple[str, ...] = ("none", "model", "key", "project", "status")
@@ -205,7 +207,7 @@ _RAW_GROUP = {
     "key": "coalesce(key_id, '')",
 }
 _ROLLUP_DIM = {"none": "all", "model": "model", "project": "project", "status": "status"}
-_LB = f"CAST(ceil(ln(greatest(latency_ms, 0.01)) / ln({GAMMA})) AS SMALLINT)"
+_LB = histogram.lb_sql("latency_ms")
 _COUNTERS = """
     SELECT b AS bucket, g AS "group", CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes,
            CAST(sum(calls) - sum(successes) AS BIGINT) AS failures, sum(successes) / sum(calls) AS success_rate,
@@ -234,6 +236,8 @@ def aggregate(
     a handful of catalog round trips, so the summary's 8 scans per query made it ~5x slower than the same data in
     a DuckDB file.
     """
+    import pyarrow as pa
+
     graw = _RAW_GROUP[group]
     key_filter, key_params = ("", []) if key_ids is None else (" AND list_contains(?, key_id)", [key_ids])
     raw_scan = _raw_clusters([p for p, _, _ in parts if p.source == "raw"])
@@ -301,7 +305,7 @@ def aggregate(
     hist = cur.execute(
         f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
     ).to_arrow_table()
-    found = _percentiles(hist, (0.5, 0.95))
+    found = histogram.percentiles(hist, (0.5, 0.95))
     keys = zip(table.column("bucket").to_pylist(), table.column("group").to_pylist(), strict=True)
     p50, p95 = zip(*(found.get(k, (None, None)) for k in keys), strict=True) if table.num_rows else ((), ())
     table = table.append_column("p50_latency_ms", pa.array(p50, pa.float64()))
@@ -321,27 +325,6 @@ def _raw_clusters(parts: list[Part]) -> dict[int, int]:
             cluster, lo = cluster + 1, part.lo
         out[id(part)] = cluster
     return out
-
-
-def _percentiles(hist: pa.Table, qs: tuple[float, ...]) -> dict[tuple[Any, Any], tuple[float, ...]]:
-    """Nearest-rank quantiles per (b, g) of a histogram sorted by (b, g, lb), vectorised with numpy."""
-    if hist.num_rows == 0:
-        return {}
-    gk = hist.column("gk").to_numpy()  # hash of (b, g): equal neighbours are the same group
-    lb = hist.column("lb").to_numpy()
-    n = hist.column("n").to_numpy()
-    starts = np.concatenate(([0], np.flatnonzero(gk[1:] != gk[:-1]) + 1))
-    cum = np.cumsum(n)
-    before = cum[starts] - n[starts]
-    totals = np.add.reduceat(n, starts)
-    values = []
-    for q in qs:
-        # The first histogram cell whose running count reaches q·total, within each group (cum is monotonic).
-        idx = np.searchsorted(cum, before + np.maximum(q * totals, 1e-9) - 1e-9, side="left")
-        values.append(2 * np.power(GAMMA, lb[idx]) / (GAMMA + 1))
-    first = pa.array(starts)
-    bs, gs = hist.column("b").take(first).to_pylist(), hist.column("g").take(first).to_pylist()
-    return {(bs[k], gs[k]): tuple(float(v[k]) for v in values) for k in range(len(starts))}
 
 
 # -- stats -------------------------------------------------------------------------------------------------------
@@ -448,6 +431,8 @@ def top(
 
 def _localise(table: pa.Table, tz: ZoneInfo) -> pa.Table:
     """Local naive bucket starts → the UTC instants they denote, typed as timestamps in the display zone."""
+    import pyarrow as pa
+
     local = table.column("bucket").to_pylist()
     cache = {t: to_utc(t, tz) for t in set(local)}
     instants = [cache[t] for t in local]

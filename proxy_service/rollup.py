@@ -40,14 +40,17 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from proxy_service import cube
+from proxy_service.events import Columns, insert_columns
 from proxy_service.histogram import GAMMA
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("keyrack.rollup")
 _EPOCH = datetime(1970, 1, 1)
@@ -92,7 +95,8 @@ _INSERT_LATENCY = f"""
     SELECT bucket, {_DIM_CASE}, coalesce(model, project, status, ''), lb, count(*)
     FROM base GROUP BY GROUPING SETS ((bucket, lb), (bucket, model, lb), (bucket, project, lb), (bucket, status, lb))
     ORDER BY 2, 1"""
-# Sources: the batch just appended (registered under this name on the writer cursor) or the whole table.
+# Sources: the batches just appended (a temp table, or an Arrow table registered under this name on the writer
+# cursor) or the whole table.
 _BATCH = "_rollup_batch"
 _CHUNK = "_rollup_chunk"
 _IN_TOUCHED = "WHERE bucket BETWEEN ? AND ? AND list_contains(?, bucket)"
@@ -171,7 +175,7 @@ class Rollup:
         self._touched: set[datetime] = set()  # 15-minute buckets appended to since the last compaction
         self._cube_touched: set[datetime] = set()  # hour and local-day buckets of the explore pre-aggregates
         self._lock = threading.Lock()
-        self._pending: list[pa.Table] = []  # appended to `requests`, not folded yet (writer thread only)
+        self._pending: Columns = {}  # rows appended to `requests`, not folded yet, per column (writer thread only)
         self._pending_rows = 0
         self._folded_at = time.monotonic()
 
@@ -231,7 +235,7 @@ class Rollup:
             cur.execute("ROLLBACK")
             raise
         span = cur.execute("SELECT min(ts), max(ts) FROM requests").fetchone()
-        self._pending, self._pending_rows = [], 0  # the chunks read them from `requests`
+        self._pending, self._pending_rows = {}, 0  # the chunks read them from `requests`
         with self._lock:
             self._touched.clear()
             self._cube_touched.clear()
@@ -299,7 +303,7 @@ class Rollup:
             self.rebuild(cur)
 
     # -- maintenance (writer thread) -------------------------------------------------------------------------------
-    def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
+    def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: Columns) -> None:
         """EventWriter hook: keep the batch just appended to `requests`; fold when enough has gathered.
 
         Folds only after another table's append: a flush appends requests first, then the attempts the cube needs
@@ -307,9 +311,14 @@ class Rollup:
         if self.stale:
             return
         if table == "requests":
-            if batch.num_rows:
-                self._pending.append(batch)
-                self._pending_rows += batch.num_rows
+            rows = len(batch.get("ts", ()))
+            if rows:
+                if self._pending:
+                    for name, values in batch.items():
+                        self._pending[name].extend(values)
+                else:
+                    self._pending = batch  # the writer hands its lists over (it builds new ones per batch)
+                self._pending_rows += rows
             return
         if self._pending_rows >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY_S:
             self.fold(cur)
@@ -319,33 +328,31 @@ class Rollup:
         self._folded_at = time.monotonic()
         if not self._pending:
             return
-        pending, self._pending, self._pending_rows = self._pending, [], 0
+        batch, self._pending, self._pending_rows = self._pending, {}, 0
         if self.stale:
             return
         try:
-            # Batches built from Python rows may type an all-NULL column as `null`, or whole numbers as int64 where
-            # another batch has doubles: promote to the common schema (the table casts on insert the same way).
-            batch = pa.concat_tables(pending, promote_options="permissive")
             r = self.rebuilding
             if r is not None:  # rows of days not rebuilt yet are left to their chunk (see _Rebuild)
-                ts = batch.column("ts").cast(pa.timestamp("us"))
-                keep = pc.or_(pc.less(ts, pa.scalar(r.done_to, pa.timestamp("us"))),
-                              pc.greater_equal(ts, pa.scalar(r.until, pa.timestamp("us"))))  # fmt: skip
-                batch = batch.filter(keep)
-                if not batch.num_rows:
+                keep = [i for i, t in enumerate(batch["ts"]) if t < r.done_to or t >= r.until]
+                if not keep:
                     return
-            cur.register(_BATCH, batch)
+                if len(keep) < len(batch["ts"]):
+                    batch = {name: [values[i] for i in keep] for name, values in batch.items()}
+            # Buckets and span in Python, from the distinct minutes: each query costs tens of ms on a busy machine.
+            ts = batch["ts"]
+            span = (min(ts), max(ts))
+            minutes = {t.replace(second=0, microsecond=0) for t in ts}
+            buckets = {floor_time(m, 900) for m in minutes}
+            hours = sorted({floor_time(m, 3600) for m in minutes})
+            cube_buckets = cube.touched(hours, span[0], span[1], self.tz)
+            # A temp table with the columns of `requests` (their types, so the folds read what the table got).
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE {_BATCH} AS SELECT * FROM requests LIMIT 0")
             try:
-                # Buckets and span from the Arrow batch: each query costs tens of ms on a busy machine.
-                ts = batch.column("ts").cast(pa.timestamp("us"))
-                bounds = pc.min_max(ts).as_py()
-                span = (bounds["min"], bounds["max"])
-                buckets = pc.unique(pc.floor_temporal(ts, 15, "minute")).to_pylist()
-                hours = pc.unique(pc.floor_temporal(ts, 1, "hour")).to_pylist()
-                cube_buckets = cube.touched(hours, span[0], span[1], self.tz)
+                insert_columns(cur, _BATCH, batch)
                 _insert(cur, _BATCH, self.tz, span)
             finally:
-                cur.unregister(_BATCH)
+                cur.execute(f"DROP TABLE IF EXISTS {_BATCH}")
         except Exception:
             # The raw rows are in; the rollup no longer matches them. Readers go raw until the rebuild.
             self.stale, self.rebuilding = True, None

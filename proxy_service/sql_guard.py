@@ -38,13 +38,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 
 from proxy_service import queries
 from proxy_service.store import SECRET_COLUMNS, Store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ALLOWED_TABLES = frozenset(queries.SAFE_TABLES)
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
@@ -367,6 +369,8 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
 def run(store: Store, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None = None) -> QueryResult:
     """Check and run `sql` (blocking: call from a worker thread). The answer stops one row past `row_cap` or at the
     first batch that takes it past `byte_cap` bytes of Arrow data (then `truncated`)."""
+    import pyarrow as pa
+
     cur = store.cursor()
     try:
         check(cur, sql)

@@ -45,3 +45,49 @@ def test_the_proxy_runs_its_storage_and_admin_api_without_pandas(tmp_path: Path)
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "pandas absent False"
+
+
+# What `keyrack serve` imports, then what its steady state runs: proxied calls (here refused by the closed upstream
+# port: request, attempt and error rows), the writer's appends, the rollup fold, key persistence and the forecast's
+# first refresh. None of it may load pyarrow, numpy or pandas (~50 MB of RSS): only admin endpoints that answer in
+# Arrow or fit forecasts load them, on first use.
+STEADY_PROBE = """
+import asyncio, sys
+HEAVY = ("pyarrow", "numpy", "pandas")
+import proxy_service.cli, proxy_service.server, proxy_service.app
+assert not [m for m in HEAVY if m in sys.modules], [m for m in HEAVY if m in sys.modules]
+from proxy_service.server import without_pandas
+without_pandas()
+from starlette.testclient import TestClient
+from proxy_service.admin import forecast
+from proxy_service.app import create_app
+from proxy_service.settings import Settings
+app = create_app(Settings())
+gw = app.state.gateway
+with TestClient(app, base_url="http://127.0.0.1") as client:
+    for _ in range(3):
+        r = client.post("/v1beta/models/gemini-2.5-flash:generateContent", json={"contents": []})
+        assert r.status_code >= 500, r.status_code
+    gw.persist_keys()
+    gw.writer.flush()
+    gw.writer.submit(gw.rollup.fold).result(30)
+    asyncio.run(forecast.engine(gw).refresh(forecast._reader(gw)))
+    n = gw.writer.submit(lambda cur: cur.execute("SELECT count(*) FROM requests").fetchone()[0]).result(30)
+    assert n == 3, n
+print("loaded:", [m for m in HEAVY if m in sys.modules])
+"""
+
+
+def test_serve_and_its_steady_state_load_no_pyarrow_numpy_or_pandas(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
+        "KEYRACK_API_KEYS": "p1:AIza" + "B" * 35,
+        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", STEADY_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "loaded: []"

@@ -15,13 +15,13 @@ import hmac
 import json
 import logging
 import math
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -29,6 +29,8 @@ from proxy_service.events import WriterUnavailable
 from proxy_service.settings import ConfigError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from proxy_service.app import Gateway
 
 log = logging.getLogger("keyrack.admin")
@@ -79,6 +81,8 @@ def ok(data: Any, status: int = 200) -> Response:
 
 
 def arrow_response(table: pa.Table, headers: dict[str, str] | None = None) -> Response:
+    import pyarrow as pa
+
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as stream:
         stream.write_table(table)
@@ -99,7 +103,8 @@ def jsonable(v: Any) -> Any:
         return iso(v)
     if isinstance(v, dict):
         return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, pa.MonthDayNano):  # an Arrow interval: seconds when it has no calendar part
+    arrow = sys.modules.get("pyarrow")  # an Arrow value can only come from an Arrow table: never import it here
+    if arrow is not None and isinstance(v, arrow.MonthDayNano):  # an interval: seconds when it has no calendar part
         months, days, ns = v
         return ns / 1e9 if not months and not days else f"{months} months {days} days {ns / 1e9:g} seconds"
     if isinstance(v, (list, tuple, set)):

@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,6 +63,8 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
 
 
 async def stats_top(gw: Gateway, request: Request) -> Response:
+    import pyarrow as pa
+
     dim = q_choice(request, "dim", ("key", "model"), "key")
     limit = q_int(request, "limit", 10, 1, 100)
     end = q_time(request, "to") or queries.utcnow()

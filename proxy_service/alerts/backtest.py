@@ -11,11 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
-from proxy_service.queries import _percentiles
+from proxy_service.histogram import percentiles
 from proxy_service.rollup import floor_time
 
 SPAN = timedelta(days=7)
@@ -56,12 +55,14 @@ def run(cur: duckdb.DuckDBPyConnection, rule: Rule, now: datetime) -> dict[str, 
 def _series(
     cur: duckdb.DuckDBPyConnection, rule: Rule, dim: str, val: str, lo: datetime, hi: datetime
 ) -> list[tuple[datetime, float | None]]:
+    import pyarrow as pa
+
     m = rule.metric
     if m == "p95_latency_ms":
         rows = queries.backtest_latency(cur, dim, val, lo, hi)
         hist = pa.table({"b": [r[0] for r in rows], "g": [""] * len(rows), "gk": [hash(r[0]) for r in rows],
                          "lb": [float(r[1]) for r in rows], "n": [r[2] for r in rows]})  # fmt: skip
-        found = _percentiles(hist, (0.95,))
+        found = percentiles(hist, (0.95,))
         return [(b, v[0]) for (b, _g), v in sorted(found.items())]
     counters = queries.backtest_counters(cur, dim, val, lo, hi)
     if m == "calls":

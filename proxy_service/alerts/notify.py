@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import apprise
 import httpx
 from prometheus_client import Counter
 
@@ -75,12 +74,18 @@ class Channel:
                 "url": masked_url(self.url), "signed": bool(self.secret), "created_at": self.created_at}  # fmt: skip
 
 
+# Apprise (~4 MB of RSS, hundreds of plugin modules) is imported by the functions below only once a channel with an
+# Apprise URL exists: a proxy without one never loads it.
+
+
 def masked_url(url: str) -> str:
     """What may be shown of a channel URL: Apprise's privacy rendering (tokens and passwords starred), or for the
     signed webhook the scheme and host only."""
     if url.startswith(WEBHOOK_PREFIXES):
         parts = urlsplit(url.removeprefix("webhook+"))
         return f"webhook+{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/****"
+    import apprise
+
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if not plugin:
         return url.split("://", 1)[0] + "://****"
@@ -101,6 +106,8 @@ def validate_url(url: Any) -> str:
         if not parts.hostname:
             raise ChannelError("url", "webhook+https:// URL has no host")
         return url
+    import apprise
+
     if not apprise.Apprise.instantiate(url, suppress_exceptions=True):
         scheme = url.split("://", 1)[0][:32]
         raise ChannelError("url", f"not a valid Apprise URL for scheme {scheme!r} (see the Apprise wiki for its form)")
@@ -318,17 +325,16 @@ class Notifier:
         return False, f"HTTP {resp.status_code}"
 
 
-_NOTIFY_TYPE = {"firing": apprise.NotifyType.FAILURE, "resolved": apprise.NotifyType.SUCCESS,
-                "test": apprise.NotifyType.INFO}  # fmt: skip
-
-
 def _apprise_send(url: str, title: str, body: str, notice: Notice) -> tuple[bool, str]:
     """One synchronous Apprise send (a worker thread); the failure reason is what Apprise logged, scrubbed."""
+    import apprise
+
+    kinds = {"firing": apprise.NotifyType.FAILURE, "resolved": apprise.NotifyType.SUCCESS}
     ap = apprise.Apprise()
     if not ap.add(url):
         return False, "invalid Apprise URL"
     with apprise.LogCapture(level=logging.WARNING) as captured:
-        ok = ap.notify(body=body, title=title, notify_type=_NOTIFY_TYPE.get(notice.state, apprise.NotifyType.INFO))
+        ok = ap.notify(body=body, title=title, notify_type=kinds.get(notice.state, apprise.NotifyType.INFO))
         reason = captured.getvalue().strip().splitlines()
     if ok:
         return True, "sent"

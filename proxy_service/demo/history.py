@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
 
 CLIENT_ID = "demo-backfill"
 MAX_ROWS = 300_000  # ≈ 520 calls/h over 24 days: the live demo (2/s by default) is busier, so its hours step up
@@ -24,6 +26,8 @@ DAYS = 24  # both seasonalities, a 7-day backtest and 3 days to calibrate its ba
 
 def hourly_profile(hours: np.ndarray) -> np.ndarray:
     """Relative demand per UTC hour (mean ≈ 1): day/night cycle, weekend dip and a slow rise."""
+    import numpy as np
+
     hour_of_day = (hours % 24).astype(float)
     weekday = ((hours // 24) + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
     daily = 1.0 + 0.6 * np.sin(2 * np.pi * (hour_of_day - 9.0) / 24.0)
@@ -36,6 +40,10 @@ def history_table(
     end: datetime, days: int, per_hour: dict[str, float], seed: int = 0, projects: tuple[str, ...] = ("demo",)
 ) -> pa.Table:
     """Request rows for the `days` before `end` (naive UTC, an hour boundary) at `per_hour` mean calls per model."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     rng = np.random.default_rng(seed)
     first = int(end.replace(tzinfo=UTC).timestamp() // 3600) - days * 24
     hours = np.arange(first, first + days * 24, dtype=np.int64)

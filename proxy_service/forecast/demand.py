@@ -25,9 +25,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 NEED_DAYS = 3
 FIT_DAYS = 28  # four weekly cycles: enough for both seasonalities; longer fits cost time, not accuracy (measured)
@@ -60,8 +62,14 @@ def calibration_hours(have_h: int, holdout_h: int) -> int:
     return hc if hc >= 24 else 0
 
 
+def unready(have_h: int) -> dict[str, Any]:
+    """The answer for a series too short (or too empty) to fit. Needs no numpy: the proxy builds it itself."""
+    return {"status": "insufficient_history", "need_days": NEED_DAYS, "have_days": round(have_h / 24, 1)}
+
+
 def _fit_predict(series: dict[str, np.ndarray], h: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One StatsForecast run per seasonal setup; returns yhat, lo, hi per series id."""
+    import numpy as np
     import pandas as pd
     from statsforecast import StatsForecast
     from statsforecast.models import MSTL, AutoETS
@@ -93,6 +101,8 @@ def _fit_predict(series: dict[str, np.ndarray], h: int) -> dict[str, tuple[np.nd
 
 def _needed_scale(actual: np.ndarray, yhat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Per point, the factor by which the band around yhat must grow to contain the actual value."""
+    import numpy as np
+
     up = np.maximum(hi - yhat, 1e-9)
     down = np.maximum(yhat - lo, 1e-9)
     return np.where(actual >= yhat, (actual - yhat) / up, (yhat - actual) / down)
@@ -104,6 +114,8 @@ def _widen(yhat: np.ndarray, lo: np.ndarray, hi: np.ndarray, scale: float) -> tu
 
 def score(actual: np.ndarray, yhat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, float | None]:
     """MAPE over the hours with traffic (a zero hour has no percentage error) and the share inside the band."""
+    import numpy as np
+
     nz = actual > 0
     mape = float(np.mean(np.abs(actual[nz] - yhat[nz]) / actual[nz])) if nz.any() else None
     coverage = float(np.mean((actual >= lo) & (actual <= hi))) if len(actual) else None
@@ -115,6 +127,8 @@ def _tail(y: np.ndarray, end: int) -> np.ndarray:
 
 
 def _clip(a: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.maximum(a, 0.0)
 
 
@@ -130,13 +144,14 @@ def forecast_many(
     `known`: per id, the `backtest`, `daily_backtest` and `scale` of an earlier full run; those series get the final
     fit only (one fit instead of three), their band widened by the known scale and their backtest carried over.
     """
+    import numpy as np
+
     ys = {sid: np.asarray(y, dtype=float) for sid, y in series.items()}
     out: dict[str, dict[str, Any]] = {}
     ready: dict[str, np.ndarray] = {}
     for sid, y in ys.items():
-        have_days = round(len(y) / 24, 1)
         if len(y) < NEED_DAYS * 24 or not np.any(y > 0):
-            out[sid] = {"status": "insufficient_history", "need_days": NEED_DAYS, "have_days": have_days}
+            out[sid] = unready(len(y))
         else:
             ready[sid] = y
     if not ready:
@@ -215,6 +230,8 @@ def _result(y: np.ndarray, fy: np.ndarray, flo: np.ndarray, fhi: np.ndarray) -> 
 
 def _scale(needed: list[np.ndarray]) -> float:
     """The smallest widening (≥ 1) that puts LEVEL % of the given points inside the band."""
+    import numpy as np
+
     if not needed:
         return 1.0
     allv = np.concatenate(needed)

@@ -119,8 +119,8 @@ class ForecastEngine:
                 loop = asyncio.get_running_loop()
                 fit = functools.partial(demand.forecast_many, payload, demand.HORIZON_H, known)
                 results = await loop.run_in_executor(self._pool(), fit)
-            else:  # only "not enough history" answers: no fit, no worker process (a fresh install starts none)
-                results = demand.forecast_many(payload)
+            else:  # only "not enough history" answers: no fit, no worker process (a fresh install starts none), no numpy
+                results = {sid: demand.unready(len(ys)) for sid, ys in payload.items()}
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("demand forecast refresh failed")
