@@ -28,6 +28,7 @@ from proxy_service.alerts.engine import AlertEngine
 from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
 from proxy_service.events import Columns, EventWriter, insert_columns
+from proxy_service.forecast.engine import ForecastEngine
 from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
@@ -103,6 +104,7 @@ class Gateway:
         self._collector = metrics.StateCollector(self.metrics_state)
         self._load_keys(parse_key_list(settings.api_keys))
         self.alerts = AlertEngine(self)
+        self.forecast = ForecastEngine()  # rate meter and demand cache (admin/forecast.py schedules and serves it)
 
     # -- storage ---------------------------------------------------------------------------------------------------
     def _setup_storage(self) -> None:
@@ -418,7 +420,7 @@ class Gateway:
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
-        self.alerts.quota_rate = admin_forecast.engine(self).meter.per_min  # "runs out before reset" rules
+        self.alerts.quota_rate = self.forecast.meter.per_min  # "runs out before reset" rules
         self.alerts.start()
         logs.add_secret_source(self.alerts.secrets)
         self.ready = True

@@ -30,7 +30,7 @@ class Env:
     http: httpx.Client
 
     def refresh(self) -> None:
-        eng = admin_forecast.engine(self.gw)
+        eng = self.gw.forecast
         assert self.gw.loop is not None
         asyncio.run_coroutine_threadsafe(eng.refresh(admin_forecast._reader(self.gw)), self.gw.loop).result(120)
 
@@ -96,7 +96,7 @@ def test_quota_view_follows_live_traffic(env: Env) -> None:
             r = client.post(f"/v1beta/models/{MODEL}:generateContent", json={"contents": [{"parts": [{"text": "hi"}]}]})
             assert r.status_code == 200
     # the meter samples every 10 s on its own; sample now rather than wait
-    admin_forecast.engine(env.gw).meter.sample(env.gw.pool, datetime.now(UTC).timestamp())
+    env.gw.forecast.meter.sample(env.gw.pool, datetime.now(UTC).timestamp())
     data = env.http.get("/forecast/quota").json()
     items = [i for i in data["items"] if i["model"] == MODEL]
     assert sum(i["used"] for i in items) == 3

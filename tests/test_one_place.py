@@ -1,9 +1,11 @@
 """Each meaning lives in one place: the key shape and masking, the project rule, time-bucket
-flooring, the keys without their secret, the derived "cooling" status and reading `.env`. These pin the shared
+flooring, the keys without their secret, the derived "cooling" status, reading `.env`, admin state on the gateway
+and no reaching into another module's private names. These pin the shared
 definitions; the modules that use them are tested through their own behaviour elsewhere."""
 
 from __future__ import annotations
 
+import ast
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from proxy_service.pool import Cooldown, Key, Pool, shown_status
 from proxy_service.rollup import floor_time
 from proxy_service.store import PUBLIC_TABLES, SCHEMA, public_select
 
+REPO = Path(__file__).resolve().parents[1]
 REAL_SHAPED = "AIza" + "Sy0_-" + "x" * 30  # "AIza" + 35 of [0-9A-Za-z_-]
 
 
@@ -105,3 +108,63 @@ def test_flooring_handles_a_bucket_edge_exactly() -> None:
     edge = datetime(2026, 1, 1, 0, 15)
     assert floor_time(edge - timedelta(microseconds=1), 900) == datetime(2026, 1, 1)
     assert floor_time(edge, 900) == edge
+
+
+def _project_trees() -> dict[str, ast.Module]:
+    return {str(p.relative_to(REPO)): ast.parse(p.read_text()) for p in sorted((REPO / "proxy_service").rglob("*.py"))}
+
+
+def test_time_flooring_has_one_helper_per_meaning() -> None:
+    """Fixed grains (seconds since the epoch, as time_bucket) floor with `rollup.floor_time`, calendar units in a
+    display zone (hour/day/week/month, as date_trunc) with `queries.floor_local`; nothing else floors (the
+    forecast engine had its own `hour_floor`)."""
+    floors = sorted(
+        f"{path}:{node.name}"
+        for path, tree in _project_trees().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and "floor" in node.name
+    )
+    assert floors == ["proxy_service/queries.py:floor_local", "proxy_service/rollup.py:floor_time"]
+
+
+def test_admin_state_lives_on_the_gateway() -> None:
+    """No module-level maps keyed by gateway (admin/forecast.py kept its engines in one): state hangs off the
+    Gateway like the alert engine and the forecast engine."""
+    for path, tree in _project_trees().items():
+        names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert not {"WeakKeyDictionary", "WeakValueDictionary"} & names, path
+
+
+# Private names another module still reaches into. Shrink it, never grow it: a name used across modules is public.
+PRIVATE_REACHES = {
+    "proxy_service/cluster/node.py: proxy_service.cluster.pool._text",
+    "proxy_service/cluster/writer.py: proxy_service.events._COLUMNS",
+    "proxy_service/cluster/writer.py: proxy_service.events._TABLE_OF",
+    "proxy_service/explore.py: queries._dicts",
+    "proxy_service/pool_queries.py: queries._bucket_sql",
+    "proxy_service/pool_queries.py: queries._localise",
+    "proxy_service/surfaces/openai.py: gemini._model",
+}
+
+
+def test_no_new_module_reaches_into_another_modules_private_names() -> None:
+    found: set[str] = set()
+    for path, tree in _project_trees().items():
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proxy_service"):
+                for alias in node.names:
+                    if alias.name.startswith("_"):
+                        found.add(f"{path}: {node.module}.{alias.name}")
+                    modules.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.add(f"{path}: {node.value.id}.{node.attr}")
+    assert found <= PRIVATE_REACHES, sorted(found - PRIVATE_REACHES)
+    assert "proxy_service/alerts/backtest.py: proxy_service.queries._percentiles" not in found

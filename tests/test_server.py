@@ -71,7 +71,7 @@ with TestClient(app, base_url="http://127.0.0.1") as client:
     gw.persist_keys()
     gw.writer.flush()
     gw.writer.submit(gw.rollup.fold).result(30)
-    asyncio.run(forecast.engine(gw).refresh(forecast._reader(gw)))
+    asyncio.run(gw.forecast.refresh(forecast._reader(gw)))
     n = gw.writer.submit(lambda cur: cur.execute("SELECT count(*) FROM requests").fetchone()[0]).result(30)
     assert n == 3, n
 print("loaded:", [m for m in HEAVY if m in sys.modules])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from proxy_service import queries
 from proxy_service.admin.common import ApiError, iso, json_body, ok, q_choice
 from proxy_service.demo.history import CLIENT_ID as DEMO_CLIENT_ID
 from proxy_service.forecast import demand
-from proxy_service.forecast.engine import REFRESH_S, TOTAL, ForecastEngine
+from proxy_service.forecast.engine import REFRESH_S, TOTAL
 from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view
 from proxy_service.forecast.planner import Targets, plan
 from proxy_service.quota import DEFAULT_LIMITS
@@ -32,14 +31,6 @@ if TYPE_CHECKING:
 MAX_TARGET = 1e9
 MAX_REMOVE = 1000
 FIRST_REFRESH_S = 5.0  # after startup: let the rollup settle first
-_ENGINES: weakref.WeakKeyDictionary[Gateway, ForecastEngine] = weakref.WeakKeyDictionary()
-
-
-def engine(gw: Gateway) -> ForecastEngine:
-    eng = _ENGINES.get(gw)
-    if eng is None:
-        eng = _ENGINES[gw] = ForecastEngine()
-    return eng
 
 
 def _reader(gw: Gateway) -> Any:
@@ -50,14 +41,14 @@ def _reader(gw: Gateway) -> Any:
         if not rollup.usable:  # 90 days of raw rows is too much to scan: wait for the rebuild instead
             raise RuntimeError("the rollup is being rebuilt; forecasts refresh after it")
         rows = await gw.read(lambda cur: queries.hourly_calls(cur, lo, hi))
-        engine(gw).demo_until = await gw.read(lambda cur: queries.latest_from_client(cur, DEMO_CLIENT_ID))
+        gw.forecast.demo_until = await gw.read(lambda cur: queries.latest_from_client(cur, DEMO_CLIENT_ID))
         return rows
 
     return rows
 
 
 def start_jobs(gw: Gateway) -> None:
-    eng = engine(gw)
+    eng = gw.forecast
     gw.every(lambda: SAMPLE_S, lambda: eng.meter.sample(gw.pool, time.time()), "forecast-rate")
     first = [True]
 
@@ -78,7 +69,7 @@ def start_jobs(gw: Gateway) -> None:
 
 def _known_models(gw: Gateway) -> set[str]:
     models = set(DEFAULT_LIMITS) | set(gw.config.model_limits) | {m for _s, m in gw.pool.tracker.pairs()}
-    return models | engine(gw).known_series()
+    return models | gw.forecast.known_series()
 
 
 def _model(gw: Gateway, value: Any, required: bool) -> str:
@@ -102,7 +93,7 @@ def _times(view: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 # -- handlers ------------------------------------------------------------------------------------------------------
 async def quota(gw: Gateway, _request: Request) -> Response:
-    view = quota_view(gw.pool, engine(gw).meter, time.time())
+    view = quota_view(gw.pool, gw.forecast.meter, time.time())
     for row in (*view["items"], *view["pool"]):
         _times(row, ("exhausts_at", "resets_at"))
     if view["soonest"]:
@@ -122,7 +113,7 @@ async def demand_forecast(gw: Gateway, request: Request) -> Response:
         raise ApiError(400, f"horizon_h must be a whole number of hours, not {raw!r}", "horizon_h") from None
     if not 1 <= horizon <= demand.HORIZON_H:
         raise ApiError(400, f"horizon_h must be between 1 and {demand.HORIZON_H} (14 days)", "horizon_h")
-    eng = engine(gw)
+    eng = gw.forecast
     if not await eng.ensure_fitted(_reader(gw)):
         return ok({"status": "pending", "model": model or None, "retry_after_s": 30, "error": eng.last_error})
     view = eng.demand_view(model, horizon, granularity)
@@ -134,7 +125,7 @@ async def refresh_now(gw: Gateway, request: Request) -> Response:
     """Refit every demand series now (shares a refresh already running) and say how long it took; `?backtest=1`
     reruns the calibration and the backtest too (otherwise they run when due, every 6 hours)."""
     full = q_choice(request, "backtest", ("0", "1"), "0") == "1"
-    eng = engine(gw)
+    eng = gw.forecast
     await eng.refresh(_reader(gw), full)
     return ok(
         {
@@ -177,13 +168,13 @@ def _limit(body: dict[str, Any], name: str) -> int | None:
 
 def _defaults(gw: Gateway, model: str) -> tuple[float | None, str | None, float | None, str | None]:
     """The forecast's peak when there is a forecast, else the current rate and today's projection."""
-    res = engine(gw).results.get(model)
+    res = gw.forecast.results.get(model)
     if res is not None and res.get("status") == "ok":
         yhat = res["yhat"]
         days = [sum(yhat[i : i + 24]) for i in range(0, len(yhat) - 23, 24)]
         return max(yhat) / 60.0, "forecast_peak", max(days), "forecast_peak"
     now = time.time()
-    row = next((p for p in quota_view(gw.pool, engine(gw).meter, now)["pool"] if p["model"] == model), None)
+    row = next((p for p in quota_view(gw.pool, gw.forecast.meter, now)["pool"] if p["model"] == model), None)
     if row is None:
         return None, None, None, None
     left_min = max(0.0, (row["resets_at"] - now) / 60.0)

@@ -26,6 +26,7 @@ from typing import Any
 
 from proxy_service.forecast import demand
 from proxy_service.forecast.exhaustion import RateMeter
+from proxy_service.rollup import floor_time
 
 log = logging.getLogger("keyrack.forecast")
 HISTORY_DAYS = 90
@@ -43,17 +44,13 @@ def _worker_init() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def hour_floor(t: datetime) -> datetime:
-    return t.replace(minute=0, second=0, microsecond=0)
-
-
 def build_series(rows: list[tuple[datetime, str, int]], end: datetime) -> dict[str, tuple[datetime, list[float]]]:
     """Dense hourly series per model ('' = total) from sparse rollup rows, each from its first hour with calls up to
     `end` (exclusive, an hour boundary)."""
     first: dict[str, datetime] = {}
     counts: dict[str, dict[datetime, int]] = {}
     for bucket, model, n in rows:
-        b = hour_floor(bucket)
+        b = floor_time(bucket, 3600)
         if b >= end:
             continue
         counts.setdefault(model, {})[b] = counts.get(model, {}).get(b, 0) + n
@@ -104,7 +101,7 @@ class ForecastEngine:
         await asyncio.shield(self._running)
 
     async def _refresh(self, read_rows: Callable[[datetime, datetime], Any], full: bool) -> None:
-        end = hour_floor(datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None))
+        end = floor_time(datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None), 3600)
         started = time.perf_counter()
         try:
             rows = await read_rows(end - timedelta(days=HISTORY_DAYS), end)

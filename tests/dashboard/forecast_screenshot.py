@@ -33,7 +33,7 @@ SPREAD = (1.0, 0.97, 0.9, 0.8, 0.6)  # projects are not equally busy
 async def busy_day(gw: object) -> None:
     """Calls on the pool as the relay makes them, at a steady pace since the Pacific midnight, and the rate meter's
     readings of the last ten minutes of it."""
-    pool, meter = gw.pool, admin_forecast.engine(gw).meter  # type: ignore[attr-defined]
+    pool, meter = gw.pool, gw.forecast.meter  # type: ignore[attr-defined]
     now = time.time()
     elapsed_min = max(60.0, (now - (next_pacific_midnight(now) - 86400)) / 60)
     for model, share in BUSY.items():
@@ -69,7 +69,7 @@ def main() -> int:
             with serve(app, lifespan="on") as url:
                 gw = app.state.gateway
                 asyncio.run_coroutine_threadsafe(busy_day(gw), gw.loop).result(30)
-                eng = admin_forecast.engine(gw)
+                eng = gw.forecast
                 asyncio.run_coroutine_threadsafe(eng.refresh(admin_forecast._reader(gw)), gw.loop).result(300)
                 return shoot(url)
 

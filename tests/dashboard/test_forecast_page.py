@@ -31,7 +31,7 @@ def prepare(stack: Stack) -> None:
     assert gw.loop is not None
     for model, n in ((FLASH, 12), (OTHER, 5)):
         asyncio.run_coroutine_threadsafe(_calls(gw, model, n), gw.loop).result(10)
-    eng = admin_forecast.engine(gw)
+    eng = gw.forecast
     gw.loop.call_soon_threadsafe(eng.meter.sample, gw.pool, datetime.now(UTC).timestamp())
     end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
     for h in range(5 * 24):  # five days of history, busier in the daytime
