@@ -125,7 +125,7 @@ class Gateway:
         """Run `fn(cursor)` on a worker thread with its own cursor (never on the event loop, which serves the proxy)."""
 
         def job() -> T:
-            cur = self.store.cursor()
+            cur = self.store.read_cursor()
             try:
                 return fn(cur)
             finally:

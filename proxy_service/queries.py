@@ -271,7 +271,11 @@ def aggregate(
             c_params += [*p_raw, *wp]
             h_params += [*p_raw, *wp]
 
-    def ctes(names: list[str]) -> tuple[str, list[Any]]:
+    raws = [p for p, _, _ in parts if p.source == "raw"]
+    prefetch = bool(raws) and sum((p.hi - p.lo for p in raws), timedelta()) <= RAW_PREFETCH
+    raw_source = _RAW_ROWS if prefetch else "requests"
+
+    def ctes(names: list[str], source: str = raw_source, columns: str = "*") -> tuple[str, list[Any]]:
         out: list[str] = []
         params: list[Any] = []
         for name in names:
@@ -286,25 +290,38 @@ def aggregate(
             # A scan that serves one part is inlined (materialising a large rollup range costs the embedded file ~30 %).
             spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in ranges)
             how = "MATERIALIZED" if len(ranges) > 1 else "NOT MATERIALIZED"
+            source_table = source if table == "requests" else table
             out.append(
-                f"{name} AS {how} (SELECT * FROM {table} WHERE {column} >= ? AND {column} < ? AND ({spans}){extra})"
+                f"{name} AS {how} (SELECT {columns} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
+                f"AND ({spans}){extra})"
             )
             params += [min(p.lo for p in ranges), max(p.hi for p in ranges)]
             params += [v for p in ranges for v in (p.lo, p.hi)] + extra_params
         return ", ".join(out), params
 
-    counter_tables = {"requests", *(c for c, _ in TIERS.values())}
-    c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if t in counter_tables])
-    table = cur.execute(
-        f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params]
-    ).to_arrow_table()
-    if not percentiles:
-        return table
-    hist_tables = {"requests", *(h for _, h in TIERS.values())}
-    h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if t in hist_tables])
-    hist = cur.execute(
-        f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
-    ).to_arrow_table()
+    if prefetch:
+        # The raw edges are short: read their rows once for both queries (on a lake each scan costs catalog round
+        # trips, and the second query would repeat them).
+        names = [n for n, (t, _) in scans.items() if t == "requests"]
+        r_with, r_params = ctes(names, "requests", _RAW_COLUMNS)
+        rows = cur.execute(f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}", r_params)
+        cur.register(_RAW_ROWS, rows.to_arrow_table())
+    try:
+        counter_tables = {"requests", *(c for c, _ in TIERS.values())}
+        c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if t in counter_tables])
+        table = cur.execute(
+            f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params]
+        ).to_arrow_table()
+        if not percentiles:
+            return table
+        hist_tables = {"requests", *(h for _, h in TIERS.values())}
+        h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if t in hist_tables])
+        hist = cur.execute(
+            f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
+        ).to_arrow_table()
+    finally:
+        if prefetch:
+            cur.unregister(_RAW_ROWS)
     found = histogram.percentiles(hist, (0.5, 0.95))
     keys = zip(table.column("bucket").to_pylist(), table.column("group").to_pylist(), strict=True)
     p50, p95 = zip(*(found.get(k, (None, None)) for k in keys), strict=True) if table.num_rows else ((), ())
@@ -313,6 +330,9 @@ def aggregate(
 
 
 RAW_CLUSTER = timedelta(hours=2)  # raw parts closer than this share one scan
+RAW_PREFETCH = timedelta(hours=6)  # raw parts this short in all are read once for both queries (the rollup's edges)
+_RAW_ROWS = "_aggregate_raw_rows"
+_RAW_COLUMNS = "ts, model, project, status, key_id, outcome, latency_ms, prompt_tokens, output_tokens, total_tokens"
 
 
 def _raw_clusters(parts: list[Part]) -> dict[int, int]:

@@ -104,6 +104,10 @@ class Store:
         with self._lock:
             return self._con.cursor()
 
+    def read_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for reads (the cluster's store serves the rollup from a replica-local mirror)."""
+        return self.cursor()
+
     def close(self) -> None:
         with self._lock:
             self._con.close()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from typing import Any
 
 import duckdb
 
+from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url
 from proxy_service.rollup import TIERS, Rollup
 from proxy_service.store import PUBLIC_TABLES, SCHEMA, Store, public_select
@@ -38,6 +41,7 @@ STATE_SCHEMA = "keyrack"  # keys and settings: PostgreSQL tables (upserts), besi
 META_SCHEMA = "ducklake"
 SAFE = "memory.safe"  # user SQL's views: replica-local (in-memory), bodies fully qualified
 SEARCH_PATH = f"{CATALOG}.main,{STATE_DB}.{STATE_SCHEMA}"
+READ_PATH = f"{mirror.SCHEMA},{SEARCH_PATH}"  # readers: the rollup tables from the replica's mirror file
 LAKE_TABLES = ("requests", "attempts", "error_logs")
 STATE_TABLES = tuple(t for t in SCHEMA if t not in LAKE_TABLES)  # keys, settings, alerts: need primary keys
 # Which replica recorded a row: only the lake has it (the embedded file has one writer by definition).
@@ -181,12 +185,21 @@ class LakeStore(Store):
     client_labels = LABELS
 
     def __init__(  # deliberately not Store.__init__: no DuckDB file
-        self, cfg: ClusterConfig, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]
+        self,
+        cfg: ClusterConfig,
+        init_lock: Callable[[], contextlib.AbstractContextManager[Any]],
+        mirror_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.path = Path(cfg.lake_data)
         self._lock = threading.Lock()
         self._con = self._open(init_lock)
+        if mirror_path is None:  # tools and tests: a private directory, removed at close
+            self._mirror_dir: str | None = tempfile.mkdtemp(prefix="keyrack-mirror-")
+            mirror_path = Path(self._mirror_dir) / "rollup.duckdb"
+        else:
+            self._mirror_dir = None
+        self.mirror = mirror.Mirror(self._plain_cursor, CATALOG, mirror_path)
 
     def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
         last: BaseException | None = None
@@ -215,6 +228,21 @@ class LakeStore(Store):
         cur.execute(f"SET search_path = '{SEARCH_PATH}'")
         return cur
 
+    def _plain_cursor(self) -> duckdb.DuckDBPyConnection:
+        """No USE / search path (each costs a catalog look-up): for SQL that names its catalogs."""
+        with self._lock:
+            return self._con.cursor()
+
+    def read_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A reader's cursor: the rollup tables resolve to the mirror, brought to the lake's current snapshot first
+        (exact); the lake's own tables when the mirror is not usable (not loaded yet — its thread loads it — or failed)."""
+        cur = self.cursor()
+        if self.mirror.snapshot is None:
+            self.mirror.start()
+        elif self.mirror.catch_up():
+            cur.execute(f"SET search_path = '{READ_PATH}'")
+        return cur
+
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""
         cur.execute(f"CREATE TABLE IF NOT EXISTS {LABELS} (client_id VARCHAR PRIMARY KEY, label VARCHAR)")
@@ -235,5 +263,8 @@ class LakeStore(Store):
             cur.close()
 
     def close(self) -> None:
+        self.mirror.stop()
         with self._lock:
             self._con.close()
+        if self._mirror_dir is not None:
+            shutil.rmtree(self._mirror_dir, ignore_errors=True)

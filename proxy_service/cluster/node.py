@@ -80,7 +80,7 @@ class Cluster:
             retry=AsyncRetry(NoBackoff(), 0),
         )
         try:
-            self.store = LakeStore(cfg, self.init_lock)
+            self.store = LakeStore(cfg, self.init_lock, data_dir / "lake-mirror.duckdb")
         except LakeError as exc:
             raise ClusterStartError(str(exc)) from None
         self.writer = LakeWriter(

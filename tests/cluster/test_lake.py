@@ -219,3 +219,75 @@ def test_compaction_folds_rollup_deltas_flushes_inlined_rows_and_merges_files_wi
     cur.close()
     writer.stop()
     store.close()
+
+
+def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_answers_like_the_lake(
+    tmp_path: Path, lake_catalog: str
+) -> None:
+    """A third replica's stats read the rollup from its mirror (cluster/mirror.py), kept up by the lake's change
+    feed: after writes from two replicas, a compaction (rollup rows folded = deletes + inserts) and a retention run
+    (deletes), its tables and its answers equal the lake's."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from proxy_service import queries, snapshot
+    from proxy_service.cluster import mirror
+    from proxy_service.cluster.lake import compact_lake
+
+    data = str(tmp_path / "lake")
+    stores = [LakeStore(ClusterConfig("redis://unused", lake_catalog, data, r), contextlib.nullcontext) for r in "abc"]
+    reader = stores[2]
+    assert not reader.mirror.catch_up(), "no rollup tables yet: not usable"
+    rows = reader.read_cursor().execute("SELECT count(*) FROM requests").fetchone()
+    assert rows == (0,), "an unusable mirror leaves reads on the lake"
+    rollups, writers = [], []
+    for store, name in zip(stores[:2], "ab", strict=False):
+        w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
+        w.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
+                               if "requests" in t else None)  # fmt: skip
+        rollups.append(Rollup())
+        w.submit(rollups[-1].install).result()
+        w.start()
+        writers.append(w)
+    assert reader.mirror.catch_up()
+    loaded = reader.mirror.reloads
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for round_ in range(4):  # several commits per writer: rollup deltas for the same buckets from both
+        for w, (age_days, n) in zip(writers, ((40, 25), (2, 15)), strict=True):
+            for i in range(n):
+                ev = event(i)
+                ev.ts = now - timedelta(days=age_days if round_ % 2 else 0, minutes=i * 7)
+                ev.model = "gemini-2.5-pro" if i % 3 else "gemini-2.5-flash"
+                w.record(ev)
+            w.flush()
+        assert reader.mirror.catch_up()
+    writers[0].submit(lambda c: compact_lake(c, rollups[0])).result()
+    cutoffs = snapshot.retention_cutoffs({"requests": 30, "attempts": 30, "error_logs": 30}, now)
+    deleted = writers[1].submit(lambda cur: snapshot.apply_retention(cur, cutoffs, rollups[1])).result()
+    assert deleted["requests"] == 2 * 25
+
+    lake_cur, mirror_cur = reader.cursor(), reader.read_cursor()
+    assert reader.mirror.refreshes > 0 and reader.mirror.reloads == loaded, "followed by the feed, not reloaded"
+    path = mirror_cur.execute("SELECT current_setting('search_path')").fetchone()
+    assert path is not None and path[0].startswith(mirror.SCHEMA), "the reader's rollup tables are the mirror's"
+    for table in mirror.TABLES:
+        in_lake = sorted(lake_cur.execute(f"SELECT * FROM lake.main.{table}").fetchall())
+        assert in_lake, table
+        assert sorted(mirror_cur.execute(f"SELECT * FROM {table}").fetchall()) == in_lake, table
+        assert sorted(mirror_cur.execute(f"SELECT * FROM {mirror.SCHEMA}.{table}").fetchall()) == in_lake, table
+    tz = ZoneInfo("America/New_York")
+    start = now - timedelta(days=90)
+    for ask in (
+        lambda c: queries.summary(c, tz, now),
+        lambda c: queries.series(c, "day", "model", tz, *queries.series_range("day", tz, start, now, now)).to_pylist(),
+        lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now)).to_pylist(),
+        lambda c: queries.top(c, "model", start, now, 10),
+    ):
+        assert ask(mirror_cur) == ask(lake_cur)
+    assert queries.summary(mirror_cur, tz, now)["month"]["calls"] > 0
+    for c in (lake_cur, mirror_cur):
+        c.close()
+    for w in writers:
+        w.stop()
+    for store in stores:
+        store.close()
