@@ -72,10 +72,21 @@ def fifty_rules() -> list[dict[str, Any]]:
     out = []
     for i in range(50):
         shape = dict(shapes[i % len(shapes)])
-        body: dict[str, Any] = {"name": f"bench rule {i}", "window_s": windows[i % len(windows)], "for_s": 60,
-                                "severity": "warning", **shape}  # fmt: skip
-        requestish = shape["metric"] not in ("invalid_keys", "active_keys", "cooling_keys", "quota_day_usage_pct",
-                                             "key_flaps", "calls_vs_last_week")  # fmt: skip
+        body: dict[str, Any] = {
+            "name": f"bench rule {i}",
+            "window_s": windows[i % len(windows)],
+            "for_s": 60,
+            "severity": "warning",
+            **shape,
+        }
+        requestish = shape["metric"] not in (
+            "invalid_keys",
+            "active_keys",
+            "cooling_keys",
+            "quota_day_usage_pct",
+            "key_flaps",
+            "calls_vs_last_week",
+        )
         if requestish and i % 3 == 1:
             body["filters"] = {"model": MODELS[i % len(MODELS)]}
         if requestish and i % 3 == 2:
@@ -103,14 +114,17 @@ def _fill(store: Store, rows: int) -> None:
             CASE WHEN i % 7 = 0 THEN 429 ELSE 200 END AS upstream_status, 20.0 AS latency_ms""",
         ),
     ):
-        cur.execute(f"""
+        cur.execute(
+            f"""
             INSERT INTO {table} BY NAME
             SELECT CASE WHEN i < ? THEN ?::TIMESTAMP - to_seconds(i * 3600.0 / ?)
                         ELSE ?::TIMESTAMP - to_seconds(3600 + (i - ?) * (6 * 86400.0) / ?) END AS ts,
                    'r' || i AS request_id, 'k' || (i % 1000) AS key_id, 'p' || (i % 50) AS project,
                    ['gemini-2.5-flash', 'gemini-2.5-pro', 'gemini-2.0-flash', 'gemini-2.5-flash-lite'][1 + i % 4]
                        AS model{extra}
-            FROM range(?) t(i) ORDER BY ts""", [recent, now, recent, now, recent, rows - recent, rows])  # fmt: skip
+            FROM range(?) t(i) ORDER BY ts""",
+            [recent, now, recent, now, recent, rows - recent, rows],
+        )
     cur.close()
 
 
@@ -123,8 +137,11 @@ def evaluation_cost(rows: int, runs: int) -> dict[str, Any]:
         pool = Pool()
         pool.add(KeySpec(f"AIza{'x' * 31}{i:04d}", project=f"p{i % 50}") for i in range(1000))
         rules: list[Rule] = [parse_rule(b) for b in fifty_rules()]
-        db_rules = [r for r in rules if r.metric not in ("invalid_keys", "active_keys", "cooling_keys",
-                                                          "quota_day_usage_pct", "key_flaps")]  # fmt: skip
+        db_rules = [
+            r
+            for r in rules
+            if r.metric not in ("invalid_keys", "active_keys", "cooling_keys", "quota_day_usage_pct", "key_flaps")
+        ]
         flaps = sources.FlapCounter()
         times = []
         for _ in range(runs):
@@ -140,14 +157,22 @@ def evaluation_cost(rows: int, runs: int) -> dict[str, Any]:
             times.append((time.perf_counter() - t0) * 1000)
         store.close()
     times.sort()
-    return {"rows": rows, "fill_s": round(fill_s, 1), "rules": len(rules), "db_rules": len(db_rules), "runs": runs, "eval_ms_median": round(statistics.median(times), 1),
-            "eval_ms_p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1),
-            "eval_ms_min": round(times[0], 1)}  # fmt: skip
+    return {
+        "rows": rows,
+        "fill_s": round(fill_s, 1),
+        "rules": len(rules),
+        "db_rules": len(db_rules),
+        "runs": runs,
+        "eval_ms_median": round(statistics.median(times), 1),
+        "eval_ms_p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1),
+        "eval_ms_min": round(times[0], 1),
+    }
 
 
 def _throughput(workdir: Path, fake_url: str, name: str, rules: bool, duration: float, warmup: float) -> float:
-    proxy = start_proxy(workdir, fake_url, POOL_KEYS, model_limits=NO_LIMITS, name=name,
-                        env={"KEYRACK_ALERT_INTERVAL_S": "1"})  # fmt: skip
+    proxy = start_proxy(
+        workdir, fake_url, POOL_KEYS, model_limits=NO_LIMITS, name=name, env={"KEYRACK_ALERT_INTERVAL_S": "1"}
+    )
     try:
         wait_ready([proxy])
         if rules:
@@ -174,9 +199,14 @@ def throughput(duration: float, warmup: float) -> dict[str, Any]:
         finally:
             fake.stop()
     a, b = statistics.mean(none), statistics.mean(with_rules)
-    return {"rps_no_rules": round(a, 1), "rps_50_rules": round(b, 1), "runs_no_rules": [round(x, 1) for x in none],
-            "runs_50_rules": [round(x, 1) for x in with_rules], "ratio": round(b / a, 3) if a else 0.0,
-            "duration_s": duration}  # fmt: skip
+    return {
+        "rps_no_rules": round(a, 1),
+        "rps_50_rules": round(b, 1),
+        "runs_no_rules": [round(x, 1) for x in none],
+        "runs_50_rules": [round(x, 1) for x in with_rules],
+        "ratio": round(b / a, 3) if a else 0.0,
+        "duration_s": duration,
+    }
 
 
 def report(f: dict[str, Any]) -> str:
@@ -192,12 +222,17 @@ def report(f: dict[str, Any]) -> str:
             ["ratio (target >= 0.95)", t["ratio"]],
         ],
     )
-    return "\n".join([
-        "### Alerts: evaluation cost and proxy throughput", "", table, "",
-        f"- load average before / after: {f['load_average'][0]} / {f['load_average'][1]} (2 cores)",
-        f"- throughput runs (alternating): none {t['runs_no_rules']}, rules {t['runs_50_rules']}",
-        f"- target ratio >= {TARGET_RATIO}: {'met' if t['ratio'] >= TARGET_RATIO else 'MISSED'}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "### Alerts: evaluation cost and proxy throughput",
+            "",
+            table,
+            "",
+            f"- load average before / after: {f['load_average'][0]} / {f['load_average'][1]} (2 cores)",
+            f"- throughput runs (alternating): none {t['runs_no_rules']}, rules {t['runs_50_rules']}",
+            f"- target ratio >= {TARGET_RATIO}: {'met' if t['ratio'] >= TARGET_RATIO else 'MISSED'}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,17 +93,33 @@ SHAPES: list[tuple[str, dict[str, Any]]] = [
     ("p95 latency by model × client", {"measures": ["calls", "p95_latency_ms"], "dimensions": ["model", "client"]}),
     ("success rate by project × status", {"measures": ["success_rate"], "dimensions": ["project", "status"]}),
     ("p95 by hour of day × weekday", {"measures": ["p95_latency_ms"], "dimensions": ["hour_of_day", "day_of_week"]}),
-    ("calls, p95 by day × client (top 10)",
-     {"measures": ["calls", "p95_latency_ms"], "dimensions": ["day", "client"], "top_n": 10}),
-    ("429s by surface × outcome, compare",
-     {"measures": ["exhausted", "upstream_429s"], "dimensions": ["surface", "outcome"], "compare": "previous_period"}),
-    ("calls by model, filtered to 2 clients", {"measures": ["calls", "p50_latency_ms"], "dimensions": ["model"],
-                                                "filters": {"client": ["c1", "c2"], "stream": [True]}}),
+    (
+        "calls, p95 by day × client (top 10)",
+        {"measures": ["calls", "p95_latency_ms"], "dimensions": ["day", "client"], "top_n": 10},
+    ),
+    (
+        "429s by surface × outcome, compare",
+        {
+            "measures": ["exhausted", "upstream_429s"],
+            "dimensions": ["surface", "outcome"],
+            "compare": "previous_period",
+        },
+    ),
+    (
+        "calls by model, filtered to 2 clients",
+        {
+            "measures": ["calls", "p50_latency_ms"],
+            "dimensions": ["model"],
+            "filters": {"client": ["c1", "c2"], "stream": [True]},
+        },
+    ),
     ("calls by key (top 20)", {"measures": ["calls", "success_rate"], "dimensions": ["key"], "top_n": 20}),
     ("calls by hour × model", {"measures": ["calls", "error_rate"], "dimensions": ["hour", "model"]}),
-    ("calls by key × model (top 20)", {"measures": ["calls", "success_rate"], "dimensions": ["key", "model"],
-                                       "top_n": 20}),
-]  # fmt: skip
+    (
+        "calls by key × model (top 20)",
+        {"measures": ["calls", "success_rate"], "dimensions": ["key", "model"], "top_n": 20},
+    ),
+]
 
 
 def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -113,8 +129,10 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     rollup = Rollup(args.tz)
     cur0 = store.cursor()
     rollup.install(cur0)  # no-op when the file was built for this zone and version
-    sizes = {t: cur0.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-             for t in ("requests", "explore_agg", "explore_hist")}  # fmt: skip
+    sizes = {
+        t: cur0.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+        for t in ("requests", "explore_agg", "explore_hist")
+    }
     cur0.close()
     writer.after_append.append(rollup.on_append)
     writer.start()
@@ -137,8 +155,16 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         ms = sorted(timed(lambda b=body: run(b, True), args.runs))  # type: ignore[misc]
         source = run(body, True).source
         raw = [] if args.no_baseline else sorted(timed(lambda b=body: run(b, False), max(1, args.runs // 3)))  # type: ignore[misc]
-        figures.append({"query": name, "p50_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1],
-                        "raw_p50_ms": statistics.median(raw) if raw else None, "source": source})  # fmt: skip
+        figures.append(
+            {
+                "query": name,
+                "p50_ms": statistics.median(ms),
+                "min_ms": ms[0],
+                "max_ms": ms[-1],
+                "raw_p50_ms": statistics.median(raw) if raw else None,
+                "source": source,
+            }
+        )
     elapsed = time.perf_counter() - t_start
     appender.stop()
     writer.flush()
@@ -148,9 +174,14 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cur.close()
     writer.stop()
     store.close()
-    return {"sizes": sizes, "load": (load_before, os.getloadavg()[0]), "figures": figures,
-            "achieved_rate": appender.sent / elapsed if elapsed else 0.0, "appended": appender.sent,
-            "exact": all(k == total for k in kept) and len(kept) == 2}  # fmt: skip
+    return {
+        "sizes": sizes,
+        "load": (load_before, os.getloadavg()[0]),
+        "figures": figures,
+        "achieved_rate": appender.sent / elapsed if elapsed else 0.0,
+        "appended": appender.sent,
+        "exact": all(k == total for k in kept) and len(kept) == 2,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,18 +210,44 @@ def main(argv: list[str] | None = None) -> int:
         got = {**measure(path, args), "setup": setup}
         out["traffic"][traffic] = got
         sizes, load = got["sizes"], got["load"]
-        print(f"\n{traffic} traffic: rows {args.rows:,}  zone {args.tz}  runs {args.runs}  pre-aggregate rows "
-              f"{sizes['explore_agg']:,} (histograms {sizes['explore_hist']:,})  "
-              + "  ".join(f"{k} {v:.1f}" for k, v in setup.items()))  # fmt: skip
+        print(
+            f"\n{traffic} traffic: rows {args.rows:,}  zone {args.tz}  runs {args.runs}  pre-aggregate rows "
+            f"{sizes['explore_agg']:,} (histograms {sizes['explore_hist']:,})  "
+            + "  ".join(f"{k} {v:.1f}" for k, v in setup.items())
+        )
         print(f"machine load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
-        print(f"appended meanwhile: {got['appended']:,} events ({got['achieved_rate']:,.0f}/s); "
-              f"pre-aggregates == count(*): {got['exact']}\n")  # fmt: skip
-        table = [(f["query"], f["p50_ms"], f["min_ms"], f["max_ms"], f["source"],
-                  f"{f['raw_p50_ms']:,.0f}" if f["raw_p50_ms"] else "-",
-                  f"{f['raw_p50_ms'] / f['p50_ms']:.1f}x" if f["raw_p50_ms"] and f["p50_ms"] else "-",
-                  "ok" if f["p50_ms"] <= TARGET_MS else "MISS") for f in got["figures"]]  # fmt: skip
-        print(markdown_table(["shape (90 days)", "p50 ms", "min ms", "max ms", "source", "raw p50 ms", "vs raw",
-                              f"≤ {TARGET_MS:.0f} ms"], table))  # fmt: skip
+        print(
+            f"appended meanwhile: {got['appended']:,} events ({got['achieved_rate']:,.0f}/s); "
+            f"pre-aggregates == count(*): {got['exact']}\n"
+        )
+        table = [
+            (
+                f["query"],
+                f["p50_ms"],
+                f["min_ms"],
+                f["max_ms"],
+                f["source"],
+                f"{f['raw_p50_ms']:,.0f}" if f["raw_p50_ms"] else "-",
+                f"{f['raw_p50_ms'] / f['p50_ms']:.1f}x" if f["raw_p50_ms"] and f["p50_ms"] else "-",
+                "ok" if f["p50_ms"] <= TARGET_MS else "MISS",
+            )
+            for f in got["figures"]
+        ]
+        print(
+            markdown_table(
+                [
+                    "shape (90 days)",
+                    "p50 ms",
+                    "min ms",
+                    "max ms",
+                    "source",
+                    "raw p50 ms",
+                    "vs raw",
+                    f"≤ {TARGET_MS:.0f} ms",
+                ],
+                table,
+            )
+        )
         ok = ok and got["exact"] and (traffic != "realistic" or all(f["p50_ms"] <= TARGET_MS for f in got["figures"]))
     write_json(RESULTS / "explore.json", out)
     if tmp is not None:

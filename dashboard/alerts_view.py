@@ -49,19 +49,22 @@ def firing_frame(items: list[dict[str, Any]], unit_of: dict[str, str], admin_pag
         unit = unit_of.get(a.get("metric", ""), "")
         labels = a.get("labels") or {}
         query = "&".join(f"{k}={v}" for k, v in labels.items() if k in ("model", "key"))
-        rows.append({
-            "state": f"{STATE_ICON.get(a['state'], '')} {t('alerts.state.' + a['state'])}",
-            "severity": f"{SEVERITY_ICON.get(a.get('severity', ''), '')} {t('alerts.sev.' + a.get('severity', 'info'))}",
-            "rule": a["name"],
-            "since": pd.to_datetime(a.get("since"), utc=True),
-            "value": f"{fmt_value(a.get('value'), unit)} {a.get('op', '')} {fmt_value(a.get('threshold'), unit)}",
-            "labels": labels_text(labels),
-            "silenced": bool(a.get("silenced")),
-            "errors": f"{admin_page}error_logs" + (f"?{query}" if query else ""),
-            "trends": f"{admin_page}trends" + (f"?{query}" if query else ""),
-        })  # fmt: skip
-    return pd.DataFrame(rows, columns=["state", "severity", "rule", "since", "value", "labels", "silenced", "errors",
-                                       "trends"])  # fmt: skip
+        rows.append(
+            {
+                "state": f"{STATE_ICON.get(a['state'], '')} {t('alerts.state.' + a['state'])}",
+                "severity": f"{SEVERITY_ICON.get(a.get('severity', ''), '')} {t('alerts.sev.' + a.get('severity', 'info'))}",
+                "rule": a["name"],
+                "since": pd.to_datetime(a.get("since"), utc=True),
+                "value": f"{fmt_value(a.get('value'), unit)} {a.get('op', '')} {fmt_value(a.get('threshold'), unit)}",
+                "labels": labels_text(labels),
+                "silenced": bool(a.get("silenced")),
+                "errors": f"{admin_page}error_logs" + (f"?{query}" if query else ""),
+                "trends": f"{admin_page}trends" + (f"?{query}" if query else ""),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["state", "severity", "rule", "since", "value", "labels", "silenced", "errors", "trends"]
+    )
 
 
 def rules_frame(rules: list[dict[str, Any]], unit_of: dict[str, str]) -> pd.DataFrame:
@@ -78,9 +81,10 @@ def rules_frame(rules: list[dict[str, Any]], unit_of: dict[str, str]) -> pd.Data
             "id": r["id"],
         }
         for r in rules
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["enabled", "state", "name", "condition", "window", "for", "severity", "channels",
-                                       "id"])  # fmt: skip
+    ]
+    return pd.DataFrame(
+        rows, columns=["enabled", "state", "name", "condition", "window", "for", "severity", "channels", "id"]
+    )
 
 
 def enabled_changes(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[str, bool]]:
@@ -129,12 +133,18 @@ def history_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
         }
         for h in items
     ]
-    return pd.DataFrame(rows, columns=["ts", "kind", "rule", "state", "labels", "value", "channel", "attempt",
-                                       "message"])  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["ts", "kind", "rule", "state", "labels", "value", "channel", "attempt", "message"]
+    )
 
 
-KIND_COLOURS = {"fired": "#d9534f", "repeat": "#f0ad4e", "resolved": "#2e9e5b", "delivered": "#4c78a8",
-                "failed": "#7b1f1f"}  # fmt: skip
+KIND_COLOURS = {
+    "fired": "#d9534f",
+    "repeat": "#f0ad4e",
+    "resolved": "#2e9e5b",
+    "delivered": "#4c78a8",
+    "failed": "#7b1f1f",
+}
 
 
 def timeline(history: pd.DataFrame, tz: str) -> go.Figure:
@@ -144,13 +154,23 @@ def timeline(history: pd.DataFrame, tz: str) -> go.Figure:
         part = history[history["kind"] == kind]
         if part.empty:
             continue
-        fig.add_trace(go.Scatter(
-            x=part["ts"].dt.tz_convert(tz), y=part["rule"], mode="markers", name=t(f"alerts.kind.{kind}"),
-            marker={"color": colour, "size": 10, "symbol": "circle" if kind != "failed" else "x"},
-            text=part["message"], hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
-        ))  # fmt: skip
-    fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": t("alerts.timeline"),
-                      "x": 0}, legend={"orientation": "h", "y": 1.1, "x": 1, "xanchor": "right"})  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=part["ts"].dt.tz_convert(tz),
+                y=part["rule"],
+                mode="markers",
+                name=t(f"alerts.kind.{kind}"),
+                marker={"color": colour, "size": 10, "symbol": "circle" if kind != "failed" else "x"},
+                text=part["message"],
+                hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=260,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": t("alerts.timeline"), "x": 0},
+        legend={"orientation": "h", "y": 1.1, "x": 1, "xanchor": "right"},
+    )
     return fig
 
 
@@ -163,17 +183,23 @@ def backtest_figure(result: dict[str, Any], metric: str, unit: str, tz: str) -> 
         y = pd.to_numeric(series["value"], errors="coerce") * (100 if unit == "ratio" else 1)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=metric, line={"color": VALUE}, connectgaps=False))
     threshold = float(result.get("threshold", 0)) * (100 if unit == "ratio" else 1)
-    fig.add_hline(y=threshold, line={"color": THRESHOLD, "dash": "dash"},
-                  annotation_text=f"{t('alerts.threshold')} {result.get('op', '')} {threshold:g}")  # fmt: skip
+    fig.add_hline(
+        y=threshold,
+        line={"color": THRESHOLD, "dash": "dash"},
+        annotation_text=f"{t('alerts.threshold')} {result.get('op', '')} {threshold:g}",
+    )
     for span in result.get("spans") or []:
         a = pd.Timestamp(span["start"]).tz_convert(tz)
         b = pd.Timestamp(span["end"]).tz_convert(tz)
         fig.add_vrect(x0=a, x1=b, fillcolor=SPAN, line_width=0)
     fig.update_layout(
-        height=300, margin={"l": 10, "r": 10, "t": 50, "b": 10}, showlegend=False,
+        height=300,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        showlegend=False,
         title={"text": t("alerts.backtest_title", n=result.get("fired", 0)), "x": 0},
-        yaxis_title=f"{metric} ({'%' if unit == 'ratio' else unit})", xaxis_title=t("chart.time", tz=tz),
-    )  # fmt: skip
+        yaxis_title=f"{metric} ({'%' if unit == 'ratio' else unit})",
+        xaxis_title=t("chart.time", tz=tz),
+    )
     return fig
 
 
@@ -181,12 +207,18 @@ def rule_body(values: dict[str, Any]) -> dict[str, Any]:
     """The editor's widget values → a rule body for the API (empty filters dropped)."""
     filters = {k: v.strip() for k, v in (values.get("filters") or {}).items() if isinstance(v, str) and v.strip()}
     body = {
-        "name": values["name"].strip(), "metric": values["metric"], "op": values["op"],
-        "threshold": float(values["threshold"]), "window_s": int(values["window_s"]), "for_s": int(values["for_s"]),
-        "severity": values["severity"], "channels": list(values.get("channels") or []),
-        "repeat_s": int(values.get("repeat_s", 3600)), "group_by": values.get("group_by") or "",
+        "name": values["name"].strip(),
+        "metric": values["metric"],
+        "op": values["op"],
+        "threshold": float(values["threshold"]),
+        "window_s": int(values["window_s"]),
+        "for_s": int(values["for_s"]),
+        "severity": values["severity"],
+        "channels": list(values.get("channels") or []),
+        "repeat_s": int(values.get("repeat_s", 3600)),
+        "group_by": values.get("group_by") or "",
         "enabled": bool(values.get("enabled", True)),
-    }  # fmt: skip
+    }
     if filters:
         body["filters"] = filters
     return body

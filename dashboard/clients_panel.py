@@ -35,11 +35,18 @@ def editor() -> None:
             st.info(t("config.clients_none"))
             return
         df = frame(items)
-        edited = st.data_editor(df, key="cfg_clients", hide_index=True, width="stretch",
-                                disabled=["client_id", "token", "calls_90d"], column_config=fmt.column_labels(df))  # fmt: skip
+        edited = st.data_editor(
+            df,
+            key="cfg_clients",
+            hide_index=True,
+            width="stretch",
+            disabled=["client_id", "token", "calls_90d"],
+            column_config=fmt.column_labels(df),
+        )
         labels = labels_of(edited)
-        if st.button(t("config.clients_save"), icon=":material/save:", key="cfg_clients_save",
-                     disabled=labels == labels_of(df)):  # fmt: skip
+        if st.button(
+            t("config.clients_save"), icon=":material/save:", key="cfg_clients_save", disabled=labels == labels_of(df)
+        ):
             try:
                 cache.api().update_config({FIELD: labels})
             except AdminError as exc:

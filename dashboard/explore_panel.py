@@ -16,8 +16,15 @@ from dashboard import explore_view as ev
 from dashboard.client import AdminError
 from dashboard.i18n import t, wkey
 
-KEYS = {"measure": "ex_m", "rows": "ex_r", "cols": "ex_c", "view": "ex_v", "range": "ex_range", "compare": "ex_cmp",
-        "top_n": "ex_top"}  # fmt: skip
+KEYS = {
+    "measure": "ex_m",
+    "rows": "ex_r",
+    "cols": "ex_c",
+    "view": "ex_v",
+    "range": "ex_range",
+    "compare": "ex_cmp",
+    "top_n": "ex_top",
+}
 FILTER_DIMS = [d for d in ev.DIMENSIONS if d not in ev.TIME_DIMS]
 
 
@@ -49,10 +56,16 @@ def controls() -> ev.View:
     c1, c2, c3, c4 = st.columns([2, 2, 2, 3], vertical_alignment="bottom")
     measure = c1.selectbox(t("explore.measure"), ev.MEASURES, format_func=lambda m: t(f"m.{m}"), key=_k("measure"))
     rows = c2.selectbox(t("explore.rows"), ev.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=_k("rows"))
-    cols = c3.selectbox(t("explore.cols"), [NO_COLS, *ev.DIMENSIONS], key=_k("cols"),
-                        format_func=lambda d: t("explore.no_cols") if d == NO_COLS else t(f"dim.{d}"))  # fmt: skip
-    view = c4.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"),
-                                key=_k("view")) or "pivot"  # fmt: skip
+    cols = c3.selectbox(
+        t("explore.cols"),
+        [NO_COLS, *ev.DIMENSIONS],
+        key=_k("cols"),
+        format_func=lambda d: t("explore.no_cols") if d == NO_COLS else t(f"dim.{d}"),
+    )
+    view = (
+        c4.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"), key=_k("view"))
+        or "pivot"
+    )
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
     picked = c1.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
     start, end = times.date_range(picked, (today - timedelta(days=6), today))
@@ -60,8 +73,17 @@ def controls() -> ev.View:
     compare = c3.toggle(t("explore.compare"), key=_k("compare"))
     filters: dict[str, list[str]] = st.session_state.setdefault("ex_filters", {})
     _filter_editor(c4, filters, start, end)
-    v = ev.View(measure, rows, None if cols in (NO_COLS, rows) else cols, view, start, end, compare, int(top_n),
-                {d: vals for d, vals in filters.items() if vals})  # fmt: skip
+    v = ev.View(
+        measure,
+        rows,
+        None if cols in (NO_COLS, rows) else cols,
+        view,
+        start,
+        end,
+        compare,
+        int(top_n),
+        {d: vals for d, vals in filters.items() if vals},
+    )
     url = ev.to_params(v)
     if url != params:
         st.query_params.from_dict(url)
@@ -77,8 +99,9 @@ def _filter_editor(where: Any, filters: dict[str, list[str]], start: date, end: 
         )
         options = _options(dim, start, end)
         chosen = filters.get(dim, [])
-        picked = st.multiselect(t("explore.filter_values"), sorted(set(options) | set(chosen)), default=chosen,
-                                key=f"ex_fval_{dim}")  # fmt: skip
+        picked = st.multiselect(
+            t("explore.filter_values"), sorted(set(options) | set(chosen)), default=chosen, key=f"ex_fval_{dim}"
+        )
         if picked != chosen:
             filters[dim] = picked
             st.rerun()
@@ -137,8 +160,9 @@ def pivot_table(df: pd.DataFrame, v: ev.View) -> dict[str, Any] | None:
     table = ev.pivot(df, v)
     labels = {str(x): x for x in df[v.rows]}
     col_labels = {str(x): x for x in df[v.cols]} if v.cols else {}
-    st.dataframe(ev.styled(table, v.measure), key="ex_pivot", on_select="rerun", selection_mode="single-cell",
-                 width="stretch")  # fmt: skip
+    st.dataframe(
+        ev.styled(table, v.measure), key="ex_pivot", on_select="rerun", selection_mode="single-cell", width="stretch"
+    )
     if v.compare:
         st.markdown(f"**{t('explore.delta_title')}**")
         st.dataframe(ev.styled(ev.delta_table(df, v), v.measure, delta=True), key="ex_delta", width="stretch")
@@ -172,11 +196,24 @@ def _selected_cells(key: str) -> list[tuple[int, str]]:
 
 def downloads(df: pd.DataFrame) -> None:
     c1, c2, _ = st.columns([1, 1, 4])
-    c1.download_button(t("common.download_csv"), lambda: sql_tools.to_csv(df), file_name="keyrack-explore.csv",
-                       mime="text/csv", icon=":material/download:", key="ex_csv", on_click="ignore")  # fmt: skip
-    c2.download_button(t("common.download_parquet"), lambda: sql_tools.to_parquet(ev.for_parquet(df)),
-                       file_name="keyrack-explore.parquet", mime="application/vnd.apache.parquet",
-                       icon=":material/download:", key="ex_parquet", on_click="ignore")  # fmt: skip
+    c1.download_button(
+        t("common.download_csv"),
+        lambda: sql_tools.to_csv(df),
+        file_name="keyrack-explore.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="ex_csv",
+        on_click="ignore",
+    )
+    c2.download_button(
+        t("common.download_parquet"),
+        lambda: sql_tools.to_parquet(ev.for_parquet(df)),
+        file_name="keyrack-explore.parquet",
+        mime="application/vnd.apache.parquet",
+        icon=":material/download:",
+        key="ex_parquet",
+        on_click="ignore",
+    )
 
 
 def drill(v: ev.View, cell: dict[str, Any]) -> None:
@@ -192,8 +229,15 @@ def drill(v: ev.View, cell: dict[str, Any]) -> None:
     st.caption(t("explore.drill_count", n=fmt.fmt_int(len(items))))
     if not items.empty:
         shown = ev.calls_frame(items)
-        st.dataframe(shown, key="ex_calls", hide_index=True, width="stretch", on_select="rerun",
-                     selection_mode="single-row", column_config=fmt.column_labels(shown))  # fmt: skip
+        st.dataframe(
+            shown,
+            key="ex_calls",
+            hide_index=True,
+            width="stretch",
+            on_select="rerun",
+            selection_mode="single-row",
+            column_config=fmt.column_labels(shown),
+        )
         rows = paging.selected_rows("ex_calls")
         if rows and rows[0] < len(items) and items.iloc[rows[0]].get("error_id"):
             entry = cache.safe(cache.api().error)(str(items.iloc[rows[0]]["error_id"]))

@@ -16,12 +16,44 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-MEASURES = ["calls", "successes", "success_rate", "error_rate", "exhausted", "attempts_per_call", "upstream_429s",
-            "p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "p95_ttfb_ms", "prompt_tokens", "output_tokens",
-            "thinking_tokens", "cached_tokens", "total_tokens", "tokens_per_call", "request_bytes",
-            "response_bytes"]  # fmt: skip
-DIMENSIONS = ["model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status",
-              "hour_of_day", "day_of_week", "hour", "day", "week", "month"]  # fmt: skip
+MEASURES = [
+    "calls",
+    "successes",
+    "success_rate",
+    "error_rate",
+    "exhausted",
+    "attempts_per_call",
+    "upstream_429s",
+    "p50_latency_ms",
+    "p95_latency_ms",
+    "p99_latency_ms",
+    "p95_ttfb_ms",
+    "prompt_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "tokens_per_call",
+    "request_bytes",
+    "response_bytes",
+]
+DIMENSIONS = [
+    "model",
+    "project",
+    "key",
+    "client",
+    "surface",
+    "operation",
+    "stream",
+    "outcome",
+    "status",
+    "hour_of_day",
+    "day_of_week",
+    "hour",
+    "day",
+    "week",
+    "month",
+]
 TIME_DIMS = ("hour", "day", "week", "month")
 VIEWS = ["pivot", "heatmap", "multiples", "share"]
 RATES = ("success_rate", "error_rate")
@@ -108,8 +140,13 @@ def _filter_value(dim: str, value: str) -> Any:
 def request(v: View, lo: Any, hi: Any, measures: list[str] | None = None) -> dict[str, Any]:
     """The POST /admin/api/explore body for a view (lo/hi: UTC datetimes of the range)."""
     dims = [v.rows] + ([v.cols] if v.cols else [])
-    body: dict[str, Any] = {"measures": measures or [v.measure], "dimensions": dims, "top_n": v.top_n,
-                            "from": lo.isoformat(), "to": hi.isoformat()}  # fmt: skip
+    body: dict[str, Any] = {
+        "measures": measures or [v.measure],
+        "dimensions": dims,
+        "top_n": v.top_n,
+        "from": lo.isoformat(),
+        "to": hi.isoformat(),
+    }
     if v.filters:
         body["filters"] = {d: [_filter_value(d, x) for x in vals] for d, vals in v.filters.items()}
     if v.compare:
@@ -167,8 +204,15 @@ def additive(measure: str) -> bool:
 
 def heatmap(df: pd.DataFrame, v: View, title: str) -> go.Figure:
     table = pivot(df, v).drop(index="Σ", columns="Σ", errors="ignore")
-    fig = go.Figure(go.Heatmap(z=table.values, x=list(table.columns), y=list(table.index), colorscale="Blues",
-                               hovertemplate="%{y} · %{x}: %{z}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.values,
+            x=list(table.columns),
+            y=list(table.index),
+            colorscale="Blues",
+            hovertemplate="%{y} · %{x}: %{z}<extra></extra>",
+        )
+    )
     fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     fig.update_yaxes(autorange="reversed")  # rows top to bottom, as in the pivot table
     return fig
@@ -180,8 +224,16 @@ def multiples(df: pd.DataFrame, v: View, time_dim: str, other_dim: str | None, t
     if other_dim is None:
         return px.line(data, x=time_dim, y=v.measure, title=title, markers=True, height=360)
     n = data[other_dim].nunique()
-    fig = px.line(data, x=time_dim, y=v.measure, facet_col=other_dim, facet_col_wrap=min(4, max(n, 1)), markers=True,
-                  title=title, height=220 * max(1, (n + 3) // 4))  # fmt: skip
+    fig = px.line(
+        data,
+        x=time_dim,
+        y=v.measure,
+        facet_col=other_dim,
+        facet_col_wrap=min(4, max(n, 1)),
+        markers=True,
+        title=title,
+        height=220 * max(1, (n + 3) // 4),
+    )
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     return fig
 
@@ -255,9 +307,25 @@ def for_parquet(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-CALL_COLUMNS = ["ts", "request_id", "client", "model", "key_id", "project", "surface", "operation", "stream",
-                "status", "outcome", "attempts", "latency_ms", "ttfb_ms", "total_tokens", "error_id",
-                "error_message"]  # fmt: skip
+CALL_COLUMNS = [
+    "ts",
+    "request_id",
+    "client",
+    "model",
+    "key_id",
+    "project",
+    "surface",
+    "operation",
+    "stream",
+    "status",
+    "outcome",
+    "attempts",
+    "latency_ms",
+    "ttfb_ms",
+    "total_tokens",
+    "error_id",
+    "error_message",
+]
 
 
 def calls_frame(items: pd.DataFrame) -> pd.DataFrame:

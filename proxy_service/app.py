@@ -334,8 +334,11 @@ class Gateway:
         interval = self._config.recheck_interval_s
         # A key disabled by a failure streak was most likely hit by an upstream incident (a 503 storm trips every
         # key at once), so it is looked at again sooner than an invalid one.
-        every = {k.id: min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval
-                 for k in self.pool.keys.values() if k.needs_recheck}  # fmt: skip
+        every = {
+            k.id: min(interval, FAILURE_RECHECK_S) if k.status == "disabled" else interval
+            for k in self.pool.keys.values()
+            if k.needs_recheck
+        }
         due = [self.pool.keys[kid] for kid, s in every.items() if now - (self.pool.keys[kid].last_checked_at or 0) >= s]
         due = due[:20]  # bounded per tick; the rest come on later ticks
         if due and self.pool.clustered:  # one replica probes each key per interval (a Redis slot)
@@ -498,10 +501,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if gw.cluster is not None:
             # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
             c = gw.cluster.state()
-            body["cluster"] = {"replica": c["replica"], "replicas": c["replicas"], "leader": c["leader_id"],
-                               "redis": "degraded" if c["redis_degraded"] else "ok",
-                               "lake": "retrying" if c["lake_last_error"] else "ok",
-                               "lake_waiting_rows": c["lake_waiting_rows"]}  # fmt: skip
+            body["cluster"] = {
+                "replica": c["replica"],
+                "replicas": c["replicas"],
+                "leader": c["leader_id"],
+                "redis": "degraded" if c["redis_degraded"] else "ok",
+                "lake": "retrying" if c["lake_last_error"] else "ok",
+                "lake_waiting_rows": c["lake_waiting_rows"],
+            }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def prometheus(_request: Request) -> Response:

@@ -47,9 +47,24 @@ RAW_DIMS = {
     "outcome": "coalesce(outcome, '')",
     "status": "coalesce(CAST(status AS VARCHAR), '')",
 }
-SUMS = ("calls", "successes", "exhausted", "attempts", "upstream_429s", "prompt_tokens", "output_tokens",
-        "thinking_tokens", "cached_tokens", "total_tokens", "request_bytes", "response_bytes", "latency_sum",
-        "latency_n", "ttfb_sum", "ttfb_n")  # fmt: skip
+SUMS = (
+    "calls",
+    "successes",
+    "exhausted",
+    "attempts",
+    "upstream_429s",
+    "prompt_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "request_bytes",
+    "response_bytes",
+    "latency_sum",
+    "latency_n",
+    "ttfb_sum",
+    "ttfb_n",
+)
 # Per-row values of the counters, over `requests` aliased r and the upstream-429 lookup aliased u.
 RAW_SUMS = {
     "calls": "1",
@@ -125,8 +140,10 @@ def day_of(tz: ZoneInfo, t: datetime) -> tuple[datetime, datetime]:
     return starts[-2], starts[-1]
 
 
-_KEYS = "bucket TIMESTAMP NOT NULL, grain VARCHAR NOT NULL, a VARCHAR NOT NULL, av VARCHAR NOT NULL, " \
-        "b VARCHAR NOT NULL, bv VARCHAR NOT NULL"  # fmt: skip
+_KEYS = (
+    "bucket TIMESTAMP NOT NULL, grain VARCHAR NOT NULL, a VARCHAR NOT NULL, av VARCHAR NOT NULL, "
+    "b VARCHAR NOT NULL, bv VARCHAR NOT NULL"
+)
 _DDL = [
     f"CREATE TABLE IF NOT EXISTS {COUNTERS} ({_KEYS}, "
     + ", ".join(f"{s} {'DOUBLE' if s.endswith('_sum') else 'BIGINT'}" for s in SUMS)
@@ -285,8 +302,9 @@ def trim(cur: duckdb.DuckDBPyConnection, before: datetime, tz: ZoneInfo) -> None
     start, end = day_of(tz, before)
     if start == before:
         return
-    cur.execute("CREATE OR REPLACE TEMP TABLE _cube_trim AS SELECT * FROM requests WHERE ts >= ? AND ts < ?",
-                [before, end])  # fmt: skip
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE _cube_trim AS SELECT * FROM requests WHERE ts >= ? AND ts < ?", [before, end]
+    )
     try:
         insert(cur, "_cube_trim", tz, grains=("d",))
     finally:

@@ -240,8 +240,10 @@ def _keyed(spec: Spec, part: Part, text: set[str], offs: queries.Offsets, tops: 
     for i, dim in enumerate(spec.dimensions):
         d = dim_sql(dim, part, text, offs)
         if dim in tops:
-            d = Frag(f"CASE WHEN list_contains(?, {d.sql}) THEN {d.sql} ELSE '{OTHER}' END",
-                     [tops[dim], *d.params, *d.params])  # fmt: skip
+            d = Frag(
+                f"CASE WHEN list_contains(?, {d.sql}) THEN {d.sql} ELSE '{OTHER}' END",
+                [tops[dim], *d.params, *d.params],
+            )
         out.append(Frag(f"{d.sql} AS d{i}", d.params))
     return out
 
@@ -349,8 +351,9 @@ def _histogram(
             selects.append(f"SELECT {cols}, lb, n FROM {cube.HISTOGRAM} WHERE metric = ? AND {where.sql}")
             params += [p for k in keys for p in k.params] + [metric, *where.params]
         else:
-            selects.append(f"SELECT {cols}, {lb_sql(col)} AS lb, 1 AS n FROM requests WHERE {col} IS NOT NULL "
-                           f"AND {where.sql}")  # fmt: skip
+            selects.append(
+                f"SELECT {cols}, {lb_sql(col)} AS lb, 1 AS n FROM requests WHERE {col} IS NOT NULL AND {where.sql}"
+            )
             params += [p for k in keys for p in k.params] + where.params
     sql = (
         f"WITH h AS ({' UNION ALL '.join(selects)}) SELECT d0 AS b, d1 AS g, hash(d0, d1) AS gk, "
@@ -369,8 +372,10 @@ def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | 
             continue
         one = replace(spec, dimensions=(dim,), measures=("calls",))
         table, _ = _counters(cur, one, tz, zone, {})
-        ranked = sorted(zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
-                        key=lambda r: (-r[1], r[0]))  # fmt: skip
+        ranked = sorted(
+            zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
+            key=lambda r: (-r[1], r[0]),
+        )
         if len(ranked) > spec.top_n:
             out[dim] = [v for v, _ in ranked[: spec.top_n]]
     return out
@@ -418,8 +423,13 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
     return values, tops, "mixed" if len(sources) > 1 else sources.pop() if sources else "cube"
 
 
-def answer(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, labels: dict[str, str] | None = None,
-           zone: str | None = "UTC") -> Answer:  # fmt: skip
+def answer(
+    cur: duckdb.DuckDBPyConnection,
+    spec: Spec,
+    tz: ZoneInfo,
+    labels: dict[str, str] | None = None,
+    zone: str | None = "UTC",
+) -> Answer:
     """`zone`: the zone of the pre-aggregates' local days (`Rollup.zone`); None reads raw rows only."""
     values, tops, source = _period(cur, spec, tz, zone, None)
     columns = [*spec.dimensions, *spec.measures]
@@ -455,8 +465,9 @@ def _num(v: Any, m: str) -> Any:
 
 
 def _order(key: tuple) -> tuple:
-    return tuple((v == OTHER, v is None, str(v) if isinstance(v, str) else "", v if not isinstance(v, str) else 0)
-                 for v in key)  # fmt: skip
+    return tuple(
+        (v == OTHER, v is None, str(v) if isinstance(v, str) else "", v if not isinstance(v, str) else 0) for v in key
+    )
 
 
 def _align(prev: dict[tuple, dict], spec: Spec, tz: ZoneInfo) -> dict[tuple, dict]:
@@ -464,8 +475,9 @@ def _align(prev: dict[tuple, dict], spec: Spec, tz: ZoneInfo) -> dict[tuple, dic
     span = spec.hi - spec.lo
     for i, dim in enumerate(spec.dimensions):
         if dim in TIME_BUCKETS:
-            mapping = dict(zip(_buckets(spec.lo - span, spec.lo, dim, tz), _buckets(spec.lo, spec.hi, dim, tz),
-                               strict=False))  # fmt: skip
+            mapping = dict(
+                zip(_buckets(spec.lo - span, spec.lo, dim, tz), _buckets(spec.lo, spec.hi, dim, tz), strict=False)
+            )
             prev = {(*k[:i], mapping[k[i]], *k[i + 1 :]): v for k, v in prev.items() if k[i] in mapping}
     return prev
 
@@ -515,8 +527,24 @@ def client_calls(cur: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[
 
 
 # -- drill-down ----------------------------------------------------------------------------------------------------
-CALL_COLUMNS = ("ts", "request_id", "client_id", "model", "key_id", "project", "surface", "operation", "stream",
-                "status", "outcome", "attempts", "latency_ms", "ttfb_ms", "total_tokens", "error_message")  # fmt: skip
+CALL_COLUMNS = (
+    "ts",
+    "request_id",
+    "client_id",
+    "model",
+    "key_id",
+    "project",
+    "surface",
+    "operation",
+    "stream",
+    "status",
+    "outcome",
+    "attempts",
+    "latency_ms",
+    "ttfb_ms",
+    "total_tokens",
+    "error_message",
+)
 
 
 def calls(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, limit: int = 100) -> list[dict[str, Any]]:

@@ -264,8 +264,10 @@ class Rollup:
             lo, hi = r.chunks[0]
             cur.execute("BEGIN TRANSACTION")
             try:
-                cur.execute(f"CREATE OR REPLACE TEMP TABLE {_CHUNK} AS SELECT * FROM requests WHERE ts >= ? AND ts < ?",
-                            [lo, hi])  # fmt: skip
+                cur.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {_CHUNK} AS SELECT * FROM requests WHERE ts >= ? AND ts < ?",
+                    [lo, hi],
+                )
                 _insert(cur, _CHUNK, self.tz)
                 cur.execute(f"DROP TABLE {_CHUNK}")
                 cur.execute("COMMIT")

@@ -23,14 +23,19 @@ BILLING = client_id(CLIENT_TOKEN) or ""
 
 
 def admin(proxy: Proxy) -> httpx.Client:
-    return httpx.Client(base_url=f"{proxy.url}/admin/api", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-                        timeout=30)  # fmt: skip
+    return httpx.Client(
+        base_url=f"{proxy.url}/admin/api", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+    )
 
 
 def call(proxy: Proxy, token: str, model: str, n: int = 1) -> None:
     for _ in range(n):
-        r = httpx.post(f"{proxy.url}/v1beta/models/{model}:generateContent", headers={"x-goog-api-key": token},
-                       json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=30)  # fmt: skip
+        r = httpx.post(
+            f"{proxy.url}/v1beta/models/{model}:generateContent",
+            headers={"x-goog-api-key": token},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            timeout=30,
+        )
         assert r.status_code in (200, 400, 404, 429, 503), r.text
 
 
@@ -47,8 +52,11 @@ def test_explore_answers_match_sql_with_client_labels(start_proxy: Any, upstream
     with admin(proxy) as api:
         r = api.patch("/config", json={"client_labels": {BILLING: "billing-service"}})
         assert r.status_code == 200, r.text
-        body = {"measures": ["calls", "successes", "total_tokens", "p95_latency_ms"], "dimensions": ["client", "model"],
-                "from": "2020-01-01T00:00:00Z"}  # fmt: skip
+        body = {
+            "measures": ["calls", "successes", "total_tokens", "p95_latency_ms"],
+            "dimensions": ["client", "model"],
+            "from": "2020-01-01T00:00:00Z",
+        }
         ans = api.post("/explore", json=body).json()
         assert ans["columns"] == ["client", "model", "calls", "successes", "total_tokens", "p95_latency_ms"]
         expected = proxy.rows(

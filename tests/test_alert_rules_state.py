@@ -11,8 +11,16 @@ BASE = {"name": "r", "metric": "success_rate", "op": "<", "threshold": 0.9, "win
 
 
 def test_a_full_rule_round_trips_and_defaults_apply() -> None:
-    rule = parse_rule({**BASE, "for_s": 30, "severity": "critical", "filters": {"model": "gemini-2.5-pro"},
-                       "group_by": "project", "channels": ["c1", "c1"]})  # fmt: skip
+    rule = parse_rule(
+        {
+            **BASE,
+            "for_s": 30,
+            "severity": "critical",
+            "filters": {"model": "gemini-2.5-pro"},
+            "group_by": "project",
+            "channels": ["c1", "c1"],
+        }
+    )
     assert rule.enabled and rule.repeat_s == 3600 and rule.channels == ("c1",)
     again = parse_rule(rule.to_dict())
     assert again == rule
@@ -76,13 +84,27 @@ def test_default_rules_are_valid_disabled_and_use_known_metrics() -> None:
     rules = default_rules()
     assert len(rules) >= 8 and all(not r.enabled for r in rules)
     assert {r.metric for r in rules} <= set(METRICS)
-    assert {"invalid_keys", "active_keys", "success_rate", "error_rate", "exhausted_rate", "upstream_429_rate",
-            "p95_latency_ms", "calls"} <= set(METRICS)  # fmt: skip
+    assert {
+        "invalid_keys",
+        "active_keys",
+        "success_rate",
+        "error_rate",
+        "exhausted_rate",
+        "upstream_429_rate",
+        "p95_latency_ms",
+        "calls",
+    } <= set(METRICS)
 
 
 def test_breach_comparisons_and_missing_data() -> None:
-    for op, value, expected in [(">", 2, True), (">", 1, False), (">=", 1, True), ("<", 0.5, True), ("<=", 1, True),
-                                ("<", 1, False)]:  # fmt: skip
+    for op, value, expected in [
+        (">", 2, True),
+        (">", 1, False),
+        (">=", 1, True),
+        ("<", 0.5, True),
+        ("<=", 1, True),
+        ("<", 1, False),
+    ]:
         assert parse_rule({**BASE, "op": op, "threshold": 1}).breached(value) is expected
     assert parse_rule(BASE).breached(None) is False
 
@@ -98,13 +120,20 @@ def run(st: AlertState, timing: Timing, steps: list[tuple[float, bool]], silence
 
 def test_pending_then_firing_after_for_then_resolved_once() -> None:
     st = AlertState("r")
-    got = run(st, Timing(for_s=30, repeat_s=0), [(0, True), (15, True), (29, True), (30, True), (45, True),
-                                                 (60, False), (75, False)])  # fmt: skip
+    got = run(
+        st,
+        Timing(for_s=30, repeat_s=0),
+        [(0, True), (15, True), (29, True), (30, True), (45, True), (60, False), (75, False)],
+    )
     assert got == [
-        (0, "pending", None, None), (15, "pending", None, None), (29, "pending", None, None),
-        (30, "firing", "fired", True), (45, "firing", None, None),
-        (60, "inactive", "resolved", True), (75, "inactive", None, None),
-    ]  # fmt: skip
+        (0, "pending", None, None),
+        (15, "pending", None, None),
+        (29, "pending", None, None),
+        (30, "firing", "fired", True),
+        (45, "firing", None, None),
+        (60, "inactive", "resolved", True),
+        (75, "inactive", None, None),
+    ]
 
 
 def test_a_blip_shorter_than_for_never_fires() -> None:

@@ -134,9 +134,13 @@ def test_rule_crud_defaults_and_field_named_errors(env: tuple[Proxy, httpx.Clien
     assert r.status_code == 200 and r.json()["threshold"] == 5 and r.json()["enabled"] is False
     assert http.get(f"/alerts/rules/{rid}").json()["threshold"] == 5
     for body, fld in [
-        ({"metric": "nope"}, "metric"), ({"op": "=="}, "op"), ({"window_s": -1}, "window_s"),
-        ({"threshold": "x"}, "threshold"), ({"channels": ["missing"]}, "channels"), ({"id": "mine"}, "id"),
-    ]:  # fmt: skip
+        ({"metric": "nope"}, "metric"),
+        ({"op": "=="}, "op"),
+        ({"window_s": -1}, "window_s"),
+        ({"threshold": "x"}, "threshold"),
+        ({"channels": ["missing"]}, "channels"),
+        ({"id": "mine"}, "id"),
+    ]:
         base = {"name": "x", "metric": "calls", "op": ">", "threshold": 1, "window_s": 60}
         r = http.post("/alerts/rules", json={**base, **body})
         assert r.status_code == 422 and r.json()["error"]["field"] == fld, (body, r.text)
@@ -145,8 +149,16 @@ def test_rule_crud_defaults_and_field_named_errors(env: tuple[Proxy, httpx.Clien
     assert http.delete(f"/alerts/rules/{rid}").status_code == 200
     assert http.get(f"/alerts/rules/{rid}").status_code == 404
     metrics = {m["name"] for m in http.get("/alerts/metrics").json()["items"]}
-    assert {"invalid_keys", "active_keys", "success_rate", "error_rate", "exhausted_rate", "upstream_429_rate",
-            "p95_latency_ms", "calls"} <= metrics  # fmt: skip
+    assert {
+        "invalid_keys",
+        "active_keys",
+        "success_rate",
+        "error_rate",
+        "exhausted_rate",
+        "upstream_429_rate",
+        "p95_latency_ms",
+        "calls",
+    } <= metrics
 
 
 FIXED_HOST_URLS = {
@@ -189,8 +201,11 @@ def _invalidate_keys(upstream: Upstream, proxy: Proxy) -> None:
     upstream.set_scenario({**SCENARIO, "invalid_keys": [*SCENARIO["invalid_keys"], *keys]})
     with httpx.Client(base_url=proxy.url, timeout=30) as client:
         for _ in range(3):
-            client.post("/v1beta/models/gemini-2.5-flash:generateContent", headers={"x-goog-api-key": CLIENT_TOKEN},
-                        json={"contents": [{"parts": [{"text": "hi"}]}]})  # fmt: skip
+            client.post(
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                headers={"x-goog-api-key": CLIENT_TOKEN},
+                json={"contents": [{"parts": [{"text": "hi"}]}]},
+            )
     assert proxy.gateway.pool.counts()["invalid"] >= 1
 
 
@@ -201,8 +216,16 @@ def test_invalid_keys_fire_deliver_signed_webhook_and_resolve(
     channel = _channel(http, f"webhook+{receiver.url}/hook")
     secret = channel["secret"]
     assert channel["kind"] == "webhook" and channel["signed"] and secret not in http.get("/alerts/channels").text
-    rule = _rule(http, name="Invalid keys", metric="invalid_keys", op=">", threshold=0, for_s=2, severity="critical",
-                 channels=[channel["id"]])  # fmt: skip
+    rule = _rule(
+        http,
+        name="Invalid keys",
+        metric="invalid_keys",
+        op=">",
+        threshold=0,
+        for_s=2,
+        severity="critical",
+        channels=[channel["id"]],
+    )
     breached_at = time.time()
     _invalidate_keys(upstream, proxy)
     pending = wait_for(lambda: http.get("/alerts/active").json()["items"], what="pending")
@@ -254,8 +277,12 @@ def test_apprise_json_and_mailto_channels_deliver(
     assert "Keys present" in mail["Subject"] and "oncall@example.com" in mail["To"]
     text = mail.get_payload(decode=True) if not mail.is_multipart() else mail.get_payload(0).get_payload(decode=True)
     assert b"firing" in text and b"/alerts" in text
-    wait_for(lambda: {h["channel_id"] for h in _history(http, kind="delivered") if h["rule"] == "Keys present"}
-             == {jid, mid}, what="both deliveries recorded")  # fmt: skip
+    wait_for(
+        lambda: (
+            {h["channel_id"] for h in _history(http, kind="delivered") if h["rule"] == "Keys present"} == {jid, mid}
+        ),
+        what="both deliveries recorded",
+    )
     assert proxy.gateway.alerts.notifier.queue.qsize() == 0
 
 
@@ -285,8 +312,11 @@ def test_a_failing_receiver_is_retried_then_recorded_and_the_proxy_keeps_serving
     retries = [h for h in _history(http, rule_id=rule["id"], kind="failed") if "will retry" in h["message"]]
     assert len(retries) == attempts - 1
     with httpx.Client(base_url=proxy.url, timeout=10) as client:  # the proxy was never held up
-        r = client.post("/v1beta/models/gemini-2.5-flash:generateContent", headers={"x-goog-api-key": CLIENT_TOKEN},
-                        json={"contents": [{"parts": [{"text": "hi"}]}]})  # fmt: skip
+        r = client.post(
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            headers={"x-goog-api-key": CLIENT_TOKEN},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+        )
     assert r.status_code == 200
     assert 'keyrack_alert_deliveries_total{result="failed"}' in httpx.get(proxy.url + "/metrics").text
 
@@ -324,15 +354,25 @@ def test_a_429_storm_fires_the_refusal_rule_and_it_resolves(
     proxy, http = env
     cid = _channel(http, f"webhook+{receiver.url}/hook")["id"]
     # upstream's first 429s teach Keyrack the limit; from then on it refuses calls itself (exhausted)
-    _rule(http, name="429 storm", metric="exhausted_rate", op=">", threshold=0.3, window_s=10, for_s=1,
-          channels=[cid])  # fmt: skip
-    _rule(http, name="upstream 429s", metric="upstream_429_rate", op=">=", threshold=0.2, window_s=10, for_s=1,
-          channels=[cid])  # fmt: skip
+    _rule(http, name="429 storm", metric="exhausted_rate", op=">", threshold=0.3, window_s=10, for_s=1, channels=[cid])
+    _rule(
+        http,
+        name="upstream 429s",
+        metric="upstream_429_rate",
+        op=">=",
+        threshold=0.2,
+        window_s=10,
+        for_s=1,
+        channels=[cid],
+    )
     upstream.set_scenario({**SCENARIO, "limits": {"default": {"rpm": 1}}})
     with httpx.Client(base_url=proxy.url, timeout=30) as client:
         for _ in range(12):
-            client.post("/v1beta/models/gemini-2.5-flash:generateContent", headers={"x-goog-api-key": CLIENT_TOKEN},
-                        json={"contents": [{"parts": [{"text": "hi"}]}]})  # fmt: skip
+            client.post(
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                headers={"x-goog-api-key": CLIENT_TOKEN},
+                json={"contents": [{"parts": [{"text": "hi"}]}]},
+            )
     firing = wait_for(lambda: len(receiver.bodies()) >= 2 and receiver.bodies(), what="the storm alerts")
     assert {b["rule"] for b in firing} == {"429 storm", "upstream 429s"}
     assert all(b["value"] >= b["threshold"] and b["state"] == "firing" for b in firing)
@@ -348,11 +388,20 @@ def test_backtest_reads_seven_days_of_rollup(env: tuple[Proxy, httpx.Client]) ->
     for q in range(48 * 4):  # two days, two calls every 15 minutes; from hour 10 to 14 one of them fails
         for i in range(2):
             bad = 40 <= q < 56 and i == 0
-            proxy.gateway.writer.record(RequestEvent(
-                ts=start + timedelta(minutes=15 * q + i), request_id=f"r{q}-{i}", client_id=None, surface="gemini",
-                operation="generateContent", model="gemini-2.5-flash", stream=False, status=503 if bad else 200,
-                outcome="upstream_error" if bad else "success", latency_ms=100.0,
-            ))  # fmt: skip
+            proxy.gateway.writer.record(
+                RequestEvent(
+                    ts=start + timedelta(minutes=15 * q + i),
+                    request_id=f"r{q}-{i}",
+                    client_id=None,
+                    surface="gemini",
+                    operation="generateContent",
+                    model="gemini-2.5-flash",
+                    stream=False,
+                    status=503 if bad else 200,
+                    outcome="upstream_error" if bad else "success",
+                    latency_ms=100.0,
+                )
+            )
     proxy.gateway.writer.flush()
     rule = {"name": "bt", "metric": "success_rate", "op": "<", "threshold": 0.9, "window_s": 900, "for_s": 1800}
     r = http.post("/alerts/backtest", json=rule)

@@ -104,16 +104,25 @@ def test_quota_day_counts_survive_a_restart(start_upstream: Callable[..., Upstre
     """Embedded: the (project, model) windows live in memory; a restart reads today's attempts back, so a
     configured rpd is not spent a second time (nor the minute's rpm)."""
     upstream = start_upstream(SCENARIO)
-    settings = Settings(_env_file=None, data_dir=tmp_path, upstream_url=upstream.url, api_keys=f"p2:{P2_A}",  # type: ignore[call-arg]
-                        access_tokens=[CLIENT_TOKEN], model_limits={"gemini-2.5-flash": {"rpd": 5}})  # fmt: skip
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        upstream_url=upstream.url,
+        api_keys=f"p2:{P2_A}",  # type: ignore[call-arg]
+        access_tokens=[CLIENT_TOKEN],
+        model_limits={"gemini-2.5-flash": {"rpd": 5}},
+    )
 
     def calls(n: int) -> list[int]:
         with serve(create_app(settings), lifespan="on") as url:
             return [
-                httpx.post(f"{url}/v1beta/models/gemini-2.5-flash:generateContent", json=BODY,
-                           headers={"x-goog-api-key": CLIENT_TOKEN}).status_code
+                httpx.post(
+                    f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
+                    json=BODY,
+                    headers={"x-goog-api-key": CLIENT_TOKEN},
+                ).status_code
                 for _ in range(n)
-            ]  # fmt: skip
+            ]
 
     assert calls(3) == [200, 200, 200]
     assert calls(3) == [200, 200, 429]  # 3 before the restart + 2 = the day's 5

@@ -34,17 +34,41 @@ def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
         n_att = 0 if outcome == "exhausted" else rnd.randint(1, 3)
         rid = f"q{i}"
         for a in range(n_att):
-            attempts.append(AttemptEvent(ts=ts + timedelta(seconds=a), request_id=rid, attempt=a + 1, key_id="k_1",
-                                         project="p1", model="m", upstream_status=429 if a < n_att - 1 else status,
-                                         outcome="rate_limited" if a < n_att - 1 else "ok", latency_ms=5.0))  # fmt: skip
+            attempts.append(
+                AttemptEvent(
+                    ts=ts + timedelta(seconds=a),
+                    request_id=rid,
+                    attempt=a + 1,
+                    key_id="k_1",
+                    project="p1",
+                    model="m",
+                    upstream_status=429 if a < n_att - 1 else status,
+                    outcome="rate_limited" if a < n_att - 1 else "ok",
+                    latency_ms=5.0,
+                )
+            )
         events.append(
-            event(ts, i, request_id=rid, client_id=rnd.choice(CLIENTS), model=rnd.choice(MODELS),
-                  project=rnd.choice(["p1", "p2", None]), key_id=f"k_{rnd.randint(1, 12)}",
-                  surface=rnd.choice(["gemini", "openai"]), stream=rnd.random() < 0.3, status=status, outcome=outcome,
-                  attempts=n_att, latency_ms=rnd.lognormvariate(6, 1), ttfb_ms=rnd.choice([None, rnd.uniform(20, 900)]),
-                  prompt_tokens=rnd.randint(0, 5000), output_tokens=rnd.choice([None, rnd.randint(0, 900)]),
-                  total_tokens=rnd.randint(0, 6000), request_bytes=rnd.randint(100, 9000))
-        )  # fmt: skip
+            event(
+                ts,
+                i,
+                request_id=rid,
+                client_id=rnd.choice(CLIENTS),
+                model=rnd.choice(MODELS),
+                project=rnd.choice(["p1", "p2", None]),
+                key_id=f"k_{rnd.randint(1, 12)}",
+                surface=rnd.choice(["gemini", "openai"]),
+                stream=rnd.random() < 0.3,
+                status=status,
+                outcome=outcome,
+                attempts=n_att,
+                latency_ms=rnd.lognormvariate(6, 1),
+                ttfb_ms=rnd.choice([None, rnd.uniform(20, 900)]),
+                prompt_tokens=rnd.randint(0, 5000),
+                output_tokens=rnd.choice([None, rnd.randint(0, 900)]),
+                total_tokens=rnd.randint(0, 6000),
+                request_bytes=rnd.randint(100, 9000),
+            )
+        )
     return events, attempts
 
 
@@ -120,10 +144,19 @@ def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_perc
 ) -> None:
     if zone is not None:
         loaded.writer.submit(lambda cur: loaded.rollup.rezone(cur, zone)).result()
-    measures = ["calls", "successes", "prompt_tokens", "output_tokens", "total_tokens", "upstream_429s",
-                "attempts_per_call", "p95_latency_ms"]  # fmt: skip
-    spec, _ = explore.parse_spec({"measures": measures, "dimensions": dims, "from": lo.isoformat(),
-                                  "to": hi.isoformat()}, tz, END)  # fmt: skip
+    measures = [
+        "calls",
+        "successes",
+        "prompt_tokens",
+        "output_tokens",
+        "total_tokens",
+        "upstream_429s",
+        "attempts_per_call",
+        "p95_latency_ms",
+    ]
+    spec, _ = explore.parse_spec(
+        {"measures": measures, "dimensions": dims, "from": lo.isoformat(), "to": hi.isoformat()}, tz, END
+    )
     ans = explore.answer(loaded.cur, spec, tz, zone=zone)
     expected = raw_sql(loaded, dims, tz, lo, hi)
     got = {tuple(normal(d, v) for d, v in zip(dims, row, strict=False)): row[len(dims) :] for row in ans.rows}
@@ -138,11 +171,18 @@ def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_perc
 
 
 def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
-    ans = ask(loaded, NY, measures=["calls", "total_tokens"], dimensions=["model"],
-              filters={"surface": ["openai"], "stream": [True], "client": ["t_billing", None], "hour_of_day": [9, 10]},
-              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
-    where = ("AND surface = 'openai' AND stream AND (client_id = 't_billing' OR client_id IS NULL) "
-             "AND hour(timezone('America/New_York', ts::TIMESTAMPTZ)) IN (9, 10)")  # fmt: skip
+    ans = ask(
+        loaded,
+        NY,
+        measures=["calls", "total_tokens"],
+        dimensions=["model"],
+        filters={"surface": ["openai"], "stream": [True], "client": ["t_billing", None], "hour_of_day": [9, 10]},
+        **{"from": START.isoformat(), "to": END.isoformat()},
+    )
+    where = (
+        "AND surface = 'openai' AND stream AND (client_id = 't_billing' OR client_id IS NULL) "
+        "AND hour(timezone('America/New_York', ts::TIMESTAMPTZ)) IN (9, 10)"
+    )
     expected = raw_sql(loaded, ["model"], NY, START, END, where)
     assert {r[0]: r[1:] for r in ans.rows} == {k[0]: [v[0], v[4]] for k, v in expected.items()}
     assert ans.rows
@@ -150,10 +190,22 @@ def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
 
 def test_compare_gives_previous_period_and_delta(loaded: DB) -> None:
     mid = START + timedelta(days=2)
-    ans = ask(loaded, measures=["calls", "p50_latency_ms"], dimensions=["model"], compare="previous_period",
-              **{"from": mid.isoformat(), "to": END.isoformat()})  # fmt: skip
-    assert ans.columns == ["model", "calls", "p50_latency_ms", "calls_prev", "calls_delta", "p50_latency_ms_prev",
-                           "p50_latency_ms_delta"]  # fmt: skip
+    ans = ask(
+        loaded,
+        measures=["calls", "p50_latency_ms"],
+        dimensions=["model"],
+        compare="previous_period",
+        **{"from": mid.isoformat(), "to": END.isoformat()},
+    )
+    assert ans.columns == [
+        "model",
+        "calls",
+        "p50_latency_ms",
+        "calls_prev",
+        "calls_delta",
+        "p50_latency_ms_prev",
+        "p50_latency_ms_delta",
+    ]
     now, before = raw_sql(loaded, ["model"], UTC, mid, END), raw_sql(loaded, ["model"], UTC, START, mid)
     for row in ans.rows:
         assert row[1] == now[(row[0],)][0] and row[3] == before[(row[0],)][0] and row[4] == row[1] - row[3]
@@ -163,16 +215,26 @@ def test_compare_gives_previous_period_and_delta(loaded: DB) -> None:
 
 def test_compare_matches_time_buckets_by_position(loaded: DB) -> None:
     mid = START + timedelta(days=2)
-    ans = ask(loaded, measures=["calls"], dimensions=["day"], compare="previous_period",
-              **{"from": mid.isoformat(), "to": END.isoformat()})  # fmt: skip
+    ans = ask(
+        loaded,
+        measures=["calls"],
+        dimensions=["day"],
+        compare="previous_period",
+        **{"from": mid.isoformat(), "to": END.isoformat()},
+    )
     assert [r[0][:10] for r in ans.rows] == ["2026-03-08", "2026-03-09"]
     before = raw_sql(loaded, ["day"], UTC, START, mid)
     assert [r[2] for r in ans.rows] == [before[d][0] for d in sorted(before)]
 
 
 def test_top_n_folds_the_rest_into_other_exactly(loaded: DB) -> None:
-    ans = ask(loaded, measures=["calls", "p95_latency_ms"], dimensions=["key"], top_n=3,
-              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
+    ans = ask(
+        loaded,
+        measures=["calls", "p95_latency_ms"],
+        dimensions=["key"],
+        top_n=3,
+        **{"from": START.isoformat(), "to": END.isoformat()},
+    )
     assert len(ans.rows) == 4 and ans.rows[-1][0] == explore.OTHER
     assert sum(r[1] for r in ans.rows) == 3000
     full = raw_sql(loaded, ["key"], UTC, START, END)
@@ -182,16 +244,26 @@ def test_top_n_folds_the_rest_into_other_exactly(loaded: DB) -> None:
 
 def test_client_labels_show_and_filter(loaded: DB) -> None:
     labels = {"t_billing": "billing-service"}
-    ans = ask(loaded, labels=labels, measures=["calls"], dimensions=["client"], filters={"client": ["billing-service"]},
-              **{"from": START.isoformat(), "to": END.isoformat()})  # fmt: skip
+    ans = ask(
+        loaded,
+        labels=labels,
+        measures=["calls"],
+        dimensions=["client"],
+        filters={"client": ["billing-service"]},
+        **{"from": START.isoformat(), "to": END.isoformat()},
+    )
     expected = raw_sql(loaded, [], UTC, START, END, "AND client_id = 't_billing'")
     assert ans.rows == [["billing-service", expected[()][0]]]
 
 
 def test_the_cube_follows_appends_after_compaction(loaded: DB) -> None:
     extra, _ = traffic(50, seed=99)
-    loaded.add(*[event(e.ts, 0, **{k: getattr(e, k) for k in ("model", "client_id")}, request_id=f"x{i}")
-                 for i, e in enumerate(extra)])  # fmt: skip
+    loaded.add(
+        *[
+            event(e.ts, 0, **{k: getattr(e, k) for k in ("model", "client_id")}, request_id=f"x{i}")
+            for i, e in enumerate(extra)
+        ]
+    )
     ans = ask(loaded, measures=["calls"], **{"from": START.isoformat(), "to": END.isoformat()})
     assert ans.rows == [[3050]]
     loaded.writer.submit(loaded.rollup.compact).result()
@@ -202,11 +274,25 @@ def test_the_cube_follows_appends_after_compaction(loaded: DB) -> None:
 
 def test_drill_down_lists_the_calls_and_the_sql_page_query_agrees(loaded: DB) -> None:
     spec, _ = explore.parse_spec(
-        {"measures": ["calls"], "filters": {"model": ["gemini-2.5-pro"], "hour_of_day": [3], "outcome": ["exhausted"]},
-         "from": START.isoformat(), "to": END.isoformat()}, NY, END)  # fmt: skip
+        {
+            "measures": ["calls"],
+            "filters": {"model": ["gemini-2.5-pro"], "hour_of_day": [3], "outcome": ["exhausted"]},
+            "from": START.isoformat(),
+            "to": END.isoformat(),
+        },
+        NY,
+        END,
+    )
     calls = explore.calls(loaded.cur, spec, NY, limit=1000)
-    expected = raw_sql(loaded, [], NY, START, END, "AND model = 'gemini-2.5-pro' AND outcome = 'exhausted' AND "
-                       "hour(timezone('America/New_York', ts::TIMESTAMPTZ)) = 3")  # fmt: skip
+    expected = raw_sql(
+        loaded,
+        [],
+        NY,
+        START,
+        END,
+        "AND model = 'gemini-2.5-pro' AND outcome = 'exhausted' AND "
+        "hour(timezone('America/New_York', ts::TIMESTAMPTZ)) = 3",
+    )
     assert len(calls) == expected[()][0] > 0
     assert all(c["model"] == "gemini-2.5-pro" and c["outcome"] == "exhausted" for c in calls)
     text = explore.sql_text(spec, NY)
@@ -261,8 +347,13 @@ def test_up_to_now_the_current_day_comes_whole_from_the_pre_aggregates(loaded: D
 def _agree(db: DB, tz: ZoneInfo) -> None:
     """Every shape of the exactness test, answered from the pre-aggregates, equals SQL over the raw rows."""
     for dims in (["model", "client"], ["day", "outcome"], ["hour_of_day"], []):
-        ans = ask(db, tz, measures=["calls", "total_tokens", "upstream_429s"], dimensions=dims,
-                  **{"from": START.isoformat(), "to": (END + timedelta(days=1)).isoformat()})  # fmt: skip
+        ans = ask(
+            db,
+            tz,
+            measures=["calls", "total_tokens", "upstream_429s"],
+            dimensions=dims,
+            **{"from": START.isoformat(), "to": (END + timedelta(days=1)).isoformat()},
+        )
         assert ans.source != "raw", dims
         got = {tuple(normal(d, v) for d, v in zip(dims, row, strict=False)): row[len(dims) :] for row in ans.rows}
         expected = raw_sql(db, dims, tz, START, END + timedelta(days=1))
@@ -280,9 +371,11 @@ def test_a_background_rebuild_reads_raw_meanwhile_and_counts_rows_appended_durin
     assert loaded.writer.submit(rollup.rebuild_step).result()  # the first day is rebuilt
     assert 0 < (rollup.progress or 0) < 1
     # Rows arrive: in the day already rebuilt (folded), in a day still to come (left to its chunk), newer than all.
-    late = [event(START + timedelta(hours=1), 0, request_id="late1", model="gemini-2.5-pro", client_id="t_late"),
-            event(END - timedelta(hours=1), 0, request_id="late2", model="gemini-2.5-pro", client_id="t_late"),
-            event(END + timedelta(hours=2), 0, request_id="late3", model="gemini-2.5-pro", client_id="t_late")]  # fmt: skip
+    late = [
+        event(START + timedelta(hours=1), 0, request_id="late1", model="gemini-2.5-pro", client_id="t_late"),
+        event(END - timedelta(hours=1), 0, request_id="late2", model="gemini-2.5-pro", client_id="t_late"),
+        event(END + timedelta(hours=2), 0, request_id="late3", model="gemini-2.5-pro", client_id="t_late"),
+    ]
     loaded.add(*late, compact=True)
     while loaded.writer.submit(rollup.rebuild_step).result():
         pass
@@ -299,8 +392,11 @@ def test_a_display_zone_change_rebuilds_the_local_days(loaded: DB) -> None:
     assert loaded.rollup.usable  # not in the background here: rebuilt before answering
     _agree(loaded, NY)
     # A query in another zone than the days': local days of that zone from the hours, still exact.
-    spec, _ = explore.parse_spec({"measures": ["calls"], "dimensions": ["day", "model"], "from": START.isoformat(),
-                                  "to": END.isoformat()}, UTC, END)  # fmt: skip
+    spec, _ = explore.parse_spec(
+        {"measures": ["calls"], "dimensions": ["day", "model"], "from": START.isoformat(), "to": END.isoformat()},
+        UTC,
+        END,
+    )
     ans = explore.answer(loaded.cur, spec, UTC, zone=NY.key)
     expected = raw_sql(loaded, ["day", "model"], UTC, START, END)
     assert {(r[0][:19], r[1]): r[2] for r in ans.rows} == {k: v[0] for k, v in expected.items()}

@@ -33,13 +33,16 @@ st.subheader(t("alerts.firing_now", n=active.get("firing", 0)))
 items = active.get("items") or []
 if items:
     st.dataframe(
-        av.firing_frame(items, unit_of), hide_index=True, width="stretch", key="tbl_firing",
+        av.firing_frame(items, unit_of),
+        hide_index=True,
+        width="stretch",
+        key="tbl_firing",
         column_config={
             "since": st.column_config.DatetimeColumn(t("alerts.col.since"), timezone=tz, format="YYYY-MM-DD HH:mm:ss"),
             "errors": st.column_config.LinkColumn(t("nav.errors"), display_text=t("alerts.open")),
             "trends": st.column_config.LinkColumn(t("nav.trends"), display_text=t("alerts.open")),
         },
-    )  # fmt: skip
+    )
 else:
     st.success(t("alerts.all_clear"), icon=":material/check_circle:")
 
@@ -50,23 +53,40 @@ rules_tab, channels_tab, silences_tab, history_tab = st.tabs(
 with rules_tab:
     frame = av.rules_frame(rules, unit_of)
     edited = st.data_editor(
-        frame, hide_index=True, width="stretch", key="tbl_rules", disabled=[c for c in frame.columns if c != "enabled"],
+        frame,
+        hide_index=True,
+        width="stretch",
+        key="tbl_rules",
+        disabled=[c for c in frame.columns if c != "enabled"],
         column_config={"enabled": st.column_config.CheckboxColumn(t("alerts.col.enabled")), "id": None},
-    )  # fmt: skip
+    )
     for rule_id, enabled in av.enabled_changes(frame, edited):
-        act(lambda r=rule_id, e=enabled: cache.api().update_alert_rule(r, {"enabled": e}),
-            t("alerts.enabled" if enabled else "alerts.disabled", name=names.get(rule_id, rule_id)))  # fmt: skip
-    choice = st.selectbox(t("alerts.edit"), ["", *names], format_func=lambda r: names.get(r) or t("alerts.new_rule"),
-                          key=wkey("rule_choice"))  # fmt: skip
+        act(
+            lambda r=rule_id, e=enabled: cache.api().update_alert_rule(r, {"enabled": e}),
+            t("alerts.enabled" if enabled else "alerts.disabled", name=names.get(rule_id, rule_id)),
+        )
+    choice = st.selectbox(
+        t("alerts.edit"),
+        ["", *names],
+        format_func=lambda r: names.get(r) or t("alerts.new_rule"),
+        key=wkey("rule_choice"),
+    )
     base = next((r for r in rules if r["id"] == choice), None) or {}
     with st.form(f"rule_form_{choice or 'new'}"):
         c1, c2, c3 = st.columns([3, 2, 1])
         name = c1.text_input(t("alerts.f.name"), base.get("name", ""))
         metric_names = [m["name"] for m in metrics] or ["success_rate"]
-        metric = c2.selectbox(t("alerts.f.metric"), metric_names,
-                              index=metric_names.index(base["metric"]) if base.get("metric") in metric_names else 0)  # fmt: skip
-        severity = c3.selectbox(t("alerts.f.severity"), av.SEVERITIES, index=av.SEVERITIES.index(base.get("severity", "warning")),
-                                format_func=lambda s: t(f"alerts.sev.{s}"))  # fmt: skip
+        metric = c2.selectbox(
+            t("alerts.f.metric"),
+            metric_names,
+            index=metric_names.index(base["metric"]) if base.get("metric") in metric_names else 0,
+        )
+        severity = c3.selectbox(
+            t("alerts.f.severity"),
+            av.SEVERITIES,
+            index=av.SEVERITIES.index(base.get("severity", "warning")),
+            format_func=lambda s: t(f"alerts.sev.{s}"),
+        )
         c1, c2, c3, c4, c5 = st.columns(5)
         op = c1.selectbox(t("alerts.f.op"), av.OPS, index=av.OPS.index(base.get("op", "<")))
         threshold = c2.number_input(t("alerts.f.threshold"), value=float(base.get("threshold", 0.9)), format="%g")
@@ -74,20 +94,40 @@ with rules_tab:
         for_s = c4.number_input(t("alerts.f.for_s"), 0, 604800, int(base.get("for_s", 60)))
         repeat_s = c5.number_input(t("alerts.f.repeat_s"), 0, 604800, int(base.get("repeat_s", 3600)))
         c1, c2, c3 = st.columns(3)
-        group_by = c1.selectbox(t("alerts.f.group_by"), av.GROUPS, index=av.GROUPS.index(base.get("group_by", "")),
-                                format_func=lambda g: g or t("alerts.none"))  # fmt: skip
+        group_by = c1.selectbox(
+            t("alerts.f.group_by"),
+            av.GROUPS,
+            index=av.GROUPS.index(base.get("group_by", "")),
+            format_func=lambda g: g or t("alerts.none"),
+        )
         model = c2.text_input(t("alerts.f.model"), (base.get("filters") or {}).get("model", ""))
         project = c3.text_input(t("alerts.f.project"), (base.get("filters") or {}).get("project", ""))
-        chosen = st.multiselect(t("alerts.f.channels"), [c["id"] for c in channels], default=base.get("channels", []),
-                                format_func=lambda c: next((x["name"] for x in channels if x["id"] == c), c))  # fmt: skip
+        chosen = st.multiselect(
+            t("alerts.f.channels"),
+            [c["id"] for c in channels],
+            default=base.get("channels", []),
+            format_func=lambda c: next((x["name"] for x in channels if x["id"] == c), c),
+        )
         b1, b2, b3 = st.columns(3)
         run_backtest = b1.form_submit_button(t("alerts.backtest"), icon=":material/history:")
         save = b2.form_submit_button(t("alerts.save"), type="primary", icon=":material/save:")
         delete = b3.form_submit_button(t("alerts.delete"), icon=":material/delete:", disabled=not base)
-    body = av.rule_body({"name": name or "?", "metric": metric, "op": op, "threshold": threshold, "window_s": window_s,
-                         "for_s": for_s, "severity": severity, "channels": chosen, "repeat_s": repeat_s,
-                         "group_by": group_by, "filters": {"model": model, "project": project},
-                         "enabled": base.get("enabled", True)})  # fmt: skip
+    body = av.rule_body(
+        {
+            "name": name or "?",
+            "metric": metric,
+            "op": op,
+            "threshold": threshold,
+            "window_s": window_s,
+            "for_s": for_s,
+            "severity": severity,
+            "channels": chosen,
+            "repeat_s": repeat_s,
+            "group_by": group_by,
+            "filters": {"model": model, "project": project},
+            "enabled": base.get("enabled", True),
+        }
+    )
     if run_backtest:
         try:
             result = cache.api().alert_backtest(body)
@@ -113,8 +153,12 @@ with channels_tab:
     cframe = av.channels_frame(channels)
     if not cframe.empty:
         st.dataframe(cframe, hide_index=True, width="stretch", key="tbl_channels", column_config={"id": None})
-        pick = st.selectbox(t("alerts.channel"), cframe["id"].tolist(), key="channel_pick",
-                            format_func=lambda c: next((x["name"] for x in channels if x["id"] == c), c))  # fmt: skip
+        pick = st.selectbox(
+            t("alerts.channel"),
+            cframe["id"].tolist(),
+            key="channel_pick",
+            format_func=lambda c: next((x["name"] for x in channels if x["id"] == c), c),
+        )
         c1, c2 = st.columns(2)
         if c1.button(t("alerts.send_test"), icon=":material/send:", key="channel_test"):
             try:
@@ -136,8 +180,13 @@ with silences_tab:
     silences = cache.safe(cache.api().alert_silences)() or []
     sframe = av.silences_frame(silences, names)
     if not sframe.empty:
-        st.dataframe(sframe, hide_index=True, width="stretch", key="tbl_silences", column_config={
-            "until": st.column_config.DatetimeColumn(t("alerts.col.until"), timezone=tz), "id": None})  # fmt: skip
+        st.dataframe(
+            sframe,
+            hide_index=True,
+            width="stretch",
+            key="tbl_silences",
+            column_config={"until": st.column_config.DatetimeColumn(t("alerts.col.until"), timezone=tz), "id": None},
+        )
         gone = st.selectbox(t("alerts.silence"), sframe["id"].tolist(), key="silence_pick")
         if st.button(t("alerts.delete"), icon=":material/delete:", key="silence_delete"):
             act(lambda: cache.api().delete_alert_silence(gone), t("alerts.silence_deleted"))
@@ -147,8 +196,12 @@ with silences_tab:
         hours = c2.number_input(t("alerts.f.hours"), 0.1, 8784.0, 2.0)
         comment = st.text_input(t("alerts.f.comment"))
         if st.form_submit_button(t("alerts.add_silence"), icon=":material/notifications_off:") and srule:
-            act(lambda: cache.api().create_alert_silence({"rule_id": srule, "duration_s": hours * 3600,
-                                                          "comment": comment}), t("alerts.silence_added"))  # fmt: skip
+            act(
+                lambda: cache.api().create_alert_silence(
+                    {"rule_id": srule, "duration_s": hours * 3600, "comment": comment}
+                ),
+                t("alerts.silence_added"),
+            )
 
 with history_tab:
     hist = av.history_frame(cache.safe(cache.api().alert_history)() or [])
@@ -156,5 +209,12 @@ with history_tab:
         st.info(t("common.none"))
     else:
         st.plotly_chart(av.timeline(hist, tz), key="history_chart")
-        st.dataframe(hist, hide_index=True, width="stretch", key="tbl_history", column_config={
-            "ts": st.column_config.DatetimeColumn(t("alerts.col.time"), timezone=tz, format="YYYY-MM-DD HH:mm:ss")})  # fmt: skip
+        st.dataframe(
+            hist,
+            hide_index=True,
+            width="stretch",
+            key="tbl_history",
+            column_config={
+                "ts": st.column_config.DatetimeColumn(t("alerts.col.time"), timezone=tz, format="YYYY-MM-DD HH:mm:ss")
+            },
+        )

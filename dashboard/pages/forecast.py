@@ -26,10 +26,22 @@ elif quota:
 st.subheader(t("forecast.demand_title"))
 models = fv.models_of(quota)
 c1, c2 = st.columns(2, vertical_alignment="bottom")
-model = c1.selectbox(t("forecast.model"), ["total", *models], key=wkey("fc_model"),
-                     format_func=lambda m: t("forecast.all_models") if m == "total" else m)  # fmt: skip
-span = c2.segmented_control(t("forecast.horizon"), ["hour", "day"], default="hour", key=wkey("fc_span"),
-                            format_func=lambda s: t(f"forecast.horizon_{s}")) or "hour"  # fmt: skip
+model = c1.selectbox(
+    t("forecast.model"),
+    ["total", *models],
+    key=wkey("fc_model"),
+    format_func=lambda m: t("forecast.all_models") if m == "total" else m,
+)
+span = (
+    c2.segmented_control(
+        t("forecast.horizon"),
+        ["hour", "day"],
+        default="hour",
+        key=wkey("fc_span"),
+        format_func=lambda s: t(f"forecast.horizon_{s}"),
+    )
+    or "hour"
+)
 view = cache.safe(cache.api().forecast_demand, ttl=60.0)(
     None if model == "total" else model, 24 if span == "hour" else 336, span
 )
@@ -50,8 +62,9 @@ st.caption(t("forecast.plan_intro"))
 projects = sorted({str(i["project"]) for i in quota.get("items", []) if i.get("project")})
 with st.form("fc_plan_form"):
     p1, p2, p3 = st.columns(3)
-    plan_model = p1.selectbox(t("forecast.model"), models or ["gemini-2.5-flash"], key="fc_plan_model",
-                              accept_new_options=True)  # fmt: skip
+    plan_model = p1.selectbox(
+        t("forecast.model"), models or ["gemini-2.5-flash"], key="fc_plan_model", accept_new_options=True
+    )
     rpm = p2.number_input(t("forecast.target_rpm"), min_value=0.0, value=None, key="fc_rpm")
     rpd = p3.number_input(t("forecast.target_rpd"), min_value=0.0, value=None, key="fc_rpd")
     q1, q2, q3 = st.columns(3)

@@ -91,8 +91,21 @@ async def delete_rule(gw: Gateway, request: Request) -> Response:
 
 
 async def metric_catalogue(_gw: Gateway, _request: Request) -> Response:
-    return ok({"items": [{"name": m.name, "unit": m.unit, "description": m.description, "source": m.source,
-                          "group_by": list(m.group_bys), "backtest": m.backtest} for m in METRICS.values()]})  # fmt: skip
+    return ok(
+        {
+            "items": [
+                {
+                    "name": m.name,
+                    "unit": m.unit,
+                    "description": m.description,
+                    "source": m.source,
+                    "group_by": list(m.group_bys),
+                    "backtest": m.backtest,
+                }
+                for m in METRICS.values()
+            ]
+        }
+    )
 
 
 async def backtest(gw: Gateway, request: Request) -> Response:
@@ -148,9 +161,15 @@ async def test_channel(gw: Gateway, request: Request) -> Response:
 async def active(gw: Gateway, _request: Request) -> Response:
     e = _engine(gw)
     items = [{**a, "since": iso(a["since"])} for a in e.active()]
-    return ok({"items": items, "firing": sum(a["state"] == "firing" for a in items),
-               "pending": sum(a["state"] == "pending" for a in items),
-               "evaluated_at": iso(e.last_eval_at), "interval_s": gw.config.alert_interval_s})  # fmt: skip
+    return ok(
+        {
+            "items": items,
+            "firing": sum(a["state"] == "firing" for a in items),
+            "pending": sum(a["state"] == "pending" for a in items),
+            "evaluated_at": iso(e.last_eval_at),
+            "interval_s": gw.config.alert_interval_s,
+        }
+    )
 
 
 async def history(gw: Gateway, request: Request) -> Response:
@@ -173,8 +192,21 @@ async def history(gw: Gateway, request: Request) -> Response:
     await gw.write(lambda _cur: None)  # events recorded before this request are written first
     sql = _HISTORY.format(where=where)
     rows = await gw.read(lambda cur: cur.execute(sql, [lo, hi, *params, limit]).fetchall())
-    names = ("id", "ts", "kind", "rule_id", "rule", "severity", "state", "labels", "value", "threshold", "channel_id",
-             "attempt", "message")  # fmt: skip
+    names = (
+        "id",
+        "ts",
+        "kind",
+        "rule_id",
+        "rule",
+        "severity",
+        "state",
+        "labels",
+        "value",
+        "threshold",
+        "channel_id",
+        "attempt",
+        "message",
+    )
     items = []
     for row in rows:
         item = dict(zip(names, row, strict=True))
@@ -187,8 +219,10 @@ async def history(gw: Gateway, request: Request) -> Response:
 async def list_silences(gw: Gateway, _request: Request) -> Response:
     e = _engine(gw)
     now = time.time()
-    items = [{**s.view(), "until": iso(s.until), "created_at": iso(s.created_at), "active": s.until > now}
-             for s in sorted(e.silences.values(), key=lambda s: -s.until)]  # fmt: skip
+    items = [
+        {**s.view(), "until": iso(s.until), "created_at": iso(s.created_at), "active": s.until > now}
+        for s in sorted(e.silences.values(), key=lambda s: -s.until)
+    ]
     return ok({"items": items})
 
 

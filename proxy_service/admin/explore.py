@@ -48,9 +48,15 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
         raise ApiError(400, str(exc), exc.field) from None
     # While the pre-aggregates are rebuilt (after an upgrade or a display-zone change) answers are still exact, read
     # from the raw rows (slower); `rebuilding` says so, with the share done (0..1), absent otherwise.
-    meta = {"timezone": ans.timezone, "from": iso(ans.lo), "to": iso(ans.hi), "source": ans.source,
-            "compare_from": iso(ans.compare_lo), "compare_to": iso(ans.compare_hi),
-            "rebuilding": gw.rollup.progress}  # fmt: skip
+    meta = {
+        "timezone": ans.timezone,
+        "from": iso(ans.lo),
+        "to": iso(ans.hi),
+        "source": ans.source,
+        "compare_from": iso(ans.compare_lo),
+        "compare_to": iso(ans.compare_hi),
+        "rebuilding": gw.rollup.progress,
+    }
     if fmt == "arrow":
         headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
         return arrow_response(explore.to_arrow(ans), headers)

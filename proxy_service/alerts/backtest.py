@@ -36,8 +36,16 @@ def run(cur: duckdb.DuckDBPyConnection, rule: Rule, now: datetime) -> dict[str, 
     hi = floor_time(now, RESOLUTION_S) + timedelta(seconds=RESOLUTION_S)
     lo = hi - SPAN
     why = unsupported(rule)
-    out: dict[str, Any] = {"supported": why is None, "resolution_s": RESOLUTION_S, "from": lo, "to": hi,
-                           "threshold": rule.threshold, "op": rule.op, "series": [], "spans": []}  # fmt: skip
+    out: dict[str, Any] = {
+        "supported": why is None,
+        "resolution_s": RESOLUTION_S,
+        "from": lo,
+        "to": hi,
+        "threshold": rule.threshold,
+        "op": rule.op,
+        "series": [],
+        "spans": [],
+    }
     if why:
         return {**out, "reason": why}
     dim, val = next(iter(dict(rule.filters).items()), ("all", ""))
@@ -60,8 +68,15 @@ def _series(
     m = rule.metric
     if m == "p95_latency_ms":
         rows = queries.backtest_latency(cur, dim, val, lo, hi)
-        hist = pa.table({"b": [r[0] for r in rows], "g": [""] * len(rows), "gk": [hash(r[0]) for r in rows],
-                         "lb": [float(r[1]) for r in rows], "n": [r[2] for r in rows]})  # fmt: skip
+        hist = pa.table(
+            {
+                "b": [r[0] for r in rows],
+                "g": [""] * len(rows),
+                "gk": [hash(r[0]) for r in rows],
+                "lb": [float(r[1]) for r in rows],
+                "n": [r[2] for r in rows],
+            }
+        )
         found = percentiles(hist, (0.95,))
         return [(b, v[0]) for (b, _g), v in sorted(found.items())]
     counters = queries.backtest_counters(cur, dim, val, lo, hi)

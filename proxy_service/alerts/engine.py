@@ -55,8 +55,14 @@ class Silence:
         return now < self.until and self.rule_id in (None, rule_id) and set(self.labels) <= set(labels)
 
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "rule_id": self.rule_id, "labels": dict(self.labels), "until": self.until,
-                "comment": self.comment, "created_at": self.created_at}  # fmt: skip
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "labels": dict(self.labels),
+            "until": self.until,
+            "comment": self.comment,
+            "created_at": self.created_at,
+        }
 
 
 def install(cur: duckdb.DuckDBPyConnection) -> bool:
@@ -202,10 +208,19 @@ class AlertEngine:
         silenced = {labels: self.silenced(rule.id, labels, now) for labels in set(values) | set(machine.states)}
         for st, t in machine.step(values, breached, Timing(rule.for_s, rule.repeat_s), now, silenced):
             notice = Notice(
-                rule_id=rule.id, rule=rule.name, state="resolved" if t.kind == "resolved" else "firing",
-                severity=rule.severity, metric=rule.metric, op=rule.op, threshold=rule.threshold, value=st.value,
-                labels=dict(st.labels), started_at=t.started_at, at=t.at, kind=t.kind,
-            )  # fmt: skip
+                rule_id=rule.id,
+                rule=rule.name,
+                state="resolved" if t.kind == "resolved" else "firing",
+                severity=rule.severity,
+                metric=rule.metric,
+                op=rule.op,
+                threshold=rule.threshold,
+                value=st.value,
+                labels=dict(st.labels),
+                started_at=t.started_at,
+                at=t.at,
+                kind=t.kind,
+            )
             note = "" if t.notify else "silenced: not sent"
             if t.kind != "repeat" or t.notify:
                 self._record(t.kind, notice, None, 0, note)
@@ -223,9 +238,21 @@ class AlertEngine:
         return cfg.language, cfg.dashboard_url
 
     def _record(self, kind: str, notice: Notice, channel: Channel | None, attempt: int, message: str) -> None:
-        row = [uuid.uuid4().hex, sources.naive_utc(time.time()), kind, notice.rule_id, notice.rule, notice.severity,
-               notice.state, json.dumps(notice.labels), notice.value, notice.threshold,
-               channel.id if channel else None, attempt, message[:500]]  # fmt: skip
+        row = [
+            uuid.uuid4().hex,
+            sources.naive_utc(time.time()),
+            kind,
+            notice.rule_id,
+            notice.rule,
+            notice.severity,
+            notice.state,
+            json.dumps(notice.labels),
+            notice.value,
+            notice.threshold,
+            channel.id if channel else None,
+            attempt,
+            message[:500],
+        ]
         self.gw.writer.submit(
             lambda cur: cur.execute("INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         )
@@ -240,11 +267,21 @@ class AlertEngine:
             for st in machine.states.values():
                 if st.phase == "inactive":
                     continue
-                out.append({
-                    "rule_id": rule_id, "name": rule.name, "state": st.phase, "since": st.since, "value": st.value,
-                    "labels": dict(st.labels), "severity": rule.severity, "metric": rule.metric, "op": rule.op,
-                    "threshold": rule.threshold, "silenced": self.silenced(rule_id, st.labels, time.time()),
-                })  # fmt: skip
+                out.append(
+                    {
+                        "rule_id": rule_id,
+                        "name": rule.name,
+                        "state": st.phase,
+                        "since": st.since,
+                        "value": st.value,
+                        "labels": dict(st.labels),
+                        "severity": rule.severity,
+                        "metric": rule.metric,
+                        "op": rule.op,
+                        "threshold": rule.threshold,
+                        "silenced": self.silenced(rule_id, st.labels, time.time()),
+                    }
+                )
         order = {"critical": 0, "warning": 1, "info": 2}
         return sorted(out, key=lambda a: (a["state"] != "firing", order.get(a["severity"], 3), a["since"] or 0))
 
@@ -273,8 +310,12 @@ class AlertEngine:
     async def update_rule(self, rule_id: str, patch: dict[str, Any]) -> Rule:
         base = self.rules[rule_id]
         rule = parse_rule(patch, base=base, known_channels=set(self.channels))
-        if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (base.metric, base.filters, base.group_by,
-                                                                        base.enabled):  # fmt: skip
+        if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
+            base.metric,
+            base.filters,
+            base.group_by,
+            base.enabled,
+        ):
             self.machines.pop(rule_id, None)  # a different question: start from inactive
         await self._save_rule(rule)
         return rule
@@ -309,8 +350,10 @@ class AlertEngine:
         if url.startswith(("webhook+https://", "webhook+http://")) and secret is None:
             secret = shown = new_secret()
         channel = Channel(uuid.uuid4().hex[:12], name.strip(), url, secret)
-        await self._write("INSERT INTO alert_channels VALUES (?, ?, ?, ?, ?)",
-                          [channel.id, channel.name, channel.url, channel.secret, channel.created_at])  # fmt: skip
+        await self._write(
+            "INSERT INTO alert_channels VALUES (?, ?, ?, ?, ?)",
+            [channel.id, channel.name, channel.url, channel.secret, channel.created_at],
+        )
         self.channels[channel.id] = channel
         return channel, shown
 
@@ -320,8 +363,20 @@ class AlertEngine:
 
     async def test_channel(self, channel_id: str) -> tuple[bool, str]:
         now = time.time()
-        notice = Notice(rule_id="test", rule="Keyrack test", state="test", severity="info", metric="-", op=">",
-                        threshold=0.0, value=None, labels={}, started_at=now, at=now, kind="test")  # fmt: skip
+        notice = Notice(
+            rule_id="test",
+            rule="Keyrack test",
+            state="test",
+            severity="info",
+            metric="-",
+            op=">",
+            threshold=0.0,
+            value=None,
+            labels={},
+            started_at=now,
+            at=now,
+            kind="test",
+        )
         return await self.notifier.send_now(self.channels[channel_id], notice)
 
     # -- silences --------------------------------------------------------------------------------------------------
@@ -347,8 +402,10 @@ class AlertEngine:
         if not isinstance(comment, str) or len(comment) > 500:
             raise RuleError("comment", "must be text of at most 500 characters")
         s = Silence(uuid.uuid4().hex[:12], until, rule_id, tuple(sorted(labels.items())), comment, now)
-        await self._write("INSERT INTO alert_silences VALUES (?, ?, ?, ?, ?, ?)",
-                          [s.id, s.rule_id, json.dumps(dict(s.labels)), s.until, s.comment, s.created_at])  # fmt: skip
+        await self._write(
+            "INSERT INTO alert_silences VALUES (?, ?, ?, ?, ?, ?)",
+            [s.id, s.rule_id, json.dumps(dict(s.labels)), s.until, s.comment, s.created_at],
+        )
         self.silences[s.id] = s
         return s
 
@@ -385,6 +442,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.queue.qsize()
         )
-        yield GaugeMetricFamily("keyrack_alert_evaluation_seconds", "Duration of the last alert evaluation",
-                                value=e.last_eval_ms / 1000)  # fmt: skip
+        yield GaugeMetricFamily(
+            "keyrack_alert_evaluation_seconds", "Duration of the last alert evaluation", value=e.last_eval_ms / 1000
+        )
         yield CounterMetricFamily("keyrack_alert_evaluations", "Alert evaluations since start", value=e.evaluations)

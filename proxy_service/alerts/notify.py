@@ -70,8 +70,15 @@ class Channel:
         return self.url.split("://", 1)[0].lower()
 
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "kind": self.kind, "scheme": self.scheme,
-                "url": masked_url(self.url), "signed": bool(self.secret), "created_at": self.created_at}  # fmt: skip
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "scheme": self.scheme,
+            "url": masked_url(self.url),
+            "signed": bool(self.secret),
+            "created_at": self.created_at,
+        }
 
 
 # Apprise (~4 MB of RSS, hundreds of plugin modules) is imported by the functions below only once a channel with an
@@ -139,16 +146,28 @@ class Notice:
 
 _TEXT = {
     "en": {
-        "firing": "FIRING", "resolved": "RESOLVED", "test": "TEST",
-        "value": "value", "threshold": "threshold", "labels": "labels", "since": "since", "open": "Open the dashboard",
+        "firing": "FIRING",
+        "resolved": "RESOLVED",
+        "test": "TEST",
+        "value": "value",
+        "threshold": "threshold",
+        "labels": "labels",
+        "since": "since",
+        "open": "Open the dashboard",
         "test_body": "Test message from Keyrack: this channel works.",
     },
     "zh": {
-        "firing": "告警中 firing", "resolved": "已恢复 resolved", "test": "测试 test",
-        "value": "当前值", "threshold": "阈值", "labels": "标签", "since": "开始于", "open": "打开控制台",
+        "firing": "告警中 firing",
+        "resolved": "已恢复 resolved",
+        "test": "测试 test",
+        "value": "当前值",
+        "threshold": "阈值",
+        "labels": "标签",
+        "since": "开始于",
+        "open": "打开控制台",
         "test_body": "来自 Keyrack 的测试消息：此通知渠道可用。",
     },
-}  # fmt: skip
+}
 
 
 def _fmt(v: float | None) -> str:
@@ -188,11 +207,22 @@ def webhook_payload(notice: Notice, language: str, dashboard_url: str) -> dict[s
     """The signed webhook's JSON body (documented in README "Alerts")."""
     title, body = render(notice, language, dashboard_url)
     return {
-        "rule": notice.rule, "rule_id": notice.rule_id, "state": notice.state, "severity": notice.severity,
-        "metric": notice.metric, "op": notice.op, "value": notice.value, "threshold": notice.threshold,
-        "labels": notice.labels, "started_at": _iso(notice.started_at), "at": _iso(notice.at),
-        "kind": notice.kind, "dashboard_url": alerts_link(dashboard_url), "title": title, "message": body,
-    }  # fmt: skip
+        "rule": notice.rule,
+        "rule_id": notice.rule_id,
+        "state": notice.state,
+        "severity": notice.severity,
+        "metric": notice.metric,
+        "op": notice.op,
+        "value": notice.value,
+        "threshold": notice.threshold,
+        "labels": notice.labels,
+        "started_at": _iso(notice.started_at),
+        "at": _iso(notice.at),
+        "kind": notice.kind,
+        "dashboard_url": alerts_link(dashboard_url),
+        "title": title,
+        "message": body,
+    }
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -305,8 +335,9 @@ class Notifier:
             if channel.kind == "webhook":
                 return await asyncio.wait_for(self._webhook(channel, notice, language, dashboard_url), SEND_TIMEOUT_S)
             title, body = render(notice, language, dashboard_url)
-            return await asyncio.wait_for(asyncio.to_thread(_apprise_send, channel.url, title, body, notice),
-                                          SEND_TIMEOUT_S)  # fmt: skip
+            return await asyncio.wait_for(
+                asyncio.to_thread(_apprise_send, channel.url, title, body, notice), SEND_TIMEOUT_S
+            )
         except TimeoutError:
             return False, f"timed out after {SEND_TIMEOUT_S:g} s"
         except Exception as exc:
@@ -315,8 +346,7 @@ class Notifier:
     async def _webhook(self, channel: Channel, notice: Notice, language: str, dashboard_url: str) -> tuple[bool, str]:
         assert self._client is not None
         body = json.dumps(webhook_payload(notice, language, dashboard_url), ensure_ascii=False).encode()
-        headers = {"content-type": "application/json", "user-agent": "keyrack-alerts",
-                   "x-keyrack-event": notice.state}  # fmt: skip
+        headers = {"content-type": "application/json", "user-agent": "keyrack-alerts", "x-keyrack-event": notice.state}
         if channel.secret:
             headers["x-keyrack-signature"] = sign(channel.secret, body)
         resp = await self._client.post(channel.url.removeprefix("webhook+"), content=body, headers=headers)

@@ -145,15 +145,39 @@ class Rule:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "metric": self.metric, "op": self.op, "threshold": self.threshold,
-            "window_s": self.window_s, "for_s": self.for_s, "severity": self.severity,
-            "channels": list(self.channels), "filters": dict(self.filters), "group_by": self.group_by,
-            "repeat_s": self.repeat_s, "enabled": self.enabled, "description": self.description,
-        }  # fmt: skip
+            "id": self.id,
+            "name": self.name,
+            "metric": self.metric,
+            "op": self.op,
+            "threshold": self.threshold,
+            "window_s": self.window_s,
+            "for_s": self.for_s,
+            "severity": self.severity,
+            "channels": list(self.channels),
+            "filters": dict(self.filters),
+            "group_by": self.group_by,
+            "repeat_s": self.repeat_s,
+            "enabled": self.enabled,
+            "description": self.description,
+        }
 
 
-_FIELDS = ("id", "name", "metric", "op", "threshold", "window_s", "for_s", "severity", "channels", "filters",
-           "group_by", "repeat_s", "enabled", "description")  # fmt: skip
+_FIELDS = (
+    "id",
+    "name",
+    "metric",
+    "op",
+    "threshold",
+    "window_s",
+    "for_s",
+    "severity",
+    "channels",
+    "filters",
+    "group_by",
+    "repeat_s",
+    "enabled",
+    "description",
+)
 _REQUIRED = ("name", "metric", "op", "threshold", "window_s")
 
 
@@ -230,33 +254,117 @@ def parse_rule(data: Any, *, base: Rule | None = None, known_channels: set[str] 
         raise RuleError("description", "must be text of at most 500 characters")
     rule_id = base.id if base is not None else str(data.get("id") or uuid.uuid4().hex[:12])
     return Rule(
-        id=rule_id, name=name.strip(), metric=metric, op=op, threshold=float(threshold), window_s=window_s,
-        for_s=for_s, severity=severity, channels=tuple(dict.fromkeys(channels)),
-        filters=tuple(sorted(filters.items())), group_by=group_by, repeat_s=repeat_s, enabled=enabled,
+        id=rule_id,
+        name=name.strip(),
+        metric=metric,
+        op=op,
+        threshold=float(threshold),
+        window_s=window_s,
+        for_s=for_s,
+        severity=severity,
+        channels=tuple(dict.fromkeys(channels)),
+        filters=tuple(sorted(filters.items())),
+        group_by=group_by,
+        repeat_s=repeat_s,
+        enabled=enabled,
         description=description,
-    )  # fmt: skip
+    )
 
 
 def default_rules() -> list[Rule]:
     """The shipped rule set: sensible thresholds, all disabled until an operator turns them on."""
     specs: list[dict[str, Any]] = [
-        {"id": "default-invalid-keys", "name": "Invalid keys", "metric": "invalid_keys", "op": ">", "threshold": 0,
-         "window_s": 60, "for_s": 60, "severity": "warning"},
-        {"id": "default-no-active-keys", "name": "No usable keys", "metric": "active_keys", "op": "<",
-         "threshold": 1, "window_s": 60, "for_s": 30, "severity": "critical"},
-        {"id": "default-success-rate", "name": "Success rate below 90 %", "metric": "success_rate", "op": "<",
-         "threshold": 0.9, "window_s": 300, "for_s": 120, "severity": "critical"},
-        {"id": "default-exhausted", "name": "Keyrack refusing calls (own 429)", "metric": "exhausted_rate",
-         "op": ">", "threshold": 0.05, "window_s": 300, "for_s": 60, "severity": "warning"},
-        {"id": "default-upstream-429", "name": "Upstream 429 storm", "metric": "upstream_429_rate", "op": ">",
-         "threshold": 0.3, "window_s": 300, "for_s": 60, "severity": "warning"},
-        {"id": "default-p95-latency", "name": "p95 latency above 30 s", "metric": "p95_latency_ms", "op": ">",
-         "threshold": 30_000, "window_s": 600, "for_s": 300, "severity": "warning"},
-        {"id": "default-traffic-drop", "name": "Traffic dropped vs last week", "metric": "calls_vs_last_week",
-         "op": "<", "threshold": 0.3, "window_s": 3600, "for_s": 900, "severity": "info"},
-        {"id": "default-quota-day", "name": "Daily quota 90 % used", "metric": "quota_day_usage_pct", "op": ">=",
-         "threshold": 90, "window_s": 60, "for_s": 0, "severity": "warning", "group_by": "project"},
-        {"id": "default-key-flaps", "name": "Key flapping", "metric": "key_flaps", "op": ">", "threshold": 3,
-         "window_s": 3600, "for_s": 0, "severity": "info", "group_by": "key"},
-    ]  # fmt: skip
+        {
+            "id": "default-invalid-keys",
+            "name": "Invalid keys",
+            "metric": "invalid_keys",
+            "op": ">",
+            "threshold": 0,
+            "window_s": 60,
+            "for_s": 60,
+            "severity": "warning",
+        },
+        {
+            "id": "default-no-active-keys",
+            "name": "No usable keys",
+            "metric": "active_keys",
+            "op": "<",
+            "threshold": 1,
+            "window_s": 60,
+            "for_s": 30,
+            "severity": "critical",
+        },
+        {
+            "id": "default-success-rate",
+            "name": "Success rate below 90 %",
+            "metric": "success_rate",
+            "op": "<",
+            "threshold": 0.9,
+            "window_s": 300,
+            "for_s": 120,
+            "severity": "critical",
+        },
+        {
+            "id": "default-exhausted",
+            "name": "Keyrack refusing calls (own 429)",
+            "metric": "exhausted_rate",
+            "op": ">",
+            "threshold": 0.05,
+            "window_s": 300,
+            "for_s": 60,
+            "severity": "warning",
+        },
+        {
+            "id": "default-upstream-429",
+            "name": "Upstream 429 storm",
+            "metric": "upstream_429_rate",
+            "op": ">",
+            "threshold": 0.3,
+            "window_s": 300,
+            "for_s": 60,
+            "severity": "warning",
+        },
+        {
+            "id": "default-p95-latency",
+            "name": "p95 latency above 30 s",
+            "metric": "p95_latency_ms",
+            "op": ">",
+            "threshold": 30_000,
+            "window_s": 600,
+            "for_s": 300,
+            "severity": "warning",
+        },
+        {
+            "id": "default-traffic-drop",
+            "name": "Traffic dropped vs last week",
+            "metric": "calls_vs_last_week",
+            "op": "<",
+            "threshold": 0.3,
+            "window_s": 3600,
+            "for_s": 900,
+            "severity": "info",
+        },
+        {
+            "id": "default-quota-day",
+            "name": "Daily quota 90 % used",
+            "metric": "quota_day_usage_pct",
+            "op": ">=",
+            "threshold": 90,
+            "window_s": 60,
+            "for_s": 0,
+            "severity": "warning",
+            "group_by": "project",
+        },
+        {
+            "id": "default-key-flaps",
+            "name": "Key flapping",
+            "metric": "key_flaps",
+            "op": ">",
+            "threshold": 3,
+            "window_s": 3600,
+            "for_s": 0,
+            "severity": "info",
+            "group_by": "key",
+        },
+    ]
     return [parse_rule({**s, "enabled": False}) for s in specs]

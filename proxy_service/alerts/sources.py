@@ -70,8 +70,11 @@ def database_values(cur: duckdb.DuckDBPyConnection, rules: Iterable[Rule], now: 
         filters = dict(rule.filters)
         key = (source, rule.window_s, rule.filters, rule.group_by)
         if key not in cache:
-            read = {"requests": queries.request_window, "attempts": queries.attempt_window,
-                    "volume": queries.volume_window}[source]  # fmt: skip
+            read = {
+                "requests": queries.request_window,
+                "attempts": queries.attempt_window,
+                "volume": queries.volume_window,
+            }[source]
             cache[key] = read(cur, lo, hi, filters, rule.group_by)
         rows = cache[key]
         values: Values = {}

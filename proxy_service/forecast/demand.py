@@ -161,8 +161,12 @@ def forecast_many(
         k, y = (known or {})[sid], ready.pop(sid)
         fy, flo, fhi = final[sid]
         flo, fhi = _widen(fy, flo, fhi, float(k["scale"]))
-        out[sid] = {**_result(y, fy, flo, fhi), "backtest": k["backtest"], "daily_backtest": k["daily_backtest"],
-                    "scale": k["scale"]}  # fmt: skip
+        out[sid] = {
+            **_result(y, fy, flo, fhi),
+            "backtest": k["backtest"],
+            "daily_backtest": k["daily_backtest"],
+            "scale": k["scale"],
+        }
     hb = {sid: holdout_hours(len(y)) for sid, y in ready.items()}
     # 1. calibration windows, just before the backtest's, fitted with the backtest's seasonal setup (a factor measured on
     #    a daily-only fit says nothing about a daily + weekly one): as long as the backtest window where room allows.

@@ -108,10 +108,15 @@ class ForecastEngine:
             history = build_series(rows, end)
             payload: dict[str, Any] = {model: ys for model, (_start, ys) in history.items()}
             full = full or self.backtest_at is None or self.clock() - self.backtest_at >= BACKTEST_EVERY_S
-            known = None if full else {
-                sid: {k: r[k] for k in ("backtest", "daily_backtest", "scale")}
-                for sid, r in self.results.items() if r.get("status") == "ok"
-            }  # fmt: skip
+            known = (
+                None
+                if full
+                else {
+                    sid: {k: r[k] for k in ("backtest", "daily_backtest", "scale")}
+                    for sid, r in self.results.items()
+                    if r.get("status") == "ok"
+                }
+            )
             if any(len(ys) >= demand.NEED_DAYS * 24 for ys in payload.values()):
                 loop = asyncio.get_running_loop()
                 fit = functools.partial(demand.forecast_many, payload, demand.HORIZON_H, known)

@@ -20,17 +20,29 @@ def test_alerts_page_in_a_real_browser(dashboard_url: str, stack: Stack, tmp_pat
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium` or `apt-get install chromium`)")
     from playwright.sync_api import expect, sync_playwright
 
-    rule = stack.admin("POST", "/alerts/rules", json={
-        "name": "No spare keys", "metric": "active_keys", "op": ">", "threshold": 0, "window_s": 60,
-        "severity": "warning"})  # fmt: skip
+    rule = stack.admin(
+        "POST",
+        "/alerts/rules",
+        json={
+            "name": "No spare keys",
+            "metric": "active_keys",
+            "op": ">",
+            "threshold": 0,
+            "window_s": 60,
+            "severity": "warning",
+        },
+    )
     evaluate(stack)
     expect.set_options(timeout=20_000)
     try:
         with sync_playwright() as pw:
             ctx = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+                str(tmp_path / "profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
                 viewport={"width": 1440, "height": 1200},
-            )  # fmt: skip
+            )
             try:
                 page = ctx.new_page()
                 page.set_default_timeout(20_000)

@@ -27,12 +27,31 @@ def open_alerts(badge: str | None = None) -> AppTest:
 
 
 def test_alerts_page_shows_firing_rules_backtest_channels_and_speaks_chinese(dash_env: Stack) -> None:
-    rule = dash_env.admin("POST", "/alerts/rules", json={
-        "name": "Page test: keys present", "metric": "active_keys", "op": ">", "threshold": 0, "window_s": 60,
-        "severity": "critical"})  # fmt: skip
-    slow = dash_env.admin("POST", "/alerts/rules", json={
-        "name": "Page test: success", "metric": "success_rate", "op": "<", "threshold": 0.95, "window_s": 900,
-        "for_s": 0, "enabled": False})  # fmt: skip
+    rule = dash_env.admin(
+        "POST",
+        "/alerts/rules",
+        json={
+            "name": "Page test: keys present",
+            "metric": "active_keys",
+            "op": ">",
+            "threshold": 0,
+            "window_s": 60,
+            "severity": "critical",
+        },
+    )
+    slow = dash_env.admin(
+        "POST",
+        "/alerts/rules",
+        json={
+            "name": "Page test: success",
+            "metric": "success_rate",
+            "op": "<",
+            "threshold": 0.95,
+            "window_s": 900,
+            "for_s": 0,
+            "enabled": False,
+        },
+    )
     try:
         evaluate(dash_env)
         at = open_alerts(badge="1 firing")

@@ -48,8 +48,15 @@ def test_default_pivot_counts_every_call_and_writes_the_view_to_the_url(dash_env
 
 
 def test_a_shared_url_reproduces_the_view(dash_env: Stack) -> None:
-    params = {"m": "p95_latency_ms", "r": "hour_of_day", "c": "day_of_week", "v": "heatmap", "top": "5", "cmp": "1",
-              "f.outcome": "success"}  # fmt: skip
+    params = {
+        "m": "p95_latency_ms",
+        "r": "hour_of_day",
+        "c": "day_of_week",
+        "v": "heatmap",
+        "top": "5",
+        "cmp": "1",
+        "f.outcome": "success",
+    }
     at = start(params)
     assert at.selectbox(key="ex_m.en").value == "p95_latency_ms"
     assert at.selectbox(key="ex_r.en").value == "hour_of_day" and at.selectbox(key="ex_c.en").value == "day_of_week"
@@ -104,8 +111,15 @@ def test_explore_renders_in_chinese(dash_env: Stack) -> None:
 
 
 def test_view_url_round_trip_and_malformed_params_fall_back() -> None:
-    v = ev.View("p99_latency_ms", "client", "hour", "multiples", compare=True, top_n=7,
-                filters={"model": ["a", "b"], "stream": ["true"]})  # fmt: skip
+    v = ev.View(
+        "p99_latency_ms",
+        "client",
+        "hour",
+        "multiples",
+        compare=True,
+        top_n=7,
+        filters={"model": ["a", "b"], "stream": ["true"]},
+    )
     assert ev.from_params(ev.to_params(v)) == v
     bad = ev.from_params({"m": "DROP", "r": "nope", "from": "yesterday", "top": "1e30", "f.colour": "red"})
     assert bad == ev.View()
@@ -114,8 +128,14 @@ def test_view_url_round_trip_and_malformed_params_fall_back() -> None:
 
 
 def test_pivot_totals_only_where_the_measure_adds_up() -> None:
-    df = pd.DataFrame({"model": ["a", "a", "b"], "outcome": ["ok", "err", "ok"], "calls": [3, 1, 2],
-                       "p95_latency_ms": [10.0, 20.0, 30.0]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "model": ["a", "a", "b"],
+            "outcome": ["ok", "err", "ok"],
+            "calls": [3, 1, 2],
+            "p95_latency_ms": [10.0, 20.0, 30.0],
+        }
+    )
     table = ev.pivot(df, ev.View("calls", "model", "outcome"))
     assert table.loc["Σ", "Σ"] == 6 and table.loc["a", "Σ"] == 4
     assert "Σ" not in ev.pivot(df, ev.View("p95_latency_ms", "model", "outcome")).index
@@ -130,10 +150,19 @@ def test_trends_breaks_down_by_client_with_labels(dash_env: Stack) -> None:
     cid = "t_0123456789"
     for i in range(3):
         dash_env.gateway.writer.record(
-            RequestEvent(ts=datetime.now(UTC).replace(tzinfo=None), request_id=uuid.uuid4().hex, client_id=cid,
-                         surface="openai", operation="chat", model="gemini-2.5-pro", stream=False, status=200,
-                         latency_ms=100.0 + i, total_tokens=10)
-        )  # fmt: skip
+            RequestEvent(
+                ts=datetime.now(UTC).replace(tzinfo=None),
+                request_id=uuid.uuid4().hex,
+                client_id=cid,
+                surface="openai",
+                operation="chat",
+                model="gemini-2.5-pro",
+                stream=False,
+                status=200,
+                latency_ms=100.0 + i,
+                total_tokens=10,
+            )
+        )
     dash_env.flush()
     dash_env.admin("PATCH", "/config", json={"client_labels": {cid: "billing-service"}})
     try:

@@ -37,10 +37,21 @@ def prepare(stack: Stack) -> None:
     for h in range(5 * 24):  # five days of history, busier in the daytime
         ts = end - timedelta(hours=5 * 24 - h)
         for i in range(1 + 4 * (9 <= ts.hour < 18)):
-            gw.writer.record(RequestEvent(ts=ts + timedelta(seconds=i), request_id=uuid.uuid4().hex,
-                                          client_id="forecast-test", surface="gemini", operation="generateContent",
-                                          model=OTHER, stream=False, status=200, outcome="success", project="alpha",
-                                          latency_ms=90.0))  # fmt: skip
+            gw.writer.record(
+                RequestEvent(
+                    ts=ts + timedelta(seconds=i),
+                    request_id=uuid.uuid4().hex,
+                    client_id="forecast-test",
+                    surface="gemini",
+                    operation="generateContent",
+                    model=OTHER,
+                    stream=False,
+                    status=200,
+                    outcome="success",
+                    project="alpha",
+                    latency_ms=90.0,
+                )
+            )
     gw.writer.flush()
     asyncio.run_coroutine_threadsafe(eng.refresh(admin_forecast._reader(gw)), gw.loop).result(120)
 

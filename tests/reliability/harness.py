@@ -187,9 +187,15 @@ def dump_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         # The base tables (the `safe` schema's views read them, sometimes with more columns under the same name).
         tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
         for (table,) in con.execute(tables).fetchall():
-            cols = [c for (c,) in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
-                "ORDER BY ordinal_position", [table]).fetchall() if not (table == "keys" and c == "secret")]  # fmt: skip
+            cols = [
+                c
+                for (c,) in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [table],
+                ).fetchall()
+                if not (table == "keys" and c == "secret")
+            ]
             columns = ", ".join(f'"{c}"' for c in cols)
             out[table] = con.execute(f'SELECT {columns} FROM "{table}"').fetchall()
         return out
