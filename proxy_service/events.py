@@ -14,6 +14,7 @@ else in the loop is logged and the loop goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,6 +121,23 @@ class _Job:
         self.fn = fn
         self.future: Future[Any] = Future()
 
+    def settle(self, cur: duckdb.DuckDBPyConnection, log_failure: bool = False) -> None:
+        """Run the job and hand its outcome to the future. The job runs even when its waiter gave up (a timed-out
+        `run()` or a task cancelled at shutdown cancels the future through `asyncio.wrap_future`): the write is still
+        wanted, only nobody reads the answer, so a cancelled future is left as it is."""
+        try:
+            result = self.fn(cur)
+        except Exception as exc:
+            if log_failure:
+                log.exception("database job failed")  # fire-and-forget callers would never see it otherwise
+            if not self.future.cancelled():
+                with contextlib.suppress(InvalidStateError):  # cancelled between the check and here
+                    self.future.set_exception(exc)
+            return
+        if not self.future.cancelled():
+            with contextlib.suppress(InvalidStateError):
+                self.future.set_result(result)
+
 
 _STOP = object()
 _EPOCH = datetime(1970, 1, 1)  # stored times are naive UTC
@@ -183,9 +201,7 @@ class EventWriter:
         if not self._started:  # before start (startup, tools): run inline, nothing else writes yet
             cur = self.store.cursor()
             try:
-                job.future.set_result(fn(cur))
-            except Exception as exc:
-                job.future.set_exception(exc)
+                job.settle(cur)
             finally:
                 cur.close()
             return job.future
@@ -281,11 +297,7 @@ class EventWriter:
         cur.close()
 
     def _run_job(self, cur: duckdb.DuckDBPyConnection, job: _Job) -> None:
-        try:
-            job.future.set_result(job.fn(cur))
-        except Exception as exc:
-            log.exception("database job failed")  # fire-and-forget callers would never see it otherwise
-            job.future.set_exception(exc)
+        job.settle(cur, log_failure=True)
 
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
         if not count:

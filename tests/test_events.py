@@ -3,11 +3,16 @@ event recorded from any thread."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
 
-from proxy_service.events import AttemptEvent, EventWriter
+import duckdb
+import pytest
+
+from proxy_service.events import AttemptEvent, EventWriter, WriterUnavailable
 from proxy_service.store import Store
 
 MODEL = "gemini-2.5-flash"
@@ -102,3 +107,36 @@ def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def test_a_job_whose_waiter_gave_up_still_runs_and_the_writer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run(timeout=...)` cancels its future through asyncio.wrap_future when it times out (and so does a task
+    cancelled at shutdown); the job must still write, and settling the cancelled future must not raise on the
+    writer thread (it used to: InvalidStateError, logged as a failed job)."""
+    store = Store(tmp_path / "c.duckdb")
+    writer = EventWriter(store, flush_interval=0.05)
+    writer.start()
+    gate = threading.Event()
+
+    def slow_write(cur: duckdb.DuckDBPyConnection) -> int:
+        gate.wait(10)
+        cur.execute("CREATE TABLE late AS SELECT 42 AS v")
+        return 42
+
+    async def give_up() -> None:
+        with pytest.raises(WriterUnavailable):
+            await writer.run(slow_write, timeout=0.05)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="keyrack"):
+            asyncio.run(give_up())
+            gate.set()
+            assert writer.submit(lambda cur: cur.execute("SELECT v FROM late").fetchone()).result(10) == (42,)
+        assert writer.alive
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        gate.set()
+        writer.stop(timeout=10)
+        store.close()
