@@ -221,11 +221,11 @@ class LakeStore(Store):
         text = str(last).splitlines()[0] if last else "unknown error"
         raise LakeError(f"cannot open the lake at {mask_url(self.cfg.lake_catalog)}: {text}")
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def cursor(self, search_path: str = SEARCH_PATH) -> duckdb.DuckDBPyConnection:
         with self._lock:
             cur = self._con.cursor()
         cur.execute(f"USE {CATALOG}")
-        cur.execute(f"SET search_path = '{SEARCH_PATH}'")
+        cur.execute(f"SET search_path = '{search_path}'")  # each statement costs a catalog look-up: set it once
         return cur
 
     def _plain_cursor(self) -> duckdb.DuckDBPyConnection:
@@ -236,12 +236,10 @@ class LakeStore(Store):
     def read_cursor(self) -> duckdb.DuckDBPyConnection:
         """A reader's cursor: the rollup tables resolve to the mirror, brought to the lake's current snapshot first
         (exact); the lake's own tables when the mirror is not usable (not loaded yet — its thread loads it — or failed)."""
-        cur = self.cursor()
         if self.mirror.snapshot is None:
             self.mirror.start()
-        elif self.mirror.catch_up():
-            cur.execute(f"SET search_path = '{READ_PATH}'")
-        return cur
+            return self.cursor()
+        return self.cursor(READ_PATH if self.mirror.catch_up() else SEARCH_PATH)
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""
