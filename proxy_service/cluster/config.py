@@ -37,6 +37,10 @@ class ClusterConfig:
     commit_interval_s: float = 1.0
     max_waiting_rows: int = 100_000
     redis_prefix: str = DEFAULT_PREFIX  # every Redis key is `<prefix>:...`: two clusters can share one Redis
+    # DuckDB's own caps for the lake connection (and the rollup mirror attached to it), as for the embedded file:
+    # one analytics query must not take the replica's memory or cores.
+    duckdb_memory_limit: str | None = None
+    duckdb_threads: int | None = None
 
     @property
     def conninfo(self) -> str:
@@ -133,4 +137,14 @@ def from_settings(settings: Any) -> ClusterConfig | None:
         )
     interval = float(getattr(settings, "lake_commit_interval_s", 1.0))
     waiting = int(getattr(settings, "lake_max_waiting_rows", 100_000))
-    return ClusterConfig(redis_url, catalog, data, replica, interval, waiting, prefix)
+    return ClusterConfig(
+        redis_url,
+        catalog,
+        data,
+        replica,
+        interval,
+        waiting,
+        prefix,
+        getattr(settings, "duckdb_memory_limit", None),
+        getattr(settings, "duckdb_threads", None),
+    )

@@ -77,7 +77,15 @@ def load_extensions(con: duckdb.DuckDBPyConnection, s3: bool = False) -> None:
 
 def connect(cfg: ClusterConfig, create: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake and the state schema attached (no locking: for readers and tools)."""
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if cfg.duckdb_memory_limit:
+        config["memory_limit"] = cfg.duckdb_memory_limit
+    if cfg.duckdb_threads:
+        config["threads"] = cfg.duckdb_threads
+    con = duckdb.connect(":memory:", config=config)
     load_extensions(con, cfg.lake_data.startswith("s3://"))
     if cfg.lake_data.startswith("s3://"):
         con.execute("CREATE OR REPLACE SECRET lake_s3 (TYPE s3, PROVIDER credential_chain)")

@@ -291,3 +291,31 @@ def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_an
         w.stop()
     for store in stores:
         store.close()
+
+
+def test_the_lake_connection_has_duckdb_caps_from_settings(lake_catalog: str, tmp_path: Path) -> None:
+    """The embedded file is opened with `duckdb_memory_limit` / `duckdb_threads`; the lake connection (which also
+    holds the rollup mirror) must be too, or one analytics query could take a replica's memory and cores."""
+    from proxy_service.cluster.config import from_settings
+    from proxy_service.settings import Settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_url="redis://127.0.0.1:6379/0",
+        lake_catalog=lake_catalog,
+        lake_data=str(tmp_path / "lake"),
+        replica_id="caps",
+        duckdb_memory_limit="200MB",
+        duckdb_threads=1,
+    )
+    cfg = from_settings(settings)
+    assert cfg is not None
+    store = LakeStore(cfg, contextlib.nullcontext)
+    try:
+        cur = store.cursor()
+        limit, threads = cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()
+        cur.close()
+        assert threads == 1
+        assert limit.endswith("MiB") and 180 <= float(limit.split()[0]) <= 200, limit  # DuckDB shows 200MB in MiB
+    finally:
+        store.close()
