@@ -59,6 +59,8 @@ bench: install services
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@! grep -rn --include='*.py' 'fmt: skip' proxy_service dashboard tests bench || \
+	  { echo "no '# fmt: skip': let ruff format lay the line out"; exit 1; }
 	$(BIN)/mypy proxy_service dashboard
 
 clean:

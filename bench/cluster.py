@@ -140,9 +140,11 @@ def latency_and_throughput(work: Path, catalog: str, duration: float, strategy: 
         single = run_async(_closed_loop(r1.url + url, GENERATE_BODY, HEADERS, 32, duration, 10**6, 30))
 
         async def both() -> list[Any]:
-            return list(await asyncio.gather(
-                *(_closed_loop(r.url + url, GENERATE_BODY, HEADERS, 16, duration, 10**6, 30) for r in (r1, r2))
-            ))  # fmt: skip
+            return list(
+                await asyncio.gather(
+                    *(_closed_loop(r.url + url, GENERATE_BODY, HEADERS, 16, duration, 10**6, 30) for r in (r1, r2))
+                )
+            )
 
         pair = run_async(both())
         rps_single = single.ok / single.elapsed_s
@@ -156,9 +158,10 @@ def latency_and_throughput(work: Path, catalog: str, duration: float, strategy: 
             "rps_1_replica": rps_single,
             "rps_2_replicas": rps_pair,
             "ratio_2_vs_1": rps_pair / rps_single if rps_single else 0.0,
-            "errors": single.failures + sum(p.failures for p in pair)
+            "errors": single.failures
+            + sum(p.failures for p in pair)
             + sum(n for s, n in single.statuses.items() if s != 200),
-        }  # fmt: skip
+        }
     finally:
         stop_all(servers)
 
@@ -202,19 +205,28 @@ def quota(work: Path, catalog: str, minutes: float, load: float) -> dict[str, An
     fake3 = start_fake(work, scenario(RPM), name="fake-q3")
     single = start_proxy(work, fake1.url, keys(), model_limits=limits, name="q-single")
     replicas = [
-        start_proxy(work, fake3.url, keys(), model_limits=limits, name=f"q-r{i}",
-                    env=cluster_env(catalog, work / "qlake", f"q{i}", "redis://127.0.0.1:6379/11"))
+        start_proxy(
+            work,
+            fake3.url,
+            keys(),
+            model_limits=limits,
+            name=f"q-r{i}",
+            env=cluster_env(catalog, work / "qlake", f"q{i}", "redis://127.0.0.1:6379/11"),
+        )
         for i in range(1, 4)
-    ]  # fmt: skip
+    ]
     servers = [fake1, fake3, single, *replicas]
     try:
         wait_ready(servers, timeout=180)
         path = generate_path(MODEL)
 
         async def both() -> list[Any]:
-            return list(await asyncio.gather(
-                _open_loop([single.url + path], load, minutes), _open_loop([r.url + path for r in replicas], load, minutes)
-            ))  # fmt: skip
+            return list(
+                await asyncio.gather(
+                    _open_loop([single.url + path], load, minutes),
+                    _open_loop([r.url + path for r in replicas], load, minutes),
+                )
+            )
 
         out1, out3 = run_async(both())
         rows = {}
@@ -261,16 +273,29 @@ def _writer_proc(catalog: str, lake: str, replica: str, events: int, spill: str,
     cfg = ClusterConfig(REDIS, catalog, lake, replica)
     store = LakeStore(cfg, lock)
     writer = LakeWriter(store, replica, Path(spill), 1.0, init_lock=lock)
-    writer.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
-                                if "requests" in t else None)  # fmt: skip
+    writer.before_commit.append(
+        lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+    )
     writer.submit(Rollup().install).result()  # under the init lock, as a replica does at startup
     writer.start()
     t0 = time.perf_counter()
     now = datetime.now(UTC).replace(tzinfo=None)
     for i in range(events):
-        writer.record(RequestEvent(ts=now, request_id=uuid.uuid4().hex, client_id="bench", surface="gemini",
-                                   operation="generateContent", model=MODEL, stream=False, status=200,
-                                   key_id=f"k{i % 100}", project=f"p{i % 5}", latency_ms=float(100 + i % 900)))  # fmt: skip
+        writer.record(
+            RequestEvent(
+                ts=now,
+                request_id=uuid.uuid4().hex,
+                client_id="bench",
+                surface="gemini",
+                operation="generateContent",
+                model=MODEL,
+                stream=False,
+                status=200,
+                key_id=f"k{i % 100}",
+                project=f"p{i % 5}",
+                latency_ms=float(100 + i % 900),
+            )
+        )
         if i % 20_000 == 0:
             time.sleep(0.001)
     writer.stop(120)
@@ -285,8 +310,10 @@ def ingest(work: Path, catalog: str, events: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     lake = str(work / "ilake")
-    procs = [ctx.Process(target=_writer_proc, args=(catalog, lake, f"w{i}", events, str(work / f"spill{i}"), out))
-             for i in range(3)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_writer_proc, args=(catalog, lake, f"w{i}", events, str(work / f"spill{i}"), out))
+        for i in range(3)
+    ]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -351,10 +378,16 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     out = []
     for name, fn in (
         ("summary", lambda c: queries.summary(c, tz, now)),
-        ("series day (90 d)", lambda c: queries.series(c, "day", "none", tz, *queries.series_range("day", tz, start, now, now))),
-        ("series hour (90 d)", lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now))),
+        (
+            "series day (90 d)",
+            lambda c: queries.series(c, "day", "none", tz, *queries.series_range("day", tz, start, now, now)),
+        ),
+        (
+            "series hour (90 d)",
+            lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now)),
+        ),
         ("top models (90 d)", lambda c: queries.top(c, "model", start, now, 10)),
-    ):  # fmt: skip
+    ):
         ms: dict[str, list[float]] = {"embedded": [], "lake": []}
         for _ in range(runs + 1):  # the first round warms up
             for label, store in (("embedded", emb), ("lake", lake)):
@@ -370,10 +403,17 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     files = cur.execute("SELECT count(*) FROM ducklake_list_files('lake', 'requests')").fetchone()
     lake.close()
     emb.close()
-    return {"rows": rows, "embedded_build_s": embedded_build_s, "lake_generate_s": lake_generate_s,
-            "lake_build_s": lake_build_s, "requests_files": files[0] if files else 0, "load": load,
-            "mirror_load_s": mirror_load_s, "mirror_rows": mirror_rows,
-            "figures": out}  # fmt: skip
+    return {
+        "rows": rows,
+        "embedded_build_s": embedded_build_s,
+        "lake_generate_s": lake_generate_s,
+        "lake_build_s": lake_build_s,
+        "requests_files": files[0] if files else 0,
+        "load": load,
+        "mirror_load_s": mirror_load_s,
+        "mirror_rows": mirror_rows,
+        "figures": out,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ 6
@@ -472,34 +512,78 @@ def report_rows(f: dict[str, Any]) -> list[list[Any]]:
         rows += _quota_rows(f["quota"])
     if "ingest" in f:
         i = f["ingest"]
-        rows.append(["lake ingest, 3 writers", f"{i['events_per_s']:,.0f} events/s", f"{i['committed']:,} committed, "
-                     f"{i['lost']} lost, rollup exact: {i['rollup_matches']}", "0 lost", "yes" if i["lost"] == 0 else "NO"])  # fmt: skip
+        rows.append(
+            [
+                "lake ingest, 3 writers",
+                f"{i['events_per_s']:,.0f} events/s",
+                f"{i['committed']:,} committed, {i['lost']} lost, rollup exact: {i['rollup_matches']}",
+                "0 lost",
+                "yes" if i["lost"] == 0 else "NO",
+            ]
+        )
     if "sigkill" in f:
         k = f["sigkill"]
-        rows.append(["SIGKILL one replica under load: answered requests lost", f"{k['lost']} (oldest "
-                     f"{k['oldest_lost_ms']:.0f} ms before the kill)", f"{k['missing_before_restart']} of "
-                     f"{k['answered']:,} not committed at the kill (oldest {k['oldest_missing_before_restart_ms']:.0f}"
-                     " ms): the commit window", "≤ 0.1 s journal window", "–"])  # fmt: skip
+        rows.append(
+            [
+                "SIGKILL one replica under load: answered requests lost",
+                f"{k['lost']} (oldest {k['oldest_lost_ms']:.0f} ms before the kill)",
+                f"{k['missing_before_restart']} of "
+                f"{k['answered']:,} not committed at the kill (oldest {k['oldest_missing_before_restart_ms']:.0f}"
+                " ms): the commit window",
+                "≤ 0.1 s journal window",
+                "–",
+            ]
+        )
     if "analytics" in f:
         a = f["analytics"]
-        rows.append([f"analytics lake build, {a['rows']:,} rows", f"{a['lake_build_s']:,.0f} s (generate "
-                     f"{a['lake_generate_s']:,.0f} s)", f"embedded file {a['embedded_build_s']:,.0f} s",
-                     f"load {a['load'][0]:.1f} → {a['load'][1]:.1f}", "–"])  # fmt: skip
-        rows.append(["analytics: rollup mirror load (per replica)", f"{a['mirror_load_s']:,.1f} s",
-                     f"{a['mirror_rows']:,} rows", "–", "–"])  # fmt: skip
+        rows.append(
+            [
+                f"analytics lake build, {a['rows']:,} rows",
+                f"{a['lake_build_s']:,.0f} s (generate {a['lake_generate_s']:,.0f} s)",
+                f"embedded file {a['embedded_build_s']:,.0f} s",
+                f"load {a['load'][0]:.1f} → {a['load'][1]:.1f}",
+                "–",
+            ]
+        )
+        rows.append(
+            [
+                "analytics: rollup mirror load (per replica)",
+                f"{a['mirror_load_s']:,.1f} s",
+                f"{a['mirror_rows']:,} rows",
+                "–",
+                "–",
+            ]
+        )
         for x in a["figures"]:
-            rows.append([f"analytics {a['rows']:,} rows: {x['query']} p50", f"lake {x['lake']:,.0f} ms",
-                         f"embedded {x['embedded']:,.0f} ms ({x['ratio']:.1f}x)", "≤ 2x", "yes" if x["ratio"] <= 2 else "NO"])  # fmt: skip
+            rows.append(
+                [
+                    f"analytics {a['rows']:,} rows: {x['query']} p50",
+                    f"lake {x['lake']:,.0f} ms",
+                    f"embedded {x['embedded']:,.0f} ms ({x['ratio']:.1f}x)",
+                    "≤ 2x",
+                    "yes" if x["ratio"] <= 2 else "NO",
+                ]
+            )
     return rows
 
 
 def _speed_rows(s: dict[str, Any]) -> list[list[Any]]:
     return [
-        [f"added p50 latency, c=1 ({s.get('strategy', 'quota_aware')})", f"{s['added_p50_ms']:.2f} ms", f"embedded {s['p50_embedded_ms']:.2f} ms", "≤ 1 ms",
-         "yes" if s["added_p50_ms"] <= 1.0 else "NO"],
-        ["req/s 2 replicas vs 1 (c=32)", f"{s['rps_2_replicas']:,.0f} vs {s['rps_1_replica']:,.0f}",
-         f"{s['ratio_2_vs_1']:.2f}x", "", "–"],
-    ]  # fmt: skip
+        [
+            f"added p50 latency, c=1 ({s.get('strategy', 'quota_aware')})",
+            f"{s['added_p50_ms']:.2f} ms",
+            f"embedded {s['p50_embedded_ms']:.2f} ms",
+            "≤ 1 ms",
+            "yes" if s["added_p50_ms"] <= 1.0 else "NO",
+        ],
+        [
+            "req/s 2 replicas vs 1 (c=32)",
+            f"{s['rps_2_replicas']:,.0f} vs {s['rps_1_replica']:,.0f}",
+            f"{s['ratio_2_vs_1']:.2f}x",
+            "",
+            "–",
+        ],
+    ]
 
 
 def _quota_rows(q: dict[str, Any]) -> list[list[Any]]:
@@ -509,10 +593,15 @@ def _quota_rows(q: dict[str, Any]) -> list[list[Any]]:
         ok = r["served_share"] >= 0.99 and r["attempts_per_success"] <= 1.05
         if name != "1 replica (embedded)":
             ok = ok and r["upstream_429"] <= single["upstream_429"] + 2
-        rows.append([f"quota pressure, {name}: served / 429s / attempts per success",
-                     f"{r['served_share']:.1%} / {r['upstream_429']} / {r['attempts_per_success']:.3f}",
-                     f"{r['ok']} of capacity {r['capacity']} (demand {r['demand']})",
-                     "≥ 99 %, ≤ single + 2, ≤ 1.05", "yes" if ok else "NO"])  # fmt: skip
+        rows.append(
+            [
+                f"quota pressure, {name}: served / 429s / attempts per success",
+                f"{r['served_share']:.1%} / {r['upstream_429']} / {r['attempts_per_success']:.3f}",
+                f"{r['ok']} of capacity {r['capacity']} (demand {r['demand']})",
+                "≥ 99 %, ≤ single + 2, ≤ 1.05",
+                "yes" if ok else "NO",
+            ]
+        )
     return rows
 
 

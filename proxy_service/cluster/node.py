@@ -121,8 +121,13 @@ class Cluster:
     async def start(self, gw: Gateway) -> None:
         self.gw = gw
         loop = asyncio.get_running_loop()
-        for name, coro in (("heartbeat", self._heartbeat()), ("bus", self._listen()), ("reload", self._reload_loop()),
-                           ("leader", self.leader.run()), ("compactor", self._compactor())):  # fmt: skip
+        for name, coro in (
+            ("heartbeat", self._heartbeat()),
+            ("bus", self._listen()),
+            ("reload", self._reload_loop()),
+            ("leader", self.leader.run()),
+            ("compactor", self._compactor()),
+        ):
             self._tasks.append(loop.create_task(coro, name=f"cluster-{name}"))
 
     async def stop(self) -> None:
@@ -215,8 +220,7 @@ class Cluster:
                 await self.aredis.delete(f"{self.prefix}:born")
             log.warning("restoring the day counts failed (%s); retrying", type(exc).__name__)
             return
-        event(log, "redis_day_counts_restored", replica=self.replica, pairs=len(rows),
-              calls=sum(r[2] for r in rows))  # fmt: skip
+        event(log, "redis_day_counts_restored", replica=self.replica, pairs=len(rows), calls=sum(r[2] for r in rows))
 
     def _read_usage(self, day_start: float, cut: float) -> list[tuple[str, str, int, list[datetime]]]:
         cur = self.store.cursor()
@@ -286,8 +290,9 @@ class Cluster:
         try:
             await self.aredis.publish(self.bus, payload)
         except REDIS_ERRORS as exc:  # the periodic reload will carry it
-            log.warning("cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__,
-                        RELOAD_S)  # fmt: skip
+            log.warning(
+                "cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__, RELOAD_S
+            )
 
     async def _listen(self) -> None:
         backoff = 0.2

@@ -291,8 +291,14 @@ class ClusterPool(Pool):
     def _degrade(self, exc: BaseException) -> None:
         if not self.degraded:
             self.degraded, self.degraded_since = True, time.time()
-            event(log, "redis_unreachable", logging.WARNING, replica=self.replica, error=type(exc).__name__,
-                  mode=f"local limits at 1/{max(1, self.replicas)}")  # fmt: skip
+            event(
+                log,
+                "redis_unreachable",
+                logging.WARNING,
+                replica=self.replica,
+                error=type(exc).__name__,
+                mode=f"local limits at 1/{max(1, self.replicas)}",
+            )
 
     async def recover(self) -> None:
         """Called by the heartbeat once Redis answers again: add the offline admissions, then gate through Redis."""

@@ -157,8 +157,12 @@ class LakeWriter(EventWriter):
             self.stats.failures += 1
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             self._retry_at = time.monotonic() + self._backoff
-            log.warning("lake commit failed (%d rows wait, retry in %.2f s): %s", self._carry_rows, self._backoff,
-                        self.last_error)  # fmt: skip
+            log.warning(
+                "lake commit failed (%d rows wait, retry in %.2f s): %s",
+                self._carry_rows,
+                self._backoff,
+                self.last_error,
+            )
             self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
             return
         for table, batch, _ in self._carry:

@@ -27,9 +27,12 @@ def resolved(tmp_path: Path) -> dict[str, Any]:
     shutil.copy(REPO / "deploy" / "nginx-cluster.conf", tmp_path / "deploy" / "nginx-cluster.conf")
     shutil.copy(REPO / ".env.example", tmp_path / ".env")  # what a user does first
     res = subprocess.run(
-        [compose, "-f", "docker-compose.cluster.yml", "config"], cwd=tmp_path, capture_output=True, text=True,
+        [compose, "-f", "docker-compose.cluster.yml", "config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert res.returncode == 0, res.stderr
     return dict(yaml.safe_load(res.stdout))
 
@@ -54,9 +57,15 @@ def test_cluster_compose_file_is_valid_and_wired(tmp_path: Path) -> None:
         env = svc["environment"]
         assert all(env.get(k) for k in CLUSTER_ENV), f"{name} lacks a cluster setting"
         # The three settings parse as a cluster (what `keyrack serve` checks at startup).
-        cfg = from_settings(Settings(_env_file=None, redis_url=env["KEYRACK_REDIS_URL"],  # type: ignore[call-arg]
-                                     lake_catalog=env["KEYRACK_LAKE_CATALOG"], lake_data=env["KEYRACK_LAKE_DATA"],
-                                     replica_id=env["KEYRACK_REPLICA_ID"]))  # fmt: skip
+        cfg = from_settings(
+            Settings(
+                _env_file=None,
+                redis_url=env["KEYRACK_REDIS_URL"],  # type: ignore[call-arg]
+                lake_catalog=env["KEYRACK_LAKE_CATALOG"],
+                lake_data=env["KEYRACK_LAKE_DATA"],
+                replica_id=env["KEYRACK_REPLICA_ID"],
+            )
+        )
         assert cfg is not None
         ids.add(cfg.replica_id)
         mounts = dict(_mount(v) for v in svc["volumes"])

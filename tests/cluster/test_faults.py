@@ -96,8 +96,12 @@ def leads(replica: Replica) -> bool:
 
 
 def lake_ids(replica: Replica, of: str) -> set[str]:
-    rows = admin(replica, "POST", "/query", json={"sql": f"SELECT request_id FROM requests WHERE replica = '{of}'",
-                                                  "format": "json"})["rows"]  # fmt: skip
+    rows = admin(
+        replica,
+        "POST",
+        "/query",
+        json={"sql": f"SELECT request_id FROM requests WHERE replica = '{of}'", "format": "json"},
+    )["rows"]
     return {r[0] for r in rows}
 
 
@@ -140,8 +144,10 @@ def test_sigkill_under_load_loses_at_most_one_commit_window_and_the_replica_rejo
     # journal. 3 s of slack for a loaded CI machine (commits take seconds at load 20); bench/cluster.py
     # (--only sigkill) measures the figure.
     window = {a.request_id for a in load.answers if a.replica == "r1" and a.at > killed_at - 3.0}
-    print(f"SIGKILL: {len(lost)} of {len(served)} answered requests not in the lake before the restart "
-          f"({len(window)} answered in the last 3 s)")  # fmt: skip
+    print(
+        f"SIGKILL: {len(lost)} of {len(served)} answered requests not in the lake before the restart "
+        f"({len(window)} answered in the last 3 s)"
+    )
     # A restarted replica rejoins under its id, with its data directory (the journal is there)
     back = start_replica(up.url, where=r1.dir, replica_id="r1", **ROOMY)
     assert call(back).status_code == 200
@@ -174,13 +180,17 @@ def test_postgres_outage_under_load_loses_nothing(
         until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["lake"] == "ok", timeout=30)
         until(lambda: load.ids("r1") <= lake_ids(r1, "r1"), timeout=30)
         metrics = httpx.get(f"{r1.url}/metrics").text
-        spilled = next(float(line.split()[1]) for line in metrics.splitlines()
-                       if line.startswith("keyrack_lake_spilled_rows "))  # fmt: skip
+        spilled = next(
+            float(line.split()[1]) for line in metrics.splitlines() if line.startswith("keyrack_lake_spilled_rows ")
+        )
         sent = len(load.ids("r1"))
-        stored = admin(r1, "POST", "/query", json={"sql": "SELECT count(*) FROM requests WHERE replica = 'r1'",
-                                                   "format": "json"})["rows"][0][0]  # fmt: skip
-        print(f"PostgreSQL down {OUTAGE_S:.0f} s: {sent} answered, {stored} rows in the lake, {spilled:.0f} spilled, "
-              f"at most {waiting} waiting in memory (cap 25 + one journal tick)")  # fmt: skip
+        stored = admin(
+            r1, "POST", "/query", json={"sql": "SELECT count(*) FROM requests WHERE replica = 'r1'", "format": "json"}
+        )["rows"][0][0]
+        print(
+            f"PostgreSQL down {OUTAGE_S:.0f} s: {sent} answered, {stored} rows in the lake, {spilled:.0f} spilled, "
+            f"at most {waiting} waiting in memory (cap 25 + one journal tick)"
+        )
         assert stored == sent, "every answered request has exactly one row (none lost, none twice)"
         assert spilled > 0, "the waiting rows passed the cap and must have been spilled to files"
         assert not list((r1.dir / "data" / "spill").glob("*.arrow")), "spill files are committed, then removed"

@@ -23,9 +23,17 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def event(i: int) -> RequestEvent:
     now = datetime.now(UTC).replace(tzinfo=None)
-    return RequestEvent(ts=now, request_id=uuid.uuid4().hex, client_id="t", surface="gemini",
-                        operation="generateContent", model="gemini-2.5-flash", stream=False, status=200,
-                        latency_ms=float(10 + i))  # fmt: skip
+    return RequestEvent(
+        ts=now,
+        request_id=uuid.uuid4().hex,
+        client_id="t",
+        surface="gemini",
+        operation="generateContent",
+        model="gemini-2.5-flash",
+        stream=False,
+        status=200,
+        latency_ms=float(10 + i),
+    )
 
 
 def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_only(
@@ -104,8 +112,12 @@ def test_a_killed_writer_loses_nothing_it_journaled_and_the_next_start_commits_i
 
     spill, data, n = tmp_path / "spill", str(tmp_path / "lake"), 700
     env = {**os.environ, "PYTHONPATH": str(README.parent)}
-    proc = subprocess.Popen([sys.executable, "-c", _JOURNALING_WRITER, lake_catalog, data, str(spill), str(n)],
-                            env=env, cwd=README.parent, stdout=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _JOURNALING_WRITER, lake_catalog, data, str(spill), str(n)],
+        env=env,
+        cwd=README.parent,
+        stdout=subprocess.PIPE,
+    )
     try:
 
         def journaled() -> int:
@@ -147,8 +159,9 @@ def test_retention_on_one_replica_applies_to_the_lake_every_replica_reads_and_ex
     data = str(tmp_path / "lake")
     stores = [LakeStore(ClusterConfig("redis://unused", lake_catalog, data, r), contextlib.nullcontext) for r in "ab"]
     writer = LakeWriter(stores[0], "a", tmp_path / "spill", 0.2)
-    writer.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
-                                if "requests" in t else None)  # fmt: skip
+    writer.before_commit.append(
+        lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+    )
     rollup = Rollup()
     writer.submit(rollup.install).result()
     writer.start()
@@ -158,10 +171,31 @@ def test_retention_on_one_replica_applies_to_the_lake_every_replica_reads_and_ex
             ev = event(i)
             ev.ts = now - timedelta(days=age_days, minutes=i)
             writer.record(ev)
-            writer.record(AttemptEvent(ts=ev.ts, request_id=ev.request_id, attempt=1, key_id="k1", project="p1",
-                                       model=ev.model, upstream_status=200, outcome="success", latency_ms=5.0))  # fmt: skip
-            writer.record(ErrorEvent(id=uuid.uuid4().hex[:16], ts=ev.ts, request_id=ev.request_id, key_id="k1",
-                                     model=ev.model, status=500, error_type="upstream", message="x"))  # fmt: skip
+            writer.record(
+                AttemptEvent(
+                    ts=ev.ts,
+                    request_id=ev.request_id,
+                    attempt=1,
+                    key_id="k1",
+                    project="p1",
+                    model=ev.model,
+                    upstream_status=200,
+                    outcome="success",
+                    latency_ms=5.0,
+                )
+            )
+            writer.record(
+                ErrorEvent(
+                    id=uuid.uuid4().hex[:16],
+                    ts=ev.ts,
+                    request_id=ev.request_id,
+                    key_id="k1",
+                    model=ev.model,
+                    status=500,
+                    error_type="upstream",
+                    message="x",
+                )
+            )
     writer.flush()
     cutoffs = snapshot.retention_cutoffs({"requests": 30, "attempts": 30, "error_logs": 30}, now)
     deleted = writer.submit(lambda cur: snapshot.apply_retention(cur, cutoffs, rollup)).result()
@@ -174,7 +208,10 @@ def test_retention_on_one_replica_applies_to_the_lake_every_replica_reads_and_ex
         assert cur.execute(f"SELECT sum(calls) FROM {counters} WHERE dim = 'all'").fetchone() == (20,)
     exported = snapshot.export(cur, tmp_path / "exports", stores[1].export_selects())
     assert {t: exported.rows[t] for t in ("requests", "attempts", "error_logs")} == {
-        "requests": 20, "attempts": 20, "error_logs": 20}  # fmt: skip
+        "requests": 20,
+        "attempts": 20,
+        "error_logs": 20,
+    }
     check = duckdb.connect()
     assert check.execute("SELECT count(*) FROM read_parquet(?)", [exported.files["requests"]]).fetchone() == (20,)
     cur.close()
@@ -191,11 +228,13 @@ def test_compaction_folds_rollup_deltas_flushes_inlined_rows_and_merges_files_wi
     from proxy_service import queries
     from proxy_service.cluster.lake import compact_lake
 
-    store = LakeStore(ClusterConfig("redis://unused", lake_catalog, str(tmp_path / "lake"), "w1"),
-                      contextlib.nullcontext)  # fmt: skip
+    store = LakeStore(
+        ClusterConfig("redis://unused", lake_catalog, str(tmp_path / "lake"), "w1"), contextlib.nullcontext
+    )
     writer = LakeWriter(store, "w1", tmp_path / "spill", 0.05)
-    writer.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
-                                if "requests" in t else None)  # fmt: skip
+    writer.before_commit.append(
+        lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+    )
     rollup = Rollup()
     writer.submit(rollup.install).result()
     writer.start()
@@ -243,8 +282,9 @@ def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_an
     rollups, writers = [], []
     for store, name in zip(stores[:2], "ab", strict=False):
         w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
-        w.before_commit.append(lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"]))
-                               if "requests" in t else None)  # fmt: skip
+        w.before_commit.append(
+            lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+        )
         rollups.append(Rollup())
         w.submit(rollups[-1].install).result()
         w.start()

@@ -61,8 +61,19 @@ def test_one_notification_per_firing_and_a_dead_leader_is_replaced(
         return channel["id"] in [c["id"] for c in admin(replicas[1], "GET", "/alerts/channels")["items"]]
 
     until(known)
-    rule = create(replicas[1], "/alerts/rules", {"name": "Keys present", "metric": "active_keys",
-                 "op": ">", "threshold": 0, "window_s": 60, "for_s": 0, "channels": [channel["id"]]})  # fmt: skip
+    rule = create(
+        replicas[1],
+        "/alerts/rules",
+        {
+            "name": "Keys present",
+            "metric": "active_keys",
+            "op": ">",
+            "threshold": 0,
+            "window_s": 60,
+            "for_s": 0,
+            "channels": [channel["id"]],
+        },
+    )
 
     def firing() -> list[dict[str, Any]]:
         return [b for b in receiver.bodies() if b["state"] == "firing" and b["rule"] == "Keys present"]

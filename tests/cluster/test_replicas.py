@@ -136,8 +136,14 @@ def test_two_clusters_share_one_redis_under_their_own_prefixes(
     limits = {"model_limits": {MODEL: {"rpm": 3}}, "api_keys": f"p1:{key}"}
     with throwaway_redis(tmp_path) as server, database() as other_catalog:
         a = start_replica(up.url, redis_url=server.url, redis_prefix="team-a", **limits)
-        b = start_replica(up.url, redis_url=server.url, redis_prefix="team-b", lake_catalog=other_catalog,
-                          lake_data=str(tmp_path / "lake-b"), **limits)  # fmt: skip
+        b = start_replica(
+            up.url,
+            redis_url=server.url,
+            redis_prefix="team-b",
+            lake_catalog=other_catalog,
+            lake_data=str(tmp_path / "lake-b"),
+            **limits,
+        )
         statuses = {r.url: [call(r).status_code for _ in range(4)] for r in (a, b)}
         b.proc.stop(signal.SIGTERM, 20)  # before its catalog is dropped
         names = {k.decode().split(":", 1)[0] for k in redis.Redis.from_url(server.url).keys("*")}

@@ -34,8 +34,9 @@ def test_any_one_alone_is_an_error_naming_the_missing_ones(given: str) -> None:
 
 
 def test_all_three_make_a_cluster_with_a_hostname_port_replica_id() -> None:
-    cfg = from_settings(settings(redis_url="redis://127.0.0.1:6379/3", lake_catalog=CATALOG, lake_data="/srv/lake",
-                                 port="9001"))  # fmt: skip
+    cfg = from_settings(
+        settings(redis_url="redis://127.0.0.1:6379/3", lake_catalog=CATALOG, lake_data="/srv/lake", port="9001")
+    )
     assert cfg is not None
     assert cfg.replica_id.endswith(":9001") and len(cfg.replica_id) > 5
     assert cfg.commit_interval_s <= 2.0  # the default commit interval
@@ -73,8 +74,13 @@ def test_redis_prefix_defaults_to_keyrack_and_is_shown() -> None:
 
 
 def test_serve_refuses_a_bad_redis_prefix_in_one_line(tmp_path: Path) -> None:
-    line = serve_fails(tmp_path, redis_url="redis://127.0.0.1:6379/0", lake_catalog=CATALOG,
-                       lake_data=str(tmp_path / "lake"), redis_prefix="my keys")  # fmt: skip
+    line = serve_fails(
+        tmp_path,
+        redis_url="redis://127.0.0.1:6379/0",
+        lake_catalog=CATALOG,
+        lake_data=str(tmp_path / "lake"),
+        redis_prefix="my keys",
+    )
     assert "KEYRACK_REDIS_PREFIX='my keys': 1-40 characters" in line
 
 
@@ -96,7 +102,8 @@ def test_serve_refuses_one_setting_alone_in_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
-    line = serve_fails(tmp_path, redis_url="redis://:pw-123456@127.0.0.1:1/0", lake_catalog=CATALOG,
-                       lake_data=str(tmp_path / "lake"))  # fmt: skip
+    line = serve_fails(
+        tmp_path, redis_url="redis://:pw-123456@127.0.0.1:1/0", lake_catalog=CATALOG, lake_data=str(tmp_path / "lake")
+    )
     assert line.startswith("Error: cannot reach Redis at redis://:***@127.0.0.1:1/0")
     assert "pw-123456" not in line
