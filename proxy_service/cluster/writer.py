@@ -147,12 +147,11 @@ class LakeWriter(EventWriter):
     def _commit(self, cur: duckdb.DuckDBPyConnection) -> None:
         started = time.perf_counter()
         try:
-            if self._replay_spill(cur) and self._carry:
+            committed = self._replay_spill(cur) and bool(self._carry)
+            if committed:
                 self._write(cur, [(t, b) for t, b, _ in self._carry])
                 for _, _, path in self._carry:
                     path.unlink(missing_ok=True)
-            else:
-                return  # older journal files still wait: the in-memory ones follow them, in order
         except Exception as exc:
             self.stats.failures += 1
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -165,10 +164,14 @@ class LakeWriter(EventWriter):
             )
             self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
             return
+        # The lake took a transaction: the outage is over, even when only spilled files were replayed (all rows of an
+        # outage can be on disk; /readyz stayed "retrying" until the next live commit, forever on an idle replica).
+        self._backoff, self._retry_at, self.last_error = BACKOFF_MIN_S, 0.0, None
+        if not committed:
+            return  # older journal files still wait: the in-memory ones follow them, in order
         for table, batch, _ in self._carry:
             self.stats.written[table] += batch.num_rows
         self._carry, self._carry_rows = [], 0
-        self._backoff, self._retry_at, self.last_error = BACKOFF_MIN_S, 0.0, None
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
 
