@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from proxy_service.app import Gateway
 
 
-async def _ready(gw: Gateway) -> bool:
-    """Fold what the writer appended since the last fold (the cube folds with the rollup); False → go raw."""
+async def _ready(gw: Gateway) -> tuple[bool, float | None]:
+    """Fold what the writer appended since the last fold (the cube folds with the rollup); False → go raw. Also the
+    rebuild's progress at that moment: an answer says `rebuilding` when it was read raw because of the rebuild, even
+    if the rebuild ends while it is read (progress is read first: a rebuild ending in between shows as running)."""
     rollup = gw.rollup
     if rollup.usable:
         await gw.write(rollup.fold)
-    return rollup.usable
+    progress = rollup.progress
+    return rollup.usable, progress
 
 
 def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInfo]:
@@ -41,7 +44,7 @@ def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInf
 
 async def run_explore(gw: Gateway, request: Request) -> Response:
     spec, fmt, tz = _spec(gw, await json_body(request))
-    usable, labels = await _ready(gw), gw.config.client_labels
+    (usable, progress), labels = await _ready(gw), gw.config.client_labels
     try:
         ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None))
     except explore.ExploreError as exc:
@@ -55,7 +58,7 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
         "source": ans.source,
         "compare_from": iso(ans.compare_lo),
         "compare_to": iso(ans.compare_hi),
-        "rebuilding": gw.rollup.progress,
+        "rebuilding": progress,
     }
     if fmt == "arrow":
         headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
