@@ -22,6 +22,7 @@ from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
 from proxy_service.demo.traffic import MODELS
 from proxy_service.quota import next_pacific_midnight
 from proxy_service.settings import Settings
+from proxy_service.startup import streamlit_argv
 from tests.dashboard.test_browser import APP, CHROMIUM, CHROMIUM_ARGS, SHOTS, _free_port, _idle
 from tests.servers import serve
 
@@ -80,21 +81,7 @@ def shoot(proxy_url: str) -> int:
     port = _free_port()
     env = {**os.environ, "KEYRACK_ADMIN_URL": proxy_url, "KEYRACK_ADMIN_TOKEN": TOKEN}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(APP),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
+        streamlit_argv(APP, "127.0.0.1", port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

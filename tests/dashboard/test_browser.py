@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy_service.startup import streamlit_argv
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,25 +181,7 @@ def dashboard_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(APP),
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--server.headless",
-                "true",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-                "--client.toolbarMode",
-                "minimal",
-            ],
+            [*streamlit_argv(APP, "127.0.0.1", port), "--server.fileWatcherType", "none"],
             cwd=tmp_path_factory.mktemp("cwd"),
             env=env,
             stdout=out,

@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy_service.startup import streamlit_argv
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 from tests.dashboard.test_browser import (  # noqa: F401  (fixtures: browser, dashboard_url)
     CHROMIUM,
@@ -38,25 +38,7 @@ def signed_in_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = tmp_path_factory.mktemp("streamlit-explore") / "streamlit.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(APP),
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--server.headless",
-                "true",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-                "--client.toolbarMode",
-                "minimal",
-            ],
+            [*streamlit_argv(APP, "127.0.0.1", port), "--server.fileWatcherType", "none"],
             cwd=tmp_path_factory.mktemp("cwd"),
             env=env,
             stdout=out,
