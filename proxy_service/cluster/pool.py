@@ -8,9 +8,10 @@ The embedded `Pool` keeps its code and speed; this subclass adds:
   un-counts it, cools the scope for every replica and records the learned limit (from the observed cluster-wide
   usage when the 429 gives no value); a 5xx / connection failure un-counts it; answer tokens feed the tpm window;
 - status changes (enable, disable, invalid, re-check...) are remembered for the broadcast to the other replicas;
-- consecutive failures are counted in Redis (`fails`): every replica's transient failures of a key add up, past the
-  threshold the replica that saw the last one disables the key (and broadcasts it), a success anywhere clears the
-  count. `reserve` answers the current count, so the local copy is at most one call old;
+- consecutive failures are counted in Redis (`f:{key id}`, one timed member per failure): every replica's
+  transient failures of a key add up, past the threshold the replica that saw the last one disables the key (and
+  broadcasts it), a success anywhere clears the count. `reserve` answers the current count, so the local copy is at
+  most one call old;
 - round_robin: turns come from one cluster-wide cursor. Each `reserve` also hands out the next turn, which this
   replica's next pick uses (`turn()` asks for one with an INCR only when none is waiting: the first pick, or more
   picks in flight than turns); `choose()` applies it to the candidates in one order every replica agrees on (by key
@@ -20,8 +21,15 @@ The embedded `Pool` keeps its code and speed; this subclass adds:
 Redis unreachable (degraded mode): `admit` never waits longer than the socket timeouts (0.5 s, then not at all
 until the heartbeat sees Redis again). While degraded, each replica admits by its local windows at 1/N of every
 known (hard) limit, N = the replicas alive at the last heartbeat — together they cannot exceed the limit; guessed
-limits stay advisory as in the embedded pool. The calls admitted meanwhile are added to the shared windows when
-Redis is back (reconcile), then Redis gates again.
+limits stay advisory as in the embedded pool. When Redis is back (`recover`, from the heartbeat) the calls admitted
+meanwhile are added to the shared windows, and the key failures and successes seen meanwhile are merged by time:
+each replica sends its failures since its own last success of the key (timed, named: the ones already in Redis are
+not added again, so nothing is counted twice even when Redis kept its state) and the time of that success (which
+drops every replica's failures before it) — the merged count is what one replica seeing every call would have
+counted, in whatever order the replicas come back. A key whose merged count reaches the threshold is disabled
+once the other replicas have had time to merge their successes too (`RESYNC_GRACE_S`). Round-robin turns are not
+merged: the shared cursor simply resumes (any N consecutive turns still visit each of N keys once; advancing it by
+the turns used meanwhile would change which key comes next, not how evenly they are spread).
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ _DIM = {"minute": "rpm", "day": "rpd", "tokens": "tpm"}
 _REASON = {"rpm": "minute", "rpd": "day", "tpm": "tokens", "cooldown": "cluster"}
 _MEMBERS_PER_KEY = 64  # reservations awaiting an outcome per (key, model); older ones are settled as used
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+RESYNC_GRACE_S = 2.5  # every replica's heartbeat (1 s) has merged its outage by then
+FAILURES_TTL_MS = 7 * 86_400_000
+_OWN_FAILURES = 100  # this replica's failures kept per key (since its last success of the key) for a merge
 
 
 class ClusterPool(Pool):
@@ -68,13 +79,16 @@ class ClusterPool(Pool):
         self._members: dict[tuple[str, str], list[str]] = {}
         self._offline: list[tuple[str, str, int, str]] = []  # (scope, model, ms, member) admitted while degraded
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._fails = f"{prefix}:fails"
+        self.resync_grace_s = RESYNC_GRACE_S
+        # Per key: this replica's failures (ms, member) since its own last success or reset, and the time of that.
+        self._own_fails: dict[str, list[tuple[int, str]]] = {}
+        self._own_ok: dict[str, int] = {}
         self._turns: dict[str, deque[int]] = {}  # model → round-robin turns handed out by Redis, not used yet
         self._reserve = redis.register_script(shared.RESERVE)
         self._release = redis.register_script(shared.RELEASE)
         self._limited = redis.register_script(shared.RATE_LIMITED)
         self._tokens = redis.register_script(shared.TOKENS)
-        self._failed = redis.register_script(shared.FAILED)
+        self._failures = redis.register_script(shared.FAILURES)
 
     # -- round robin (awaited by the relay before choose(), with that strategy only) -------------------------------
     async def turn(self, model: str) -> None:
@@ -101,10 +115,13 @@ class ClusterPool(Pool):
             return self._admit_local(key, model, now, member)
         hard = self._hard(key.scope, model)
         args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
-        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard)), key.id]
+        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard))]
         args.append(int(self.strategy == "round_robin"))
+        keys = shared.scope_keys(
+            self.prefix, key.scope, model.removeprefix("models/"), pacific_day(now).isoformat(), key.id
+        )
         try:
-            res = await self._reserve(keys=self._keys(key.scope, model, now), args=args)
+            res = await self._reserve(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             self._degrade(exc)
             return self._admit_local(key, model, now, member)
@@ -170,7 +187,9 @@ class ClusterPool(Pool):
 
     # -- outcomes (settled in Redis in the background) --------------------------------------------------------------
     def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
-        streak = key.consecutive_failures > 0  # only then is there a shared count to clear (rare: no write per call)
+        # Only with a streak is there a shared count to clear (rare: no write per call). While degraded every success
+        # is remembered: another replica's failures during the outage may have come before it.
+        streak = key.consecutive_failures > 0 or self.degraded
         super().succeeded(key, model, tokens)
         if streak:
             self._clear_failures(key)
@@ -202,8 +221,13 @@ class ClusterPool(Pool):
 
     def failed(self, key: Key, message: str, model: str | None = None) -> None:
         super().failed(key, message, model)
-        if not self.degraded:
-            self._spawn(self._count_failure(key))
+        ms, member = int(self.clock() * 1000), f"{self.replica}:{next(self._seq)}"
+        own = self._own_fails.setdefault(key.id, [])
+        own.append((ms, member))
+        if len(own) > _OWN_FAILURES:
+            del own[0]
+        if not self.degraded:  # else merged when Redis is back
+            self._spawn(self._count_failure(key, ms, member))
         if model is not None:  # the upstream refused or never saw it: give the slot back cluster-wide
             self._release_member(key, model)
         elif (member_model := next((m for (k, m) in self._members if k == key.id), None)) is not None:
@@ -216,19 +240,25 @@ class ClusterPool(Pool):
             if k == key.id:
                 self._release_member(key, m)
 
-    async def _count_failure(self, key: Key) -> None:
-        n = int(await self._failed(keys=[self._fails], args=[key.id]))
+    async def _count_failure(self, key: Key, ms: int, member: str) -> None:
+        keys = shared.failure_keys(self.prefix, key.id)
+        n = int(await self._failures(keys=keys, args=[key.id, -1, FAILURES_TTL_MS, 0, ms, member]))
+        self._counted(key, n)
+
+    def _counted(self, key: Key, n: int) -> None:
         key.consecutive_failures = n
         self.dirty.add(key.id)
         if n >= self.failure_threshold and key.status == "active":  # the failures of every replica add up
             self.disable(key, "failures")
 
     def _clear_failures(self, key: Key) -> None:
-        async def clear() -> None:
-            await self.redis.hdel(self._fails, key.id)
-
-        if not self.degraded:
-            self._spawn(clear())
+        """A success or reset of `key` here: its failures before now no longer count, on any replica."""
+        ms = int(self.clock() * 1000)
+        self._own_ok[key.id] = ms
+        self._own_fails.pop(key.id, None)
+        if not self.degraded:  # else merged when Redis is back
+            keys = shared.failure_keys(self.prefix, key.id)
+            self._spawn(self._failures(keys=keys, args=[key.id, ms, FAILURES_TTL_MS, 0]))
 
     def _release_member(self, key: Key, model: str) -> None:
         member = self._take(key, model)
@@ -301,7 +331,8 @@ class ClusterPool(Pool):
             )
 
     async def recover(self) -> None:
-        """Called by the heartbeat once Redis answers again: add the offline admissions, then gate through Redis."""
+        """Called by the heartbeat once Redis answers again: add the offline admissions, merge the key failures and
+        successes seen meanwhile, then gate through Redis."""
         offline, self._offline = self._offline, []
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -316,6 +347,7 @@ class ClusterPool(Pool):
         except REDIS_ERRORS:
             self._offline = offline + self._offline
             raise
+        await self._merge_failures()
         since = self.degraded_since or time.time()
         self.degraded, self.degraded_since = False, None
         event(
@@ -325,6 +357,46 @@ class ClusterPool(Pool):
             reconciled=len(offline),
             degraded_s=round(time.time() - since, 1),
         )
+
+    async def _merge_failures(self) -> None:
+        """Send every key's own failures since its own last success, and the time of that success (idempotent: the
+        members already in Redis stay once, so a merge can be repeated, and Redis may or may not have kept its state).
+        """
+        kids = [k for k in {*self._own_fails, *self._own_ok} if k in self.keys]
+        if not kids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for kid in kids:
+            args: list[Any] = [kid, self._own_ok.get(kid, -1), FAILURES_TTL_MS, 1]
+            for ms, member in self._own_fails.get(kid, []):
+                args += [ms, member]
+            await self._failures(keys=shared.failure_keys(self.prefix, kid), args=args, client=pipe)
+        counts = await pipe.execute()
+        later = []
+        for kid, n in zip(kids, counts, strict=True):
+            key = self.keys.get(kid)
+            if key is None:
+                continue
+            self.dirty.add(kid)
+            if not int(n):
+                key.consecutive_failures = 0
+                continue
+            # Not final yet: a replica that has not merged may hold a later success of this key. Below the threshold
+            # until the grace has passed (a failure meanwhile must not disable it on an intermediate count), then
+            # re-read and applied.
+            key.consecutive_failures = min(int(n), self.failure_threshold - 1)
+            later.append(key)
+        if later:
+            self._spawn(self._recount_later(later))
+
+    async def _recount_later(self, keys: list[Key]) -> None:
+        await asyncio.sleep(self.resync_grace_s)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            args: list[Any] = [key.id, -1, FAILURES_TTL_MS, 1]
+            await self._failures(keys=shared.failure_keys(self.prefix, key.id), args=args, client=pipe)
+        for key, n in zip(keys, await pipe.execute(), strict=True):
+            self._counted(key, int(n))
 
     async def drain(self) -> None:
         """Wait for the background settlements (shutdown)."""

@@ -7,8 +7,11 @@ URL), per (scope, model) `s`:
 - `t:{s}` sorted set: `member:tokens` entries for the 60 s token window (tpm);
 - `cd:{s}` the cooldown's end (ms), kept only when later than the current one;
 - `l:{s}` hash: limits learned from 429s for this scope; `lm:{model}`: learned model-wide (the next guess);
-- `fails` hash: key id → consecutive transient failures cluster-wide (past the threshold the key is disabled; a
-  success anywhere clears it);
+- `f:{key id}` sorted set: the key's transient failures since its last success, cluster-wide (member
+  `<replica>:<seq>`, score = ms; past the threshold the key is disabled), and `fok` hash: key id → the time (ms) of
+  its latest success or reset. A success anywhere drops the failures before it. Times and member names make a
+  replica's merge after an outage exact and repeatable: failures already there are not added twice, failures
+  older than a success another replica saw are not added at all (`FAILURES`);
 - `rr:{model}` counter: the round-robin cursor (round_robin only): every value is one turn, handed out by `reserve`
   together with an admission, and used by that replica's next pick;
 - `probe:{key id}`: the re-check slot — the replica that sets it (NX, for one re-check interval) probes the key;
@@ -26,14 +29,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# KEYS: win, day, tokens, cooldown, learned, model_learned, fails, turns
-# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard), key id,
+# KEYS: win, day, tokens, cooldown, learned, model_learned, the key's failures, turns
+# ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard),
 #       take a round-robin turn (1/0)
 # → {1, rpm_used, rpd_used, tpm_used, key_failures, turn} admitted | {0, wait_ms, reason, turn}  (turn -1: none)
 RESERVE = """
 local now = tonumber(ARGV[1])
 local turn = -1
-if ARGV[9] == '1' then turn = redis.call('INCR', KEYS[8]) - 1 end
+if ARGV[8] == '1' then turn = redis.call('INCR', KEYS[8]) - 1 end
 local cd = tonumber(redis.call('GET', KEYS[4]) or '0')
 if cd > now then return {0, cd - now, 'cooldown', turn} end
 local rpm, rpd, tpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -69,7 +72,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 61000)
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
-return {1, n + 1, day + 1, tok, tonumber(redis.call('HGET', KEYS[7], ARGV[8]) or '0'), turn}
+return {1, n + 1, day + 1, tok, redis.call('ZCARD', KEYS[7]), turn}
 """
 
 # Un-count an admitted call the upstream refused or never saw. KEYS: win, day. ARGV: member.
@@ -112,10 +115,39 @@ end
 return limit
 """
 
-# A transient failure of a key: count it cluster-wide. KEYS: fails. ARGV: key id → the consecutive failures now.
-FAILED = """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('PEXPIRE', KEYS[1], 7 * 86400000)
+# A key's failures and successes, cluster-wide, in one script: a live failure (ok -1, one pair), a live success or
+# reset (ok = its time, no pair), and a replica's merge after an outage (merge 1: its last success of the key during
+# it, its failures since). Live calls count in arrival order: a success drops every failure there, a failure after it
+# counts, whatever the replicas' clocks say. A merge goes by time: its success drops the failures before it, its
+# failures older than the latest success are not added; a member already there is not added twice (ZADD).
+# KEYS: the key's failures, fok. ARGV: key id, ok_ms (-1: none), ttl_ms, merge (1/0), then (ms, member) pairs
+# → the consecutive failures now.
+FAILURES = """
+local latest = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+local ok = tonumber(ARGV[2])
+local merge = ARGV[4] == '1'
+if ok >= 0 then
+  if not merge then
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    if #last > 0 then ok = math.max(ok, tonumber(last[2])) end
+    redis.call('DEL', KEYS[1])
+  end
+  if ok > latest then
+    latest = ok
+    redis.call('HSET', KEYS[2], ARGV[1], ok)
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ok)
+  end
+end
+for i = 5, #ARGV, 2 do
+  if not merge or tonumber(ARGV[i]) > latest then redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n > 1000 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1001)
+  n = 1000
+end
+if n > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return n
 """
 
@@ -127,7 +159,7 @@ return 1
 """
 
 
-def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
+def scope_keys(prefix: str, scope: str, model: str, day: str, key_id: str = "") -> list[str]:
     s = f"{scope}|{model}"
     return [
         f"{prefix}:w:{s}",
@@ -136,7 +168,7 @@ def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
         f"{prefix}:cd:{s}",
         f"{prefix}:l:{s}",
         f"{prefix}:lm:{model}",
-        f"{prefix}:fails",
+        f"{prefix}:f:{key_id}",
         f"{prefix}:rr:{model}",
     ]
 
@@ -144,3 +176,8 @@ def scope_keys(prefix: str, scope: str, model: str, day: str) -> list[str]:
 def text(v: Any) -> str:
     """A Redis reply (bytes) as text."""
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def failure_keys(prefix: str, key_id: str) -> list[str]:
+    """The KEYS of `FAILURES` for one key."""
+    return [f"{prefix}:f:{key_id}", f"{prefix}:fok"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aredis
 
 from proxy_service.cluster.pool import ClusterPool
 from proxy_service.keys import KeySpec
 from proxy_service.quota import ModelLimits
-from tests.cluster.services import throwaway_redis
+from tests.cluster.services import RedisServer, throwaway_redis
 from tests.conftest import fake_key
 
 MODEL = "gemini-2.5-flash"
@@ -140,3 +142,102 @@ def test_without_redis_each_replica_falls_back_to_its_own_state() -> None:
         assert a.keys[ids[0]].consecutive_failures == 2 and a.keys[ids[0]].status == "disabled"
 
     with_pools("redis://127.0.0.1:1/0", test, strategy="round_robin", failure_threshold=2)
+
+
+def with_server_pools(
+    tmp_path: Path, test: Callable[[RedisServer, ClusterPool, ClusterPool], Awaitable[None]], **kwargs: Any
+) -> None:
+    """Two replicas' pools on a throwaway Redis the test may stop, pause (SIGSTOP: Redis keeps its state) or restart
+    (empty: no persistence)."""
+    with throwaway_redis(tmp_path) as server:
+
+        async def run(a: ClusterPool, b: ClusterPool) -> None:
+            for pool in (a, b):
+                pool.resync_grace_s = 0.3
+            await test(server, a, b)
+
+        with_pools(server.url, run, **kwargs)
+
+
+async def fail(pool: ClusterPool, kid: str, times: int = 1) -> None:
+    for _ in range(times):
+        pool.failed(pool.keys[kid], "503 UNAVAILABLE", MODEL)
+        await asyncio.sleep(0.002)  # distinct milliseconds: the merge orders failures and successes by time
+    await pool.drain()
+
+
+async def degrade(*pools: ClusterPool) -> None:
+    for pool in pools:
+        assert await pool.admit(pool.keys[sorted(pool.keys)[-1]], MODEL)  # Redis does not answer: local admission
+        assert pool.degraded
+
+
+def shared_failures(server: RedisServer, kid: str) -> int:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.zcard(f"t:f:{kid}"))
+    finally:
+        client.close()
+
+
+def test_failures_and_successes_during_a_redis_outage_are_merged_back_by_time(tmp_path: Path) -> None:
+    async def test(server: RedisServer, a: ClusterPool, b: ClusterPool) -> None:
+        broke, healed = sorted(a.keys)[:2]
+        await fail(a, broke)
+        await fail(a, healed, 2)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)  # Redis hangs (and keeps its state): both replicas degrade
+        try:
+            await degrade(a, b)
+            # `broke`: 1 before + 2 on a + 2 on b = the threshold, though neither replica saw it locally.
+            await fail(a, broke, 2)
+            await fail(b, broke, 2)
+            assert a.keys[broke].consecutive_failures == 3 and b.keys[broke].consecutive_failures == 2
+            # `healed`: a failure on a, then a success on b, then a failure on a: one consecutive failure is left.
+            await fail(a, healed)
+            b.succeeded(b.keys[healed], MODEL)
+            await asyncio.sleep(0.002)
+            await fail(a, healed)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        for pool in (a, b):  # what the heartbeat does once Redis answers
+            await pool.recover()
+        await asyncio.sleep(0.4)  # the grace for later successes: none came, `broke` is benched
+        await a.drain()
+        await b.drain()
+        assert "disabled" in (a.keys[broke].status, b.keys[broke].status)
+        assert a.keys[healed].status == "active" and a.keys[healed].consecutive_failures == 1
+        assert await b.admit(b.keys[healed], MODEL) and b.keys[healed].consecutive_failures == 1
+        assert shared_failures(server, broke) == 5  # each failure once: a's first one was in Redis already
+        assert shared_failures(server, healed) == 1  # b's success dropped every failure before it, a's included
+        # Counted cluster-wide afterwards: b's next failures add to a's remaining one.
+        await fail(b, healed, 4)
+        assert b.keys[healed].status == "disabled" and b.keys[healed].disabled_reason == "failures"
+
+    with_server_pools(tmp_path, test, failure_threshold=5)
+
+
+def test_failures_during_an_outage_are_merged_into_a_restarted_empty_redis(tmp_path: Path) -> None:
+    async def test(server: RedisServer, a: ClusterPool, b: ClusterPool) -> None:
+        kid, other = sorted(a.keys)[:2]
+        await fail(a, kid, 2)
+        await fail(b, other, 2)
+        b.succeeded(b.keys[other], MODEL)  # `other` was healed before the outage
+        await b.drain()
+        server.stop()
+        await degrade(a, b)
+        await fail(a, kid)
+        await fail(b, kid)
+        await fail(a, other)
+        server.start()  # empty
+        for pool in (b, a):
+            await pool.recover()
+        # The 2 failures before the outage come back with a's own record of them; b's success keeps b's own
+        # failures of `other` out, a's failure after it counts.
+        assert await b.admit(b.keys[kid], MODEL) and b.keys[kid].consecutive_failures == 4
+        assert await b.admit(b.keys[other], MODEL) and b.keys[other].consecutive_failures == 1
+        assert shared_failures(server, kid) == 4 and shared_failures(server, other) == 1
+        await fail(b, kid)
+        assert b.keys[kid].status == "disabled"
+
+    with_server_pools(tmp_path, test, failure_threshold=5)
