@@ -35,7 +35,7 @@ from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake
 from proxy_service.cluster.leader import Leader
-from proxy_service.cluster.pool import REDIS_ERRORS, ClusterPool
+from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
@@ -178,19 +178,28 @@ class Cluster:
                 pipe = self.aredis.pipeline(transaction=False)
                 pipe.hset(self.live, self.replica, now_ms)
                 pipe.hgetall(self.live)
-                _, live = await pipe.execute()
+                if self.pool is not None:
+                    pipe.pexpire(self.pool.marker, MARKER_TTL_MS)  # 0: gone (Redis lost this replica's state)
+                _, live, *marked = await pipe.execute()
                 alive = {k: int(v) for k, v in live.items() if now_ms - int(v) <= ALIVE_S * 1000}
                 dead = [k for k, v in live.items() if now_ms - int(v) > 60_000]
                 if dead:
                     await self.aredis.hdel(self.live, *dead)
                 if self.pool is not None:
-                    self.pool.replicas = max(1, len(alive))
+                    n = max(1, len(alive))
+                    if self.pool.degraded or not marked[0] or self.pool.cautious():
+                        # `live` may have been emptied with the rest: it refills over a heartbeat, and until then
+                        # the 1/N of the degraded rule must not become 1/1.
+                        n = max(n, self.pool.replicas)
+                    self.pool.replicas = n
                     # The first replica to see an empty Redis (new, or restarted without persistence) refills it.
                     empty = await self.aredis.set(f"{self.prefix}:born", self.replica, nx=True)
                     cut = self.pool.degraded_since or time.time()
                     if self.pool.degraded:
                         await self.pool.recover()
                         await self._reload()  # messages may have been lost while Redis was away
+                    elif not marked[0]:
+                        await self.pool.resync()  # emptied without an outage seen here (flushed, fast restart)
                     if empty:
                         await self._restore_days(cut)
             except REDIS_ERRORS as exc:
@@ -203,8 +212,8 @@ class Cluster:
     async def _restore_days(self, cut: float) -> None:
         """Redis came up empty (restarted without persistence, or new): put back today's calls per (scope, model)
         from the lake, so no day limit is spent twice. Calls from `cut` on (this replica's outage start) are added
-        by the replicas themselves (their reconciled local admissions, new reservations). The minute windows are not
-        rebuilt: at most one minute's rpm is spent twice."""
+        by the replicas themselves (their reconciled local admissions, new reservations). The minute windows come
+        back from each replica's own record (`ClusterPool.resync`), not from here: the lake lags by a commit."""
         now = time.time()
         try:
             rows = await asyncio.to_thread(self._read_usage, pacific_day_start(now), cut)

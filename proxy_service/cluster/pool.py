@@ -18,6 +18,13 @@ The embedded `Pool` keeps its code and speed; this subclass adds:
   id). Every turn is used once, so N replicas spread calls over the keys as one process would (any key at most N
   picks ahead of another, never two replicas in lockstep on one key), with still one round trip per pick.
 
+Redis emptied (restarted without persistence, flushed): `reserve` finds this replica's marker `sync:{replica}`
+gone and answers so instead of counting; the replica then puts its own state back (`resync`: its reservations and
+token entries of the last minute, which it keeps for this, under their own member names, and its key failures)
+before reserving again, and so does the heartbeat within a second. Every replica restores its own share, so after
+one heartbeat the minute windows are what they were; until then (and for `RESYNC_GRACE_S` in all) the replica also
+applies the degraded rule (1/N of each known limit), so the others' shares still missing cannot be spent twice.
+
 Redis unreachable (degraded mode): `admit` never waits longer than the socket timeouts (0.5 s, then not at all
 until the heartbeat sees Redis again). While degraded, each replica admits by its local windows at 1/N of every
 known (hard) limit, N = the replicas alive at the last heartbeat — together they cannot exceed the limit; guessed
@@ -58,6 +65,7 @@ _MEMBERS_PER_KEY = 64  # reservations awaiting an outcome per (key, model); olde
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 RESYNC_GRACE_S = 2.5  # every replica's heartbeat (1 s) has merged its outage by then
 FAILURES_TTL_MS = 7 * 86_400_000
+MARKER_TTL_MS = 86_400_000  # `sync:{replica}`, renewed by every heartbeat
 _OWN_FAILURES = 100  # this replica's failures kept per key (since its last success of the key) for a merge
 
 
@@ -77,7 +85,16 @@ class ClusterPool(Pool):
         self.admitted_local = 0  # admissions decided locally while degraded (metrics)
         self._seq = itertools.count()
         self._members: dict[tuple[str, str], list[str]] = {}
-        self._offline: list[tuple[str, str, int, str]] = []  # (scope, model, ms, member) admitted while degraded
+        self._offline: dict[str, tuple[str, str, int]] = {}  # member → (scope, model, ms) admitted while degraded
+        # This replica's admissions (and token entries) of the last minute under a hard limit, as in Redis: put back
+        # under the same member names when Redis lost them (a ZADD of a member already there changes nothing).
+        self._recent: dict[str, tuple[int, str, str]] = {}  # member → (ms, scope, model), oldest first
+        self._recent_tokens: deque[tuple[int, str, str, str]] = deque()  # (ms, scope, model, member:tokens)
+        self.marker = f"{prefix}:sync:{replica}"
+        self._synced = False  # this replica's marker was set: its absence now means Redis lost its state
+        self._resyncs = 0
+        self._resync_lock = asyncio.Lock()
+        self._cautious_until = 0.0  # until then the degraded rule gates too (other replicas may not have resynced)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.resync_grace_s = RESYNC_GRACE_S
         # Per key: this replica's failures (ms, member) since its own last success or reset, and the time of that.
@@ -114,27 +131,39 @@ class ClusterPool(Pool):
         if self.degraded:
             return self._admit_local(key, model, now, member)
         hard = self._hard(key.scope, model)
+        if hard and now < self._cautious_until and not self._room(key, model, now, hard, self._cautious_until - now):
+            return False
         args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
         args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard))]
         args.append(int(self.strategy == "round_robin"))
         keys = shared.scope_keys(
             self.prefix, key.scope, model.removeprefix("models/"), pacific_day(now).isoformat(), key.id
         )
+        keys.append(self.marker)
         try:
-            res = await self._reserve(keys=keys, args=args)
+            seen = self._resyncs
+            res = await self._reserve(keys=keys, args=[*args, int(self._synced)])
+            if int(res[0]) == 2:  # Redis lost this replica's state: put it back before counting anything
+                async with self._resync_lock:
+                    if self._resyncs == seen:  # else a concurrent admission (or the heartbeat) did it
+                        await self._resync(False)
+                if hard and not self._room(key, model, now, hard, self._cautious_until - now):
+                    return False
+                res = await self._reserve(keys=keys, args=[*args, 1])
         except REDIS_ERRORS as exc:
             self._degrade(exc)
             return self._admit_local(key, model, now, member)
+        self._synced = True
+        if int(res[0]) == 2:  # emptied again within the same call: let the next choice try
+            self.cooldowns[(key.scope, model)] = Cooldown(now + 0.05, "cluster")
+            return False
         if int(res[-1]) >= 0:  # the next round-robin turn, for this replica's next pick
             self._turns.setdefault(model, deque()).append(int(res[-1]))
         if int(res[0]) == 1:
             key.consecutive_failures = int(res[4])  # the cluster's count: failures elsewhere, or cleared elsewhere
             # The scope's cluster-wide usage before this call: quota_aware ranks (and /pool/headroom shows) it.
             self.tracker.observe_shared(key.scope, model, int(res[1]) - 1, int(res[3]), int(res[2]) - 1, now)
-            members = self._members.setdefault((key.id, model), [])
-            members.append(member)
-            if len(members) > _MEMBERS_PER_KEY:
-                del members[0]
+            self._reserved(key, model, member, now, bool(hard))
             return True
         wait, reason = int(res[1]) / 1000, shared.text(res[2])
         # Cool the whole scope here until Redis says it frees up: choose() skips it without asking again.
@@ -152,17 +181,44 @@ class ClusterPool(Pool):
 
     def _admit_local(self, key: Key, model: str, now: float, member: str) -> bool:
         hard = self._hard(key.scope, model)
-        if hard:
-            use = self.tracker.usage(key.scope, model, now)
-            n = max(1, self.replicas)
-            for dim, limit in hard.items():
-                if int(use.get(f"{dim}_used") or 0) >= limit // n:
-                    self.cooldowns[(key.scope, model)] = Cooldown(now + 1.0, _REASON[dim])
-                    return False
+        if hard and not self._room(key, model, now, hard, 1.0):
+            return False
         self.admitted_local += 1
         if len(self._offline) < 100_000:  # bounded: a day-long outage at full speed still fits
-            self._offline.append((key.scope, model, int(now * 1000), member))
+            self._offline[member] = (key.scope, model, int(now * 1000))
+        self._reserved(key, model, member, now, bool(hard))
         return True
+
+    def _room(self, key: Key, model: str, now: float, hard: dict[str, int], wait: float) -> bool:
+        """The degraded rule: is this replica's view of the scope below 1/N of each hard limit? Else cool it."""
+        use = self.tracker.usage(key.scope, model, now)
+        n = max(1, self.replicas)
+        for dim, limit in hard.items():
+            if int(use.get(f"{dim}_used") or 0) >= limit // n:
+                self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON[dim])
+                return False
+        return True
+
+    def _reserved(self, key: Key, model: str, member: str, now: float, hard: bool) -> None:
+        members = self._members.setdefault((key.id, model), [])
+        members.append(member)
+        if len(members) > _MEMBERS_PER_KEY:
+            del members[0]
+        if not hard:  # nothing is refused by this scope's window: it refills itself within the minute
+            return
+        ms = int(now * 1000)
+        recent = self._recent
+        recent[member] = (ms, key.scope, model)
+        while recent:
+            first = next(iter(recent))
+            if recent[first][0] > ms - 60_000 and len(recent) <= 200_000:
+                break
+            del recent[first]
+
+    def _forget(self, member: str) -> None:
+        """A reservation given back (the upstream refused or never saw the call): not to be put back."""
+        self._recent.pop(member, None)
+        self._offline.pop(member, None)
 
     def _keys(self, scope: str, model: str, now: float) -> list[str]:
         return shared.scope_keys(self.prefix, scope, model.removeprefix("models/"), pacific_day(now).isoformat())
@@ -194,14 +250,23 @@ class ClusterPool(Pool):
         if streak:
             self._clear_failures(key)
         member = self._take(key, model)
-        if tokens and not self.degraded:
+        if tokens:
             now = self.clock()
-            tok_key = self._keys(key.scope, model, now)[2]
-            self._spawn(self._tokens(keys=[tok_key], args=[int(now * 1000), member or f"{self.replica}:t", tokens]))
+            name = member or f"{self.replica}:t{next(self._seq)}"
+            if member in self._recent:  # a hard-limited scope: kept to be put back
+                self._recent_tokens.append((int(now * 1000), key.scope, model, f"{name}:{tokens}"))
+                while self._recent_tokens and (
+                    self._recent_tokens[0][0] <= now * 1000 - 60_000 or len(self._recent_tokens) > 200_000
+                ):
+                    self._recent_tokens.popleft()
+            if not self.degraded:
+                tok_key = self._keys(key.scope, model, now)[2]
+                self._spawn(self._tokens(keys=[tok_key], args=[int(now * 1000), name, tokens]))
 
     def rate_limited(self, key: Key, model: str, violation: QuotaViolation) -> Cooldown:
         cd = super().rate_limited(key, model, violation)
         member = self._take(key, model) or ""
+        self._forget(member)
         if not self.degraded:
             now = self.clock()
             until = cooldown_until(violation, now, self.default_cooldown_s)
@@ -262,6 +327,8 @@ class ClusterPool(Pool):
 
     def _release_member(self, key: Key, model: str) -> None:
         member = self._take(key, model)
+        if member:
+            self._forget(member)
         if member and not self.degraded:
             keys = self._keys(key.scope, model, self.clock())
             self._spawn(self._release(keys=keys[:2], args=[member]))
@@ -333,10 +400,10 @@ class ClusterPool(Pool):
     async def recover(self) -> None:
         """Called by the heartbeat once Redis answers again: add the offline admissions, merge the key failures and
         successes seen meanwhile, then gate through Redis."""
-        offline, self._offline = self._offline, []
+        offline, self._offline = self._offline, {}
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for scope, model, ms, member in offline:
+            for member, (scope, model, ms) in offline.items():
                 keys = self._keys(scope, model, ms / 1000)
                 pipe.zadd(keys[0], {member: ms})
                 pipe.pexpire(keys[0], 61_000)
@@ -345,9 +412,9 @@ class ClusterPool(Pool):
             if offline:
                 await pipe.execute()
         except REDIS_ERRORS:
-            self._offline = offline + self._offline
+            self._offline = offline | self._offline
             raise
-        await self._merge_failures()
+        await self.resync(recovering=True)
         since = self.degraded_since or time.time()
         self.degraded, self.degraded_since = False, None
         event(
@@ -357,6 +424,39 @@ class ClusterPool(Pool):
             reconciled=len(offline),
             degraded_s=round(time.time() - since, 1),
         )
+
+    async def resync(self, recovering: bool = False) -> None:
+        async with self._resync_lock:
+            await self._resync(recovering)
+
+    async def _resync(self, recovering: bool) -> None:
+        """Put this replica's part of the shared state back (after an outage, or Redis emptied): its reservations and
+        token entries of the last minute under their own names (idempotent), its key failures (merged by time); then
+        set its marker. For `RESYNC_GRACE_S` the degraded rule gates too: other replicas may not have resynced yet."""
+        now = self.clock()
+        cutoff = int(now * 1000) - 60_000
+        pipe = self.redis.pipeline(transaction=False)
+        for member, (ms, scope, model) in list(self._recent.items()):
+            if ms > cutoff:
+                win = self._keys(scope, model, ms / 1000)[0]
+                pipe.zadd(win, {member: ms})
+                pipe.pexpire(win, 61_000)
+        for ms, scope, model, entry in list(self._recent_tokens):
+            if ms > cutoff:
+                tok = self._keys(scope, model, ms / 1000)[2]
+                pipe.zadd(tok, {entry: ms})
+                pipe.pexpire(tok, 61_000)
+        pipe.set(self.marker, self.replica, px=MARKER_TTL_MS)
+        await pipe.execute()
+        await self._merge_failures()
+        if self._synced or recovering:
+            self._cautious_until = self.clock() + self.resync_grace_s
+            event(log, "redis_state_resynced", replica=self.replica, reservations=len(self._recent))
+        self._synced = True
+        self._resyncs += 1
+
+    def cautious(self) -> bool:
+        return self.clock() < self._cautious_until
 
     async def _merge_failures(self) -> None:
         """Send every key's own failures since its own last success, and the time of that success (idempotent: the

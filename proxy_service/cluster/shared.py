@@ -14,6 +14,9 @@ URL), per (scope, model) `s`:
   older than a success another replica saw are not added at all (`FAILURES`);
 - `rr:{model}` counter: the round-robin cursor (round_robin only): every value is one turn, handed out by `reserve`
   together with an admission, and used by that replica's next pick;
+- `sync:{replica}`: set by the replica once its state is in Redis (renewed by its heartbeat); `reserve` answers
+  "gone" when it is missing, so a replica notices at once that Redis lost its state (restarted empty, flushed) and
+  puts its part back before counting (`ClusterPool.resync`);
 - `probe:{key id}`: the re-check slot — the replica that sets it (NX, for one re-check interval) probes the key;
 - `live` hash: replica → last heartbeat (ms), for N in the degraded mode and for `/metrics`;
 - `leader`, `alerts`, `bus`, `lock:init`: the lease of `leader.py`, the leader's alert states, the pub/sub channel,
@@ -29,11 +32,16 @@ from __future__ import annotations
 
 from typing import Any
 
-# KEYS: win, day, tokens, cooldown, learned, model_learned, the key's failures, turns
+# KEYS: win, day, tokens, cooldown, learned, model_learned, the key's failures, turns, the replica's marker
 # ARGV: now_ms, member, rpm, rpd, tpm (-1 = none), day_ttl_ms, enforce (1: limits are hard),
-#       take a round-robin turn (1/0)
+#       take a round-robin turn (1/0), the marker was set before (1/0)
 # → {1, rpm_used, rpd_used, tpm_used, key_failures, turn} admitted | {0, wait_ms, reason, turn}  (turn -1: none)
+#   | {2, -1}: the marker is gone, Redis lost this replica's state (emptied): nothing counted, resync first
 RESERVE = """
+if redis.call('EXISTS', KEYS[9]) == 0 then
+  if ARGV[9] == '1' then return {2, -1} end
+  redis.call('SET', KEYS[9], '1', 'PX', 86400000)
+end
 local now = tonumber(ARGV[1])
 local turn = -1
 if ARGV[8] == '1' then turn = redis.call('INCR', KEYS[8]) - 1 end

@@ -281,3 +281,29 @@ def test_an_empty_redis_gets_todays_calls_back_from_the_lake(
         until(lambda: r1.proc.log().count(restored) + r2.proc.log().count(restored) == 2, timeout=30)
         assert [call(r2).status_code for _ in range(3)] == [200, 200, 429]
         assert up.stats()["requests"] == 5
+
+
+def test_a_redis_emptied_during_a_full_minute_does_not_hand_it_out_again(
+    tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    """Redis loses its state without an outage any replica sees (FLUSHALL; as a restart without persistence between
+    two heartbeats): each replica puts its reservations of the minute back, so the spent minute stays spent."""
+    key = fake_key("p1-a")
+    up = start_upstream({"projects": {"p1": [key]}, "limits": {MODEL: {"rpm": 6}}, "seed": 1})
+    limits = {"model_limits": {MODEL: {"rpm": 6}}, "api_keys": f"p1:{key}"}
+    with throwaway_redis(tmp_path) as server:
+        r1 = start_replica(up.url, redis_url=server.url, **limits)
+        r2 = start_replica(up.url, redis_url=server.url, **limits)
+        until(lambda: httpx.get(f"{r1.url}/readyz").json()["cluster"]["replicas"] == 2)
+        assert [call(r).status_code for r in (r1, r2) * 3] == [200] * 6  # the minute is spent, 3 on each
+        shared = redis.Redis.from_url(server.url)
+        shared.flushall()
+        shared.close()
+        statuses = []
+        for _ in range(12):  # ~3 s, past the resync grace, well inside the minute
+            statuses += [call(r1).status_code, call(r2).status_code]
+            time.sleep(0.25)
+        assert set(statuses) == {429} and up.stats()["requests"] == 6 and not up.stats()["rate_limited"]
+        for r in (r1, r2):
+            assert "event=redis_state_resynced" in r.proc.log()
+            assert httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "ok"

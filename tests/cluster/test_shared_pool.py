@@ -154,6 +154,7 @@ def with_server_pools(
         async def run(a: ClusterPool, b: ClusterPool) -> None:
             for pool in (a, b):
                 pool.resync_grace_s = 0.3
+                pool.replicas = 2  # as the heartbeat counts them
             await test(server, a, b)
 
         with_pools(server.url, run, **kwargs)
@@ -241,3 +242,36 @@ def test_failures_during_an_outage_are_merged_into_a_restarted_empty_redis(tmp_p
         assert b.keys[kid].status == "disabled"
 
     with_server_pools(tmp_path, test, failure_threshold=5)
+
+
+def test_a_minute_window_emptied_with_redis_is_put_back_before_anything_is_counted(tmp_path: Path) -> None:
+    """Redis loses its state without an outage (FLUSHALL: a restart without persistence between two calls): the
+    replicas must not hand out the minute's requests again."""
+
+    async def test(server: RedisServer, a: ClusterPool, b: ClusterPool) -> None:
+        kid = next(k for k, key in a.keys.items() if key.project == "p0")
+        for pool in (a, b, a, b, a, b):  # the minute's 6 requests, 3 on each replica
+            assert await pool.admit(pool.keys[kid], MODEL)
+            pool.started(pool.keys[kid], MODEL)
+            pool.succeeded(pool.keys[kid], MODEL, tokens=100)
+        await a.drain()
+        await b.drain()
+        client = redis.Redis.from_url(server.url)
+        window, tokens = "t:w:p0|gemini-2.5-flash", "t:t:p0|gemini-2.5-flash"
+        try:
+            assert client.zcard(window) == 6 and client.zcard(tokens) == 6
+            client.flushall()
+            # a notices at its next reservation, puts its 3 back first, and holds itself to 1/N until b (its
+            # heartbeat, within a second) has put its own back too.
+            assert not await a.admit(a.keys[kid], MODEL)
+            assert client.zcard(window) == 3 and client.zcard(tokens) == 3
+            assert not await b.admit(b.keys[kid], MODEL)
+            assert client.zcard(window) == 6 and client.zcard(tokens) == 6
+            await asyncio.sleep(0.4)  # the grace is over: Redis alone refuses now, the window being full again
+            a.cooldowns.clear()
+            assert not await a.admit(a.keys[kid], MODEL)
+            assert a.cooldowns[("p0", MODEL)].reason == "minute" and client.zcard(window) == 6
+        finally:
+            client.close()
+
+    with_server_pools(tmp_path, test, limits={MODEL: ModelLimits(rpm=6)})
