@@ -188,6 +188,35 @@ def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
     assert ans.rows
 
 
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"status": ["200", "0429", "x", 7]},  # "0429" and "x" name no status
+        {"stream": [False, "maybe"], "outcome": ["success", None]},
+        {"stream": [None], "model": ["nope"]},  # no row: an empty answer
+        {"key": [None, ""], "status": [None]},
+    ],
+)
+@pytest.mark.parametrize("zone", ["UTC", None])
+def test_text_filters_on_raw_rows_compare_as_their_text_does(
+    loaded: DB, filters: dict[str, list[Any]], zone: str | None
+) -> None:
+    """Raw rows are filtered on the columns in their own types; the answer is the one of comparing their text
+    (`coalesce(CAST(col AS VARCHAR), '')`), as the pre-aggregates do."""
+    spec, _ = explore.parse_spec(
+        {"measures": ["calls"], "dimensions": ["surface"], "filters": filters, "from": START.isoformat()}, UTC, END
+    )
+    loaded.writer.submit(loaded.rollup.fold).result()
+    ans = explore.answer(loaded.cur, spec, UTC, zone=zone)
+    where = "".join(
+        f" AND coalesce(CAST({ {'key': 'key_id'}.get(d, d) } AS VARCHAR), '') IN "
+        f"({', '.join(repr('' if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for v in vs)})"
+        for d, vs in filters.items()
+    )
+    expected = raw_sql(loaded, ["surface"], UTC, START, END, where)
+    assert {r[0]: r[1] for r in ans.rows} == {k[0]: v[0] for k, v in expected.items()}
+
+
 def test_compare_gives_previous_period_and_delta(loaded: DB) -> None:
     mid = START + timedelta(days=2)
     ans = ask(
@@ -240,6 +269,25 @@ def test_top_n_folds_the_rest_into_other_exactly(loaded: DB) -> None:
     full = raw_sql(loaded, ["key"], UTC, START, END)
     top = sorted(full.items(), key=lambda kv: (-kv[1][0], kv[0]))[:3]
     assert [(r[0], r[1]) for r in ans.rows[:3]] == sorted((k[0], v[0]) for k, v in top)
+
+
+@pytest.mark.parametrize("dims", [["model", "client"], ["day", "outcome"], ["status"], []])
+def test_percentiles_by_group_values_when_group_hashes_collide(
+    loaded: DB, dims: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Histograms are grouped by a hash of the group (cheaper than by its texts); should two groups' hashes collide,
+    they are grouped by their values instead. A constant key makes every group collide."""
+    body = {"measures": ["calls", "p50_latency_ms", "p95_latency_ms", "p95_ttfb_ms"], "dimensions": dims}
+    body |= {"from": START.isoformat(), "to": END.isoformat()}
+    hashed = ask(loaded, NY, **body)
+    monkeypatch.setattr(explore, "GROUP_KEY", "0")
+    by_values = ask(loaded, NY, **body)
+    assert by_values.rows == hashed.rows
+    assert len({tuple(r[-3:]) for r in hashed.rows}) > 1 or not dims  # the groups' percentiles differ
+    expected = raw_sql(loaded, [d for d in dims if d != "day"], NY, START, END) if "day" not in dims else None
+    for row in hashed.rows if expected is not None else ():
+        key = tuple(normal(d, v) for d, v in zip(dims, row, strict=False))
+        assert row[len(dims) + 2] == pytest.approx(expected[key][-1], rel=0.021)
 
 
 def test_client_labels_show_and_filter(loaded: DB) -> None:
