@@ -12,14 +12,16 @@ Sections (each against its own fake upstream; PostgreSQL and Redis are the local
    committed, zero lost;
 5. analytics on a lake: `--rows` synthetic rows (the analytics bench's generator) in the lake and in an embedded
    file; summary, series and top p50 on both, timed alternately (target ≤ 2× embedded). Default 1M rows; the
-   issue's 10M (`--rows 10000000`) took 449 s (lake) and 593 s (embedded file) to build at load 11 on 2 cores.
-   The lake side reads through `LakeStore.read_cursor()` (the rollup from the replica's mirror, cluster/mirror.py),
-   a fresh cursor per query as `Gateway.read`; the mirror's first load is timed apart (3M rows, load 5: 10.2M
-   rollup rows loaded in 23 s; summary 2.0x, series day 2.4x, series hour 1.3x, top models 3.6x embedded);
+   issue's 10M (`--rows 10000000`) took 449 s (lake) and 593 s (embedded file) to build at load 11 on 2 cores;
+   `--keep DIR` builds both once in DIR (catalog database `keyrack_bench_keep_<rows>`, left in place) and later
+   runs with the same --rows reuse them (and the first run's `now`). Both sides read through
+   `store.stats_reader()`, as `Gateway.read_stats` (a fresh cursor per query): the lake's takes the rollup and the
+   raw range edges from the replica's mirror (cluster/mirror.py); the mirror's first load is timed apart;
 6. sigkill: one replica loaded for `--duration` s, SIGKILLed, restarted on its data dir: answered requests missing
    from the lake before the restart (the commit window) and after it replayed its journal (the 0.1 s window).
 
     python -m bench.cluster [--duration 5] [--minutes 1] [--load 80] [--events 100000] [--rows 1000000] [--only sigkill,...]
+                            [--keep DIR]  (analytics: build once, reuse)
                             [--strategy quota_aware|round_robin|least_used]  (speed section)
 """
 
@@ -35,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,11 +84,17 @@ def _admin() -> duckdb.DuckDBPyConnection:
 
 
 @contextlib.contextmanager
-def lake_database() -> Iterator[str]:
-    name = f"keyrack_bench_{secrets.token_hex(4)}"
+def lake_database(keep: str | None = None) -> Iterator[str]:
+    """A throwaway catalog database, dropped after; `keep`: that database, created if missing and left in place."""
+    name = keep or f"keyrack_bench_{secrets.token_hex(4)}"
     con = _admin()
-    con.execute(f"CALL postgres_execute('pgadmin', 'CREATE DATABASE {name}', use_transaction => false)")
+    sql = f"SELECT 1 FROM pg_database WHERE datname = ''{name}''"
+    if not con.execute(f"SELECT * FROM postgres_query('pgadmin', '{sql}')").fetchall():
+        con.execute(f"CALL postgres_execute('pgadmin', 'CREATE DATABASE {name}', use_transaction => false)")
     con.close()
+    if keep:
+        yield f"{PG}/{name}"
+        return
     try:
         yield f"{PG}/{name}"
     finally:
@@ -341,10 +349,11 @@ def ingest(work: Path, catalog: str, events: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ 5
-def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
+def analytics(work: Path, catalog: str, rows: int, runs: int, keep: Path | None = None) -> dict[str, Any]:
     """The same `rows` synthetic rows (bench.analytics' generator) in an embedded file and in the lake, the same
     queries through `queries` on both, timed alternately (embedded, lake, embedded, ...) so that the machine's load
-    hits both sides alike."""
+    hits both sides alike. `keep`: build both in that directory once (with its catalog database, see --keep) and
+    reuse them, with the first run's `now`, in later runs with the same --rows."""
     import os
 
     from bench.analytics import GENERATE, MODELS, build
@@ -352,49 +361,69 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     from proxy_service.cluster.config import ClusterConfig
     from proxy_service.cluster.lake import LakeStore
     from proxy_service.rollup import Rollup
-    from proxy_service.store import Store
+    from proxy_service.store import StatsSource, Store
 
-    end = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    t0 = time.perf_counter()
-    build(work / "emb.duckdb", rows, end)
-    embedded_build_s = time.perf_counter() - t0
-    lake = LakeStore(ClusterConfig(REDIS, catalog, str(work / "alake"), "analytics"), contextlib.nullcontext)
+    home = keep or work
+    home.mkdir(parents=True, exist_ok=True)
+    manifest = home / "analytics.json"
+    built = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if built.get("rows") != rows:
+        built = {}
+    lake = LakeStore(ClusterConfig(REDIS, catalog, str(home / "alake"), "analytics"), contextlib.nullcontext)
     cur = lake.cursor()
-    t0 = time.perf_counter()
-    step_us = 90 * 86400 * 1_000_000 // max(rows, 1)
-    cur.execute(GENERATE.format(clients=7), [MODELS, end, rows, step_us, rows])
-    lake_generate_s = time.perf_counter() - t0
-    Rollup().install(cur)
-    lake_build_s = time.perf_counter() - t0
-    emb = Store(work / "emb.duckdb")
+    if built and cur.execute("SELECT count(*) FROM requests").fetchone() != (rows,):
+        built = {}  # the catalog database was dropped or the build did not finish: build again
+    reused = bool(built)
+    if not built:
+        end = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        (home / "emb.duckdb").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        build(home / "emb.duckdb", rows, end)
+        built["embedded_build_s"] = time.perf_counter() - t0
+        cur.execute("DELETE FROM requests")
+        t0 = time.perf_counter()
+        step_us = 90 * 86400 * 1_000_000 // max(rows, 1)
+        cur.execute(GENERATE.format(clients=7), [MODELS, end, rows, step_us, rows])
+        built["lake_generate_s"] = time.perf_counter() - t0
+        Rollup().install(cur)
+        built["lake_build_s"] = time.perf_counter() - t0
+        built["now"] = datetime.now(UTC).replace(tzinfo=None).isoformat()
+        built["rows"] = rows
+        if keep:
+            manifest.write_text(json.dumps(built))
+    emb = Store(home / "emb.duckdb")
     t0 = time.perf_counter()
     lake.mirror.catch_up()  # what a replica's mirror thread does at its first read
     mirror_load_s = time.perf_counter() - t0
     mirror_rows = sum(lake.mirror.size().values())
     tz = ZoneInfo("America/New_York")
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = datetime.fromisoformat(built["now"])
     start = now - timedelta(days=90)
     load = [os.getloadavg()[0]]
     out = []
-    for name, fn in (
-        ("summary", lambda c: queries.summary(c, tz, now)),
+    shapes: list[tuple[str, Callable[[duckdb.DuckDBPyConnection, StatsSource], Any]]] = [
+        ("summary", lambda c, src: queries.summary(c, tz, now, source=src)),
         (
             "series day (90 d)",
-            lambda c: queries.series(c, "day", "none", tz, *queries.series_range("day", tz, start, now, now)),
+            lambda c, src: queries.series(
+                c, "day", "none", tz, *queries.series_range("day", tz, start, now, now), source=src
+            ),
         ),
         (
             "series hour (90 d)",
-            lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now)),
+            lambda c, src: queries.series(
+                c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now), source=src
+            ),
         ),
-        ("top models (90 d)", lambda c: queries.top(c, "model", start, now, 10)),
-    ):
+        ("top models (90 d)", lambda c, src: queries.top(c, "model", start, now, 10, source=src)),
+    ]
+    for name, fn in shapes:
         ms: dict[str, list[float]] = {"embedded": [], "lake": []}
         for _ in range(runs + 1):  # the first round warms up
             for label, store in (("embedded", emb), ("lake", lake)):
                 t = time.perf_counter()
-                c = store.read_cursor()  # as Gateway.read: the lake's brings its rollup mirror up to date
-                fn(c)
-                c.close()
+                with store.stats_reader() as (c, src):  # as Gateway.read_stats: the lake's catches its mirror up
+                    fn(c, src)
                 ms[label].append((time.perf_counter() - t) * 1000)
         ms = {label: v[1:] for label, v in ms.items()}
         times = {label: statistics.median(v) for label, v in ms.items()}
@@ -405,9 +434,10 @@ def analytics(work: Path, catalog: str, rows: int, runs: int) -> dict[str, Any]:
     emb.close()
     return {
         "rows": rows,
-        "embedded_build_s": embedded_build_s,
-        "lake_generate_s": lake_generate_s,
-        "lake_build_s": lake_build_s,
+        "reused": reused,
+        "embedded_build_s": built["embedded_build_s"],
+        "lake_generate_s": built["lake_generate_s"],
+        "lake_build_s": built["lake_build_s"],
         "requests_files": files[0] if files else 0,
         "load": load,
         "mirror_load_s": mirror_load_s,
@@ -539,7 +569,8 @@ def report_rows(f: dict[str, Any]) -> list[list[Any]]:
         rows.append(
             [
                 f"analytics lake build, {a['rows']:,} rows",
-                f"{a['lake_build_s']:,.0f} s (generate {a['lake_generate_s']:,.0f} s)",
+                f"{a['lake_build_s']:,.0f} s (generate {a['lake_generate_s']:,.0f} s)"
+                + (" (--keep: built earlier)" if a.get("reused") else ""),
                 f"embedded file {a['embedded_build_s']:,.0f} s",
                 f"load {a['load'][0]:.1f} → {a['load'][1]:.1f}",
                 "–",
@@ -614,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default="speed,quota,ingest,analytics,sigkill")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="analytics: build the lake and the embedded file in this directory (catalog database "
+        "keyrack_bench_keep_<rows>) and reuse them in later runs with the same --rows",
+    )
     ap.add_argument("--strategy", default="quota_aware", help="the pool strategy of the speed section")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -626,12 +663,13 @@ def main(argv: list[str] | None = None) -> int:
             "speed": lambda c: latency_and_throughput(work, c, args.duration, args.strategy),
             "quota": lambda c: quota(work, c, args.minutes, args.load),
             "ingest": lambda c: ingest(work, c, args.events),
-            "analytics": lambda c: analytics(work, c, args.rows, args.runs),
+            "analytics": lambda c: analytics(work, c, args.rows, args.runs, args.keep),
             "sigkill": lambda c: sigkill(work, c, args.duration),
         }
         for name, run in sections.items():
             if name in only:
-                with lake_database() as catalog:
+                keep = f"keyrack_bench_keep_{args.rows}" if name == "analytics" and args.keep else None
+                with lake_database(keep) as catalog:
                     figures[name] = run(catalog)
     print(report(figures))
     write_json(RESULTS / "cluster.json", figures)

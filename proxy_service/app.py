@@ -35,7 +35,7 @@ from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
-from proxy_service.store import Store
+from proxy_service.store import StatsSource, Store
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import build_client, client_settings, parse_error
 
@@ -130,6 +130,16 @@ class Gateway:
                 return fn(cur)
             finally:
                 cur.close()
+
+        return await asyncio.to_thread(job)
+
+    async def read_stats(self, fn: Callable[[duckdb.DuckDBPyConnection, StatsSource], T]) -> T:
+        """`read` for the stats queries: `fn(cursor, source)` with the store's stats cursor and raw-row source (a
+        cluster replica's read no catalog but one snapshot check: the rollup and the range edges from its mirror)."""
+
+        def job() -> T:
+            with self.store.stats_reader() as (cur, source):
+                return fn(cur, source)
 
         return await asyncio.to_thread(job)
 

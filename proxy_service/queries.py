@@ -13,6 +13,7 @@ in Python with zoneinfo — exact, and ~7x cheaper than ICU's per-row `timezone(
 from __future__ import annotations
 
 import calendar
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ import duckdb
 
 from proxy_service import histogram
 from proxy_service.rollup import TIERS, floor_time
-from proxy_service.store import PUBLIC_TABLES, public_select
+from proxy_service.store import PUBLIC_TABLES, StatsSource, public_select
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -227,8 +228,10 @@ def aggregate(
     group: str,
     key_ids: list[str] | None = None,
     percentiles: bool = True,
+    source: StatsSource | None = None,
 ) -> pa.Table:
-    """Counters and latency percentiles per (bucket, group) over the union of `parts`.
+    """Counters and latency percentiles per (bucket, group) over the union of `parts`; raw rows from `source`
+    (default: the cursor's `requests`).
 
     Each part comes with its bucket expression over the rollup's `bucket` column and over the raw `ts` column.
     Each rollup table is scanned once per query (a materialised CTE over the union of its parts' ranges), raw rows
@@ -271,11 +274,12 @@ def aggregate(
             c_params += [*p_raw, *wp]
             h_params += [*p_raw, *wp]
 
+    src = source or StatsSource()
     raws = [p for p, _, _ in parts if p.source == "raw"]
     prefetch = bool(raws) and sum((p.hi - p.lo for p in raws), timedelta()) <= RAW_PREFETCH
-    raw_source = _RAW_ROWS if prefetch else "requests"
+    raw_source = _RAW_ROWS if prefetch else src.raw
 
-    def ctes(names: list[str], source: str = raw_source, columns: str = "*") -> tuple[str, list[Any]]:
+    def ctes(names: list[str], raw_table: str = raw_source, columns: str = "*") -> tuple[str, list[Any]]:
         out: list[str] = []
         params: list[Any] = []
         for name in names:
@@ -290,7 +294,7 @@ def aggregate(
             # A scan that serves one part is inlined (materialising a large rollup range costs the embedded file ~30 %).
             spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in ranges)
             how = "MATERIALIZED" if len(ranges) > 1 else "NOT MATERIALIZED"
-            source_table = source if table == "requests" else table
+            source_table = raw_table if table == "requests" else table
             out.append(
                 f"{name} AS {how} (SELECT {columns} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
                 f"AND ({spans}){extra})"
@@ -302,10 +306,13 @@ def aggregate(
     if prefetch:
         # The raw edges are short: read their rows once for both queries (on a lake each scan costs catalog round
         # trips, and the second query would repeat them).
+        # A cluster replica's mirror holds them locally (no catalog round trip); else they come from `src.raw`.
         names = [n for n, (t, _) in scans.items() if t == "requests"]
-        r_with, r_params = ctes(names, "requests", _RAW_COLUMNS)
-        rows = cur.execute(f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}", r_params)
-        cur.register(_RAW_ROWS, rows.to_arrow_table())
+        edges = src.edges([(p.lo, p.hi) for p in raws]) if src.edges else contextlib.nullcontext(None)
+        with edges as held:
+            r_with, r_params = ctes(names, held or src.raw, RAW_COLUMNS)
+            rows = cur.execute(f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}", r_params)
+            cur.register(_RAW_ROWS, rows.to_arrow_table())
     try:
         counter_tables = {"requests", *(c for c, _ in TIERS.values())}
         c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if t in counter_tables])
@@ -332,7 +339,7 @@ def aggregate(
 RAW_CLUSTER = timedelta(hours=2)  # raw parts closer than this share one scan
 RAW_PREFETCH = timedelta(hours=6)  # raw parts this short in all are read once for both queries (the rollup's edges)
 _RAW_ROWS = "_aggregate_raw_rows"
-_RAW_COLUMNS = "ts, model, project, status, key_id, outcome, latency_ms, prompt_tokens, output_tokens, total_tokens"
+RAW_COLUMNS = "ts, model, project, status, key_id, outcome, latency_ms, prompt_tokens, output_tokens, total_tokens"
 
 
 def _raw_clusters(parts: list[Part]) -> dict[int, int]:
@@ -363,7 +370,13 @@ _EMPTY_WINDOW = {
 }
 
 
-def summary(cur: duckdb.DuckDBPyConnection, tz: ZoneInfo, now: datetime, use_rollup: bool = True) -> dict[str, Any]:
+def summary(
+    cur: duckdb.DuckDBPyConnection,
+    tz: ZoneInfo,
+    now: datetime,
+    use_rollup: bool = True,
+    source: StatsSource | None = None,
+) -> dict[str, Any]:
     """Rolling 1 min / 1 h / 24 h and the calendar month so far (in `tz`)."""
     finest = min(TIERS)
     hi = floor_time(now, finest) + timedelta(seconds=finest)  # the current bucket, whole: nothing is newer
@@ -373,7 +386,7 @@ def summary(cur: duckdb.DuckDBPyConnection, tz: ZoneInfo, now: datetime, use_rol
     for window, lo in starts.items():
         label = ("?", [window])
         parts += [(part, label, label) for part in split(lo, hi, tuple(TIERS) if use_rollup else ())]
-    rows = {r["bucket"]: r for r in aggregate(cur, parts, "none").to_pylist()}
+    rows = {r["bucket"]: r for r in aggregate(cur, parts, "none", source=source).to_pylist()}
     out = {}
     for window in WINDOWS:
         r = rows.get(window)
@@ -411,6 +424,7 @@ def series(
     *,
     use_rollup: bool = True,
     limit: int = 10,
+    source: StatsSource | None = None,
 ) -> pa.Table:
     """Rows {bucket (local start, tz-aware), group, calls, successes, failures, success_rate, latencies, tokens}.
 
@@ -418,18 +432,20 @@ def series(
     """
     offs = offsets(tz, lo, hi)
     grains = tuple(g for g in TIERS if offs.aligned(g)) if use_rollup and group_by != "key" else ()
-    key_ids = top_key_ids(cur, lo, hi, limit) if group_by == "key" else None
+    key_ids = top_key_ids(cur, lo, hi, limit, source) if group_by == "key" else None
     if key_ids == []:
         key_ids = [""]  # no key was used in the range: an empty answer, with a typed list parameter
     bucket_rollup, bucket_raw = _bucket_sql("bucket", g, offs), _bucket_sql("ts", g, offs)
     parts = [(p, bucket_rollup, bucket_raw) for p in split(lo, hi, grains)]
-    table = aggregate(cur, parts, group_by, key_ids)
+    table = aggregate(cur, parts, group_by, key_ids, source=source)
     return _localise(table, tz)
 
 
-def top_key_ids(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, limit: int) -> list[str]:
+def top_key_ids(
+    cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, limit: int, source: StatsSource | None = None
+) -> list[str]:
     rows = cur.execute(
-        "SELECT key_id FROM requests WHERE ts >= ? AND ts < ? AND key_id IS NOT NULL "
+        f"SELECT key_id FROM {(source or StatsSource()).raw} WHERE ts >= ? AND ts < ? AND key_id IS NOT NULL "
         "GROUP BY key_id ORDER BY count(*) DESC, key_id LIMIT ?",
         [lo, hi, limit],
     ).fetchall()
@@ -437,13 +453,19 @@ def top_key_ids(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime, limi
 
 
 def top(
-    cur: duckdb.DuckDBPyConnection, dim: str, lo: datetime, hi: datetime, limit: int, use_rollup: bool = True
+    cur: duckdb.DuckDBPyConnection,
+    dim: str,
+    lo: datetime,
+    hi: datetime,
+    limit: int,
+    use_rollup: bool = True,
+    source: StatsSource | None = None,
 ) -> list[dict[str, Any]]:
     """The busiest keys or models in [lo, hi)."""
     group = "key" if dim == "key" else "model"
     label = ("?", [""])
     parts = [(p, label, label) for p in split(lo, hi, tuple(TIERS) if use_rollup and group != "key" else ())]
-    rows = aggregate(cur, parts, group, percentiles=False).to_pylist()
+    rows = aggregate(cur, parts, group, percentiles=False, source=source).to_pylist()
     rows.sort(key=lambda r: (-r["calls"], r["group"]))
     fields = [k for k in _EMPTY_WINDOW if k != "p95_latency_ms"]
     return [{"name": r["group"] or None, **{k: _round(r[k]) for k in fields}} for r in rows[:limit]]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -73,6 +76,19 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
+Ranges = Sequence[tuple[datetime, datetime]]
+
+
+@dataclass(frozen=True)
+class StatsSource:
+    """Where a stats read (`queries.aggregate`) takes raw `requests` rows from: `raw`, the table as the reader's
+    cursor names it; `edges`, optionally, a context manager that yields a table holding every requests row of the
+    given time ranges (`queries.RAW_COLUMNS`), or None when it cannot (then `raw` is read)."""
+
+    raw: str = "requests"
+    edges: Callable[[Ranges], contextlib.AbstractContextManager[str | None]] | None = None
+
+
 class Store:
     """Owns the DuckDB connection. Thread-safe through `cursor()`: one cursor per thread and use."""
 
@@ -107,6 +123,15 @@ class Store:
     def read_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for reads (the cluster's store serves the rollup from a replica-local mirror)."""
         return self.cursor()
+
+    @contextlib.contextmanager
+    def stats_reader(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, StatsSource]]:
+        """A cursor for the stats queries and where they read raw rows (the cluster's store: its mirror)."""
+        cur = self.read_cursor()
+        try:
+            yield cur, StatsSource()
+        finally:
+            cur.close()
 
     def close(self) -> None:
         with self._lock:

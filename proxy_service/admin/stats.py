@@ -32,7 +32,7 @@ async def _rollup_ready(gw: Gateway) -> bool:
 
 async def stats_summary(gw: Gateway, _request: Request) -> Response:
     tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
-    windows = await gw.read(lambda cur: queries.summary(cur, tz, now, usable))
+    windows = await gw.read_stats(lambda cur, src: queries.summary(cur, tz, now, usable, src))
     return ok({"windows": windows, "keys": gw.pool.counts(), "timezone": tz.key, "generated_at": iso(now)})
 
 
@@ -52,7 +52,9 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
             f"too many {g} buckets in that range (max {queries.MAX_BUCKETS}): use a coarser granularity",
             reason="too_many_buckets",
         )
-    table = await gw.read(lambda cur: queries.series(cur, g, group_by, tz, lo, hi, use_rollup=usable, limit=limit))
+    table = await gw.read_stats(
+        lambda cur, src: queries.series(cur, g, group_by, tz, lo, hi, use_rollup=usable, limit=limit, source=src)
+    )
     meta = {"granularity": g, "group_by": group_by, "timezone": tz.key, "from": iso(lo), "to": iso(hi)}
     if fmt == "arrow":
         return arrow_response(table, {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
@@ -72,7 +74,7 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
     if start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
     usable = await _rollup_ready(gw)
-    items = await gw.read(lambda cur: queries.top(cur, dim, start, end, limit, usable))
+    items = await gw.read_stats(lambda cur, src: queries.top(cur, dim, start, end, limit, usable, src))
     if dim == "key":
         for item in items:
             key = gw.pool.keys.get(item["name"] or "")

@@ -31,7 +31,7 @@ import duckdb
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url
 from proxy_service.rollup import TIERS, Rollup
-from proxy_service.store import PUBLIC_TABLES, SCHEMA, Store, public_select
+from proxy_service.store import PUBLIC_TABLES, SCHEMA, StatsSource, Store, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -207,7 +207,7 @@ class LakeStore(Store):
             mirror_path = Path(self._mirror_dir) / "rollup.duckdb"
         else:
             self._mirror_dir = None
-        self.mirror = mirror.Mirror(self._plain_cursor, CATALOG, mirror_path)
+        self.mirror = mirror.Mirror(self._plain_cursor, CATALOG, mirror_path, META_SCHEMA)
 
     def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
         last: BaseException | None = None
@@ -248,6 +248,28 @@ class LakeStore(Store):
             self.mirror.start()
             return self.cursor()
         return self.cursor(READ_PATH if self.mirror.catch_up() else SEARCH_PATH)
+
+    @contextlib.contextmanager
+    def stats_reader(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, StatsSource]]:
+        """The stats queries' cursor: with a usable mirror, one whose search path holds the mirror only (every
+        statement that can resolve a name in the lake's catalog opens a DuckLake transaction, ~3 catalog queries,
+        even when the name resolves elsewhere), raw edges from the mirror, other raw rows named in the lake."""
+        if self.mirror.snapshot is None:
+            self.mirror.start()
+            usable = False
+        else:
+            usable = self.mirror.catch_up()
+        if usable:
+            cur = self._plain_cursor()
+            cur.execute(f"USE {mirror.DB}")
+            cur.execute(f"SET search_path = '{mirror.SCHEMA}'")
+            source = StatsSource(raw=f"{CATALOG}.main.requests", edges=self.mirror.edges)
+        else:
+            cur, source = self.cursor(), StatsSource()
+        try:
+            yield cur, source
+        finally:
+            cur.close()
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""

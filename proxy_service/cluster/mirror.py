@@ -1,4 +1,5 @@
-"""A replica-local mirror of the lake's rollup tables, so that stats read them without catalog round trips.
+"""A replica-local mirror of the lake's rollup tables and of the raw rows at stats' range edges, so that a stats read
+makes no catalog round trip beyond one snapshot check.
 
 On a DuckLake every table scan costs ~6 PostgreSQL catalog queries (files, column statistics, delete files, schema,
 inlined rows); the stats summary scans the rollup ~70 times. The mirror keeps a copy of each rollup table in a
@@ -16,21 +17,40 @@ as: drop every row id the feed names, insert the rows whose last change is an in
 nothing). A table created, dropped or altered, or a failed feed (e.g. its start snapshot expired), reloads that table
 whole at the current snapshot.
 
+Raw edges: a stats range is whole rollup buckets plus, at its ends, parts of 15-minute buckets read from raw
+`requests` rows (queries.split); on the lake such a scan costs ~12 catalog queries (~20-50 ms), more than the rest of
+the read. `edges(ranges)` makes the mirror hold every lake row of those ranges' 15-minute buckets (fetched once at
+the mirror's snapshot, then followed through the same change feed: late rows, retention and compaction apply), in
+`lake_mirror.main.requests_edges`, least recently read buckets dropped beyond EDGE_BUCKETS / EDGE_ROWS or after
+EDGE_IDLE_S. A summary needs ~4 buckets (the 1 min, 1 h and 24 h windows' starts, the current one), a range ~2.
+
 Readers call `catch_up()` before reading, so an answer reflects every commit made before it (exact, like a lake
-read); a daemon thread calls it every REFRESH_S so that a reader usually finds nothing to do. Any failure leaves the
+read); a daemon thread calls it every REFRESH_S so that a reader usually finds nothing to do. The snapshot check is
+one query on the catalog's PostgreSQL (`max(snapshot_id)`, ~1 ms; DuckLake's `current_snapshot()` opens a catalog
+transaction, ~3-7 ms). All the changes of one catch-up apply in one mirror transaction. Any failure leaves the
 mirror unusable until a later catch-up succeeds; readers then use the lake itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
-from proxy_service.rollup import TIERS
+from proxy_service.queries import RAW_COLUMNS
+from proxy_service.rollup import TIERS, floor_time
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from proxy_service.store import Ranges
 
 log = logging.getLogger("keyrack.cluster.mirror")
 
@@ -38,8 +58,15 @@ DB = "lake_mirror"  # a DuckDB file of the replica's own: compressed, paged (in 
 SCHEMA = f"{DB}.rollup"  # views, what readers see
 DATA = f"{DB}.main"  # tables with the lake's row id
 TABLES = tuple(t for pair in TIERS.values() for t in pair)
+RAW = "requests"  # the lake table whose rows at stats' range edges are mirrored
+EDGES = f"{DATA}.requests_edges"  # those rows (RAW_COLUMNS and the lake's row id)
+EDGE_GRAIN = min(TIERS)  # a raw part of a stats range lies within one bucket of the finest rollup tier
+EDGE_BUCKETS = 96  # most buckets held; a read needing more (a long raw range) reads the lake
+EDGE_ROWS = 2_000_000  # most rows held (~20 bytes each in the file)
+EDGE_IDLE_S = 3600.0  # a bucket no read used for this long is dropped at the next fetch
 REFRESH_S = 1.0
 _RESHAPE = ("created", "dropped", "altered", "renamed")  # change-map keys after which a table is reloaded whole
+_ROLLUP_COLUMNS = "* EXCLUDE (snapshot_id, rowid, change_type)"
 
 
 def _lit(text: str) -> str:
@@ -47,18 +74,26 @@ def _lit(text: str) -> str:
 
 
 class Mirror:
-    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], catalog: str, path: Path) -> None:
+    def __init__(
+        self, cursor: Callable[[], duckdb.DuckDBPyConnection], catalog: str, path: Path, meta_schema: str = "ducklake"
+    ) -> None:
         self._cursor = cursor  # every name below is fully qualified
         self._catalog = catalog
+        self._meta = f"__ducklake_metadata_{catalog}"  # the catalog database as DuckLake attached it
+        self._meta_schema = meta_schema
+        self._pg_meta: bool | None = None  # the catalog is PostgreSQL: the snapshot check is one postgres_query
         self._path = path
         self._attached = False
         self._lock = threading.Lock()
         self._snapshot: int | None = None  # the lake snapshot the mirror holds; None: not usable
         self._ids: dict[str, str] = {}  # table → its DuckLake table id (as the change maps spell it)
+        self._edges: dict[datetime, float] = {}  # edge bucket held → when a read last used it (monotonic)
+        self._edges_valid = False  # EDGES exists and holds exactly the rows of the buckets in _edges
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.refreshes = 0
         self.reloads = 0
+        self.edge_fetches = 0
         self.last_error: str | None = None
 
     @property
@@ -100,11 +135,21 @@ class Mirror:
                 self.last_error = text
                 return False
 
-    def _catch_up(self, cur: duckdb.DuckDBPyConnection) -> None:
-        row = cur.execute(f"SELECT id FROM {self._catalog}.current_snapshot()").fetchone()
-        if row is None:
+    def _current(self, cur: duckdb.DuckDBPyConnection) -> int:
+        if self._pg_meta is None:
+            kind = cur.execute("SELECT type FROM duckdb_databases() WHERE database_name = ?", [self._meta]).fetchone()
+            self._pg_meta = kind is not None and kind[0] == "postgres"
+        if self._pg_meta:
+            sql = f"SELECT max(snapshot_id) FROM {self._meta_schema}.ducklake_snapshot"
+            row = cur.execute(f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)})").fetchone()
+        else:
+            row = cur.execute(f"SELECT id FROM {self._catalog}.current_snapshot()").fetchone()
+        if row is None or row[0] is None:
             raise RuntimeError("the lake has no snapshot")
-        now = int(row[0])
+        return int(row[0])
+
+    def _catch_up(self, cur: duckdb.DuckDBPyConnection) -> None:
+        now = self._current(cur)
         if not self._attached:  # a file left by an earlier run holds an unknown snapshot: start afresh
             self._path.parent.mkdir(parents=True, exist_ok=True)
             for stale in (self._path, self._path.with_name(self._path.name + ".wal")):
@@ -116,13 +161,14 @@ class Mirror:
             self._ids = self._table_ids(cur)
             for table in TABLES:
                 self._reload(cur, table, now)
+            self._reset_edges(cur)
             self._snapshot = now
             return
         if now == self._snapshot:
             return
         changed: set[str] = set()
         reshaped: set[str] = set()
-        names = {f"main.{t}": t for t in TABLES} | {v: k for k, v in self._ids.items()}
+        names = {f"main.{t}": t for t in (*TABLES, RAW)} | {v: k for k, v in self._ids.items()}
         changes = cur.execute(
             f"SELECT changes FROM {self._catalog}.snapshots() WHERE snapshot_id > ? AND snapshot_id <= ?",
             [self._snapshot, now],
@@ -135,24 +181,36 @@ class Mirror:
                     reshaped |= hit
         if reshaped:
             self._ids = self._table_ids(cur)
-        for table in sorted(changed):
-            if table in reshaped:
-                self._reload(cur, table, now)
-            else:
-                try:
-                    self._apply(cur, table, self._snapshot + 1, now)
-                except duckdb.Error as exc:  # e.g. the feed's start snapshot was expired: start over for it
-                    log.info("lake mirror reloads %s: %s", table, str(exc).splitlines()[0])
-                    self._reload(cur, table, now)
+        if RAW in changed and (RAW in reshaped or not self._edges_valid):
+            self._reset_edges(cur)
+        reload = {t for t in changed & reshaped if t != RAW}
+        feeds: dict[str, pa.Table] = {}
+        for table in sorted(changed - reload):
+            if table == RAW and not self._edges:
+                continue  # no edge held: nothing to follow
+            columns = f"snapshot_id, rowid, change_type, {RAW_COLUMNS}" if table == RAW else "*"
+            try:
+                feeds[table] = cur.execute(
+                    f"SELECT {columns} FROM {self._catalog}.table_changes(?, ?, ?)", [table, self._snapshot + 1, now]
+                ).to_arrow_table()
+            except duckdb.Error as exc:  # e.g. the feed's start snapshot was expired: start over for it
+                log.info("lake mirror reloads %s: %s", table, str(exc).splitlines()[0])
+                if table == RAW:
+                    self._reset_edges(cur)
+                else:
+                    reload.add(table)
+        self._apply(cur, feeds)
+        for table in sorted(reload):
+            self._reload(cur, table, now)
         self._snapshot = now
         self.refreshes += 1
 
     def _table_ids(self, cur: duckdb.DuckDBPyConnection) -> dict[str, str]:
         rows = cur.execute(
-            f"SELECT table_name, table_id FROM __ducklake_metadata_{self._catalog}.ducklake.ducklake_table "
+            f"SELECT table_name, table_id FROM {self._meta}.{self._meta_schema}.ducklake_table "
             "WHERE end_snapshot IS NULL"
         ).fetchall()
-        return {name: str(tid) for name, tid in rows if name in TABLES}
+        return {name: str(tid) for name, tid in rows if name in (*TABLES, RAW)}
 
     def _reload(self, cur: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> None:
         rows = cur.execute(
@@ -172,33 +230,161 @@ class Mirror:
         cur.execute(f"CHECKPOINT {DB}")  # compressed row groups (the write-ahead log holds them uncompressed)
         self.reloads += 1
 
-    def _apply(self, cur: duckdb.DuckDBPyConnection, table: str, first: int, last: int) -> None:
-        feed = cur.execute(
-            f"SELECT * FROM {self._catalog}.table_changes(?, ?, ?)", [table, first, last]
-        ).to_arrow_table()
-        if feed.num_rows == 0:
+    def _apply(self, cur: duckdb.DuckDBPyConnection, feeds: dict[str, pa.Table]) -> None:
+        """Every table's changes in one mirror transaction: a reader's statement sees the rollup and the edges at
+        one lake snapshot. A row id is never reused: drop every row id a feed names, insert the rows whose last
+        change is an insert or an update's postimage (and, for the edges, whose bucket is held)."""
+        feeds = {t: f for t, f in feeds.items() if f.num_rows}
+        if not feeds:
             return
-        cur.register("_mirror_feed", feed)
         cur.execute("BEGIN")
         try:
-            cur.execute(f"DELETE FROM {DATA}.{table} WHERE _rowid IN (SELECT rowid FROM _mirror_feed)")
-            # A row's final state is its last change; an update's pre- and postimage share a snapshot.
-            cur.execute(
-                f"INSERT INTO {DATA}.{table} BY NAME SELECT rowid AS _rowid, * EXCLUDE (snapshot_id, rowid, "
-                "change_type) FROM _mirror_feed QUALIFY row_number() OVER (PARTITION BY rowid ORDER BY snapshot_id DESC, "
-                "change_type = 'update_postimage' DESC) = 1 AND change_type IN ('insert', 'update_postimage')"
-            )
+            for table, feed in feeds.items():
+                target, columns = (EDGES, RAW_COLUMNS) if table == RAW else (f"{DATA}.{table}", _ROLLUP_COLUMNS)
+                held, params = "", []
+                if table == RAW:
+                    held, params = (
+                        " AND list_contains(?, time_bucket(to_seconds(?), ts))",
+                        [list(self._edges), EDGE_GRAIN],
+                    )
+                cur.register("_mirror_feed", feed)
+                try:
+                    cur.execute(f"DELETE FROM {target} WHERE _rowid IN (SELECT rowid FROM _mirror_feed)")
+                    # An update's pre- and postimage share a snapshot: the postimage is the row's state.
+                    cur.execute(
+                        f"INSERT INTO {target} BY NAME SELECT rowid AS _rowid, {columns} FROM _mirror_feed QUALIFY "
+                        "row_number() OVER (PARTITION BY rowid ORDER BY snapshot_id DESC, "
+                        "change_type = 'update_postimage' DESC) = 1 "
+                        f"AND change_type IN ('insert', 'update_postimage'){held}",
+                        params,
+                    )
+                finally:
+                    cur.unregister("_mirror_feed")
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    # -- raw edges -------------------------------------------------------------------------------------------------
+    def _reset_edges(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """An empty edge table shaped like the lake's columns (again after the lake's requests table changed)."""
+        self._edges.clear()
+        self._edges_valid = False
+        cur.execute(
+            f"CREATE OR REPLACE TABLE {EDGES} AS SELECT rowid AS _rowid, {RAW_COLUMNS} "
+            f"FROM {self._catalog}.main.{RAW} LIMIT 0"
+        )
+        self._edges_valid = True
+
+    @contextlib.contextmanager
+    def edges(self, ranges: Ranges) -> Iterator[str | None]:
+        """The table holding every lake `requests` row in `ranges` (columns `queries.RAW_COLUMNS`) at the mirror's
+        snapshot, or None when the mirror cannot (not usable, too many rows or buckets, a failed fetch): read the
+        lake. Held for the caller's block: no catch-up or eviction changes the table while the caller reads it."""
+        with self._lock:
+            try:
+                usable = self._cover(ranges)
+            except Exception as exc:  # e.g. the catalog is unreachable: this read goes to the lake
+                self._edges_valid = False  # the table may hold part of a failed change: rebuilt on next use
+                log.info("lake mirror edges not usable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                usable = False
+            yield EDGES if usable else None
+
+    def _cover(self, ranges: Ranges) -> bool:
+        if self._snapshot is None:
+            return False
+        want: set[datetime] = set()
+        for lo, hi in ranges:
+            b = floor_time(lo, EDGE_GRAIN)
+            while b < hi:
+                want.add(b)
+                b += timedelta(seconds=EDGE_GRAIN)
+                if len(want) > EDGE_BUCKETS:
+                    return False
+        clock = time.monotonic()
+        missing = sorted(want - self._edges.keys()) if self._edges_valid else sorted(want)
+        if missing:
+            cur = self._cursor()
+            try:
+                if not self._edges_valid:
+                    self._reset_edges(cur)
+                if not self._fetch(cur, missing, want, clock):
+                    return False
+            finally:
+                cur.close()
+        for b in want:
+            self._edges[b] = clock
+        return True
+
+    def _fetch(
+        self, cur: duckdb.DuckDBPyConnection, missing: list[datetime], want: set[datetime], clock: float
+    ) -> bool:
+        """Add the lake's rows of `missing` buckets (read at the mirror's snapshot: the feed continues from there),
+        after dropping idle buckets and, to stay within the limits, the least recently read ones not in `want`."""
+        grain = timedelta(seconds=EDGE_GRAIN)
+        runs: list[list[datetime]] = []
+        for b in missing:  # contiguous buckets → one range; distant ones → their own scan (pruned by ts)
+            if runs and runs[-1][1] == b:
+                runs[-1][1] = b + grain
+            else:
+                runs.append([b, b + grain])
+        scan = f"SELECT rowid AS _rowid, {RAW_COLUMNS} FROM {self._catalog}.main.{RAW} AT (VERSION => {int(self._snapshot or 0)}) WHERE ts >= ? AND ts < ?"
+        rows = cur.execute(" UNION ALL ".join([scan] * len(runs)), [t for run in runs for t in run]).to_arrow_table()
+        if rows.num_rows > EDGE_ROWS:
+            return False
+        lru = sorted((used, b) for b, used in self._edges.items() if b not in want)
+        drop = [b for used, b in lru if clock - used > EDGE_IDLE_S]
+        lru = [(used, b) for used, b in lru if b not in drop]
+        while lru and len(self._edges) - len(drop) + len(missing) > EDGE_BUCKETS:
+            drop.append(lru.pop(0)[1])
+        self._drop(cur, drop)
+        held = int(cur.execute(f"SELECT count(*) FROM {EDGES}").fetchone()[0])  # type: ignore[index]
+        if held + rows.num_rows > EDGE_ROWS:
+            sizes = dict(
+                cur.execute(
+                    f"SELECT time_bucket(to_seconds(?), ts), count(*) FROM {EDGES} GROUP BY 1", [EDGE_GRAIN]
+                ).fetchall()
+            )
+            drop = []
+            while lru and held + rows.num_rows > EDGE_ROWS:
+                b = lru.pop(0)[1]
+                drop.append(b)
+                held -= sizes.get(b, 0)
+            self._drop(cur, drop)
+            if held + rows.num_rows > EDGE_ROWS:
+                return False
+        if len(self._edges) + len(missing) > EDGE_BUCKETS:
+            return False
+        cur.register("_mirror_edges", rows)
+        try:
+            cur.execute(f"INSERT INTO {EDGES} SELECT * FROM _mirror_edges")
         finally:
-            cur.unregister("_mirror_feed")
+            cur.unregister("_mirror_edges")
+        for b in missing:
+            self._edges[b] = clock
+        self.edge_fetches += 1
+        return True
+
+    def _drop(self, cur: duckdb.DuckDBPyConnection, buckets: list[datetime]) -> None:
+        if not buckets:
+            return
+        grain = timedelta(seconds=EDGE_GRAIN)
+        spans = " OR ".join("(ts >= ? AND ts < ?)" for _ in buckets)
+        cur.execute(f"DELETE FROM {EDGES} WHERE {spans}", [t for b in buckets for t in (b, b + grain)])
+        for b in buckets:
+            self._edges.pop(b, None)
+
+    def edge_buckets(self) -> list[datetime]:
+        """The edge buckets held (their rows are the lake's)."""
+        with self._lock:
+            return sorted(self._edges) if self._edges_valid else []
 
     def size(self) -> dict[str, int]:
-        """Rows per mirrored table (for the bench and the state page)."""
+        """Rows per mirrored table, and the edge rows held (for the bench and the state page)."""
         cur = self._cursor()
         try:
-            return {t: int(cur.execute(f"SELECT count(*) FROM {DATA}.{t}").fetchone()[0]) for t in TABLES}  # type: ignore[index]
+            out = {t: int(cur.execute(f"SELECT count(*) FROM {DATA}.{t}").fetchone()[0]) for t in TABLES}  # type: ignore[index]
+            out["requests_edges"] = int(cur.execute(f"SELECT count(*) FROM {EDGES}").fetchone()[0])  # type: ignore[index]
+            return out
         finally:
             cur.close()

@@ -8,6 +8,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -82,6 +83,7 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
 _JOURNALING_WRITER = """
 import contextlib, sys, time
 from pathlib import Path
+from typing import Any
 from proxy_service.cluster.config import ClusterConfig
 from proxy_service.cluster.lake import LakeStore
 from proxy_service.cluster.writer import LakeWriter
@@ -358,4 +360,108 @@ def test_the_lake_connection_has_duckdb_caps_from_settings(lake_catalog: str, tm
         assert threads == 1
         assert limit.endswith("MiB") and 180 <= float(limit.split()[0]) <= 200, limit  # DuckDB shows 200MB in MiB
     finally:
+        store.close()
+
+
+def test_the_mirror_holds_the_raw_edges_of_stats_reads_and_follows_late_rows_compaction_and_retention(
+    tmp_path: Path, lake_catalog: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stats range starts and ends inside 15-minute buckets whose raw rows a replica's mirror holds
+    (mirror.edges): read from the lake once, then followed through the change feed. After writes from two replicas
+    (late rows into a held bucket among them), a compaction and a retention run, the held rows are the lake's and
+    every answer through `stats_reader` (no lake in its search path) equals a plain lake read's; past the limits a
+    read goes to the lake, with the same answers."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from proxy_service import queries, snapshot
+    from proxy_service.cluster import mirror
+    from proxy_service.cluster.lake import compact_lake
+
+    data = str(tmp_path / "lake")
+    stores = [LakeStore(ClusterConfig("redis://unused", lake_catalog, data, r), contextlib.nullcontext) for r in "abc"]
+    reader = stores[2]
+    rollups, writers = [], []
+    for store, name in zip(stores[:2], "ab", strict=False):
+        w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
+        w.before_commit.append(
+            lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+        )
+        rollups.append(Rollup())
+        w.submit(rollups[-1].install).result()
+        w.start()
+        writers.append(w)
+
+    def write(w: LakeWriter, times: list[datetime]) -> None:
+        for i, ts in enumerate(times):
+            ev = event(i)
+            ev.ts, ev.key_id = ts, f"k{i % 3}"
+            ev.model = "gemini-2.5-pro" if i % 3 else "gemini-2.5-flash"
+            w.record(ev)
+        w.flush()
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    old = now - timedelta(days=40)  # retention (30 days) deletes these later
+    write(writers[0], [now - timedelta(minutes=4 * i) for i in range(30)])
+    write(writers[1], [old + timedelta(minutes=5 * i - 60) for i in range(25)])
+    tz = ZoneInfo("Asia/Kolkata")
+    lo = old - timedelta(minutes=17)
+    asks = [
+        lambda c, s: queries.summary(c, tz, now, source=s),
+        lambda c, s: queries.top(c, "model", lo, now - timedelta(minutes=3), 10, source=s),
+        lambda c, s: queries.top(c, "key", lo, now, 10, source=s),  # raw over 40 days: the lake's rows
+        lambda c, s: queries.series(
+            c, "hour", "key", tz, *queries.series_range("hour", tz, lo, now, now), source=s
+        ).to_pylist(),
+        lambda c, s: queries.summary(c, tz, now, use_rollup=False, source=s),
+    ]
+
+    def check() -> list[Any]:
+        lake_cur = reader.cursor()
+        expected = [ask(lake_cur, None) for ask in asks]
+        with reader.stats_reader() as (cur, src):
+            assert cur.execute("SELECT current_setting('search_path')").fetchone() == (mirror.SCHEMA,)
+            assert src.edges is not None, "the mirror is usable"
+            assert [ask(cur, src) for ask in asks] == expected
+        held = reader.mirror.edge_buckets()
+        assert held, "the summary's and the ranges' edge buckets are held"
+        in_lake = lake_cur.execute(
+            f"SELECT rowid, {queries.RAW_COLUMNS} FROM lake.main.requests "
+            "WHERE list_contains(?, time_bucket(INTERVAL 15 MINUTE, ts))",
+            [held],
+        ).fetchall()
+        in_mirror = lake_cur.execute(f"SELECT * FROM {mirror.EDGES}").fetchall()
+        assert sorted(in_mirror, key=lambda r: r[0]) == sorted(in_lake, key=lambda r: r[0])
+        lake_cur.close()
+        return expected
+
+    assert reader.mirror.catch_up()
+    first = check()
+    assert first[1][0]["calls"] > 0 and reader.mirror.edge_fetches > 0
+    fetched = reader.mirror.edge_fetches
+    edge = queries.floor_time(lo, mirror.EDGE_GRAIN)
+    assert edge in reader.mirror.edge_buckets()
+    # Late rows into the held old bucket (some before the range's start, some after), new rows at the current one
+    write(writers[1], [edge + timedelta(minutes=i) for i in range(15)])
+    write(writers[0], [now - timedelta(seconds=i) for i in range(10)])
+    late = check()
+    assert late != first
+    writers[0].submit(lambda c: compact_lake(c, rollups[0])).result()  # files merged, rollup rows folded
+    assert check() == late
+    cutoffs = snapshot.retention_cutoffs({"requests": 30, "attempts": 30, "error_logs": 30}, now)
+    deleted = writers[1].submit(lambda cur: snapshot.apply_retention(cur, cutoffs, rollups[1])).result()
+    assert deleted["requests"] == 25 + 15
+    assert check() != late
+    assert reader.mirror.edge_fetches == fetched, "held buckets followed through the feed, never fetched again"
+
+    # Limits: two buckets at most. The summary needs more (it reads the lake); ranges evict each other.
+    monkeypatch.setattr(mirror, "EDGE_BUCKETS", 2)
+    for start in (now - timedelta(hours=5, minutes=7), now - timedelta(hours=9, minutes=2)):
+        asks[1] = lambda c, s, start=start: queries.top(c, "model", start, now - timedelta(minutes=3), 10, source=s)
+        check()
+        assert len(reader.mirror.edge_buckets()) <= 2
+        assert queries.floor_time(start, mirror.EDGE_GRAIN) in reader.mirror.edge_buckets()
+    for w in writers:
+        w.stop()
+    for store in stores:
         store.close()
