@@ -388,6 +388,7 @@ class AdminClient:
         resp = self._request("GET", "/stats/series", params=params)
         df = _arrow(resp)
         df["bucket"] = _utc(df["bucket"])
+        _rebuilding(df, resp)
         return df
 
     def top(
@@ -395,7 +396,8 @@ class AdminClient:
     ) -> pd.DataFrame:
         params = _params(dim=dim, limit=limit, format="arrow")
         params.update(_params(**{"from": start, "to": end}))
-        return _arrow(self._request("GET", "/stats/top", params=params))
+        resp = self._request("GET", "/stats/top", params=params)
+        return _rebuilding(_arrow(resp), resp)
 
     # -- forecasts -----------------------------------------------------------------------------------------------
     def forecast_quota(self) -> dict[str, Any]:
@@ -463,6 +465,14 @@ class AdminClient:
 def _arrow(resp: httpx.Response) -> pd.DataFrame:
     """The Arrow IPC stream the tabular endpoints answer with (format=arrow) → DataFrame."""
     return pa.ipc.open_stream(io.BytesIO(resp.content)).read_all().to_pandas()
+
+
+def _rebuilding(df: pd.DataFrame, resp: httpx.Response) -> pd.DataFrame:
+    """`df.attrs["rebuilding"]`: the share of a pre-aggregate rebuild done (0..1) when the answer was read from the
+    raw rows because of it (the `x-keyrack-rebuilding` header), else absent."""
+    if (value := resp.headers.get("x-keyrack-rebuilding")) is not None:
+        df.attrs["rebuilding"] = float(value)
+    return df
 
 
 def _utc(col: pd.Series) -> pd.Series:

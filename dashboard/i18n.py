@@ -577,6 +577,9 @@ _add("explore.sql_text", "The same selection as SQL", "同一筛选的 SQL")
 _add("explore.rebuilding", "The pre-aggregates are being rebuilt ({pct} % done): this answer is exact, read from the "
      "raw calls, and may take longer until the rebuild ends.", "预聚合数据正在重建（已完成 {pct} %）：此结果精确，直接读取原始调用，"
      "重建完成前可能较慢。")
+_add("stats.rebuilding", "The pre-aggregates are being rebuilt ({pct} % done): these figures are exact, read from "
+     "the raw calls, and may take longer until the rebuild ends.", "预聚合数据正在重建（已完成 {pct} %）：这些数字精确，"
+     "直接读取原始调用，重建完成前可能较慢。")
 _add("explore.footer", "Source: {source} · time zone {tz} · the page address reproduces this view",
      "数据来源：{source} · 时区 {tz} · 页面地址可复现此视图")
 _add("dim.client", "Client", "客户端")

@@ -36,7 +36,21 @@ def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.Da
     df["bucket"] = times.local(df["bucket"])
     if "group" not in df:
         df["group"] = None
-    return df.sort_values("bucket")
+    out = df.sort_values("bucket")
+    out.attrs = dict(df.attrs)  # `rebuilding` (see rebuilding_note)
+    return out
+
+
+def rebuilding_note(*answers: pd.DataFrame | dict[str, Any] | None) -> None:
+    """The stats answers were read from the raw rows while the pre-aggregates are rebuilt: say so (as Explore)."""
+    shares = [
+        a.attrs.get("rebuilding") if isinstance(a, pd.DataFrame) else a.get("rebuilding")
+        for a in answers
+        if a is not None
+    ]
+    done = [float(s) for s in shares if s is not None]
+    if done:
+        st.info(t("stats.rebuilding", pct=f"{100 * min(done):.0f}"), icon=":material/build:")
 
 
 def _client_series(granularity: str, lo: datetime, hi: datetime) -> pd.DataFrame | None:

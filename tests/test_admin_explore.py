@@ -183,3 +183,65 @@ def test_a_rebuild_runs_in_the_background_and_explore_answers_exactly_meanwhile(
             assert time.monotonic() < deadline, "the rebuild did not finish"
             time.sleep(0.2)
         assert ans["source"] != "raw"
+
+
+def test_stats_answers_say_when_they_are_read_raw_during_a_rebuild(
+    start_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    store = Store(data_dir / "keyrack.duckdb")
+    cur = store.cursor()
+    end = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    cur.execute(GENERATE.format(clients=3), [MODELS, end, 3_000, 3 * 86400 * 1_000_000 // 3_000, 3_000])
+    cur.close()
+    store.close()
+    proxy = start_proxy(upstream.url, data_dir=data_dir)
+    gw = proxy.gateway
+    span = {"from": (end - timedelta(days=4)).isoformat(), "to": (end + timedelta(minutes=1)).isoformat()}
+    series = {**span, "granularity": "day", "group_by": "model"}
+    with admin(proxy) as api:
+
+        def answers() -> dict[str, Any]:
+            """Every stats answer over the rollup, JSON and Arrow: {name: (rebuilding flag, the figures)}."""
+            out: dict[str, Any] = {}
+            for name, path, params in (
+                ("summary", "/stats/summary", {}),
+                ("series", "/stats/series", series),
+                ("top", "/stats/top", {**span, "dim": "model"}),
+            ):
+                r = api.get(path, params=params)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                figures = {"series": body.get("rows"), "top": body.get("items")}.get(name)
+                out[name] = (body.get("rebuilding"), figures)
+                if name != "summary":
+                    r = api.get(path, params={**params, "format": "arrow"})
+                    assert r.status_code == 200, r.text
+                    table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+                    header = r.headers.get("x-keyrack-rebuilding")
+                    out[f"{name}.arrow"] = (None if header is None else float(header), table.num_rows)
+            return out
+
+        deadline = time.monotonic() + 120
+        while gw.rollup.rebuilding is not None:  # the startup rebuild (no pre-aggregates in the old file)
+            assert time.monotonic() < deadline, "the startup rebuild did not finish"
+            time.sleep(0.2)
+        settled = answers()
+        assert all(flag is None for flag, _ in settled.values()), settled  # no flag when the rollup answers
+        # Hold the writer in the middle of another rebuild: the same answers, read raw, and they say so.
+        gw.writer.submit(gw.rollup.start_rebuild).result()
+        release = threading.Event()
+        gw.writer.submit(lambda _cur: release.wait(60))
+        try:
+            held = answers()
+        finally:
+            release.set()
+        assert set(held) == set(settled)
+        for name, (flag, figures) in held.items():
+            assert flag is not None and 0 <= flag < 1, (name, flag)
+            assert figures == settled[name][1], name  # exact from the raw rows too
+        while gw.rollup.rebuilding is not None:
+            assert time.monotonic() < deadline, "the rebuild did not finish"
+            time.sleep(0.2)
+        assert all(flag is None for flag, _ in answers().values())

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import cache, dialogs, forecast_view, headroom_panel
+from dashboard import cache, dialogs, forecast_view, headroom_panel, trends_data
 from dashboard import keys_panel as kp
 from dashboard.i18n import t, wkey
 
@@ -18,6 +18,7 @@ dialogs.show_flash()
 def live_cards() -> None:
     ttl = 1.0 if st.session_state.get(wkey("auto_refresh")) else cache.TTL_S  # each tick asks the proxy again
     summary = cache.safe(cache.api().summary, ttl=ttl)() or {}
+    trends_data.rebuilding_note(summary)
     counts = cache.safe(cache.api().keys, ttl=ttl)(page_size=1)
     kp.cards(summary, counts.counts if counts else {})
     headroom_panel.panel(ttl)

@@ -35,6 +35,7 @@ if note:
 lo, hi = times.day_range_utc(start, end)
 axis = charts.Axis(granularity, start, end, times.tz_name())
 series = trends_data.series(granularity, lo, hi, "none")
+trends_data.rebuilding_note(series)
 if series is not None and series.empty:
     st.info(t("trends.no_data"))
 elif series is not None:

@@ -14,23 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service import explore, queries
-from proxy_service.admin.common import ApiError, arrow_response, iso, json_body, ok
+from proxy_service.admin.common import ApiError, arrow_response, iso, json_body, ok, rollup_ready
 from proxy_service.keys import mask
 from proxy_service.surfaces.common import client_id
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
-
-
-async def _ready(gw: Gateway) -> tuple[bool, float | None]:
-    """Fold what the writer appended since the last fold (the cube folds with the rollup); False → go raw. Also the
-    rebuild's progress at that moment: an answer says `rebuilding` when it was read raw because of the rebuild, even
-    if the rebuild ends while it is read (progress is read first: a rebuild ending in between shows as running)."""
-    rollup = gw.rollup
-    if rollup.usable:
-        await gw.write(rollup.fold)
-    progress = rollup.progress
-    return rollup.usable, progress
 
 
 def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInfo]:
@@ -44,7 +33,7 @@ def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInf
 
 async def run_explore(gw: Gateway, request: Request) -> Response:
     spec, fmt, tz = _spec(gw, await json_body(request))
-    (usable, progress), labels = await _ready(gw), gw.config.client_labels
+    (usable, progress), labels = await rollup_ready(gw), gw.config.client_labels
     try:
         ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None))
     except explore.ExploreError as exc:
@@ -82,7 +71,7 @@ async def explore_calls(gw: Gateway, request: Request) -> Response:
         raise ApiError(400, 'filters must be an object like {"model": ["gemini-2.5-flash"]}', "filters")
     body["filters"] = {**filters, **{k: [v] for k, v in cell.items()}}
     spec, _, tz = _spec(gw, body)
-    await _ready(gw)
+    await rollup_ready(gw)
     items = await gw.read(lambda cur: explore.calls(cur, spec, tz, limit))
     labels = gw.config.client_labels
     for item in items:

@@ -1,4 +1,9 @@
-"""Admin API: statistics (summary windows, time series, top keys or models), as JSON or Arrow."""
+"""Admin API: statistics (summary windows, time series, top keys or models), as JSON or Arrow.
+
+While the pre-aggregates are rebuilt (an upgrade, a display-zone change) the answers are still exact, read from the
+raw rows (slower); `rebuilding` says so with the share done (0..1): a JSON field, or the `x-keyrack-rebuilding`
+header of an Arrow answer; absent otherwise (as Explore's). `/stats/outcomes` always reads raw rows: no flag.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service import pool_queries, queries
-from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time
+from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time, rollup_ready
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -22,18 +27,26 @@ def _tz(gw: Gateway) -> ZoneInfo:
     return ZoneInfo(gw.config.display_timezone)
 
 
-async def _rollup_ready(gw: Gateway) -> bool:
-    """Fold what the writer appended since the last fold, so the rollup covers every written row; False → go raw."""
-    rollup = gw.rollup
-    if rollup.usable:
-        await gw.write(rollup.fold)
-    return rollup.usable
+def _rebuilding(progress: float | None) -> dict[str, float]:
+    return {} if progress is None else {"rebuilding": progress}
+
+
+def _headers(meta: dict[str, Any]) -> dict[str, str]:
+    return {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items()}
 
 
 async def stats_summary(gw: Gateway, _request: Request) -> Response:
-    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
+    tz, now, (usable, progress) = _tz(gw), queries.utcnow(), await rollup_ready(gw)
     windows = await gw.read_stats(lambda cur, src: queries.summary(cur, tz, now, usable, src))
-    return ok({"windows": windows, "keys": gw.pool.counts(), "timezone": tz.key, "generated_at": iso(now)})
+    return ok(
+        {
+            "windows": windows,
+            "keys": gw.pool.counts(),
+            "timezone": tz.key,
+            "generated_at": iso(now),
+            **_rebuilding(progress),
+        }
+    )
 
 
 async def stats_series(gw: Gateway, request: Request) -> Response:
@@ -44,7 +57,7 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     start, end = q_time(request, "from"), q_time(request, "to")
     if start and end and start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
-    tz, now, usable = _tz(gw), queries.utcnow(), await _rollup_ready(gw)
+    tz, now, (usable, progress) = _tz(gw), queries.utcnow(), await rollup_ready(gw)
     lo, hi = queries.series_range(g, tz, start, end, now)
     if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
         raise ApiError(
@@ -55,9 +68,10 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     table = await gw.read_stats(
         lambda cur, src: queries.series(cur, g, group_by, tz, lo, hi, use_rollup=usable, limit=limit, source=src)
     )
-    meta = {"granularity": g, "group_by": group_by, "timezone": tz.key, "from": iso(lo), "to": iso(hi)}
+    meta: dict[str, Any] = {"granularity": g, "group_by": group_by, "timezone": tz.key, "from": iso(lo), "to": iso(hi)}
+    meta |= _rebuilding(progress)
     if fmt == "arrow":
-        return arrow_response(table, {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
+        return arrow_response(table, _headers(meta))
     rows = table.to_pylist()
     for r in rows:
         r["bucket"] = r["bucket"].isoformat()  # local start with its UTC offset, e.g. 2026-03-08T00:00:00-05:00
@@ -73,15 +87,16 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
     start = q_time(request, "from") or end - timedelta(hours=24)
     if start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
-    usable = await _rollup_ready(gw)
+    usable, progress = await rollup_ready(gw)
     items = await gw.read_stats(lambda cur, src: queries.top(cur, dim, start, end, limit, usable, src))
     if dim == "key":
         for item in items:
             key = gw.pool.keys.get(item["name"] or "")
             item["label"], item["project"] = (key.label, key.project) if key else (None, None)
     if q_choice(request, "format", ("json", "arrow"), "json") == "arrow":
-        return arrow_response(pa.Table.from_pylist(items) if items else pa.table({"name": pa.array([], pa.string())}))
-    return ok({"dim": dim, "from": iso(start), "to": iso(end), "items": items})
+        table = pa.Table.from_pylist(items) if items else pa.table({"name": pa.array([], pa.string())})
+        return arrow_response(table, _headers(_rebuilding(progress)))
+    return ok({"dim": dim, "from": iso(start), "to": iso(end), "items": items, **_rebuilding(progress)})
 
 
 async def stats_outcomes(gw: Gateway, request: Request) -> Response:

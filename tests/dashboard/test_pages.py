@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -289,6 +291,28 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
     assert {trace["name"] for trace in by_model} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     assert texts(at.subheader)[-2:] == ["Top keys", "Top models"]
     assert len(at.dataframe) == 2 and not at.dataframe[1].value.empty
+
+
+def test_monitor_and_trends_say_when_their_figures_are_read_raw_during_a_rebuild(dash_env: Stack) -> None:
+    gw = dash_env.gateway
+    note = t("stats.rebuilding", pct="0").split("(")[0]
+    at = start("trends")
+    assert not [i for i in texts(at.info) if i.startswith(note)]  # the rollup answers: no note
+    # Hold the writer in the middle of a rebuild: the stats answers come from the raw rows and say so.
+    gw.writer.submit(gw.rollup.start_rebuild).result()
+    release = threading.Event()
+    gw.writer.submit(lambda _cur: release.wait(60))
+    try:
+        for page in ("trends", "monitor"):
+            shown = [i for i in texts(start(page).info) if i.startswith(note)]
+            assert len(shown) == 1 and "% done" in shown[0], (page, texts(start(page).info))
+    finally:
+        release.set()
+    deadline = time.monotonic() + 60
+    while gw.rollup.rebuilding is not None:
+        assert time.monotonic() < deadline, "the rebuild did not finish"
+        time.sleep(0.1)
+    assert not [i for i in texts(start("monitor").info) if i.startswith(note)]
 
 
 # -- error logs ------------------------------------------------------------------------------------------------
