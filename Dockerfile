@@ -15,8 +15,8 @@ COPY proxy_service ./proxy_service
 COPY dashboard ./dashboard
 RUN pip install . \
  && useradd --create-home --uid 10001 keyrack \
- && mkdir -p /data \
- && chown keyrack /data
+ && mkdir -p /data /lake \
+ && chown keyrack /data /lake
 
 USER keyrack
 VOLUME ["/data"]
