@@ -26,8 +26,8 @@ EDGE_IDLE_S. A summary needs ~4 buckets (the 1 min, 1 h and 24 h windows' starts
 
 Readers call `catch_up()` before reading, so an answer reflects every commit made before it (exact, like a lake
 read); a daemon thread calls it every REFRESH_S so that a reader usually finds nothing to do. The snapshot check is
-one query on the catalog's PostgreSQL (`max(snapshot_id)`, ~1 ms; DuckLake's `current_snapshot()` opens a catalog
-transaction, ~3-7 ms). All the changes of one catch-up apply in one mirror transaction. Any failure leaves the
+one statement on the catalog's PostgreSQL, outside a transaction (`max(snapshot_id)`, ~1 ms; DuckLake's
+`current_snapshot()` opens a catalog transaction: 3 round trips, ~3-7 ms). All the changes of one catch-up apply in one mirror transaction. Any failure leaves the
 mirror unusable until a later catch-up succeeds; readers then use the lake itself.
 """
 
@@ -141,7 +141,10 @@ class Mirror:
             self._pg_meta = kind is not None and kind[0] == "postgres"
         if self._pg_meta:
             sql = f"SELECT max(snapshot_id) FROM {self._meta_schema}.ducklake_snapshot"
-            row = cur.execute(f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)})").fetchone()
+            # Outside a transaction: one statement instead of BEGIN / COPY / COMMIT (each a round trip)
+            row = cur.execute(
+                f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)}, use_transaction => false)"
+            ).fetchone()
         else:
             row = cur.execute(f"SELECT id FROM {self._catalog}.current_snapshot()").fetchone()
         if row is None or row[0] is None:
