@@ -81,7 +81,10 @@ class Mirror:
         self._catalog = catalog
         self._meta = f"__ducklake_metadata_{catalog}"  # the catalog database as DuckLake attached it
         self._meta_schema = meta_schema
-        self._pg_meta: bool | None = None  # the catalog is PostgreSQL: the snapshot check is one postgres_query
+        self._check: duckdb.DuckDBPyConnection | None = None  # the snapshot check's own cursor (under _lock)
+        sql = f"SELECT max(snapshot_id) FROM {meta_schema}.ducklake_snapshot"
+        # Outside a transaction: one statement instead of BEGIN / COPY / COMMIT (each a round trip)
+        self._check_sql = f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)}, use_transaction => false)"
         self._path = path
         self._attached = False
         self._lock = threading.Lock()
@@ -110,6 +113,8 @@ class Mirror:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._lock:
+            self._drop_check()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -120,39 +125,42 @@ class Mirror:
         """Bring the mirror to the lake's current snapshot; True if it is usable (it holds that snapshot)."""
         with self._lock:
             try:
-                cur = self._cursor()
-                try:
-                    self._catch_up(cur)
-                finally:
-                    cur.close()
+                now = self._current()
+                if now != self._snapshot or not self._attached:
+                    cur = self._cursor()
+                    try:
+                        self._catch_up(cur, now)
+                    finally:
+                        cur.close()
                 self.last_error = None
                 return True
             except Exception as exc:  # any failure: readers go to the lake until a catch-up succeeds
                 self._snapshot = None
+                self._drop_check()
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if text != self.last_error:
                     log.warning("lake mirror not usable: %s", text)
                 self.last_error = text
                 return False
 
-    def _current(self, cur: duckdb.DuckDBPyConnection) -> int:
-        if self._pg_meta is None:
-            kind = cur.execute("SELECT type FROM duckdb_databases() WHERE database_name = ?", [self._meta]).fetchone()
-            self._pg_meta = kind is not None and kind[0] == "postgres"
-        if self._pg_meta:
-            sql = f"SELECT max(snapshot_id) FROM {self._meta_schema}.ducklake_snapshot"
-            # Outside a transaction: one statement instead of BEGIN / COPY / COMMIT (each a round trip)
-            row = cur.execute(
-                f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)}, use_transaction => false)"
-            ).fetchone()
-        else:
-            row = cur.execute(f"SELECT id FROM {self._catalog}.current_snapshot()").fetchone()
+    def _current(self) -> int:
+        """The lake's latest snapshot id, read from the catalog's PostgreSQL (the lake's catalog always is) on a
+        cursor kept for this: each read makes this check, and a fresh cursor costs ~0.5 ms more. Not a prepared
+        statement: postgres_query runs at bind time, EXECUTE would repeat its first answer."""
+        if self._check is None:
+            self._check = self._cursor()
+        row = self._check.execute(self._check_sql).fetchone()
         if row is None or row[0] is None:
             raise RuntimeError("the lake has no snapshot")
         return int(row[0])
 
-    def _catch_up(self, cur: duckdb.DuckDBPyConnection) -> None:
-        now = self._current(cur)
+    def _drop_check(self) -> None:
+        if self._check is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._check.close()
+            self._check = None
+
+    def _catch_up(self, cur: duckdb.DuckDBPyConnection, now: int) -> None:
         if not self._attached:  # a file left by an earlier run holds an unknown snapshot: start afresh
             self._path.parent.mkdir(parents=True, exist_ok=True)
             for stale in (self._path, self._path.with_name(self._path.name + ".wal")):
