@@ -1,14 +1,20 @@
 """Memory: the proxy's RSS at start, after the c=32 throughput load and through a soak; the dashboard's RSS.
 
-    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--server uvicorn|granian]
+    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--no-baseline] [--server uvicorn|granian]
 
 `keyrack serve` runs as its own process in front of the fake upstream (zero latency, no limits, 8 pool keys), as in
 bench/proxy_throughput.py. RSS is read from /proc/<pid>/status: `VmRSS` = `RssAnon` (heap, arenas, DuckDB's
 buffers: what grows) + `RssFile` (mapped shared libraries and files: libduckdb, libarrow, ...) + `RssShmem`.
+Beside it, DuckDB's own account of what it holds (`duckdb_memory()`, which the proxy's /metrics reports as
+`keyrack_duckdb_memory_bytes`), and at steady state the RSS by mapping (/proc/<pid>/smaps).
 Phases: ready (idle) → c=32 closed loop for `--load` s → a soak at c=8 for `--soak` s with a sample every 5 s →
 idle again. "steady" is the largest sample of the soak's second half. Then `keyrack dashboard` is started against
 the same proxy and, when Chromium is installed, every page is opened once in headless Chromium (signed in) before
 its RSS is read (a Streamlit server holds one script run per session; without a session it is only the server).
+
+Baseline, in the same run (unless --no-baseline): the same phases with DuckDB's own defaults for the two choices
+Keyrack makes about its memory, 256 KB blocks for the new database file (`KEYRACK_DUCKDB_BLOCK_SIZE`) and the
+allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see proxy_service/server.py).
 
 Target: steady RSS ≤ 150 MB for `keyrack serve`.
 """
@@ -47,6 +53,11 @@ TARGET_STEADY_MB = 150.0
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-{i:02d}')}" for i in range(8))
 CHROMIUM = Path("/usr/bin/chromium")
 PAGES = ("", "trends", "error_logs", "config", "sql")
+# DuckDB's defaults for what Keyrack sets (settings.DUCKDB_BLOCK_SIZE, server.ALLOCATOR_CONF): the baseline.
+DUCKDB_DEFAULTS = {
+    "KEYRACK_DUCKDB_BLOCK_SIZE": "262144",
+    "DUCKDB_JE_MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:5000",
+}
 
 
 # Where the start-up RSS goes: the proxy's imports and start, step by step, in a fresh interpreter (as `serve` does).
@@ -115,8 +126,54 @@ def rss(pid: int) -> dict[str, float]:
     return out
 
 
+def duckdb_memory(url: str) -> dict[str, float]:
+    """DuckDB's own account (MB by tag) as the proxy's /metrics reports it (`keyrack_duckdb_memory_bytes`)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("keyrack_duckdb_memory_bytes{"):
+            tag = line.split('tag="', 1)[1].split('"', 1)[0]
+            out[tag] = round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
+    return out
+
+
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """Where the RSS sits (MB), from /proc/<pid>/smaps: DuckDB's library and the other mapped files (shared,
+    clean pages), the main heap (glibc's first arena: Python objects and C/C++ allocations of the main thread), and
+    every other anonymous mapping (DuckDB's own allocator, glibc's per-thread arenas, Python's object arenas,
+    thread stacks)."""
+    out = {"file: DuckDB's library": 0.0, "file: other libraries and files": 0.0, "anon: [heap]": 0.0}
+    out["anon: other mappings"] = 0.0
+    name, kb = "", 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                name = head[5].strip() if len(head) > 5 else ""
+            elif head[0] == "Rss:":
+                kb = int(head[1])
+                if "_duckdb" in name:
+                    key = "file: DuckDB's library"
+                elif name.startswith("/"):
+                    key = "file: other libraries and files"
+                elif name == "[heap]":
+                    key = "anon: [heap]"
+                else:
+                    key = "anon: other mappings"
+                out[key] += kb / 1024
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def _sample(label: str, server: Server, samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
-    s = {"phase": label, "t_s": round(time.monotonic() - t0, 1), **rss(server.proc.pid)}
+    s: dict[str, Any] = {"phase": label, "t_s": round(time.monotonic() - t0, 1), **rss(server.proc.pid)}
+    with contextlib.suppress(OSError, ValueError):
+        s["duckdb"] = duckdb_memory(server.url)
+        s["DuckDB"] = round(sum(s["duckdb"].values()), 1)
+    with contextlib.suppress(OSError):
+        s["mappings"] = rss_by_mapping(server.proc.pid)
     samples.append(s)
     return s
 
@@ -208,7 +265,9 @@ def dashboard_phase(workdir: Path, fake: Server, env: dict[str, str]) -> dict[st
     return {"idle": idle, "after_pages": used, "how": how}
 
 
-def run(load_s: float, soak_s: float, dashboard: bool, server: str | None = None) -> dict[str, Any]:
+def run(
+    load_s: float, soak_s: float, dashboard: bool, server: str | None = None, baseline: bool = True
+) -> dict[str, Any]:
     load_before = load_average()
     env = {"KEYRACK_SERVER": server} if server else {}
     with tempfile.TemporaryDirectory(prefix="keyrack-mem-") as tmp:
@@ -217,6 +276,11 @@ def run(load_s: float, soak_s: float, dashboard: bool, server: str | None = None
         fake = start_fake(workdir)
         try:
             wait_ready([fake])
+            base = (
+                proxy_phases(workdir / "baseline", fake, load_s, soak_s, {**env, **DUCKDB_DEFAULTS})
+                if baseline
+                else None
+            )
             proxy = proxy_phases(workdir, fake, load_s, soak_s, env)
             dash = dashboard_phase(workdir, fake, env) if dashboard else None
         finally:
@@ -228,6 +292,7 @@ def run(load_s: float, soak_s: float, dashboard: bool, server: str | None = None
         "server": server or "default",
         "load_average": [load_before, load_average()],
         "proxy": proxy,
+        "baseline": base,
         "breakdown": breakdown,
         "dashboard": dash,
         "proxy_steady_mb": steady,
@@ -237,9 +302,9 @@ def run(load_s: float, soak_s: float, dashboard: bool, server: str | None = None
 
 
 def report(f: dict[str, Any]) -> str:
-    p = f["proxy"]
+    p, base = f["proxy"], f.get("baseline")
     rows = [
-        [name, s["VmRSS"], s.get("RssAnon", 0.0), s.get("RssFile", 0.0), s.get("RssShmem", 0.0)]
+        [name, s["VmRSS"], s.get("RssAnon", 0.0), s.get("RssFile", 0.0), s.get("RssShmem", 0.0), s.get("DuckDB", "")]
         for name, s in (
             ("proxy at start", p["start"]),
             (f"proxy after c=32 ({f['load_s']:g} s, {p['load_rps_c32']:,.0f} req/s)", p["after_load"]),
@@ -247,6 +312,22 @@ def report(f: dict[str, Any]) -> str:
             ("proxy idle after", p["idle_after"]),
         )
     ]
+    if base:
+        rows += [
+            [
+                name,
+                s["VmRSS"],
+                s.get("RssAnon", 0.0),
+                s.get("RssFile", 0.0),
+                s.get("RssShmem", 0.0),
+                s.get("DuckDB", ""),
+            ]
+            for name, s in (
+                (f"baseline, DuckDB's defaults: after c=32 ({base['load_rps_c32']:,.0f} req/s)", base["after_load"]),
+                ("baseline, DuckDB's defaults: steady", base["steady"]),
+                ("baseline, DuckDB's defaults: idle after", base["idle_after"]),
+            )
+        ]
     d = f["dashboard"]
     if d:
         rows.append(
@@ -256,6 +337,7 @@ def report(f: dict[str, Any]) -> str:
                 d["idle"].get("RssAnon", 0.0),
                 d["idle"].get("RssFile", 0.0),
                 d["idle"].get("RssShmem", 0.0),
+                "",
             ]
         )
         a = d["after_pages"]
@@ -266,16 +348,33 @@ def report(f: dict[str, Any]) -> str:
                 a.get("RssAnon", 0.0),
                 a.get("RssFile", 0.0),
                 a.get("RssShmem", 0.0),
+                "",
             ]
         )
     lines = [
         f"### Memory (RSS, MB; server: {f['server']})",
         "",
-        markdown_table(["process / phase", "RSS", "anon", "file", "shmem"], rows),
+        markdown_table(["process / phase", "RSS", "anon", "file", "shmem", "DuckDB's own"], rows),
         "",
         f"- proxy peak (VmHWM): {p['peak_mb']:.0f} MB; soak: {p['soak_requests']:,} requests",
+        *(
+            [
+                f"- steady vs the baseline (DuckDB's defaults, same run, before it): {p['steady']['VmRSS']:.0f} / "
+                f"{base['steady']['VmRSS']:.0f} MB = {p['steady']['VmRSS'] / base['steady']['VmRSS']:.2f}; c=32 "
+                f"throughput {p['load_rps_c32']:,.0f} / {base['load_rps_c32']:,.0f} req/s"
+            ]
+            if base
+            else []
+        ),
         f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]} on 2 cores",
     ]
+    steady = p["steady"]
+    if steady.get("mappings"):
+        lines += ["", "Steady RSS by mapping (/proc/<pid>/smaps, MB):", ""]
+        lines.append(markdown_table(["mapping", "RSS"], list(steady["mappings"].items())))
+    if steady.get("duckdb"):
+        tags = ", ".join(f"{t} {mb:g}" for t, mb in sorted(steady["duckdb"].items(), key=lambda kv: -kv[1]))
+        lines += ["", f"Steady, DuckDB's own account (duckdb_memory(), MB): {tags}"]
     lines += ["", "Start-up RSS by step (fresh interpreter, as `keyrack serve` starts; MB added by each step):", ""]
     lines.append(
         markdown_table(
@@ -293,10 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=float, default=20.0, help="seconds of c=32 load (default 20)")
     ap.add_argument("--soak", type=float, default=60.0, help="seconds of c=8 soak (default 60)")
     ap.add_argument("--no-dashboard", action="store_true", help="skip the dashboard's RSS")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the run with DuckDB's defaults")
     ap.add_argument("--server", choices=("uvicorn", "granian"), default=None, help="the proxy's ASGI server")
     ap.add_argument("--json", type=Path, default=RESULTS / "memory.json", help="where to write the figures")
     args = ap.parse_args(argv)
-    figures = run(args.load, args.soak, not args.no_dashboard, args.server)
+    figures = run(args.load, args.soak, not args.no_dashboard, args.server, not args.no_baseline)
     print(report(figures))
     write_json(args.json, figures)
     return 0

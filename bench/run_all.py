@@ -386,6 +386,19 @@ def rows_memory(f: dict[str, Any]) -> list[Row]:
             _met(p["steady"]["VmRSS"] <= 150),
         ],
     ]
+    base = f.get("baseline")
+    if base:
+        out.append(
+            [
+                area,
+                "proxy steady vs DuckDB's defaults (256 KB blocks, 5 s allocator decay)",
+                f"{p['steady']['VmRSS']:.0f} MB",
+                f"{base['steady']['VmRSS']:.0f} MB",
+                f"{p['steady']['VmRSS'] / base['steady']['VmRSS']:.2f}",
+                "–",
+                "–",
+            ]
+        )
     if d:
         out.append(
             [

@@ -52,6 +52,7 @@ REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change start
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
+MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worker thread (not at scrape time)
 T = TypeVar("T")
 
 
@@ -70,7 +71,9 @@ class Gateway:
         self.writer: EventWriter
         cluster_cfg = cluster_config.from_settings(settings)  # ClusterConfigError: a one-line startup error
         if cluster_cfg is None:  # the embedded default: one process, one DuckDB file, the pool in memory
-            self.store = Store(settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads)
+            self.store = Store(
+                settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_block_size
+            )
             self.writer = EventWriter(self.store)
         else:
             from proxy_service.cluster.node import Cluster
@@ -99,6 +102,7 @@ class Gateway:
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
         self.started_at = time.time()
         self.ready = False
+        self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, for callers on other threads
         self._tasks: list[asyncio.Task[None]] = []
         self._collector = metrics.StateCollector(self.metrics_state)
@@ -390,6 +394,9 @@ class Gateway:
             lambda: self._config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot", at_start=True
         )
 
+    async def read_duckdb_memory(self) -> None:
+        self.duckdb_memory = await asyncio.to_thread(self.store.memory)
+
     def metrics_state(self) -> dict[str, Any]:
         s = self.writer.stats
         extra = {"cluster": self.cluster.state()} if self.cluster is not None else {}
@@ -406,6 +413,7 @@ class Gateway:
             "in_flight": sum(k.in_flight for k in list(self.pool.keys.values())),
             "ready": self.is_ready(),
             "started_at": self.started_at,
+            "duckdb_memory": self.duckdb_memory,
         }
 
     def is_ready(self) -> bool:
@@ -430,6 +438,7 @@ class Gateway:
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
         self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
+        self.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)

@@ -117,6 +117,15 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(
                 "keyrack_upstream_in_flight", "Upstream calls in progress", value=state["in_flight"]
             )
+        if state.get("duckdb_memory"):
+            duckdb_memory = GaugeMetricFamily(
+                "keyrack_duckdb_memory_bytes",
+                "Memory DuckDB accounts for, by tag (duckdb_memory(); read every few seconds)",
+                labels=["tag"],
+            )
+            for tag, n in sorted(state["duckdb_memory"].items()):
+                duckdb_memory.add_metric([tag], n)
+            yield duckdb_memory
         if "ready" in state:
             yield GaugeMetricFamily("keyrack_ready", "1 when the proxy is ready to serve", value=int(state["ready"]))
         if "cluster" in state:  # cluster mode: which replica answers, how many are alive, Redis degraded

@@ -30,6 +30,10 @@ SecretKind = Literal["value", "url"]
 GOOGLE_URL = "https://generativelanguage.googleapis.com"
 # Model ids as Google spells them (gemini-2.5-flash, after any "models/" prefix); nothing that could climb a path.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# The block sizes DuckDB can make a database file with, and Keyrack's (why: store.Store). An existing file keeps the
+# size it was made with.
+BLOCK_SIZES = (16_384, 32_768, 65_536, 131_072, 262_144)
+DUCKDB_BLOCK_SIZE = 65_536
 CLIENT_ID = re.compile(r"t_[0-9a-f]{10}|anonymous")  # what surfaces.common.client_id makes of a token
 
 
@@ -355,6 +359,7 @@ class Settings(BaseSettings, Config):
     # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
+    duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
     # Cluster mode (proxy_service/cluster/): all three set = replicas share Redis pool state and a DuckLake on
     # PostgreSQL; none set = the embedded default. The URLs may carry passwords (masked everywhere).
     redis_url: str = Field("", json_schema_extra={"secret": "url"})
@@ -377,6 +382,13 @@ class Settings(BaseSettings, Config):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "keyrack.duckdb"
+
+    @field_validator("duckdb_block_size")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in BLOCK_SIZES:
+            raise ValueError(f"must be one of {', '.join(map(str, BLOCK_SIZES))} (bytes)")
+        return v
 
     @field_validator("duckdb_memory_limit")
     @classmethod

@@ -294,13 +294,21 @@ def test_serve_logs_startup_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> 
 
 
 def test_serve_refuses_invalid_settings_naming_each_variable(tmp_path: Path) -> None:
-    line = serve_fails(tmp_path, upstream_url="ftp://example.com", port="99999", strategy="fastest", max_body_mb="-1")
+    line = serve_fails(
+        tmp_path,
+        upstream_url="ftp://example.com",
+        port="99999",
+        strategy="fastest",
+        max_body_mb="-1",
+        duckdb_block_size="1000",
+    )
     assert line.startswith("Error: invalid configuration: ")
     for expected in (
         "KEYRACK_UPSTREAM_URL: must be an http(s) URL such as https://generativelanguage.googleapis.com",
         "KEYRACK_PORT / --port: Input should be less than or equal to 65535",
         "KEYRACK_STRATEGY: Input should be 'quota_aware', 'round_robin' or 'least_used'",
         "KEYRACK_MAX_BODY_MB: Input should be greater than 0",
+        "KEYRACK_DUCKDB_BLOCK_SIZE: must be one of 16384, 32768, 65536, 131072, 262144 (bytes)",
     ):
         assert expected in line
 

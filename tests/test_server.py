@@ -3,9 +3,12 @@ array building would import it (~33 MB of RSS) when it is installed for the dash
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
@@ -91,3 +94,48 @@ def test_serve_and_its_steady_state_load_no_pyarrow_numpy_or_pandas(tmp_path: Pa
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "loaded: []"
+
+
+# `keyrack serve` as far as uvicorn's run (which is replaced by a read of DuckDB's allocator options): the decay that
+# kept freed pages in RSS is off, unless the operator chose their own.
+DECAY_PROBE = """
+import ctypes, sys
+import uvicorn
+def read_decay(self, sockets=None):
+    import _duckdb
+    lib = ctypes.CDLL(_duckdb.__file__)
+    out = []
+    for name in (b"opt.dirty_decay_ms", b"opt.muzzy_decay_ms"):
+        value, size = ctypes.c_ssize_t(-2), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+        assert lib.duckdb_je_mallctl(name, ctypes.byref(value), ctypes.byref(size), None, 0) == 0, name
+        out.append(value.value)
+    print("decay:", *out)
+    self.started = True
+uvicorn.Server.run = read_decay
+from proxy_service.cli import main
+sys.argv = ["keyrack", "serve", "--port", "0"]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("operator", "expected"), [(None, "decay: 0 0"), ("dirty_decay_ms:1000,muzzy_decay_ms:2000", "decay: 1000 2000")]
+)
+def test_serve_returns_duckdbs_freed_memory_at_once(tmp_path: Path, operator: str | None, expected: str) -> None:
+    import _duckdb
+
+    if not hasattr(ctypes.CDLL(_duckdb.__file__), "duckdb_je_mallctl"):
+        pytest.skip("this DuckDB build has no jemalloc (Linux x86_64 wheels have)")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
+        "KEYRACK_API_KEYS": "p1:AIza" + "C" * 35,
+        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
+        **({"DUCKDB_JE_MALLOC_CONF": operator} if operator else {}),
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", DECAY_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == expected
