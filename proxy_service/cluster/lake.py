@@ -5,7 +5,9 @@ and the admin API run their SQL unchanged: every cursor starts with `USE lake` a
 `lake.main,pg.keyrack`, so `requests` / `attempts` / `error_logs` / the rollup tables resolve to the lake (Parquet
 files under `KEYRACK_LAKE_DATA`, shared by every replica) and `keys` / `settings` to PostgreSQL tables in the schema
 `keyrack` beside the catalog's own schema `ducklake` (DuckLake has no primary keys; keys and settings need
-upserts). The connection itself is an in-memory DuckDB: nothing replica-local is persistent except the spill files.
+upserts). The connection itself is an in-memory DuckDB: nothing replica-local is persistent except the spill files
+(and the mirror, cluster/mirror.py, recreated at each start). Readers: `read_cursor()` puts the mirror's rollup first
+in that path; `stats_reader()` gives the stats queries a cursor on the mirror alone (see there).
 
 Extensions come from the PyPI wheels (`duckdb-extension-ducklake`, `-postgres`, `-httpfs` for S3) through
 `import_extension`; `autoinstall_known_extensions` is off, so nothing is ever downloaded at run time.
