@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from proxy_service.store import Store
+from proxy_service.store import Store, derived_of
 
 log = logging.getLogger("keyrack.events")
 T = TypeVar("T")
@@ -166,7 +166,12 @@ def insert_columns(cur: duckdb.DuckDBPyConnection, table: str, columns: Columns,
             picks.append(f"unnest(CAST(${i} AS JSON)::{types[name]}[])")
         docs.append(json.dumps(values, ensure_ascii=False))
     verb = "INSERT OR REPLACE" if replace else "INSERT"
-    cur.execute(f"{verb} INTO {table} ({', '.join(names)}) SELECT {', '.join(picks)}", docs)
+    derived = derived_of(table, names)  # columns the store derives (e.g. the latency buckets)
+    selects = ", ".join(f"{pick} AS {name}" for pick, name in zip(picks, names, strict=True))
+    into = ", ".join([*names, *derived])
+    cur.execute(
+        f"{verb} INTO {table} ({into}) SELECT {', '.join(['*', *derived.values()])} FROM (SELECT {selects})", docs
+    )
 
 
 class EventWriter:

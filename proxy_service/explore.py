@@ -378,7 +378,7 @@ def _histogram(
     """The histogram rows per group: (gk, lb, n) when `by_key`, else (b, g, gk, lb, n) (the groups' values too)."""
     offs, parts = plan(spec, tz, zone, histogram=True)
     selects, params = [], []
-    col = "latency_ms" if metric == "l" else "ttfb_ms"
+    col = "latency_ms" if metric == "l" else "ttfb_ms"  # and its stored bucket, latency_lb / ttfb_lb
     n, text = len(spec.dimensions), _text(spec)
     for part in parts:
         keys = _keyed(spec, part, text, offs, tops)
@@ -389,7 +389,8 @@ def _histogram(
             params += [p for k in keys for p in k.params] + [metric, *where.params]
         else:
             selects.append(
-                f"SELECT {cols}, {lb_sql(col)} AS lb, 1 AS n FROM requests WHERE {col} IS NOT NULL AND {where.sql}"
+                f"SELECT {cols}, coalesce({col.removesuffix('_ms')}_lb, {lb_sql(col)}) AS lb, 1 AS n FROM requests "
+                f"WHERE {col} IS NOT NULL AND {where.sql}"
             )
             params += [p for k in keys for p in k.params] + where.params
     union = f"WITH h AS ({' UNION ALL '.join(selects)})"

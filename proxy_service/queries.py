@@ -24,7 +24,7 @@ import duckdb
 
 from proxy_service import histogram
 from proxy_service.rollup import TIERS, floor_time
-from proxy_service.store import PUBLIC_TABLES, StatsSource, public_select
+from proxy_service.store import PUBLIC_TABLES, StatsSource, hidden_columns, public_select
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,7 +38,8 @@ SAFE_SCHEMA = "safe"
 SAFE_TABLES: dict[str, str] = {
     **{table: public_select(table) for table in PUBLIC_TABLES},
     # `client`: the operator's label for the client (config `client_labels`), else its id.
-    "requests": "SELECT r.*, coalesce(l.label, r.client_id) AS client FROM main.requests r "
+    "requests": f"SELECT r.* EXCLUDE ({', '.join(hidden_columns('requests'))}), coalesce(l.label, r.client_id) AS client "
+    "FROM main.requests r "
     "LEFT JOIN main.client_labels l ON l.client_id = r.client_id",
 }
 

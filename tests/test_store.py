@@ -1,13 +1,20 @@
-"""The DuckDB file's storage choices that the proxy's memory depends on (bench/memory.py has the figures)."""
+"""The DuckDB file's storage choices that the proxy's memory depends on (bench/memory.py has the figures), and its
+derived columns: the latency buckets are set as rows are appended and on the migration that adds them, and neither
+user SQL nor exports see them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pytest
 
+from proxy_service import queries, snapshot
+from proxy_service.events import EventWriter, RequestEvent
+from proxy_service.histogram import lb_sql
 from proxy_service.settings import DUCKDB_BLOCK_SIZE
-from proxy_service.store import Store
+from proxy_service.store import DERIVED, SCHEMA, Store
 
 
 def block_size(store: Store) -> int:
@@ -50,3 +57,82 @@ def test_memory_is_duckdbs_own_account_by_tag(tmp_path: Path) -> None:
     assert all(isinstance(n, int) and n > 0 for n in after.values())
     cur.close()
     store.close()
+
+
+NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+EXPECTED = (  # rows whose buckets are wrong: NULL where the latency is, its bucket where it is not
+    "SELECT count(*) FROM requests WHERE latency_lb IS DISTINCT FROM (CASE WHEN latency_ms IS NOT NULL THEN "
+    f"{lb_sql('latency_ms')} END) OR ttfb_lb IS DISTINCT FROM (CASE WHEN ttfb_ms IS NOT NULL THEN {lb_sql('ttfb_ms')} END)"
+)
+
+
+def _event(i: int, ttfb: float | None) -> RequestEvent:
+    return RequestEvent(
+        ts=NOW - timedelta(seconds=i),
+        request_id=f"r{i}",
+        client_id="c",
+        surface="gemini",
+        operation="generateContent",
+        model="gemini-2.5-flash",
+        stream=False,
+        status=200,
+        latency_ms=[0.0, 0.4, 12.5, 1e9][i % 4],
+        ttfb_ms=ttfb,
+    )
+
+
+def test_appended_rows_carry_their_latency_buckets(tmp_path: Path) -> None:
+    store = Store(tmp_path / "k.duckdb")
+    writer = EventWriter(store, flush_interval=0.05)
+    writer.start()
+    for i in range(40):
+        writer.record(_event(i, None if i % 3 == 0 else 7.0 * i))
+    writer.stop(timeout=30)
+    cur = store.cursor()
+    assert cur.execute("SELECT count(*), count(latency_lb), count(ttfb_lb) FROM requests").fetchone() == (40, 40, 26)
+    assert cur.execute(EXPECTED).fetchone() == (0,)
+    store.close()
+
+
+def test_a_file_from_before_the_buckets_gets_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    old = SCHEMA["requests"].replace(", latency_lb SMALLINT, ttfb_lb SMALLINT", "")
+    assert "latency_lb" not in old
+    con.execute(f"CREATE TABLE requests ({old})")
+    con.execute(
+        "INSERT INTO requests (ts, request_id, latency_ms, ttfb_ms) SELECT TIMESTAMP '2026-01-01' + INTERVAL (i) "
+        "SECOND, 'r' || i, CASE WHEN i % 5 = 0 THEN NULL ELSE i * 1.7 END, i * 0.3 FROM range(1000) t(i)"
+    )
+    con.close()
+    store = Store(path)
+    cur = store.cursor()
+    assert cur.execute("SELECT count(latency_lb), count(ttfb_lb) FROM requests").fetchone() == (800, 1000)
+    assert cur.execute(EXPECTED).fetchone() == (0,)
+    store.close()
+    Store(path).close()  # opening again changes nothing
+
+
+def test_user_sql_and_exports_do_not_see_derived_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path / "k.duckdb")
+    writer = EventWriter(store, flush_interval=0.05)
+    writer.start()
+    writer.record(_event(1, 3.0))
+    writer.flush()
+    cur = store.cursor()
+    queries.install_safe_views(cur)
+    visible = {r[0] for r in cur.execute("DESCRIBE safe.requests").fetchall()}
+    assert "latency_ms" in visible and "client" in visible
+    assert not visible & set(DERIVED["requests"])
+    export = writer.submit(lambda c: snapshot.export(c, tmp_path / "exports")).result()
+    exported = {
+        r[0] for r in cur.execute("DESCRIBE SELECT * FROM read_parquet(?)", [export.files["requests"]]).fetchall()
+    }
+    assert "latency_ms" in exported and not exported & set(DERIVED["requests"])
+    writer.stop()
+    store.close()
+
+
+@pytest.mark.parametrize("table", list(DERIVED))
+def test_derived_columns_are_in_the_schema_of_new_files(table: str) -> None:
+    assert all(f"{col} SMALLINT" in SCHEMA[table] for col in DERIVED[table])

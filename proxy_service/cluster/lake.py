@@ -33,7 +33,7 @@ import duckdb
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url
 from proxy_service.rollup import TIERS, Rollup
-from proxy_service.store import PUBLIC_TABLES, SCHEMA, StatsSource, Store, public_select
+from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -57,7 +57,8 @@ FILE_STATS_INDEX = (  # lock_timeout: CREATE INDEX waits for a SHARE lock; never
     f"ON {META_SCHEMA}.ducklake_file_column_stats (table_id, column_id)"
 )
 SAFE_VIEWS = {
-    "requests": f"SELECT r.*, coalesce(l.label, r.client_id) AS client FROM {CATALOG}.main.requests r "
+    "requests": f"SELECT r.* EXCLUDE ({', '.join(hidden_columns('requests'))}), coalesce(l.label, r.client_id) AS client "
+    f"FROM {CATALOG}.main.requests r "
     f"LEFT JOIN {LABELS} l ON l.client_id = r.client_id",
     "attempts": f"SELECT * FROM {CATALOG}.main.attempts",
     "error_logs": f"SELECT * FROM {CATALOG}.main.error_logs",
@@ -112,6 +113,14 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _has_column(cur: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    found = cur.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? AND column_name = ?",
+        [CATALOG, table, column],
+    ).fetchone()
+    return bool(found and found[0])
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Create what is missing (each DDL statement is a catalog commit: existing tables are not touched)."""
     cur = con.cursor()
@@ -126,6 +135,14 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if (CATALOG, table) not in have:
                 extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
+        for table, derived in DERIVED.items():  # lakes from before a derived column existed
+            for col in derived:
+                if not _has_column(cur, table, col):
+                    try:
+                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} SMALLINT")
+                    except duckdb.Error:
+                        if not _has_column(cur, table, col):  # else another replica added it first
+                            raise
         for table in STATE_TABLES:
             if (STATE_DB, table) not in have:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from proxy_service.events import _COLUMNS, _TABLE_OF, EventWriter
+from proxy_service.store import derived_of
 
 log = logging.getLogger("keyrack.cluster.writer")
 T = TypeVar("T")
@@ -185,7 +186,9 @@ class LakeWriter(EventWriter):
             for table, batch in tables.items():
                 cur.register("_lake_batch", batch)
                 try:
-                    cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _lake_batch")
+                    derived = derived_of(table, batch.column_names)  # e.g. the latency buckets
+                    cols = ", ".join(["*", *(f"{expr} AS {col}" for col, expr in derived.items())])
+                    cur.execute(f"INSERT INTO {table} BY NAME SELECT {cols} FROM _lake_batch")
                 finally:
                     cur.unregister("_lake_batch")
             for hook in self.before_commit:

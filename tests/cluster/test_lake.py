@@ -64,6 +64,10 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         writer.record(event(i))
     writer.flush()
     assert con.execute("SELECT count(*) FROM requests").fetchone() == (800,)
+    # The store derives the latency buckets in the lake too (Explore's raw percentiles group by them).
+    assert con.execute(
+        "SELECT count(latency_lb), count(*) FILTER (WHERE latency_lb = ceil(ln(latency_ms) / ln(1.04))) FROM requests"
+    ).fetchone() == (800, 800)
     assert con.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone() == (800,)
     with pytest.raises(duckdb.Error, match=r"read-only|READ_ONLY"):
         con.execute("DELETE FROM requests")
@@ -74,7 +78,15 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         "''ducklake_file_column_stats_table_column''')"
     )
     assert index.fetchone() == (1,), "the catalog's file statistics are indexed for the per-scan lookups"
+    # A lake from before a derived column: the next replica to start adds it (old rows keep NULL: readers compute).
+    store.cursor().execute("ALTER TABLE lake.main.requests DROP COLUMN ttfb_lb")
     store.close()
+    again = LakeStore(cfg, contextlib.nullcontext)
+    columns = again.cursor().execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND table_name = 'requests'"
+    )
+    assert {"latency_lb", "ttfb_lb"} <= {r[0] for r in columns.fetchall()}
+    again.close()
     assert "password" not in pg_conninfo(lake_catalog)
 
 
