@@ -153,7 +153,7 @@ class Store:
         for table, derived in DERIVED.items():  # files from before a derived column existed: added and filled once
             have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
             for col, (source, expr) in derived.items():
-                if col not in have:  # ~0.4 s per million rows, once (the upgrade that adds the column)
+                if col not in have and source in have:  # ~0.4 s per million rows, once (the upgrade adding it)
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} SMALLINT")
                     cur.execute(f"UPDATE {table} SET {col} = {expr} WHERE {source} IS NOT NULL")
         cur.close()
