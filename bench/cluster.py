@@ -12,7 +12,7 @@ Sections (each against its own fake upstream; PostgreSQL and Redis are the local
    committed, zero lost;
 5. analytics on a lake: `--rows` synthetic rows (the analytics bench's generator) in the lake and in an embedded
    file; summary, series and top p50 on both, timed alternately (target ≤ 2× embedded). Default 1M rows; the
-   issue's 10M (`--rows 10000000`) took 449 s (lake) and 593 s (embedded file) to build at load 11 on 2 cores;
+   issue's 10M (`--rows 10000000`) took 281 s (lake) and 293 s (embedded file) to build at load ~8 on 2 cores;
    `--keep DIR` builds both once in DIR (catalog database `keyrack_bench_keep_<rows>`, left in place) and later
    runs with the same --rows reuse them (and the first run's `now`). Both sides read through
    `store.stats_reader()`, as `Gateway.read_stats` (a fresh cursor per query): the lake's takes the rollup and the
