@@ -10,9 +10,10 @@ TTFB per single dimension. Per **UTC hour** (`grain` 'h') the counters per singl
 total (for hour / hour-of-day views). A set is named by its dimensions `a` ≤ `b` (in DIMS order; '' when absent)
 and their values `av`, `bv`. `explore.py` picks the set a query needs, and reads raw rows for what no set holds.
 
-`key` has counters per local day alone (1,000 rows a day); not here: `key` with anything else or its histograms
-(1,000 keys × anything is as large as the raw table), histograms of pairs (project × client × 150
-latency buckets a day is again the raw table), and three dimensions at once (a query filtering on a third one).
+`key` has counters per local day, alone and with each of KEY_PAIRS (1,000 keys × ~20 values: ~20,000 rows a day);
+not here: `key` × `client` (keys rotate over every client: as large as the raw table), `key`'s histograms, histograms
+of pairs (project × client × 150 latency buckets a day is again the raw table), and three dimensions at once (a
+query filtering on a third one).
 
 Local days: a day's `bucket` is the UTC instant its local midnight falls on, for the zone in `rollup_meta` (the
 display zone; a change rebuilds). Upstream 429s live in `attempts`: a request's attempts are recorded before the
@@ -87,6 +88,9 @@ RAW_SUMS = {
 # A request's attempts end within this long after it started (the call deadline is far shorter).
 ATTEMPT_SLACK = "INTERVAL 1 HOUR"
 GRAINS = ("h", "d")
+# The dimensions kept per local day with `key` (1,000 keys × these: ~20,000 rows a day). Not `client`: keys rotate
+# over every client, so key × client is as large as the raw rows.
+KEY_PAIRS = ("model", "project", "surface", "operation", "stream", "outcome", "status")
 
 
 def _sets(most: int) -> list[tuple[str, ...]]:
@@ -100,8 +104,12 @@ HISTOGRAM_SETS = {"h": _sets(0), "d": _sets(1)}
 
 def holds(grain: str, dims: set[str], histogram: bool) -> bool:
     """Whether the `grain` rows keep the set `dims` (for counters, or for histograms too)."""
-    if "key" in dims:  # counters per key and local day only (1,000 rows a day)
-        return dims == {"key"} and grain == "d" and not histogram
+    if "key" in dims:  # counters per local day only, of the key alone or with one of KEY_PAIRS
+        return (
+            grain == "d"
+            and not histogram
+            and (dims == {"key"} or (len(dims) == 2 and dims - {"key"} <= set(KEY_PAIRS)))
+        )
     return tuple(d for d in DIMS if d in dims) in (HISTOGRAM_SETS if histogram else COUNTER_SETS)[grain]
 
 
@@ -212,12 +220,18 @@ def insert(
         FROM l, {_sets_values(COUNTER_SETS, grains)} GROUP BY ALL""",
         params,
     )
-    if "d" in grains:  # per key: from the rows directly (as leaves, keys would make every row its own)
+    if "d" in grains:  # per key, alone and with each of KEY_PAIRS: leaves per (day, key, those dimensions)
+        kdims = ", ".join(f"{RAW_DIMS[d]} AS {d}" for d in KEY_PAIRS)
+        sets = ", ".join(["('key', '')", *(f"('{d}', 'key')" for d in KEY_PAIRS)])
+        whens = " ".join(f"WHEN '{d}' THEN k.{d}" for d in KEY_PAIRS)
         cur.execute(
             f"""INSERT INTO {COUNTERS}
-            WITH u AS ({upstream_429s_sql("?", "?")})
-            SELECT {bucket_d} AS bd, 'd', 'key', coalesce(r.key_id, ''), '', '', {", ".join(f"sum({RAW_SUMS[s]})" for s in SUMS)}
-            FROM {source} r LEFT JOIN u USING (request_id) GROUP BY ALL""",
+            WITH u AS ({upstream_429s_sql("?", "?")}),
+                 k AS (SELECT {bucket_d} AS bd, coalesce(r.key_id, '') AS key_id, {kdims}, {sums}
+                       FROM {source} r LEFT JOIN u USING (request_id) GROUP BY ALL)
+            SELECT k.bd, 'd', s.a, CASE s.a WHEN 'key' THEN k.key_id {whens} END, s.b,
+                   CASE s.b WHEN 'key' THEN k.key_id ELSE '' END, {", ".join(f"sum(k.{s})" for s in SUMS)}
+            FROM k, (VALUES {sets}) s(a, b) GROUP BY ALL""",
             params,
         )
     cur.execute(

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyrack.rollup")
 _EPOCH = datetime(1970, 1, 1)
 
-VERSION = "5"  # 4: explore pre-aggregates per local day (cube.py) replace the all-dimensions cube; 5: + per key
+# 4: explore pre-aggregates per local day (cube.py) replace the all-dimensions cube; 5: + per key; 6: + key pairs
+VERSION = "6"
 TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),

@@ -132,7 +132,8 @@ def normal(dim: str, v: Any) -> Any:
         (["project", "status"], UTC, START + timedelta(hours=5), END),
         (["hour_of_day", "day_of_week"], NY, START, END),
         (["day", "surface"], NY, START + timedelta(minutes=30), END),
-        (["key", "stream"], UTC, START, END),  # key with another dimension: raw rows
+        (["key", "stream"], UTC, START, END),  # key with another dimension: counters per day (percentiles raw)
+        (["client", "key"], NY, START + timedelta(minutes=30), END),  # key × client: raw rows
         (["key"], NY, START + timedelta(minutes=30), END),  # key alone: counters per local day
         (["hour_of_day", "outcome"], KOLKATA, START, END),  # a half-hour zone: raw rows
     ],
@@ -167,7 +168,7 @@ def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_perc
         assert row[:6] == [calls, ok, prompt, output, total, u429], key
         assert row[6] == pytest.approx(attempts / calls)
         assert row[7] == pytest.approx(p95, rel=0.021), key
-    assert (ans.source == "raw") == (zone is None or ("key" in dims and len(dims) > 1) or tz is KOLKATA)
+    assert (ans.source == "raw") == (zone is None or {"key", "client"} <= set(dims) or tz is KOLKATA)
 
 
 def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
