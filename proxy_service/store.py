@@ -65,6 +65,7 @@ DERIVED: dict[str, dict[str, tuple[str, str]]] = {  # table → column → (its 
 # their secret. One rule for the safe views and the export.
 SECRET_COLUMNS: dict[str, tuple[str, ...]] = {"keys": ("secret",)}
 PUBLIC_TABLES = ("requests", "attempts", "error_logs", "keys")
+WAL_AUTOCHECKPOINT = "4MiB"
 
 
 def derived_of(table: str, names: list[str]) -> dict[str, str]:
@@ -129,6 +130,10 @@ class Store:
         if str(path) != ":memory:":
             private_dir(self.path.parent)
         config: dict[str, str | bool | int | float | list[str]] = {}
+        # Checkpoint at every 4 MB of WAL (DuckDB: 16 MB). Rows appended since the last checkpoint live in memory
+        # uncompressed; at ~600 req/s they made a 12-28 MB sawtooth in RSS with 16 MB, 12-15 MB with 4 MB, and each
+        # checkpoint stalls the writer for less (0.4-1.8 s vs 2-6 s on a 3M-row file, about the same work per MB).
+        config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
         if block_size:
             # For a new file only. Appends between checkpoints live in memory, one block per column segment, and
             # after a checkpoint the next append to a table turns each column's last, partly filled segment back

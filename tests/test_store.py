@@ -136,3 +136,16 @@ def test_user_sql_and_exports_do_not_see_derived_columns(tmp_path: Path) -> None
 @pytest.mark.parametrize("table", list(DERIVED))
 def test_derived_columns_are_in_the_schema_of_new_files(table: str) -> None:
     assert all(f"{col} SMALLINT" in SCHEMA[table] for col in DERIVED[table])
+
+
+def test_the_connection_checkpoints_at_every_4_mb_of_wal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "k.duckdb", "256MB", 2)
+    cur = store.cursor()
+    settings = dict(
+        cur.execute(
+            "SELECT name, value FROM duckdb_settings() WHERE name IN ('wal_autocheckpoint', 'memory_limit', 'threads')"
+        ).fetchall()
+    )
+    assert settings == {"wal_autocheckpoint": "4.0 MiB", "memory_limit": "244.1 MiB", "threads": "2"}
+    cur.close()
+    store.close()
