@@ -43,7 +43,7 @@ def without_pandas() -> None:
 # then only as MADV_FREE pages, which stay in RSS until the kernel is short of memory. Every fold and checkpoint
 # allocates and frees tens of MB, so under steady traffic those pages never left: ~20-40 MB of RSS that DuckDB
 # itself no longer used. With no decay they go back at once, at a cost: with 64 KB blocks, c=32 throughput was
-# ~0.91x DuckDB's defaults over 9 interleaved pairs (0.68-1.24 each, a loaded machine). jemalloc reads this once,
+# ~0.91x DuckDB's defaults over 12 interleaved pairs (0.68-1.24 each, a loaded machine). jemalloc reads this once,
 # when DuckDB's library loads, so it is set before the first `import duckdb`; an operator's own value wins.
 ALLOCATOR_ENV = "DUCKDB_JE_MALLOC_CONF"
 ALLOCATOR_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
