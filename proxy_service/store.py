@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,11 @@ def private_dir(path: Path) -> None:
     holds the upstream keys."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # not ours (a mounted volume): the files inside are still 0600
-        if path.stat().st_uid == os.getuid():
+        st = path.stat()
+        # Never a shared directory (sticky or world-writable, e.g. a database file put straight into /tmp by a
+        # root process): closing it would break every other user of it. The files inside are still 0600.
+        shared = st.st_mode & (stat.S_ISVTX | stat.S_IWOTH)
+        if st.st_uid == os.getuid() and not shared:
             path.chmod(0o700)
 
 

@@ -149,3 +149,17 @@ def test_the_connection_checkpoints_at_every_4_mb_of_wal(tmp_path: Path) -> None
     assert settings == {"wal_autocheckpoint": "4.0 MiB", "memory_limit": "244.1 MiB", "threads": "2"}
     cur.close()
     store.close()
+
+
+def test_the_data_dir_is_closed_but_a_shared_directory_is_left_as_it_is(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    Store(data / "k.duckdb").close()
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert (data / "k.duckdb").stat().st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared"  # like /tmp: a database file put straight into it must not close it to others
+    shared.mkdir()
+    shared.chmod(0o1777)
+    Store(shared / "k.duckdb").close()
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert (shared / "k.duckdb").stat().st_mode & 0o777 == 0o600
