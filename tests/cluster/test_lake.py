@@ -274,6 +274,21 @@ def test_compaction_folds_rollup_deltas_flushes_inlined_rows_and_merges_files_wi
     store.close()
 
 
+def _rollup_writers(stores: list[LakeStore], tmp_path: Path) -> tuple[list[Rollup], list[LakeWriter]]:
+    """A started writer per store, named a, b, ..., each folding its batches into the rollup at commit."""
+    rollups, writers = [], []
+    for store, name in zip(stores, "abcdefgh", strict=False):
+        w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
+        w.before_commit.append(
+            lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
+        )
+        rollups.append(Rollup())
+        w.submit(rollups[-1].install).result()
+        w.start()
+        writers.append(w)
+    return rollups, writers
+
+
 def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_answers_like_the_lake(
     tmp_path: Path, lake_catalog: str
 ) -> None:
@@ -293,16 +308,7 @@ def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_an
     assert not reader.mirror.catch_up(), "no rollup tables yet: not usable"
     rows = reader.read_cursor().execute("SELECT count(*) FROM requests").fetchone()
     assert rows == (0,), "an unusable mirror leaves reads on the lake"
-    rollups, writers = [], []
-    for store, name in zip(stores[:2], "ab", strict=False):
-        w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
-        w.before_commit.append(
-            lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
-        )
-        rollups.append(Rollup())
-        w.submit(rollups[-1].install).result()
-        w.start()
-        writers.append(w)
+    rollups, writers = _rollup_writers(stores[:2], tmp_path)
     assert reader.mirror.catch_up()
     loaded = reader.mirror.reloads
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -393,16 +399,7 @@ def test_the_mirror_holds_the_raw_edges_of_stats_reads_and_follows_late_rows_com
     data = str(tmp_path / "lake")
     stores = [LakeStore(ClusterConfig("redis://unused", lake_catalog, data, r), contextlib.nullcontext) for r in "abc"]
     reader = stores[2]
-    rollups, writers = [], []
-    for store, name in zip(stores[:2], "ab", strict=False):
-        w = LakeWriter(store, name, tmp_path / f"spill-{name}", 0.05)
-        w.before_commit.append(
-            lambda cur, t: fold_batch(cur, t["requests"].drop_columns(["replica"])) if "requests" in t else None
-        )
-        rollups.append(Rollup())
-        w.submit(rollups[-1].install).result()
-        w.start()
-        writers.append(w)
+    rollups, writers = _rollup_writers(stores[:2], tmp_path)
 
     def write(w: LakeWriter, times: list[datetime]) -> None:
         for i, ts in enumerate(times):
