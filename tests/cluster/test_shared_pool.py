@@ -275,3 +275,30 @@ def test_a_minute_window_emptied_with_redis_is_put_back_before_anything_is_count
             client.close()
 
     with_server_pools(tmp_path, test, limits={MODEL: ModelLimits(rpm=6)})
+
+
+def test_token_counts_reach_redis_in_batches_and_none_is_lost(tmp_path: Path) -> None:
+    """Token counts are not sent one round trip per call: they wait for the batch, then all of them arrive (and
+    the other replica's tpm view includes them)."""
+
+    async def test(server: RedisServer, a: ClusterPool, b: ClusterPool) -> None:
+        a.tokens_flush_s = 1.0  # long enough that a per-call write would have landed meanwhile
+        kid = next(k for k, key in a.keys.items() if key.project == "p0")
+        for _ in range(5):
+            assert await a.admit(a.keys[kid], MODEL)
+            a.started(a.keys[kid], MODEL)
+            a.succeeded(a.keys[kid], MODEL, tokens=100)
+        client = redis.Redis.from_url(server.url)
+        tokens = "t:t:p0|gemini-2.5-flash"
+        try:
+            await asyncio.sleep(0.3)
+            assert client.zcard(tokens) == 0  # still in the batch
+            await a.drain()
+            assert client.zcard(tokens) == 5
+            assert sum(int(m.rsplit(b":", 1)[1]) for m in client.zrange(tokens, 0, -1)) == 500
+            assert await b.admit(b.keys[kid], MODEL)
+            assert b.tracker.usage("p0", MODEL, b.clock())["tpm_used"] == 500
+        finally:
+            client.close()
+
+    with_server_pools(tmp_path, test, limits={MODEL: ModelLimits(rpm=100, tpm=10_000)})
