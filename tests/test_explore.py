@@ -93,14 +93,29 @@ LOCAL = {
     "hour_of_day": "hour(timezone('{tz}', ts::TIMESTAMPTZ))",
     "day_of_week": "isodow(timezone('{tz}', ts::TIMESTAMPTZ))",
     "day": "strftime(date_trunc('day', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
+    "hour": "strftime(date_trunc('hour', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
 }
 RAW = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
 
 
-def raw_sql(db: DB, dims: list[str], tz: ZoneInfo, lo: datetime, hi: datetime, where: str = "") -> dict:
-    """The reference answer: plain SQL over requests (and attempts), ICU time zones."""
+def raw_sql(
+    db: DB,
+    dims: list[str],
+    tz: ZoneInfo,
+    lo: datetime,
+    hi: datetime,
+    where: str = "",
+    tops: dict[str, list[str]] | None = None,
+) -> dict:
+    """The reference answer: plain SQL over requests (and attempts), ICU time zones. `tops`: per dimension, the
+    values kept; the others read as "(other)"."""
     db.cur.execute("SET TimeZone = 'UTC'")
     keys = [RAW[d].format(tz=tz.key) for d in dims]
+    folds = [v for d in dims for v in ([tops[d]] if tops and d in tops else [])]
+    keys = [
+        f"CASE WHEN list_contains(?, {k}) THEN {k} ELSE '{explore.OTHER}' END" if tops and d in tops else k
+        for d, k in zip(dims, keys, strict=True)
+    ]
     sel = ", ".join([*keys, ""]) if keys else ""
     group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
     rows = db.cur.execute(
@@ -109,14 +124,14 @@ def raw_sql(db: DB, dims: list[str], tz: ZoneInfo, lo: datetime, hi: datetime, w
                    sum((SELECT count(*) FROM attempts a WHERE a.request_id = r.request_id AND a.upstream_status = 429)),
                    sum(attempts), quantile_disc(latency_ms, 0.95)
             FROM requests r WHERE ts >= ? AND ts < ? {where} {group}""",
-        [lo, hi],
+        [*folds, lo, hi],
     ).fetchall()
     n = len(keys)
     return {tuple(r[:n]): r[n:] for r in rows}
 
 
 def normal(dim: str, v: Any) -> Any:
-    if dim == "day":
+    if dim in ("day", "hour"):
         return v[:19]
     if v is None:
         return ""
@@ -270,6 +285,74 @@ def test_top_n_folds_the_rest_into_other_exactly(loaded: DB) -> None:
     full = raw_sql(loaded, ["key"], UTC, START, END)
     top = sorted(full.items(), key=lambda kv: (-kv[1][0], kv[0]))[:3]
     assert [(r[0], r[1]) for r in ans.rows[:3]] == sorted((k[0], v[0]) for k, v in top)
+
+
+MEASURES = [
+    "calls",
+    "successes",
+    "prompt_tokens",
+    "output_tokens",
+    "total_tokens",
+    "upstream_429s",
+    "attempts_per_call",
+    "p95_latency_ms",
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "tz", "lo", "top_n", "filters", "where"),
+    [
+        (["hour", "key"], NY, START + timedelta(minutes=30), 3, {}, ""),
+        (["key", "status"], NY, START, 3, {}, ""),
+        (["day", "key"], NY, START + timedelta(hours=5), 4, {"model": MODELS[:2]}, f"AND model IN {tuple(MODELS[:2])}"),
+        (["key", "client"], UTC, START, 2, {}, ""),  # both folded: client's top 2 too
+        (["key", "outcome"], UTC, START, 3, {"stream": [True]}, "AND stream"),
+        (["key"], NY, START + timedelta(minutes=30), 3, {}, ""),
+        # OTHER is one key: in the hours it has no call there is no OTHER row (top − top = 0 calls)
+        (
+            ["hour", "key"],
+            UTC,
+            START,
+            3,
+            {"key": ["k_1", "k_2", "k_3", "k_4"]},
+            "AND key_id IN ('k_1','k_2','k_3','k_4')",
+        ),
+    ],
+)
+@pytest.mark.parametrize("zone", ["America/New_York", None])
+def test_top_n_of_keys_from_the_top_values_and_the_rest_as_a_difference_equals_raw_sql(
+    loaded: DB,
+    dims: list[str],
+    tz: ZoneInfo,
+    lo: datetime,
+    top_n: int,
+    filters: dict[str, list[Any]],
+    where: str,
+    zone: str | None,
+) -> None:
+    """A top N of keys reads the top keys alone (a filter) and the whole range without the key; "(other)" is the
+    difference, counters and histogram buckets alike: equal to grouping the raw rows with the rest folded."""
+    if zone is not None:
+        loaded.writer.submit(lambda cur: loaded.rollup.rezone(cur, zone)).result()
+    body = {"measures": MEASURES, "dimensions": dims, "top_n": top_n, "filters": filters}
+    spec, _ = explore.parse_spec({**body, "from": lo.isoformat(), "to": END.isoformat()}, tz, END)
+    assert explore._split(spec, {"key": ["k_1"]}) is not None
+    ans = explore.answer(loaded.cur, spec, tz, zone=zone)
+    tops = {}
+    for d in dims:
+        if d in explore.TEXT_DIMS:
+            ranked = sorted(raw_sql(loaded, [d], tz, lo, END, where).items(), key=lambda kv: (-kv[1][0], kv[0][0]))
+            tops[d] = [k[0] for k, _ in ranked[:top_n]] if len(ranked) > top_n else [k[0] for k, _ in ranked]
+    expected = raw_sql(loaded, dims, tz, lo, END, where, tops)
+    got = {tuple(normal(d, v) for d, v in zip(dims, row, strict=False)): row[len(dims) :] for row in ans.rows}
+    assert set(got) == set(expected)
+    i = dims.index("key")
+    assert any(k[i] == explore.OTHER for k in got) and sum(v[0] for v in expected.values()) > 100
+    for key, (calls, ok, prompt, output, total, u429, attempts, p95) in expected.items():
+        row = got[key]
+        assert row[:6] == [calls, ok, prompt, output, total, u429], key
+        assert row[6] == pytest.approx(attempts / calls)
+        assert row[7] == pytest.approx(p95, rel=0.021), key
 
 
 @pytest.mark.parametrize("dims", [["model", "client"], ["day", "outcome"], ["status"], []])
