@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from proxy_service import cube, queries
-from proxy_service.histogram import lb_sql, percentiles, percentiles_by_key
+from proxy_service.histogram import lb_sql, percentiles, percentiles_by_key, read_back
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -263,12 +263,28 @@ def _raw_filter(dim: str, values: list[Any]) -> Frag:
     return Frag(f"({' OR '.join(clauses)})" if clauses else "false", [typed] if typed else [])
 
 
-def _keyed(spec: Spec, part: Part, text: set[str], offs: queries.Offsets, tops: dict[str, list[str]]) -> list[Frag]:
-    """The SELECT expressions d0, d1 (top-N dimensions fold the rest into OTHER)."""
+# Raw columns whose text (`coalesce(CAST(col AS VARCHAR), '')`, one to one) costs more per row than grouping by
+# the column itself: where the rows are grouped first, their text is made for the groups only.
+NATIVE = ("status", "stream")
+
+
+def _keyed(
+    spec: Spec,
+    part: Part,
+    text: set[str],
+    offs: queries.Offsets,
+    tops: dict[str, list[str]],
+    native: bool = False,
+) -> list[Frag]:
+    """The SELECT expressions d0, d1 (top-N dimensions fold the rest into OTHER). `native`: NATIVE dimensions of
+    raw rows as the column itself (see `_native`)."""
     out = []
     for i, dim in enumerate(spec.dimensions):
         if dim in spec.folded:
             out.append(Frag(f"'{OTHER}' AS d{i}", []))
+            continue
+        if native and not part.grain and _native(spec, tops, i):
+            out.append(Frag(f"{dim} AS d{i}", []))
             continue
         d = dim_sql(dim, part, text, offs)
         if dim in tops:
@@ -504,6 +520,44 @@ class Answer:
     types: dict[str, str] = field(default_factory=dict)
 
 
+def _native(spec: Spec, tops: dict[str, list[str]], i: int) -> bool:
+    """Whether dimension `i` is read as its raw column, its text made after grouping (not when folded by top N)."""
+    dim = spec.dimensions[i]
+    return dim in NATIVE and dim not in tops and dim not in spec.folded
+
+
+def _raw_percentiles(
+    cur: duckdb.DuckDBPyConnection,
+    spec: Spec,
+    offs: queries.Offsets,
+    parts: list[Part],
+    tops: dict[str, list[str]],
+    metric: str,
+    qs: tuple[float, ...],
+) -> dict[tuple, tuple[float, ...]]:
+    """Percentiles per group (d0, d1 values as the counters give them) when every part is raw rows: DuckDB's
+    `quantile_disc` of the rows' stored latency bucket, read back as a histogram's is (±2 %). On 10M rows it is ~2×
+    faster than a histogram per group when the groups are many (hour × project: 1.7M (group, bucket) cells)."""
+    col = "latency_ms" if metric == "l" else "ttfb_ms"
+    n, text = len(spec.dimensions), _text(spec)
+    selects, params = [], []
+    for part in parts:
+        keys = _keyed(spec, part, text, offs, tops, native=True)
+        where = _where(spec, part, text, offs)
+        cols = "".join(f"{k.sql}, " for k in keys)
+        selects.append(
+            f"SELECT {cols}coalesce({col.removesuffix('_ms')}_lb, {lb_sql(col)}) AS lb FROM requests "
+            f"WHERE {col} IS NOT NULL AND {where.sql}"
+        )
+        params += [p for k in keys for p in k.params] + where.params
+    dims = [f"d{i}" for i in range(n)]
+    shown = [f"coalesce(CAST(d{i} AS VARCHAR), '') AS d{i}" if _native(spec, tops, i) else f"d{i}" for i in range(n)]
+    inner = f"SELECT {''.join(f'{d}, ' for d in dims)}quantile_disc(lb, ?) AS q FROM ({' UNION ALL '.join(selects)})"
+    inner += f" GROUP BY {', '.join(dims)}" if dims else ""
+    rows = cur.execute(f"SELECT {''.join(f'{d}, ' for d in shown)}q FROM ({inner})", [list(qs), *params]).fetchall()
+    return {tuple(r[:n]): tuple(read_back(v) for v in r[n]) for r in rows if r[n] is not None}
+
+
 def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict | None) -> tuple:
     if tops is None:
         tops = _tops(cur, spec, tz, zone)
@@ -523,6 +577,14 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
     for metric in metrics:
         wanted = [m for m in spec.measures if PERCENTILE_MEASURES.get(m, ("", 0))[0] == metric]
         qs = tuple(PERCENTILE_MEASURES[m][1] for m in wanted)
+        offs, raw_parts = plan(spec, tz, zone, histogram=True)
+        if _split(spec, tops) is None and not any(p.grain for p in raw_parts):  # raw rows only
+            by_values = _raw_percentiles(cur, spec, offs, raw_parts, tops, metric, qs)
+            parts = [*parts, *raw_parts]
+            for key, row in values.items():
+                for m, v in zip(wanted, by_values.get(key) or (None,) * len(wanted), strict=True):
+                    row[m] = v
+            continue
         hist, hist_parts = _histogram(cur, spec, tz, zone, tops, metric, by_key)
         parts = [*parts, *hist_parts]
         found: dict[Any, tuple[float, ...]] = percentiles_by_key(hist, qs) if by_key else percentiles(hist, qs)

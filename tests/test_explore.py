@@ -355,6 +355,50 @@ def test_top_n_of_keys_from_the_top_values_and_the_rest_as_a_difference_equals_r
         assert row[7] == pytest.approx(p95, rel=0.021), key
 
 
+@pytest.mark.parametrize(
+    ("dims", "top_n"), [(["status", "stream"], None), (["hour", "client"], 2), (["status", "model"], 2), ([], None)]
+)
+def test_raw_row_percentiles_of_every_kind_are_within_two_percent(
+    loaded: DB, dims: list[str], top_n: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Percentiles from raw rows alone (`quantile_disc` of the stored bucket; status / stream grouped as columns
+    unless folded): latency and TTFB, p50 to p99, NULL TTFBs left out, top N folding."""
+    body = {"measures": ["calls", "p50_latency_ms", "p99_latency_ms", "p50_ttfb_ms", "p95_ttfb_ms"], "dimensions": dims}
+    body |= {"top_n": top_n} if top_n else {}
+    raw_reads: list[str] = []
+    read = explore._raw_percentiles
+    monkeypatch.setattr(explore, "_raw_percentiles", lambda *a: raw_reads.append(a[5]) or read(*a))
+    ans = ask(loaded, NY, **body, **{"from": START.isoformat(), "to": END.isoformat()})
+    assert raw_reads == (["l", "t"] if dims else [])  # no dimension: from the pre-aggregates
+    tops = {}
+    for d in dims if top_n else ():
+        ranked = sorted(raw_sql(loaded, [d], NY, START, END).items(), key=lambda kv: (-kv[1][0], kv[0][0]))
+        if d in explore.TEXT_DIMS and len(ranked) > top_n:
+            tops[d] = [k[0] for k, _ in ranked[:top_n]]
+    loaded.cur.execute("SET TimeZone = 'UTC'")
+    keys = [RAW[d].format(tz=NY.key) for d in dims]
+    keys = [
+        f"CASE WHEN list_contains(?, {k}) THEN {k} ELSE '(other)' END" if d in tops else k
+        for d, k in zip(dims, keys, strict=True)
+    ]
+    group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    rows = loaded.cur.execute(
+        f"""SELECT {"".join(k + ", " for k in keys)} count(*), quantile_disc(latency_ms, [0.5, 0.99]),
+                   quantile_disc(ttfb_ms, [0.5, 0.95]) FROM requests WHERE ts >= ? AND ts < ? {group}""",
+        [*tops.values(), START, END],
+    ).fetchall()
+    expected = {tuple(r[: len(dims)]): r[len(dims) :] for r in rows}
+    got = {tuple(normal(d, v) for d, v in zip(dims, row, strict=False)): row[len(dims) :] for row in ans.rows}
+    assert set(got) == set(expected)
+    for key, (calls, lat, ttfb) in expected.items():
+        assert got[key][0] == calls
+        assert got[key][1:3] == pytest.approx(lat, rel=0.021), key
+        if ttfb is None:  # no call of the group has a TTFB
+            assert got[key][3:5] == [None, None], key
+        else:
+            assert got[key][3:5] == pytest.approx(ttfb, rel=0.021), key
+
+
 @pytest.mark.parametrize("dims", [["model", "client"], ["day", "outcome"], ["status"], []])
 def test_percentiles_by_group_values_when_group_hashes_collide(
     loaded: DB, dims: list[str], monkeypatch: pytest.MonkeyPatch
