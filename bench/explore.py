@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from zoneinfo import ZoneInfo
 from bench.analytics import GENERATE, MODELS, Appender, timed
 from bench.common import RESULTS, markdown_table, write_json
 from proxy_service import explore
+from proxy_service.app import COMPACT_TICK_S
 from proxy_service.events import EventWriter
 from proxy_service.rollup import Rollup
 from proxy_service.store import DERIVED, Store
@@ -173,6 +175,16 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cur0.close()
     writer.after_append.append(rollup.on_append)
     writer.start()
+    # A kept file holds the partial rows its earlier runs folded: merge them, then compact as the gateway does.
+    rollup.touch(datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2), datetime.now(UTC).replace(tzinfo=None))
+    writer.submit(rollup.compact).result()
+    stop = threading.Event()
+
+    def compactor() -> None:
+        while not stop.wait(COMPACT_TICK_S):
+            writer.submit(rollup.compact).result()
+
+    threading.Thread(target=compactor, daemon=True).start()
     appender = Appender(writer, args.rate)
     appender.start()
     cur = store.cursor()
@@ -189,6 +201,8 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     figures = []
     for name, body in pair_shapes() if args.pairs else SHAPES:
+        if args.only and not any(o in name for o in args.only):
+            continue
         try:
             ms = sorted(timed(lambda b=body: run(b, True), args.runs))  # type: ignore[misc]
             source = run(body, True).source
@@ -207,6 +221,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     elapsed = time.perf_counter() - t_start
+    stop.set()
     appender.stop()
     writer.flush()
     writer.submit(rollup.fold).result()
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time every dimension and pair of dimensions (calls + p95 latency) instead of the shapes, slowest first",
     )
+    ap.add_argument("--only", action="append", help="time only the shapes whose name contains this (repeatable)")
     args = ap.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory(prefix="keyrack-bench-") if args.keep is None else None

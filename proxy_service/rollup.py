@@ -365,6 +365,17 @@ class Rollup:
             self._touched.update(buckets)
             self._cube_touched.update(cube_buckets)
 
+    def touch(self, lo: datetime, hi: datetime) -> None:
+        """Mark [lo, hi] as appended to, so that the next `compact` merges whatever partial rows its buckets hold:
+        those a previous process folded after its last compaction (the explore bench reuses its files)."""
+        quarters = [
+            floor_time(lo, 900) + timedelta(minutes=15 * i) for i in range(int((hi - lo) / timedelta(minutes=15)) + 2)
+        ]
+        hours = sorted({floor_time(q, 3600) for q in quarters})
+        with self._lock:
+            self._touched.update(quarters)
+            self._cube_touched.update(cube.touched(hours, lo, hi, self.tz))
+
     def compact(self, cur: duckdb.DuckDBPyConnection) -> int:
         """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns buckets."""
         self.fold(cur)

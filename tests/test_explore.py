@@ -13,6 +13,7 @@ import pytest
 
 from proxy_service import cube, explore
 from proxy_service.events import AttemptEvent
+from proxy_service.rollup import Rollup
 from tests.test_queries import DB, event
 
 UTC = ZoneInfo("UTC")
@@ -94,6 +95,8 @@ LOCAL = {
     "day_of_week": "isodow(timezone('{tz}', ts::TIMESTAMPTZ))",
     "day": "strftime(date_trunc('day', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
     "hour": "strftime(date_trunc('hour', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
+    "week": "strftime(date_trunc('week', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
+    "month": "strftime(date_trunc('month', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
 }
 RAW = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
 
@@ -131,7 +134,7 @@ def raw_sql(
 
 
 def normal(dim: str, v: Any) -> Any:
-    if dim in ("day", "hour"):
+    if dim in explore.TIME_BUCKETS:
         return v[:19]
     if v is None:
         return ""
@@ -184,6 +187,26 @@ def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_perc
         assert row[6] == pytest.approx(attempts / calls)
         assert row[7] == pytest.approx(p95, rel=0.021), key
     assert (ans.source == "raw") == (zone is None or {"key", "client"} <= set(dims) or tz is KOLKATA)
+
+
+@pytest.mark.parametrize("dim", [*explore.TIME_BUCKETS, *explore.CLOCK_DIMS])
+@pytest.mark.parametrize("tz", [NY, KOLKATA])
+@pytest.mark.parametrize("zone", ["America/New_York", None])
+def test_time_dimensions_from_integer_local_time_equal_icu_sql(
+    loaded: DB, dim: str, tz: ZoneInfo, zone: str | None
+) -> None:
+    """Local time is computed as integer microseconds (DST changes as a CASE): every time dimension, across the New
+    York DST change and in a half-hour zone, equals ICU's `timezone()` + `date_trunc` / `hour` / `isodow`."""
+    if zone is not None:
+        loaded.writer.submit(lambda cur: loaded.rollup.rezone(cur, zone)).result()
+    lo = START + timedelta(minutes=30)
+    spec, _ = explore.parse_spec(
+        {"measures": ["calls"], "dimensions": [dim, "model"], "from": lo.isoformat(), "to": END.isoformat()}, tz, END
+    )
+    ans = explore.answer(loaded.cur, spec, tz, zone=zone)
+    expected = raw_sql(loaded, [dim, "model"], tz, lo, END)
+    assert {(normal(dim, r[0]), r[1]): r[2] for r in ans.rows} == {k: v[0] for k, v in expected.items()}
+    assert len({r[0] for r in ans.rows}) > 1 or dim == "month"  # the rows span one month
 
 
 def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
@@ -588,3 +611,18 @@ def test_retention_in_the_middle_of_a_local_day_keeps_that_day_equal_to_the_raw_
 
     loaded.writer.submit(retention).result()
     _agree(loaded, NY)
+
+
+def test_touch_lets_a_new_process_compact_the_partial_rows_an_earlier_one_folded(loaded: DB) -> None:
+    extra, _ = traffic(40, seed=5)
+    loaded.add(*[event(e.ts, 0, model=e.model, request_id=f"t{i}") for i, e in enumerate(extra)])  # folded only
+    partial = (
+        f"SELECT count(*) FROM (SELECT 1 FROM {cube.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
+    )
+    assert loaded.cur.execute(partial).fetchone() != (0,)
+    fresh = Rollup()  # a new process: it knows of no bucket appended to
+    assert loaded.writer.submit(fresh.compact).result() == 0
+    fresh.touch(START, END)
+    loaded.writer.submit(fresh.compact).result()
+    assert loaded.cur.execute(partial).fetchone() == (0,)
+    assert cube.total_calls(loaded.cur) == (3040, 3040)
