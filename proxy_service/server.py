@@ -24,17 +24,23 @@ from proxy_service.startup import (
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
     """Makes pandas look absent in the proxy process. The proxy never uses it, but DuckDB's parameter binding and
-    pyarrow's array building import it when it is installed (for the dashboard), which costs ~33 MB of RSS."""
+    pyarrow's array building import it when it is installed (for the dashboard), which costs ~33 MB of RSS.
+    Likewise httpx's command-line client (`httpx._main`): `import httpx` loads it, with rich and pygments, whenever
+    those happen to be installed (memray's, in the dev extras): ~4 MB and ~80 modules the proxy never runs; httpx
+    falls back to a stub `httpx.main` when it is absent."""
+
+    BLOCKED = ("pandas", "httpx._main")
 
     def find_spec(
         self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if name == "pandas" or name.startswith("pandas."):
+        if any(name == b or name.startswith(b + ".") for b in self.BLOCKED):
             raise ModuleNotFoundError(f"No module named {name!r} (not loaded in the proxy process)", name=name)
         return None
 
 
 def without_pandas() -> None:
+    """Install `_WithoutPandas` (pandas and httpx's command-line client) before the proxy's imports."""
     if "pandas" not in sys.modules and not any(isinstance(f, _WithoutPandas) for f in sys.meta_path):
         sys.meta_path.insert(0, _WithoutPandas())
 

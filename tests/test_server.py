@@ -33,6 +33,42 @@ except ModuleNotFoundError:
     print("pandas absent", "pandas" in sys.modules)
 """
 
+# httpx imports its command-line client, and with it rich and pygments (~4 MB), whenever they are installed; the
+# proxy's import path keeps it out and httpx itself still works (its `main` is httpx's own stub).
+CLI_PROBE = """
+import sys
+from proxy_service.server import without_pandas
+without_pandas()
+import proxy_service.app
+import httpx
+assert httpx.Client and callable(httpx.main)
+print("loaded:", sorted(m for m in ("httpx._main", "rich", "pygments") if m in sys.modules))
+"""
+
+
+def test_the_proxy_leaves_httpx_command_line_client_out(tmp_path: Path) -> None:
+    # Only meaningful where rich and pygments are installed (the dev extras: memray needs rich), else httpx skips it.
+    import importlib.util
+
+    assert importlib.util.find_spec("rich") and importlib.util.find_spec("pygments")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "loaded: []"
+    # Without the finder the same imports do load it here: the probe above proves the finder, not an absent package.
+    res = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE.replace("without_pandas()", "")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "loaded: ['httpx._main', 'pygments', 'rich']"
+
 
 def test_the_proxy_runs_its_storage_and_admin_api_without_pandas(tmp_path: Path) -> None:
     env = {
