@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 
 from proxy_service.quota import (
+    _COMPACT_AT,
     DEFAULT_LIMITS,
     ModelLimits,
     QuotaTracker,
@@ -359,8 +360,55 @@ def test_window_memory_is_bounded() -> None:
     for i in range(20_000):
         w.record(T0 + i * 0.5, tokens=10)
     assert w.requests_last_minute(T0 + 19_999 * 0.5) == 120
-    assert len(w._req) <= 121 and len(w._tok_t) <= 121 and len(w._tok_n) <= 121
+    # The arrays keep the live minute plus a dead prefix that is cut off once it is as long as the live part (and at
+    # least _COMPACT_AT entries): bounded by the rate, not by how long the proxy has run.
+    bound = max(2 * 121, _COMPACT_AT + 121)
+    assert len(w._req) <= bound and len(w._tok_t) <= bound and len(w._tok_n) <= bound
     assert w.tokens_last_minute(T0 + 19_999 * 0.5) == 1200
+
+
+def test_window_answers_like_a_plain_list_through_many_compactions() -> None:
+    # A long random run (bursts, gaps, interleaved clocks, refused requests un-counted, tokens) against the obvious
+    # model: every time still in the minute window, kept in a list. The array's cut-off prefix must never show.
+    import random
+
+    rng = random.Random(11)
+    w = UsageWindow()
+    reqs: list[float] = []
+    toks: list[tuple[float, int]] = []
+    now = T0
+    for step in range(30_000):
+        now += rng.choice((0.0, 0.001, 0.01, 0.2, 3.0)) if step % 5000 else 70.0
+        at = now - rng.choice((0.0, 0.0, 0.0, 0.002))  # now and then a caller's slightly older clock
+        w.record(at)
+        reqs.append(at if not reqs or at >= reqs[-1] else reqs[-1])
+        if rng.random() < 0.05:
+            w.forget_last(now)
+            reqs = [t for t in reqs if t + 60 > now]
+            if reqs:
+                reqs.pop()
+        if rng.random() < 0.7:
+            n = rng.randint(1, 500)
+            w.add_tokens(now, n)
+            toks.append((now if not toks or now >= toks[-1][0] else toks[-1][0], n))
+        reqs = [t for t in reqs if t + 60 > now]
+        toks = [(t, n) for t, n in toks if t + 60 > now]
+        if step % 97 == 0 or step % 5000 < 3:
+            assert w.requests_last_minute(now) == len(reqs)
+            assert w.tokens_last_minute(now) == sum(n for _, n in toks)
+            assert w.next_minute_slot(now) == (reqs[0] + 60 if reqs else now)
+            limit = max(1, len(reqs) // 2)  # at least 1: "fewer than 0" never happens
+            assert w.requests_below_at(limit, now) == (reqs[len(reqs) - limit] + 60 if len(reqs) >= limit else now)
+            total = sum(n for _, n in toks)
+            want, left = now, total
+            if total >= 1000:
+                for t, n in toks:
+                    left -= n
+                    if left < 1000:
+                        want = t + 60
+                        break
+            assert w.tokens_below_at(1000, now) == want
+    assert len(w._req) <= max(2 * len(reqs) + 1, _COMPACT_AT + len(reqs) + 1)
 
 
 def test_out_of_order_records_are_still_counted() -> None:
