@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy_service import logs, metrics, queries, snapshot
+from proxy_service import heap, logs, metrics, queries, snapshot
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts.engine import AlertEngine
@@ -439,6 +439,9 @@ class Gateway:
         metrics.REGISTRY.register(self._collector)
         self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
         self.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
+        trim = heap.trimmer()
+        if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop
+            self.every(lambda: heap.TRIM_TICK_S, lambda: asyncio.to_thread(trim), "malloc-trim")
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
