@@ -168,16 +168,16 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     rollup = Rollup(args.tz)
     cur0 = store.cursor()
     rollup.install(cur0)  # no-op when the file was built for this zone and version
-    sizes = {
-        t: cur0.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-        for t in ("requests", "explore_agg", "explore_hist")
-    }
-    cur0.close()
     writer.after_append.append(rollup.on_append)
     writer.start()
     # A kept file holds the partial rows its earlier runs folded: merge them, then compact as the gateway does.
     rollup.touch(datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2), datetime.now(UTC).replace(tzinfo=None))
     writer.submit(rollup.compact).result()
+    sizes = {
+        t: cur0.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+        for t in ("requests", "explore_agg", "explore_hist")
+    }
+    cur0.close()
     stop = threading.Event()
 
     def compactor() -> None:

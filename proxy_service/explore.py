@@ -276,6 +276,7 @@ def _raw_filter(dim: str, values: list[Any]) -> Frag:
 # Raw columns whose text (`coalesce(CAST(col AS VARCHAR), '')`, one to one) costs more per row than grouping by
 # the column itself: where the rows are grouped first, their text is made for the groups only.
 NATIVE = ("status", "stream")
+FEW_GROUPS = 500  # up to this many groups, raw-row percentiles come from histograms (see `_raw_percentiles`)
 
 
 def _keyed(
@@ -544,10 +545,12 @@ def _raw_percentiles(
     tops: dict[str, list[str]],
     metric: str,
     qs: tuple[float, ...],
+    groups: int,
 ) -> dict[tuple, tuple[float, ...]]:
-    """Percentiles per group (d0, d1 values as the counters give them) when every part is raw rows: DuckDB's
-    `quantile_disc` of the rows' stored latency bucket, read back as a histogram's is (±2 %). On 10M rows it is ~2×
-    faster than a histogram per group when the groups are many (hour × project: 1.7M (group, bucket) cells)."""
+    """Percentiles per group (d0, d1 values as the counters give them) when every part is raw rows. Many `groups`:
+    DuckDB's `quantile_disc` of the rows' stored latency bucket, read back as a histogram's is (±2 %); on 10M rows
+    ~2× faster than a histogram per group (hour × project: 1.7M (group, bucket) cells). Few: that histogram,
+    grouped by the values (sorting millions of values per group costs more than its ~150 cells)."""
     col = "latency_ms" if metric == "l" else "ttfb_ms"
     n, text = len(spec.dimensions), _text(spec)
     selects, params = [], []
@@ -562,10 +565,19 @@ def _raw_percentiles(
         params += [p for k in keys for p in k.params] + where.params
     dims = [f"d{i}" for i in range(n)]
     shown = [f"coalesce(CAST(d{i} AS VARCHAR), '') AS d{i}" if _native(spec, tops, i) else f"d{i}" for i in range(n)]
-    inner = f"SELECT {''.join(f'{d}, ' for d in dims)}quantile_disc(lb, ?) AS q FROM ({' UNION ALL '.join(selects)})"
+    rows = " UNION ALL ".join(selects)
+    if groups <= FEW_GROUPS:  # a histogram per group, as few cells as the quantiles' sorts would cost
+        blank = [f"'' AS d{i}" for i in range(n, 2)]
+        cells = f"SELECT {', '.join([*shown, *blank])}, lb, n FROM (SELECT {''.join(f'{d}, ' for d in dims)}lb, "
+        cells += f"count(*) AS n FROM ({rows}) GROUP BY ALL)"
+        sql = "SELECT d0 AS b, d1 AS g, dense_rank() OVER (ORDER BY d0, d1) AS gk, CAST(lb AS DOUBLE) AS lb, "
+        sql += f"CAST(n AS DOUBLE) AS n FROM ({cells}) ORDER BY gk, lb"
+        found = percentiles(cur.execute(sql, params).to_arrow_table(), qs)
+        return {(b, g)[:n]: v for (b, g), v in found.items()}
+    inner = f"SELECT {''.join(f'{d}, ' for d in dims)}quantile_disc(lb, ?) AS q FROM ({rows})"
     inner += f" GROUP BY {', '.join(dims)}" if dims else ""
-    rows = cur.execute(f"SELECT {''.join(f'{d}, ' for d in shown)}q FROM ({inner})", [list(qs), *params]).fetchall()
-    return {tuple(r[:n]): tuple(read_back(v) for v in r[n]) for r in rows if r[n] is not None}
+    got = cur.execute(f"SELECT {''.join(f'{d}, ' for d in shown)}q FROM ({inner})", [list(qs), *params]).fetchall()
+    return {tuple(r[:n]): tuple(read_back(v) for v in r[n]) for r in got if r[n] is not None}
 
 
 def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict | None) -> tuple:
@@ -589,7 +601,7 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
         qs = tuple(PERCENTILE_MEASURES[m][1] for m in wanted)
         offs, raw_parts = plan(spec, tz, zone, histogram=True)
         if _split(spec, tops) is None and not any(p.grain for p in raw_parts):  # raw rows only
-            by_values = _raw_percentiles(cur, spec, offs, raw_parts, tops, metric, qs)
+            by_values = _raw_percentiles(cur, spec, offs, raw_parts, tops, metric, qs, len(values))
             parts = [*parts, *raw_parts]
             for key, row in values.items():
                 for m, v in zip(wanted, by_values.get(key) or (None,) * len(wanted), strict=True):

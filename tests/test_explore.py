@@ -381,11 +381,15 @@ def test_top_n_of_keys_from_the_top_values_and_the_rest_as_a_difference_equals_r
 @pytest.mark.parametrize(
     ("dims", "top_n"), [(["status", "stream"], None), (["hour", "client"], 2), (["status", "model"], 2), ([], None)]
 )
+# Groups up to which raw-row percentiles come from histograms: 0 = always `quantile_disc`.
+@pytest.mark.parametrize("few", [0, explore.FEW_GROUPS])
 def test_raw_row_percentiles_of_every_kind_are_within_two_percent(
-    loaded: DB, dims: list[str], top_n: int | None, monkeypatch: pytest.MonkeyPatch
+    loaded: DB, dims: list[str], top_n: int | None, few: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Percentiles from raw rows alone (`quantile_disc` of the stored bucket; status / stream grouped as columns
-    unless folded): latency and TTFB, p50 to p99, NULL TTFBs left out, top N folding."""
+    """Percentiles from raw rows alone (`quantile_disc` of the stored bucket or, for few groups, a histogram per
+    group; status / stream grouped as columns unless folded): latency and TTFB, p50 to p99, NULL TTFBs left out,
+    top N folding."""
+    monkeypatch.setattr(explore, "FEW_GROUPS", few)
     body = {"measures": ["calls", "p50_latency_ms", "p99_latency_ms", "p50_ttfb_ms", "p95_ttfb_ms"], "dimensions": dims}
     body |= {"top_n": top_n} if top_n else {}
     raw_reads: list[str] = []
