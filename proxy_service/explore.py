@@ -4,10 +4,12 @@ The request (`Spec`) is validated here against allow-lists, so the only text ass
 fragments chosen from them; values travel as parameters (the "open in SQL" text inlines them as quoted literals for
 display, see `sql_text`).
 
-Sources: whole UTC hours come from the cube (`cube.py`, exact counters + ±2 % histograms); the partial hours at
-the edges come from raw `requests` rows. Raw rows for the whole range when the query groups or filters by `key`
-(not in the cube), or when it uses a time dimension in a display zone whose offset is not a whole number of hours
-(Asia/Kolkata...). Time dimensions are local to the display zone (DST-exact: the offset is a CASE over its changes).
+Sources (`plan`): whole local days and whole UTC hours come from the pre-aggregates (`cube.py`, exact counters +
+±2 % histograms) when they hold the query's set, the rest from raw `requests` rows. A top N of keys reads the top
+keys alone and the query without the key, "(other)" being the difference (`_split`). Percentiles from raw rows
+alone: a histogram per group or `quantile_disc` per group (`_raw_percentiles`). Time dimensions are local to the
+display zone (DST-exact: the offset is a CASE over its changes), computed in integer microseconds (`_local`).
+See docs/ARCHITECTURE.md, "Explore", for which shapes read what.
 """
 
 from __future__ import annotations
