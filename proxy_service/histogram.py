@@ -20,11 +20,6 @@ def lb_sql(col: str) -> str:
     return f"CAST(ceil(ln(greatest({col}, 0.01)) / ln({GAMMA})) AS SMALLINT)"
 
 
-def read_back(lb: int) -> float:
-    """The value a bucket reads back as (within ±2 % of every value in it)."""
-    return float(2 * GAMMA**lb / (GAMMA + 1))
-
-
 def _quantiles(hist: pa.Table, qs: tuple[float, ...]) -> tuple[Any, list[Any]]:
     """Nearest-rank quantiles per group of a histogram table sorted by (gk, lb), gk identifying the group: the
     first row of each group and, per q, the values (vectorised with numpy)."""
