@@ -52,6 +52,7 @@ REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change start
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
+CACHE_TRIM_S = 30.0  # DuckDB's cache of checkpointed blocks cut back to store.CACHE_KEEP_BYTES (Store.trim_cache)
 MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worker thread (not at scrape time)
 T = TypeVar("T")
 
@@ -386,7 +387,11 @@ class Gateway:
             while self.rollup.rebuilding is not None:
                 await self.write(self.rollup.rebuild_step, JOB_WRITE_TIMEOUT_S)
 
+        async def trim_cache() -> None:
+            await self.write(self.store.trim_cache, JOB_WRITE_TIMEOUT_S)
+
         self.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
+        self.every(lambda: CACHE_TRIM_S, trim_cache, "duckdb-cache-trim")
         self.every(lambda: REBUILD_TICK_S, rebuild, "rollup-rebuild", at_start=True)
         self.every(lambda: RETENTION_TICK_S, retention, "retention")
         # The first snapshot at start: the Parquet files exist (and can be queried) from the first minute on.

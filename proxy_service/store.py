@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -118,11 +119,16 @@ class StatsSource:
     edges: Callable[[Ranges], contextlib.AbstractContextManager[str | None]] | None = None
 
 
+# trim_cache: DuckDB's cache of checkpointed table blocks is cut back to this every CACHE_TRIM_S (app.py).
+CACHE_KEEP_BYTES = 16 * 2**20
+
+
 class Store:
     """Owns the DuckDB connection. Thread-safe through `cursor()`: one cursor per thread and use."""
 
     safe_schema = "safe"  # where user SQL's views live (the cluster's lake store keeps them elsewhere)
     client_labels = "main.client_labels"  # the labels table behind safe.requests.client (replica-local in a cluster)
+    memory_limit: str | None = None  # as configured; None (the cluster's lake store): trim_cache leaves DuckDB alone
 
     def __init__(
         self,
@@ -132,6 +138,7 @@ class Store:
         block_size: int | None = DUCKDB_BLOCK_SIZE,
     ) -> None:
         self.path = Path(path)
+        self.memory_limit = memory_limit
         if str(path) != ":memory:":
             private_dir(self.path.parent)
         config: dict[str, str | bool | int | float | list[str]] = {}
@@ -184,6 +191,33 @@ class Store:
             yield cur, StatsSource()
         finally:
             cur.close()
+
+    def trim_cache(self, cur: duckdb.DuckDBPyConnection, keep: int = CACHE_KEEP_BYTES) -> int:
+        """Evict DuckDB's cached blocks of checkpointed table data (`BASE_TABLE`) beyond `keep` bytes; returns how
+        many bytes went. DuckDB keeps every block a checkpoint writes or a query reads until `memory_limit` forces
+        it out: under sustained traffic that cache grew ~0.1 MB/s towards the limit (256MB) and was most of the
+        proxy's growth. DuckDB has no setting for the cache alone, so the limit is lowered just below what is in use
+        minus the excess (DuckDB then evicts unpinned blocks, the oldest first) and set back at once. An evicted block
+        is read again from the file (the OS's page cache) when a query needs it. Runs on the writer thread, so no
+        append allocates meanwhile; a query on another cursor has `keep` bytes of cache it may evict in that moment."""
+        if not self.memory_limit or not re.fullmatch(
+            r"(?i)\d+(\.\d+)?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", self.memory_limit
+        ):
+            return 0
+        rows = dict(cur.execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall())
+        cached = int(rows.get("BASE_TABLE", 0))
+        if cached <= keep:
+            return 0
+        target = int(sum(rows.values())) - (cached - keep)
+        try:
+            # SET takes no parameters: an int, and the limit as settings.py validated it (digits and a unit).
+            cur.execute(f"SET memory_limit = '{target}B'")
+        except duckdb.Error:  # could not evict that much (pinned blocks): nothing changed
+            pass
+        finally:
+            cur.execute(f"SET memory_limit = '{self.memory_limit}'")
+        after = cur.execute("SELECT memory_usage_bytes FROM duckdb_memory() WHERE tag = 'BASE_TABLE'").fetchone()
+        return max(0, cached - int(after[0] if after else 0))
 
     def memory(self) -> dict[str, int]:
         """DuckDB's own account of the memory it holds, in bytes by tag (`duckdb_memory()`: table data not yet

@@ -59,6 +59,31 @@ def test_memory_is_duckdbs_own_account_by_tag(tmp_path: Path) -> None:
     store.close()
 
 
+def test_trim_cache_evicts_cached_table_blocks_beyond_the_keep_and_restores_the_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "k.duckdb", memory_limit="256MB")
+    cur = store.cursor()
+    limit = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+    cur.execute("CREATE TABLE t AS SELECT range AS i, md5(range::VARCHAR) AS s FROM range(300000)")
+    cur.execute("CHECKPOINT")
+    cur.execute("SELECT count(DISTINCT s), sum(i) FROM t").fetchall()  # reads every block: all of them cached
+    cached = store.memory()["BASE_TABLE"]
+    assert cached > 4 * 2**20
+    evicted = store.trim_cache(cur, keep=2 * 2**20)
+    left = store.memory().get("BASE_TABLE", 0)
+    assert left <= 2 * 2**20 and evicted >= cached - 2 * 2**20
+    assert cur.execute("SELECT current_setting('memory_limit')").fetchone() == limit  # set back
+    # The data is all there, read again from the file.
+    assert cur.execute("SELECT count(DISTINCT s), sum(i) FROM t").fetchone() == (300_000, 300_000 * 299_999 // 2)
+    assert store.trim_cache(cur, keep=64 * 2**20) == 0  # under the keep: nothing to do
+    cur.close()
+    store.close()
+    unlimited = Store(tmp_path / "u.duckdb")  # no limit configured: DuckDB's own, left alone
+    cur = unlimited.cursor()
+    assert unlimited.trim_cache(cur, keep=0) == 0
+    cur.close()
+    unlimited.close()
+
+
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 EXPECTED = (  # rows whose buckets are wrong: NULL where the latency is, its bucket where it is not
     "SELECT count(*) FROM requests WHERE latency_lb IS DISTINCT FROM (CASE WHEN latency_ms IS NOT NULL THEN "
