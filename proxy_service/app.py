@@ -52,7 +52,7 @@ REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change start
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
-CACHE_TRIM_S = 30.0  # DuckDB's cache of checkpointed blocks cut back to store.CACHE_KEEP_BYTES (Store.trim_cache)
+CACHE_TRIM_S = 10.0  # DuckDB's cache of checkpointed blocks cut back to store.CACHE_KEEP_BYTES (Store.trim_cache)
 MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worker thread (not at scrape time)
 T = TypeVar("T")
 
@@ -365,6 +365,8 @@ class Gateway:
     def _start_storage_jobs(self) -> None:
         async def compact() -> None:
             await self.write(self.rollup.compact, JOB_WRITE_TIMEOUT_S)
+            # The compaction reads the rollup tables' recent blocks: out of the cache again at once.
+            await self.write(self.store.trim_cache, JOB_WRITE_TIMEOUT_S)
 
         async def retention() -> None:
             if not self.leads():
