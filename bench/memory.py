@@ -14,7 +14,14 @@ its RSS is read (a Streamlit server holds one script run per session; without a 
 
 Baseline, in the same run (unless --no-baseline): the same phases with DuckDB's own defaults for the two choices
 Keyrack makes about its memory, 256 KB blocks for the new database file (`KEYRACK_DUCKDB_BLOCK_SIZE`) and the
-allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see proxy_service/server.py).
+allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see proxy_service/server.py). Both runs have what the proxy does
+in code: glibc's free heap memory returned every second (proxy_service/heap.py), DuckDB's cache of checkpointed
+blocks cut back to 16 MB every 10 s and after each rollup compaction (`Store.trim_cache`), no pandas and no httpx command-line client loaded.
+
+What the figures depend on: the soak's request rate (the closed loop sends as fast as the proxy answers, so a less
+loaded machine writes more rows: DuckDB's appended rows, cache and the rollup's periodic work grow with them) and
+when a sample falls on the rollup's compaction (every 60 s; DuckDB's working memory for it shows as a spike).
+Compare runs at similar rates; the report prints the rate and the load average.
 
 Target: steady RSS ≤ 150 MB for `keyrack serve`.
 """
