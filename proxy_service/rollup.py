@@ -24,7 +24,8 @@ batch size, so appended batches are kept and folded together every `FOLD_EVERY_S
 readers call `fold()` through the writer first, so what they read is always complete. `compact()` (a periodic writer job) merges
 the partial rows of the buckets touched since its last run. At startup `install()` compares each tier's total with
 `count(*)` of requests and rebuilds when they differ (first start on an old file, rows changed while the proxy was
-stopped, a crash between the appends). If maintaining it ever fails, `stale` is set: readers fall back to the raw
+stopped, a crash between the appends); when they agree, the gateway's install marks the last hour as touched, so the
+first compaction merges what the previous process folded after its last one. If maintaining it ever fails, `stale` is set: readers fall back to the raw
 table (slower, still exact) until the next job tick rebuilds it.
 
 The explore cube (`cube.py`, all low-cardinality dimensions at once, hourly) lives and dies with the rollup: same
@@ -215,6 +216,12 @@ class Rollup:
         ) and cube.total_calls(cur) == (n, n)
         if _meta(cur, "version") != VERSION or _meta(cur, "zone") != self.zone or not agree:
             self.rebuild(cur)
+        elif background:
+            # A previous process may have folded rows after its last compaction (stopped or killed between two):
+            # the next compaction merges the last hour's buckets, where those rows are (late ones included).
+            last = cur.execute("SELECT max(ts) FROM requests").fetchone()
+            if last is not None and last[0] is not None:
+                self.touch(last[0] - timedelta(hours=1), last[0])
 
     def rebuild(self, cur: duckdb.DuckDBPyConnection) -> None:
         """Recompute everything from `requests`: in chunks by the caller when `background`, else now."""

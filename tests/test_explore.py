@@ -630,3 +630,20 @@ def test_touch_lets_a_new_process_compact_the_partial_rows_an_earlier_one_folded
     loaded.writer.submit(fresh.compact).result()
     assert loaded.cur.execute(partial).fetchone() == (0,)
     assert cube.total_calls(loaded.cur) == (3040, 3040)
+
+
+def test_a_new_process_merges_the_partial_rows_an_earlier_one_left_in_the_last_hour(loaded: DB) -> None:
+    """The gateway's start (install in the background mode) marks the last hour as touched, so the first compaction
+    merges what a killed or stopped process folded after its last one."""
+    last = loaded.cur.execute("SELECT max(ts) FROM requests").fetchone()[0]
+    loaded.add(*[event(last - timedelta(minutes=i), 0, request_id=f"late{i}") for i in range(50)])  # folded only
+    partial = (
+        f"SELECT count(*) FROM (SELECT 1 FROM {cube.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
+    )
+    assert loaded.cur.execute(partial).fetchone() != (0,)
+    fresh = Rollup()
+    loaded.writer.submit(lambda cur: fresh.install(cur, background=True)).result()
+    assert fresh.rebuilding is None  # the tables agreed with `requests`: nothing was rebuilt
+    loaded.writer.submit(fresh.compact).result()
+    assert loaded.cur.execute(partial).fetchone() == (0,)
+    assert cube.total_calls(loaded.cur) == (3050, 3050)
