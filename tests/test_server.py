@@ -11,6 +11,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def probe(tmp_path: Path, code: str, **env: str) -> str:
+    """Run `code` in a fresh interpreter on this checkout with only `env` set; the last line it printed."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env}
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def serve_env(tmp_path: Path, fill: str) -> dict[str, str]:
+    """A proxy's settings: a data dir of its own, one key, an upstream that refuses connections."""
+    return {
+        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
+        "KEYRACK_API_KEYS": "p1:AIza" + fill * 35,
+        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
+    }
+
+
 PROBE = """
 import sys
 from proxy_service.server import without_pandas
@@ -51,39 +72,14 @@ def test_the_proxy_leaves_httpx_command_line_client_out(tmp_path: Path) -> None:
     import importlib.util
 
     assert importlib.util.find_spec("rich") and importlib.util.find_spec("pygments")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
-    res = subprocess.run(
-        [sys.executable, "-c", CLI_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert probe(tmp_path, CLI_PROBE) == "loaded: []"
     # Without the finder the same imports do load it here: the probe above proves the finder, not an absent package.
-    res = subprocess.run(
-        [sys.executable, "-c", CLI_PROBE.replace("without_pandas()", "")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == "loaded: ['httpx._main', 'pygments', 'rich']"
+    assert probe(tmp_path, CLI_PROBE.replace("without_pandas()", "")) == "loaded: ['httpx._main', 'pygments', 'rich']"
 
 
 def test_the_proxy_runs_its_storage_and_admin_api_without_pandas(tmp_path: Path) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
-        "KEYRACK_API_KEYS": "p1:AIza" + "A" * 35,
-        "KEYRACK_ADMIN_TOKEN": "admin-token-for-the-probe",
-        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
-    }
-    res = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == "pandas absent False"
+    env = {**serve_env(tmp_path, "A"), "KEYRACK_ADMIN_TOKEN": "admin-token-for-the-probe"}
+    assert probe(tmp_path, PROBE, **env) == "pandas absent False"
 
 
 # What `keyrack serve` imports, then what its steady state runs: proxied calls (here refused by the closed upstream
@@ -118,18 +114,7 @@ print("loaded:", [m for m in HEAVY if m in sys.modules])
 
 
 def test_serve_and_its_steady_state_load_no_pyarrow_numpy_or_pandas(tmp_path: Path) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
-        "KEYRACK_API_KEYS": "p1:AIza" + "B" * 35,
-        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
-    }
-    res = subprocess.run(
-        [sys.executable, "-c", STEADY_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert probe(tmp_path, STEADY_PROBE, **serve_env(tmp_path, "B")) == "loaded: []"
 
 
 # `keyrack serve` as far as uvicorn's run (which is replaced by a read of DuckDB's allocator options): the decay that
@@ -162,16 +147,5 @@ def test_serve_returns_duckdbs_freed_memory_at_once(tmp_path: Path, operator: st
 
     if not hasattr(ctypes.CDLL(_duckdb.__file__), "duckdb_je_mallctl"):
         pytest.skip("this DuckDB build has no jemalloc (Linux x86_64 wheels have)")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "KEYRACK_DATA_DIR": str(tmp_path / "data"),
-        "KEYRACK_API_KEYS": "p1:AIza" + "C" * 35,
-        "KEYRACK_UPSTREAM_URL": "http://127.0.0.1:9",
-        **({"DUCKDB_JE_MALLOC_CONF": operator} if operator else {}),
-    }
-    res = subprocess.run(
-        [sys.executable, "-c", DECAY_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == expected
+    env = {**serve_env(tmp_path, "C"), **({"DUCKDB_JE_MALLOC_CONF": operator} if operator else {})}
+    assert probe(tmp_path, DECAY_PROBE, **env) == expected

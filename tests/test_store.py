@@ -15,6 +15,7 @@ from proxy_service.events import EventWriter, RequestEvent
 from proxy_service.histogram import lb_sql
 from proxy_service.settings import DUCKDB_BLOCK_SIZE
 from proxy_service.store import DERIVED, SCHEMA, Store
+from tests.test_queries import event
 
 
 def block_size(store: Store) -> int:
@@ -92,18 +93,7 @@ EXPECTED = (  # rows whose buckets are wrong: NULL where the latency is, its buc
 
 
 def _event(i: int, ttfb: float | None) -> RequestEvent:
-    return RequestEvent(
-        ts=NOW - timedelta(seconds=i),
-        request_id=f"r{i}",
-        client_id="c",
-        surface="gemini",
-        operation="generateContent",
-        model="gemini-2.5-flash",
-        stream=False,
-        status=200,
-        latency_ms=[0.0, 0.4, 12.5, 1e9][i % 4],
-        ttfb_ms=ttfb,
-    )
+    return event(NOW - timedelta(seconds=i), i, latency_ms=[0.0, 0.4, 12.5, 1e9][i % 4], ttfb_ms=ttfb)
 
 
 def test_appended_rows_carry_their_latency_buckets(tmp_path: Path) -> None:
