@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from proxy_service import histogram
-from proxy_service.rollup import TIERS, floor_time
+from proxy_service.buckets import floor_time
+from proxy_service.rollup import TIERS
 from proxy_service.store import PUBLIC_TABLES, StatsSource, hidden_columns, public_select
 
 if TYPE_CHECKING:

@@ -35,7 +35,6 @@ which the cube reads) or for a reader.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import threading
 import time
@@ -47,6 +46,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from proxy_service import cube
+from proxy_service.buckets import floor_time
 from proxy_service.events import Columns, insert_columns
 from proxy_service.histogram import GAMMA
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger("keyrack.rollup")
-_EPOCH = datetime(1970, 1, 1)
 
 # 4: explore pre-aggregates per local day (cube.py) replace the all-dimensions cube; 5: + per key; 6: + key pairs
 VERSION = "6"
@@ -126,14 +125,6 @@ def _insert(
 def _meta(cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
     row = cur.execute("SELECT value FROM rollup_meta WHERE name = ?", [name]).fetchone()
     return str(row[0]) if row else None
-
-
-def floor_time(t: datetime, grain_s: int) -> datetime:
-    """The start of the `grain_s`-second bucket holding `t` (naive UTC), buckets aligned on the epoch as DuckDB's
-    time_bucket aligns them for grains that divide a day. The one flooring rule for the rollup, the analytics
-    queries and retention."""
-    s = calendar.timegm(t.timetuple())
-    return _EPOCH + timedelta(seconds=s - s % grain_s)
 
 
 def fold_batch(cur: duckdb.DuckDBPyConnection, batch: pa.Table) -> None:

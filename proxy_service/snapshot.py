@@ -25,7 +25,8 @@ from typing import Any
 
 import duckdb
 
-from proxy_service.rollup import TIERS, Rollup, floor_time
+from proxy_service.buckets import floor_time
+from proxy_service.rollup import TIERS, Rollup
 from proxy_service.store import PUBLIC_TABLES, private_dir, private_file, public_select
 
 log = logging.getLogger("keyrack.snapshot")

@@ -126,6 +126,20 @@ def test_the_fake_upstream_stays_independent_of_the_product() -> None:
     assert not {m for m in imports_of("proxy_service.demo.fake_upstream", path) if m.startswith("proxy_service")}
 
 
+def test_the_forecast_worker_process_loads_no_duckdb() -> None:
+    """The worker (spawned: it imports the `keyrack` command's module, the engine for its initializer and the demand
+    module it runs) never touches the database. Without DuckDB it is ~50 MB smaller, and the proxy's DuckDB
+    library pages are mapped by the proxy alone, so heap.library_reclaimer can give them back (the kernel keeps a
+    page two processes map)."""
+    code = (
+        "import sys, proxy_service.cli, proxy_service.forecast.engine, proxy_service.forecast.demand; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('duckdb', '_duckdb', 'pyarrow')))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
+
+
 IMPORTABLE = sorted(m for m in MODULES if m not in SCRIPTS)
 # Imports each module in a child forked from an interpreter that has loaded only third-party libraries (the slow
 # part, done once): the child starts with no Keyrack module loaded, exactly as a fresh interpreter would.

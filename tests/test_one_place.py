@@ -14,9 +14,9 @@ import duckdb
 import pytest
 
 from proxy_service import envfile, queries, snapshot, sql_guard
+from proxy_service.buckets import floor_time
 from proxy_service.keys import KEY_PATTERN, extract_keys, looks_like_key, mask, redact, valid_project
 from proxy_service.pool import Cooldown, Key, Pool, shown_status
-from proxy_service.rollup import floor_time
 from proxy_service.store import PUBLIC_TABLES, SCHEMA, public_select
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def _project_trees() -> dict[str, ast.Module]:
 
 
 def test_time_flooring_has_one_helper_per_meaning() -> None:
-    """Fixed grains (seconds since the epoch, as time_bucket) floor with `rollup.floor_time`, calendar units in a
+    """Fixed grains (seconds since the epoch, as time_bucket) floor with `buckets.floor_time`, calendar units in a
     display zone (hour/day/week/month, as date_trunc) with `queries.floor_local`; nothing else floors (the
     forecast engine had its own `hour_floor`)."""
     floors = sorted(
@@ -124,7 +124,7 @@ def test_time_flooring_has_one_helper_per_meaning() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef) and "floor" in node.name
     )
-    assert floors == ["proxy_service/queries.py:floor_local", "proxy_service/rollup.py:floor_time"]
+    assert floors == ["proxy_service/buckets.py:floor_time", "proxy_service/queries.py:floor_local"]
 
 
 def test_admin_state_lives_on_the_gateway() -> None:

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from proxy_service.buckets import floor_time
 from proxy_service.queries import RAW_COLUMNS
-from proxy_service.rollup import TIERS, floor_time
+from proxy_service.rollup import TIERS
 
 if TYPE_CHECKING:
     import pyarrow as pa

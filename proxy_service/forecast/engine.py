@@ -24,9 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from proxy_service.buckets import floor_time
 from proxy_service.forecast import demand
 from proxy_service.forecast.exhaustion import RateMeter
-from proxy_service.rollup import floor_time
 
 log = logging.getLogger("keyrack.forecast")
 HISTORY_DAYS = 90
