@@ -73,7 +73,11 @@ class Gateway:
         cluster_cfg = cluster_config.from_settings(settings)  # ClusterConfigError: a one-line startup error
         if cluster_cfg is None:  # the embedded default: one process, one DuckDB file, the pool in memory
             self.store = Store(
-                settings.db_path, settings.duckdb_memory_limit, settings.duckdb_threads, settings.duckdb_block_size
+                settings.db_path,
+                settings.duckdb_memory_limit,
+                settings.duckdb_threads,
+                settings.duckdb_block_size,
+                settings.duckdb_row_group_size,
             )
             self.writer = EventWriter(self.store)
         else:

@@ -34,6 +34,9 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 # size it was made with.
 BLOCK_SIZES = (16_384, 32_768, 65_536, 131_072, 262_144)
 DUCKDB_BLOCK_SIZE = 65_536
+# Rows per row group of the database file (DuckDB: 122,880), for every file opened (why: store.Store). DuckDB takes
+# multiples of its vector size (2,048) up to 122,880.
+DUCKDB_ROW_GROUP_SIZE = 16_384
 CLIENT_ID = re.compile(r"t_[0-9a-f]{10}|anonymous")  # what surfaces.common.client_id makes of a token
 
 
@@ -360,6 +363,7 @@ class Settings(BaseSettings, Config):
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
     duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
+    duckdb_row_group_size: int = Field(DUCKDB_ROW_GROUP_SIZE, ge=2_048, le=122_880)
     # Cluster mode (proxy_service/cluster/): all three set = replicas share Redis pool state and a DuckLake on
     # PostgreSQL; none set = the embedded default. The URLs may carry passwords (masked everywhere).
     redis_url: str = Field("", json_schema_extra={"secret": "url"})
@@ -388,6 +392,13 @@ class Settings(BaseSettings, Config):
     def _block_size(cls, v: int) -> int:
         if v not in BLOCK_SIZES:
             raise ValueError(f"must be one of {', '.join(map(str, BLOCK_SIZES))} (bytes)")
+        return v
+
+    @field_validator("duckdb_row_group_size")
+    @classmethod
+    def _row_group_size(cls, v: int) -> int:
+        if v % 2_048:
+            raise ValueError("must be a multiple of 2048 (rows)")
         return v
 
     @field_validator("duckdb_memory_limit")

@@ -301,6 +301,7 @@ def test_serve_refuses_invalid_settings_naming_each_variable(tmp_path: Path) -> 
         strategy="fastest",
         max_body_mb="-1",
         duckdb_block_size="1000",
+        duckdb_row_group_size="3000",
     )
     assert line.startswith("Error: invalid configuration: ")
     for expected in (
@@ -309,6 +310,7 @@ def test_serve_refuses_invalid_settings_naming_each_variable(tmp_path: Path) -> 
         "KEYRACK_STRATEGY: Input should be 'quota_aware', 'round_robin' or 'least_used'",
         "KEYRACK_MAX_BODY_MB: Input should be greater than 0",
         "KEYRACK_DUCKDB_BLOCK_SIZE: must be one of 16384, 32768, 65536, 131072, 262144 (bytes)",
+        "KEYRACK_DUCKDB_ROW_GROUP_SIZE: must be a multiple of 2048 (rows)",
     ):
         assert expected in line
 

@@ -13,7 +13,7 @@ import pytest
 from proxy_service import queries, snapshot
 from proxy_service.events import EventWriter, RequestEvent
 from proxy_service.histogram import lb_sql
-from proxy_service.settings import DUCKDB_BLOCK_SIZE
+from proxy_service.settings import DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE
 from proxy_service.store import DERIVED, SCHEMA, Store
 from tests.test_queries import event
 
@@ -45,6 +45,29 @@ def test_a_new_file_gets_small_blocks_and_an_existing_file_keeps_its_own(tmp_pat
     assert cur.execute("SELECT request_id FROM requests").fetchall() == [("r1",)]
     cur.close()
     old.close()
+
+
+def row_groups(cur: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(cur.execute(f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')").fetchone()[0])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("size", [DUCKDB_ROW_GROUP_SIZE, 4_096])
+def test_the_file_is_written_in_row_groups_of_the_configured_size(tmp_path: Path, size: int) -> None:
+    """Every cursor works in the file (attached under its own name), and rows land in row groups of `size` rows, in
+    a new file and after reopening an existing one (DuckDB does not keep the size in the file)."""
+    path = tmp_path / "k.duckdb"
+    for round_ in range(2):
+        store = Store(path, row_group_size=size)
+        cur = store.cursor()
+        assert cur.execute("SELECT current_database()").fetchone() == ("k",)
+        cur.execute("INSERT INTO requests (ts, request_id) SELECT now(), 'r' || i FROM range(40000) t(i)")
+        cur.execute("CHECKPOINT")
+        rows = 40_000 * (round_ + 1)
+        assert cur.execute("SELECT count(*) FROM requests").fetchone() == (rows,)
+        assert row_groups(cur, "requests") == -(-rows // size)
+        cur.close()
+        store.close()
+    assert duckdb.connect(str(path)).execute("SELECT count(*) FROM requests").fetchone() == (80_000,)  # in the file
 
 
 def test_memory_is_duckdbs_own_account_by_tag(tmp_path: Path) -> None:
