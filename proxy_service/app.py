@@ -453,6 +453,9 @@ class Gateway:
         trim = heap.trimmer()
         if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop
             self.every(lambda: heap.TRIM_TICK_S, lambda: asyncio.to_thread(trim), "malloc-trim")
+        reclaim = heap.library_reclaimer()
+        if reclaim is not None:  # on a worker thread too: a walk over /proc/self/maps and a few syscalls
+            self.every(lambda: heap.RECLAIM_TICK_S, lambda: asyncio.to_thread(reclaim), "library-pageout")
         self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
