@@ -12,15 +12,18 @@ idle again. "steady" is the largest sample of the soak's second half. Then `keyr
 the same proxy and, when Chromium is installed, every page is opened once in headless Chromium (signed in) before
 its RSS is read (a Streamlit server holds one script run per session; without a session it is only the server).
 
-Baseline, in the same run (unless --no-baseline): the same phases with DuckDB's own defaults for the two choices
-Keyrack makes about its memory, 256 KB blocks for the new database file (`KEYRACK_DUCKDB_BLOCK_SIZE`) and the
-allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see proxy_service/server.py). Both runs have what the proxy does
-in code: glibc's free heap memory returned every second (proxy_service/heap.py), DuckDB's cache of checkpointed
-blocks cut back to 16 MB every 10 s and after each rollup compaction (`Store.trim_cache`), no pandas and no httpx command-line client loaded.
+Baseline, in the same run (unless --no-baseline): the same phases with DuckDB's own defaults for the three choices
+Keyrack makes about its memory, 256 KB blocks for the new database file (`KEYRACK_DUCKDB_BLOCK_SIZE`), 122,880-row
+row groups (`KEYRACK_DUCKDB_ROW_GROUP_SIZE`) and the allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see
+proxy_service/server.py). Both runs have what the proxy does in code: glibc's free heap memory returned every
+second and DuckDB's unused library pages every minute (proxy_service/heap.py), DuckDB's cache of checkpointed
+blocks cut back to 4 MB every 10 s and after each rollup compaction (`Store.trim_cache`), no pandas and no httpx
+command-line client loaded.
 
 What the figures depend on: the soak's request rate (the closed loop sends as fast as the proxy answers, so a less
 loaded machine writes more rows: DuckDB's appended rows, cache and the rollup's periodic work grow with them) and
-when a sample falls on the rollup's compaction (every 60 s; DuckDB's working memory for it shows as a spike).
+when a sample falls on a fold of new rows into the rollup (every 2 s) or on a checkpoint (DuckDB's working memory
+for them shows as a brief spike).
 Compare runs at similar rates; the report prints the rate and the load average.
 
 Target: steady RSS ≤ 150 MB for `keyrack serve`.
@@ -60,9 +63,11 @@ TARGET_STEADY_MB = 150.0
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-{i:02d}')}" for i in range(8))
 CHROMIUM = Path("/usr/bin/chromium")
 PAGES = ("", "trends", "error_logs", "config", "sql")
-# DuckDB's defaults for what Keyrack sets (settings.DUCKDB_BLOCK_SIZE, server.ALLOCATOR_CONF): the baseline.
+# DuckDB's defaults for what Keyrack sets (settings.DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE, server.ALLOCATOR_CONF):
+# the baseline.
 DUCKDB_DEFAULTS = {
     "KEYRACK_DUCKDB_BLOCK_SIZE": "262144",
+    "KEYRACK_DUCKDB_ROW_GROUP_SIZE": "122880",
     "DUCKDB_JE_MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:5000",
 }
 
@@ -130,6 +135,8 @@ def rss(pid: int) -> dict[str, float]:
             name, _, value = line.partition(":")
             if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
                 out[name] = round(int(value.split()[0]) / 1024, 1)
+    with open(f"/proc/{pid}/stat") as f:  # major page faults so far: pages read back from a file (heap.py's reclaim)
+        out["majflt"] = int(f.read().rsplit(")", 1)[1].split()[9])
     return out
 
 
@@ -209,7 +216,10 @@ def proxy_phases(workdir: Path, fake: Server, load_s: float, soak_s: float, env:
     soak = [s for s in samples if s["phase"] == "soak"]
     second_half = soak[len(soak) // 2 :] or soak
     steady = max(second_half, key=lambda s: s["VmRSS"]) if second_half else after_load
+    half = sorted(s["VmRSS"] for s in second_half)
     return {
+        "second_half": {"median": half[len(half) // 2], "min": half[0], "samples": len(half)} if half else None,
+        "soak_major_faults": soak[-1]["majflt"] - after_load["majflt"] if soak else 0,
         "start": start,
         "after_load": after_load,
         "steady": steady,
@@ -363,7 +373,16 @@ def report(f: dict[str, Any]) -> str:
         "",
         markdown_table(["process / phase", "RSS", "anon", "file", "shmem", "DuckDB's own"], rows),
         "",
-        f"- proxy peak (VmHWM): {p['peak_mb']:.0f} MB; soak: {p['soak_requests']:,} requests",
+        f"- proxy peak (VmHWM): {p['peak_mb']:.0f} MB; soak: {p['soak_requests']:,} requests "
+        f"({p['soak_requests'] / f['soak_s']:,.0f} req/s), {p['soak_major_faults']:,} major page faults",
+        *(
+            [
+                f"- the soak's second half: {h['samples']} samples, median {h['median']:.0f} MB, min {h['min']:.0f}, "
+                f"max {p['steady']['VmRSS']:.0f} (the steady figure)"
+            ]
+            if (h := p.get("second_half"))
+            else []
+        ),
         *(
             [
                 f"- steady vs the baseline (DuckDB's defaults, same run, before it): {p['steady']['VmRSS']:.0f} / "

@@ -12,8 +12,8 @@ registration of every built-in function) touches ~51 MB of it, which then stays 
 work (appends, folds, checkpoints, the admin's queries) runs in ~20 MB of it. `madvise(MADV_PAGEOUT)` (Linux 5.4+)
 over the library's read-only mappings asks the kernel to reclaim those pages now: clean file pages are simply
 dropped (the memory is free again, not just unmapped), and a page DuckDB needs later is read back from the file by
-the thread that touches it, a major page fault. Only DuckDB's threads (the writer, readers, its workers) run that
-code, never the event loop. Measured under the soak: RSS 28-30 MB lower, ~1 major fault a second (README, "Memory").
+the thread that touches it, a major page fault. The threads that run DuckDB (the writer, readers, its workers) run
+that code, not the event loop. Measured under the soak: RSS 28-30 MB lower, ~1 major fault a second (README, "Memory").
 Writable mappings are left alone; MADV_PAGEOUT never discards data (dirty or anonymous pages would go to swap).
 """
 
