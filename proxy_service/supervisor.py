@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from proxy_service import heap
 from proxy_service.demo.history import backfill, demo_rates
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
@@ -310,6 +311,12 @@ class Launcher:
             if not self._wait_http(upstream, f"{upstream_url}/_fake/stats", 30):
                 raise StartupError(f"the fake upstream did not start in 30 s; see {upstream.log_path}")
 
+        # This process has DuckDB loaded (the relay's imports, the key count, the demo history). The kernel keeps a
+        # page that two processes map, so the proxy could not give back the library pages this one touched
+        # (heap.library_reclaimer): give them back first. The supervisor runs no DuckDB code after this.
+        reclaim = heap.library_reclaimer()
+        if reclaim is not None:
+            reclaim()
         proxy_url = f"http://{url_host(host)}:{proxy_port}"
         proxy = self._start(
             "proxy",
