@@ -121,7 +121,7 @@ class StatsSource:
 
 # trim_cache: DuckDB's cache of checkpointed table blocks is cut back to this every CACHE_TRIM_S (app.py). With
 # 16,384-row groups the cache refills faster between trims (checkpoints write more, smaller row groups); 4 MB kept
-# it at 5-11 MB in the soak, 16 MB at 15-17 (README, "Memory").
+# it at 5-12 MB in the soak, 16 MB at 15-17 (README, "Memory").
 CACHE_KEEP_BYTES = 4 * 2**20
 
 
