@@ -59,10 +59,9 @@ def trimmer() -> Callable[[], None] | None:
 
 def duckdb_library() -> str | None:
     """The path of DuckDB's extension module as this process mapped it, or None (not imported, or not a file)."""
-    for name in ("_duckdb", "duckdb.duckdb"):  # the module's name since DuckDB 1.4, and before
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if isinstance(path, str) and path.endswith(".so"):
-            return os.path.realpath(path)  # as /proc/self/maps names it (a venv may be reached through a symlink)
+    path = getattr(sys.modules.get("_duckdb"), "__file__", None)  # the extension module of the pinned DuckDB
+    if isinstance(path, str) and path.endswith(".so"):
+        return os.path.realpath(path)  # as /proc/self/maps names it (a venv may be reached through a symlink)
     return None
 
 
