@@ -11,6 +11,9 @@ from typing import Any
 
 import uvicorn
 
+START_TIMEOUT_S = 60.0  # generous: a gateway starts in well under a second on a quiet machine, not at load 20
+STOP_TIMEOUT_S = 120.0
+
 
 @contextlib.contextmanager
 def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
@@ -51,5 +54,10 @@ def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> It
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        # A generous deadline: at load 20 a gateway's shutdown (writer flush, background jobs) can take longer than
+        # a quiet machine suggests, and a server still shutting down when the next test starts one collides with it
+        # (its metrics collector is still registered). A server that never stops fails here, not in the next test.
+        thread.join(STOP_TIMEOUT_S)
         sock.close()
+        if thread.is_alive():
+            raise RuntimeError(f"uvicorn server did not stop within {STOP_TIMEOUT_S:g} s")
