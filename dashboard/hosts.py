@@ -87,14 +87,6 @@ def parse_public_hosts(text: str) -> tuple[tuple[str, int | None], ...]:
     return tuple(entries)
 
 
-def _loopback_ip(name: str) -> bool:
-    """127.0.0.2, [0:0::1]: an address literal is typed, never a name a page's author controls."""
-    try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class HostPolicy:
     public: tuple[tuple[str, int | None], ...] = ()
@@ -111,15 +103,16 @@ class HostPolicy:
         if parsed is None:
             return False
         name, port = parsed
-        return name in LOOPBACK_NAMES or _loopback_ip(name) or self._public(name, port)
+        return name in LOOPBACK_NAMES or self._public(name, port)
 
-    def origin_allowed(self, origin: str | None, host: str) -> bool:
+    def origin_allowed(self, origin: str | None, host: str, scheme: str = "http") -> bool:
+        """`scheme`: the request's own (http or https; a WebSocket's ws/wss count as those)."""
         if origin is None:
             return True
         parts = urlsplit(origin.strip())
         if parts.scheme not in ("http", "https") or parts.path not in ("", "/") or parts.query or "@" in parts.netloc:
             return False
-        if parts.netloc.lower() == host.strip().lower():
+        if parts.scheme == scheme and parts.netloc.lower() == host.strip().lower():
             return True  # this very origin
         parsed = split_host(parts.netloc)
         if parsed is None:
@@ -127,14 +120,25 @@ class HostPolicy:
         name, port = parsed
         return self._public(name, port if port is not None else (443 if parts.scheme == "https" else 80))
 
-    def refusal(self, hosts: list[str], origins: list[str]) -> str | None:
+    def refusal(self, hosts: list[str], origins: list[str], scheme: str = "http") -> str | None:
         """Why a request with these Host and Origin headers is refused, or None when it is let through."""
         if len(hosts) != 1 or not self.host_allowed(hosts[0]):
             shown = hosts[0][:80] if hosts else ""
             return f"Host {shown!r} is not a name of this dashboard (add it to {SETTING})"
-        if len(origins) > 1 or not self.origin_allowed(origins[0] if origins else None, hosts[0]):
+        if len(origins) > 1 or not self.origin_allowed(origins[0] if origins else None, hosts[0], scheme):
             return f"Origin {origins[0][:80]!r} is foreign to this dashboard" if origins else "several Origin headers"
         return None
+
+
+def streamlit_flags(public: tuple[tuple[str, int | None], ...]) -> list[str]:
+    """Streamlit's own WebSocket checks told the same names, a second layer behind HostGuard: `server.allowedHosts`
+    (its DNS-rebinding allow-list, ports ignored), and `server.corsAllowedOrigins` so that a reverse proxy that
+    rewrites Host still passes Streamlit's same-origin check with the public name's Origin."""
+    names = dict.fromkeys(["localhost", "127.0.0.1", "::1", *(name.strip("[]") for name, _ in public)])
+    flags = [flag for name in names for flag in ("--server.allowedHosts", name)]
+    for name in dict.fromkeys(name for name, _ in public):
+        flags += ["--server.corsAllowedOrigins", f"https://{name}", "--server.corsAllowedOrigins", f"http://{name}"]
+    return flags
 
 
 class HostGuard:
@@ -158,7 +162,8 @@ class HostGuard:
                 hosts.append(value.decode("latin-1"))
             elif name == b"origin":
                 origins.append(value.decode("latin-1"))
-        reason = self.policy.refusal(hosts, origins)
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        reason = self.policy.refusal(hosts, origins, scheme)
         if reason is None:
             await self.app(scope, receive, send)
             return

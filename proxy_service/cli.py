@@ -72,14 +72,14 @@ def dashboard(host: str, port: int, admin_url: str | None) -> None:
         env["KEYRACK_ADMIN_URL"] = f"http://{url_host(settings.host)}:{settings.port}"
     if settings.admin_token and not env.get("KEYRACK_ADMIN_TOKEN"):
         env["KEYRACK_ADMIN_TOKEN"] = settings.admin_token
-    from dashboard.hosts import PublicHostsError, parse_public_hosts
+    from dashboard.hosts import PublicHostsError, parse_public_hosts, streamlit_flags
 
     try:
-        parse_public_hosts(env_setting("KEYRACK_DASHBOARD_PUBLIC_HOSTS") or "")
+        public = parse_public_hosts(env_setting("KEYRACK_DASHBOARD_PUBLIC_HOSTS") or "")
     except PublicHostsError as exc:
         raise click.ClickException(str(exc)) from None
     server = Path(__file__).resolve().parent.parent / "dashboard" / "server.py"  # app.py behind the Host guard
-    argv = streamlit_argv(server, host, port)
+    argv = streamlit_argv(server, host, port) + streamlit_flags(public)
     os.execvpe(sys.executable, argv, env)
 
 
