@@ -299,3 +299,60 @@ def test_no_log_file_keeps_the_admin_token_the_link_or_its_key(run: Run) -> None
         text = log.read_text(errors="replace")
         for what, secret in secrets.items():
             assert secret not in text, f"{what} in {log.name}"
+
+
+# -- the pieces, with hostile input --------------------------------------------------------------------------------
+
+
+def test_link_codes_and_cookies_cannot_be_forged_swapped_replayed_or_kept_past_expiry() -> None:
+    from dashboard.sessions import Sessions
+    from proxy_service import dashboard_link as dl
+
+    key = dl.new_key()
+    sessions, other = Sessions(key), Sessions(dl.new_key())
+    now = time.time()
+    code = dl.mint_code(key, now)
+    assert other.redeem(code, now) is None  # another run's key
+    cookie = sessions.redeem(code, now)
+    assert cookie is not None and sessions.session(cookie, now) is not None
+    assert sessions.redeem(code, now) is None  # once only
+    assert sessions.redeem(cookie, now) is None  # a cookie is no link…
+    assert sessions.session(dl.mint_code(key, now), now) is None  # …and a link no cookie
+    assert sessions.redeem(dl.mint_code(key, now), now + dl.LINK_TTL_S + 1) is None  # expired
+    assert sessions.session(cookie, now + dl.SESSION_TTL_S + 1) is None
+    nonce, expires, sig = dl.mint_code(key, now).split(".")
+    assert sessions.redeem(f"{nonce}.{expires + '0'}.{sig}", now) is None  # a later expiry, same signature
+    assert sessions.redeem(f"{nonce}x.{expires}.{sig}", now) is None
+    for junk in ("", ".", "..", "a.b.c", "x" * 100_000, f"{nonce}.١٢٣.{sig}", f"{nonce}.-1.{sig}", f"{code}.{code}"):
+        assert sessions.redeem(junk, now) is None and sessions.session(junk, now) is None
+    sessions.revoke(sessions.session(cookie, now) or ("", 0))
+    assert sessions.session(cookie, now) is None  # signed out
+
+
+def test_public_hosts_setting_refuses_what_is_no_host_and_the_dashboard_command_says_so(tmp_path: Path) -> None:
+    from dashboard.hosts import HostPolicy, PublicHostsError, parse_public_hosts
+
+    for bad in ("*", "0.0.0.0", "a b", "host:99999", "host:0", "user@host", "host/path", "[::1", "ex\u00e4mple.com"):
+        with pytest.raises(PublicHostsError):
+            parse_public_hosts(bad)
+    policy = HostPolicy(parse_public_hosts(" Keyrack.Example.com , lan.local:8501, https://x.example:8443/ ,"))
+    assert policy.host_allowed("keyrack.example.com:1234") and policy.host_allowed("KEYRACK.example.com.")
+    assert policy.host_allowed("lan.local:8501") and not policy.host_allowed("lan.local:8502")
+    assert policy.host_allowed("x.example:8443") and not policy.host_allowed("x.example")
+    for host in ("keyrack.example.com.evil", "evil.keyrack.example.com", "localhost:8501@evil", "localhost/x", "::1"):
+        assert not policy.host_allowed(host), host
+    assert policy.origin_allowed("https://keyrack.example.com", "127.0.0.1:8501")  # a proxy that rewrites Host
+    assert not policy.origin_allowed("http://x.example", "127.0.0.1:8501")  # port 80, not 8443
+
+    res = subprocess.run(
+        [*KEYRACK, "dashboard", "--port", str(free_port())],
+        env=clean_env(dashboard_public_hosts="*"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("Error:")] == [
+        "Error: KEYRACK_DASHBOARD_PUBLIC_HOSTS: '*' is not a host name or host:port"
+    ]
