@@ -179,7 +179,7 @@ def chromium(run: Run) -> Iterator[Any]:
 
     expect.set_options(timeout=60_000)
     # The attacker's name resolves to 127.0.0.1, as after a DNS rebinding.
-    args = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {ATTACKER} 127.0.0.1"]
+    args = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {ATTACKER} 127.0.0.1, MAP {PUBLIC} 127.0.0.1"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         try:
@@ -228,6 +228,22 @@ def test_in_chromium_a_rebound_name_gets_nothing_and_a_visitor_without_the_link_
         settle(page)
         expect(page.get_by_role("heading", name=SIGN_IN)).to_be_visible()
         assert ctx.cookies() == [] or not any(c["name"].startswith("keyrack") for c in ctx.cookies())
+
+
+def test_in_chromium_the_public_name_serves_the_app_to_whoever_gives_the_admin_token(run: Run, chromium: Any) -> None:
+    """As behind a reverse proxy that passes Host on (the Docker image's setup): the page, its WebSocket, the form."""
+    from playwright.sync_api import expect
+
+    with context(chromium) as ctx:
+        page = ctx.new_page()
+        page.goto(f"http://{PUBLIC}:{run.port}/trends")
+        settle(page)
+        expect(page.get_by_role("heading", name=SIGN_IN)).to_be_visible()
+        expect(page.get_by_role("heading", name="Trends", exact=True)).to_have_count(0)
+        page.get_by_label("Admin token").fill(run.admin_token)
+        page.get_by_role("button", name="Sign in").click()
+        settle(page)
+        expect(page.get_by_role("heading", name="Trends", exact=True)).to_be_visible()
 
 
 def test_the_banner_link_signs_in_once_and_its_cookie_keeps_the_browser_signed_in(run: Run, chromium: Any) -> None:
