@@ -1,7 +1,8 @@
 """Keyrack dashboard entry: every page registered on every run, the sign-in guard (once, here), shared chrome.
 
-Run with `keyrack dashboard` (or `streamlit run dashboard/app.py`). It talks to the proxy only through the admin
-API at KEYRACK_ADMIN_URL with KEYRACK_ADMIN_TOKEN (environment or `.env`).
+Run with `keyrack dashboard` (`streamlit run dashboard/server.py`: this script behind the Host/Origin guard and the
+sign-in link route). It talks to the proxy only through the admin API at KEYRACK_ADMIN_URL, with the admin token a
+visitor types, or with KEYRACK_ADMIN_TOKEN for a browser signed in by a one-time link (`keyrack run` prints it).
 
 Every page is known to `st.navigation` on every run, signed in or not, so `/trends` resolves to Trends on a fresh
 tab or after F5; while signed out the login form is drawn in place of the page asked for, and after sign-in the
@@ -71,14 +72,14 @@ def navigation() -> StreamlitPage:
 
 
 def login_gate() -> None:
-    """Sign in with the env token when there is one and the dashboard listens on loopback; otherwise (or when it
-    fails) ask for the token. The admin URL is server-side configuration, not a form field. Stops the run."""
+    """Sign in with the env token when the browser holds a session cookie from a one-time sign-in link; otherwise
+    (or when it fails) ask for the token. The admin URL is server-side configuration, not a form field. Stops the
+    run."""
     url = auth.env_admin_url()
     problem: AdminError | None = st.session_state.pop("login_problem", None)
-    env_token = auth.env_admin_token()
-    if env_token and auth.auto_sign_in_allowed() and not st.session_state.get("login_tried_env"):
-        st.session_state["login_tried_env"] = True
-        problem = auth.sign_in(url, env_token)
+    session = auth.cookie_session()
+    if session is not None and problem is None:
+        problem = auth.sign_in(url, auth.env_admin_token(), session)
         if problem is None:
             st.rerun()
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import httpx
 import streamlit as st
 
+from dashboard import sessions
 from dashboard.client import AdminClient, AdminError
 from proxy_service.envfile import env_setting
 
@@ -28,16 +27,13 @@ def env_admin_token() -> str:
     return setting("KEYRACK_ADMIN_TOKEN", "")
 
 
-def auto_sign_in_allowed() -> bool:
-    """The env token signs visitors in by itself only while the dashboard listens on loopback (the demo, a laptop):
-    on any other address every visitor who can reach it would be the admin. Unset means every interface."""
-    host = (st.get_option("server.address") or "").strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def cookie_session() -> tuple[str, int] | None:
+    """The signed-in browser's session from its cookie (set by a one-time sign-in link, dashboard/sessions.py),
+    or None. The env token never signs a visitor in by itself: only a link `keyrack run` printed, or the token."""
+    current = sessions.current()
+    if current is None:
+        return None
+    return current.session(st.context.cookies.get(current.cookie))
 
 
 @st.cache_resource(show_spinner=False)
@@ -60,15 +56,15 @@ def logged_in() -> bool:
     return bool(st.session_state.get("auth"))
 
 
-def sign_in(url: str, token: str) -> AdminError | None:
-    """Check URL + token with one admin call; on success remember them and adopt the configured language.
-    `url` is server-side configuration (KEYRACK_ADMIN_URL / --admin-url), never a visitor's input: the dashboard
-    must not fetch a URL a stranger chose and show the answer."""
+def sign_in(url: str, token: str, session: tuple[str, int] | None = None) -> AdminError | None:
+    """Check URL + token with one admin call; on success remember them (and the cookie's session, to revoke it on
+    sign-out) and adopt the configured language. `url` is server-side configuration (KEYRACK_ADMIN_URL /
+    --admin-url), never a visitor's input: the dashboard must not fetch a URL a stranger chose and show the answer."""
     try:
         cfg = make_client(url, token).config()
     except AdminError as exc:
         return exc
-    st.session_state["auth"] = {"url": url.rstrip("/"), "token": token}
+    st.session_state["auth"] = {"url": url.rstrip("/"), "token": token, "session": session}
     if not st.session_state.get("lang_chosen"):
         set_language(str((cfg.get("values") or {}).get("language", "en")))
     st.session_state["_data_version"] = st.session_state.get("_data_version", 0) + 1
@@ -82,7 +78,11 @@ def set_language(lang: str) -> None:
 
 
 def sign_out() -> None:
-    """Forget the session's token and everything fetched with it; the env token is not used again by itself."""
+    """Forget the session's token and everything fetched with it; a cookie that signed it in is revoked, so a
+    reload or another tab of this browser is signed out too."""
+    session = (st.session_state.get("auth") or {}).get("session")
+    current = sessions.current()
+    if session is not None and current is not None:
+        current.revoke(session)
     for name in SESSION_STATE:
         st.session_state.pop(name, None)
-    st.session_state["login_tried_env"] = True

@@ -72,8 +72,14 @@ def dashboard(host: str, port: int, admin_url: str | None) -> None:
         env["KEYRACK_ADMIN_URL"] = f"http://{url_host(settings.host)}:{settings.port}"
     if settings.admin_token and not env.get("KEYRACK_ADMIN_TOKEN"):
         env["KEYRACK_ADMIN_TOKEN"] = settings.admin_token
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    argv = streamlit_argv(app, host, port)
+    from dashboard.hosts import PublicHostsError, parse_public_hosts, streamlit_flags
+
+    try:
+        public = parse_public_hosts(env_setting("KEYRACK_DASHBOARD_PUBLIC_HOSTS") or "")
+    except PublicHostsError as exc:
+        raise click.ClickException(str(exc)) from None
+    server = Path(__file__).resolve().parent.parent / "dashboard" / "server.py"  # app.py behind the Host guard
+    argv = streamlit_argv(server, host, port) + streamlit_flags(public)
     os.execvpe(sys.executable, argv, env)
 
 
@@ -126,6 +132,31 @@ def demo(
     from proxy_service.supervisor import launch
 
     sys.exit(_checked(launch, True, proxy_port, dashboard_port, upstream_port, not no_dashboard, data_dir, rate))
+
+
+@main.command("dashboard-link")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory of the running `keyrack run` (default KEYRACK_DATA_DIR or ./data; the demo's is found too).",
+)
+def dashboard_link_command(data_dir: Path | None) -> None:
+    """Print a new one-time sign-in link for the dashboard that `keyrack run` / `keyrack demo` started."""
+    from proxy_service import dashboard_link
+
+    root = data_dir or _checked(load_settings).data_dir
+    for where in (root, root / "demo"):
+        found = dashboard_link.read_link_file(where)
+        if found is not None:
+            url, key = found
+            click.echo(dashboard_link.sign_in_link(url, key))
+            click.echo(f"(one-time, valid {dashboard_link.LINK_TTL_S // 60} min)", err=True)
+            return
+    raise click.ClickException(
+        f"no dashboard started by `keyrack run` is running on {root} (no live {dashboard_link.LINK_FILE} there or "
+        "in its demo/): start one with `keyrack run`, or sign in with the admin token."
+    )
 
 
 @main.command()

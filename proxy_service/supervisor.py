@@ -35,7 +35,8 @@ from typing import Any
 
 import httpx
 
-from proxy_service import heap
+from proxy_service import dashboard_link, heap
+from proxy_service.dashboard_link import KEY_ENV as LINK_KEY_ENV
 from proxy_service.demo.history import backfill, demo_rates
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
@@ -182,6 +183,7 @@ class Launcher:
     stopping: threading.Event = field(default_factory=threading.Event)
     forced: threading.Event = field(default_factory=threading.Event)
     traffic: TrafficGenerator | None = None
+    link_dir: Path | None = None  # where this run's dashboard-link.json is, removed on the way out
 
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_signal(self, sig: int, _frame: Any) -> None:
@@ -227,6 +229,8 @@ class Launcher:
             if child.name == "proxy" and code not in (0, None):
                 print(f"  proxy exited with status {code}; see {child.log_path}", flush=True)
         self.children.clear()
+        if self.link_dir is not None:
+            dashboard_link.remove_link_file(self.link_dir)
 
     # -- the run ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -259,7 +263,7 @@ class Launcher:
         kept = demo_tokens(data_dir) if opts.demo else None  # the demo's tokens stay the same across runs
         admin_token = base.admin_token or (kept[0] if kept else "kra_" + secrets.token_urlsafe(18))
         client_token = base.access_tokens[0] if base.access_tokens else None
-        env = {k: v for k, v in os.environ.items() if k != "KEYRACK_API_KEYS" or not opts.demo}
+        env = {k: v for k, v in os.environ.items() if (k != "KEYRACK_API_KEYS" or not opts.demo) and k != LINK_KEY_ENV}
         env.update({"KEYRACK_DATA_DIR": str(data_dir), "KEYRACK_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"})
         demo_clients: dict[str, Habit] = {}
         if opts.demo:
@@ -334,10 +338,15 @@ class Launcher:
             self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate, clients=demo_clients)
             self.traffic.start()
 
-        dashboard_url = None
+        dashboard_url = sign_in = None
         if with_dashboard:
             dashboard_url = f"http://127.0.0.1:{opts.dashboard_port}"
-            dash_env = {**env, "KEYRACK_ADMIN_URL": f"http://127.0.0.1:{proxy_port}"}
+            # The dashboard signs nobody in by itself: the banner's one-time link does (proxy_service/dashboard_link).
+            # Its key goes to the dashboard only, and to a 0600 file for `keyrack dashboard-link` while the run lasts.
+            link_key = dashboard_link.new_key()
+            self.link_dir = data_dir
+            dashboard_link.write_link_file(data_dir, dashboard_url, link_key)
+            dash_env = {**env, "KEYRACK_ADMIN_URL": f"http://127.0.0.1:{proxy_port}", LINK_KEY_ENV: link_key}
             dash = self._start(
                 "dashboard",
                 dashboard_argv("127.0.0.1", opts.dashboard_port, dash_env["KEYRACK_ADMIN_URL"]),
@@ -346,10 +355,11 @@ class Launcher:
             )
             if not self._wait_http(dash, f"{dashboard_url}/_stcore/health", 60) and not self.stopping.is_set():
                 print(f"  the dashboard is slow to start; it will be at {dashboard_url} (log: {dash.log_path})")
+            sign_in = dashboard_link.sign_in_link(dashboard_url, link_key)  # minted now: its minutes start here
 
         if self.stopping.is_set():
             return 0
-        self._banner(proxy_url, dashboard_url, admin_token, client_token, data_dir, log_dir, app is None)
+        self._banner(proxy_url, sign_in, admin_token, client_token, data_dir, log_dir, app is None)
         return self._supervise()
 
     def _supervise(self) -> int:
@@ -371,7 +381,7 @@ class Launcher:
     def _banner(
         self,
         proxy_url: str,
-        dashboard_url: str | None,
+        sign_in: str | None,
         admin_token: str,
         client_token: str | None,
         data_dir: Path,
@@ -388,8 +398,12 @@ class Launcher:
         else:
             lines.append(f"Keyrack is running against {load_settings().upstream_url}. {opts.reason}")
         lines.append("")
-        if dashboard_url:
-            lines.append(f"  Dashboard     {dashboard_url}   (signs in with the admin token below)")
+        if sign_in:
+            lines.append(f"  Dashboard     {sign_in}")
+            lines.append(
+                f"                (a one-time sign-in link, valid {dashboard_link.LINK_TTL_S // 60} min; another: "
+                "`keyrack dashboard-link`; or sign in with the admin token below)"
+            )
         elif no_dashboard_app and opts.dashboard:
             lines.append("  Dashboard     not started: dashboard/app.py is not available in this install")
         else:

@@ -1,14 +1,20 @@
 """Dashboard test fixtures: ONE real stack per test session — the fake Gemini upstream and the Keyrack proxy on
 127.0.0.1 (real uvicorn, real DuckDB file) — seeded with synthetic call events and with keys added through the
-admin API. AppTests run the dashboard in-process against it, exactly as `keyrack dashboard` would."""
+admin API. AppTests run the dashboard in-process against it, exactly as `keyrack dashboard` would, each session
+signed in through the form (`open_app`); the browser tests share one real dashboard server started as `keyrack run`
+starts it (`dashboard`), where a visitor signs in with the form or with a one-time link (`Dashboard.link()`)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+from streamlit.testing.v1 import AppTest
 
+from proxy_service import dashboard_link
 from proxy_service.app import Gateway, create_app
 from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.events import AttemptEvent, ErrorEvent, RequestEvent
@@ -177,24 +185,120 @@ def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def dashboard_address() -> Iterator[Callable[[str], None]]:
-    """Set the address the dashboard believes it listens on (Streamlit's server.address; unset = every interface)."""
-    from streamlit import config
-
-    before = config.get_option("server.address")
-
-    def set_address(host: str) -> None:
-        config.set_option("server.address", host)
-
-    yield set_address
-    config.set_option("server.address", before)
-
-
-@pytest.fixture
-def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None]) -> Stack:
-    """Environment as `keyrack dashboard --host 127.0.0.1` sets it: admin URL + token, loopback bind (so the AppTest
-    lands logged in)."""
+def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Environment as `keyrack run` gives the dashboard: admin URL + token. A session still signs in (open_app)."""
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
-    dashboard_address("127.0.0.1")
+    monkeypatch.delenv(dashboard_link.KEY_ENV, raising=False)
     return stack
+
+
+# -- the harness: an AppTest session signed in, a real dashboard server ----------------------------------------------
+
+
+def sign_in(at: AppTest, token: str = ADMIN_TOKEN) -> AppTest:
+    """Type the admin token into the sign-in form, as an operator does (AppTest has no cookies: no link here)."""
+    at.text_input(key="login_token").input(token)
+    at.button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def open_app(
+    page: str | None = None,
+    params: dict[str, str] | None = None,
+    state: dict[str, Any] | None = None,
+    timeout: float = 30,
+) -> AppTest:
+    """A dashboard session signed in through the form, on `page` (default Monitor) with `params` in its URL."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    at.run()
+    assert "Sign in to Keyrack" in [str(t.value) for t in at.title], "a fresh session must see the sign-in form"
+    sign_in(at)
+    if page:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+@dataclass
+class Dashboard:
+    """A real dashboard server, started the way `keyrack run` starts it (`keyrack dashboard` with the admin token
+    and a link key in its environment)."""
+
+    url: str
+    link_key: str
+    log: Path
+
+    def link(self) -> str:
+        """A fresh one-time sign-in link, as the banner or `keyrack dashboard-link` prints it."""
+        return dashboard_link.sign_in_link(self.url, self.link_key)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_dashboard(admin_url: str, log_dir: Path, admin_token: str = ADMIN_TOKEN, **env: str) -> Iterator[Dashboard]:
+    from proxy_service.supervisor import dashboard_argv
+
+    port, key = _free_port(), dashboard_link.new_key()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYRACK_")}
+    environ.update(
+        {
+            "KEYRACK_ADMIN_URL": admin_url,
+            "KEYRACK_ADMIN_TOKEN": admin_token,
+            dashboard_link.KEY_ENV: key,
+            "PYTHONUNBUFFERED": "1",
+            "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
+            **env,
+        }
+    )
+    log = log_dir / "dashboard.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            dashboard_argv("127.0.0.1", port, admin_url),
+            cwd=log_dir,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield Dashboard(url, key, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="package")
+def dashboard(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    """One real dashboard for the package's browser tests (visitors sign in with the form or with a link)."""
+    with running_dashboard(stack.url, tmp_path_factory.mktemp("dashboard")) as d:
+        yield d
+
+
+@pytest.fixture(scope="package")
+def dashboard_url(dashboard: Dashboard) -> str:
+    return dashboard.url

@@ -1,18 +1,14 @@
 """Retake docs/screenshots/forecast.png (`make screenshot-forecast`): the demo's history backfilled into a fresh data
-directory, the demo pool behind a real proxy with a busy quota day, the dashboard under `streamlit run`, Debian's
+directory, the demo pool behind a real proxy with a busy quota day, the dashboard served as `keyrack run` serves it, Debian's
 Chromium via Playwright (the setup of tests/dashboard/test_browser.py). Not a test: it only takes the picture."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.app import create_app
@@ -22,8 +18,8 @@ from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
 from proxy_service.demo.traffic import MODELS
 from proxy_service.quota import next_pacific_midnight
 from proxy_service.settings import Settings
-from proxy_service.startup import streamlit_argv
-from tests.dashboard.test_browser import APP, CHROMIUM, CHROMIUM_ARGS, SHOTS, _free_port, _idle
+from tests.dashboard.conftest import running_dashboard
+from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, _idle
 from tests.servers import serve
 
 TOKEN = "screenshot-admin-token-1"
@@ -78,46 +74,27 @@ def main() -> int:
 def shoot(proxy_url: str) -> int:
     from playwright.sync_api import expect, sync_playwright
 
-    port = _free_port()
-    env = {**os.environ, "KEYRACK_ADMIN_URL": proxy_url, "KEYRACK_ADMIN_TOKEN": TOKEN}
-    proc = subprocess.Popen(
-        streamlit_argv(APP, "127.0.0.1", port),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start")
-            time.sleep(0.3)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 2500})
-            page.set_default_timeout(60_000)
-            page.goto(url)  # signed in from the environment, on the Monitor page
-            expect(page.get_by_role("heading", name="Monitor")).to_be_visible(timeout=60_000)
-            page.get_by_role("link", name="Forecast").click()
-            expect(page.get_by_role("heading", name="Forecast", exact=True)).to_be_visible(timeout=60_000)
-            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(2, timeout=60_000)
-            page.get_by_role("button", name="Plan").click()
-            expect(page.get_by_text("Projects needed")).to_be_visible()
-            _idle(page, 60_000)
-            page.mouse.wheel(0, -10_000)  # back to the top: Streamlit scrolls its main block, not the page
-            page.wait_for_timeout(1500)  # charts finish drawing
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOTS / "forecast.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with (
+        tempfile.TemporaryDirectory(prefix="keyrack-shot-dash-") as logs,
+        running_dashboard(proxy_url, Path(logs), admin_token=TOKEN) as dashboard,
+        sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 2500})
+        page.set_default_timeout(60_000)
+        page.goto(dashboard.link())  # a one-time sign-in link, as `keyrack run` prints it: Monitor, signed in
+        expect(page.get_by_role("heading", name="Monitor")).to_be_visible(timeout=60_000)
+        page.get_by_role("link", name="Forecast").click()
+        expect(page.get_by_role("heading", name="Forecast", exact=True)).to_be_visible(timeout=60_000)
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(2, timeout=60_000)
+        page.get_by_role("button", name="Plan").click()
+        expect(page.get_by_text("Projects needed")).to_be_visible()
+        _idle(page, 60_000)
+        page.mouse.wheel(0, -10_000)  # back to the top: Streamlit scrolls its main block, not the page
+        page.wait_for_timeout(1500)  # charts finish drawing
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "forecast.png"), full_page=True)
+        browser.close()
     print(f"written {SHOTS / 'forecast.png'}")
     return 0
 

@@ -10,9 +10,7 @@ import pytest
 
 from tests.dashboard.conftest import ADMIN_TOKEN, Stack
 from tests.dashboard.test_alerts_page import evaluate
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _idle, _shot, dashboard_url
-
-__all__ = ["dashboard_url"]  # the module-scoped `streamlit run` fixture
+from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, _idle, _shot
 
 
 def test_alerts_page_in_a_real_browser(dashboard_url: str, stack: Stack, tmp_path: Path) -> None:

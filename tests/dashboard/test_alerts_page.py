@@ -6,7 +6,7 @@ import asyncio
 
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboard.conftest import APP, Stack
+from tests.dashboard.conftest import Stack, open_app
 from tests.dashboard.test_pages import ok, texts
 
 
@@ -18,8 +18,7 @@ def evaluate(stack: Stack) -> None:
 
 
 def open_alerts(badge: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    ok(at.run())
+    at = open_app()
     if badge is not None:  # (AppTest keeps the entry script's sidebar for the first run only)
         assert any(badge in m for m in texts(at.sidebar.markdown)), texts(at.sidebar.markdown)
     at.switch_page("pages/alerts.py")

@@ -1,5 +1,6 @@
-"""Real browser: Debian's Chromium (via Playwright) against a real `streamlit run` of the dashboard and the real
-proxy. One Streamlit server and one browser for the module; each test opens fresh contexts (fresh sessions).
+"""Real browser: Debian's Chromium (via Playwright) against a real dashboard server (conftest's `dashboard`, started
+as `keyrack run` starts it) and the real proxy. One browser for the module; each test opens fresh contexts (fresh
+sessions, no cookies).
 
 Covers what AppTest cannot: URLs (deep links, reload), what Plotly draws (ticks, legend colours), the language
 switch as a reader sees it, requests to hosts other than 127.0.0.1, and the README screenshots. Screenshots go to a
@@ -10,18 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from proxy_service.startup import streamlit_argv
 from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -167,45 +164,6 @@ ALLOWED = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def dashboard_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` as `keyrack dashboard` runs it, without a token (the tests type it)."""
-    port = _free_port()
-    env = {**os.environ, "KEYRACK_ADMIN_URL": stack.url, "KEYRACK_ADMIN_TOKEN": "", "PYTHONUNBUFFERED": "1"}
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*streamlit_argv(APP, "127.0.0.1", port), "--server.fileWatcherType", "none"],
-            cwd=tmp_path_factory.mktemp("cwd"),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
@@ -246,6 +204,11 @@ class Tab:
 
     def goto(self, path: str) -> None:
         self.page.goto(f"{self.base}/{path}")
+        self.idle()
+
+    def open_link(self, link: str) -> None:
+        """A one-time sign-in link: the dashboard sets its cookie and lands on Monitor, signed in."""
+        self.page.goto(link)
         self.idle()
 
     def idle(self) -> None:

@@ -1,69 +1,28 @@
 """Real browser (Debian's Chromium via Playwright) on Explore: controls writing the view to the URL, a drill-down
-from a pivot cell to its calls and on to the SQL page. The dashboard signs in with the env token, as `keyrack
-dashboard` does; and a shared link opened in a fresh session, through the sign-in form and through the env token,
-showing the shared view (page, controls and chart), not Monitor."""
+from a pivot cell to its calls and on to the SQL page. A one-time sign-in link signs the browser in, as
+`keyrack run` prints it; and a shared link opened in a fresh session, through the sign-in form and through the link's
+cookie, showing the shared view (page, controls and chart), not Monitor."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from proxy_service.startup import streamlit_argv
-from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
-from tests.dashboard.test_browser import (  # noqa: F401  (fixtures: browser, dashboard_url)
+from tests.dashboard.conftest import Dashboard
+from tests.dashboard.test_browser import (  # noqa: F401  (fixture: browser)
     CHROMIUM,
     CHROMIUM_ARGS,
-    _free_port,
     _idle,
     _shot,
     browser,
-    dashboard_url,
     tab,
 )
 
 
-@pytest.fixture(scope="module")
-def signed_in_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "KEYRACK_ADMIN_URL": stack.url, "KEYRACK_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
-    log = tmp_path_factory.mktemp("streamlit-explore") / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*streamlit_argv(APP, "127.0.0.1", port), "--server.fileWatcherType", "none"],
-            cwd=tmp_path_factory.mktemp("cwd"),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def test_explore_drill_down_and_shared_url_in_a_real_browser(signed_in_url: str, tmp_path: Path) -> None:
+def test_explore_drill_down_and_shared_url_in_a_real_browser(dashboard: Dashboard, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium` or `apt-get install chromium`)")
     from playwright.sync_api import expect, sync_playwright
@@ -80,7 +39,7 @@ def test_explore_drill_down_and_shared_url_in_a_real_browser(signed_in_url: str,
         try:
             page = ctx.new_page()
             page.set_default_timeout(30_000)
-            page.goto(signed_in_url)  # signs in with the env token, lands on Monitor
+            page.goto(dashboard.link())  # a one-time sign-in link: the cookie, then Monitor
             expect(page.get_by_role("heading", name="Monitor")).to_be_visible()
             _idle(page, 30_000)
             page.get_by_role("link", name="Explore").click()
@@ -141,15 +100,15 @@ def _shows_the_shared_view(page: Any, base: str) -> None:
 
 def test_a_shared_link_opened_in_a_fresh_session_shows_the_shared_view_after_sign_in(
     browser: Any,  # noqa: F811  (the fixture imported above)
-    dashboard_url: str,  # noqa: F811
-    signed_in_url: str,
+    dashboard: Dashboard,
 ) -> None:
-    # Signing in with the form (no env token)...
-    with tab(browser, dashboard_url) as t:
+    # Signing in with the form...
+    with tab(browser, dashboard.url) as t:
         t.goto(SHARED)
         t.sign_in()
-        _shows_the_shared_view(t.page, dashboard_url)
-    # ... and with the env token, which signs the session in on its first run.
-    with tab(browser, signed_in_url) as t:
+        _shows_the_shared_view(t.page, dashboard.url)
+    # ... and in a browser signed in by a one-time link earlier: its cookie signs the new session in on its first run.
+    with tab(browser, dashboard.url) as t:
+        t.open_link(dashboard.link())
         t.goto(SHARED)
-        _shows_the_shared_view(t.page, signed_in_url)
+        _shows_the_shared_view(t.page, dashboard.url)

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import explore_view as ev
-from tests.dashboard.conftest import APP, Stack
+from tests.dashboard.conftest import Stack, open_app
 
 
 def ok(at: AppTest) -> AppTest:
@@ -18,8 +18,7 @@ def ok(at: AppTest) -> AppTest:
 
 
 def start(params: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.run()
+    at = open_app(timeout=60)
     at.switch_page("pages/explore.py")
     for k, v in (params or {}).items():
         at.query_params[k] = v
@@ -166,10 +165,7 @@ def test_trends_breaks_down_by_client_with_labels(dash_env: Stack) -> None:
     dash_env.flush()
     dash_env.admin("PATCH", "/config", json={"client_labels": {cid: "billing-service"}})
     try:
-        at = AppTest.from_file(str(APP), default_timeout=60)
-        at.run()
-        at.switch_page("pages/trends.py")
-        ok(at.run())
+        at = open_app("trends", timeout=60)
         at.selectbox(key="breakdown.en").set_value("client")
         ok(at.run())
         names = {trace["name"] for c in at.get("plotly_chart") for trace in json.loads(c.proto.spec)["data"]}

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import date, timedelta
 
 import numpy as np
@@ -16,19 +15,20 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.i18n import t
+from proxy_service import dashboard_link
 from proxy_service.keys import key_id
 from tests.conftest import fake_key
-from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
+from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack, open_app, sign_in
 
 
 def start(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    at.run()
-    if page:
-        at.switch_page(f"pages/{page}.py")
-        at.run()
-    ok(at)
-    return at
+    """A session signed in (through the form), on `page`."""
+    return ok(open_app(page))
+
+
+def fresh() -> AppTest:
+    """A new visitor's first run: no cookie, nothing typed yet."""
+    return ok(AppTest.from_file(str(APP), default_timeout=30).run())
 
 
 def ok(at: AppTest) -> AppTest:
@@ -64,7 +64,7 @@ def unique(prefix: str) -> str:
 def test_login_with_wrong_token_shows_a_clear_message(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
-    at = start()
+    at = fresh()
     assert "Sign in to Keyrack" in texts(at.title)
     at.text_input(key="login_token").input("not-the-token")
     ok(at.button[0].click().run())
@@ -100,46 +100,52 @@ def test_sign_out_really_signs_out(dash_env: Stack) -> None:
     ok(at.sidebar.button(key="logout").click().run())
     assert texts(at.title) == ["Sign in to Keyrack"]
     assert "auth" not in at.session_state and not at.text_input(key="login_token").value
-    ok(at.run())  # the env token is not used again by itself
+    ok(at.run())  # the env token is not used by itself
     assert texts(at.title) == ["Sign in to Keyrack"]
 
 
-def test_unreachable_proxy_is_explained_without_a_traceback(
-    monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None]
-) -> None:
-    dashboard_address("127.0.0.1")
+def test_unreachable_proxy_is_explained_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("KEYRACK_ADMIN_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "anything")
-    at = start()
+    at = sign_in(fresh(), "anything")
     assert any("Cannot reach the proxy" in e for e in texts(at.error)), texts(at.error)
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.20", ""])
-def test_dashboard_auto_sign_in_only_on_a_loopback_bind(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, dashboard_address: Callable[[str], None], address: str
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost", "::1", "0.0.0.0", ""])
+def test_the_env_token_never_signs_a_visitor_in_by_itself(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, address: str
 ) -> None:
-    # The env token is there, but a visitor of a dashboard reachable from elsewhere must still give the token.
+    # The env token is there (as under `keyrack run`), but a visitor with neither the link's cookie nor the token
+    # sees the sign-in form, whatever address the dashboard listens on (DNS rebinding makes loopback no proof).
+    from streamlit import config
+
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
-    dashboard_address(address)
-    at = start()
-    assert "Sign in to Keyrack" in texts(at.title) and "Monitor" not in texts(at.title)
-    at.text_input(key="login_token").input(ADMIN_TOKEN)
-    ok(at.button[0].click().run())
-    assert "Monitor" in texts(at.title)
+    monkeypatch.setenv(dashboard_link.KEY_ENV, dashboard_link.new_key())
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        at = fresh()
+        assert texts(at.title) == ["Sign in to Keyrack"] and not at.dataframe and not at.metric
+        ok(at.run())
+        assert texts(at.title) == ["Sign in to Keyrack"]
+        ok(sign_in(at))
+        assert "Monitor" in texts(at.title)
+    finally:
+        config.set_option("server.address", before)
 
 
 def test_dashboard_admin_url_is_server_side_not_a_form_field(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
-    at = start()
+    at = fresh()
     assert [w.key for w in at.text_input] == ["login_token"]  # a visitor cannot point the server elsewhere
 
 
-def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stack) -> None:
+def test_signed_in_lands_on_monitor_with_cards_and_language_switch(dash_env: Stack) -> None:
     at = start()
     assert "Monitor" in texts(at.title)
     metrics = {m.label: m.value for m in at.metric}
@@ -152,9 +158,7 @@ def test_env_token_lands_logged_in_with_cards_and_language_switch(dash_env: Stac
     assert "监控" in texts(at.title)
     assert any("调用" in label for label in (m.label for m in at.metric))
 
-    auto = AppTest.from_file(str(APP), default_timeout=30)
-    auto.session_state["auto_refresh.en"] = 5  # the cards become a fragment re-run every 5 s
-    ok(auto.run())
+    auto = open_app(state={"auto_refresh.en": 5})  # the cards become a fragment re-run every 5 s
     assert len(auto.metric) == 13  # 12 cards + the soonest quota exhaustion (forecast)
 
 

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from proxy_service.keys import key_id
 from proxy_service.pool import Cooldown
 from tests.conftest import fake_key
-from tests.dashboard.conftest import ADMIN_TOKEN, APP, Stack
+from tests.dashboard.conftest import ADMIN_TOKEN, Stack, open_app
 
 MODEL = "gemini-2.5-pro"
 
@@ -89,9 +88,7 @@ def test_admin_errors_carry_a_reason_the_dashboard_translates(dash_env: Stack) -
 
     dash_env.admin("PATCH", "/config", json={"language": "zh"})
     try:
-        at = AppTest.from_file(str(APP), default_timeout=30)
-        at.run()
-        at.switch_page("pages/sql.py").run()
+        at = open_app("sql")
         at.text_area(key="sql_text").input("SELECT nope FROM requests")
         at.button(key="sql_run").click().run()
         errors = [e.value for e in at.error]
@@ -102,9 +99,7 @@ def test_admin_errors_carry_a_reason_the_dashboard_translates(dash_env: Stack) -
 
 def test_monitor_headroom_panel_and_trends_story(dash_env: Stack) -> None:
     with cooling(dash_env):
-        at = AppTest.from_file(str(APP), default_timeout=30)
-        at.run()
-        assert not at.exception
+        at = open_app()
         assert "Pool headroom" in [s.value for s in at.subheader]
         models, scopes = at.dataframe[0].value, at.dataframe[1].value
         assert MODEL in set(models["model"])
