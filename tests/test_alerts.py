@@ -283,7 +283,7 @@ def test_apprise_json_and_mailto_channels_deliver(
         ),
         what="both deliveries recorded",
     )
-    assert proxy.gateway.alerts.notifier.queue.qsize() == 0
+    assert proxy.gateway.alerts.notifier.depth() == 0
 
 
 def test_messages_follow_the_operator_language(env: tuple[Proxy, httpx.Client], receiver: Receiver) -> None:

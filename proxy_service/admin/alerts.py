@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import ApiError, iso, json_body, ok, parse_time, q_int, q_time
-from proxy_service.alerts.notify import ChannelError
+from proxy_service.alerts.channels import ChannelError
 from proxy_service.alerts.rules import METRICS, RuleError, parse_rule
 from proxy_service.queries import utcnow
 

@@ -28,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from proxy_service import metrics
 from proxy_service.alerts import backtest, queries, sources
-from proxy_service.alerts.notify import Channel, ChannelError, Notice, Notifier, new_secret, validate_url
+from proxy_service.alerts.channels import Channel, ChannelError, new_secret, validate_url
+from proxy_service.alerts.notify import Notice, Notifier
 from proxy_service.alerts.rules import METRICS, Rule, RuleError, default_rules, parse_rule
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
@@ -182,6 +183,7 @@ class AlertEngine:
             if rule.id not in self.rules:  # deleted while reading
                 continue
             self._step(rule, values.get(rule.id, {}), now)
+        self.notifier.report_suppressed()
         self.evaluations += 1
         self.last_eval_at = now
         self.last_eval_ms = (time.perf_counter() - started) * 1000
@@ -289,13 +291,8 @@ class AlertEngine:
         return sum(1 for a in self.active() if a["state"] == "firing")
 
     def secrets(self) -> list[str]:
-        """Channel URLs and signing secrets, for the log scrubber."""
-        out = []
-        for c in list(self.channels.values()):
-            out.append(c.url)
-            if c.secret:
-                out.append(c.secret)
-        return out
+        """Channel URLs, their secret parts and signing secrets, for the log scrubber."""
+        return [s for c in list(self.channels.values()) for s in c.secrets()]
 
     # -- rules -----------------------------------------------------------------------------------------------------
     async def add_rule(self, body: dict[str, Any]) -> Rule:
@@ -360,6 +357,7 @@ class AlertEngine:
     async def delete_channel(self, channel_id: str) -> None:
         await self._write("DELETE FROM alert_channels WHERE id = ?", [channel_id])
         self.channels.pop(channel_id, None)
+        await self.notifier.forget(channel_id)
 
     async def test_channel(self, channel_id: str) -> tuple[bool, str]:
         now = time.time()
@@ -439,9 +437,7 @@ class _StateCollector(Collector):
                 labels = ",".join(f"{k}={v}" for k, v in st.labels)
                 fam.add_metric([rule.name, rule.id, rule.severity, labels], STATE_CODE[st.phase])
         yield fam
-        yield GaugeMetricFamily(
-            "keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.queue.qsize()
-        )
+        yield GaugeMetricFamily("keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.depth())
         yield GaugeMetricFamily(
             "keyrack_alert_evaluation_seconds", "Duration of the last alert evaluation", value=e.last_eval_ms / 1000
         )
