@@ -41,7 +41,9 @@ def _rule_view(engine: AlertEngine, rule_id: str) -> dict[str, Any]:
     machine = engine.machines.get(rule_id)
     states = list(machine.states.values()) if machine is not None else []
     phase = "firing" if any(s.phase == "firing" for s in states) else "pending" if states else "inactive"
-    return {**rule.to_dict(), "state": phase}
+    adm = engine.admissions.get(rule_id)
+    series = adm.view() if adm is not None else {"series": 0, "unknown": 0, "folded": 0, "cap": engine.max_series}
+    return {**rule.to_dict(), "state": phase, "series": series}
 
 
 def _known(engine: AlertEngine, request: Request, what: str) -> str:

@@ -19,18 +19,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy_service import metrics
+from proxy_service import known_models, metrics
 from proxy_service.alerts import backtest, queries, sources
 from proxy_service.alerts.channels import Channel, ChannelError, new_secret, validate_url
+from proxy_service.alerts.labels import MAX_SERIES, Admission, KnownLabels, admit
 from proxy_service.alerts.notify import Notice, Notifier
-from proxy_service.alerts.rules import METRICS, Rule, RuleError, default_rules, parse_rule
+from proxy_service.alerts.rules import MAX_WINDOW_S, METRICS, Rule, RuleError, default_rules, parse_rule
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ MAX_RULES = 500
 MAX_CHANNELS = 100
 MAX_SILENCES = 1000
 MAX_SILENCE_S = 366 * 86400
+SERVED_SEED_S = 7 * 86400  # at the first evaluation, models served this far back are learned (from the rollup)
 
 
 @dataclass
@@ -83,6 +85,9 @@ class AlertEngine:
         self.channels: dict[str, Channel] = {}
         self.silences: dict[str, Silence] = {}
         self.machines: dict[str, Machine] = {}
+        self.admissions: dict[str, Admission] = {}  # per rule: its label sets at the last evaluation
+        self.max_series = MAX_SERIES
+        self._served_until: datetime | None = None  # models served up to here are learned
         self.flaps = sources.FlapCounter()
         self.quota_rate: sources.QuotaRate | None = None  # set by the gateway to the forecast's rate meter
         self.notifier = Notifier(self._record, self._message_settings)
@@ -161,10 +166,19 @@ class AlertEngine:
         return json.dumps([asdict(st) for m in list(self.machines.values()) for st in m.states.values()])
 
     def load_states(self, payload: str) -> None:
+        """The leader's states; only for rules this replica has, at most `max_series` per rule (what comes from
+        Redis is not trusted to be bounded)."""
         machines: dict[str, Machine] = {}
         for d in json.loads(payload):
-            st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
-            machines.setdefault(st.rule_id, Machine(st.rule_id)).states[st.labels] = st
+            try:
+                st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
+            except (TypeError, ValueError, KeyError):
+                continue
+            if st.rule_id not in self.rules:
+                continue
+            machine = machines.setdefault(st.rule_id, Machine(st.rule_id))
+            if len(machine.states) < self.max_series:
+                machine.states[st.labels] = st
         self.machines = machines
 
     # -- evaluation ------------------------------------------------------------------------------------------------
@@ -174,15 +188,16 @@ class AlertEngine:
         rules = [r for r in list(self.rules.values()) if r.enabled]
         db_rules = [r for r in rules if METRICS[r.metric].source in ("requests", "attempts", "volume")]
         capacity = [r for r in rules if r.metric == "usable_capacity_pct"]
-        db_values, demand = (
-            await asyncio.to_thread(self._read_db, db_rules, capacity, now) if db_rules or capacity else ({}, {})
-        )
+        db_values, demand = await asyncio.to_thread(self._read_db, db_rules, capacity, now) if rules else ({}, {})
+        known = KnownLabels.of(self.gw.pool, self.gw.config.model_limits)
+        demand = {m: v for m, v in demand.items() if known.model(m)}
         self.flaps.observe(self.gw.pool, now)
-        values = {**db_values, **sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate)}
+        live = sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate, known.model)
+        values = {**db_values, **live}
         for rule in rules:
             if rule.id not in self.rules:  # deleted while reading
                 continue
-            self._step(rule, values.get(rule.id, {}), now)
+            self._step(rule, values.get(rule.id, {}), now, known)
         self.notifier.report_suppressed()
         self.evaluations += 1
         self.last_eval_at = now
@@ -193,6 +208,7 @@ class AlertEngine:
     ) -> tuple[dict[str, sources.Values], dict[str, float]]:
         cur = self.gw.store.cursor()
         try:
+            self._learn_served(cur, now)
             values = sources.database_values(cur, rules, now)
             demand: dict[str, float] = {}
             if capacity:
@@ -204,8 +220,25 @@ class AlertEngine:
         finally:
             cur.close()
 
-    def _step(self, rule: Rule, values: sources.Values, now: float) -> None:
+    def _learn_served(self, cur: duckdb.DuckDBPyConnection, now: float) -> None:
+        """Learn the models upstream served to authenticated clients since the last evaluation (on any replica:
+        the database has every replica's calls), the first time over the last week's rollup."""
+        hi = sources.naive_utc(now)
+        models: list[str] = []
+        if self._served_until is None and self.gw.rollup.usable:
+            try:
+                models = queries.served_models_rollup(cur, hi - timedelta(seconds=SERVED_SEED_S))
+            except duckdb.Error as exc:
+                log.warning("could not read the models served in the last week: %s", exc)
+        lo = self._served_until or hi - timedelta(seconds=MAX_WINDOW_S)
+        models += queries.served_models(cur, lo, hi)
+        for model in models:
+            known_models.learn(model)
+        self._served_until = hi
+
+    def _step(self, rule: Rule, values: sources.Values, now: float, known: KnownLabels) -> None:
         machine = self.machines.setdefault(rule.id, Machine(rule.id))
+        values, self.admissions[rule.id] = admit(rule, values, machine.states.keys(), known, self.max_series)
         breached = {labels: rule.breached(v) for labels, v in values.items()}
         silenced = {labels: self.silenced(rule.id, labels, now) for labels in set(values) | set(machine.states)}
         for st, t in machine.step(values, breached, Timing(rule.for_s, rule.repeat_s), now, silenced):
@@ -327,6 +360,7 @@ class AlertEngine:
         await self._write("DELETE FROM alert_rules WHERE id = ?", [rule_id])
         self.rules.pop(rule_id, None)
         self.machines.pop(rule_id, None)
+        self.admissions.pop(rule_id, None)
 
     # -- channels --------------------------------------------------------------------------------------------------
     async def add_channel(self, body: dict[str, Any]) -> tuple[Channel, str | None]:
@@ -437,6 +471,18 @@ class _StateCollector(Collector):
                 labels = ",".join(f"{k}={v}" for k, v in st.labels)
                 fam.add_metric([rule.name, rule.id, rule.severity, labels], STATE_CODE[st.phase])
         yield fam
+        excluded = GaugeMetricFamily(
+            "keyrack_alert_series_excluded",
+            "Label sets a rule left out of its own series at its last evaluation: values Keyrack does not know "
+            "(unknown), or over the rule's series cap (folded into one '(others)' series)",
+            labels=["rule_id", "reason"],
+        )
+        for rule_id, adm in list(e.admissions.items()):
+            if rule_id in e.rules:
+                for reason, n in (("unknown", adm.unknown), ("folded", adm.folded)):
+                    if n:
+                        excluded.add_metric([rule_id, reason], n)
+        yield excluded
         yield GaugeMetricFamily("keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.depth())
         yield GaugeMetricFamily(
             "keyrack_alert_evaluation_seconds", "Duration of the last alert evaluation", value=e.last_eval_ms / 1000
