@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from proxy_service.admin.common import ApiError, iso, json_body, ok, parse_time, q_int, q_time
 from proxy_service.alerts.channels import ChannelError
-from proxy_service.alerts.rules import METRICS, RuleError, parse_rule
+from proxy_service.alerts.rules import METRICS, NameTaken, RuleError, parse_rule
 from proxy_service.queries import utcnow
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _engine(gw: Gateway) -> AlertEngine:
 
 
 def _rule_error(exc: RuleError | ChannelError) -> ApiError:
-    return ApiError(422, f"{exc.field}: {exc.message}", exc.field)
+    return ApiError(409 if isinstance(exc, NameTaken) else 422, f"{exc.field}: {exc.message}", exc.field)
 
 
 def _rule_view(engine: AlertEngine, rule_id: str) -> dict[str, Any]:

@@ -31,7 +31,16 @@ from proxy_service.alerts import backtest, queries, sources
 from proxy_service.alerts.channels import Channel, ChannelError, new_secret, validate_url
 from proxy_service.alerts.labels import MAX_SERIES, Admission, KnownLabels, admit
 from proxy_service.alerts.notify import Notice, Notifier
-from proxy_service.alerts.rules import MAX_WINDOW_S, METRICS, Rule, RuleError, default_rules, parse_rule
+from proxy_service.alerts.rules import (
+    GROUP_BYS,
+    MAX_WINDOW_S,
+    METRICS,
+    NameTaken,
+    Rule,
+    RuleError,
+    default_rules,
+    parse_rule,
+)
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
 if TYPE_CHECKING:
@@ -42,6 +51,7 @@ MAX_RULES = 500
 MAX_CHANNELS = 100
 MAX_SILENCES = 1000
 MAX_SILENCE_S = 366 * 86400
+MAX_LABEL_VALUE = 128  # the longest model id; project names and key ids are shorter
 SERVED_SEED_S = 7 * 86400  # at the first evaluation, models served this far back are learned (from the rollup)
 
 
@@ -68,6 +78,19 @@ class Silence:
         }
 
 
+def _silence_labels(labels: Any) -> dict[str, str]:
+    """A silence matches label sets by equality; alerts carry one label at most, named by GROUP_BYS."""
+    names = [g for g in GROUP_BYS if g]
+    if not isinstance(labels, dict):
+        raise RuleError("labels", f"must be an object of label name ({', '.join(names)}) → value")
+    for k, v in labels.items():
+        if k not in names:
+            raise RuleError(f"labels.{str(k)[:32]}", f"unknown label (alerts carry {', '.join(names)})")
+        if not isinstance(v, str) or not 1 <= len(v) <= MAX_LABEL_VALUE or not v.isprintable():
+            raise RuleError(f"labels.{k}", f"must be 1–{MAX_LABEL_VALUE} printable characters")
+    return labels
+
+
 def install(cur: duckdb.DuckDBPyConnection) -> bool:
     """Seed the default rules once per database (the tables come with the store's schema). Returns whether it did."""
     if cur.execute("SELECT 1 FROM alert_meta WHERE name = 'seeded'").fetchone():
@@ -87,6 +110,7 @@ class AlertEngine:
         self.machines: dict[str, Machine] = {}
         self.admissions: dict[str, Admission] = {}  # per rule: its label sets at the last evaluation
         self.max_series = MAX_SERIES
+        self._naming = asyncio.Lock()  # a name is checked and saved as one step
         self._served_until: datetime | None = None  # models served up to here are learned
         self.flaps = sources.FlapCounter()
         self.quota_rate: sources.QuotaRate | None = None  # set by the gateway to the forecast's rate meter
@@ -334,7 +358,9 @@ class AlertEngine:
         if "id" in body:
             raise RuleError("id", "is assigned by the server")
         rule = parse_rule(body, known_channels=set(self.channels))
-        await self._save_rule(rule)
+        async with self._naming:
+            self._name_free(rule)
+            await self._save_rule(rule)
         return rule
 
     async def update_rule(self, rule_id: str, patch: dict[str, Any]) -> Rule:
@@ -347,8 +373,17 @@ class AlertEngine:
             base.enabled,
         ):
             self.machines.pop(rule_id, None)  # a different question: start from inactive
-        await self._save_rule(rule)
+        async with self._naming:
+            self._name_free(rule)
+            await self._save_rule(rule)
         return rule
+
+    def _name_free(self, rule: Rule) -> None:
+        """Rule names are unique (case and surrounding spaces aside): messages, /metrics and pages name rules."""
+        name = rule.name.casefold()
+        for other in list(self.rules.values()):
+            if other.id != rule.id and other.name.casefold() == name:
+                raise NameTaken("name", f"another rule is already named {other.name!r} (id {other.id})")
 
     async def _save_rule(self, rule: Rule) -> None:
         await self._write(
@@ -372,8 +407,8 @@ class AlertEngine:
             raise ChannelError(unknown[0], "unknown channel field (allowed: name, url, secret)")
         url = validate_url(body.get("url"))
         name = body.get("name") or url.split("://", 1)[0]
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
-            raise ChannelError("name", "must be 1–100 characters")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100 or not name.isprintable():
+            raise ChannelError("name", "must be 1–100 printable characters")
         secret = body.get("secret")
         if secret is not None and (not isinstance(secret, str) or not 16 <= len(secret) <= 256):
             raise ChannelError("secret", "must be 16–256 characters")
@@ -421,13 +456,9 @@ class AlertEngine:
         if not now < until <= now + MAX_SILENCE_S:
             raise RuleError("until", "must be in the future, within a year")
         rule_id = body.get("rule_id")
-        if rule_id is not None and rule_id not in self.rules:
+        if rule_id is not None and (not isinstance(rule_id, str) or rule_id not in self.rules):
             raise RuleError("rule_id", f"unknown rule id {str(rule_id)[:64]!r}")
-        labels = body.get("labels") or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise RuleError("labels", "must be an object of label name → value")
+        labels = _silence_labels(body.get("labels") or {})
         if rule_id is None and not labels:
             raise RuleError("rule_id", "name a rule or labels to silence (a silence of everything is not allowed)")
         comment = body.get("comment") or ""
