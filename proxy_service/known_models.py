@@ -58,4 +58,5 @@ def is_known(model: str | None, configured_names: Collection[str] = ()) -> bool:
 
 
 def learned() -> frozenset[str]:
-    return frozenset(_learned)
+    with _lock:
+        return frozenset(_learned)

@@ -150,6 +150,8 @@ class AlertEngine:
     async def reload(self) -> None:
         """Re-read rules, channels and silences (cluster mode: another replica changed them)."""
         self.rules, self.channels, self.silences = await asyncio.to_thread(self._read_stored)
+        for cid in set(self.notifier.lanes) - set(self.channels):  # deleted on another replica
+            await self.notifier.forget(cid)
 
     async def _write(self, sql: str, params: list[Any]) -> None:
         await asyncio.wrap_future(self.gw.writer.submit(lambda cur: cur.execute(sql, params)))
@@ -373,6 +375,7 @@ class AlertEngine:
             base.enabled,
         ):
             self.machines.pop(rule_id, None)  # a different question: start from inactive
+            self.admissions.pop(rule_id, None)
         async with self._naming:
             self._name_free(rule)
             await self._save_rule(rule)

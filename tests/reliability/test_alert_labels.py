@@ -15,7 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from proxy_service import app as app_module
 from proxy_service.queries import utcnow
@@ -25,6 +29,7 @@ from tests.reliability.receivers import wait_for
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 KNOWN = "gemini-2.5-flash"
 HISTORY_ROWS = 100_000  # the alert history's row cap (proxy_service/alerts/history.py)
 
@@ -63,6 +68,15 @@ def _made_up() -> list[str]:
     ]
 
 
+def _openai(proxy: Proxy, token: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=token, base_url=f"{proxy.url}/v1", max_retries=0)
+
+
+def _genai(proxy: Proxy, token: str) -> genai.Client:
+    options = genai_types.HttpOptions(base_url=proxy.url, api_version="v1beta", retry_options=None)
+    return genai.Client(api_key=token, http_options=options)
+
+
 def _call(client: httpx.Client, model: str, headers: dict[str, str] | None = None, **params: str) -> int:
     r = client.post(f"/v1beta/models/{model}:generateContent", json=BODY, headers=headers or {}, params=params)
     return r.status_code
@@ -99,10 +113,27 @@ def test_made_up_model_names_create_no_alert_or_metric_state(env: tuple[Proxy, h
             assert http.get("/alerts/active").json()["items"] == []  # not even the ungrouped success rate
             assert hook.bodies == []
 
+            # Tokenless through the real SDKs, on both surfaces.
+            oa, gg = _openai(proxy, "no-token-here"), _genai(proxy, fake_key("unknown-sdk"))
+            for model in made_up[:3]:
+                with pytest.raises(openai.AuthenticationError):
+                    oa.chat.completions.create(model=model, messages=MESSAGES)
+                with pytest.raises(genai_errors.ClientError):
+                    gg.models.generate_content(model=model, contents="hi")
+            _evaluations(proxy, 2)
+            assert http.get("/alerts/active").json()["items"] == []
+            assert hook.bodies == []
+
             # With this Keyrack's token: upstream knows none of these models.
             assert http.delete(f"/alerts/rules/{failing}").status_code == 200  # the token's own failures may alert
             for model in token_names:
                 assert _call(client, model, {"x-goog-api-key": CLIENT_TOKEN}) in (400, 404), model
+            oa, gg = _openai(proxy, CLIENT_TOKEN), _genai(proxy, CLIENT_TOKEN)
+            for model in token_names[:3]:
+                with pytest.raises(openai.APIStatusError):
+                    oa.chat.completions.create(model=model, messages=MESSAGES)
+                with pytest.raises(genai_errors.APIError):
+                    gg.models.generate_content(model=model, contents="hi")
             _evaluations(proxy, 2)
             assert http.get("/alerts/active").json()["items"] == []
             assert hook.bodies == []
