@@ -49,15 +49,19 @@ UNTRUSTED = Counter(
 )
 
 
+_admitted: set[str] = set()
+
+
 def model_label(model: str | None, served: bool = False) -> str:
     """Model names are chosen by clients: a label only for a model Keyrack knows (`known_models`: built in, or
     served before to an authenticated client — `served` says this call was: the relay passes "other" for
     unauthenticated calls and junk names), so made-up names never grow the label set; everything else is "other"."""
     if not model:
         return "none"
-    if model == "other":
+    if model in _admitted or model == "other":
         return model
     if known_models.is_known(model) or (served and known_models.learn(model)):
+        _admitted.add(model)  # known for good (the known set only grows): bounded like it
         return model
     return "other"
 
