@@ -200,7 +200,9 @@ class AlertEngine:
                 st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
             except (TypeError, ValueError, KeyError):
                 continue
-            if st.rule_id not in self.rules:
+            if st.rule_id not in self.rules or st.phase not in STATE_CODE or len(st.labels) > 1:
+                continue
+            if any(len(v) > MAX_LABEL_VALUE for _k, v in st.labels):
                 continue
             machine = machines.setdefault(st.rule_id, Machine(st.rule_id))
             if len(machine.states) < self.max_series:

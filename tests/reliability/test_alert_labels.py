@@ -9,6 +9,7 @@ retention job.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -22,6 +23,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from proxy_service import app as app_module
+from proxy_service.alerts.state import Machine
 from proxy_service.queries import utcnow
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, Proxy, Upstream, fake_key
 from tests.reliability import receivers
@@ -223,3 +225,28 @@ def test_alert_history_is_pruned_by_days_and_rows(
     oldest = proxy.rows("SELECT min(ts) FROM alert_events")[0][0]
     assert oldest > now - timedelta(days=30)
     assert proxy.rows("SELECT count(*) FROM alert_events")[0][0] == HISTORY_ROWS
+
+
+def test_alert_states_shared_through_redis_are_bounded(env: tuple[Proxy, httpx.Client]) -> None:
+    """A replica loads the leader's states from Redis (cluster mode): whatever is written there, the states kept are
+    of rules this replica has, at most the series cap per rule, each with a valid phase and one short label."""
+    proxy, http = env
+    rid = _rule(http, name="Per model", metric="calls", op=">", threshold=0, group_by="model", enabled=False)
+    engine = proxy.gateway.alerts
+
+    def state(labels: list[list[str]], rule_id: str = rid, phase: str = "firing") -> dict[str, Any]:
+        return {"rule_id": rule_id, "labels": labels, "phase": phase, "since": 1.0, "pending_since": 1.0}
+
+    payload = [state([["model", f"forged-{i}"]]) for i in range(5_000)]
+    payload += [state([["model", "x"]], rule_id="no-such-rule"), state([["model", "y"]], phase="exploded")]
+    payload += [state([["model", "z" * 10_000]]), state([["model", "a"], ["project", "b"]])]
+    loop = proxy.gateway.loop
+    assert loop is not None
+    loop.call_soon_threadsafe(engine.load_states, json.dumps(payload))
+    wait_for(lambda: rid in engine.machines, 10, "the states loaded")
+    assert set(engine.machines) == {rid}
+    assert len(engine.machines[rid].states) == engine.max_series
+    assert httpx.get(proxy.url + "/metrics").status_code == 200
+    # An entry of the wrong shape is skipped; the rest still load.
+    loop.call_soon_threadsafe(engine.load_states, json.dumps([{"nonsense": 1}, state([["model", "ok"]])]))
+    wait_for(lambda: len(engine.machines.get(rid, Machine(rid)).states) == 1, 10, "the second load")
