@@ -370,16 +370,16 @@ class AlertEngine:
     async def update_rule(self, rule_id: str, patch: dict[str, Any]) -> Rule:
         base = self.rules[rule_id]
         rule = parse_rule(patch, base=base, known_channels=set(self.channels))
-        if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
-            base.metric,
-            base.filters,
-            base.group_by,
-            base.enabled,
-        ):
-            self.machines.pop(rule_id, None)  # a different question: start from inactive
-            self.admissions.pop(rule_id, None)
         async with self._naming:
             self._name_free(rule)
+            if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
+                base.metric,
+                base.filters,
+                base.group_by,
+                base.enabled,
+            ):
+                self.machines.pop(rule_id, None)  # a different question: start from inactive
+                self.admissions.pop(rule_id, None)
             await self._save_rule(rule)
         return rule
 
