@@ -700,5 +700,6 @@ _add("alerts.silence_added", "Silence added.", "静默已添加。")
 _add("alerts.silence_deleted", "Silence deleted.", "静默已删除。")
 _add("config.section.alerts", "Alerts", "告警")
 _add("field.alert_interval_s", "Alert evaluation interval (s)", "告警评估间隔（秒）")
+_add("field.retention_alert_history_days", "Keep alert history (days)", "告警历史保留（天）")
 _add("field.dashboard_url", "Dashboard address for alert links", "告警消息中的控制台地址")
 # fmt: on

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from starlette.routing import Route
 from proxy_service import heap, logs, metrics, queries, snapshot
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
+from proxy_service.alerts import history as alert_history
 from proxy_service.alerts.engine import AlertEngine
 from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import google_body
@@ -381,8 +382,11 @@ class Gateway:
                 "attempts": cfg.retention_attempts_days,
                 "error_logs": cfg.retention_error_logs_days,
             }
-            cutoffs = snapshot.retention_cutoffs(days, queries.utcnow())
+            now = queries.utcnow()
+            cutoffs = snapshot.retention_cutoffs(days, now)
             await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S)
+            alerts_cutoff = now - timedelta(days=cfg.retention_alert_history_days)
+            await self.write(lambda cur: alert_history.prune(cur, alerts_cutoff), JOB_WRITE_TIMEOUT_S)
 
         async def periodic_export() -> None:
             if self._config.snapshot_interval_s > 0:

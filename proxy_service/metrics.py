@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy_service.settings import is_model_name
+from proxy_service import known_models
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter(
@@ -47,29 +47,30 @@ UNTRUSTED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
-MAX_MODEL_LABELS = 100
-_model_labels: set[str] = set()
 
 
-def model_label(model: str | None) -> str:
-    """Model names are chosen by clients: keep model ids' shape only (the relay passes "other" for unauthenticated
-    calls), never anything key-shaped (/metrics has no auth), and at most MAX_MODEL_LABELS distinct ones, so random
-    names cannot grow the label set without bound."""
+_admitted: set[str] = set()
+
+
+def model_label(model: str | None, served: bool = False) -> str:
+    """Model names are chosen by clients: a label only for a model Keyrack knows (`known_models`: built in, or
+    served before to an authenticated client — `served` says this call was: the relay passes "other" for
+    unauthenticated calls and junk names), so made-up names never grow the label set; everything else is "other"."""
     if not model:
         return "none"
-    if model in _model_labels:
+    if model in _admitted or model == "other":
         return model
-    if not is_model_name(model) or model.startswith("AIza") or len(_model_labels) >= MAX_MODEL_LABELS:
-        return "other"
-    _model_labels.add(model)
-    return model
+    if known_models.is_known(model) or (served and known_models.learn(model)):
+        _admitted.add(model)  # known for good (the known set only grows): bounded like it
+        return model
+    return "other"
 
 
 def observe_request(
     surface: str, model: str | None, status: int, latency_ms: float, ttfb_ms: float | None = None
 ) -> None:
     """Count one finished client request (called once per request, when it is recorded)."""
-    REQUESTS.labels(surface, model_label(model), str(status)).inc()
+    REQUESTS.labels(surface, model_label(model, 200 <= status < 300), str(status)).inc()
     REQUEST_SECONDS.labels(surface).observe(max(0.0, latency_ms) / 1000)
     if ttfb_ms is not None:
         FIRST_BYTE_SECONDS.labels(surface).observe(max(0.0, ttfb_ms) / 1000)

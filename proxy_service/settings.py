@@ -166,6 +166,9 @@ class Config(BaseModel):
     alert_interval_s: int = Field(
         15, ge=1, le=3600, json_schema_extra=_meta("alerts", "How often alert rules are evaluated (s)")
     )
+    retention_alert_history_days: int = Field(
+        30, ge=1, le=3650, json_schema_extra=_meta("alerts", "Keep alert history (days)")
+    )
     dashboard_url: str = Field(
         "http://127.0.0.1:8501", json_schema_extra=_meta("alerts", "Dashboard address linked from alert messages")
     )

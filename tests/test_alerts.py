@@ -218,7 +218,7 @@ def test_invalid_keys_fire_deliver_signed_webhook_and_resolve(
     assert channel["kind"] == "webhook" and channel["signed"] and secret not in http.get("/alerts/channels").text
     rule = _rule(
         http,
-        name="Invalid keys",
+        name="Keys rejected upstream",  # rule names are unique: the default rule is "Invalid keys"
         metric="invalid_keys",
         op=">",
         threshold=0,
@@ -237,14 +237,15 @@ def test_invalid_keys_fire_deliver_signed_webhook_and_resolve(
     expected = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
     assert headers["x-keyrack-signature"] == expected
     body = json.loads(raw)
-    assert body["rule"] == "Invalid keys" and body["state"] == "firing" and body["severity"] == "critical"
+    assert body["rule"] == "Keys rejected upstream" and body["state"] == "firing" and body["severity"] == "critical"
     assert body["value"] >= 1 and body["threshold"] == 0 and body["labels"] == {}
     assert body["started_at"].endswith("Z") and body["dashboard_url"].endswith("/alerts")
     active = http.get("/alerts/active").json()
     assert active["firing"] == 1 and active["items"][0]["state"] == "firing"
     scrape = httpx.get(proxy.url + "/metrics").text
     assert (
-        f'keyrack_alert_state{{labels="",rule="Invalid keys",rule_id="{rule["id"]}",severity="critical"}} 2.0' in scrape
+        f'keyrack_alert_state{{labels="",rule="Keys rejected upstream",rule_id="{rule["id"]}",severity="critical"}} 2.0'
+        in scrape
     )
     # recovery: the operator resets the keys (upstream accepts them again)
     upstream.set_scenario(SCENARIO)
@@ -283,7 +284,7 @@ def test_apprise_json_and_mailto_channels_deliver(
         ),
         what="both deliveries recorded",
     )
-    assert proxy.gateway.alerts.notifier.queue.qsize() == 0
+    assert proxy.gateway.alerts.notifier.depth() == 0
 
 
 def test_messages_follow_the_operator_language(env: tuple[Proxy, httpx.Client], receiver: Receiver) -> None:

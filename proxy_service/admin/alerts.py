@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import ApiError, iso, json_body, ok, parse_time, q_int, q_time
-from proxy_service.alerts.notify import ChannelError
-from proxy_service.alerts.rules import METRICS, RuleError, parse_rule
+from proxy_service.alerts.channels import ChannelError
+from proxy_service.alerts.rules import METRICS, NameTaken, RuleError, parse_rule
 from proxy_service.queries import utcnow
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _engine(gw: Gateway) -> AlertEngine:
 
 
 def _rule_error(exc: RuleError | ChannelError) -> ApiError:
-    return ApiError(422, f"{exc.field}: {exc.message}", exc.field)
+    return ApiError(409 if isinstance(exc, NameTaken) else 422, f"{exc.field}: {exc.message}", exc.field)
 
 
 def _rule_view(engine: AlertEngine, rule_id: str) -> dict[str, Any]:
@@ -41,7 +41,9 @@ def _rule_view(engine: AlertEngine, rule_id: str) -> dict[str, Any]:
     machine = engine.machines.get(rule_id)
     states = list(machine.states.values()) if machine is not None else []
     phase = "firing" if any(s.phase == "firing" for s in states) else "pending" if states else "inactive"
-    return {**rule.to_dict(), "state": phase}
+    adm = engine.admissions.get(rule_id)
+    series = adm.view() if adm is not None else {"series": 0, "unknown": 0, "folded": 0, "cap": engine.max_series}
+    return {**rule.to_dict(), "state": phase, "series": series}
 
 
 def _known(engine: AlertEngine, request: Request, what: str) -> str:

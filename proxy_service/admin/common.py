@@ -186,7 +186,16 @@ def parse_time(value: Any, name: str) -> datetime:
             reason="invalid_value",
             detail=repr(value)[:100],
         ) from None
-    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+    try:
+        return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+    except OverflowError:  # year 1 or 9999 with an offset: the UTC instant is outside the calendar
+        raise ApiError(
+            400,
+            f"{name}: {value!r} is out of range (years 1 to 9999 in UTC)",
+            name,
+            reason="invalid_value",
+            detail=repr(value)[:100],
+        ) from None
 
 
 def q_time(request: Request, name: str) -> datetime | None:

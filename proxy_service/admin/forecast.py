@@ -142,9 +142,9 @@ def _target(body: dict[str, Any], name: str) -> float | None:
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not math.isfinite(v)):
         raise ApiError(400, f"{name} must be a number", name)
-    if not 0 <= v <= MAX_TARGET:
+    if not 0 <= v <= MAX_TARGET:  # compared exactly: an integer past a float's range never becomes one
         raise ApiError(400, f"{name} must be between 0 and {MAX_TARGET:.0e}", name)
     return float(v)
 

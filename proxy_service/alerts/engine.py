@@ -19,17 +19,28 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy_service import metrics
+from proxy_service import known_models, metrics
 from proxy_service.alerts import backtest, queries, sources
-from proxy_service.alerts.notify import Channel, ChannelError, Notice, Notifier, new_secret, validate_url
-from proxy_service.alerts.rules import METRICS, Rule, RuleError, default_rules, parse_rule
+from proxy_service.alerts.channels import Channel, ChannelError, new_secret, validate_url
+from proxy_service.alerts.labels import MAX_SERIES, Admission, KnownLabels, admit
+from proxy_service.alerts.notify import Notice, Notifier
+from proxy_service.alerts.rules import (
+    GROUP_BYS,
+    MAX_WINDOW_S,
+    METRICS,
+    NameTaken,
+    Rule,
+    RuleError,
+    default_rules,
+    parse_rule,
+)
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
 if TYPE_CHECKING:
@@ -40,6 +51,8 @@ MAX_RULES = 500
 MAX_CHANNELS = 100
 MAX_SILENCES = 1000
 MAX_SILENCE_S = 366 * 86400
+MAX_LABEL_VALUE = 128  # the longest model id; project names and key ids are shorter
+SERVED_SEED_S = 7 * 86400  # at the first evaluation, models served this far back are learned (from the rollup)
 
 
 @dataclass
@@ -65,6 +78,19 @@ class Silence:
         }
 
 
+def _silence_labels(labels: Any) -> dict[str, str]:
+    """A silence matches label sets by equality; alerts carry one label at most, named by GROUP_BYS."""
+    names = [g for g in GROUP_BYS if g]
+    if not isinstance(labels, dict):
+        raise RuleError("labels", f"must be an object of label name ({', '.join(names)}) → value")
+    for k, v in labels.items():
+        if k not in names:
+            raise RuleError(f"labels.{str(k)[:32]}", f"unknown label (alerts carry {', '.join(names)})")
+        if not isinstance(v, str) or not 1 <= len(v) <= MAX_LABEL_VALUE or not v.isprintable():
+            raise RuleError(f"labels.{k}", f"must be 1–{MAX_LABEL_VALUE} printable characters")
+    return labels
+
+
 def install(cur: duckdb.DuckDBPyConnection) -> bool:
     """Seed the default rules once per database (the tables come with the store's schema). Returns whether it did."""
     if cur.execute("SELECT 1 FROM alert_meta WHERE name = 'seeded'").fetchone():
@@ -82,6 +108,10 @@ class AlertEngine:
         self.channels: dict[str, Channel] = {}
         self.silences: dict[str, Silence] = {}
         self.machines: dict[str, Machine] = {}
+        self.admissions: dict[str, Admission] = {}  # per rule: its label sets at the last evaluation
+        self.max_series = MAX_SERIES
+        self._naming = asyncio.Lock()  # a name is checked and saved as one step
+        self._served_until: datetime | None = None  # models served up to here are learned
         self.flaps = sources.FlapCounter()
         self.quota_rate: sources.QuotaRate | None = None  # set by the gateway to the forecast's rate meter
         self.notifier = Notifier(self._record, self._message_settings)
@@ -120,6 +150,8 @@ class AlertEngine:
     async def reload(self) -> None:
         """Re-read rules, channels and silences (cluster mode: another replica changed them)."""
         self.rules, self.channels, self.silences = await asyncio.to_thread(self._read_stored)
+        for cid in set(self.notifier.lanes) - set(self.channels):  # deleted on another replica
+            await self.notifier.forget(cid)
 
     async def _write(self, sql: str, params: list[Any]) -> None:
         await asyncio.wrap_future(self.gw.writer.submit(lambda cur: cur.execute(sql, params)))
@@ -160,10 +192,21 @@ class AlertEngine:
         return json.dumps([asdict(st) for m in list(self.machines.values()) for st in m.states.values()])
 
     def load_states(self, payload: str) -> None:
+        """The leader's states; only for rules this replica has, at most `max_series` per rule (what comes from
+        Redis is not trusted to be bounded)."""
         machines: dict[str, Machine] = {}
         for d in json.loads(payload):
-            st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
-            machines.setdefault(st.rule_id, Machine(st.rule_id)).states[st.labels] = st
+            try:
+                st = AlertState(**{**d, "labels": tuple((str(k), str(v)) for k, v in d["labels"])})
+            except (TypeError, ValueError, KeyError):
+                continue
+            if st.rule_id not in self.rules or st.phase not in STATE_CODE or len(st.labels) > 1:
+                continue
+            if any(len(v) > MAX_LABEL_VALUE for _k, v in st.labels):
+                continue
+            machine = machines.setdefault(st.rule_id, Machine(st.rule_id))
+            if len(machine.states) < self.max_series:
+                machine.states[st.labels] = st
         self.machines = machines
 
     # -- evaluation ------------------------------------------------------------------------------------------------
@@ -173,15 +216,17 @@ class AlertEngine:
         rules = [r for r in list(self.rules.values()) if r.enabled]
         db_rules = [r for r in rules if METRICS[r.metric].source in ("requests", "attempts", "volume")]
         capacity = [r for r in rules if r.metric == "usable_capacity_pct"]
-        db_values, demand = (
-            await asyncio.to_thread(self._read_db, db_rules, capacity, now) if db_rules or capacity else ({}, {})
-        )
+        db_values, demand = await asyncio.to_thread(self._read_db, db_rules, capacity, now) if rules else ({}, {})
+        known = KnownLabels.of(self.gw.pool, self.gw.config.model_limits)
+        demand = {m: v for m, v in demand.items() if known.model(m)}
         self.flaps.observe(self.gw.pool, now)
-        values = {**db_values, **sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate)}
+        live = sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate, known.model)
+        values = {**db_values, **live}
         for rule in rules:
             if rule.id not in self.rules:  # deleted while reading
                 continue
-            self._step(rule, values.get(rule.id, {}), now)
+            self._step(rule, values.get(rule.id, {}), now, known)
+        self.notifier.report_suppressed()
         self.evaluations += 1
         self.last_eval_at = now
         self.last_eval_ms = (time.perf_counter() - started) * 1000
@@ -191,6 +236,7 @@ class AlertEngine:
     ) -> tuple[dict[str, sources.Values], dict[str, float]]:
         cur = self.gw.store.cursor()
         try:
+            self._learn_served(cur, now)
             values = sources.database_values(cur, rules, now)
             demand: dict[str, float] = {}
             if capacity:
@@ -202,8 +248,25 @@ class AlertEngine:
         finally:
             cur.close()
 
-    def _step(self, rule: Rule, values: sources.Values, now: float) -> None:
+    def _learn_served(self, cur: duckdb.DuckDBPyConnection, now: float) -> None:
+        """Learn the models upstream served to authenticated clients since the last evaluation (on any replica:
+        the database has every replica's calls), the first time over the last week's rollup."""
+        hi = sources.naive_utc(now)
+        models: list[str] = []
+        if self._served_until is None and self.gw.rollup.usable:
+            try:
+                models = queries.served_models_rollup(cur, hi - timedelta(seconds=SERVED_SEED_S))
+            except duckdb.Error as exc:
+                log.warning("could not read the models served in the last week: %s", exc)
+        lo = self._served_until or hi - timedelta(seconds=MAX_WINDOW_S)
+        models += queries.served_models(cur, lo, hi)
+        for model in models:
+            known_models.learn(model)
+        self._served_until = hi
+
+    def _step(self, rule: Rule, values: sources.Values, now: float, known: KnownLabels) -> None:
         machine = self.machines.setdefault(rule.id, Machine(rule.id))
+        values, self.admissions[rule.id] = admit(rule, values, machine.states.keys(), known, self.max_series)
         breached = {labels: rule.breached(v) for labels, v in values.items()}
         silenced = {labels: self.silenced(rule.id, labels, now) for labels in set(values) | set(machine.states)}
         for st, t in machine.step(values, breached, Timing(rule.for_s, rule.repeat_s), now, silenced):
@@ -289,13 +352,8 @@ class AlertEngine:
         return sum(1 for a in self.active() if a["state"] == "firing")
 
     def secrets(self) -> list[str]:
-        """Channel URLs and signing secrets, for the log scrubber."""
-        out = []
-        for c in list(self.channels.values()):
-            out.append(c.url)
-            if c.secret:
-                out.append(c.secret)
-        return out
+        """Channel URLs, their secret parts and signing secrets, for the log scrubber."""
+        return [s for c in list(self.channels.values()) for s in c.secrets()]
 
     # -- rules -----------------------------------------------------------------------------------------------------
     async def add_rule(self, body: dict[str, Any]) -> Rule:
@@ -304,21 +362,33 @@ class AlertEngine:
         if "id" in body:
             raise RuleError("id", "is assigned by the server")
         rule = parse_rule(body, known_channels=set(self.channels))
-        await self._save_rule(rule)
+        async with self._naming:
+            self._name_free(rule)
+            await self._save_rule(rule)
         return rule
 
     async def update_rule(self, rule_id: str, patch: dict[str, Any]) -> Rule:
         base = self.rules[rule_id]
         rule = parse_rule(patch, base=base, known_channels=set(self.channels))
-        if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
-            base.metric,
-            base.filters,
-            base.group_by,
-            base.enabled,
-        ):
-            self.machines.pop(rule_id, None)  # a different question: start from inactive
-        await self._save_rule(rule)
+        async with self._naming:
+            self._name_free(rule)
+            if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
+                base.metric,
+                base.filters,
+                base.group_by,
+                base.enabled,
+            ):
+                self.machines.pop(rule_id, None)  # a different question: start from inactive
+                self.admissions.pop(rule_id, None)
+            await self._save_rule(rule)
         return rule
+
+    def _name_free(self, rule: Rule) -> None:
+        """Rule names are unique (case and surrounding spaces aside): messages, /metrics and pages name rules."""
+        name = rule.name.casefold()
+        for other in list(self.rules.values()):
+            if other.id != rule.id and other.name.casefold() == name:
+                raise NameTaken("name", f"another rule is already named {other.name!r} (id {other.id})")
 
     async def _save_rule(self, rule: Rule) -> None:
         await self._write(
@@ -330,6 +400,7 @@ class AlertEngine:
         await self._write("DELETE FROM alert_rules WHERE id = ?", [rule_id])
         self.rules.pop(rule_id, None)
         self.machines.pop(rule_id, None)
+        self.admissions.pop(rule_id, None)
 
     # -- channels --------------------------------------------------------------------------------------------------
     async def add_channel(self, body: dict[str, Any]) -> tuple[Channel, str | None]:
@@ -341,8 +412,8 @@ class AlertEngine:
             raise ChannelError(unknown[0], "unknown channel field (allowed: name, url, secret)")
         url = validate_url(body.get("url"))
         name = body.get("name") or url.split("://", 1)[0]
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
-            raise ChannelError("name", "must be 1–100 characters")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100 or not name.isprintable():
+            raise ChannelError("name", "must be 1–100 printable characters")
         secret = body.get("secret")
         if secret is not None and (not isinstance(secret, str) or not 16 <= len(secret) <= 256):
             raise ChannelError("secret", "must be 16–256 characters")
@@ -360,6 +431,7 @@ class AlertEngine:
     async def delete_channel(self, channel_id: str) -> None:
         await self._write("DELETE FROM alert_channels WHERE id = ?", [channel_id])
         self.channels.pop(channel_id, None)
+        await self.notifier.forget(channel_id)
 
     async def test_channel(self, channel_id: str) -> tuple[bool, str]:
         now = time.time()
@@ -389,13 +461,9 @@ class AlertEngine:
         if not now < until <= now + MAX_SILENCE_S:
             raise RuleError("until", "must be in the future, within a year")
         rule_id = body.get("rule_id")
-        if rule_id is not None and rule_id not in self.rules:
+        if rule_id is not None and (not isinstance(rule_id, str) or rule_id not in self.rules):
             raise RuleError("rule_id", f"unknown rule id {str(rule_id)[:64]!r}")
-        labels = body.get("labels") or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise RuleError("labels", "must be an object of label name → value")
+        labels = _silence_labels(body.get("labels") or {})
         if rule_id is None and not labels:
             raise RuleError("rule_id", "name a rule or labels to silence (a silence of everything is not allowed)")
         comment = body.get("comment") or ""
@@ -439,9 +507,19 @@ class _StateCollector(Collector):
                 labels = ",".join(f"{k}={v}" for k, v in st.labels)
                 fam.add_metric([rule.name, rule.id, rule.severity, labels], STATE_CODE[st.phase])
         yield fam
-        yield GaugeMetricFamily(
-            "keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.queue.qsize()
+        excluded = GaugeMetricFamily(
+            "keyrack_alert_series_excluded",
+            "Label sets a rule left out of its own series at its last evaluation: values Keyrack does not know "
+            "(unknown), or over the rule's series cap (folded into one '(others)' series)",
+            labels=["rule_id", "reason"],
         )
+        for rule_id, adm in list(e.admissions.items()):
+            if rule_id in e.rules:
+                for reason, n in (("unknown", adm.unknown), ("folded", adm.folded)):
+                    if n:
+                        excluded.add_metric([rule_id, reason], n)
+        yield excluded
+        yield GaugeMetricFamily("keyrack_alert_queue_depth", "Alert notifications waiting", value=e.notifier.depth())
         yield GaugeMetricFamily(
             "keyrack_alert_evaluation_seconds", "Duration of the last alert evaluation", value=e.last_eval_ms / 1000
         )

@@ -1,15 +1,14 @@
-"""Notification channels and delivery.
+"""Alert messages and their delivery.
 
-A channel is a URL, a secret: shown masked everywhere (`masked_url`), kept out of log lines.
-- Any Apprise URL (`json://`, `mailto://`, `slack://`, `discord://`, `tgram://`, `dingtalk://`, `wecombot://`,
-  `feishu://`, `lark://`...) is sent through Apprise, which knows each service's payload and signing.
-- `webhook+https://host/path` (or `webhook+http://`) is Keyrack's own signed webhook: a JSON POST (fields in
-  `webhook_payload`) with `X-Keyrack-Signature: sha256=<hex HMAC-SHA256 of the raw body with the channel secret>`.
-  The secret is given when the channel is created (`secret`) or generated then, and returned once.
+Messages: a `Notice` rendered in the operator's language (`render`), or the signed webhook's JSON body
+(`webhook_payload`, signed with `sign`). Channels and their URLs: `channels.py`.
 
-Delivery never runs on the request path: notices go on a bounded queue served by a few worker tasks; a failed
-attempt is retried with exponential backoff; every attempt is recorded (`alert_events`: delivered / failed with
-the reason) and counted in /metrics. A full queue drops nothing silently: the notice is recorded as failed.
+Delivery never runs on the request path, and one channel never waits for another: each channel has its own lane — a
+bounded queue served by one task — so a slow or dead receiver holds only its own lane. Every attempt is bounded in
+time and in the answer it reads (`delivery.py`); a failed attempt is retried on its lane with exponential backoff;
+every attempt is recorded (`alert_events`: delivered / failed with the reason) and counted in /metrics. Each channel
+takes at most `per_minute` new notices a minute (a token bucket): what is over is counted, and recorded as one
+summary row per channel and evaluation. A full lane drops nothing silently: the notice is recorded as failed.
 """
 
 from __future__ import annotations
@@ -19,110 +18,30 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import Counter
 
 from proxy_service import metrics
+from proxy_service.alerts import delivery
+from proxy_service.alerts.channels import Channel, scrub
 
 log = logging.getLogger("keyrack.alerts")
-WEBHOOK_PREFIXES = ("webhook+https://", "webhook+http://")
-MAX_URL = 2000
-QUEUE_SIZE = 1000
-WORKERS = 2
+LANE_QUEUE = 200
 ATTEMPTS = 4
-SEND_TIMEOUT_S = 30.0
+PER_MINUTE = 30  # new notices per channel and minute
+MAX_CONNECTIONS = 200  # webhook connections: one per lane in flight, and test sends
 
 DELIVERIES = Counter(
     "keyrack_alert_deliveries",
-    "Alert notification delivery attempts by result (delivered, failed, retried, dropped)",
+    "Alert notification delivery attempts by result (delivered, failed, retried, dropped, suppressed)",
     ["result"],
     registry=metrics.REGISTRY,
 )
-
-
-class ChannelError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
-
-
-@dataclass
-class Channel:
-    id: str
-    name: str
-    url: str
-    secret: str | None = None  # the webhook signing secret
-    created_at: float = field(default_factory=time.time)
-
-    @property
-    def kind(self) -> str:
-        return "webhook" if self.url.startswith(WEBHOOK_PREFIXES) else "apprise"
-
-    @property
-    def scheme(self) -> str:
-        return self.url.split("://", 1)[0].lower()
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "scheme": self.scheme,
-            "url": masked_url(self.url),
-            "signed": bool(self.secret),
-            "created_at": self.created_at,
-        }
-
-
-# Apprise (~4 MB of RSS, hundreds of plugin modules) is imported by the functions below only once a channel with an
-# Apprise URL exists: a proxy without one never loads it.
-
-
-def masked_url(url: str) -> str:
-    """What may be shown of a channel URL: Apprise's privacy rendering (tokens and passwords starred), or for the
-    signed webhook the scheme and host only."""
-    if url.startswith(WEBHOOK_PREFIXES):
-        parts = urlsplit(url.removeprefix("webhook+"))
-        return f"webhook+{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/****"
-    import apprise
-
-    plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
-    if not plugin:
-        return url.split("://", 1)[0] + "://****"
-    return str(plugin.url(privacy=True))
-
-
-def validate_url(url: Any) -> str:
-    """A usable channel URL, or ChannelError('url', why)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ChannelError("url", "is required: an Apprise URL such as json://host/path or mailto://user:pass@host")
-    url = url.strip()
-    if len(url) > MAX_URL or any(ord(c) < 32 for c in url):
-        raise ChannelError("url", f"must be at most {MAX_URL} printable characters")
-    if "://" not in url:
-        raise ChannelError("url", "must be a URL with a scheme such as json://, mailto://, slack://, webhook+https://")
-    if url.startswith(WEBHOOK_PREFIXES):
-        parts = urlsplit(url.removeprefix("webhook+"))
-        if not parts.hostname:
-            raise ChannelError("url", "webhook+https:// URL has no host")
-        return url
-    import apprise
-
-    if not apprise.Apprise.instantiate(url, suppress_exceptions=True):
-        scheme = url.split("://", 1)[0][:32]
-        raise ChannelError("url", f"not a valid Apprise URL for scheme {scheme!r} (see the Apprise wiki for its form)")
-    return url
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(32)
 
 
 # -- messages -----------------------------------------------------------------------------------------------------
@@ -240,8 +159,89 @@ class Delivery:
 Recorder = Callable[[str, Notice, Channel | None, int, str], None]  # (kind, notice, channel, attempt, message)
 
 
+@dataclass
+class _Bucket:
+    """New notices a channel may still take: `per_minute` at most, refilled continuously."""
+
+    tokens: float
+    at: float
+    suppressed: int = 0
+    last: Notice | None = None  # the last notice held back (named in the summary row)
+
+    def take(self, per_minute: int, now: float) -> bool:
+        self.tokens = min(float(per_minute), self.tokens + (now - self.at) * per_minute / 60.0)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Lane:
+    """One channel's deliveries: its own bounded queue and task, retries with backoff on the same lane."""
+
+    def __init__(self, notifier: Notifier, channel: Channel) -> None:
+        self.notifier = notifier
+        self.channel = channel
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue(LANE_QUEUE)
+        self.retries: set[asyncio.TimerHandle] = set()
+        self.busy = False
+        self.bucket = _Bucket(float(notifier.per_minute), time.monotonic())
+        self.task = asyncio.create_task(self._run(), name=f"alert-lane-{channel.id}")
+
+    @property
+    def idle(self) -> bool:
+        return self.queue.empty() and not self.retries and not self.busy
+
+    def put(self, d: Delivery) -> bool:
+        try:
+            self.queue.put_nowait(d)
+            return True
+        except asyncio.QueueFull:
+            DELIVERIES.labels("dropped").inc()
+            self.notifier.record("failed", d.notice, d.channel, d.attempt, "this channel's queue is full; not sent")
+            return False
+
+    async def _run(self) -> None:
+        n = self.notifier
+        while True:
+            d = await self.queue.get()
+            self.busy = True
+            try:
+                ok, why = await n.send(d.channel, d.notice)
+                final = ok or d.attempt >= n.attempts
+                n.count(ok, final)
+                if ok:
+                    n.record("delivered", d.notice, d.channel, d.attempt, why)
+                elif final:
+                    n.record("failed", d.notice, d.channel, d.attempt, f"gave up after {d.attempt} attempts: {why}")
+                else:
+                    n.record("failed", d.notice, d.channel, d.attempt, f"will retry: {why}")
+                    self._retry(d)
+            except Exception:  # a bug here must not kill the lane: keep serving it
+                log.exception("alert delivery crashed")
+            finally:
+                self.busy = False
+
+    def _retry(self, d: Delivery) -> None:
+        delay = self.notifier.backoff_s * 2 ** (d.attempt - 1)
+
+        def again() -> None:
+            self.retries.discard(handle)
+            self.put(Delivery(d.channel, d.notice, d.attempt + 1))
+
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self.retries.add(handle)
+
+    async def close(self) -> None:
+        for handle in self.retries:
+            handle.cancel()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
 class Notifier:
-    """The delivery queue and its workers (on the event loop); sending itself is off the loop or async I/O."""
+    """The channels' lanes; sending itself is async I/O or a child process, never work on the loop."""
 
     def __init__(
         self,
@@ -250,133 +250,112 @@ class Notifier:
         *,
         backoff_s: float = 2.0,
         attempts: int = ATTEMPTS,
-        queue_size: int = QUEUE_SIZE,
+        per_minute: int = PER_MINUTE,
+        deadline_s: float = delivery.DEADLINE_S,
+        answer_cap: int = delivery.ANSWER_CAP,
     ) -> None:
         self.record = record
         self.settings = settings  # () → (language, dashboard_url), read at send time
         self.backoff_s = backoff_s
         self.attempts = attempts
-        self.queue: asyncio.Queue[Delivery] = asyncio.Queue(queue_size)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._retries: set[asyncio.TimerHandle] = set()
+        self.per_minute = per_minute
+        self.deadline_s = deadline_s
+        self.answer_cap = answer_cap
+        self.lanes: dict[str, Lane] = {}
         self._client: httpx.AsyncClient | None = None
-        self.in_flight = 0
+        self._senders: asyncio.Semaphore | None = None
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
-        self._tasks = [asyncio.create_task(self._worker(), name=f"alert-notify-{i}") for i in range(WORKERS)]
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False, limits=limits)
+        self._senders = asyncio.Semaphore(delivery.MAX_SENDERS)
 
     async def stop(self) -> None:
-        for handle in self._retries:
-            handle.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        lanes, self.lanes = list(self.lanes.values()), {}
+        await asyncio.gather(*(lane.close() for lane in lanes))
         if self._client is not None:
             await self._client.aclose()
 
+    async def forget(self, channel_id: str) -> None:
+        """A deleted channel: its lane and what waits in it go."""
+        lane = self.lanes.pop(channel_id, None)
+        if lane is not None:
+            await lane.close()
+
     @property
     def idle(self) -> bool:
-        return self.queue.empty() and not self._retries and self.in_flight == 0
+        return all(lane.idle for lane in list(self.lanes.values()))
 
-    def enqueue(self, channel: Channel, notice: Notice, attempt: int = 1) -> bool:
-        try:
-            self.queue.put_nowait(Delivery(channel, notice, attempt))
-            return True
-        except asyncio.QueueFull:
-            DELIVERIES.labels("dropped").inc()
-            self.record("failed", notice, channel, attempt, "notification queue full; not sent")
+    def depth(self) -> int:
+        return sum(lane.queue.qsize() for lane in list(self.lanes.values()))
+
+    def _lane(self, channel: Channel) -> Lane:
+        lane = self.lanes.get(channel.id)
+        if lane is None:
+            lane = self.lanes[channel.id] = Lane(self, channel)
+        else:
+            lane.channel = channel  # the same channel re-read from storage (cluster mode)
+        return lane
+
+    def enqueue(self, channel: Channel, notice: Notice) -> bool:
+        """Queue a new notice on the channel's lane, unless the channel had its `per_minute` already."""
+        lane = self._lane(channel)
+        if not lane.bucket.take(self.per_minute, time.monotonic()):
+            DELIVERIES.labels("suppressed").inc()
+            lane.bucket.suppressed += 1
+            lane.bucket.last = notice
             return False
+        return lane.put(Delivery(channel, notice))
+
+    def report_suppressed(self) -> None:
+        """One row per channel for the notices held back since the last report (called after each evaluation)."""
+        for lane in list(self.lanes.values()):
+            b = lane.bucket
+            if b.suppressed and b.last is not None:
+                self.record(
+                    "failed",
+                    b.last,
+                    lane.channel,
+                    0,
+                    f"{b.suppressed} notification(s) not sent: over this channel's cap of {self.per_minute} a minute",
+                )
+                b.suppressed, b.last = 0, None
 
     async def send_now(self, channel: Channel, notice: Notice) -> tuple[bool, str]:
         """One attempt, awaited (test-send from the admin API); recorded like any other."""
-        ok, why = await self._send(channel, notice)
-        self._count(ok, final=True)
+        ok, why = await self.send(channel, notice)
+        self.count(ok, final=True)
         self.record("delivered" if ok else "failed", notice, channel, 1, why)
         return ok, why
 
-    async def _worker(self) -> None:
-        while True:
-            d = await self.queue.get()
-            self.in_flight += 1
-            try:
-                ok, why = await self._send(d.channel, d.notice)
-                final = ok or d.attempt >= self.attempts
-                self._count(ok, final)
-                if ok:
-                    self.record("delivered", d.notice, d.channel, d.attempt, why)
-                elif final:
-                    self.record("failed", d.notice, d.channel, d.attempt, f"gave up after {d.attempt} attempts: {why}")
-                else:
-                    self.record("failed", d.notice, d.channel, d.attempt, f"will retry: {why}")
-                    self._retry(d)
-            except Exception:  # a bug here must not kill the worker: keep serving the queue
-                log.exception("alert delivery crashed")
-            finally:
-                self.in_flight -= 1
-
-    def _retry(self, d: Delivery) -> None:
-        delay = self.backoff_s * 2 ** (d.attempt - 1)
-        loop = asyncio.get_running_loop()
-
-        def again() -> None:
-            self._retries.discard(handle)
-            self.enqueue(d.channel, d.notice, d.attempt + 1)
-
-        handle = loop.call_later(delay, again)
-        self._retries.add(handle)
-
-    def _count(self, ok: bool, final: bool) -> None:
+    def count(self, ok: bool, final: bool) -> None:
         DELIVERIES.labels("delivered" if ok else "failed" if final else "retried").inc()
 
-    async def _send(self, channel: Channel, notice: Notice) -> tuple[bool, str]:
+    async def send(self, channel: Channel, notice: Notice) -> tuple[bool, str]:
+        """One attempt, bounded in time and answer size; the reason never carries a secret of the channel."""
         language, dashboard_url = self.settings()
         try:
             if channel.kind == "webhook":
-                return await asyncio.wait_for(self._webhook(channel, notice, language, dashboard_url), SEND_TIMEOUT_S)
-            title, body = render(notice, language, dashboard_url)
-            return await asyncio.wait_for(
-                asyncio.to_thread(_apprise_send, channel.url, title, body, notice), SEND_TIMEOUT_S
-            )
-        except TimeoutError:
-            return False, f"timed out after {SEND_TIMEOUT_S:g} s"
+                assert self._client is not None
+                body = json.dumps(webhook_payload(notice, language, dashboard_url), ensure_ascii=False).encode()
+                headers = {
+                    "content-type": "application/json",
+                    "user-agent": "keyrack-alerts",
+                    "x-keyrack-event": notice.state,
+                }
+                if channel.secret:
+                    headers["x-keyrack-signature"] = sign(channel.secret, body)
+                url = channel.url.removeprefix("webhook+")
+                ok, why = await delivery.post_webhook(
+                    self._client, url, body, headers, self.deadline_s, self.answer_cap
+                )
+            else:
+                assert self._senders is not None
+                title, text = render(notice, language, dashboard_url)
+                async with self._senders:
+                    ok, why = await delivery.send_apprise(
+                        channel.url, title, text, notice.state, self.deadline_s, self.answer_cap
+                    )
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {scrub(str(exc), channel)}"[:300]
-
-    async def _webhook(self, channel: Channel, notice: Notice, language: str, dashboard_url: str) -> tuple[bool, str]:
-        assert self._client is not None
-        body = json.dumps(webhook_payload(notice, language, dashboard_url), ensure_ascii=False).encode()
-        headers = {"content-type": "application/json", "user-agent": "keyrack-alerts", "x-keyrack-event": notice.state}
-        if channel.secret:
-            headers["x-keyrack-signature"] = sign(channel.secret, body)
-        resp = await self._client.post(channel.url.removeprefix("webhook+"), content=body, headers=headers)
-        if 200 <= resp.status_code < 300:
-            return True, f"HTTP {resp.status_code}"
-        return False, f"HTTP {resp.status_code}"
-
-
-def _apprise_send(url: str, title: str, body: str, notice: Notice) -> tuple[bool, str]:
-    """One synchronous Apprise send (a worker thread); the failure reason is what Apprise logged, scrubbed."""
-    import apprise
-
-    kinds = {"firing": apprise.NotifyType.FAILURE, "resolved": apprise.NotifyType.SUCCESS}
-    ap = apprise.Apprise()
-    if not ap.add(url):
-        return False, "invalid Apprise URL"
-    with apprise.LogCapture(level=logging.WARNING) as captured:
-        ok = ap.notify(body=body, title=title, notify_type=kinds.get(notice.state, apprise.NotifyType.INFO))
-        reason = captured.getvalue().strip().splitlines()
-    if ok:
-        return True, "sent"
-    return False, (_scrub_url(reason[-1], url) if reason else "Apprise reported a failure")[:300]
-
-
-def _scrub_url(text: str, url: str) -> str:
-    return text.replace(url, masked_url(url)) if url in text else text
-
-
-def scrub(text: str, channel: Channel) -> str:
-    text = _scrub_url(text, channel.url)
-    if channel.secret:
-        text = text.replace(channel.secret, "****")
-    return text
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        return ok, scrub(why, channel)[:300]

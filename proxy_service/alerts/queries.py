@@ -1,5 +1,8 @@
 """The alerting SQL, parameterised: window figures for live evaluation and 7-day series for backtests.
 
+Live figures count the calls of authenticated clients only: a refused tokenless call says nothing about the pool's
+health, and anyone can send one (`unauthorized` calls carry no client id).
+
 Live evaluation reads only the rows of its window: `ts >= now - window` is pruned by DuckDB's per-row-group min/max
 (zone maps) on these append-ordered tables, so the cost follows the window's rows, never the table's size. Rules
 sharing (window, filters, grouping) share one query. Backtests read the 15-minute rollup (`rollup.py`) only.
@@ -29,14 +32,18 @@ _REQUESTS = """
            avg(attempts) AS attempts_per_call,
            quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
            quantile_cont(ttfb_ms, 0.95) FILTER (WHERE stream) AS p95_ttft_ms
-    FROM requests WHERE ts >= ? AND ts < ?{where} GROUP BY ALL"""
+    FROM requests WHERE ts >= ? AND ts < ? AND client_id IS NOT NULL{where} GROUP BY ALL"""
 _ATTEMPTS = """
     SELECT {group} AS g, count(*) AS attempts,
            count(*) FILTER (WHERE outcome = 'rate_limited' OR upstream_status = 429) AS rate_limited
     FROM attempts WHERE ts >= ? AND ts < ?{where} GROUP BY ALL"""
 _VOLUME = """
     SELECT {group} AS g, count(*) FILTER (WHERE ts >= ?) AS now_calls, count(*) FILTER (WHERE ts < ?) AS then_calls
-    FROM requests WHERE ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)){where} GROUP BY ALL"""
+    FROM requests WHERE ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)) AND client_id IS NOT NULL{where} GROUP BY ALL"""
+_SERVED = """
+    SELECT DISTINCT model FROM requests
+    WHERE ts >= ? AND ts < ? AND outcome = 'success' AND client_id IS NOT NULL AND model IS NOT NULL LIMIT ?"""
+MAX_SERVED = 1000
 
 
 def _where(filters: dict[str, str], columns: dict[str, str]) -> tuple[str, list[Any]]:
@@ -77,6 +84,11 @@ def volume_window(
     return _rows(cur.execute(sql, [lo, lo, lo, hi, lo - WEEK, hi - WEEK, *params]))
 
 
+def served_models(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> list[str]:
+    """Models upstream served to an authenticated client in [lo, hi) (they exist: `known_models`)."""
+    return [m for (m,) in cur.execute(_SERVED, [lo, hi, MAX_SERVED]).fetchall()]
+
+
 def _rows(rel: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
     names = [d[0] for d in rel.description]
     return {row[0]: dict(zip(names, row, strict=True)) for row in rel.fetchall()}
@@ -84,6 +96,7 @@ def _rows(rel: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
 
 # -- backtests: the 15-minute rollup ------------------------------------------------------------------------------
 _COUNTERS_15M, _LATENCY_15M = TIERS[900]
+_COUNTERS_1H = TIERS[3600][0]
 _BACKTEST_COUNTERS = f"""
     SELECT bucket, CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes
     FROM {_COUNTERS_15M} WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket ORDER BY bucket"""
@@ -93,6 +106,13 @@ _BACKTEST_EXHAUSTED = f"""
 _BACKTEST_LATENCY = f"""
     SELECT bucket, lb, CAST(sum(n) AS DOUBLE) AS n FROM {_LATENCY_15M}
     WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket, lb ORDER BY bucket, lb"""
+
+
+def served_models_rollup(cur: duckdb.DuckDBPyConnection, lo: datetime) -> list[str]:
+    """Models with a success since `lo` in the hourly rollup (a success is an answer upstream served, so the caller
+    held a token)."""
+    sql = f"SELECT DISTINCT val FROM {_COUNTERS_1H} WHERE dim = 'model' AND successes > 0 AND bucket >= ? LIMIT ?"
+    return [m for (m,) in cur.execute(sql, [lo, MAX_SERVED]).fetchall() if m]
 
 
 def backtest_counters(

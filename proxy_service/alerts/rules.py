@@ -181,13 +181,23 @@ _FIELDS = (
 _REQUIRED = ("name", "metric", "op", "threshold", "window_s")
 
 
+def _shown(v: Any) -> str:
+    """A number as an error message may quote it (a JSON integer can have thousands of digits)."""
+    text = repr(v)
+    return text if len(text) <= 24 else f"{text[:12]}… ({len(text)} characters)"
+
+
 def _int(data: dict[str, Any], name: str, lo: int, hi: int, default: int | None = None) -> int:
     v = data.get(name, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise RuleError(name, f"must be a whole number of seconds, not {v!r}"[:200])
-    if not lo <= v <= hi:
-        raise RuleError(name, f"must be between {lo} and {hi} seconds (got {v:g})")
+        raise RuleError(name, f"must be a whole number of seconds, not {_shown(v)}")
+    if not lo <= v <= hi:  # compared exactly: an integer past a float's range never becomes one
+        raise RuleError(name, f"must be between {lo} and {hi} seconds (got {_shown(v)})")
     return int(v)
+
+
+class NameTaken(RuleError):
+    """Another rule has this name (the admin API answers 409)."""
 
 
 def parse_rule(data: Any, *, base: Rule | None = None, known_channels: set[str] | None = None) -> Rule:
@@ -212,9 +222,11 @@ def parse_rule(data: Any, *, base: Rule | None = None, known_channels: set[str] 
     if op not in OPS:
         raise RuleError("op", f"must be one of {' '.join(OPS)} (got {str(op)[:16]!r})")
     threshold = data["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise RuleError("threshold", "must be a finite number")
-    if abs(threshold) > MAX_THRESHOLD:
+    if isinstance(threshold, float) and not math.isfinite(threshold):
+        raise RuleError("threshold", "must be a finite number")
+    if not -MAX_THRESHOLD <= threshold <= MAX_THRESHOLD:
         raise RuleError("threshold", f"must be within ±{MAX_THRESHOLD:g}")
     window_s = _int(data, "window_s", MIN_WINDOW_S, MAX_WINDOW_S)
     for_s = _int(data, "for_s", 0, MAX_FOR_S, 0)

@@ -129,9 +129,13 @@ def live_values(
     flaps: FlapCounter,
     now: float | None = None,
     quota_rate: QuotaRate | None = None,
+    model_known: Callable[[str], bool] | None = None,
 ) -> dict[str, Values]:
     """Values of the pool-backed rules. `demand`: calls per minute per model over the recent window; `quota_rate`:
-    the forecast's smoothed calls per minute of a (scope, model) (without it, nothing is projected to run out)."""
+    the forecast's smoothed calls per minute of a (scope, model) (without it, nothing is projected to run out);
+    `model_known`: which models count (the tracker holds every name a client sent with a token, made-up ones too,
+    and a made-up name has no quota at Google whatever limits it inherits by prefix)."""
+    known = model_known or (lambda _m: True)
     now = time.time() if now is None else now
     keys = list(pool.keys.values())
     cooling_scopes = {s for (s, _m), c in list(pool.cooldowns.items()) if c.until > now}
@@ -154,9 +158,9 @@ def live_values(
                     values[labels] = (values[labels] or 0.0) + 1
             out[rule.id] = values
         elif rule.metric == "quota_day_usage_pct":
-            out[rule.id] = _quota_day(pool, rule, filters, now)
+            out[rule.id] = _quota_day(pool, rule, filters, now, known)
         elif rule.metric == "exhaustion_before_reset_min":
-            out[rule.id] = _exhaustion(pool, rule, filters, quota_rate, now)
+            out[rule.id] = _exhaustion(pool, rule, filters, quota_rate, now, known)
         elif rule.metric == "usable_capacity_pct":
             out[rule.id] = _capacity(pool, rule, filters, demand, now)
         elif source == "flaps":
@@ -168,10 +172,10 @@ def live_values(
     return out
 
 
-def _quota_day(pool: Pool, rule: Rule, filters: dict[str, str], now: float) -> Values:
+def _quota_day(pool: Pool, rule: Rule, filters: dict[str, str], now: float, known: Callable[[str], bool]) -> Values:
     values: Values = {}
     for scope, model in pool.tracker.scopes():
-        if filters.get("project", scope) != scope or filters.get("model", model) != model:
+        if filters.get("project", scope) != scope or filters.get("model", model) != model or not known(model):
             continue
         usage = pool.tracker.usage(scope, model, now)
         limit, used = usage["rpd_limit"], usage["rpd_used"]
@@ -185,13 +189,15 @@ def _quota_day(pool: Pool, rule: Rule, filters: dict[str, str], now: float) -> V
     return values
 
 
-def _exhaustion(pool: Pool, rule: Rule, filters: dict[str, str], rate: QuotaRate | None, now: float) -> Values:
+def _exhaustion(
+    pool: Pool, rule: Rule, filters: dict[str, str], rate: QuotaRate | None, now: float, known: Callable[[str], bool]
+) -> Values:
     """Per (scope, model) with a daily limit: minutes between the projected exhaustion and the next Pacific reset,
     the same projection as the Forecast page (`forecast.exhaustion.project_exhaustion`)."""
     reset = next_pacific_midnight(now)
     values: Values = {}
     for scope, model in pool.tracker.scopes():
-        if filters.get("project", scope) != scope or filters.get("model", model) != model:
+        if filters.get("project", scope) != scope or filters.get("model", model) != model or not known(model):
             continue
         usage = pool.tracker.usage(scope, model, now)
         limit = usage["rpd_limit"]
