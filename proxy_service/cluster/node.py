@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from proxy_service import queries
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
-from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake
+from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.writer import LakeWriter
@@ -120,6 +120,10 @@ class Cluster:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     async def start(self, gw: Gateway) -> None:
         self.gw = gw
+        try:  # the keys were loaded with the stored totals only: add every replica's counter deltas from the lake
+            await self._reload_keys(None)
+        except Exception as exc:
+            log.warning("reading the keys' counters failed (%s); the periodic reload retries", type(exc).__name__)
         loop = asyncio.get_running_loop()
         for name, coro in (
             ("heartbeat", self._heartbeat()),
@@ -240,7 +244,9 @@ class Cluster:
 
     # -- keys and config: persist, broadcast, apply ----------------------------------------------------------------------
     def persist_keys(self, gw: Gateway) -> Future[Any] | None:
-        """Write changed keys to PostgreSQL (counters as deltas), then tell the other replicas."""
+        """Hand the keys' counter deltas to the lake writer (journaled and committed with the events, once: appends,
+        so replicas never conflict and an outage only delays them), write changed keys' other fields to PostgreSQL,
+        then tell the other replicas."""
         pool = self.pool
         assert pool is not None
         dirty, deleted, changed = pool.dirty, pool.deleted, pool.changed
@@ -248,13 +254,16 @@ class Cluster:
         keys = [pool.keys[k] for k in dirty | changed if k in pool.keys]
         if not keys and not deleted:
             return None
-        deltas = []
+        deltas: dict[str, tuple[int, int, int]] = {}
         for k in keys:
             base = pool.persisted.get(k.id, (0, 0, 0))
             now = (k.requests, k.successes, k.total_failures)
-            deltas.append(tuple(a - b for a, b in zip(now, base, strict=True)))
+            if now != base:
+                deltas[k.id] = (now[0] - base[0], now[1] - base[1], now[2] - base[2])
             pool.persisted[k.id] = now
-        rows = _key_table(keys, deltas)
+        if deltas:
+            self.writer.count_keys(deltas)
+        rows = _key_table(keys)
         status_rows = rows.filter(pa.array([k.id in changed for k in keys], pa.bool_())) if keys and changed else None
         gone = list(deleted)
 
@@ -263,13 +272,28 @@ class Cluster:
                 cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
             if rows.num_rows:
                 cur.register("_key_rows", rows)
-                cur.execute(_UPSERT_COUNTERS)
+                cur.execute(_UPSERT_KEYS)
                 if status_rows is not None and status_rows.num_rows:
                     cur.register("_key_rows", status_rows)
                     cur.execute(_UPSERT_STATUS)
                 cur.unregister("_key_rows")
 
         fut = gw.writer.submit(write)
+        loop = gw.loop
+
+        def retry(f: Future[Any]) -> None:
+            # Not written (PostgreSQL away, a conflict with another replica's write): the next round writes them again.
+            if f.cancelled() or f.exception() is None or loop is None or loop.is_closed():
+                return
+
+            def again() -> None:
+                pool.dirty.update(k.id for k in keys)
+                pool.changed.update(k for k in changed if k in pool.keys)
+                pool.deleted.update(k for k in deleted if k not in pool.keys)
+
+            loop.call_soon_threadsafe(again)
+
+        fut.add_done_callback(retry)
         announce = sorted(changed | deleted)
         if announce:
             # The status travels in the message (applied at once); a replica that lacks a key reads its row (the
@@ -360,6 +384,21 @@ class Cluster:
         finally:
             cur.close()
 
+    def _read_keys(self, ids: list[str] | None) -> dict[str, dict[str, Any]]:
+        """The stored keys (all, or `ids`), each with `lake_counts`: every replica's committed counter deltas."""
+        cur = self.store.cursor()
+        try:
+            if ids is None:
+                cur.execute("SELECT * FROM keys")
+            else:
+                cur.execute("SELECT * FROM keys WHERE list_contains(?, key_id)", [ids])
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            counts = key_counts(cur, ids)
+        finally:
+            cur.close()
+        return {r["key_id"]: {**r, "lake_counts": counts.get(r["key_id"], (0, 0, 0))} for r in rows}
+
     def _apply_status(self, ids: list[str], status: dict[str, Any]) -> list[str]:
         """Apply the statuses carried by a message; returns the ids that need their stored row."""
         pool = self.pool
@@ -380,13 +419,7 @@ class Cluster:
         assert pool is not None
         if ids == []:
             return
-        if ids is None:
-            names, rows = await asyncio.to_thread(self._read, "SELECT * FROM keys")
-        else:
-            names, rows = await asyncio.to_thread(
-                self._read, "SELECT * FROM keys WHERE list_contains(?, key_id)", [ids]
-            )
-        stored = {r["key_id"]: r for r in (dict(zip(names, row, strict=True)) for row in rows)}
+        stored = await asyncio.to_thread(self._read_keys, ids)
         wanted = set(stored) | set(ids or pool.keys)
         for kid in wanted:
             r = stored.get(kid)
@@ -398,7 +431,14 @@ class Cluster:
             if key is None:
                 if kid in pool.deleted:
                     continue
-                pool.load(key_from_row(r))
+                loaded = key_from_row(r)
+                loaded.requests, loaded.successes, loaded.total_failures = (
+                    a + b
+                    for a, b in zip(
+                        (loaded.requests, loaded.successes, loaded.total_failures), r["lake_counts"], strict=True
+                    )
+                )
+                pool.load(loaded)
                 continue
             if kid in pool.changed:
                 continue  # a local change not written yet wins; it is announced right after
@@ -409,6 +449,7 @@ class Cluster:
             # Counters: every replica's totals as stored, plus what this replica has not written yet (the deltas
             # stay exact: the next delta is counted from the stored totals). Consecutive failures live in Redis.
             stored_counts = (r["requests"] or 0, r["successes"] or 0, r["total_failures"] or 0)
+            stored_counts = tuple(a + b for a, b in zip(stored_counts, r["lake_counts"], strict=True))
             local = (key.requests, key.successes, key.total_failures)
             base = pool.persisted.get(kid, (0, 0, 0))
             key.requests, key.successes, key.total_failures = (
@@ -451,10 +492,10 @@ def _fold_requests(cur: Any, tables: dict[str, pa.Table]) -> None:
         fold_batch(cur, batch.drop_columns(["replica"]) if "replica" in batch.column_names else batch)
 
 
-_UPSERT_COUNTERS = """
+# Counters are not written here (they go to the lake's key_counts): a new row starts at 0, an existing one keeps its
+# stored totals (from before counters moved to the lake; readers add the lake's deltas).
+_UPSERT_KEYS = """
     INSERT INTO keys BY NAME SELECT * FROM _key_rows ON CONFLICT (key_id) DO UPDATE SET
-        requests = keys.requests + excluded.requests, successes = keys.successes + excluded.successes,
-        total_failures = keys.total_failures + excluded.total_failures,
         last_used_at = greatest(keys.last_used_at, excluded.last_used_at),
         last_checked_at = greatest(keys.last_checked_at, excluded.last_checked_at),
         last_error = coalesce(excluded.last_error, keys.last_error),
@@ -465,7 +506,8 @@ _UPSERT_STATUS = """
         project = excluded.project"""
 
 
-def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
+def _key_table(keys: list[Key]) -> pa.Table:
+    zeros = pa.array([0] * len(keys), pa.int64())
     return pa.table(
         {
             "key_id": [k.id for k in keys],
@@ -476,9 +518,9 @@ def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
             "created_at": pa.array([_ts(k.created_at) for k in keys], pa.timestamp("us")),
             "last_used_at": pa.array([_ts(k.last_used_at) for k in keys], pa.timestamp("us")),
             "consecutive_failures": pa.array([k.consecutive_failures for k in keys], pa.int32()),
-            "total_failures": pa.array([d[2] for d in deltas], pa.int64()),
-            "requests": pa.array([d[0] for d in deltas], pa.int64()),
-            "successes": pa.array([d[1] for d in deltas], pa.int64()),
+            "total_failures": zeros,
+            "requests": zeros,
+            "successes": zeros,
             "last_error": pa.array([k.last_error for k in keys], pa.string()),
             "last_checked_at": pa.array([_ts(k.last_checked_at) for k in keys], pa.timestamp("us")),
             "disabled_reason": pa.array([k.disabled_reason for k in keys], pa.string()),
