@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
+from proxy_service.cluster.trust import Trust
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
@@ -92,7 +92,8 @@ class Cluster:
             init_lock=self.init_lock,
         )
         self.writer.before_commit.append(_fold_requests)
-        self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica)
+        self.trust = Trust(self.store.secret, self.prefix)
+        self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica, trust=self.trust)
         self.pool: ClusterPool | None = None
         self.gw: Gateway | None = None
         self.compactions = 0
@@ -160,19 +161,23 @@ class Cluster:
             "lake_waiting_rows": self.writer.depth,
             "lake_spilled_rows": self.writer.spilled_rows,
             "lake_last_error": self.writer.last_error,
+            "rejected": dict(self.trust.rejected),
+            "leases_taken_back": self.leader.seized,
         }
 
     # -- alert states (written by the leader, read by the others) -----------------------------------------------------
     async def share_alert_states(self, payload: str) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.aredis.set(f"{self.prefix}:alerts", payload, px=ALERT_STATES_S * 1000)
+            await self.aredis.set(
+                f"{self.prefix}:alerts", self.trust.signed(payload, "alerts"), px=ALERT_STATES_S * 1000
+            )
 
     async def alert_states(self) -> str | None:
         try:
             value = await self.aredis.get(f"{self.prefix}:alerts")
         except REDIS_ERRORS:
             return None
-        return None if value is None else shared.text(value)
+        return None if value is None else self.trust.unsigned(value, "alerts", reason="alerts_forged")
 
     # -- heartbeat and degraded mode ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -180,13 +185,15 @@ class Cluster:
             try:
                 now_ms = int(time.time() * 1000)
                 pipe = self.aredis.pipeline(transaction=False)
-                pipe.hset(self.live, self.replica, now_ms)
+                pipe.hset(self.live, self.replica, self.trust.signed(str(now_ms), "live", self.replica))
                 pipe.hgetall(self.live)
                 if self.pool is not None:
                     pipe.pexpire(self.pool.marker, MARKER_TTL_MS)  # 0: gone (Redis lost this replica's state)
                 _, live, *marked = await pipe.execute()
-                alive = {k: int(v) for k, v in live.items() if now_ms - int(v) <= ALIVE_S * 1000}
-                dead = [k for k, v in live.items() if now_ms - int(v) > 60_000]
+                beats = self._heartbeats(live)
+                alive = {k: v for k, v in beats.items() if v is not None and now_ms - v <= ALIVE_S * 1000}
+                # Gone for a minute, or not written by a replica (counted): out of the hash.
+                dead = [k for k, v in beats.items() if v is None or now_ms - v > 60_000]
                 if dead:
                     await self.aredis.hdel(self.live, *dead)
                 if self.pool is not None:
@@ -199,19 +206,32 @@ class Cluster:
                     # The first replica to see an empty Redis (new, or restarted without persistence) refills it.
                     empty = await self.aredis.set(f"{self.prefix}:born", self.replica, nx=True)
                     cut = self.pool.degraded_since or time.time()
-                    if self.pool.degraded:
+                    if self.pool.heard():
                         await self.pool.recover()
                         await self._reload()  # messages may have been lost while Redis was away
+                    elif self.pool.degraded:
+                        pass  # not for long enough yet
                     elif not marked[0]:
                         await self.pool.resync()  # emptied without an outage seen here (flushed, fast restart)
+                    elif self.pool.offline:
+                        await self.pool.reconcile()  # calls admitted locally while a round trip failed
                     if empty:
                         await self._restore_days(cut)
             except REDIS_ERRORS as exc:
                 if self.pool is not None:
-                    self.pool._degrade(exc)
+                    self.pool.redis_failed(exc)
             except Exception:
                 log.exception("cluster heartbeat failed")
             await asyncio.sleep(HEARTBEAT_S)
+
+    def _heartbeats(self, live: dict[Any, Any]) -> dict[str, int | None]:
+        """Each replica's last heartbeat (ms) from the `live` hash; None for an entry no replica wrote."""
+        beats: dict[str, int | None] = {}
+        for name, raw in list(live.items())[:1000]:
+            replica = shared.text(name)
+            value = self.trust.unsigned(raw, "live", replica, reason="heartbeat_forged")
+            beats[replica] = int(value) if value is not None and value.isdigit() else None
+        return beats
 
     async def _restore_days(self, cut: float) -> None:
         """Redis came up empty (restarted without persistence, or new): put back today's calls per (scope, model)
@@ -305,23 +325,23 @@ class Cluster:
     def announce(self, fut: Future[Any], message: dict[str, Any]) -> None:
         """Publish `message` once `fut` (the write to PostgreSQL) has succeeded."""
         loop = self.gw.loop if self.gw else None
-        payload = json.dumps({**message, "from": self.replica})
 
         def done(f: Future[Any]) -> None:
-            if f.exception() is None and loop is not None and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(self._publish(payload), loop)
+            if not f.cancelled() and f.exception() is None and loop is not None and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._publish(message), loop)
 
         fut.add_done_callback(done)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Publish `message` now (called on the event loop after the change is stored)."""
-        task = asyncio.get_running_loop().create_task(self._publish(json.dumps({**message, "from": self.replica})))
+        task = asyncio.get_running_loop().create_task(self._publish(message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, payload: str) -> None:
+    async def _publish(self, message: dict[str, Any]) -> None:
+        """Sealed with the cluster secret (time and nonce included): the others ignore anything else on the bus."""
         try:
-            await self.aredis.publish(self.bus, payload)
+            await self.aredis.publish(self.bus, self.trust.seal({**message, "from": self.replica}))
         except REDIS_ERRORS as exc:  # the periodic reload will carry it
             log.warning(
                 "cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__, RELOAD_S
@@ -338,11 +358,8 @@ class Cluster:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None:
                         continue
-                    try:
-                        data = json.loads(msg["data"])
-                    except (ValueError, TypeError):
-                        continue
-                    if not isinstance(data, dict) or data.get("from") == self.replica:
+                    data = self.trust.open(msg["data"])  # None: not a replica's (counted), stale or replayed
+                    if data is None or data.get("from") == self.replica:
                         continue
                     if data.get("kind") == "keys":
                         ids = [i for i in data.get("ids", []) if isinstance(i, str)][:10_000]

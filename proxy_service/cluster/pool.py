@@ -67,6 +67,12 @@ RESYNC_GRACE_S = 2.5  # every replica's heartbeat (1 s) has merged its outage by
 FAILURES_TTL_MS = 7 * 86_400_000
 MARKER_TTL_MS = 86_400_000  # `sync:{replica}`, renewed by every heartbeat
 TOKENS_FLUSH_S = 0.05  # token counts are sent to Redis in batches (see _queue_tokens)
+# Degraded mode needs a sustained failure: round trips failing for DEGRADE_AFTER_S, at least DEGRADE_FAILURES of them
+# in a row (one slow round trip on a starved host is not an outage); it ends after RECOVER_HEARTBEATS heartbeats in a
+# row reached Redis. Meanwhile a call whose reservation failed is admitted by the degraded rule, and reconciled.
+DEGRADE_AFTER_S = 3.0
+DEGRADE_FAILURES = 3
+RECOVER_HEARTBEATS = 2
 _OWN_FAILURES = 100  # this replica's failures kept per key (since its last success of the key) for a merge
 
 
@@ -80,7 +86,13 @@ class ClusterPool(Pool):
         self.prefix = prefix
         self.replicas = 1  # alive at the last heartbeat (the divisor of the degraded mode)
         self.degraded = False
-        self.degraded_since: float | None = None
+        self.degraded_since: float | None = None  # when the failures that led to it began (wall clock)
+        self.degrade_after_s, self.degrade_failures = DEGRADE_AFTER_S, DEGRADE_FAILURES
+        self.recover_heartbeats = RECOVER_HEARTBEATS
+        self._failing_since: float | None = None  # monotonic: the first failed round trip of the current run
+        self._failed_trips = 0
+        self._heard = 0  # heartbeats in a row that reached Redis while degraded
+        self.failed_trips = 0  # round trips that failed (metrics: a slow Redis shows here before it degrades)
         self.changed: set[str] = set()  # key ids whose status changed here: broadcast after they are persisted
         self.persisted: dict[str, tuple[int, int, int]] = {}  # counters already in PostgreSQL (deltas go out)
         self.admitted_local = 0  # admissions decided locally while degraded (metrics)
@@ -106,6 +118,7 @@ class ClusterPool(Pool):
         self._turns: dict[str, deque[int]] = {}  # model → round-robin turns handed out by Redis, not used yet
         self._reserve = redis.register_script(shared.RESERVE)
         self._release = redis.register_script(shared.RELEASE)
+        self._reconcile = redis.register_script(shared.RECONCILE)
         self._limited = redis.register_script(shared.RATE_LIMITED)
         self._tokens = redis.register_script(shared.TOKENS)
         self._failures = redis.register_script(shared.FAILURES)
@@ -117,7 +130,7 @@ class ClusterPool(Pool):
         try:
             n = int(await self.redis.incr(f"{self.prefix}:rr:{model.removeprefix('models/')}")) - 1
         except REDIS_ERRORS as exc:
-            self._degrade(exc)
+            self.redis_failed(exc)
             return
         self._turns.setdefault(model, deque()).append(n)
 
@@ -154,8 +167,10 @@ class ClusterPool(Pool):
                     return False
                 res = await self._reserve(keys=keys, args=[*args, 1])
         except REDIS_ERRORS as exc:
-            self._degrade(exc)
+            self.redis_failed(exc)
             return self._admit_local(key, model, now, member)
+        if self._failing_since is not None:
+            self.redis_ok()
         self._synced = True
         if int(res[0]) == 2:  # emptied again within the same call: let the next choice try
             self.cooldowns[(key.scope, model)] = Cooldown(now + 0.05, "cluster")
@@ -394,7 +409,7 @@ class ClusterPool(Pool):
             try:
                 await coro
             except REDIS_ERRORS as exc:
-                self._degrade(exc)
+                self.redis_failed(exc)
 
         try:
             task = asyncio.get_running_loop().create_task(guarded())
@@ -405,45 +420,76 @@ class ClusterPool(Pool):
         task.add_done_callback(self._tasks.discard)
         return True
 
-    def _degrade(self, exc: BaseException) -> None:
+    def redis_failed(self, exc: BaseException) -> None:
+        """A round trip failed (timeout, refused, reset). Degraded mode starts once failures are sustained."""
+        now = time.monotonic()
+        self.failed_trips += 1
+        self._heard = 0
+        if self._failing_since is None:
+            self._failing_since, self._failed_trips = now, 0
+        self._failed_trips += 1
+        if (
+            self.degraded
+            or self._failed_trips < self.degrade_failures
+            or now - self._failing_since < self.degrade_after_s
+        ):
+            return
+        self.degraded = True
+        self.degraded_since = time.time() - (now - self._failing_since)
+        event(
+            log,
+            "redis_unreachable",
+            logging.WARNING,
+            replica=self.replica,
+            error=type(exc).__name__,
+            failed_round_trips=self._failed_trips,
+            mode=f"local limits at 1/{max(1, self.replicas)}",
+        )
+
+    def redis_ok(self) -> None:
+        """A round trip succeeded: a run of failures too short to degrade is over."""
         if not self.degraded:
-            self.degraded, self.degraded_since = True, time.time()
-            event(
-                log,
-                "redis_unreachable",
-                logging.WARNING,
-                replica=self.replica,
-                error=type(exc).__name__,
-                mode=f"local limits at 1/{max(1, self.replicas)}",
-            )
+            self._failing_since, self._failed_trips = None, 0
+
+    def heard(self) -> bool:
+        """A heartbeat reached Redis; True when degraded mode may end (several in a row: hysteresis)."""
+        if not self.degraded:
+            self.redis_ok()
+            return False
+        self._heard += 1
+        return self._heard >= self.recover_heartbeats
 
     async def recover(self) -> None:
         """Called by the heartbeat once Redis answers again: add the offline admissions, merge the key failures and
         successes seen meanwhile, then gate through Redis."""
+        offline = await self.reconcile()
+        await self.resync(recovering=True)
+        since = self.degraded_since or time.time()
+        self.degraded, self.degraded_since = False, None
+        self._failing_since, self._failed_trips, self._heard = None, 0, 0
+        event(
+            log,
+            "redis_recovered",
+            replica=self.replica,
+            reconciled=offline,
+            degraded_s=round(time.time() - since, 1),
+        )
+
+    async def reconcile(self) -> int:
+        """Add the calls admitted locally (degraded, or a reservation that failed) to the shared windows."""
         offline, self._offline = self._offline, {}
         try:
             pipe = self.redis.pipeline(transaction=False)
+            now_ms = int(self.clock() * 1000)
             for member, (scope, model, ms) in offline.items():
                 keys = self._keys(scope, model, ms / 1000)
-                pipe.zadd(keys[0], {member: ms})
-                pipe.pexpire(keys[0], 61_000)
-                pipe.incr(keys[1])
-                pipe.pexpire(keys[1], 2 * 86_400_000)
+                await self._reconcile(keys=keys[:2], args=[member, ms, now_ms, 2 * 86_400_000], client=pipe)
             if offline:
                 await pipe.execute()
         except REDIS_ERRORS:
             self._offline = offline | self._offline
             raise
-        await self.resync(recovering=True)
-        since = self.degraded_since or time.time()
-        self.degraded, self.degraded_since = False, None
-        event(
-            log,
-            "redis_recovered",
-            replica=self.replica,
-            reconciled=len(offline),
-            degraded_s=round(time.time() - since, 1),
-        )
+        return len(offline)
 
     async def resync(self, recovering: bool = False) -> None:
         async with self._resync_lock:
@@ -474,6 +520,11 @@ class ClusterPool(Pool):
             event(log, "redis_state_resynced", replica=self.replica, reservations=len(self._recent))
         self._synced = True
         self._resyncs += 1
+
+    @property
+    def offline(self) -> int:
+        """Calls admitted locally and not yet added to the shared windows."""
+        return len(self._offline)
 
     def cautious(self) -> bool:
         return self.clock() < self._cautious_until

@@ -83,6 +83,20 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
 return {1, n + 1, day + 1, tok, redis.call('ZCARD', KEYS[7]), turn}
 """
 
+# Add a call admitted locally (degraded, or its reservation's answer was lost) — unless the reservation did reach
+# Redis (a slow round trip that timed out here but ran there): its member is in the window then.
+# KEYS: win, day. ARGV: member, ms, now_ms, day_ttl_ms → 1 added | 0 already counted
+RECONCILE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if tonumber(ARGV[2]) > tonumber(ARGV[3]) - 60000 then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 61000)
+end
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
 # Un-count an admitted call the upstream refused or never saw. KEYS: win, day. ARGV: member.
 RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then

@@ -40,6 +40,9 @@ def with_pools(url: str, test: Callable[[ClusterPool, ClusterPool], Awaitable[No
         pools = [ClusterPool(redis=client, replica=name, prefix="t", **kwargs) for name in ("a", "b")]
         for pool in pools:
             pool.add(SPECS)
+            # These tests are about what each replica falls back to: degraded at the first failed round trip
+            # (test_trust.py checks that it takes a sustained failure).
+            pool.degrade_after_s, pool.degrade_failures = 0.0, 1
         try:
             await test(*pools)
         finally:
