@@ -199,12 +199,17 @@ class Rollup:
             cur.execute(_COUNTERS_DDL.format(table=counters))
             cur.execute(_LATENCY_DDL.format(table=latency))
         cube.install(cur)
-        raw = cur.execute("SELECT count(*) FROM requests").fetchone()
-        n = raw[0] if raw else 0
-        agree = all(
-            cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
-            for counters, _ in TIERS.values()
-        ) and cube.total_calls(cur) == (n, n)
+        # One snapshot for all the counts: on a lake, other replicas commit between two statements.
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            raw = cur.execute("SELECT count(*) FROM requests").fetchone()
+            n = raw[0] if raw else 0
+            agree = all(
+                cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
+                for counters, _ in TIERS.values()
+            ) and cube.total_calls(cur) == (n, n)
+        finally:
+            cur.execute("COMMIT")
         if _meta(cur, "version") != VERSION or _meta(cur, "zone") != self.zone or not agree:
             self.rebuild(cur)
         elif background:

@@ -72,9 +72,9 @@ FILE_STATS_INDEX = (  # lock_timeout: CREATE INDEX waits for a SHARE lock; never
 )
 # The keys with their counters: the stored totals (from before counters went to the lake) plus every replica's deltas.
 KEYS_SELECT = (
-    "SELECT k.* EXCLUDE (secret) REPLACE (k.requests + coalesce(c.requests, 0) AS requests, "
-    "k.successes + coalesce(c.successes, 0) AS successes, "
-    "k.total_failures + coalesce(c.total_failures, 0) AS total_failures) "
+    "SELECT k.* EXCLUDE (secret) REPLACE ((k.requests + coalesce(c.requests, 0))::BIGINT AS requests, "
+    "(k.successes + coalesce(c.successes, 0))::BIGINT AS successes, "
+    "(k.total_failures + coalesce(c.total_failures, 0))::BIGINT AS total_failures) "
     f"FROM {STATE_DB}.{STATE_SCHEMA}.keys k LEFT JOIN (SELECT key_id, sum(requests) AS requests, "
     f"sum(successes) AS successes, sum(total_failures) AS total_failures FROM {CATALOG}.main.key_counts "
     "GROUP BY key_id) c USING (key_id)"
