@@ -102,7 +102,13 @@ class Cluster:
 
     @contextlib.contextmanager
     def init_lock(self) -> Iterator[None]:
-        lock = self.redis.lock(f"{self.prefix}:lock:init", timeout=120, blocking_timeout=120)
+        name = f"{self.prefix}:lock:init"
+        with contextlib.suppress(redis.RedisError):  # a lock no replica could hold (no or an absurd expiry): gone
+            ttl = self.redis.pttl(name)
+            if ttl == -1 or ttl > 120_000:
+                self.redis.delete(name)
+                log.warning("removed a lake initialisation lock no replica could hold (expiry %s ms)", ttl)
+        lock = self.redis.lock(name, timeout=120, blocking_timeout=120)
         if not lock.acquire():
             raise ClusterStartError("another replica holds the lake initialisation lock for over 120 s")
         try:
@@ -112,7 +118,9 @@ class Cluster:
                 lock.release()
 
     def make_pool(self, *args: Any, **kwargs: Any) -> ClusterPool:
-        self.pool = ClusterPool(*args, redis=self.aredis, replica=self.replica, prefix=self.prefix, **kwargs)
+        self.pool = ClusterPool(
+            *args, redis=self.aredis, replica=self.replica, prefix=self.prefix, trust=self.trust, **kwargs
+        )
         return self.pool
 
     def secrets(self) -> list[str]:
@@ -215,7 +223,7 @@ class Cluster:
                         await self.pool.resync()  # emptied without an outage seen here (flushed, fast restart)
                     elif self.pool.offline:
                         await self.pool.reconcile()  # calls admitted locally while a round trip failed
-                    if empty:
+                    if empty and not marked[0]:  # this replica's marker survived: Redis was not emptied
                         await self._restore_days(cut)
             except REDIS_ERRORS as exc:
                 if self.pool is not None:

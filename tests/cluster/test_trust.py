@@ -255,3 +255,62 @@ def _answers(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def test_pool_state_written_straight_into_redis_cannot_make_replicas_refuse(tmp_path: Path) -> None:
+    """Cooldowns, learned limits, failure counts, windows, cursors and probe slots forged in Redis (no tag, a wrong
+    tag, absurd values, wrong types): the replicas admit, do not disable keys, do not degrade; the forgeries are
+    removed and counted. What replicas write themselves still refuses as before."""
+    from proxy_service.cluster.pool import ClusterPool
+    from proxy_service.quota import ModelLimits, QuotaViolation
+    from tests.cluster.test_shared_pool import MODEL, fail, with_pools
+
+    async def test(a: ClusterPool, b: ClusterPool) -> None:
+        client = redis.asyncio.Redis.from_url(server.url)
+        by_project = {k.project: k for k in b.keys.values()}
+        scope = f"{by_project['p0'].scope}|{MODEL}"
+        try:
+            # Forged refusals, one per scope: a cooldown without a tag, one with a wrong tag, one ending in 10^12 s,
+            # a learned rpm of 0 with a wrong tag, a model-wide one without a tag.
+            await client.set(f"t:cd:{scope}", str(int(time.time() * 1000) + 3_600_000))
+            await client.set(f"t:cd:{by_project['p1'].scope}|{MODEL}", f"{int(time.time() * 1000) + 9000}|abcdef")
+            await client.set(f"t:cd:{by_project['p2'].scope}|{MODEL}", f"{10**15}|abcdef")
+            await client.hset(f"t:l:{scope}", "rpm", "0|0123456789abcdef")
+            await client.hset(f"t:lm:{MODEL}", mapping={"rpm": "0", "rpd": "1|ff"})
+            # Wrong types and shapes the scripts read: every script touching them used to fail (replicas degrade).
+            await client.set(f"t:w:{scope}", "not a window")
+            await client.zadd(f"t:t:{scope}", {"x:not-a-number": 1, "y:999999999999": time.time() * 1000})
+            await client.set(f"t:rr:{MODEL}", "not a counter")
+            for _ in range(2):
+                for key in b.keys.values():
+                    b.cooldowns.clear()
+                    assert await b.admit(key, MODEL), f"a forged value refused {key.project}"
+            assert not b.degraded
+            # A wrong tag is found by the replica (counted); a malformed or absurd value by the script itself.
+            assert b.trust.rejected["cooldown_forged"] >= 1 and b.trust.rejected["limit_forged"] >= 1
+            for project in ("p0", "p1", "p2"):
+                assert not await client.exists(f"t:cd:{by_project[project].scope}|{MODEL}")
+            # Failure counts: a thousand forged failures, then one real one, do not disable the key.
+            victim = by_project["p1"]
+            await client.zadd(f"t:f:{victim.id}", {f"evil:{i}:0000": time.time() * 1000 for i in range(1000)})
+            await fail(b, victim.id)
+            assert b.keys[victim.id].status == "active" and b.trust.rejected["failure_forged"] >= 999
+            await fail(b, victim.id, 2)  # three genuine ones reach the threshold: disabled, as before
+            assert b.keys[victim.id].status == "disabled"
+            # A probe slot held for 11 days by nobody: taken.
+            await client.set(f"t:probe:{victim.id}", "evil", px=10**9)
+            assert await b.claim_probes({victim.id: 30}) == {victim.id}
+            # A genuine cooldown (a 429 on replica a) still refuses on replica b.
+            target = a.keys[by_project["p0"].id]
+            assert await a.admit(target, MODEL)
+            a.started(target, MODEL)
+            a.rate_limited(target, MODEL, QuotaViolation("minute", "q", 30.0, None, MODEL))
+            await a.drain()
+            b.cooldowns.clear()
+            assert not await b.admit(b.keys[target.id], MODEL)
+            assert b.cooldowns[(target.scope, MODEL)].reason == "cluster"
+        finally:
+            await client.aclose()
+
+    with throwaway_redis(tmp_path) as server:
+        with_pools(server.url, test, failure_threshold=3, limits={MODEL: ModelLimits(rpm=1000)}, strategy="round_robin")
