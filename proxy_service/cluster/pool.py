@@ -128,6 +128,7 @@ class ClusterPool(Pool):
         self._failures = redis.register_script(shared.FAILURES)
         self._learn_limit = redis.register_script(shared.LEARN)
         self._forget_state = redis.register_script(shared.FORGET)
+        self._repair = redis.register_script(shared.REPAIR)
         self._probe = redis.register_script(shared.PROBE)
 
     # -- round robin (awaited by the relay before choose(), with that strategy only) -------------------------------
@@ -173,7 +174,12 @@ class ClusterPool(Pool):
         longest = int((max(to_midnight, self.default_cooldown_s) + 60) * 1000)  # no genuine cooldown is longer
         try:
             seen = self._resyncs
-            res = await self._reserve(keys=keys, args=[*args, turn, int(self._synced), longest])
+            try:
+                res = await self._reserve(keys=keys, args=[*args, turn, int(self._synced), longest])
+            except ResponseError:  # a key of the wrong type, a counter that is no number: not a replica's
+                self.trust.reject("state_malformed")
+                await self._repair(keys=keys)
+                res = await self._reserve(keys=keys, args=[*args, turn, int(self._synced), longest])
             if int(res[0]) == 2:  # Redis lost this replica's state: put it back before counting anything
                 async with self._resync_lock:
                     if self._resyncs == seen:  # else a concurrent admission (or the heartbeat) did it

@@ -34,7 +34,7 @@ from typing import Any
 
 # Shared helpers of the scripts below. Anyone who can write to Redis can put anything in these keys, so a value is
 # checked before it counts: a key of the wrong type is deleted (else every script touching it would fail, and the
-# replicas degrade); a cooldown or learned limit is `<number>|<tag>` (the tag an HMAC only replicas can make,
+# replicas degrade; RESERVE, on every call, leaves that to REPAIR when it fails); a cooldown or learned limit is `<number>|<tag>` (the tag an HMAC only replicas can make,
 # checked by the replica when it refuses a call: cluster/pool.py), a cooldown never ends later than the caller's cap;
 # a window entry is never in the future, a token entry never above 10M tokens (more than a call can have).
 LIB = """
@@ -71,19 +71,13 @@ end
 RESERVE = (
     LIB
     + """
-for i, want in ipairs({'zset', 'string', 'zset', 'string', 'hash', 'hash', 'zset', 'string', 'string'}) do
-  typed(KEYS[i], want)
-end
 if redis.call('EXISTS', KEYS[9]) == 0 then
   if ARGV[9] == '1' then return {2, -1} end
   redis.call('SET', KEYS[9], '1', 'PX', 86400000)
 end
 local now = tonumber(ARGV[1])
 local turn = -1
-if ARGV[8] == '1' then
-  if not tonumber(redis.call('GET', KEYS[8]) or '0') then redis.call('DEL', KEYS[8]) end
-  turn = redis.call('INCR', KEYS[8]) - 1
-end
+if ARGV[8] == '1' then turn = redis.call('INCR', KEYS[8]) - 1 end
 local cdraw = redis.call('GET', KEYS[4])
 if cdraw then
   local cd = tagged(cdraw)
@@ -136,10 +130,24 @@ if enforce then
 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 61000)
-if not tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('DEL', KEYS[2]) end
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 3600000)
 return {1, n + 1, day + 1, tok, redis.call('ZCARD', KEYS[7]), turn}
+"""
+)
+
+# RESERVE does not check types (it runs for every call): when it fails on a key of the wrong type or a counter that
+# is not a number (not written by a replica), the replica runs this and asks again. KEYS: RESERVE's.
+REPAIR = (
+    LIB
+    + """
+for i, want in ipairs({'zset', 'string', 'zset', 'string', 'hash', 'hash', 'zset', 'string', 'string'}) do
+  if KEYS[i] then typed(KEYS[i], want) end
+end
+for _, i in ipairs({2, 8}) do
+  if KEYS[i] and not tonumber(redis.call('GET', KEYS[i]) or '0') then redis.call('DEL', KEYS[i]) end
+end
+return 1
 """
 )
 

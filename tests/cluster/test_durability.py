@@ -198,6 +198,8 @@ def test_three_starved_replicas_sigterm_then_sigkill_every_answer_once(
             assert r.proc.proc.wait(120) == 0
         load.stop()
     answered = {n: load.ids(n) for n in names}
+    flips = sum(r.proc.log().count("event=redis_unreachable") for r in replicas)
+    print(f"starved: degraded mode entered {flips} times with Redis up")
     replicas = start_many(start_replica, up, tmp_path, names)
     for r in replicas:
         until(lambda r=r: not list((r.dir / "data" / "spill").glob("*.arrow")), timeout=60)
