@@ -200,11 +200,9 @@ def _tls_files(where: Path) -> tuple[Path, Path, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-        "-subj", "/CN=keyrack test CA")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
-        "-days", "2", "-extfile", str(ext))  # fmt: skip
+    run(*f"req -x509 -newkey rsa:2048 -nodes -keyout {ca_key} -out {ca} -days 2".split(), "-subj", "/CN=keyrack CA")
+    run(*f"req -newkey rsa:2048 -nodes -keyout {key} -out {csr}".split(), "-subj", "/CN=127.0.0.1")
+    run(*f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -out {cert} -days 2 -extfile {ext}".split())
     return ca, cert, key
 
 
@@ -217,14 +215,11 @@ def test_redis_with_a_password_an_acl_user_and_tls(
     server = RedisServer(free_port(), tmp_path)
     binary = shutil.which("redis-server")
     assert binary
-    server.proc = subprocess.Popen(
-        [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--requirepass", "s3cret-pw",
-         "--user", "keyrack", "on", ">acl-pw-77", "~*", "&*", "+@all",
-         "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    options = f"--port {server.port} --bind 127.0.0.1 --appendonly no --dir {tmp_path} --requirepass s3cret-pw"
+    acl = ["--user", "keyrack", "on", ">acl-pw-77", "~*", "&*", "+@all"]
+    tls = f"--tls-port {tls_port} --tls-cert-file {cert} --tls-key-file {key} --tls-ca-cert-file {ca}"
+    args = [binary, *options.split(), "--save", "", *acl, *tls.split(), "--tls-auth-clients", "no"]
+    server.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         until(lambda: _answers(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"), timeout=30)
         with pytest.raises(redis.AuthenticationError):  # the server really refuses strangers
