@@ -50,6 +50,7 @@ HEARTBEAT_S = 1.0
 ALIVE_S = 5.0  # a replica silent for longer is not counted in N
 RELOAD_S = 10.0
 COMPACT_S = 30.0
+JOURNAL_PRUNE_S = 3600.0  # the leader drops old journal ids this often (a delete fails concurrent commits once)
 ALERT_STATES_S = 300  # how long the leader's last shared alert states stay readable (it rewrites them each evaluation)
 REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
 
@@ -97,6 +98,7 @@ class Cluster:
         self.pool: ClusterPool | None = None
         self.gw: Gateway | None = None
         self.compactions = 0
+        self._journal_pruned_at = -JOURNAL_PRUNE_S
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -505,7 +507,10 @@ class Cluster:
         assert self.gw is not None
         rollup = self.gw.rollup
 
-        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup)))
+        prune = time.monotonic() - self._journal_pruned_at >= JOURNAL_PRUNE_S
+        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup, prune)))
+        if prune:
+            self._journal_pruned_at = time.monotonic()
         self.compactions += 1
         event(log, "lake_compacted", replica=self.replica, **result)
         return result

@@ -290,3 +290,41 @@ def test_key_counters_equal_the_lake_after_conflicts_and_a_postgres_outage(
         print(f"one key, two replicas, PostgreSQL stopped: {successes} successes in the lake, counters {lake()[0][2:]}")
         assert successes == len(load.answers)
         until(lambda: pages() == [(attempts, successes)] * 2, timeout=60)  # each replica re-reads every 10 s
+
+
+def test_counter_deltas_are_committed_with_the_events_and_the_leader_folds_them(
+    tmp_path: Path, lake_catalog: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from proxy_service.cluster.lake import compact_lake, key_counts
+    from proxy_service.rollup import Rollup
+    from tests.cluster.test_lake import event
+
+    store = LakeStore(
+        ClusterConfig("redis://unused", lake_catalog, str(tmp_path / "lake"), "w1"), contextlib.nullcontext
+    )
+    writer = LakeWriter(store, "w1", tmp_path / "spill", 0.05)
+    rollup = Rollup()
+    writer.submit(rollup.install).result()
+    writer.start()
+    for i in range(5):
+        writer.count_keys({"k1": (2, 1, 1), "k2": (1, 1, 0)})
+        writer.count_keys({"k1": (1, 0, 0)})
+        writer.record(event(i))
+        writer.flush()
+    cur = store.cursor()
+    assert key_counts(cur) == {"k1": (15, 5, 5), "k2": (5, 5, 0)}
+    assert cur.execute("SELECT count(*) FROM key_counts").fetchone() == (10,)
+    commits = cur.execute("SELECT count(*), sum(len(seqs)) FROM journal_commits").fetchone()
+    assert commits is not None and commits[0] >= 5 and commits[1] >= 10  # each commit: its files' ids
+    old = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=8)
+    cur.execute("INSERT INTO journal_commits VALUES ('old', [1, 2], 'w1', ?)", [old])
+    result = writer.submit(lambda c: compact_lake(c, rollup, prune_journal=True)).result()
+    assert result["key_count_rows"] == 8 and result["journal_ids_pruned"] == 1
+    assert key_counts(cur) == {"k1": (15, 5, 5), "k2": (5, 5, 0)}
+    assert cur.execute("SELECT count(*) FROM key_counts").fetchone() == (2,)
+    assert cur.execute("SELECT count(*) FROM journal_commits WHERE writer = 'old'").fetchone() == (0,)
+    cur.close()
+    writer.stop()
+    store.close()
