@@ -53,6 +53,10 @@ COMPACT_S = 30.0
 JOURNAL_PRUNE_S = 3600.0  # the leader drops old journal ids this often (a delete fails concurrent commits once)
 ALERT_STATES_S = 300  # how long the leader's last shared alert states stay readable (it rewrites them each evaluation)
 REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
+# Reads of what anyone with Redis access can write are bounded: the shared alert states (bytes), the live hash
+# (replicas). Past them the value is not a replica's.
+ALERT_STATES_MAX = 8 << 20
+LIVE_MAX = 1000
 
 
 class ClusterStartError(Exception):
@@ -184,10 +188,15 @@ class Cluster:
 
     async def alert_states(self) -> str | None:
         try:
-            value = await self.aredis.get(f"{self.prefix}:alerts")
+            value = await self.aredis.getrange(f"{self.prefix}:alerts", 0, ALERT_STATES_MAX)
         except REDIS_ERRORS:
             return None
-        return None if value is None else self.trust.unsigned(value, "alerts", reason="alerts_forged")
+        if not value:
+            return None
+        if len(value) > ALERT_STATES_MAX:
+            self.trust.reject("alerts_oversized")
+            return None
+        return self.trust.unsigned(value, "alerts", reason="alerts_forged")
 
     # -- heartbeat and degraded mode ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -196,10 +205,17 @@ class Cluster:
                 now_ms = int(time.time() * 1000)
                 pipe = self.aredis.pipeline(transaction=False)
                 pipe.hset(self.live, self.replica, self.trust.signed(str(now_ms), "live", self.replica))
-                pipe.hgetall(self.live)
+                pipe.hlen(self.live)
                 if self.pool is not None:
                     pipe.pexpire(self.pool.marker, MARKER_TTL_MS)  # 0: gone (Redis lost this replica's state)
-                _, live, *marked = await pipe.execute()
+                _, size, *marked = await pipe.execute()
+                if int(size) > LIVE_MAX:  # not written by replicas: start it over (each replica is back within 1 s)
+                    self.trust.reject("heartbeats_flooded")
+                    await self.aredis.delete(self.live)
+                    await self.aredis.hset(
+                        self.live, self.replica, self.trust.signed(str(now_ms), "live", self.replica)
+                    )
+                live = await self.aredis.hgetall(self.live)
                 beats = self._heartbeats(live)
                 alive = {k: v for k, v in beats.items() if v is not None and now_ms - v <= ALIVE_S * 1000}
                 # Gone for a minute, or not written by a replica (counted): out of the hash.
@@ -237,7 +253,7 @@ class Cluster:
     def _heartbeats(self, live: dict[Any, Any]) -> dict[str, int | None]:
         """Each replica's last heartbeat (ms) from the `live` hash; None for an entry no replica wrote."""
         beats: dict[str, int | None] = {}
-        for name, raw in list(live.items())[:1000]:
+        for name, raw in list(live.items())[:LIVE_MAX]:
             replica = shared.text(name)
             value = self.trust.unsigned(raw, "live", replica, reason="heartbeat_forged")
             beats[replica] = int(value) if value is not None and value.isdigit() else None

@@ -68,6 +68,7 @@ _MEMBERS_PER_KEY = 64  # reservations awaiting an outcome per (key, model); olde
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 RESYNC_GRACE_S = 2.5  # every replica's heartbeat (1 s) has merged its outage by then
 FAILURES_TTL_MS = 7 * 86_400_000
+FAILURES_KEPT = 1000  # members per key the FAILURES script keeps
 MARKER_TTL_MS = 86_400_000  # `sync:{replica}`, renewed by every heartbeat
 TOKENS_FLUSH_S = 0.05  # token counts are sent to Redis in batches (see _queue_tokens)
 # Degraded mode needs a sustained failure: round trips failing for DEGRADE_AFTER_S, at least DEGRADE_FAILURES of them
@@ -409,7 +410,7 @@ class ClusterPool(Pool):
             return n
         where = shared.failure_keys(self.prefix, key.id)[0]
         forged = []
-        entries: list[Any] = await self.redis.zrange(where, 0, -1, withscores=True)
+        entries: list[Any] = await self.redis.zrange(where, 0, 2 * FAILURES_KEPT, withscores=True)
         for raw, score in entries:
             member = shared.text(raw)
             name, _, tag = member.rpartition(":")

@@ -28,6 +28,7 @@ from proxy_service.logs import event
 
 log = logging.getLogger("keyrack.cluster")
 BUS_SKEW_S = 30.0
+MESSAGE_MAX = 4 << 20  # bytes: far above a status message for 10,000 keys; larger ones are not even MAC'd
 _NONCES = 100_000  # bound on the replay cache (far above the bus's traffic within BUS_SKEW_S)
 _VERSION = "k1"
 
@@ -64,6 +65,9 @@ class Trust:
 
     def open(self, raw: Any) -> dict[str, Any] | None:
         """The message, or None (counted) when it is not sealed by a replica, stale, or a replay."""
+        if not isinstance(raw, (bytes, str)) or len(raw) > MESSAGE_MAX:
+            self.reject("bus_oversized")
+            return None
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         version, _, rest = text.partition(".")
         mac, _, body = rest.partition(".")

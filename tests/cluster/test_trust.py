@@ -101,7 +101,13 @@ def test_forged_tampered_and_replayed_bus_messages_change_nothing(
         assert tampered != disable_msg
         attacker.publish(bus, tampered)  # the MAC no longer matches
         attacker.publish(bus, b"k1.0123456789abcdef0123456789abcdef." + json.dumps(everything_off).encode())
-        until(lambda: rejected(r2) >= before + 4)
+        attacker.publish(bus, b"k1." + b"0" * (5 << 20))  # 5 MB: refused before any MAC is computed
+        until(lambda: rejected(r2) >= before + 5)
+        # Fake replicas in the heartbeat hash (N divides every limit in degraded mode): not counted.
+        now_ms = int(time.time() * 1000)
+        attacker.hset(f"{redis_prefix}:live", mapping={f"fake{i}": str(now_ms) for i in range(2000)})
+        time.sleep(2.5)  # two heartbeats
+        assert cluster_state(r2)["replicas"] == 2
         time.sleep(0.5)  # a message applied would have been applied by now (the bus answers within milliseconds)
         for r in (r1, r2):
             assert set(statuses(r).values()) == {"active"}, "a forged or replayed message changed a key"
