@@ -35,6 +35,7 @@ which the cube reads) or for a reader.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -405,7 +406,10 @@ class Rollup:
                 cube.compact(cur, sorted(cube_touched))
             cur.execute("COMMIT")
         except Exception:
-            cur.execute("ROLLBACK")
+            # A lake commit that failed (a conflict with another replica's insert) has already ended its
+            # transaction: ROLLBACK then raises, and the touched buckets must be kept all the same.
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
             with self._lock:
                 self._touched.update(touched)
                 self._cube_touched.update(cube_touched)

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 import redis
 import redis.asyncio as aredis
@@ -315,15 +316,13 @@ class Cluster:
         gone = list(deleted)
 
         def write(cur: Any) -> None:
-            if gone:
-                cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
-            if rows.num_rows:
-                cur.register("_key_rows", rows)
-                cur.execute(_UPSERT_KEYS)
-                if status_rows is not None and status_rows.num_rows:
-                    cur.register("_key_rows", status_rows)
-                    cur.execute(_UPSERT_STATUS)
-                cur.unregister("_key_rows")
+            for attempt in range(3):  # another replica updating the same rows: PostgreSQL refuses one, try again
+                try:
+                    _write_keys(cur, gone, rows, status_rows)
+                    return
+                except duckdb.Error as exc:
+                    if "could not serialize" not in str(exc) or attempt == 2:
+                        raise
 
         fut = gw.writer.submit(write)
         loop = gw.loop
@@ -531,6 +530,20 @@ class Cluster:
         self.compactions += 1
         event(log, "lake_compacted", replica=self.replica, **result)
         return result
+
+
+def _write_keys(cur: Any, gone: list[str], rows: pa.Table, status_rows: pa.Table | None) -> None:
+    if gone:
+        cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
+    if rows.num_rows:
+        cur.register("_key_rows", rows)
+        try:
+            cur.execute(_UPSERT_KEYS)
+            if status_rows is not None and status_rows.num_rows:
+                cur.register("_key_rows", status_rows)
+                cur.execute(_UPSERT_STATUS)
+        finally:
+            cur.unregister("_key_rows")
 
 
 def _fold_requests(cur: Any, tables: dict[str, pa.Table]) -> None:

@@ -43,7 +43,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from proxy_service.events import _COLUMNS, _STOP, _TABLE_OF, EventWriter, _Job
+from proxy_service.events import _COLUMNS, _STOP, _TABLE_OF, EventWriter, WriterUnavailable, _Job
 from proxy_service.store import derived_of
 
 log = logging.getLogger("keyrack.cluster.writer")
@@ -138,6 +138,7 @@ class LakeWriter(EventWriter):
         self._backoff = BACKOFF_MIN_S
         self._doubt = False  # the last attempt failed: its files may have been committed anyway
         self._final = False
+        self._abandoned = False  # stop() gave up waiting: the committer leaves everything to the journal
         self.spilled_rows = 0
         self.skipped_files = 0  # journal files found already committed (not committed again)
         self.last_error: str | None = None
@@ -194,6 +195,7 @@ class LakeWriter(EventWriter):
             log.error("the journal thread did not finish: events queued since its last tick may be lost")
         self._committer.join(self.stop_commit_s)
         if self._committer.is_alive():  # a slow lake: stop the attempt, the journal keeps the rows
+            self._abandoned = True
             cur = self._committer_cur
             if cur is not None:
                 with contextlib.suppress(Exception):
@@ -306,7 +308,7 @@ class LakeWriter(EventWriter):
     def _commit_loop(self) -> None:
         cur = self._committer_cur = self.store.cursor()
         stopping = False
-        while not stopping:
+        while not stopping and not self._abandoned:
             wait = max(self._commit_at, self._retry_at) - time.monotonic()
             try:
                 item = self._handoff.get(timeout=min(max(wait, 0.01), 1.0))
@@ -314,7 +316,12 @@ class LakeWriter(EventWriter):
                 item = None
             try:
                 while item is not None:
-                    if item is _STOP:
+                    if self._abandoned:  # stop() gave up: no more lake work (the store is closing)
+                        if isinstance(item, _Job) and not item.future.done():
+                            with contextlib.suppress(InvalidStateError):
+                                item.future.set_exception(WriterUnavailable("the writer stopped before this job ran"))
+                        stopping = stopping or item is _STOP
+                    elif item is _STOP:
                         stopping = self._final = True
                     elif isinstance(item, _Job):
                         self._tick(cur)  # a commit that is due goes first (as the embedded writer flushes first)
@@ -334,6 +341,8 @@ class LakeWriter(EventWriter):
             cur.close()
 
     def _tick(self, cur: duckdb.DuckDBPyConnection) -> None:
+        if self._abandoned:
+            return
         now = time.monotonic()
         due = now >= self._commit_at or self._carry_rows >= self.batch_rows or self._final
         if due and (self._carry or self._waiting_files()) and (now >= self._retry_at or self._final):

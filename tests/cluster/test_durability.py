@@ -180,6 +180,7 @@ def lake_rows_by_id(replica: Replica) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
+@pytest.mark.timeout(480)  # seven replica starts on a starved 2-core machine; the load itself takes seconds
 def test_three_starved_replicas_sigterm_then_sigkill_every_answer_once(
     tmp_path: Path, start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
 ) -> None:
@@ -191,7 +192,7 @@ def test_three_starved_replicas_sigterm_then_sigkill_every_answer_once(
     replicas = start_many(start_replica, up, tmp_path, names)
     with cpu_burners(3):
         load = Load({n: r.url for n, r in zip(names, replicas, strict=True)}, workers=16).start()
-        until(lambda: len(load.answers) >= 600, timeout=120)
+        until(lambda: len(load.answers) >= 400, timeout=120)
         for r in replicas:
             r.proc.proc.send_signal(signal.SIGTERM)
         for r in replicas:
@@ -215,7 +216,7 @@ def test_three_starved_replicas_sigterm_then_sigkill_every_answer_once(
 
     with cpu_burners(3):
         load = Load({n: r.url for n, r in zip(names, replicas, strict=True)}, workers=16).start()
-        until(lambda: len(load.ids("r1")) >= 200, timeout=120)
+        until(lambda: len(load.ids("r1")) >= 150, timeout=120)
         replicas[0].proc.proc.kill()
         killed_at = time.monotonic()
         replicas[0].proc.proc.wait(10)
