@@ -63,7 +63,7 @@ KEY_COUNTS = "key_counts"  # per-key counter deltas, committed with the events t
 JOURNAL_COMMITS = "journal_commits"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 5.0
 JOURNAL_INTERVAL_S = 0.1
-STOP_COMMIT_S = 5.0  # the last commit attempt at stop; the journal keeps the rest for the next start
+STOP_COMMIT_S = 25.0  # the last commit attempt at stop (journaled first: a kill meanwhile loses nothing)
 REPLAY_FILES = 64  # journal files committed per attempt (bounded, oldest first)
 KEY_COUNTS_SCHEMA = pa.schema(
     [
@@ -184,7 +184,7 @@ class LakeWriter(EventWriter):
         self._committer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Journal everything queued, then give the lake one last attempt (at most `stop_commit_s`)."""
+        """Journal everything queued, then give the lake one last attempt (at most `stop_commit_s`, or `timeout`)."""
         if not self._started:
             return
         self._queue.put(_STOP)
@@ -193,7 +193,7 @@ class LakeWriter(EventWriter):
         self._thread.join(max(timeout, 60.0))
         if self._thread.is_alive():
             log.error("the journal thread did not finish: events queued since its last tick may be lost")
-        self._committer.join(self.stop_commit_s)
+        self._committer.join(min(timeout, self.stop_commit_s))
         if self._committer.is_alive():  # a slow lake: stop the attempt, the journal keeps the rows
             self._abandoned = True
             cur = self._committer_cur
