@@ -520,6 +520,11 @@ def sigkill(work: Path, catalog: str, seconds: float) -> dict[str, Any]:
         while list(spill.glob("*.arrow")) and time.monotonic() < deadline:
             time.sleep(0.1)
         after = answered - stored()
+        cur = reader.cursor()
+        found = cur.execute(
+            "SELECT count(*) - count(DISTINCT request_id) FROM requests WHERE replica = 'k1'"
+        ).fetchone()
+        cur.close()
         reader.close()
 
         def oldest_ms(missing: set[str]) -> float:
@@ -532,6 +537,7 @@ def sigkill(work: Path, catalog: str, seconds: float) -> dict[str, Any]:
             "oldest_missing_before_restart_ms": oldest_ms(before),
             "lost": len(after),
             "oldest_lost_ms": oldest_ms(after),
+            "committed_twice": int(found[0]) if found else 0,
         }
     finally:
         stop_all(servers)
@@ -564,11 +570,12 @@ def report_rows(f: dict[str, Any]) -> list[list[Any]]:
         rows.append(
             [
                 "SIGKILL one replica under load: answered requests lost",
-                f"{k['lost']} (oldest {k['oldest_lost_ms']:.0f} ms before the kill)",
+                f"{k['lost']} (oldest {k['oldest_lost_ms']:.0f} ms before the kill), "
+                f"{k.get('committed_twice', 0)} committed twice",
                 f"{k['missing_before_restart']} of "
                 f"{k['answered']:,} not committed at the kill (oldest {k['oldest_missing_before_restart_ms']:.0f}"
                 " ms): the commit window",
-                "≤ 0.1 s journal window",
+                "≤ 0.1 s journal window, none twice",
                 "–",
             ]
         )

@@ -152,6 +152,19 @@ class StateCollector(Collector):
                 "Event rows spilled to local files since start",
                 value=c["lake_spilled_rows"],
             )
+            rejected = CounterMetricFamily(
+                "keyrack_cluster_rejected",
+                "Bus messages and Redis values ignored as not the cluster's own (forged, stale, replayed), by reason",
+                labels=["reason"],
+            )
+            for reason, n in sorted(c.get("rejected", {}).items()):
+                rejected.add_metric([reason], n)
+            yield rejected
+            yield CounterMetricFamily(
+                "keyrack_cluster_leases_taken_back",
+                "Leader leases taken over because no live leader held them (forged, or not renewed)",
+                value=c.get("leases_taken_back", 0),
+            )
         if "started_at" in state:
             yield GaugeMetricFamily(
                 "keyrack_start_time_seconds", "Unix time the proxy started", value=state["started_at"]

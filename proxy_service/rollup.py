@@ -35,6 +35,7 @@ which the cube reads) or for a reader.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -199,12 +200,17 @@ class Rollup:
             cur.execute(_COUNTERS_DDL.format(table=counters))
             cur.execute(_LATENCY_DDL.format(table=latency))
         cube.install(cur)
-        raw = cur.execute("SELECT count(*) FROM requests").fetchone()
-        n = raw[0] if raw else 0
-        agree = all(
-            cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
-            for counters, _ in TIERS.values()
-        ) and cube.total_calls(cur) == (n, n)
+        # One snapshot for all the counts: on a lake, other replicas commit between two statements.
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            raw = cur.execute("SELECT count(*) FROM requests").fetchone()
+            n = raw[0] if raw else 0
+            agree = all(
+                cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
+                for counters, _ in TIERS.values()
+            ) and cube.total_calls(cur) == (n, n)
+        finally:
+            cur.execute("COMMIT")
         if _meta(cur, "version") != VERSION or _meta(cur, "zone") != self.zone or not agree:
             self.rebuild(cur)
         elif background:
@@ -400,7 +406,10 @@ class Rollup:
                 cube.compact(cur, sorted(cube_touched))
             cur.execute("COMMIT")
         except Exception:
-            cur.execute("ROLLBACK")
+            # A lake commit that failed (a conflict with another replica's insert) has already ended its
+            # transaction: ROLLBACK then raises, and the touched buckets must be kept all the same.
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
             with self._lock:
                 self._touched.update(touched)
                 self._cube_touched.update(cube_touched)

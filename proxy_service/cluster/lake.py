@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,18 @@ LAKE_TABLES = ("requests", "attempts", "error_logs")
 STATE_TABLES = tuple(t for t in SCHEMA if t not in LAKE_TABLES)  # keys, settings, alerts: need primary keys
 # Which replica recorded a row: only the lake has it (the embedded file has one writer by definition).
 EXTRA_COLUMNS = {"requests": "replica VARCHAR", "error_logs": "replica VARCHAR"}
+# The writer's own tables (cluster/writer.py): the journal ids committed (exactly-once replay) and the per-key counter
+# deltas, committed with the events they count (appends only: replicas never update a shared row).
+WRITER_DDL = {
+    "journal_commits": "writer VARCHAR, seqs BIGINT[], replica VARCHAR, ts TIMESTAMP",
+    "key_counts": "key_id VARCHAR, requests BIGINT, successes BIGINT, total_failures BIGINT, ts TIMESTAMP, replica VARCHAR",
+}
+JOURNAL_KEEP = timedelta(days=7)  # journal ids older than this are dropped: a journal file that old is replayed as is
+# The cluster's shared secret (bus messages, lease and shared state tags: cluster/trust.py), in PostgreSQL: every
+# replica reads it, Redis never holds it.
+SECRET_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.cluster_secret (name VARCHAR PRIMARY KEY, value VARCHAR)"
+)
 # Pre-created so that the rollup's own `CREATE TABLE IF NOT EXISTS rollup_meta (... PRIMARY KEY)` is a no-op here.
 ROLLUP_META_DDL = "CREATE TABLE IF NOT EXISTS lake.main.rollup_meta (name VARCHAR, value VARCHAR)"
 LABELS = "memory.main.client_labels"
@@ -56,13 +70,22 @@ FILE_STATS_INDEX = (  # lock_timeout: CREATE INDEX waits for a SHARE lock; never
     f"SET lock_timeout = ''5s''; CREATE INDEX IF NOT EXISTS {FILE_STATS_INDEX_NAME} "
     f"ON {META_SCHEMA}.ducklake_file_column_stats (table_id, column_id)"
 )
+# The keys with their counters: the stored totals (from before counters went to the lake) plus every replica's deltas.
+KEYS_SELECT = (
+    "SELECT k.* EXCLUDE (secret) REPLACE ((k.requests + coalesce(c.requests, 0))::BIGINT AS requests, "
+    "(k.successes + coalesce(c.successes, 0))::BIGINT AS successes, "
+    "(k.total_failures + coalesce(c.total_failures, 0))::BIGINT AS total_failures) "
+    f"FROM {STATE_DB}.{STATE_SCHEMA}.keys k LEFT JOIN (SELECT key_id, sum(requests) AS requests, "
+    f"sum(successes) AS successes, sum(total_failures) AS total_failures FROM {CATALOG}.main.key_counts "
+    "GROUP BY key_id) c USING (key_id)"
+)
 SAFE_VIEWS = {
     "requests": f"SELECT r.* EXCLUDE ({', '.join(hidden_columns('requests'))}), coalesce(l.label, r.client_id) AS client "
     f"FROM {CATALOG}.main.requests r "
     f"LEFT JOIN {LABELS} l ON l.client_id = r.client_id",
     "attempts": f"SELECT * FROM {CATALOG}.main.attempts",
     "error_logs": f"SELECT * FROM {CATALOG}.main.error_logs",
-    "keys": f"SELECT * EXCLUDE (secret) FROM {STATE_DB}.{STATE_SCHEMA}.keys",
+    "keys": KEYS_SELECT,
 }
 
 
@@ -148,6 +171,11 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")
         if (CATALOG, "rollup_meta") not in have:
             cur.execute(ROLLUP_META_DDL)
+        for table, columns in WRITER_DDL.items():
+            if (CATALOG, table) not in have:
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({columns})")
+        if (STATE_DB, "cluster_secret") not in have:
+            cur.execute(SECRET_DDL)
         # Every scan reads the file statistics of its table's filter columns; without this index PostgreSQL reads
         # the whole stats table each time (duckdb/ducklake#859, #1147), which grows with every commit until the
         # compactor merges files and expires snapshots.
@@ -166,6 +194,65 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         cur.close()
 
 
+def cluster_secret(con: duckdb.DuckDBPyConnection) -> bytes:
+    """The cluster's secret: created once (the first replica to start), then read by every replica."""
+    cur = con.cursor()
+    try:
+        table = f"{STATE_DB}.{STATE_SCHEMA}.cluster_secret"
+        cur.execute(f"INSERT INTO {table} VALUES ('bus', ?) ON CONFLICT DO NOTHING", [secrets.token_hex(32)])
+        row = cur.execute(f"SELECT value FROM {table} WHERE name = 'bus'").fetchone()
+    finally:
+        cur.close()
+    assert row is not None
+    return bytes.fromhex(str(row[0]))
+
+
+def key_counts(cur: duckdb.DuckDBPyConnection, ids: list[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    """Every replica's committed per-key counter deltas, summed: key id → (requests, successes, failures)."""
+    where = "" if ids is None else "WHERE list_contains(?, key_id)"
+    rows = cur.execute(
+        f"SELECT key_id, sum(requests), sum(successes), sum(total_failures) FROM {CATALOG}.main.key_counts "
+        f"{where} GROUP BY key_id",
+        [] if ids is None else [ids],
+    ).fetchall()
+    return {k: (int(r or 0), int(s or 0), int(f or 0)) for k, r, s, f in rows}
+
+
+def _fold_key_counts(cur: duckdb.DuckDBPyConnection) -> int:
+    """One row per key instead of one per key and commit (readers sum either way)."""
+    found = cur.execute(f"SELECT count(*), count(DISTINCT key_id) FROM {CATALOG}.main.key_counts").fetchone()
+    if not found or found[0] <= found[1]:
+        return 0
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE _key_counts AS SELECT key_id, sum(requests)::BIGINT, "
+            "sum(successes)::BIGINT, sum(total_failures)::BIGINT, max(ts), NULL::VARCHAR "
+            f"FROM {CATALOG}.main.key_counts GROUP BY key_id"
+        )
+        cur.execute(f"DELETE FROM {CATALOG}.main.key_counts")
+        cur.execute(f"INSERT INTO {CATALOG}.main.key_counts SELECT * FROM _key_counts")
+        cur.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.execute("DROP TABLE IF EXISTS _key_counts")
+    return int(found[0]) - int(found[1])
+
+
+def prune_journal_ids(cur: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Drop the journal ids older than JOURNAL_KEEP (the leader, now and then: a delete makes every concurrent
+    commit into the table fail once, retried)."""
+    cutoff = now - JOURNAL_KEEP
+    found = cur.execute(f"SELECT count(*) FROM {CATALOG}.main.journal_commits WHERE ts < ?", [cutoff]).fetchone()
+    if not found or not found[0]:
+        return 0
+    cur.execute(f"DELETE FROM {CATALOG}.main.journal_commits WHERE ts < ?", [cutoff])
+    return int(found[0])
+
+
 def _is_race(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "already exists" in text or "duplicate key" in text or "conflict" in text
@@ -174,9 +261,9 @@ def _is_race(exc: BaseException) -> bool:
 SNAPSHOT_KEEP = "1 hour"  # time travel kept; older snapshots are expired and their files deleted
 
 
-def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup) -> dict[str, int]:
-    """The leader's lake maintenance (writer thread): fold the rollup rows that several commits left for one key,
-    write inlined rows out to Parquet, merge small adjacent files, expire snapshots older than SNAPSHOT_KEEP and
+def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup, prune_journal: bool = False) -> dict[str, int]:
+    """The leader's lake maintenance (writer thread): fold the rollup rows that several commits left for one key (and
+    the per-key counter deltas), drop old journal ids (`prune_journal`), write inlined rows out to Parquet, merge small adjacent files, expire snapshots older than SNAPSHOT_KEEP and
     delete their files. Readers' cost per scan grows with inlined rows and files until this runs."""
     counters = TIERS[900][0]
     rows = cur.execute(
@@ -186,6 +273,8 @@ def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup) -> dict[str, in
     with rollup._lock:
         rollup._touched.update(b for (b,) in rows)
     folded = rollup.compact(cur)
+    key_rows = _fold_key_counts(cur)
+    pruned = prune_journal_ids(cur, datetime.now(UTC).replace(tzinfo=None)) if prune_journal else 0
     # Small commits (< 10 rows: most rollup deltas) are inlined into PostgreSQL, and every scan reads all of a
     # table's inlined rows (no filter pushdown): write them out, then merge the small files.
     flushed = cur.execute("SELECT count(*) FROM ducklake_flush_inlined_data(?)", [CATALOG]).fetchone()
@@ -199,6 +288,8 @@ def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup) -> dict[str, in
     cur.execute(f"CALL ducklake_cleanup_old_files('{CATALOG}', older_than => {keep})")
     return {
         "buckets": folded,
+        "key_count_rows": key_rows,
+        "journal_ids_pruned": pruned,
         "flushed_tables": int(flushed[0]) if flushed else 0,
         "merged_files": int(merged[0]) if merged else 0,
         "into_files": int(merged[1]) if merged else 0,
@@ -236,6 +327,7 @@ class LakeStore(Store):
                     con = connect(self.cfg, create=True)
                     try:
                         migrate(con)
+                        self.secret = cluster_secret(con)
                     except BaseException:
                         con.close()
                         raise
@@ -299,7 +391,8 @@ class LakeStore(Store):
 
     def export_selects(self) -> dict[str, str]:
         """The snapshot's queries: unqualified, so the search path finds the lake tables and PostgreSQL's keys."""
-        return {t: public_select(t).replace(f"FROM main.{t}", f"FROM {t}") for t in PUBLIC_TABLES}
+        selects = {t: public_select(t).replace(f"FROM main.{t}", f"FROM {t}") for t in PUBLIC_TABLES}
+        return {**selects, "keys": KEYS_SELECT}
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

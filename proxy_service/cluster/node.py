@@ -3,9 +3,10 @@ shared pool, and the background loops (heartbeat, key/config broadcast, compacto
 
 Keys and settings: PostgreSQL (`keyrack.keys`, `keyrack.settings`) is the one source of truth. A replica that
 changes a key or the config writes it there, then publishes `{"kind": "keys"|"config", ...}` on the Redis channel
-`<prefix>:bus`; every other replica re-reads those rows and applies them (well under 1 s). A full re-read every
-`RELOAD_S` repairs anything a lost message (Redis restarting) missed. Per-key counters are written as deltas
-(`requests = keys.requests + Δ`), so replicas never overwrite each other's counts.
+`<prefix>:bus`, sealed with the cluster secret (trust.py: the others ignore anything else); every other replica
+re-reads those rows and applies them (well under 1 s). A full re-read every `RELOAD_S` repairs anything a lost
+message (Redis restarting) missed. Per-key counters are deltas committed to the lake with the events
+(`LakeWriter.count_keys`, lake table `key_counts`): appends, so replicas never conflict and outages only delay them.
 
 Cluster-wide jobs run on one replica, the leader elected in `leader.py` (alert evaluation, retention — see the
 gateway — and compaction). Compaction: every `COMPACT_S` the leader runs `lake.compact_lake` (fold the rollup rows
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 import redis
 import redis.asyncio as aredis
@@ -33,9 +34,10 @@ from redis.backoff import NoBackoff
 from proxy_service import queries
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
-from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake
+from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
+from proxy_service.cluster.trust import Trust
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
@@ -50,8 +52,13 @@ HEARTBEAT_S = 1.0
 ALIVE_S = 5.0  # a replica silent for longer is not counted in N
 RELOAD_S = 10.0
 COMPACT_S = 30.0
+JOURNAL_PRUNE_S = 3600.0  # the leader drops old journal ids this often (a delete fails concurrent commits once)
 ALERT_STATES_S = 300  # how long the leader's last shared alert states stay readable (it rewrites them each evaluation)
 REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never hang
+# Reads of what anyone with Redis access can write are bounded: the shared alert states (bytes), the live hash
+# (replicas). Past them the value is not a replica's.
+ALERT_STATES_MAX = 8 << 20
+LIVE_MAX = 1000
 
 
 class ClusterStartError(Exception):
@@ -92,16 +99,24 @@ class Cluster:
             init_lock=self.init_lock,
         )
         self.writer.before_commit.append(_fold_requests)
-        self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica)
+        self.trust = Trust(self.store.secret, self.prefix)
+        self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica, trust=self.trust)
         self.pool: ClusterPool | None = None
         self.gw: Gateway | None = None
         self.compactions = 0
+        self._journal_pruned_at = -JOURNAL_PRUNE_S
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def init_lock(self) -> Iterator[None]:
-        lock = self.redis.lock(f"{self.prefix}:lock:init", timeout=120, blocking_timeout=120)
+        name = f"{self.prefix}:lock:init"
+        with contextlib.suppress(redis.RedisError):  # a lock no replica could hold (no or an absurd expiry): gone
+            ttl = self.redis.pttl(name)
+            if ttl == -1 or ttl > 120_000:
+                self.redis.delete(name)
+                log.warning("removed a lake initialisation lock no replica could hold (expiry %s ms)", ttl)
+        lock = self.redis.lock(name, timeout=120, blocking_timeout=120)
         if not lock.acquire():
             raise ClusterStartError("another replica holds the lake initialisation lock for over 120 s")
         try:
@@ -111,7 +126,9 @@ class Cluster:
                 lock.release()
 
     def make_pool(self, *args: Any, **kwargs: Any) -> ClusterPool:
-        self.pool = ClusterPool(*args, redis=self.aredis, replica=self.replica, prefix=self.prefix, **kwargs)
+        self.pool = ClusterPool(
+            *args, redis=self.aredis, replica=self.replica, prefix=self.prefix, trust=self.trust, **kwargs
+        )
         return self.pool
 
     def secrets(self) -> list[str]:
@@ -120,6 +137,10 @@ class Cluster:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     async def start(self, gw: Gateway) -> None:
         self.gw = gw
+        try:  # the keys were loaded with the stored totals only: add every replica's counter deltas from the lake
+            await self._reload_keys(None)
+        except Exception as exc:
+            log.warning("reading the keys' counters failed (%s); the periodic reload retries", type(exc).__name__)
         loop = asyncio.get_running_loop()
         for name, coro in (
             ("heartbeat", self._heartbeat()),
@@ -156,19 +177,28 @@ class Cluster:
             "lake_waiting_rows": self.writer.depth,
             "lake_spilled_rows": self.writer.spilled_rows,
             "lake_last_error": self.writer.last_error,
+            "rejected": dict(self.trust.rejected),
+            "leases_taken_back": self.leader.seized,
         }
 
     # -- alert states (written by the leader, read by the others) -----------------------------------------------------
     async def share_alert_states(self, payload: str) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.aredis.set(f"{self.prefix}:alerts", payload, px=ALERT_STATES_S * 1000)
+            await self.aredis.set(
+                f"{self.prefix}:alerts", self.trust.signed(payload, "alerts"), px=ALERT_STATES_S * 1000
+            )
 
     async def alert_states(self) -> str | None:
         try:
-            value = await self.aredis.get(f"{self.prefix}:alerts")
+            value = await self.aredis.getrange(f"{self.prefix}:alerts", 0, ALERT_STATES_MAX)
         except REDIS_ERRORS:
             return None
-        return None if value is None else shared.text(value)
+        if not value:
+            return None
+        if len(value) > ALERT_STATES_MAX:
+            self.trust.reject("alerts_oversized")
+            return None
+        return self.trust.unsigned(value, "alerts", reason="alerts_forged")
 
     # -- heartbeat and degraded mode ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -176,13 +206,22 @@ class Cluster:
             try:
                 now_ms = int(time.time() * 1000)
                 pipe = self.aredis.pipeline(transaction=False)
-                pipe.hset(self.live, self.replica, now_ms)
-                pipe.hgetall(self.live)
+                pipe.hset(self.live, self.replica, self.trust.signed(str(now_ms), "live", self.replica))
+                pipe.hlen(self.live)
                 if self.pool is not None:
                     pipe.pexpire(self.pool.marker, MARKER_TTL_MS)  # 0: gone (Redis lost this replica's state)
-                _, live, *marked = await pipe.execute()
-                alive = {k: int(v) for k, v in live.items() if now_ms - int(v) <= ALIVE_S * 1000}
-                dead = [k for k, v in live.items() if now_ms - int(v) > 60_000]
+                _, size, *marked = await pipe.execute()
+                if int(size) > LIVE_MAX:  # not written by replicas: start it over (each replica is back within 1 s)
+                    self.trust.reject("heartbeats_flooded")
+                    await self.aredis.delete(self.live)
+                    await self.aredis.hset(
+                        self.live, self.replica, self.trust.signed(str(now_ms), "live", self.replica)
+                    )
+                live = await self.aredis.hgetall(self.live)
+                beats = self._heartbeats(live)
+                alive = {k: v for k, v in beats.items() if v is not None and now_ms - v <= ALIVE_S * 1000}
+                # Gone for a minute, or not written by a replica (counted): out of the hash.
+                dead = [k for k, v in beats.items() if v is None or now_ms - v > 60_000]
                 if dead:
                     await self.aredis.hdel(self.live, *dead)
                 if self.pool is not None:
@@ -195,19 +234,32 @@ class Cluster:
                     # The first replica to see an empty Redis (new, or restarted without persistence) refills it.
                     empty = await self.aredis.set(f"{self.prefix}:born", self.replica, nx=True)
                     cut = self.pool.degraded_since or time.time()
-                    if self.pool.degraded:
+                    if self.pool.heard():
                         await self.pool.recover()
                         await self._reload()  # messages may have been lost while Redis was away
+                    elif self.pool.degraded:
+                        pass  # not for long enough yet
                     elif not marked[0]:
                         await self.pool.resync()  # emptied without an outage seen here (flushed, fast restart)
-                    if empty:
+                    elif self.pool.offline:
+                        await self.pool.reconcile()  # calls admitted locally while a round trip failed
+                    if empty and not marked[0]:  # this replica's marker survived: Redis was not emptied
                         await self._restore_days(cut)
             except REDIS_ERRORS as exc:
                 if self.pool is not None:
-                    self.pool._degrade(exc)
+                    self.pool.redis_failed(exc)
             except Exception:
                 log.exception("cluster heartbeat failed")
             await asyncio.sleep(HEARTBEAT_S)
+
+    def _heartbeats(self, live: dict[Any, Any]) -> dict[str, int | None]:
+        """Each replica's last heartbeat (ms) from the `live` hash; None for an entry no replica wrote."""
+        beats: dict[str, int | None] = {}
+        for name, raw in list(live.items())[:LIVE_MAX]:
+            replica = shared.text(name)
+            value = self.trust.unsigned(raw, "live", replica, reason="heartbeat_forged")
+            beats[replica] = int(value) if value is not None and value.isdigit() else None
+        return beats
 
     async def _restore_days(self, cut: float) -> None:
         """Redis came up empty (restarted without persistence, or new): put back today's calls per (scope, model)
@@ -240,7 +292,9 @@ class Cluster:
 
     # -- keys and config: persist, broadcast, apply ----------------------------------------------------------------------
     def persist_keys(self, gw: Gateway) -> Future[Any] | None:
-        """Write changed keys to PostgreSQL (counters as deltas), then tell the other replicas."""
+        """Hand the keys' counter deltas to the lake writer (journaled and committed with the events, once: appends,
+        so replicas never conflict and an outage only delays them), write changed keys' other fields to PostgreSQL,
+        then tell the other replicas."""
         pool = self.pool
         assert pool is not None
         dirty, deleted, changed = pool.dirty, pool.deleted, pool.changed
@@ -248,28 +302,44 @@ class Cluster:
         keys = [pool.keys[k] for k in dirty | changed if k in pool.keys]
         if not keys and not deleted:
             return None
-        deltas = []
+        deltas: dict[str, tuple[int, int, int]] = {}
         for k in keys:
             base = pool.persisted.get(k.id, (0, 0, 0))
             now = (k.requests, k.successes, k.total_failures)
-            deltas.append(tuple(a - b for a, b in zip(now, base, strict=True)))
+            if now != base:
+                deltas[k.id] = (now[0] - base[0], now[1] - base[1], now[2] - base[2])
             pool.persisted[k.id] = now
-        rows = _key_table(keys, deltas)
+        if deltas:
+            self.writer.count_keys(deltas)
+        rows = _key_table(keys)
         status_rows = rows.filter(pa.array([k.id in changed for k in keys], pa.bool_())) if keys and changed else None
         gone = list(deleted)
 
         def write(cur: Any) -> None:
-            if gone:
-                cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
-            if rows.num_rows:
-                cur.register("_key_rows", rows)
-                cur.execute(_UPSERT_COUNTERS)
-                if status_rows is not None and status_rows.num_rows:
-                    cur.register("_key_rows", status_rows)
-                    cur.execute(_UPSERT_STATUS)
-                cur.unregister("_key_rows")
+            for attempt in range(3):  # another replica updating the same rows: PostgreSQL refuses one, try again
+                try:
+                    _write_keys(cur, gone, rows, status_rows)
+                    return
+                except duckdb.Error as exc:
+                    if "could not serialize" not in str(exc) or attempt == 2:
+                        raise
 
         fut = gw.writer.submit(write)
+        loop = gw.loop
+
+        def retry(f: Future[Any]) -> None:
+            # Not written (PostgreSQL away, a conflict with another replica's write): the next round writes them again.
+            if f.cancelled() or f.exception() is None or loop is None or loop.is_closed():
+                return
+
+            def again() -> None:
+                pool.dirty.update(k.id for k in keys)
+                pool.changed.update(k for k in changed if k in pool.keys)
+                pool.deleted.update(k for k in deleted if k not in pool.keys)
+
+            loop.call_soon_threadsafe(again)
+
+        fut.add_done_callback(retry)
         announce = sorted(changed | deleted)
         if announce:
             # The status travels in the message (applied at once); a replica that lacks a key reads its row (the
@@ -281,23 +351,23 @@ class Cluster:
     def announce(self, fut: Future[Any], message: dict[str, Any]) -> None:
         """Publish `message` once `fut` (the write to PostgreSQL) has succeeded."""
         loop = self.gw.loop if self.gw else None
-        payload = json.dumps({**message, "from": self.replica})
 
         def done(f: Future[Any]) -> None:
-            if f.exception() is None and loop is not None and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(self._publish(payload), loop)
+            if not f.cancelled() and f.exception() is None and loop is not None and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._publish(message), loop)
 
         fut.add_done_callback(done)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Publish `message` now (called on the event loop after the change is stored)."""
-        task = asyncio.get_running_loop().create_task(self._publish(json.dumps({**message, "from": self.replica})))
+        task = asyncio.get_running_loop().create_task(self._publish(message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, payload: str) -> None:
+    async def _publish(self, message: dict[str, Any]) -> None:
+        """Sealed with the cluster secret (time and nonce included): the others ignore anything else on the bus."""
         try:
-            await self.aredis.publish(self.bus, payload)
+            await self.aredis.publish(self.bus, self.trust.seal({**message, "from": self.replica}))
         except REDIS_ERRORS as exc:  # the periodic reload will carry it
             log.warning(
                 "cluster broadcast failed (%s); other replicas pick it up within %ss", type(exc).__name__, RELOAD_S
@@ -314,11 +384,8 @@ class Cluster:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None:
                         continue
-                    try:
-                        data = json.loads(msg["data"])
-                    except (ValueError, TypeError):
-                        continue
-                    if not isinstance(data, dict) or data.get("from") == self.replica:
+                    data = self.trust.open(msg["data"])  # None: not a replica's (counted), stale or replayed
+                    if data is None or data.get("from") == self.replica:
                         continue
                     if data.get("kind") == "keys":
                         ids = [i for i in data.get("ids", []) if isinstance(i, str)][:10_000]
@@ -360,6 +427,21 @@ class Cluster:
         finally:
             cur.close()
 
+    def _read_keys(self, ids: list[str] | None) -> dict[str, dict[str, Any]]:
+        """The stored keys (all, or `ids`), each with `lake_counts`: every replica's committed counter deltas."""
+        cur = self.store.cursor()
+        try:
+            if ids is None:
+                cur.execute("SELECT * FROM keys")
+            else:
+                cur.execute("SELECT * FROM keys WHERE list_contains(?, key_id)", [ids])
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            counts = key_counts(cur, ids)
+        finally:
+            cur.close()
+        return {r["key_id"]: {**r, "lake_counts": counts.get(r["key_id"], (0, 0, 0))} for r in rows}
+
     def _apply_status(self, ids: list[str], status: dict[str, Any]) -> list[str]:
         """Apply the statuses carried by a message; returns the ids that need their stored row."""
         pool = self.pool
@@ -380,13 +462,7 @@ class Cluster:
         assert pool is not None
         if ids == []:
             return
-        if ids is None:
-            names, rows = await asyncio.to_thread(self._read, "SELECT * FROM keys")
-        else:
-            names, rows = await asyncio.to_thread(
-                self._read, "SELECT * FROM keys WHERE list_contains(?, key_id)", [ids]
-            )
-        stored = {r["key_id"]: r for r in (dict(zip(names, row, strict=True)) for row in rows)}
+        stored = await asyncio.to_thread(self._read_keys, ids)
         wanted = set(stored) | set(ids or pool.keys)
         for kid in wanted:
             r = stored.get(kid)
@@ -398,7 +474,14 @@ class Cluster:
             if key is None:
                 if kid in pool.deleted:
                     continue
-                pool.load(key_from_row(r))
+                loaded = key_from_row(r)
+                loaded.requests, loaded.successes, loaded.total_failures = (
+                    a + b
+                    for a, b in zip(
+                        (loaded.requests, loaded.successes, loaded.total_failures), r["lake_counts"], strict=True
+                    )
+                )
+                pool.load(loaded)
                 continue
             if kid in pool.changed:
                 continue  # a local change not written yet wins; it is announced right after
@@ -409,6 +492,7 @@ class Cluster:
             # Counters: every replica's totals as stored, plus what this replica has not written yet (the deltas
             # stay exact: the next delta is counted from the stored totals). Consecutive failures live in Redis.
             stored_counts = (r["requests"] or 0, r["successes"] or 0, r["total_failures"] or 0)
+            stored_counts = tuple(a + b for a, b in zip(stored_counts, r["lake_counts"], strict=True))
             local = (key.requests, key.successes, key.total_failures)
             base = pool.persisted.get(kid, (0, 0, 0))
             key.requests, key.successes, key.total_failures = (
@@ -439,10 +523,27 @@ class Cluster:
         assert self.gw is not None
         rollup = self.gw.rollup
 
-        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup)))
+        prune = time.monotonic() - self._journal_pruned_at >= JOURNAL_PRUNE_S
+        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup, prune)))
+        if prune:
+            self._journal_pruned_at = time.monotonic()
         self.compactions += 1
         event(log, "lake_compacted", replica=self.replica, **result)
         return result
+
+
+def _write_keys(cur: Any, gone: list[str], rows: pa.Table, status_rows: pa.Table | None) -> None:
+    if gone:
+        cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
+    if rows.num_rows:
+        cur.register("_key_rows", rows)
+        try:
+            cur.execute(_UPSERT_KEYS)
+            if status_rows is not None and status_rows.num_rows:
+                cur.register("_key_rows", status_rows)
+                cur.execute(_UPSERT_STATUS)
+        finally:
+            cur.unregister("_key_rows")
 
 
 def _fold_requests(cur: Any, tables: dict[str, pa.Table]) -> None:
@@ -451,10 +552,10 @@ def _fold_requests(cur: Any, tables: dict[str, pa.Table]) -> None:
         fold_batch(cur, batch.drop_columns(["replica"]) if "replica" in batch.column_names else batch)
 
 
-_UPSERT_COUNTERS = """
+# Counters are not written here (they go to the lake's key_counts): a new row starts at 0, an existing one keeps its
+# stored totals (from before counters moved to the lake; readers add the lake's deltas).
+_UPSERT_KEYS = """
     INSERT INTO keys BY NAME SELECT * FROM _key_rows ON CONFLICT (key_id) DO UPDATE SET
-        requests = keys.requests + excluded.requests, successes = keys.successes + excluded.successes,
-        total_failures = keys.total_failures + excluded.total_failures,
         last_used_at = greatest(keys.last_used_at, excluded.last_used_at),
         last_checked_at = greatest(keys.last_checked_at, excluded.last_checked_at),
         last_error = coalesce(excluded.last_error, keys.last_error),
@@ -465,7 +566,8 @@ _UPSERT_STATUS = """
         project = excluded.project"""
 
 
-def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
+def _key_table(keys: list[Key]) -> pa.Table:
+    zeros = pa.array([0] * len(keys), pa.int64())
     return pa.table(
         {
             "key_id": [k.id for k in keys],
@@ -476,9 +578,9 @@ def _key_table(keys: list[Key], deltas: list[tuple[int, ...]]) -> pa.Table:
             "created_at": pa.array([_ts(k.created_at) for k in keys], pa.timestamp("us")),
             "last_used_at": pa.array([_ts(k.last_used_at) for k in keys], pa.timestamp("us")),
             "consecutive_failures": pa.array([k.consecutive_failures for k in keys], pa.int32()),
-            "total_failures": pa.array([d[2] for d in deltas], pa.int64()),
-            "requests": pa.array([d[0] for d in deltas], pa.int64()),
-            "successes": pa.array([d[1] for d in deltas], pa.int64()),
+            "total_failures": zeros,
+            "requests": zeros,
+            "successes": zeros,
             "last_error": pa.array([k.last_error for k in keys], pa.string()),
             "last_checked_at": pa.array([_ts(k.last_checked_at) for k in keys], pa.timestamp("us")),
             "disabled_reason": pa.array([k.disabled_reason for k in keys], pa.string()),

@@ -42,6 +42,8 @@ the turns used meanwhile would change which key comes next, not how evenly they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import itertools
 import logging
 import time
@@ -50,9 +52,10 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from proxy_service.cluster import shared
+from proxy_service.cluster.trust import Trust
 from proxy_service.keys import KeySpec
 from proxy_service.logs import event
 from proxy_service.pool import Cooldown, Key, Pool
@@ -65,22 +68,36 @@ _MEMBERS_PER_KEY = 64  # reservations awaiting an outcome per (key, model); olde
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 RESYNC_GRACE_S = 2.5  # every replica's heartbeat (1 s) has merged its outage by then
 FAILURES_TTL_MS = 7 * 86_400_000
+FAILURES_KEPT = 1000  # members per key the FAILURES script keeps
 MARKER_TTL_MS = 86_400_000  # `sync:{replica}`, renewed by every heartbeat
 TOKENS_FLUSH_S = 0.05  # token counts are sent to Redis in batches (see _queue_tokens)
+# Degraded mode needs a sustained failure: round trips failing for DEGRADE_AFTER_S, at least DEGRADE_FAILURES of them
+# in a row (one slow round trip on a starved host is not an outage); it ends after RECOVER_HEARTBEATS heartbeats in a
+# row reached Redis. Meanwhile a call whose reservation failed is admitted by the degraded rule, and reconciled.
+DEGRADE_AFTER_S = 3.0
+DEGRADE_FAILURES = 3
+RECOVER_HEARTBEATS = 2
 _OWN_FAILURES = 100  # this replica's failures kept per key (since its last success of the key) for a merge
 
 
 class ClusterPool(Pool):
     clustered = True
 
-    def __init__(self, *args: Any, redis: Redis, replica: str, prefix: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, redis: Redis, replica: str, prefix: str, trust: Trust, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.redis = redis
+        self.trust = trust
         self.replica = replica
         self.prefix = prefix
         self.replicas = 1  # alive at the last heartbeat (the divisor of the degraded mode)
         self.degraded = False
-        self.degraded_since: float | None = None
+        self.degraded_since: float | None = None  # when the failures that led to it began (wall clock)
+        self.degrade_after_s, self.degrade_failures = DEGRADE_AFTER_S, DEGRADE_FAILURES
+        self.recover_heartbeats = RECOVER_HEARTBEATS
+        self._failing_since: float | None = None  # monotonic: the first failed round trip of the current run
+        self._failed_trips = 0
+        self._heard = 0  # heartbeats in a row that reached Redis while degraded
+        self.failed_trips = 0  # round trips that failed (metrics: a slow Redis shows here before it degrades)
         self.changed: set[str] = set()  # key ids whose status changed here: broadcast after they are persisted
         self.persisted: dict[str, tuple[int, int, int]] = {}  # counters already in PostgreSQL (deltas go out)
         self.admitted_local = 0  # admissions decided locally while degraded (metrics)
@@ -106,18 +123,29 @@ class ClusterPool(Pool):
         self._turns: dict[str, deque[int]] = {}  # model → round-robin turns handed out by Redis, not used yet
         self._reserve = redis.register_script(shared.RESERVE)
         self._release = redis.register_script(shared.RELEASE)
+        self._reconcile = redis.register_script(shared.RECONCILE)
         self._limited = redis.register_script(shared.RATE_LIMITED)
         self._tokens = redis.register_script(shared.TOKENS)
         self._failures = redis.register_script(shared.FAILURES)
+        self._learn_limit = redis.register_script(shared.LEARN)
+        self._forget_state = redis.register_script(shared.FORGET)
+        self._repair = redis.register_script(shared.REPAIR)
+        self._probe = redis.register_script(shared.PROBE)
 
     # -- round robin (awaited by the relay before choose(), with that strategy only) -------------------------------
     async def turn(self, model: str) -> None:
         if self.degraded or self._turns.get(model):
             return
+        cursor = f"{self.prefix}:rr:{model.removeprefix('models/')}"
         try:
-            n = int(await self.redis.incr(f"{self.prefix}:rr:{model.removeprefix('models/')}")) - 1
+            n = int(await self.redis.incr(cursor)) - 1
+        except ResponseError:  # not a counter (not written by a replica): start it over
+            self.trust.reject("cursor_malformed")
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.redis.delete(cursor)
+            return
         except REDIS_ERRORS as exc:
-            self._degrade(exc)
+            self.redis_failed(exc)
             return
         self._turns.setdefault(model, deque()).append(n)
 
@@ -137,31 +165,49 @@ class ClusterPool(Pool):
         if hard and now < self._cautious_until and not self._room(key, model, now, hard, self._cautious_until - now):
             return False
         args: list[Any] = [int(now * 1000), member, *(_n(hard.get(d)) for d in ("rpm", "rpd", "tpm"))]
-        args += [int((next_pacific_midnight(now) - now) * 1000), int(bool(hard))]
-        args.append(int(self.strategy == "round_robin"))
+        to_midnight = next_pacific_midnight(now) - now
+        args += [int(to_midnight * 1000), int(bool(hard))]
         keys = shared.scope_keys(
             self.prefix, key.scope, model.removeprefix("models/"), pacific_day(now).isoformat(), key.id
         )
         keys.append(self.marker)
+        turn = int(self.strategy == "round_robin")
+        longest = int((max(to_midnight, self.default_cooldown_s) + 60) * 1000)  # no genuine cooldown is longer
         try:
             seen = self._resyncs
-            res = await self._reserve(keys=keys, args=[*args, int(self._synced)])
+            try:
+                res = await self._reserve(keys=keys, args=[*args, turn, int(self._synced), longest])
+            except ResponseError:  # a key of the wrong type, a counter that is no number: not a replica's
+                self.trust.reject("state_malformed")
+                await self._repair(keys=keys)
+                res = await self._reserve(keys=keys, args=[*args, turn, int(self._synced), longest])
             if int(res[0]) == 2:  # Redis lost this replica's state: put it back before counting anything
                 async with self._resync_lock:
                     if self._resyncs == seen:  # else a concurrent admission (or the heartbeat) did it
                         await self._resync(False)
                 if hard and not self._room(key, model, now, hard, self._cautious_until - now):
                     return False
-                res = await self._reserve(keys=keys, args=[*args, 1])
+                res = await self._reserve(keys=keys, args=[*args, turn, 1, longest])
+            if int(res[0]) == 0 and len(res) > 4 and not await self._genuine(res, model):
+                # Refused by a value no replica wrote (now deleted): ask again (the turn was taken already).
+                turn_taken = res[3]
+                res = await self._reserve(keys=keys, args=[*args, 0, 1, longest])
+                if int(res[0]) == 0:
+                    res = [*res[:3], turn_taken, *res[4:]]
+                elif int(res[0]) == 1:
+                    res = [*res[:5], turn_taken]
         except REDIS_ERRORS as exc:
-            self._degrade(exc)
+            self.redis_failed(exc)
             return self._admit_local(key, model, now, member)
+        if self._failing_since is not None:
+            self.redis_ok()
         self._synced = True
         if int(res[0]) == 2:  # emptied again within the same call: let the next choice try
             self.cooldowns[(key.scope, model)] = Cooldown(now + 0.05, "cluster")
             return False
-        if int(res[-1]) >= 0:  # the next round-robin turn, for this replica's next pick
-            self._turns.setdefault(model, deque()).append(int(res[-1]))
+        turn = int(res[5] if int(res[0]) == 1 else res[3])
+        if turn >= 0:  # the next round-robin turn, for this replica's next pick
+            self._turns.setdefault(model, deque()).append(turn)
         if int(res[0]) == 1:
             key.consecutive_failures = int(res[4])  # the cluster's count: failures elsewhere, or cleared elsewhere
             # The scope's cluster-wide usage before this call: quota_aware ranks (and /pool/headroom shows) it.
@@ -171,6 +217,19 @@ class ClusterPool(Pool):
         wait, reason = int(res[1]) / 1000, shared.text(res[2])
         # Cool the whole scope here until Redis says it frees up: choose() skips it without asking again.
         self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON.get(reason, "cluster"))
+        return False
+
+    async def _genuine(self, refusal: list[Any], model: str) -> bool:
+        """Whether the cooldown or learned limit that refused a call was written by a replica (its tag); if not, it
+        is deleted (compare-and-delete) and counted."""
+        where, field, raw = (shared.text(v) for v in refusal[4:7])
+        if field:
+            ok = self.trust.unsigned(raw, "learned", model.removeprefix("models/"), field, reason="limit_forged")
+        else:
+            ok = self.trust.unsigned(raw, "cooldown", where, reason="cooldown_forged")
+        if ok is not None:
+            return True
+        await self._forget_state(keys=[where], args=[field, raw])
         return False
 
     def _hard(self, scope: str, model: str) -> dict[str, int]:
@@ -237,7 +296,8 @@ class ClusterPool(Pool):
         model and costs no quota; keys coming back matters more than a few duplicate probes)."""
         pipe = self.redis.pipeline(transaction=False)
         for kid, s in seconds.items():
-            pipe.set(f"{self.prefix}:probe:{kid}", self.replica, nx=True, px=max(1000, int(s * 1000)))
+            px = max(1000, int(s * 1000))
+            await self._probe(keys=[f"{self.prefix}:probe:{kid}"], args=[self.replica, px, 2 * px], client=pipe)
         try:
             won = await pipe.execute()
         except REDIS_ERRORS:
@@ -274,8 +334,12 @@ class ClusterPool(Pool):
             until = cooldown_until(violation, now, self.default_cooldown_s)
             dim = _DIM.get(violation.kind, "")
             limit = -1 if violation.limit is None else violation.limit
-            args = [member, int(now * 1000), int(until * 1000), dim, limit]
-            self._spawn(self._learn(key.scope, model, violation, args))
+            keys = self._keys(key.scope, model, now)
+            until_ms = int(until * 1000)
+            args = [member, int(now * 1000), until_ms, dim, limit]
+            args.append(self.trust.signed(str(until_ms), "cooldown", keys[3]))
+            args.append(self._learned_value(model, dim, limit) if dim and limit >= 0 else "")
+            self._spawn(self._learn(key.scope, keys, model, violation, args))
         return cd
 
     def _queue_tokens(self, tok_key: str, ms: int, name: str, tokens: int) -> None:
@@ -295,17 +359,27 @@ class ClusterPool(Pool):
             await self._tokens(keys=[tok_key], args=[ms, name, tokens], client=pipe)
         await pipe.execute()
 
-    async def _learn(self, scope: str, model: str, violation: QuotaViolation, args: list[Any]) -> None:
-        learned = await self._limited(keys=self._keys(scope, model, self.clock()), args=args)
-        learned = int(learned)
+    def _learned_value(self, model: str, dim: str, limit: int) -> str:
+        return self.trust.signed(str(limit), "learned", model.removeprefix("models/"), dim)
+
+    async def _learn(self, scope: str, keys: list[str], model: str, violation: QuotaViolation, args: list[Any]) -> None:
+        learned = int(await self._limited(keys=keys[:6], args=args))
         if learned >= 0 and violation.limit is None:
             # The cluster-wide usage is the limit; the local window saw only this replica's share.
+            dim = str(args[3])
+            await self._learn_limit(keys=keys[4:6], args=[dim, self._learned_value(model, dim, learned)])
             known = QuotaViolation(violation.kind, violation.quota_id, violation.retry_delay_s, learned, model)
             self.tracker.learn(scope, model, known, self.clock())
 
     def failed(self, key: Key, message: str, model: str | None = None) -> None:
+        if not self.degraded:
+            # The shared count decides (`_counted`, once Redis answered and its members' tags are checked): the local
+            # copy came from Redis and must not disable the key on its own.
+            key.consecutive_failures = min(key.consecutive_failures, max(0, self.failure_threshold - 2))
         super().failed(key, message, model)
-        ms, member = int(self.clock() * 1000), f"{self.replica}:{next(self._seq)}"
+        ms = int(self.clock() * 1000)
+        name = f"{self.replica}:{next(self._seq)}"
+        member = f"{name}:{self.trust.tag('failure', key.id, str(ms), name)[:16]}"
         own = self._own_fails.setdefault(key.id, [])
         own.append((ms, member))
         if len(own) > _OWN_FAILURES:
@@ -327,7 +401,26 @@ class ClusterPool(Pool):
     async def _count_failure(self, key: Key, ms: int, member: str) -> None:
         keys = shared.failure_keys(self.prefix, key.id)
         n = int(await self._failures(keys=keys, args=[key.id, -1, FAILURES_TTL_MS, 0, ms, member]))
-        self._counted(key, n)
+        self._counted(key, await self._verified(key, n))
+
+    async def _verified(self, key: Key, n: int) -> int:
+        """The key's shared failure count `n`, counting only the failures replicas recorded (tagged members) once it
+        would disable the key; the others are removed."""
+        if n < self.failure_threshold:
+            return n
+        where = shared.failure_keys(self.prefix, key.id)[0]
+        forged = []
+        entries: list[Any] = await self.redis.zrange(where, 0, 2 * FAILURES_KEPT, withscores=True)
+        for raw, score in entries:
+            member = shared.text(raw)
+            name, _, tag = member.rpartition(":")
+            if not name or not hmac.compare_digest(tag, self.trust.tag("failure", key.id, str(int(score)), name)[:16]):
+                forged.append(member)
+        if forged:
+            for _ in forged:
+                self.trust.reject("failure_forged")
+            await self.redis.zrem(where, *forged)
+        return n - len(forged)
 
     def _counted(self, key: Key, n: int) -> None:
         key.consecutive_failures = n
@@ -394,7 +487,7 @@ class ClusterPool(Pool):
             try:
                 await coro
             except REDIS_ERRORS as exc:
-                self._degrade(exc)
+                self.redis_failed(exc)
 
         try:
             task = asyncio.get_running_loop().create_task(guarded())
@@ -405,45 +498,76 @@ class ClusterPool(Pool):
         task.add_done_callback(self._tasks.discard)
         return True
 
-    def _degrade(self, exc: BaseException) -> None:
+    def redis_failed(self, exc: BaseException) -> None:
+        """A round trip failed (timeout, refused, reset). Degraded mode starts once failures are sustained."""
+        now = time.monotonic()
+        self.failed_trips += 1
+        self._heard = 0
+        if self._failing_since is None:
+            self._failing_since, self._failed_trips = now, 0
+        self._failed_trips += 1
+        if (
+            self.degraded
+            or self._failed_trips < self.degrade_failures
+            or now - self._failing_since < self.degrade_after_s
+        ):
+            return
+        self.degraded = True
+        self.degraded_since = time.time() - (now - self._failing_since)
+        event(
+            log,
+            "redis_unreachable",
+            logging.WARNING,
+            replica=self.replica,
+            error=type(exc).__name__,
+            failed_round_trips=self._failed_trips,
+            mode=f"local limits at 1/{max(1, self.replicas)}",
+        )
+
+    def redis_ok(self) -> None:
+        """A round trip succeeded: a run of failures too short to degrade is over."""
         if not self.degraded:
-            self.degraded, self.degraded_since = True, time.time()
-            event(
-                log,
-                "redis_unreachable",
-                logging.WARNING,
-                replica=self.replica,
-                error=type(exc).__name__,
-                mode=f"local limits at 1/{max(1, self.replicas)}",
-            )
+            self._failing_since, self._failed_trips = None, 0
+
+    def heard(self) -> bool:
+        """A heartbeat reached Redis; True when degraded mode may end (several in a row: hysteresis)."""
+        if not self.degraded:
+            self.redis_ok()
+            return False
+        self._heard += 1
+        return self._heard >= self.recover_heartbeats
 
     async def recover(self) -> None:
         """Called by the heartbeat once Redis answers again: add the offline admissions, merge the key failures and
         successes seen meanwhile, then gate through Redis."""
+        offline = await self.reconcile()
+        await self.resync(recovering=True)
+        since = self.degraded_since or time.time()
+        self.degraded, self.degraded_since = False, None
+        self._failing_since, self._failed_trips, self._heard = None, 0, 0
+        event(
+            log,
+            "redis_recovered",
+            replica=self.replica,
+            reconciled=offline,
+            degraded_s=round(time.time() - since, 1),
+        )
+
+    async def reconcile(self) -> int:
+        """Add the calls admitted locally (degraded, or a reservation that failed) to the shared windows."""
         offline, self._offline = self._offline, {}
         try:
             pipe = self.redis.pipeline(transaction=False)
+            now_ms = int(self.clock() * 1000)
             for member, (scope, model, ms) in offline.items():
                 keys = self._keys(scope, model, ms / 1000)
-                pipe.zadd(keys[0], {member: ms})
-                pipe.pexpire(keys[0], 61_000)
-                pipe.incr(keys[1])
-                pipe.pexpire(keys[1], 2 * 86_400_000)
+                await self._reconcile(keys=keys[:2], args=[member, ms, now_ms, 2 * 86_400_000], client=pipe)
             if offline:
                 await pipe.execute()
         except REDIS_ERRORS:
             self._offline = offline | self._offline
             raise
-        await self.resync(recovering=True)
-        since = self.degraded_since or time.time()
-        self.degraded, self.degraded_since = False, None
-        event(
-            log,
-            "redis_recovered",
-            replica=self.replica,
-            reconciled=len(offline),
-            degraded_s=round(time.time() - since, 1),
-        )
+        return len(offline)
 
     async def resync(self, recovering: bool = False) -> None:
         async with self._resync_lock:
@@ -474,6 +598,11 @@ class ClusterPool(Pool):
             event(log, "redis_state_resynced", replica=self.replica, reservations=len(self._recent))
         self._synced = True
         self._resyncs += 1
+
+    @property
+    def offline(self) -> int:
+        """Calls admitted locally and not yet added to the shared windows."""
+        return len(self._offline)
 
     def cautious(self) -> bool:
         return self.clock() < self._cautious_until
@@ -516,7 +645,7 @@ class ClusterPool(Pool):
             args: list[Any] = [key.id, -1, FAILURES_TTL_MS, 1]
             await self._failures(keys=shared.failure_keys(self.prefix, key.id), args=args, client=pipe)
         for key, n in zip(keys, await pipe.execute(), strict=True):
-            self._counted(key, int(n))
+            self._counted(key, await self._verified(key, int(n)))
 
     async def drain(self) -> None:
         """Wait for the background settlements (shutdown)."""

@@ -212,8 +212,8 @@ def test_redis_restart_degrades_to_local_limits_then_recovers(
         assert time.monotonic() - started < 30, "no request may hang on an unreachable Redis"
         # 1/N of the limit each: 3 + 3, never more than the limit together.
         assert statuses.count(200) == 6 and up.stats()["requests"] == 6 and not up.stats()["rate_limited"]
-        for r in (r1, r2):
-            assert httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "degraded"
+        for r in (r1, r2):  # degraded once the failure is sustained (pool.DEGRADE_AFTER_S), not at the first one
+            until(lambda r=r: httpx.get(f"{r.url}/readyz").json()["cluster"]["redis"] == "degraded", timeout=30)
             assert "keyrack_cluster_redis_degraded 1.0" in httpx.get(f"{r.url}/metrics").text
         # Nobody can renew the leader's lease: once it runs out (by the leader's own clock) no replica leads, so the
         # cluster-wide jobs (alerts, retention, compaction) pause instead of running on both.

@@ -14,6 +14,7 @@ import httpx
 import redis.asyncio as aredis
 
 from proxy_service.cluster.leader import Leader
+from proxy_service.cluster.trust import Trust
 from tests import test_alerts
 from tests.cluster.conftest import Replica
 from tests.cluster.services import throwaway_redis
@@ -116,8 +117,9 @@ def test_the_lease_is_exclusive_renewed_and_released(tmp_path: Path) -> None:
     async def scenario(redis_url: str) -> None:
         client = aredis.Redis.from_url(redis_url)
         clock = [0.0]
-        a = Leader(client, "keyrack:leader", "a", lease_s=30, clock=lambda: clock[0])
-        b = Leader(client, "keyrack:leader", "b", lease_s=30, clock=lambda: clock[0])
+        trust = Trust(b"s" * 32, "keyrack")  # the cluster's secret (from PostgreSQL in a replica)
+        a = Leader(client, "keyrack:leader", "a", trust=trust, lease_s=30, clock=lambda: clock[0])
+        b = Leader(client, "keyrack:leader", "b", trust=trust, lease_s=30, clock=lambda: clock[0])
         try:
             assert await a.campaign() and not await b.campaign()
             assert b.holder == "a" and b.state() == {"leader": False, "leader_id": "a"}

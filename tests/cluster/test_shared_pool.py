@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aredis
 
 from proxy_service.cluster.pool import ClusterPool
+from proxy_service.cluster.trust import Trust
 from proxy_service.keys import KeySpec
 from proxy_service.quota import ModelLimits
 from tests.cluster.services import RedisServer, throwaway_redis
@@ -37,9 +38,13 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 def with_pools(url: str, test: Callable[[ClusterPool, ClusterPool], Awaitable[None]], **kwargs: Any) -> None:
     async def run() -> None:
         client = aredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        pools = [ClusterPool(redis=client, replica=name, prefix="t", **kwargs) for name in ("a", "b")]
+        trust = Trust(b"s" * 32, "t")  # the cluster's secret (from PostgreSQL in a replica)
+        pools = [ClusterPool(redis=client, replica=name, prefix="t", trust=trust, **kwargs) for name in ("a", "b")]
         for pool in pools:
             pool.add(SPECS)
+            # These tests are about what each replica falls back to: degraded at the first failed round trip
+            # (test_trust.py checks that it takes a sustained failure).
+            pool.degrade_after_s, pool.degrade_failures = 0.0, 1
         try:
             await test(*pools)
         finally:
