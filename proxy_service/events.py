@@ -99,14 +99,14 @@ class ErrorEvent:
     request_body: str | None = None
 
 
-_TABLE_OF: dict[type, str] = {RequestEvent: "requests", AttemptEvent: "attempts", ErrorEvent: "error_logs"}
-_COLUMNS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TABLE_OF}
+TABLE_OF: dict[type, str] = {RequestEvent: "requests", AttemptEvent: "attempts", ErrorEvent: "error_logs"}
+COLUMNS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in TABLE_OF}
 Event = RequestEvent | AttemptEvent | ErrorEvent
 
 
 @dataclass
 class WriterStats:
-    written: dict[str, int] = field(default_factory=lambda: {t: 0 for t in _TABLE_OF.values()})
+    written: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TABLE_OF.values()})
     flushes: int = 0  # read by bench/event_writer.py (rows per flush)
     last_flush_ms: float = 0.0
     last_flush_at: float = 0.0
@@ -114,7 +114,7 @@ class WriterStats:
     dead_letters: int = 0  # rows written to the dead-letter file instead of their table
 
 
-class _Job:
+class WriteJob:
     __slots__ = ("fn", "future")
 
     def __init__(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> None:
@@ -139,7 +139,7 @@ class _Job:
                 self.future.set_result(result)
 
 
-_STOP = object()
+STOP = object()
 _EPOCH = datetime(1970, 1, 1)  # stored times are naive UTC
 _MICROSECOND = timedelta(microseconds=1)
 Columns = dict[str, list[Any]]  # a batch of rows as one list per column, in the table's column names
@@ -202,7 +202,7 @@ class EventWriter:
 
     def submit(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
         """Run `fn(cursor)` on the writer thread after the events queued before it are written."""
-        job = _Job(fn)
+        job = WriteJob(fn)
         if not self._started:  # before start (startup, tools): run inline, nothing else writes yet
             cur = self.store.cursor()
             try:
@@ -254,7 +254,7 @@ class EventWriter:
         """Write everything queued so far, then end the thread."""
         if not self._started:
             return
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._wake.set()
         self._thread.join(timeout)
         self._started = False
@@ -266,7 +266,7 @@ class EventWriter:
     # -- writer thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
         cur = self.store.cursor()
-        pending: dict[type, list[Any]] = {cls: [] for cls in _TABLE_OF}
+        pending: dict[type, list[Any]] = {cls: [] for cls in TABLE_OF}
         count = 0
         stopping = False
         get = self._queue.get_nowait
@@ -283,9 +283,9 @@ class EventWriter:
                         item = get()
                     except queue.Empty:
                         break
-                    if item is _STOP:
+                    if item is STOP:
                         stopping = True
-                    elif isinstance(item, _Job):
+                    elif isinstance(item, WriteJob):
                         count = self._flush(cur, pending, count)
                         self._run_job(cur, item)
                     else:
@@ -301,7 +301,7 @@ class EventWriter:
                 break
         cur.close()
 
-    def _run_job(self, cur: duckdb.DuckDBPyConnection, job: _Job) -> None:
+    def _run_job(self, cur: duckdb.DuckDBPyConnection, job: WriteJob) -> None:
         job.settle(cur, log_failure=True)
 
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
@@ -312,10 +312,10 @@ class EventWriter:
         for cls, rows in pending.items():
             if not rows:
                 continue
-            table = _TABLE_OF[cls]
+            table = TABLE_OF[cls]
             try:
                 # Inside the protection: a value the column cannot take (an int past its range) fails this batch only.
-                batch = {c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]}
+                batch = {c: [getattr(r, c) for r in rows] for c in COLUMNS[cls]}
                 self._append(cur, table, batch)
                 self.stats.written[table] += len(rows)
             except Exception:

@@ -53,7 +53,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from proxy_service.events import _COLUMNS, _STOP, _TABLE_OF, EventWriter, WriterUnavailable, _Job
+from proxy_service.events import COLUMNS, STOP, TABLE_OF, EventWriter, WriteJob, WriterUnavailable
 from proxy_service.store import derived_of
 
 log = logging.getLogger("keyrack.cluster.writer")
@@ -187,7 +187,7 @@ class LakeWriter(EventWriter):
         """Journal everything queued, then give the lake one last attempt (at most `stop_commit_s`, or `timeout`)."""
         if not self._started:
             return
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._wake.set()
         # Journaling is local and never waits for the lake: this returns as fast as the disk writes.
         self._thread.join(max(timeout, 60.0))
@@ -218,7 +218,7 @@ class LakeWriter(EventWriter):
 
     # -- journal thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        pending: dict[type, list[Any]] = {cls: [] for cls in _TABLE_OF}
+        pending: dict[type, list[Any]] = {cls: [] for cls in TABLE_OF}
         stopping = False
         get = self._queue.get_nowait
         while True:
@@ -232,9 +232,9 @@ class LakeWriter(EventWriter):
                         item = get()
                     except queue.Empty:
                         break
-                    if item is _STOP:
+                    if item is STOP:
                         stopping = True
-                    elif isinstance(item, _Job):
+                    elif isinstance(item, WriteJob):
                         self._journal(pending)  # the job comes after the events queued before it
                         count = 0
                         self._handoff.put(item)
@@ -250,16 +250,16 @@ class LakeWriter(EventWriter):
             self.stats.last_flush_at = time.monotonic()
             if stopping:
                 break
-        self._handoff.put(_STOP)
+        self._handoff.put(STOP)
 
     def _journal(self, pending: dict[type, list[Any]]) -> None:
         """Write the pending rows and counter deltas to journal files and hand them to the committer."""
         for cls, rows in pending.items():
             if not rows:
                 continue
-            table = _TABLE_OF[cls]
+            table = TABLE_OF[cls]
             try:  # a value Arrow cannot take fails this batch only: its rows go to the dead-letter file
-                data: dict[str, Any] = {c: [getattr(r, c) for r in rows] for c in _COLUMNS[cls]}
+                data: dict[str, Any] = {c: [getattr(r, c) for r in rows] for c in COLUMNS[cls]}
                 if table in STAMPED:
                     data["replica"] = pa.array([self.replica] * len(rows), pa.string())
                 batch = pa.Table.from_pydict(data)
@@ -317,13 +317,13 @@ class LakeWriter(EventWriter):
             try:
                 while item is not None:
                     if self._abandoned:  # stop() gave up: no more lake work (the store is closing)
-                        if isinstance(item, _Job) and not item.future.done():
+                        if isinstance(item, WriteJob) and not item.future.done():
                             with contextlib.suppress(InvalidStateError):
                                 item.future.set_exception(WriterUnavailable("the writer stopped before this job ran"))
-                        stopping = stopping or item is _STOP
-                    elif item is _STOP:
+                        stopping = stopping or item is STOP
+                    elif item is STOP:
                         stopping = self._final = True
-                    elif isinstance(item, _Job):
+                    elif isinstance(item, WriteJob):
                         self._tick(cur)  # a commit that is due goes first (as the embedded writer flushes first)
                         self._run_job(cur, item)
                     else:

@@ -249,7 +249,7 @@ def test_event_writer_liveness_is_one_answer_and_admin_writes_time_out(proxy: Pr
     finally:
         stuck.set()
     # A dead writer (its thread gone): /readyz and the metrics say the same, admin changes are refused at once.
-    gw.writer._queue.put(events._STOP)
+    gw.writer._queue.put(events.STOP)
     gw.writer._wake.set()
     gw.writer._thread.join(10)
     assert httpx.get(f"{proxy.url}/readyz").status_code == 503
