@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium compose services screenshots clean screenshot-forecast
+.PHONY: run test bench lint install chromium services screenshots clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,23 +22,16 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-# Debian's docker-compose: tests/cluster/test_compose.py resolves docker-compose.cluster.yml with `docker-compose
-# config` (no Docker engine needed for that).
-compose:
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  echo "installing Debian's docker-compose for the compose-file test"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q docker-compose; }
-
-# Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh.
+# Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh
+# (`make services` leaves them running; `make test` stops the ones it started when the suite ends).
 services:
 	@bash .ci/services.sh
 
 run: install
 	$(BIN)/keyrack run
 
-test: install chromium compose services
-	$(BIN)/pytest
+test: install chromium
+	@bash .ci/services.sh $(BIN)/pytest
 
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
 screenshot-forecast: install chromium
@@ -53,8 +46,8 @@ screenshots: install chromium
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q fonts-noto-cjk; }
 	KEYRACK_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/dashboard/test_browser.py tests/dashboard/test_explore_browser.py -q
 
-bench: install services
-	$(BIN)/python -m bench.run_all
+bench: install
+	@bash .ci/services.sh $(BIN)/python -m bench.run_all
 
 lint: install
 	$(BIN)/ruff check .
