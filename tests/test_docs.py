@@ -58,6 +58,7 @@ def test_the_readme_is_for_users() -> None:
     assert lines <= 250, f"README.md has {lines} lines (at most 250: details belong in docs/)"
     assert not COMMIT_HASH.findall(text), f"commit-hash-like tokens in README.md: {COMMIT_HASH.findall(text)}"
     assert not NOTEBOOK.findall(text), f"notes about a particular machine or run: {NOTEBOOK.findall(text)}"
+    assert not TIME_OF_DAY.findall(text), f"times of day in README.md: {TIME_OF_DAY.findall(text)}"
     for page in ("docs/benchmarks.md", "docs/cluster.md", "docs/security.md", "docs/alerts.md", "docs/analytics.md"):
         assert f"]({page}" in text, f"README.md does not link {page}"
 
