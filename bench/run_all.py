@@ -512,9 +512,9 @@ its load (by a third on a busy 2-core host), the ratios carry over.
 ## How to run
 
 ```bash
-make bench                                  # every benchmark, one table; rewrites this page
+make bench                                    # every benchmark, one table; rewrites this page
 python -m bench.run_all --only memory,alerts  # some of them: rewrites their sections only
-python -m bench.<name> --help               # one benchmark on its own, with its options
+python -m bench.<name> --help                 # one benchmark on its own (prints its report, leaves this page)
 ```
 
 `make bench` starts the services the cluster benchmark needs (PostgreSQL, Redis). `--quick` only checks that the
