@@ -3,8 +3,9 @@
 Runs each benchmark as its own process (a failing or missing one does not stop the others), reads the figures it
 leaves in bench/results/<name>.json, and prints ONE table — proxy throughput and latency, event-writer rate,
 quota pressure, analytics query times, dashboard render times — each with its baseline and target. The same table
-plus every benchmark's own report goes to bench/results/latest.md (git-ignored), from which the README's
-BENCHMARKS section is updated.
+plus every benchmark's own report goes to bench/results/latest.md (git-ignored). A full run also rewrites, in
+docs/benchmarks.md, the section of every benchmark that produced figures (the others keep theirs): each figure
+with the command that made it and its baseline from the same run, and nothing about the run's date, host or commit.
 
     python -m bench.run_all [--quick] [--only NAME[,NAME...]]
 
@@ -16,18 +17,23 @@ benchmarks work, not figures to publish).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS, markdown_table
+
+DOC = REPO / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class Bench:
     quick_args: tuple[str, ...]
     timeout_s: float
     optional: bool = False  # written by other engineers: skipped when the module does not exist
+
+    @property
+    def command(self) -> str:
+        return " ".join(("python -m", f"bench.{self.name}", *self.args))
 
 
 BENCHES = (
@@ -182,7 +192,7 @@ def rows_proxy(f: dict[str, Any]) -> list[Row]:
 
 def rows_writer(f: dict[str, Any]) -> list[Row]:
     w, b = f["writer"], f["single_insert"]
-    return [
+    out: list[Row] = [
         [
             "event writer",
             "events/s to on-disk DuckDB",
@@ -203,6 +213,20 @@ def rows_writer(f: dict[str, Any]) -> list[Row]:
             "–",
         ],
     ]
+    arrow = w.get("arrow")
+    if arrow and arrow.get("events_per_s"):  # the price of keeping pyarrow out of the proxy, both draining
+        out.append(
+            [
+                "event writer",
+                "events/s, JSON column texts (no pyarrow) vs the Arrow append",
+                f"{w['events_per_s']:,.0f}",
+                f"Arrow append {arrow['events_per_s']:,.0f}",
+                f"{w['events_per_s'] / arrow['events_per_s']:.2f}",
+                "",
+                "–",
+            ]
+        )
+    return out
 
 
 def rows_quota(f: dict[str, Any]) -> list[Row]:
@@ -474,6 +498,106 @@ def summary_table(outcomes: list[Outcome]) -> str:
     return markdown_table(["area", "metric", "value", "baseline", "ratio", "target", "met"], rows)
 
 
+# ------------------------------------------------------------------------------------------------ docs/benchmarks.md
+
+INTRO = """# Benchmarks
+
+<!-- Written by `make bench` (bench/run_all.py, INTRO and benchmarks_doc): a section is replaced when its benchmark
+runs; edit the text above the sections there. -->
+
+What Keyrack's benchmarks measure, and what they measured. Every figure comes with the command that made it and,
+where there is one, a baseline measured in the same run on the same host: absolute figures move with the host and
+its load (by a third on a busy 2-core host), the ratios carry over.
+
+## How to run
+
+```bash
+make bench                                    # every benchmark, one table; rewrites this page
+python -m bench.run_all --only memory,alerts  # some of them: rewrites their sections only
+python -m bench.<name> --help                 # one benchmark on its own (prints its report, leaves this page)
+```
+
+`make bench` starts the services the cluster benchmark needs (PostgreSQL, Redis). `--quick` only checks that the
+benchmarks work (short runs) and leaves this page alone. The last run's full report, with every benchmark's own
+tables, is `bench/results/latest.md` (not committed).
+
+## What each benchmark measures
+
+| benchmark | measures | baseline in the same run |
+|---|---|---|
+| `proxy_throughput` | req/s and latency through `keyrack serve` at c=1 and c=32 in front of a zero-latency fake Gemini; events lost after SIGTERM; uvicorn vs granian | the fake called directly; a minimal Starlette proxy on the same stack; Keyrack on plain httpx |
+| `event_writer` | events/s the writer appends to an on-disk DuckDB file; the request path's cost per event | single-row INSERTs; the Arrow append |
+| `quota_pressure` | how each strategy serves demand below and above a pool's capacity: share served, upstream attempts per success, 429s | `round_robin` |
+| `analytics` | the admin API's stats queries on 10 million rows while the writer appends | the same series from raw rows |
+| `explore` | Explore's answers (measures × two dimensions over 90 days) on 10 million rows while the writer appends | the same answers from raw rows only |
+| `dashboard_render` | the first render of each dashboard page with 1,000 keys and 1 million rows | a warm rerun |
+| `reliability` | a soak against a fake injecting faults: every answer well formed, every call recorded once, no secret leaked, memory flat | – |
+| `forecast` | a demand-forecast refresh of 20 models × 90 days; proxy req/s while one runs | statsmodels' MSTL + ETS per fit; the idle proxy |
+| `memory` | the proxy's RSS at start, after a c=32 load and through a soak; the dashboard's RSS | DuckDB's default block size, row-group size and allocator decay |
+| `alerts` | one evaluation of 50 rules; proxy req/s with the rules evaluated every second | the proxy with no rule |
+| `cluster` | a 1-replica cluster's added latency, 2 replicas' throughput, quota across replicas, lake ingest, a SIGKILL's loss, stats on the lake | the embedded proxy and file |
+"""
+
+TITLES = {
+    "proxy_throughput": "Proxy",
+    "event_writer": "Event writer",
+    "quota_pressure": "Quota pressure",
+    "analytics": "Analytics",
+    "explore": "Explore",
+    "dashboard_render": "Dashboard",
+    "reliability": "Reliability soak",
+    "forecast": "Forecast",
+    "memory": "Memory",
+    "alerts": "Alerts",
+    "cluster": "Cluster",
+}
+SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.S)
+# Hand-written notes after a section (how to read it, no figures) survive every rewrite.
+NOTES = re.compile(r"<!-- notes:(\w+) -->\n.*?<!-- /notes:\1 -->\n", re.S)
+
+
+def doc_section(b: Bench, figures: dict[str, Any], cpus: int | None) -> str:
+    """One benchmark's section: its command, then its figures beside their same-run baselines."""
+    rows = SUMMARISERS[b.name](figures)
+    areas = {str(r[0]) for r in rows}
+    head = ["metric", "value", "baseline (same run)", "ratio", "target", "met"]
+    if len(areas) > 1:
+        table = markdown_table(["area", *head], rows)
+        area_line = ""
+    else:
+        table = markdown_table(head, [r[1:] for r in rows])
+        area = areas.pop() if areas else ""
+        area_line = f" — {area}" if area and area.lower() != TITLES.get(b.name, "").lower() else ""
+    where = f" on {cpus} cores" if cpus else ""
+    return (
+        f"<!-- bench:{b.name} -->\n## {TITLES.get(b.name, b.name)}\n\n"
+        f"`{b.command}`{where}{area_line}\n\n{table}\n<!-- /bench:{b.name} -->\n"
+    )
+
+
+def benchmarks_doc(results: dict[str, dict[str, Any]], cpus: int | None, previous: str = "") -> str:
+    """docs/benchmarks.md: INTRO, then a section per benchmark, in BENCHES order. A benchmark in `results` (its
+    JSON figures from this run) gets a new section; the others keep the one in `previous` (the page as it was)."""
+    kept = {m.group(1): m.group(0) for m in SECTION.finditer(previous)}
+    notes = {m.group(1): m.group(0) for m in NOTES.finditer(previous)}
+    sections = []
+    for b in BENCHES:
+        section = kept.get(b.name)
+        if b.name in results:
+            # A peer's JSON that changed shape keeps the old section.
+            with contextlib.suppress(KeyError, TypeError, ValueError, ZeroDivisionError):
+                section = doc_section(b, results[b.name], cpus)
+        if section or b.name in notes:
+            sections.append((section or "") + notes.get(b.name, ""))
+    return INTRO + "".join(f"\n{s}" for s in sections)
+
+
+def write_benchmarks_doc(outcomes: list[Outcome], path: Path = DOC) -> None:
+    results = {o.bench.name: o.figures for o in outcomes if o.status == "ok" and o.figures is not None}
+    previous = path.read_text() if path.exists() else ""
+    path.write_text(benchmarks_doc(results, os.cpu_count(), previous))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (checks the benches work; not for publishing)")
@@ -504,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     latest = RESULTS / "latest.md"
     latest.write_text(f"# {header}\n\n{table}\n\n{details}\n")
     print(f"\nwritten to {latest.relative_to(REPO)}")
+    if not args.quick:  # short runs check the machinery: their figures are not for publishing
+        write_benchmarks_doc(outcomes)
+        print(f"sections of the benchmarks that ran rewritten in {DOC.relative_to(REPO)}")
     return 0 if all(o.status in ("ok", "absent") for o in outcomes) else 1
 
 

@@ -1,6 +1,6 @@
 """Time buckets: the one flooring rule for the rollup, the analytics queries, retention, alert backtests and the
 forecasts. Its own module, free of DuckDB, because the forecast worker process needs it too (and without DuckDB
-that process is ~50 MB smaller, and the proxy's DuckDB library pages are its own to reclaim: heap.py)."""
+that process is much smaller, and the proxy's DuckDB library pages are its own to reclaim: heap.py)."""
 
 from __future__ import annotations
 

@@ -151,10 +151,10 @@ def insert_columns(cur: duckdb.DuckDBPyConnection, table: str, columns: Columns,
     Each column travels as one JSON text that DuckDB casts to a list of the table column's type and unnests side by
     side with the others (timestamps as epoch microseconds); a value a column cannot take (an int past its range)
     fails the whole statement. Why not the alternatives: an Arrow table is faster to convert but keeps pyarrow and
-    numpy (~50 MB of RSS) in the proxy; binding the Python lists themselves as LIST parameters makes DuckDB look up
-    `pandas.NA` for every value, which either imports pandas (+33 MB) or, with pandas kept out
-    (`server.without_pandas`), costs a failed import per value (~30 µs: 1,700 rows/s). bench/event_writer.py
-    measures this against the Arrow append in the same run."""
+    numpy (tens of MB of RSS) in the proxy; binding the Python lists themselves as LIST parameters makes DuckDB
+    look up `pandas.NA` for every value, which either imports pandas or, with pandas kept out
+    (`server.without_pandas`), costs a failed import per value. bench/event_writer.py measures this append against
+    the Arrow one in the same run."""
     types = dict(cur.execute(f"SELECT column_name, column_type FROM (DESCRIBE {table})").fetchall())
     names, picks, docs = list(columns), [], []
     for i, name in enumerate(names, 1):

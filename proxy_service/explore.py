@@ -385,7 +385,7 @@ def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops: d
 # Top N of these dimensions is read in two parts instead of grouping every value: the top values alone (a filter:
 # 10 of 1,000 keys are ~1 % of the raw rows) and the whole range with the dimension folded into OTHER (its set
 # without `key`, from the pre-aggregates); "(other)" is the second minus the first, exactly (counters and histogram
-# buckets subtract). Grouping 10M raw rows by key and an hour or a latency bucket took 1.1-1.8 s.
+# buckets subtract). Grouping 10M raw rows by key and an hour or a latency bucket took over a second (bench/explore.py).
 SPLIT = ("key",)
 
 
@@ -551,7 +551,7 @@ def _raw_percentiles(
 ) -> dict[tuple, tuple[float, ...]]:
     """Percentiles per group (d0, d1 values as the counters give them) when every part is raw rows. Many `groups`:
     DuckDB's `quantile_disc` of the rows' stored latency bucket, read back as a histogram's is (±2 %); on 10M rows
-    ~2× faster than a histogram per group (hour × project: 1.7M (group, bucket) cells). Few: that histogram,
+    faster than a histogram per group (hour × project: millions of (group, bucket) cells). Few: that histogram,
     grouped by the values (sorting millions of values per group costs more than its ~150 cells)."""
     col = "latency_ms" if metric == "l" else "ttfb_ms"
     n, text = len(spec.dimensions), _text(spec)

@@ -3,18 +3,17 @@ DuckDB's library it does not use every minute.
 
 glibc's heaps. DuckDB's C++ objects (appends, folds, checkpoints, query plans) and Python's larger objects live
 there. glibc returns only the free memory at the very top of a heap; what the writer frees in the middle of one
-between two appends stays resident and is taken again a moment later. Measured under the memory bench's soak: 12-20
-MB of free chunks resident at any time, ~15 MB less steady RSS with `malloc_trim(0)` every second (README, "Memory").
+between two appends stays resident and is taken again a moment later; `malloc_trim(0)` every second gives it back
+(how much, under the soak: bench/memory.py).
 Elsewhere (musl, macOS) there is no `malloc_trim` and nothing is scheduled.
 
-DuckDB's library. The process maps DuckDB's 60 MB extension module, and loading it (symbol tables, relocations, the
-registration of every built-in function) touches ~51 MB of it, which then stays resident though the proxy's steady
-work (appends, folds, checkpoints, the admin's queries) runs in ~20 MB of it. `madvise(MADV_PAGEOUT)` (Linux 5.4+)
+DuckDB's library. The process maps DuckDB's large extension module, and loading it (symbol tables, relocations, the
+registration of every built-in function) touches most of it, which then stays resident though the proxy's steady
+work (appends, folds, checkpoints, the admin's queries) runs in a fraction of it. `madvise(MADV_PAGEOUT)` (Linux 5.4+)
 over the library's read-only mappings asks the kernel to reclaim those pages now: clean file pages are simply
 dropped (the memory is free again, not just unmapped), and a page DuckDB needs later is read back from the file by
 the thread that touches it, a major page fault. The threads that run DuckDB (the writer, readers, its workers) run
-that code, not the event loop. Under the soak the library's resident pages went 50 → 22 MB, for 139 major faults in
-300 s (README, "Memory").
+that code, not the event loop. bench/memory.py reports the library's resident pages and the major faults.
 Writable mappings are left alone; MADV_PAGEOUT never discards data (dirty or anonymous pages would go to swap).
 """
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics. Counters are bumped on the request path (a dict lookup and a lock: ~1 µs); gauges that
+"""Prometheus metrics. Counters are bumped on the request path (a dict lookup and a lock); gauges that
 describe state (keys by status, queue depth, writer lag) are computed when /metrics is scraped."""
 
 from __future__ import annotations

@@ -238,8 +238,8 @@ def aggregate(
     Each part comes with its bucket expression over the rollup's `bucket` column and over the raw `ts` column.
     Each rollup table is scanned once per query (a materialised CTE over the union of its parts' ranges), raw rows
     once per cluster of nearby parts, whatever the number of parts: on a DuckLake (cluster mode) every scan costs
-    a handful of catalog round trips, so the summary's 8 scans per query made it ~5x slower than the same data in
-    a DuckDB file.
+    a handful of catalog round trips, so the summary's 8 scans per query made it several times slower than the
+    same data in a DuckDB file (bench/cluster.py compares the two).
     """
     import pyarrow as pa
 
@@ -293,7 +293,7 @@ def aggregate(
             )
             # The bounding range is what the scan can prune row groups / files with (an OR of ranges is not pushed
             # down); the OR keeps only the parts' rows.
-            # A scan that serves one part is inlined (materialising a large rollup range costs the embedded file ~30 %).
+            # A scan that serves one part is inlined (materialising a large rollup range slows the embedded file down).
             spans = " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in ranges)
             how = "MATERIALIZED" if len(ranges) > 1 else "NOT MATERIALIZED"
             source_table = raw_table if table == "requests" else table

@@ -339,7 +339,7 @@ class UsageWindow:
     def __init__(self) -> None:
         # The window's entries are `array[head:]`: pruning moves the head, and the dead prefix is cut off once it is
         # as long as the live part. 8 bytes an entry instead of a deque's pointer to a float or int object (32-36):
-        # at ~1,000 req/s the minute windows held ~60,000 requests, ~6 MB of Python objects as deques, ~1.5 as arrays.
+        # at a thousand requests a second the minute windows hold tens of thousands of entries.
         self._req = array("d")  # request times, ascending
         self._req_h = 0
         self._tok_t = array("d")  # token entries' times, ascending, and their counts

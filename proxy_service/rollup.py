@@ -19,7 +19,7 @@ rebuild. Whole-hour zones (most) read the 1-hour tier, ~3x fewer rows. `queries.
 fits and reads raw rows only for partial edges.
 
 Exactness by construction: the writer calls `on_append` right after each batch lands in `requests`, on the writer
-thread, so the rollup sees exactly the rows the table got, late or not. Folding costs ~100 ms of CPU whatever the
+thread, so the rollup sees exactly the rows the table got, late or not. A fold's CPU cost barely depends on the
 batch size, so appended batches are kept and folded together every `FOLD_EVERY_S` (or past `FOLD_ROWS` rows);
 readers call `fold()` through the writer first, so what they read is always complete. `compact()` (a periodic writer job) merges
 the partial rows of the buckets touched since its last run. At startup `install()` compares each tier's total with
@@ -62,7 +62,7 @@ TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogra
     3600: ("rollup_requests_1h", "rollup_latency_1h"),
     900: ("rollup_requests", "rollup_latency"),
 }
-FOLD_EVERY_S = 2.0  # at most ~5 % of a core at any traffic level (one fold ≈ 100 ms)
+FOLD_EVERY_S = 2.0  # a small, fixed share of a core at any traffic level (bench/analytics.py times reads with folds)
 FOLD_ROWS = 100_000
 INLINE_CHUNK_DAYS = 7
 _INTERVAL = {3600: "INTERVAL 1 HOUR", 900: "INTERVAL 15 MINUTE"}

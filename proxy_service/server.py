@@ -24,9 +24,9 @@ from proxy_service.startup import (
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
     """Makes pandas look absent in the proxy process. The proxy never uses it, but DuckDB's parameter binding and
-    pyarrow's array building import it when it is installed (for the dashboard), which costs ~33 MB of RSS.
+    pyarrow's array building import it when it is installed (for the dashboard), which costs tens of MB of RSS.
     Likewise httpx's command-line client (`httpx._main`): `import httpx` loads it, with rich and pygments, whenever
-    those happen to be installed (memray's, in the dev extras): ~4 MB and ~80 modules the proxy never runs; httpx
+    those happen to be installed (memray's, in the dev extras): dozens of modules the proxy never runs; httpx
     falls back to a stub `httpx.main` when it is absent."""
 
     BLOCKED = ("pandas", "httpx._main")
@@ -47,9 +47,9 @@ def without_pandas() -> None:
 
 # DuckDB's allocator (the jemalloc inside its wheel) gives freed pages back to the system 5 s after the free, and even
 # then only as MADV_FREE pages, which stay in RSS until the kernel is short of memory. Every fold and checkpoint
-# allocates and frees tens of MB, so under steady traffic those pages never left: ~20-40 MB of RSS that DuckDB
-# itself no longer used. With no decay they go back at once, at a cost: with 64 KB blocks, c=32 throughput was
-# ~0.91x DuckDB's defaults over 12 interleaved pairs (0.68-1.24 each, a loaded machine). jemalloc reads this once,
+# allocates and frees tens of MB, so under steady traffic those pages never left: RSS that DuckDB itself no longer
+# used. With no decay they go back at once, at some throughput cost (bench/memory.py runs DuckDB's defaults as its
+# baseline; bench/proxy_throughput.py measures the throughput). jemalloc reads this once,
 # when DuckDB's library loads, so it is set before the first `import duckdb`; an operator's own value wins.
 ALLOCATOR_ENV = "DUCKDB_JE_MALLOC_CONF"
 ALLOCATOR_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
@@ -102,7 +102,7 @@ def serve_proxy(host: str | None, port: int | None) -> None:
         log_level="warning",
         access_log=False,
         lifespan="on",
-        ws="none",  # no websocket routes: not loading a websocket implementation saves ~3 MB
+        ws="none",  # no websocket routes: no websocket implementation loaded, nor its memory
         timeout_graceful_shutdown=60,
         # Longer than clients' and load balancers' idle timeouts (httpx 5 s, typical LBs 60 s), so the client side
         # always closes an idle connection first. With uvicorn's 5 s default a request sent just as the server

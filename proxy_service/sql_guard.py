@@ -66,7 +66,7 @@ DENIED_FUNCTIONS = frozenset(
 )
 FORBIDDEN_COLUMNS = frozenset(c for cols in SECRET_COLUMNS.values() for c in cols)
 # Scalar functions whose result size is given by an argument. DuckDB builds such a value whole, outside its
-# memory_limit (the list `range(10000000)` alone took 1.1 GB), so the size must be a small integer constant.
+# memory_limit (a big `range(n)` list alone takes gigabytes), so the size must be a small integer constant.
 # name → index of the size argument (None: range-like, every argument is a bound).
 SIZED_FUNCTIONS: dict[str, int | None] = {
     "range": None,

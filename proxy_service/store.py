@@ -120,8 +120,8 @@ class StatsSource:
 
 
 # trim_cache: DuckDB's cache of checkpointed table blocks is cut back to this every CACHE_TRIM_S (app.py). With
-# 16,384-row groups the cache refills faster between trims (checkpoints write more, smaller row groups); 4 MB kept
-# it at 5-12 MB in the soak, 16 MB at 15-17 (README, "Memory").
+# 16,384-row groups the cache refills faster between trims (checkpoints write more, smaller row groups), so it is
+# kept small (bench/memory.py reports DuckDB's own account beside RSS).
 CACHE_KEEP_BYTES = 4 * 2**20
 
 
@@ -146,24 +146,24 @@ class Store:
             private_dir(self.path.parent)
         config: dict[str, str | bool | int | float | list[str]] = {}
         # Checkpoint at every 4 MB of WAL (DuckDB: 16 MB). Rows appended since the last checkpoint live in memory
-        # uncompressed; at ~600 req/s they made a 12-28 MB sawtooth in RSS with 16 MB, 12-15 MB with 4 MB, and each
-        # checkpoint stalls the writer for less (0.4-1.8 s vs 2-6 s on a 3M-row file, about the same work per MB).
+        # uncompressed, so a smaller interval flattens the sawtooth they make in RSS, and each checkpoint stalls the
+        # writer for less (about the same work per MB). bench/memory.py measures the RSS.
         config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
         if block_size:
             # For a new file only. Appends between checkpoints live in memory, one block per column segment, and
             # after a checkpoint the next append to a table turns each column's last, partly filled segment back
-            # into a whole in-memory block: with DuckDB's 256 KB blocks ~200 columns (requests, attempts, rollup
-            # and explore tables) held ~48 MB for the proxy's whole life, with 64 KB blocks ~12 MB. Smaller still
-            # (16 or 32 KB) made the file 2-2.7x larger (compression works per block); 64 KB keeps its size.
+            # into a whole in-memory block: ~200 columns (requests, attempts, rollup and explore tables) × the block
+            # size, for the proxy's whole life, so 64 KB blocks hold a quarter of DuckDB's 256 KB. Smaller still made
+            # the file much larger (compression works per block). bench/memory.py runs DuckDB's default as baseline.
             config["default_block_size"] = str(block_size)
         if memory_limit:  # DuckDB's own caps, so one analytics query cannot take the proxy's memory or cores
             config["memory_limit"] = memory_limit
         if threads:
             config["threads"] = threads
         # Rows per row group. A checkpoint rewrites the row group that appends went into, whole: with DuckDB's
-        # 122,880 rows that was up to ~120k rows x 25 columns of `requests` every few seconds under load, +20-30 MB
-        # for the moment (the largest samples of the memory soak). With 16,384 rows no checkpoint stood out; the
-        # price: Explore's shapes on 10M rows took a median 1.15x as long, all still within 1 s (README). DuckDB
+        # 122,880 rows that was up to ~120k rows x 25 columns of `requests` every few seconds under load, the largest
+        # samples of the memory soak. With 16,384 rows no checkpoint stood out; the price is slower Explore shapes,
+        # all still within 1 s (bench/explore.py, docs/benchmarks.md). DuckDB
         # takes the size only when a file is attached, so the file is attached to an in-memory connection under its
         # usual name and made the default database of every cursor.
         self._catalog: str | None = None
@@ -215,8 +215,8 @@ class Store:
     def trim_cache(self, cur: duckdb.DuckDBPyConnection, keep: int = CACHE_KEEP_BYTES) -> int:
         """Evict DuckDB's cached blocks of checkpointed table data (`BASE_TABLE`) beyond `keep` bytes; returns how
         many bytes went. DuckDB keeps every block a checkpoint writes or a query reads until `memory_limit` forces
-        it out: under sustained traffic that cache grew ~0.1 MB/s towards the limit (256MB) and was most of the
-        proxy's growth. DuckDB has no setting for the cache alone, so the limit is lowered just below what is in use
+        it out: under sustained traffic that cache grew steadily towards the limit and was most of the proxy's
+        growth. DuckDB has no setting for the cache alone, so the limit is lowered just below what is in use
         minus the excess (DuckDB then evicts unpinned blocks, the oldest first) and set back at once. An evicted block
         is read again from the file (the OS's page cache) when a query needs it. Runs on the writer thread, so no
         append allocates meanwhile; a query on another cursor has `keep` bytes of cache it may evict in that moment."""

@@ -1,7 +1,7 @@
 """The upstream side: one shared HTTP client for the app's lifetime, and what Keyrack reads from answers.
 
-The client keeps httpx's API on aiohttp's transport: plain httpx manages ~190 req/s at 32 concurrent requests
-on this hardware, the aiohttp transport ~4x that (see bench/proxy_throughput.py). Bodies are never re-encoded;
+The client keeps httpx's API on aiohttp's transport: at 32 concurrent requests plain httpx's own transport is
+several times slower (bench/proxy_throughput.py measures both in one run). Bodies are never re-encoded;
 usage and errors are found by searching the bytes from the end (the usage object is at the tail of every
 answer and of the last stream chunk), so a large answer costs one `rfind` plus a small parse.
 """
@@ -61,8 +61,8 @@ def upstream_request(
 
     The request path repeats a handful of URLs (one per model and method), so the merged URL is cached instead of
     being parsed and joined with the base URL on every call; the body is already in memory, so the request is
-    made from a ready stream with its Host and Content-Length set here, skipping httpx's header merging (~40 µs a
-    call). Together ~15 % of the proxy's CPU per request. The client's default headers (httpx's user-agent and
+    made from a ready stream with its Host and Content-Length set here, skipping httpx's header merging. Together a
+    noticeable share of the proxy's CPU per request. The client's default headers (httpx's user-agent and
     accept) and its cookie jar are not sent: upstream needs neither.
     """
     cache_key = (client.base_url, path, *query)
@@ -89,9 +89,9 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
     """`client.send(request, stream=True)`, straight to the transport the client was built with.
 
     Skips httpx's per-request machinery that Keyrack never uses (auth flow, redirect loop, cookie jar, event
-    hooks): ~10 % of the proxy's CPU per request. The answer streams exactly as from `client.send`, and transport
-    failures raise the same httpx exceptions (the aiohttp transport maps them). Only public API: the transport's
-    `handle_async_request`; a client not built by `build_client` goes through `client.send`.
+    hooks): a noticeable share of the proxy's CPU per request. The answer streams exactly as from `client.send`,
+    and transport failures raise the same httpx exceptions (the aiohttp transport maps them). Only public API: the
+    transport's `handle_async_request`; a client not built by `build_client` goes through `client.send`.
     """
     if isinstance(client, UpstreamClient):
         return await client.transport.handle_async_request(request)

@@ -1,9 +1,12 @@
-"""docs/ARCHITECTURE.md's module map names every module of proxy_service/ and nothing that is gone."""
+"""The docs stay true and readable: docs/ARCHITECTURE.md's module map names every module of proxy_service/ and
+nothing that is gone; the README is for users (short, no notes about a machine or a run); every relative link in
+the README and docs/ resolves; docs/benchmarks.md is what `make bench` writes."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,3 +19,120 @@ def test_the_module_map_matches_the_tree() -> None:
     package = REPO / "proxy_service"
     modules = {str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "__init__.py"}
     assert documented == modules, f"undocumented: {sorted(modules - documented)}; gone: {sorted(documented - modules)}"
+
+
+# ------------------------------------------------------------------------------------------------ README and docs/
+
+README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+# A commit hash: 7-40 hex digits with at least one letter and one digit (so 10000000 and "deadbeef" are not).
+COMMIT_HASH = re.compile(r"(?<![\w/.-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![\w/-])")
+TIME_OF_DAY = re.compile(r"(?<![\w:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\w:])")
+NOTEBOOK = re.compile(r"load average|this machine|this session|\bquiet machine\b", re.I)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", path.read_text()).splitlines():
+        m = re.match(r"#{1,6} (.+)", line)
+        if m:
+            base = slug(m.group(1))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_the_readme_is_for_users() -> None:
+    text = README.read_text()
+    lines = text.count("\n")
+    assert lines <= 250, f"README.md has {lines} lines (at most 250: details belong in docs/)"
+    assert not COMMIT_HASH.findall(text), f"commit-hash-like tokens in README.md: {COMMIT_HASH.findall(text)}"
+    assert not NOTEBOOK.findall(text), f"notes about a particular machine or run: {NOTEBOOK.findall(text)}"
+    assert not TIME_OF_DAY.findall(text), f"times of day in README.md: {TIME_OF_DAY.findall(text)}"
+    for page in ("docs/benchmarks.md", "docs/cluster.md", "docs/security.md", "docs/alerts.md", "docs/analytics.md"):
+        assert f"]({page}" in text, f"README.md does not link {page}"
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
+    broken = []
+    for page in (README, *DOCS):
+        for target in LINK.findall(FENCE.sub("", page.read_text())):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            file_part, _, anchor = target.partition("#")
+            dest = (page.parent / file_part).resolve() if file_part else page
+            if not dest.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def sample_results() -> dict[str, dict[str, Any]]:
+    """The JSON figures three benchmarks leave in bench/results/, in their shape (values made up)."""
+
+    def row(target: str, c: int, rps: float) -> dict[str, Any]:
+        return {"target": target, "concurrency": c, "rps": rps, "p50_ms": 1.5, "p95_ms": 3.0, "p99_ms": 9.0}
+
+    proxy = {
+        "rows": [row("direct", 1, 2200.0), row("direct", 32, 3900.0), row("proxy", 1, 460.0), row("proxy", 32, 780.0)],
+        "added_p50_ms_c1": 1.4,
+        "events": {"lost": 0, "responses_received": 14253},
+        "minimal_rps_c32": 795.0,
+        "keyrack_vs_minimal_c32": 0.98,
+    }
+    writer = {
+        "writer": {"events_per_s": 81686.0, "lost": 0, "events": 500000, "record_us": 1.1},
+        "single_insert": {"rows_per_s": 276.0},
+        "ratio": 296.0,
+        "enqueue_us": 2.6,
+    }
+    rss = {"VmRSS": 140.0, "RssAnon": 90.0}
+    memory = {
+        "proxy": {"start": {"VmRSS": 102.0, "RssAnon": 40.0}, "after_load": rss, "steady": rss},
+        "baseline": {"steady": {"VmRSS": 259.0}},
+        "load_s": 32,
+        "soak_s": 300,
+    }
+    return {"proxy_throughput": proxy, "event_writer": writer, "memory": memory}
+
+
+def test_make_bench_writes_a_date_free_host_free_benchmarks_page() -> None:
+    from bench import run_all
+
+    previous = (REPO / "docs" / "benchmarks.md").read_text()
+    page = run_all.benchmarks_doc(sample_results(), 2, previous)
+    assert page.startswith(run_all.INTRO) and "`make bench`" in page and "python -m bench.<name>" in page
+    assert not COMMIT_HASH.findall(page), COMMIT_HASH.findall(page)
+    assert not TIME_OF_DAY.findall(page), TIME_OF_DAY.findall(page)
+    assert not NOTEBOOK.findall(page), NOTEBOOK.findall(page)
+    sections = dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->", page, re.S))
+    # Each figure of this run is stated with the command that made it and its baseline from the same run.
+    assert "`python -m bench.proxy_throughput`" in sections["proxy_throughput"]
+    assert "fake direct 3,900" in sections["proxy_throughput"] and "0.20" in sections["proxy_throughput"]
+    assert "`python -m bench.memory --load 20 --soak 120`" in sections["memory"]
+    assert "| 140 MB | 259 MB | 0.54 |" in sections["memory"]
+    assert "single-row INSERT 276/s" in sections["event_writer"] and "296x" in sections["event_writer"]
+    # The benchmarks that did not run keep their section, and hand-written notes survive.
+    old = dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->", previous, re.S))
+    assert sections["explore"] == old["explore"] and sections["cluster"] == old["cluster"]
+    assert all(note in page for note in re.findall(r"<!-- notes:\w+ -->\n.*?<!-- /notes:\w+ -->", previous, re.S))
+    assert run_all.benchmarks_doc({}, 2, page) == page  # a run with no figures changes nothing
+
+
+def test_the_committed_benchmarks_page_is_in_the_shape_make_bench_keeps() -> None:
+    from bench import run_all
+
+    page = (REPO / "docs" / "benchmarks.md").read_text()
+    assert run_all.benchmarks_doc({}, None, page) == page
+    assert not COMMIT_HASH.findall(page) and not TIME_OF_DAY.findall(page) and not NOTEBOOK.findall(page)

@@ -123,7 +123,7 @@ def alerts_link(dashboard_url: str) -> str:
 
 
 def webhook_payload(notice: Notice, language: str, dashboard_url: str) -> dict[str, Any]:
-    """The signed webhook's JSON body (documented in README "Alerts")."""
+    """The signed webhook's JSON body (documented in docs/alerts.md)."""
     title, body = render(notice, language, dashboard_url)
     return {
         "rule": notice.rule,

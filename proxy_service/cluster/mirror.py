@@ -6,8 +6,8 @@ inlined rows); the stats summary scans the rollup ~70 times. The mirror keeps a 
 DuckDB file of the replica's own, attached to its connection as `lake_mirror` (`lake_mirror.main.<table>`, with the
 lake's `rowid`; started afresh at each start), and views without the row id in `lake_mirror.rollup`, which a
 reader's search path puts before the lake's schema. A file rather than an in-memory table: compressed and paged
-(measured on a 1M-row lake's 5M rollup rows: 7 MB for the largest table, and its scans as fast as the embedded
-file's; uncompressed in memory they took ~0.4 GB and 1.7x longer).
+(on a 1M-row lake, a file held the largest rollup table in a small fraction of an in-memory table's size, and
+scanned it as fast as the embedded file; in memory the scans were slower too).
 
 It follows the lake's snapshots: `catch_up()` reads the current snapshot id (one catalog query); if it moved, the
 snapshots' change maps say which tables changed, and DuckLake's data change feed (`table_changes(table, from, to)`:
@@ -18,16 +18,16 @@ nothing). A table created, dropped or altered, or a failed feed (e.g. its start 
 whole at the current snapshot.
 
 Raw edges: a stats range is whole rollup buckets plus, at its ends, parts of 15-minute buckets read from raw
-`requests` rows (queries.split); on the lake such a scan costs ~12 catalog queries (~20-50 ms), more than the rest of
-the read. `edges(ranges)` makes the mirror hold every lake row of those ranges' 15-minute buckets (fetched once at
+`requests` rows (queries.split); on the lake such a scan costs a dozen catalog queries, more than the rest of the
+read. `edges(ranges)` makes the mirror hold every lake row of those ranges' 15-minute buckets (fetched once at
 the mirror's snapshot, then followed through the same change feed: late rows, retention and compaction apply), in
 `lake_mirror.main.requests_edges`, least recently read buckets dropped beyond EDGE_BUCKETS / EDGE_ROWS or after
 EDGE_IDLE_S. A summary needs ~4 buckets (the 1 min, 1 h and 24 h windows' starts, the current one), a range ~2.
 
 Readers call `catch_up()` before reading, so an answer reflects every commit made before it (exact, like a lake
 read); a daemon thread calls it every REFRESH_S so that a reader usually finds nothing to do. The snapshot check is
-one statement on the catalog's PostgreSQL, outside a transaction (`max(snapshot_id)`, ~1 ms; DuckLake's
-`current_snapshot()` opens a catalog transaction: 3 round trips, ~3-7 ms). All the changes of one catch-up apply in one mirror transaction. Any failure leaves the
+one statement on the catalog's PostgreSQL, outside a transaction (`max(snapshot_id)`: one round trip; DuckLake's
+`current_snapshot()` opens a catalog transaction: 3 round trips). All the changes of one catch-up apply in one mirror transaction. Any failure leaves the
 mirror unusable until a later catch-up succeeds; readers then use the lake itself.
 """
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keyrack.cluster.mirror")
 
-DB = "lake_mirror"  # a DuckDB file of the replica's own: compressed, paged (in memory: 10x the size, 1.7x slower)
+DB = "lake_mirror"  # a DuckDB file of the replica's own: compressed, paged (in memory: far larger, and slower)
 SCHEMA = f"{DB}.rollup"  # views, what readers see
 DATA = f"{DB}.main"  # tables with the lake's row id
 TABLES = tuple(t for pair in TIERS.values() for t in pair)
@@ -146,7 +146,7 @@ class Mirror:
 
     def _current(self) -> int:
         """The lake's latest snapshot id, read from the catalog's PostgreSQL (the lake's catalog always is) on a
-        cursor kept for this: each read makes this check, and a fresh cursor costs ~0.5 ms more. Not a prepared
+        cursor kept for this: each read makes this check, and a fresh cursor would cost more. Not a prepared
         statement: postgres_query runs at bind time, EXECUTE would repeat its first answer."""
         if self._check is None:
             self._check = self._cursor()

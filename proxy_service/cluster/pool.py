@@ -344,8 +344,8 @@ class ClusterPool(Pool):
 
     def _queue_tokens(self, tok_key: str, ms: int, name: str, tokens: int) -> None:
         """Token counts reach Redis in one pipeline per `tokens_flush_s`, not one round trip per call: the round
-        trip cost every call ~0.1 ms of the event loop. Tokens are only known once an answer is complete, so the
-        other replicas' tpm view was always a little behind; 50 ms more is nothing against a 60 s window."""
+        trip cost every call event-loop time. Tokens are only known once an answer is complete, so the other
+        replicas' tpm view was always a little behind; one flush interval more is nothing against a 60 s window."""
         first = not self._token_batch
         self._token_batch.append((tok_key, ms, name, tokens))
         if first and not self._spawn(self._flush_tokens()):

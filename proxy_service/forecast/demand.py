@@ -8,7 +8,7 @@ A full refresh makes three fits per series, each on at most the `FIT_DAYS` befor
 between two full ones makes only the third, reusing the last full run's band factor and backtest — see `known`):
 1. calibration — cut off before the backtest's window (with a training part of the same seasonal setup), forecast
    up to the backtest window: how much wider than the model's own 90 % band the band must be to hold 90 % of what
-   really came (the band from the ETS part ignores the error of the seasonal estimate: ~70 % coverage measured);
+   really came (the band from the ETS part ignores the error of the seasonal estimate, and covers too little);
    where history leaves no room for it (e.g. exactly 3 or 21 days), the backtest says `"calibrated": false`;
 2. backtest — cut off one hold-out window (≤ 7 days) before the end, widen by the calibration factor, and score
    MAPE and coverage on the held-out hours: the numbers shown next to every forecast, never fitted on them;
@@ -38,12 +38,12 @@ HORIZON_H = 14 * 24
 HOLDOUT_MAX_H = 7 * 24
 LEVEL = 90
 # statsmodels' STL evaluates its trend and low-pass loess at every point (jump 1; R's stl uses ~10 % of the window);
-# every 10th / 5th point, linearly interpolated, cuts a 20-model full refresh from ~14 s to ~5 s with the same
-# backtest MAPE and coverage (measured, bench/forecast.py).
+# every 10th / 5th point, linearly interpolated, cuts a full refresh to a fraction with the same backtest MAPE and
+# coverage (bench/forecast.py times refreshes and reports both).
 STL_KWARGS = {"trend_jump": 10, "low_pass_jump": 5}
 # Additive error only: the deseasonalised series of a quiet model touches zero or dips below, where a multiplicative
-# error is ill-posed; halving AutoETS's search saves another ~25 % and measured a lower median backtest MAPE (12.2 %
-# vs 13.6 %).
+# error is ill-posed; halving AutoETS's search saves time again and measured a lower median backtest MAPE
+# (bench/forecast.py reports the MAPE).
 ETS_MODEL = "AZN"
 METHOD = "statsforecast MSTL (24 h, 168 h) + AutoETS"
 

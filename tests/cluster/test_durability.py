@@ -24,7 +24,7 @@ from proxy_service.cluster.writer import LakeWriter
 from tests.cluster.conftest import Replica, database
 from tests.cluster.services import throwaway_postgres
 from tests.cluster.test_faults import ROOMY, Load
-from tests.cluster.test_lake import README
+from tests.cluster.test_lake import REPO
 from tests.cluster.test_replicas import admin, lake_rows, until
 from tests.conftest import SCENARIO, Upstream, fake_key
 
@@ -75,9 +75,9 @@ time.sleep(3600)
 
 
 def _writer(tmp_path: Path, catalog: str, n: int, mode: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", _WRITER, catalog, str(tmp_path / "lake"), str(tmp_path / "spill"), str(n), mode]
-    return subprocess.Popen(args, env=env, cwd=README.parent, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 
 def _recover(tmp_path: Path, catalog: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The lake on its own (no server): the writer's commits, and an analyst's read-only ATTACH exactly as the README
+"""The lake on its own (no server): the writer's commits, and an analyst's read-only ATTACH exactly as docs/cluster.md
 shows it, reading live rows while a writer appends."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from proxy_service.cluster.writer import LakeWriter
 from proxy_service.events import RequestEvent
 from proxy_service.rollup import TIERS, Rollup, fold_batch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_DOC = REPO / "docs" / "cluster.md"
 
 
 def event(i: int) -> RequestEvent:
@@ -50,9 +51,9 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         writer.record(event(i))
     writer.flush()
 
-    # The README's analyst command, with this test's database name.
-    attach = re.search(r"^ATTACH 'ducklake:postgres:[^\n]*READ_ONLY\);$", README.read_text(), re.M)
-    assert attach is not None, "README shows the analyst's ATTACH"
+    # docs/cluster.md's analyst command, with this test's database name.
+    attach = re.search(r"^ATTACH 'ducklake:postgres:[^\n]*READ_ONLY\);$", CLUSTER_DOC.read_text(), re.M)
+    assert attach is not None, "docs/cluster.md shows the analyst's ATTACH"
     dbname = lake_catalog.rsplit("/", 1)[1]
     sql = attach.group(0).replace("dbname=keyrack ", f"dbname={dbname} ")
     con = duckdb.connect(config={"autoinstall_known_extensions": False})
@@ -125,11 +126,11 @@ def test_a_killed_writer_loses_nothing_it_journaled_and_the_next_start_commits_i
     from tests.cluster.test_replicas import until
 
     spill, data, n = tmp_path / "spill", str(tmp_path / "lake"), 700
-    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", _JOURNALING_WRITER, lake_catalog, data, str(spill), str(n)],
         env=env,
-        cwd=README.parent,
+        cwd=REPO,
         stdout=subprocess.PIPE,
     )
     try:
