@@ -100,7 +100,7 @@ def render(page: str, timeout: float) -> tuple[float, float, list[str]]:
     started = time.perf_counter()
     at.button[0].click().run()  # sign-in and the landing page, Monitor
     if page != "monitor":
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"screens/{page}.py")
         started = time.perf_counter()
         at.run()
     first = time.perf_counter() - started

@@ -27,7 +27,7 @@ from dashboard.i18n import LANGUAGES, carry_widgets, t, wkey
 
 HERE = Path(__file__).resolve().parent
 AUTO_REFRESH = [0, 5, 15, 30, 60]
-# (file under pages/, title key, icon). The URL of a page is its file name without ".py" (the first is also "/").
+# (file under screens/, title key, icon). The URL of a page is its file name without ".py" (the first is also "/").
 PAGES = [
     ("monitor.py", "nav.monitor", ":material/monitor_heart:"),
     ("trends.py", "nav.trends", ":material/insights:"),
@@ -65,7 +65,7 @@ def language_switch() -> None:
 
 def navigation() -> StreamlitPage:
     pages = [
-        st.Page(HERE / "pages" / file, title=t(title), icon=icon, url_path=Path(file).stem, default=i == 0)
+        st.Page(HERE / "screens" / file, title=t(title), icon=icon, url_path=Path(file).stem, default=i == 0)
         for i, (file, title, icon) in enumerate(PAGES)
     ]
     return st.navigation(pages, position="top" if auth.logged_in() else "hidden")

@@ -246,6 +246,6 @@ def drill(v: ev.View, cell: dict[str, Any]) -> None:
                     st.json(entry)
     if st.button(t("explore.open_sql"), icon=":material/database:", key="ex_open_sql"):
         st.session_state["sql_text"] = found.get("sql", "")
-        st.switch_page("pages/sql.py")
+        st.switch_page("screens/sql.py")
     with st.expander(t("explore.sql_text")):
         st.code(found.get("sql", ""), language="sql")

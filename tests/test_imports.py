@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("proxy_service", "dashboard")
 # Streamlit scripts: importing them runs the page (they are run by `streamlit run`, never imported).
-SCRIPTS = {"dashboard.app"} | {f"dashboard.pages.{p.stem}" for p in (REPO / "dashboard" / "pages").glob("*.py")}
+SCRIPTS = {"dashboard.app"} | {f"dashboard.screens.{p.stem}" for p in (REPO / "dashboard" / "screens").glob("*.py")}
 
 
 def module_files() -> dict[str, Path]:

@@ -168,22 +168,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
-@pytest.fixture(autouse=True)
-def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """AppTest resets Streamlit's "pages/ folder" switch before every run, so each run would start as a fresh process
-    does; the running dashboard leaves that convention on its first run (dashboard/__init__.py, covered by the
-    real-browser deep-link test). Here every run goes through the entry's st.navigation, as in a running server."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 @pytest.fixture
 def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     """Environment as `keyrack run` gives the dashboard: admin URL + token. A session still signs in (open_app)."""
@@ -220,7 +204,7 @@ def open_app(
     assert "Sign in to Keyrack" in [str(t.value) for t in at.title], "a fresh session must see the sign-in form"
     sign_in(at)
     if page:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"screens/{page}.py")
         at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at

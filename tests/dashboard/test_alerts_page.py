@@ -21,7 +21,7 @@ def open_alerts(badge: str | None = None) -> AppTest:
     at = open_app()
     if badge is not None:  # (AppTest keeps the entry script's sidebar for the first run only)
         assert any(badge in m for m in texts(at.sidebar.markdown)), texts(at.sidebar.markdown)
-    at.switch_page("pages/alerts.py")
+    at.switch_page("screens/alerts.py")
     return ok(at.run())
 
 

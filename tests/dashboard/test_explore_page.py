@@ -19,7 +19,7 @@ def ok(at: AppTest) -> AppTest:
 
 def start(params: dict[str, str] | None = None) -> AppTest:
     at = open_app(timeout=60)
-    at.switch_page("pages/explore.py")
+    at.switch_page("screens/explore.py")
     for k, v in (params or {}).items():
         at.query_params[k] = v
     return ok(at.run())
@@ -86,7 +86,7 @@ def test_drill_down_from_a_cell_lists_the_calls_and_opens_them_in_sql(dash_env: 
         assert any(e.label.startswith("Error log entry") for e in at.expander)
     ok(at.button(key="ex_open_sql").click().run())
     assert f"'{model}'" in at.text_area(key="sql_text").value  # the SQL page, pre-filled
-    at.switch_page("pages/sql.py")  # AppTest stays on its own page across runs: follow the switch
+    at.switch_page("screens/sql.py")  # AppTest stays on its own page across runs: follow the switch
     ok(at.button(key="sql_run").click().run())
     result = at.dataframe[0].value
     assert set(result["model"]) == {model} and len(result) == min(1000, int(pivot.loc[model, column]))

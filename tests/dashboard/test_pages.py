@@ -87,7 +87,7 @@ def test_a_deep_link_without_a_session_shows_the_login_then_that_page(
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", "")
     at = AppTest.from_file(str(APP), default_timeout=30)
     ok(at.run())
-    ok(at.switch_page(f"pages/{page}.py").run())
+    ok(at.switch_page(f"screens/{page}.py").run())
     assert texts(at.title) == ["Sign in to Keyrack"]  # nothing of the page itself
     assert not at.dataframe and not at.get("plotly_chart")
     at.text_input(key="login_token").input(ADMIN_TOKEN)

@@ -108,7 +108,7 @@ def test_monitor_headroom_panel_and_trends_story(dash_env: Stack) -> None:
         assert "per-minute limit" in first["cooling"] and first["frees_at"]
         assert all("None" not in str(v) for v in scopes.to_numpy().ravel())
 
-    at.switch_page("pages/trends.py").run()
+    at.switch_page("screens/trends.py").run()
     assert not at.exception
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert {"Rate limits: Google's 429s vs Keyrack's refusals", "Calls by outcome", "Calls by HTTP status"} <= set(
