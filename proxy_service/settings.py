@@ -374,6 +374,12 @@ class Settings(BaseSettings, Config):
     lake_data: str = Field("", json_schema_extra={"secret": "url"})
     replica_id: str = ""  # default hostname:port
     redis_prefix: str = "keyrack"  # every Redis key starts `<prefix>:` (checked in cluster/config.py)
+    # Where event rows go while the data disk fails (read-only, full): memory up to these caps, then this directory,
+    # which must be on another disk (a directory on the data disk is refused at start). Empty: memory only.
+    event_spill_dir: Path | None = None
+    event_spill_memory_rows: int = Field(200_000, ge=1_000, le=10_000_000)
+    event_spill_memory_mb: int = Field(128, ge=1, le=16_384)
+    event_spill_dir_mb: int = Field(2_048, ge=1, le=1_048_576)
     lake_commit_interval_s: float = Field(1.0, gt=0, le=60)
     lake_max_waiting_rows: int = Field(100_000, ge=1, le=10_000_000)  # past this, waiting rows spill to files
 
@@ -389,6 +395,11 @@ class Settings(BaseSettings, Config):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "keyrack.duckdb"
+
+    @field_validator("event_spill_dir", mode="before")
+    @classmethod
+    def _spill_dir(cls, v: object) -> object:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
 
     @field_validator("duckdb_block_size")
     @classmethod

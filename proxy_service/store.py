@@ -106,6 +106,14 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
+class StorageFault(RuntimeError):
+    """The data disk cannot be used now (read-only, full, failing): the admin API answers 503 with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage: {reason}")
+        self.reason = reason
+
+
 Ranges = Sequence[tuple[datetime, datetime]]
 
 
@@ -131,6 +139,8 @@ class Store:
     safe_schema = "safe"  # where user SQL's views live (the cluster's lake store keeps them elsewhere)
     client_labels = "main.client_labels"  # the labels table behind safe.requests.client (replica-local in a cluster)
     memory_limit: str | None = None  # as configured; None (the cluster's lake store): trim_cache leaves DuckDB alone
+    generation = 0  # bumped by every reopen(): a long-lived cursor from an older one is stale
+    _released: str | None = None  # why the file was let go (a storage fault), until reopen()
 
     def __init__(
         self,
@@ -167,18 +177,27 @@ class Store:
         # takes the size only when a file is attached, so the file is attached to an in-memory connection under its
         # usual name and made the default database of every cursor.
         self._catalog: str | None = None
-        if row_group_size and str(path) != ":memory:":
-            self._con = duckdb.connect(":memory:", config=config)
-            self._catalog = self.path.stem.replace('"', "")
-            literal = str(path).replace("'", "''")
-            self._con.execute(f"ATTACH '{literal}' AS \"{self._catalog}\" (ROW_GROUP_SIZE {int(row_group_size)})")
-            self._con.execute(f'USE "{self._catalog}"')
-        else:
-            self._con = duckdb.connect(str(path), config=config)
+        self._config, self._row_group_size = config, row_group_size
+        self._con = self._connect()
         if str(path) != ":memory:":
             private_file(self.path)
         self._lock = threading.Lock()
         self._migrate()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path, row_group_size = self.path, self._row_group_size
+        if row_group_size and str(path) != ":memory:":
+            con = duckdb.connect(":memory:", config=self._config)
+            self._catalog = self.path.stem.replace('"', "")
+            literal = str(path).replace("'", "''")
+            try:
+                con.execute(f"ATTACH '{literal}' AS \"{self._catalog}\" (ROW_GROUP_SIZE {int(row_group_size)})")
+                con.execute(f'USE "{self._catalog}"')
+            except BaseException:
+                con.close()
+                raise
+            return con
+        return duckdb.connect(str(path), config=self._config)
 
     def _migrate(self) -> None:
         cur = self.cursor()
@@ -194,6 +213,8 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
+            if self._released is not None:
+                raise StorageFault(self._released)
             cur = self._con.cursor()
         if self._catalog is not None:  # a cursor starts in the in-memory database, not the attached file
             cur.execute(f'USE "{self._catalog}"')
@@ -251,6 +272,30 @@ class Store:
         finally:
             cur.close()
         return {str(tag): int(n) for tag, n in rows}
+
+    def release(self, reason: str) -> None:
+        """Let the file go after a storage fault (DuckDB invalidated it, or its file system went read-only): every
+        connection and cursor of it closes, so an operator can remount the disk, and `cursor()` raises StorageFault
+        until `reopen()`."""
+        with self._lock:
+            self._released = reason
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+
+    def reopen(self) -> None:
+        """Open the file again (after `release()`, or to drop an invalidated database); raises what DuckDB raises
+        while the disk still fails. The settings are the ones it was first opened with; cursors come from the new
+        connection from now on."""
+        with self._lock:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = self._connect()
+            self._released = None
+            self.generation += 1
+
+    @property
+    def released(self) -> str | None:
+        return self._released
 
     def close(self) -> None:
         with self._lock:
