@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +38,7 @@ from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
-from proxy_service.store import StatsSource, Store, private_dir
+from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import build_client, client_settings, parse_error
 
@@ -80,6 +81,7 @@ class Gateway:
                 settings.duckdb_threads,
                 settings.duckdb_block_size,
                 settings.duckdb_row_group_size,
+                settings.duckdb_wal_autocheckpoint,
             )
             self.writer = EventWriter(self.store, spill=_spill(settings))
         else:
@@ -290,7 +292,26 @@ class Gateway:
             if rows:
                 insert_columns(cur, "keys", key_rows, replace=True)
 
-        self.writer.submit(write)
+        def written(future: Future[None]) -> None:
+            # Not saved (a storage fault): the keys are dirty again, written with the next flush that works.
+            if future.cancelled() or future.exception() is not None:
+
+                def again() -> None:
+                    self.pool.dirty.update(k.id for k in rows if k.id not in self.pool.deleted)
+                    self.pool.deleted.update(gone)
+
+                if self.loop is not None:  # the pool's sets belong to the event loop
+                    self.loop.call_soon_threadsafe(again)
+                else:
+                    again()
+
+        self.writer.submit(write).add_done_callback(written)
+
+    def require_storage(self) -> None:
+        """For an admin change that is saved in the background: refuse it (StorageFault, 503) while the data disk
+        fails, rather than accept what a restart would forget."""
+        if self.writer.fault is not None:
+            raise StorageFault(self.writer.fault)
 
     async def verify(self, key: Key) -> dict[str, Any]:
         """A real minimal upstream call with this key (listing one model costs no generation quota)."""
@@ -340,6 +361,8 @@ class Gateway:
                     result = job()
                     if asyncio.iscoroutine(result):
                         await result
+                except StorageFault as exc:  # the writer logs the fault itself, once
+                    log.warning("background job %s skipped: %s", name, exc)
                 except Exception:
                     log.exception("background job %s failed", name)
 

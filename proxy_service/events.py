@@ -9,6 +9,13 @@ same thread with `submit()`.
 The thread must outlive anything: a batch that cannot be built or appended goes, row by row, to the dead-letter
 file (`dead_letters.jsonl` next to the database, 0600), counted in `stats.dead_letters`; an exception anywhere
 else in the loop is logged and the loop goes on.
+
+A storage fault is not a bad batch (`spill.fault_reason`: a read-only or full disk, I/O errors, a database DuckDB
+invalidated after a failed checkpoint): the writer enters its fault state (`fault`, answered by /readyz and
+`keyrack_event_store_ok`), keeps every batch in the bounded `Spill` (memory, then a directory on another disk),
+and every PROBE_S tries the store again on this same thread — reopening it first when DuckDB invalidated it or the
+disk went read-only (`Store.release`: the file is let go, so the disk can be remounted) — then writes the spill,
+oldest first, before anything newer. Jobs meanwhile fail with `StorageFault` (admin: 503 with the reason).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from proxy_service.spill import Spill, fault_reason, needs_reopen
+from proxy_service.spill import Batch, Spill, fault_reason, needs_reopen
 from proxy_service.store import StorageFault, Store, derived_of
 
 log = logging.getLogger("keyrack.events")
@@ -131,7 +138,7 @@ class WriteJob:
         try:
             result = self.fn(cur)
         except Exception as exc:
-            if log_failure:
+            if log_failure and not isinstance(exc, StorageFault):  # a fault is logged once, by the writer
                 log.exception("database job failed")  # fire-and-forget callers would never see it otherwise
             if not self.future.cancelled():
                 with contextlib.suppress(InvalidStateError):  # cancelled between the check and here
@@ -230,6 +237,8 @@ class EventWriter:
         writer (WriterUnavailable). On a timeout the job may still run later; the caller reports it unconfirmed."""
         if self._started and not self.alive:
             raise WriterUnavailable("the event writer is not running (see the proxy log); nothing was written")
+        if self.fault is not None:  # a change that lands in the middle of a fault would be luck, not a save
+            raise StorageFault(self.fault)
         future = asyncio.wrap_future(self.submit(fn))
         timeout = self.write_timeout if timeout is None else timeout
         try:
@@ -493,17 +502,29 @@ class EventWriter:
                     self.fault = fault_reason(exc) or self.fault
                     return
                 log.warning("database reopened after a storage fault (%s)", self.fault)
-        while (head := self.spill.head()) is not None:
-            try:
-                table, batch = head.load()
-            except Exception:
-                self.stats.dropped += head.rows
-                log.exception("EVENTS LOST: an unreadable spilled batch of %d rows", head.rows)
-                self.spill.pop()
-                continue
-            if not self._store(table, batch):
-                return  # still failing: the fault state is back, probed again later
-            self.spill.pop()
+        # Several batches at a time, merged per table (the tables in a flush's order): one append per table
+        # instead of one per spilled flush, so a long fault's spill is written in seconds.
+        while taken := self.spill.take(self.batch_rows):
+            groups: dict[str, tuple[list[Batch], Columns]] = {}
+            for batch in taken:
+                try:
+                    table, columns = batch.load()
+                except Exception:
+                    self.stats.dropped += batch.rows
+                    log.exception("EVENTS LOST: an unreadable spilled batch of %d rows", batch.rows)
+                    self.spill.done(batch)
+                    continue
+                held, merged = groups.setdefault(table, ([], {}))
+                held.append(batch)
+                for name, values in columns.items():
+                    merged.setdefault(name, []).extend(values)
+            order = [t for t in TABLE_OF.values() if t in groups] + [t for t in groups if t not in TABLE_OF.values()]
+            for table in order:
+                held, merged = groups[table]
+                if not self._store(table, merged):
+                    return  # still failing: the fault state is back, probed again later
+                for batch in held:
+                    self.spill.done(batch)
         if self.fault is not None:
             log.warning("storage recovered (was: %s): every spilled event row is written", self.fault)
         self.fault = None

@@ -367,6 +367,7 @@ class Settings(BaseSettings, Config):
     duckdb_threads: int = Field(2, ge=1, le=64)
     duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
     duckdb_row_group_size: int = Field(DUCKDB_ROW_GROUP_SIZE, ge=2_048, le=122_880)
+    duckdb_wal_autocheckpoint: str = "4MiB"  # WAL size at which DuckDB checkpoints (store.py says why 4 MiB)
     # Cluster mode (proxy_service/cluster/): all three set = replicas share Redis pool state and a DuckLake on
     # PostgreSQL; none set = the embedded default. The URLs may carry passwords (masked everywhere).
     redis_url: str = Field("", json_schema_extra={"secret": "url"})
@@ -415,7 +416,7 @@ class Settings(BaseSettings, Config):
             raise ValueError("must be a multiple of 2048 (rows)")
         return v
 
-    @field_validator("duckdb_memory_limit")
+    @field_validator("duckdb_memory_limit", "duckdb_wal_autocheckpoint")
     @classmethod
     def _memory_limit(cls, v: str) -> str:
         v = v.strip().replace(" ", "")

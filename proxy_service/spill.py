@@ -183,12 +183,20 @@ class Spill:
         self._seq += 1
         return path
 
-    def head(self) -> Batch | None:
-        return self._batches[0] if self._batches else None
+    def take(self, max_rows: int) -> list[Batch]:
+        """The oldest batches, up to `max_rows` rows (at least one), left in place until `done()`."""
+        out: list[Batch] = []
+        rows = 0
+        for batch in self._batches:
+            if out and rows + batch.rows > max_rows:
+                break
+            out.append(batch)
+            rows += batch.rows
+        return out
 
-    def pop(self) -> None:
-        """The head batch is stored: forget it (and delete its file)."""
-        batch = self._batches.popleft()
+    def done(self, batch: Batch) -> None:
+        """`batch` is stored (or given up): forget it and delete its file."""
+        self._batches.remove(batch)
         self.rows -= batch.rows
         if batch.path is None:
             self.mem_rows -= batch.rows

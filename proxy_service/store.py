@@ -149,6 +149,7 @@ class Store:
         threads: int | None = None,
         block_size: int | None = DUCKDB_BLOCK_SIZE,
         row_group_size: int | None = DUCKDB_ROW_GROUP_SIZE,
+        wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
     ) -> None:
         self.path = Path(path)
         self.memory_limit = memory_limit
@@ -158,7 +159,7 @@ class Store:
         # Checkpoint at every 4 MB of WAL (DuckDB: 16 MB). Rows appended since the last checkpoint live in memory
         # uncompressed; at ~600 req/s they made a 12-28 MB sawtooth in RSS with 16 MB, 12-15 MB with 4 MB, and each
         # checkpoint stalls the writer for less (0.4-1.8 s vs 2-6 s on a 3M-row file, about the same work per MB).
-        config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
+        config["wal_autocheckpoint"] = wal_autocheckpoint
         if block_size:
             # For a new file only. Appends between checkpoints live in memory, one block per column segment, and
             # after a checkpoint the next append to a table turns each column's last, partly filled segment back
@@ -286,6 +287,9 @@ class Store:
         """Open the file again (after `release()`, or to drop an invalidated database); raises what DuckDB raises
         while the disk still fails. The settings are the ones it was first opened with; cursors come from the new
         connection from now on."""
+        if str(self.path) != ":memory:" and not self.path.exists():
+            # The disk is not (yet) mounted back: never start an empty database in the directory under it.
+            raise StorageFault(f"{self.path} is missing (the data disk is not mounted?)")
         with self._lock:
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
