@@ -206,7 +206,7 @@ class EventWriter:
         # the lists (they are the writer's; a hook that keeps them owns them from then on).
         self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, Columns], None]] = []
         # Storage faults (writer thread): the reason while the store refuses writes, the batches kept meanwhile.
-        self.spill = spill or Spill()
+        self.spill = spill if spill is not None else Spill()  # an empty Spill is falsy (len 0)
         self.fault: str | None = None
         self._probe_at = 0.0
         self._cur: duckdb.DuckDBPyConnection | None = None

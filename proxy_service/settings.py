@@ -378,7 +378,7 @@ class Settings(BaseSettings, Config):
     # Where event rows go while the data disk fails (read-only, full): memory up to these caps, then this directory,
     # which must be on another disk (a directory on the data disk is refused at start). Empty: memory only.
     event_spill_dir: Path | None = None
-    event_spill_memory_rows: int = Field(200_000, ge=1_000, le=10_000_000)
+    event_spill_memory_rows: int = Field(200_000, ge=100, le=10_000_000)
     event_spill_memory_mb: int = Field(128, ge=1, le=16_384)
     event_spill_dir_mb: int = Field(2_048, ge=1, le=1_048_576)
     lake_commit_interval_s: float = Field(1.0, gt=0, le=60)

@@ -155,6 +155,8 @@ class Spill:
             self.mem_bytes += size
             self.rows += rows
             return True
+        if self.directory is not None and not self.disk_bytes:
+            log.warning("the memory spill is full (%d rows): event batches now go to %s", self.mem_rows, self.directory)
         path = self._to_disk(text, size)
         if path is None:
             self.dropped += rows

@@ -293,7 +293,19 @@ class Store:
         with self._lock:
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
-            self._con = self._connect()
+            con = self._connect()
+            try:
+                tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            except BaseException:
+                con.close()
+                raise
+            if "requests" not in tables:
+                # A new, empty file: the path led elsewhere for a moment (the disk unmounted under it). Never used,
+                # never migrated; the next try finds the real file once the disk is mounted again. (A stray empty file
+                # may be left in the directory under the mount point.)
+                con.close()
+                raise StorageFault(f"{self.path} opened as an empty database (the data disk is not mounted?)")
+            self._con = con
             self._released = None
             self.generation += 1
 
