@@ -429,9 +429,10 @@ class EventWriter:
         self.stats.last_flush_at = time.monotonic()
         return 0
 
-    def _store(self, table: str, batch: Columns) -> bool:
+    def _store(self, table: str, batch: Columns, dead_letter: bool = True) -> bool | None:
         """Append one batch. False on a storage fault (then the writer is in its fault state and the caller keeps
-        the batch); a batch the table refuses (a bad value) is dead-lettered, counted and logged: True."""
+        the batch); a batch the table refuses (a bad value) is dead-lettered, counted and logged: True — or, without
+        `dead_letter`, left to the caller: None."""
         cur = self._cursor()
         if cur is None:
             self._enter_fault(self.store.released or "the database is closed", None)
@@ -443,6 +444,8 @@ class EventWriter:
             if reason is not None:
                 self._enter_fault(reason, exc)
                 return False
+            if not dead_letter:
+                return None
             # A failed append is counted, logged loudly and kept in the dead-letter file, never swallowed.
             self.stats.failures += 1
             log.exception("event flush failed for %s; rows go to the dead-letter file", table)
@@ -521,7 +524,14 @@ class EventWriter:
             order = [t for t in TABLE_OF.values() if t in groups] + [t for t in groups if t not in TABLE_OF.values()]
             for table in order:
                 held, merged = groups[table]
-                if not self._store(table, merged):
+                done = self._store(table, merged, dead_letter=len(held) == 1)
+                if done is None:  # a bad row in the merge: batch by batch, so it takes only its own batch along
+                    for batch in held:
+                        if not self._store(table, batch.load()[1]):
+                            return
+                        self.spill.done(batch)
+                    continue
+                if not done:
                     return  # still failing: the fault state is back, probed again later
                 for batch in held:
                     self.spill.done(batch)

@@ -227,4 +227,8 @@ class Spill:
 
     def dead_letter_path(self) -> Path | None:
         """Where dead letters go while the data disk fails (never onto it)."""
-        return None if self.directory is None else self.directory / "dead_letters.jsonl"
+        if self.directory is None:
+            return None
+        with contextlib.suppress(OSError):
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.directory / "dead_letters.jsonl"

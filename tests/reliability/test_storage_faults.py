@@ -218,10 +218,9 @@ async def scenario(url: str, disk: FullDisk | ReadOnlyDisk) -> dict[str, Any]:
     }
 
 
-def metric(text: str, name: str) -> float:
+def metric(text: str, name: str) -> float | None:
     m = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert m, f"{name} missing"
-    return float(m.group(1))
+    return float(m.group(1)) if m else None
 
 
 CASES = [
@@ -300,7 +299,7 @@ def test_a_failing_data_disk_under_load_loses_no_answered_call(
     during_fault = got["admin"]["metrics"]
     assert during_fault["keyrack_event_store_ok"] == 0, report
     assert during_fault["keyrack_event_writer_alive"] == 0, report
-    assert during_fault["keyrack_event_spill_rows"] > 0, report
+    assert (during_fault["keyrack_event_spill_rows"] or 0) > 0, report
     assert metric(got["metrics"], "keyrack_event_store_ok") == 1
     assert metric(got["metrics"], "keyrack_event_spill_rows") == 0
     assert metric(got["metrics"], "keyrack_events_dropped_total") == 0
