@@ -36,9 +36,15 @@ class FailingDisk(EventWriter):
 def event(rid: str, tokens: Any = 1) -> RequestEvent:
     now = datetime.now(UTC).replace(tzinfo=None)
     return RequestEvent(
-        ts=now, request_id=rid, client_id=None, surface="gemini", operation="x", model=None, stream=False,
+        ts=now,
+        request_id=rid,
+        client_id=None,
+        surface="gemini",
+        operation="x",
+        model=None,
+        stream=False,
         total_tokens=tokens,
-    )  # fmt: skip
+    )
 
 
 def wait(cond: Any, timeout: float = 30.0) -> None:
