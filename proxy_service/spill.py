@@ -209,18 +209,25 @@ class Spill:
                 batch.path.unlink()
 
     def persist(self) -> int:
-        """At stop with the store still failing: move the in-memory batches to the spill disk (in order, the next
-        start takes them up); returns the rows that had nowhere to go."""
+        """At stop with the store still failing: every batch to the spill disk, renumbered in queue order (the memory
+        batches are the oldest), for the next start to take up; returns the rows that had nowhere to go."""
         lost = 0
         kept: deque[Batch] = deque()
         for batch in self._batches:
+            path = None
             if batch.text is not None:
                 path = self._to_disk(batch.text, batch.size)
-                if path is None:
-                    lost += batch.rows
-                    continue
-                batch = Batch(batch.table, batch.rows, batch.size, path=path)
-            kept.append(batch)
+            elif batch.path is not None and self.directory is not None:
+                path = self.directory / f"{self._seq:012d}{SPILL_SUFFIX}"
+                try:
+                    os.replace(batch.path, path)
+                    self._seq += 1
+                except OSError:
+                    path = batch.path  # kept under its old name: still taken up, maybe out of order
+            if path is None:
+                lost += batch.rows
+                continue
+            kept.append(Batch(batch.table, batch.rows, batch.size, path=path))
         self._batches = kept
         self.dropped += lost
         return lost

@@ -109,14 +109,15 @@ def test_past_the_memory_cap_batches_go_to_the_spill_dir_and_past_its_cap_are_dr
 def test_a_stop_during_a_fault_leaves_the_spill_for_the_next_start(tmp_path: Path) -> None:
     db, spill_dir = tmp_path / "data" / "keyrack.duckdb", tmp_path / "spill"
     store = Store(db)
-    writer = FailingDisk(store, flush_interval=0.02, spill=Spill(memory_rows=1_000, directory=spill_dir))
+    writer = FailingDisk(store, flush_interval=0.02, spill=Spill(memory_rows=4, directory=spill_dir))
     writer.failing = True
     writer.start()
-    for i in range(10):
+    for i in range(10):  # one batch each: the first 4 in memory, the rest in the spill dir
         writer.record(event(f"r{i}"))
+        wait(lambda i=i: writer.spill.rows == i + 1)  # type: ignore[misc]
     writer.stop()
     store.close()
-    assert writer.spill.rows == 10 and len(list(spill_dir.glob("*.spill.json"))) >= 1 and writer.stats.dropped == 0
+    assert writer.spill.rows == 10 and len(list(spill_dir.glob("*.spill.json"))) == 10 and writer.stats.dropped == 0
 
     store = Store(db)  # the next start: the disk is fine again
     restarted = EventWriter(store, flush_interval=0.02, spill=Spill(directory=spill_dir))
