@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,7 +37,8 @@ from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
-from proxy_service.store import StatsSource, Store
+from proxy_service.spill import Spill
+from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import build_client, client_settings, parse_error
 
@@ -79,8 +81,9 @@ class Gateway:
                 settings.duckdb_threads,
                 settings.duckdb_block_size,
                 settings.duckdb_row_group_size,
+                settings.duckdb_wal_autocheckpoint,
             )
-            self.writer = EventWriter(self.store)
+            self.writer = EventWriter(self.store, spill=_spill(settings))
         else:
             from proxy_service.cluster.node import Cluster
 
@@ -289,7 +292,26 @@ class Gateway:
             if rows:
                 insert_columns(cur, "keys", key_rows, replace=True)
 
-        self.writer.submit(write)
+        def written(future: Future[None]) -> None:
+            # Not saved (a storage fault): the keys are dirty again, written with the next flush that works.
+            if future.cancelled() or future.exception() is not None:
+
+                def again() -> None:
+                    self.pool.dirty.update(k.id for k in rows if k.id not in self.pool.deleted)
+                    self.pool.deleted.update(gone)
+
+                if self.loop is not None:  # the pool's sets belong to the event loop
+                    self.loop.call_soon_threadsafe(again)
+                else:
+                    again()
+
+        self.writer.submit(write).add_done_callback(written)
+
+    def require_storage(self) -> None:
+        """For an admin change that is saved in the background: refuse it (StorageFault, 503) while the data disk
+        fails, rather than accept what a restart would forget."""
+        if self.writer.fault is not None:
+            raise StorageFault(self.writer.fault)
 
     async def verify(self, key: Key) -> dict[str, Any]:
         """A real minimal upstream call with this key (listing one model costs no generation quota)."""
@@ -339,6 +361,8 @@ class Gateway:
                     result = job()
                     if asyncio.iscoroutine(result):
                         await result
+                except StorageFault as exc:  # the writer logs the fault itself, once
+                    log.warning("background job %s skipped: %s", name, exc)
                 except Exception:
                     log.exception("background job %s failed", name)
 
@@ -424,7 +448,11 @@ class Gateway:
             "written": dict(s.written),
             "failures": s.failures,
             "dead_letters": s.dead_letters,
-            "writer_alive": self.writer.alive,
+            # Not "alive" while events are not being stored: the thread runs, but nothing reaches the database.
+            "writer_alive": self.writer.alive and self.writer.storing,
+            "store_ok": self.writer.storing,
+            "spill_rows": self.writer.spill.rows,
+            "dropped": s.dropped,
             "in_flight": sum(k.in_flight for k in list(self.pool.keys.values())),
             "ready": self.is_ready(),
             "started_at": self.started_at,
@@ -433,7 +461,16 @@ class Gateway:
 
     def is_ready(self) -> bool:
         """Ready to serve and to record: one answer for /readyz and the keyrack_ready metric."""
-        return self.ready and self.writer.alive
+        return self.ready and self.writer.alive and self.writer.storing
+
+    def not_ready_reason(self) -> str | None:
+        if not self.ready:
+            return "starting or stopping"
+        if not self.writer.alive:
+            return "the event writer is not running"
+        if not self.writer.storing:
+            return self.writer.storage_state()
+        return None
 
     def secrets(self) -> list[str]:
         """What `keys.redact` hides (log lines, upstream text): secret settings as their metadata declares, and
@@ -525,6 +562,27 @@ class Gateway:
         )
 
 
+def _spill(settings: Settings) -> Spill:
+    """The event spill: memory, then `event_spill_dir` if it is on another disk than the data dir (a spill onto the
+    disk that just failed would fail with it)."""
+    directory = settings.event_spill_dir
+    if directory is not None:
+        private_dir(directory)
+        if directory.stat().st_dev == settings.data_dir.stat().st_dev:
+            raise ConfigError(
+                {
+                    "event_spill_dir": f"{directory} is on the same disk as the data dir {settings.data_dir}: "
+                    "it would fail with it. Choose a directory on another disk, or leave it empty (memory only)."
+                }
+            )
+    return Spill(
+        settings.event_spill_memory_rows,
+        settings.event_spill_memory_mb * 2**20,
+        directory,
+        settings.event_spill_dir_mb * 2**20,
+    )
+
+
 def _limits(cfg: Config) -> dict[str, ModelLimits]:
     return {m: ModelLimits(**lim) for m, lim in cfg.model_limits.items()}
 
@@ -537,7 +595,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def readyz(_request: Request) -> Response:
         ok = gw.is_ready()
-        body: dict[str, Any] = {"ready": ok, "keys": gw.pool.counts()}
+        body: dict[str, Any] = {"ready": ok, "keys": gw.pool.counts(), "storage": gw.writer.storage_state()}
+        if not ok:
+            body["reason"] = gw.not_ready_reason()
         if gw.cluster is not None:
             # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
             c = gw.cluster.state()

@@ -9,6 +9,13 @@ same thread with `submit()`.
 The thread must outlive anything: a batch that cannot be built or appended goes, row by row, to the dead-letter
 file (`dead_letters.jsonl` next to the database, 0600), counted in `stats.dead_letters`; an exception anywhere
 else in the loop is logged and the loop goes on.
+
+A storage fault is not a bad batch (`spill.fault_reason`: a read-only or full disk, I/O errors, a database DuckDB
+invalidated after a failed checkpoint): the writer enters its fault state (`fault`, answered by /readyz and
+`keyrack_event_store_ok`), keeps every batch in the bounded `Spill` (memory, then a directory on another disk),
+and every PROBE_S tries the store again on this same thread — reopening it first when DuckDB invalidated it or the
+disk went read-only (`Store.release`: the file is let go, so the disk can be remounted) — then writes the spill,
+oldest first, before anything newer. Jobs meanwhile fail with `StorageFault` (admin: 503 with the reason).
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from proxy_service.store import Store, derived_of
+from proxy_service.spill import Batch, Spill, fault_reason, needs_reopen
+from proxy_service.store import StorageFault, Store, derived_of
 
 log = logging.getLogger("keyrack.events")
 T = TypeVar("T")
 WRITE_TIMEOUT_S = 15.0  # how long an admin action waits for the writer before answering 503
+PROBE_S = 0.5  # while the store fails, how often the writer tries it again
 
 
 class WriterUnavailable(RuntimeError):
@@ -112,6 +121,7 @@ class WriterStats:
     last_flush_at: float = 0.0
     failures: int = 0
     dead_letters: int = 0  # rows written to the dead-letter file instead of their table
+    dropped: int = 0  # rows lost: the store failed and the spill was full, or no dead-letter file could take them
 
 
 class WriteJob:
@@ -128,7 +138,7 @@ class WriteJob:
         try:
             result = self.fn(cur)
         except Exception as exc:
-            if log_failure:
+            if log_failure and not isinstance(exc, StorageFault):  # a fault is logged once, by the writer
                 log.exception("database job failed")  # fire-and-forget callers would never see it otherwise
             if not self.future.cancelled():
                 with contextlib.suppress(InvalidStateError):  # cancelled between the check and here
@@ -177,7 +187,9 @@ def insert_columns(cur: duckdb.DuckDBPyConnection, table: str, columns: Columns,
 class EventWriter:
     """The single writer. `record()` is safe from any thread and never blocks on the database."""
 
-    def __init__(self, store: Store, flush_interval: float = 0.25, batch_rows: int = 5000) -> None:
+    def __init__(
+        self, store: Store, flush_interval: float = 0.25, batch_rows: int = 5000, spill: Spill | None = None
+    ) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.batch_rows = batch_rows
@@ -193,6 +205,12 @@ class EventWriter:
         # keep derived tables (the stats rollup) exactly in step with the appends. A hook must not raise nor change
         # the lists (they are the writer's; a hook that keeps them owns them from then on).
         self.after_append: list[Callable[[duckdb.DuckDBPyConnection, str, Columns], None]] = []
+        # Storage faults (writer thread): the reason while the store refuses writes, the batches kept meanwhile.
+        self.spill = spill if spill is not None else Spill()  # an empty Spill is falsy (len 0)
+        self.fault: str | None = None
+        self._probe_at = 0.0
+        self._cur: duckdb.DuckDBPyConnection | None = None
+        self._cur_generation = -1
 
     # -- producer side -------------------------------------------------------------------------------------------
     def record(self, event: Event) -> None:
@@ -219,6 +237,8 @@ class EventWriter:
         writer (WriterUnavailable). On a timeout the job may still run later; the caller reports it unconfirmed."""
         if self._started and not self.alive:
             raise WriterUnavailable("the event writer is not running (see the proxy log); nothing was written")
+        if self.fault is not None:  # a change that lands in the middle of a fault would be luck, not a save
+            raise StorageFault(self.fault)
         future = asyncio.wrap_future(self.submit(fn))
         timeout = self.write_timeout if timeout is None else timeout
         try:
@@ -237,6 +257,19 @@ class EventWriter:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def storing(self) -> bool:
+        """Events reach the database now: no storage fault, and nothing spilled waits to be written."""
+        return self.fault is None and not len(self.spill)
+
+    def storage_state(self) -> str:
+        """`ok`, or why events are not being stored (readiness answers it)."""
+        if self.fault is not None:
+            return f"storage: {self.fault}"
+        if len(self.spill):
+            return f"storage: writing {self.spill.rows} spilled event rows"
+        return "ok"
 
     def lag_seconds(self) -> float:
         """Seconds since the last flush while events wait (0 when the queue is empty)."""
@@ -265,7 +298,6 @@ class EventWriter:
 
     # -- writer thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        cur = self.store.cursor()
         pending: dict[type, list[Any]] = {cls: [] for cls in TABLE_OF}
         count = 0
         stopping = False
@@ -278,6 +310,7 @@ class EventWriter:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
             try:
+                self._recover()
                 while True:  # drain in queue order (after STOP too: late producers' items are written)
                     try:
                         item = get()
@@ -286,25 +319,89 @@ class EventWriter:
                     if item is STOP:
                         stopping = True
                     elif isinstance(item, WriteJob):
-                        count = self._flush(cur, pending, count)
-                        self._run_job(cur, item)
+                        count = self._flush(pending, count)
+                        self._job(item)
                     else:
                         pending[type(item)].append(item)
                         count += 1
                         if count >= self.batch_rows:
-                            count = self._flush(cur, pending, count)
-                count = self._flush(cur, pending, count)
+                            count = self._flush(pending, count)
+                count = self._flush(pending, count)
             except Exception:  # never reached by design (each step is guarded): the thread must not die anyway
                 log.exception("event writer loop failed; continuing")
-                count = self._flush(cur, pending, count)
+                count = self._flush(pending, count)
             if stopping:
                 break
-        cur.close()
+        self._final_spill()
+        self._drop_cursor()
+
+    def _final_spill(self) -> None:
+        """At stop: one last try to store the spill; what still cannot be goes to the spill directory (taken up at
+        the next start), never dropped silently."""
+        if not len(self.spill):
+            return
+        self._probe_at = 0.0
+        with contextlib.suppress(Exception):
+            self._recover()
+        if len(self.spill):
+            lost = self.spill.persist()
+            self.stats.dropped += lost
+            log.error(
+                "stopping with the store still failing (%s): %d event rows left in %s for the next start, %d lost",
+                self.fault,
+                self.spill.rows,
+                self.spill.directory,
+                lost,
+            )
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection | None:
+        """The writer's cursor on the store's current connection (a new one after a reopen); None while released."""
+        store = self.store
+        if self._cur is not None and self._cur_generation == store.generation and store.released is None:
+            return self._cur
+        self._drop_cursor()
+        try:
+            self._cur = store.cursor()
+        except Exception:
+            return None
+        self._cur_generation = store.generation
+        return self._cur
+
+    def _drop_cursor(self) -> None:
+        if self._cur is not None:
+            with contextlib.suppress(Exception):
+                self._cur.close()
+            self._cur = None
 
     def _run_job(self, cur: duckdb.DuckDBPyConnection, job: WriteJob) -> None:
         job.settle(cur, log_failure=True)
 
-    def _flush(self, cur: duckdb.DuckDBPyConnection, pending: dict[type, list[Any]], count: int) -> int:
+    def _job(self, job: WriteJob) -> None:
+        """Run a job; a storage fault fails it with StorageFault (the admin API answers 503 with the reason) and puts
+        the writer in its fault state."""
+        cur = self._cursor()
+        if cur is None:
+            exc = StorageFault(self.store.released or self.fault or "the database is closed")
+            if not job.future.cancelled():
+                with contextlib.suppress(InvalidStateError):
+                    job.future.set_exception(exc)
+            return
+        fn = job.fn
+
+        def guarded(c: duckdb.DuckDBPyConnection) -> Any:
+            try:
+                return fn(c)
+            except Exception as exc:
+                reason = fault_reason(exc)
+                if reason is None:
+                    raise
+                self._enter_fault(reason, exc)
+                raise StorageFault(reason) from exc
+
+        job.fn = guarded
+        self._run_job(cur, job)
+
+    def _flush(self, pending: dict[type, list[Any]], count: int) -> int:
         if not count:
             self.stats.last_flush_at = time.monotonic()
             return 0
@@ -316,38 +413,164 @@ class EventWriter:
             try:
                 # Inside the protection: a value the column cannot take (an int past its range) fails this batch only.
                 batch = {c: [getattr(r, c) for r in rows] for c in COLUMNS[cls]}
-                self._append(cur, table, batch)
-                self.stats.written[table] += len(rows)
             except Exception:
-                # A failed append is counted, logged loudly and kept in the dead-letter file, never swallowed.
                 self.stats.failures += 1
-                log.exception("event flush failed for %s (%d rows); rows go to the dead-letter file", table, len(rows))
+                log.exception("event batch for %s (%d rows) cannot be built; dead-lettered", table, len(rows))
                 self._dead_letter(table, rows)
             else:
-                for hook in self.after_append:
-                    try:
-                        hook(cur, table, batch)
-                    except Exception:
-                        log.exception("after-append hook failed for %s", table)
+                # While the store fails, or its spill is not written yet (order), rows join the spill's tail.
+                if self.fault is not None or len(self.spill) or not self._store(table, batch):
+                    self._keep(table, batch)
             rows.clear()
+        if len(self.spill) and self.fault is None:
+            self._recover()
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
         self.stats.last_flush_at = time.monotonic()
         return 0
 
+    def _store(self, table: str, batch: Columns, dead_letter: bool = True) -> bool | None:
+        """Append one batch. False on a storage fault (then the writer is in its fault state and the caller keeps
+        the batch); a batch the table refuses (a bad value) is dead-lettered, counted and logged: True — or, without
+        `dead_letter`, left to the caller: None."""
+        cur = self._cursor()
+        if cur is None:
+            self._enter_fault(self.store.released or "the database is closed", None)
+            return False
+        try:
+            self._append(cur, table, batch)
+        except Exception as exc:
+            reason = fault_reason(exc)
+            if reason is not None:
+                self._enter_fault(reason, exc)
+                return False
+            if not dead_letter:
+                return None
+            # A failed append is counted, logged loudly and kept in the dead-letter file, never swallowed.
+            self.stats.failures += 1
+            log.exception("event flush failed for %s; rows go to the dead-letter file", table)
+            self._dead_letter(table, rows_of(batch))
+            return True
+        self.stats.written[table] += len(next(iter(batch.values()), []))
+        for hook in self.after_append:
+            try:
+                hook(cur, table, batch)
+            except Exception as exc:
+                log.exception("after-append hook failed for %s", table)
+                reason = fault_reason(exc)
+                if reason is not None:
+                    self._enter_fault(reason, exc)
+        return True
+
+    def _keep(self, table: str, batch: Columns) -> None:
+        if not self.spill.push(table, batch):
+            rows = len(next(iter(batch.values()), []))
+            self.stats.dropped += rows
+            log.error(
+                "EVENTS LOST: %d %s rows dropped, the store fails (%s) and the spill is full (%d rows held; "
+                "set KEYRACK_EVENT_SPILL_DIR to a directory on another disk, or raise its caps)",
+                rows,
+                table,
+                self.fault,
+                self.spill.rows,
+            )
+
+    def _enter_fault(self, reason: str, exc: BaseException | None) -> None:
+        if self.fault is None:
+            log.error(
+                "storage fault (%s): events are kept in the spill and written once the store takes writes again",
+                reason,
+            )
+        self.fault = reason
+        self.stats.failures += 1
+        self._probe_at = time.monotonic() + PROBE_S
+        if exc is not None and needs_reopen(exc) and self.store.released is None:
+            self._drop_cursor()
+            self.store.release(reason)  # an invalidated database is useless; a read-only disk needs remounting
+
+    def _recover(self) -> None:
+        """Write the spill, oldest first, once the store takes writes again (probed every PROBE_S while it fails;
+        a released or invalidated database is reopened first)."""
+        if self.fault is None and not len(self.spill):
+            return
+        if self.fault is not None:
+            now = time.monotonic()
+            if now < self._probe_at:
+                return
+            self._probe_at = now + PROBE_S
+            if self.store.released is not None:
+                try:
+                    self.store.reopen()
+                except Exception as exc:
+                    self.fault = fault_reason(exc) or self.fault
+                    return
+                log.warning("database reopened after a storage fault (%s)", self.fault)
+        # Several batches at a time, merged per table (the tables in a flush's order): one append per table
+        # instead of one per spilled flush, so a long fault's spill is written in seconds.
+        while taken := self.spill.take(self.batch_rows):
+            groups: dict[str, tuple[list[Batch], Columns]] = {}
+            for batch in taken:
+                try:
+                    table, columns = batch.load()
+                except Exception:
+                    self.stats.dropped += batch.rows
+                    log.exception("EVENTS LOST: an unreadable spilled batch of %d rows", batch.rows)
+                    self.spill.done(batch)
+                    continue
+                held, merged = groups.setdefault(table, ([], {}))
+                held.append(batch)
+                for name, values in columns.items():
+                    merged.setdefault(name, []).extend(values)
+            order = [t for t in TABLE_OF.values() if t in groups] + [t for t in groups if t not in TABLE_OF.values()]
+            for table in order:
+                held, merged = groups[table]
+                done = self._store(table, merged, dead_letter=len(held) == 1)
+                if done is None:  # a bad row in the merge: batch by batch, so it takes only its own batch along
+                    for batch in held:
+                        if not self._store(table, batch.load()[1]):
+                            return
+                        self.spill.done(batch)
+                    continue
+                if not done:
+                    return  # still failing: the fault state is back, probed again later
+                for batch in held:
+                    self.spill.done(batch)
+        if self.fault is not None:
+            log.warning("storage recovered (was: %s): every spilled event row is written", self.fault)
+        self.fault = None
+
     def _append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: Columns) -> None:
         insert_columns(cur, table, batch)  # a method: bench/event_writer.py times an Arrow append in its place
 
     def _dead_letter(self, table: str, rows: list[Any]) -> None:
-        """Append `rows` as JSON lines ({"table": ..., "row": {...}}) to the dead-letter file (created 0600)."""
-        if self.dead_letter_path is None:
-            log.error("no dead-letter file for an in-memory store: %d %s rows lost", len(rows), table)
-            return
-        try:
-            fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps({"table": table, "row": asdict(r)}, default=str, ensure_ascii=False) + "\n")
+        """Append `rows` as JSON lines ({"table": ..., "row": {...}}) to the dead-letter file (created 0600): next to
+        the database, or in the spill directory while the data disk fails (never onto the failing disk)."""
+        lines = "".join(
+            json.dumps(
+                {"table": table, "row": r if isinstance(r, dict) else asdict(r)}, default=str, ensure_ascii=False
+            )
+            + "\n"
+            for r in rows
+        )
+        targets = [self.dead_letter_path] if self.fault is None else []
+        targets.append(self.spill.dead_letter_path())
+        for path in targets:
+            if path is None:
+                continue
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as f:
+                    f.write(lines)
+            except Exception:
+                log.exception("could not write %d %s rows to %s", len(rows), table, path)
+                continue
             self.stats.dead_letters += len(rows)
-        except Exception:
-            log.exception("could not write %d %s rows to %s", len(rows), table, self.dead_letter_path)
+            return
+        self.stats.dropped += len(rows)
+        log.error("EVENTS LOST: %d %s rows had no dead-letter file to go to", len(rows), table)
+
+
+def rows_of(batch: Columns) -> list[dict[str, Any]]:
+    """A column batch back as one dict per row (for the dead-letter file)."""
+    names = list(batch)
+    return [dict(zip(names, values, strict=True)) for values in zip(*batch.values(), strict=True)]

@@ -112,7 +112,25 @@ class StateCollector(Collector):
             )
         if "writer_alive" in state:
             yield GaugeMetricFamily(
-                "keyrack_event_writer_alive", "1 while the event writer thread runs", value=int(state["writer_alive"])
+                "keyrack_event_writer_alive",
+                "1 while the event writer thread runs and its events reach the database",
+                value=int(state["writer_alive"]),
+            )
+        if "store_ok" in state:
+            yield GaugeMetricFamily(
+                "keyrack_event_store_ok",
+                "1 while events reach the database; 0 during a storage fault and until its spill is written",
+                value=int(state["store_ok"]),
+            )
+            yield GaugeMetricFamily(
+                "keyrack_event_spill_rows",
+                "Event rows held (memory and spill dir) until the store takes writes",
+                value=state["spill_rows"],
+            )
+            yield CounterMetricFamily(
+                "keyrack_events_dropped",
+                "Event rows lost: the store failed and every spill place was full (see the proxy log)",
+                value=state["dropped"],
             )
         if "in_flight" in state:
             yield GaugeMetricFamily(

@@ -367,6 +367,7 @@ class Settings(BaseSettings, Config):
     duckdb_threads: int = Field(2, ge=1, le=64)
     duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
     duckdb_row_group_size: int = Field(DUCKDB_ROW_GROUP_SIZE, ge=2_048, le=122_880)
+    duckdb_wal_autocheckpoint: str = "4MiB"  # WAL size at which DuckDB checkpoints (store.py says why 4 MiB)
     # Cluster mode (proxy_service/cluster/): all three set = replicas share Redis pool state and a DuckLake on
     # PostgreSQL; none set = the embedded default. The URLs may carry passwords (masked everywhere).
     redis_url: str = Field("", json_schema_extra={"secret": "url"})
@@ -374,6 +375,12 @@ class Settings(BaseSettings, Config):
     lake_data: str = Field("", json_schema_extra={"secret": "url"})
     replica_id: str = ""  # default hostname:port
     redis_prefix: str = "keyrack"  # every Redis key starts `<prefix>:` (checked in cluster/config.py)
+    # Where event rows go while the data disk fails (read-only, full): memory up to these caps, then this directory,
+    # which must be on another disk (a directory on the data disk is refused at start). Empty: memory only.
+    event_spill_dir: Path | None = None
+    event_spill_memory_rows: int = Field(200_000, ge=100, le=10_000_000)
+    event_spill_memory_mb: int = Field(128, ge=1, le=16_384)
+    event_spill_dir_mb: int = Field(2_048, ge=1, le=1_048_576)
     lake_commit_interval_s: float = Field(1.0, gt=0, le=60)
     lake_max_waiting_rows: int = Field(100_000, ge=1, le=10_000_000)  # past this, waiting rows spill to files
 
@@ -390,6 +397,11 @@ class Settings(BaseSettings, Config):
     def db_path(self) -> Path:
         return self.data_dir / "keyrack.duckdb"
 
+    @field_validator("event_spill_dir", mode="before")
+    @classmethod
+    def _spill_dir(cls, v: object) -> object:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
     @field_validator("duckdb_block_size")
     @classmethod
     def _block_size(cls, v: int) -> int:
@@ -404,7 +416,7 @@ class Settings(BaseSettings, Config):
             raise ValueError("must be a multiple of 2048 (rows)")
         return v
 
-    @field_validator("duckdb_memory_limit")
+    @field_validator("duckdb_memory_limit", "duckdb_wal_autocheckpoint")
     @classmethod
     def _memory_limit(cls, v: str) -> str:
         v = v.strip().replace(" ", "")

@@ -106,6 +106,14 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
+class StorageFault(RuntimeError):
+    """The data disk cannot be used now (read-only, full, failing): the admin API answers 503 with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage: {reason}")
+        self.reason = reason
+
+
 Ranges = Sequence[tuple[datetime, datetime]]
 
 
@@ -131,6 +139,8 @@ class Store:
     safe_schema = "safe"  # where user SQL's views live (the cluster's lake store keeps them elsewhere)
     client_labels = "main.client_labels"  # the labels table behind safe.requests.client (replica-local in a cluster)
     memory_limit: str | None = None  # as configured; None (the cluster's lake store): trim_cache leaves DuckDB alone
+    generation = 0  # bumped by every reopen(): a long-lived cursor from an older one is stale
+    _released: str | None = None  # why the file was let go (a storage fault), until reopen()
 
     def __init__(
         self,
@@ -139,6 +149,7 @@ class Store:
         threads: int | None = None,
         block_size: int | None = DUCKDB_BLOCK_SIZE,
         row_group_size: int | None = DUCKDB_ROW_GROUP_SIZE,
+        wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
     ) -> None:
         self.path = Path(path)
         self.memory_limit = memory_limit
@@ -148,7 +159,7 @@ class Store:
         # Checkpoint at every 4 MB of WAL (DuckDB: 16 MB). Rows appended since the last checkpoint live in memory
         # uncompressed, so a smaller interval flattens the sawtooth they make in RSS, and each checkpoint stalls the
         # writer for less (about the same work per MB). bench/memory.py measures the RSS.
-        config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
+        config["wal_autocheckpoint"] = wal_autocheckpoint
         if block_size:
             # For a new file only. Appends between checkpoints live in memory, one block per column segment, and
             # after a checkpoint the next append to a table turns each column's last, partly filled segment back
@@ -167,18 +178,27 @@ class Store:
         # takes the size only when a file is attached, so the file is attached to an in-memory connection under its
         # usual name and made the default database of every cursor.
         self._catalog: str | None = None
-        if row_group_size and str(path) != ":memory:":
-            self._con = duckdb.connect(":memory:", config=config)
-            self._catalog = self.path.stem.replace('"', "")
-            literal = str(path).replace("'", "''")
-            self._con.execute(f"ATTACH '{literal}' AS \"{self._catalog}\" (ROW_GROUP_SIZE {int(row_group_size)})")
-            self._con.execute(f'USE "{self._catalog}"')
-        else:
-            self._con = duckdb.connect(str(path), config=config)
+        self._config, self._row_group_size = config, row_group_size
+        self._con = self._connect()
         if str(path) != ":memory:":
             private_file(self.path)
         self._lock = threading.Lock()
         self._migrate()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path, row_group_size = self.path, self._row_group_size
+        if row_group_size and str(path) != ":memory:":
+            con = duckdb.connect(":memory:", config=self._config)
+            self._catalog = self.path.stem.replace('"', "")
+            literal = str(path).replace("'", "''")
+            try:
+                con.execute(f"ATTACH '{literal}' AS \"{self._catalog}\" (ROW_GROUP_SIZE {int(row_group_size)})")
+                con.execute(f'USE "{self._catalog}"')
+            except BaseException:
+                con.close()
+                raise
+            return con
+        return duckdb.connect(str(path), config=self._config)
 
     def _migrate(self) -> None:
         cur = self.cursor()
@@ -194,6 +214,8 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
+            if self._released is not None:
+                raise StorageFault(self._released)
             cur = self._con.cursor()
         if self._catalog is not None:  # a cursor starts in the in-memory database, not the attached file
             cur.execute(f'USE "{self._catalog}"')
@@ -251,6 +273,45 @@ class Store:
         finally:
             cur.close()
         return {str(tag): int(n) for tag, n in rows}
+
+    def release(self, reason: str) -> None:
+        """Let the file go after a storage fault (DuckDB invalidated it, or its file system went read-only): every
+        connection and cursor of it closes, so an operator can remount the disk, and `cursor()` raises StorageFault
+        until `reopen()`."""
+        with self._lock:
+            self._released = reason
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+
+    def reopen(self) -> None:
+        """Open the file again (after `release()`, or to drop an invalidated database); raises what DuckDB raises
+        while the disk still fails. The settings are the ones it was first opened with; cursors come from the new
+        connection from now on."""
+        if str(self.path) != ":memory:" and not self.path.exists():
+            # The disk is not (yet) mounted back: never start an empty database in the directory under it.
+            raise StorageFault(f"{self.path} is missing (the data disk is not mounted?)")
+        with self._lock:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            con = self._connect()
+            try:
+                tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            except BaseException:
+                con.close()
+                raise
+            if "requests" not in tables:
+                # A new, empty file: the path led elsewhere for a moment (the disk unmounted under it). Never used,
+                # never migrated; the next try finds the real file once the disk is mounted again. (A stray empty file
+                # may be left in the directory under the mount point.)
+                con.close()
+                raise StorageFault(f"{self.path} opened as an empty database (the data disk is not mounted?)")
+            self._con = con
+            self._released = None
+            self.generation += 1
+
+    @property
+    def released(self) -> str | None:
+        return self._released
 
     def close(self) -> None:
         with self._lock:

@@ -115,7 +115,11 @@ def test_metrics_after_real_traffic(start_upstream: Callable[..., Upstream], sta
 def test_healthz_is_liveness_and_readyz_is_readiness(proxy: Proxy) -> None:
     assert httpx.get(f"{proxy.url}/healthz").json()["status"] == "ok"
     ready = httpx.get(f"{proxy.url}/readyz")
-    assert ready.status_code == 200 and ready.json() == {"ready": True, "keys": proxy.gateway.pool.counts()}
+    assert ready.status_code == 200 and ready.json() == {
+        "ready": True,
+        "keys": proxy.gateway.pool.counts(),
+        "storage": "ok",
+    }
     proxy.gateway.ready = False  # e.g. during shutdown
     try:
         assert httpx.get(f"{proxy.url}/readyz").status_code == 503

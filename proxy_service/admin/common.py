@@ -27,6 +27,8 @@ from starlette.responses import JSONResponse, Response
 
 from proxy_service.events import WriterUnavailable
 from proxy_service.settings import ConfigError
+from proxy_service.spill import fault_reason
+from proxy_service.store import StorageFault
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -231,6 +233,16 @@ def q_choice(request: Request, name: str, choices: tuple[str, ...], default: str
     return value
 
 
+def _storage_unavailable(reason: str) -> Response:
+    return error_response(
+        503,
+        f"storage unavailable ({reason}): nothing was saved or exported; try again once the data disk takes writes "
+        "(see /readyz)",
+        reason="storage_unavailable",
+        detail=reason,
+    )
+
+
 # -- auth ------------------------------------------------------------------------------------------------------------
 def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(handler)
@@ -256,7 +268,13 @@ def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Resp
             )
         except WriterUnavailable as exc:
             return error_response(503, f"not saved: {exc}", reason="not_saved", detail=str(exc))
+        except StorageFault as exc:
+            return _storage_unavailable(exc.reason)
         except Exception as exc:
+            reason = fault_reason(exc)  # an export or a read that met the failing disk itself
+            if reason is not None:
+                log.warning("admin %s %s: storage fault: %s", request.method, request.url.path, reason)
+                return _storage_unavailable(reason)
             log.exception("admin %s %s failed", request.method, request.url.path)
             return error_response(500, f"internal error ({type(exc).__name__}); see the proxy log", reason="internal")
 

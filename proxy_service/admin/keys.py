@@ -164,6 +164,7 @@ async def add_keys(gw: Gateway, request: Request) -> Response:
             warnings.append(asdict(Finding(found.lines[s.secret], "other_project", msg, key_id=kid)))
         else:
             warnings.append(asdict(Finding(found.lines[s.secret], "duplicate", "already in the pool", key_id=kid)))
+    gw.require_storage()
     added, _ = gw.pool.add(specs)
     gw.persist_keys()
     if added:

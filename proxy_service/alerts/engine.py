@@ -154,7 +154,8 @@ class AlertEngine:
             await self.notifier.forget(cid)
 
     async def _write(self, sql: str, params: list[Any]) -> None:
-        await asyncio.wrap_future(self.gw.writer.submit(lambda cur: cur.execute(sql, params)))
+        # Bounded, and refused at once during a storage fault (admin: 503 with the reason).
+        await self.gw.write(lambda cur: cur.execute(sql, params))
         if self.gw.cluster is not None:  # the leader evaluates: every replica must know the same rules
             self.gw.cluster.broadcast({"kind": "alerts"})
 
