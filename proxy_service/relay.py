@@ -3,7 +3,8 @@
 Retries go to another key (another scope after a 429, since the 429's cooldown covers the whole scope) for
 429s, invalid keys, 5xx, timeouts and connection errors, at most `max_retries` times. Errors the request itself
 caused (other 4xx) go back as they are, at once, and never count against a key. A stream is committed to the
-client only when its first upstream chunk has arrived intact; after that it ends as the upstream ends it.
+client only when its first upstream chunk has arrived intact; after that it ends as the upstream ends it, and a
+break upstream (reset, truncation, read timeout) ends it broken for the client too: never as a complete answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from proxy_service import metrics
-from proxy_service.errors import PoolExhausted, UpstreamUnreachable, retry_after_s, retry_headers
+from proxy_service.errors import (
+    PoolExhausted,
+    StreamAborted,
+    UpstreamUnreachable,
+    retry_after_s,
+    retry_headers,
+    sse_error_event,
+)
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
@@ -504,6 +512,13 @@ class Relay:
                 ev = self._success_event(call, n, key, sent, usage, ttfb, outcome)
                 ev.error_status, ev.error_message = error_status, message[:500] if message else None
                 self.record_request(call, ev)
+            if broken:
+                # The client must not see a clean end (its library would hand over a partial answer as whole): an
+                # error event where one can start, then the connection dropped without the final chunk.
+                separator = next((s for s in (b"\r\n\r\n", b"\n\n") if tail.endswith(s)), None)
+                if separator is not None:
+                    yield sse_error_event(call.surface == "openai", 502, f"Keyrack: {broken}.", separator)
+                raise StreamAborted(broken)
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
 
