@@ -127,6 +127,14 @@ class Config(BaseModel):
             "upstream", "Deadline for a whole call, retries included, until its answer (or first stream chunk) (s)"
         ),
     )
+    max_answer_mb: float = Field(
+        64.0,
+        gt=0,
+        le=4096,
+        json_schema_extra=_meta(
+            "upstream", "Largest upstream answer read for a non-stream call (MB); larger ones get a 502"
+        ),
+    )
     default_cooldown_s: float = Field(
         60.0, ge=1, le=86400, json_schema_extra=_meta("upstream", "Cooldown after a 429 without details (s)")
     )
