@@ -39,7 +39,7 @@ from proxy_service.errors import (
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
-from proxy_service.quota import parse_rate_limit
+from proxy_service.quota import parse_rate_limit, stated_wait
 from proxy_service.upstream import (
     STREAM_TAIL,
     AnswerTooLarge,
@@ -457,7 +457,7 @@ class Relay:
         if status == 429:
             # The wait is the pool's earliest-usable time for the model (Google's own only when later), and the
             # body's "retry in …s" / retryDelay say the same number as the headers.
-            upstream_wait = parse_rate_limit(body).retry_delay_s or 0.0
+            upstream_wait = stated_wait(parse_rate_limit(body), time.time()) or 0.0
             pool_wait = self.pool.retry_after(call.quota_model)
             wait = retry_after_s(max(upstream_wait, self.pool.default_cooldown_s if pool_wait is None else pool_wait))
             body = with_retry_delay(body, wait)
