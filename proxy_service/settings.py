@@ -69,10 +69,8 @@ def mask_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user, sep, password = userinfo.partition(":")
-        if user and not password:
-            netloc = f"***{sep}@{hostport}"
-        else:
-            netloc = f"{user}{':***' if sep else ''}@{hostport}"
+        shown = "***" if user and not password else f"{user}{':***' if sep else ''}"
+        netloc = f"{shown}{sep if shown == '***' else ''}@{hostport}"
     query = parts.query
     if query:
         query = "&".join(
