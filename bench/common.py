@@ -108,8 +108,10 @@ def start_proxy(
     env: dict[str, str] | None = None,
     name: str = "proxy",
     module: str = "proxy_service.cli",
+    checkout: Path | None = None,
 ) -> Server:
-    """`keyrack serve` (or `module`, which must accept the same `serve --port N` arguments) on a fresh data dir."""
+    """`keyrack serve` (or `module`, which must accept the same `serve --port N` arguments) on a fresh data dir;
+    from another Keyrack `checkout` (its own `.venv`, its own code) when given."""
     port = free_port()
     data_dir = workdir / f"{name}-data"
     settings = {
@@ -125,7 +127,11 @@ def start_proxy(
         **({"KEYRACK_MODEL_LIMITS": model_limits} if model_limits is not None else {}),
         **(env or {}),
     }
-    args = [sys.executable, "-m", module, "serve", "--port", str(port)]
+    python = sys.executable
+    if checkout is not None:
+        python = str(checkout / ".venv" / "bin" / "python")
+        settings["PYTHONPATH"] = str(checkout)
+    args = [python, "-m", module, "serve", "--port", str(port)]
     server = _spawn(name, args, workdir, settings, f"http://{HOST}:{port}")
     server.data_dir = data_dir
     return server

@@ -406,7 +406,7 @@ class Relay:
         """Refuse an answer over `max_answer_mb`: a 502 now, no retry (another key would get the same answer), and
         nothing held against the key (no cooldown, no failure count: the upstream served it)."""
         self.pool.finished(key)
-        message = f"Keyrack refused {exc} (attempt {n}, upstream status {status})."
+        message = f"Keyrack refused an upstream answer: {exc} (attempt {n}, upstream status {status})."
         self._attempt(call, n, key, status, "too_large", t0)
         self.record_error(call, key, status, "answer_too_large", message)
         ev = self.request_event(call, 502, "upstream_error", n, key)

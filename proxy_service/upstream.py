@@ -109,7 +109,7 @@ class AnswerTooLarge(Exception):
 
     def __init__(self, size: int, cap: int, declared: bool) -> None:
         self.size, self.cap = size, cap
-        what = f"declared {size:,} bytes" if declared else f"passed {cap:,} bytes"
+        what = f"declared {size:,} bytes" if declared else f"went past {cap:,} bytes"
         super().__init__(f"the upstream answer {what}, over the {cap / 2**20:g} MiB cap (max_answer_mb)")
 
 
