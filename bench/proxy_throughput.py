@@ -23,6 +23,7 @@ a ratio >= 0.95.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +97,12 @@ def _proxy_phase(
     return results, events
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _against_phase(
     workdir: Path, fake: Server, against: Path, duration: float, warmup: float, rounds: int
 ) -> dict[str, Any]:
@@ -103,6 +110,7 @@ def _against_phase(
     this = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="this-proxy")
     that = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="against-proxy", checkout=against)
     runs: dict[str, list[LoadResult]] = {"this": [], "against": []}
+    cpu = {"this": 0.0, "against": 0.0}
     try:
         wait_ready([this, that])
         if warmup > 0:
@@ -111,7 +119,9 @@ def _against_phase(
         for n in range(rounds):
             pair = [("this", this), ("against", that)]
             for side, server in pair if n % 2 == 0 else pair[::-1]:  # neither side always goes first
+                before = _cpu_s(server.proc.pid)
                 runs[side].append(_measure(server.url, f"{side} round {n + 1}", 32, duration))
+                cpu[side] += _cpu_s(server.proc.pid) - before
     finally:
         this.stop()
         that.stop()
@@ -121,6 +131,10 @@ def _against_phase(
     # one side and would move a ratio of totals; the median of pairs measured back to back does not follow it.
     pairs = sorted(a.rps / b.rps for a, b in zip(runs["this"], runs["against"], strict=True) if b.rps)
     median = (pairs[len(pairs) // 2] + pairs[(len(pairs) - 1) // 2]) / 2 if pairs else 0.0
+    # CPU time per answered call: what each proxy costs, which a busy machine moves far less than req/s.
+    this_ok, that_ok = sum(r.ok for r in runs["this"]), sum(r.ok for r in runs["against"])
+    this_cpu_ms = 1000 * cpu["this"] / this_ok if this_ok else 0.0
+    that_cpu_ms = 1000 * cpu["against"] / that_ok if that_ok else 0.0
     return {
         "against": str(against),
         "rounds": rounds,
@@ -128,6 +142,8 @@ def _against_phase(
         "against_rps_c32": round(that_rps, 1),
         "ratio_c32": round(median, 3),
         "ratio_of_totals_c32": round(this_rps / that_rps, 3) if that_rps else 0.0,
+        "cpu_ms_per_call": [round(this_cpu_ms, 3), round(that_cpu_ms, 3)],
+        "cpu_ratio": round(that_cpu_ms / this_cpu_ms, 3) if this_cpu_ms else 0.0,
         "per_round": [[round(a.rps, 1), round(b.rps, 1)] for a, b in zip(runs["this"], runs["against"], strict=True)],
         "errors": [sum(r.errors for r in runs["this"]), sum(r.errors for r in runs["against"])],
     }
@@ -287,7 +303,8 @@ def report(f: dict[str, Any]) -> str:
             f"- against {a['against']} at c=32 ({a['rounds']} alternating rounds): this {a['this_rps_c32']:,.0f} "
             f"req/s vs {a['against_rps_c32']:,.0f} req/s; ratio (this / against, median of the rounds) "
             f"{a['ratio_c32']:.3f}, of the totals {a['ratio_of_totals_c32']:.3f} (per round this/against: {rounds}; "
-            f"errors {a['errors'][0]}/{a['errors'][1]})"
+            f"errors {a['errors'][0]}/{a['errors'][1]}); proxy CPU per answered call this {a['cpu_ms_per_call'][0]:.3f} "
+            f"ms vs {a['cpu_ms_per_call'][1]:.3f} ms (against / this {a['cpu_ratio']:.3f}: above 1 = this is cheaper)"
         )
     for name, t in f["targets"].items():
         lines.append(f"- target {name} {t['target']}: {'met' if t['met'] else 'MISSED'}")
