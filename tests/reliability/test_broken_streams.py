@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from google import genai
@@ -162,3 +163,36 @@ def test_a_stream_broken_upstream_makes_the_sdk_raise(
     assert not isinstance(raised.value, AssertionError)
     rows = wait_rows(proxy, "SELECT outcome, error_status FROM requests WHERE stream", timeout=30)
     assert rows and rows[0][0] == "stream_error", rows
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("surface", ["gemini", "openai"])
+def test_the_client_connection_ends_without_a_clean_end(
+    surface: str, cut: str, script: tuple[Script, str], start_proxy: Callable[..., Proxy]
+) -> None:
+    """Any client, not only the SDKs: the HTTP body is cut (no final chunk), never a [DONE] or finish reason."""
+    s, url = script
+    s.parts, s.stall = CUTS[cut](surface), cut == "stall"
+    proxy = start_proxy(url, max_retries=0, request_timeout_s=2)
+    if surface == "openai":
+        path, body = (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True},
+        )
+    else:
+        path, body = (
+            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse",
+            {"contents": [{"parts": [{"text": "Hi"}]}]},
+        )
+    got = b""
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(
+            "POST", f"{proxy.url}{path}", json=body, headers={"authorization": f"Bearer {CLIENT_TOKEN}"}, timeout=60
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        for part in resp.iter_bytes():
+            got += part
+    assert b"[DONE]" not in got and b'"finish_reason": "stop"' not in got and b"finishReason" not in got
+    assert b"Sentence 0." in got  # what the upstream did send came through
