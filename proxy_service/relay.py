@@ -363,7 +363,7 @@ class Relay:
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
             try:
-                body = await by_deadline(read_answer(resp, answer_cap(cfg)), call.deadline)
+                body = await by_deadline(read_answer(resp, answer_cap(cfg, resp.status_code)), call.deadline)
             except httpx.HTTPError as exc:
                 timed_out |= self._transport_failed(call, n, key, t0, exc, resp.status_code)
                 continue

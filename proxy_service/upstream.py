@@ -26,6 +26,7 @@ STREAM_TAIL = 16384
 # Token counts land in INTEGER columns and in the quota tracker: anything else an upstream sends (10^30, -1, 1.5,
 # true, "12") is not a count.
 MAX_COUNT = 2**31 - 1
+ERROR_ANSWER_CAP = 2**20
 
 
 class UpstreamClient(httpx.AsyncClient):
@@ -107,10 +108,11 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
 class AnswerTooLarge(Exception):
     """An upstream answer over the cap (`max_answer_mb`): its reading stopped there."""
 
-    def __init__(self, size: int, cap: int, declared: bool) -> None:
+    def __init__(self, size: int, cap: int, declared: bool, error: bool = False) -> None:
         self.size, self.cap = size, cap
         what = f"declared {size:,} bytes" if declared else f"went past {cap:,} bytes"
-        super().__init__(f"the upstream answer {what}, over the {cap / 2**20:g} MiB cap (max_answer_mb)")
+        which = "for error answers" if error else "(max_answer_mb)"
+        super().__init__(f"the upstream answer {what}, over the {cap / 2**20:g} MiB cap {which}")
 
 
 async def read_answer(resp: httpx.Response, cap: int) -> bytes:
@@ -119,19 +121,22 @@ async def read_answer(resp: httpx.Response, cap: int) -> bytes:
     bounded buffer (aiohttp's flow control), and the pieces are joined once, as `aread` does."""
     declared = resp.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise AnswerTooLarge(int(declared), cap, declared=True)
+        raise AnswerTooLarge(int(declared), cap, declared=True, error=resp.status_code != 200)
     parts: list[bytes] = []
     size = 0
     async for part in resp.aiter_bytes():
         size += len(part)
         if size > cap:
-            raise AnswerTooLarge(size, cap, declared=False)
+            raise AnswerTooLarge(size, cap, declared=False, error=resp.status_code != 200)
         parts.append(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def answer_cap(config: Config) -> int:
-    return int(config.max_answer_mb * 2**20)
+def answer_cap(config: Config, status: int = 200) -> int:
+    """The size cap of an answer: `max_answer_mb`, and for an error answer at most ERROR_ANSWER_CAP (Keyrack parses
+    and redacts error bodies on the event loop; Google's are a few KB)."""
+    cap = int(config.max_answer_mb * 2**20)
+    return cap if status == 200 else min(cap, ERROR_ANSWER_CAP)
 
 
 def client_settings(config: Config) -> tuple[object, ...]:

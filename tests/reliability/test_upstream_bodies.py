@@ -119,9 +119,9 @@ def test_an_answer_over_the_cap_is_a_502_in_the_surface_shape(
     assert resp.status_code == 502, resp.text[:300]
     err = resp.json()["error"]
     if surface == "openai":
-        assert err["type"] == "api_error" and "max_answer_mb" in err["message"]
+        assert err["type"] == "api_error" and "MiB cap" in err["message"]
     else:
-        assert err["code"] == 502 and err["status"] == "UNAVAILABLE" and "max_answer_mb" in err["message"]
+        assert err["code"] == 502 and err["status"] == "UNAVAILABLE" and "MiB cap" in err["message"]
     rows = wait_rows(proxy, "SELECT status, outcome, error_status, attempts FROM requests")
     assert rows == [(502, "upstream_error", "ANSWER_TOO_LARGE", 1)]  # not retried: any key gets the same answer
     assert proxy.rows("SELECT outcome FROM attempts") == [("too_large",)]
@@ -130,6 +130,18 @@ def test_an_answer_over_the_cap_is_a_502_in_the_surface_shape(
     # An answer under the cap still passes.
     slot[0] = big_answer(MB // 2)
     assert call(proxy, surface).status_code == 200
+
+
+def test_an_error_answer_has_a_smaller_cap(
+    answer: tuple[list[Callable[..., None]], str], start_proxy: Callable[..., Proxy]
+) -> None:
+    """An error body is parsed and redacted on the event loop: a few MB of it is refused even under max_answer_mb."""
+    slot, url = answer
+    slot[0] = big_answer(3 * MB, "503 Service Unavailable")
+    proxy = start_proxy(url, max_answer_mb=64, max_retries=0)
+    resp = call(proxy, "gemini")
+    assert resp.status_code == 502 and "cap for error answers" in resp.json()["error"]["message"]
+    keys_unblamed(proxy)
 
 
 def test_a_drip_fed_answer_ends_at_the_call_deadline(
