@@ -377,6 +377,19 @@ def closed_loop(
     return run_async(_closed_loop(url, body, hdrs, concurrency, duration, max_requests, timeout))
 
 
+def side_by_side(urls: Sequence[str], *, concurrency: int, duration: float) -> list[LoadResult]:
+    """`closed_loop` against each of `urls` at the same time (one event loop, `concurrency` workers each): every
+    target sees the same machine at the same moment, so a load spike from elsewhere moves them alike."""
+    hdrs = {"content-type": "application/json", "x-goog-api-key": CLIENT_TOKEN}
+
+    async def both() -> list[LoadResult]:
+        runs = [_closed_loop(u, GENERATE_BODY, hdrs, concurrency, duration, 1_000_000, 30.0) for u in urls]
+        return list(await asyncio.gather(*runs))
+
+    results: list[LoadResult] = run_async(both())
+    return results
+
+
 def run_async(coro: Any) -> Any:
     """asyncio.run on uvloop when installed (the client should cost as little CPU as possible)."""
     try:
