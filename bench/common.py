@@ -108,8 +108,10 @@ def start_proxy(
     env: dict[str, str] | None = None,
     name: str = "proxy",
     module: str = "proxy_service.cli",
+    checkout: Path | None = None,
 ) -> Server:
-    """`keyrack serve` (or `module`, which must accept the same `serve --port N` arguments) on a fresh data dir."""
+    """`keyrack serve` (or `module`, which must accept the same `serve --port N` arguments) on a fresh data dir;
+    from another Keyrack `checkout` (its own `.venv`, its own code) when given."""
     port = free_port()
     data_dir = workdir / f"{name}-data"
     settings = {
@@ -125,7 +127,11 @@ def start_proxy(
         **({"KEYRACK_MODEL_LIMITS": model_limits} if model_limits is not None else {}),
         **(env or {}),
     }
-    args = [sys.executable, "-m", module, "serve", "--port", str(port)]
+    python = sys.executable
+    if checkout is not None:
+        python = str(checkout / ".venv" / "bin" / "python")
+        settings["PYTHONPATH"] = str(checkout)
+    args = [python, "-m", module, "serve", "--port", str(port)]
     server = _spawn(name, args, workdir, settings, f"http://{HOST}:{port}")
     server.data_dir = data_dir
     return server
@@ -369,6 +375,19 @@ def closed_loop(
     flight at the deadline are awaited (so every request sent is either answered or counted as a failure)."""
     hdrs = {"content-type": "application/json", "x-goog-api-key": CLIENT_TOKEN, **(headers or {})}
     return run_async(_closed_loop(url, body, hdrs, concurrency, duration, max_requests, timeout))
+
+
+def side_by_side(urls: Sequence[str], *, concurrency: int, duration: float) -> list[LoadResult]:
+    """`closed_loop` against each of `urls` at the same time (one event loop, `concurrency` workers each): every
+    target sees the same machine at the same moment, so a load spike from elsewhere moves them alike."""
+    hdrs = {"content-type": "application/json", "x-goog-api-key": CLIENT_TOKEN}
+
+    async def both() -> list[LoadResult]:
+        runs = [_closed_loop(u, GENERATE_BODY, hdrs, concurrency, duration, 1_000_000, 30.0) for u in urls]
+        return list(await asyncio.gather(*runs))
+
+    results: list[LoadResult] = run_async(both())
+    return results
 
 
 def run_async(coro: Any) -> Any:

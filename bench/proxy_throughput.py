@@ -9,13 +9,22 @@ granian would be adopted only if >= 15 % faster at c=32), and optionally on plai
 transport.
 
     python -m bench.proxy_throughput [--duration 10] [--warmup 2] [--no-transport] [--no-granian]
+        [--against DIR [--rounds 5]]
 
-Targets (2 cores): >= 700 req/s through the proxy at c=32; <= 3 ms added p50 at c=1.
+`--against DIR` compares with another Keyrack checkout that has its own `.venv` (e.g. `git worktree add
+/tmp/oldmain <commit> && make -C /tmp/oldmain install`): both proxies run on the same fake upstream. In each round
+both are loaded at c=32 at the same time (each its own closed loop, one client event loop), so a load spike from
+elsewhere on the machine lands on both alike: the ratio is this checkout's answers over the other's, over the rounds.
+Each round also measures each proxy alone (alternating which goes first), with the proxies' CPU time per answer.
+
+Targets (2 cores): >= 700 req/s through the proxy at c=32; <= 3 ms added p50 at c=1; against the previous main,
+a ratio >= 0.95.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +45,7 @@ from bench.common import (
     http_json,
     load_average,
     markdown_table,
+    side_by_side,
     start_fake,
     start_proxy,
     wait_ready,
@@ -45,6 +55,7 @@ from proxy_service.demo.scenario import demo_key
 
 TARGET_RPS = 700.0
 TARGET_ADDED_P50_MS = 3.0
+TARGET_AGAINST_RATIO = 0.95
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-key-{i:02d}')}" for i in range(8))  # 8 keys in 4 projects
 
 
@@ -88,6 +99,65 @@ def _proxy_phase(
     return results, events
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _against_phase(
+    workdir: Path, fake: Server, against: Path, duration: float, warmup: float, rounds: int
+) -> dict[str, Any]:
+    """This checkout's proxy and `against`'s at c=32: in each round both at once (the ratio), then each alone."""
+    this = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="this-proxy")
+    that = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="against-proxy", checkout=against)
+    runs: dict[str, list[LoadResult]] = {"this": [], "against": []}
+    together: list[list[LoadResult]] = []
+    cpu = {"this": 0.0, "against": 0.0}
+    try:
+        wait_ready([this, that])
+        if warmup > 0:
+            _measure(this.url, "warm-up", 8, warmup)
+            _measure(that.url, "warm-up", 8, warmup)
+        for n in range(rounds):
+            pair = [("this", this), ("against", that)]
+            for side, server in pair if n % 2 == 0 else pair[::-1]:  # neither side always goes first
+                before = _cpu_s(server.proc.pid)
+                runs[side].append(_measure(server.url, f"{side} round {n + 1}", 32, duration))
+                cpu[side] += _cpu_s(server.proc.pid) - before
+            urls = [this.url + generate_path(), that.url + generate_path()]
+            together.append(side_by_side(urls, concurrency=32, duration=duration))
+    finally:
+        this.stop()
+        that.stop()
+    this_rps = sum(r.ok for r in runs["this"]) / sum(r.elapsed_s for r in runs["this"])
+    that_rps = sum(r.ok for r in runs["against"]) / sum(r.elapsed_s for r in runs["against"])
+    # The ratio is the median of the rounds' ratios: a load spike from elsewhere on the machine lands in one round of
+    # one side and would move a ratio of totals; the median of pairs measured back to back does not follow it.
+    pairs = sorted(a.rps / b.rps for a, b in zip(runs["this"], runs["against"], strict=True) if b.rps)
+    median = (pairs[len(pairs) // 2] + pairs[(len(pairs) - 1) // 2]) / 2 if pairs else 0.0
+    paired = sorted(a.rps / b.rps for a, b in together if b.rps)
+    at_once = sum(a.ok for a, _ in together) / max(1, sum(b.ok for _, b in together))
+    # CPU time per answered call: what each proxy costs, which a busy machine moves far less than req/s.
+    this_ok, that_ok = sum(r.ok for r in runs["this"]), sum(r.ok for r in runs["against"])
+    this_cpu_ms = 1000 * cpu["this"] / this_ok if this_ok else 0.0
+    that_cpu_ms = 1000 * cpu["against"] / that_ok if that_ok else 0.0
+    return {
+        "against": str(against),
+        "rounds": rounds,
+        "this_rps_c32": round(this_rps, 1),
+        "against_rps_c32": round(that_rps, 1),
+        "ratio_c32": round(at_once, 3),
+        "ratio_side_by_side_rounds": [round(r, 3) for r in paired],
+        "ratio_alternating_median_c32": round(median, 3),
+        "ratio_of_totals_c32": round(this_rps / that_rps, 3) if that_rps else 0.0,
+        "cpu_ms_per_call": [round(this_cpu_ms, 3), round(that_cpu_ms, 3)],
+        "cpu_ratio": round(that_cpu_ms / this_cpu_ms, 3) if this_cpu_ms else 0.0,
+        "per_round": [[round(a.rps, 1), round(b.rps, 1)] for a, b in zip(runs["this"], runs["against"], strict=True)],
+        "errors": [sum(r.errors for r in runs["this"]), sum(r.errors for r in runs["against"])],
+    }
+
+
 def _minimal_phase(workdir: Path, fake: Server, duration: float, warmup: float) -> LoadResult:
     """The calibration row: bench/_minimal_proxy.py (same stack, no Keyrack logic) at c=32."""
     port = free_port()
@@ -109,6 +179,8 @@ def run(
     minimal: bool = True,
     workdir: Path | None = None,
     granian: bool = True,
+    against: Path | None = None,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Run every phase; returns the figures (see `report`)."""
     load_before = load_average()
@@ -137,6 +209,7 @@ def run(
             plain, _ = _proxy_phase(
                 workdir, fake, "proxy-plain-httpx", duration, warmup, (32,), "bench._plain_httpx_proxy"
             )
+        compared = _against_phase(workdir, fake, against, duration, warmup, rounds) if against is not None else None
         fake_stats = http_json(fake.url + "/_fake/stats")
     finally:
         fake.stop()
@@ -181,6 +254,12 @@ def run(
         figures["granian_rps_c1"] = round(on_granian[1].rps, 1)
         figures["granian_vs_uvicorn_c32"] = round(g32 / p32.rps, 3) if p32.rps else 0.0
         figures["granian_events"] = granian_events
+    if compared is not None:
+        figures["against"] = compared
+        figures["targets"]["against_ratio_c32"] = {
+            "target": f">= {TARGET_AGAINST_RATIO:g}",
+            "met": compared["ratio_c32"] >= TARGET_AGAINST_RATIO,
+        }
     if plain:
         figures["plain_httpx_rps_c32"] = round(plain[32].rps, 1)
         figures["aiohttp_vs_plain_c32"] = round(p32.rps / plain[32].rps, 2) if plain[32].rps else 0.0
@@ -226,6 +305,20 @@ def report(f: dict[str, Any]) -> str:
             f"- upstream transport at c=32: aiohttp {f['proxy_rps_c32']:,.0f} req/s vs plain httpx "
             f"{f['plain_httpx_rps_c32']:,.0f} req/s ({f['aiohttp_vs_plain_c32']:.2f}x)"
         )
+    if "against" in f:
+        a = f["against"]
+        rounds = ", ".join(f"{x:,.0f}/{y:,.0f}" for x, y in a["per_round"])
+        lines.append(
+            f"- against {a['against']} at c=32, side by side ({a['rounds']} rounds, both proxies loaded at once): ratio "
+            f"(this / against) {a['ratio_c32']:.3f} (rounds: {', '.join(map(str, a['ratio_side_by_side_rounds']))})"
+        )
+        lines.append(
+            f"- against, alternating rounds: this {a['this_rps_c32']:,.0f} "
+            f"req/s vs {a['against_rps_c32']:,.0f} req/s; ratio (median of the rounds) "
+            f"{a['ratio_alternating_median_c32']:.3f}, of the totals {a['ratio_of_totals_c32']:.3f} (per round this/against: {rounds}; "
+            f"errors {a['errors'][0]}/{a['errors'][1]}); proxy CPU per answered call this {a['cpu_ms_per_call'][0]:.3f} "
+            f"ms vs {a['cpu_ms_per_call'][1]:.3f} ms (against / this {a['cpu_ratio']:.3f}: above 1 = this is cheaper)"
+        )
     for name, t in f["targets"].items():
         lines.append(f"- target {name} {t['target']}: {'met' if t['met'] else 'MISSED'}")
     return "\n".join(lines)
@@ -238,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-transport", action="store_true", help="skip the plain-httpx transport comparison")
     ap.add_argument("--no-minimal", action="store_true", help="skip the minimal-proxy calibration row")
     ap.add_argument("--no-granian", action="store_true", help="skip the granian-vs-uvicorn comparison")
+    ap.add_argument(
+        "--against", type=Path, default=None, help="another Keyrack checkout (with its .venv) to compare with at c=32"
+    )
+    ap.add_argument("--rounds", type=int, default=5, help="alternating c=32 rounds per side with --against")
     ap.add_argument("--json", type=Path, default=RESULTS / "proxy_throughput.json", help="where to write the figures")
     args = ap.parse_args(argv)
     figures = run(
@@ -246,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         transport=not args.no_transport,
         minimal=not args.no_minimal,
         granian=not args.no_granian,
+        against=args.against,
+        rounds=args.rounds,
     )
     print(report(figures))
     write_json(args.json, figures)

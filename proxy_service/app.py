@@ -40,7 +40,7 @@ from proxy_service.settings import Config, ConfigError, Settings, check_access, 
 from proxy_service.spill import Spill
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
-from proxy_service.upstream import build_client, client_settings, parse_error
+from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
 
 if TYPE_CHECKING:
     from proxy_service.cluster.node import Cluster
@@ -317,12 +317,20 @@ class Gateway:
         """A real minimal upstream call with this key (listing one model costs no generation quota)."""
         assert self.relay.client is not None
         started = time.perf_counter()
+        client, cfg = self.relay.client, self._config
         try:
-            resp = await self.relay.client.get(
-                "/v1beta/models", params={"pageSize": "1"}, headers={"x-goog-api-key": key.secret}
-            )
-            status, body = resp.status_code, resp.content
-        except Exception as exc:  # network trouble says nothing about the key
+            # Bounded like a call's answer: the size cap and the call deadline.
+            async with asyncio.timeout(cfg.call_deadline_s):
+                request = client.build_request(
+                    "GET", "/v1beta/models", params={"pageSize": "1"}, headers={"x-goog-api-key": key.secret}
+                )
+                resp = await client.send(request, stream=True)
+                try:
+                    body = await read_answer(resp, answer_cap(cfg))
+                finally:
+                    await resp.aclose()
+            status = resp.status_code
+        except Exception as exc:  # network trouble (or an oversized answer) says nothing about the key
             self.pool.checked(key, False, f"verify failed: {type(exc).__name__}")
             return {
                 "id": key.id,

@@ -11,6 +11,10 @@ Hierarchy:
     ├── UnsupportedMediaType 415 open-localhost mode: a POST without a JSON content type
     ├── PoolExhausted     429    no key can take the call now; carries `retry_after` seconds
     └── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
+        └── BadUpstreamAnswer 502    an answer Keyrack will not pass on: over `max_answer_mb`, or an invalid status
+
+`StreamAborted` is not an answer: raised inside a committed stream's body, it makes the server drop the client's
+connection without the final chunk, so a stream broken upstream ends broken for the client too.
 
 Upstream errors are not exceptions: the client gets the upstream's real status and body.
 """
@@ -142,6 +146,14 @@ class UpstreamUnreachable(KeyrackError):
             self.status_code = 504
 
 
+class BadUpstreamAnswer(UpstreamUnreachable):
+    """The upstream answered, but with something Keyrack does not pass on (recorded by the relay, like its parent)."""
+
+
+class StreamAborted(Exception):
+    """Raised from a stream's body iterator after the upstream broke the stream (see logs: not logged as a crash)."""
+
+
 def google_body(code: int, message: str, status: str | None = None) -> bytes:
     """Google's error envelope (google.rpc.Status), pretty-printed as Google does."""
     err = {"error": {"code": code, "message": message, "status": status or _GOOGLE_STATUS.get(code, "UNKNOWN")}}
@@ -159,3 +171,14 @@ def openai_body(code: int, message: str, param: str | None = None) -> bytes:
         }
     }
     return json.dumps(err).encode()
+
+
+def sse_error_event(openai: bool, code: int, message: str, separator: bytes = b"\n\n") -> bytes:
+    """One server-sent event carrying an error in the surface's shape, which both SDKs raise on."""
+    if openai:
+        err: dict[str, Any] = {
+            "error": {"message": message, "type": "api_error", "param": None, "code": "stream_broken"}
+        }
+    else:
+        err = {"error": {"code": code, "message": message, "status": _GOOGLE_STATUS.get(code, "UNKNOWN")}}
+    return b"data: " + json.dumps(err).encode() + separator

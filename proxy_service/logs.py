@@ -22,6 +22,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy_service.errors import StreamAborted
 from proxy_service.keys import add_secret_source, redact, remove_secret_source
 
 __all__ = ["add_secret_source", "event", "remove_secret_source", "setup_logging"]
@@ -62,6 +63,12 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, name, extra={"event": name, "fields": fields}, stacklevel=2)
 
 
+def _not_an_aborted_stream(record: logging.LogRecord) -> bool:
+    """uvicorn logs an exception from a body iterator as a crash; an aborted stream is the relay's choice (and is
+    recorded as `stream_error` in the events)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StreamAborted))
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Send Keyrack's (and uvicorn's) log lines to stderr as key=value lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -75,4 +82,6 @@ def setup_logging(level: str = "INFO") -> None:
         lg.handlers[:] = [handler] if name == "uvicorn" else []
         lg.setLevel(logging.WARNING)
         lg.propagate = name != "uvicorn"
+        if _not_an_aborted_stream not in lg.filters:
+            lg.addFilter(_not_an_aborted_stream)
     logging.getLogger("uvicorn.access").disabled = True

@@ -18,7 +18,9 @@ from zoneinfo import ZoneInfo
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_WAIT_S",
     "MINUTE_S",
+    "MINUTE_WAIT_S",
     "PACIFIC",
     "ModelLimits",
     "QuotaTracker",
@@ -29,6 +31,7 @@ __all__ = [
     "next_pacific_midnight",
     "pacific_day",
     "parse_rate_limit",
+    "stated_wait",
 ]
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -79,6 +82,11 @@ class QuotaViolation:
 
 
 _UNKNOWN = QuotaViolation("unknown", None, None, None, None)
+# What a wait Google states can mean: no quota of Google's resets later than the next Pacific midnight (at most 25 h
+# away, on the day DST ends), and a per-minute one within two minutes. A larger stated wait is noise or hostile; it
+# must not cool a key for ever, nor reach a timestamp or a Retry-After header.
+MAX_WAIT_S = 25 * 3600.0
+MINUTE_WAIT_S = 120.0
 
 _PROTO_DURATION = re.compile(r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*s?\s*")
 _RETRY_IN = re.compile(r"retry in\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|μs|ms|s|m|h))+)", re.IGNORECASE)
@@ -198,6 +206,8 @@ def _parse_rate_limit(body: bytes | str | dict[str, Any] | list[Any] | None) -> 
                 violations.extend(v for v in vs if isinstance(v, dict))
     if retry is None:
         retry = _parse_message_delay(message)
+    if retry is not None:
+        retry = min(retry, MAX_WAIT_S) if math.isfinite(retry) and retry >= 0 else None
 
     kind: Kind = "unknown"
     chosen: dict[str, Any] | None = None
@@ -234,14 +244,23 @@ def _parse_rate_limit(body: bytes | str | dict[str, Any] | list[Any] | None) -> 
     return QuotaViolation(kind, quota_id, retry, limit, model)
 
 
+def stated_wait(v: QuotaViolation, now: float) -> float | None:
+    """The wait ``v`` states, capped to what its quota can mean (see MAX_WAIT_S); None when it states none."""
+    if v.retry_delay_s is None:
+        return None
+    if v.kind in ("minute", "tokens"):
+        return min(v.retry_delay_s, MINUTE_WAIT_S)
+    return min(v.retry_delay_s, next_pacific_midnight(now) - now)
+
+
 def cooldown_until(v: QuotaViolation, now: float, default_s: float) -> float:
     """When a (scope, model) that got ``v`` may be tried again."""
     if v.kind == "day":
         # A per-day 429 still carries a short retryDelay; only the Pacific midnight really clears it.
         return next_pacific_midnight(now)
     if v.kind in ("minute", "tokens"):
-        delay = v.retry_delay_s if v.retry_delay_s is not None else default_s
-        return now + max(1.0, delay)
+        delay = stated_wait(v, now)
+        return now + max(1.0, default_s if delay is None else delay)
     return now + default_s
 
 

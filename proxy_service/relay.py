@@ -3,7 +3,8 @@
 Retries go to another key (another scope after a 429, since the 429's cooldown covers the whole scope) for
 429s, invalid keys, 5xx, timeouts and connection errors, at most `max_retries` times. Errors the request itself
 caused (other 4xx) go back as they are, at once, and never count against a key. A stream is committed to the
-client only when its first upstream chunk has arrived intact; after that it ends as the upstream ends it.
+client only when its first upstream chunk has arrived intact; after that it ends as the upstream ends it, and a
+break upstream (reset, truncation, read timeout) ends it broken for the client too: never as a complete answer.
 """
 
 from __future__ import annotations
@@ -17,26 +18,39 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import aiohttp
 import httpx
 from starlette.responses import Response, StreamingResponse
 
 from proxy_service import metrics
-from proxy_service.errors import PoolExhausted, UpstreamUnreachable, retry_after_s, retry_headers
+from proxy_service.errors import (
+    BadUpstreamAnswer,
+    PoolExhausted,
+    StreamAborted,
+    UpstreamUnreachable,
+    google_body,
+    openai_body,
+    retry_after_s,
+    retry_headers,
+    sse_error_event,
+)
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
-from proxy_service.quota import parse_rate_limit
+from proxy_service.quota import parse_rate_limit, stated_wait
 from proxy_service.upstream import (
     STREAM_TAIL,
+    AnswerTooLarge,
     Usage,
+    answer_cap,
     error_object_bytes,
     gemini_usage,
     has_error_object,
     openai_usage,
     parse_error,
+    read_answer,
     send,
     stream_error,
     upstream_request,
@@ -47,7 +61,15 @@ if TYPE_CHECKING:
 
 Surface = Literal["gemini", "openai"]
 AttemptOutcome = Literal[
-    "ok", "rate_limited", "invalid_key", "server_error", "timeout", "connection_error", "client_error", "stream_error"
+    "ok",
+    "rate_limited",
+    "invalid_key",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "client_error",
+    "stream_error",
+    "too_large",
 ]
 T = TypeVar("T")
 _BODY_CAP = 8192
@@ -307,6 +329,12 @@ class Relay:
                 timed_out |= self._transport_failed(call, n, key, t0, exc)
                 continue
 
+            if not 100 <= resp.status_code <= 599:
+                # Not HTTP (999, 0): passed on it would break the client's HTTP stack; a broken upstream instead.
+                await resp.aclose()
+                self.pool.finished(key)
+                last = self._invalid_status(call, n, key, resp.status_code, t0)
+                continue
             if resp.status_code == 200:
                 if call.stream:
                     opened = await self._first_chunk(call, n, key, resp, t0)
@@ -319,10 +347,12 @@ class Relay:
                         break
                     continue
                 try:
-                    body = await by_deadline(resp.aread(), call.deadline)
+                    body = await by_deadline(read_answer(resp, answer_cap(cfg)), call.deadline)
                 except httpx.HTTPError as exc:
                     timed_out |= self._transport_failed(call, n, key, t0, exc, 200)
                     continue
+                except AnswerTooLarge as exc:
+                    self._too_large(call, n, key, 200, t0, exc)
                 finally:
                     await resp.aclose()
                 self.pool.finished(key)
@@ -333,10 +363,12 @@ class Relay:
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
             try:
-                body = await by_deadline(resp.aread(), call.deadline)
+                body = await by_deadline(read_answer(resp, answer_cap(cfg, resp.status_code)), call.deadline)
             except httpx.HTTPError as exc:
                 timed_out |= self._transport_failed(call, n, key, t0, exc, resp.status_code)
                 continue
+            except AnswerTooLarge as exc:
+                self._too_large(call, n, key, resp.status_code, t0, exc)
             finally:
                 await resp.aclose()
             self.pool.finished(key)
@@ -369,6 +401,24 @@ class Relay:
         self._attempt(call, n, key, status, outcome, t0)
         self.record_error(call, key, status, outcome, f"attempt {n}: {describe(exc)}")
         return timeout
+
+    def _too_large(self, call: Call, n: int, key: Key, status: int, t0: float, exc: AnswerTooLarge) -> NoReturn:
+        """Refuse an answer over `max_answer_mb`: a 502 now, no retry (another key would get the same answer), and
+        nothing held against the key (no cooldown, no failure count: the upstream served it)."""
+        self.pool.finished(key)
+        message = f"Keyrack refused an upstream answer: {exc} (attempt {n}, upstream status {status})."
+        self._attempt(call, n, key, status, "too_large", t0)
+        self.record_error(call, key, status, "answer_too_large", message)
+        ev = self.request_event(call, 502, "upstream_error", n, key)
+        ev.error_status, ev.error_message = "ANSWER_TOO_LARGE", message[:500]
+        self.record_request(call, ev)
+        raise BadUpstreamAnswer(message)
+
+    def _invalid_status(self, call: Call, n: int, key: Key, status: int, t0: float) -> FailedAttempt:
+        """An upstream status outside HTTP's 100..599: a failed attempt as a 502 in the surface's shape."""
+        message = f"Upstream answered with an invalid HTTP status ({status}) on attempt {n}."
+        body = openai_body(502, message) if call.surface == "openai" else google_body(502, message)
+        return self._failed_attempt(call, n, key, 502, body, t0)
 
     def _failed_attempt(self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float) -> FailedAttempt:
         err = parse_error(body)
@@ -407,7 +457,7 @@ class Relay:
         if status == 429:
             # The wait is the pool's earliest-usable time for the model (Google's own only when later), and the
             # body's "retry in …s" / retryDelay say the same number as the headers.
-            upstream_wait = parse_rate_limit(body).retry_delay_s or 0.0
+            upstream_wait = stated_wait(parse_rate_limit(body), time.time()) or 0.0
             pool_wait = self.pool.retry_after(call.quota_model)
             wait = retry_after_s(max(upstream_wait, self.pool.default_cooldown_s if pool_wait is None else pool_wait))
             body = with_retry_delay(body, wait)
@@ -504,6 +554,13 @@ class Relay:
                 ev = self._success_event(call, n, key, sent, usage, ttfb, outcome)
                 ev.error_status, ev.error_message = error_status, message[:500] if message else None
                 self.record_request(call, ev)
+            if broken:
+                # The client must not see a clean end (its library would hand over a partial answer as whole): an
+                # error event where one can start, then the connection dropped without the final chunk.
+                separator = next((s for s in (b"\r\n\r\n", b"\n\n") if tail.endswith(s)), None)
+                if separator is not None:
+                    yield sse_error_event(call.surface == "openai", 502, f"Keyrack: {broken}.", separator)
+                raise StreamAborted(broken)
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
 

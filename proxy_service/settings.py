@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,12 +50,15 @@ def is_model_name(name: str | None) -> bool:
 
 
 CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_SECRET_QUERY_NAMES = ("password", "secret", "aws_secret_access_key")
+# Query parameters that carry credentials (?token=, ?key=, ?password=, ?sig=, ?X-Amz-Credential=, ...).
+_SECRET_QUERY_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """A URL (or libpq keyword string) with its password, and query values named like secrets, replaced by ***;
-    user, host, port and path kept. The one masking rule for every URL-shaped setting (outbound proxy, cluster DSNs)."""
+    """A URL (or libpq keyword string) with its credentials replaced by ***: the password, a user that has no
+    password (then the user is the token: http://TOKEN@host), and query values named like credentials; host, port,
+    path and a user with a password kept. The one masking rule for every URL-shaped setting (outbound proxy,
+    cluster DSNs)."""
     if "://" not in url:
         return CONNINFO_PASSWORD.sub(r"\1***", url)
     try:
@@ -65,15 +68,27 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}{':***' if sep else ''}@{hostport}"
+        user, sep, password = userinfo.partition(":")
+        shown = "***" if user and not password else f"{user}{':***' if sep else ''}"
+        netloc = f"{shown}{sep if shown == '***' else ''}@{hostport}"
     query = parts.query
     if query:
         query = "&".join(
-            f"{k}={'***' if k.lower() in _SECRET_QUERY_NAMES else v}"
-            for k, v in parse_qsl(query, keep_blank_values=True)
+            f"{k}={'***' if _SECRET_QUERY_NAME.search(k) else v}" for k, v in parse_qsl(query, keep_blank_values=True)
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials `mask_url` hides in `url`, for the redaction of outside text (an error quoting the URL)."""
+    try:
+        parts = urlsplit(url)
+        password, user = parts.password, parts.username
+    except ValueError:
+        return []
+    out = [unquote(password)] if password else [unquote(user)] if user else []
+    out += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v and _SECRET_QUERY_NAME.search(k)]
+    return out
 
 
 def _secret_kind(info: Any) -> SecretKind | None:
@@ -125,6 +140,14 @@ class Config(BaseModel):
         le=3600,
         json_schema_extra=_meta(
             "upstream", "Deadline for a whole call, retries included, until its answer (or first stream chunk) (s)"
+        ),
+    )
+    max_answer_mb: float = Field(
+        64.0,
+        gt=0,
+        le=4096,
+        json_schema_extra=_meta(
+            "upstream", "Largest upstream answer read for a non-stream call (MB); larger ones get a 502"
         ),
     )
     default_cooldown_s: float = Field(
@@ -276,11 +299,21 @@ class Config(BaseModel):
         ones, so saving a form never overwrites a secret with its mask."""
         out = dict(patch)
         for name in set(patch) & set(self.secret_fields()):
-            current = getattr(self, name)
-            if isinstance(current, list) and isinstance(patch[name], list):
+            current, value = getattr(self, name), patch[name]
+            if isinstance(current, list) and isinstance(value, str):
+                value = _split_tokens(value)  # "tok-1, clie…-abc" (the env's comma form) is a list too
+            if isinstance(current, list) and isinstance(value, list):
                 real = {self.masked_value(name, [v])[0]: v for v in current}
-                out[name] = [real.get(v, v) if isinstance(v, str) else v for v in patch[name]]
-            elif current and patch[name] == self.masked_value(name, current):
+                out[name] = [real.get(v, v) if isinstance(v, str) else v for v in value]
+                # A mask that matches no current secret would be stored as the secret and lock its client out.
+                stray = [v for v in out[name] if isinstance(v, str) and "…" in v and v not in current]
+                if stray:
+                    raise ConfigError(
+                        {
+                            name: f"{stray[0]!r} is a masked value that matches none of the current ones: send the real one"
+                        }
+                    )
+            elif current and value == self.masked_value(name, current):
                 out[name] = current
         return out
 
@@ -292,11 +325,7 @@ class Config(BaseModel):
             if not value:
                 continue
             if kind == "url":
-                try:
-                    password = urlsplit(value).password
-                except ValueError:
-                    password = None
-                out.extend([password] if password else [])
+                out.extend(url_secrets(value))
             else:
                 out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
         return out

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -25,6 +26,7 @@ STREAM_TAIL = 16384
 # Token counts land in INTEGER columns and in the quota tracker: anything else an upstream sends (10^30, -1, 1.5,
 # true, "12") is not a count.
 MAX_COUNT = 2**31 - 1
+ERROR_ANSWER_CAP = 2**20
 
 
 class UpstreamClient(httpx.AsyncClient):
@@ -90,12 +92,52 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
 
     Skips httpx's per-request machinery that Keyrack never uses (auth flow, redirect loop, cookie jar, event
     hooks): a noticeable share of the proxy's CPU per request. The answer streams exactly as from `client.send`,
-    and transport failures raise the same httpx exceptions (the aiohttp transport maps them). Only public API: the
-    transport's `handle_async_request`; a client not built by `build_client` goes through `client.send`.
+    and transport failures raise the same httpx exceptions (the aiohttp transport maps them; an unparseable answer
+    too). Only public API: the transport's `handle_async_request`; a client not built by `build_client` goes through
+    `client.send`.
     """
-    if isinstance(client, UpstreamClient):
-        return await client.transport.handle_async_request(request)
-    return await client.send(request, stream=True)
+    try:
+        if isinstance(client, UpstreamClient):
+            return await client.transport.handle_async_request(request)
+        return await client.send(request, stream=True)
+    except aiohttp.ClientResponseError as exc:
+        # An answer aiohttp cannot parse (a status line that is not HTTP) escapes the transport's mapping: a protocol
+        # error like any other broken answer, so the relay retries it and answers 502 rather than crash.
+        raise httpx.RemoteProtocolError(f"invalid upstream answer: {exc.message}"[:300], request=request) from exc
+
+
+class AnswerTooLarge(Exception):
+    """An upstream answer over the cap (`max_answer_mb`): its reading stopped there."""
+
+    def __init__(self, size: int, cap: int, declared: bool, error: bool = False) -> None:
+        self.size, self.cap = size, cap
+        what = f"declared {size:,} bytes" if declared else f"went past {cap:,} bytes"
+        which = "for error answers" if error else "(max_answer_mb)"
+        super().__init__(f"the upstream answer {what}, over the {cap / 2**20:g} MiB cap {which}")
+
+
+async def read_answer(resp: httpx.Response, cap: int) -> bytes:
+    """The whole (decoded) answer, counted as it arrives: past `cap` bytes the read stops with AnswerTooLarge and
+    what was read is dropped, so an oversized answer never sits in memory. The transport reads ahead only a
+    bounded buffer (aiohttp's flow control), and the pieces are joined once, as `aread` does."""
+    declared = resp.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise AnswerTooLarge(int(declared), cap, declared=True, error=resp.status_code != 200)
+    parts: list[bytes] = []
+    size = 0
+    async for part in resp.aiter_bytes():
+        size += len(part)
+        if size > cap:
+            raise AnswerTooLarge(size, cap, declared=False, error=resp.status_code != 200)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def answer_cap(config: Config, status: int = 200) -> int:
+    """The size cap of an answer: `max_answer_mb`, and for an error answer at most ERROR_ANSWER_CAP (Keyrack parses
+    and redacts error bodies on the event loop; Google's are a few KB)."""
+    cap = int(config.max_answer_mb * 2**20)
+    return cap if status == 200 else min(cap, ERROR_ANSWER_CAP)
 
 
 def client_settings(config: Config) -> tuple[object, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import event_writer, proxy_throughput, quota_pressure, run_all
+from bench import event_writer, proxy_throughput, quota_pressure, run_all, upstream_answer
 
 
 def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
@@ -84,3 +84,27 @@ def test_quota_pressure_table_cases_report_guesses_that_never_refuse(tmp_path: P
 def test_run_all_summarises_every_known_shape() -> None:
     outcome = run_all.Outcome(run_all.BENCHES[0], "absent", 0.0, "", None)
     assert run_all.summary_table([outcome]).count("\n") == 1  # header only: an absent bench adds no row
+
+
+def test_proxy_throughput_against_another_checkout(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]  # this checkout against itself: the machinery, not a figure
+    f = proxy_throughput.run(
+        duration=0.3,
+        warmup=0.0,
+        transport=False,
+        minimal=False,
+        granian=False,
+        workdir=tmp_path,
+        against=repo,
+        rounds=2,
+    )
+    a = f["against"]
+    assert a["this_rps_c32"] > 0 and a["against_rps_c32"] > 0 and a["ratio_c32"] > 0 and a["errors"] == [0, 0]
+    assert len(a["per_round"]) == 2 and "against_ratio_c32" in f["targets"]
+    assert "ratio (this / against" in proxy_throughput.report(f)
+
+
+def test_upstream_answer_stays_bounded(tmp_path: Path) -> None:
+    f = upstream_answer.run(size_mb=40, cap_mb=4)
+    assert f["status"] == 502 and f["upstream_wrote_mb"] < 40 and f["rss_peak_hwm_mb"] > 0
+    assert "max_answer_mb" in f["message"] and "502" in upstream_answer.report(f)
