@@ -253,7 +253,10 @@ def test_a_failing_data_disk_under_load_loses_no_answered_call(
                 snapshot_interval_s=0,
             )
             try:
-                got = asyncio.run(scenario(url, disk))
+                try:
+                    got = asyncio.run(scenario(url, disk))
+                except httpx.ConnectError as exc:  # the proxy died: its own log says why
+                    raise AssertionError(f"the proxy stopped answering: {proc.log()[-6000:]}") from exc
                 log = proc.log()
                 assert proc.stop() == 0, log[-3000:]
             finally:
