@@ -13,6 +13,9 @@ Hierarchy:
     └── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
 
 Upstream errors are not exceptions: the client gets the upstream's real status and body.
+
+`NotReady` is not an answer: a background job whose prerequisite is not there yet (the rollup still rebuilding)
+raises it to be skipped quietly and run again soon; a traceback is kept for what is really broken.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ _OPENAI_TYPE = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class NotReady(Exception):
+    """A background job's prerequisite is not ready yet: skip this run quietly, retry soon (the message says why)."""
 
 
 class KeyrackError(Exception):
