@@ -146,7 +146,13 @@ def history_tables(end: datetime, days: int, rate: float, pool: Pool, seed: int 
     known = [m for m in models if m]
     model_share = np.array([sum(s.share for s in shapes if s.model == m) for m in known])
     per_min = expected[:, None] * model_share[None, :] / 60.0
-    over = np.array([[mix.exhausted_share(m, d) for m, d in zip(known, row, strict=True)] for row in per_min])
+    profile = expected / max(mix.calls_per_hour(rate), 1e-9)  # the hours' relative demand
+    over = np.array(
+        [
+            [mix.exhausted_share(m, d, mix.bursts_per_min(m, rate, r)) for m, d in zip(known, row, strict=True)]
+            for row, r in zip(per_min, profile, strict=True)
+        ]
+    )
     load = per_min / np.array([mix.capacity_per_min(m) or 1e9 for m in known])[None, :]
     has_model = c["model_idx"] >= 0
     mi = np.where(has_model, c["model_idx"], 0)

@@ -17,7 +17,15 @@ import random
 from dataclasses import dataclass
 
 from proxy_service.demo import scenario, traffic
-from proxy_service.demo.rhythm import BURST_CLIENT, BURST_KINDS, BURST_MODELS, DEFAULT_RATE, burst_rate
+from proxy_service.demo.rhythm import (
+    BURST_CLIENT,
+    BURST_KINDS,
+    BURST_MODELS,
+    BURST_SIZE,
+    DEFAULT_RATE,
+    burst_gap_mean_s,
+    burst_rate,
+)
 
 
 @dataclass(frozen=True)
@@ -126,9 +134,23 @@ def capacity_per_min(model: str) -> float:
     return float(limits.get("rpm") or 0) * len(scenario.DEMO_PROJECTS)
 
 
-def exhausted_share(model: str | None, per_min: float) -> float:
-    """The share of `per_min` calls for `model` refused `exhausted` (every key cooling): what is over capacity."""
+COOLDOWN_S = 60.0  # how long a burst over a model's capacity leaves its projects cooling (Google's minute window)
+
+
+def bursts_per_min(model: str | None, rate: float, rhythm: float) -> float:
+    """How many batch bursts a minute hit `model` at `rate` in an hour of relative demand `rhythm`."""
+    share = BURST_MODELS.count(model or "") / len(BURST_MODELS)
+    return rhythm * 60.0 / burst_gap_mean_s(rate) * share
+
+
+def exhausted_share(model: str | None, per_min: float, bursts: float = 0.0) -> float:
+    """The share of `per_min` calls for `model` refused `exhausted` (every key cooling): what is over capacity, and
+    around each of `bursts` batch bursts a minute, the burst's calls past the capacity left and the calls of the
+    cooldown that follows (what the live demo's pool does, roughly)."""
     if model not in scenario.DEMO_LIMITS or per_min <= 0:  # an unknown model is refused by Google, not the pool
         return 0.0
     cap = capacity_per_min(model)
-    return max(0.0, 1.0 - cap / per_min) if cap else 0.0
+    size = sum(BURST_SIZE) / 2
+    past = min(size, max(0.0, size - (cap - per_min)))
+    refused = max(0.0, per_min - cap) + bursts * (past + per_min * COOLDOWN_S / 60.0)
+    return min(0.9, refused / per_min)

@@ -41,6 +41,10 @@ def burst_gap_s(rate: float, rng: random.Random) -> float:
     return rng.uniform(*_BURST_GAP_S) * _stretch(rate)
 
 
+def burst_gap_mean_s(rate: float) -> float:
+    return sum(_BURST_GAP_S) / 2 * _stretch(rate)
+
+
 def burst_rate(rate: float) -> float:
     """Mean calls/s the bursts add to `rate`."""
-    return (sum(BURST_SIZE) / 2) / (sum(_BURST_GAP_S) / 2 * _stretch(rate))
+    return (sum(BURST_SIZE) / 2) / burst_gap_mean_s(rate)

@@ -13,7 +13,7 @@ KEYS_PER_PROJECT = 2
 # hours and batch bursts run into them and cooldowns show.
 DEMO_LIMITS: dict[str, dict[str, int | None]] = {
     "default": {"rpm": 3},
-    "gemini-2.5-flash": {"rpm": 3},
+    "gemini-2.5-flash": {"rpm": 4},
     "gemini-2.5-flash-lite": {"rpm": 4},
     "gemini-2.5-pro": {"rpm": 2},
     "gemini-2.0-flash": {"rpm": 3},

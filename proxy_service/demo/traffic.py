@@ -413,6 +413,7 @@ class TrafficGenerator:
                     await asyncio.sleep(span / n)
 
             bursts: set[asyncio.Task[None]] = set()
+            next_call = start + self.rng.expovariate(self.current_rate(0.0))
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_burst:
@@ -420,9 +421,11 @@ class TrafficGenerator:
                     bursts.add(b)
                     b.add_done_callback(bursts.discard)
                     next_burst = now + rhythm.burst_gap_s(self.rate, self.rng) / self.rhythm()
-                await asyncio.sleep(min(self.rng.expovariate(self.current_rate(now - start)), 2.0))
-                if not self._stop.is_set():
+                if now >= next_call:
                     launch(self.next_request())
+                    next_call = now + self.rng.expovariate(self.current_rate(now - start))
+                # Short naps (a stop is seen at once) that keep the exponential gaps: a capped sleep would not.
+                await asyncio.sleep(min(max(min(next_call, next_burst) - now, 0.0), 0.5))
             for b in list(bursts):
                 b.cancel()
             if tasks:

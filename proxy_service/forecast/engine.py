@@ -79,6 +79,7 @@ class ForecastEngine:
         self.demo_until: datetime | None = None  # history before this was backfilled by the demo, not recorded
         self._executor: ProcessPoolExecutor | None = None
         self._running: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- the worker process --------------------------------------------------------------------------------------
     def _pool(self) -> ProcessPoolExecutor:
@@ -89,6 +90,10 @@ class ForecastEngine:
         return self._executor
 
     def close(self) -> None:
+        """At shutdown: the refresh in flight stops (its read would meet a closed store), the worker goes."""
+        self._closed = True
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -129,6 +134,8 @@ class ForecastEngine:
             self.waiting = str(exc)
             return
         except Exception as exc:
+            if self._closed:  # the proxy is stopping: what failed is the store or worker going away, not a fault
+                return
             self.last_error, self.waiting = f"{type(exc).__name__}: {exc}"[:300], None
             log.exception("demand forecast refresh failed")
             return
