@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from proxy_service.demo.scenario import demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
 from proxy_service.demo.traffic import HABITS, Habit, TrafficGenerator
 from proxy_service.keys import parse_key_list
+from proxy_service.server import without_pandas
 from proxy_service.startup import (
     StartupError,
     check_data_dir,
@@ -244,6 +246,7 @@ class Launcher:
             self.shutdown()
 
     def _run(self) -> int:
+        without_pandas()  # Arrow would import it to write the demo history (seconds on a busy machine), for nothing
         opts = self.opts
         base = load_settings()
         root = (opts.data_dir or base.data_dir).resolve()
@@ -407,13 +410,14 @@ class Launcher:
         lines = [""]
         if opts.demo:
             d = self.demo
-            lines.append(f"Keyrack DEMO is running. {opts.reason or ''}".rstrip())
-            lines.append(
-                f"The demo's proxy gets {d['keys']} fake keys of its own (as its KEYRACK_API_KEYS) in {d['projects']} projects "
-                f"({d['revoked']} of them revoked, in {d['revoked_projects']}), a simulated Gemini API at "
-                f"{d['upstream']} with tight rate limits, and {d['clients']} demo clients sending about "
-                f"{opts.rate:g} requests/s (more in the afternoon, less at night and at weekends)."
+            what = (
+                f"Keyrack DEMO is running. {opts.reason} The demo's proxy gets {d['keys']} fake keys of its own (as "
+                f"its KEYRACK_API_KEYS) in {d['projects']} projects ({d['revoked']} of the keys revoked, in "
+                f"{d['revoked_projects']}), a simulated Gemini API at {d['upstream']} with tight rate limits, and "
+                f"{d['clients']} demo clients sending about {opts.rate:g} requests/s (more in the afternoon, less at "
+                "night and at weekends)."
             )
+            lines += textwrap.wrap(" ".join(what.split()), 116)
             lines.append("To use your real keys: put KEYRACK_API_KEYS in .env (see .env.example) and `make run` again.")
         else:
             lines.append(f"Keyrack is running against {load_settings().upstream_url}. {opts.reason}")

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 ID_PREFIX = "demo-"
-MAX_CALLS = 1_200_000  # the first start stays quick whatever `--rate` is (a faster demo then outruns its history)
+MAX_CALLS = 600_000  # the first start stays quick whatever `--rate` is (a faster demo then outruns its history)
 DAYS = 24  # both seasonalities, a 7-day backtest and 3 days to calibrate its band (see forecast/demand.py)
 _OVERLOADED = "The model is overloaded. Please try again later."  # the fake upstream's own messages
 _INTERNAL = (
@@ -329,8 +329,10 @@ def _arrow(columns: dict[str, Any]) -> pa.Table:
             out[name] = pc.take(dictionary, indices) if len(dictionary) else pa.nulls(len(codes), pa.string())
         elif isinstance(values, np.ndarray) and name in _INT_COLUMNS:
             out[name] = pa.array(np.nan_to_num(values).astype(np.int16), pa.int16(), mask=np.isnan(values))
+        elif isinstance(values, np.ndarray) and values.dtype.kind == "f":
+            out[name] = pa.array(values, mask=np.isnan(values))
         elif isinstance(values, np.ndarray):
-            out[name] = pa.array(values, from_pandas=True)
+            out[name] = pa.array(values)
         else:
             out[name] = values
     return pa.table(out)

@@ -387,7 +387,7 @@ class TrafficGenerator:
         async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=60) as client:
             tasks: set[asyncio.Task[None]] = set()
             start = time.monotonic()
-            next_burst = start + rhythm.burst_gap_s(self.rate, self.rng) / 2 / self.rhythm()
+            next_burst = start + self.rng.uniform(10, 20)  # the first one soon: a new demo shows activity at once
 
             async def one(spec: Spec) -> None:
                 self.counts["sent"] += 1

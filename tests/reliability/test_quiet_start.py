@@ -11,6 +11,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from proxy_service.demo.scenario import demo_pool
 from tests.reliability.harness import (
     Proc,
@@ -23,6 +25,7 @@ from tests.reliability.harness import (
     wait_http,
 )
 
+pytestmark = pytest.mark.timeout(1800)  # two demo starts, a history rebuild and two forecast fits at load 20
 LOUD = re.compile(r"level=(ERROR|CRITICAL)|Traceback")
 REBUILD = "rollup rebuild started"
 SLOW = 900.0  # a rebuild of the demo's history and a first forecast fit take minutes at load 20
