@@ -414,8 +414,12 @@ class Launcher:
                 f"Keyrack DEMO is running. {opts.reason} The demo's proxy gets {d['keys']} fake keys of its own (as "
                 f"its KEYRACK_API_KEYS) in {d['projects']} projects ({d['revoked']} of the keys revoked, in "
                 f"{d['revoked_projects']}), a simulated Gemini API at {d['upstream']} with tight rate limits, and "
-                f"{d['clients']} demo clients sending about {opts.rate:g} requests/s (more in the afternoon, less at "
-                "night and at weekends)."
+                + (
+                    f"{d['clients']} demo clients sending about {opts.rate:g} requests/s (more in the afternoon, "
+                    "less at night and at weekends)."
+                    if opts.rate > 0
+                    else "no generated traffic (--rate 0)."
+                )
             )
             lines += textwrap.wrap(" ".join(what.split()), 116)
             lines.append("To use your real keys: put KEYRACK_API_KEYS in .env (see .env.example) and `make run` again.")

@@ -7,13 +7,18 @@ Real processes, a real DuckDB file; waits on conditions with generous deadlines 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from proxy_service.app import NOT_READY_RETRY_S
 from proxy_service.demo.scenario import demo_pool
+from proxy_service.errors import NotReady
+from tests.conftest import Proxy
 from tests.reliability.harness import (
     Proc,
     clean_env,
@@ -90,3 +95,37 @@ def test_serve_restart_after_traffic_rebuilds_nothing(tmp_path: Path) -> None:
             assert "event=shutdown" in out and not _loud(out), _loud(out)
             if run:  # the first start builds the (empty) rollup; later ones find it in step with `requests`
                 assert REBUILD not in out, out[-3000:]
+
+
+def test_a_job_waiting_for_a_prerequisite_is_quiet_and_retried_soon(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The class, not only the forecast: any background job raising NotReady is said once at INFO and run again
+    within NOT_READY_RETRY_S whatever its own interval; a job that really fails still logs its traceback."""
+    gw = proxy.gateway
+    runs: list[float] = []
+
+    def waiting() -> None:
+        runs.append(time.monotonic())
+        if len(runs) < 3:
+            raise NotReady("the thing it needs is being built")
+
+    def broken() -> None:
+        raise RuntimeError("really broken")
+
+    async def schedule() -> None:
+        gw.every(lambda: 3600.0, waiting, "test-waiting", at_start=True)
+        gw.every(lambda: 3600.0, broken, "test-broken", at_start=True)
+
+    caplog.set_level(logging.INFO, logger="keyrack")
+    asyncio.run_coroutine_threadsafe(schedule(), gw.loop).result(10)
+    deadline = time.monotonic() + 60
+    while len(runs) < 3:
+        assert time.monotonic() < deadline, f"the job was not retried soon: {len(runs)} run(s)"
+        time.sleep(0.1)
+    assert runs[2] - runs[0] < 3 * NOT_READY_RETRY_S + 5  # not the job's hour
+    mine = [r for r in caplog.records if "test-waiting" in r.getMessage()]
+    assert [r.levelno for r in mine] == [logging.INFO], [r.getMessage() for r in mine]
+    assert "being built" in mine[0].getMessage() and mine[0].exc_info is None
+    failed = [r for r in caplog.records if "test-broken" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.ERROR and failed[0].exc_info is not None
