@@ -111,14 +111,43 @@ def fit_phase(n_models: int, days: int) -> dict[str, Any]:
     }
 
 
+def _plain_history(end: datetime, days: int, per_hour: dict[str, float], seed: int = 0) -> Any:
+    """generateContent rows per model at `per_hour` mean calls, with the demo's rhythm (one series per model)."""
+    import pyarrow as pa
+
+    from proxy_service.demo.history import hourly_profile
+
+    rng = np.random.default_rng(seed)
+    first = int(end.replace(tzinfo=UTC).timestamp() // 3600) - days * 24
+    hours = np.arange(first, first + days * 24, dtype=np.int64)
+    profile = hourly_profile(hours)
+    stamps, models = [], []
+    for model, mean in per_hour.items():
+        counts = rng.poisson(mean * profile)
+        stamps.append(np.repeat(hours * 3600, counts) + rng.uniform(0, 3600, int(counts.sum())))
+        models += [model] * int(counts.sum())
+    ts = np.concatenate(stamps)
+    n = len(ts)
+    return pa.table(
+        {
+            "ts": pa.array((ts * 1e6).astype("datetime64[us]"), pa.timestamp("us")),
+            "request_id": pa.array([f"bench-{i}" for i in range(n)]),
+            "model": pa.array(models),
+            "operation": pa.array(["generateContent"] * n),
+            "status": pa.array(np.full(n, 200, np.int16)),
+            "outcome": pa.array(["success"] * n),
+            "latency_ms": pa.array(rng.lognormal(np.log(600), 0.5, n)),
+        }
+    )
+
+
 def _seed_db(path: Path, n_models: int, days: int) -> int:
     import duckdb
 
-    from proxy_service.demo.history import history_table
     from proxy_service.store import SCHEMA
 
     end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
-    table = history_table(end, days, {f"model-{i:02d}": 4.0 + i for i in range(n_models)})
+    table = _plain_history(end, days, {f"model-{i:02d}": 4.0 + i for i in range(n_models)})
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
     try:

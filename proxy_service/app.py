@@ -28,7 +28,7 @@ from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts import history as alert_history
 from proxy_service.alerts.engine import AlertEngine
 from proxy_service.cluster import config as cluster_config
-from proxy_service.errors import google_body
+from proxy_service.errors import NotReady, google_body
 from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.forecast.engine import ForecastEngine
 from proxy_service.keys import KeySpec, parse_key_list
@@ -51,6 +51,7 @@ RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
 JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
 COMPACT_TICK_S = 60.0
+NOT_READY_RETRY_S = 5.0  # a job skipped for a prerequisite (errors.NotReady) runs again this soon
 REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change started gets going
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
@@ -361,17 +362,25 @@ class Gateway:
     ) -> None:
         async def loop() -> None:
             first = at_start
+            waiting: str | None = None  # why the last run was skipped (said once, not at every retry)
             while True:
                 if not first:
-                    await asyncio.sleep(seconds())
+                    await asyncio.sleep(min(seconds(), NOT_READY_RETRY_S) if waiting else seconds())
                 first = False
                 try:
                     result = job()
                     if asyncio.iscoroutine(result):
                         await result
+                    waiting = None
+                except NotReady as exc:
+                    if waiting is None:
+                        log.info("background job %s waits: %s", name, exc)
+                    waiting = str(exc)
                 except StorageFault as exc:  # the writer logs the fault itself, once
+                    waiting = None
                     log.warning("background job %s skipped: %s", name, exc)
                 except Exception:
+                    waiting = None
                     log.exception("background job %s failed", name)
 
         self._tasks.append(asyncio.create_task(loop(), name=name))
@@ -526,6 +535,10 @@ class Gateway:
                 await self.cluster.stop()
             self.persist_keys()
             self.writer.stop()
+            if self.cluster is None and not self.writer.alive:
+                # The rows appended since the rollup's last fold (up to FOLD_EVERY_S of them), folded now (inline:
+                # the writer has ended): the next start finds the rollup in step with `requests` and rebuilds nothing.
+                self.writer.submit(self.rollup.fold)
             if self.cluster is not None:
                 await self.cluster.close()
             metrics.REGISTRY.unregister(self._collector)

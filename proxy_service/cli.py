@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import click
 
+from proxy_service.demo.rhythm import DEFAULT_RATE
 from proxy_service.envfile import env_setting
 from proxy_service.startup import StartupError, load_settings, streamlit_argv, url_host
 
@@ -95,7 +96,13 @@ def _launch_options(fn):  # type: ignore[no-untyped-def]
             default=None,
             help="Data directory (default KEYRACK_DATA_DIR or ./data; the demo uses <data dir>/demo).",
         ),
-        click.option("--rate", type=float, default=2.0, show_default=True, help="Demo traffic, requests/s on average."),
+        click.option(
+            "--rate",
+            type=float,
+            default=DEFAULT_RATE,
+            show_default=True,
+            help="Demo traffic, requests/s on average over a week (its history is written at the same rate).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -17,6 +17,9 @@ Hierarchy:
 connection without the final chunk, so a stream broken upstream ends broken for the client too.
 
 Upstream errors are not exceptions: the client gets the upstream's real status and body.
+
+`NotReady` is not an answer: a background job whose prerequisite is not there yet (the rollup still rebuilding)
+raises it to be skipped quietly and run again soon; a traceback is kept for what is really broken.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ _OPENAI_TYPE = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class NotReady(Exception):
+    """A background job's prerequisite is not ready yet: skip this run quietly, retry soon (the message says why)."""
 
 
 class KeyrackError(Exception):

@@ -591,12 +591,6 @@ def hourly_calls(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> 
     ]
 
 
-def latest_from_client(cur: duckdb.DuckDBPyConnection, client_id: str) -> datetime | None:
-    """The newest call of `client_id` (the demo's backfilled history is marked with its own client id)."""
-    row = cur.execute("SELECT max(ts) FROM requests WHERE client_id = ?", [client_id]).fetchone()
-    return row[0] if row else None
-
-
 # -- quota windows after a restart -------------------------------------------------------------------------------------
 # Attempts that reached Google and counted there: a 429, a 5xx or a failed connection is un-counted on the spot
 # (Pool.rate_limited / Pool.failed), timeouts and answers stay counted. countTokens has its own quota bucket.

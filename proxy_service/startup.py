@@ -171,7 +171,7 @@ def real_keys_configured(settings: Settings) -> tuple[bool, str]:
         return True, "Keys come from KEYRACK_API_KEYS."
     db = settings.db_path
     if not db.exists():
-        return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} does not exist)."
+        return False, f"You have configured no upstream keys (KEYRACK_API_KEYS is empty and {db} does not exist)."
     try:
         con = duckdb.connect(str(db), read_only=True)
     except duckdb.Error as exc:
@@ -184,4 +184,4 @@ def real_keys_configured(settings: Settings) -> tuple[bool, str]:
         con.close()
     if n:
         return True, f"{n} key(s) are stored in {db}."
-    return False, f"No upstream keys configured (KEYRACK_API_KEYS is empty and {db} holds no keys)."
+    return False, f"You have configured no upstream keys (KEYRACK_API_KEYS is empty and {db} holds no keys)."

@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -37,10 +38,13 @@ import httpx
 
 from proxy_service import dashboard_link, heap
 from proxy_service.dashboard_link import KEY_ENV as LINK_KEY_ENV
-from proxy_service.demo.history import backfill, demo_rates
-from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
+from proxy_service.demo import history
+from proxy_service.demo.rhythm import DEFAULT_RATE
+from proxy_service.demo.scenario import demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
-from proxy_service.demo.traffic import HABITS, MODELS, Habit, TrafficGenerator
+from proxy_service.demo.traffic import HABITS, Habit, TrafficGenerator
+from proxy_service.keys import parse_key_list
+from proxy_service.server import without_pandas
 from proxy_service.startup import (
     StartupError,
     check_data_dir,
@@ -172,7 +176,7 @@ class Options:
     upstream_port: int = 8090
     dashboard: bool = True
     data_dir: Path | None = None
-    rate: float = 2.0
+    rate: float = DEFAULT_RATE
     reason: str = ""
 
 
@@ -184,6 +188,7 @@ class Launcher:
     forced: threading.Event = field(default_factory=threading.Event)
     traffic: TrafficGenerator | None = None
     link_dir: Path | None = None  # where this run's dashboard-link.json is, removed on the way out
+    demo: dict[str, Any] = field(default_factory=dict)  # what the demo runs, for the banner (_demo_facts)
 
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_signal(self, sig: int, _frame: Any) -> None:
@@ -241,6 +246,7 @@ class Launcher:
             self.shutdown()
 
     def _run(self) -> int:
+        without_pandas()  # Arrow would import it to write the demo history (seconds on a busy machine), for nothing
         opts = self.opts
         base = load_settings()
         root = (opts.data_dir or base.data_dir).resolve()
@@ -288,13 +294,9 @@ class Launcher:
                     "KEYRACK_REQUEST_TIMEOUT_S": env.get("KEYRACK_REQUEST_TIMEOUT_S", "6"),
                 }
             )
-            if opts.rate > 0:  # 24 days of seasonal history for the Forecast page, marked as demo data
-                rows = backfill(data_dir / "keyrack.duckdb", demo_rates(opts.rate, MODELS), projects=DEMO_PROJECTS)
-                if rows:
-                    print(
-                        f"  {rows:,} rows of demo history written for the Forecast page (client_id demo-backfill)",
-                        flush=True,
-                    )
+            self.demo = _demo_facts(api_keys, scenario, len(demo_clients), upstream_url)
+            if opts.rate > 0:  # the live demo's past (same clients, keys, mix and rate), written on the first start
+                self._write_history(data_dir, opts.rate, labels, api_keys, scenario)
             upstream = self._start(
                 "upstream",
                 [
@@ -335,7 +337,9 @@ class Launcher:
             raise StartupError(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
 
         if opts.demo and opts.rate > 0:  # traffic first: the dashboard has data by the time it opens
-            self.traffic = TrafficGenerator(proxy_url, client_token or "", rate=opts.rate, clients=demo_clients)
+            self.traffic = TrafficGenerator(
+                proxy_url, client_token or "", rate=opts.rate, clients=demo_clients, rhythmic=True
+            )
             self.traffic.start()
 
         dashboard_url = sign_in = None
@@ -361,6 +365,19 @@ class Launcher:
             return 0
         self._banner(proxy_url, sign_in, admin_token, client_token, data_dir, log_dir, app is None)
         return self._supervise()
+
+    def _write_history(
+        self, data_dir: Path, rate: float, labels: dict[str | None, str], api_keys: str, scenario: dict[str, Any]
+    ) -> None:
+        pool = history.pool_of(api_keys, scenario["invalid_keys"], {name: cid for cid, name in labels.items() if cid})
+        started = time.perf_counter()
+        calls = history.backfill(data_dir / "keyrack.duckdb", rate, pool)
+        if calls:
+            print(
+                f"  demo history: {calls:,} calls over {history.DAYS} days written in "
+                f"{time.perf_counter() - started:.1f} s (first start only; the proxy rolls them up in the background)",
+                flush=True,
+            )
 
     def _supervise(self) -> int:
         last_status = time.monotonic()
@@ -392,8 +409,19 @@ class Launcher:
         token = client_token or "any-token"
         lines = [""]
         if opts.demo:
-            lines.append("Keyrack DEMO is running: a simulated Gemini API, fake keys in 5 projects (2 keys revoked),")
-            lines.append("tight rate limits and generated traffic. " + (opts.reason or ""))
+            d = self.demo
+            what = (
+                f"Keyrack DEMO is running. {opts.reason} The demo's proxy gets {d['keys']} fake keys of its own (as "
+                f"its KEYRACK_API_KEYS) in {d['projects']} projects ({d['revoked']} of the keys revoked, in "
+                f"{d['revoked_projects']}), a simulated Gemini API at {d['upstream']} with tight rate limits, and "
+                + (
+                    f"{d['clients']} demo clients sending about {opts.rate:g} requests/s (more in the afternoon, "
+                    "less at night and at weekends)."
+                    if opts.rate > 0
+                    else "no generated traffic (--rate 0)."
+                )
+            )
+            lines += textwrap.wrap(" ".join(what.split()), 116)
             lines.append("To use your real keys: put KEYRACK_API_KEYS in .env (see .env.example) and `make run` again.")
         else:
             lines.append(f"Keyrack is running against {load_settings().upstream_url}. {opts.reason}")
@@ -435,6 +463,21 @@ class Launcher:
             "",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _demo_facts(api_keys: str, scenario: dict[str, Any], clients: int, upstream: str) -> dict[str, Any]:
+    """What the demo runs, counted from its pool (the banner states it as the proxy's startup line does)."""
+    specs = parse_key_list(api_keys)
+    invalid = set(scenario["invalid_keys"])
+    revoked = sorted({k.project or "" for k in specs if k.secret in invalid})
+    return {
+        "keys": len(specs),
+        "projects": len({k.project for k in specs}),
+        "revoked": sum(k.secret in invalid for k in specs),
+        "revoked_projects": ", ".join(f"project {p}" for p in revoked),
+        "clients": clients,
+        "upstream": upstream,
+    }
 
 
 def launch(

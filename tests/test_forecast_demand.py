@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,33 +108,6 @@ def test_planner_uses_learned_limits_and_reports_zero_quota() -> None:
 def test_planner_zero_limit_everywhere(limit: int) -> None:
     out = plan(_pool(), MODEL, Targets(5, None, "given", None), limit_rpm=limit)
     assert out["projects_needed"] is None and any("no quota" in n for n in out["notes"])
-
-
-def test_demo_backfill_is_marked_seasonal_and_written_once(tmp_path: Path) -> None:
-    import duckdb
-
-    from proxy_service.demo.history import CLIENT_ID, backfill
-
-    db = tmp_path / "keyrack.duckdb"
-    now = datetime(2026, 9, 21, 15, 30)
-    rows = backfill(db, {MODEL: 60.0, "gemini-2.5-pro": 6.0}, days=4, now=now)
-    assert rows > 4 * 24 * 50
-    assert backfill(db, {MODEL: 60.0}, days=4, now=now) == 0  # a restarted demo keeps its history
-    con = duckdb.connect(str(db))
-    try:
-        ((n, clients, first, last),) = con.execute(
-            "SELECT count(*), count(DISTINCT client_id), min(ts), max(ts) FROM requests"
-        ).fetchall()
-        hours = con.execute(
-            "SELECT hour(ts) AS h, count(*) FROM requests WHERE model = ? GROUP BY 1 ORDER BY 1", [MODEL]
-        ).fetchall()
-        client = con.execute("SELECT any_value(client_id) FROM requests").fetchone()
-    finally:
-        con.close()
-    assert n == rows and clients == 1 and client == (CLIENT_ID,)
-    assert first >= datetime(2026, 9, 17, 15) and last < datetime(2026, 9, 21, 15)  # ends at the last full hour
-    by_hour = dict(hours)
-    assert max(by_hour.values()) > 3 * min(by_hour.values())  # a daily cycle, not a flat line
 
 
 def test_routine_refresh_reuses_the_full_runs_backtest_and_band_factor() -> None:

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from proxy_service import queries
 from proxy_service.admin.common import ApiError, iso, json_body, ok, q_choice
-from proxy_service.demo.history import CLIENT_ID as DEMO_CLIENT_ID
+from proxy_service.demo.history import latest_history
+from proxy_service.errors import NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.engine import REFRESH_S, TOTAL
 from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view
@@ -39,9 +40,11 @@ def _reader(gw: Gateway) -> Any:
         if rollup.usable:
             await gw.write(rollup.fold)  # batches appended since the last fold
         if not rollup.usable:  # 90 days of raw rows is too much to scan: wait for the rebuild instead
-            raise RuntimeError("the rollup is being rebuilt; forecasts refresh after it")
+            done = rollup.progress
+            share = f" ({done:.0%} done)" if done is not None else ""
+            raise NotReady(f"the rollup is being rebuilt{share}; demand forecasts are fitted after it")
         rows = await gw.read(lambda cur: queries.hourly_calls(cur, lo, hi))
-        gw.forecast.demo_until = await gw.read(lambda cur: queries.latest_from_client(cur, DEMO_CLIENT_ID))
+        gw.forecast.demo_until = await gw.read(latest_history)
         return rows
 
     return rows
@@ -50,13 +53,16 @@ def _reader(gw: Gateway) -> Any:
 def start_jobs(gw: Gateway) -> None:
     eng = gw.forecast
     gw.every(lambda: SAMPLE_S, lambda: eng.meter.sample(gw.pool, time.time()), "forecast-rate")
-    first = [True]
 
     async def refresh() -> None:
-        first[0] = False
         await eng.refresh(_reader(gw))
+        if eng.waiting:  # skipped (the rollup rebuilding): `every` says so once and runs it again soon
+            raise NotReady(eng.waiting)
 
-    gw.every(lambda: FIRST_REFRESH_S if first[0] else REFRESH_S, refresh, "forecast-refresh")
+    def interval() -> float:  # soon after startup (the rollup settles first), then every REFRESH_S
+        return FIRST_REFRESH_S if eng.fitted_at is None and eng.last_error is None else REFRESH_S
+
+    gw.every(interval, refresh, "forecast-refresh")
 
     async def closer() -> None:  # the worker process goes with the gateway
         try:
@@ -115,7 +121,8 @@ async def demand_forecast(gw: Gateway, request: Request) -> Response:
         raise ApiError(400, f"horizon_h must be between 1 and {demand.HORIZON_H} (14 days)", "horizon_h")
     eng = gw.forecast
     if not await eng.ensure_fitted(_reader(gw)):
-        return ok({"status": "pending", "model": model or None, "retry_after_s": 30, "error": eng.last_error})
+        pending = {"status": "pending", "model": model or None, "retry_after_s": 30, "error": eng.last_error}
+        return ok({**pending, "waiting": eng.waiting})
     view = eng.demand_view(model, horizon, granularity)
     _times(view, ("fitted_at", "backtest_at"))
     return ok(view)
@@ -134,6 +141,7 @@ async def refresh_now(gw: Gateway, request: Request) -> Response:
             "fit_seconds": eng.fit_seconds,
             "series": len(eng.results),
             "error": eng.last_error,
+            "waiting": eng.waiting,
         }
     )
 

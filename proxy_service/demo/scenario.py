@@ -9,15 +9,18 @@ from typing import Any
 
 DEMO_PROJECTS = ("acme-prod", "acme-staging", "research", "batch-jobs", "free-tier")
 KEYS_PER_PROJECT = 2
+# Per project and model, as Google counts them; tight for the demo's rate (rhythm.DEFAULT_RATE), so that its busy
+# hours and batch bursts run into them and cooldowns show.
 DEMO_LIMITS: dict[str, dict[str, int | None]] = {
-    "default": {"rpm": 10},
-    "gemini-2.5-flash": {"rpm": 10},
-    "gemini-2.5-flash-lite": {"rpm": 15},
-    "gemini-2.5-pro": {"rpm": 8},
-    "gemini-2.0-flash": {"rpm": 12},
-    "gemini-embedding-001": {"rpm": 15},
-    "text-embedding-004": {"rpm": 15},
+    "default": {"rpm": 3},
+    "gemini-2.5-flash": {"rpm": 4},
+    "gemini-2.5-flash-lite": {"rpm": 4},
+    "gemini-2.5-pro": {"rpm": 2},
+    "gemini-2.0-flash": {"rpm": 3},
+    "gemini-embedding-001": {"rpm": 4},
+    "text-embedding-004": {"rpm": 4},
 }
+DEMO_ERROR_RATES = {"503": 0.03, "500": 0.01, "midstream": 0.02, "timeout": 0.004, "reset": 0.004}
 
 
 def demo_key(name: str) -> str:
@@ -38,7 +41,7 @@ def demo_pool() -> tuple[str, dict[str, Any]]:
         "latency_ms": 120,
         "ttft_ms": 350,
         "tokens_per_s": 45,
-        "error_rates": {"503": 0.03, "500": 0.01, "midstream": 0.02, "timeout": 0.004, "reset": 0.004},
+        "error_rates": DEMO_ERROR_RATES,
         "timeout_s": 8,
         "seed": int(time.time()),
     }

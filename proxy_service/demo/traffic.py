@@ -3,8 +3,10 @@
 A mix of native Gemini calls on several models (generate, SSE and JSON-array streams, countTokens, embeddings,
 model listing), OpenAI-surface chat (streamed and not) and embeddings, and the occasional bad request (malformed
 JSON, an unknown model, an invalid model name, a wrong token, an unknown field). The demo sends it open-loop at
-`rate` requests/s on average, the rate drifting between about half and one and a half times that, with a burst
-of one model's calls every 20–45 s (a batch job) so that rate limits and cooldowns show on the dashboard.
+`rate` requests/s on average over a week, following the daily and weekly rhythm of `rhythm.py` and drifting between
+about half and one and a half times that within minutes, with a burst of one model's calls now and then (a batch
+job, every 20–45 s at 2 requests/s) so that rate limits and cooldowns show on the dashboard. The demo's history is
+drawn from the same description (mix.py), so the live traffic continues it.
 
 `make_request()` builds one request, `send()` sends it and `check_answer()` says whether the answer is well formed
 (a status and a body that parses in the surface's shape); the tests drive the same mix closed-loop.
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from proxy_service.demo import rhythm
 
 MODELS: dict[str, float] = {
     "gemini-2.5-flash": 5,
@@ -314,11 +318,13 @@ class TrafficGenerator:
         concurrency: int = 32,
         on_outcome: Callable[[Outcome], None] | None = None,
         clients: dict[str, Habit] | None = None,
+        rhythmic: bool = False,
     ) -> None:
         self.base_url = base_url
         self.token = token
         self.clients = clients or {}  # token → habit: each request comes from one of them (else all from `token`)
         self.rate = rate
+        self.rhythm = rhythm.rhythm_now if rhythmic else lambda: 1.0  # the demo follows the hour; tests a flat rate
         self.rng = random.Random(seed)
         self.concurrency = concurrency
         self.on_outcome = on_outcome
@@ -372,15 +378,16 @@ class TrafficGenerator:
         return make_request(self.rng, token, _pick(self.rng, habit.mix), _pick(self.rng, habit.models))
 
     def current_rate(self, t: float) -> float:
-        """The drifting base rate: between ~0.5x and ~1.5x `rate`, a period of about two minutes."""
-        return max(0.05, self.rate * (1 + 0.5 * math.sin(2 * math.pi * t / 120)))
+        """The base rate now: `rate` times the hour's rhythm, drifting between ~0.5x and ~1.5x that over about two
+        minutes."""
+        return max(0.02, self.rate * self.rhythm() * (1 + 0.5 * math.sin(2 * math.pi * t / 120)))
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=60) as client:
             tasks: set[asyncio.Task[None]] = set()
             start = time.monotonic()
-            next_burst = start + self.rng.uniform(10, 20)
+            next_burst = start + self.rng.uniform(10, 20)  # the first one soon: a new demo shows activity at once
 
             async def one(spec: Spec) -> None:
                 self.counts["sent"] += 1
@@ -395,10 +402,10 @@ class TrafficGenerator:
                 task.add_done_callback(tasks.discard)
 
             async def burst() -> None:
-                kind = self.rng.choice(["generate", "generate", "stream_sse", "batch_embed"])
-                model = self.rng.choice(["gemini-2.5-flash", "gemini-2.5-flash", "gemini-2.5-flash-lite"])
-                n, span = self.rng.randint(10, 20), self.rng.uniform(2, 5)
-                token = next((t for t, h in self.clients.items() if h.name == "nightly-reports"), self.token)
+                kind = self.rng.choice(rhythm.BURST_KINDS)
+                model = self.rng.choice(rhythm.BURST_MODELS)
+                n, span = self.rng.randint(*rhythm.BURST_SIZE), self.rng.uniform(*rhythm.BURST_SPAN_S)
+                token = next((t for t, h in self.clients.items() if h.name == rhythm.BURST_CLIENT), self.token)
                 for _ in range(n):
                     if self._stop.is_set():
                         return
@@ -406,16 +413,19 @@ class TrafficGenerator:
                     await asyncio.sleep(span / n)
 
             bursts: set[asyncio.Task[None]] = set()
+            next_call = start + self.rng.expovariate(self.current_rate(0.0))
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_burst:
                     b = asyncio.create_task(burst())
                     bursts.add(b)
                     b.add_done_callback(bursts.discard)
-                    next_burst = now + self.rng.uniform(20, 45)
-                await asyncio.sleep(min(self.rng.expovariate(self.current_rate(now - start)), 2.0))
-                if not self._stop.is_set():
+                    next_burst = now + rhythm.burst_gap_s(self.rate, self.rng) / self.rhythm()
+                if now >= next_call:
                     launch(self.next_request())
+                    next_call = now + self.rng.expovariate(self.current_rate(now - start))
+                # Short naps (a stop is seen at once) that keep the exponential gaps: a capped sleep would not.
+                await asyncio.sleep(min(max(min(next_call, next_burst) - now, 0.0), 0.5))
             for b in list(bursts):
                 b.cancel()
             if tasks:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proxy_service.buckets import floor_time
+from proxy_service.errors import NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.exhaustion import RateMeter
 
@@ -73,10 +74,12 @@ class ForecastEngine:
         self.fitted_at: float | None = None
         self.fit_seconds: float | None = None
         self.last_error: str | None = None
+        self.waiting: str | None = None  # why the last refresh was skipped (its input not ready yet), if it was
         self.backtest_at: float | None = None  # the last full refresh (calibration + backtest + forecast)
         self.demo_until: datetime | None = None  # history before this was backfilled by the demo, not recorded
         self._executor: ProcessPoolExecutor | None = None
         self._running: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- the worker process --------------------------------------------------------------------------------------
     def _pool(self) -> ProcessPoolExecutor:
@@ -87,6 +90,10 @@ class ForecastEngine:
         return self._executor
 
     def close(self) -> None:
+        """At shutdown: the refresh in flight stops (its read would meet a closed store), the worker goes."""
+        self._closed = True
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -123,8 +130,13 @@ class ForecastEngine:
                 results = await loop.run_in_executor(self._pool(), fit)
             else:  # only "not enough history" answers: no fit, no worker process (a fresh install starts none), no numpy
                 results = {sid: demand.unready(len(ys)) for sid, ys in payload.items()}
+        except NotReady as exc:  # the history is not readable yet (rollup rebuilding): not a failure
+            self.waiting = str(exc)
+            return
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self._closed:  # the proxy is stopping: what failed is the store or worker going away, not a fault
+                return
+            self.last_error, self.waiting = f"{type(exc).__name__}: {exc}"[:300], None
             log.exception("demand forecast refresh failed")
             return
         if full:
@@ -133,6 +145,7 @@ class ForecastEngine:
             res["start"] = end  # the first forecast hour (UTC)
         self.results, self.history = results, history
         self.fitted_at, self.fit_seconds, self.last_error = self.clock(), time.perf_counter() - started, None
+        self.waiting = None
         log.info("demand forecasts refreshed: %d series in %.1f s", len(results), self.fit_seconds)
 
     async def ensure_fitted(self, read_rows: Callable[[datetime, datetime], Any]) -> bool:

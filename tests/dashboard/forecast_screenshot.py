@@ -13,9 +13,10 @@ from pathlib import Path
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.app import create_app
 from proxy_service.demo.fake_upstream import create_app as create_fake
-from proxy_service.demo.history import backfill, demo_rates
+from proxy_service.demo.history import backfill, pool_of
+from proxy_service.demo.rhythm import DEFAULT_RATE
 from proxy_service.demo.scenario import DEMO_PROJECTS, demo_pool
-from proxy_service.demo.traffic import MODELS
+from proxy_service.demo.traffic import HABITS
 from proxy_service.quota import next_pacific_midnight
 from proxy_service.settings import Settings
 from tests.dashboard.conftest import running_dashboard
@@ -50,8 +51,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="keyrack-shot-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
-        backfill(data / "keyrack.duckdb", demo_rates(2.0, MODELS), projects=DEMO_PROJECTS)
         api_keys, scenario = demo_pool()
+        clients = {h.name: f"t_demo{i:06d}" for i, h in enumerate(HABITS)}
+        backfill(data / "keyrack.duckdb", DEFAULT_RATE, pool_of(api_keys, scenario["invalid_keys"], clients))
         with serve(create_fake(scenario)) as upstream:
             settings = Settings(  # type: ignore[call-arg]
                 _env_file=None,
