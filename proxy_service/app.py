@@ -38,6 +38,7 @@ from proxy_service.relay import Relay
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
+from proxy_service.sql_sandbox import Sandbox
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
@@ -91,6 +92,18 @@ class Gateway:
             self.cluster = Cluster(cluster_cfg, settings.data_dir)
             self.store, self.writer = self.cluster.store, self.cluster.writer
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
+        # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox). The cluster's lake
+        # store runs it in process (sql_guard.run), as before.
+        self.sandbox: Sandbox | None = None
+        if self.cluster is None:
+            self.sandbox = Sandbox(
+                self.store,
+                self.writer,
+                settings.data_dir / "sql-sandbox",
+                QUERY_SLOTS,
+                settings.sql_worker_memory_mb,
+                settings.duckdb_threads,
+            )
         self._config = self._load_config(settings.config())
         cfg = self._config
         self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
@@ -502,6 +515,8 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
+        if self.sandbox is not None:
+            self.sandbox.start()
         if self.cluster is not None:
             await self.cluster.start(self)
         self.relay.client = build_client(self._config)
@@ -531,6 +546,8 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.alerts.stop()
             logs.remove_secret_source(self.alerts.secrets)
+            if self.sandbox is not None:
+                await asyncio.to_thread(self.sandbox.close)
             if self.cluster is not None:
                 await self.cluster.stop()
             self.persist_keys()

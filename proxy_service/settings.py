@@ -394,6 +394,9 @@ class Settings(BaseSettings, Config):
     # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
+    # User SQL runs in worker processes (sql_sandbox): DuckDB's memory_limit there, in MB; each worker's address
+    # space is capped at this plus sql_sandbox.ADDRESS_HEADROOM_MB.
+    sql_worker_memory_mb: int = Field(256, ge=64, le=65_536)
     duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
     duckdb_row_group_size: int = Field(DUCKDB_ROW_GROUP_SIZE, ge=2_048, le=122_880)
     duckdb_wal_autocheckpoint: str = "4MiB"  # WAL size at which DuckDB checkpoints (store.py says why 4 MiB)
