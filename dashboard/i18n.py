@@ -132,6 +132,8 @@ _add("reason.query_not_allowed", "Query not allowed: {detail}", "不允许执行
 _add("reason.query_failed", "Query failed: {detail}", "查询失败：{detail}")
 _add("reason.query_timeout", "Query interrupted at the time limit: {detail}", "查询超过时间上限，已中断：{detail}")
 _add("reason.query_too_costly", "Query too costly: {detail}", "查询占用内存过多：{detail}")
+_add("reason.explore_timeout", "Explore stopped at the time limit: {detail}", "多维分析超过时间上限，已中断：{detail}")
+_add("reason.explore_busy", "Explore is busy: {detail}", "多维分析繁忙：{detail}")
 _add("reason.invalid_value", "Invalid value for {field}: {detail}", "{field} 的取值无效：{detail}")
 _add("reason.invalid_body", "The request body is not valid JSON: {detail}", "请求体不是有效的 JSON：{detail}")
 _add("reason.not_found", "Not found: {detail}", "未找到：{detail}")
@@ -479,6 +481,7 @@ _add("field.retention_attempts_days", "Keep attempts (days)", "尝试记录保�
 _add("field.retention_error_logs_days", "Keep error logs (days)", "错误日志保留（天）")
 _add("field.snapshot_interval_s", "Parquet snapshot period (s, 0 = off)", "Parquet 快照周期（秒，0 为关闭）")
 _add("field.query_timeout_s", "SQL page time limit (s)", "SQL 查询时间限制（秒）")
+_add("field.explore_timeout_s", "Explore time limit (s)", "多维分析时间限制（秒）")
 _add("field.query_row_cap", "SQL page row cap", "SQL 查询行数上限")
 _add("field.query_byte_cap_mb", "SQL page result size cap (MB)", "SQL 查询结果大小上限（MB）")
 # -- forecast ----------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change start
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
+EXPLORE_SLOTS = 2  # Explore reads running at once (admin/explore.py: the others wait, then 503)
 CACHE_TRIM_S = 10.0  # DuckDB's cache of checkpointed blocks cut back to store.CACHE_KEEP_BYTES (Store.trim_cache)
 MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worker thread (not at scrape time)
 T = TypeVar("T")
@@ -92,6 +93,7 @@ class Gateway:
             self.cluster = Cluster(cluster_cfg, settings.data_dir)
             self.store, self.writer = self.cluster.store, self.cluster.writer
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
+        self.explore_slots = asyncio.Semaphore(EXPLORE_SLOTS)
         # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox). The cluster's lake
         # store runs it in process (sql_guard.run), as before.
         self.sandbox: Sandbox | None = None

@@ -184,6 +184,7 @@ class Config(BaseModel):
     query_byte_cap_mb: float = Field(
         32.0, gt=0, le=1024, json_schema_extra=_meta("logging", "SQL page size cap (MB of answer)")
     )
+    explore_timeout_s: float = Field(15.0, gt=0, le=600, json_schema_extra=_meta("logging", "Explore time limit (s)"))
 
     # Alerts
     alert_interval_s: int = Field(
