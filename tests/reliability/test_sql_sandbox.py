@@ -115,9 +115,12 @@ def attacks(env: Env) -> list[str]:
         f"SELECT * FROM sniff_csv('{env.env_file}')",
         # a value conversion error would quote the file's text
         f"SELECT * FROM read_csv('{env.env_file}', columns = {{'a': 'INTEGER'}}, header = false)",
-        # URLs
+        # URLs (the server answers any GET with the canary, and counts the GETs)
         f"SELECT * FROM read_csv('{web}/x.csv')",
+        f"SELECT content FROM read_text('{web}/b')",
         f"SELECT * FROM '{web}/y.parquet'",
+        f"SELECT * FROM read_parquet(['{web}/e.parquet'])",
+        f"SELECT json_serialize_plan('SELECT * FROM read_blob(''{web}/d'')')",
         # other databases
         f"SELECT * FROM sqlite_scan('{db}', 'keys')",
         f"SELECT * FROM duckdb_scan('{db}')",
@@ -153,25 +156,13 @@ def test_with_the_guard_off_the_engine_refuses_every_read_outside_the_tables(env
         else:
             assert r.status_code == 400, (sql, r.status_code, r.text[:300])
     assert not (env.data_dir / "copied.csv").exists() and not (env.data_dir / "exported").exists()
+    assert env.hits == [], env.hits
     # The data tables are all there is, and they hold no secret.
     r = env.query("SELECT * FROM keys")
     assert r.status_code == 200 and "secret" not in [c["name"] for c in r.json()["columns"]], r.text[:300]
     assert len(r.json()["rows"]) == len(env.gateway.pool.keys)
     r = env.query("SELECT count(*) FROM requests WHERE outcome = 'success'")
     assert r.status_code == 200 and r.json()["rows"][0][0] >= 1
-
-
-def test_with_the_guard_off_no_url_is_fetched(env: Env, guard_off: None) -> None:
-    for sql in (
-        f"SELECT * FROM read_csv('{env.web}/a.csv')",
-        f"SELECT content FROM read_text('{env.web}/b')",
-        f"SELECT * FROM '{env.web}/c.json'",
-        f"SELECT json_serialize_plan('SELECT * FROM read_blob(''{env.web}/d'')')",
-        f"SELECT * FROM read_parquet(['{env.web}/e.parquet'])",
-    ):
-        r = env.query(sql)
-        assert CANARY not in r.text, (sql, r.text[:300])
-    assert env.hits == [], env.hits
 
 
 def test_the_workers_database_refuses_by_itself(env: Env) -> None:
