@@ -440,7 +440,11 @@ class Gateway:
             }
             now = queries.utcnow()
             cutoffs = snapshot.retention_cutoffs(days, now)
-            await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S)
+            deleted = await self.write(
+                lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S
+            )
+            if self.sandbox is not None and any(deleted.values()):  # rewritten now, not on the next query's time
+                await asyncio.to_thread(self.sandbox.refresh_quietly)
             alerts_cutoff = now - timedelta(days=cfg.retention_alert_history_days)
             await self.write(lambda cur: alert_history.prune(cur, alerts_cutoff), JOB_WRITE_TIMEOUT_S)
 

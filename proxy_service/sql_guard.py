@@ -3,8 +3,27 @@ secret), within a time limit and a row cap.
 
 Design, and why (DuckDB facts as measured in the team's stack notes, re-checked on 1.5.5):
 
-The query runs on a cursor of the proxy's own connection, against the `safe` schema of views (`safe.keys` has no
-`secret` column); the cursor's search_path is `safe`. It is admitted only after four checks, each fail-closed:
+Two walls, each meant to hold alone. The outer one is where the query runs. In the embedded proxy it never touches
+the proxy's own database: `sql_sandbox` hands it to a warm worker process (`sql_worker`) whose in-memory DuckDB reads
+only a Parquet snapshot of the public tables (the keys without `secret`), with `allowed_paths` = exactly those files,
+`enable_external_access=false`, extension autoload/autoinstall and community extensions off, no temp directory, its
+own memory_limit and threads, then `lock_configuration=true`; the process's address space is capped (RLIMIT_AS).
+So whatever function a query calls — a planner function that binds nested SQL, a file reader, a URL, ATTACH, an
+extension — DuckDB itself refuses, and no error can carry text from outside the four tables. A value DuckDB builds
+outside its memory_limit fails inside the worker (query_too_costly), and a function that ignores the interrupt is
+ended with its worker past the time limit plus a grace (408); the proxy starts a fresh worker and goes on. Only
+the statement-type rule (`select_only`: one SELECT as DuckDB's parser classifies it, so no COPY over a snapshot file)
+runs there when this guard is switched off (`ENABLED`, for tests). The cluster's lake store still runs user SQL in
+process on a cursor of its own connection (`run`), behind this guard alone.
+
+Why a snapshot rather than the database file: DuckDB lets no second process open a file one process holds
+read-write, and `enable_external_access=false` cannot be set on the proxy's connection (it disables the Python
+replacement scans the writer uses, and with `allowed_directories` it would still let `read_blob()` read the database
+file itself, secrets and all). Each snapshot generation gets a fresh database in the worker, since a locked
+configuration cannot widen `allowed_paths`.
+
+The inner wall is this allow-list, admitted in four checks, each fail-closed; the query sees the `safe` tables
+(`safe.keys` has no `secret` column), bare or `safe.`-qualified:
 
 1. a lexical pre-screen (a small lexer that splits statements exactly as DuckDB does: nested comments, E'' strings,
    $$ quotes — fuzzed against `extract_statements`): every statement must start with SELECT / WITH / FROM /
@@ -20,15 +39,8 @@ The query runs on a cursor of the proxy's own connection, against the `safe` sch
    window function must be a built-in of schema main that touches no state (current_setting, nextval, write_log...
    are refused); any column reference named `secret` is refused; DESCRIBE / SHOW / SUMMARIZE / PIVOT statements
    (which cannot be serialised) are refused;
-4. execution: a timer thread calls `cursor.interrupt()` after `query_timeout_s`; results stream as Arrow record
-   batches and stop one row past `query_row_cap`.
-
-Why not a separate, locked-down DuckDB for user SQL: `enable_external_access=false` is database-wide, and on this
-DuckDB (1.5.5) it also disables Python replacement scans, which the event writer and key persistence use to append
-Arrow batches; with `allowed_directories` it still lets `read_blob()` read the database file itself (secrets and
-all), so it would not protect the keys anyway. A second in-memory database would need a copy of the data (10M+ rows)
-per query, or the main file attached a second time in the same process, which DuckDB does not support while it is
-open read-write. Hence: one connection, a schema of safe views, and an allow-list over the parse tree.
+4. execution (`execute`): a timer thread calls `cursor.interrupt()` after `query_timeout_s`; results stream as Arrow
+   record batches and stop one row past `query_row_cap`.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 public tables, never the proxy's own database.
 
 `Snapshot` keeps `<data dir>/sql-sandbox/` (0700) equal to what user SQL may see: requests, attempts, error_logs
-and keys as `store.public_select` gives them (no secret, no derived columns), and the client labels. A refresh runs
+and keys as the `safe` views give them (no secret, no derived columns; requests with its `client` label). A refresh runs
 in one read transaction on its own cursor (the writer keeps appending meanwhile). The three append-only tables are
 brought up to date by a delta file of the rows whose `rowid` is past the last refresh's; the table's row count
 tells whether anything was deleted since (retention, a clear of error logs), and then the table is exported again
-whole. Small tables (keys, labels) are written again when their rows changed. Many deltas are merged into one.
+whole (requests too when the client labels changed). The keys are written again when their rows changed. Many deltas are merged into one.
 Replaced files are deleted only once no query can still read them.
 
 `Sandbox.run` makes each query see everything written before it (the writer is flushed, then the snapshot is
@@ -33,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from proxy_service import sql_guard
+from proxy_service import queries, sql_guard
 from proxy_service.events import EventWriter
 from proxy_service.sql_worker import LENGTH
 from proxy_service.store import PUBLIC_TABLES, Store, private_dir, private_file, public_select
@@ -74,6 +74,8 @@ class Snapshot:
         self.generation = 0
         self._tables: dict[str, _Table] = {}
         self._retired: list[tuple[float, Path]] = []
+        self._labels: int | None = None
+        self._dropped: dict[str, _Table] = {}  # tables to write whole again (their files retired once they are)
         self._seq = 0
         self._lock = threading.Lock()
         self.last_refresh_ms = 0.0
@@ -82,7 +84,6 @@ class Snapshot:
         return {
             "generation": self.generation,
             "tables": {t: [str(f) for f in self._tables[t].files] for t in PUBLIC_TABLES},
-            "labels": str(self._tables["labels"].files[0]),
         }
 
     def refresh(self) -> dict[str, Any]:
@@ -93,13 +94,15 @@ class Snapshot:
             try:
                 cur.execute("BEGIN TRANSACTION")
                 try:
+                    # requests.client comes from the labels: new labels, the whole table again.
+                    labels = hash(tuple(cur.execute(f"SELECT * FROM {self.store.client_labels} ORDER BY 1").fetchall()))
+                    if labels != self._labels and "requests" in self._tables:
+                        self._dropped["requests"] = self._tables.pop("requests")
+                    self._labels = labels
                     changed = False
                     for table in APPEND_TABLES:
                         changed |= self._append_table(cur, table)
                     changed |= self._small(cur, "keys", public_select("keys") + " ORDER BY key_id")
-                    changed |= self._small(
-                        cur, "labels", f"SELECT client_id, label FROM {self.store.client_labels} ORDER BY client_id"
-                    )
                 finally:
                     cur.execute("COMMIT")
             finally:
@@ -119,7 +122,7 @@ class Snapshot:
         tmp = final.with_suffix(".tmp")
         try:
             target = str(tmp).replace("'", "''")
-            cur.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)", params or [])
+            cur.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or [])
             private_file(tmp)
             os.replace(tmp, final)
         except BaseException:
@@ -143,17 +146,20 @@ class Snapshot:
 
     def _append_table(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
         state = self._tables.get(table)
-        select = public_select(table)
+        # As user SQL sees it in the proxy's database (requests with its `client` label), alias `r` where joined.
+        select = queries.SAFE_TABLES[table]
+        rowid = "r.rowid" if table == "requests" else "rowid"
         if state is not None:
-            row = cur.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE rowid >= ?), max(rowid) FROM main.{table}",
-                [state.next_rowid],
-            ).fetchone()
-            total, new, top = row if row else (0, 0, None)
+            row = cur.execute(f"SELECT count(*), max(rowid) FROM main.{table}").fetchone()
+            total, top = row if row else (0, None)
+            if total == state.rows and (top is None or int(top) + 1 == state.next_rowid):
+                return False  # nothing appended, nothing deleted
+            row = cur.execute(f"SELECT count(*) FROM main.{table} WHERE rowid >= ?", [state.next_rowid]).fetchone()
+            new = int(row[0]) if row else 0
             if total == state.rows + new:  # nothing deleted: the new rows are the ones past next_rowid
                 if not new:
                     return False
-                delta = self._copy(cur, f"{select} WHERE rowid >= ?", table, [state.next_rowid])
+                delta = self._copy(cur, f"{select} WHERE {rowid} >= ?", table, [state.next_rowid])
                 state.files.append(delta)
                 state.rows, state.next_rowid = total, int(top) + 1
                 if len(state.files) > MAX_DELTAS + 1:
@@ -162,12 +168,13 @@ class Snapshot:
                     self._retire(state.files[1:])
                     state.files = [state.files[0], merged]
                 return True
-        # First refresh, or rows were deleted: the whole table again.
+        # First refresh, rows were deleted, or new labels: the whole table again.
         row = cur.execute(f"SELECT count(*), max(rowid) FROM main.{table}").fetchone()
         total, top = row if row else (0, None)
         base = self._copy(cur, select, table)
-        if state is not None:
-            self._retire(state.files)
+        old = self._dropped.pop(table, None) if state is None else state
+        if old is not None:
+            self._retire(old.files)
         self._tables[table] = _Table([base], int(total), int(top) + 1 if top is not None else 0)
         return True
 
@@ -285,9 +292,19 @@ class Sandbox:
         self.restarts = 0
 
     def start(self) -> None:
-        """Start the workers in the background (the first query waits for one if it comes sooner)."""
+        """Start the workers and write the first snapshot in the background (the first query waits for them if it
+        comes sooner)."""
         for _ in range(self.size):
             self._replace()
+        threading.Thread(target=self.refresh_quietly, name="keyrack-sql-snapshot", daemon=True).start()
+
+    def refresh_quietly(self) -> None:
+        """Refresh the snapshot ahead of the next query (at start, after retention deleted rows); a failure is
+        logged, and the next query tries again."""
+        try:
+            self.snapshot.refresh()
+        except Exception as exc:  # a storage fault, a full disk: the query that needs it will say so
+            log.warning("SQL snapshot refresh failed: %s", exc)
 
     def _replace(self) -> None:
         threading.Thread(target=self._spawn, name="keyrack-sql-worker-start", daemon=True).start()

@@ -2,7 +2,7 @@
 proxy_service.sql_worker MEMORY_MB ADDRESS_SPACE_MB THREADS`).
 
 It sees only the public snapshot the proxy writes (`sql_sandbox.Snapshot`: Parquet files of requests, attempts,
-error_logs and keys without `secret`, plus the client labels), through views in schema `safe`. Its database is
+error_logs and keys without `secret`), through views in schema `safe` (and `main`). Its database is
 in memory and opened with: `allowed_paths` = exactly those files, `enable_external_access=false` (no other file,
 URL, ATTACH of a file, COPY, INSTALL or LOAD), extension autoinstall/autoload and community extensions off, no
 temp directory, its own `memory_limit` and `threads`, then `lock_configuration=true` (no SET / PRAGMA / RESET can
@@ -61,8 +61,7 @@ def open_database(snapshot: dict[str, Any], memory_mb: int, threads: int) -> duc
     import duckdb
 
     tables: dict[str, list[str]] = snapshot["tables"]
-    labels: str = snapshot["labels"]
-    files = [f for t in PUBLIC for f in tables[t]] + [labels]
+    files = [f for t in PUBLIC for f in tables[t]]
     con = duckdb.connect(
         ":memory:",
         config={
@@ -80,16 +79,9 @@ def open_database(snapshot: dict[str, Any], memory_mb: int, threads: int) -> duc
         con.execute("SET enable_external_access = false")
         con.execute(f"CREATE SCHEMA {SAFE}")
         for table in PUBLIC:
-            source = f"read_parquet([{', '.join(_literal(f) for f in tables[table])}])"
-            if table == "requests":  # `client`: the operator's label, else the id (as queries.SAFE_TABLES)
-                body = (
-                    f"SELECT r.*, coalesce(l.label, r.client_id) AS client FROM {source} r "
-                    f"LEFT JOIN read_parquet({_literal(labels)}) l ON l.client_id = r.client_id"
-                )
-            else:
-                body = f"SELECT * FROM {source}"
+            source = f"SELECT * FROM read_parquet([{', '.join(_literal(f) for f in tables[table])}])"
             # In `safe`, as in the proxy's database, and in `main`: a cursor starts with the default search path.
-            con.execute(f"CREATE VIEW {SAFE}.{table} AS {body}")
+            con.execute(f"CREATE VIEW {SAFE}.{table} AS {source}")
             con.execute(f"CREATE VIEW main.{table} AS SELECT * FROM {SAFE}.{table}")
         con.execute("SET lock_configuration = true")
     except BaseException:
