@@ -90,7 +90,7 @@ def serve_proxy(host: str | None, port: int | None) -> None:
         sock.close()
         raise StartupError(database_error(settings.db_path, exc)) from None
     except Exception as exc:
-        from proxy_service.cluster.node import ClusterStartError
+        from proxy_service.cluster.config import ClusterStartError
 
         if not isinstance(exc, ClusterStartError):
             raise
