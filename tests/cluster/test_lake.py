@@ -7,11 +7,13 @@ import contextlib
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 
 from proxy_service.cluster.config import ClusterConfig, pg_conninfo
@@ -19,6 +21,7 @@ from proxy_service.cluster.lake import LakeError, LakeStore, load_extensions
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.events import RequestEvent
 from proxy_service.rollup import TIERS, Rollup, fold_batch
+from tests.cluster.conftest import Replica
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DOC = REPO / "docs" / "cluster.md"
@@ -518,4 +521,24 @@ def test_a_missing_catalog_database_is_created_when_the_role_may_and_named_in_on
         run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         run(f"DROP DATABASE IF EXISTS {denied} WITH (FORCE)")
         run(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
+
+
+def test_a_replica_started_on_a_missing_catalog_database_creates_it_and_serves(
+    start_replica: Callable[..., Replica],
+) -> None:
+    """The plain-process walkthrough of docs/cluster.md: no `createdb` first, the first replica creates it."""
+    from tests.cluster.conftest import PG_URL, pg_admin
+
+    name = f"keyrack_test_walk_{secrets.token_hex(4)}"
+    try:
+        replica = start_replica("http://127.0.0.1:9", lake_catalog=f"{PG_URL}/{name}")
+        ready = httpx.get(f"{replica.url}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["cluster"]["replica"] == "r1", ready.text
+        assert re.search(rf"level=WARNING .*created the catalog database {name} ", replica.proc.log())
+    finally:
+        admin = pg_admin()
+        admin.execute(
+            f"CALL postgres_execute('pgadmin', 'DROP DATABASE IF EXISTS {name} WITH (FORCE)', use_transaction => false)"
+        )
         admin.close()
