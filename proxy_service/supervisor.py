@@ -274,7 +274,9 @@ class Launcher:
         proxy_port = opts.proxy_port if opts.proxy_port is not None else base.port
         app = dashboard_app()
         with_dashboard = opts.dashboard and app is not None
-        ports = {"proxy (--proxy-port)": proxy_port}
+        ports = {
+            f"proxy ({'--proxy-port' if opts.proxy_port is not None else 'KEYRACK_PORT / --proxy-port'})": proxy_port
+        }
         if with_dashboard:
             ports["dashboard (--dashboard-port)"] = opts.dashboard_port
         if opts.demo:

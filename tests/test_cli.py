@@ -257,8 +257,16 @@ def test_demo_refuses_a_taken_port(tmp_path: Path) -> None:
             capture_output=True,
             timeout=30,
         )
+        from_env = subprocess.run(  # the port came from KEYRACK_PORT: the line names both ways to change it
+            [*KEYRACK, "demo", "--no-dashboard", "--data-dir", str(tmp_path)],
+            env=clean_env(port=str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=30,
+        )
     assert res.returncode == 1
     assert f"port {port} for the proxy (--proxy-port) is already in use" in res.stderr.decode()
+    assert f"port {port} for the proxy (KEYRACK_PORT / --proxy-port) is already in use" in from_env.stderr.decode()
 
 
 def test_demo_pool_has_projects_invalid_keys_and_tight_limits() -> None:
