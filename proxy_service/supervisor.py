@@ -274,9 +274,8 @@ class Launcher:
         proxy_port = opts.proxy_port if opts.proxy_port is not None else base.port
         app = dashboard_app()
         with_dashboard = opts.dashboard and app is not None
-        ports = {
-            f"proxy ({'--proxy-port' if opts.proxy_port is not None else 'KEYRACK_PORT / --proxy-port'})": proxy_port
-        }
+        port_from = "--proxy-port" if opts.proxy_port is not None else "KEYRACK_PORT / --proxy-port"
+        ports = {f"proxy ({port_from})": proxy_port}
         if with_dashboard:
             ports["dashboard (--dashboard-port)"] = opts.dashboard_port
         if opts.demo:
@@ -343,12 +342,10 @@ class Launcher:
         if reclaim is not None:
             reclaim()
         proxy_url = f"http://{url_host(host)}:{proxy_port}"
+        serve = [sys.executable, "-m", "proxy_service.cli", "serve", "--launched"]  # this launcher warned already
         proxy = self._start(
             "proxy",
-            [
-                *[sys.executable, "-m", "proxy_service.cli", "serve", "--launched"],
-                *["--host", host, "--port", str(proxy_port)],
-            ],
+            [*serve, "--host", host, "--port", str(proxy_port)],
             env,
             log_dir,
             echo=True,
