@@ -13,7 +13,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy_service ./proxy_service
 COPY dashboard ./dashboard
-RUN pip install . \
+RUN pip install '.[cluster]' \
  && useradd --create-home --uid 10001 keyrack \
  && mkdir -p /data /lake \
  && chown keyrack /data /lake

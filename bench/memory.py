@@ -1,6 +1,6 @@
 """Memory: the proxy's RSS at start, after the c=32 throughput load and through a soak; the dashboard's RSS.
 
-    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--no-baseline] [--server uvicorn|granian]
+    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--no-baseline]
 
 `keyrack serve` runs as its own process in front of the fake upstream (zero latency, no limits, 8 pool keys), as in
 bench/proxy_throughput.py. RSS is read from /proc/<pid>/status: `VmRSS` = `RssAnon` (heap, arenas, DuckDB's
@@ -283,10 +283,10 @@ def dashboard_phase(workdir: Path, fake: Server, env: dict[str, str]) -> dict[st
 
 
 def run(
-    load_s: float, soak_s: float, dashboard: bool, server: str | None = None, baseline: bool = True
+    load_s: float, soak_s: float, dashboard: bool, baseline: bool = True
 ) -> dict[str, Any]:
     load_before = load_average()
-    env = {"KEYRACK_SERVER": server} if server else {}
+    env: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="keyrack-mem-") as tmp:
         workdir = Path(tmp)
         breakdown = import_breakdown(workdir)
@@ -306,7 +306,6 @@ def run(
     return {
         "load_s": load_s,
         "soak_s": soak_s,
-        "server": server or "default",
         "load_average": [load_before, load_average()],
         "proxy": proxy,
         "baseline": base,
@@ -419,10 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soak", type=float, default=60.0, help="seconds of c=8 soak (default 60)")
     ap.add_argument("--no-dashboard", action="store_true", help="skip the dashboard's RSS")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run with DuckDB's defaults")
-    ap.add_argument("--server", choices=("uvicorn", "granian"), default=None, help="the proxy's ASGI server")
     ap.add_argument("--json", type=Path, default=RESULTS / "memory.json", help="where to write the figures")
     args = ap.parse_args(argv)
-    figures = run(args.load, args.soak, not args.no_dashboard, args.server, not args.no_baseline)
+    figures = run(args.load, args.soak, not args.no_dashboard, not args.no_baseline)
     print(report(figures))
     write_json(args.json, figures)
     return 0

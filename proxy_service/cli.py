@@ -12,7 +12,14 @@ import click
 
 from proxy_service.demo.rhythm import DEFAULT_RATE
 from proxy_service.envfile import env_setting
-from proxy_service.startup import StartupError, load_settings, streamlit_argv, url_host
+from proxy_service.startup import (
+    SettingOption,
+    StartupError,
+    load_settings,
+    streamlit_argv,
+    unknown_setting_lines,
+    url_host,
+)
 
 T = TypeVar("T")
 
@@ -25,6 +32,12 @@ def _checked(fn: Callable[..., T], *args: object) -> T:
         raise click.ClickException(str(exc)) from None
 
 
+def _warn_unknown_settings() -> None:
+    """A misspelt setting is ignored by the settings: say so, with the nearest known name (stderr)."""
+    for line in unknown_setting_lines():
+        click.secho(f"warning: {line}", err=True, fg="yellow")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keyrack", prog_name="keyrack", message="%(prog)s %(version)s")
 def main() -> None:
@@ -32,13 +45,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=None, help="Bind address (default KEYRACK_HOST or 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default KEYRACK_PORT or 8080).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--host", cls=SettingOption, setting="host", default=None, help="Bind address (default KEYRACK_HOST or 127.0.0.1)."
+)
+@click.option(
+    "--port", cls=SettingOption, setting="port", type=int, default=None, help="Port (default KEYRACK_PORT or 8080)."
+)
+@click.option("--launched", is_flag=True, hidden=True, help="Started by `keyrack run`, which has warned already.")
+def serve(host: str | None, port: int | None, launched: bool) -> None:
     """Run the proxy (data plane + admin API). SIGTERM/SIGINT: finish in-flight calls, flush events, exit 0."""
     from proxy_service.server import serve_proxy  # the web stack only for this command
 
-    _checked(serve_proxy, host, port)
+    _checked(serve_proxy, host, port, not launched)
 
 
 @main.command("fake-upstream")
@@ -65,6 +83,7 @@ def fake_upstream(host: str, port: int, scenario: str | None) -> None:
 )
 def dashboard(host: str, port: int, admin_url: str | None) -> None:
     """Run the Streamlit dashboard; it reaches the proxy only through the admin API."""
+    _warn_unknown_settings()
     settings = _checked(load_settings)  # a bad setting is one clear line, not a traceback
     env = dict(os.environ)
     if admin_url:
@@ -86,12 +105,21 @@ def dashboard(host: str, port: int, admin_url: str | None) -> None:
 
 def _launch_options(fn):  # type: ignore[no-untyped-def]
     options = [
-        click.option("--proxy-port", type=int, default=None, help="Proxy port (default KEYRACK_PORT or 8080)."),
+        click.option(
+            "--proxy-port",
+            cls=SettingOption,
+            setting="port",
+            type=int,
+            default=None,
+            help="Proxy port (default KEYRACK_PORT or 8080).",
+        ),
         click.option("--dashboard-port", type=int, default=8501, show_default=True, help="Dashboard port."),
         click.option("--upstream-port", type=int, default=8090, show_default=True, help="Demo fake upstream port."),
         click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard."),
         click.option(
             "--data-dir",
+            cls=SettingOption,
+            setting="data_dir",
             type=click.Path(file_okay=False, path_type=Path),
             default=None,
             help="Data directory (default KEYRACK_DATA_DIR or ./data; the demo uses <data dir>/demo).",
@@ -144,6 +172,8 @@ def demo(
 @main.command("dashboard-link")
 @click.option(
     "--data-dir",
+    cls=SettingOption,
+    setting="data_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Data directory of the running `keyrack run` (default KEYRACK_DATA_DIR or ./data; the demo's is found too).",
@@ -152,6 +182,7 @@ def dashboard_link_command(data_dir: Path | None) -> None:
     """Print a new one-time sign-in link for the dashboard that `keyrack run` / `keyrack demo` started."""
     from proxy_service import dashboard_link
 
+    _warn_unknown_settings()
     root = data_dir or _checked(load_settings).data_dir
     for where in (root, root / "demo"):
         found = dashboard_link.read_link_file(where)
@@ -182,6 +213,7 @@ def snapshot(out: Path | None, url: str | None) -> None:
     """
     from proxy_service.snapshot import SnapshotError, snapshot_offline_or_online
 
+    _warn_unknown_settings()
     settings = _checked(load_settings)
     host = url_host(settings.host)
     db_path, admin_token = settings.db_path, settings.admin_token

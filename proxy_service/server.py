@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import signal
 import sys
@@ -19,7 +20,10 @@ from proxy_service.startup import (
     check_data_dir,
     database_error,
     load_settings,
+    unknown_setting_lines,
 )
+
+log = logging.getLogger("keyrack.startup")
 
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
@@ -59,13 +63,17 @@ def duckdb_allocator_conf() -> None:
     os.environ.setdefault(ALLOCATOR_ENV, ALLOCATOR_CONF)
 
 
-def serve_proxy(host: str | None, port: int | None) -> None:
-    """`keyrack serve`: check the configuration, bind, run uvicorn until SIGTERM/SIGINT, exit 0 after a clean stop."""
+def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -> None:
+    """`keyrack serve`: check the configuration, bind, run uvicorn until SIGTERM/SIGINT, exit 0 after a clean stop.
+    `warn_unknown`: log a warning per misspelt KEYRACK_* name (`keyrack run` has said it already for its proxy)."""
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = load_settings(**overrides)
     without_pandas()
     duckdb_allocator_conf()
     setup_logging(settings.log_level)
+    if warn_unknown:
+        for line in unknown_setting_lines():
+            log.warning("%s", line)
     os.umask(0o077)  # the database, its WAL, exports and dead letters hold keys: files 0600, directories 0700
     if not settings.access_tokens and not is_loopback(settings.host):
         raise StartupError(
@@ -90,7 +98,7 @@ def serve_proxy(host: str | None, port: int | None) -> None:
         sock.close()
         raise StartupError(database_error(settings.db_path, exc)) from None
     except Exception as exc:
-        from proxy_service.cluster.node import ClusterStartError
+        from proxy_service.cluster.config import ClusterStartError
 
         if not isinstance(exc, ClusterStartError):
             raise

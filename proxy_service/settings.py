@@ -52,12 +52,15 @@ def is_model_name(name: str | None) -> bool:
 CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 # Query parameters that carry credentials (?token=, ?key=, ?password=, ?sig=, ?X-Amz-Credential=, ...).
 _SECRET_QUERY_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
+# Database URLs name a role in their user part (postgresql://keyrack@db): a user without a password is a name there,
+# not a token as in a webhook's https://TOKEN@host. Masking it would also redact that word from every log line.
+_USER_IS_A_NAME = frozenset({"postgres", "postgresql", "redis", "rediss", "unix"})
 
 
 def mask_url(url: str) -> str:
     """A URL (or libpq keyword string) with its credentials replaced by ***: the password, a user that has no
     password (then the user is the token: http://TOKEN@host), and query values named like credentials; host, port,
-    path and a user with a password kept. The one masking rule for every URL-shaped setting (outbound proxy,
+    path and a user with a password (or in a database URL) kept. The one masking rule for every URL-shaped setting (outbound proxy,
     cluster DSNs)."""
     if "://" not in url:
         return CONNINFO_PASSWORD.sub(r"\1***", url)
@@ -69,7 +72,8 @@ def mask_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user, sep, password = userinfo.partition(":")
-        shown = "***" if user and not password else f"{user}{':***' if sep else ''}"
+        token = user and not password and parts.scheme.lower() not in _USER_IS_A_NAME
+        shown = "***" if token else f"{user}{':***' if sep else ''}"
         netloc = f"{shown}{sep if shown == '***' else ''}@{hostport}"
     query = parts.query
     if query:
@@ -86,7 +90,8 @@ def url_secrets(url: str) -> list[str]:
         password, user = parts.password, parts.username
     except ValueError:
         return []
-    out = [unquote(password)] if password else [unquote(user)] if user else []
+    token = user if user and parts.scheme.lower() not in _USER_IS_A_NAME else None
+    out = [unquote(password)] if password else [unquote(token)] if token else []
     out += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v and _SECRET_QUERY_NAME.search(k)]
     return out
 

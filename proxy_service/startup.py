@@ -9,6 +9,7 @@ setting is reported before the heavy imports.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import socket
@@ -16,8 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import ValidationError
 
+from proxy_service.envfile import OTHER_NAMES, PREFIX, given_names
 from proxy_service.keys import parse_key_list
 from proxy_service.settings import Settings
 
@@ -28,19 +31,67 @@ class StartupError(Exception):
     """A reason not to start, as the one line the operator reads."""
 
 
-_CLI_NAMES = {"host": "--host", "port": "--port"}
+class SettingOption(click.Option):
+    """A command-line option that stands for a setting (`--proxy-port` for KEYRACK_PORT in `keyrack run`): an error
+    about the setting names the option of the command actually run."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+
+
+def cli_names() -> dict[str, str]:
+    """Setting → the option that stands for it in the running `keyrack` command (none outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {p.setting: p.opts[0] for p in ctx.command.params if isinstance(p, SettingOption)}
 
 
 def env_name(field_name: str) -> str:
     return f"KEYRACK_{field_name.upper()}"
 
 
+def named(field_name: str) -> str:
+    """A setting as the operator spells it: the variable, and the running command's option for it if it has one."""
+    option = cli_names().get(field_name)
+    return env_name(field_name) + (f" / {option}" if option else "")
+
+
+def known_names() -> frozenset[str]:
+    return frozenset(env_name(name) for name in Settings.model_fields) | OTHER_NAMES
+
+
+def unknown_settings() -> list[tuple[str, str, str | None]]:
+    """(name, where it is set, the nearest known name or None) for each KEYRACK_* name no part of Keyrack reads."""
+    known = known_names()
+    tails = sorted(name.removeprefix(PREFIX) for name in known)
+    out = []
+    for name, where in sorted(given_names().items()):
+        if name.upper() in known:
+            continue
+        close = difflib.get_close_matches(name.upper().removeprefix(PREFIX), tails, n=1, cutoff=0.6)
+        out.append((name, where, PREFIX + close[0] if close else None))
+    return out
+
+
+def unknown_setting_lines() -> list[str]:
+    """One line per unknown KEYRACK_* name: "unknown setting <name>; did you mean <the nearest known name>? ..."."""
+    return [
+        f"unknown setting {name}"
+        + (f"; did you mean {near}?" if near else "")
+        + f" (set in {where}; ignored: .env.example lists every setting)"
+        for name, where, near in unknown_settings()
+    ]
+
+
 def describe_validation(exc: ValidationError, cli: dict[str, str] | None = None) -> str:
-    """One line per bad setting, named as the operator spells it (the env var, or the CLI option)."""
+    """One line per bad setting, named as the operator spells it (the env var, and the running command's option)."""
+    cli = cli_names() if cli is None else cli
     lines = []
     for err in exc.errors():
         name = str(err["loc"][0]) if err["loc"] else "settings"
-        where = env_name(name) + (f" / {cli[name]}" if cli and name in cli else "")
+        where = env_name(name) + (f" / {cli[name]}" if name in cli else "")
         value = err.get("input")
         hidden = isinstance(value, dict) or name in Settings.secret_fields()  # never echo a secret back
         shown = "" if hidden else f" (got {str(value)[:80]!r})"
@@ -52,26 +103,26 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise StartupError(describe_validation(exc, _CLI_NAMES)) from None
+        raise StartupError(describe_validation(exc)) from None
 
 
 def check_data_dir(path: Path) -> None:
     """The data directory must exist (or be creatable), be a directory, and be writable."""
-    name = env_name("data_dir")
+    name = f"{named('data_dir')} {path}" if cli_names().get("data_dir") else f"{env_name('data_dir')}={path}"
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise StartupError(f"{name}={path}: not a directory (a file is in the way).") from None
+        raise StartupError(f"{name}: not a directory (a file is in the way).") from None
     except OSError as exc:
-        raise StartupError(f"{name}={path}: cannot create it ({exc.strerror}).") from None
+        raise StartupError(f"{name}: cannot create it ({exc.strerror}).") from None
     if not path.is_dir():
-        raise StartupError(f"{name}={path}: not a directory.")
+        raise StartupError(f"{name}: not a directory.")
     probe = path / f".keyrack-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise StartupError(f"{name}={path}: not writable ({exc.strerror}).") from None
+        raise StartupError(f"{name}: not writable ({exc.strerror}).") from None
     db = path / "keyrack.duckdb"
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
         raise StartupError(f"{db}: the database file is not readable and writable by this user.")
@@ -103,7 +154,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _name, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise StartupError(f"{env_name('host')} / --host {host!r}: cannot resolve ({exc.strerror}).") from None
+        raise StartupError(f"{named('host')} {host!r}: cannot resolve ({exc.strerror}).") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -111,7 +162,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         what = "is already in use" if exc.errno == 98 else f"cannot be bound ({exc.strerror})"
-        raise StartupError(f"port {port} on {host} {what}: set {env_name('port')} or --port to a free port.") from None
+        option = cli_names().get("port")
+        how = f"{env_name('port')} or {option}" if option else env_name("port")
+        raise StartupError(f"port {port} on {host} {what}: set {how} to a free port.") from None
     return sock
 
 

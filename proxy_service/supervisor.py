@@ -47,16 +47,20 @@ from proxy_service.keys import parse_key_list
 from proxy_service.server import without_pandas
 from proxy_service.startup import (
     StartupError,
+    check_cluster,
     check_data_dir,
     dashboard_app,
     load_settings,
     port_free,
     real_keys_configured,
+    unknown_setting_lines,
+    unknown_settings,
     url_host,
 )
 from proxy_service.surfaces.common import client_id
 
 _PR_SET_PDEATHSIG = 1
+KEYS_ENV = "KEYRACK_API_KEYS"
 try:
     _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 except (OSError, AttributeError):  # pragma: no cover - exotic libc
@@ -90,9 +94,14 @@ class Child:
                 preexec_fn=_child_setup,
             )
         self._echo: threading.Thread | None = None
+        self.reported = False  # its exit was reported already (not again at shutdown)
         if echo:
             self._echo = threading.Thread(target=self._follow, name=f"echo-{name}", daemon=True)
             self._echo.start()
+
+    @property
+    def echoes(self) -> bool:
+        return self._echo is not None
 
     @property
     def pid(self) -> int:
@@ -178,6 +187,7 @@ class Options:
     data_dir: Path | None = None
     rate: float = DEFAULT_RATE
     reason: str = ""
+    warnings: list[str] = field(default_factory=list)  # unknown KEYRACK_* names, for the banner
 
 
 @dataclass
@@ -215,6 +225,12 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             if not child.alive():
+                child.reported = True
+                if child.echoes:  # its output, the reason included, is on the terminal already: not twice
+                    raise StartupError(
+                        f"{child.name} exited with status {child.proc.returncode} while starting (its output is "
+                        f"above; full log: {child.log_path})"
+                    )
                 raise StartupError(
                     f"{child.name} exited with status {child.proc.returncode} while starting:\n{child.tail()}\n"
                     f"  (full log: {child.log_path})"
@@ -231,7 +247,7 @@ class Launcher:
         timeouts = {"dashboard": 10.0, "proxy": 70.0, "upstream": 10.0}
         for child in sorted(self.children, key=lambda c: list(timeouts).index(c.name) if c.name in timeouts else 9):
             code = child.stop(timeouts.get(child.name, 10.0), force=self.forced.is_set)
-            if child.name == "proxy" and code not in (0, None):
+            if child.name == "proxy" and code not in (0, None) and not child.reported:
                 print(f"  proxy exited with status {code}; see {child.log_path}", flush=True)
         self.children.clear()
         if self.link_dir is not None:
@@ -249,6 +265,7 @@ class Launcher:
         without_pandas()  # Arrow would import it to write the demo history (seconds on a busy machine), for nothing
         opts = self.opts
         base = load_settings()
+        check_cluster(base)  # before any child: the proxy would refuse the same way, its line shown twice
         root = (opts.data_dir or base.data_dir).resolve()
         data_dir = root / "demo" if opts.demo else root
         check_data_dir(data_dir)
@@ -257,7 +274,8 @@ class Launcher:
         proxy_port = opts.proxy_port if opts.proxy_port is not None else base.port
         app = dashboard_app()
         with_dashboard = opts.dashboard and app is not None
-        ports = {"proxy (--proxy-port)": proxy_port}
+        port_from = "--proxy-port" if opts.proxy_port is not None else "KEYRACK_PORT / --proxy-port"
+        ports = {f"proxy ({port_from})": proxy_port}
         if with_dashboard:
             ports["dashboard (--dashboard-port)"] = opts.dashboard_port
         if opts.demo:
@@ -324,9 +342,10 @@ class Launcher:
         if reclaim is not None:
             reclaim()
         proxy_url = f"http://{url_host(host)}:{proxy_port}"
+        serve = [sys.executable, "-m", "proxy_service.cli", "serve", "--launched"]  # this launcher warned already
         proxy = self._start(
             "proxy",
-            [sys.executable, "-m", "proxy_service.cli", "serve", "--host", host, "--port", str(proxy_port)],
+            [*serve, "--host", host, "--port", str(proxy_port)],
             env,
             log_dir,
             echo=True,
@@ -425,6 +444,8 @@ class Launcher:
             lines.append("To use your real keys: put KEYRACK_API_KEYS in .env (see .env.example) and `make run` again.")
         else:
             lines.append(f"Keyrack is running against {load_settings().upstream_url}. {opts.reason}")
+        for warning in opts.warnings:  # said at the start too, but that line has scrolled away by now
+            lines += textwrap.wrap(f"Warning: {warning}", 116, subsequent_indent="  ")
         lines.append("")
         if sign_in:
             lines.append(f"  Dashboard     {sign_in}")
@@ -491,10 +512,19 @@ def launch(
 ) -> int:
     """`keyrack run` (demo=None: decide) and `keyrack demo` (demo=True)."""
     reason = ""
+    warnings = unknown_setting_lines()
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     if demo is None:
         settings = load_settings(**({"data_dir": data_dir} if data_dir else {}))
         real, reason = real_keys_configured(settings)
         demo = not real
+        meant_keys = [name for name, _where, near in unknown_settings() if near == KEYS_ENV]
+        if demo and meant_keys:  # keys were meant: the demo in their place would look like a working gateway
+            raise StartupError(
+                f"not starting the demo: {KEYS_ENV} is empty but {meant_keys[0]} is set, which is not a setting "
+                f"(did you mean {KEYS_ENV}?). Rename it to use your keys, or run `keyrack demo` for the demo."
+            )
     opts = Options(
         demo=demo,
         proxy_port=proxy_port,
@@ -504,5 +534,6 @@ def launch(
         data_dir=data_dir,
         rate=rate,
         reason=reason,
+        warnings=warnings,
     )
     return Launcher(opts).run()

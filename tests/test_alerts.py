@@ -377,8 +377,26 @@ def test_a_429_storm_fires_the_refusal_rule_and_it_resolves(
     firing = wait_for(lambda: len(receiver.bodies()) >= 2 and receiver.bodies(), what="the storm alerts")
     assert {b["rule"] for b in firing} == {"429 storm", "upstream 429s"}
     assert all(b["value"] >= b["threshold"] and b["state"] == "firing" for b in firing)
+    for b in firing:  # ratios in percent, as the dashboard shows them, not 0.2093
+        assert f"value {b['value'] * 100:.1f} % {b['op']} threshold {b['threshold'] * 100:.1f} %" in b["message"]
     # no more 429s: the 10 s window empties and the alert resolves
     wait_for(lambda: sum(b["state"] == "resolved" for b in receiver.bodies()) == 2, timeout=25, what="resolution")
+
+
+def test_messages_show_values_as_the_dashboard_does() -> None:
+    from proxy_service.alerts.notify import Notice, render
+
+    def body(metric: str, value: float, threshold: float, language: str = "en") -> str:
+        notice = Notice("r1", "Rule", "firing", "warning", metric, ">", threshold, value, {}, 0.0, 0.0, "fired")
+        return render(notice, language, "http://127.0.0.1:8501")[1]
+
+    assert "error_rate value 20.9 % > threshold 5.0 %" in body("error_rate", 0.2093, 0.05)
+    assert "当前值 20.9 % > 阈值 5.0 %" in body("error_rate", 0.2093, 0.05, "zh")
+    assert "p95_latency_ms value 1,234 ms > threshold 1,000 ms" in body("p95_latency_ms", 1234.4, 1000)
+    assert "usable_capacity_pct value 7.5 % > threshold 10.0 %" in body("usable_capacity_pct", 7.5, 10)
+    assert "attempts_per_call value 1.25× > threshold 2.00×" in body("attempts_per_call", 1.25, 2)
+    assert "calls value 12,345 > threshold 100" in body("calls", 12345, 100)
+    assert "invalid_keys value n/a" in body("invalid_keys", None, 0)  # type: ignore[arg-type]
 
 
 # -- backtest --------------------------------------------------------------------------------------------------------

@@ -107,7 +107,8 @@ def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         "--rate",
         "0.05",  # a small history (the first start writes it); the first burst of traffic comes within 20 s
     ]
-    launcher = start(args, clean_env(), tmp_path / "launcher.out", cwd=tmp_path)
+    env = clean_env(KEYRACK_RECHEK_INTERVAL_S="60")  # a misspelt setting: warned at the start and in the banner
+    launcher = start(args, env, tmp_path / "launcher.out", cwd=tmp_path)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     try:
         wait_http(f"{proxy_url}/readyz", launcher)
@@ -118,6 +119,9 @@ def test_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         banner = launcher.wait_for(r"Admin token +(\S+)\n +Client token +(\S+)")
         admin_token, client_token = banner.group(1), banner.group(2)
         assert f"Proxy         {proxy_url}" in launcher.log()
+        typo = "unknown setting KEYRACK_RECHEK_INTERVAL_S; did you mean KEYRACK_RECHECK_INTERVAL_S?"
+        assert launcher.log().count(typo) == 2, "once at the start, once in the banner (not again from the proxy)"
+        assert f"warning: {typo}" in launcher.log() and f"Warning: {typo}" in launcher.log()
         assert "google-genai" in launcher.log() and "curl -s" in launcher.log()
         children = descendants(launcher.pid)  # the services and their own helpers (the proxy's forecast worker)
         expected = 3 if "Dashboard     http" in launcher.log() else 2
@@ -253,8 +257,16 @@ def test_demo_refuses_a_taken_port(tmp_path: Path) -> None:
             capture_output=True,
             timeout=30,
         )
+        from_env = subprocess.run(  # the port came from KEYRACK_PORT: the line names both ways to change it
+            [*KEYRACK, "demo", "--no-dashboard", "--data-dir", str(tmp_path)],
+            env=clean_env(port=str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=30,
+        )
     assert res.returncode == 1
     assert f"port {port} for the proxy (--proxy-port) is already in use" in res.stderr.decode()
+    assert f"port {port} for the proxy (KEYRACK_PORT / --proxy-port) is already in use" in from_env.stderr.decode()
 
 
 def test_demo_pool_has_projects_invalid_keys_and_tight_limits() -> None:
@@ -320,6 +332,68 @@ def test_serve_refuses_invalid_settings_naming_each_variable(tmp_path: Path) -> 
         "KEYRACK_DUCKDB_ROW_GROUP_SIZE: must be a multiple of 2048 (rows)",
     ):
         assert expected in line
+
+
+def _fails(tmp_path: Path, args: list[str], env: dict[str, str]) -> str:
+    res = subprocess.run([*KEYRACK, *args], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    out = (res.stdout + res.stderr).decode()
+    assert res.returncode == 1 and "Traceback" not in out, out
+    return out
+
+
+def test_errors_name_the_option_of_the_command_run(tmp_path: Path) -> None:
+    bad_port = clean_env(port="abc")
+    run = _fails(tmp_path, ["run", "--no-dashboard", "--data-dir", str(tmp_path / "d")], bad_port)
+    assert "KEYRACK_PORT / --proxy-port: Input should be a valid integer" in run and "--port:" not in run
+    assert "KEYRACK_PORT / --port: Input should be a valid integer" in _fails(tmp_path, ["serve"], bad_port)
+    dashboard = _fails(tmp_path, ["dashboard", "--port", "0"], bad_port)  # its --port is the dashboard's own
+    assert "KEYRACK_PORT: Input should be a valid integer" in dashboard and "--port" not in dashboard
+    (tmp_path / "file").write_text("")
+    demo = _fails(tmp_path, ["demo", "--no-dashboard", "--data-dir", str(tmp_path / "file" / "d")], clean_env())
+    assert "KEYRACK_DATA_DIR / --data-dir " in demo and "not a directory" in demo
+
+
+def test_every_option_that_stands_for_a_setting_is_named_in_its_errors() -> None:
+    """An option whose default is a setting (its help says "default KEYRACK_X") is a SettingOption for that setting,
+    so the setting's errors name it; and no SettingOption stands for a setting that does not exist."""
+    import click
+
+    from proxy_service.cli import main
+    from proxy_service.startup import SettingOption
+
+    pairs = set()
+    for name, command in main.commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            said = re.findall(r"default (KEYRACK_[A-Z_]+)", getattr(param, "help", None) or "")
+            settings = [s for s in said if s.removeprefix("KEYRACK_").lower() in Settings.model_fields]
+            if isinstance(param, SettingOption):
+                assert param.setting in Settings.model_fields, (name, param.opts)
+                assert settings == [f"KEYRACK_{param.setting.upper()}"], (name, param.opts, said)
+                pairs.add((name, param.setting, param.opts[0]))
+            elif isinstance(param, click.Option):
+                assert not settings, f"`keyrack {name} {param.opts[0]}` stands for {settings}: make it a SettingOption"
+    assert {("serve", "port", "--port"), ("run", "port", "--proxy-port"), ("demo", "data_dir", "--data-dir")} <= pairs
+
+
+def test_a_partial_cluster_configuration_is_one_line_once(tmp_path: Path) -> None:
+    env = clean_env(redis_url="redis://127.0.0.1:6379/0")
+    args = ["run", "--no-dashboard", "--rate", "0", "--data-dir", str(tmp_path / "d")]
+    out = _fails(tmp_path, [*args, "--proxy-port", str(free_port()), "--upstream-port", str(free_port())], env)
+    assert out.count("cluster mode needs all of") == 1, out
+
+
+def test_a_misspelt_setting_is_warned_and_never_starts_the_demo_in_place_of_keys(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("KEYRACK_STRATGY=round_robin\n")
+    env = clean_env(KEYRACK_API_KEY=f"p1:{P1_A}")
+    out = _fails(tmp_path, ["run", "--no-dashboard", "--data-dir", str(tmp_path / "d")], env)
+    assert "warning: unknown setting KEYRACK_API_KEY; did you mean KEYRACK_API_KEYS? (set in the environment" in out
+    assert "warning: unknown setting KEYRACK_STRATGY; did you mean KEYRACK_STRATEGY? (set in .env" in out
+    assert "Error: not starting the demo: KEYRACK_API_KEYS is empty but KEYRACK_API_KEY is set" in out
+    assert not (tmp_path / "d" / "demo").exists()
+    # `keyrack serve` logs it as a warning line of its own log (here before refusing a data dir it cannot use)
+    (tmp_path / "file").write_text("")
+    served = _fails(tmp_path, ["serve"], {**env, "KEYRACK_DATA_DIR": str(tmp_path / "file")})
+    assert re.search(r"level=WARNING .*unknown setting KEYRACK_API_KEY; did you mean KEYRACK_API_KEYS\?", served)
 
 
 def test_serve_refuses_public_bind_without_access_tokens(tmp_path: Path) -> None:

@@ -136,3 +136,81 @@ def test_the_committed_benchmarks_page_is_in_the_shape_make_bench_keeps() -> Non
     page = (REPO / "docs" / "benchmarks.md").read_text()
     assert run_all.benchmarks_doc({}, None, page) == page
     assert not COMMIT_HASH.findall(page) and not TIME_OF_DAY.findall(page) and not NOTEBOOK.findall(page)
+
+
+def data_recipes(page: Path) -> list[str]:
+    """The shell commands of a page's "Data" section, continuation lines joined."""
+    text = page.read_text()
+    section = text[text.index("## Data") :]
+    section = section[: section.index("\n## ", 5)]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                commands.append(line.strip())
+    return commands
+
+
+def test_the_data_recipes_work_verbatim_against_a_real_proxy(proxy: Any, tmp_path: Path) -> None:
+    """README's and docs/analytics.md's Data recipes, run as written against a proxy that has served calls: the
+    DuckDB CLI line (its SQL, through the same DuckDB; the CLI itself is a download), the python -c line, and the
+    admin API's curl lines (the proxy's address put in place of :8080)."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    import duckdb
+    import httpx
+
+    from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN
+
+    for _ in range(3):
+        httpx.post(
+            f"{proxy.url}/v1beta/models/gemini-2.5-flash:generateContent",
+            headers={"x-goog-api-key": CLIENT_TOKEN},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            timeout=30,
+        )
+    proxy.flush()
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert httpx.post(f"{proxy.url}/admin/api/export", headers=auth, timeout=60).status_code == 200
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    for where in ("data", "data/demo"):  # real runs' and the demo's snapshot paths both lead to this proxy's
+        (tmp_path / where / "exports").symlink_to(proxy.data_dir / "exports")
+    env = {"PATH": "/usr/bin:/bin", "KEYRACK_ADMIN_TOKEN": ADMIN_TOKEN}
+    ran = set()
+    for page in (REPO / "README.md", REPO / "docs" / "analytics.md"):
+        for command in data_recipes(page):
+            words = shlex.split(command, comments=True)
+            if words[:2] == [".venv/bin/pip", "install"]:
+                assert words[2] == f"duckdb-cli=={duckdb.__version__}", "the CLI of Keyrack's own DuckDB version"
+                ran.add("pip")
+                continue
+            if words[0] == ".venv/bin/duckdb":
+                assert words[1] == "-c"
+                con = duckdb.connect()
+                con.execute(f"SET file_search_path = '{tmp_path}'")
+                assert con.execute(words[2]).fetchall(), command
+                ran.add("duckdb")
+                continue
+            command = command.replace(".venv/bin/python", sys.executable).replace("http://127.0.0.1:8080", proxy.url)
+            res = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+            assert res.returncode == 0, (command, res.stderr)
+            out = res.stdout.decode()
+            if words[0] == ".venv/bin/python":
+                assert "gemini-2.5-flash" in out, out
+                ran.add("python")
+            elif "/admin/api/query" in command:
+                answer = json.loads(out)
+                assert [c["name"] for c in answer["columns"]] == ["model", "calls"], out
+                assert answer["rows"] == [["gemini-2.5-flash", 3]], out
+                ran.add("query")
+            elif "/admin/api/explore" in command:
+                answer = json.loads(out)
+                assert answer["columns"] == ["model", "calls"] and answer["from"].startswith("2026-12-01"), out
+                assert answer["to"].startswith("2026-12-08"), out
+                ran.add("explore")
+            else:
+                raise AssertionError(f"a recipe this test does not know: {command}")
+    assert ran == {"pip", "duckdb", "python", "query", "explore"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -102,6 +103,44 @@ def test_env_setting_reads_the_environment_then_dotenv(tmp_path: Path, monkeypat
     assert envfile.env_setting("KEYRACK_X") == "from-env"
     assert envfile.env_setting("KEYRACK_NOPE") is None
     assert os.environ.get("KEYRACK_ADMIN_URL") is None  # reading does not export
+
+
+def test_every_keyrack_name_the_product_reads_or_documents_is_known_to_the_unknown_setting_warning() -> None:
+    """A name read outside `Settings` (the dashboard, compose files) must be in envfile.OTHER_NAMES, or every start
+    would warn about it as a typo."""
+    from proxy_service.startup import known_names
+
+    places = [REPO / p for p in (".env.example", "docker-compose.yml", "docker-compose.cluster.yml", "Makefile")]
+    places += [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / ".ci").glob("*")]
+    places += [*(REPO / "proxy_service").rglob("*.py"), *(REPO / "dashboard").rglob("*.py")]
+    seen = {
+        (name, p.name)
+        for p in places
+        if p.is_file()
+        for name in re.findall(r"KEYRACK_[A-Z0-9_]*[A-Z0-9]", p.read_text())
+    }
+    assert not {(name, where) for name, where in seen if name not in known_names()}
+
+
+def test_unknown_keyrack_names_are_warned_with_the_nearest_known_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy_service.startup import unknown_setting_lines
+
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.upper().startswith("KEYRACK_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text("KEYRACK_STRATGY=round_robin\nKEYRACK_ADMIN_URL=http://127.0.0.1:1\n")
+    monkeypatch.setenv("KEYRACK_API_KEY", "p1:AIza...")
+    monkeypatch.setenv("KEYRACK_PORT", "8080")
+    monkeypatch.setenv("KEYRACK_ZZZQQQ", "1")
+    assert unknown_setting_lines() == [
+        "unknown setting KEYRACK_API_KEY; did you mean KEYRACK_API_KEYS? (set in the environment; ignored: "
+        ".env.example lists every setting)",
+        "unknown setting KEYRACK_STRATGY; did you mean KEYRACK_STRATEGY? (set in .env; ignored: .env.example lists "
+        "every setting)",
+        "unknown setting KEYRACK_ZZZQQQ (set in the environment; ignored: .env.example lists every setting)",
+    ]
 
 
 def test_flooring_handles_a_bucket_edge_exactly() -> None:

@@ -364,6 +364,7 @@ class AlertEngine:
             raise RuleError("id", "is assigned by the server")
         rule = parse_rule(body, known_channels=set(self.channels))
         async with self._naming:
+            await self._latest_names()
             self._name_free(rule)
             await self._save_rule(rule)
         return rule
@@ -372,6 +373,7 @@ class AlertEngine:
         base = self.rules[rule_id]
         rule = parse_rule(patch, base=base, known_channels=set(self.channels))
         async with self._naming:
+            await self._latest_names()
             self._name_free(rule)
             if (rule.metric, rule.filters, rule.group_by, rule.enabled) != (
                 base.metric,
@@ -383,6 +385,12 @@ class AlertEngine:
                 self.admissions.pop(rule_id, None)
             await self._save_rule(rule)
         return rule
+
+    async def _latest_names(self) -> None:
+        """Cluster mode: the stored rules, so a name another replica took a moment ago (its broadcast not heard yet,
+        or lost) is seen as taken."""
+        if self.gw.cluster is not None:
+            await self.reload()
 
     def _name_free(self, rule: Rule) -> None:
         """Rule names are unique (case and surrounding spaces aside): messages, /metrics and pages name rules."""

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from proxy_service import metrics
 from proxy_service.alerts import delivery
 from proxy_service.alerts.channels import Channel, scrub
+from proxy_service.alerts.rules import METRICS
 
 log = logging.getLogger("keyrack.alerts")
 LANE_QUEUE = 200
@@ -89,10 +90,22 @@ _TEXT = {
 }
 
 
-def _fmt(v: float | None) -> str:
+def format_value(v: float | None, metric: str) -> str:
+    """A metric's value as the dashboard shows it: a ratio in percent (0.2093 → 20.9 %), milliseconds in ms, an
+    already-percent value with %, a factor with ×, a count in whole numbers."""
     if v is None:
         return "n/a"
-    return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
+    m = METRICS.get(metric)
+    unit = m.unit if m is not None else ""
+    if unit == "ratio":
+        return f"{v * 100:.1f} %"
+    if unit == "pct":
+        return f"{v:.1f} %"
+    if unit == "ms":
+        return f"{v:,.0f} ms"
+    if unit == "x":
+        return f"{v:,.2f}×"
+    return f"{v:,.0f}" if v == int(v) else f"{v:,.4g}"
 
 
 def _iso(epoch: float) -> str:
@@ -109,7 +122,8 @@ def render(notice: Notice, language: str, dashboard_url: str) -> tuple[str, str]
     body = "\n".join(
         [
             f"{notice.rule} is {notice.state}" if language != "zh" else f"{notice.rule}：{t[notice.state]}",
-            f"{notice.metric} {t['value']} {_fmt(notice.value)} {notice.op} {t['threshold']} {_fmt(notice.threshold)}",
+            f"{notice.metric} {t['value']} {format_value(notice.value, notice.metric)} {notice.op} "
+            f"{t['threshold']} {format_value(notice.threshold, notice.metric)}",
             f"{t['labels']}: {labels}",
             f"{t['since']}: {_iso(notice.started_at)}",
             f"{t['open']}: {alerts_link(dashboard_url)}",

@@ -7,6 +7,7 @@ a typo in one name never silently starts a lone replica that double-spends the q
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
 from dataclasses import dataclass
@@ -22,10 +23,30 @@ _REPLICA_RE = re.compile(r"^[0-9A-Za-z_.:\-]{1,64}$")
 _PREFIX_RE = re.compile(r"^[0-9A-Za-z_.\-]{1,40}$")
 DEFAULT_PREFIX = "keyrack"
 _CATALOG_SCHEMES = ("postgresql", "postgres")
+# What `pip install 'keyrack[cluster]'` adds (module names); the single-process default needs none of them.
+CLUSTER_MODULES = ("redis", "duckdb_extensions", "duckdb_extension_ducklake", "duckdb_extension_postgres")
+EXTRA_HINT = "pip install 'keyrack[cluster]'"
 
 
 class ClusterConfigError(ValueError):
-    """A cluster setting is missing or malformed; the message is one line naming the variable."""
+    """A cluster setting is missing or malformed, or the cluster extra is not installed; one line naming the
+    variable or the extra."""
+
+
+class ClusterStartError(Exception):
+    """Redis or the lake cannot be reached at startup; one line, passwords masked."""
+
+
+def missing_modules(s3: bool = False) -> list[str]:
+    names = (*CLUSTER_MODULES, *(("duckdb_extension_httpfs",) if s3 else ()))
+    return [name for name in names if _absent(name)]
+
+
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ImportError:  # a broken install counts as absent
+        return True
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,11 @@ def from_settings(settings: Any) -> ClusterConfig | None:
         raise ClusterConfigError(
             f"{_ENV['redis_prefix']}={prefix[:80]!r}: 1-40 characters of letters, digits, '_', '.' or '-' "
             f"(each key is '<prefix>:...'; default {DEFAULT_PREFIX!r})"
+        )
+    missing = missing_modules(s3=scheme == "s3")
+    if missing:
+        raise ClusterConfigError(
+            f"cluster mode needs the cluster extra: {EXTRA_HINT} (not installed: {', '.join(missing)})"
         )
     interval = float(getattr(settings, "lake_commit_interval_s", 1.0))
     waiting = int(getattr(settings, "lake_max_waiting_rows", 100_000))

@@ -29,12 +29,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
 
 from proxy_service.cluster import mirror
-from proxy_service.cluster.config import ClusterConfig, mask_url
+from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.rollup import TIERS, Rollup
+from proxy_service.settings import CONNINFO_PASSWORD
 from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
@@ -130,6 +132,78 @@ def connect(cfg: ClusterConfig, create: bool = False) -> duckdb.DuckDBPyConnecti
     # Lake files never change once written: their Parquet footers can be parsed once per process.
     con.execute("SET parquet_metadata_cache = true")
     return con
+
+
+# Where CREATE DATABASE is sent from when the catalog database is missing: the databases `createdb` connects to.
+MAINTENANCE_DBS = ("postgres", "template1")
+
+
+def catalog_database(cfg: ClusterConfig) -> str:
+    return unquote(urlsplit(cfg.lake_catalog).path.strip("/"))
+
+
+def missing_database(exc: BaseException, cfg: ClusterConfig) -> bool:
+    return f'database "{catalog_database(cfg)}" does not exist' in str(exc)
+
+
+def _pg_reason(exc: BaseException) -> str:
+    """PostgreSQL's own words from a DuckDB error (after its last FATAL: / ERROR:), without any password."""
+    text = " ".join(str(exc).split())
+    for marker in ("FATAL:", "ERROR:"):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1].strip()
+            break
+    return CONNINFO_PASSWORD.sub(r"\1***", text)
+
+
+def create_database(cfg: ClusterConfig) -> bool:
+    """CREATE DATABASE for the missing catalog database, through a maintenance database, as the catalog's own role.
+    False when another replica created it meanwhile; LakeError (one line saying what to do) when the role may not."""
+    name = catalog_database(cfg)
+    parts = urlsplit(cfg.lake_catalog)
+    ident = '"' + name.replace('"', '""') + '"'
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        load_extensions(con)
+        reason = ""
+        for db in MAINTENANCE_DBS:
+            try:
+                con.execute(
+                    f"ATTACH {_lit(pg_conninfo(urlunsplit(parts._replace(path='/' + db))))} AS pgmaint (TYPE postgres)"
+                )
+                break
+            except duckdb.Error as exc:
+                reason = _pg_reason(exc)
+        else:
+            raise LakeError(_cannot_create(cfg, name, reason))
+        try:
+            con.execute(
+                f"CALL postgres_execute('pgmaint', {_lit('CREATE DATABASE ' + ident)}, use_transaction => false)"
+            )
+        except duckdb.Error as exc:
+            if "already exists" in str(exc):
+                return False
+            raise LakeError(_cannot_create(cfg, name, _pg_reason(exc))) from None
+    finally:
+        con.close()
+    log.warning(
+        "created the catalog database %s at %s: it did not exist (a new, empty catalog: if one was expected, check "
+        "the name in KEYRACK_LAKE_CATALOG)",
+        name,
+        mask_url(cfg.lake_catalog),
+    )
+    return True
+
+
+def _cannot_create(cfg: ClusterConfig, name: str, reason: str) -> str:
+    parts = urlsplit(cfg.lake_catalog)
+    user = unquote(parts.username or "") or "(the default user)"
+    where = f"-h {parts.hostname or 'localhost'} -p {parts.port or 5432}"
+    return (
+        f"KEYRACK_LAKE_CATALOG={mask_url(cfg.lake_catalog)}: the database {name!r} does not exist and user {user} "
+        f"cannot create it ({reason}); create it once as a PostgreSQL admin: "
+        f"createdb {where} -U postgres -O {user if parts.username else 'USER'} {name}"
+    )
 
 
 def _lit(text: str) -> str:
@@ -321,6 +395,7 @@ class LakeStore(Store):
 
     def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
         last: BaseException | None = None
+        created = False
         for attempt in range(5):
             try:
                 with init_lock():
@@ -334,10 +409,14 @@ class LakeStore(Store):
                     return con
             except duckdb.Error as exc:
                 last = exc
+                if not created and missing_database(exc, self.cfg):  # the first start: Keyrack creates it
+                    created = True
+                    create_database(self.cfg)
+                    continue
                 if not _is_race(exc):
                     break
                 time.sleep(0.2 * (attempt + 1))  # another replica is creating the same tables
-        text = str(last).splitlines()[0] if last else "unknown error"
+        text = CONNINFO_PASSWORD.sub(r"\1***", str(last).splitlines()[0]) if last else "unknown error"
         raise LakeError(f"cannot open the lake at {mask_url(self.cfg.lake_catalog)}: {text}")
 
     def cursor(self, search_path: str = SEARCH_PATH) -> duckdb.DuckDBPyConnection:

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 
 from proxy_service import queries
 from proxy_service.cluster import shared
-from proxy_service.cluster.config import ClusterConfig, mask_url, secrets_of
+from proxy_service.cluster.config import ClusterConfig, ClusterStartError, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
@@ -59,10 +59,6 @@ REQUEST_TIMEOUT_S = 0.5  # Redis on the request path: fail fast, degrade, never 
 # (replicas). Past them the value is not a replica's.
 ALERT_STATES_MAX = 8 << 20
 LIVE_MAX = 1000
-
-
-class ClusterStartError(Exception):
-    """Redis or the lake cannot be reached at startup; one line, passwords masked."""
 
 
 def _ts(epoch: float | None) -> datetime | None:

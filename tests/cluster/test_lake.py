@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 
 from proxy_service.cluster.config import ClusterConfig, pg_conninfo
-from proxy_service.cluster.lake import LakeStore, load_extensions
+from proxy_service.cluster.lake import LakeError, LakeStore, load_extensions
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.events import RequestEvent
 from proxy_service.rollup import TIERS, Rollup, fold_batch
+from tests.cluster.conftest import Replica
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DOC = REPO / "docs" / "cluster.md"
@@ -475,3 +479,66 @@ def test_the_mirror_holds_the_raw_edges_of_stats_reads_and_follows_late_rows_com
         w.stop()
     for store in stores:
         store.close()
+
+
+def test_a_missing_catalog_database_is_created_when_the_role_may_and_named_in_one_line_when_it_may_not(
+    tmp_path: Path,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.cluster.conftest import PG_URL, pg_admin
+
+    suffix = secrets.token_hex(4)
+    name, denied, role = f"keyrack_test_new_{suffix}", f"keyrack_test_denied_{suffix}", f"keyrack_test_role_{suffix}"
+    admin = pg_admin()
+
+    def run(sql: str) -> None:
+        admin.execute(f"CALL postgres_execute('pgadmin', '{sql}', use_transaction => false)")
+
+    def exists(db: str) -> bool:
+        found = f"SELECT 1 FROM pg_database WHERE datname = ''{db}''"
+        return admin.execute(f"SELECT count(*) FROM postgres_query('pgadmin', '{found}')").fetchone() == (1,)
+
+    try:
+        assert not exists(name)
+        cfg = ClusterConfig("redis://unused", f"{PG_URL}/{name}", str(tmp_path / "lake"), "w1")
+        for _ in range(2):  # created on the first open; the second finds it
+            store = LakeStore(cfg, contextlib.nullcontext)
+            assert store.cursor().execute("SELECT count(*) FROM keys").fetchone() == (0,)
+            store.close()
+        assert exists(name)
+
+        run(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+        parts = urlsplit(PG_URL)
+        as_role = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}", path=f"/{denied}").geturl()
+        with pytest.raises(LakeError) as refused:
+            LakeStore(ClusterConfig("redis://unused", as_role, str(tmp_path / "lake2"), "w1"), contextlib.nullcontext)
+        line = str(refused.value)
+        assert "\n" not in line and f"the database {denied!r} does not exist and user {role} cannot create it" in line
+        assert "permission denied to create database" in line and f"-O {role} {denied}" in line, line
+        assert not exists(denied)
+    finally:
+        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        run(f"DROP DATABASE IF EXISTS {denied} WITH (FORCE)")
+        run(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
+
+
+def test_a_replica_started_on_a_missing_catalog_database_creates_it_and_serves(
+    start_replica: Callable[..., Replica],
+) -> None:
+    """The plain-process walkthrough of docs/cluster.md: no `createdb` first, the first replica creates it."""
+    from tests.cluster.conftest import PG_URL, pg_admin
+
+    name = f"keyrack_test_walk_{secrets.token_hex(4)}"
+    try:
+        replica = start_replica("http://127.0.0.1:9", lake_catalog=f"{PG_URL}/{name}")
+        ready = httpx.get(f"{replica.url}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["cluster"]["replica"] == "r1", ready.text
+        assert re.search(rf"level=WARNING .*created the catalog database {name} ", replica.proc.log())
+    finally:
+        admin = pg_admin()
+        admin.execute(
+            f"CALL postgres_execute('pgadmin', 'DROP DATABASE IF EXISTS {name} WITH (FORCE)', use_transaction => false)"
+        )
+        admin.close()

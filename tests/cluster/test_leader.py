@@ -136,3 +136,35 @@ def test_the_lease_is_exclusive_renewed_and_released(tmp_path: Path) -> None:
 
     with throwaway_redis(tmp_path) as server:  # its own: the shared test database is flushed by concurrent tests
         asyncio.run(scenario(server.url))
+
+
+def test_a_rule_name_taken_on_another_replica_is_refused_before_its_broadcast_arrives(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica], redis_url: str
+) -> None:
+    import secrets
+
+    import redis
+
+    up = start_upstream(SCENARIO)
+    first = start_replica(up.url)
+    # The same catalog on a Redis prefix of its own: another bus, so no broadcast reaches it (a lost message).
+    prefix = f"deaf{secrets.token_hex(4)}"
+    try:
+        deaf = start_replica(up.url, redis_prefix=prefix)
+        rule = {"name": "Error storm", "metric": "error_rate", "op": ">", "threshold": 0.5, "window_s": 60}
+        taken = create(first, "/alerts/rules", rule)
+        answer = httpx.post(
+            f"{deaf.url}/admin/api/alerts/rules", json={**rule, "name": " error STORM"}, headers=ADMIN, timeout=30
+        )
+        assert answer.status_code == 409, answer.text
+        assert f"another rule is already named 'Error storm' (id {taken['id']})" in answer.text
+        other = create(deaf, "/alerts/rules", {**rule, "name": "Other"})
+        renamed = httpx.patch(
+            f"{deaf.url}/admin/api/alerts/rules/{other['id']}", json={"name": "Error storm"}, headers=ADMIN, timeout=30
+        )
+        assert renamed.status_code == 409, renamed.text
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()

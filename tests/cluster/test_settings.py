@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy_service.cluster.config import ClusterConfigError, from_settings, mask_url, pg_conninfo, secrets_of
-from proxy_service.settings import Settings
+from proxy_service.settings import Settings, url_secrets
 from tests.test_cli import serve_fails
 
 CATALOG = "postgresql://keyrack:s3cret-pw@db.internal:5432/keyrack"
@@ -90,6 +90,10 @@ def test_masking_and_conninfo() -> None:
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert mask_url("host=h password='a b' dbname=x") == "host=h password=*** dbname=x"
     assert mask_url("s3://bucket/lake?secret=abc") == "s3://bucket/lake?secret=***"
+    # A database URL's user without a password is a role name, not a token: kept, and never a redacted word.
+    assert mask_url("postgresql://postgres@127.0.0.1:5432/k") == "postgresql://postgres@127.0.0.1:5432/k"
+    assert mask_url("https://hook-token-1@hooks.example/x") == "https://***@hooks.example/x"
+    assert url_secrets("postgres://postgres@h/k") == [] and url_secrets("https://tok@h/") == ["tok"]
     assert secrets_of(CATALOG) == ["s3cret-pw"]
     assert pg_conninfo(CATALOG) == "dbname='keyrack' host='db.internal' port='5432' user='keyrack' password='s3cret-pw'"
     assert pg_conninfo("postgresql://u:it's@h/d") == "dbname='d' host='h' user='u' password='it\\'s'"
