@@ -103,7 +103,7 @@ class Gateway:
                 self.writer,
                 settings.data_dir / "sql-sandbox",
                 QUERY_SLOTS,
-                settings.sql_worker_memory_mb,
+                settings.sql_memory_mb,
                 settings.duckdb_threads,
             )
         self._config = self._load_config(settings.config())

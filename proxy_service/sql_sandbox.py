@@ -351,7 +351,13 @@ class Sandbox:
         if self.writer.alive:
             with contextlib.suppress(Exception):  # a stuck or failing writer: the snapshot of what is stored
                 self.writer.flush(FLUSH_WAIT_S)
-        return self.snapshot.refresh()
+        try:
+            return self.snapshot.refresh()
+        except (duckdb.Error, OSError) as exc:  # its disk full or failing (a StorageFault passes: 503 as such)
+            text = str(exc).strip().splitlines()
+            raise SandboxUnavailable(
+                f"the SQL snapshot could not be written: {text[0] if text else type(exc).__name__}"
+            ) from None
 
     def run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
         import pyarrow as pa

@@ -65,7 +65,7 @@ def open_database(snapshot: dict[str, Any], memory_mb: int, threads: int) -> duc
     con = duckdb.connect(
         ":memory:",
         config={
-            "memory_limit": f"{int(memory_mb)}MB",
+            "memory_limit": f"{int(memory_mb)}MiB",
             "threads": int(threads),
             "temp_directory": "",  # nothing spills to disk: a query that needs more memory fails
             "autoinstall_known_extensions": False,
