@@ -91,6 +91,13 @@ class Snapshot:
         with self._lock:
             started = time.perf_counter()
             cur = self.store.cursor()
+            # Files gone (the data disk failed and was mounted again, or someone cleaned the directory): those tables
+            # are written whole again.
+            private_dir(self.directory)
+            for name, state in list(self._tables.items()):
+                if not all(f.exists() for f in state.files):
+                    log.warning("SQL snapshot files of %s are missing: writing the table again", name)
+                    self._dropped[name] = self._tables.pop(name)
             try:
                 cur.execute("BEGIN TRANSACTION")
                 try:
@@ -112,6 +119,12 @@ class Snapshot:
             self._purge()
             self.last_refresh_ms = (time.perf_counter() - started) * 1000
             return self.manifest()
+
+    def invalidate(self) -> None:
+        """Write every table again at the next refresh (a worker could not open the files)."""
+        with self._lock:
+            for name in list(self._tables):
+                self._dropped[name] = self._tables.pop(name)
 
     def _file(self, table: str) -> Path:
         self._seq += 1
@@ -184,8 +197,9 @@ class Snapshot:
         if state is not None and state.digest == digest:
             return False
         path = self._copy(cur, select, name)
-        if state is not None:
-            self._retire(state.files)
+        old = self._dropped.pop(name, None) if state is None else state
+        if old is not None:
+            self._retire(old.files)
         self._tables[name] = _Table([path], digest=digest)
         return True
 
@@ -196,6 +210,10 @@ class _Died(Exception):
 
 class _Late(Exception):
     pass
+
+
+class _Damaged(Exception):
+    """The worker could not open the snapshot's files."""
 
 
 class WorkerProcess:
@@ -360,6 +378,17 @@ class Sandbox:
             ) from None
 
     def run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
+        try:
+            return self._run(sql, timeout_s, row_cap, byte_cap)
+        except _Damaged as exc:
+            log.warning("%s; writing the whole snapshot again", exc)
+            self.snapshot.invalidate()
+        try:
+            return self._run(sql, timeout_s, row_cap, byte_cap)
+        except _Damaged as exc:
+            raise SandboxUnavailable(str(exc)) from None
+
+    def _run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
         import pyarrow as pa
 
         manifest = self.fresh()
@@ -411,4 +440,6 @@ class Sandbox:
             raise sql_guard.QueryTimeout(message)
         if status == "too_costly":
             raise sql_guard.QueryTooCostly(message)
+        if status == "snapshot":
+            raise _Damaged(message)
         raise sql_guard.QueryFailed(message)

@@ -116,8 +116,8 @@ class Worker:
             cur = self.database(request["snapshot"]).cursor()
         except MemoryError:
             return {"status": "too_costly", "message": "out of memory opening the snapshot"}, b""
-        except duckdb.Error as exc:
-            return {"status": "failed", "message": f"the SQL snapshot could not be opened: {exc}"}, b""
+        except duckdb.Error as exc:  # a snapshot file damaged (its disk failed): the proxy writes it again
+            return {"status": "snapshot", "message": f"the SQL snapshot could not be opened: {exc}"}, b""
         try:
             result = sql_guard.execute(
                 cur,
