@@ -90,7 +90,6 @@ class Snapshot:
         """Bring the files up to date with the database and return the manifest the worker opens."""
         with self._lock:
             started = time.perf_counter()
-            cur = self.store.cursor()
             # Files gone (the data disk failed and was mounted again, or someone cleaned the directory): those tables
             # are written whole again.
             private_dir(self.directory)
@@ -98,6 +97,7 @@ class Snapshot:
                 if not all(f.exists() for f in state.files):
                     log.warning("SQL snapshot files of %s are missing: writing the table again", name)
                     self._dropped[name] = self._tables.pop(name)
+            cur = self.store.cursor()
             try:
                 cur.execute("BEGIN TRANSACTION")
                 try:
