@@ -167,15 +167,13 @@ def google_body(code: int, message: str, status: str | None = None) -> bytes:
     return json.dumps(err, indent=2).encode() + b"\n"
 
 
-def openai_body(code: int, message: str, param: str | None = None) -> bytes:
-    """OpenAI's error shape, which the openai SDK turns into typed exceptions."""
+def openai_body(code: int, message: str, param: str | None = None, error_code: str | None = None) -> bytes:
+    """OpenAI's error shape, which the openai SDK turns into typed exceptions (`error_code`: its `code` field,
+    by default derived from the HTTP status)."""
+    if error_code is None:
+        error_code = _GOOGLE_STATUS.get(code, "api_error").lower() if code != 429 else "rate_limit_exceeded"
     err: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": _OPENAI_TYPE.get(code, "api_error"),
-            "param": param,
-            "code": _GOOGLE_STATUS.get(code, "api_error").lower() if code != 429 else "rate_limit_exceeded",
-        }
+        "error": {"message": message, "type": _OPENAI_TYPE.get(code, "api_error"), "param": param, "code": error_code}
     }
     return json.dumps(err).encode()
 

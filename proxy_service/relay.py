@@ -48,6 +48,7 @@ from proxy_service.upstream import (
     error_object_bytes,
     gemini_usage,
     has_error_object,
+    openai_error,
     openai_usage,
     parse_error,
     read_answer,
@@ -464,6 +465,9 @@ class Relay:
             headers.update(retry_headers(wait))
         elif not client_fault:
             headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
+        upstream_body = body
+        if call.surface == "openai":
+            body = openai_error(status, body)  # Gemini's compat errors are a JSON array the openai SDK cannot read
         ev = self.request_event(call, status, "client_error" if client_fault else "upstream_error", n, key)
         ev.error_status = err.status
         ev.error_message = err.message[:500]
@@ -476,7 +480,7 @@ class Relay:
                 status,
                 "client_error",
                 err.message or f"upstream {status}",
-                upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
+                upstream_body=redact(upstream_body[:_BODY_CAP].decode("utf-8", "replace")),
             )
         return Response(redact_body(body), status, headers=headers)
 

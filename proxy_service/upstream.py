@@ -16,6 +16,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy_service.errors import openai_body
 from proxy_service.keys import redact
 from proxy_service.settings import Config
 
@@ -283,3 +284,43 @@ def parse_error(body: bytes) -> UpstreamError:
         redact(str(err.get("message", ""))[:2000]),
         reason,
     )
+
+
+# OpenAI's `code` for what a Google error says, where OpenAI has a name for it; otherwise Google's status, lowercased.
+_OPENAI_CODE = {"API_KEY_INVALID": "invalid_api_key", "RESOURCE_EXHAUSTED": "rate_limit_exceeded"}
+_NOT_FOUND_MODEL = re.compile(r"^models/\S+ is not found")
+
+
+def is_openai_error(body: bytes) -> bool:
+    """Whether `body` is already an OpenAI-shaped error: `{"error": {"message": ..., "type": ...}}`."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return isinstance(err, dict) and isinstance(err.get("message"), str) and isinstance(err.get("type"), str)
+
+
+def openai_error(status: int, body: bytes) -> bytes:
+    """An upstream error answer for the OpenAI surface, in OpenAI's shape whatever the upstream sent.
+
+    Gemini's OpenAI-compatible endpoint answers errors with Google's envelope wrapped in a JSON array
+    (`[{"error": {"code", "message", "status"}}]`), which the openai SDK cannot read (it raises a bare "Error code:
+    404"): the envelope is unwrapped into `{"error": {"message", "type", "param", "code"}}` with the upstream's
+    message (redacted) and the same HTTP status. A body already in OpenAI's shape is kept; one that is not JSON
+    becomes the message.
+    """
+    if is_openai_error(body):
+        return body
+    err = parse_error(body)
+    message = err.message or f"Upstream error {status}."
+    status_name = (err.status or "").upper()
+    code = _OPENAI_CODE.get(err.reason or "") or _OPENAI_CODE.get(status_name)
+    param = None
+    if status == 402:  # Google: prepaid credit used up; OpenAI's name for an exhausted balance
+        code = "insufficient_quota"
+    elif status == 404 and _NOT_FOUND_MODEL.match(message):
+        code, param = "model_not_found", "model"
+    elif code is None and status_name.replace("_", "").isalpha():
+        code = status_name.lower()
+    return openai_body(status, message, param, code)
