@@ -54,6 +54,7 @@ from proxy_service.upstream import (
     read_answer,
     send,
     stream_error,
+    stream_finished,
     upstream_request,
 )
 
@@ -520,17 +521,23 @@ class Relay:
             broken: str | None = None
             embedded = False
             outcome = "success"
+            delivering = True  # a chunk is out to the client and its send has not returned yet
             try:
                 yield first
+                delivering = False
                 async for chunk in chunks:
                     sent += len(chunk)
                     tail = (tail + chunk)[-STREAM_TAIL:]
                     embedded = embedded or has_error_object(chunk)
+                    delivering = True
                     yield chunk
+                    delivering = False
             except httpx.HTTPError as exc:
                 broken = f"upstream stream broke after {sent} bytes: {type(exc).__name__}"
             except (asyncio.CancelledError, GeneratorExit):
-                outcome = "cancelled"
+                # A client that hangs up once it has the last event (finish reason, [DONE]) read the whole answer:
+                # the stream was only waiting for the upstream to close it. Earlier, the answer was cut short.
+                outcome = "success" if not delivering and stream_finished(tail) else "cancelled"
                 raise
             finally:
                 await resp.aclose()

@@ -214,6 +214,25 @@ def has_error_object(chunk: bytes) -> bool:
     return b'"error"' in chunk and _ERROR_RE.search(chunk) is not None
 
 
+# Where the last event of a stream starts (an SSE `data:` line, or a chunk's first key in a JSON-array stream), and
+# a finish reason given in it (a string: `null` is no finish). JSON structure only, not text inside a string.
+_EVENT_START = re.compile(rb'data:|(?<!\\)"(?:candidates|choices)"\s*:')
+_FINISHED = re.compile(rb'(?<!\\)"(?:finishReason|finish_reason)"\s*:\s*"')
+
+
+def stream_finished(tail: bytes) -> bool:
+    """Whether a stream's bytes so far end with its last event: OpenAI's `data: [DONE]`, or an event (the last one)
+    that carries a finish reason (Gemini ends its streams after that chunk)."""
+    end = tail.rstrip()
+    if end.endswith(b"data: [DONE]") or end.endswith(b"data:[DONE]"):
+        return True
+    start = None
+    for start in _EVENT_START.finditer(end):  # noqa: B007 (we want the last match)
+        pass
+    # No event start in the tail: it lies inside one (long) last event, whose finish reason is then in the tail.
+    return _FINISHED.search(end, start.start() if start is not None else 0) is not None
+
+
 def error_object_bytes(data: bytes) -> bytes | None:
     """The bytes of the last `{"error": ...}` object embedded in stream data (to answer it as a plain error)."""
     m = None
