@@ -202,12 +202,12 @@ def openai_body(code: int, message: str, param: str | None = None, error_code: s
     return json.dumps(err).encode()
 
 
-def sse_error_event(openai: bool, code: int, message: str, separator: bytes = b"\n\n") -> bytes:
+def sse_error_event(
+    openai: bool, code: int, message: str, separator: bytes = b"\n\n", error_code: str = "stream_broken"
+) -> bytes:
     """One server-sent event carrying an error in the surface's shape, which both SDKs raise on."""
     if openai:
-        err: dict[str, Any] = {
-            "error": {"message": message, "type": "api_error", "param": None, "code": "stream_broken"}
-        }
+        err: dict[str, Any] = {"error": {"message": message, "type": "api_error", "param": None, "code": error_code}}
     else:
         err = {"error": {"code": code, "message": message, "status": _GOOGLE_STATUS.get(code, "UNKNOWN")}}
     return b"data: " + json.dumps(err).encode() + separator

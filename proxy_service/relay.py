@@ -46,6 +46,7 @@ from proxy_service.upstream import (
     Usage,
     answer_cap,
     error_object_bytes,
+    error_outside_event,
     gemini_usage,
     has_error_object,
     openai_error,
@@ -572,6 +573,14 @@ class Relay:
                 if separator is not None:
                     yield sse_error_event(call.surface == "openai", 502, f"Keyrack: {broken}.", separator)
                 raise StreamAborted(broken)
+            if err is not None and call.surface == "openai" and error_outside_event(tail):
+                # The upstream ended the stream with a bare JSON error, which the openai SDK skips (it would hand the
+                # partial answer over as whole): the same error once more as an event in OpenAI's shape, which it
+                # raises on.
+                code = (err[2] or "stream_error").lower()
+                yield b"\n" + sse_error_event(
+                    True, err[0] or 502, err[1] or "Upstream error inside the stream.", error_code=code
+                )
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
 

@@ -251,6 +251,19 @@ def error_object_bytes(data: bytes) -> bytes | None:
     return text[:end].encode()
 
 
+def error_outside_event(data: bytes) -> bool:
+    """Whether the last error object in stream data is bare JSON (Google appends one, pretty-printed, to a stream that
+    fails after its first events) rather than inside an SSE `data:` event: an SSE parser such as the openai SDK's
+    skips the bare kind, so the stream would read as complete."""
+    m = None
+    for m in _ERROR_RE.finditer(data):  # noqa: B007 (we want the last match)
+        pass
+    if m is None:
+        return False
+    line = data[data.rfind(b"\n", 0, m.start()) + 1 : m.start()]
+    return not line.lstrip().startswith(b"data:")
+
+
 def stream_error(data: bytes) -> tuple[int | None, str, str | None] | None:
     """(code, message, status) of an error object embedded in a stream, if any."""
     m = None

@@ -8,6 +8,7 @@ to be in the same shape.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -17,9 +18,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLIENT_TOKEN, P1_A, Proxy, Upstream
+from tests.conftest import CLIENT_TOKEN, P1_A, Proxy, Upstream, wait_rows
 from tests.reliability.harness import free_port
-from tests.reliability.raw_upstream import RawRequest, RawUpstream, raw_upstream, send_json
+from tests.reliability.raw_upstream import RawRequest, RawUpstream, chunk, head, raw_upstream, send_json
+from tests.reliability.test_broken_streams import openai_event
 
 MODEL = "gemini-2.5-flash"
 MESSAGES: Any = [{"role": "user", "content": "Hi"}]
@@ -186,3 +188,29 @@ def test_keyrack_own_504_is_in_openai_shape(stalling_upstream: str, start_proxy:
     )
     assert resp.status_code == 504
     assert openai_error(resp)["type"] == "api_error"
+
+
+def test_an_error_the_upstream_appends_to_a_stream_makes_the_sdk_raise(start_proxy: Callable[..., Proxy]) -> None:
+    """Google ends a failing stream with a bare (array-wrapped) JSON error that an SSE parser skips: without an event
+    in OpenAI's shape the openai SDK would hand the first sentences over as a whole answer."""
+    first_seen = threading.Event()
+    bare = json.dumps(_array_error(503, "UNAVAILABLE", OVERLOADED), indent=2).encode() + b"\n"
+
+    def answer(conn: socket.socket, request: RawRequest, up: RawUpstream) -> None:
+        conn.sendall(head(ctype="text/event-stream") + chunk(openai_event("Hello. ")))
+        first_seen.wait(60)  # the stream is committed to the client: the failure comes after its first event
+        conn.sendall(chunk(bare) + b"0\r\n\r\n")
+
+    seen: list[str] = []
+    with raw_upstream(answer) as up:
+        proxy = start_proxy(up.url, max_retries=0)
+        try:
+            with pytest.raises(openai.APIError) as exc:
+                for c in client(proxy).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True):
+                    seen.extend(ch.delta.content or "" for ch in c.choices)
+                    first_seen.set()
+        finally:
+            first_seen.set()
+    assert seen == ["Hello. "] and "overloaded" in exc.value.message
+    rows = wait_rows(proxy, "SELECT outcome, error_status FROM requests WHERE stream", timeout=60)
+    assert rows == [("stream_error", "UNAVAILABLE")]
