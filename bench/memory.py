@@ -282,9 +282,7 @@ def dashboard_phase(workdir: Path, fake: Server, env: dict[str, str]) -> dict[st
     return {"idle": idle, "after_pages": used, "how": how}
 
 
-def run(
-    load_s: float, soak_s: float, dashboard: bool, baseline: bool = True
-) -> dict[str, Any]:
+def run(load_s: float, soak_s: float, dashboard: bool, baseline: bool = True) -> dict[str, Any]:
     load_before = load_average()
     env: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="keyrack-mem-") as tmp:
