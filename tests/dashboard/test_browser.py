@@ -160,7 +160,6 @@ ALLOWED = {
     "str",
     "localhost",
     "deploy",
-    "yyyy",  # the date fields' format mask (st.date_input has no placeholder)
 }
 
 
@@ -409,13 +408,25 @@ def test_trends_single_bucket_and_one_colour_per_model(browser: Any, dashboard_u
 
 
 def _visible_text(t: Tab) -> str:
-    """The app's text as read, without icon ligatures (Material icons are words in an icon font)."""
+    """The app's text as read, without icon ligatures (Material icons are words in an icon font); plus what a
+    reader also sees outside the DOM's plain text: the canvas tables' cells and headers (their accessible copy),
+    the charts' titles, ticks, legends and annotations (SVG), and the placeholders of visible inputs."""
     return str(
         t.page.evaluate(
             """() => { const app = document.querySelector('[data-testid="stApp"]').cloneNode(true);
                 app.querySelectorAll('[data-testid="stIconMaterial"], [role="img"][translate="no"], '
                     + '[data-testid="stSkipToContent"]').forEach(e => e.remove());
-                document.body.appendChild(app); const text = app.innerText; app.remove(); return text; }"""
+                document.body.appendChild(app); const text = [app.innerText]; app.remove();
+                document.querySelectorAll('[data-testid="stDataFrame"] th, [data-testid="stDataFrame"] td, '
+                    + '[data-testid="stDataFrame"] [role="columnheader"], [data-testid="stDataFrame"] [role="gridcell"]')
+                    .forEach(e => text.push(e.textContent));
+                document.querySelectorAll('[data-testid="stPlotlyChart"] svg text')
+                    .forEach(e => text.push(e.textContent));
+                document.querySelectorAll('input[placeholder], textarea[placeholder]')
+                    .forEach(e => { if (e.offsetParent !== null) text.push(e.placeholder); });
+                document.querySelectorAll('[data-baseweb="popover"], [data-testid="stPopoverBody"]')
+                    .forEach(e => text.push(e.innerText));
+                return text.join('\\n'); }"""
         )
     )
 
@@ -425,7 +436,67 @@ def _english_words(text: str) -> set[str]:
     return {w for w in words if w not in ALLOWED and not w.startswith("gemini")}
 
 
-def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, shots: Path, cooling_pair: None) -> None:
+def _english_left(t: Tab) -> list[str]:
+    """The English words a page shows once drawn: waits (generously) for them to go, returns those that stay."""
+    deadline = time.monotonic() + 30
+    while True:
+        t.idle()
+        leftover = _english_words(_visible_text(t))
+        if not leftover or time.monotonic() > deadline:
+            return sorted(leftover)
+        t.page.wait_for_timeout(500)
+
+
+# (link, heading) of every page in Chinese, in the navigation's order.
+PAGES_ZH = [
+    ("趋势", "趋势"),
+    ("预测", "预测"),
+    ("多维分析", "多维分析"),
+    ("错误日志", "错误日志"),
+    ("告警", "告警"),
+    ("配置", "配置"),
+    ("SQL 查询", "SQL 查询"),
+]
+
+
+@pytest.fixture
+def alert_state(stack: Stack) -> Iterator[None]:
+    """Something on every Alerts tab: a firing rule, a channel, a silence, history (and the default rules)."""
+    from tests.dashboard.test_alerts_page import evaluate
+
+    rule = stack.admin(
+        "POST",
+        "/alerts/rules",
+        json={"name": "Keys present", "metric": "active_keys", "op": ">", "threshold": 0, "window_s": 60},
+    )
+    channel = stack.admin("POST", "/alerts/channels", json={"name": "ops", "url": "json://127.0.0.1:9/hook"})
+    silence = stack.admin(
+        "POST", "/alerts/silences", json={"rule_id": rule["id"], "duration_s": 3600, "comment": "维护"}
+    )
+    evaluate(stack)
+    try:
+        yield
+    finally:
+        stack.admin("DELETE", f"/alerts/silences/{silence['id']}")
+        stack.admin("DELETE", f"/alerts/channels/{channel['id']}")
+        stack.admin("DELETE", f"/alerts/rules/{rule['id']}")
+        evaluate(stack)
+
+
+def _sign_in_zh(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name="登录 Keyrack")).to_be_visible()
+    page.get_by_label("管理令牌").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="登录", exact=True).click()
+    _idle(page)
+
+
+def test_language_switch_leaves_no_english(
+    browser: Any, dashboard_url: str, shots: Path, cooling_pair: None, alert_state: None
+) -> None:
+    """Switch to Chinese once; every page, its tables, charts, tabs and popovers show no English word; the choice
+    survives a reload and a new tab of the same browser."""
     from playwright.sync_api import expect
 
     with tab(browser, dashboard_url) as t:
@@ -437,12 +508,44 @@ def test_language_switch_leaves_no_english(browser: Any, dashboard_url: str, sho
         t.idle()
         expect(t.heading("监控")).to_be_visible()
         t.idle()  # the heading comes first in the run: wait until the whole page is drawn in Chinese
-        leftover = _english_words(_visible_text(t))
-        assert not leftover, sorted(leftover)  # right after the switch, not one rerun later
+        problems: dict[str, list[str]] = {}
+        if leftover := sorted(_english_words(_visible_text(t))):  # right after the switch, not one rerun later
+            problems["监控"] = leftover
         t.shot(shots, "monitor_zh")
-        for link, title in (("趋势", "趋势"), ("错误日志", "错误日志"), ("配置", "配置"), ("SQL 查询", "SQL 查询")):
-            t.page.get_by_role("link", name=link).click()
+
+        def check(where: str) -> None:
+            if leftover := _english_left(t):
+                problems[where] = leftover
+
+        for link, title in PAGES_ZH:
+            t.page.get_by_role("link", name=link, exact=True).click()
             expect(t.heading(title)).to_be_visible()
-            t.idle()
-            leftover = _english_words(_visible_text(t))
-            assert not leftover, f"{title}: {sorted(leftover)}"
+            check(title)
+            if title == "多维分析":  # the filter popover and its value picker
+                t.page.get_by_role("button", name=re.compile("筛选")).click()
+                expect(t.page.get_by_text("筛选维度")).to_be_visible()
+                check(f"{title} · 筛选")
+                t.page.keyboard.press("Escape")
+            if title == "告警":  # every tab
+                for name in ("通知渠道", "静默", "历史", "规则"):
+                    t.page.get_by_role("tab", name=name).click()
+                    check(f"{title} · {name}")
+        assert not problems, problems
+        t.page.get_by_role("link", name="预测", exact=True).click()
+        expect(t.heading("预测")).to_be_visible()
+
+        # A reload is a new session: the sign-in form and then the page are still in Chinese.
+        t.page.reload()
+        t.idle()
+        assert not _english_left(t), "the sign-in form after a reload"
+        _sign_in_zh(t.page)
+        expect(t.heading("预测")).to_be_visible()
+        assert not _english_left(t), "Forecast after a reload"
+
+        # So is a new tab of the same browser, opened on another page.
+        other = t.ctx.new_page()
+        other.set_default_timeout(60_000)
+        other.goto(f"{dashboard_url}/alerts")
+        _idle(other)
+        _sign_in_zh(other)
+        expect(other.get_by_role("heading", name="告警", exact=True)).to_be_visible()
