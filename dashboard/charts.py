@@ -18,7 +18,7 @@ from datetime import date, datetime, time, timedelta
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.i18n import EN, current, t
+from dashboard.i18n import current, label_of, t
 
 SUCCESS = "#2e9e5b"
 FAILURE = "#d9534f"
@@ -51,6 +51,7 @@ PALETTE = (
     "#bcbd22",
     "#7f7f7f",
 )
+
 BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 FREQ = {"hour": "h", "day": "D", "week": "W-MON", "month": "MS"}
 MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -111,6 +112,29 @@ def tick_label(ts: pd.Timestamp, granularity: str, with_date: bool) -> str:
         clock = f"{ts.hour:02d}:00"
         return f"{clock}<br>{day}" if with_date else clock
     return day
+
+
+DAY_MS = 86_400_000
+
+
+def date_formats() -> dict[str, str]:
+    """The session language's date style, for Plotly's own date ticks (d3 formats) as tick_label writes Trends'."""
+    if current() == "zh":
+        return {"day": "%-m月%-d日", "month": "%Y年%-m月"}
+    return {"day": "%b %-d", "month": "%b %Y"}
+
+
+def date_ticks(fig: go.Figure) -> go.Figure:
+    """Date x axes that Plotly ticks by itself (Forecast, Alerts, Explore) in the same style as Trends' ticks:
+    "13:00 / Dec 1" or "13:00 / 12月1日", "Dec 1" or "12月1日", "Dec 2026" or "2026年12月"; never "Dec 1, 2026"."""
+    f = date_formats()
+    stops = [
+        {"dtickrange": [None, DAY_MS], "value": f"%H:%M<br>{f['day']}"},
+        {"dtickrange": [DAY_MS, "M1"], "value": f["day"]},
+        {"dtickrange": ["M1", None], "value": f["month"]},
+    ]
+    fig.update_xaxes(tickformatstops=stops, hoverformat="%Y-%m-%d %H:%M")
+    return fig
 
 
 def _x_axis(fig: go.Figure, axis: Axis) -> None:
@@ -346,4 +370,4 @@ def status_breakdown(df: pd.DataFrame, axis: Axis) -> go.Figure:
 
 
 def outcome_label(name: str) -> str:
-    return t(f"outcome.{name}") if f"outcome.{name}" in EN else name or "–"
+    return label_of("outcome", name)

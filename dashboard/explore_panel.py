@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import cache, fmt, paging, sql_tools, times
 from dashboard import explore_view as ev
 from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.i18n import choices_placeholder, t, wkey
 
 KEYS = {
     "measure": "ex_m",
@@ -92,15 +92,26 @@ def controls() -> ev.View:
 
 
 def _filter_editor(where: Any, filters: dict[str, list[str]], start: date, end: date) -> None:
-    active = " · ".join(f"{t(f'dim.{d}')} = {', '.join(vals)}" for d, vals in sorted(filters.items()) if vals)
+    active = " · ".join(
+        f"{t(f'dim.{d}')} = {', '.join(str(ev.value_label(d, x)) for x in vals)}"
+        for d, vals in sorted(filters.items())
+        if vals
+    )
     with where.popover(t("explore.filters_n", n=sum(1 for v in filters.values() if v)), icon=":material/filter_list:"):
         dim = st.selectbox(
             t("explore.filter_dim"), FILTER_DIMS, format_func=lambda d: t(f"dim.{d}"), key=wkey("ex_fdim")
         )
         options = _options(dim, start, end)
         chosen = filters.get(dim, [])
+        values = sorted(set(options) | set(chosen))
         picked = st.multiselect(
-            t("explore.filter_values"), sorted(set(options) | set(chosen)), default=chosen, key=f"ex_fval_{dim}"
+            t("explore.filter_values"),
+            values,
+            default=chosen,
+            key=f"ex_fval_{dim}",
+            format_func=lambda x: str(ev.value_label(dim, x)),
+            placeholder=choices_placeholder(values),
+            disabled=not values,
         )
         if picked != chosen:
             filters[dim] = picked
@@ -140,6 +151,7 @@ def fetch(v: ev.View) -> tuple[pd.DataFrame, dict[str, Any]] | None:
 
 def chart(df: pd.DataFrame, v: ev.View) -> None:
     title = t(f"m.{v.measure}")
+    df = ev.display(df, v)
     if v.view == "heatmap":
         if not v.cols:
             st.info(t("explore.need_cols"))
@@ -157,15 +169,18 @@ def chart(df: pd.DataFrame, v: ev.View) -> None:
 
 def pivot_table(df: pd.DataFrame, v: ev.View) -> dict[str, Any] | None:
     """The pivot (always shown: the numbers behind any chart); returns the clicked cell's dimension values."""
-    table = ev.pivot(df, v)
-    labels = {str(x): x for x in df[v.rows]}
-    col_labels = {str(x): x for x in df[v.cols]} if v.cols else {}
+    shown = ev.display(df, v)  # values as read; a click maps its label back to the API's value
+    table = ev.pivot(shown, v)
+    if not v.cols:
+        table = table.rename(columns={v.measure: ev.measure_label(v.measure)})
+    labels = {str(s): x for s, x in zip(shown[v.rows], df[v.rows], strict=True)}
+    col_labels = {str(s): x for s, x in zip(shown[v.cols], df[v.cols], strict=True)} if v.cols else {}
     st.dataframe(
         ev.styled(table, v.measure), key="ex_pivot", on_select="rerun", selection_mode="single-cell", width="stretch"
     )
     if v.compare:
         st.markdown(f"**{t('explore.delta_title')}**")
-        st.dataframe(ev.styled(ev.delta_table(df, v), v.measure, delta=True), key="ex_delta", width="stretch")
+        st.dataframe(ev.styled(ev.delta_table(shown, v), v.measure, delta=True), key="ex_delta", width="stretch")
     cells = _selected_cells("ex_pivot")
     if not cells:
         st.caption(t("explore.drill_hint"))
@@ -223,7 +238,7 @@ def drill(v: ev.View, cell: dict[str, Any]) -> None:
     found = cache.safe(cache.api().explore_calls, ttl=15.0)(body)
     if found is None:
         return
-    what = " · ".join(f"{t(f'dim.{d}')} = {ev.NONE if x is None else x}" for d, x in cell.items())
+    what = " · ".join(f"{t(f'dim.{d}')} = {ev.NONE if x is None else ev.value_label(d, x)}" for d, x in cell.items())
     st.subheader(t("explore.drill_title", what=what))
     items = pd.DataFrame(found.get("items", []))
     st.caption(t("explore.drill_count", n=fmt.fmt_int(len(items))))

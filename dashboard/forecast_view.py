@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard import charts
 from dashboard.i18n import t
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -58,11 +59,13 @@ def quota_frame(rows: list[dict[str, Any]], zone: ZoneInfo, pool: bool = False) 
         row = {
             t("forecast.col_model"): r["model"],
             t("forecast.col_used"): r["used"],
-            t("forecast.col_limit"): limit if limit is not None else "∞",
+            t("forecast.col_limit"): f"{limit:,}" if limit is not None else t("forecast.no_limit"),
             t("forecast.col_rate"): r["rate_per_min"],
             t("forecast.col_exhausts"): clock(r["exhausts_at"], zone) if r["exhausts_at"] else t("forecast.lasts"),
             t("forecast.col_exhausts_pt"): clock(r["exhausts_at"], PACIFIC) if r["exhausts_at"] else "–",
-            t("forecast.col_rpm_headroom"): r.get("rpm_headroom") if r.get("rpm_headroom") is not None else "∞",
+            t("forecast.col_rpm_headroom"): (
+                f"{r['rpm_headroom']:,}" if r.get("rpm_headroom") is not None else t("forecast.no_limit")
+            ),
         }
         if pool:
             row = {**row, t("forecast.col_projects"): r["projects"], t("forecast.col_refused"): r["refused_next_hour"]}
@@ -96,8 +99,8 @@ def timeline(quota: dict[str, Any], zone: ZoneInfo, tz_label: str) -> go.Figure:
                 marker_color=RUNS_OUT if runs_out else LASTS,
                 showlegend=False,
                 hovertemplate=(
-                    f"{it['used']} / {it['limit'] if it['limit'] is not None else '∞'} · "
-                    f"{it['rate_per_min']}/min<br>"
+                    f"{it['used']} / {it['limit'] if it['limit'] is not None else t('forecast.no_limit')} · "
+                    f"{t('forecast.per_min', n=it['rate_per_min'])}<br>"
                     + (
                         t("forecast.runs_out_at", at=clock(it["exhausts_at"], zone))
                         if runs_out
@@ -125,7 +128,7 @@ def timeline(quota: dict[str, Any], zone: ZoneInfo, tz_label: str) -> go.Figure:
         barmode="overlay",
         xaxis={"type": "date", "title": t("chart.time", tz=tz_label)},
     )
-    return fig
+    return charts.date_ticks(fig)
 
 
 def demand_figure(view: dict[str, Any], zone: ZoneInfo, tz_label: str, title: str) -> go.Figure:
@@ -173,7 +176,7 @@ def demand_figure(view: dict[str, Any], zone: ZoneInfo, tz_label: str, title: st
         xaxis_title=t("chart.time", tz=tz_label),
         yaxis_title=t("forecast.calls_axis"),
     )
-    return fig
+    return charts.date_ticks(fig)
 
 
 def backtest_text(view: dict[str, Any]) -> str:
@@ -191,7 +194,7 @@ def backtest_text(view: dict[str, Any]) -> str:
 
 def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
     def num(v: Any) -> str:
-        return "∞" if v is None else f"{v:,.0f}"
+        return t("forecast.no_limit") if v is None else f"{v:,.0f}"
 
     rows = []
     for r in plan.get("headroom", []):

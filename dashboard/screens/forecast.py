@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import cache, dialogs, times
 from dashboard import forecast_view as fv
 from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.i18n import choices_placeholder, t, wkey
 
 dialogs.page_header("forecast.title")
 zone, tz = times.tz(), times.tz_name()
@@ -68,7 +68,13 @@ with st.form("fc_plan_form"):
     rpm = p2.number_input(t("forecast.target_rpm"), min_value=0.0, value=None, key="fc_rpm")
     rpd = p3.number_input(t("forecast.target_rpd"), min_value=0.0, value=None, key="fc_rpd")
     q1, q2, q3 = st.columns(3)
-    remove = q1.multiselect(t("forecast.remove_projects"), projects, key="fc_remove")
+    remove = q1.multiselect(
+        t("forecast.remove_projects"),
+        projects,
+        key="fc_remove",
+        placeholder=choices_placeholder(projects),
+        disabled=not projects,
+    )
     lim_rpm = q2.number_input(t("forecast.whatif_rpm"), min_value=0, value=None, step=1, key="fc_lim_rpm")
     lim_rpd = q3.number_input(t("forecast.whatif_rpd"), min_value=0, value=None, step=1, key="fc_lim_rpd")
     submitted = st.form_submit_button(t("forecast.plan_submit"), type="primary")
