@@ -48,20 +48,32 @@ PALETTE = (
     "#1f77b4",
     "#9467bd",
     "#17becf",
-    "#bcbd22",
     "#7f7f7f",
 )
-
+# The built-in models (quota.DEFAULT_LIMITS) each get a colour of their own, far apart, so two of them never share a
+# hash bucket or look alike; other names hash into the rest of the palette.
+MODEL_COLOURS = {
+    "gemini-2.5-flash": "#1f77b4",
+    "gemini-2.5-flash-lite": "#54a24b",
+    "gemini-2.5-pro": "#e45756",
+    "gemini-2.0-flash": "#eeca3b",
+    "gemini-2.0-flash-lite": "#83bcb6",
+    "gemini-embedding-001": "#fcbfd2",
+}
+HASHED = tuple(c for c in PALETTE if c not in MODEL_COLOURS.values())
 BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 FREQ = {"hour": "h", "day": "D", "week": "W-MON", "month": "MS"}
 MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def colour(name: object) -> str:
-    """The one colour of a group, the same on every chart and page (CRC32 of the name into PALETTE)."""
+    """The one colour of a group, the same on every chart and page: a built-in model's own, else CRC32 of the name
+    into the rest of PALETTE."""
     if name in (None, "…"):
         return OTHERS
-    return PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
+    if str(name) in MODEL_COLOURS:
+        return MODEL_COLOURS[str(name)]
+    return HASHED[zlib.crc32(str(name).encode()) % len(HASHED)]
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,16 @@ def test_a_browser_choice_beats_the_configured_default() -> None:
     assert i18n.chosen_language("xx", None) is None  # nothing known: the configured default applies
     assert f"{i18n.COOKIE}=zh;" in i18n.cookie_script("zh")
     assert f"{i18n.COOKIE}=en;" in i18n.cookie_script("<script>")  # never anything but a known code
+
+
+def test_the_built_in_models_have_colours_far_apart() -> None:
+    from proxy_service.quota import DEFAULT_LIMITS
+
+    def rgb(c: str) -> tuple[int, ...]:
+        return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
+
+    colours = [charts.colour(m) for m in DEFAULT_LIMITS]
+    for i, a in enumerate(colours):
+        for b in colours[i + 1 :]:
+            assert sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5 > 80, (a, b)
+    assert charts.colour("my-tuned-model") not in colours  # another name never takes a built-in model's colour
