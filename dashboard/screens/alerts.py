@@ -6,6 +6,7 @@ from dashboard import alerts_view as av
 from dashboard import cache, dialogs, times
 from dashboard.client import AdminError
 from dashboard.i18n import choices_placeholder, t, wkey
+from dashboard.i18n import current as current_language
 
 dialogs.page_header("alerts.title")
 tz = times.tz_name()
@@ -37,8 +38,12 @@ if items:
 else:
     st.success(t("alerts.all_clear"), icon=":material/check_circle:")
 
+# The open tab is remembered (one key per language: the labels are its values), so an action's rerun (adding a
+# channel, a silence) stays on the tab it was taken on.
 rules_tab, channels_tab, silences_tab, history_tab = st.tabs(
-    [t("alerts.tab.rules"), t("alerts.tab.channels"), t("alerts.tab.silences"), t("alerts.tab.history")]
+    [t("alerts.tab.rules"), t("alerts.tab.channels"), t("alerts.tab.silences"), t("alerts.tab.history")],
+    key=f"alerts_tab_{current_language()}",
+    on_change="rerun",
 )
 
 with rules_tab:
