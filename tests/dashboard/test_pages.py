@@ -484,6 +484,9 @@ def test_error_logs_paginate_and_delete_by_filter_and_age(dash_env: Stack) -> No
     ok(at.run())
     matching = len(dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["items"])
     assert matching > 0
+    # The bulk delete is apart from the row actions and the CSV download: in the "Delete entries…" section.
+    section = next(e for e in at.expander if e.label == "Delete entries…")
+    assert "err_delete_matching" in [b.key for b in section.button]
     ok(at.button(key="err_delete_matching").click().run())
     ok(at.button(key="confirm_yes").click().run())
     assert t("errors.deleted", n=matching, _lang="en") in texts(at.success)
