@@ -53,7 +53,9 @@ def controls() -> ev.View:
     params = {k: st.query_params[k] for k in st.query_params}
     if params != st.session_state.get("_ex_url") or _k("measure") not in st.session_state:
         _seed(ev.from_params(params), today)
-    c1, c2, c3, c4 = st.columns([2, 2, 2, 3], vertical_alignment="bottom")
+    # Three rows, so that no control is cut at a laptop's width (1400 px with the sidebar open): what to count,
+    # how to show it and over which days, then the refinements.
+    c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
     measure = c1.selectbox(t("explore.measure"), ev.MEASURES, format_func=lambda m: t(f"m.{m}"), key=_k("measure"))
     rows = c2.selectbox(t("explore.rows"), ev.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=_k("rows"))
     cols = c3.selectbox(
@@ -62,17 +64,18 @@ def controls() -> ev.View:
         key=_k("cols"),
         format_func=lambda d: t("explore.no_cols") if d == NO_COLS else t(f"dim.{d}"),
     )
+    c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     view = (
-        c4.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"), key=_k("view"))
+        c1.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"), key=_k("view"))
         or "pivot"
     )
-    c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
-    picked = c1.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
+    picked = c2.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
     start, end = times.date_range(picked, (today - timedelta(days=6), today))
-    top_n = c2.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=_k("top_n"))
-    compare = c3.toggle(t("explore.compare"), key=_k("compare"))
+    c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
+    top_n = c1.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=_k("top_n"))
+    compare = c2.toggle(t("explore.compare"), key=_k("compare"))
     filters: dict[str, list[str]] = st.session_state.setdefault("ex_filters", {})
-    _filter_editor(c4, filters, start, end)
+    _filter_editor(c3, filters, start, end)
     v = ev.View(
         measure,
         rows,
@@ -210,8 +213,8 @@ def _selected_cells(key: str) -> list[tuple[int, str]]:
 
 
 def downloads(df: pd.DataFrame) -> None:
-    c1, c2, _ = st.columns([1, 1, 4])
-    c1.download_button(
+    row = st.container(horizontal=True)  # each button as wide as its words
+    row.download_button(
         t("common.download_csv"),
         lambda: sql_tools.to_csv(df),
         file_name="keyrack-explore.csv",
@@ -220,7 +223,7 @@ def downloads(df: pd.DataFrame) -> None:
         key="ex_csv",
         on_click="ignore",
     )
-    c2.download_button(
+    row.download_button(
         t("common.download_parquet"),
         lambda: sql_tools.to_parquet(ev.for_parquet(df)),
         file_name="keyrack-explore.parquet",
