@@ -51,7 +51,7 @@ elif items is not None:
     st.info(t("common.none"))
 
 # The bulk deletes live apart from reading and exporting, each behind a confirmation.
-with st.expander(t("errors.delete_heading"), icon=":material/delete_forever:"):
+with st.expander(t("errors.delete_heading")):
     st.caption(t("errors.delete_caption"))
     if st.button(
         t("errors.delete_matching", n=fmt.fmt_int(total)),

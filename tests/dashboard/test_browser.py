@@ -434,7 +434,8 @@ def _visible_text(t: Tab) -> str:
         t.page.evaluate(
             """QUOTED => { const app = document.querySelector('[data-testid="stApp"]').cloneNode(true);
                 app.querySelectorAll('[data-testid="stIconMaterial"], [role="img"][translate="no"], '
-                    + '[data-testid="stSkipToContent"], [data-testid="stDataFrame"] table').forEach(e => e.remove());
+                    + '[data-testid="stSkipToContent"], [data-testid="stDataFrame"] table, [data-testid="stCode"]')
+                    .forEach(e => e.remove());  // (code blocks quote recorded payloads and SQL verbatim)
                 document.body.appendChild(app);  // (in the page, so that its styles apply to the copy)
                 const text = [];
                 app.querySelectorAll('*').forEach(e => { if (getComputedStyle(e).fontSize === '0px') {
@@ -519,6 +520,22 @@ def alert_state(stack: Stack) -> Iterator[None]:
         evaluate(stack)
 
 
+def _open_first_row(t: Tab, table: str, button: str) -> None:
+    """Tick the first row of a canvas table, then press the row action `button`: its dialog opens."""
+    from playwright.sync_api import expect
+
+    grid = t.page.locator(f'{table} [data-testid="stDataFrame"]')
+    grid.scroll_into_view_if_needed()
+    expect(grid).to_be_visible()
+    box = grid.bounding_box()
+    assert box is not None
+    t.page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the row-selection checkbox of row 1
+    t.idle()
+    t.page.get_by_role("button", name=button, exact=True).first.click()
+    expect(t.page.get_by_role("dialog")).to_be_visible()
+    t.idle()
+
+
 def _sign_in_zh(page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -545,13 +562,18 @@ def test_language_switch_leaves_no_english(
         expect(t.heading("监控")).to_be_visible()
         t.idle()  # the heading comes first in the run: wait until the whole page is drawn in Chinese
         problems: dict[str, list[str]] = {}
-        if leftover := sorted(_english_words(_visible_text(t))):  # right after the switch, not one rerun later
-            problems["监控"] = leftover
-        t.shot(shots, "monitor_zh")
 
         def check(where: str) -> None:
             if leftover := _english_left(t):
                 problems[where] = leftover
+
+        if leftover := sorted(_english_words(_visible_text(t))):  # right after the switch, not one rerun later
+            problems["监控"] = leftover
+        t.shot(shots, "monitor_zh")
+        _open_first_row(t, ".st-key-tbl_active", "详情")  # a key's details dialog
+        check("监控 · 密钥详情")
+        t.page.get_by_role("dialog").get_by_role("button", name="关闭").first.click()
+        expect(t.page.get_by_role("dialog")).to_have_count(0)
 
         for link, title in PAGES_ZH:
             t.page.get_by_role("link", name=link, exact=True).click()
@@ -562,6 +584,11 @@ def test_language_switch_leaves_no_english(
                 expect(t.page.get_by_text("筛选维度")).to_be_visible()
                 check(f"{title} · 筛选")
                 t.page.keyboard.press("Escape")
+            if title == "错误日志":  # an entry's details dialog
+                _open_first_row(t, ".st-key-tbl_errors", "详情")
+                check(f"{title} · 详情")
+                t.page.keyboard.press("Escape")
+                expect(t.page.get_by_role("dialog")).to_have_count(0)
             if title == "告警":  # every tab
                 for name in ("通知渠道", "静默", "历史", "规则"):
                     t.page.get_by_role("tab", name=name).click()
