@@ -6,6 +6,7 @@ Pacific time (the zone Google counts the day in).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -209,6 +210,29 @@ def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+_NOTES = [  # the planner's notes (the proxy's fixed English sentences) and what varies in them
+    (
+        r"^(?P<model>\S+) has a limit of 0 in this pool: no number of projects serves it \(no quota on this tier\)$",
+        "forecast.note.zero_limit",
+    ),
+    (
+        r"^project (?P<project>.+) has (?P<n>\d+) keys sharing one quota: (?P<extra>\d+) of them add no capacity$",
+        "forecast.note.shared_keys",
+    ),
+    (r"^(?P<n>\d+) key\(s\) have no project set; each is counted as its own project", "forecast.note.no_project"),
+    (r"^no per-day limit is known for this model", "forecast.note.no_rpd"),
+    (r"^target rpm = the forecast's busiest hour / 60", "forecast.note.peak_rpm"),
+]
+
+
+def plan_note(note: str) -> str:
+    """A planner note in the session's language when it is one the proxy writes; else as it came."""
+    for pattern, key in _NOTES:
+        if m := re.match(pattern, note):
+            return t(key, **m.groupdict())
+    return note
 
 
 def models_of(quota: dict[str, Any]) -> list[str]:

@@ -858,6 +858,16 @@ _add("errtype.audit", "audit", "审计")
 # -- placeholders, the rest of Forecast and Explore -------------------------------------------------------------------
 _add("common.choose_options", "Choose options", "请选择")
 _add("common.no_options", "No options to select", "没有可选项")
+_add("forecast.note.zero_limit", "{model} has a limit of 0 in this pool: no number of projects serves it (no quota "
+     "on this tier)", "{model} 在此号池中的限额为 0：增加多少项目都无法满足（该层级没有配额）")
+_add("forecast.note.shared_keys", "project {project} has {n} keys sharing one quota: {extra} of them add no capacity",
+     "项目 {project} 有 {n} 个密钥共享同一配额：其中 {extra} 个不增加容量")
+_add("forecast.note.no_project", "{n} key(s) have no project set; each is counted as its own project — if some share "
+     "a project, the real capacity is lower", "{n} 个密钥未设置项目，每个按独立项目计算；如果其中一些属于同一项目，实际容量更低")
+_add("forecast.note.no_rpd", "no per-day limit is known for this model: the per-day target needs no extra project as "
+     "far as the pool knows (a 429 teaches the real limit)", "此模型没有已知的每日限额：就号池所知，每日目标无需额外项目（429 会告知真实限额）")
+_add("forecast.note.peak_rpm", "target rpm = the forecast's busiest hour / 60: bursts inside a minute can go higher",
+     "目标每分钟调用 = 预测最忙一小时 / 60：一分钟内的突发可能更高")
 _add("forecast.no_limit", "no known limit", "无已知限额")
 _add("forecast.per_min", "{n}/min", "{n} 次/分钟")
 _add("explore.prev", "Previous period", "上一周期")

@@ -99,4 +99,4 @@ if plan:
     m3.metric(t("forecast.projects_to_add"), "–" if plan["projects_to_add"] is None else plan["projects_to_add"])
     st.dataframe(fv.headroom_frame(plan), hide_index=True, width="stretch")
     for note in plan.get("notes", []):
-        st.caption(f"• {note}")
+        st.caption(f"• {fv.plan_note(note)}")

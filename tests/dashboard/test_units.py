@@ -174,7 +174,7 @@ def test_every_live_setting_has_a_label_in_both_languages() -> None:
 
 # -- zh-CN: every enum id, default name, header and date a page shows has words in both languages -------------------
 WORD = re.compile(r"[A-Za-z][A-Za-z_]{2,}")
-NAMES = {"keyrack", "gemini"}  # proper names stay as they are
+NAMES = {"keyrack", "gemini", "pro", "flash"}  # proper names (and model ids) stay as they are
 
 
 def _english(*values: object) -> list[str]:
@@ -282,3 +282,23 @@ def test_the_built_in_models_have_colours_far_apart() -> None:
         for b in colours[i + 1 :]:
             assert sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5 > 80, (a, b)
     assert charts.colour("my-tuned-model") not in colours  # another name never takes a built-in model's colour
+
+
+def test_the_planner_notes_read_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import forecast_view as fv
+    from proxy_service.forecast import planner
+
+    source = Path(planner.__file__).read_text()
+    assert source.count("notes.append(") == len(fv._NOTES)  # a new note needs its translation
+    monkeypatch.setattr(i18n, "_last", "zh")
+    notes = [
+        "gemini-2.5-pro has a limit of 0 in this pool: no number of projects serves it (no quota on this tier)",
+        "project p-1 has 3 keys sharing one quota: 2 of them add no capacity",
+        "2 key(s) have no project set; each is counted as its own project — if some share a project, the real "
+        "capacity is lower",
+        "no per-day limit is known for this model: the per-day target needs no extra project as far as the pool "
+        "knows (a 429 teaches the real limit)",
+        "target rpm = the forecast's busiest hour / 60: bursts inside a minute can go higher",
+    ]
+    shown = [fv.plan_note(n) for n in notes]
+    assert not _english(*shown), shown
