@@ -81,6 +81,21 @@ def history_message(message: Any) -> str:
     return text
 
 
+_BACKTEST_REASONS = [  # why the proxy cannot backtest a rule (its fixed sentences)
+    (re.compile(r"^(?P<metric>\w+) has no recorded history \(it is read live\)$"), "alerts.why.live"),
+    (re.compile(r"^backtests can filter by one model or one project only$"), "alerts.why.one_filter"),
+    (re.compile(r"^exhausted_rate history has no model or project split$"), "alerts.why.no_split"),
+]
+
+
+def backtest_reason(reason: Any) -> str:
+    text = str(reason or "")
+    for pattern, key in _BACKTEST_REASONS:
+        if m := pattern.match(text):
+            return t(key, **{k: metric_label(v) for k, v in m.groupdict().items()})
+    return text
+
+
 def column_config(frame: pd.DataFrame, tz: str, **extra: Any) -> dict[str, Any]:
     """Translated headers for an Alerts table (hidden: its `id`), dates in the display zone, links, checkboxes."""
     import streamlit as st

@@ -139,7 +139,7 @@ with rules_tab:
                     t("alerts.backtest_caption", n=result.get("fired", 0), h=round(result.get("firing_s", 0) / 3600, 1))
                 )
             else:
-                st.info(t("alerts.backtest_unsupported", why=result.get("reason", "")))
+                st.info(t("alerts.backtest_unsupported", why=av.backtest_reason(result.get("reason"))))
     if save:
         if base:
             act(lambda: cache.api().update_alert_rule(base["id"], body), t("alerts.saved", name=body["name"]))

@@ -302,3 +302,19 @@ def test_the_planner_notes_read_in_chinese(monkeypatch: pytest.MonkeyPatch) -> N
     ]
     shown = [fv.plan_note(n) for n in notes]
     assert not _english(*shown), shown
+
+
+def test_why_a_rule_has_no_backtest_reads_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import alerts_view as av
+    from proxy_service.alerts import backtest
+    from proxy_service.alerts.rules import parse_rule
+
+    monkeypatch.setattr(i18n, "_last", "zh")
+    rules = [
+        {"metric": "active_keys"},
+        {"metric": "success_rate", "filters": {"model": "m", "project": "p"}},
+        {"metric": "exhausted_rate", "filters": {"model": "m"}},
+    ]
+    for body in rules:
+        why = backtest.unsupported(parse_rule({"name": "r", "op": "<", "threshold": 1, "window_s": 60, **body}))
+        assert why and not _english(av.backtest_reason(why)), why
