@@ -127,6 +127,52 @@ def tick_label(ts: pd.Timestamp, granularity: str, with_date: bool) -> str:
 
 
 DAY_MS = 86_400_000
+# Plotly's own words (the chart toolbar's tooltips, its date names) in Chinese: a locale passed in each chart's config.
+PLOTLY_ZH = {
+    "dictionary": {
+        "Autoscale": "自动缩放",
+        "Box Select": "框选",
+        "Click to enter Colorscale title": "点击输入色阶标题",
+        "Compare data on hover": "悬停时比较数据",
+        "Double-click to zoom back out": "双击以还原缩放",
+        "Download plot": "下载图表",
+        "Download plot as a png": "下载图表为 PNG",
+        "Lasso Select": "套索选择",
+        "Orbital rotation": "轨道旋转",
+        "Pan": "平移",
+        "Produced with Plotly.js": "由 Plotly.js 生成",
+        "Reset": "重置",
+        "Reset axes": "重置坐标轴",
+        "Reset view": "重置视图",
+        "Show closest data on hover": "悬停时显示最近的数据",
+        "Snapshot succeeded": "截图成功",
+        "Taking snapshot - this may take a few seconds": "正在截图，可能需要几秒钟",
+        "Toggle Spike Lines": "切换辅助线",
+        "Toggle show closest data on hover": "切换悬停时显示最近的数据",
+        "Zoom": "缩放",
+        "Zoom in": "放大",
+        "Zoom out": "缩小",
+        "close:": "收盘：",
+        "high:": "最高：",
+        "low:": "最低：",
+        "open:": "开盘：",
+        "trace": "序列",
+    },
+    "format": {
+        "days": ["星期日", "星期一", "星期二", "星期三", "星期四", "星期五", "星期六"],
+        "shortDays": ["周日", "周一", "周二", "周三", "周四", "周五", "周六"],
+        "months": [f"{m}月" for m in range(1, 13)],
+        "shortMonths": [f"{m}月" for m in range(1, 13)],
+        "date": "%Y-%m-%d",
+    },
+}
+
+
+def plotly_config() -> dict[str, object]:
+    """A chart's Plotly config: its own words (toolbar tooltips, date names) in the session's language."""
+    if current() == "zh":
+        return {"locale": "zh-CN", "locales": {"zh-CN": PLOTLY_ZH}}
+    return {}
 
 
 def date_formats() -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, fmt, paging, sql_tools, times
+from dashboard import cache, charts, fmt, paging, sql_tools, times
 from dashboard import explore_view as ev
 from dashboard.client import AdminError
 from dashboard.i18n import choices_placeholder, t, wkey
@@ -159,15 +159,15 @@ def chart(df: pd.DataFrame, v: ev.View) -> None:
         if not v.cols:
             st.info(t("explore.need_cols"))
             return
-        st.plotly_chart(ev.heatmap(df, v, title), key="ex_heatmap")
+        st.plotly_chart(ev.heatmap(df, v, title), key="ex_heatmap", config=charts.plotly_config())
     elif v.view == "multiples":
         time_dim, other = ev.time_dim(v)
         if time_dim is None:
             st.info(t("explore.need_time"))
             return
-        st.plotly_chart(ev.multiples(df, v, time_dim, other, title), key="ex_multiples")
+        st.plotly_chart(ev.multiples(df, v, time_dim, other, title), key="ex_multiples", config=charts.plotly_config())
     elif v.view == "share":
-        st.plotly_chart(ev.share(df, v, title), key="ex_share")
+        st.plotly_chart(ev.share(df, v, title), key="ex_share", config=charts.plotly_config())
 
 
 def pivot_table(df: pd.DataFrame, v: ev.View) -> dict[str, Any] | None:

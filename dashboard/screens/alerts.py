@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import alerts_view as av
-from dashboard import cache, dialogs, times
+from dashboard import cache, charts, dialogs, times
 from dashboard.client import AdminError
 from dashboard.i18n import choices_placeholder, t, wkey
 from dashboard.i18n import current as current_language
@@ -134,7 +134,11 @@ with rules_tab:
             cache.show_error(exc)
         else:
             if result.get("supported"):
-                st.plotly_chart(av.backtest_figure(result, metric, unit_of.get(metric, ""), tz), key="backtest_chart")
+                st.plotly_chart(
+                    av.backtest_figure(result, metric, unit_of.get(metric, ""), tz),
+                    key="backtest_chart",
+                    config=charts.plotly_config(),
+                )
                 st.caption(
                     t("alerts.backtest_caption", n=result.get("fired", 0), h=round(result.get("firing_s", 0) / 3600, 1))
                 )
@@ -214,7 +218,7 @@ with history_tab:
     if hist.empty:
         st.info(t("common.none"))
     else:
-        st.plotly_chart(av.timeline(hist, tz), key="history_chart")
+        st.plotly_chart(av.timeline(hist, tz), key="history_chart", config=charts.plotly_config())
         st.dataframe(
             hist,
             hide_index=True,

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import cache, dialogs, times
+from dashboard import cache, charts, dialogs, times
 from dashboard import forecast_view as fv
 from dashboard.client import AdminError
 from dashboard.i18n import choices_placeholder, t, wkey
@@ -16,7 +16,7 @@ quota = cache.safe(cache.api().forecast_quota, ttl=5.0)() or {}
 if quota and not quota.get("items"):
     st.info(t("forecast.no_traffic_today"))
 elif quota:
-    st.plotly_chart(fv.timeline(quota, zone, tz), key="fc_timeline")
+    st.plotly_chart(fv.timeline(quota, zone, tz), key="fc_timeline", config=charts.plotly_config())
     st.caption(t("forecast.quota_caption"))
     st.dataframe(fv.quota_frame(quota["pool"], zone, pool=True), hide_index=True, width="stretch")
     with st.expander(t("forecast.per_project")):
@@ -47,7 +47,7 @@ view = cache.safe(cache.api().forecast_demand, ttl=60.0)(
 )
 if view and view.get("status") == "ok":
     title = t(f"forecast.demand_chart_{span}", model=t("forecast.all_models") if model == "total" else model)
-    st.plotly_chart(fv.demand_figure(view, zone, tz, title), key="fc_demand")
+    st.plotly_chart(fv.demand_figure(view, zone, tz, title), key="fc_demand", config=charts.plotly_config())
     st.caption(fv.backtest_text(view))
     if view.get("demo_until"):
         st.caption(t("forecast.demo_note", until=fv.clock(view["demo_until"], zone)))

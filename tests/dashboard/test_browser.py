@@ -429,7 +429,7 @@ def _visible_text(t: Tab) -> str:
     """The app's text as read, without icon ligatures (Material icons are words in an icon font); plus what a
     reader also sees outside the DOM's plain text: the canvas tables' cells and headers (their accessible copy,
     less what the canvas draws otherwise: a checkbox for true/false, a link's words for its address), the charts'
-    titles, ticks, legends and annotations (SVG), and the placeholders of empty visible inputs."""
+    titles, ticks, legends and annotations (SVG) and toolbar tooltips, and the placeholders of empty visible inputs."""
     return str(
         t.page.evaluate(
             """QUOTED => { const app = document.querySelector('[data-testid="stApp"]').cloneNode(true);
@@ -452,6 +452,8 @@ def _visible_text(t: Tab) -> str:
                         if (drawn) text.push(c.textContent); }); });
                 document.querySelectorAll('[data-testid="stPlotlyChart"] svg text')
                     .forEach(e => text.push(e.textContent));
+                document.querySelectorAll('[data-testid="stPlotlyChart"] .modebar-btn[data-title][data-attr]')
+                    .forEach(e => text.push(e.dataset.title));  // Plotly's toolbar tooltips (not Streamlit's two)
                 document.querySelectorAll('input[placeholder], textarea[placeholder]').forEach(e => {
                     const shown = e.offsetParent !== null && e.value === ''
                         && !/rgba\\(.*, 0\\)$/.test(getComputedStyle(e, '::placeholder').color);
