@@ -3,12 +3,14 @@ history; the rule editor's body; the backtest chart (the metric over 7 days, the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.i18n import t
+from dashboard import charts
+from dashboard.i18n import EN, t
 
 # Text marks, not emoji: headless and server fonts often lack emoji glyphs.
 SEVERITY_ICON = {"critical": "▲▲", "warning": "▲", "info": "·"}
@@ -35,7 +37,87 @@ def fmt_value(v: Any, unit: str = "") -> str:
 
 
 def labels_text(labels: dict[str, str] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (labels or {}).items()) or "–"
+    """An alert's labels, their names in the session's language: "模型=gemini-2.5-flash"."""
+    return ", ".join(f"{t(f'dim.{k}') if f'dim.{k}' in EN else k}={v}" for k, v in (labels or {}).items()) or "–"
+
+
+def metric_label(name: str) -> str:
+    """A metric's name as a reader says it (the catalogue's id when no translation exists)."""
+    return t(f"alerts.metric.{name}") if f"alerts.metric.{name}" in EN else name
+
+
+def rule_name(rule_id: Any, name: Any) -> str:
+    """A rule's name: a shipped default still under its English name reads in the session's language; a name an
+    operator typed is shown as typed."""
+    key = f"alerts.rule.{rule_id}"
+    if key in EN and name == EN[key]:
+        return t(key)
+    return str(name or "")
+
+
+def seconds(n: Any) -> str:
+    return t("alerts.seconds", n=n)
+
+
+_MESSAGES = [  # the fixed notes of the alert history (the proxy's words), and what varies in them
+    (re.compile(r"^silenced: not sent$"), "alerts.msg.silenced"),
+    (re.compile(r"^will retry: (?P<why>.*)$", re.S), "alerts.msg.retry"),
+    (re.compile(r"^gave up after (?P<n>\d+) attempts: (?P<why>.*)$", re.S), "alerts.msg.gave_up"),
+    (re.compile(r"^this channel's queue is full; not sent$"), "alerts.msg.queue_full"),
+    (
+        re.compile(r"^(?P<n>\d+) notification\(s\) not sent: over this channel's cap of (?P<cap>\d+) a minute$"),
+        "alerts.msg.capped",
+    ),
+]
+
+
+def history_message(message: Any) -> str:
+    """A history note in the session's language when it is one of the proxy's fixed notes; else as recorded (a
+    channel's own answer, a rendered notification)."""
+    text = str(message or "")
+    for pattern, key in _MESSAGES:
+        if m := pattern.match(text):
+            return t(key, **m.groupdict())
+    return text
+
+
+_BACKTEST_REASONS = [  # why the proxy cannot backtest a rule (its fixed sentences)
+    (re.compile(r"^(?P<metric>\w+) has no recorded history \(it is read live\)$"), "alerts.why.live"),
+    (re.compile(r"^backtests can filter by one model or one project only$"), "alerts.why.one_filter"),
+    (re.compile(r"^exhausted_rate history has no model or project split$"), "alerts.why.no_split"),
+]
+
+
+def backtest_reason(reason: Any) -> str:
+    text = str(reason or "")
+    for pattern, key in _BACKTEST_REASONS:
+        if m := pattern.match(text):
+            return t(key, **{k: metric_label(v) for k, v in m.groupdict().items()})
+    return text
+
+
+def column_config(frame: pd.DataFrame, tz: str, **extra: Any) -> dict[str, Any]:
+    """Translated headers for an Alerts table (hidden: its `id`), dates in the display zone, links, checkboxes."""
+    import streamlit as st
+
+    cc = st.column_config
+    config: dict[str, Any] = {}
+    for col in frame.columns:
+        label = t(f"alerts.col.{col}")
+        if col == "id":
+            config[col] = None
+        elif col in ("since", "until", "ts"):
+            config[col] = cc.DatetimeColumn(label, timezone=tz, format="YYYY-MM-DD HH:mm:ss")
+        elif col in ("errors", "trends"):
+            config[col] = cc.LinkColumn(label, display_text=t("alerts.open"))
+        elif col in ("enabled", "silenced", "active"):
+            config[col] = cc.CheckboxColumn(label)
+        elif col in ("channels", "attempt"):
+            config[col] = cc.NumberColumn(label, format="%d")
+        else:
+            config[col] = cc.TextColumn(label)
+    config.update(extra)
+    return config
 
 
 def units(metrics: list[dict[str, Any]]) -> dict[str, str]:
@@ -53,7 +135,7 @@ def firing_frame(items: list[dict[str, Any]], unit_of: dict[str, str], admin_pag
             {
                 "state": f"{STATE_ICON.get(a['state'], '')} {t('alerts.state.' + a['state'])}",
                 "severity": f"{SEVERITY_ICON.get(a.get('severity', ''), '')} {t('alerts.sev.' + a.get('severity', 'info'))}",
-                "rule": a["name"],
+                "rule": rule_name(a.get("rule_id"), a["name"]),
                 "since": pd.to_datetime(a.get("since"), utc=True),
                 "value": f"{fmt_value(a.get('value'), unit)} {a.get('op', '')} {fmt_value(a.get('threshold'), unit)}",
                 "labels": labels_text(labels),
@@ -72,10 +154,10 @@ def rules_frame(rules: list[dict[str, Any]], unit_of: dict[str, str]) -> pd.Data
         {
             "enabled": bool(r["enabled"]),
             "state": f"{STATE_ICON.get(r.get('state', 'inactive'), '')} {t('alerts.state.' + r.get('state', 'inactive'))}",
-            "name": r["name"],
-            "condition": f"{r['metric']} {r['op']} {fmt_value(r['threshold'], unit_of.get(r['metric'], ''))}",
-            "window": f"{r['window_s']} s",
-            "for": f"{r['for_s']} s",
+            "name": rule_name(r["id"], r["name"]),
+            "condition": f"{metric_label(r['metric'])} {r['op']} {fmt_value(r['threshold'], unit_of.get(r['metric'], ''))}",
+            "window": seconds(r["window_s"]),
+            "for": seconds(r["for_s"]),
             "severity": f"{SEVERITY_ICON.get(r['severity'], '')} {t('alerts.sev.' + r['severity'])}",
             "channels": len(r.get("channels") or []),
             "id": r["id"],
@@ -104,6 +186,7 @@ def channels_frame(channels: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def silences_frame(silences: list[dict[str, Any]], rule_names: dict[str, str]) -> pd.DataFrame:
+    """Silences, their rules by name (`rule_names`: id → the name as shown)."""
     rows = [
         {
             "active": bool(s.get("active")),
@@ -118,23 +201,36 @@ def silences_frame(silences: list[dict[str, Any]], rule_names: dict[str, str]) -
     return pd.DataFrame(rows, columns=["active", "rule", "labels", "until", "comment", "id"])
 
 
-def history_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
+def silence_label(frame: pd.DataFrame, silence_id: str, tz: str) -> str:
+    """A silence in a picker: its rule and when it ends (not its id)."""
+    row = frame[frame["id"] == silence_id]
+    if row.empty:
+        return silence_id
+    until = row["until"].iloc[0]
+    when = until.tz_convert(tz).strftime("%Y-%m-%d %H:%M") if pd.notna(until) else "–"
+    return f"{row['rule'].iloc[0]} · {t('alerts.col.until')} {when}"
+
+
+def history_frame(items: list[dict[str, Any]], channel_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """The history table: kinds and states in the session's language, channels by name, blanks not "None"."""
+    names = channel_names or {}
     rows = [
         {
             "ts": pd.to_datetime(h.get("ts"), utc=True),
             "kind": h["kind"],
-            "rule": h.get("rule") or "",
-            "state": h.get("state") or "",
+            "event": t(f"alerts.kind.{h['kind']}") if f"alerts.kind.{h['kind']}" in EN else h["kind"],
+            "rule": rule_name(h.get("rule_id"), h.get("rule")),
+            "state": t(f"alerts.state.{h.get('state')}") if f"alerts.state.{h.get('state')}" in EN else "",
             "labels": labels_text(h.get("labels")),
-            "value": h.get("value"),
-            "channel": h.get("channel_id") or "",
+            "value": "" if h.get("value") is None else f"{float(h['value']):,.4g}",
+            "channel": names.get(h.get("channel_id") or "", h.get("channel_id") or ""),
             "attempt": h.get("attempt") or None,
-            "message": h.get("message") or "",
+            "message": history_message(h.get("message")),
         }
         for h in items
     ]
     return pd.DataFrame(
-        rows, columns=["ts", "kind", "rule", "state", "labels", "value", "channel", "attempt", "message"]
+        rows, columns=["ts", "kind", "event", "rule", "state", "labels", "value", "channel", "attempt", "message"]
     )
 
 
@@ -171,6 +267,7 @@ def timeline(history: pd.DataFrame, tz: str) -> go.Figure:
         title={"text": t("alerts.timeline"), "x": 0},
         legend={"orientation": "h", "y": 1.1, "x": 1, "xanchor": "right"},
     )
+    charts.date_ticks(fig)
     return fig
 
 
@@ -181,7 +278,9 @@ def backtest_figure(result: dict[str, Any], metric: str, unit: str, tz: str) -> 
     if not series.empty:
         x = pd.to_datetime(series["t"], utc=True).dt.tz_convert(tz)
         y = pd.to_numeric(series["value"], errors="coerce") * (100 if unit == "ratio" else 1)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=metric, line={"color": VALUE}, connectgaps=False))
+        fig.add_trace(
+            go.Scatter(x=x, y=y, mode="lines", name=metric_label(metric), line={"color": VALUE}, connectgaps=False)
+        )
     threshold = float(result.get("threshold", 0)) * (100 if unit == "ratio" else 1)
     fig.add_hline(
         y=threshold,
@@ -197,10 +296,15 @@ def backtest_figure(result: dict[str, Any], metric: str, unit: str, tz: str) -> 
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         showlegend=False,
         title={"text": t("alerts.backtest_title", n=result.get("fired", 0)), "x": 0},
-        yaxis_title=f"{metric} ({'%' if unit == 'ratio' else unit})",
+        yaxis_title=f"{metric_label(metric)} ({'%' if unit == 'ratio' else unit_text(unit)})",
         xaxis_title=t("chart.time", tz=tz),
     )
+    charts.date_ticks(fig)
     return fig
+
+
+def unit_text(unit: str) -> str:
+    return t(f"alerts.unit.{unit}") if f"alerts.unit.{unit}" in EN else unit
 
 
 def rule_body(values: dict[str, Any]) -> dict[str, Any]:

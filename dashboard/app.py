@@ -21,12 +21,22 @@ if __package__ in (None, "") and "dashboard" not in sys.modules:  # `streamlit r
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dashboard import alerts_view as av
-from dashboard import auth, cache, dialogs, fmt, times
+from dashboard import auth, cache, dialogs, fmt, i18n, times
 from dashboard.client import AdminError
 from dashboard.i18n import LANGUAGES, carry_widgets, t, wkey
 
 HERE = Path(__file__).resolve().parent
 AUTO_REFRESH = [0, 5, 15, 30, 60]
+# An empty date field shows the browser locale's mask (yyyy-mm-dd) and st.date_input takes no placeholder: in
+# Chinese the mask reads 年-月-日 (the segments stay where they are, to be clicked and typed into).
+DATE_MASK_ZH = "".join(
+    f'[data-testid="stDateInput"] span[data-placeholder="true"][data-type="{part}"]::after {{ content: "{word}"; }}'
+    for part, word in (("year", "年"), ("month", "月"), ("day", "日"))
+)
+DATE_MASK_ZH += (
+    '[data-testid="stDateInput"] span[data-placeholder="true"] { font-size: 0 !important; }'
+    '[data-testid="stDateInput"] span[data-placeholder="true"]::after { font-size: 0.875rem; }'
+)
 # (file under screens/, title key, icon). The URL of a page is its file name without ".py" (the first is also "/").
 PAGES = [
     ("monitor.py", "nav.monitor", ":material/monitor_heart:"),
@@ -40,7 +50,10 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="Keyrack", page_icon=str(HERE / "favicon.png"), layout="wide")
-st.session_state.setdefault("lang", "en")
+if "lang" not in st.session_state:  # a new session (first visit, reload, new tab): this browser's choice or the default
+    own = i18n.chosen_language(st.query_params.get(i18n.PARAM), st.context.cookies.get(i18n.COOKIE))
+    st.session_state["lang"] = own or i18n.default_language()
+    st.session_state["lang_chosen"] = own is not None
 if st.session_state.pop("_lang_sync", False) or "lang_select" not in st.session_state:
     st.session_state["lang_select"] = st.session_state["lang"]
 
@@ -60,7 +73,13 @@ def language_switch() -> None:
         format_func=lambda code: LANGUAGES.get(code, code),
         key="lang_select",
         on_change=_language_changed,
+        help=t("chrome.language_help"),
     )
+    lang = st.session_state["lang"]
+    if lang == "zh":
+        st.html(f"<style>{DATE_MASK_ZH}</style>")
+    if st.session_state.get("lang_chosen") and st.context.cookies.get(i18n.COOKIE) != lang:
+        st.sidebar.html(i18n.cookie_script(lang), unsafe_allow_javascript=True)  # remembered for reloads and tabs
 
 
 def navigation() -> StreamlitPage:

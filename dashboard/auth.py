@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import streamlit as st
 
-from dashboard import sessions
+from dashboard import i18n, sessions
 from dashboard.client import AdminClient, AdminError
 from proxy_service.envfile import env_setting
 
@@ -65,8 +65,9 @@ def sign_in(url: str, token: str, session: tuple[str, int] | None = None) -> Adm
     except AdminError as exc:
         return exc
     st.session_state["auth"] = {"url": url.rstrip("/"), "token": token, "session": session}
-    if not st.session_state.get("lang_chosen"):
-        set_language(str((cfg.get("values") or {}).get("language", "en")))
+    i18n.remember_default((cfg.get("values") or {}).get("language"))
+    if not st.session_state.get("lang_chosen"):  # no choice of this browser's own: the configured default
+        set_language(i18n.default_language())
     st.session_state["_data_version"] = st.session_state.get("_data_version", 0) + 1
     return None
 

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import streamlit as st
 
-from dashboard import auth, fmt
+from dashboard import auth, fmt, i18n
 from dashboard.client import AdminClient, AdminError
 
 TTL_S = 5.0
@@ -80,7 +80,9 @@ def show_error(exc: AdminError) -> None:
 
 
 def config() -> dict[str, Any]:
-    return safe(api().config, ttl=30.0)() or {}
+    answer = safe(api().config, ttl=30.0)() or {}
+    i18n.remember_default((answer.get("values") or {}).get("language"))
+    return answer
 
 
 def config_values() -> dict[str, Any]:

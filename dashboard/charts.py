@@ -18,7 +18,7 @@ from datetime import date, datetime, time, timedelta
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.i18n import EN, current, t
+from dashboard.i18n import current, label_of, t
 
 SUCCESS = "#2e9e5b"
 FAILURE = "#d9534f"
@@ -48,19 +48,32 @@ PALETTE = (
     "#1f77b4",
     "#9467bd",
     "#17becf",
-    "#bcbd22",
     "#7f7f7f",
 )
+# The built-in models (quota.DEFAULT_LIMITS) each get a colour of their own, far apart, so two of them never share a
+# hash bucket or look alike; other names hash into the rest of the palette.
+MODEL_COLOURS = {
+    "gemini-2.5-flash": "#1f77b4",
+    "gemini-2.5-flash-lite": "#54a24b",
+    "gemini-2.5-pro": "#e45756",
+    "gemini-2.0-flash": "#eeca3b",
+    "gemini-2.0-flash-lite": "#83bcb6",
+    "gemini-embedding-001": "#fcbfd2",
+}
+HASHED = tuple(c for c in PALETTE if c not in MODEL_COLOURS.values())
 BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 FREQ = {"hour": "h", "day": "D", "week": "W-MON", "month": "MS"}
 MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def colour(name: object) -> str:
-    """The one colour of a group, the same on every chart and page (CRC32 of the name into PALETTE)."""
+    """The one colour of a group, the same on every chart and page: a built-in model's own, else CRC32 of the name
+    into the rest of PALETTE."""
     if name in (None, "…"):
         return OTHERS
-    return PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
+    if str(name) in MODEL_COLOURS:
+        return MODEL_COLOURS[str(name)]
+    return HASHED[zlib.crc32(str(name).encode()) % len(HASHED)]
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,75 @@ def tick_label(ts: pd.Timestamp, granularity: str, with_date: bool) -> str:
         clock = f"{ts.hour:02d}:00"
         return f"{clock}<br>{day}" if with_date else clock
     return day
+
+
+DAY_MS = 86_400_000
+# Plotly's own words (the chart toolbar's tooltips, its date names) in Chinese: a locale passed in each chart's config.
+PLOTLY_ZH = {
+    "dictionary": {
+        "Autoscale": "自动缩放",
+        "Box Select": "框选",
+        "Click to enter Colorscale title": "点击输入色阶标题",
+        "Compare data on hover": "悬停时比较数据",
+        "Double-click to zoom back out": "双击以还原缩放",
+        "Download plot": "下载图表",
+        "Download plot as a png": "下载图表为 PNG",
+        "Lasso Select": "套索选择",
+        "Orbital rotation": "轨道旋转",
+        "Pan": "平移",
+        "Produced with Plotly.js": "由 Plotly.js 生成",
+        "Reset": "重置",
+        "Reset axes": "重置坐标轴",
+        "Reset view": "重置视图",
+        "Show closest data on hover": "悬停时显示最近的数据",
+        "Snapshot succeeded": "截图成功",
+        "Taking snapshot - this may take a few seconds": "正在截图，可能需要几秒钟",
+        "Toggle Spike Lines": "切换辅助线",
+        "Toggle show closest data on hover": "切换悬停时显示最近的数据",
+        "Zoom": "缩放",
+        "Zoom in": "放大",
+        "Zoom out": "缩小",
+        "close:": "收盘：",
+        "high:": "最高：",
+        "low:": "最低：",
+        "open:": "开盘：",
+        "trace": "序列",
+    },
+    "format": {
+        "days": ["星期日", "星期一", "星期二", "星期三", "星期四", "星期五", "星期六"],
+        "shortDays": ["周日", "周一", "周二", "周三", "周四", "周五", "周六"],
+        "months": [f"{m}月" for m in range(1, 13)],
+        "shortMonths": [f"{m}月" for m in range(1, 13)],
+        "date": "%Y-%m-%d",
+    },
+}
+
+
+def plotly_config() -> dict[str, object]:
+    """A chart's Plotly config: its own words (toolbar tooltips, date names) in the session's language."""
+    if current() == "zh":
+        return {"locale": "zh-CN", "locales": {"zh-CN": PLOTLY_ZH}}
+    return {}
+
+
+def date_formats() -> dict[str, str]:
+    """The session language's date style, for Plotly's own date ticks (d3 formats) as tick_label writes Trends'."""
+    if current() == "zh":
+        return {"day": "%-m月%-d日", "month": "%Y年%-m月"}
+    return {"day": "%b %-d", "month": "%b %Y"}
+
+
+def date_ticks(fig: go.Figure) -> go.Figure:
+    """Date x axes that Plotly ticks by itself (Forecast, Alerts, Explore) in the same style as Trends' ticks:
+    "13:00 / Dec 1" or "13:00 / 12月1日", "Dec 1" or "12月1日", "Dec 2026" or "2026年12月"; never "Dec 1, 2026"."""
+    f = date_formats()
+    stops = [
+        {"dtickrange": [None, DAY_MS], "value": f"%H:%M<br>{f['day']}"},
+        {"dtickrange": [DAY_MS, "M1"], "value": f["day"]},
+        {"dtickrange": ["M1", None], "value": f["month"]},
+    ]
+    fig.update_xaxes(tickformatstops=stops, hoverformat="%Y-%m-%d %H:%M")
+    return fig
 
 
 def _x_axis(fig: go.Figure, axis: Axis) -> None:
@@ -346,4 +428,4 @@ def status_breakdown(df: pd.DataFrame, axis: Axis) -> go.Figure:
 
 
 def outcome_label(name: str) -> str:
-    return t(f"outcome.{name}") if f"outcome.{name}" in EN else name or "–"
+    return label_of("outcome", name)

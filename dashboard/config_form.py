@@ -7,9 +7,10 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import auth, cache, dialogs, fmt
+from dashboard import auth, cache, dialogs, fmt, i18n
 from dashboard.client import AdminError
 from dashboard.i18n import EN, LANGUAGES, t
+from dashboard.i18n import current as current_language
 
 SECTIONS = ("general", "upstream", "logging", "alerts")
 PREFIX = "cfg_"
@@ -82,7 +83,9 @@ def widget(field: dict[str, Any], values: dict[str, Any]) -> None:
     name, ftype = field["name"], field.get("type")
     key = wkey(name)
     st.session_state.setdefault(key, to_widget(field, values.get(name)))
-    help_text = f"`{name}` · {field.get('description') or ''}"
+    # The API's description is English: the tooltip gives it in English only; in Chinese the label says it.
+    about = field.get("description") or "" if current_language() == "en" else label(field)
+    help_text = f"`{name}` · {about}"
     lo, hi = field.get("minimum"), field.get("maximum")
     if lo is not None or hi is not None:
         help_text += f" ({'' if lo is None else lo} … {'' if hi is None else hi})"
@@ -115,10 +118,20 @@ def mark(field: dict[str, Any], values: dict[str, Any], local_errors: dict[str, 
         st.error(local_errors[name], icon=":material/error:")
     elif name in (state.get("errors") or {}) and state.get("shown", {}).get(name) == shown:
         st.error(state["errors"][name], icon=":material/error:")
+    if name == "language":  # the default; this browser may have its own choice (the sidebar's)
+        st.caption(language_note(str(values.get(name) or i18n.DEFAULT)))
     if shown != to_widget(field, values.get(name)):
         old = values.get(name)
         old_text = "•••" if field.get("secret") else json.dumps(old, ensure_ascii=False)[:80]
         st.caption(f":orange[{t('config.changed', old=old_text)}]")
+
+
+def language_note(default: str) -> str:
+    """Which language this browser shows, and why: its own choice (the sidebar) or the configured default."""
+    mine = str(st.session_state.get("lang") or i18n.DEFAULT)
+    if st.session_state.get("lang_chosen") and mine != default:
+        return t("config.lang_own", lang=LANGUAGES.get(mine, mine))
+    return t("config.lang_default", lang=LANGUAGES.get(mine, mine))
 
 
 def clear_widgets() -> None:
@@ -142,7 +155,9 @@ def save(fields: list[dict[str, Any]], values: dict[str, Any]) -> None:
             dialogs.flash(fmt.error_text(exc), "error")
         st.rerun()
     if "language" in patch and saved.get("language") in LANGUAGES:
-        auth.set_language(saved["language"])
+        i18n.remember_default(saved["language"])
+        if not st.session_state.get("lang_chosen"):  # a browser with its own choice keeps it
+            auth.set_language(saved["language"])
     clear_widgets()
     cache.bump()
     dialogs.flash(t("config.saved", n=len(patch)))

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import cache, dialogs, fmt, times
 from dashboard.client import AdminClient
-from dashboard.i18n import t, wkey
+from dashboard.i18n import label_of, t, wkey
 
 CSV_MAX_ROWS = 100_000
 CSV_PAGE = 1000
@@ -31,7 +31,7 @@ def filters() -> dict[str, Any]:
     model = _choice(c3, "errors.model", facets.get("model", []), "err_model")
     status = _choice(c4, "errors.status", facets.get("status", []), "err_status")
     c5, c6 = st.columns([1, 3])
-    error_type = _choice(c5, "errors.type", facets.get("error_type", []), "err_type")
+    error_type = _choice(c5, "errors.type", facets.get("error_type", []), "err_type", "errtype")
     q = c6.text_input(t("errors.q"), key="err_q")
     return {
         "from": lo,
@@ -44,14 +44,19 @@ def filters() -> dict[str, Any]:
     }
 
 
-def _choice(col: Any, label: str, values: list[Any], key: str) -> Any:
+def _choice(col: Any, label: str, values: list[Any], key: str, names: str = "") -> Any:
     """A dropdown of the values that exist in the range ("All" = no filter); a value chosen earlier that has left
-    the range stays selectable so the filter does not silently change."""
+    the range stays selectable so the filter does not silently change. `names`: the i18n prefix of the values'
+    names (error types), else values are shown as they are."""
     chosen = st.session_state.get(wkey(key))
     options = [None, *values] + ([chosen] if chosen is not None and chosen not in values else [])
-    return col.selectbox(
-        t(label), options, key=wkey(key), format_func=lambda v: t("common.all") if v is None else str(v)
-    )
+
+    def shown(v: Any) -> str:
+        if v is None:
+            return t("common.all")
+        return label_of(names, v) if names else str(v)
+
+    return col.selectbox(t(label), options, key=wkey(key), format_func=shown)
 
 
 def query_args(flt: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +78,9 @@ def table_frame(items: pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame({new: items.get(old) for old, new in cols.items()})
     if not df.empty:
         df["ts"] = times.local(df["ts"])
-        for col in ("key", "model", "type", "request"):
+        for col in ("key", "model", "request"):
             df[col] = df[col].map(fmt.text)
+        df["type"] = df["type"].map(lambda v: fmt.text(v) and label_of("errtype", v))
         df["message"] = df["message"].map(fmt.text).str.slice(0, 300)
     return df
 
@@ -133,7 +139,7 @@ def detail_dialog(state: dict[str, Any]) -> None:
             key=entry.get("key_id") or "–",
             model=entry.get("model") or "–",
             status=entry.get("status") or "–",
-            type=entry.get("error_type") or "–",
+            type=label_of("errtype", entry.get("error_type")),
             request=entry.get("request_id") or "–",
         )
     )

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, fmt, paging, sql_tools, times
+from dashboard import cache, charts, fmt, paging, sql_tools, times
 from dashboard import explore_view as ev
 from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.i18n import choices_placeholder, t, wkey
 
 KEYS = {
     "measure": "ex_m",
@@ -53,7 +53,9 @@ def controls() -> ev.View:
     params = {k: st.query_params[k] for k in st.query_params}
     if params != st.session_state.get("_ex_url") or _k("measure") not in st.session_state:
         _seed(ev.from_params(params), today)
-    c1, c2, c3, c4 = st.columns([2, 2, 2, 3], vertical_alignment="bottom")
+    # Three rows, so that no control is cut at a laptop's width (1400 px with the sidebar open): what to count,
+    # how to show it and over which days, then the refinements.
+    c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
     measure = c1.selectbox(t("explore.measure"), ev.MEASURES, format_func=lambda m: t(f"m.{m}"), key=_k("measure"))
     rows = c2.selectbox(t("explore.rows"), ev.DIMENSIONS, format_func=lambda d: t(f"dim.{d}"), key=_k("rows"))
     cols = c3.selectbox(
@@ -62,17 +64,18 @@ def controls() -> ev.View:
         key=_k("cols"),
         format_func=lambda d: t("explore.no_cols") if d == NO_COLS else t(f"dim.{d}"),
     )
+    c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     view = (
-        c4.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"), key=_k("view"))
+        c1.segmented_control(t("explore.view"), ev.VIEWS, format_func=lambda v: t(f"explore.view_{v}"), key=_k("view"))
         or "pivot"
     )
-    c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
-    picked = c1.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
+    picked = c2.date_input(t("common.date_range"), key=_k("range"), max_value=today, format="YYYY-MM-DD")
     start, end = times.date_range(picked, (today - timedelta(days=6), today))
-    top_n = c2.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=_k("top_n"))
-    compare = c3.toggle(t("explore.compare"), key=_k("compare"))
+    c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
+    top_n = c1.number_input(t("explore.top_n"), min_value=1, max_value=100, step=1, key=_k("top_n"))
+    compare = c2.toggle(t("explore.compare"), key=_k("compare"))
     filters: dict[str, list[str]] = st.session_state.setdefault("ex_filters", {})
-    _filter_editor(c4, filters, start, end)
+    _filter_editor(c3, filters, start, end)
     v = ev.View(
         measure,
         rows,
@@ -92,15 +95,26 @@ def controls() -> ev.View:
 
 
 def _filter_editor(where: Any, filters: dict[str, list[str]], start: date, end: date) -> None:
-    active = " · ".join(f"{t(f'dim.{d}')} = {', '.join(vals)}" for d, vals in sorted(filters.items()) if vals)
+    active = " · ".join(
+        f"{t(f'dim.{d}')} = {', '.join(str(ev.value_label(d, x)) for x in vals)}"
+        for d, vals in sorted(filters.items())
+        if vals
+    )
     with where.popover(t("explore.filters_n", n=sum(1 for v in filters.values() if v)), icon=":material/filter_list:"):
         dim = st.selectbox(
             t("explore.filter_dim"), FILTER_DIMS, format_func=lambda d: t(f"dim.{d}"), key=wkey("ex_fdim")
         )
         options = _options(dim, start, end)
         chosen = filters.get(dim, [])
+        values = sorted(set(options) | set(chosen))
         picked = st.multiselect(
-            t("explore.filter_values"), sorted(set(options) | set(chosen)), default=chosen, key=f"ex_fval_{dim}"
+            t("explore.filter_values"),
+            values,
+            default=chosen,
+            key=f"ex_fval_{dim}",
+            format_func=lambda x: str(ev.value_label(dim, x)),
+            placeholder=choices_placeholder(values),
+            disabled=not values,
         )
         if picked != chosen:
             filters[dim] = picked
@@ -140,32 +154,36 @@ def fetch(v: ev.View) -> tuple[pd.DataFrame, dict[str, Any]] | None:
 
 def chart(df: pd.DataFrame, v: ev.View) -> None:
     title = t(f"m.{v.measure}")
+    df = ev.display(df, v)
     if v.view == "heatmap":
         if not v.cols:
             st.info(t("explore.need_cols"))
             return
-        st.plotly_chart(ev.heatmap(df, v, title), key="ex_heatmap")
+        st.plotly_chart(ev.heatmap(df, v, title), key="ex_heatmap", config=charts.plotly_config())
     elif v.view == "multiples":
         time_dim, other = ev.time_dim(v)
         if time_dim is None:
             st.info(t("explore.need_time"))
             return
-        st.plotly_chart(ev.multiples(df, v, time_dim, other, title), key="ex_multiples")
+        st.plotly_chart(ev.multiples(df, v, time_dim, other, title), key="ex_multiples", config=charts.plotly_config())
     elif v.view == "share":
-        st.plotly_chart(ev.share(df, v, title), key="ex_share")
+        st.plotly_chart(ev.share(df, v, title), key="ex_share", config=charts.plotly_config())
 
 
 def pivot_table(df: pd.DataFrame, v: ev.View) -> dict[str, Any] | None:
     """The pivot (always shown: the numbers behind any chart); returns the clicked cell's dimension values."""
-    table = ev.pivot(df, v)
-    labels = {str(x): x for x in df[v.rows]}
-    col_labels = {str(x): x for x in df[v.cols]} if v.cols else {}
+    shown = ev.display(df, v)  # values as read; a click maps its label back to the API's value
+    table = ev.pivot(shown, v)
+    if not v.cols:
+        table = table.rename(columns={v.measure: ev.measure_label(v.measure)})
+    labels = {str(s): x for s, x in zip(shown[v.rows], df[v.rows], strict=True)}
+    col_labels = {str(s): x for s, x in zip(shown[v.cols], df[v.cols], strict=True)} if v.cols else {}
     st.dataframe(
         ev.styled(table, v.measure), key="ex_pivot", on_select="rerun", selection_mode="single-cell", width="stretch"
     )
     if v.compare:
         st.markdown(f"**{t('explore.delta_title')}**")
-        st.dataframe(ev.styled(ev.delta_table(df, v), v.measure, delta=True), key="ex_delta", width="stretch")
+        st.dataframe(ev.styled(ev.delta_table(shown, v), v.measure, delta=True), key="ex_delta", width="stretch")
     cells = _selected_cells("ex_pivot")
     if not cells:
         st.caption(t("explore.drill_hint"))
@@ -195,8 +213,8 @@ def _selected_cells(key: str) -> list[tuple[int, str]]:
 
 
 def downloads(df: pd.DataFrame) -> None:
-    c1, c2, _ = st.columns([1, 1, 4])
-    c1.download_button(
+    row = st.container(horizontal=True)  # each button as wide as its words
+    row.download_button(
         t("common.download_csv"),
         lambda: sql_tools.to_csv(df),
         file_name="keyrack-explore.csv",
@@ -205,7 +223,7 @@ def downloads(df: pd.DataFrame) -> None:
         key="ex_csv",
         on_click="ignore",
     )
-    c2.download_button(
+    row.download_button(
         t("common.download_parquet"),
         lambda: sql_tools.to_parquet(ev.for_parquet(df)),
         file_name="keyrack-explore.parquet",
@@ -223,7 +241,7 @@ def drill(v: ev.View, cell: dict[str, Any]) -> None:
     found = cache.safe(cache.api().explore_calls, ttl=15.0)(body)
     if found is None:
         return
-    what = " · ".join(f"{t(f'dim.{d}')} = {ev.NONE if x is None else x}" for d, x in cell.items())
+    what = " · ".join(f"{t(f'dim.{d}')} = {ev.NONE if x is None else ev.value_label(d, x)}" for d, x in cell.items())
     st.subheader(t("explore.drill_title", what=what))
     items = pd.DataFrame(found.get("items", []))
     st.caption(t("explore.drill_count", n=fmt.fmt_int(len(items))))

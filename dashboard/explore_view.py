@@ -16,6 +16,9 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from dashboard import charts
+from dashboard.i18n import label_of, t
+
 MEASURES = [
     "calls",
     "successes",
@@ -180,6 +183,31 @@ def tidy(df: pd.DataFrame, v: View) -> pd.DataFrame:
     return out
 
 
+def value_label(dim: str, value: Any) -> Any:
+    """A dimension value as a reader says it: outcomes and yes/no in the session's language, "(other)" too; every
+    other value (models, keys, times, numbers) as it is."""
+    if isinstance(value, str) and value == OTHER:
+        return t("explore.other")
+    if dim == "outcome" and isinstance(value, str) and value != NONE:
+        return label_of("outcome", value)
+    if dim == "stream" and (isinstance(value, bool) or value in ("true", "false", "True", "False")):
+        return t("common.yes") if value in (True, "true", "True") else t("common.no")
+    return value
+
+
+def display(df: pd.DataFrame, v: View) -> pd.DataFrame:
+    """The tidy frame with its dimension values as shown (value_label); the API's values stay in `df`."""
+    out = df.copy()
+    for dim in (v.rows, v.cols):
+        if dim and dim in out:
+            out[dim] = out[dim].map(lambda x, d=dim: value_label(d, x))
+    return out
+
+
+def measure_label(measure: str) -> str:
+    return t(f"m.{measure}")
+
+
 def pivot(df: pd.DataFrame, v: View, column: str | None = None) -> pd.DataFrame:
     """Rows × columns of one measure, with totals where the measure adds up (counts, sums)."""
     column = column or v.measure
@@ -221,8 +249,12 @@ def heatmap(df: pd.DataFrame, v: View, title: str) -> go.Figure:
 def multiples(df: pd.DataFrame, v: View, time_dim: str, other_dim: str | None, title: str) -> go.Figure:
     """One small chart per value of `other_dim` over `time_dim` (the API already kept the top N + "(other)")."""
     data = df.sort_values(time_dim)
+    labels = {time_dim: t(f"dim.{time_dim}"), v.measure: measure_label(v.measure)}
     if other_dim is None:
-        return px.line(data, x=time_dim, y=v.measure, title=title, markers=True, height=360)
+        return charts.date_ticks(
+            px.line(data, x=time_dim, y=v.measure, title=title, markers=True, height=360, labels=labels)
+        )
+    labels[other_dim] = t(f"dim.{other_dim}")
     n = data[other_dim].nunique()
     fig = px.line(
         data,
@@ -233,9 +265,10 @@ def multiples(df: pd.DataFrame, v: View, time_dim: str, other_dim: str | None, t
         markers=True,
         title=title,
         height=220 * max(1, (n + 3) // 4),
+        labels=labels,
     )
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-    return fig
+    return charts.date_ticks(fig)
 
 
 def share(df: pd.DataFrame, v: View, title: str) -> go.Figure:
@@ -243,7 +276,8 @@ def share(df: pd.DataFrame, v: View, title: str) -> go.Figure:
     data = df[df[v.measure].fillna(0) > 0].copy()
     for col in path:
         data[col] = data[col].astype(str)
-    return px.treemap(data, path=path, values=v.measure, title=title, height=460)
+    labels = {v.measure: measure_label(v.measure), **{d: t(f"dim.{d}") for d in path}}
+    return px.treemap(data, path=path, values=v.measure, title=title, height=460, labels=labels)
 
 
 def time_dim(v: View) -> tuple[str | None, str | None]:
@@ -262,7 +296,7 @@ def delta_table(df: pd.DataFrame, v: View) -> pd.DataFrame:
     data["Δ%"] = (data[f"{m}_delta"].astype(float) / prev.where(prev != 0)) * 100
     if not v.cols:
         table = data.set_index(v.rows)[[m, f"{m}_prev", f"{m}_delta", "Δ%"]]
-        table.columns = [m, "prev", "Δ", "Δ%"]
+        table.columns = [measure_label(m), t("explore.prev"), "Δ", "Δ%"]
     else:
         table = data.pivot_table(index=v.rows, columns=v.cols, values=f"{m}_delta", aggfunc="sum", dropna=False)
         table.columns = [f"Δ {c}" for c in table.columns]
@@ -330,6 +364,9 @@ CALL_COLUMNS = [
 
 def calls_frame(items: pd.DataFrame) -> pd.DataFrame:
     out = items[[c for c in CALL_COLUMNS if c in items.columns]].copy()
+    for dim in ("outcome", "stream"):
+        if dim in out:
+            out[dim] = out[dim].map(lambda x, d=dim: value_label(d, x))
     if "ts" in out:
         out["ts"] = pd.to_datetime(out["ts"], utc=True, errors="coerce", format="ISO8601")
     return out

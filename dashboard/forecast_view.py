@@ -6,6 +6,7 @@ Pacific time (the zone Google counts the day in).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard import charts
 from dashboard.i18n import t
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -58,11 +60,13 @@ def quota_frame(rows: list[dict[str, Any]], zone: ZoneInfo, pool: bool = False) 
         row = {
             t("forecast.col_model"): r["model"],
             t("forecast.col_used"): r["used"],
-            t("forecast.col_limit"): limit if limit is not None else "∞",
+            t("forecast.col_limit"): f"{limit:,}" if limit is not None else t("forecast.no_limit"),
             t("forecast.col_rate"): r["rate_per_min"],
             t("forecast.col_exhausts"): clock(r["exhausts_at"], zone) if r["exhausts_at"] else t("forecast.lasts"),
             t("forecast.col_exhausts_pt"): clock(r["exhausts_at"], PACIFIC) if r["exhausts_at"] else "–",
-            t("forecast.col_rpm_headroom"): r.get("rpm_headroom") if r.get("rpm_headroom") is not None else "∞",
+            t("forecast.col_rpm_headroom"): (
+                f"{r['rpm_headroom']:,}" if r.get("rpm_headroom") is not None else t("forecast.no_limit")
+            ),
         }
         if pool:
             row = {**row, t("forecast.col_projects"): r["projects"], t("forecast.col_refused"): r["refused_next_hour"]}
@@ -96,8 +100,8 @@ def timeline(quota: dict[str, Any], zone: ZoneInfo, tz_label: str) -> go.Figure:
                 marker_color=RUNS_OUT if runs_out else LASTS,
                 showlegend=False,
                 hovertemplate=(
-                    f"{it['used']} / {it['limit'] if it['limit'] is not None else '∞'} · "
-                    f"{it['rate_per_min']}/min<br>"
+                    f"{it['used']} / {it['limit'] if it['limit'] is not None else t('forecast.no_limit')} · "
+                    f"{t('forecast.per_min', n=it['rate_per_min'])}<br>"
                     + (
                         t("forecast.runs_out_at", at=clock(it["exhausts_at"], zone))
                         if runs_out
@@ -125,7 +129,7 @@ def timeline(quota: dict[str, Any], zone: ZoneInfo, tz_label: str) -> go.Figure:
         barmode="overlay",
         xaxis={"type": "date", "title": t("chart.time", tz=tz_label)},
     )
-    return fig
+    return charts.date_ticks(fig)
 
 
 def demand_figure(view: dict[str, Any], zone: ZoneInfo, tz_label: str, title: str) -> go.Figure:
@@ -173,7 +177,7 @@ def demand_figure(view: dict[str, Any], zone: ZoneInfo, tz_label: str, title: st
         xaxis_title=t("chart.time", tz=tz_label),
         yaxis_title=t("forecast.calls_axis"),
     )
-    return fig
+    return charts.date_ticks(fig)
 
 
 def backtest_text(view: dict[str, Any]) -> str:
@@ -191,7 +195,7 @@ def backtest_text(view: dict[str, Any]) -> str:
 
 def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
     def num(v: Any) -> str:
-        return "∞" if v is None else f"{v:,.0f}"
+        return t("forecast.no_limit") if v is None else f"{v:,.0f}"
 
     rows = []
     for r in plan.get("headroom", []):
@@ -206,6 +210,29 @@ def headroom_frame(plan: dict[str, Any]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+_NOTES = [  # the planner's notes (the proxy's fixed English sentences) and what varies in them
+    (
+        r"^(?P<model>\S+) has a limit of 0 in this pool: no number of projects serves it \(no quota on this tier\)$",
+        "forecast.note.zero_limit",
+    ),
+    (
+        r"^project (?P<project>.+) has (?P<n>\d+) keys sharing one quota: (?P<extra>\d+) of them add no capacity$",
+        "forecast.note.shared_keys",
+    ),
+    (r"^(?P<n>\d+) key\(s\) have no project set; each is counted as its own project", "forecast.note.no_project"),
+    (r"^no per-day limit is known for this model", "forecast.note.no_rpd"),
+    (r"^target rpm = the forecast's busiest hour / 60", "forecast.note.peak_rpm"),
+]
+
+
+def plan_note(note: str) -> str:
+    """A planner note in the session's language when it is one the proxy writes; else as it came."""
+    for pattern, key in _NOTES:
+        if m := re.match(pattern, note):
+            return t(key, **m.groupdict())
+    return note
 
 
 def models_of(quota: dict[str, Any]) -> list[str]:

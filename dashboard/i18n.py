@@ -2,6 +2,11 @@
 
 English is the reference; Simplified Chinese must define the same keys (a test checks both ways and checks that
 every `t("...")` literal in the dashboard exists). Placeholders use str.format: t("keys.added", n=3).
+
+One language setting, two levels (`session_language`):
+- the Config page's `language` is the default: what a browser that has not chosen a language gets;
+- the sidebar's selector is this browser's own choice: it wins over the default and is remembered in a cookie
+  (COOKIE), so a reload or a new tab keeps it. A link may carry `?lang=zh` (or `en`): that is a choice too.
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from typing import Any
 
 LANGUAGES = {"en": "English", "zh": "简体中文"}
 DEFAULT = "en"
+COOKIE = "keyrack_lang"  # this browser's own choice (set by the sidebar's selector)
+PARAM = "lang"  # a link's choice: ?lang=zh
+COOKIE_DAYS = 400  # browsers cap a cookie's life at 400 days
 
 try:  # the dashboard runs under Streamlit; tools and tests may import this without a session
     import streamlit as st
@@ -36,6 +44,50 @@ def current() -> str:
         return _last
     _last = lang if lang in STRINGS else DEFAULT
     return _last
+
+
+_default = DEFAULT  # the Config page's `language`, as this dashboard process last read it
+
+
+def remember_default(lang: Any) -> None:
+    """Note the proxy's configured default language (read with its config): a new session starts in it."""
+    global _default
+    if lang in LANGUAGES:
+        _default = str(lang)
+
+
+def default_language() -> str:
+    return _default
+
+
+def chosen_language(param: Any, cookie: Any) -> str | None:
+    """A browser's own choice: the link's `?lang=`, else the cookie the sidebar's selector set; None when neither
+    names a known language (the session then follows the configured default)."""
+    for value in (param, cookie):
+        if isinstance(value, str) and value in LANGUAGES:
+            return value
+    return None
+
+
+def choices_placeholder(options: Any) -> str:
+    """A multiselect's placeholder in the session's language (Streamlit's own is English)."""
+    return t("common.choose_options") if len(options) else t("common.no_options")
+
+
+def label_of(prefix: str, value: Any) -> str:
+    """An enum id (an outcome, an error type) as a reader says it; unknown ids as they are, blanks as "–"."""
+    if value is None or value == "":
+        return "–"
+    key = f"{prefix}.{value}"
+    return t(key) if key in EN else str(value)
+
+
+def cookie_script(lang: str) -> str:
+    """The script that remembers `lang` as this browser's choice (a first-party cookie read by the next session)."""
+    if lang not in LANGUAGES:
+        lang = DEFAULT
+    age = COOKIE_DAYS * 86400
+    return f'<script>document.cookie = "{COOKIE}={lang}; path=/; max-age={age}; SameSite=Lax";</script>'
 
 
 def t(key: str, /, **kw: Any) -> str:
@@ -97,6 +149,9 @@ _add("nav.config", "Config", "配置")
 _add("nav.sql", "SQL", "SQL 查询")
 _add("nav.explore", "Explore", "多维分析")
 _add("chrome.language", "Language", "语言")
+_add("chrome.language_help", "Your choice for this browser: remembered across reloads and tabs. A browser that has "
+     "not chosen shows the default language set on the Config page.",
+     "此浏览器的选择：刷新页面或打开新标签页后保持不变。未选择语言的浏览器显示配置页中设置的默认语言。")
 _add("chrome.refresh", "Refresh", "刷新")
 _add("chrome.auto_refresh", "Auto-refresh (Monitor)", "自动刷新（监控页）")
 _add("chrome.auto_off", "Off", "关闭")
@@ -400,6 +455,9 @@ _add("errors.delete_selected", "Delete selected ({n})", "删除所选（{n}）")
 _add("errors.delete_matching", "Delete all matching ({n})", "删除全部匹配（{n}）")
 _add("errors.older_than", "Older than", "早于")
 _add("errors.delete_older", "Delete older", "删除更早的")
+_add("errors.delete_heading", "Delete entries…", "删除条目…")
+_add("errors.delete_caption", "Deleting cannot be undone; each delete asks for confirmation first.",
+     "删除无法撤销；每次删除前都会先请求确认。")
 _add("errors.confirm_selected", "Delete {n} selected error log entries?", "删除所选的 {n} 条错误日志？")
 _add("errors.confirm_selected.one", "Delete {n} selected error log entry?", "删除所选的 {n} 条错误日志？")
 _add("errors.confirm_matching", "Delete all {n} entries matching the current filter?", "删除当前筛选匹配的全部 {n} 条错误日志？")
@@ -461,7 +519,11 @@ _add("sql.ex.slowest", "Slowest requests, last 24 h", "最近 24 小时最慢的
 _add("field.access_tokens", "Client access tokens", "客户端访问令牌")
 _add("field.display_timezone", "Display time zone", "显示时区")
 _add("field.client_labels", "Client labels (client id → name)", "客户端名称（客户端 ID → 名称）")
-_add("field.language", "Dashboard language", "控制台语言")
+_add("field.language", "Default dashboard language", "控制台默认语言")
+_add("config.lang_default", "For browsers that have not chosen a language in the sidebar. This browser shows {lang}.",
+     "适用于未在侧边栏选择语言的浏览器。此浏览器当前显示{lang}。")
+_add("config.lang_own", "For browsers that have not chosen a language in the sidebar. This browser shows {lang}: its "
+     "own choice in the sidebar.", "适用于未在侧边栏选择语言的浏览器。此浏览器显示{lang}：这是它在侧边栏中的选择。")
 _add("field.max_body_mb", "Largest request body (MB)", "最大请求体（MB）")
 _add("field.upstream_url", "Gemini API base URL", "Gemini API 地址")
 _add("field.outbound_proxy", "Outbound HTTP(S) proxy", "出站 HTTP(S) 代理")
@@ -572,7 +634,7 @@ _add("explore.need_time", "Small multiples need a time dimension (hour, day, wee
 _add("explore.delta_title", "Change vs the previous period", "与上一周期相比的变化")
 _add("explore.drill_hint", "Click a cell to see the calls behind it.", "点击单元格查看其背后的调用。")
 _add("explore.other_cell", "“(other)” gathers many values: pick a named one to drill down.",
-     "“(other)”汇总了多个取值：请选择具体取值下钻。")
+     "“（其他）”汇总了多个取值：请选择具体取值下钻。")
 _add("explore.drill_title", "Calls: {what}", "调用：{what}")
 _add("explore.drill_count", "{n} calls (newest first, at most 200). Select one with an error id to see its log entry.",
      "{n} 次调用（最新在前，最多 200 条）。选择带错误 ID 的一行可查看其错误日志。")
@@ -695,7 +757,7 @@ _add("alerts.test_result", "Test: {msg}", "测试：{msg}")
 _add("alerts.channel_help", "Any Apprise URL: json://, mailto://, slack://, discord://, tgram://, dingtalk://, "
      "wecombot://, feishu://… or webhook+https://host/path for Keyrack's signed webhook.",
      "任意 Apprise 地址：json://、mailto://、slack://、discord://、tgram://、dingtalk://、wecombot://、feishu://… "
-     "或 webhook+https://host/path（Keyrack 签名 Webhook）。")
+     "或 webhook+https://主机/路径（Keyrack 签名 Webhook）。")
 _add("alerts.add_channel", "Add channel", "添加渠道")
 _add("alerts.channel_added", "Channel added.", "渠道已添加。")
 _add("alerts.channel_deleted", "Channel deleted.", "渠道已删除。")
@@ -707,4 +769,117 @@ _add("config.section.alerts", "Alerts", "告警")
 _add("field.alert_interval_s", "Alert evaluation interval (s)", "告警评估间隔（秒）")
 _add("field.retention_alert_history_days", "Keep alert history (days)", "告警历史保留（天）")
 _add("field.dashboard_url", "Dashboard address for alert links", "告警消息中的控制台地址")
+# -- alerts: tables, metrics, the shipped rules' names, history notes ---------------------------------------------
+_add("alerts.col.state", "State", "状态")
+_add("alerts.col.severity", "Severity", "级别")
+_add("alerts.col.rule", "Rule", "规则")
+_add("alerts.col.value", "Value", "取值")
+_add("alerts.col.labels", "Labels", "标签")
+_add("alerts.col.silenced", "Silenced", "已静默")
+_add("alerts.col.errors", "Error logs", "错误日志")
+_add("alerts.col.trends", "Trends", "趋势")
+_add("alerts.col.name", "Name", "名称")
+_add("alerts.col.condition", "Condition", "条件")
+_add("alerts.col.window", "Window", "时间窗口")
+_add("alerts.col.for", "For", "持续")
+_add("alerts.col.channels", "Channels", "通知渠道")
+_add("alerts.col.kind", "Kind", "类型")
+_add("alerts.col.url", "Address (masked)", "地址（已遮盖）")
+_add("alerts.col.active", "Active", "生效中")
+_add("alerts.col.comment", "Comment", "备注")
+_add("alerts.col.ts", "Time", "时间")
+_add("alerts.col.event", "Event", "事件")
+_add("alerts.col.channel", "Channel", "渠道")
+_add("alerts.col.attempt", "Attempt", "尝试次数")
+_add("alerts.col.message", "Message", "消息")
+_add("alerts.col.id", "Id", "ID")
+_add("alerts.why.live", "{metric} has no recorded history (it is read live)", "{metric}没有历史记录（它是实时读取的）")
+_add("alerts.why.one_filter", "backtests can filter by one model or one project only", "回测只能按一个模型或一个项目筛选")
+_add("alerts.why.no_split", "the Keyrack 429 history has no model or project split", "Keyrack 429 的历史没有按模型或项目拆分")
+_add("alerts.seconds", "{n} s", "{n} 秒")
+_add("alerts.unit.count", "count", "次数")
+_add("alerts.unit.x", "×", "倍")
+_add("alerts.unit.ms", "ms", "毫秒")
+_add("alerts.unit.pct", "%", "%")
+_add("alerts.unit.min", "min", "分钟")
+_add("alerts.msg.silenced", "silenced: not sent", "已静默：未发送")
+_add("alerts.msg.retry", "will retry: {why}", "将重试：{why}")
+_add("alerts.msg.gave_up", "gave up after {n} attempts: {why}", "尝试 {n} 次后放弃：{why}")
+_add("alerts.msg.queue_full", "this channel's queue is full; not sent", "该渠道队列已满，未发送")
+_add("alerts.msg.capped", "{n} notification(s) not sent: over this channel's cap of {cap} a minute",
+     "{n} 条通知未发送：超过该渠道每分钟 {cap} 条的上限")
+_add("alerts.metric.success_rate", "success rate", "成功率")
+_add("alerts.metric.error_rate", "error rate", "错误率")
+_add("alerts.metric.upstream_error_rate", "upstream error rate", "上游错误率")
+_add("alerts.metric.exhausted_rate", "Keyrack 429 rate (no key usable)", "Keyrack 429 比例（无可用密钥）")
+_add("alerts.metric.stream_error_rate", "broken stream rate", "流中断比例")
+_add("alerts.metric.client_error_rate", "client error rate", "客户端错误率")
+_add("alerts.metric.upstream_429_rate", "upstream 429 rate", "上游 429 比例")
+_add("alerts.metric.attempts_per_call", "upstream attempts per call", "每次调用的上游尝试数")
+_add("alerts.metric.p95_latency_ms", "p95 latency", "p95 延迟")
+_add("alerts.metric.p95_ttft_ms", "p95 time to first byte", "p95 首字节时间")
+_add("alerts.metric.calls", "calls", "调用数")
+_add("alerts.metric.calls_vs_last_week", "calls vs the same window last week", "调用数与上周同期之比")
+_add("alerts.metric.active_keys", "usable keys", "可用密钥数")
+_add("alerts.metric.cooling_keys", "cooling keys", "冷却中密钥数")
+_add("alerts.metric.invalid_keys", "invalid keys", "无效密钥数")
+_add("alerts.metric.disabled_keys", "disabled keys", "已禁用密钥数")
+_add("alerts.metric.usable_capacity_pct", "usable capacity vs demand (%)", "可用容量占需求比例（%）")
+_add("alerts.metric.quota_day_usage_pct", "daily quota used (%)", "每日配额已用（%）")
+_add("alerts.metric.exhaustion_before_reset_min", "minutes the daily quota runs out before the reset",
+     "每日配额在重置前提前耗尽的分钟数")
+_add("alerts.metric.key_flaps", "key flaps (invalid ↔ active)", "密钥状态反复（无效 ↔ 可用）")
+# The shipped rules, under the English names the proxy gives them (a renamed rule keeps its operator's name).
+_add("alerts.rule.default-invalid-keys", "Invalid keys", "存在无效密钥")
+_add("alerts.rule.default-no-active-keys", "No usable keys", "没有可用密钥")
+_add("alerts.rule.default-success-rate", "Success rate below 90 %", "成功率低于 90%")
+_add("alerts.rule.default-exhausted", "Keyrack refusing calls (own 429)", "Keyrack 拒绝调用（自身 429）")
+_add("alerts.rule.default-upstream-429", "Upstream 429 storm", "上游 429 激增")
+_add("alerts.rule.default-p95-latency", "p95 latency above 30 s", "p95 延迟高于 30 秒")
+_add("alerts.rule.default-traffic-drop", "Traffic dropped vs last week", "流量较上周下降")
+_add("alerts.rule.default-quota-day", "Daily quota 90 % used", "每日配额已用 90%")
+_add("alerts.rule.default-key-flaps", "Key flapping", "密钥状态反复")
+# -- error types (error_logs.error_type) and the rest of the outcomes ------------------------------------------------
+_add("outcome.stream_error", "broken stream", "流中断")
+_add("errtype.rate_limited", "rate limited (429)", "限流（429）")
+_add("errtype.invalid_key", "invalid key", "无效密钥")
+_add("errtype.server_error", "upstream server error", "上游服务器错误")
+_add("errtype.timeout", "timeout", "超时")
+_add("errtype.connection_error", "connection error", "连接错误")
+_add("errtype.client_error", "client error", "客户端错误")
+_add("errtype.stream_error", "broken stream", "流中断")
+_add("errtype.too_large", "answer too large", "响应过大")
+_add("errtype.answer_too_large", "answer too large", "响应过大")
+_add("errtype.exhausted", "refused (no key free)", "拒绝（无可用密钥）")
+_add("errtype.proxy_error", "proxy error", "代理错误")
+_add("errtype.upstream_error", "upstream error", "上游错误")
+_add("errtype.upstream_unreachable", "upstream unreachable", "无法连接上游")
+_add("errtype.unauthorized", "unauthorised", "未授权")
+_add("errtype.forbidden", "forbidden", "禁止访问")
+_add("errtype.bad_request", "bad request", "请求无效")
+_add("errtype.not_found", "not found", "未找到")
+_add("errtype.method_not_allowed", "method not allowed", "方法不允许")
+_add("errtype.payload_too_large", "request too large", "请求过大")
+_add("errtype.unsupported_media_type", "unsupported media type", "不支持的媒体类型")
+_add("errtype.audit", "audit", "审计")
+# -- placeholders, the rest of Forecast and Explore -------------------------------------------------------------------
+_add("common.choose_options", "Choose options", "请选择")
+_add("common.no_options", "No options to select", "没有可选项")
+_add("forecast.note.zero_limit", "{model} has a limit of 0 in this pool: no number of projects serves it (no quota "
+     "on this tier)", "{model} 在此号池中的限额为 0：增加多少项目都无法满足（该层级没有配额）")
+_add("forecast.note.shared_keys", "project {project} has {n} keys sharing one quota: {extra} of them add no capacity",
+     "项目 {project} 有 {n} 个密钥共享同一配额：其中 {extra} 个不增加容量")
+_add("forecast.note.no_project", "{n} key(s) have no project set; each is counted as its own project — if some share "
+     "a project, the real capacity is lower", "{n} 个密钥未设置项目，每个按独立项目计算；如果其中一些属于同一项目，实际容量更低")
+_add("forecast.note.no_rpd", "no per-day limit is known for this model: the per-day target needs no extra project as "
+     "far as the pool knows (a 429 teaches the real limit)", "此模型没有已知的每日限额：就号池所知，每日目标无需额外项目（429 会告知真实限额）")
+_add("forecast.note.peak_rpm", "target rpm = the forecast's busiest hour / 60: bursts inside a minute can go higher",
+     "目标每分钟调用 = 预测最忙一小时 / 60：一分钟内的突发可能更高")
+_add("forecast.no_limit", "no known limit", "无已知限额")
+_add("forecast.per_min", "{n}/min", "{n} 次/分钟")
+_add("explore.prev", "Previous period", "上一周期")
+_add("explore.other", "(other)", "（其他）")
+_add("explore.source.cube", "pre-aggregates", "预聚合数据")
+_add("explore.source.raw", "raw calls", "原始调用")
+_add("explore.source.mixed", "pre-aggregates and raw calls", "预聚合数据与原始调用")
 # fmt: on

@@ -28,19 +28,20 @@ from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts import history as alert_history
 from proxy_service.alerts.engine import AlertEngine
 from proxy_service.cluster import config as cluster_config
-from proxy_service.errors import NotReady, google_body
+from proxy_service.errors import MethodNotAllowed, NotFound, NotReady
 from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.forecast.engine import ForecastEngine
 from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
-from proxy_service.relay import Relay
+from proxy_service.relay import Relay, Surface
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
 from proxy_service.sql_sandbox import Sandbox
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
+from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
 
 if TYPE_CHECKING:
@@ -658,19 +659,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def prometheus(_request: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    # An unknown path or method answers in the shape of the surface the path belongs to (the openai SDK reads only
+    # OpenAI's shape); anything else in Google's.
     async def not_found(request: Request, _exc: Exception) -> Response:
-        return Response(
-            google_body(404, f"Unknown path {request.url.path[:200]}. See the Keyrack README for routes."),
-            404,
-            media_type="application/json",
-        )
+        surface: Surface = "openai" if openai.owns(request) else "gemini"
+        path = request.url.path[:200]
+        return error_response(surface, NotFound(f"Unknown path {path}. See the Keyrack README for routes."))
 
     async def not_allowed(request: Request, _exc: Exception) -> Response:
-        return Response(
-            google_body(405, f"Method {request.method} is not allowed on {request.url.path[:200]}."),
-            405,
-            media_type="application/json",
-        )
+        surface: Surface = "openai" if openai.owns(request) else "gemini"
+        path = request.url.path[:200]
+        return error_response(surface, MethodNotAllowed(f"Method {request.method} is not allowed on {path}."))
 
     routes: list[Any] = [
         Route("/healthz", healthz),

@@ -70,6 +70,10 @@ class KeyrackError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def details(self) -> list[dict[str, Any]]:
+        """`google.rpc` details for Google's envelope (the native surface); none by default."""
+        return []
+
 
 class Unauthorized(KeyrackError):
     status_code = 401
@@ -130,17 +134,33 @@ class PoolExhausted(KeyrackError):
     """No key can take the call: all cooling, out of headroom, invalid or disabled.
 
     `reason` is the sentence without the wait; the message appends "retry in Ns." with the same N as the headers.
+    `cause` says why in one word (`configured_limit`, `learned_limit`, `upstream_cooldown`, `no_usable_key`,
+    `all_tried`); `violation`, when the refusal is a quota's, is its `google.rpc.QuotaFailure` violation. The native
+    surface's body carries both as Google's details (`ErrorInfo`, `QuotaFailure`, `RetryInfo`), as Google's own 429s do.
     """
 
     status_code = 429
     error_type = "exhausted"
 
-    def __init__(self, reason: str, wait_s: float) -> None:
+    def __init__(
+        self, reason: str, wait_s: float, cause: str = "no_usable_key", violation: dict[str, Any] | None = None
+    ) -> None:
         self.retry_after = retry_after_s(wait_s)
+        self.cause = cause
+        self.violation = violation
         super().__init__(f"{reason}; retry in {self.retry_after}s.")
 
     def headers(self) -> dict[str, str]:
         return retry_headers(self.retry_after)
+
+    def details(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.cause.upper(), "domain": "keyrack"}
+        ]
+        if self.violation is not None:
+            out.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [self.violation]})
+        out.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"})
+        return out
 
 
 class UpstreamUnreachable(KeyrackError):
@@ -161,31 +181,33 @@ class StreamAborted(Exception):
     """Raised from a stream's body iterator after the upstream broke the stream (see logs: not logged as a crash)."""
 
 
-def google_body(code: int, message: str, status: str | None = None) -> bytes:
+def google_body(
+    code: int, message: str, status: str | None = None, details: list[dict[str, Any]] | None = None
+) -> bytes:
     """Google's error envelope (google.rpc.Status), pretty-printed as Google does."""
-    err = {"error": {"code": code, "message": message, "status": status or _GOOGLE_STATUS.get(code, "UNKNOWN")}}
-    return json.dumps(err, indent=2).encode() + b"\n"
+    err: dict[str, Any] = {"code": code, "message": message, "status": status or _GOOGLE_STATUS.get(code, "UNKNOWN")}
+    if details:
+        err["details"] = details
+    return json.dumps({"error": err}, indent=2).encode() + b"\n"
 
 
-def openai_body(code: int, message: str, param: str | None = None) -> bytes:
-    """OpenAI's error shape, which the openai SDK turns into typed exceptions."""
+def openai_body(code: int, message: str, param: str | None = None, error_code: str | None = None) -> bytes:
+    """OpenAI's error shape, which the openai SDK turns into typed exceptions (`error_code`: its `code` field,
+    by default derived from the HTTP status)."""
+    if error_code is None:
+        error_code = _GOOGLE_STATUS.get(code, "api_error").lower() if code != 429 else "rate_limit_exceeded"
     err: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": _OPENAI_TYPE.get(code, "api_error"),
-            "param": param,
-            "code": _GOOGLE_STATUS.get(code, "api_error").lower() if code != 429 else "rate_limit_exceeded",
-        }
+        "error": {"message": message, "type": _OPENAI_TYPE.get(code, "api_error"), "param": param, "code": error_code}
     }
     return json.dumps(err).encode()
 
 
-def sse_error_event(openai: bool, code: int, message: str, separator: bytes = b"\n\n") -> bytes:
+def sse_error_event(
+    openai: bool, code: int, message: str, separator: bytes = b"\n\n", error_code: str = "stream_broken"
+) -> bytes:
     """One server-sent event carrying an error in the surface's shape, which both SDKs raise on."""
     if openai:
-        err: dict[str, Any] = {
-            "error": {"message": message, "type": "api_error", "param": None, "code": "stream_broken"}
-        }
+        err: dict[str, Any] = {"error": {"message": message, "type": "api_error", "param": None, "code": error_code}}
     else:
         err = {"error": {"code": code, "message": message, "status": _GOOGLE_STATUS.get(code, "UNKNOWN")}}
     return b"data: " + json.dumps(err).encode() + separator

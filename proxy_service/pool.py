@@ -27,7 +27,15 @@ from typing import Any, Literal
 from proxy_service.errors import PoolExhausted
 from proxy_service.keys import KeySpec, key_id, mask
 from proxy_service.logs import event
-from proxy_service.quota import ModelLimits, QuotaTracker, QuotaViolation, cooldown_until
+from proxy_service.quota import (
+    KIND_OF_DIM,
+    QUOTA_IDS,
+    ModelLimits,
+    QuotaTracker,
+    QuotaViolation,
+    cooldown_until,
+    quota_violation,
+)
 
 KeyStatus = Literal["active", "invalid", "disabled"]
 log = logging.getLogger("keyrack.pool")  # status changes only (rare); never the secret, only the key id
@@ -99,8 +107,40 @@ def key_from_row(r: Mapping[str, Any]) -> Key:
 @dataclass(frozen=True)
 class Cooldown:
     until: float
-    reason: str  # "minute" | "day" | "tokens" | "unknown"
+    reason: str  # "minute" | "day" | "tokens" | "unknown" (cluster mode: also "cluster")
     quota_id: str | None = None
+    # "upstream": Google answered 429 (here or, in cluster mode, on another replica); "limit": cluster mode's shared
+    # admission found a configured or learned limit used up (`reason` is its kind).
+    source: str = "upstream"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why one scope cannot take a call for a model now, and until when."""
+
+    until: float
+    cause: str  # "upstream_cooldown" | "configured_limit" | "learned_limit"
+    kind: str  # "minute" | "day" | "tokens" | "unknown"
+    limit: int | None = None
+    quota_id: str | None = None
+
+    def describe(self) -> str:
+        unit = _UNITS.get(self.kind, "requests")
+        if self.limit is None:
+            amount = unit
+        else:
+            amount = f"{self.limit:,} {unit if self.limit != 1 else unit.replace('s ', ' ', 1)}"
+        if self.cause == "configured_limit":
+            return f"at its configured limit of {amount} (model_limits)"
+        if self.cause == "learned_limit":
+            return f"at a limit learned from Google's 429s ({amount})"
+        quota = f"{_PER.get(self.kind, '')} quota {self.quota_id}" if self.quota_id else "no quota details"
+        return f"cooling down after Google answered 429 ({quota.strip()})"
+
+
+_UNITS = {"minute": "requests per minute", "day": "requests per day", "tokens": "input tokens per minute"}
+_PER = {"minute": "per-minute", "day": "per-day", "tokens": "per-minute token"}
+_SOURCE = {"configured_limit": "configured", "learned_limit": "learned", "upstream_cooldown": "cooldown"}
 
 
 def shown_status(key: Key, cooling: bool) -> str:
@@ -302,12 +342,38 @@ class Pool:
             return PoolExhausted(
                 "No usable upstream key: every key is invalid or disabled. Add or re-enable keys",
                 self.default_cooldown_s,
+                "no_usable_key",
             )
         if tried and at <= now:
-            return PoolExhausted(f"Every usable key was tried for this call ({model})", 0.0)
-        cooling = any(c.until > now and m == model for (_s, m), c in self.cooldowns.items())
-        why = "cooling down after rate limits" if cooling else "out of quota (configured or learned limits)"
-        return PoolExhausted(f"Every key for {model} is {why}", at - now)
+            return PoolExhausted(f"Every usable key was tried for this call ({model})", 0.0, "all_tried")
+        refusals: list[Refusal] = []
+        seen: set[str] = set()
+        for key in self.keys.values():
+            if key.status == "active" and key.scope not in seen:
+                seen.add(key.scope)
+                r = self._refusal(key.scope, model, now)
+                if r is not None:
+                    refusals.append(r)
+        return exhausted(model, refusals, at - now)
+
+    def _refusal(self, scope: str, model: str, now: float) -> Refusal | None:
+        """What keeps `scope` from taking a call for `model` now: a cooldown, else a hard limit used up."""
+        cd = self.cooldowns.get((scope, model))
+        if cd is not None and cd.until > now:
+            if cd.source == "limit" and cd.reason in QUOTA_IDS:
+                dim = next(d for d, k in KIND_OF_DIM.items() if k == cd.reason)
+                source = self.tracker.limit_source(scope, model, dim)
+                cause = "configured_limit" if source == "configured" else "learned_limit"
+                return Refusal(cd.until, cause, cd.reason, getattr(self.tracker.limits(scope, model), dim))
+            kind = cd.reason if cd.reason in QUOTA_IDS else "unknown"
+            return Refusal(cd.until, "upstream_cooldown", kind, None, cd.quota_id)
+        hit = self.tracker.refusal(scope, model, now)
+        if hit is None:
+            return None
+        dim, limit, until = hit
+        source = self.tracker.limit_source(scope, model, dim)
+        cause = "learned_limit" if source == "learned" else "configured_limit"
+        return Refusal(until, cause, KIND_OF_DIM[dim], limit)
 
     async def turn(self, model: str) -> None:
         """Have a cluster-wide round-robin turn ready for `choose()` (ClusterPool); the in-memory pool counts locally."""
@@ -389,3 +455,27 @@ class Pool:
         elif message:
             key.last_error = message[:300]
         self.dirty.add(key.id)
+
+
+def exhausted(model: str, refusals: list[Refusal], wait_s: float) -> PoolExhausted:
+    """The 429 for `model` when every scope refuses: it says why (a configured limit, a limit learned from Google,
+    or cooling after Google's own 429s), and its quota details are those of the scope that frees up first (the one
+    the wait is for), so a per-minute refusal never reads as a per-day one."""
+    name = model.partition("#")[0]
+    if not refusals:
+        return PoolExhausted(f"Every key for {name} is out of quota", wait_s, "no_usable_key")
+    refusals = sorted(refusals, key=lambda r: r.until)
+    first = refusals[0]
+    groups: dict[str, int] = {}
+    for r in refusals:
+        text = r.describe()
+        groups[text] = groups.get(text, 0) + 1
+    if len(groups) == 1:
+        reason = f"Every key for {name} is {first.describe()}"
+    else:
+        parts = ", ".join(f"{n} project(s) {text}" for text, n in groups.items())
+        reason = f"No key for {name} can take a call now: {parts}"
+    violation = None
+    if first.kind in QUOTA_IDS:
+        violation = quota_violation(first.kind, name, _SOURCE[first.cause], first.limit, first.quota_id)
+    return PoolExhausted(reason, wait_s, first.cause, violation)

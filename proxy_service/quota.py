@@ -18,10 +18,12 @@ from zoneinfo import ZoneInfo
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "KIND_OF_DIM",
     "MAX_WAIT_S",
     "MINUTE_S",
     "MINUTE_WAIT_S",
     "PACIFIC",
+    "QUOTA_IDS",
     "ModelLimits",
     "QuotaTracker",
     "QuotaViolation",
@@ -31,6 +33,7 @@ __all__ = [
     "next_pacific_midnight",
     "pacific_day",
     "parse_rate_limit",
+    "quota_violation",
     "stated_wait",
 ]
 
@@ -262,6 +265,30 @@ def cooldown_until(v: QuotaViolation, now: float, default_s: float) -> float:
         delay = stated_wait(v, now)
         return now + max(1.0, default_s if delay is None else delay)
     return now + default_s
+
+
+# Keyrack's own 429s, in Google's terms: the quota id of each kind of limit (Google's ids without the tier suffix),
+# so that a client reading `QuotaFailure` tells a per-day exhaustion from a per-minute limit as it does with Google's.
+QUOTA_IDS: dict[str, str] = {
+    "minute": "GenerateRequestsPerMinutePerProjectPerModel",
+    "day": "GenerateRequestsPerDayPerProjectPerModel",
+    "tokens": "GenerateContentInputTokensPerModelPerMinute",
+}
+KIND_OF_DIM: dict[str, Kind] = {"rpm": "minute", "rpd": "day", "tpm": "tokens"}
+
+
+def quota_violation(kind: str, model: str, source: str, limit: int | None, quota_id: str | None) -> dict[str, Any]:
+    """One `google.rpc.QuotaFailure` violation for a Keyrack refusal of `kind` ("minute" | "day" | "tokens") on
+    `model`; `source` ("configured" | "learned" | "cooldown") names who set the limit in `quotaMetric`, `quota_id`
+    (an upstream 429's own) wins over the generic id of the kind."""
+    violation: dict[str, Any] = {
+        "quotaMetric": f"keyrack/{source}_limit" if source != "cooldown" else "keyrack/upstream_429_cooldown",
+        "quotaId": quota_id or QUOTA_IDS[kind],
+        "quotaDimensions": {"location": "global", "model": model},
+    }
+    if limit is not None:
+        violation["quotaValue"] = str(limit)
+    return violation
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -824,6 +851,32 @@ class QuotaTracker:
         if tpm is not None:
             at = max(at, w.tokens_below_at(tpm, now))
         return at
+
+    def refusal(self, scope: str, model: str, now: float) -> tuple[str, int, float] | None:
+        """The hard limit that refuses (scope, model) at ``now``: (dimension, its value, when it frees up), the one
+        that frees up last (as `available_at`); None when no hard limit is used up."""
+        model = _strip_models(model)
+        e = self._ready(scope, model, now)
+        if e is None:
+            h = self._model_hard(model)
+            dim = next((d for d in ("rpd", "rpm", "tpm") if getattr(h, d) == 0), None)
+            return None if dim is None else (dim, 0, next_pacific_midnight(now))
+        if e.zero_until and now < e.zero_until:
+            return (next((d for d, v in e.learned.items() if v == 0), "rpd"), 0, e.zero_until)
+        w, hard = e.window, e.hard
+        dim = next((d for d in ("rpd", "rpm", "tpm") if getattr(hard, d) == 0), None)
+        if dim is not None:
+            return (dim, 0, w.day_end(now))
+        found: tuple[str, int, float] | None = None
+        if hard.rpd is not None and w.requests_today(now) >= hard.rpd:
+            found = ("rpd", hard.rpd, w.day_end(now))
+        for dim, limit, at in (
+            ("rpm", hard.rpm, w.requests_below_at(hard.rpm, now) if hard.rpm is not None else now),
+            ("tpm", hard.tpm, w.tokens_below_at(hard.tpm, now) if hard.tpm is not None else now),
+        ):
+            if limit is not None and at > now and (found is None or at > found[2]):
+                found = (dim, limit, at)
+        return found
 
     def usage(self, scope: str, model: str, now: float) -> dict[str, int | float | str | None]:
         """Used and limit per dimension plus headroom, for the admin API."""

@@ -46,13 +46,16 @@ from proxy_service.upstream import (
     Usage,
     answer_cap,
     error_object_bytes,
+    error_outside_event,
     gemini_usage,
     has_error_object,
+    openai_error,
     openai_usage,
     parse_error,
     read_answer,
     send,
     stream_error,
+    stream_finished,
     upstream_request,
 )
 
@@ -464,6 +467,9 @@ class Relay:
             headers.update(retry_headers(wait))
         elif not client_fault:
             headers["x-should-retry"] = "false"  # Keyrack already retried on other keys
+        upstream_body = body
+        if call.surface == "openai":
+            body = openai_error(status, body)  # Gemini's compat errors are a JSON array the openai SDK cannot read
         ev = self.request_event(call, status, "client_error" if client_fault else "upstream_error", n, key)
         ev.error_status = err.status
         ev.error_message = err.message[:500]
@@ -476,7 +482,7 @@ class Relay:
                 status,
                 "client_error",
                 err.message or f"upstream {status}",
-                upstream_body=redact(body[:_BODY_CAP].decode("utf-8", "replace")),
+                upstream_body=redact(upstream_body[:_BODY_CAP].decode("utf-8", "replace")),
             )
         return Response(redact_body(body), status, headers=headers)
 
@@ -516,17 +522,23 @@ class Relay:
             broken: str | None = None
             embedded = False
             outcome = "success"
+            delivering = True  # a chunk is out to the client and its send has not returned yet
             try:
                 yield first
+                delivering = False
                 async for chunk in chunks:
                     sent += len(chunk)
                     tail = (tail + chunk)[-STREAM_TAIL:]
                     embedded = embedded or has_error_object(chunk)
+                    delivering = True
                     yield chunk
+                    delivering = False
             except httpx.HTTPError as exc:
                 broken = f"upstream stream broke after {sent} bytes: {type(exc).__name__}"
             except (asyncio.CancelledError, GeneratorExit):
-                outcome = "cancelled"
+                # A client that hangs up once it has the last event (finish reason, [DONE]) read the whole answer:
+                # the stream was only waiting for the upstream to close it. Earlier, the answer was cut short.
+                outcome = "success" if not delivering and stream_finished(tail) else "cancelled"
                 raise
             finally:
                 await resp.aclose()
@@ -561,6 +573,14 @@ class Relay:
                 if separator is not None:
                     yield sse_error_event(call.surface == "openai", 502, f"Keyrack: {broken}.", separator)
                 raise StreamAborted(broken)
+            if err is not None and call.surface == "openai" and error_outside_event(tail):
+                # The upstream ended the stream with a bare JSON error, which the openai SDK skips (it would hand the
+                # partial answer over as whole): the same error once more as an event in OpenAI's shape, which it
+                # raises on.
+                code = (err[2] or "stream_error").lower()
+                yield b"\n" + sse_error_event(
+                    True, err[0] or 502, err[1] or "Upstream error inside the stream.", error_code=code
+                )
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
 

@@ -16,6 +16,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy_service.errors import openai_body
 from proxy_service.keys import redact
 from proxy_service.settings import Config
 
@@ -213,6 +214,25 @@ def has_error_object(chunk: bytes) -> bool:
     return b'"error"' in chunk and _ERROR_RE.search(chunk) is not None
 
 
+# Where the last event of a stream starts (an SSE `data:` line, or a chunk's first key in a JSON-array stream), and
+# a finish reason given in it (a string: `null` is no finish). JSON structure only, not text inside a string.
+_EVENT_START = re.compile(rb'data:|(?<!\\)"(?:candidates|choices)"\s*:')
+_FINISHED = re.compile(rb'(?<!\\)"(?:finishReason|finish_reason)"\s*:\s*"')
+
+
+def stream_finished(tail: bytes) -> bool:
+    """Whether a stream's bytes so far end with its last event: OpenAI's `data: [DONE]`, or an event (the last one)
+    that carries a finish reason (Gemini ends its streams after that chunk)."""
+    end = tail.rstrip()
+    if end.endswith(b"data: [DONE]") or end.endswith(b"data:[DONE]"):
+        return True
+    start = None
+    for start in _EVENT_START.finditer(end):  # noqa: B007 (we want the last match)
+        pass
+    # No event start in the tail: it lies inside one (long) last event, whose finish reason is then in the tail.
+    return _FINISHED.search(end, start.start() if start is not None else 0) is not None
+
+
 def error_object_bytes(data: bytes) -> bytes | None:
     """The bytes of the last `{"error": ...}` object embedded in stream data (to answer it as a plain error)."""
     m = None
@@ -229,6 +249,19 @@ def error_object_bytes(data: bytes) -> bytes | None:
     except (ValueError, RecursionError):
         return None
     return text[:end].encode()
+
+
+def error_outside_event(data: bytes) -> bool:
+    """Whether the last error object in stream data is bare JSON (Google appends one, pretty-printed, to a stream that
+    fails after its first events) rather than inside an SSE `data:` event: an SSE parser such as the openai SDK's
+    skips the bare kind, so the stream would read as complete."""
+    m = None
+    for m in _ERROR_RE.finditer(data):  # noqa: B007 (we want the last match)
+        pass
+    if m is None:
+        return False
+    line = data[data.rfind(b"\n", 0, m.start()) + 1 : m.start()]
+    return not line.lstrip().startswith(b"data:")
 
 
 def stream_error(data: bytes) -> tuple[int | None, str, str | None] | None:
@@ -283,3 +316,43 @@ def parse_error(body: bytes) -> UpstreamError:
         redact(str(err.get("message", ""))[:2000]),
         reason,
     )
+
+
+# OpenAI's `code` for what a Google error says, where OpenAI has a name for it; otherwise Google's status, lowercased.
+_OPENAI_CODE = {"API_KEY_INVALID": "invalid_api_key", "RESOURCE_EXHAUSTED": "rate_limit_exceeded"}
+_NOT_FOUND_MODEL = re.compile(r"^models/\S+ is not found")
+
+
+def is_openai_error(body: bytes) -> bool:
+    """Whether `body` is already an OpenAI-shaped error: `{"error": {"message": ..., "type": ...}}`."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return isinstance(err, dict) and isinstance(err.get("message"), str) and isinstance(err.get("type"), str)
+
+
+def openai_error(status: int, body: bytes) -> bytes:
+    """An upstream error answer for the OpenAI surface, in OpenAI's shape whatever the upstream sent.
+
+    Gemini's OpenAI-compatible endpoint answers errors with Google's envelope wrapped in a JSON array
+    (`[{"error": {"code", "message", "status"}}]`), which the openai SDK cannot read (it raises a bare "Error code:
+    404"): the envelope is unwrapped into `{"error": {"message", "type", "param", "code"}}` with the upstream's
+    message (redacted) and the same HTTP status. A body already in OpenAI's shape is kept; one that is not JSON
+    becomes the message.
+    """
+    if is_openai_error(body):
+        return body
+    err = parse_error(body)
+    message = err.message or f"Upstream error {status}."
+    status_name = (err.status or "").upper()
+    code = _OPENAI_CODE.get(err.reason or "") or _OPENAI_CODE.get(status_name)
+    param = None
+    if status == 402:  # Google: prepaid credit used up; OpenAI's name for an exhausted balance
+        code = "insufficient_quota"
+    elif status == 404 and _NOT_FOUND_MODEL.match(message):
+        code, param = "model_not_found", "model"
+    elif code is None and status_name.replace("_", "").isalpha():
+        code = status_name.lower()
+    return openai_body(status, message, param, code)

@@ -289,3 +289,74 @@ def test_a_limit_learned_from_observed_usage_is_not_one_too_high() -> None:
     pool.started(a1, MODEL)  # ... and refused the 6th, with a 429 that gives no quotaValue
     pool.rate_limited(a1, MODEL, QuotaViolation("minute", RPM_ID, 30.0, None, MODEL))
     assert pool.tracker.limits("pa", MODEL).rpm == 5
+
+
+# -- why a refusal happens (issue 25, item 7): the 429's message and its Google details say it ----------------------
+
+
+def refusal(pool: Pool) -> PoolExhausted:
+    with pytest.raises(PoolExhausted) as exc:
+        pool.choose(MODEL)
+    return exc.value
+
+
+def quota_ids(exc: PoolExhausted) -> list[str]:
+    return [v["quotaId"] for d in exc.details() if d["@type"].endswith("QuotaFailure") for v in d["violations"]]
+
+
+def test_a_configured_limit_refusal_names_the_configured_limit_not_a_cooldown() -> None:
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
+    for _ in range(3):
+        use(pool)
+    exc = refusal(pool)
+    assert "configured limit of 1 request per minute" in exc.message and "cooling" not in exc.message
+    assert exc.cause == "configured_limit"
+    assert quota_ids(exc) == ["GenerateRequestsPerMinutePerProjectPerModel"]
+
+
+def test_a_learned_limit_refusal_says_it_was_learned_from_google() -> None:
+    pool, clock = make_pool()
+    for _ in range(3):
+        use(pool)  # each of the three scopes served one call
+    second = pool.keys[key_id("a2")]
+    pool.started(second, MODEL)  # pa's second call of the minute: Google refuses it, saying the limit is 1
+    pool.rate_limited(second, MODEL, minute_429(delay=5.0, limit=1))
+    clock.now += 6  # the cooldown is over, the learned limit (1 per minute, for every scope) is not
+    exc = refusal(pool)
+    assert "limit learned from Google's 429s (1 request per minute)" in exc.message, exc.message
+    assert "configured" not in exc.message and exc.cause == "learned_limit"
+    assert quota_ids(exc) == ["GenerateRequestsPerMinutePerProjectPerModel"]
+
+
+def test_every_scope_cooling_says_cooling_with_googles_quota_id_and_kind() -> None:
+    pool, _ = make_pool()
+    day = QuotaViolation("day", "GenerateRequestsPerDayPerProjectPerModel-FreeTier", 30.0, None, MODEL)
+    for secret in ("a1", "b1", "c1"):
+        pool.rate_limited(pool.keys[key_id(secret)], MODEL, day)
+    exc = refusal(pool)
+    assert "cooling down after Google answered 429 (per-day quota" in exc.message and exc.cause == "upstream_cooldown"
+    assert quota_ids(exc) == ["GenerateRequestsPerDayPerProjectPerModel-FreeTier"]
+    retry = [d["retryDelay"] for d in exc.details() if d["@type"].endswith("RetryInfo")]
+    assert retry == [f"{exc.retry_after}s"] and exc.retry_after > 60
+
+
+def test_mixed_refusals_name_each_and_the_details_follow_the_scope_that_frees_first() -> None:
+    """A project out for the day beside one at a per-minute limit: the wait and the quota id are the minute's."""
+    pool, _ = make_pool(limits={MODEL: ModelLimits(rpm=1)})
+    for _ in range(3):
+        use(pool)
+    day = QuotaViolation("day", "GenerateRequestsPerDayPerProjectPerModel-FreeTier", 30.0, None, MODEL)
+    pool.rate_limited(pool.keys[key_id("a1")], MODEL, day)
+    exc = refusal(pool)
+    assert "configured limit of 1 request per minute" in exc.message and "per-day quota" in exc.message
+    assert quota_ids(exc) == ["GenerateRequestsPerMinutePerProjectPerModel"] and exc.retry_after <= 60
+
+
+def test_a_bare_upstream_429_cooldown_gives_retry_info_without_inventing_a_quota() -> None:
+    pool, _ = make_pool()
+    bare = QuotaViolation("unknown", None, None, None, None)
+    for secret in ("a1", "b1", "c1"):
+        pool.rate_limited(pool.keys[key_id(secret)], MODEL, bare)
+    exc = refusal(pool)
+    assert "cooling down after Google answered 429 (no quota details)" in exc.message
+    assert quota_ids(exc) == [] and any(d["@type"].endswith("RetryInfo") for d in exc.details())

@@ -3,9 +3,10 @@
 import streamlit as st
 
 from dashboard import alerts_view as av
-from dashboard import cache, dialogs, times
+from dashboard import cache, charts, dialogs, times
 from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.i18n import choices_placeholder, t, wkey
+from dashboard.i18n import current as current_language
 
 dialogs.page_header("alerts.title")
 tz = times.tz_name()
@@ -13,7 +14,7 @@ metrics = cache.safe(cache.api().alert_metrics, ttl=300.0)() or []
 unit_of = av.units(metrics)
 rules = cache.safe(cache.api().alert_rules)() or []
 channels = cache.safe(cache.api().alert_channels)() or []
-names = {r["id"]: r["name"] for r in rules}
+names = {r["id"]: av.rule_name(r["id"], r["name"]) for r in rules}
 
 
 def act(fn, done: str) -> None:  # type: ignore[no-untyped-def]
@@ -32,22 +33,17 @@ active = cache.safe(cache.api().alerts_active, ttl=5.0)() or {}
 st.subheader(t("alerts.firing_now", n=active.get("firing", 0)))
 items = active.get("items") or []
 if items:
-    st.dataframe(
-        av.firing_frame(items, unit_of),
-        hide_index=True,
-        width="stretch",
-        key="tbl_firing",
-        column_config={
-            "since": st.column_config.DatetimeColumn(t("alerts.col.since"), timezone=tz, format="YYYY-MM-DD HH:mm:ss"),
-            "errors": st.column_config.LinkColumn(t("nav.errors"), display_text=t("alerts.open")),
-            "trends": st.column_config.LinkColumn(t("nav.trends"), display_text=t("alerts.open")),
-        },
-    )
+    firing = av.firing_frame(items, unit_of)
+    st.dataframe(firing, hide_index=True, width="stretch", key="tbl_firing", column_config=av.column_config(firing, tz))
 else:
     st.success(t("alerts.all_clear"), icon=":material/check_circle:")
 
+# The open tab is remembered (one key per language: the labels are its values), so an action's rerun (adding a
+# channel, a silence) stays on the tab it was taken on.
 rules_tab, channels_tab, silences_tab, history_tab = st.tabs(
-    [t("alerts.tab.rules"), t("alerts.tab.channels"), t("alerts.tab.silences"), t("alerts.tab.history")]
+    [t("alerts.tab.rules"), t("alerts.tab.channels"), t("alerts.tab.silences"), t("alerts.tab.history")],
+    key=f"alerts_tab_{current_language()}",
+    on_change="rerun",
 )
 
 with rules_tab:
@@ -58,7 +54,7 @@ with rules_tab:
         width="stretch",
         key="tbl_rules",
         disabled=[c for c in frame.columns if c != "enabled"],
-        column_config={"enabled": st.column_config.CheckboxColumn(t("alerts.col.enabled")), "id": None},
+        column_config=av.column_config(frame, tz),
     )
     for rule_id, enabled in av.enabled_changes(frame, edited):
         act(
@@ -80,6 +76,7 @@ with rules_tab:
             t("alerts.f.metric"),
             metric_names,
             index=metric_names.index(base["metric"]) if base.get("metric") in metric_names else 0,
+            format_func=av.metric_label,
         )
         severity = c3.selectbox(
             t("alerts.f.severity"),
@@ -98,7 +95,7 @@ with rules_tab:
             t("alerts.f.group_by"),
             av.GROUPS,
             index=av.GROUPS.index(base.get("group_by", "")),
-            format_func=lambda g: g or t("alerts.none"),
+            format_func=lambda g: t(f"dim.{g}") if g else t("alerts.none"),
         )
         model = c2.text_input(t("alerts.f.model"), (base.get("filters") or {}).get("model", ""))
         project = c3.text_input(t("alerts.f.project"), (base.get("filters") or {}).get("project", ""))
@@ -107,6 +104,8 @@ with rules_tab:
             [c["id"] for c in channels],
             default=base.get("channels", []),
             format_func=lambda c: next((x["name"] for x in channels if x["id"] == c), c),
+            placeholder=choices_placeholder(channels),
+            disabled=not channels,
         )
         b1, b2, b3 = st.columns(3)
         run_backtest = b1.form_submit_button(t("alerts.backtest"), icon=":material/history:")
@@ -135,12 +134,16 @@ with rules_tab:
             cache.show_error(exc)
         else:
             if result.get("supported"):
-                st.plotly_chart(av.backtest_figure(result, metric, unit_of.get(metric, ""), tz), key="backtest_chart")
+                st.plotly_chart(
+                    av.backtest_figure(result, metric, unit_of.get(metric, ""), tz),
+                    key="backtest_chart",
+                    config=charts.plotly_config(),
+                )
                 st.caption(
                     t("alerts.backtest_caption", n=result.get("fired", 0), h=round(result.get("firing_s", 0) / 3600, 1))
                 )
             else:
-                st.info(t("alerts.backtest_unsupported", why=result.get("reason", "")))
+                st.info(t("alerts.backtest_unsupported", why=av.backtest_reason(result.get("reason"))))
     if save:
         if base:
             act(lambda: cache.api().update_alert_rule(base["id"], body), t("alerts.saved", name=body["name"]))
@@ -152,7 +155,9 @@ with rules_tab:
 with channels_tab:
     cframe = av.channels_frame(channels)
     if not cframe.empty:
-        st.dataframe(cframe, hide_index=True, width="stretch", key="tbl_channels", column_config={"id": None})
+        st.dataframe(
+            cframe, hide_index=True, width="stretch", key="tbl_channels", column_config=av.column_config(cframe, tz)
+        )
         pick = st.selectbox(
             t("alerts.channel"),
             cframe["id"].tolist(),
@@ -185,9 +190,14 @@ with silences_tab:
             hide_index=True,
             width="stretch",
             key="tbl_silences",
-            column_config={"until": st.column_config.DatetimeColumn(t("alerts.col.until"), timezone=tz), "id": None},
+            column_config=av.column_config(sframe, tz),
         )
-        gone = st.selectbox(t("alerts.silence"), sframe["id"].tolist(), key="silence_pick")
+        gone = st.selectbox(
+            t("alerts.silence"),
+            sframe["id"].tolist(),
+            key="silence_pick",
+            format_func=lambda i: av.silence_label(sframe, i, tz),
+        )
         if st.button(t("alerts.delete"), icon=":material/delete:", key="silence_delete"):
             act(lambda: cache.api().delete_alert_silence(gone), t("alerts.silence_deleted"))
     with st.form("silence_form"):
@@ -204,17 +214,15 @@ with silences_tab:
             )
 
 with history_tab:
-    hist = av.history_frame(cache.safe(cache.api().alert_history)() or [])
+    hist = av.history_frame(cache.safe(cache.api().alert_history)() or [], {c["id"]: c["name"] for c in channels})
     if hist.empty:
         st.info(t("common.none"))
     else:
-        st.plotly_chart(av.timeline(hist, tz), key="history_chart")
+        st.plotly_chart(av.timeline(hist, tz), key="history_chart", config=charts.plotly_config())
         st.dataframe(
             hist,
             hide_index=True,
             width="stretch",
             key="tbl_history",
-            column_config={
-                "ts": st.column_config.DatetimeColumn(t("alerts.col.time"), timezone=tz, format="YYYY-MM-DD HH:mm:ss")
-            },
+            column_config=av.column_config(hist, tz, kind=None),
         )

@@ -7,7 +7,7 @@ from dashboard import config_form as cf
 from dashboard.i18n import t
 
 dialogs.page_header("config.title")
-cfg = cache.safe(cache.api().config, ttl=30.0)()
+cfg = cache.config()
 if cfg:
     fields, values = cfg.get("fields") or [], cfg.get("values") or {}
     fields = [f for f in fields if f.get("name") != clients_panel.FIELD]  # its own editor below

@@ -29,7 +29,7 @@ if items is not None and not items.empty:
     )
     rows = [r for r in paging.selected_rows("tbl_errors") if r < len(items)]
     ids = [str(items.iloc[r]["id"]) for r in rows]
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, _ = st.columns(4)
     if c1.button(t("errors.details"), icon=":material/info:", key="err_details", disabled=len(ids) != 1):
         dialogs.open_dialog("error_detail", id=ids[0])
         st.rerun()
@@ -38,12 +38,7 @@ if items is not None and not items.empty:
     ):
         dialogs.ask_confirm("delete", t("errors.confirm_selected", n=len(ids)), ids=ids)
         st.rerun()
-    if c3.button(
-        t("errors.delete_matching", n=fmt.fmt_int(total)), icon=":material/delete_sweep:", key="err_delete_matching"
-    ):
-        dialogs.ask_confirm("delete", t("errors.confirm_matching", n=fmt.fmt_int(total)), filter=flt)
-        st.rerun()
-    c4.download_button(
+    c3.download_button(
         t("common.download_csv"),
         ep.csv_maker(cache.api(), flt),
         file_name="keyrack-errors.csv",
@@ -55,7 +50,17 @@ if items is not None and not items.empty:
 elif items is not None:
     st.info(t("common.none"))
 
-with st.expander(t("errors.delete_older")):
+# The bulk deletes live apart from reading and exporting, each behind a confirmation.
+with st.expander(t("errors.delete_heading")):
+    st.caption(t("errors.delete_caption"))
+    if st.button(
+        t("errors.delete_matching", n=fmt.fmt_int(total)),
+        icon=":material/delete_sweep:",
+        key="err_delete_matching",
+        disabled=not total,
+    ):
+        dialogs.ask_confirm("delete", t("errors.confirm_matching", n=fmt.fmt_int(total)), filter=flt)
+        st.rerun()
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
     older = c1.date_input(t("errors.older_than"), value=times.today() - timedelta(days=30), key="err_older")
     if c2.button(t("errors.delete_older"), icon=":material/auto_delete:", key="err_delete_older"):

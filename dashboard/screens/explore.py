@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard import dialogs
 from dashboard import explore_panel as xp
-from dashboard.i18n import t
+from dashboard.i18n import label_of, t
 
 dialogs.page_header("explore.title")
 view = xp.controls()
@@ -19,6 +19,7 @@ if answer is not None:
         xp.chart(df, view)
         cell = xp.pivot_table(df, view)
         xp.downloads(df)
-        st.caption(t("explore.footer", source=meta.get("source", "?"), tz=meta.get("timezone", "")))
+        source = label_of("explore.source", meta.get("source"))
+        st.caption(t("explore.footer", source=source, tz=meta.get("timezone", "")))
         if cell is not None:
             xp.drill(view, cell)

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from dashboard import cache, dialogs, times
+from dashboard import cache, charts, dialogs, times
 from dashboard import forecast_view as fv
 from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.i18n import choices_placeholder, t, wkey
 
 dialogs.page_header("forecast.title")
 zone, tz = times.tz(), times.tz_name()
@@ -16,7 +16,7 @@ quota = cache.safe(cache.api().forecast_quota, ttl=5.0)() or {}
 if quota and not quota.get("items"):
     st.info(t("forecast.no_traffic_today"))
 elif quota:
-    st.plotly_chart(fv.timeline(quota, zone, tz), key="fc_timeline")
+    st.plotly_chart(fv.timeline(quota, zone, tz), key="fc_timeline", config=charts.plotly_config())
     st.caption(t("forecast.quota_caption"))
     st.dataframe(fv.quota_frame(quota["pool"], zone, pool=True), hide_index=True, width="stretch")
     with st.expander(t("forecast.per_project")):
@@ -47,7 +47,7 @@ view = cache.safe(cache.api().forecast_demand, ttl=60.0)(
 )
 if view and view.get("status") == "ok":
     title = t(f"forecast.demand_chart_{span}", model=t("forecast.all_models") if model == "total" else model)
-    st.plotly_chart(fv.demand_figure(view, zone, tz, title), key="fc_demand")
+    st.plotly_chart(fv.demand_figure(view, zone, tz, title), key="fc_demand", config=charts.plotly_config())
     st.caption(fv.backtest_text(view))
     if view.get("demo_until"):
         st.caption(t("forecast.demo_note", until=fv.clock(view["demo_until"], zone)))
@@ -68,7 +68,13 @@ with st.form("fc_plan_form"):
     rpm = p2.number_input(t("forecast.target_rpm"), min_value=0.0, value=None, key="fc_rpm")
     rpd = p3.number_input(t("forecast.target_rpd"), min_value=0.0, value=None, key="fc_rpd")
     q1, q2, q3 = st.columns(3)
-    remove = q1.multiselect(t("forecast.remove_projects"), projects, key="fc_remove")
+    remove = q1.multiselect(
+        t("forecast.remove_projects"),
+        projects,
+        key="fc_remove",
+        placeholder=choices_placeholder(projects),
+        disabled=not projects,
+    )
     lim_rpm = q2.number_input(t("forecast.whatif_rpm"), min_value=0, value=None, step=1, key="fc_lim_rpm")
     lim_rpd = q3.number_input(t("forecast.whatif_rpd"), min_value=0, value=None, step=1, key="fc_lim_rpd")
     submitted = st.form_submit_button(t("forecast.plan_submit"), type="primary")
@@ -93,4 +99,4 @@ if plan:
     m3.metric(t("forecast.projects_to_add"), "–" if plan["projects_to_add"] is None else plan["projects_to_add"])
     st.dataframe(fv.headroom_frame(plan), hide_index=True, width="stretch")
     for note in plan.get("notes", []):
-        st.caption(f"• {note}")
+        st.caption(f"• {fv.plan_note(note)}")

@@ -40,11 +40,11 @@ if series is not None and series.empty:
     st.info(t("trends.no_data"))
 elif series is not None:
     left, right = st.columns(2)
-    left.plotly_chart(charts.calls(series, axis), key="chart_calls")
-    right.plotly_chart(charts.success_rate(series, axis), key="chart_rate")
+    left.plotly_chart(charts.calls(series, axis), key="chart_calls", config=charts.plotly_config())
+    right.plotly_chart(charts.success_rate(series, axis), key="chart_rate", config=charts.plotly_config())
     left, right = st.columns(2)
-    left.plotly_chart(charts.latency(series, axis), key="chart_latency")
-    right.plotly_chart(charts.tokens(series, axis), key="chart_tokens")
+    left.plotly_chart(charts.latency(series, axis), key="chart_latency", config=charts.plotly_config())
+    right.plotly_chart(charts.tokens(series, axis), key="chart_tokens", config=charts.plotly_config())
 
     st.subheader(t("trends.story_heading"))
     st.caption(t("trends.story_intro"))
@@ -52,11 +52,13 @@ elif series is not None:
     if story is not None:
         story = story.assign(bucket=times.local(story["bucket"]))
         left, right = st.columns(2)
-        left.plotly_chart(charts.refusals(story, axis), key="chart_refusals")
-        right.plotly_chart(charts.attempts_per_success(story, axis), key="chart_attempts")
+        left.plotly_chart(charts.refusals(story, axis), key="chart_refusals", config=charts.plotly_config())
+        right.plotly_chart(
+            charts.attempts_per_success(story, axis), key="chart_attempts", config=charts.plotly_config()
+        )
         left, right = st.columns(2)
-        left.plotly_chart(charts.outcome_breakdown(story, axis), key="chart_outcomes")
-        right.plotly_chart(charts.status_breakdown(story, axis), key="chart_statuses")
+        left.plotly_chart(charts.outcome_breakdown(story, axis), key="chart_outcomes", config=charts.plotly_config())
+        right.plotly_chart(charts.status_breakdown(story, axis), key="chart_statuses", config=charts.plotly_config())
 
     st.subheader(t("trends.breakdown_heading"))
     dim = st.selectbox(
@@ -65,8 +67,12 @@ elif series is not None:
     grouped = trends_data.series(granularity, lo, hi, dim)
     if grouped is not None and not grouped.empty:
         left, right = st.columns(2)
-        left.plotly_chart(charts.breakdown(grouped, "calls", dim, axis), key="chart_by_calls")
-        right.plotly_chart(charts.breakdown(grouped, "total_tokens", dim, axis), key="chart_by_tokens")
+        left.plotly_chart(
+            charts.breakdown(grouped, "calls", dim, axis), key="chart_by_calls", config=charts.plotly_config()
+        )
+        right.plotly_chart(
+            charts.breakdown(grouped, "total_tokens", dim, axis), key="chart_by_tokens", config=charts.plotly_config()
+        )
 
     left, right = st.columns(2)
     for col, which in ((left, "key"), (right, "model")):

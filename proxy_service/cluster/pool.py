@@ -216,7 +216,10 @@ class ClusterPool(Pool):
             return True
         wait, reason = int(res[1]) / 1000, shared.text(res[2])
         # Cool the whole scope here until Redis says it frees up: choose() skips it without asking again.
-        self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON.get(reason, "cluster"))
+        source = "limit" if reason in _DIM.values() else "upstream"  # a hard limit used up, or a 429's cooldown
+        self.cooldowns[(key.scope, model)] = Cooldown(
+            now + max(wait, 0.05), _REASON.get(reason, "cluster"), source=source
+        )
         return False
 
     async def _genuine(self, refusal: list[Any], model: str) -> bool:
@@ -257,7 +260,7 @@ class ClusterPool(Pool):
         n = max(1, self.replicas)
         for dim, limit in hard.items():
             if int(use.get(f"{dim}_used") or 0) >= limit // n:
-                self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON[dim])
+                self.cooldowns[(key.scope, model)] = Cooldown(now + max(wait, 0.05), _REASON[dim], source="limit")
                 return False
         return True
 

@@ -284,7 +284,10 @@ def _tables(rng: np.random.Generator, c: dict[str, Any], rate_limited: np.ndarra
     fault_messages = [f[3].format(n=a + 1) for f in FAULTS for a in range(top)]
     waits = list(range(2, 42))
     cooling = [
-        f"Every key for {m} is cooling down after rate limits; retry in {w}s." for m in c["models"] for w in waits
+        f"Every key for {m} is cooling down after Google answered 429 (per-minute quota "
+        f"GenerateRequestsPerMinutePerProjectPerModel-FreeTier); retry in {w}s."
+        for m in c["models"]
+        for w in waits
     ]
     messages = Cat(att_fault[fa] * top + att_no[fa], fault_messages).concat(
         Cat(c["model_idx"][ex] * len(waits) + rng.integers(0, len(waits), len(ex)), cooling),

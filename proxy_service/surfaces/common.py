@@ -155,9 +155,8 @@ def error_response(surface: Surface, exc: KeyrackError, request_id: str | None =
             headers=headers,
             media_type="application/json",
         )
-    return Response(
-        google_body(exc.status_code, exc.message), exc.status_code, headers=headers, media_type="application/json"
-    )
+    body = google_body(exc.status_code, exc.message, details=exc.details())
+    return Response(body, exc.status_code, headers=headers, media_type="application/json")
 
 
 def base_call(request: Request, surface: Surface, operation: str, model: str | None) -> Call:

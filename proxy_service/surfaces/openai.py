@@ -85,6 +85,18 @@ def _bearer_only(request: Request) -> bool:
     )
 
 
+def owns(request: Request) -> bool:
+    """Whether a path no route matched belongs to this surface (its 404/405 then in OpenAI's shape): anything under
+    /v1beta/openai, and under /v1 what is not the native models resource (or is, asked for with a Bearer token
+    only, as the openai SDK does)."""
+    path = request.url.path
+    if path == UPSTREAM or path.startswith(UPSTREAM + "/"):
+        return True
+    if not path.startswith("/v1/"):
+        return False
+    return not (path == "/v1/models" or path.startswith("/v1/models/")) or _bearer_only(request)
+
+
 async def v1_models(request: Request, gw: Gateway) -> Response:
     if _bearer_only(request):
         return await models(request, gw)

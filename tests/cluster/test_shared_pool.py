@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 
 from proxy_service.cluster.pool import ClusterPool
 from proxy_service.cluster.trust import Trust
+from proxy_service.errors import PoolExhausted
 from proxy_service.keys import KeySpec
 from proxy_service.quota import ModelLimits
 from tests.cluster.services import RedisServer, throwaway_redis
@@ -307,3 +308,27 @@ def test_token_counts_reach_redis_in_batches_and_none_is_lost(tmp_path: Path) ->
             client.close()
 
     with_server_pools(tmp_path, test, limits={MODEL: ModelLimits(rpm=100, tpm=10_000)})
+
+
+def test_a_configured_limit_reached_on_another_replica_is_refused_as_a_limit_not_a_cooldown(redis_url: str) -> None:
+    """Redis refusing an admission because a configured limit is used up cluster-wide cools the scope here, and the
+    429 that follows says "configured limit" (issue 25, item 7), as the embedded pool does."""
+
+    async def test(a: ClusterPool, b: ClusterPool) -> None:
+        for key in list(a.keys.values()):  # replica a spends each project's one call of the minute
+            assert await a.admit(key, MODEL)
+            a.started(key, MODEL)
+        for _ in range(len(SPECS) + 1):
+            try:
+                key = b.choose(MODEL)
+            except PoolExhausted as exc:
+                refusal = exc
+                break
+            assert not await b.admit(key, MODEL)  # b's own windows are empty: Redis refuses
+        else:
+            raise AssertionError("replica b was never refused")
+        assert "configured limit of 1 request per minute" in refusal.message, refusal.message
+        assert "cooling" not in refusal.message and refusal.cause == "configured_limit"
+        assert refusal.violation is not None and "PerMinute" in refusal.violation["quotaId"]
+
+    with_pools(redis_url, test, limits={MODEL: ModelLimits(rpm=1)})

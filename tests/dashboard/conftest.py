@@ -169,12 +169,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """Environment as `keyrack run` gives the dashboard: admin URL + token. A session still signs in (open_app)."""
+    from dashboard import i18n
+
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.delenv(dashboard_link.KEY_ENV, raising=False)
-    return stack
+    yield stack
+    i18n.remember_default("en")  # the configured default this process last read: tests that change it restore it
 
 
 # -- the harness: an AppTest session signed in, a real dashboard server ----------------------------------------------

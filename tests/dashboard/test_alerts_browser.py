@@ -57,8 +57,21 @@ def test_alerts_page_in_a_real_browser(dashboard_url: str, stack: Stack, tmp_pat
                 expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)
                 page.get_by_role("tab", name="Rules").click()
                 _shot(page, "alerts")
+
+                # Adding a channel reruns the page: it stays on the Channels tab (it used to jump back to Rules).
+                page.get_by_role("tab", name="Channels").click()
+                _idle(page)
+                page.get_by_label("Name").last.fill("browser hook")
+                page.get_by_label("Apprise URL (secret)").fill("json://127.0.0.1:9/")
+                page.get_by_role("button", name="Add channel").click()
+                _idle(page)
+                expect(page.get_by_text("Channel added.")).to_be_visible()
+                expect(page.get_by_role("tab", name="Channels")).to_have_attribute("aria-selected", "true")
             finally:
                 ctx.close()
     finally:
         stack.admin("DELETE", f"/alerts/rules/{rule['id']}")
+        for channel in stack.admin("GET", "/alerts/channels")["items"]:
+            if channel["name"] == "browser hook":
+                stack.admin("DELETE", f"/alerts/channels/{channel['id']}")
         evaluate(stack)

@@ -112,3 +112,23 @@ def test_a_shared_link_opened_in_a_fresh_session_shows_the_shared_view_after_sig
         t.open_link(dashboard.link())
         t.goto(SHARED)
         _shows_the_shared_view(t.page, dashboard.url)
+
+
+CLIPPED = """() => Array.from(document.querySelectorAll('[data-testid="stMain"] *')).filter(e =>
+    e.clientWidth > 1 && e.scrollWidth > e.clientWidth + 2 && getComputedStyle(e).overflowX !== 'visible'
+    && !e.closest('[data-testid="stDataFrame"], [data-testid="stPlotlyChart"], [data-testid="stCode"]'))
+    .map(e => `${e.dataset.testid || e.tagName}: ${e.innerText.slice(0, 40)}`)"""
+
+
+def test_explore_controls_fit_a_laptop_screen(browser: Any, dashboard: Dashboard) -> None:  # noqa: F811
+    """At 1400 px with the sidebar open, no control of Explore is cut (a view button, a label, a download)."""
+    from playwright.sync_api import expect
+
+    with tab(browser, dashboard.url) as t:
+        t.page.set_viewport_size({"width": 1400, "height": 1000})
+        t.goto("explore")
+        t.sign_in()
+        expect(t.page.get_by_role("heading", name="Explore")).to_be_visible()
+        expect(t.page.get_by_role("button", name="Download Parquet")).to_be_visible()
+        t.idle()
+        assert not t.page.evaluate(CLIPPED)

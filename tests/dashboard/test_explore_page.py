@@ -37,12 +37,13 @@ def test_default_pivot_counts_every_call_and_writes_the_view_to_the_url(dash_env
     at = start()
     assert "Explore" in texts(at.title)
     pivot = at.dataframe[0].value
-    assert pivot.loc["Σ", "calls"] >= 400  # the seeded calls, all within the last 3 days
+    assert list(pivot.columns) == ["Calls"]  # the measure by its name, not its id
+    assert pivot.loc["Σ", "Calls"] >= 400  # the seeded calls, all within the last 3 days
     assert set(pivot.index) - {"Σ"} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     api = dash_env.admin(
         "POST", "/explore", json={"measures": ["calls"], "dimensions": ["model"], "from": "2020-01-01"}
     )
-    assert {r[0]: r[1] for r in api["rows"]} == {m: pivot.loc[m, "calls"] for m in pivot.index if m != "Σ"}
+    assert {r[0]: r[1] for r in api["rows"]} == {m: pivot.loc[m, "Calls"] for m in pivot.index if m != "Σ"}
     assert at.query_params["m"] in ("calls", ["calls"]) and at.query_params["r"] in ("model", ["model"])
 
 
@@ -71,7 +72,8 @@ def test_drill_down_from_a_cell_lists_the_calls_and_opens_them_in_sql(dash_env: 
     at = start({"m": "calls", "r": "model", "c": "outcome"})
     pivot = at.dataframe[0].value
     model = next(m for m in pivot.index if m != "Σ")
-    column = "upstream_error" if "upstream_error" in pivot.columns else next(c for c in pivot.columns if c != "Σ")
+    # outcomes by their names ("upstream error"), clicked as shown: the drill-down asks for the id behind the name
+    column = "upstream error" if "upstream error" in pivot.columns else next(c for c in pivot.columns if c != "Σ")
     row = list(pivot.index).index(model)
     at.session_state["ex_pivot"] = {"selection": {"rows": [], "columns": [], "cells": [(row, column)]}}
     ok(at.run())

@@ -406,14 +406,59 @@ def test_trends_buckets_follow_the_configured_timezone(dash_env: Stack) -> None:
         dash_env.admin("PATCH", "/config", json={"display_timezone": "UTC"})
 
 
-@pytest.mark.parametrize("page", ["monitor", "trends", "error_logs", "config", "sql"])
+TITLES_ZH = {
+    "monitor": "监控",
+    "trends": "趋势",
+    "forecast": "预测",
+    "explore": "多维分析",
+    "error_logs": "错误日志",
+    "alerts": "告警",
+    "config": "配置",
+    "sql": "SQL 查询",
+}
+
+
+@pytest.mark.parametrize("page", list(TITLES_ZH))
 def test_every_page_renders_in_chinese(dash_env: Stack, page: str) -> None:
     dash_env.admin("PATCH", "/config", json={"language": "zh"})  # the default language comes from the config
     try:
         at = start(page)
-        titles = {"monitor": "监控", "trends": "趋势", "error_logs": "错误日志", "config": "配置", "sql": "SQL 查询"}
-        assert titles[page] in texts(at.title)
+        assert TITLES_ZH[page] in texts(at.title)
         assert not at.error
+        placeholders = [w.proto.placeholder for w in at.multiselect]  # Streamlit's own would be English
+        assert all(p in ("请选择", "没有可选项", "全部") for p in placeholders), placeholders
+    finally:
+        dash_env.admin("PATCH", "/config", json={"language": "en"})
+
+
+def _visit(params: dict[str, str]) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return ok(at.run())
+
+
+def test_a_browser_choice_beats_the_configured_default_and_config_says_which_applies(dash_env: Stack) -> None:
+    """One setting, two levels: Config's `language` is the default; a browser's own choice (the sidebar's, kept in a
+    cookie, or a link's ?lang=) wins over it from the first paint, sign-in form included."""
+    at = _visit({"lang": "zh"})
+    assert "登录 Keyrack" in texts(at.title)  # before sign-in: the form in the browser's language
+    ok(sign_in(at))
+    assert "监控" in texts(at.title)  # the configured default (English) does not override the choice
+    at.switch_page("screens/config.py")
+    ok(at.run())
+    assert at.selectbox(key="cfg_language").value == "en"  # the default stays English...
+    assert t("config.lang_own", lang="简体中文", _lang="zh") in texts(at.caption)  # ... and the page says why
+
+    dash_env.admin("PATCH", "/config", json={"language": "zh"})
+    try:
+        at = ok(sign_in(_visit({})))  # no choice of its own: the default
+        assert "监控" in texts(at.title)
+        at.switch_page("screens/config.py")
+        ok(at.run())
+        assert t("config.lang_default", lang="简体中文", _lang="zh") in texts(at.caption)
+        at = ok(sign_in(_visit({"lang": "en"})))  # a choice beats the default
+        assert "Monitor" in texts(at.title)
     finally:
         dash_env.admin("PATCH", "/config", json={"language": "en"})
 
@@ -439,6 +484,9 @@ def test_error_logs_paginate_and_delete_by_filter_and_age(dash_env: Stack) -> No
     ok(at.run())
     matching = len(dash_env.admin("GET", "/errors", params={"key_id": beta, "q": "model overloaded"})["items"])
     assert matching > 0
+    # The bulk delete is apart from the row actions and the CSV download: in the "Delete entries…" section.
+    section = next(e for e in at.expander if e.label == "Delete entries…")
+    assert "err_delete_matching" in [b.key for b in section.button]
     ok(at.button(key="err_delete_matching").click().run())
     ok(at.button(key="confirm_yes").click().run())
     assert t("errors.deleted", n=matching, _lang="en") in texts(at.success)

@@ -170,3 +170,151 @@ def test_every_live_setting_has_a_label_in_both_languages() -> None:
 
     missing = [name for name in Config.model_fields if f"field.{name}" not in i18n.EN]
     assert not missing, f"add field.<name> strings to dashboard/i18n.py: {missing}"
+
+
+# -- zh-CN: every enum id, default name, header and date a page shows has words in both languages -------------------
+WORD = re.compile(r"[A-Za-z][A-Za-z_]{2,}")
+NAMES = {"keyrack", "gemini", "pro", "flash"}  # proper names (and model ids) stay as they are
+
+
+def _english(*values: object) -> list[str]:
+    return [str(v) for v in values if {w.lower() for w in WORD.findall(str(v))} - NAMES]
+
+
+def test_every_id_the_proxy_records_has_a_name_in_both_languages() -> None:
+    import typing
+
+    from proxy_service import errors, relay
+    from proxy_service.alerts.rules import METRICS, default_rules
+
+    error_types = {c.error_type for c in vars(errors).values() if isinstance(getattr(c, "error_type", None), str)}
+    error_types |= set(typing.get_args(relay.AttemptOutcome)) - {"ok"}
+    error_types |= {"exhausted", "answer_too_large", "upstream_error", "audit"}  # relay's and the audit log's own
+    assert not [e for e in sorted(error_types) if f"errtype.{e}" not in i18n.EN]
+    outcomes = {"success", "client_error", "upstream_error", "exhausted", "unauthorized", "timeout", "cancelled"}
+    outcomes |= {"proxy_error", "stream_error"}
+    assert not [o for o in sorted(outcomes) if f"outcome.{o}" not in i18n.EN]
+    assert not [m for m in METRICS if f"alerts.metric.{m}" not in i18n.EN]
+    for rule in default_rules():  # a shipped rule under its own name reads in the session's language
+        assert i18n.EN[f"alerts.rule.{rule.id}"] == rule.name
+
+
+def test_alerts_tables_speak_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import alerts_view as av
+    from proxy_service.alerts.rules import default_rules
+
+    monkeypatch.setattr(i18n, "_last", "zh")
+    rules = [{**r.__dict__, "channels": [], "state": "firing"} for r in default_rules()]
+    frame = av.rules_frame(rules, {"success_rate": "ratio"})
+    values = frame.drop(columns=["id", "enabled", "channels"]).to_numpy().ravel()
+    assert not _english(*values), _english(*values)
+    firing = av.firing_frame(
+        [
+            {
+                "rule_id": "default-no-active-keys",
+                "name": "No usable keys",
+                "state": "firing",
+                "severity": "critical",
+                "since": "2026-12-07T10:00:00Z",
+                "value": 0,
+                "op": "<",
+                "threshold": 1,
+                "labels": {"project": "p-1"},
+                "metric": "active_keys",
+            }
+        ],
+        {},
+    )
+    shown = firing[["state", "severity", "rule", "value", "labels"]].to_numpy().ravel()
+    assert not _english(*shown), _english(*shown)
+    history = av.history_frame(
+        [
+            {"ts": "2026-12-07T10:00:00Z", "kind": k, "rule_id": "default-invalid-keys", "rule": "Invalid keys"}
+            | {"state": "firing", "labels": {}, "value": None, "message": "silenced: not sent", "attempt": 0}
+            for k in ("fired", "repeat", "resolved", "delivered", "failed")
+        ]
+    )
+    shown = history.drop(columns=["ts", "kind"]).to_numpy().ravel()
+    assert not _english(*[v for v in shown if v is not None]), shown
+    for table in (frame, firing, history, av.channels_frame([]), av.silences_frame([], {})):
+        labels = [c.get("label") for c in av.column_config(table, "UTC").values() if isinstance(c, dict)]
+        assert labels and not _english(*labels), labels
+
+
+def test_dates_on_plotly_axes_follow_the_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import forecast_view as fv
+
+    view = {"history": [{"ts": "2026-12-01T00:00:00Z", "calls": 3}], "points": [], "status": "ok"}
+    zone = fv.PACIFIC
+    stops = [s.value for s in fv.demand_figure(view, zone, "UTC", "x").layout.xaxis.tickformatstops]
+    assert stops == ["%H:%M<br>%b %-d", "%b %-d", "%b %Y"]  # "Dec 1", as Trends' ticks; never "Dec 1, 2026"
+    monkeypatch.setattr(i18n, "_last", "zh")
+    stops = [s.value for s in fv.demand_figure(view, zone, "UTC", "x").layout.xaxis.tickformatstops]
+    assert stops == ["%H:%M<br>%-m月%-d日", "%-m月%-d日", "%Y年%-m月"]  # 12月1日, as Trends' ticks
+    assert charts.tick_label(pd.Timestamp("2026-12-01"), "day", False) == "12月1日"
+
+
+def test_an_unknown_limit_is_said_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import forecast_view as fv
+
+    row = {"model": "gemini-2.5-flash", "used": 5, "limit": None, "rate_per_min": 1.0, "exhausts_at": None}
+    monkeypatch.setattr(i18n, "_last", "zh")
+    frame = fv.quota_frame([{**row, "projects": 1, "refused_next_hour": 0}], fv.PACIFIC, pool=True)
+    assert "∞" not in frame.to_string() and "无已知限额" in frame.to_string()
+
+
+def test_a_browser_choice_beats_the_configured_default() -> None:
+    assert i18n.chosen_language("zh", "en") == "zh"  # a link's ?lang= first
+    assert i18n.chosen_language(None, "zh") == "zh"  # then the cookie the sidebar set
+    assert i18n.chosen_language("xx", None) is None  # nothing known: the configured default applies
+    assert f"{i18n.COOKIE}=zh;" in i18n.cookie_script("zh")
+    assert f"{i18n.COOKIE}=en;" in i18n.cookie_script("<script>")  # never anything but a known code
+
+
+def test_the_built_in_models_have_colours_far_apart() -> None:
+    from proxy_service.quota import DEFAULT_LIMITS
+
+    def rgb(c: str) -> tuple[int, ...]:
+        return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
+
+    colours = [charts.colour(m) for m in DEFAULT_LIMITS]
+    for i, a in enumerate(colours):
+        for b in colours[i + 1 :]:
+            assert sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5 > 80, (a, b)
+    assert charts.colour("my-tuned-model") not in colours  # another name never takes a built-in model's colour
+
+
+def test_the_planner_notes_read_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import forecast_view as fv
+    from proxy_service.forecast import planner
+
+    source = Path(planner.__file__).read_text()
+    assert source.count("notes.append(") == len(fv._NOTES)  # a new note needs its translation
+    monkeypatch.setattr(i18n, "_last", "zh")
+    notes = [
+        "gemini-2.5-pro has a limit of 0 in this pool: no number of projects serves it (no quota on this tier)",
+        "project p-1 has 3 keys sharing one quota: 2 of them add no capacity",
+        "2 key(s) have no project set; each is counted as its own project — if some share a project, the real "
+        "capacity is lower",
+        "no per-day limit is known for this model: the per-day target needs no extra project as far as the pool "
+        "knows (a 429 teaches the real limit)",
+        "target rpm = the forecast's busiest hour / 60: bursts inside a minute can go higher",
+    ]
+    shown = [fv.plan_note(n) for n in notes]
+    assert not _english(*shown), shown
+
+
+def test_why_a_rule_has_no_backtest_reads_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard import alerts_view as av
+    from proxy_service.alerts import backtest
+    from proxy_service.alerts.rules import parse_rule
+
+    monkeypatch.setattr(i18n, "_last", "zh")
+    rules = [
+        {"metric": "active_keys"},
+        {"metric": "success_rate", "filters": {"model": "m", "project": "p"}},
+        {"metric": "exhausted_rate", "filters": {"model": "m"}},
+    ]
+    for body in rules:
+        why = backtest.unsupported(parse_rule({"name": "r", "op": "<", "threshold": 1, "window_s": 60, **body}))
+        assert why and not _english(av.backtest_reason(why)), why

@@ -96,18 +96,17 @@ def test_bad_requests_get_precise_errors_in_the_right_shape(small: tuple[Proxy, 
 
 
 def test_unknown_paths_and_wrong_methods(proxy: Proxy) -> None:
+    """In the shape of the surface the path belongs to: OpenAI's under /v1beta/openai and /v1 (but its native
+    models resource), Google's elsewhere."""
     with httpx.Client(base_url=proxy.url, headers=GOOG) as c:
-        for path in ("/", "/v2/models", "/v1beta/nothing", "/v1beta/openai/completions", "/admin"):
+        for path in ("/", "/v2/models", "/v1beta/nothing", "/admin"):
             google_error(c.get(path), 404, "Unknown path")
-        for method, path in (
-            ("DELETE", GEN),
-            ("PUT", "/v1beta/models"),
-            ("GET", "/v1/chat/completions"),
-            ("PATCH", "/v1/embeddings"),
-            ("POST", "/healthz"),
-            ("POST", "/metrics"),
-        ):
+        for path in ("/v1beta/openai/completions", "/v1/completions", "/v1/audio/speech"):
+            openai_error(c.get(path), 404, "Unknown path")
+        for method, path in (("DELETE", GEN), ("PUT", "/v1beta/models"), ("POST", "/healthz"), ("POST", "/metrics")):
             google_error(c.request(method, path, json=BODY), 405, f"Method {method} is not allowed")
+        for method, path in (("GET", "/v1/chat/completions"), ("PATCH", "/v1/embeddings")):
+            openai_error(c.request(method, path, json=BODY), 405, f"Method {method} is not allowed")
 
 
 def test_absurd_query_parameters_are_answered_and_never_crash(proxy: Proxy, upstream: Upstream) -> None:
