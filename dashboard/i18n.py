@@ -187,6 +187,7 @@ _add("reason.query_not_allowed", "Query not allowed: {detail}", "不允许执行
 _add("reason.query_failed", "Query failed: {detail}", "查询失败：{detail}")
 _add("reason.query_timeout", "Query interrupted at the time limit: {detail}", "查询超过时间上限，已中断：{detail}")
 _add("reason.query_too_costly", "Query too costly: {detail}", "查询占用内存过多：{detail}")
+_add("reason.sql_unavailable", "SQL is unavailable for now: {detail}", "SQL 查询暂不可用：{detail}")
 _add("reason.explore_timeout", "Explore stopped at the time limit: {detail}", "多维分析超过时间上限，已中断：{detail}")
 _add("reason.explore_busy", "Explore is busy: {detail}", "多维分析繁忙：{detail}")
 _add("reason.invalid_value", "Invalid value for {field}: {detail}", "{field} 的取值无效：{detail}")

@@ -51,7 +51,7 @@ async def run_query(gw: Gateway, request: Request) -> Response:
         except sql_guard.QueryFailed as exc:
             raise ApiError(400, f"query failed: {exc}", "sql", reason="query_failed", detail=str(exc)) from None
         except SandboxUnavailable as exc:
-            raise ApiError(503, str(exc), "sql", reason="sql_unavailable") from None
+            raise ApiError(503, str(exc), "sql", reason="sql_unavailable", detail=str(exc)) from None
         # Serialising a big answer takes seconds of CPU: on a worker thread (still inside the query slot), never on
         # the event loop that serves the proxy.
         if fmt == "arrow":
