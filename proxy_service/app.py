@@ -38,6 +38,7 @@ from proxy_service.relay import Relay, Surface
 from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
+from proxy_service.sql_sandbox import Sandbox
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
 from proxy_service.surfaces.common import error_response
@@ -57,6 +58,7 @@ REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change start
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
 QUERY_SLOTS = 2  # user SQL queries running at once
+EXPLORE_SLOTS = 2  # Explore reads running at once (admin/explore.py: the others wait, then 503)
 CACHE_TRIM_S = 10.0  # DuckDB's cache of checkpointed blocks cut back to store.CACHE_KEEP_BYTES (Store.trim_cache)
 MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worker thread (not at scrape time)
 T = TypeVar("T")
@@ -92,6 +94,19 @@ class Gateway:
             self.cluster = Cluster(cluster_cfg, settings.data_dir)
             self.store, self.writer = self.cluster.store, self.cluster.writer
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
+        self.explore_slots = asyncio.Semaphore(EXPLORE_SLOTS)
+        # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox). The cluster's lake
+        # store runs it in process (sql_guard.run), as before.
+        self.sandbox: Sandbox | None = None
+        if self.cluster is None:
+            self.sandbox = Sandbox(
+                self.store,
+                self.writer,
+                settings.data_dir / "sql-sandbox",
+                QUERY_SLOTS,
+                settings.sql_memory_mb,
+                settings.duckdb_threads,
+            )
         self._config = self._load_config(settings.config())
         cfg = self._config
         self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
@@ -426,7 +441,11 @@ class Gateway:
             }
             now = queries.utcnow()
             cutoffs = snapshot.retention_cutoffs(days, now)
-            await self.write(lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S)
+            deleted = await self.write(
+                lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S
+            )
+            if self.sandbox is not None and any(deleted.values()):  # rewritten now, not on the next query's time
+                await asyncio.to_thread(self.sandbox.refresh_quietly)
             alerts_cutoff = now - timedelta(days=cfg.retention_alert_history_days)
             await self.write(lambda cur: alert_history.prune(cur, alerts_cutoff), JOB_WRITE_TIMEOUT_S)
 
@@ -503,6 +522,8 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
+        if self.sandbox is not None:
+            self.sandbox.start()
         if self.cluster is not None:
             await self.cluster.start(self)
         self.relay.client = build_client(self._config)
@@ -532,6 +553,8 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.alerts.stop()
             logs.remove_secret_source(self.alerts.secrets)
+            if self.sandbox is not None:
+                await asyncio.to_thread(self.sandbox.close)
             if self.cluster is not None:
                 await self.cluster.stop()
             self.persist_keys()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -92,6 +93,33 @@ def builtin_functions(cur: duckdb.DuckDBPyConnection) -> set[str]:
 def serialize_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> str:
     row = cur.execute("SELECT json_serialize_sql(CAST(? AS VARCHAR))", [sql]).fetchone()
     return str(row[0]) if row else ""
+
+
+# -- time limits ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def time_limit(cur: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[threading.Event]:
+    """Interrupt `cur` once `seconds` have passed, and again every INTERRUPT_EVERY_S until the block ends (a read of
+    several statements must not start the next one unbounded). Yields the event set when the limit passed."""
+    fired, done = threading.Event(), threading.Event()
+
+    def stop() -> None:
+        if done.wait(seconds):
+            return
+        fired.set()
+        while not done.is_set():
+            with contextlib.suppress(Exception):
+                cur.interrupt()
+            done.wait(INTERRUPT_EVERY_S)
+
+    timer = threading.Thread(target=stop, name="keyrack-time-limit", daemon=True)
+    timer.start()
+    try:
+        yield fired
+    finally:
+        done.set()
+
+
+INTERRUPT_EVERY_S = 0.05
 
 
 # -- time helpers ------------------------------------------------------------------------------------------------

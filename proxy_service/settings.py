@@ -189,6 +189,7 @@ class Config(BaseModel):
     query_byte_cap_mb: float = Field(
         32.0, gt=0, le=1024, json_schema_extra=_meta("logging", "SQL page size cap (MB of answer)")
     )
+    explore_timeout_s: float = Field(15.0, gt=0, le=600, json_schema_extra=_meta("logging", "Explore time limit (s)"))
 
     # Alerts
     alert_interval_s: int = Field(
@@ -399,6 +400,9 @@ class Settings(BaseSettings, Config):
     # DuckDB's own limits for the store connection: one analytics query must not take the proxy's memory or cores.
     duckdb_memory_limit: str = "256MB"
     duckdb_threads: int = Field(2, ge=1, le=64)
+    # User SQL runs in worker processes (sql_sandbox): DuckDB's memory_limit there, in MB (unset: the same as
+    # duckdb_memory_limit); each worker's address space is capped at this plus sql_sandbox.ADDRESS_HEADROOM_MB.
+    sql_worker_memory_mb: int | None = Field(None, ge=16, le=65_536)
     duckdb_block_size: int = DUCKDB_BLOCK_SIZE  # bytes, for a new database file
     duckdb_row_group_size: int = Field(DUCKDB_ROW_GROUP_SIZE, ge=2_048, le=122_880)
     duckdb_wal_autocheckpoint: str = "4MiB"  # WAL size at which DuckDB checkpoints (store.py says why 4 MiB)
@@ -428,8 +432,25 @@ class Settings(BaseSettings, Config):
         return Config.model_validate({k: getattr(self, k) for k in Config.model_fields})
 
     @property
+    def sql_memory_mb(self) -> int:
+        """DuckDB's memory_limit in the SQL workers, in MB: `sql_worker_memory_mb`, else `duckdb_memory_limit`."""
+        if self.sql_worker_memory_mb is not None:
+            return self.sql_worker_memory_mb
+        m = re.fullmatch(r"(?i)(\d+(?:\.\d+)?)(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", self.duckdb_memory_limit)
+        if m is None:  # validated already; never reached
+            return 256
+        unit = m.group(2).lower()
+        scale = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+        return max(1, int(float(m.group(1)) * scale.get(unit, 2**40) / 2**20))
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "keyrack.duckdb"
+
+    @field_validator("sql_worker_memory_mb", mode="before")
+    @classmethod
+    def _sql_memory(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("event_spill_dir", mode="before")
     @classmethod

@@ -3,8 +3,27 @@ secret), within a time limit and a row cap.
 
 Design, and why (DuckDB facts as measured in the team's stack notes, re-checked on 1.5.5):
 
-The query runs on a cursor of the proxy's own connection, against the `safe` schema of views (`safe.keys` has no
-`secret` column); the cursor's search_path is `safe`. It is admitted only after four checks, each fail-closed:
+Two walls, each meant to hold alone. The outer one is where the query runs. In the embedded proxy it never touches
+the proxy's own database: `sql_sandbox` hands it to a warm worker process (`sql_worker`) whose in-memory DuckDB reads
+only a Parquet snapshot of the public tables (the keys without `secret`), with `allowed_paths` = exactly those files,
+`enable_external_access=false`, extension autoload/autoinstall and community extensions off, no temp directory, its
+own memory_limit and threads, then `lock_configuration=true`; the process's address space is capped (RLIMIT_AS).
+So whatever function a query calls — a planner function that binds nested SQL, a file reader, a URL, ATTACH, an
+extension — DuckDB itself refuses, and no error can carry text from outside the four tables. A value DuckDB builds
+outside its memory_limit fails inside the worker (query_too_costly), and a function that ignores the interrupt is
+ended with its worker past the time limit plus a grace (408); the proxy starts a fresh worker and goes on. Only
+the statement-type rule (`select_only`: one SELECT as DuckDB's parser classifies it, so no COPY over a snapshot file)
+runs there when this guard is switched off (`ENABLED`, for tests). The cluster's lake store still runs user SQL in
+process on a cursor of its own connection (`run`), behind this guard alone.
+
+Why a snapshot rather than the database file: DuckDB lets no second process open a file one process holds
+read-write, and `enable_external_access=false` cannot be set on the proxy's connection (it disables the Python
+replacement scans the writer uses, and with `allowed_directories` it would still let `read_blob()` read the database
+file itself, secrets and all). Each snapshot generation gets a fresh database in the worker, since a locked
+configuration cannot widen `allowed_paths`.
+
+The inner wall is this allow-list, admitted in four checks, each fail-closed; the query sees the `safe` tables
+(`safe.keys` has no `secret` column), bare or `safe.`-qualified:
 
 1. a lexical pre-screen (a small lexer that splits statements exactly as DuckDB does: nested comments, E'' strings,
    $$ quotes — fuzzed against `extract_statements`): every statement must start with SELECT / WITH / FROM /
@@ -20,15 +39,8 @@ The query runs on a cursor of the proxy's own connection, against the `safe` sch
    window function must be a built-in of schema main that touches no state (current_setting, nextval, write_log...
    are refused); any column reference named `secret` is refused; DESCRIBE / SHOW / SUMMARIZE / PIVOT statements
    (which cannot be serialised) are refused;
-4. execution: a timer thread calls `cursor.interrupt()` after `query_timeout_s`; results stream as Arrow record
-   batches and stop one row past `query_row_cap`.
-
-Why not a separate, locked-down DuckDB for user SQL: `enable_external_access=false` is database-wide, and on this
-DuckDB (1.5.5) it also disables Python replacement scans, which the event writer and key persistence use to append
-Arrow batches; with `allowed_directories` it still lets `read_blob()` read the database file itself (secrets and
-all), so it would not protect the keys anyway. A second in-memory database would need a copy of the data (10M+ rows)
-per query, or the main file attached a second time in the same process, which DuckDB does not support while it is
-open read-write. Hence: one connection, a schema of safe views, and an allow-list over the parse tree.
+4. execution (`execute`): a timer thread calls `cursor.interrupt()` after `query_timeout_s`; results stream as Arrow
+   record batches and stop one row past `query_row_cap`.
 """
 
 from __future__ import annotations
@@ -78,6 +90,9 @@ SIZED_FUNCTIONS: dict[str, int | None] = {
     "array_resize": 1,
 }
 MAX_GENERATED = 100_000
+# The allow-list is checked when True. Tests switch it off to show that the engine's own sandbox (sql_worker) holds
+# alone; nothing else changes it.
+ENABLED = True
 MAX_SQL_CHARS = 100_000
 _STARTS = {"select", "with", "from", "values", "table", "("}
 _WHY_NOT = {
@@ -130,6 +145,11 @@ class QueryRejected(ValueError):
 
 class QueryTimeout(Exception):
     """The query ran past the time limit and was interrupted (answered as 408)."""
+
+
+class QueryTooCostly(ValueError):
+    """The query needed more memory than its limit (DuckDB's memory_limit, or the SQL worker's address space):
+    answered as 400 with reason query_too_costly."""
 
 
 class QueryFailed(ValueError):
@@ -333,6 +353,13 @@ def _check_size(name: str, index: int | None, args: list[Any]) -> None:
 _functions_cache: set[str] | None = None
 
 
+def warm(cur: duckdb.DuckDBPyConnection) -> None:
+    """Read the built-in function list now (the first check would, at the cost of a second or so)."""
+    global _functions_cache
+    if _functions_cache is None:
+        _functions_cache = queries.builtin_functions(cur)
+
+
 def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise QueryRejected unless `sql` is exactly one allowed SELECT."""
     global _functions_cache
@@ -367,56 +394,89 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 # -- 4. run ----------------------------------------------------------------------------------------------------------
 def run(store: Store, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None = None) -> QueryResult:
-    """Check and run `sql` (blocking: call from a worker thread). The answer stops one row past `row_cap` or at the
-    first batch that takes it past `byte_cap` bytes of Arrow data (then `truncated`)."""
-    import pyarrow as pa
-
+    """Check and run `sql` on a cursor of `store` (blocking: call from a worker thread). The embedded proxy runs user
+    SQL in the sandbox instead (`sql_sandbox`); this in-process path serves the cluster's lake store."""
     cur = store.cursor()
     try:
-        check(cur, sql)
         cur.execute(f"SET search_path = '{store.safe_schema}'")
-        fired = threading.Event()
-
-        def stop() -> None:
-            fired.set()
-            cur.interrupt()
-
-        timer = threading.Timer(timeout_s, stop)
-        started = time.perf_counter()
-        timer.start()
-        try:
-            cur.execute(sql)
-            reader = cur.to_arrow_reader(min(row_cap + 1, 100_000))
-            batches, rows, size, over = [], 0, 0, False
-            for batch in reader:
-                if byte_cap is not None and size + batch.nbytes > byte_cap:
-                    batch = _fit(batch, byte_cap - size)
-                    over = True
-                batches.append(batch)
-                rows += batch.num_rows
-                size += batch.nbytes
-                if rows > row_cap or over:
-                    break
-            table = pa.Table.from_batches(batches, schema=reader.schema)
-        except duckdb.InterruptException:
-            if fired.is_set():
-                raise QueryTimeout(
-                    f"the query was interrupted after the {timeout_s:g} s limit (query_timeout_s)"
-                ) from None
-            raise QueryFailed("the query was interrupted") from None
-        except duckdb.Error as exc:
-            if fired.is_set():
-                raise QueryTimeout(
-                    f"the query was interrupted after the {timeout_s:g} s limit (query_timeout_s)"
-                ) from None
-            raise QueryFailed(_first_line(exc)) from None
-        finally:
-            timer.cancel()
-        elapsed = (time.perf_counter() - started) * 1000
-        truncated = table.num_rows > row_cap
-        return QueryResult(table.slice(0, row_cap) if truncated else table, truncated or over, elapsed)
+        return execute(cur, sql, timeout_s, row_cap, byte_cap, guard=ENABLED)
     finally:
         cur.close()
+
+
+def execute(
+    cur: duckdb.DuckDBPyConnection,
+    sql: str,
+    timeout_s: float,
+    row_cap: int,
+    byte_cap: int | None = None,
+    guard: bool = True,
+) -> QueryResult:
+    """Check (`guard`: the allow-list; without it, only the statement-type rule) and run `sql` on `cur`, whose
+    search_path already names the safe tables. The answer stops one row past `row_cap` or at the first batch that
+    takes it past `byte_cap` bytes of Arrow data (then `truncated`). A timer interrupts it after `timeout_s`."""
+    import pyarrow as pa
+
+    if guard:
+        check(cur, sql)
+    else:
+        select_only(cur, sql)
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        cur.interrupt()
+
+    timer = threading.Timer(timeout_s, stop)
+    started = time.perf_counter()
+    timer.start()
+    try:
+        cur.execute(sql)
+        reader = cur.to_arrow_reader(min(row_cap + 1, 100_000))
+        batches, rows, size, over = [], 0, 0, False
+        for batch in reader:
+            if byte_cap is not None and size + batch.nbytes > byte_cap:
+                batch = _fit(batch, byte_cap - size)
+                over = True
+            batches.append(batch)
+            rows += batch.num_rows
+            size += batch.nbytes
+            if rows > row_cap or over:
+                break
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException:
+        if fired.is_set():
+            raise QueryTimeout(timeout_message(timeout_s)) from None
+        raise QueryFailed("the query was interrupted") from None
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryTooCostly(f"the query needs more memory than the SQL limit allows ({_first_line(exc)})") from None
+    except duckdb.Error as exc:
+        if fired.is_set():
+            raise QueryTimeout(timeout_message(timeout_s)) from None
+        raise QueryFailed(_first_line(exc)) from None
+    finally:
+        timer.cancel()
+    elapsed = (time.perf_counter() - started) * 1000
+    truncated = table.num_rows > row_cap
+    return QueryResult(table.slice(0, row_cap) if truncated else table, truncated or over, elapsed)
+
+
+def timeout_message(timeout_s: float) -> str:
+    return f"the query was interrupted after the {timeout_s:g} s limit (query_timeout_s)"
+
+
+def select_only(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """The rule that holds even without the allow-list: exactly one statement, of type SELECT as DuckDB's own parser
+    classifies it (no COPY, CREATE, SET...). Run where the parser itself can reach nothing (the SQL worker)."""
+    try:
+        statements = cur.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryFailed(_first_line(exc)) from None
+    if len(statements) != 1:
+        raise QueryRejected(f"exactly one statement is allowed (found {len(statements)})")
+    stype = str(statements[0].type).rsplit(".", 1)[-1]
+    if stype != "SELECT":
+        raise QueryRejected(_WHY_NOT.get(stype.lower(), f"only SELECT queries are allowed (found {stype})"))
 
 
 def _fit(batch: pa.RecordBatch, budget: int) -> pa.RecordBatch:

@@ -6,10 +6,14 @@ the field. Reads fold the rollup first (the cube is folded with it) so that answ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import duckdb
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,6 +24,53 @@ from proxy_service.surfaces.common import client_id
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
+
+T = TypeVar("T")
+SLOT_WAIT_S = 10.0  # how long an Explore read waits for one of the gateway's explore slots before a 503
+
+
+@contextlib.asynccontextmanager
+async def _slot(gw: Gateway) -> AsyncIterator[None]:
+    """One of the few Explore reads that may run at once (`Gateway.explore_slots`): the others wait a little, then
+    answer 503 explore_busy, so heavy reads never take every core and thread from the proxy."""
+    try:
+        await asyncio.wait_for(gw.explore_slots.acquire(), SLOT_WAIT_S)
+    except TimeoutError:
+        raise ApiError(
+            503,
+            f"Explore is busy: other Explore reads hold every slot and none ended within {SLOT_WAIT_S:g} s; "
+            "try again in a moment",
+            reason="explore_busy",
+            detail=f"no Explore slot free within {SLOT_WAIT_S:g} s",
+        ) from None
+    try:
+        yield
+    finally:
+        gw.explore_slots.release()
+
+
+async def _limited(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """`gw.read(fn)` within `explore_timeout_s`: interrupted past it (408 explore_timeout)."""
+    limit = gw.config.explore_timeout_s
+
+    def job(cur: duckdb.DuckDBPyConnection) -> T:
+        with queries.time_limit(cur, limit) as fired:
+            try:
+                return fn(cur)
+            except duckdb.Error:
+                if fired.is_set():
+                    raise _TimedOut from None
+                raise
+
+    try:
+        return await gw.read(job)
+    except _TimedOut:
+        detail = f"the answer took longer than the {limit:g} s limit (explore_timeout_s); narrow the range or filters"
+        raise ApiError(408, f"explore interrupted: {detail}", reason="explore_timeout", detail=detail) from None
+
+
+class _TimedOut(Exception):
+    pass
 
 
 def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInfo]:
@@ -35,7 +86,10 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
     spec, fmt, tz = _spec(gw, await json_body(request))
     (usable, progress), labels = await rollup_ready(gw), gw.config.client_labels
     try:
-        ans = await gw.read(lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None))
+        async with _slot(gw):
+            ans = await _limited(
+                gw, lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None)
+            )
     except explore.ExploreError as exc:
         raise ApiError(400, str(exc), exc.field) from None
     # While the pre-aggregates are rebuilt (after an upgrade or a display-zone change) answers are still exact, read
@@ -49,10 +103,12 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
         "compare_to": iso(ans.compare_hi),
         "rebuilding": progress,
     }
+    # Encoding a big answer takes CPU seconds: on a worker thread, never on the event loop that serves the proxy.
     if fmt == "arrow":
         headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
-        return arrow_response(explore.to_arrow(ans), headers)
-    return ok({"columns": ans.columns, "rows": ans.rows, **{k: v for k, v in meta.items() if v is not None}})
+        return await asyncio.to_thread(lambda: arrow_response(explore.to_arrow(ans), headers))
+    body = {"columns": ans.columns, "rows": ans.rows, **{k: v for k, v in meta.items() if v is not None}}
+    return await asyncio.to_thread(ok, body)
 
 
 async def explore_calls(gw: Gateway, request: Request) -> Response:
@@ -72,7 +128,8 @@ async def explore_calls(gw: Gateway, request: Request) -> Response:
     body["filters"] = {**filters, **{k: [v] for k, v in cell.items()}}
     spec, _, tz = _spec(gw, body)
     await rollup_ready(gw)
-    items = await gw.read(lambda cur: explore.calls(cur, spec, tz, limit))
+    async with _slot(gw):
+        items = await _limited(gw, lambda cur: explore.calls(cur, spec, tz, limit))
     labels = gw.config.client_labels
     for item in items:
         item["client"] = labels.get(item["client_id"] or "", item["client_id"])

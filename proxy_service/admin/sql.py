@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from proxy_service import queries, sql_guard
 from proxy_service.admin.common import ApiError, arrow_response, dumps, json_body, ok
+from proxy_service.sql_sandbox import SandboxUnavailable
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway
@@ -33,17 +34,24 @@ async def run_query(gw: Gateway, request: Request) -> Response:
     byte_cap = int(cfg.query_byte_cap_mb * 1024 * 1024)
     async with gw.query_slots:
         try:
-            result = await asyncio.to_thread(
-                sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap
-            )
+            if gw.sandbox is not None:
+                result = await asyncio.to_thread(gw.sandbox.run, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap)
+            else:  # the cluster's lake store: in process, behind the guard
+                result = await asyncio.to_thread(
+                    sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap
+                )
         except sql_guard.QueryRejected as exc:
             raise ApiError(
                 400, f"query not allowed: {exc}", "sql", reason="query_not_allowed", detail=str(exc)
             ) from None
         except sql_guard.QueryTimeout as exc:
             raise ApiError(408, f"query interrupted: {exc}", "sql", reason="query_timeout", detail=str(exc)) from None
+        except sql_guard.QueryTooCostly as exc:
+            raise ApiError(400, f"query too costly: {exc}", "sql", reason="query_too_costly", detail=str(exc)) from None
         except sql_guard.QueryFailed as exc:
             raise ApiError(400, f"query failed: {exc}", "sql", reason="query_failed", detail=str(exc)) from None
+        except SandboxUnavailable as exc:
+            raise ApiError(503, str(exc), "sql", reason="sql_unavailable", detail=str(exc)) from None
         # Serialising a big answer takes seconds of CPU: on a worker thread (still inside the query slot), never on
         # the event loop that serves the proxy.
         if fmt == "arrow":
