@@ -307,13 +307,12 @@ class Sandbox:
         self._all: set[WorkerProcess] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._starting = 0  # workers being started (under _lock)
         self.restarts = 0
 
     def start(self) -> None:
-        """Start the workers and write the first snapshot in the background (the first query waits for them if it
-        comes sooner)."""
-        for _ in range(self.size):
-            self._replace()
+        """Write the first snapshot in the background. The workers start with the first query and stay warm: a
+        gateway whose SQL page is never used does not hold their memory."""
         threading.Thread(target=self.refresh_quietly, name="keyrack-sql-snapshot", daemon=True).start()
 
     def refresh_quietly(self) -> None:
@@ -325,6 +324,19 @@ class Sandbox:
             log.warning("SQL snapshot refresh failed: %s", exc)
 
     def _replace(self) -> None:
+        with self._lock:
+            self._starting += 1
+        self._start_one()
+
+    def _ensure_workers(self) -> None:
+        """Start the workers the pool lacks (the first query, or after a failed start)."""
+        with self._lock:
+            missing = 0 if self._closed else max(0, self.size - len(self._all) - self._starting)
+            self._starting += missing
+        for _ in range(missing):
+            self._start_one()
+
+    def _start_one(self) -> None:
         threading.Thread(target=self._spawn, name="keyrack-sql-worker-start", daemon=True).start()
 
     def _spawn(self) -> None:
@@ -332,8 +344,11 @@ class Sandbox:
             worker = WorkerProcess(self.memory_mb, self.threads)
         except OSError:
             log.exception("cannot start an SQL worker")
+            with self._lock:
+                self._starting -= 1
             return
         with self._lock:
+            self._starting -= 1
             if self._closed:
                 worker.close()
                 return
@@ -391,6 +406,7 @@ class Sandbox:
     def _run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
         import pyarrow as pa
 
+        self._ensure_workers()
         manifest = self.fresh()
         try:
             worker = self._idle.get(timeout=WORKER_WAIT_S)

@@ -104,3 +104,15 @@ def test_the_snapshot_holds_no_secret(box: tuple[Store, Sandbox]) -> None:
         for f in files:
             assert b"AIza-the-secret-itself" not in Path(f).read_bytes()
             assert "secret" not in duckdb.sql(f"SELECT * FROM read_parquet('{f}')").columns
+
+
+def test_workers_start_with_the_first_query_and_stay_warm(box: tuple[Store, Sandbox]) -> None:
+    store, sandbox = box
+    append(store, 0, 10)
+    assert sandbox.workers() == []  # a gateway whose SQL page is never used holds no worker
+    first = sandbox.run("SELECT count(*) AS n FROM requests", 10, 100, None)
+    assert first.table.to_pylist() == [{"n": 10}]
+    pids = sandbox.workers()
+    assert len(pids) == 1
+    sandbox.run("SELECT 1 AS one", 10, 100, None)
+    assert sandbox.workers() == pids  # the same warm worker, no start per query
