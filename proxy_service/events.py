@@ -46,6 +46,29 @@ WRITE_TIMEOUT_S = 15.0  # how long an admin action waits for the writer before a
 PROBE_S = 0.5  # while the store fails, how often the writer tries it again
 
 
+def disk_takes_writes(db: Path) -> bool:
+    """Whether the database's directory takes a small synced write now. Probed before DuckDB is tried again after a
+    storage fault: DuckDB opening or committing on a disk that turned read-only can fail while truncating its WAL in
+    a path that aborts the whole process (a C++ exception where none may be thrown), so it only gets the disk back
+    once a plain write succeeds."""
+    if str(db) == ":memory:":
+        return True
+    probe = db.parent / f".{db.name}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        return False
+
+
 class WriterUnavailable(RuntimeError):
     """The event writer is not running or did not answer in time (admin answers 503: nothing was confirmed)."""
 
@@ -498,6 +521,8 @@ class EventWriter:
             if now < self._probe_at:
                 return
             self._probe_at = now + PROBE_S
+            if not disk_takes_writes(self.store.path):
+                return  # DuckDB is not touched while its disk refuses a small write (see disk_takes_writes)
             if self.store.released is not None:
                 try:
                     self.store.reopen()
