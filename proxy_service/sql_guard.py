@@ -374,15 +374,7 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryRejected(f"exactly one statement is allowed (found {len(heads)})")
     if heads[0] not in _STARTS:
         raise QueryRejected(_WHY_NOT.get(heads[0], f"only SELECT queries are allowed (found {heads[0].upper()})"))
-    try:
-        statements = cur.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryFailed(_first_line(exc)) from None
-    if len(statements) != 1:
-        raise QueryRejected(f"exactly one statement is allowed (found {len(statements)})")
-    stype = str(statements[0].type).rsplit(".", 1)[-1]
-    if stype != "SELECT":
-        raise QueryRejected(_WHY_NOT.get(stype.lower(), f"only SELECT queries are allowed (found {stype})"))
+    select_only(cur, sql)
     tree = json.loads(queries.serialize_sql(cur, sql))
     if tree.get("error"):
         raise QueryRejected("only plain SELECT queries are supported (PIVOT / DESCRIBE / SHOW forms are not)")
