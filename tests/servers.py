@@ -61,3 +61,17 @@ def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> It
         sock.close()
         if thread.is_alive():
             raise RuntimeError(f"uvicorn server did not stop within {STOP_TIMEOUT_S:g} s")
+
+
+@contextlib.contextmanager
+def serve_gateway(settings: Any, scenario: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """A fake upstream playing `scenario` and a gateway made from `settings` pointed at it, both served; yields the
+    gateway's URL and its app."""
+    from proxy_service.app import create_app
+    from proxy_service.demo.fake_upstream import create_app as create_fake
+
+    with serve(create_fake(scenario)) as upstream:
+        settings.upstream_url = upstream
+        app = create_app(settings)
+        with serve(app, lifespan="on") as url:
+            yield url, app

@@ -16,12 +16,10 @@ import pytest
 
 from bench.analytics import GENERATE, MODELS
 from proxy_service.admin import explore as admin_explore
-from proxy_service.app import create_app
-from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.settings import Settings
 from proxy_service.store import Store
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, POOL_KEYS, SCENARIO
-from tests.servers import serve
+from tests.servers import serve_gateway
 
 ROWS = 80_000
 LIMIT_S = 0.1
@@ -71,12 +69,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         snapshot_interval_s=0,
         explore_timeout_s=LIMIT_S,
     )
-    with serve(create_fake(SCENARIO)) as upstream:
-        settings.upstream_url = upstream
-        with serve(create_app(settings), lifespan="on") as url:
-            admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-            with httpx.Client(base_url=url, headers=admin, timeout=120) as client:
-                yield Env(url, client)
+    with serve_gateway(settings, SCENARIO) as (url, _app):
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=url, headers=admin, timeout=120) as client:
+            yield Env(url, client)
 
 
 def watch(env: Env, threads: list[threading.Thread]) -> tuple[list[float], list[tuple[int, float]]]:

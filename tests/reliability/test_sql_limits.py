@@ -14,11 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy_service.app import create_app
-from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.settings import Settings
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, POOL_KEYS, SCENARIO
-from tests.servers import serve
+from tests.servers import serve_gateway
 
 LIMIT_S = 1.0
 # What the proxy may take past the limit: the worker's grace to answer its interrupt, then a kill, on a machine
@@ -60,12 +58,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         query_timeout_s=LIMIT_S,
         sql_worker_memory_mb=128,
     )
-    with serve(create_fake(SCENARIO)) as upstream:
-        settings.upstream_url = upstream
-        with serve(create_app(settings), lifespan="on") as url:
-            admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-            with httpx.Client(base_url=url, headers=admin, timeout=120) as client:
-                yield Env(url, client)
+    with serve_gateway(settings, SCENARIO) as (url, _app):
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=url, headers=admin, timeout=120) as client:
+            yield Env(url, client)
 
 
 def reason(r: httpx.Response) -> Any:

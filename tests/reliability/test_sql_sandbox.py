@@ -17,11 +17,9 @@ import httpx
 import pytest
 
 from proxy_service import sql_guard
-from proxy_service.app import create_app
-from proxy_service.demo.fake_upstream import create_app as create_fake
 from proxy_service.settings import Settings
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, P1_A, P1_B, P2_A, P3_A, POOL_KEYS, SCENARIO
-from tests.servers import serve
+from tests.servers import serve_gateway
 
 CANARY = "canary-7f3e9a-not-for-sql"  # in the .env and /etc-like files the queries try to read
 SECRETS = (P1_A, P1_B, P2_A, P3_A, CANARY, "root:x:0:0")
@@ -72,21 +70,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         api_keys=POOL_KEYS,
         recheck_interval_s=3600,
     )
-    with serve(create_fake(SCENARIO)) as upstream:
-        settings.upstream_url = upstream
-        app = create_app(settings)
-        with serve(app, lifespan="on") as url:
-            r = httpx.post(
-                f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
-                headers={"x-goog-api-key": CLIENT_TOKEN},
-                json={"contents": [{"parts": [{"text": "hi"}]}]},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
-            admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-            with httpx.Client(base_url=url, headers=admin, timeout=60) as client:
-                web_url = f"http://127.0.0.1:{web.server_address[1]}"
-                yield Env(url, data_dir, env_file, passwd, app.state.gateway, web_url, hits, client)
+    with serve_gateway(settings, SCENARIO) as (url, app):
+        r = httpx.post(
+            f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
+            headers={"x-goog-api-key": CLIENT_TOKEN},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=url, headers=admin, timeout=60) as client:
+            web_url = f"http://127.0.0.1:{web.server_address[1]}"
+            yield Env(url, data_dir, env_file, passwd, app.state.gateway, web_url, hits, client)
     web.shutdown()
 
 
