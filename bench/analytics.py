@@ -29,9 +29,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bench.common import RESULTS, markdown_table, write_json
-from proxy_service import queries
+from proxy_service.analytics import queries
+from proxy_service.analytics.rollup import Rollup
 from proxy_service.events import EventWriter, RequestEvent
-from proxy_service.rollup import Rollup
 from proxy_service.store import Store
 
 TARGET_MS = 500.0

@@ -275,11 +275,11 @@ def _get(url: str) -> str:
 def _writer_proc(catalog: str, lake: str, replica: str, events: int, spill: str, out: Any) -> None:
     import uuid
 
+    from proxy_service.analytics.rollup import Rollup, fold_batch
     from proxy_service.cluster.config import ClusterConfig
     from proxy_service.cluster.lake import LakeStore
     from proxy_service.cluster.writer import LakeWriter
     from proxy_service.events import RequestEvent
-    from proxy_service.rollup import Rollup, fold_batch
 
     client = redis.Redis.from_url(REDIS)
 
@@ -365,10 +365,10 @@ def analytics(work: Path, catalog: str, rows: int, runs: int, keep: Path | None 
     import os
 
     from bench.analytics import GENERATE, MODELS, build
-    from proxy_service import queries
+    from proxy_service.analytics import queries
+    from proxy_service.analytics.rollup import Rollup
     from proxy_service.cluster.config import ClusterConfig
     from proxy_service.cluster.lake import LakeStore
-    from proxy_service.rollup import Rollup
     from proxy_service.store import StatsSource, Store
 
     home = keep or work

@@ -36,10 +36,10 @@ from zoneinfo import ZoneInfo
 
 from bench.analytics import GENERATE, MODELS, Appender, timed
 from bench.common import RESULTS, markdown_table, write_json
-from proxy_service import explore
+from proxy_service.analytics import explore
+from proxy_service.analytics.rollup import Rollup
 from proxy_service.app import COMPACT_TICK_S
 from proxy_service.events import EventWriter
-from proxy_service.rollup import Rollup
 from proxy_service.store import DERIVED, Store
 
 # Correlated fields: client c (skewed: low ids call most) has a surface, a streaming habit and one or two models;

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.analytics import GENERATE, MODELS
-from proxy_service import queries, sql_guard
+from proxy_service.analytics import queries, sql_guard
+from proxy_service.analytics.sql_sandbox import Sandbox
 from proxy_service.events import EventWriter
-from proxy_service.sql_sandbox import Sandbox
 from proxy_service.store import Store
 
 QUERIES = {

@@ -20,10 +20,10 @@ from streamlit.navigation.page import StreamlitPage
 if __package__ in (None, "") and "dashboard" not in sys.modules:  # `streamlit run dashboard/app.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard import alerts_view as av
-from dashboard import auth, cache, dialogs, fmt, i18n, times
-from dashboard.client import AdminError
-from dashboard.i18n import LANGUAGES, carry_widgets, t, wkey
+from dashboard.logic import alerts_view as av
+from dashboard.logic import auth, cache, dialogs, fmt, i18n, times
+from dashboard.logic.client import AdminError
+from dashboard.logic.i18n import LANGUAGES, carry_widgets, t, wkey
 
 HERE = Path(__file__).resolve().parent
 AUTO_REFRESH = [0, 5, 15, 30, 60]

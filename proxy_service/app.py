@@ -22,11 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy_service import heap, logs, metrics, queries, snapshot
+from proxy_service import heap, logs, metrics
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts import history as alert_history
 from proxy_service.alerts.engine import AlertEngine
+from proxy_service.analytics import queries, snapshot
+from proxy_service.analytics.rollup import Rollup
+from proxy_service.analytics.sql_sandbox import Sandbox
 from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import MethodNotAllowed, NotFound, NotReady
 from proxy_service.events import Columns, EventWriter, insert_columns
@@ -35,10 +38,8 @@ from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay, Surface
-from proxy_service.rollup import Rollup
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
-from proxy_service.sql_sandbox import Sandbox
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
 from proxy_service.surfaces.common import error_response

@@ -211,7 +211,7 @@ def snapshot(out: Path | None, url: str | None) -> None:
     With the proxy stopped the database file is read directly; while the proxy runs (it then holds the file) the
     export is requested from it through POST /admin/api/export, which needs KEYRACK_ADMIN_TOKEN.
     """
-    from proxy_service.snapshot import SnapshotError, snapshot_offline_or_online
+    from proxy_service.analytics.snapshot import SnapshotError, snapshot_offline_or_online
 
     _warn_unknown_settings()
     settings = _checked(load_settings)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from proxy_service.histogram import lb_sql
+from proxy_service.analytics.histogram import lb_sql
 from proxy_service.settings import DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE
 
 # Column order matters only for readability; inserts go BY NAME.

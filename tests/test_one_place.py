@@ -14,8 +14,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from proxy_service import envfile, queries, snapshot, sql_guard
-from proxy_service.buckets import floor_time
+from proxy_service import envfile
+from proxy_service.analytics import queries, snapshot, sql_guard
+from proxy_service.analytics.buckets import floor_time
 from proxy_service.keys import KEY_PATTERN, extract_keys, looks_like_key, mask, redact, valid_project
 from proxy_service.pool import Cooldown, Key, Pool, shown_status
 from proxy_service.store import PUBLIC_TABLES, SCHEMA, public_select
@@ -163,7 +164,7 @@ def test_time_flooring_has_one_helper_per_meaning() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef) and "floor" in node.name
     )
-    assert floors == ["proxy_service/buckets.py:floor_time", "proxy_service/queries.py:floor_local"]
+    assert floors == ["proxy_service/analytics/buckets.py:floor_time", "proxy_service/analytics/queries.py:floor_local"]
 
 
 def test_admin_state_lives_on_the_gateway() -> None:
@@ -177,9 +178,9 @@ def test_admin_state_lives_on_the_gateway() -> None:
 # Private names another module still reaches into. Shrink it, never grow it: a name used across modules is public.
 PRIVATE_REACHES = {
     "proxy_service/cluster/node.py: proxy_service.cluster.pool._text",
-    "proxy_service/explore.py: queries._dicts",
-    "proxy_service/pool_queries.py: queries._bucket_sql",
-    "proxy_service/pool_queries.py: queries._localise",
+    "proxy_service/analytics/explore.py: queries._dicts",
+    "proxy_service/analytics/pool_queries.py: queries._bucket_sql",
+    "proxy_service/analytics/pool_queries.py: queries._localise",
     "proxy_service/surfaces/openai.py: gemini._model",
 }
 
@@ -204,4 +205,4 @@ def test_no_new_module_reaches_into_another_modules_private_names() -> None:
             ):
                 found.add(f"{path}: {node.value.id}.{node.attr}")
     assert found <= PRIVATE_REACHES, sorted(found - PRIVATE_REACHES)
-    assert "proxy_service/alerts/backtest.py: proxy_service.queries._percentiles" not in found
+    assert "proxy_service/alerts/backtest.py: proxy_service.analytics.queries._percentiles" not in found

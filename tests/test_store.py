@@ -10,12 +10,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from proxy_service import queries, snapshot
+from proxy_service.analytics import queries, snapshot
+from proxy_service.analytics.histogram import lb_sql
 from proxy_service.events import EventWriter, RequestEvent
-from proxy_service.histogram import lb_sql
 from proxy_service.settings import DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE
 from proxy_service.store import DERIVED, SCHEMA, Store
-from tests.test_queries import event
+from tests.analytics.test_queries import event
 
 
 def block_size(store: Store) -> int:

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from dashboard import alerts_view as av
-from dashboard import cache, charts, dialogs, times
-from dashboard.client import AdminError
-from dashboard.i18n import choices_placeholder, t, wkey
-from dashboard.i18n import current as current_language
+from dashboard.logic import alerts_view as av
+from dashboard.logic import cache, charts, dialogs, times
+from dashboard.logic.client import AdminError
+from dashboard.logic.i18n import choices_placeholder, t, wkey
+from dashboard.logic.i18n import current as current_language
 
 dialogs.page_header("alerts.title")
 tz = times.tz_name()

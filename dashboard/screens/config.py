@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from dashboard import cache, clients_panel, dialogs
-from dashboard import config_form as cf
-from dashboard.i18n import t
+from dashboard.logic import cache, clients_panel, dialogs
+from dashboard.logic import config_form as cf
+from dashboard.logic.i18n import t
 
 dialogs.page_header("config.title")
 cfg = cache.config()

@@ -4,9 +4,9 @@ from datetime import datetime, timedelta
 
 import streamlit as st
 
-from dashboard import cache, dialogs, fmt, paging, times
-from dashboard import errors_panel as ep
-from dashboard.i18n import t
+from dashboard.logic import cache, dialogs, fmt, paging, times
+from dashboard.logic import errors_panel as ep
+from dashboard.logic.i18n import t
 
 dialogs.page_header("errors.title")
 flt = ep.filters()

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from dashboard import dialogs
-from dashboard import explore_panel as xp
-from dashboard.i18n import label_of, t
+from dashboard.logic import dialogs
+from dashboard.logic import explore_panel as xp
+from dashboard.logic.i18n import label_of, t
 
 dialogs.page_header("explore.title")
 view = xp.controls()

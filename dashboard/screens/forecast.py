@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from dashboard import cache, charts, dialogs, times
-from dashboard import forecast_view as fv
-from dashboard.client import AdminError
-from dashboard.i18n import choices_placeholder, t, wkey
+from dashboard.logic import cache, charts, dialogs, times
+from dashboard.logic import forecast_view as fv
+from dashboard.logic.client import AdminError
+from dashboard.logic.i18n import choices_placeholder, t, wkey
 
 dialogs.page_header("forecast.title")
 zone, tz = times.tz(), times.tz_name()

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from dashboard import cache, dialogs, forecast_view, headroom_panel, trends_data
-from dashboard import keys_panel as kp
-from dashboard.i18n import t, wkey
+from dashboard.logic import cache, dialogs, forecast_view, headroom_panel, trends_data
+from dashboard.logic import keys_panel as kp
+from dashboard.logic.i18n import t, wkey
 
 head, add = st.columns([5, 1], vertical_alignment="bottom")
 head.title(t("monitor.title"))

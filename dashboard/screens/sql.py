@@ -4,9 +4,9 @@ import time
 
 import streamlit as st
 
-from dashboard import cache, dialogs, fmt, sql_tools
-from dashboard.client import AdminError
-from dashboard.i18n import t, wkey
+from dashboard.logic import cache, dialogs, fmt, sql_tools
+from dashboard.logic.client import AdminError
+from dashboard.logic.i18n import t, wkey
 
 EXAMPLES = dict(sql_tools.EXAMPLES)
 st.session_state.setdefault("sql_text", sql_tools.EXAMPLES[0][1])

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import streamlit as st
 
-from dashboard import cache, charts, dialogs, times, trends_data
-from dashboard.i18n import t, wkey
+from dashboard.logic import cache, charts, dialogs, times, trends_data
+from dashboard.logic.i18n import t, wkey
 
 dialogs.page_header("trends.title")
 st.session_state.setdefault(wkey("granularity"), "hour")

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from proxy_service.admin.common import ApiError, iso, json_body, ok, parse_time, q_int, q_time
 from proxy_service.alerts.channels import ChannelError
 from proxy_service.alerts.rules import METRICS, NameTaken, RuleError, parse_rule
-from proxy_service.queries import utcnow
+from proxy_service.analytics.queries import utcnow
 
 if TYPE_CHECKING:
     from proxy_service.alerts.engine import AlertEngine

@@ -17,8 +17,8 @@ import duckdb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service import explore, queries
 from proxy_service.admin.common import ApiError, arrow_response, iso, json_body, ok, rollup_ready
+from proxy_service.analytics import explore, queries
 from proxy_service.keys import mask
 from proxy_service.surfaces.common import client_id
 

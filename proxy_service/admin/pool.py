@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service import pool_queries, queries
 from proxy_service.admin.common import iso, ok, q_int
+from proxy_service.analytics import pool_queries, queries
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway

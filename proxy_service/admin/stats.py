@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service import pool_queries, queries
 from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time, rollup_ready
+from proxy_service.analytics import pool_queries, queries
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway

@@ -14,8 +14,8 @@ import duckdb
 
 from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
-from proxy_service.buckets import floor_time
-from proxy_service.histogram import percentiles
+from proxy_service.analytics.buckets import floor_time
+from proxy_service.analytics.histogram import percentiles
 
 SPAN = timedelta(days=7)
 RESOLUTION_S = 900

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from proxy_service.rollup import TIERS
+from proxy_service.analytics.rollup import TIERS
 
 # filter / group name → column; only these identifiers are ever put into SQL text
 REQUEST_COLUMNS = {"model": "model", "project": "project", "key": "key_id", "client": "client_id", "surface": "surface"}

@@ -33,9 +33,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
 
+from proxy_service.analytics.rollup import TIERS, Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
-from proxy_service.rollup import TIERS, Rollup
 from proxy_service.settings import CONNINFO_PASSWORD
 from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
 

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from proxy_service.buckets import floor_time
-from proxy_service.queries import RAW_COLUMNS
-from proxy_service.rollup import TIERS
+from proxy_service.analytics.buckets import floor_time
+from proxy_service.analytics.queries import RAW_COLUMNS
+from proxy_service.analytics.rollup import TIERS
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -31,7 +31,8 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
-from proxy_service import queries
+from proxy_service.analytics import queries
+from proxy_service.analytics.rollup import fold_batch
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, ClusterStartError, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
@@ -42,7 +43,6 @@ from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
 from proxy_service.pool import Key, key_from_row, stored_epoch
 from proxy_service.quota import next_pacific_midnight, pacific_day, pacific_day_start
-from proxy_service.rollup import fold_batch
 
 if TYPE_CHECKING:
     from proxy_service.app import Gateway

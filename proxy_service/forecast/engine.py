@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from proxy_service.buckets import floor_time
+from proxy_service.analytics.buckets import floor_time
 from proxy_service.errors import NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.exhaustion import RateMeter

@@ -300,8 +300,8 @@ def test_counter_deltas_are_committed_with_the_events_and_the_leader_folds_them(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
+    from proxy_service.analytics.rollup import Rollup
     from proxy_service.cluster.lake import compact_lake, key_counts
-    from proxy_service.rollup import Rollup
     from tests.cluster.test_lake import event
 
     store = LakeStore(

@@ -16,11 +16,11 @@ import duckdb
 import httpx
 import pytest
 
+from proxy_service.analytics.rollup import TIERS, Rollup, fold_batch
 from proxy_service.cluster.config import ClusterConfig, pg_conninfo
 from proxy_service.cluster.lake import LakeError, LakeStore, load_extensions
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.events import RequestEvent
-from proxy_service.rollup import TIERS, Rollup, fold_batch
 from tests.cluster.conftest import Replica
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_retention_on_one_replica_applies_to_the_lake_every_replica_reads_and_ex
     and exports see the trimmed tables and rollup."""
     from datetime import timedelta
 
-    from proxy_service import snapshot
+    from proxy_service.analytics import snapshot
     from proxy_service.events import AttemptEvent, ErrorEvent
 
     data = str(tmp_path / "lake")
@@ -244,7 +244,7 @@ def test_compaction_folds_rollup_deltas_flushes_inlined_rows_and_merges_files_wi
 ) -> None:
     from zoneinfo import ZoneInfo
 
-    from proxy_service import queries
+    from proxy_service.analytics import queries
     from proxy_service.cluster.lake import compact_lake
 
     store = LakeStore(
@@ -303,7 +303,7 @@ def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_an
     from datetime import timedelta
     from zoneinfo import ZoneInfo
 
-    from proxy_service import queries, snapshot
+    from proxy_service.analytics import queries, snapshot
     from proxy_service.cluster import mirror
     from proxy_service.cluster.lake import compact_lake
 
@@ -397,7 +397,7 @@ def test_the_mirror_holds_the_raw_edges_of_stats_reads_and_follows_late_rows_com
     from datetime import timedelta
     from zoneinfo import ZoneInfo
 
-    from proxy_service import queries, snapshot
+    from proxy_service.analytics import queries, snapshot
     from proxy_service.cluster import mirror
     from proxy_service.cluster.lake import compact_lake
 

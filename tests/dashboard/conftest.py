@@ -171,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """Environment as `keyrack run` gives the dashboard: admin URL + token. A session still signs in (open_app)."""
-    from dashboard import i18n
+    from dashboard.logic import i18n
 
     monkeypatch.setenv("KEYRACK_ADMIN_URL", stack.url)
     monkeypatch.setenv("KEYRACK_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import explore_view as ev
+from dashboard.logic import explore_view as ev
 from tests.dashboard.conftest import Stack, open_app
 
 

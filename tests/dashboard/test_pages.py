@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.i18n import t
+from dashboard.logic.i18n import t
 from proxy_service import dashboard_link
 from proxy_service.keys import key_id
 from tests.conftest import fake_key

@@ -55,7 +55,7 @@ def _epoch(iso: str) -> float:
 
 
 def test_outcomes_tell_the_429_story(stack: Stack) -> None:
-    from dashboard.client import AdminClient
+    from dashboard.logic.client import AdminClient
 
     client = AdminClient(stack.url, ADMIN_TOKEN)
     df = client.outcomes("day")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard import charts, i18n
-from dashboard.client import AdminClient, AdminError
+from dashboard.logic import charts, i18n
+from dashboard.logic.client import AdminClient, AdminError
 from tests.dashboard.conftest import ADMIN_TOKEN, Stack
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
@@ -156,7 +156,7 @@ def test_a_model_has_one_colour_on_every_chart() -> None:
 
 
 def test_error_csv_export_fetches_every_matching_row(stack: Stack) -> None:
-    from dashboard import errors_panel
+    from dashboard.logic import errors_panel
 
     client = AdminClient(stack.url, ADMIN_TOKEN)
     total = client.errors(page_size=1).total
@@ -169,7 +169,7 @@ def test_every_live_setting_has_a_label_in_both_languages() -> None:
     from proxy_service.settings import Config
 
     missing = [name for name in Config.model_fields if f"field.{name}" not in i18n.EN]
-    assert not missing, f"add field.<name> strings to dashboard/i18n.py: {missing}"
+    assert not missing, f"add field.<name> strings to dashboard/logic/i18n.py: {missing}"
 
 
 # -- zh-CN: every enum id, default name, header and date a page shows has words in both languages -------------------
@@ -200,7 +200,7 @@ def test_every_id_the_proxy_records_has_a_name_in_both_languages() -> None:
 
 
 def test_alerts_tables_speak_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dashboard import alerts_view as av
+    from dashboard.logic import alerts_view as av
     from proxy_service.alerts.rules import default_rules
 
     monkeypatch.setattr(i18n, "_last", "zh")
@@ -242,7 +242,7 @@ def test_alerts_tables_speak_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dates_on_plotly_axes_follow_the_language(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dashboard import forecast_view as fv
+    from dashboard.logic import forecast_view as fv
 
     view = {"history": [{"ts": "2026-12-01T00:00:00Z", "calls": 3}], "points": [], "status": "ok"}
     zone = fv.PACIFIC
@@ -255,7 +255,7 @@ def test_dates_on_plotly_axes_follow_the_language(monkeypatch: pytest.MonkeyPatc
 
 
 def test_an_unknown_limit_is_said_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dashboard import forecast_view as fv
+    from dashboard.logic import forecast_view as fv
 
     row = {"model": "gemini-2.5-flash", "used": 5, "limit": None, "rate_per_min": 1.0, "exhausts_at": None}
     monkeypatch.setattr(i18n, "_last", "zh")
@@ -285,7 +285,7 @@ def test_the_built_in_models_have_colours_far_apart() -> None:
 
 
 def test_the_planner_notes_read_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dashboard import forecast_view as fv
+    from dashboard.logic import forecast_view as fv
     from proxy_service.forecast import planner
 
     source = Path(planner.__file__).read_text()
@@ -305,7 +305,7 @@ def test_the_planner_notes_read_in_chinese(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_why_a_rule_has_no_backtest_reads_in_chinese(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dashboard import alerts_view as av
+    from dashboard.logic import alerts_view as av
     from proxy_service.alerts import backtest
     from proxy_service.alerts.rules import parse_rule
 

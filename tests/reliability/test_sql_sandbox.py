@@ -16,7 +16,7 @@ import duckdb
 import httpx
 import pytest
 
-from proxy_service import sql_guard
+from proxy_service.analytics import sql_guard
 from proxy_service.settings import Settings
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, P1_A, P1_B, P2_A, P3_A, POOL_KEYS, SCENARIO
 from tests.servers import serve_gateway
@@ -162,7 +162,7 @@ def test_with_the_guard_off_the_engine_refuses_every_read_outside_the_tables(env
 
 def test_the_workers_database_refuses_by_itself(env: Env) -> None:
     """The engine's settings alone, with no statement check in front: the worker's database as it opens it."""
-    from proxy_service import sql_worker
+    from proxy_service.analytics import sql_worker
 
     manifest = env.gateway.sandbox.fresh()
     con = sql_worker.open_database(manifest, 64, 1)
