@@ -20,7 +20,7 @@ from proxy_service.analytics.queries import utcnow
 
 if TYPE_CHECKING:
     from proxy_service.alerts.engine import AlertEngine
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 HISTORY_KINDS = ("fired", "repeat", "resolved", "delivered", "failed")
 _HISTORY = """

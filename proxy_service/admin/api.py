@@ -14,7 +14,7 @@ from proxy_service.admin import alerts, config, errors, explore, forecast, keys,
 from proxy_service.admin.common import Handler, error_response, guarded
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 PREFIX = "/admin/api"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

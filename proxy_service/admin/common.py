@@ -33,7 +33,7 @@ from proxy_service.store import StorageFault
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 MAX_BODY = 10 * 1024 * 1024

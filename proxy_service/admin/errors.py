@@ -13,7 +13,7 @@ from proxy_service.admin.common import ApiError, json_body, ok, parse_time, q_in
 from proxy_service.analytics import pool_queries, queries
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 

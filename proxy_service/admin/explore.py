@@ -23,7 +23,7 @@ from proxy_service.keys import mask
 from proxy_service.surfaces.common import client_id
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 T = TypeVar("T")
 SLOT_WAIT_S = 10.0  # how long an Explore read waits for one of the gateway's explore slots before a 503

@@ -25,7 +25,7 @@ from proxy_service.keys import PROJECT_RULE, Finding, KeySpec, extract_keys, key
 from proxy_service.pool import Cooldown, Key, shown_status
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 STATUSES = ("active", "cooling", "invalid", "disabled")

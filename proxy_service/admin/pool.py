@@ -14,7 +14,7 @@ from proxy_service.admin.common import iso, ok, q_int
 from proxy_service.analytics import pool_queries, queries
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 DIMS = ("rpm", "rpd", "tpm")
 

@@ -14,7 +14,7 @@ from proxy_service.analytics import queries, sql_guard
 from proxy_service.analytics.sql_sandbox import SandboxUnavailable
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 

@@ -18,7 +18,7 @@ from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choi
 from proxy_service.analytics import pool_queries, queries
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 _BUCKET_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}
 

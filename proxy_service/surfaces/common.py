@@ -26,7 +26,7 @@ from proxy_service.relay import Call, Surface
 from proxy_service.settings import is_loopback, is_model_name
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.proxy")
 Handler = Callable[[Request, "Gateway"], Awaitable[Response]]

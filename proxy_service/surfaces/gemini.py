@@ -15,7 +15,7 @@ from proxy_service.settings import is_model_name
 from proxy_service.surfaces.common import forward_headers, forward_query, guarded, read_body
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 METHODS = {
     "generateContent": False,

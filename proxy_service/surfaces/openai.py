@@ -20,7 +20,7 @@ from proxy_service.surfaces import gemini
 from proxy_service.surfaces.common import forward_headers, guarded, read_body
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 UPSTREAM = "/v1beta/openai"
 
