@@ -40,7 +40,7 @@ from proxy_service.pool import Key, Pool, key_from_row
 from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay, Surface
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
-from proxy_service.store import StatsSource, StorageFault, Store
+from proxy_service.store import StatsSource, StorageFault, Store, utcnow
 from proxy_service.surfaces import gemini, openai
 from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
@@ -318,7 +318,7 @@ class Gateway:
                 "attempts": cfg.retention_attempts_days,
                 "error_logs": cfg.retention_error_logs_days,
             }
-            now = queries.utcnow()
+            now = utcnow()
             cutoffs = snapshot.retention_cutoffs(days, now)
             deleted = await self.write(
                 lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, iso, json_body, ok, q_choice
+from proxy_service.admin.common import iso, json_body, ok, q_choice
 from proxy_service.analytics import queries
 from proxy_service.demo.history import latest_history
-from proxy_service.errors import NotReady
+from proxy_service.errors import ApiError, NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.engine import REFRESH_S, TOTAL
 from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view

@@ -174,7 +174,7 @@ def base_call(request: Request, surface: Surface, operation: str, model: str | N
     )
 
 
-async def guarded(
+async def answer_call(
     request: Request,
     gw: Gateway,
     surface: Surface,
