@@ -8,10 +8,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import duckdb
@@ -30,23 +29,21 @@ from proxy_service.alerts.engine import AlertEngine
 from proxy_service.analytics import queries, snapshot
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.analytics.sql_sandbox import Sandbox
+from proxy_service.background import Background
 from proxy_service.cluster import config as cluster_config
-from proxy_service.errors import MethodNotAllowed, NotFound, NotReady
-from proxy_service.events import Columns, EventWriter, insert_columns
+from proxy_service.errors import MethodNotAllowed, NotFound
+from proxy_service.events import EventWriter
 from proxy_service.forecast.engine import ForecastEngine
 from proxy_service.keys import KeySpec, parse_key_list
-from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
-from proxy_service.quota import ModelLimits, pacific_day_start
+from proxy_service.node import EmbeddedNode, Hooks, Node
+from proxy_service.pool import Key, Pool, key_from_row
+from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay, Surface
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
-from proxy_service.spill import Spill
-from proxy_service.store import StatsSource, StorageFault, Store, private_dir
+from proxy_service.store import StatsSource, StorageFault, Store, utcnow
 from proxy_service.surfaces import gemini, openai
 from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
-
-if TYPE_CHECKING:
-    from proxy_service.cluster.node import Cluster
 
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
@@ -54,7 +51,6 @@ RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
 JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
 COMPACT_TICK_S = 60.0
-NOT_READY_RETRY_S = 5.0  # a job skipped for a prerequisite (errors.NotReady) runs again this soon
 REBUILD_TICK_S = 1.0  # how soon a rebuild the compaction or a zone change started gets going
 RETENTION_TICK_S = 600.0
 SNAPSHOT_IDLE_TICK_S = 60.0  # how often a disabled snapshot job looks again at snapshot_interval_s
@@ -65,50 +61,32 @@ MEMORY_TICK_S = 5.0  # DuckDB's own memory account for /metrics, read on a worke
 T = TypeVar("T")
 
 
-def _ts(epoch: float | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None) if epoch else None
+def open_node(settings: Settings) -> Node:
+    """The node for the settings' mode: embedded (one process, one DuckDB file, the pool in memory), or a cluster
+    replica when the cluster settings are given (its modules are imported only then)."""
+    cluster_cfg = cluster_config.from_settings(settings)  # ClusterConfigError: a one-line startup error
+    if cluster_cfg is None:
+        return EmbeddedNode(settings)
+    from proxy_service.cluster.node import Cluster
+
+    return Cluster(cluster_cfg, settings.data_dir)
 
 
 class Gateway:
-    """Everything the proxy process owns, in one place; routes and background jobs hang off it."""
+    """Everything the proxy process owns, in one place; routes and background jobs hang off it. What other modules
+    may use of it is declared in `gateway.Gateway` (docs/internals.md); what differs by mode is its `node`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loopback = is_loopback(settings.host)  # open mode (no client tokens) is allowed only then
-        self.cluster: Cluster | None = None
-        self.store: Store  # or the cluster's LakeStore (same interface)
-        self.writer: EventWriter
-        cluster_cfg = cluster_config.from_settings(settings)  # ClusterConfigError: a one-line startup error
-        if cluster_cfg is None:  # the embedded default: one process, one DuckDB file, the pool in memory
-            self.store = Store(
-                settings.db_path,
-                settings.duckdb_memory_limit,
-                settings.duckdb_threads,
-                settings.duckdb_block_size,
-                settings.duckdb_row_group_size,
-                settings.duckdb_wal_autocheckpoint,
-            )
-            self.writer = EventWriter(self.store, spill=_spill(settings))
-        else:
-            from proxy_service.cluster.node import Cluster
-
-            self.cluster = Cluster(cluster_cfg, settings.data_dir)
-            self.store, self.writer = self.cluster.store, self.cluster.writer
+        self.node: Node = open_node(settings)
+        self.store: Store = self.node.store
+        self.writer: EventWriter = self.node.writer
+        self.jobs = Background()  # every background loop of the process, cancelled together at shutdown
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self.explore_slots = asyncio.Semaphore(EXPLORE_SLOTS)
-        # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox). The cluster's lake
-        # store runs it in process (sql_guard.run), as before.
-        self.sandbox: Sandbox | None = None
-        if self.cluster is None:
-            self.sandbox = Sandbox(
-                self.store,
-                self.writer,
-                settings.data_dir / "sql-sandbox",
-                QUERY_SLOTS,
-                settings.sql_memory_mb,
-                settings.duckdb_threads,
-            )
-        self._config = self._load_config(settings.config())
+        self.sandbox: Sandbox | None = self.node.make_sandbox(QUERY_SLOTS)  # None: user SQL runs in process
+        self._config = self.node.load_config(settings.config())
         cfg = self._config
         self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
         self._setup_storage()
@@ -120,7 +98,7 @@ class Gateway:
         self.writer.submit(
             lambda cur: queries.set_client_labels(cur, cfg.client_labels, self.store.client_labels)
         )  # inline: not started
-        self.pool = (Pool if self.cluster is None else self.cluster.make_pool)(
+        self.pool: Pool = self.node.make_pool(
             cfg.strategy,
             default_cooldown_s=cfg.default_cooldown_s,
             failure_threshold=cfg.failure_threshold,
@@ -131,7 +109,6 @@ class Gateway:
         self.ready = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, for callers on other threads
-        self._tasks: list[asyncio.Task[None]] = []
         self._collector = metrics.StateCollector(self.metrics_state)
         self._load_keys(parse_key_list(settings.api_keys))
         self.alerts = AlertEngine(self)
@@ -142,12 +119,10 @@ class Gateway:
         """Safe views for user SQL and the rollup (checked or rebuilt), then the hook that keeps the rollup current."""
 
         def setup(cur: duckdb.DuckDBPyConnection) -> None:
-            # The cluster's lake store keeps user SQL's views replica-local, with fully qualified bodies.
-            (self.cluster.store.install_safe_views if self.cluster is not None else queries.install_safe_views)(cur)
-            # Embedded: a rebuild (new version, display zone changed, rows changed while stopped) only starts here;
-            # the "rollup-rebuild" job runs it in chunks once serving. The lake (cluster) rebuilds before serving:
-            # its folds run on every replica and cannot skip the rows a chunk will read.
-            self.rollup.install(cur, background=self.cluster is None)
+            self.node.install_safe_views(cur)
+            # In the background: a rebuild (new version, display zone changed, rows changed while stopped) only
+            # starts here; the "rollup-rebuild" job runs it in chunks once serving.
+            self.rollup.install(cur, background=self.node.rebuilds_rollup_in_background)
 
         self.writer.submit(setup).result()  # inline: the writer has not started yet
         self.writer.after_append.append(self.rollup.on_append)
@@ -182,7 +157,7 @@ class Gateway:
     async def export(self) -> snapshot.Export:
         """Parquet snapshots of the tables into `<data dir>/exports`."""
         directory = self.settings.data_dir / "exports"
-        selects = self.cluster.store.export_selects() if self.cluster is not None else None
+        selects = self.node.export_selects()
         return await self.read(lambda cur: snapshot.export(cur, directory, selects))
 
     # -- configuration -------------------------------------------------------------------------------------------
@@ -190,15 +165,11 @@ class Gateway:
     def config(self) -> Config:
         return self._config
 
-    def _load_config(self, seed: Config) -> Config:
-        cur = self.store.cursor()
-        saved = {name: json.loads(value) for name, value in cur.execute("SELECT name, value FROM settings").fetchall()}
-        cur.close()
-        try:
-            return seed.updated({k: v for k, v in saved.items() if k in Config.model_fields})
-        except ConfigError as exc:
-            log.warning("ignoring invalid saved settings: %s", exc)
-            return seed
+    async def reload_config(self) -> None:
+        """Re-read the saved settings and apply them if they changed (another replica saved them: `Hooks`)."""
+        new = await asyncio.to_thread(self.node.load_config, self.settings.config())
+        if new != self._config:
+            await self._apply(new)
 
     async def update_config(self, patch: dict[str, Any]) -> Config:
         """Validate, persist, apply live. Raises ConfigError naming the bad fields (an open proxy on a non-loopback
@@ -211,8 +182,8 @@ class Gateway:
         if rows:
             await self.writer.run(lambda cur: cur.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", rows))
         await self._apply(new)
-        if rows and self.cluster is not None:
-            self.cluster.broadcast({"kind": "config"})
+        if rows:
+            self.node.broadcast({"kind": "config"})
         if changed:  # secret values masked as their field metadata says
             masked = {k: Config.masked_value(k, v) for k, v in sorted(changed.items())}
             logs.event(log, "config_changed", fields=sorted(changed), **masked)
@@ -223,8 +194,7 @@ class Gateway:
         check_access(self.settings.host, new)
         await self.writer.run(lambda cur: cur.execute("DELETE FROM settings"))
         await self._apply(new)
-        if self.cluster is not None:
-            self.cluster.broadcast({"kind": "config"})
+        self.node.broadcast({"kind": "config"})
         logs.event(log, "config_reset")
         return new
 
@@ -232,7 +202,7 @@ class Gateway:
         old, self._config = self._config, new
         if old.client_labels != new.client_labels:
             self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels, self.store.client_labels))
-        if old.display_timezone != new.display_timezone and self.cluster is None:
+        if old.display_timezone != new.display_timezone and self.node.rebuilds_rollup_in_background:
             self.writer.submit(lambda cur: self.rollup.rezone(cur, new.display_timezone))  # rebuilt in the background
         self.pool.strategy = new.strategy
         self.pool.default_cooldown_s = new.default_cooldown_s
@@ -259,71 +229,12 @@ class Gateway:
         if added:
             log.info("added %d upstream key(s) from KEYRACK_API_KEYS", len(added))
         self.persist_keys()
-        if self.cluster is None:  # in a cluster the windows live in Redis
-            self._restore_usage()
-
-    def _restore_usage(self) -> None:
-        """Today's calls per (scope, model), back from the attempts table: the quota windows live in memory, and a
-        restart that forgot them would let quota_aware spend the Pacific day's quota (and the minute's) again."""
-        now = time.time()
-        cur = self.store.cursor()
-        try:
-            rows = queries.quota_usage(cur, pacific_day_start(now), now - 60, now + 3600)
-        finally:
-            cur.close()
-        for scope, model, today, recent in rows:
-            self.pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent], now)
-        if rows:
-            logs.event(log, "quota_usage_restored", pairs=len(rows), calls_today=sum(r[2] for r in rows))
+        self.node.restore_usage(self.pool)
 
     def persist_keys(self) -> None:
-        """Queue the changed keys' rows for the writer (one statement, whatever the number of keys)."""
-        if self.cluster is not None:  # counters as deltas, then a broadcast to the other replicas
-            self.cluster.persist_keys(self)
-            return
-        dirty, deleted = self.pool.dirty, self.pool.deleted
-        self.pool.dirty, self.pool.deleted = set(), set()
-        rows = [self.pool.keys[k] for k in dirty if k in self.pool.keys]
-        if not rows and not deleted:
-            return
-        key_rows: Columns = {
-            "key_id": [k.id for k in rows],
-            "secret": [k.secret for k in rows],
-            "label": [k.label for k in rows],
-            "project": [k.project for k in rows],
-            "status": [k.status for k in rows],
-            "created_at": [_ts(k.created_at) for k in rows],
-            "last_used_at": [_ts(k.last_used_at) for k in rows],
-            "consecutive_failures": [k.consecutive_failures for k in rows],
-            "total_failures": [k.total_failures for k in rows],
-            "requests": [k.requests for k in rows],
-            "successes": [k.successes for k in rows],
-            "last_error": [k.last_error for k in rows],
-            "last_checked_at": [_ts(k.last_checked_at) for k in rows],
-            "disabled_reason": [k.disabled_reason for k in rows],
-        }
-        gone = list(deleted)
-
-        def write(cur: Any) -> None:
-            if gone:
-                cur.execute("DELETE FROM keys WHERE list_contains(?, key_id)", [gone])
-            if rows:
-                insert_columns(cur, "keys", key_rows, replace=True)
-
-        def written(future: Future[None]) -> None:
-            # Not saved (a storage fault): the keys are dirty again, written with the next flush that works.
-            if future.cancelled() or future.exception() is not None:
-
-                def again() -> None:
-                    self.pool.dirty.update(k.id for k in rows if k.id not in self.pool.deleted)
-                    self.pool.deleted.update(gone)
-
-                if self.loop is not None:  # the pool's sets belong to the event loop
-                    self.loop.call_soon_threadsafe(again)
-                else:
-                    again()
-
-        self.writer.submit(write).add_done_callback(written)
+        """Queue the changed keys' rows for storage (one statement, whatever the number of keys; a cluster replica
+        also tells the others)."""
+        self.node.persist_keys()
 
     def require_storage(self) -> None:
         """For an admin change that is saved in the background: refuse it (StorageFault, 503) while the data disk
@@ -369,43 +280,10 @@ class Gateway:
         return {"id": key.id, "ok": False, "status": status, "message": message, "latency_ms": latency}
 
     # -- background jobs -----------------------------------------------------------------------------------------
-    def every(
-        self,
-        seconds: Callable[[], float],
-        job: Callable[[], Awaitable[None] | None],
-        name: str,
-        *,
-        at_start: bool = False,
-    ) -> None:
-        async def loop() -> None:
-            first = at_start
-            waiting: str | None = None  # why the last run was skipped (said once, not at every retry)
-            while True:
-                if not first:
-                    await asyncio.sleep(min(seconds(), NOT_READY_RETRY_S) if waiting else seconds())
-                first = False
-                try:
-                    result = job()
-                    if asyncio.iscoroutine(result):
-                        await result
-                    waiting = None
-                except NotReady as exc:
-                    if waiting is None:
-                        log.info("background job %s waits: %s", name, exc)
-                    waiting = str(exc)
-                except StorageFault as exc:  # the writer logs the fault itself, once
-                    waiting = None
-                    log.warning("background job %s skipped: %s", name, exc)
-                except Exception:
-                    waiting = None
-                    log.exception("background job %s failed", name)
-
-        self._tasks.append(asyncio.create_task(loop(), name=name))
-
     def leads(self) -> bool:
         """Whether this process runs the cluster-wide jobs (alert evaluation, retention, lake compaction): always
         when embedded; in cluster mode only the replica elected leader (cluster/leader.py), so they never run twice."""
-        return self.cluster is None or self.cluster.leader.leading
+        return self.node.leads()
 
     async def recheck(self) -> None:
         now = time.time()
@@ -419,7 +297,7 @@ class Gateway:
         }
         due = [self.pool.keys[kid] for kid, s in every.items() if now - (self.pool.keys[kid].last_checked_at or 0) >= s]
         due = due[:20]  # bounded per tick; the rest come on later ticks
-        if due and self.pool.clustered:  # one replica probes each key per interval (a Redis slot)
+        if due:  # in a cluster one replica probes each key per interval (a Redis slot); alone, every key is ours
             won = await self.pool.claim_probes({k.id: every[k.id] for k in due})
             due = [k for k in due if k.id in won]
         for key in due:
@@ -440,7 +318,7 @@ class Gateway:
                 "attempts": cfg.retention_attempts_days,
                 "error_logs": cfg.retention_error_logs_days,
             }
-            now = queries.utcnow()
+            now = utcnow()
             cutoffs = snapshot.retention_cutoffs(days, now)
             deleted = await self.write(
                 lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S
@@ -462,12 +340,12 @@ class Gateway:
         async def trim_cache() -> None:
             await self.write(self.store.trim_cache, JOB_WRITE_TIMEOUT_S)
 
-        self.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
-        self.every(lambda: CACHE_TRIM_S, trim_cache, "duckdb-cache-trim")
-        self.every(lambda: REBUILD_TICK_S, rebuild, "rollup-rebuild", at_start=True)
-        self.every(lambda: RETENTION_TICK_S, retention, "retention")
+        self.jobs.every(lambda: COMPACT_TICK_S, compact, "rollup-compact")
+        self.jobs.every(lambda: CACHE_TRIM_S, trim_cache, "duckdb-cache-trim")
+        self.jobs.every(lambda: REBUILD_TICK_S, rebuild, "rollup-rebuild", at_start=True)
+        self.jobs.every(lambda: RETENTION_TICK_S, retention, "retention")
         # The first snapshot at start: the Parquet files exist (and can be queried) from the first minute on.
-        self.every(
+        self.jobs.every(
             lambda: self._config.snapshot_interval_s or SNAPSHOT_IDLE_TICK_S, periodic_export, "snapshot", at_start=True
         )
 
@@ -476,9 +354,8 @@ class Gateway:
 
     def metrics_state(self) -> dict[str, Any]:
         s = self.writer.stats
-        extra = {"cluster": self.cluster.state()} if self.cluster is not None else {}
         return {
-            **extra,
+            **self.node.state(),
             "keys": self.pool.counts(),
             "depth": self.writer.depth,
             "flush_ms": s.last_flush_ms,
@@ -514,8 +391,7 @@ class Gateway:
         """What `keys.redact` hides (log lines, upstream text): secret settings as their metadata declares, and
         the pool's keys."""
         keys = [k.secret for k in list(self.pool.keys.values())]
-        dsn = self.cluster.secrets() if self.cluster is not None else []
-        return [*self.settings.secret_values(), *self._config.secret_values(), *keys, *dsn]
+        return [*self.settings.secret_values(), *self._config.secret_values(), *keys, *self.node.secrets()]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -525,19 +401,26 @@ class Gateway:
         self.writer.start()
         if self.sandbox is not None:
             self.sandbox.start()
-        if self.cluster is not None:
-            await self.cluster.start(self)
+        await self.node.start(
+            Hooks(
+                loop=self.loop,
+                background=self.jobs,
+                rollup=self.rollup,
+                reload_config=self.reload_config,
+                reload_alerts=self.alerts.reload,
+            )
+        )
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
-        self.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
-        self.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
+        self.jobs.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
+        self.jobs.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
         trim = heap.trimmer()
         if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop
-            self.every(lambda: heap.TRIM_TICK_S, lambda: asyncio.to_thread(trim), "malloc-trim")
+            self.jobs.every(lambda: heap.TRIM_TICK_S, lambda: asyncio.to_thread(trim), "malloc-trim")
         reclaim = heap.library_reclaimer()
         if reclaim is not None:  # on a worker thread too: a walk over /proc/self/maps and a few syscalls
-            self.every(lambda: heap.RECLAIM_TICK_S, lambda: asyncio.to_thread(reclaim), "library-pageout")
-        self.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
+            self.jobs.every(lambda: heap.RECLAIM_TICK_S, lambda: asyncio.to_thread(reclaim), "library-pageout")
+        self.jobs.every(lambda: RECHECK_TICK_S, self.recheck, "recheck")
         self._start_storage_jobs()
         admin_forecast.start_jobs(self)  # rate meter, demand refits (worker process)
         self.alerts.quota_rate = self.forecast.meter.per_min  # "runs out before reset" rules
@@ -549,23 +432,15 @@ class Gateway:
             yield
         finally:
             self.ready = False
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.jobs.stop()  # one list: the gateway's jobs, the node's loops, the alert evaluator
             await self.alerts.stop()
             logs.remove_secret_source(self.alerts.secrets)
             if self.sandbox is not None:
                 await asyncio.to_thread(self.sandbox.close)
-            if self.cluster is not None:
-                await self.cluster.stop()
+            await self.node.stop()
             self.persist_keys()
             self.writer.stop()
-            if self.cluster is None and not self.writer.alive:
-                # The rows appended since the rollup's last fold (up to FOLD_EVERY_S of them), folded now (inline:
-                # the writer has ended): the next start finds the rollup in step with `requests` and rebuilds nothing.
-                self.writer.submit(self.rollup.fold)
-            if self.cluster is not None:
-                await self.cluster.close()
+            await self.node.close()
             metrics.REGISTRY.unregister(self._collector)
             if self.relay.client is not None:
                 await self.relay.client.aclose()
@@ -586,9 +461,6 @@ class Gateway:
     def _log_startup(self) -> None:
         cfg, counts = self._config, self.pool.counts()
         up = urlsplit(cfg.upstream_url)  # scheme and host only: a URL may carry credentials
-        cluster_fields: dict[str, Any] = (
-            {f"cluster_{k}": v for k, v in self.cluster.cfg.masked().items()} if self.cluster is not None else {}
-        )
         logs.event(
             log,
             "startup",
@@ -604,29 +476,8 @@ class Gateway:
             admin_api="on" if self.settings.admin_token else "off",
             outbound_proxy="on" if cfg.outbound_proxy else "off",
             log_level=cfg.log_level,
-            **cluster_fields,
+            **self.node.startup_fields(),
         )
-
-
-def _spill(settings: Settings) -> Spill:
-    """The event spill: memory, then `event_spill_dir` if it is on another disk than the data dir (a spill onto the
-    disk that just failed would fail with it)."""
-    directory = settings.event_spill_dir
-    if directory is not None:
-        private_dir(directory)
-        if directory.stat().st_dev == settings.data_dir.stat().st_dev:
-            raise ConfigError(
-                {
-                    "event_spill_dir": f"{directory} is on the same disk as the data dir {settings.data_dir}: "
-                    "it would fail with it. Choose a directory on another disk, or leave it empty (memory only)."
-                }
-            )
-    return Spill(
-        settings.event_spill_memory_rows,
-        settings.event_spill_memory_mb * 2**20,
-        directory,
-        settings.event_spill_dir_mb * 2**20,
-    )
 
 
 def _limits(cfg: Config) -> dict[str, ModelLimits]:
@@ -644,17 +495,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         body: dict[str, Any] = {"ready": ok, "keys": gw.pool.counts(), "storage": gw.writer.storage_state()}
         if not ok:
             body["reason"] = gw.not_ready_reason()
-        if gw.cluster is not None:
-            # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
-            c = gw.cluster.state()
-            body["cluster"] = {
-                "replica": c["replica"],
-                "replicas": c["replicas"],
-                "leader": c["leader_id"],
-                "redis": "degraded" if c["redis_degraded"] else "ok",
-                "lake": "retrying" if c["lake_last_error"] else "ok",
-                "lake_waiting_rows": c["lake_waiting_rows"],
-            }
+        body.update(gw.node.readiness())
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def prometheus(_request: Request) -> Response:

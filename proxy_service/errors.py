@@ -10,8 +10,13 @@ Hierarchy:
     ├── PayloadTooLarge   413    body over `max_body_mb`
     ├── UnsupportedMediaType 415 open-localhost mode: a POST without a JSON content type
     ├── PoolExhausted     429    no key can take the call now; carries `retry_after` seconds
-    └── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
-        └── BadUpstreamAnswer 502    an answer Keyrack will not pass on: over `max_answer_mb`, or an invalid status
+    ├── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
+    │   └── BadUpstreamAnswer 502    an answer Keyrack will not pass on: over `max_answer_mb`, or an invalid status
+    └── ApiError          4xx/5xx an admin API answer (`/admin/api/*`): its status per instance, `reason` a stable
+                                  code the dashboard translates, `detail` the part of the message that is data
+
+The client surfaces write a `KeyrackError` in Google's or OpenAI's shape (below); the admin API writes an `ApiError`
+in its own shape (`admin/common.error_response`). One root, so a handler never wonders which family to raise.
 
 `StreamAborted` is not an answer: raised inside a committed stream's body, it makes the server drop the client's
 connection without the final chunk, so a stream broken upstream ends broken for the client too.
@@ -175,6 +180,26 @@ class UpstreamUnreachable(KeyrackError):
 
 class BadUpstreamAnswer(UpstreamUnreachable):
     """The upstream answered, but with something Keyrack does not pass on (recorded by the relay, like its parent)."""
+
+
+class ApiError(KeyrackError):
+    """An admin API answer: `status_code` per instance, `reason` (a stable code), `detail` and extra body fields."""
+
+    error_type = "admin_error"
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message, field=field)
+        self.status_code = status
+        self.reason, self.detail, self.extra = reason, detail, extra
 
 
 class StreamAborted(Exception):

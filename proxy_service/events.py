@@ -411,7 +411,7 @@ class EventWriter:
             return
         fn = job.fn
 
-        def guarded(c: duckdb.DuckDBPyConnection) -> Any:
+        def fault_aware(c: duckdb.DuckDBPyConnection) -> Any:
             try:
                 return fn(c)
             except Exception as exc:
@@ -421,7 +421,7 @@ class EventWriter:
                 self._enter_fault(reason, exc)
                 raise StorageFault(reason) from exc
 
-        job.fn = guarded
+        job.fn = fault_aware
         self._run_job(cur, job)
 
     def _flush(self, pending: dict[type, list[Any]], count: int) -> int:

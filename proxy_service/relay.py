@@ -17,7 +17,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import aiohttp
@@ -40,6 +40,7 @@ from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestE
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
 from proxy_service.quota import parse_rate_limit, stated_wait
+from proxy_service.store import utcnow
 from proxy_service.upstream import (
     STREAM_TAIL,
     AnswerTooLarge,
@@ -77,10 +78,6 @@ AttemptOutcome = Literal[
 T = TypeVar("T")
 _BODY_CAP = 8192
 _PASS_HEADERS = ("content-type",)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def redact_body(body: bytes) -> bytes:

@@ -13,7 +13,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -104,6 +104,11 @@ def private_file(path: Path) -> None:
     sets to 077; this covers a library caller with a looser umask)."""
     with contextlib.suppress(OSError):
         path.chmod(0o600)
+
+
+def utcnow() -> datetime:
+    """Now, as every stored time is: naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class StorageFault(RuntimeError):

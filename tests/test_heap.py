@@ -133,7 +133,7 @@ def test_the_proxy_schedules_the_job(tmp_path: Path, monkeypatch, factory: str, 
     app = create_app(settings)
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200
-        names = {t.get_name() for t in app.state.gateway._tasks}
+        names = set(app.state.gateway.jobs.names)
         assert task in names
         deadline = time.monotonic() + 20
         while len(calls) < 3 and time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """The module graph stays a tree of layers: no import cycles between Keyrack's modules, also none hidden inside
-functions, and every module imports on its own in a fresh interpreter (so no module relies on another having
+functions or under `if TYPE_CHECKING:` (a typing-only loop is still a loop a reader has to untangle; modules type
+against the declared protocols `core.Core` / `gateway.Gateway` instead of the app), and every module imports on its own in a fresh interpreter (so no module relies on another having
 been imported first)."""
 
 from __future__ import annotations
@@ -30,13 +31,6 @@ def module_files() -> dict[str, Path]:
 MODULES = module_files()
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _resolve(name: str) -> str | None:
     """The project module `name` loads, or None outside the project (a name inside a module is its module)."""
     while name and name not in MODULES:
@@ -45,17 +39,13 @@ def _resolve(name: str) -> str | None:
 
 
 def imports_of(module: str, path: Path) -> set[str]:
-    """Project modules that `module` imports at run time, wherever the import statement sits (module level,
-    function, class, try); `if TYPE_CHECKING:` blocks are skipped since they never run."""
+    """Project modules that `module` imports, wherever the import statement sits (module level, function, class,
+    try, `if TYPE_CHECKING:`)."""
     tree = ast.parse(path.read_text(), str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.add(alias.name)
@@ -118,6 +108,18 @@ def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(tmp_path: Path) -> N
     assert edges == {"proxy_service.app"}
     graph = {"proxy_service.store": edges, "proxy_service.app": {"proxy_service.store"}}
     assert find_cycle(graph) == ["proxy_service.app", "proxy_service.store", "proxy_service.app"]
+
+
+def test_the_cycle_finder_counts_typing_only_imports(tmp_path: Path) -> None:
+    a = tmp_path / "a.py"
+    a.write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from proxy_service.app import Gateway\n")
+    assert imports_of("proxy_service.admin.keys", a) == {"proxy_service.app"}
+
+
+def test_only_the_app_module_knows_the_concrete_gateway() -> None:
+    """Handlers, surfaces, the alert engine and the cluster node type against the declared protocols."""
+    importers = sorted(m for m, p in MODULES.items() if "proxy_service.app" in imports_of(m, p))
+    assert importers == ["proxy_service.server"], importers
 
 
 def test_the_fake_upstream_stays_independent_of_the_product() -> None:

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, iso, json_body, ok, parse_time, q_int, q_time
+from proxy_service.admin.common import iso, json_body, ok, parse_time, q_int, q_time
 from proxy_service.alerts.channels import ChannelError
 from proxy_service.alerts.rules import METRICS, NameTaken, RuleError, parse_rule
-from proxy_service.analytics.queries import utcnow
+from proxy_service.errors import ApiError
+from proxy_service.store import utcnow
 
 if TYPE_CHECKING:
     from proxy_service.alerts.engine import AlertEngine
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 HISTORY_KINDS = ("fired", "repeat", "resolved", "delivered", "failed")
 _HISTORY = """

@@ -1,5 +1,5 @@
 """The admin API's route table, mounted once under `/admin/api`: every concern's `ROUTES`, each behind the
-admin-token guard, and a guarded fallback that answers unknown paths (404) and wrong methods (405) in the API's
+admin-token guard, and a fallback behind the same guard that answers unknown paths (404) and wrong methods (405) in the API's
 own error shape."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
 from proxy_service.admin import alerts, config, errors, explore, forecast, keys, pool, sql, stats
-from proxy_service.admin.common import Handler, error_response, guarded
+from proxy_service.admin.common import Handler, behind_admin_token, error_response
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 PREFIX = "/admin/api"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -32,7 +32,7 @@ def mount(gw: Gateway) -> Mount:
         *alerts.ROUTES,
         *pool.ROUTES,
     ]
-    routes = [Route(path, guarded(gw, h), methods=methods) for path, methods, h in table]
+    routes = [Route(path, behind_admin_token(gw, h), methods=methods) for path, methods, h in table]
 
     async def fallback(_gw: Gateway, request: Request) -> Response:
         allowed = [r for r in routes if r.matches(request.scope)[0] == Match.PARTIAL]
@@ -41,4 +41,4 @@ def mount(gw: Gateway) -> Mount:
             return error_response(405, f"{request.method} is not allowed here (allowed: {', '.join(methods)})")
         return error_response(404, f"unknown admin API path {request.url.path[:200]}")
 
-    return Mount(PREFIX, routes=[*routes, Route("/{rest:path}", guarded(gw, fallback), methods=ALL_METHODS)])
+    return Mount(PREFIX, routes=[*routes, Route("/{rest:path}", behind_admin_token(gw, fallback), methods=ALL_METHODS)])

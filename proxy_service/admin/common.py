@@ -1,4 +1,4 @@
-"""What every admin route shares: `ApiError`, the JSON answer helpers, request and query-parameter parsing, and
+"""What every admin route shares: the JSON answer helpers, request and query-parameter parsing, and
 the admin-token guard.
 
 Contract: docs/ARCHITECTURE.md. Every route needs `Authorization: Bearer <KEYRACK_ADMIN_TOKEN>` (compared in
@@ -25,6 +25,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy_service.errors import ApiError
 from proxy_service.events import WriterUnavailable
 from proxy_service.settings import ConfigError
 from proxy_service.spill import fault_reason
@@ -33,28 +34,12 @@ from proxy_service.store import StorageFault
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 MAX_BODY = 10 * 1024 * 1024
 ARROW = "application/vnd.apache.arrow.stream"
 Handler = Callable[["Gateway", Request], Awaitable[Response]]
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        field: str | None = None,
-        *,
-        reason: str | None = None,
-        detail: str | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.field, self.extra = status, message, field, extra
-        self.reason, self.detail = reason, detail
 
 
 # -- reads over the pre-aggregates ----------------------------------------------------------------------------------
@@ -244,7 +229,9 @@ def _storage_unavailable(reason: str) -> Response:
 
 
 # -- auth ------------------------------------------------------------------------------------------------------------
-def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def behind_admin_token(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """`handler` as an endpoint: the admin token checked first, every exception answered in the API's shape."""
+
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         token = gw.settings.admin_token
@@ -260,7 +247,9 @@ def guarded(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Resp
         try:
             return await handler(gw, request)
         except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.field, reason=exc.reason, detail=exc.detail, **exc.extra)
+            return error_response(
+                exc.status_code, exc.message, exc.field, reason=exc.reason, detail=exc.detail, **exc.extra
+            )
         except ConfigError as exc:
             first = next(iter(exc.errors), None)
             return error_response(

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, json_body, ok
+from proxy_service.admin.common import json_body, ok
+from proxy_service.errors import ApiError
 from proxy_service.settings import Config, ConfigError
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 
 async def get_config(gw: Gateway, _request: Request) -> Response:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, json_body, ok, parse_time, q_int, q_time
+from proxy_service.admin.common import json_body, ok, parse_time, q_int, q_time
 from proxy_service.analytics import pool_queries, queries
+from proxy_service.errors import ApiError
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 

@@ -17,13 +17,15 @@ import duckdb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, arrow_response, iso, json_body, ok, rollup_ready
+from proxy_service.admin.common import arrow_response, iso, json_body, ok, rollup_ready
 from proxy_service.analytics import explore, queries
+from proxy_service.errors import ApiError
 from proxy_service.keys import mask
+from proxy_service.store import utcnow
 from proxy_service.surfaces.common import client_id
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 T = TypeVar("T")
 SLOT_WAIT_S = 10.0  # how long an Explore read waits for one of the gateway's explore slots before a 503
@@ -76,7 +78,7 @@ class _TimedOut(Exception):
 def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInfo]:
     tz = ZoneInfo(gw.config.display_timezone)
     try:
-        spec, fmt = explore.parse_spec(body, tz, queries.utcnow(), gw.config.client_labels)
+        spec, fmt = explore.parse_spec(body, tz, utcnow(), gw.config.client_labels)
     except explore.ExploreError as exc:
         raise ApiError(400, str(exc), exc.field) from None
     return spec, fmt, tz
@@ -140,7 +142,7 @@ async def list_clients(gw: Gateway, _request: Request) -> Response:
     """Every client: the configured access tokens (masked) and the ids seen in the last 90 days, with labels."""
     labels = gw.config.client_labels
     tokens = {client_id(t) or "": mask(t) for t in gw.config.access_tokens}
-    since = queries.utcnow() - timedelta(days=90)
+    since = utcnow() - timedelta(days=90)
     seen = dict(await gw.read(lambda cur: explore.client_calls(cur, since)))
     ids = sorted(set(tokens) | set(seen) | set(labels))
     items = [{"client_id": i, "token": tokens.get(i), "label": labels.get(i), "calls_90d": seen.get(i, 0)} for i in ids]

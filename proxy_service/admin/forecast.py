@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, iso, json_body, ok, q_choice
+from proxy_service.admin.common import iso, json_body, ok, q_choice
 from proxy_service.analytics import queries
 from proxy_service.demo.history import latest_history
-from proxy_service.errors import NotReady
+from proxy_service.errors import ApiError, NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.engine import REFRESH_S, TOTAL
 from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view
@@ -27,7 +27,7 @@ from proxy_service.forecast.planner import Targets, plan
 from proxy_service.quota import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 MAX_TARGET = 1e9
 MAX_REMOVE = 1000
@@ -52,7 +52,7 @@ def _reader(gw: Gateway) -> Any:
 
 def start_jobs(gw: Gateway) -> None:
     eng = gw.forecast
-    gw.every(lambda: SAMPLE_S, lambda: eng.meter.sample(gw.pool, time.time()), "forecast-rate")
+    gw.jobs.every(lambda: SAMPLE_S, lambda: eng.meter.sample(gw.pool, time.time()), "forecast-rate")
 
     async def refresh() -> None:
         await eng.refresh(_reader(gw))
@@ -62,7 +62,7 @@ def start_jobs(gw: Gateway) -> None:
     def interval() -> float:  # soon after startup (the rollup settles first), then every REFRESH_S
         return FIRST_REFRESH_S if eng.fitted_at is None and eng.last_error is None else REFRESH_S
 
-    gw.every(interval, refresh, "forecast-refresh")
+    gw.jobs.every(interval, refresh, "forecast-refresh")
 
     async def closer() -> None:  # the worker process goes with the gateway
         try:
@@ -70,7 +70,7 @@ def start_jobs(gw: Gateway) -> None:
         finally:
             eng.close()
 
-    gw.every(lambda: 0.0, closer, "forecast-close")
+    gw.jobs.every(lambda: 0.0, closer, "forecast-close")
 
 
 def _known_models(gw: Gateway) -> set[str]:

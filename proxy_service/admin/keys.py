@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, iso, json_body, ok, q_int, q_time
+from proxy_service.admin.common import iso, json_body, ok, q_int, q_time
 from proxy_service.analytics import queries
+from proxy_service.errors import ApiError
 from proxy_service.events import ErrorEvent
 from proxy_service.keys import PROJECT_RULE, Finding, KeySpec, extract_keys, key_id, valid_project
 from proxy_service.pool import Cooldown, Key, shown_status
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 STATUSES = ("active", "cooling", "invalid", "disabled")

@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import iso, ok, q_int
-from proxy_service.analytics import pool_queries, queries
+from proxy_service.analytics import pool_queries
+from proxy_service.store import utcnow
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 DIMS = ("rpm", "rpd", "tpm")
 
@@ -76,7 +77,7 @@ def model_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def headroom(gw: Gateway, request: Request) -> Response:
     hours = q_int(request, "hours", 24, 1, 24 * 31)
-    since = queries.utcnow() - timedelta(hours=hours)
+    since = utcnow() - timedelta(hours=hours)
     used = await gw.read(lambda cur: pool_queries.recent_key_models(cur, since))
     now = gw.pool.clock()
     scope_of = {k.id: k.scope for k in gw.pool.keys.values()}

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, arrow_response, dumps, json_body, ok
+from proxy_service.admin.common import arrow_response, dumps, json_body, ok
 from proxy_service.analytics import queries, sql_guard
 from proxy_service.analytics.sql_sandbox import SandboxUnavailable
+from proxy_service.errors import ApiError
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 

@@ -14,11 +14,13 @@ from zoneinfo import ZoneInfo
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import ApiError, arrow_response, iso, ok, q_choice, q_int, q_time, rollup_ready
+from proxy_service.admin.common import arrow_response, iso, ok, q_choice, q_int, q_time, rollup_ready
 from proxy_service.analytics import pool_queries, queries
+from proxy_service.errors import ApiError
+from proxy_service.store import utcnow
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 _BUCKET_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}
 
@@ -36,7 +38,7 @@ def _headers(meta: dict[str, Any]) -> dict[str, str]:
 
 
 async def stats_summary(gw: Gateway, _request: Request) -> Response:
-    tz, now, (usable, progress) = _tz(gw), queries.utcnow(), await rollup_ready(gw)
+    tz, now, (usable, progress) = _tz(gw), utcnow(), await rollup_ready(gw)
     windows = await gw.read_stats(lambda cur, src: queries.summary(cur, tz, now, usable, src))
     return ok(
         {
@@ -57,7 +59,7 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     start, end = q_time(request, "from"), q_time(request, "to")
     if start and end and start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
-    tz, now, (usable, progress) = _tz(gw), queries.utcnow(), await rollup_ready(gw)
+    tz, now, (usable, progress) = _tz(gw), utcnow(), await rollup_ready(gw)
     lo, hi = queries.series_range(g, tz, start, end, now)
     if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
         raise ApiError(
@@ -83,7 +85,7 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
 
     dim = q_choice(request, "dim", ("key", "model"), "key")
     limit = q_int(request, "limit", 10, 1, 100)
-    end = q_time(request, "to") or queries.utcnow()
+    end = q_time(request, "to") or utcnow()
     start = q_time(request, "from") or end - timedelta(hours=24)
     if start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
@@ -105,7 +107,7 @@ async def stats_outcomes(gw: Gateway, request: Request) -> Response:
     start, end = q_time(request, "from"), q_time(request, "to")
     if start and end and start >= end:
         raise ApiError(400, "from must be before to", "from", reason="range_reversed")
-    tz, now = _tz(gw), queries.utcnow()
+    tz, now = _tz(gw), utcnow()
     lo, hi = queries.series_range(g, tz, start, end, now)
     if (hi - lo).total_seconds() / _BUCKET_SECONDS[g] > queries.MAX_BUCKETS:
         raise ApiError(

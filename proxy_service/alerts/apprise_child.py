@@ -36,6 +36,8 @@ def mib(n: int) -> str:
 
 def _bound_answers(answer_cap: int) -> None:
     """Make every `requests` exchange read its answer itself, at most `answer_cap` bytes (decoded)."""
+    import io
+
     import requests
     import requests.adapters
     import urllib3
@@ -59,9 +61,10 @@ def _bound_answers(answer_cap: int) -> None:
         except urllib3.exceptions.HTTPError as exc:
             resp.close()
             raise requests.exceptions.ConnectionError(exc) from None
-        resp._content = bytes(data)
-        resp._content_consumed = True
         resp.raw.release_conn()
+        # The answer, already read and decoded, becomes the response's body through its public `raw` attribute
+        # (a body without an encoding: nothing is decoded twice), not through requests' private content fields.
+        resp.raw = urllib3.HTTPResponse(body=io.BytesIO(bytes(data)), preload_content=False, decode_content=False)
         return resp
 
     requests.adapters.HTTPAdapter.send = send  # type: ignore[method-assign,assignment]

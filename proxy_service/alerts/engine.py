@@ -5,7 +5,7 @@ Evaluation (every `alert_interval_s`): window figures are read on a worker threa
 figures on the loop; each rule's state machine steps; transitions are recorded in `alert_events` and their
 messages queued for delivery. Nothing here runs on the request path.
 
-Cluster mode: only the leader (`Gateway.leads()`) evaluates and notifies, so each firing is sent once. After each
+Cluster mode: only the leader (`Core.leads()`) evaluates and notifies, so each firing is sent once. After each
 evaluation it shares its alert states through Redis; the other replicas load them, so every replica shows the same
 active alerts and a newly elected leader carries on from them (no second "fired" message at a handover).
 """
@@ -44,7 +44,7 @@ from proxy_service.alerts.rules import (
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.core import Core
 
 log = logging.getLogger("keyrack.alerts")
 MAX_RULES = 500
@@ -102,7 +102,7 @@ def install(cur: duckdb.DuckDBPyConnection) -> bool:
 
 
 class AlertEngine:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Core) -> None:
         self.gw = gw
         self.rules: dict[str, Rule] = {}
         self.channels: dict[str, Channel] = {}
@@ -118,7 +118,6 @@ class AlertEngine:
         self.evaluations = 0
         self.last_eval_ms = 0.0
         self.last_eval_at: float | None = None
-        self._task: asyncio.Task[None] | None = None
         self._collector = _StateCollector(self)
         self._load()
 
@@ -156,33 +155,29 @@ class AlertEngine:
     async def _write(self, sql: str, params: list[Any]) -> None:
         # Bounded, and refused at once during a storage fault (admin: 503 with the reason).
         await self.gw.write(lambda cur: cur.execute(sql, params))
-        if self.gw.cluster is not None:  # the leader evaluates: every replica must know the same rules
-            self.gw.cluster.broadcast({"kind": "alerts"})
+        self.gw.node.broadcast({"kind": "alerts"})  # the leader evaluates: every replica must know the same rules
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.notifier.start()
         metrics.REGISTRY.register(self._collector)
-        self._task = asyncio.create_task(self._loop(), name="alert-evaluator")
+        self.gw.jobs.spawn(self._loop(), "alert-evaluator")  # cancelled with the gateway's other background tasks
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """After the gateway's background tasks (the evaluator among them) have been cancelled."""
         await self.notifier.stop()
         metrics.REGISTRY.unregister(self._collector)
 
     async def _loop(self) -> None:
-        cluster = self.gw.cluster
+        node = self.gw.node
         while True:
             await asyncio.sleep(max(1, self.gw.config.alert_interval_s))
             try:
                 if self.gw.leads():
                     await self.evaluate()
-                    if cluster is not None:
-                        await cluster.share_alert_states(self.dump_states())
-                elif cluster is not None:
-                    shared = await cluster.alert_states()
+                    await node.share_alert_states(self.dump_states())
+                else:
+                    shared = await node.alert_states()
                     if shared is not None:
                         self.load_states(shared)
             except Exception:
@@ -387,10 +382,9 @@ class AlertEngine:
         return rule
 
     async def _latest_names(self) -> None:
-        """Cluster mode: the stored rules, so a name another replica took a moment ago (its broadcast not heard yet,
-        or lost) is seen as taken."""
-        if self.gw.cluster is not None:
-            await self.reload()
+        """The stored rules when another process may have changed them (a cluster replica), so a name another
+        replica took a moment ago (its broadcast not heard yet, or lost) is seen as taken."""
+        await self.gw.node.refresh_before_rule_change(self.reload)
 
     def _name_free(self, rule: Rule) -> None:
         """Rule names are unique (case and surrounding spaces aside): messages, /metrics and pages name rules."""

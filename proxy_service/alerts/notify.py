@@ -30,6 +30,7 @@ from proxy_service import metrics
 from proxy_service.alerts import delivery
 from proxy_service.alerts.channels import Channel, scrub
 from proxy_service.alerts.rules import METRICS
+from proxy_service.alerts.words import WORDS
 
 log = logging.getLogger("keyrack.alerts")
 LANE_QUEUE = 200
@@ -64,26 +65,22 @@ class Notice:
     kind: str  # fired · repeat · resolved · test
 
 
+# The words the dashboard shows too come from alerts/words.py; a state in a Chinese title keeps its English name
+# beside it (it is what rules, /metrics and the API call it).
 _TEXT = {
     "en": {
-        "firing": "FIRING",
-        "resolved": "RESOLVED",
+        **{k: WORDS["en"][k] for k in ("value", "threshold", "labels", "since")},
+        "firing": WORDS["en"]["firing"].upper(),
+        "resolved": WORDS["en"]["resolved"].upper(),
         "test": "TEST",
-        "value": "value",
-        "threshold": "threshold",
-        "labels": "labels",
-        "since": "since",
         "open": "Open the dashboard",
         "test_body": "Test message from Keyrack: this channel works.",
     },
     "zh": {
-        "firing": "告警中 firing",
-        "resolved": "已恢复 resolved",
+        **{k: WORDS["zh"][k] for k in ("value", "threshold", "labels", "since")},
+        "firing": f"{WORDS['zh']['firing']} firing",
+        "resolved": f"{WORDS['zh']['resolved']} resolved",
         "test": "测试 test",
-        "value": "当前值",
-        "threshold": "阈值",
-        "labels": "标签",
-        "since": "开始于",
         "open": "打开控制台",
         "test_body": "来自 Keyrack 的测试消息：此通知渠道可用。",
     },

@@ -123,10 +123,6 @@ INTERRUPT_EVERY_S = 0.05
 
 
 # -- time helpers ------------------------------------------------------------------------------------------------
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def to_local(t: datetime, tz: ZoneInfo) -> datetime:
     return t.replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
 

@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -50,6 +50,7 @@ from proxy_service.analytics import cube
 from proxy_service.analytics.buckets import floor_time
 from proxy_service.analytics.histogram import GAMMA
 from proxy_service.events import Columns, insert_columns
+from proxy_service.store import utcnow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -246,7 +247,7 @@ class Rollup:
             self._cube_touched.clear()
         self.stale = False
         chunks: list[tuple[datetime, datetime]] = []
-        until = _utcnow()
+        until = utcnow()
         if span is not None and span[0] is not None:
             until = span[1] + timedelta(microseconds=1)
             starts = cube.day_starts(self.tz, span[0], span[1])
@@ -430,7 +431,3 @@ class Rollup:
             cur.execute(f"DELETE FROM {counters} WHERE bucket < ?", [before])
             cur.execute(f"DELETE FROM {latency} WHERE bucket < ?", [before])
         cube.trim(cur, before, self.tz)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -41,11 +41,10 @@ from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.trust import Trust
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
-from proxy_service.pool import Key, key_from_row, stored_epoch
+from proxy_service.node import Hooks, load_saved_config
+from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import next_pacific_midnight, pacific_day, pacific_day_start
-
-if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+from proxy_service.settings import Config
 
 log = logging.getLogger("keyrack.cluster")
 HEARTBEAT_S = 1.0
@@ -66,6 +65,10 @@ def _ts(epoch: float | None) -> datetime | None:
 
 
 class Cluster:
+    """The cluster replica's `node.Node`: the lake store and writer, the shared pool, Redis, the leader's lease."""
+
+    rebuilds_rollup_in_background = False  # the lake's rollup is rebuilt before serving (see node.Node)
+
     def __init__(self, cfg: ClusterConfig, data_dir: Any) -> None:
         self.cfg = cfg
         self.replica = cfg.replica_id
@@ -98,11 +101,9 @@ class Cluster:
         self.trust = Trust(self.store.secret, self.prefix)
         self.leader = Leader(self.aredis, f"{self.prefix}:leader", self.replica, trust=self.trust)
         self.pool: ClusterPool | None = None
-        self.gw: Gateway | None = None
+        self.hooks: Hooks | None = None  # callbacks into the gateway, from start() on
         self.compactions = 0
         self._journal_pruned_at = -JOURNAL_PRUNE_S
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pending: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def init_lock(self) -> Iterator[None]:
@@ -130,14 +131,52 @@ class Cluster:
     def secrets(self) -> list[str]:
         return [s for url in (self.cfg.redis_url, self.cfg.lake_catalog, self.cfg.lake_data) for s in secrets_of(url)]
 
+    # -- what the gateway asks its node (node.Node) ------------------------------------------------------------------
+    def make_sandbox(self, slots: int) -> None:
+        return None  # the lake store runs user SQL in process (sql_guard.run)
+
+    def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.store.install_safe_views(cur)  # replica-local, with fully qualified bodies
+
+    def export_selects(self) -> dict[str, str]:
+        return self.store.export_selects()
+
+    def load_config(self, seed: Config) -> Config:
+        return load_saved_config(self.store, seed)
+
+    def restore_usage(self, pool: Pool) -> None:
+        return None  # the quota windows live in Redis (restore_day_counts refills them after a Redis loss)
+
+    def leads(self) -> bool:
+        return self.leader.leading
+
+    def readiness(self) -> dict[str, Any]:
+        # Redis away is "degraded", not "not ready": every replica would be pulled out of the balancer at once.
+        c = self.cluster_state()
+        return {
+            "cluster": {
+                "replica": c["replica"],
+                "replicas": c["replicas"],
+                "leader": c["leader_id"],
+                "redis": "degraded" if c["redis_degraded"] else "ok",
+                "lake": "retrying" if c["lake_last_error"] else "ok",
+                "lake_waiting_rows": c["lake_waiting_rows"],
+            }
+        }
+
+    def startup_fields(self) -> dict[str, Any]:
+        return {f"cluster_{k}": v for k, v in self.cfg.masked().items()}
+
+    async def refresh_before_rule_change(self, reload_alerts: Callable[[], Awaitable[None]]) -> None:
+        await reload_alerts()  # a name another replica took a moment ago (its broadcast not heard yet, or lost)
+
     # -- lifecycle -------------------------------------------------------------------------------------------------
-    async def start(self, gw: Gateway) -> None:
-        self.gw = gw
+    async def start(self, hooks: Hooks) -> None:
+        self.hooks = hooks
         try:  # the keys were loaded with the stored totals only: add every replica's counter deltas from the lake
             await self._reload_keys(None)
         except Exception as exc:
             log.warning("reading the keys' counters failed (%s); the periodic reload retries", type(exc).__name__)
-        loop = asyncio.get_running_loop()
         for name, coro in (
             ("heartbeat", self._heartbeat()),
             ("bus", self._listen()),
@@ -145,12 +184,10 @@ class Cluster:
             ("leader", self.leader.run()),
             ("compactor", self._compactor()),
         ):
-            self._tasks.append(loop.create_task(coro, name=f"cluster-{name}"))
+            hooks.background.spawn(coro, f"cluster-{name}")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """After the gateway's background tasks (this node's loops among them) have been cancelled."""
         await self.leader.resign()
         if self.pool is not None:
             await self.pool.drain()
@@ -164,6 +201,9 @@ class Cluster:
             self.redis.close()
 
     def state(self) -> dict[str, Any]:
+        return {"cluster": self.cluster_state()}
+
+    def cluster_state(self) -> dict[str, Any]:
         pool = self.pool
         return {
             "replica": self.replica,
@@ -287,7 +327,7 @@ class Cluster:
             cur.close()
 
     # -- keys and config: persist, broadcast, apply ----------------------------------------------------------------------
-    def persist_keys(self, gw: Gateway) -> Future[Any] | None:
+    def persist_keys(self) -> None:
         """Hand the keys' counter deltas to the lake writer (journaled and committed with the events, once: appends,
         so replicas never conflict and an outage only delays them), write changed keys' other fields to PostgreSQL,
         then tell the other replicas."""
@@ -297,7 +337,7 @@ class Cluster:
         pool.dirty, pool.deleted, pool.changed = set(), set(), set()
         keys = [pool.keys[k] for k in dirty | changed if k in pool.keys]
         if not keys and not deleted:
-            return None
+            return
         deltas: dict[str, tuple[int, int, int]] = {}
         for k in keys:
             base = pool.persisted.get(k.id, (0, 0, 0))
@@ -320,8 +360,8 @@ class Cluster:
                     if "could not serialize" not in str(exc) or attempt == 2:
                         raise
 
-        fut = gw.writer.submit(write)
-        loop = gw.loop
+        fut = self.writer.submit(write)
+        loop = self.hooks.loop if self.hooks is not None else None
 
         def retry(f: Future[Any]) -> None:
             # Not written (PostgreSQL away, a conflict with another replica's write): the next round writes them again.
@@ -342,11 +382,10 @@ class Cluster:
             # secret never goes over Redis).
             status = {k.id: [k.status, k.disabled_reason, k.label, k.project] for k in keys if k.id in changed}
             self.announce(fut, {"kind": "keys", "ids": announce, "status": status})
-        return fut
 
     def announce(self, fut: Future[Any], message: dict[str, Any]) -> None:
         """Publish `message` once `fut` (the write to PostgreSQL) has succeeded."""
-        loop = self.gw.loop if self.gw else None
+        loop = self.hooks.loop if self.hooks is not None else None
 
         def done(f: Future[Any]) -> None:
             if not f.cancelled() and f.exception() is None and loop is not None and not loop.is_closed():
@@ -356,9 +395,8 @@ class Cluster:
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Publish `message` now (called on the event loop after the change is stored)."""
-        task = asyncio.get_running_loop().create_task(self._publish(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        assert self.hooks is not None, "broadcast before start"
+        self.hooks.background.spawn(self._publish(message), "cluster-broadcast")
 
     async def _publish(self, message: dict[str, Any]) -> None:
         """Sealed with the cluster secret (time and nonce included): the others ignore anything else on the bus."""
@@ -389,8 +427,8 @@ class Cluster:
                         await self._reload_keys(self._apply_status(ids, status))
                     elif data.get("kind") == "config":
                         await self._reload_config()
-                    elif data.get("kind") == "alerts" and self.gw is not None:
-                        await self.gw.alerts.reload()
+                    elif data.get("kind") == "alerts" and self.hooks is not None:
+                        await self.hooks.reload_alerts()
             except REDIS_ERRORS:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -412,8 +450,8 @@ class Cluster:
     async def _reload(self) -> None:
         await self._reload_keys(None)
         await self._reload_config()
-        if self.gw is not None:
-            await self.gw.alerts.reload()
+        if self.hooks is not None:
+            await self.hooks.reload_alerts()
 
     def _read(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = self.store.cursor()
@@ -497,11 +535,8 @@ class Cluster:
             pool.persisted[kid] = stored_counts
 
     async def _reload_config(self) -> None:
-        gw = self.gw
-        assert gw is not None
-        new = await asyncio.to_thread(gw._load_config, gw.settings.config())
-        if new != gw.config:
-            await gw._apply(new)
+        assert self.hooks is not None
+        await self.hooks.reload_config()
 
     # -- compactor ---------------------------------------------------------------------------------------------------
     async def _compactor(self) -> None:
@@ -516,11 +551,11 @@ class Cluster:
 
     async def compact(self) -> dict[str, int]:
         """Fold duplicate rollup rows, merge small files, expire old snapshots (the elected compactor runs it)."""
-        assert self.gw is not None
-        rollup = self.gw.rollup
+        assert self.hooks is not None
+        rollup = self.hooks.rollup
 
         prune = time.monotonic() - self._journal_pruned_at >= JOURNAL_PRUNE_S
-        result = await asyncio.wrap_future(self.gw.writer.submit(lambda cur: compact_lake(cur, rollup, prune)))
+        result = await asyncio.wrap_future(self.writer.submit(lambda cur: compact_lake(cur, rollup, prune)))
         if prune:
             self._journal_pruned_at = time.monotonic()
         self.compactions += 1

@@ -486,14 +486,14 @@ class ClusterPool(Pool):
 
     # -- background -------------------------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> bool:
-        async def guarded() -> None:
+        async def settle() -> None:
             try:
                 await coro
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
 
         try:
-            task = asyncio.get_running_loop().create_task(guarded())
+            task = asyncio.get_running_loop().create_task(settle())
         except RuntimeError:  # no loop (tools, tests of the local part): nothing to settle remotely
             coro.close()
             return False

@@ -26,7 +26,7 @@ from proxy_service.relay import Call, Surface
 from proxy_service.settings import is_loopback, is_model_name
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.proxy")
 Handler = Callable[[Request, "Gateway"], Awaitable[Response]]
@@ -174,7 +174,7 @@ def base_call(request: Request, surface: Surface, operation: str, model: str | N
     )
 
 
-async def guarded(
+async def answer_call(
     request: Request,
     gw: Gateway,
     surface: Surface,

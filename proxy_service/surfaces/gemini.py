@@ -12,10 +12,10 @@ from starlette.routing import Route
 from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
 from proxy_service.relay import Call
 from proxy_service.settings import is_model_name
-from proxy_service.surfaces.common import forward_headers, forward_query, guarded, read_body
+from proxy_service.surfaces.common import answer_call, forward_headers, forward_query, read_body
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 METHODS = {
     "generateContent": False,
@@ -42,7 +42,7 @@ async def list_models(request: Request, gw: Gateway) -> Response:
         call.headers = forward_headers(request)
         return await gw.relay.handle(call)
 
-    return await guarded(request, gw, "gemini", "listModels", None, run)
+    return await answer_call(request, gw, "gemini", "listModels", None, run)
 
 
 async def model_resource(request: Request, gw: Gateway) -> Response:
@@ -79,7 +79,7 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
         call.headers = forward_headers(request)
         return await gw.relay.handle(call)
 
-    return await guarded(request, gw, "gemini", operation or "getModel", model, run)
+    return await answer_call(request, gw, "gemini", operation or "getModel", model, run)
 
 
 def routes(gw: Gateway) -> list[Route]:

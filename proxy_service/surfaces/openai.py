@@ -17,10 +17,10 @@ from starlette.routing import Route
 from proxy_service.errors import BadRequest
 from proxy_service.relay import Call
 from proxy_service.surfaces import gemini
-from proxy_service.surfaces.common import forward_headers, guarded, read_body
+from proxy_service.surfaces.common import answer_call, forward_headers, read_body
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 UPSTREAM = "/v1beta/openai"
 
@@ -61,7 +61,7 @@ async def post_endpoint(request: Request, gw: Gateway, resource: str) -> Respons
         call.headers = forward_headers(request)
         return await gw.relay.handle(call)
 
-    return await guarded(request, gw, "openai", operation, None, run)
+    return await answer_call(request, gw, "openai", operation, None, run)
 
 
 async def models(request: Request, gw: Gateway) -> Response:
@@ -74,7 +74,7 @@ async def models(request: Request, gw: Gateway) -> Response:
         call.headers = forward_headers(request)
         return await gw.relay.handle(call)
 
-    return await guarded(request, gw, "openai", "models", None, run)
+    return await answer_call(request, gw, "openai", "models", None, run)
 
 
 def _bearer_only(request: Request) -> bool:

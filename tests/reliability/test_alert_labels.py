@@ -24,7 +24,7 @@ from google.genai import types as genai_types
 
 from proxy_service import app as app_module
 from proxy_service.alerts.state import Machine
-from proxy_service.analytics.queries import utcnow
+from proxy_service.store import utcnow
 from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, Proxy, Upstream, fake_key
 from tests.reliability import receivers
 from tests.reliability.receivers import wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy_service.app import NOT_READY_RETRY_S
+from proxy_service.background import NOT_READY_RETRY_S
 from proxy_service.demo.scenario import demo_pool
 from proxy_service.errors import NotReady
 from tests.conftest import Proxy
@@ -114,8 +114,8 @@ def test_a_job_waiting_for_a_prerequisite_is_quiet_and_retried_soon(
         raise RuntimeError("really broken")
 
     async def schedule() -> None:
-        gw.every(lambda: 3600.0, waiting, "test-waiting", at_start=True)
-        gw.every(lambda: 3600.0, broken, "test-broken", at_start=True)
+        gw.jobs.every(lambda: 3600.0, waiting, "test-waiting", at_start=True)
+        gw.jobs.every(lambda: 3600.0, broken, "test-broken", at_start=True)
 
     caplog.set_level(logging.INFO, logger="keyrack")
     asyncio.run_coroutine_threadsafe(schedule(), gw.loop).result(10)
