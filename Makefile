@@ -30,8 +30,11 @@ services:
 run: install
 	$(BIN)/keyrack run
 
+# Four workers on two cores: most of a test's time is spent waiting for servers it started (the rules that keep the
+# workers apart are in tests/conftest.py's docstring). `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 4
 test: install chromium
-	@bash .ci/services.sh $(BIN)/pytest
+	@bash .ci/services.sh $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
 screenshot-forecast: install chromium

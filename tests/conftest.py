@@ -1,11 +1,33 @@
 """Shared fixtures: real servers on 127.0.0.1 — the fake Gemini upstream and the Keyrack proxy — on a real DuckDB
-file in a temporary directory."""
+file in a temporary directory; and the rules that let the suite run on several pytest-xdist workers.
+
+Parallel safety (`make test` runs `pytest -n 4 --dist loadgroup`):
+
+- **A file runs on one worker, in order.** Many modules share module- or package-scoped servers and build on
+  earlier tests' state, so the unit of work is the file (`FileOrGroupScheduling` below); `--dist loadgroup` is
+  needed for xdist to tag grouped tests, and this conftest widens its per-test units to files.
+- **Groups** (`GROUPS`, applied as `xdist_group` marks at collection): files that must not overlap one another run
+  on one worker, one after the other:
+  - `chromium`: the real-browser tests (each file drives a Chromium of several hundred MB beside a real dashboard);
+  - `load`: tests that load the machine on purpose or measure what load disturbs (CPU burners starving replicas,
+    soaks and bench smoke runs with RSS and throughput figures): two at once would starve each other into their
+    deadlines.
+- **Heavy files first** (`FIRST`): the longest files are handed out before the rest so that no long file starts
+  last and keeps one worker busy alone at the end.
+- What needs no rule: every server binds port 0 or a free port; temporary paths come from `tmp_path` /
+  `mkdtemp` (never a fixed name in the temp dir: several checkouts and workers share it); cluster tests take their
+  own Redis key prefix and PostgreSQL database; the storage-fault tests mount their own tmpfs / loop device under
+  their `tmp_path`; no test kills a process by name.
+- A progress line (`done/total, failed, elapsed`) is printed every 30 s by the controller, so a long run says
+  where it is in words, not only in dots.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +150,107 @@ def upstream(start_upstream: Callable[..., Upstream]) -> Upstream:
 @pytest.fixture
 def proxy(start_proxy: Callable[..., Proxy], upstream: Upstream) -> Proxy:
     return start_proxy(upstream.url)
+
+
+# -- parallel safety (see the module docstring) ----------------------------------------------------------------------
+GROUPS: dict[str, str] = {
+    "tests/dashboard/test_browser.py": "chromium",
+    "tests/dashboard/test_explore_browser.py": "chromium",
+    "tests/dashboard/test_alerts_browser.py": "chromium",
+    "tests/cluster/test_durability.py": "load",
+    "tests/cluster/test_bench_cluster.py": "load",
+    "tests/reliability/test_soak.py": "load",
+    "tests/test_bench_smoke.py": "load",
+    "tests/test_alerts_bench.py": "load",
+}
+# The longest work units of a serial run, longest first (units not named keep their collection order after them).
+FIRST: list[str] = [
+    "load",
+    "chromium",
+    "tests/analytics/test_explore.py",
+    "tests/cluster/test_faults.py",
+    "tests/cluster/test_replicas.py",
+    "tests/cluster/test_leader.py",
+    "tests/reliability/test_storage_faults.py",
+]
+
+
+def _file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks to tag node ids with their group
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = GROUPS.get(_file_of(item))
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` with files, not single tests, as the units of work that are not in a group."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # tagged by xdist with its group (a parameter may hold "@")
+                return nodeid.rsplit("@", 1)[1]
+            file = nodeid.split("::", 1)[0]
+            return GROUPS.get(file, file)  # xdist may tag before our marks are added: the table decides
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not getattr(self, "_ordered", False):
+                rank = {unit: i for i, unit in enumerate(FIRST)}
+                units = sorted(self.workqueue.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self._ordered = True
+            super()._assign_work_unit(node)
+
+    return FileOrGroupScheduling(config, log)
+
+
+class Progress:
+    """Every 30 s a line a human can read: how many tests are done of how many, how many failed, time elapsed."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.total = 0
+        self.outcomes: Counter[str] = Counter()
+        self.started = self.last = time.monotonic()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.total = len(session.items)
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.total = max(self.total, len(ids))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            self.outcomes[report.outcome] += 1
+        elif report.when == "teardown" and report.failed:
+            self.outcomes["failed"] += 1
+        now = time.monotonic()
+        if now - self.last < self.EVERY_S:
+            return
+        self.last = now
+        done = self.outcomes["passed"] + self.outcomes["failed"] + self.outcomes["skipped"]
+        elapsed = int(now - self.started)
+        share = f" ({100 * done // self.total}%)" if self.total else ""
+        line = (
+            f"[progress] {done}/{self.total or '?'} tests{share}, {self.outcomes['failed']} failed, "
+            f"{elapsed // 60}m{elapsed % 60:02d}s elapsed"
+        )
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), never a worker
+        config.pluginmanager.register(Progress(config), "keyrack-progress")

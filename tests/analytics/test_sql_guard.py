@@ -1,4 +1,4 @@
-"""The SQL guard: what user SQL may and may not do (unit level; the HTTP answers are in test_admin.py)."""
+"""The SQL guard: what user SQL may and may not do (unit level; the HTTP answers are in tests/admin/test_sql.py)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ temporary directory, or to KEYRACK_SCREENSHOTS (what `make screenshots` sets to 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
@@ -249,10 +250,12 @@ class Tab:
         self.ctx.close()
 
 
+@functools.cache
 def shots_dir() -> Path:
-    """Where a test run's screenshots go: KEYRACK_SCREENSHOTS (`make screenshots`), else a temporary directory."""
+    """Where a test run's screenshots go: KEYRACK_SCREENSHOTS (`make screenshots`), else a temporary directory of
+    this run's own (never a fixed name: runs of several checkouts and xdist workers share the temp dir)."""
     target = os.environ.get("KEYRACK_SCREENSHOTS")
-    path = Path(target) if target else Path(tempfile.gettempdir()) / "keyrack-screenshots"
+    path = Path(target) if target else Path(tempfile.mkdtemp(prefix="keyrack-screenshots-"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
