@@ -28,9 +28,10 @@ from google.genai import types
 from google.genai.live import AsyncSession
 
 from proxy_service.app import create_app
+from proxy_service.keys import key_id
 from proxy_service.settings import Settings
 from proxy_service.startup import StartupError, check_tls, uvicorn_tls
-from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.conftest import ADMIN_TOKEN, BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 from tests.servers import serve
 
 MODEL = "gemini-2.0-flash-live-001"
@@ -280,6 +281,67 @@ def test_an_unknown_model_is_passed_on_with_googles_close(
     assert closed.rcvd is not None and closed.rcvd.code == 1008 and "not found" in closed.rcvd.reason
     rows = _wait_sessions(proxy, 1)
     assert rows[0][1] == "client_error" and rows[0][6] is None and rows[0][12] == 1  # one attempt, no retry
+
+
+def raw_session(proxy: Proxy, texts: list[str]) -> websockets.ConnectionClosed | None:
+    """A session over ws:// that sends `texts` as turns and then waits: how it was closed (None: by the client)."""
+
+    async def run() -> websockets.ConnectionClosed | None:
+        url = proxy.url.replace("http://", "ws://") + LIVE_PATH
+        async with websockets.connect(url, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+            assert json.loads(await ws.recv()) == {"setupComplete": {}}
+            for text in texts:
+                turn = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": True}}
+                await ws.send(json.dumps(turn))
+                while not json.loads(await ws.recv()).get("serverContent", {}).get("turnComplete"):
+                    pass
+            if texts and texts[-1] == "bye":
+                return None
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await ws.recv()  # until Keyrack closes the session
+            return info.value
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("settings", "status", "reason"),
+    [
+        ({"live_idle_timeout_s": 0.5}, "LIVE_IDLE_TIMEOUT", "no message for 0.5 s"),
+        ({"live_max_session_s": 1.0}, "LIVE_MAX_SESSION", "maximum of 1 s"),
+    ],
+)
+def test_an_idle_or_overlong_session_is_closed_by_keyrack(
+    start_upstream: Callable[..., Upstream],
+    start_proxy: Callable[..., Proxy],
+    settings: dict[str, float],
+    status: str,
+    reason: str,
+) -> None:
+    upstream = start_upstream(SCENARIO)
+    proxy = start_proxy(upstream.url, **settings)
+    closed = raw_session(proxy, ["Hello"])
+    assert closed is not None and closed.rcvd is not None
+    assert closed.rcvd.code == 1001 and reason in closed.rcvd.reason
+    rows = _wait_sessions(proxy, 1)
+    assert rows[0][1] == "success" and rows[0][6] == status and "1 turn(s)" in rows[0][7]
+    assert rows[0][3] and rows[0][3] > 0  # the turn's usage is kept
+
+
+def test_an_invalid_key_at_setup_is_retried_on_another_key_and_marked_invalid(
+    start_upstream: Callable[..., Upstream], start_live_proxy: Callable[..., Proxy]
+) -> None:
+    upstream = start_upstream(SCENARIO)
+    proxy = start_live_proxy(upstream.url, strategy="round_robin", api_keys=f"p1:{BAD_1},p2:{P2_A}")
+    for _ in range(2):
+        assert raw_session(proxy, ["Hi", "bye"]) is None
+    rows = _wait_sessions(proxy, 2)
+    assert [r[1] for r in rows] == ["success", "success"] and sorted(r[12] for r in rows) == [1, 2]
+    attempts = proxy.rows("SELECT outcome, upstream_status FROM attempts ORDER BY ts")
+    assert sorted(attempts) == [("invalid_key", 400), ("ok", 101), ("ok", 101)]
+    assert proxy.gateway.pool.keys[key_id(BAD_1)].status == "invalid"
+    assert BAD_1 not in json.dumps(proxy.rows("SELECT * FROM error_logs"), default=str)  # no secret in the logs
 
 
 def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ class Session:
     received: int = 0  # bytes from upstream to the client
     usage: Usage = field(default_factory=Usage)
     last_activity: float = field(default_factory=time.monotonic)
+    client_gone: bool = False  # a send to the client failed: it left
 
 
 def _version(ws: WebSocket) -> str | None:
@@ -173,10 +174,20 @@ class LiveRelay:
         await ws.accept()
         upstream: ClientConnection | None = None
         try:
-            setup = await self._first_message(ws, session)
-            call.client_id = authenticate(ws, self.gw)
+            try:
+                call.client_id = authenticate(ws, self.gw)
+                refusal: KeyrackError | None = None
+            except KeyrackError as exc:
+                refusal = exc
+            # The setup is read before a refusal is sent, as Google does: a client that sends it at once (every SDK)
+            # then reads the close frame's code and reason rather than a failed write. It is parsed only when the
+            # caller is admitted.
+            raw = await self._first_message(ws, session)
+            if refusal is not None:
+                raise refusal
+            setup = self._setup(raw)
             call.model = self._model(setup)
-            upstream = await self._open(ws, session, version, setup)
+            upstream = await self._open(ws, session, version, raw)
             await self._relay(ws, upstream, session)
         except Refused as exc:
             await self._close(ws, exc.code, exc.reason)
@@ -197,7 +208,7 @@ class LiveRelay:
                 self.gw.pool.finished(session.key)
 
     # -- connect -----------------------------------------------------------------------------------------------------
-    async def _first_message(self, ws: WebSocket, session: Session) -> dict[str, Any]:
+    async def _first_message(self, ws: WebSocket, session: Session) -> str | bytes:
         cfg = self.gw.settings
         try:
             message = await asyncio.wait_for(ws.receive(), cfg.live_idle_timeout_s)
@@ -208,6 +219,10 @@ class LiveRelay:
             raise Refused(1000, "", 499, "cancelled")
         self._check_size(data)
         session.sent += len(data)
+        return data
+
+    @staticmethod
+    def _setup(data: str | bytes) -> dict[str, Any]:
         try:
             first = json.loads(data)
         except (ValueError, RecursionError):
@@ -232,13 +247,12 @@ class LiveRelay:
             )
         return name
 
-    async def _open(self, ws: WebSocket, session: Session, version: str, setup: dict[str, Any]) -> ClientConnection:
+    async def _open(self, ws: WebSocket, session: Session, version: str, raw: str | bytes) -> ClientConnection:
         """A key chosen by the pool, its upstream session set up, and the upstream's first answer relayed."""
         gw, call = self.gw, session.call
         pool, cfg = gw.pool, gw.config
         model = call.quota_model
         url = upstream_ws_url(cfg.upstream_url, version)
-        raw = json.dumps(setup)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.call_deadline_s
         tried: set[str] = set()
@@ -291,7 +305,11 @@ class LiveRelay:
             session.key = key
             session.ttfb_ms = (time.perf_counter() - call.started) * 1000
             session.last_activity = time.monotonic()
-            await self._to_client(ws, session, first)
+            try:
+                await self._to_client(ws, session, first)
+            except (RuntimeError, OSError, WebSocketDisconnect):  # the client left during the setup
+                await upstream.close()
+                raise Refused(1000, "", 499, "cancelled") from None
             return upstream
         if last is None:
             raise Refused(1014, "Keyrack: upstream gave no answer within the call deadline.", 504, "upstream_error")
@@ -376,7 +394,11 @@ class LiveRelay:
             try:
                 async for data in upstream:
                     session.last_activity = time.monotonic()
-                    await self._to_client(ws, session, data)
+                    try:
+                        await self._to_client(ws, session, data)
+                    except (RuntimeError, OSError, WebSocketDisconnect):  # the client left: its end, not upstream's
+                        session.client_gone = True
+                        return Refused(1000, "", 200, "success")
             except ConnectionClosed:
                 pass
             code = upstream.close_code or 1006  # 1006: lost without a close frame
@@ -422,6 +444,8 @@ class LiveRelay:
         except (ConnectionClosed, WebSocketDisconnect, OSError, RuntimeError) as exc:
             end = Refused(1011, f"Keyrack: session broken ({type(exc).__name__}).", 502, "stream_error")
         who = {"client": "client", "upstream": "upstream"}.get(task.get_name(), "keyrack")
+        if session.client_gone:
+            who = "client"
         if end.code == 1009 and who == "client":
             who = "keyrack"
         if who != "upstream":
