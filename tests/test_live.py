@@ -344,6 +344,23 @@ def test_an_invalid_key_at_setup_is_retried_on_another_key_and_marked_invalid(
     assert BAD_1 not in json.dumps(proxy.rows("SELECT * FROM error_logs"), default=str)  # no secret in the logs
 
 
+def test_an_ephemeral_token_session_is_refused_with_a_reason(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
+) -> None:
+    proxy = start_proxy(start_upstream(SCENARIO).url)
+
+    async def connect() -> websockets.ConnectionClosed:
+        url = proxy.url.replace("http://", "ws://") + LIVE_PATH.replace("v1beta", "v1alpha") + "Constrained"
+        async with websockets.connect(url, additional_headers={"authorization": "Token auth_tokens/abc"}) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await ws.recv()
+            return info.value
+
+    closed = asyncio.run(connect())
+    assert closed.rcvd is not None and closed.rcvd.code == 1008 and "no ephemeral tokens" in closed.rcvd.reason
+
+
 def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     other_dir = tmp_path / "other"

@@ -167,7 +167,10 @@ class LiveRelay:
     async def endpoint(self, ws: WebSocket) -> None:
         version = _version(ws)
         if version is None:
-            await ws.close(1008)  # not a Live path (before accept: the client sees HTTP 403)
+            if str(ws.path_params.get("service", "")).endswith(f"{SERVICE}Constrained"):
+                await self._no_ephemeral(ws)
+            else:
+                await ws.close(1008)  # not a Live path (before accept: the client sees HTTP 403)
             return
         call = Call("gemini", OPERATION, None, "GET", f"/ws/{version}", [], {}, b"", True, None)
         session = Session(call)
@@ -206,6 +209,16 @@ class LiveRelay:
                 await upstream.close()
             if session.key is not None:
                 self.gw.pool.finished(session.key)
+
+    async def _no_ephemeral(self, ws: WebSocket) -> None:
+        """Ephemeral tokens (`auth_tokens/…`, the Constrained session) are Google's, minted for one project's key and
+        checked by Google: Keyrack cannot choose the key for such a session, so it says so instead of a bare 403."""
+        await ws.accept()
+        with contextlib.suppress(TimeoutError):  # the SDKs send their setup first; the refusal is read after it
+            await asyncio.wait_for(ws.receive(), 10)
+        await self._close(
+            ws, 1008, "Keyrack serves no ephemeral tokens: open BidiGenerateContent with a Keyrack client token."
+        )
 
     # -- connect -----------------------------------------------------------------------------------------------------
     async def _first_message(self, ws: WebSocket, session: Session) -> str | bytes:
