@@ -22,7 +22,7 @@ from proxy_service.startup import (
     database_error,
     load_settings,
     unknown_setting_lines,
-    uvicorn_tls,
+    uvicorn_options,
 )
 
 log = logging.getLogger("keyrack.startup")
@@ -113,11 +113,7 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
         log_level="warning",
         access_log=False,
         lifespan="on",
-        # The Live API's WebSocket sessions (surfaces/live.py); the protocol's own cap on a message sits just above
-        # the session's, so an oversized message is refused by the session with its close code and reason.
-        ws="websockets-sansio",
-        ws_max_size=int(settings.live_max_frame_mb * 1024 * 1024) + 1024,
-        **uvicorn_tls(settings),
+        **uvicorn_options(settings),  # the Live API's WebSockets (surfaces/live.py), TLS when configured
         timeout_graceful_shutdown=60,
         # Longer than clients' and load balancers' idle timeouts (httpx 5 s, typical LBs 60 s), so the client side
         # always closes an idle connection first. With uvicorn's 5 s default a request sent just as the server

@@ -159,11 +159,17 @@ def check_tls(settings: Settings) -> None:
         raise StartupError(f"TLS: cannot read {exc.filename or cert}: {exc.strerror or exc}.") from None
 
 
-def uvicorn_tls(settings: Settings) -> dict[str, Any]:
-    """uvicorn's TLS options for the settings (empty: plain HTTP)."""
-    if settings.tls_certfile is None or settings.tls_keyfile is None:
-        return {}
-    return {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the Live API's WebSockets and for TLS, as `keyrack serve` runs them (tests serve the
+    app with the same). The WebSocket protocol's own cap on a message sits just above the session's, so an
+    oversized message reaches the session, which refuses it with its close code and reason."""
+    options: dict[str, Any] = {
+        "ws": "websockets-sansio",
+        "ws_max_size": int(settings.live_max_frame_mb * 1024 * 1024) + 1024,
+    }
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        options.update(ssl_certfile=str(settings.tls_certfile), ssl_keyfile=str(settings.tls_keyfile))
+    return options
 
 
 def database_error(db: Path, exc: BaseException) -> str:

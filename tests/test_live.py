@@ -30,7 +30,7 @@ from google.genai.live import AsyncSession
 from proxy_service.app import create_app
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
-from proxy_service.startup import StartupError, check_tls, uvicorn_tls
+from proxy_service.startup import StartupError, check_tls, uvicorn_options
 from tests.conftest import ADMIN_TOKEN, BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 from tests.servers import serve
 
@@ -92,7 +92,7 @@ def start_live_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
             s = Settings(_env_file=None, **options)  # type: ignore[call-arg]
             check_tls(s)
             app = create_app(s)
-            url = stack.enter_context(serve(app, lifespan="on", ws="websockets-sansio", **uvicorn_tls(s)))
+            url = stack.enter_context(serve(app, lifespan="on", **uvicorn_options(s)))
             if s.tls_certfile is not None:
                 url = url.replace("http://", "https://")
             return Proxy(url, app.state.gateway, options["data_dir"])
@@ -204,29 +204,34 @@ def test_a_bad_client_token_is_refused_with_1008(
     assert upstream.stats()["by_operation"].get("BidiGenerateContent") is None  # no key was spent
 
 
+@pytest.mark.parametrize("size", [10_600, 40_000], ids=["over-the-session-cap", "over-the-protocol-cap"])
 def test_a_message_over_the_cap_closes_the_session_with_1009(
-    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
+    start_upstream: Callable[..., Upstream], start_live_proxy: Callable[..., Proxy], size: int
 ) -> None:
+    """0.01 MB is 10,485 bytes: the session refuses a message over it with its reason; the WebSocket protocol (set
+    just above the session's cap) refuses a far larger one before it is read whole, with the same code."""
     upstream = start_upstream(SCENARIO)
-    proxy = start_proxy(upstream.url, live_max_frame_mb=0.01)
+    proxy = start_live_proxy(upstream.url, live_max_frame_mb=0.01)
 
     async def session() -> websockets.ConnectionClosed:
         url = proxy.url.replace("http://", "ws://") + LIVE_PATH
         async with websockets.connect(url, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
             await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
             assert json.loads(await ws.recv()) == {"setupComplete": {}}
-            big = {
-                "clientContent": {"turns": [{"role": "user", "parts": [{"text": "x" * 20_000}]}], "turnComplete": True}
-            }
+            text = "x" * size
+            big = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": True}}
             await ws.send(json.dumps(big))
             with pytest.raises(websockets.ConnectionClosed) as info:
                 await ws.recv()
             return info.value
 
     closed = asyncio.run(session())
-    assert closed.rcvd is not None and closed.rcvd.code == 1009 and "0.01 MB" in closed.rcvd.reason
+    assert closed.rcvd is not None and closed.rcvd.code == 1009
+    if size < 11_000:
+        assert "0.01 MB" in closed.rcvd.reason
     rows = _wait_sessions(proxy, 1)
-    assert rows[0][6] == "LIVE_FRAME_TOO_LARGE" and rows[0][1] == "client_error"
+    assert rows[0][6] == "LIVE_FRAME_TOO_LARGE" and rows[0][1] == "client_error" and rows[0][2] == 413
+    assert upstream.stats()["by_operation"]["BidiGenerateContent"] == 1  # one session set up upstream
 
 
 def test_no_key_with_headroom_closes_with_1013_and_an_exhausted_project_cools(

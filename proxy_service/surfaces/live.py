@@ -247,8 +247,11 @@ class LiveRelay:
 
     def _check_size(self, data: str | bytes) -> None:
         if len(data) > self.frame_cap:
-            mb = self.gw.settings.live_max_frame_mb
-            raise Refused(1009, f"Keyrack: a message exceeds the {mb:g} MB limit.", 413, "client_error")
+            raise self._too_large()
+
+    def _too_large(self) -> Refused:
+        mb = self.gw.settings.live_max_frame_mb
+        return Refused(1009, f"Keyrack: a message exceeds the {mb:g} MB limit.", 413, "client_error")
 
     @staticmethod
     def _model(first: dict[str, Any]) -> str:
@@ -392,8 +395,11 @@ class LiveRelay:
 
         async def from_client() -> Refused:
             while True:
-                data = _data(await ws.receive())
+                message = await ws.receive()
+                data = _data(message)
                 if data is None:
+                    if message.get("code") == 1009:  # the WebSocket protocol's own cap (uvicorn's ws_max_size)
+                        return self._too_large()
                     return Refused(1000, "", 200, "success")
                 try:
                     self._check_size(data)
