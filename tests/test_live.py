@@ -31,6 +31,7 @@ from proxy_service.app import create_app
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
 from proxy_service.startup import StartupError, check_tls, uvicorn_options
+from proxy_service.surfaces.live import Usage
 from tests.conftest import ADMIN_TOKEN, BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 from tests.servers import serve
 
@@ -364,6 +365,19 @@ def test_an_ephemeral_token_session_is_refused_with_a_reason(
 
     closed = asyncio.run(connect())
     assert closed.rcvd is not None and closed.rcvd.code == 1008 and "no ephemeral tokens" in closed.rcvd.reason
+
+
+def test_usage_sums_the_counts_and_ignores_what_is_no_count() -> None:
+    usage = Usage()
+    audio = {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": "A" * 200_000}}]}}}
+    usage.read(json.dumps(audio).encode())
+    for meta in (
+        {"promptTokenCount": 10, "responseTokenCount": 5, "totalTokenCount": 15},
+        {"promptTokenCount": True, "responseTokenCount": -3, "totalTokenCount": 2**40, "thoughtsTokenCount": 4},
+    ):
+        usage.read(json.dumps({"serverContent": {"turnComplete": True}, "usageMetadata": meta}))
+    usage.read(b'{"serverContent": {"turnComplete": true}, "usageMetadata": {"promptTokenCount": 7')  # cut short
+    assert (usage.prompt, usage.output, usage.total, usage.thinking, usage.turns) == (10, 5, 15, 4, 3)
 
 
 def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:

@@ -188,7 +188,8 @@ class LiveRelay:
             raw = await self._first_message(ws, session)
             if refusal is not None:
                 raise refusal
-            setup = self._setup(raw)
+            # A setup can carry a long system instruction: a large one is parsed off the event loop.
+            setup = self._setup(raw) if len(raw) <= 65_536 else await asyncio.to_thread(self._setup, raw)
             call.model = self._model(setup)
             upstream = await self._open(ws, session, version, raw)
             await self._relay(ws, upstream, session)
@@ -282,7 +283,9 @@ class LiveRelay:
                 if last is not None:
                     break
                 self.gw.relay.record_error(call, None, 429, "exhausted", exc.message)
-                raise Refused(1013, f"Keyrack: {exc.message}", 429, "exhausted") from None
+                # The wait first: a close reason holds 123 bytes, and the detail is what may be cut.
+                reason = f"Keyrack: no key has headroom for {call.model}; retry in {exc.retry_after}s. {exc.message}"
+                raise Refused(1013, reason, 429, "exhausted") from None
             if pool.clustered and not await pool.admit(key, model):
                 continue
             session.attempts += 1
