@@ -31,7 +31,7 @@ from proxy_service.app import create_app
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
 from proxy_service.startup import StartupError, check_tls, uvicorn_options
-from proxy_service.surfaces.live import Usage
+from proxy_service.surfaces.live_wire import Usage
 from tests.conftest import ADMIN_TOKEN, BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
 from tests.servers import serve
 
