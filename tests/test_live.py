@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -365,6 +366,28 @@ def test_an_ephemeral_token_session_is_refused_with_a_reason(
 
     closed = asyncio.run(connect())
     assert closed.rcvd is not None and closed.rcvd.code == 1008 and "no ephemeral tokens" in closed.rcvd.reason
+
+
+def test_an_unreachable_upstream_closes_with_1014_after_the_retries(start_proxy: Callable[..., Proxy]) -> None:
+    with socket.socket() as sock:  # a port with nothing listening: every connect is refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = start_proxy(dead, max_retries=1)
+
+    async def session() -> websockets.ConnectionClosed:
+        url = proxy.url.replace("http://", "ws://") + LIVE_PATH
+        async with websockets.connect(url, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await ws.recv()
+            return info.value
+
+    closed = asyncio.run(session())
+    assert closed.rcvd is not None and closed.rcvd.code == 1014 and "unreachable (2 attempt(s))" in closed.rcvd.reason
+    rows = _wait_sessions(proxy, 1)
+    assert rows[0][1] == "upstream_error" and rows[0][2] == 502 and rows[0][12] == 2
+    attempts = proxy.rows("SELECT outcome FROM attempts")
+    assert attempts == [("connection_error",), ("connection_error",)]
 
 
 def test_usage_sums_the_counts_and_ignores_what_is_no_count() -> None:
