@@ -12,11 +12,13 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import websockets
 from cryptography import x509
@@ -388,6 +390,46 @@ def test_an_unreachable_upstream_closes_with_1014_after_the_retries(start_proxy:
     assert rows[0][1] == "upstream_error" and rows[0][2] == 502 and rows[0][12] == 2
     attempts = proxy.rows("SELECT outcome FROM attempts")
     assert attempts == [("connection_error",), ("connection_error",)]
+
+
+def test_a_session_open_when_the_server_stops_is_closed_and_recorded(
+    tmp_path: Path, start_upstream: Callable[..., Upstream]
+) -> None:
+    upstream = start_upstream(SCENARIO)
+    options = {"data_dir": tmp_path / "d", "upstream_url": upstream.url, "access_tokens": [CLIENT_TOKEN]}
+    settings = Settings(_env_file=None, api_keys=POOL_KEYS, **options)  # type: ignore[call-arg]
+    app = create_app(settings)
+    turned, closed_by = threading.Event(), []
+
+    async def session(url: str) -> None:
+        async with websockets.connect(url + LIVE_PATH, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+            await ws.recv()
+            turn = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turnComplete": True}}
+            await ws.send(json.dumps(turn))
+            while not json.loads(await ws.recv()).get("serverContent", {}).get("turnComplete"):
+                pass
+            turned.set()
+            try:
+                await ws.recv()
+            except websockets.ConnectionClosed as exc:
+                closed_by.append(exc.rcvd.code if exc.rcvd else None)
+
+    with serve(app, lifespan="on", **uvicorn_options(settings)) as url:
+        client = threading.Thread(target=asyncio.run, args=(session(url.replace("http://", "ws://")),))
+        client.start()
+        assert turned.wait(60)
+    client.join(60)
+    assert closed_by == [1012]  # uvicorn's "service restart" close on shutdown
+    con = duckdb.connect(str(settings.db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT outcome, error_status, total_tokens FROM requests WHERE operation = 'BidiGenerateContent'"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 1 and rows[0][0] == "success" and rows[0][1] in ("LIVE_CLIENT_CLOSED", "LIVE_SERVER_STOPPING")
+    assert rows[0][2] and rows[0][2] > 0
 
 
 def test_usage_sums_the_counts_and_ignores_what_is_no_count() -> None:

@@ -383,6 +383,9 @@ class LiveRelay:
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is stopping: the session is still recorded, as Keyrack's end
+            self._finish(session, "keyrack", Refused(1012, "Keyrack is stopping.", 200, "success"))
+            raise
         finally:
             for task in tasks:
                 task.cancel()
@@ -412,7 +415,9 @@ class LiveRelay:
         if end.code == 1009:
             status = "LIVE_FRAME_TOO_LARGE"
         elif who == "keyrack":
-            status = "LIVE_MAX_SESSION" if "maximum" in end.reason else "LIVE_IDLE_TIMEOUT"
+            status = {1012: "LIVE_SERVER_STOPPING"}.get(end.code) or (
+                "LIVE_MAX_SESSION" if "maximum" in end.reason else "LIVE_IDLE_TIMEOUT"
+            )
         elif who == "client":
             status = "LIVE_CLIENT_CLOSED"
         else:
