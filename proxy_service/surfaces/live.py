@@ -61,6 +61,7 @@ log = logging.getLogger("keyrack.live")
 OPERATION = "BidiGenerateContent"
 # Headers the upstream may need to interpret the session; the client's credentials never go on.
 FORWARD_HEADERS = ("user-agent", "x-goog-api-client")
+REFUSAL_WAIT_S = 10.0  # how long a refused caller's setup is waited for (an SDK sends it at once)
 
 
 @dataclass
@@ -112,9 +113,12 @@ class LiveRelay:
             # The setup is read before a refusal is sent, as Google does: a client that sends it at once (every SDK)
             # then reads the close frame's code and reason rather than a failed write. It is parsed only when the
             # caller is admitted.
-            raw = await self._first_message(ws, session)
             if refusal is not None:
+                # An unknown caller waits for little and gets the refusal whatever its first message was.
+                with contextlib.suppress(Refused):
+                    await self._first_message(ws, session, REFUSAL_WAIT_S)
                 raise refusal
+            raw = await self._first_message(ws, session, self.gw.settings.live_idle_timeout_s)
             # A setup can carry a long system instruction: a large one is parsed off the event loop.
             setup = self._setup(raw) if len(raw) <= 65_536 else await asyncio.to_thread(self._setup, raw)
             call.model = self._model(setup)
@@ -149,10 +153,9 @@ class LiveRelay:
         )
 
     # -- connect -----------------------------------------------------------------------------------------------------
-    async def _first_message(self, ws: WebSocket, session: Session) -> str | bytes:
-        cfg = self.gw.settings
+    async def _first_message(self, ws: WebSocket, session: Session, wait_s: float) -> str | bytes:
         try:
-            message = await asyncio.wait_for(ws.receive(), cfg.live_idle_timeout_s)
+            message = await asyncio.wait_for(ws.receive(), wait_s)
         except TimeoutError:
             raise Refused(1008, "Keyrack: no setup message within the idle timeout.", 408, "client_error") from None
         data = message_data(message)
