@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 import websockets
 from cryptography import x509
@@ -36,7 +38,10 @@ from proxy_service.settings import Settings
 from proxy_service.startup import StartupError, check_tls, uvicorn_options
 from proxy_service.surfaces.live_wire import Usage
 from tests.conftest import ADMIN_TOKEN, BAD_1, CLIENT_TOKEN, P2_A, POOL_KEYS, SCENARIO, Proxy, Upstream
+from tests.reliability import harness
+from tests.reliability.harness import clean_env
 from tests.servers import serve
+from tests.test_cli import serve_fails
 
 MODEL = "gemini-2.0-flash-live-001"
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -105,8 +110,14 @@ def start_live_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
 
 
 def sdk(url: str, token: str = CLIENT_TOKEN, cafile: Path | None = None) -> genai.Client:
-    args: dict[str, Any] = {"ssl": ssl.create_default_context(cafile=str(cafile))} if cafile else {}
-    return genai.Client(api_key=token, http_options=types.HttpOptions(base_url=url, async_client_args=args))
+    """The SDK pointed at Keyrack; trusting `cafile` (Keyrack's own certificate) for its HTTP calls and Live."""
+    ctx = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    options = types.HttpOptions(
+        base_url=url,
+        client_args={"verify": ctx} if ctx else None,
+        async_client_args={"ssl": ctx} if ctx else None,
+    )
+    return genai.Client(api_key=token, http_options=options)
 
 
 async def turns(session: AsyncSession, texts: list[str]) -> tuple[list[str], list[int]]:
@@ -430,6 +441,67 @@ def test_a_session_open_when_the_server_stops_is_closed_and_recorded(
         con.close()
     assert len(rows) == 1 and rows[0][0] == "success" and rows[0][1] in ("LIVE_CLIENT_CLOSED", "LIVE_SERVER_STOPPING")
     assert rows[0][2] and rows[0][2] > 0
+
+
+def test_keyrack_serve_serves_https_and_live_over_wss_from_its_tls_settings(
+    tmp_path: Path, start_upstream: Callable[..., Upstream]
+) -> None:
+    """The real `keyrack serve` process: TLS from KEYRACK_TLS_*, the SDK's HTTP calls and a Live session over it."""
+    upstream = start_upstream(SCENARIO)
+    cert, key = make_cert(tmp_path)
+    env = clean_env(
+        data_dir=str(tmp_path / "data"),
+        upstream_url=upstream.url,
+        api_keys=POOL_KEYS,
+        access_tokens=CLIENT_TOKEN,
+        tls_certfile=str(cert),
+        tls_keyfile=str(key),
+    )
+    proc = harness.start(["serve", "--port", "0"], env, tmp_path / "proxy.log", tmp_path)
+    try:
+        port = proc.wait_for(r"event=startup .*?port=(\d+)").group(1)
+        url = f"https://127.0.0.1:{port}"
+        harness_ready(url, cert, proc)
+        client = sdk(url, cafile=cert)
+        assert client.models.generate_content(model="gemini-2.5-flash", contents="Hello over TLS").text
+
+        async def live() -> list[str]:
+            async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+                answers, _ = await turns(session, ["One", "Two"])
+                return answers
+
+        assert all(asyncio.run(live()))
+        # An idle keep-alive TLS connection left open holds the server's shutdown for asyncio's TLS close timeout
+        # (the peer never answers the close_notify): a client that is done closes its connections.
+        client.close()
+    finally:
+        proc.stop(signal.SIGTERM, 90)
+    rows = harness.query(tmp_path / "data" / "keyrack.duckdb", "SELECT operation, outcome FROM requests ORDER BY ts")
+    assert rows == [("generateContent", "success"), ("BidiGenerateContent", "success")]
+
+
+def test_keyrack_serve_refuses_a_certificate_with_another_key(tmp_path: Path) -> None:
+    cert, _ = make_cert(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = make_cert(other)
+    line = serve_fails(tmp_path, tls_certfile=str(cert), tls_keyfile=str(other_key), data_dir=str(tmp_path / "d"))
+    assert "not a certificate and its private key" in line
+
+
+def harness_ready(url: str, cafile: Path, proc: harness.Proc, timeout: float = 60.0) -> None:
+    """/readyz over TLS answers 200 (the proxy's certificate trusted from `cafile`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.proc.poll() is None, proc.log()[-3000:]
+        with contextlib.suppress(httpx.HTTPError):
+            if (
+                httpx.get(f"{url}/readyz", verify=ssl.create_default_context(cafile=str(cafile)), timeout=2).status_code
+                == 200
+            ):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready in {timeout}s")
 
 
 def test_usage_sums_the_counts_and_ignores_what_is_no_count() -> None:
