@@ -41,7 +41,7 @@ from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay, Surface
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.store import StatsSource, StorageFault, Store, utcnow
-from proxy_service.surfaces import gemini, openai
+from proxy_service.surfaces import gemini, live, openai
 from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
 
@@ -520,6 +520,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         admin_api.mount(gw),
         *openai.routes(gw),
         *gemini.routes(gw),
+        *live.routes(gw),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={404: not_found, 405: not_allowed})
     app.state.gateway = gw

@@ -18,9 +18,11 @@ from proxy_service.startup import (
     bind_socket,
     check_cluster,
     check_data_dir,
+    check_tls,
     database_error,
     load_settings,
     unknown_setting_lines,
+    uvicorn_options,
 )
 
 log = logging.getLogger("keyrack.startup")
@@ -81,6 +83,7 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
         )
     check_data_dir(settings.data_dir)
     check_cluster(settings)
+    check_tls(settings)
     sock = bind_socket(settings.host, settings.port)
 
     import duckdb  # the heavy imports only once the configuration is known to be good
@@ -110,7 +113,7 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
         log_level="warning",
         access_log=False,
         lifespan="on",
-        ws="none",  # no websocket routes: no websocket implementation loaded, nor its memory
+        **uvicorn_options(settings),  # the Live API's WebSockets (surfaces/live.py), TLS when configured
         timeout_graceful_shutdown=60,
         # Longer than clients' and load balancers' idle timeouts (httpx 5 s, typical LBs 60 s), so the client side
         # always closes an idle connection first. With uvicorn's 5 s default a request sent just as the server

@@ -421,6 +421,15 @@ class Settings(BaseSettings, Config):
     event_spill_dir_mb: int = Field(2_048, ge=1, le=1_048_576)
     lake_commit_interval_s: float = Field(1.0, gt=0, le=60)
     lake_max_waiting_rows: int = Field(100_000, ge=1, le=10_000_000)  # past this, waiting rows spill to files
+    # TLS served by Keyrack itself (both or neither): the Live API's SDKs open `wss://` only, so a deployment
+    # without a TLS-terminating proxy in front needs the proxy to speak TLS (startup.check_tls reads the pair).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    # Live sessions (surfaces/live.py): the largest WebSocket message either way, a session with no message
+    # either way for this long is closed, and no session outlives the maximum (it holds a key's slot meanwhile).
+    live_max_frame_mb: float = Field(4.0, gt=0, le=64)
+    live_idle_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    live_max_session_s: float = Field(3_600.0, gt=0, le=86_400)
 
     @field_validator("api_keys")
     @classmethod
@@ -451,6 +460,11 @@ class Settings(BaseSettings, Config):
     @classmethod
     def _sql_memory(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("tls_certfile", "tls_keyfile", mode="before")
+    @classmethod
+    def _tls_path(cls, v: object) -> object:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
 
     @field_validator("event_spill_dir", mode="before")
     @classmethod

@@ -138,6 +138,40 @@ def check_cluster(settings: Settings) -> None:
         raise StartupError(str(exc)) from None
 
 
+def check_tls(settings: Settings) -> None:
+    """TLS settings: both files or neither, and a pair that loads (a certificate and its own private key), so a
+    bad pair stops the start with one line instead of failing every handshake later."""
+    import ssl
+
+    cert, key = settings.tls_certfile, settings.tls_keyfile
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        raise StartupError(
+            f"TLS needs both {env_name('tls_certfile')} and {env_name('tls_keyfile')} (only one is set)."
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise StartupError(f"TLS: {cert} and {key} are not a certificate and its private key ({exc.reason}).") from None
+    except OSError as exc:
+        raise StartupError(f"TLS: cannot read {exc.filename or cert}: {exc.strerror or exc}.") from None
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the Live API's WebSockets and for TLS, as `keyrack serve` runs them (tests serve the
+    app with the same). The WebSocket protocol's own cap on a message sits just above the session's, so an
+    oversized message reaches the session, which refuses it with its close code and reason."""
+    options: dict[str, Any] = {
+        "ws": "websockets-sansio",
+        "ws_max_size": int(settings.live_max_frame_mb * 1024 * 1024) + 1024,
+    }
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        options.update(ssl_certfile=str(settings.tls_certfile), ssl_keyfile=str(settings.tls_keyfile))
+    return options
+
+
 def database_error(db: Path, exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "lock" in text.lower():

@@ -284,6 +284,12 @@ class Launcher:
             if not port_free(host, port):
                 raise StartupError(f"port {port} for the {what} is already in use: choose another one.")
 
+        if base.tls_certfile is not None or base.tls_keyfile is not None:
+            # This launcher reaches its proxy (readiness, the dashboard's admin client) over loopback HTTP.
+            raise StartupError(
+                "KEYRACK_TLS_CERTFILE / KEYRACK_TLS_KEYFILE are served by `keyrack serve` (and the Docker image); "
+                "`keyrack run` talks to its proxy over plain HTTP: unset them here, or run `keyrack serve`."
+            )
         kept = demo_tokens(data_dir) if opts.demo else None  # the demo's tokens stay the same across runs
         admin_token = base.admin_token or (kept[0] if kept else "kra_" + secrets.token_urlsafe(18))
         client_token = base.access_tokens[0] if base.access_tokens else None

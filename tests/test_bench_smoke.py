@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import event_writer, proxy_throughput, quota_pressure, run_all, upstream_answer
+from bench import event_writer, live_relay, proxy_throughput, quota_pressure, run_all, upstream_answer
 
 
 def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
@@ -108,3 +108,13 @@ def test_upstream_answer_stays_bounded(tmp_path: Path) -> None:
     f = upstream_answer.run(size_mb=40, cap_mb=4)
     assert f["status"] == 502 and f["upstream_wrote_mb"] < 40 and f["rss_peak_hwm_mb"] > 0
     assert "max_answer_mb" in f["message"] and "502" in upstream_answer.report(f)
+
+
+def test_live_relay_measures_both_targets_and_records_every_session(tmp_path: Path) -> None:
+    f = live_relay.run(sessions=2, turns=2, rounds=1, workdir=tmp_path)
+    for target in ("direct", "keyrack"):
+        assert f[target]["sessions"] == 2 and f[target]["turns"] == 4 and f[target]["turns_per_s"] > 0
+        assert 0 < f[target]["turn_p50_ms"] <= f[target]["turn_p95_ms"]
+    ev = f["events"]
+    assert ev["sessions_recorded"] == ev["sessions_with_every_turn"] == 2 and ev["lost"] == 0 and ev["tokens"] > 0
+    assert f["turns_per_s_ratio"] > 0 and "| keyrack |" in live_relay.report(f)

@@ -48,7 +48,9 @@ from zoneinfo import ZoneInfo
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+
+from proxy_service.demo import fake_live
 
 # ---------------------------------------------------------------- static data (computed once at import)
 
@@ -569,9 +571,28 @@ class _Fake:
             raise _Fail(500, "INTERNAL", _INTERNAL_MSG)
         return True
 
+    def live_gate(self, key: str | None, model: str) -> str:
+        """A Live session's setup (fake_live): the key's project, one call admitted against its quota, counted like
+        any call; a refusal as Live says it (the close code Google uses for the same error)."""
+        self.requests += 1
+        self.by_operation["BidiGenerateContent"] += 1
+        try:
+            if key is not None:
+                self.by_key[key] += 1
+            project = self._project(key)
+            self.by_project[project] += 1
+            self._admit(project, model, 0)
+        except _Fail as f:
+            self.by_status[str(f.code)] += 1
+            raise fake_live.Refused(1011 if f.code == 429 else 1007, f.body["message"]) from None
+        self.by_status["101"] += 1
+        return project
+
     def _admit(self, project: str, model: str, prompt_tokens: int) -> None:
         """Count an accepted call against (project, model) quotas or raise Google's 429."""
-        lim = self.limits[model]
+        lim = self.limits.get(model)
+        if lim is None:  # a Live model (fake_live.LIVE_MODELS): its limits from the scenario too
+            lim = self.sc.limits_for(model)
         if lim:
             self._check_quota(project, model, prompt_tokens, lim)
         self.accepted[project][model] += 1
@@ -1014,6 +1035,7 @@ def create_app(scenario: Scenario | dict | None = None, clock: Callable[[], floa
             Route("/_fake/stats", stats, methods=["GET"]),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/scenario", scenario_endpoint, methods=["GET", "POST"]),
+            WebSocketRoute("/ws/{service}", fake_live.endpoint(fake.live_gate)),
         ]
     )
     app.state.fake = fake

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from proxy_service import metrics
@@ -38,7 +38,7 @@ FORWARD_HEADERS = ("content-type", "accept", "user-agent", "x-goog-api-client", 
 FORWARD_QUERY = frozenset({"alt", "$alt", "pageSize", "pageToken", "filter"})
 
 
-def client_token(request: Request) -> str | None:
+def client_token(request: HTTPConnection) -> str | None:
     token = request.headers.get("x-goog-api-key") or request.query_params.get("key")
     if token:
         return token.strip()
@@ -52,7 +52,7 @@ def client_id(token: str | None) -> str | None:
     return "t_" + hashlib.sha256(token.encode()).hexdigest()[:10] if token else None
 
 
-def authenticate(request: Request, gw: Gateway) -> str | None:
+def authenticate(request: HTTPConnection, gw: Gateway) -> str | None:
     """The client's id, or Unauthorized/Forbidden.
 
     With no tokens configured the proxy is open, which is allowed only while it is bound to loopback (checked at
@@ -87,7 +87,7 @@ def _host_name(value: str) -> str:
     return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
-def check_local_caller(request: Request) -> None:
+def check_local_caller(request: HTTPConnection) -> None:
     """Open-localhost mode: refuse what a web page in a browser could send (cheap header checks only).
 
     A DNS-rebinding page reaches 127.0.0.1 under its own name (Host), a page elsewhere sends its Origin and
@@ -111,7 +111,7 @@ def check_local_caller(request: Request) -> None:
             )
     if headers.get("sec-fetch-site") == "cross-site":
         raise Forbidden("Cross-site browser requests may not call a Keyrack that has no client tokens.")
-    if request.method == "POST":
+    if request.scope.get("method") == "POST":  # a WebSocket handshake (the Live API) has no body to check
         ctype = headers.get("content-type", "").partition(";")[0].strip().lower()
         if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
             raise UnsupportedMediaType(
