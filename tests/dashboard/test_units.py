@@ -318,3 +318,18 @@ def test_why_a_rule_has_no_backtest_reads_in_chinese(monkeypatch: pytest.MonkeyP
     for body in rules:
         why = backtest.unsupported(parse_rule({"name": "r", "op": "<", "threshold": 1, "window_s": 60, **body}))
         assert why and not _english(av.backtest_reason(why)), why
+
+
+def test_alert_values_read_the_same_in_the_dashboard_and_in_messages() -> None:
+    """One formatting: the Alerts tables and the proxy's messages say the same words for every metric's value."""
+    from dashboard.logic import alerts_view as av
+    from proxy_service.alerts.notify import format_value
+    from proxy_service.alerts.rules import METRICS
+
+    for name, metric in METRICS.items():
+        for v in (0.0, 0.2093, 1.25, 7.5, 1234.4, 12345.0):
+            assert av.fmt_value(v, metric.unit) == format_value(v, name), (name, v)
+    assert av.fmt_value(0.2093, "ratio") == "20.9 %"
+    assert av.fmt_value(1.25, "x") == "1.25×"  # a factor says so, as in messages
+    assert av.fmt_value(12345.0, "count") == "12,345"
+    assert av.fmt_value(None) == av.fmt_value(float("nan")) == "–"
