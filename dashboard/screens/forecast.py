@@ -53,8 +53,8 @@ if view and view.get("status") == "ok":
         st.caption(t("forecast.demo_note", until=fv.clock(view["demo_until"], zone)))
 elif view and view.get("status") == "insufficient_history":
     st.info(t("forecast.need_history", need=view["need_days"], have=view["have_days"]))
-elif view:
-    st.info(t("forecast.pending"))
+elif view:  # pending: no forecast yet, and the reason why
+    st.info(fv.pending_text(view))
 
 # -- 3. planner ---------------------------------------------------------------------------------------------------
 st.subheader(t("forecast.plan_title"))

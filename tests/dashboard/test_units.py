@@ -333,3 +333,18 @@ def test_alert_values_read_the_same_in_the_dashboard_and_in_messages() -> None:
     assert av.fmt_value(1.25, "x") == "1.25×"  # a factor says so, as in messages
     assert av.fmt_value(12345.0, "count") == "12,345"
     assert av.fmt_value(None) == av.fmt_value(float("nan")) == "–"
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_demand_ahead_says_why_there_is_no_forecast_yet(monkeypatch: pytest.MonkeyPatch, lang: str) -> None:
+    """Each reason the admin API gives for "pending" has its own sentence, in both languages."""
+    from dashboard.logic import forecast_view as fv
+
+    monkeypatch.setattr(i18n, "_last", lang)
+    base = {"status": "pending", "refresh_s": 900.0}
+    rollup = fv.pending_text({**base, "reason": "rollup", "progress": 0.42})
+    fitting = fv.pending_text({**base, "reason": "fitting"})
+    failed = fv.pending_text({**base, "reason": "failed", "error": "OSError: disk"})
+    assert len({rollup, fitting, failed, fv.pending_text(base)}) == 4
+    assert "42" in rollup and "OSError: disk" in failed and "15" in failed
+    assert not _english(rollup, fitting) if lang == "zh" else "rebuilt" in rollup
