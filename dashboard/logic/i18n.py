@@ -204,6 +204,7 @@ _add("reason.too_many_buckets", "Too many buckets in that range: choose a coarse
      "该范围内的时间桶过多：请选择更粗的粒度。")
 # -- common ----------------------------------------------------------------------------------------------------
 _add("common.close", "Close", "关闭")
+_add("common.scroll_sideways", "↔ {n} of {total} columns are out of view: scroll the table sideways (shift + wheel, or drag its bottom scrollbar).", "↔ {total} 列中有 {n} 列不在视野内：请左右滚动表格（Shift + 滚轮，或拖动底部滚动条）。")
 _add("common.cancel", "Cancel", "取消")
 _add("common.confirm", "Confirm", "确认")
 _add("common.confirm_title", "Please confirm", "请确认")
