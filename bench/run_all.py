@@ -329,7 +329,21 @@ def rows_dashboard(f: dict[str, Any]) -> list[Row]:
             _met(bool(p.get("ok"))),
         ]
         for p in f.get("pages", [])
-    ]
+    ] + (
+        [
+            [
+                f"dashboard ({f.get('keys', 0):,} keys, {f.get('rows', 0):,} rows)",
+                "trends first visit in Chromium (click to last chart)",
+                f"{b['median_s']:.2f} s",
+                f"max {b['max_s']:.2f} s",
+                "",
+                "≤ 3 s",
+                _met(b["median_s"] <= 3.0),
+            ]
+        ]
+        if (b := f.get("browser_trends"))
+        else []
+    )
 
 
 def rows_reliability(f: dict[str, Any]) -> list[Row]:

@@ -247,6 +247,10 @@ def streamlit_argv(app: Path, host: str, port: int) -> list[str]:
         "false",
         "--client.toolbarMode",
         "minimal",
+        # Keyrack's pages are declared by st.navigation in app.py; Streamlit's own page list (file names, drawn
+        # from a pages/ folder before the script's first run) must never be painted, whatever folders exist.
+        "--client.showSidebarNavigation",
+        "false",
     ]
 
 

@@ -108,6 +108,39 @@ def test_quota_view_follows_live_traffic(env: Env) -> None:
     assert {"rate_per_min", "exhausts_at", "rpm_headroom", "refused_next_hour"} <= set(pool)
 
 
+def test_quota_view_lists_models_as_users_name_them(env: Env) -> None:
+    """countTokens (its own quota bucket `<model>#count`), model listing (the `*` bucket) and a model name no model
+    answers to are counted by the pool, but the quota API lists only real models."""
+    body = {"contents": [{"parts": [{"text": "hi"}]}]}
+    with httpx.Client(base_url=env.url, headers={"x-goog-api-key": CLIENT_TOKEN}) as client:
+        assert client.post(f"/v1beta/models/{MODEL}:countTokens", json=body).status_code == 200
+        assert client.get("/v1beta/models").status_code == 200
+        assert client.post("/v1beta/models/gemini-9-ultra:generateContent", json=body).status_code == 404
+        assert client.post(f"/v1beta/models/{MODEL}:generateContent", json=body).status_code == 200
+    pairs = {m for _s, m in env.gw.pool.tracker.pairs()}
+    assert f"{MODEL}#count" in pairs and "gemini-9-ultra" in pairs  # the pool does count them (the test can fail)
+    env.gw.forecast.meter.sample(env.gw.pool, datetime.now(UTC).timestamp())
+    data = env.http.get("/forecast/quota").json()
+    listed = {i["model"] for i in data["items"]} | {p["model"] for p in data["pool"]}
+    assert MODEL in listed
+    assert not {m for m in listed if m == "*" or "#" in m or m == "gemini-9-ultra"}, listed
+    error(env.http.get("/forecast/demand", params={"model": f"{MODEL}#count"}), 400, "model")
+    error(env.http.get("/forecast/demand", params={"model": "gemini-9-ultra"}), 400, "model")
+
+
+def test_demand_series_are_real_models_only(env: Env) -> None:
+    """Recorded calls for a name no model answers to count in the total but get no series of their own."""
+    history(env.gw, 4, MODEL)
+    history(env.gw, 4, "gemini-9-ultra")
+    env.refresh()
+    assert "gemini-9-ultra" not in env.gw.forecast.known_series() and MODEL in env.gw.forecast.known_series()
+    error(env.http.get("/forecast/demand", params={"model": "gemini-9-ultra"}), 400, "model")
+    total = env.http.get("/forecast/demand", params={"horizon_h": 24}).json()
+    one = env.http.get("/forecast/demand", params={"model": MODEL, "horizon_h": 24}).json()
+    assert total["status"] == one["status"] == "ok"
+    assert total["history"][-1]["calls"] > one["history"][-1]["calls"]  # the junk name's calls are in the total
+
+
 def test_demand_forecast_and_honest_short_history(env: Env) -> None:
     history(env.gw, 4, MODEL)
     history(env.gw, 1, "gemini-2.5-pro")

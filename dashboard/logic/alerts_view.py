@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from dashboard.logic import charts
 from dashboard.logic.i18n import EN, t
+from proxy_service.alerts import values
 
 # Text marks, not emoji: headless and server fonts often lack emoji glyphs.
 SEVERITY_ICON = {"critical": "▲▲", "warning": "▲", "info": "·"}
@@ -24,16 +25,8 @@ SPAN = "rgba(217, 83, 79, 0.18)"
 
 
 def fmt_value(v: Any, unit: str = "") -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "–"
-    v = float(v)
-    if unit == "ratio":
-        return f"{v * 100:.1f} %"
-    if unit == "ms":
-        return f"{v:,.0f} ms"
-    if unit == "pct":
-        return f"{v:.1f} %"
-    return f"{v:,.4g}"
+    """A value as the proxy's alert messages write it (one formatting for both), "–" for none."""
+    return values.format_value(None if v is None or pd.isna(v) else float(v), unit, missing="–")
 
 
 def labels_text(labels: dict[str, str] | None) -> str:

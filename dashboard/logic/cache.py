@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 import streamlit as st
@@ -16,6 +17,9 @@ from dashboard.logic import auth, fmt, i18n
 from dashboard.logic.client import AdminClient, AdminError
 
 TTL_S = 5.0
+# Admin calls a page makes together run side by side (`prefetch`): the proxy answers each on its own read thread, so
+# a page waits for its slowest answer instead of the sum of all. Shared by every session of this server process.
+_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin-call")
 TABLES = ("tbl_active", "tbl_inactive", "tbl_errors")
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,12 +37,36 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _key(method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    return (method.__name__, _freeze(args), _freeze(kwargs), st.session_state.get("_data_version", 0))
+
+
+def prefetch(ttl: float, *calls: tuple[Callable[..., Any], tuple[Any, ...]]) -> None:
+    """Make the admin calls (method, positional args) a page is about to make all at once, and remember their answers
+    as `cached` does, so the page's own `cached(method)(*args)` calls find them. A call that fails is not
+    remembered: the page's own call then fails the usual way (and shows its error in place)."""
+    cache: dict[Any, tuple[float, Any]] = st.session_state.setdefault("_cache", {})
+    now = time.monotonic()
+    todo = {}
+    for method, args in calls:
+        key = _key(method, args, {})
+        hit = cache.get(key)
+        if (hit is None or now - hit[0] >= ttl) and key not in todo:
+            todo[key] = _CALLS.submit(method, *args)
+    for key, future in todo.items():
+        try:
+            value = future.result()
+        except AdminError:
+            continue
+        cache[key] = (time.monotonic(), value)
+
+
 def cached(method: Callable[P, R], ttl: float = TTL_S) -> Callable[P, R]:
     """`method` (a client method), its answers remembered for `ttl` seconds in this session (until `bump()`)."""
 
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         cache: dict[Any, tuple[float, Any]] = st.session_state.setdefault("_cache", {})
-        key = (method.__name__, _freeze(args), _freeze(kwargs), st.session_state.get("_data_version", 0))
+        key = _key(method, args, kwargs)
         now = time.monotonic()
         hit = cache.get(key)
         if hit is not None and now - hit[0] < ttl:

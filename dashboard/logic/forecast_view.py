@@ -235,6 +235,21 @@ def plan_note(note: str) -> str:
     return note
 
 
+def pending_text(view: dict[str, Any]) -> str:
+    """Why "Demand ahead" has no chart yet (the admin API's `reason`), in the reader's language."""
+    reason = view.get("reason")
+    if reason == "rollup":
+        progress = view.get("progress")
+        done = t("forecast.pending_done", pct=f"{progress * 100:.0f}") if isinstance(progress, int | float) else ""
+        return t("forecast.pending_rollup", done=done)
+    if reason == "failed":
+        minutes = round(float(view.get("refresh_s") or 900) / 60)
+        return t("forecast.pending_failed", error=str(view.get("error") or "?")[:200], minutes=minutes)
+    if reason == "fitting":
+        return t("forecast.pending_fitting")
+    return t("forecast.pending")
+
+
 def models_of(quota: dict[str, Any]) -> list[str]:
     return sorted({p["model"] for p in quota.get("pool", [])})
 

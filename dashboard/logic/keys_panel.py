@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.logic import cache, dialogs, fmt, paging, times
+from dashboard.logic import cache, dialogs, fmt, paging, tables, times
 from dashboard.logic.client import KEY_STATUSES, AdminError, KeyPage
 from dashboard.logic.i18n import t, wkey
 
@@ -188,15 +188,17 @@ def key_section(section: str, flt: dict[str, Any]) -> None:
         st.caption(t("monitor.no_keys"))
         return
     table_key = f"tbl_{section}"
+    frame, config = table_frame(items), column_config()
     st.dataframe(
-        table_frame(items),
+        frame,
         key=table_key,
         on_select="rerun",
         selection_mode="multi-row",
         hide_index=True,
-        column_config=column_config(),
+        column_config=config,
         width="stretch",
     )
+    tables.scroll_hint(frame, config)
     rows = [r for r in paging.selected_rows(table_key) if r < len(items)]
     if not rows:
         st.caption(t("monitor.select_hint"))

@@ -24,6 +24,21 @@ def clamp(granularity: str, start: date, end: date) -> tuple[date, str | None]:
     return start, None
 
 
+def prefetch(granularity: str, lo: datetime, hi: datetime, breakdown: str) -> None:
+    """Every stats answer the page draws, asked at once (see `cache.prefetch`): the page then waits for the slowest
+    one rather than for the five in a row."""
+    api = cache.api()
+    calls: list[tuple[Any, tuple[Any, ...]]] = [
+        (api.series, (granularity, lo, hi, "none")),
+        (api.outcomes, (granularity, lo, hi)),
+        (api.top, ("key", lo, hi, 10)),
+        (api.top, ("model", lo, hi, 10)),
+    ]
+    if breakdown != "client":  # clients come from Explore (`_client_series`), asked when that breakdown is chosen
+        calls.append((api.series, (granularity, lo, hi, breakdown)))
+    cache.prefetch(15.0, *calls)
+
+
 def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.DataFrame | None:
     if group_by == "client":  # clients (with their labels) are an Explore dimension, not a stats-rollup one
         return _client_series(granularity, lo, hi)

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import streamlit as st
 
-from dashboard.logic import cache, dialogs, fmt, paging, times
+from dashboard.logic import cache, dialogs, fmt, paging, tables, times
 from dashboard.logic import errors_panel as ep
 from dashboard.logic.i18n import t
 
@@ -18,15 +18,17 @@ result = cache.safe(cache.api().errors)(page=page, page_size=size, **ep.query_ar
 items = result.items if result is not None else None
 
 if items is not None and not items.empty:
+    frame, config = ep.table_frame(items), ep.column_config()
     st.dataframe(
-        ep.table_frame(items),
+        frame,
         key="tbl_errors",
         on_select="rerun",
         selection_mode="multi-row",
         hide_index=True,
-        column_config=ep.column_config(),
+        column_config=config,
         width="stretch",
     )
+    tables.scroll_hint(frame, config)
     rows = [r for r in paging.selected_rows("tbl_errors") if r < len(items)]
     ids = [str(items.iloc[r]["id"]) for r in rows]
     c1, c2, c3, _ = st.columns(4)

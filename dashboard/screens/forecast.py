@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.logic import cache, charts, dialogs, times
+from dashboard.logic import cache, charts, dialogs, tables, times
 from dashboard.logic import forecast_view as fv
 from dashboard.logic.client import AdminError
 from dashboard.logic.i18n import choices_placeholder, t, wkey
@@ -20,7 +20,9 @@ elif quota:
     st.caption(t("forecast.quota_caption"))
     st.dataframe(fv.quota_frame(quota["pool"], zone, pool=True), hide_index=True, width="stretch")
     with st.expander(t("forecast.per_project")):
-        st.dataframe(fv.quota_frame(quota["items"], zone), hide_index=True, width="stretch")
+        per_project = fv.quota_frame(quota["items"], zone)
+        st.dataframe(per_project, hide_index=True, width="stretch")
+        tables.scroll_hint(per_project)
 
 # -- 2. demand ----------------------------------------------------------------------------------------------------
 st.subheader(t("forecast.demand_title"))
@@ -53,8 +55,8 @@ if view and view.get("status") == "ok":
         st.caption(t("forecast.demo_note", until=fv.clock(view["demo_until"], zone)))
 elif view and view.get("status") == "insufficient_history":
     st.info(t("forecast.need_history", need=view["need_days"], have=view["have_days"]))
-elif view:
-    st.info(t("forecast.pending"))
+elif view:  # pending: no forecast yet, and the reason why
+    st.info(fv.pending_text(view))
 
 # -- 3. planner ---------------------------------------------------------------------------------------------------
 st.subheader(t("forecast.plan_title"))

@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from dashboard.logic import cache, dialogs, fmt, sql_tools
+from dashboard.logic import cache, dialogs, fmt, sql_tools, tables
 from dashboard.logic.client import AdminError
 from dashboard.logic.i18n import t, wkey
 
@@ -57,7 +57,9 @@ if st.session_state.get("sql_result"):
     st.caption(t("sql.rows", n=fmt.fmt_int(len(result.frame)), ms=f"{result.elapsed_ms or ms:,.0f}"))
     if result.truncated:
         st.warning(t("sql.truncated"))
-    st.dataframe(sql_tools.displayable(result.frame), hide_index=True, width="stretch", key="sql_table")
+    shown = sql_tools.displayable(result.frame)
+    st.dataframe(shown, hide_index=True, width="stretch", key="sql_table")
+    tables.scroll_hint(shown)
     c1, c2, _ = st.columns([1, 1, 4])
     c1.download_button(
         t("common.download_csv"),

@@ -34,6 +34,7 @@ if note:
     st.info(note)
 lo, hi = times.day_range_utc(start, end)
 axis = charts.Axis(granularity, start, end, times.tz_name())
+trends_data.prefetch(granularity, lo, hi, st.session_state.get(wkey("breakdown"), trends_data.DIMENSIONS[0]))
 series = trends_data.series(granularity, lo, hi, "none")
 trends_data.rebuilding_note(series)
 if series is not None and series.empty:
@@ -77,7 +78,7 @@ elif series is not None:
     left, right = st.columns(2)
     for col, which in ((left, "key"), (right, "model")):
         col.subheader(t(f"trends.top_{which}s"))
-        top = cache.safe(cache.api().top)(which, lo, hi, 10)
+        top = cache.safe(cache.api().top, ttl=15.0)(which, lo, hi, 10)
         if top is not None:
             col.dataframe(
                 trends_data.top_frame(top, which),

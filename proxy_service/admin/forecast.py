@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy_service import known_models
 from proxy_service.admin.common import iso, json_body, ok, q_choice
 from proxy_service.analytics import queries
 from proxy_service.demo.history import latest_history
 from proxy_service.errors import ApiError, NotReady
 from proxy_service.forecast import demand
 from proxy_service.forecast.engine import REFRESH_S, TOTAL
-from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view
+from proxy_service.forecast.exhaustion import SAMPLE_S, quota_view, user_model
 from proxy_service.forecast.planner import Targets, plan
 from proxy_service.quota import DEFAULT_LIMITS
 
@@ -45,7 +47,8 @@ def _reader(gw: Gateway) -> Any:
             raise NotReady(f"the rollup is being rebuilt{share}; demand forecasts are fitted after it")
         rows = await gw.read(lambda cur: queries.hourly_calls(cur, lo, hi))
         gw.forecast.demo_until = await gw.read(latest_history)
-        return rows
+        real = _real_model(gw)  # a series per model users name; the total ('') keeps every call
+        return [r for r in rows if r[1] == TOTAL or real(r[1])]
 
     return rows
 
@@ -73,8 +76,16 @@ def start_jobs(gw: Gateway) -> None:
     gw.jobs.every(lambda: 0.0, closer, "forecast-close")
 
 
+def _real_model(gw: Gateway) -> Callable[[str], bool]:
+    """Whether a name is a model as users name it and one that exists: no pseudo quota bucket (`*`, `#count`), and
+    known to Keyrack (built in, configured, or served by upstream) — not any name a client asked for."""
+    configured = known_models.configured(gw.config.model_limits)
+    return lambda model: user_model(model) and known_models.is_known(model, configured)
+
+
 def _known_models(gw: Gateway) -> set[str]:
-    models = set(DEFAULT_LIMITS) | set(gw.config.model_limits) | {m for _s, m in gw.pool.tracker.pairs()}
+    real = _real_model(gw)
+    models = set(DEFAULT_LIMITS) | set(gw.config.model_limits) | {m for _s, m in gw.pool.tracker.pairs() if real(m)}
     return models | gw.forecast.known_series()
 
 
@@ -99,7 +110,7 @@ def _times(view: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 # -- handlers ------------------------------------------------------------------------------------------------------
 async def quota(gw: Gateway, _request: Request) -> Response:
-    view = quota_view(gw.pool, gw.forecast.meter, time.time())
+    view = quota_view(gw.pool, gw.forecast.meter, time.time(), _real_model(gw))
     for row in (*view["items"], *view["pool"]):
         _times(row, ("exhausts_at", "resets_at"))
     if view["soonest"]:
@@ -121,8 +132,12 @@ async def demand_forecast(gw: Gateway, request: Request) -> Response:
         raise ApiError(400, f"horizon_h must be between 1 and {demand.HORIZON_H} (14 days)", "horizon_h")
     eng = gw.forecast
     if not await eng.ensure_fitted(_reader(gw)):
+        # Why there is no forecast yet, for the page to say in the reader's language: the history it needs is being
+        # rebuilt, the first fit is running, or the last one failed (retried every REFRESH_S).
+        reason = "rollup" if eng.waiting else "failed" if eng.last_error else "fitting"
         pending = {"status": "pending", "model": model or None, "retry_after_s": 30, "error": eng.last_error}
-        return ok({**pending, "waiting": eng.waiting})
+        progress = gw.rollup.progress if reason == "rollup" else None
+        return ok({**pending, "waiting": eng.waiting, "reason": reason, "progress": progress, "refresh_s": REFRESH_S})
     view = eng.demand_view(model, horizon, granularity)
     _times(view, ("fitted_at", "backtest_at"))
     return ok(view)

@@ -27,7 +27,7 @@ import httpx
 from prometheus_client import Counter
 
 from proxy_service import metrics
-from proxy_service.alerts import delivery
+from proxy_service.alerts import delivery, values
 from proxy_service.alerts.channels import Channel, scrub
 from proxy_service.alerts.rules import METRICS
 from proxy_service.alerts.words import WORDS
@@ -88,21 +88,9 @@ _TEXT = {
 
 
 def format_value(v: float | None, metric: str) -> str:
-    """A metric's value as the dashboard shows it: a ratio in percent (0.2093 → 20.9 %), milliseconds in ms, an
-    already-percent value with %, a factor with ×, a count in whole numbers."""
-    if v is None:
-        return "n/a"
+    """A metric's value as the dashboard shows it (values.format_value in the metric's unit)."""
     m = METRICS.get(metric)
-    unit = m.unit if m is not None else ""
-    if unit == "ratio":
-        return f"{v * 100:.1f} %"
-    if unit == "pct":
-        return f"{v:.1f} %"
-    if unit == "ms":
-        return f"{v:,.0f} ms"
-    if unit == "x":
-        return f"{v:,.2f}×"
-    return f"{v:,.0f}" if v == int(v) else f"{v:,.4g}"
+    return values.format_value(v, m.unit if m is not None else "")
 
 
 def _iso(epoch: float) -> str:

@@ -14,7 +14,7 @@ current rate). Every function takes `now` (epoch seconds): tests own the clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -121,8 +121,15 @@ def _sum(values: Iterable[int | None]) -> int | None:
     return total
 
 
-def quota_view(pool: Pool, meter: RateMeter, now: float) -> dict[str, Any]:
-    """The per-day exhaustion view of every (scope, model) with traffic today, and of the pool per model.
+def user_model(model: str) -> bool:
+    """Whether a quota bucket is a model as users name it: not the listing bucket (`*`) nor the countTokens bucket
+    (`<model>#count`), which the pool counts apart because Google does."""
+    return model != "*" and "#" not in model
+
+
+def quota_view(pool: Pool, meter: RateMeter, now: float, shown: Callable[[str], bool] = user_model) -> dict[str, Any]:
+    """The per-day exhaustion view of every (scope, model) with traffic today, and of the pool per model — for the
+    models `shown` admits (the admin API: real models only, no pseudo buckets or names no model answers to).
 
     Times are epoch seconds here; the admin layer renders them as ISO-8601 UTC.
     """
@@ -133,6 +140,8 @@ def quota_view(pool: Pool, meter: RateMeter, now: float) -> dict[str, Any]:
     key_scopes = {k.id for k in keys if not k.project}  # a project-less key is its own scope
     usage: dict[tuple[str, str], dict[str, Any]] = {}
     for scope, model in tracker.pairs():
+        if not shown(model):
+            continue
         u = tracker.usage(scope, model, now)
         if u["rpd_used"] or u["rpm_used"]:
             usage[(scope, model)] = u

@@ -390,6 +390,13 @@ def test_sql_page_error_path_examples_and_downloads(dash_env: Stack) -> None:
     result = at.dataframe[0].value
     assert set(result["model"]) <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     assert len(at.get("download_button")) == 2
+    assert not [c for c in texts(at.caption) if "out of view" in c]  # two columns fit: no hint
+
+    at.text_area(key="sql_text").input("SELECT * FROM requests LIMIT 5")  # every column: wider than the page
+    ok(at.button(key="sql_run").click().run())
+    hint = [c for c in texts(at.caption) if "out of view" in c]
+    assert len(hint) == 1 and "scroll the table sideways" in hint[0], texts(at.caption)
+    assert f"of {len(at.dataframe[0].value.columns)} columns" in hint[0]
 
 
 def test_trends_buckets_follow_the_configured_timezone(dash_env: Stack) -> None:

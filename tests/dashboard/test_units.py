@@ -318,3 +318,76 @@ def test_why_a_rule_has_no_backtest_reads_in_chinese(monkeypatch: pytest.MonkeyP
     for body in rules:
         why = backtest.unsupported(parse_rule({"name": "r", "op": "<", "threshold": 1, "window_s": 60, **body}))
         assert why and not _english(av.backtest_reason(why)), why
+
+
+def test_alert_values_read_the_same_in_the_dashboard_and_in_messages() -> None:
+    """One formatting: the Alerts tables and the proxy's messages say the same words for every metric's value."""
+    from dashboard.logic import alerts_view as av
+    from proxy_service.alerts.notify import format_value
+    from proxy_service.alerts.rules import METRICS
+
+    for name, metric in METRICS.items():
+        for v in (0.0, 0.2093, 1.25, 7.5, 1234.4, 12345.0):
+            assert av.fmt_value(v, metric.unit) == format_value(v, name), (name, v)
+    assert av.fmt_value(0.2093, "ratio") == "20.9 %"
+    assert av.fmt_value(1.25, "x") == "1.25×"  # a factor says so, as in messages
+    assert av.fmt_value(12345.0, "count") == "12,345"
+    assert av.fmt_value(None) == av.fmt_value(float("nan")) == "–"
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_demand_ahead_says_why_there_is_no_forecast_yet(monkeypatch: pytest.MonkeyPatch, lang: str) -> None:
+    """Each reason the admin API gives for "pending" has its own sentence, in both languages."""
+    from dashboard.logic import forecast_view as fv
+
+    monkeypatch.setattr(i18n, "_last", lang)
+    base = {"status": "pending", "refresh_s": 900.0}
+    rollup = fv.pending_text({**base, "reason": "rollup", "progress": 0.42})
+    fitting = fv.pending_text({**base, "reason": "fitting"})
+    failed = fv.pending_text({**base, "reason": "failed", "error": "OSError: disk"})
+    assert len({rollup, fitting, failed, fv.pending_text(base)}) == 4
+    assert "42" in rollup and "OSError: disk" in failed and "15" in failed
+    assert not _english(rollup, fitting) if lang == "zh" else "rebuilt" in rollup
+
+
+def test_prefetch_makes_a_pages_calls_side_by_side_and_the_page_finds_them() -> None:
+    """The calls are in flight together (a barrier of five that serial calls could never pass), each is made once,
+    and the page's own cached calls are answered from what the prefetch brought; a failed call is not remembered."""
+    import threading
+
+    from dashboard.logic import cache
+
+    together = threading.Barrier(5, timeout=60)
+    made: list[tuple[str, int]] = []
+
+    def stats(kind: str, n: int) -> str:
+        made.append((kind, n))
+        together.wait()
+        if kind == "broken":
+            raise AdminError("server", "the proxy failed")
+        return f"{kind}-{n}"
+
+    cache.bump()
+    cache.prefetch(15.0, *[(stats, ("series", i)) for i in range(4)], (stats, ("broken", 0)))
+    assert sorted(made) == [("broken", 0), *[("series", i) for i in range(4)]]
+    assert [cache.cached(stats, ttl=15.0)("series", i) for i in range(4)] == [f"series-{i}" for i in range(4)]
+    assert len(made) == 5  # answered from the prefetch
+    cache.prefetch(15.0, (stats, ("series", 0)))
+    assert len(made) == 5  # still fresh: not asked again
+
+
+def test_a_table_wider_than_the_page_counts_the_columns_out_of_view() -> None:
+    from dashboard.logic import tables
+
+    narrow = pd.DataFrame({"model": ["gemini-2.5-flash"], "calls": [12]})
+    wide = pd.DataFrame({f"column_{i}": ["a value of some thirty chars.."] for i in range(12)})
+    assert tables.hidden_columns(narrow) == 0
+    widths = tables.column_widths(wide)
+    assert all(tables.MIN_COL_PX <= w <= tables.MAX_COL_PX for w in widths)
+    assert 0 < tables.hidden_columns(wide) < 12  # the first ones are in view
+    labels = {"calls": "a header label far longer than anything in the column itself, shown by the grid"}
+    assert tables.column_widths(narrow, labels)[1] > tables.column_widths(narrow)[1]  # headers as shown count
+    assert tables.labels_of({"calls": {"label": "Calls"}, "model": "Model", "x": None}) == {
+        "calls": "Calls",
+        "model": "Model",
+    }
