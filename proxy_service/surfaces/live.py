@@ -55,7 +55,7 @@ from proxy_service.surfaces.live_wire import (
 )
 
 if TYPE_CHECKING:
-    from proxy_service.app import Gateway
+    from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.live")
 OPERATION = "BidiGenerateContent"
