@@ -6,7 +6,9 @@ inject the faults seen in production (503, 500, 504 after a timeout, mid-stream 
 
 Endpoints: `/{v1beta,v1}/models` (list, get, `:generateContent`, `:streamGenerateContent` with `?alt=sse` or as
 a JSON array, `:countTokens`, `:embedContent`, `:batchEmbedContents`), `/v1beta/openai/{chat/completions,
-embeddings,models}`, and the fake's own `GET /_fake/stats`, `POST /_fake/reset`, `GET|POST /_fake/scenario`.
+embeddings,models}`, the Live API's WebSocket `/ws/google.ai.generativelanguage.{v1beta,v1,v1alpha}.GenerativeService.
+BidiGenerateContent` (fake_live.py; a session's setup is one call against its project's quota, `live_gate`), and
+the fake's own `GET /_fake/stats`, `POST /_fake/reset`, `GET|POST /_fake/scenario`.
 
 Scenario (JSON, all optional): `projects` {project: [keys]} (empty = any key is accepted and is its own project),
 `invalid_keys`, `limits` {"default"|model: {rpm, rpd, tpm}} (model entries override default; null = unlimited),
