@@ -246,9 +246,7 @@ class DashboardPoller:
                     page = browser.new_page(viewport={"width": 1440, "height": 1200})
                     page.set_default_timeout(120_000)
                     page.goto(dash.link())  # sets the session cookie: every later page load is signed in
-                    self._settle(page)
-                    if "Monitor" not in page.locator("h1").all_inner_texts():
-                        raise RuntimeError("the sign-in link did not sign in")
+                    self._settle(page, "Monitor")  # not the sign-in form: the link signed in
                     self._ready.set()
                     while not self._stop.is_set():
                         for name, path, title in (("monitor", "", "Monitor"), ("trends", "trends", "Trends")):
@@ -256,9 +254,7 @@ class DashboardPoller:
                                 break
                             try:
                                 page.goto(f"{dash.url}/{path}")
-                                self._settle(page)
-                                if title not in page.locator("h1").all_inner_texts():  # e.g. the sign-in form
-                                    raise RuntimeError(f"no {title} heading")
+                                self._settle(page, title)
                                 self.loads[name] += 1
                             except Exception as exc:  # a slow page on a loaded machine: counted, the loop goes on
                                 self.failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:80]}")
@@ -271,8 +267,9 @@ class DashboardPoller:
             self._ready.set()
 
     @staticmethod
-    def _settle(page: Any) -> None:
-        page.wait_for_timeout(300)  # let the run start before waiting for its end
+    def _settle(page: Any, title: str) -> None:
+        """Wait for the page's heading (signed in: not the sign-in form), then for its script run to end."""
+        page.get_by_role("heading", name=title, exact=True).wait_for(timeout=120_000)
         page.locator(IDLE).wait_for(timeout=120_000)
 
 
@@ -352,8 +349,8 @@ def run(
                 if duckdb_baseline
                 else None
             )
-            lone = proxy_phases(workdir / "alone", fake, load_s, soak_s, env) if alone and dashboard else None
             proxy = proxy_phases(workdir / "attached", fake, load_s, soak_s, env, dashboard=dashboard)
+            lone = proxy_phases(workdir / "alone", fake, load_s, soak_s, env) if alone and dashboard else None
         finally:
             fake.stop()
     steady = proxy["steady"]["VmRSS"]
