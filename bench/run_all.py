@@ -394,7 +394,7 @@ def rows_memory(f: dict[str, Any]) -> list[Row]:
     out: list[Row] = [
         [
             area,
-            f"{who}: at start",
+            f"{who}: {'its first pages read' if f.get('dashboard_attached') else 'at start'}",
             f"{p['start']['VmRSS']:.0f} MB",
             f"anon {p['start'].get('RssAnon', 0):.0f}",
             "",
