@@ -1,32 +1,30 @@
-"""Memory: the proxy's RSS at start, after the c=32 throughput load and through a soak; the dashboard's RSS.
+"""Memory as users run it: the proxy's RSS through a c=32 load and a soak with the dashboard attached and polling.
 
-    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--no-baseline]
+    python -m bench.memory [--load 20] [--soak 60] [--no-dashboard] [--no-baseline] [--duckdb-baseline]
 
 `keyrack serve` runs as its own process in front of the fake upstream (zero latency, no limits, 8 pool keys), as in
 bench/proxy_throughput.py. RSS is read from /proc/<pid>/status: `VmRSS` = `RssAnon` (heap, arenas, DuckDB's
 buffers: what grows) + `RssFile` (mapped shared libraries and files: libduckdb, libarrow, ...) + `RssShmem`.
 Beside it, DuckDB's own account of what it holds (`duckdb_memory()`, which the proxy's /metrics reports as
 `keyrack_duckdb_memory_bytes`), and at steady state the RSS by mapping (/proc/<pid>/smaps).
-Phases: ready (idle) → c=32 closed loop for `--load` s → a soak at c=8 for `--soak` s with a sample every 5 s →
-idle again. "steady" is the largest sample of the soak's second half. Then `keyrack dashboard` is started against
-the same proxy and, when Chromium is installed, every page is opened once in headless Chromium (signed in) before
-its RSS is read (a Streamlit server holds one script run per session; without a session it is only the server).
 
-Baseline, in the same run (unless --no-baseline): the same phases with DuckDB's own defaults for the three choices
-Keyrack makes about its memory, 256 KB blocks for the new database file (`KEYRACK_DUCKDB_BLOCK_SIZE`), 122,880-row
-row groups (`KEYRACK_DUCKDB_ROW_GROUP_SIZE`) and the allocator's 5 s decay (`DUCKDB_JE_MALLOC_CONF`, see
-proxy_service/server.py). Both runs have what the proxy does in code: glibc's free heap memory returned every
-second and DuckDB's unused library pages every minute (proxy_service/heap.py), DuckDB's cache of checkpointed
-blocks cut back to 4 MB every 10 s and after each rollup compaction (`Store.trim_cache`), no pandas and no httpx
-command-line client loaded.
+Phases: ready (idle) → the dashboard attached (`DashboardPoller`: a real `keyrack dashboard` subprocess and headless
+Chromium loading Monitor and Trends in turn, a page every 5 s, Monitor's fastest auto-refresh) → c=32 closed loop
+for `--load` s → a soak at c=8 for `--soak` s with a sample every 5 s → the dashboard stopped, idle again. "steady"
+is the largest sample of the soak's second half. The target is that figure.
+
+Baseline, in the same run (unless --no-baseline): the same phases with no dashboard, so the report shows what the
+dashboard's reads add. `--duckdb-baseline` also runs DuckDB's own defaults for the three choices Keyrack makes about
+its memory (256 KB blocks for a new file, 122,880-row row groups, the allocator's 5 s decay; see
+proxy_service/server.py and store.py), with no dashboard.
 
 What the figures depend on: the soak's request rate (the closed loop sends as fast as the proxy answers, so a less
 loaded machine writes more rows: DuckDB's appended rows, cache and the rollup's periodic work grow with them) and
-when a sample falls on a fold of new rows into the rollup (every 2 s) or on a checkpoint (DuckDB's working memory
-for them shows as a brief spike).
-Compare runs at similar rates; the report prints the rate and the load average.
+when a sample falls on a fold of new rows into the rollup or on a checkpoint (DuckDB's working memory for them shows
+as a brief spike). Chromium and Streamlit share the machine with the proxy, so the attached soak runs at a lower rate
+than the baseline; the report prints both rates and the load average.
 
-Target: steady RSS ≤ 150 MB for `keyrack serve`.
+Target: steady RSS ≤ 150 MB for `keyrack serve` with the dashboard attached.
 """
 
 from __future__ import annotations
@@ -35,19 +33,17 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     ADMIN_TOKEN,
-    HOST,
     NO_LIMITS,
     RESULTS,
     Server,
-    _spawn,
     closed_loop,
-    free_port,
     generate_path,
     load_average,
     markdown_table,
@@ -62,6 +58,9 @@ TARGET_STEADY_MB = 150.0
 # Gemini-shaped keys: Keyrack refuses to start on text that cannot be a key.
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-{i:02d}')}" for i in range(8))
 CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # a Streamlit script run has ended
+POLL_DWELL_S = 5.0  # Monitor's shortest auto-refresh: the dashboard's fastest polling
 PAGES = ("", "trends", "error_logs", "config", "sql")
 # DuckDB's defaults for what Keyrack sets (settings.DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE, server.ALLOCATOR_CONF):
 # the baseline.
@@ -98,7 +97,9 @@ from proxy_service.settings import Settings
 create_app(Settings())
 mark("open the database: schema, safe views, rollup, keys")
 heavy = [m for m in ("pyarrow", "numpy", "pandas") if m in sys.modules]
-steps.append(("not loaded: pyarrow, numpy, pandas" if not heavy else "LOADED: " + ", ".join(heavy), steps[-1][1]))
+steps.append(("loaded by start: " + (", ".join(heavy) or "none of pyarrow, numpy, pandas"), steps[-1][1]))
+import pyarrow, numpy, pyarrow.ipc
+mark("pyarrow and numpy (what the first admin read in Arrow loads, if start did not)")
 print(json.dumps(steps))
 """
 
@@ -181,6 +182,12 @@ def rss_by_mapping(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def arrow_mapped(pid: int) -> bool:
+    """Whether the process has Arrow's library mapped (/proc/<pid>/maps: no debugging interface needed)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return any("/libarrow.so" in line for line in f)
+
+
 def _sample(label: str, server: Server, samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     s: dict[str, Any] = {"phase": label, "t_s": round(time.monotonic() - t0, 1), **rss(server.proc.pid)}
     with contextlib.suppress(OSError, ValueError):
@@ -192,15 +199,99 @@ def _sample(label: str, server: Server, samples: list[dict[str, Any]], t0: float
     return s
 
 
-def proxy_phases(workdir: Path, fake: Server, load_s: float, soak_s: float, env: dict[str, str]) -> dict[str, Any]:
+class DashboardPoller:
+    """The dashboard as users keep it open: a real `keyrack dashboard` subprocess (the tests' harness,
+    `tests/dashboard/conftest.running_dashboard`) and one headless Chromium tab signed in with a one-time link that
+    loads Monitor, stays on it for a polling interval, loads Trends, stays, and again, until stopped.
+
+    Why a real browser rather than AppTest-style calls of the admin endpoints: the proxy then answers exactly what the
+    pages ask for (summary, keys, headroom, forecast, the Arrow series, the 429 story, top keys and models, the alert
+    badge), in the dashboard's own order, through its own client and cache, with no list here to keep in step with the
+    pages. A page load is a new Streamlit session, so each visit asks the proxy again (no session cache hides a read),
+    at least as often as Monitor's auto-refresh would."""
+
+    def __init__(self, admin_url: str, log_dir: Path, dwell_s: float = POLL_DWELL_S) -> None:
+        self.admin_url, self.log_dir, self.dwell_s = admin_url, log_dir, dwell_s
+        self.loads: dict[str, int] = {"monitor": 0, "trends": 0}
+        self.failures: list[str] = []
+        self.pid = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
+
+    def __enter__(self) -> DashboardPoller:
+        self._thread.start()
+        if not self._ready.wait(180) or self.failures:
+            self._stop.set()
+            raise RuntimeError(f"the dashboard poller did not start: {self.failures}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        from tests.dashboard.conftest import running_dashboard
+
+        try:
+            with (
+                running_dashboard(self.admin_url, self.log_dir, admin_token=ADMIN_TOKEN) as dash,
+                sync_playwright() as pw,
+            ):
+                self.pid = dash.pid
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1440, "height": 1200})
+                    page.set_default_timeout(120_000)
+                    page.goto(dash.link())  # sets the session cookie: every later page load is signed in
+                    self._settle(page, "Monitor")  # not the sign-in form: the link signed in
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        for name, path, title in (("monitor", "", "Monitor"), ("trends", "trends", "Trends")):
+                            if self._stop.is_set():
+                                break
+                            try:
+                                page.goto(f"{dash.url}/{path}")
+                                self._settle(page, title)
+                                self.loads[name] += 1
+                            except Exception as exc:  # a slow page on a loaded machine: counted, the loop goes on
+                                self.failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:80]}")
+                            self._stop.wait(self.dwell_s)
+                finally:
+                    browser.close()
+        except Exception as exc:
+            self.failures.append(f"start: {exc!r}"[:500])
+        finally:
+            self._ready.set()
+
+    @staticmethod
+    def _settle(page: Any, title: str) -> None:
+        """Wait for the page's heading (signed in: not the sign-in form), then for its script run to end."""
+        page.get_by_role("heading", name=title, exact=True).wait_for(timeout=120_000)
+        page.locator(IDLE).wait_for(timeout=120_000)
+
+
+def proxy_phases(
+    workdir: Path, fake: Server, load_s: float, soak_s: float, env: dict[str, str], dashboard: bool = False
+) -> dict[str, Any]:
+    """The phases against one proxy; with `dashboard`, a dashboard is attached and polling (DashboardPoller) from
+    before the c=32 load to the end of the soak."""
     proxy = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, env=env)
     samples: list[dict[str, Any]] = []
     url = proxy.url + generate_path()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(proxy.stop)
         wait_ready([proxy])
         t0 = time.monotonic()
         time.sleep(2.0)  # the lifespan's first ticks (jobs scheduled, first flush) before "at start"
         start = _sample("start", proxy, samples, t0)
+        poller = None
+        if dashboard:
+            closed_loop(url, concurrency=4, duration=3)  # some data for the pages
+            poller = stack.enter_context(DashboardPoller(proxy.url, workdir))
+            start = _sample("dashboard attached", proxy, samples, t0)
         load = closed_loop(url, concurrency=32, duration=load_s)
         after_load = _sample("after c=32", proxy, samples, t0)
         soak_requests = 0
@@ -209,10 +300,15 @@ def proxy_phases(workdir: Path, fake: Server, load_s: float, soak_s: float, env:
             r = closed_loop(url, concurrency=8, duration=min(5.0, max(0.5, soak_end - time.monotonic())))
             soak_requests += r.responses
             _sample("soak", proxy, samples, t0)
+        arrow = arrow_mapped(proxy.proc.pid)
+        polling = None
+        if poller is not None:
+            polling = {"loads": dict(poller.loads), "failures": poller.failures[-10:], "dwell_s": poller.dwell_s}
+            with contextlib.suppress(OSError):
+                polling["dashboard_rss"] = rss(poller.pid)
+            poller.__exit__()  # the dashboard and its browser go before "idle after"
         time.sleep(3.0)
         idle = _sample("idle after", proxy, samples, t0)
-    finally:
-        proxy.stop()
     soak = [s for s in samples if s["phase"] == "soak"]
     second_half = soak[len(soak) // 2 :] or soak
     steady = max(second_half, key=lambda s: s["VmRSS"]) if second_half else after_load
@@ -228,61 +324,18 @@ def proxy_phases(workdir: Path, fake: Server, load_s: float, soak_s: float, env:
         "load_rps_c32": round(load.rps, 1),
         "load_errors": load.errors,
         "soak_requests": soak_requests,
+        "polling": polling,
+        "arrow_mapped": arrow,
         "samples": samples,
     }
 
 
-def _open_pages(dashboard_url: str) -> str:
-    """Open every page once in headless Chromium, signing in when asked. Returns what was done (for the report)."""
-    if not CHROMIUM.exists():
-        return "no Chromium: server only, no session"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return "no Playwright: server only, no session"
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(dashboard_url)
-            with contextlib.suppress(Exception):
-                field = page.get_by_label("Admin token")
-                field.wait_for(timeout=10_000)
-                field.fill(ADMIN_TOKEN)
-                page.get_by_role("button", name="Sign in").click()
-            page.wait_for_timeout(3_000)
-            for name in PAGES[1:]:
-                page.goto(f"{dashboard_url}/{name}")
-                page.wait_for_timeout(3_000)
-        finally:
-            ctx.close()
-    return f"signed in, {len(PAGES)} pages opened in Chromium"
-
-
-def dashboard_phase(workdir: Path, fake: Server, env: dict[str, str]) -> dict[str, Any]:
-    proxy = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, env=env, name="proxy-for-dashboard")
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    args = [sys.executable, "-m", "proxy_service.cli", "dashboard", "--host", HOST, "--port", str(port)]
-    dash_env = {"KEYRACK_ADMIN_URL": proxy.url, "KEYRACK_ADMIN_TOKEN": ADMIN_TOKEN}
-    dash = _spawn("dashboard", args, workdir, dash_env, url)
-    try:
-        wait_ready([proxy, dash], timeout=120)
-        closed_loop(proxy.url + generate_path(), concurrency=4, duration=3)  # some data for the pages
-        idle = rss(dash.proc.pid)
-        how = _open_pages(url)
-        time.sleep(2.0)
-        used = rss(dash.proc.pid)
-    finally:
-        dash.stop()
-        proxy.stop()
-    return {"idle": idle, "after_pages": used, "how": how}
-
-
-def run(load_s: float, soak_s: float, dashboard: bool, baseline: bool = True) -> dict[str, Any]:
+def run(
+    load_s: float, soak_s: float, dashboard: bool, alone: bool = True, duckdb_baseline: bool = False
+) -> dict[str, Any]:
+    """The figure as users run it: the proxy with the dashboard attached and polling (`dashboard`); its baseline in
+    the same run, the same proxy with no dashboard (`alone`: what the dashboard's reads add); optionally DuckDB's
+    defaults with no dashboard (`duckdb_baseline`: what Keyrack's DuckDB settings save)."""
     load_before = load_average()
     env: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="keyrack-mem-") as tmp:
@@ -292,84 +345,75 @@ def run(load_s: float, soak_s: float, dashboard: bool, baseline: bool = True) ->
         try:
             wait_ready([fake])
             base = (
-                proxy_phases(workdir / "baseline", fake, load_s, soak_s, {**env, **DUCKDB_DEFAULTS})
-                if baseline
+                proxy_phases(workdir / "duckdb-defaults", fake, load_s, soak_s, {**env, **DUCKDB_DEFAULTS})
+                if duckdb_baseline
                 else None
             )
-            proxy = proxy_phases(workdir, fake, load_s, soak_s, env)
-            dash = dashboard_phase(workdir, fake, env) if dashboard else None
+            proxy = proxy_phases(workdir / "attached", fake, load_s, soak_s, env, dashboard=dashboard)
+            lone = proxy_phases(workdir / "alone", fake, load_s, soak_s, env) if alone and dashboard else None
         finally:
             fake.stop()
     steady = proxy["steady"]["VmRSS"]
     return {
         "load_s": load_s,
         "soak_s": soak_s,
+        "dashboard_attached": dashboard,
         "load_average": [load_before, load_average()],
         "proxy": proxy,
+        "alone": lone,
         "baseline": base,
         "breakdown": breakdown,
-        "dashboard": dash,
         "proxy_steady_mb": steady,
-        "dashboard_mb": dash["after_pages"]["VmRSS"] if dash else None,
+        "dashboard_mb": (proxy.get("polling") or {}).get("dashboard_rss", {}).get("VmRSS"),
         "targets": {"proxy_steady_mb": {"target": f"<= {TARGET_STEADY_MB:g}", "met": steady <= TARGET_STEADY_MB}},
     }
 
 
+def _row(name: str, s: dict[str, Any]) -> list[Any]:
+    return [name, s["VmRSS"], s.get("RssAnon", 0.0), s.get("RssFile", 0.0), s.get("RssShmem", 0.0), s.get("DuckDB", "")]
+
+
 def report(f: dict[str, Any]) -> str:
-    p, base = f["proxy"], f.get("baseline")
+    p, base, lone = f["proxy"], f.get("baseline"), f.get("alone")
+    who = "proxy, dashboard attached" if f.get("dashboard_attached") else "proxy"
     rows = [
-        [name, s["VmRSS"], s.get("RssAnon", 0.0), s.get("RssFile", 0.0), s.get("RssShmem", 0.0), s.get("DuckDB", "")]
-        for name, s in (
-            ("proxy at start", p["start"]),
-            (f"proxy after c=32 ({f['load_s']:g} s, {p['load_rps_c32']:,.0f} req/s)", p["after_load"]),
-            (f"proxy steady (soak {f['soak_s']:g} s, 2nd-half max)", p["steady"]),
-            ("proxy idle after", p["idle_after"]),
-        )
+        _row(f"{who}: at start", p["start"]),
+        _row(f"{who}: after c=32 ({f['load_s']:g} s, {p['load_rps_c32']:,.0f} req/s)", p["after_load"]),
+        _row(f"{who}: steady (soak {f['soak_s']:g} s, 2nd-half max)", p["steady"]),
+        _row(f"{who}: idle after (dashboard gone)", p["idle_after"]),
     ]
-    if base:
-        rows += [
-            [
-                name,
-                s["VmRSS"],
-                s.get("RssAnon", 0.0),
-                s.get("RssFile", 0.0),
-                s.get("RssShmem", 0.0),
-                s.get("DuckDB", ""),
+    for label, other in (("same proxy, no dashboard", lone), ("DuckDB's defaults, no dashboard", base)):
+        if other:
+            rows += [
+                _row(f"{label}: after c=32 ({other['load_rps_c32']:,.0f} req/s)", other["after_load"]),
+                _row(f"{label}: steady", other["steady"]),
+                _row(f"{label}: idle after", other["idle_after"]),
             ]
-            for name, s in (
-                (f"baseline, DuckDB's defaults: after c=32 ({base['load_rps_c32']:,.0f} req/s)", base["after_load"]),
-                ("baseline, DuckDB's defaults: steady", base["steady"]),
-                ("baseline, DuckDB's defaults: idle after", base["idle_after"]),
-            )
-        ]
-    d = f["dashboard"]
-    if d:
-        rows.append(
-            [
-                "dashboard server, no session",
-                d["idle"]["VmRSS"],
-                d["idle"].get("RssAnon", 0.0),
-                d["idle"].get("RssFile", 0.0),
-                d["idle"].get("RssShmem", 0.0),
-                "",
-            ]
-        )
-        a = d["after_pages"]
-        rows.append(
-            [
-                f"dashboard ({d['how']})",
-                a["VmRSS"],
-                a.get("RssAnon", 0.0),
-                a.get("RssFile", 0.0),
-                a.get("RssShmem", 0.0),
-                "",
-            ]
-        )
+    polling = p.get("polling")
+    if polling and polling.get("dashboard_rss"):
+        rows.append(_row("the dashboard's Streamlit server, at the soak's end", polling["dashboard_rss"]))
     lines = [
-        f"### Memory (RSS, MB; server: {f['server']})",
+        f"### Memory (RSS, MB; `keyrack serve`; pyarrow mapped by the proxy at the soak's end: {p.get('arrow_mapped')})",
         "",
         markdown_table(["process / phase", "RSS", "anon", "file", "shmem", "DuckDB's own"], rows),
         "",
+        *(
+            [
+                f"- dashboard polling (headless Chromium, a page every {polling['dwell_s']:g} s): "
+                f"{polling['loads']['monitor']} Monitor and {polling['loads']['trends']} Trends loads, "
+                f"{len(polling['failures'])} failed {polling['failures'][:3]}"
+            ]
+            if polling
+            else []
+        ),
+        *(
+            [
+                f"- steady with the dashboard attached vs the same proxy alone (same run): {p['steady']['VmRSS']:.0f} / "
+                f"{lone['steady']['VmRSS']:.0f} MB = {p['steady']['VmRSS'] / lone['steady']['VmRSS']:.2f}"
+            ]
+            if lone
+            else []
+        ),
         f"- proxy peak (VmHWM): {p['peak_mb']:.0f} MB; soak: {p['soak_requests']:,} requests "
         f"({p['soak_requests'] / f['soak_s']:,.0f} req/s), {p['soak_major_faults']:,} major page faults",
         *(
@@ -389,7 +433,7 @@ def report(f: dict[str, Any]) -> str:
             if base
             else []
         ),
-        f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]} on 2 cores",
+        f"- machine load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]}",
     ]
     steady = p["steady"]
     if steady.get("mappings"):
@@ -414,13 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--load", type=float, default=20.0, help="seconds of c=32 load (default 20)")
     ap.add_argument("--soak", type=float, default=60.0, help="seconds of c=8 soak (default 60)")
-    ap.add_argument("--no-dashboard", action="store_true", help="skip the dashboard's RSS")
-    ap.add_argument("--no-baseline", action="store_true", help="skip the run with DuckDB's defaults")
+    ap.add_argument("--no-dashboard", action="store_true", help="no dashboard attached (the data plane alone)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the same proxy without a dashboard")
+    ap.add_argument("--duckdb-baseline", action="store_true", help="also run DuckDB's defaults, no dashboard")
     ap.add_argument("--json", type=Path, default=RESULTS / "memory.json", help="where to write the figures")
     args = ap.parse_args(argv)
-    figures = run(args.load, args.soak, not args.no_dashboard, not args.no_baseline)
-    print(report(figures))
+    figures = run(args.load, args.soak, not args.no_dashboard, not args.no_baseline, args.duckdb_baseline)
     write_json(args.json, figures)
+    print(report(figures))
     return 0
 
 

@@ -333,7 +333,7 @@ class Gateway:
                 await self.export()
 
         async def rebuild() -> None:
-            # One local day per writer job: appends and admin writes queue behind one chunk at most (~0.5 s).
+            # One local day per writer job: appends and admin writes queue behind one chunk at most.
             while self.rollup.rebuilding is not None:
                 await self.write(self.rollup.rebuild_step, JOB_WRITE_TIMEOUT_S)
 

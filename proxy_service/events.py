@@ -183,8 +183,9 @@ def insert_columns(cur: duckdb.DuckDBPyConnection, table: str, columns: Columns,
 
     Each column travels as one JSON text that DuckDB casts to a list of the table column's type and unnests side by
     side with the others (timestamps as epoch microseconds); a value a column cannot take (an int past its range)
-    fails the whole statement. Why not the alternatives: an Arrow table is faster to convert but keeps pyarrow and
-    numpy (tens of MB of RSS) in the proxy; binding the Python lists themselves as LIST parameters makes DuckDB
+    fails the whole statement. Why not the alternatives: an Arrow table is faster to convert but loads pyarrow and
+    numpy into the proxy at start, with no dashboard attached too (docs/ARCHITECTURE.md, "Memory", says why that
+    was not taken; bench/memory.py measures the RSS); binding the Python lists themselves as LIST parameters makes DuckDB
     look up `pandas.NA` for every value, which either imports pandas or, with pandas kept out
     (`server.without_pandas`), costs a failed import per value. bench/event_writer.py measures this append against
     the Arrow one in the same run."""

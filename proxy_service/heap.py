@@ -15,6 +15,14 @@ dropped (the memory is free again, not just unmapped), and a page DuckDB needs l
 the thread that touches it, a major page fault. The threads that run DuckDB (the writer, readers, its workers) run
 that code, not the event loop. bench/memory.py reports the library's resident pages and the major faults.
 Writable mappings are left alone; MADV_PAGEOUT never discards data (dirty or anonymous pages would go to swap).
+The same holds for the Arrow and numpy libraries the admin reads load (`ARROW_LIBRARIES`): reclaimed with DuckDB's
+once they are loaded, so a dashboard's first read does not leave them resident for the process's life.
+
+glibc's arenas. Every thread that allocates gets an arena of its own, up to eight per core, and each keeps its
+free memory; the reads' worker threads, the writer and DuckDB's own threads would each hold one. `limit_arenas()`
+caps them (`mallopt(M_ARENA_MAX)`, as `MALLOC_ARENA_MAX` would, which must be set before the process starts) before
+any of those threads exists: more threads share an arena, which costs them a little lock contention, and the free
+memory sits in fewer places for `malloc_trim` (bench/memory.py measures the RSS with the dashboard attached).
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ log = logging.getLogger("keyrack")
 TRIM_TICK_S = 1.0
 RECLAIM_TICK_S = 60.0
 MADV_PAGEOUT = 21  # <linux/mman.h>
+M_ARENA_MAX = -8  # <malloc.h>
+ARENA_MAX = 2  # the event loop's thread keeps the main heap; the others share these
+# Packages whose bundled libraries the admin reads load (Arrow answers, percentiles) and whose pages are reclaimed
+# like DuckDB's once they are imported (their wheels keep the libraries beside the package: `numpy.libs`).
+ARROW_LIBRARIES = ("pyarrow", "numpy")
 _READ_ONLY = ("r-xp", "r--p")  # private mappings the process never writes: code, read-only data, symbol tables
 
 
@@ -64,6 +77,37 @@ def duckdb_library() -> str | None:
     return None
 
 
+def limit_arenas(n: int = ARENA_MAX) -> bool:
+    """Cap glibc's malloc arenas at `n` (before the process starts its threads); False where that is not glibc."""
+    libc = _libc()
+    fn = getattr(libc, "mallopt", None) if libc is not None else None
+    if fn is None or getattr(libc, "malloc_trim", None) is None:  # mallopt's parameters are glibc's
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return bool(fn(M_ARENA_MAX, n))
+
+
+def arrow_libraries(maps: str = "/proc/self/maps") -> list[str]:
+    """The shared libraries this process mapped from the packages of ARROW_LIBRARIES that it has imported (none
+    before an admin read loads them), as /proc/self/maps names them."""
+    dirs = []
+    for name in ARROW_LIBRARIES:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(path, str):
+            pkg = os.path.dirname(os.path.realpath(path))
+            dirs += [pkg + os.sep, pkg + ".libs" + os.sep]
+    if not dirs:
+        return []
+    found: set[str] = set()
+    with open(maps) as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and ".so" in parts[5] and parts[5].startswith(tuple(dirs)):
+                found.add(parts[5].rstrip("\n"))
+    return sorted(found)
+
+
 def read_only_ranges(path: str, maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
     """The address ranges of `path`'s private read-only mappings in this process (/proc/self/maps)."""
     out = []
@@ -78,7 +122,9 @@ def read_only_ranges(path: str, maps: str = "/proc/self/maps") -> list[tuple[int
 
 def library_reclaimer(path: str | None = None) -> Callable[[], None] | None:
     """A function that asks the kernel to reclaim the resident pages of DuckDB's library (`path`, by default the
-    module this process imported), or None where that cannot work (no library, not Linux, no madvise)."""
+    module this process imported, and then also the Arrow and numpy libraries loaded by the time it runs), or None
+    where that cannot work (no library, not Linux, no madvise)."""
+    given = path is not None
     path = path or duckdb_library()
     libc = _libc()
     madvise = getattr(libc, "madvise", None) if libc is not None else None
@@ -92,7 +138,8 @@ def library_reclaimer(path: str | None = None) -> Callable[[], None] | None:
         nonlocal supported
         if not supported:
             return
-        for start, end in read_only_ranges(path):
+        libraries = [path] if given else [path, *arrow_libraries()]
+        for start, end in (r for lib in libraries for r in read_only_ranges(lib)):
             if madvise(start, end - start, MADV_PAGEOUT) != 0:
                 supported = False  # a kernel older than 5.4 (EINVAL): nothing to do, and no point in asking again
                 log.info("library pages not reclaimed: madvise(MADV_PAGEOUT) failed, errno %d", ctypes.get_errno())

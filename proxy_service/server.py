@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from proxy_service import heap
 from proxy_service.logs import setup_logging
 from proxy_service.settings import ConfigError, is_loopback
 from proxy_service.startup import (
@@ -30,7 +31,8 @@ log = logging.getLogger("keyrack.startup")
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
     """Makes pandas look absent in the proxy process. The proxy never uses it, but DuckDB's parameter binding and
-    pyarrow's array building import it when it is installed (for the dashboard), which costs tens of MB of RSS.
+    pyarrow's array building import it when it is installed (for the dashboard), a large library for nothing
+    (bench/memory.py's start-up breakdown shows what the proxy's imports weigh).
     Likewise httpx's command-line client (`httpx._main`): `import httpx` loads it, with rich and pygments, whenever
     those happen to be installed (memray's, in the dev extras): dozens of modules the proxy never runs; httpx
     falls back to a stub `httpx.main` when it is absent."""
@@ -53,9 +55,9 @@ def without_pandas() -> None:
 
 # DuckDB's allocator (the jemalloc inside its wheel) gives freed pages back to the system 5 s after the free, and even
 # then only as MADV_FREE pages, which stay in RSS until the kernel is short of memory. Every fold and checkpoint
-# allocates and frees tens of MB, so under steady traffic those pages never left: RSS that DuckDB itself no longer
-# used. With no decay they go back at once, at some throughput cost (bench/memory.py runs DuckDB's defaults as its
-# baseline; bench/proxy_throughput.py measures the throughput). jemalloc reads this once,
+# allocates and frees large buffers, so under steady traffic those pages never left: RSS that DuckDB itself no longer
+# used. With no decay they go back at once, at some throughput cost (`python -m bench.memory --duckdb-baseline` runs DuckDB's
+# defaults beside Keyrack's; bench/proxy_throughput.py measures the throughput). jemalloc reads this once,
 # when DuckDB's library loads, so it is set before the first `import duckdb`; an operator's own value wins.
 ALLOCATOR_ENV = "DUCKDB_JE_MALLOC_CONF"
 ALLOCATOR_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
@@ -65,6 +67,17 @@ def duckdb_allocator_conf() -> None:
     os.environ.setdefault(ALLOCATOR_ENV, ALLOCATOR_CONF)
 
 
+# pyarrow's allocator. The admin reads answer in Arrow, so the first one loads pyarrow (docs/ARCHITECTURE.md,
+# "Memory", says why it is accepted there), whose default pool is a mimalloc of its own: it keeps what a read frees
+# for later reads, outside glibc's heaps that `heap.trimmer` gives back every second. The system pool puts Arrow's
+# buffers in those heaps. pyarrow reads this when it is first imported; an operator's own value wins.
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def arrow_pool_conf() -> None:
+    os.environ.setdefault(ARROW_POOL_ENV, "system")
+
+
 def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -> None:
     """`keyrack serve`: check the configuration, bind, run uvicorn until SIGTERM/SIGINT, exit 0 after a clean stop.
     `warn_unknown`: log a warning per misspelt KEYRACK_* name (`keyrack run` has said it already for its proxy)."""
@@ -72,6 +85,8 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
     settings = load_settings(**overrides)
     without_pandas()
     duckdb_allocator_conf()
+    arrow_pool_conf()
+    heap.limit_arenas()  # before uvicorn, DuckDB and the read workers start their threads
     setup_logging(settings.log_level)
     if warn_unknown:
         for line in unknown_setting_lines():

@@ -55,7 +55,7 @@ SCHEMA: dict[str, str] = {
 }
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of
 # each latency, so that percentiles over raw rows (Explore's pairs) group by it instead of computing a logarithm per
-# row — about 2× on 10M rows. Internal: hidden from user SQL and exports like secrets are. Rows from before a
+# row (cheaper on large files: bench/explore.py measures Explore's shapes). Internal: hidden from user SQL and exports like secrets are. Rows from before a
 # migration get them when it adds the columns; readers still compute the bucket where it is NULL (the lake's old rows).
 DERIVED: dict[str, dict[str, tuple[str, str]]] = {  # table → column → (its source column, its SQL)
     "requests": {
@@ -168,18 +168,19 @@ class Store:
         if block_size:
             # For a new file only. Appends between checkpoints live in memory, one block per column segment, and
             # after a checkpoint the next append to a table turns each column's last, partly filled segment back
-            # into a whole in-memory block: ~200 columns (requests, attempts, rollup and explore tables) × the block
-            # size, for the proxy's whole life, so 64 KB blocks hold a quarter of DuckDB's 256 KB. Smaller still made
-            # the file much larger (compression works per block). bench/memory.py runs DuckDB's default as baseline.
+            # into a whole in-memory block: every column of the appended tables (requests, attempts, the
+            # pre-aggregates) × the block size, for the proxy's whole life, so smaller blocks hold less. Smaller still
+            # made the file much larger (compression works per block). bench/memory.py runs DuckDB's default as its
+            # `--duckdb-baseline`; bench/analytics.py measures the file's size and the queries' speed.
             config["default_block_size"] = str(block_size)
         if memory_limit:  # DuckDB's own caps, so one analytics query cannot take the proxy's memory or cores
             config["memory_limit"] = memory_limit
         if threads:
             config["threads"] = threads
         # Rows per row group. A checkpoint rewrites the row group that appends went into, whole: with DuckDB's
-        # 122,880 rows that was up to ~120k rows x 25 columns of `requests` every few seconds under load, the largest
-        # samples of the memory soak. With 16,384 rows no checkpoint stood out; the price is slower Explore shapes,
-        # all still within 1 s (bench/explore.py, docs/benchmarks.md). DuckDB
+        # default that is a large row group of `requests` every few seconds under load, the largest samples of the
+        # memory soak (bench/memory.py --duckdb-baseline). Smaller groups flatten them; the price is slower Explore
+        # shapes (bench/explore.py keeps them within its target). DuckDB
         # takes the size only when a file is attached, so the file is attached to an in-memory connection under its
         # usual name and made the default database of every cursor.
         self._catalog: str | None = None
@@ -212,7 +213,7 @@ class Store:
         for table, derived in DERIVED.items():  # files from before a derived column existed: added and filled once
             have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
             for col, (source, expr) in derived.items():
-                if col not in have and source in have:  # ~0.4 s per million rows, once (the upgrade adding it)
+                if col not in have and source in have:  # once, in the upgrade adding it
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} SMALLINT")
                     cur.execute(f"UPDATE {table} SET {col} = {expr} WHERE {source} IS NOT NULL")
         cur.close()

@@ -262,7 +262,7 @@ class Launcher:
             self.shutdown()
 
     def _run(self) -> int:
-        without_pandas()  # Arrow would import it to write the demo history (seconds on a busy machine), for nothing
+        without_pandas()  # Arrow would import it to write the demo history, a slow import for nothing
         opts = self.opts
         base = load_settings()
         check_cluster(base)  # before any child: the proxy would refuse the same way, its line shown twice

@@ -118,3 +118,46 @@ def test_live_relay_measures_both_targets_and_records_every_session(tmp_path: Pa
     ev = f["events"]
     assert ev["sessions_recorded"] == ev["sessions_with_every_turn"] == 2 and ev["lost"] == 0 and ev["tokens"] > 0
     assert f["turns_per_s_ratio"] > 0 and "| keyrack |" in live_relay.report(f)
+
+
+def test_memory_report_states_the_dashboard_attached_figure_beside_the_proxy_alone() -> None:
+    from bench import memory
+
+    def sample(rss: float) -> dict[str, float]:
+        return {"VmRSS": rss, "RssAnon": rss / 2, "RssFile": rss / 2, "RssShmem": 0.0, "VmHWM": rss + 5}
+
+    def phases(steady: float, polling: dict[str, object] | None) -> dict[str, object]:
+        return {
+            "start": sample(120.0),
+            "after_load": sample(130.0),
+            "steady": sample(steady),
+            "idle_after": sample(125.0),
+            "peak_mb": steady + 5,
+            "load_rps_c32": 400.0,
+            "soak_requests": 3000,
+            "soak_major_faults": 0,
+            "second_half": {"median": steady - 4, "min": steady - 8, "samples": 6},
+            "polling": polling,
+            "arrow_mapped": polling is not None,
+        }
+
+    polling = {"loads": {"monitor": 7, "trends": 6}, "failures": [], "dwell_s": 5.0, "dashboard_rss": sample(180.0)}
+    f = {
+        "load_s": 32.0,
+        "soak_s": 300.0,
+        "dashboard_attached": True,
+        "load_average": [10.0, 12.0],
+        "proxy": phases(160.0, polling),
+        "alone": phases(128.0, None),
+        "baseline": None,
+        "breakdown": [],
+        "targets": {"proxy_steady_mb": {"target": "<= 150", "met": False}},
+    }
+    text = memory.report(f)
+    assert "proxy, dashboard attached: steady (soak 300 s, 2nd-half max) | 160.0" in text
+    assert "same proxy, no dashboard: steady | 128.0" in text
+    assert "160 / 128 MB = 1.25" in text and "7 Monitor and 6 Trends loads, 0 failed" in text
+    assert "target proxy_steady_mb <= 150: MISSED" in text
+    rows = run_all.rows_memory(f)
+    assert rows[2][:2] == ["memory (RSS)", "**proxy, dashboard attached and polling: steady through the 300 s soak**"]
+    assert rows[2][2:6] == ["**160 MB**", "no dashboard 128 MB", "1.25", "≤ 150 MB"]

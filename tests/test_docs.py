@@ -98,9 +98,16 @@ def sample_results() -> dict[str, dict[str, Any]]:
         "enqueue_us": 2.6,
     }
     rss = {"VmRSS": 140.0, "RssAnon": 90.0}
+    polling = {
+        "loads": {"monitor": 30, "trends": 29},
+        "failures": [],
+        "dwell_s": 5.0,
+        "dashboard_rss": {"VmRSS": 190.0},
+    }
     memory = {
-        "proxy": {"start": {"VmRSS": 102.0, "RssAnon": 40.0}, "after_load": rss, "steady": rss},
-        "baseline": {"steady": {"VmRSS": 259.0}},
+        "proxy": {"start": {"VmRSS": 102.0, "RssAnon": 40.0}, "after_load": rss, "steady": rss, "polling": polling},
+        "alone": {"steady": {"VmRSS": 125.0}},
+        "dashboard_attached": True,
         "load_s": 32,
         "soak_s": 300,
     }
@@ -120,8 +127,9 @@ def test_make_bench_writes_a_date_free_host_free_benchmarks_page() -> None:
     # Each figure of this run is stated with the command that made it and its baseline from the same run.
     assert "`python -m bench.proxy_throughput`" in sections["proxy_throughput"]
     assert "fake direct 3,900" in sections["proxy_throughput"] and "0.20" in sections["proxy_throughput"]
-    assert "`python -m bench.memory --load 20 --soak 120`" in sections["memory"]
-    assert "| 140 MB | 259 MB | 0.54 |" in sections["memory"]
+    assert "`python -m bench.memory --load 32 --soak 300`" in sections["memory"]
+    assert "dashboard attached and polling: steady through the 300 s soak" in sections["memory"]
+    assert "| **140 MB** | no dashboard 125 MB | 1.12 | ≤ 150 MB |" in sections["memory"]
     assert "single-row INSERT 276/s" in sections["event_writer"] and "296x" in sections["event_writer"]
     # The benchmarks that did not run keep their section, and hand-written notes survive.
     old = dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->", previous, re.S))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,8 @@ DECAY_PROBE = """
 import ctypes, sys
 import uvicorn
 def read_decay(self, sockets=None):
+    import pyarrow  # what the first admin read in Arrow loads: its buffers in glibc's heaps, which are trimmed
+    assert pyarrow.default_memory_pool().backend_name == "system", pyarrow.default_memory_pool().backend_name
     import _duckdb
     lib = ctypes.CDLL(_duckdb.__file__)
     out = []
@@ -149,3 +152,43 @@ def test_serve_returns_duckdbs_freed_memory_at_once(tmp_path: Path, operator: st
         pytest.skip("this DuckDB build has no jemalloc (Linux x86_64 wheels have)")
     env = {**serve_env(tmp_path, "C"), **({"DUCKDB_JE_MALLOC_CONF": operator} if operator else {})}
     assert probe(tmp_path, DECAY_PROBE, **env) == expected
+
+
+def test_a_running_proxy_serves_and_stores_calls_without_arrow_numpy_or_pandas(tmp_path: Path) -> None:
+    """The decision (docs/ARCHITECTURE.md, "Memory": pyarrow stays out of the proxy process) on a real `keyrack
+    serve` process, read from outside through /proc/<pid>/maps (no debug hook in the product): proxied calls, their
+    rows appended and folded, the keys persisted and the JSON admin answers a dashboard polls (keys, config, alerts)
+    map none of Arrow's, numpy's or pandas' libraries."""
+    import httpx
+
+    from bench.common import ADMIN_TOKEN, NO_LIMITS, closed_loop, generate_path, start_fake, start_proxy, wait_ready
+    from bench.memory import POOL_KEYS
+
+    fake = start_fake(tmp_path)
+    proxy = start_proxy(tmp_path, fake.url, POOL_KEYS, model_limits=NO_LIMITS)
+    try:
+        wait_ready([fake, proxy], timeout=120)
+        served = closed_loop(proxy.url + generate_path(), concurrency=4, duration=2)
+        assert served.responses > 0 and not served.errors
+        auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        for path in ("/admin/api/keys", "/admin/api/config", "/admin/api/alerts/active"):
+            assert httpx.get(proxy.url + path, headers=auth, timeout=60).status_code == 200, path
+        deadline = time.monotonic() + 60  # the writer appends within its flush interval: wait for every row
+        while time.monotonic() < deadline and written_requests(proxy.url) < served.responses:
+            time.sleep(0.2)
+        assert written_requests(proxy.url) >= served.responses
+        mapped = Path(f"/proc/{proxy.proc.pid}/maps").read_text()
+        assert not [lib for lib in ("/libarrow.so", "/numpy", "/pandas/") if lib in mapped]
+    finally:
+        proxy.stop()
+        fake.stop()
+
+
+def written_requests(url: str) -> float:
+    """`requests` rows the proxy's writer has appended (its /metrics)."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith('keyrack_events_written_total{table="requests"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -199,7 +199,7 @@ def insert(
 
     Two steps: the rows are summed per (hour, local day, all eight dimensions) — the leaves, far fewer than the rows
     on real traffic — then each leaf is expanded once per kept set and summed again. One plain GROUP BY each: a
-    GROUPING SETS of 46 sets costs ~1 s to plan and run even on one row. `span`: the rows' min and max `ts` when the
+    GROUPING SETS of every kept set costs a lot to plan and run even on one row (bench/explore.py times the fold). `span`: the rows' min and max `ts` when the
     caller knows them (a fold: one query less)."""
     if span is None:
         row = cur.execute(f"SELECT min(ts), max(ts) FROM {source}").fetchone()

@@ -7,7 +7,7 @@ Stats read the 15-minute rollup (`rollup.py`) for whole buckets and the raw `req
 figures are exact for counts and sums; p50/p95 come from the rollup's log histogram (±2 %). Local buckets: the
 UTC offset of the display zone over the queried range is a handful of constant segments (DST changes twice a
 year), so a bucket is `date_trunc(g, t + offset(t))` with offset(t) a CASE over the segment boundaries, computed
-in Python with zoneinfo — exact, and ~7x cheaper than ICU's per-row `timezone()`.
+in Python with zoneinfo — exact, and much cheaper than ICU's per-row `timezone()` (bench/analytics.py).
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ def aggregate(
     Each part comes with its bucket expression over the rollup's `bucket` column and over the raw `ts` column.
     Each rollup table is scanned once per query (a materialised CTE over the union of its parts' ranges), raw rows
     once per cluster of nearby parts, whatever the number of parts: on a DuckLake (cluster mode) every scan costs
-    a handful of catalog round trips, so the summary's 8 scans per query made it several times slower than the
-    same data in a DuckDB file (bench/cluster.py compares the two).
+    a handful of catalog round trips, so a scan per part made the summary much slower than the same data in a
+    DuckDB file (bench/cluster.py compares the two).
     """
     import pyarrow as pa
 

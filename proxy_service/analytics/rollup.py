@@ -1,7 +1,8 @@
 """The request rollup: exact pre-aggregates that keep the stats endpoints fast on tens of millions of rows.
 
-Why: on 10M `requests` rows (2 cores) a plain hourly series with percentiles takes 0.8–2.5 s and a display-time-zone
-conversion through ICU 5 s. The rollup answers the same questions from a small fraction of the rows.
+Why: on tens of millions of `requests` rows a plain hourly series with percentiles, and a display-time-zone
+conversion through ICU, read every row; the rollup answers the same questions from a small fraction of them
+(bench/analytics.py measures both on the same file).
 
 Shape: two tiers, UTC 1-hour and UTC 15-minute buckets, each a pair of tables (several rows may exist per key
 between compactions; readers always SUM):
@@ -15,7 +16,7 @@ the raw rows.
 Why these grains: every time zone in use today has a UTC offset that is a multiple of 15 minutes and changes it
 (DST) at 15-minute-aligned instants, so every local hour/day/week/month boundary is a 15-minute boundary: any
 display zone (Asia/Kolkata +5:30, Asia/Kathmandu +5:45...) gets exact buckets from the 15-minute tier without a
-rebuild. Whole-hour zones (most) read the 1-hour tier, ~3x fewer rows. `queries.split` picks the coarsest tier that
+rebuild. Whole-hour zones (most) read the 1-hour tier, fewer rows. `queries.split` picks the coarsest tier that
 fits and reads raw rows only for partial edges.
 
 Exactness by construction: the writer calls `on_append` right after each batch lands in `requests`, on the writer
@@ -262,7 +263,7 @@ class Rollup:
             self.rebuild_step(cur)
 
     def rebuild_step(self, cur: duckdb.DuckDBPyConnection) -> bool:
-        """Rebuild the next chunk (writer thread; ~0.5 s per 100k rows). Returns whether chunks remain."""
+        """Rebuild the next chunk (writer thread; a chunk is small enough that appends do not wait long behind it). Returns whether chunks remain."""
         r = self.rebuilding
         if r is None:
             return False
@@ -288,7 +289,7 @@ class Rollup:
                 return True
         cur.execute("BEGIN TRANSACTION")
         try:
-            cube.cluster(cur)  # a few seconds on 10M calls' worth, once
+            cube.cluster(cur)  # once, on the whole history
             # Delete + insert rather than INSERT OR REPLACE: a DuckLake table (cluster mode) has no primary key.
             cur.execute("DELETE FROM rollup_meta WHERE name IN ('version', 'zone')")
             cur.execute("INSERT INTO rollup_meta VALUES ('version', ?), ('zone', ?)", [VERSION, self.zone])
@@ -347,7 +348,7 @@ class Rollup:
                     return
                 if len(keep) < len(batch["ts"]):
                     batch = {name: [values[i] for i in keep] for name, values in batch.items()}
-            # Buckets and span in Python, from the distinct minutes: each query costs tens of ms on a busy machine.
+            # Buckets and span in Python, from the distinct minutes: a query each would cost the writer more.
             ts = batch["ts"]
             span = (min(ts), max(ts))
             minutes = {t.replace(second=0, microsecond=0) for t in ts}

@@ -442,7 +442,7 @@ class LakeStore(Store):
     @contextlib.contextmanager
     def stats_reader(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, StatsSource]]:
         """The stats queries' cursor: with a usable mirror, one whose search path holds the mirror only (every
-        statement that can resolve a name in the lake's catalog opens a DuckLake transaction, ~3 catalog queries,
+        statement that can resolve a name in the lake's catalog opens a DuckLake transaction, a few catalog queries,
         even when the name resolves elsewhere), raw edges from the mirror, other raw rows named in the lake."""
         if self.mirror.snapshot is None:
             self.mirror.start()

@@ -1,13 +1,14 @@
 """A replica-local mirror of the lake's rollup tables and of the raw rows at stats' range edges, so that a stats read
 makes no catalog round trip beyond one snapshot check.
 
-On a DuckLake every table scan costs ~6 PostgreSQL catalog queries (files, column statistics, delete files, schema,
-inlined rows); the stats summary scans the rollup ~70 times. The mirror keeps a copy of each rollup table in a
+On a DuckLake every table scan costs several PostgreSQL catalog queries (files, column statistics, delete files,
+schema, inlined rows), and the stats summary scans the rollup many times (bench/cluster.py measures stats reads on a
+lake against the embedded file). The mirror keeps a copy of each rollup table in a
 DuckDB file of the replica's own, attached to its connection as `lake_mirror` (`lake_mirror.main.<table>`, with the
 lake's `rowid`; started afresh at each start), and views without the row id in `lake_mirror.rollup`, which a
 reader's search path puts before the lake's schema. A file rather than an in-memory table: compressed and paged
-(on a 1M-row lake, a file held the largest rollup table in a small fraction of an in-memory table's size, and
-scanned it as fast as the embedded file; in memory the scans were slower too).
+(a file holds a rollup table in a fraction of an in-memory table's size and scans it as fast as the embedded file
+does; bench/cluster.py's stats reads go through it).
 
 It follows the lake's snapshots: `catch_up()` reads the current snapshot id (one catalog query); if it moved, the
 snapshots' change maps say which tables changed, and DuckLake's data change feed (`table_changes(table, from, to)`:

@@ -4,7 +4,7 @@ shared pool, and the background loops (heartbeat, key/config broadcast, compacto
 Keys and settings: PostgreSQL (`keyrack.keys`, `keyrack.settings`) is the one source of truth. A replica that
 changes a key or the config writes it there, then publishes `{"kind": "keys"|"config", ...}` on the Redis channel
 `<prefix>:bus`, sealed with the cluster secret (trust.py: the others ignore anything else); every other replica
-re-reads those rows and applies them (well under 1 s). A full re-read every `RELOAD_S` repairs anything a lost
+re-reads those rows and applies them. A full re-read every `RELOAD_S` repairs anything a lost
 message (Redis restarting) missed. Per-key counters are deltas committed to the lake with the events
 (`LakeWriter.count_keys`, lake table `key_counts`): appends, so replicas never conflict and outages only delay them.
 

@@ -221,6 +221,7 @@ class Dashboard:
     url: str
     link_key: str
     log: Path
+    pid: int = 0  # the server process (bench/memory.py reads its RSS)
 
     def link(self) -> str:
         """A fresh one-time sign-in link, as the banner or `keyrack dashboard-link` prints it."""
@@ -269,7 +270,7 @@ def running_dashboard(admin_url: str, log_dir: Path, admin_token: str = ADMIN_TO
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield Dashboard(url, key, log)
+        yield Dashboard(url, key, log, proc.pid)
     finally:
         proc.terminate()
         try:
