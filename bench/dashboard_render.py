@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -115,6 +116,34 @@ def render(page: str, timeout: float) -> tuple[float, float, list[str]]:
     return first, warm, problems
 
 
+def trends_calls(admin_url: str, rounds: int) -> dict[str, float]:
+    """The Trends page's admin calls one after another (as before `cache.prefetch`) and side by side (as now),
+    alternating in the same run against the same proxy: medians and their ratio."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from dashboard.logic import times, trends_data
+    from dashboard.logic.client import AdminClient
+
+    api = AdminClient(admin_url, ADMIN_TOKEN, timeout=120.0)
+    today = times.today()
+    lo, hi = times.day_range_utc(today - timedelta(days=6), today)
+    calls = trends_data.page_calls(api, "hour", lo, hi, trends_data.DIMENSIONS[0])
+    serial, together = [], []
+    with ThreadPoolExecutor(len(calls)) as pool:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for method, call_args in calls:
+                method(*call_args)
+            serial.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            for future in [pool.submit(method, *call_args) for method, call_args in calls]:
+                future.result()
+            together.append(time.perf_counter() - started)
+    s, p = statistics.median(serial), statistics.median(together)
+    return {"calls": len(calls), "serial_s": round(s, 3), "side_by_side_s": round(p, 3), "ratio": round(p / s, 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -163,6 +192,7 @@ def main() -> int:
                     "problems": sorted(set(problems))[:3],
                 }
             )
+        calls = trends_calls(proxy.url, 5)
         browser: dict[str, float] | None = None
         if args.browser > 0 and dashboard_browser.available():
             figures = dashboard_browser.trends_first_visit(workdir / "dashboard", proxy.url, args.browser)
@@ -184,6 +214,10 @@ def main() -> int:
             ],  # type: ignore[arg-type]
         )
     )
+    print(
+        f"\nTrends' {calls['calls']:.0f} admin calls, same run, 5 alternating rounds: one after another "
+        f"{calls['serial_s']:.2f} s, side by side {calls['side_by_side_s']:.2f} s (ratio {calls['ratio']:.2f})"
+    )
     if browser is not None:
         print(
             f"\nTrends first visit in Chromium (click to last chart drawn, {args.browser} fresh sessions): "
@@ -191,7 +225,7 @@ def main() -> int:
         )
     write_json(
         RESULTS / "dashboard_render.json",
-        {"rows": args.rows, "keys": args.keys, "pages": results, "browser_trends": browser},
+        {"rows": args.rows, "keys": args.keys, "pages": results, "browser_trends": browser, "trends_calls": calls},
     )
     return 0 if all(r["ok"] for r in results) else 1
 

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.logic import cache, fmt, times
+from dashboard.logic.client import AdminClient
 from dashboard.logic.i18n import t
 
 GRANULARITIES = ["hour", "day", "week", "month"]
@@ -27,7 +28,13 @@ def clamp(granularity: str, start: date, end: date) -> tuple[date, str | None]:
 def prefetch(granularity: str, lo: datetime, hi: datetime, breakdown: str) -> None:
     """Every stats answer the page draws, asked at once (see `cache.prefetch`): the page then waits for the slowest
     one rather than for the five in a row."""
-    api = cache.api()
+    cache.prefetch(15.0, *page_calls(cache.api(), granularity, lo, hi, breakdown))
+
+
+def page_calls(
+    api: AdminClient, granularity: str, lo: datetime, hi: datetime, breakdown: str
+) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The admin calls (method, args) a first visit of the page makes."""
     calls: list[tuple[Any, tuple[Any, ...]]] = [
         (api.series, (granularity, lo, hi, "none")),
         (api.outcomes, (granularity, lo, hi)),
@@ -36,7 +43,7 @@ def prefetch(granularity: str, lo: datetime, hi: datetime, breakdown: str) -> No
     ]
     if breakdown != "client":  # clients come from Explore (`_client_series`), asked when that breakdown is chosen
         calls.append((api.series, (granularity, lo, hi, breakdown)))
-    cache.prefetch(15.0, *calls)
+    return calls
 
 
 def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.DataFrame | None:
