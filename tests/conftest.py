@@ -11,7 +11,9 @@ Parallel safety (`make test` runs `pytest -n 4 --dist loadgroup`):
   several hundred MB beside a real dashboard) and the tests that load the machine on purpose or measure what load
   disturbs (CPU burners starving replicas, soaks and bench smoke runs with RSS and throughput figures). Two of
   them at once starve each other into their deadlines: a first parallel run that let the CPU burners overlap a
-  browser test lost that test to its timeout.
+  browser test lost that test to its timeout. A second, `replicas`: the cluster files that start several replica
+  processes each; three of them side by side on two cores missed their SIGTERM and test deadlines. So at most
+  one heavy file and one multi-replica file run at a time, next to light ones.
 - **Heavy files first** (`FIRST`): the longest files are handed out before the rest so that no long file starts
   last and keeps one worker busy alone at the end.
 - What needs no rule: every server binds port 0 or a free port; temporary paths come from `tmp_path` /
@@ -165,14 +167,21 @@ GROUPS: dict[str, str] = {
         "tests/test_bench_smoke.py",
         "tests/test_alerts_bench.py",
     )
+} | {
+    path: "replicas"
+    for path in (
+        "tests/cluster/test_faults.py",
+        "tests/cluster/test_replicas.py",
+        "tests/cluster/test_leader.py",
+        "tests/cluster/test_lake.py",
+        "tests/cluster/test_trust.py",
+    )
 }
 # The longest work units of a serial run, longest first (units not named keep their collection order after them).
 FIRST: list[str] = [
     "heavy",
+    "replicas",
     "tests/analytics/test_explore.py",
-    "tests/cluster/test_faults.py",
-    "tests/cluster/test_replicas.py",
-    "tests/cluster/test_leader.py",
     "tests/reliability/test_storage_faults.py",
 ]
 
