@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.servers import free_port as free_port  # one copy for tests and bench (bench.common re-exports it)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 HOST = "127.0.0.1"
@@ -34,12 +36,6 @@ NO_LIMITS = json.dumps({MODEL: {"rpm": None, "rpd": None, "tpm": None}})
 
 def generate_path(model: str = MODEL) -> str:
     return f"/v1beta/models/{model}:generateContent"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------------ servers

@@ -26,7 +26,6 @@ from pathlib import Path
 from bench import dashboard_browser
 from bench.common import (
     ADMIN_TOKEN,
-    REPO,
     RESULTS,
     markdown_table,
     running,
@@ -95,18 +94,16 @@ def seed(db_path: Path, rows: int, keys: list[tuple[str, str]]) -> float:
 
 
 def render(page: str, timeout: float) -> tuple[float, float, list[str]]:
-    """(first render s, warm rerun s, problems shown on the page) for one fresh AppTest session."""
-    from streamlit.testing.v1 import AppTest
+    """(first render s, warm rerun s, problems shown on the page) for one fresh AppTest session, opened with the
+    dashboard tests' own harness (tests/dashboard/conftest.py)."""
+    from tests.dashboard.conftest import go, new_session, sign_in
 
-    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=timeout)
-    at.run()  # the sign-in form: nobody is signed in by the env token alone
-    at.text_input(key="login_token").input(ADMIN_TOKEN)
+    at = new_session(timeout=timeout)
     started = time.perf_counter()
-    at.button[0].click().run()  # sign-in and the landing page, Monitor
+    sign_in(at, ADMIN_TOKEN, check=False)  # sign-in and the landing page, Monitor
     if page != "monitor":
-        at.switch_page(f"screens/{page}.py")
         started = time.perf_counter()
-        at.run()
+        go(at, page)
     first = time.perf_counter() - started
     at.session_state["_cache"] = {}  # the warm rerun makes every API call again
     started = time.perf_counter()

@@ -7,11 +7,13 @@ Parallel safety (`make test` runs `pytest -n 4 --dist loadgroup`):
   earlier tests' state, so the unit of work is the file (`FileOrGroupScheduling` below); `--dist loadgroup` is
   needed for xdist to tag grouped tests, and this conftest widens its per-test units to files.
 - **Groups** (`GROUPS`, applied as `xdist_group` marks at collection): files that must not overlap one another run
-  on one worker, one after the other:
-  - `chromium`: the real-browser tests (each file drives a Chromium of several hundred MB beside a real dashboard);
-  - `load`: tests that load the machine on purpose or measure what load disturbs (CPU burners starving replicas,
-    soaks and bench smoke runs with RSS and throughput figures): two at once would starve each other into their
-    deadlines.
+  on one worker, one after the other. One group, `heavy`: the real-browser tests (each file drives a Chromium of
+  several hundred MB beside a real dashboard) and the tests that load the machine on purpose or measure what load
+  disturbs (CPU burners starving replicas, soaks and bench smoke runs with RSS and throughput figures). Two of
+  them at once starve each other into their deadlines: a first parallel run that let the CPU burners overlap a
+  browser test lost that test to its timeout. A second, `replicas`: the cluster files that start several replica
+  processes each; three of them side by side on two cores missed their SIGTERM and test deadlines. So at most
+  one heavy file and one multi-replica file run at a time, next to light ones.
 - **Heavy files first** (`FIRST`): the longest files are handed out before the rest so that no long file starts
   last and keeps one worker busy alone at the end.
 - What needs no rule: every server binds port 0 or a free port; temporary paths come from `tmp_path` /
@@ -154,23 +156,32 @@ def proxy(start_proxy: Callable[..., Proxy], upstream: Upstream) -> Proxy:
 
 # -- parallel safety (see the module docstring) ----------------------------------------------------------------------
 GROUPS: dict[str, str] = {
-    "tests/dashboard/test_browser.py": "chromium",
-    "tests/dashboard/test_explore_browser.py": "chromium",
-    "tests/dashboard/test_alerts_browser.py": "chromium",
-    "tests/cluster/test_durability.py": "load",
-    "tests/cluster/test_bench_cluster.py": "load",
-    "tests/reliability/test_soak.py": "load",
-    "tests/test_bench_smoke.py": "load",
-    "tests/test_alerts_bench.py": "load",
+    path: "heavy"
+    for path in (
+        "tests/dashboard/test_browser.py",
+        "tests/dashboard/test_explore_browser.py",
+        "tests/dashboard/test_alerts_browser.py",
+        "tests/cluster/test_durability.py",
+        "tests/cluster/test_bench_cluster.py",
+        "tests/reliability/test_soak.py",
+        "tests/test_bench_smoke.py",
+        "tests/test_alerts_bench.py",
+    )
+} | {
+    path: "replicas"
+    for path in (
+        "tests/cluster/test_faults.py",
+        "tests/cluster/test_replicas.py",
+        "tests/cluster/test_leader.py",
+        "tests/cluster/test_lake.py",
+        "tests/cluster/test_trust.py",
+    )
 }
 # The longest work units of a serial run, longest first (units not named keep their collection order after them).
 FIRST: list[str] = [
-    "load",
-    "chromium",
+    "heavy",
+    "replicas",
     "tests/analytics/test_explore.py",
-    "tests/cluster/test_faults.py",
-    "tests/cluster/test_replicas.py",
-    "tests/cluster/test_leader.py",
     "tests/reliability/test_storage_faults.py",
 ]
 

@@ -15,6 +15,14 @@ START_TIMEOUT_S = 60.0  # generous: a gateway starts in well under a second on a
 STOP_TIMEOUT_S = 120.0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, for a server started as its own process (which must bind it itself: another
+    process may take the port in between, so a caller that can pass a bound socket should, as `serve` does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 @contextlib.contextmanager
 def serve(app: Any, port: int = 0, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
     """Serve `app` on host:port (0 = a free port) and yield its base URL, e.g. "http://127.0.0.1:54321".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,13 +85,26 @@ def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
     return events, attempts
 
 
-@pytest.fixture
-def loaded(tmp_path: Path) -> Iterator[DB]:
-    d = DB(tmp_path / "k.duckdb")
+@pytest.fixture(scope="module")
+def loaded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's traffic written once, folded and compacted, then closed: each test opens a copy of its own
+    (writing 3,000 calls through the writer is most of a test's time; copying the closed file is not)."""
+    where = tmp_path_factory.mktemp("explore-loaded")
+    d = DB(where / "k.duckdb")
     events, attempts = traffic(3000)
     for a in attempts:  # as the relay does: a call's attempts are recorded before the call itself
         d.writer.record(a)
     d.add(*events, compact=True)
+    d.close()
+    return where
+
+
+@pytest.fixture
+def loaded(loaded_dir: Path, tmp_path: Path) -> Iterator[DB]:
+    """A private copy of the loaded file, opened as a restarted proxy opens its data (tests change it freely)."""
+    copy = tmp_path / "loaded"
+    shutil.copytree(loaded_dir, copy)
+    d = DB(copy / "k.duckdb")
     yield d
     d.close()
 

@@ -1,4 +1,5 @@
-"""Dashboard test fixtures: ONE real stack per test session — the fake Gemini upstream and the Keyrack proxy on
+"""Dashboard test fixtures and the harness the dashboard bench shares (`bench/dashboard_render.py` opens its sessions
+with `new_session` / `sign_in` / `go`): ONE real stack per test session — the fake Gemini upstream and the Keyrack proxy on
 127.0.0.1 (real uvicorn, real DuckDB file) — seeded with synthetic call events and with keys added through the
 admin API. AppTests run the dashboard in-process against it, exactly as `keyrack dashboard` would, each session
 signed in through the form (`open_app`); the browser tests share one real dashboard server started as `keyrack run`
@@ -10,7 +11,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import time
 import uuid
@@ -31,7 +31,7 @@ from proxy_service.events import AttemptEvent, ErrorEvent, RequestEvent
 from proxy_service.keys import key_id
 from proxy_service.settings import Settings
 from tests.conftest import fake_key
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 ADMIN_TOKEN = "dash-admin-token-456"
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -183,11 +183,35 @@ def dash_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
 # -- the harness: an AppTest session signed in, a real dashboard server ----------------------------------------------
 
 
-def sign_in(at: AppTest, token: str = ADMIN_TOKEN) -> AppTest:
-    """Type the admin token into the sign-in form, as an operator does (AppTest has no cookies: no link here)."""
+def new_session(
+    params: dict[str, str] | None = None, state: dict[str, Any] | None = None, timeout: float = 30
+) -> AppTest:
+    """A fresh dashboard session on its first run: the sign-in form (nobody is signed in by the env token alone)."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    at.run()
+    assert "Sign in to Keyrack" in [str(t.value) for t in at.title], "a fresh session must see the sign-in form"
+    return at
+
+
+def sign_in(at: AppTest, token: str = ADMIN_TOKEN, check: bool = True) -> AppTest:
+    """Type the admin token into the sign-in form, as an operator does (AppTest has no cookies: no link here); the
+    run that follows renders the landing page, Monitor. `check=False` leaves exceptions to the caller (the bench
+    reports them instead of stopping)."""
     at.text_input(key="login_token").input(token)
     at.button[0].click().run()
-    assert not at.exception, [e.message for e in at.exception]
+    if check:
+        assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def go(at: AppTest, page: str) -> AppTest:
+    """Open `page` (a file of dashboard/screens/ without .py) in a signed-in session."""
+    at.switch_page(f"screens/{page}.py")
+    at.run()
     return at
 
 
@@ -198,17 +222,9 @@ def open_app(
     timeout: float = 30,
 ) -> AppTest:
     """A dashboard session signed in through the form, on `page` (default Monitor) with `params` in its URL."""
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    for k, v in (state or {}).items():
-        at.session_state[k] = v
-    at.run()
-    assert "Sign in to Keyrack" in [str(t.value) for t in at.title], "a fresh session must see the sign-in form"
-    sign_in(at)
+    at = sign_in(new_session(params, state, timeout))
     if page:
-        at.switch_page(f"screens/{page}.py")
-        at.run()
+        go(at, page)
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -228,17 +244,11 @@ class Dashboard:
         return dashboard_link.sign_in_link(self.url, self.link_key)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_dashboard(admin_url: str, log_dir: Path, admin_token: str = ADMIN_TOKEN, **env: str) -> Iterator[Dashboard]:
     from proxy_service.supervisor import dashboard_argv
 
-    port, key = _free_port(), dashboard_link.new_key()
+    port, key = free_port(), dashboard_link.new_key()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYRACK_")}
     environ.update(
         {

@@ -13,7 +13,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import duckdb
 import httpx
 
 from proxy_service.demo.traffic import MIX, Outcome, make_request, send
+from tests.servers import free_port as free_port  # re-exported: the cluster and CLI tests take it from here
 
 KEYRACK = [sys.executable, "-m", "proxy_service.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -40,12 +40,6 @@ def clean_env(**extra: Any) -> dict[str, str]:
         name = k if k.startswith("KEYRACK_") else f"KEYRACK_{k.upper()}"
         env[name] = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
