@@ -38,10 +38,12 @@ from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay, Surface
+from proxy_service.resources import ResourceMap
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
 from proxy_service.surfaces import gemini, openai
+from proxy_service.surfaces import resources as resources_surface
 from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
 
@@ -127,6 +129,8 @@ class Gateway:
             limits=_limits(cfg),
         )
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
+        self.resources = ResourceMap(settings.data_dir / "resources.jsonl")  # which project owns each resource
+        self.upload_sessions: dict[str, resources_surface.UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
@@ -553,6 +557,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.alerts.stop()
+            await self.resources.flush()  # the resource map's last appends reach its file
             logs.remove_secret_source(self.alerts.secrets)
             if self.sandbox is not None:
                 await asyncio.to_thread(self.sandbox.close)
@@ -678,6 +683,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", prometheus),
         admin_api.mount(gw),
         *openai.routes(gw),
+        *resources_surface.routes(gw),
         *gemini.routes(gw),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={404: not_found, 405: not_allowed})
