@@ -38,7 +38,6 @@ from proxy_service.keys import KeySpec, parse_key_list
 from proxy_service.pool import Key, Pool, key_from_row, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.relay import Relay, Surface
-from proxy_service.resources import ResourceMap
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.spill import Spill
 from proxy_service.store import StatsSource, StorageFault, Store, private_dir
@@ -129,7 +128,7 @@ class Gateway:
             limits=_limits(cfg),
         )
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
-        self.resources = ResourceMap(settings.data_dir / "resources.jsonl")  # which project owns each resource
+        self.resources = resources_surface.resource_map(self)  # which project owns each resource
         self.upload_sessions: dict[str, resources_surface.UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False

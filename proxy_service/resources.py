@@ -23,12 +23,17 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from proxy_service.logs import event
+
+if TYPE_CHECKING:
+    from proxy_service.cluster.resources import SharedResources
 
 log = logging.getLogger("keyrack.resources")
 FILE_TTL_S = 48 * 3600.0  # Google deletes an uploaded file after 48 hours
@@ -92,6 +97,7 @@ class ResourceMap:
         # One thread for the appends: they reach the file in the order they were made (a create before its delete).
         self._appender = ThreadPoolExecutor(1, thread_name_prefix="keyrack-resources")
         self._pending: set[asyncio.Future[None]] = set()
+        self.shared: SharedResources | None = None  # cluster mode: the replicas' map in Redis
         if path is not None:
             self._load(path)
 
@@ -141,13 +147,35 @@ class ResourceMap:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     # -- the map ----------------------------------------------------------------------------------------------------
+    def _share(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run a Redis write in the background (the answer does not wait for it); `flush` waits for it."""
+        task = asyncio.ensure_future(job)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     def record(self, owner: Owner) -> None:
         self.owners[owner.name] = owner
         self._persist(asdict(owner))
+        if self.shared is not None:
+            self._share(self.shared.put_owner(owner))
 
     def forget(self, name: str) -> None:
         if self.owners.pop(name, None) is not None:
             self._persist({"name": name, "deleted": True})
+        if self.shared is not None:
+            self._share(self.shared.drop(name))
+
+    async def resolve(self, names: list[str]) -> Owner | None:
+        """`pinned`, then (cluster mode) the other replicas' creates from Redis, kept here once seen."""
+        found = self.pinned(names)
+        if found is not None or self.shared is None:
+            return found
+        for name in names:
+            owner = await self.shared.owner(name)
+            if owner is not None and owner.expires_at > time.time():
+                self.owners[name] = owner
+                return owner
+        return None
 
     def owner(self, name: str, now: float | None = None) -> Owner | None:
         o = self.owners.get(name)

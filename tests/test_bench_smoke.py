@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import event_writer, proxy_throughput, quota_pressure, run_all, upstream_answer
+from bench import event_writer, proxy_throughput, quota_pressure, run_all, upload_memory, upstream_answer
 
 
 def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
@@ -108,3 +108,10 @@ def test_upstream_answer_stays_bounded(tmp_path: Path) -> None:
     f = upstream_answer.run(size_mb=40, cap_mb=4)
     assert f["status"] == 502 and f["upstream_wrote_mb"] < 40 and f["rss_peak_hwm_mb"] > 0
     assert "max_answer_mb" in f["message"] and "502" in upstream_answer.report(f)
+
+
+def test_upload_memory_streams_an_upload_through_the_proxy(tmp_path: Path) -> None:
+    f = upload_memory.run(mb=16, chunk_mb=4, workdir=tmp_path)
+    assert f["mb"] == 16 and f["chunk_mb"] == 4
+    assert f["peak_rss_mb"] >= f["baseline_rss_mb"] > 0
+    assert f["ok"] == (f["growth_mb"] < upload_memory.TARGET_GROWTH_MB)

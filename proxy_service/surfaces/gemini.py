@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
 from proxy_service.relay import Call
+from proxy_service.resources import names_in
 from proxy_service.settings import is_model_name
 from proxy_service.surfaces import resources
 from proxy_service.surfaces.common import forward_headers, forward_query, guarded, read_body
@@ -77,7 +78,9 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
                 raise BadRequest(f"Invalid JSON payload received. {exc}.") from None
             except RecursionError:  # tens of thousands of nested [ or {: the client's fault, not Keyrack's
                 raise BadRequest("Invalid JSON payload received: nested too deeply.") from None
-            resources.pin(gw, call, call.body)
+            names = names_in(call.body)  # two substring scans; a regex only when a marker is there
+            if names:
+                await resources.pin(gw, call, names)
             call.stream = METHODS[method]
         call.path = f"/{version}/models/{rest}"
         call.query = forward_query(request)

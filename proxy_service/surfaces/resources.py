@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ from proxy_service.errors import (
 )
 from proxy_service.keys import redact
 from proxy_service.relay import Call
-from proxy_service.resources import NAME, Owner, expiry, kind_of, names_in
+from proxy_service.resources import NAME, Owner, ResourceMap, expiry, kind_of, names_in
 from proxy_service.surfaces.common import base_call, error_response, forward_headers, guarded, read_body
 from proxy_service.upstream import send
 
@@ -80,13 +80,23 @@ def _query(request: Request) -> list[tuple[str, str | int | float | bool | None]
     return [(k, v) for k, v in request.query_params.multi_items() if k in RESOURCE_QUERY]
 
 
-def pin(gw: Gateway, call: Call, body: bytes) -> None:
-    """Send `call` to the project owning a resource its body names (`cachedContent`, a file's URI or name)."""
-    names = names_in(body)
+def resource_map(gw: Gateway) -> ResourceMap:
+    """The gateway's map: durable in its data dir; in cluster mode also shared with the other replicas (Redis)."""
+    resources = ResourceMap(gw.settings.data_dir / "resources.jsonl")
+    if gw.cluster is not None:
+        from proxy_service.cluster.resources import SharedResources
+
+        resources.shared = SharedResources(gw.cluster.aredis, gw.cluster.prefix, gw.cluster.trust)
+    return resources
+
+
+async def pin(gw: Gateway, call: Call, names: list[str]) -> None:
+    """Send `call` to the project owning a resource its body names (`names_in`: `cachedContent`, a file's URI or
+    name). Named even when unknown: a 403 for it then is the call's (a resource this project cannot see), not the
+    key's."""
     if names:
-        # Named even when unknown: a 403 for it then is the call's (a resource this project cannot see), not the key's.
         call.resource = names[0]
-        owner = gw.resources.pinned(names)
+        owner = await gw.resources.resolve(names)
         if owner is not None:
             call.project, call.resource = owner.project, owner.name
 
@@ -154,7 +164,7 @@ async def collection(request: Request, gw: Gateway) -> Response:
     async def run(call: Call) -> Response:
         if creating:
             body = await read_body(request, gw.config.max_body_mb)
-            pin(gw, call, body)
+            await pin(gw, call, names_in(body))
             request._body = body  # read again by _relay
             resp = await _relay(gw, request, call, f"/{version}/{kind}", True)
             _learn(gw, resp)
@@ -212,7 +222,7 @@ async def resource(request: Request, gw: Gateway) -> Response:
         if request.method == "POST" and not verb:
             raise NotFound(f"POST {name} needs a method, e.g. {name}:cancel.")
         call.resource = name
-        owner = gw.resources.owner(name)
+        owner = await gw.resources.resolve([name])
         if owner is not None:
             call.project = owner.project
         upstream = f"/{version}/{tail}" if not path.startswith("/download/") else f"/download/{version}/{tail}"
@@ -230,7 +240,7 @@ async def resource(request: Request, gw: Gateway) -> Response:
 async def create_batch(request: Request, gw: Gateway, version: str, model: str, method: str, call: Call) -> Response:
     """Called from the model route (surfaces/gemini.py): a batch goes to the project owning its input file, if any."""
     body = await read_body(request, gw.config.max_body_mb)
-    pin(gw, call, body)
+    await pin(gw, call, names_in(body))
     request._body = body
     resp = await _relay(gw, request, call, f"/{version}/models/{model}:{method}", True)
     _learn(gw, resp)
@@ -286,10 +296,13 @@ async def _start(request: Request, gw: Gateway, call: Call, version: str) -> Res
         # Keys go to the configured upstream only: an upload URL elsewhere is refused, never followed.
         raise UpstreamUnreachable(f"Upstream gave an upload URL on another host ({parts.netloc[:80]}): refused.")
     sid = secrets.token_urlsafe(24)
-    gw.upload_sessions[sid] = UploadSession(
+    session = UploadSession(
         parts.path + (f"?{parts.query}" if parts.query else ""), kid, scope, time.time(), call.client_id
     )
+    gw.upload_sessions[sid] = session
     _expire_sessions(gw)
+    if gw.resources.shared is not None:  # its chunks may reach another replica
+        await gw.resources.shared.put_session(sid, asdict(session), SESSION_TTL_S)
     mine = f"{str(request.base_url).rstrip('/')}/upload/{version}/files?upload_id={sid}&upload_protocol=resumable"
     headers = {k: v for k, v in resp.headers.items() if k != "x-goog-upload-url" and k != "content-length"}
     headers["x-goog-upload-url"] = mine
@@ -364,6 +377,12 @@ async def _chunk_endpoint(request: Request, gw: Gateway, upload_id: str) -> Resp
     key with the chunks): the session id is 32 random bytes that only the client that started the upload got."""
     call = base_call(request, "gemini", "files.upload", None)
     session = gw.upload_sessions.get(upload_id)
+    if session is None and gw.resources.shared is not None:
+        found = await gw.resources.shared.session(upload_id)
+        try:
+            session = UploadSession(**found) if found is not None else None
+        except TypeError:
+            session = None
     try:
         if session is None:
             raise NotFound("Unknown or expired upload session: start the upload again.")
@@ -385,6 +404,8 @@ async def _chunk(request: Request, gw: Gateway, call: Call, upload_id: str, sess
     final = resp.headers.get("x-goog-upload-status") == "final"
     if final or resp.status_code >= 400:
         gw.upload_sessions.pop(upload_id, None)
+        if gw.resources.shared is not None:
+            await gw.resources.shared.drop_session(upload_id)
     if final and resp.status_code == 200:
         _learn(gw, resp)
     return resp
