@@ -682,8 +682,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", prometheus),
         admin_api.mount(gw),
         *openai.routes(gw),
+        *gemini.routes(gw),  # the hot routes before the resources' (Starlette tries them in order)
         *resources_surface.routes(gw),
-        *gemini.routes(gw),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={404: not_found, 405: not_allowed})
     app.state.gateway = gw

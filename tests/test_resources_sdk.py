@@ -138,6 +138,8 @@ def test_batch_from_an_uploaded_file_and_its_result_file(pair: tuple[Upstream, P
     assert proxy.gateway.resources.owner(job.name).project == proxy.gateway.resources.owner(src.name).project
     done = wait_done(client, job.name)
     assert done.dest is not None and done.dest.file_name
+    result_owner = proxy.gateway.resources.owner(done.dest.file_name)  # made upstream by the batch's project
+    assert result_owner is not None and result_owner.project == proxy.gateway.resources.owner(job.name).project
     result = client.files.download(file=done.dest.file_name)
     rows = [json.loads(line) for line in result.decode().splitlines()]
     assert sorted(r["key"] for r in rows) == ["r0", "r1", "r2", "r3"]

@@ -126,6 +126,16 @@ def _learn(gw: Gateway, resp: Response, doc: dict[str, Any] | None = None) -> No
     gw.resources.record(Owner(name, key.scope, key.id, expiry(name, inner, now), int(size) if size.isdigit() else 0))
 
 
+def _learn_result_file(gw: Gateway, resp: Response) -> None:
+    """A finished batch's result file was made upstream by its project: downloads of it go there too."""
+    doc = _answer_doc(resp)
+    output: Any = (doc.get("metadata") or {}).get("output") if isinstance(doc.get("metadata"), dict) else None
+    name = output.get("responsesFile") if isinstance(output, dict) else None
+    key = gw.pool.keys.get(resp.headers.get("x-keyrack-key-id") or "")
+    if isinstance(name, str) and NAME.match(name) and key is not None and gw.resources.owner(name) is None:
+        gw.resources.record(Owner(name, key.scope, key.id, expiry(name, {}, time.time())))
+
+
 def _scopes(gw: Gateway) -> list[str]:
     """The projects with an active key, in a stable order."""
     return sorted({k.scope for k in list(gw.pool.keys.values()) if k.status == "active"})
@@ -140,12 +150,13 @@ def _roomiest(gw: Gateway) -> str | None:
     return min(scopes, key=lambda s: (stored.get(s, 0), s))
 
 
-async def _relay(gw: Gateway, request: Request, call: Call, path: str, body: bool) -> Response:
+async def _relay(gw: Gateway, request: Request, call: Call, path: str, body: bytes | None) -> Response:
+    """Forward `call` with `body` (a JSON document, checked here; None: no body)."""
     call.path = path
     call.query = _query(request)
     call.headers = forward_headers(request)
-    if body:
-        call.body = await read_body(request, gw.config.max_body_mb)
+    if body is not None:
+        call.body = body
         if call.body:
             try:
                 json.loads(call.body)
@@ -165,8 +176,7 @@ async def collection(request: Request, gw: Gateway) -> Response:
         if creating:
             body = await read_body(request, gw.config.max_body_mb)
             await pin(gw, call, names_in(body))
-            request._body = body  # read again by _relay
-            resp = await _relay(gw, request, call, f"/{version}/{kind}", True)
+            resp = await _relay(gw, request, call, f"/{version}/{kind}", body)
             _learn(gw, resp)
             return resp
         return await _list(gw, request, call, version, kind)
@@ -183,7 +193,7 @@ async def _list(gw: Gateway, request: Request, call: Call, version: str, kind: s
         sub = Call(**{**call.__dict__, "request_id": secrets.token_hex(16), "started": time.perf_counter()})
         sub.project = scope
         try:
-            resp = await _relay(gw, request, sub, f"/{version}/{kind}", False)
+            resp = await _relay(gw, request, sub, f"/{version}/{kind}", None)
         except PoolExhausted:
             continue  # that project cannot answer now; the others still list theirs
         if resp.status_code != 200:
@@ -226,7 +236,10 @@ async def resource(request: Request, gw: Gateway) -> Response:
         if owner is not None:
             call.project = owner.project
         upstream = f"/{version}/{tail}" if not path.startswith("/download/") else f"/download/{version}/{tail}"
-        resp = await _relay(gw, request, call, upstream, request.method == "PATCH")
+        body = await read_body(request, gw.config.max_body_mb) if request.method == "PATCH" else None
+        resp = await _relay(gw, request, call, upstream, body)
+        if resp.status_code == 200 and request.method == "GET" and kind in ("batches", "operations"):
+            _learn_result_file(gw, resp)
         if resp.status_code == 200 and request.method == "DELETE":
             gw.resources.forget(name)
         elif resp.status_code == 200 and request.method == "PATCH":
@@ -241,8 +254,7 @@ async def create_batch(request: Request, gw: Gateway, version: str, model: str, 
     """Called from the model route (surfaces/gemini.py): a batch goes to the project owning its input file, if any."""
     body = await read_body(request, gw.config.max_body_mb)
     await pin(gw, call, names_in(body))
-    request._body = body
-    resp = await _relay(gw, request, call, f"/{version}/models/{model}:{method}", True)
+    resp = await _relay(gw, request, call, f"/{version}/models/{model}:{method}", body)
     _learn(gw, resp)
     return resp
 
@@ -398,9 +410,7 @@ async def _chunk_endpoint(request: Request, gw: Gateway, upload_id: str) -> Resp
 
 async def _chunk(request: Request, gw: Gateway, call: Call, upload_id: str, session: UploadSession) -> Response:
     call.project = session.project
-    resp = await _stream_upstream(
-        gw, call, request, session.upstream_path, session.key_id, _upload_headers(request) | {}
-    )
+    resp = await _stream_upstream(gw, call, request, session.upstream_path, session.key_id, _upload_headers(request))
     final = resp.headers.get("x-goog-upload-status") == "final"
     if final or resp.status_code >= 400:
         gw.upload_sessions.pop(upload_id, None)
