@@ -236,3 +236,37 @@ def test_secrets_never_in_upload_answers(pair: tuple[Upstream, Proxy]) -> None:
         timeout=30,
     )
     assert bogus.status_code == 404
+
+
+def test_a_multipart_upload_is_piped_and_kept_with_its_project(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    boundary = "keyrack-boundary-1"
+    media = b"multipart media bytes\n" * 50
+    body = (
+        (
+            f'--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{{"file": {{"displayName": "mp"}}}}\r\n'
+            f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+        ).encode()
+        + media
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = httpx.post(
+        f"{proxy.url}/upload/v1beta/files",
+        headers={
+            "x-goog-api-key": CLIENT_TOKEN,
+            "x-goog-upload-protocol": "multipart",
+            "content-type": f"multipart/related; boundary={boundary}",
+        },
+        content=body,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    f = r.json()["file"]
+    assert f["sizeBytes"] == str(len(media)) and f["mimeType"] == "text/plain"
+    owner = proxy.gateway.resources.owner(f["name"])
+    assert owner is not None and owner.size_bytes == len(media)
+    client = sdk(proxy.url)
+    for _ in range(4):
+        assert client.models.generate_content(
+            model=FLASH, contents=[types.Part.from_uri(file_uri=f["uri"], mime_type="text/plain"), "q"]
+        ).text

@@ -221,7 +221,8 @@ async def resource(request: Request, gw: Gateway) -> Response:
     name, _, verb = tail.partition(":")
     kind = kind_of(name)
     verbs = {"files": ("download",), "batches": ("cancel",), "operations": ("cancel",), "cachedContents": ()}
-    op = verb or {"GET": "get", "DELETE": "delete", "PATCH": "patch", "POST": "post"}[request.method]
+    # The verb is the client's text: recorded only when it is one of the kind's (an event's operation stays bounded).
+    op = (verb if verb in verbs[kind] else "unknown") if verb else request.method.lower()
     operation = f"{kind}.{op}"
 
     async def run(call: Call) -> Response:
