@@ -270,3 +270,33 @@ def test_a_multipart_upload_is_piped_and_kept_with_its_project(pair: tuple[Upstr
         assert client.models.generate_content(
             model=FLASH, contents=[types.Part.from_uri(file_uri=f["uri"], mime_type="text/plain"), "q"]
         ).text
+
+
+def test_an_embeddings_batch_runs_to_completion(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    client = sdk(proxy.url)
+    with pytest.warns(Warning):  # the SDK marks create_embeddings experimental
+        job = client.batches.create_embeddings(
+            model="gemini-embedding-001", src={"inlined_requests": {"contents": ["first text", "second text"]}}
+        )
+    assert job.name and proxy.gateway.resources.owner(job.name) is not None
+    done = wait_done(client, job.name)
+    assert done.dest is not None and done.dest.inlined_embed_content_responses
+    vectors = [r.response.embedding.values for r in done.dest.inlined_embed_content_responses if r.response]
+    assert len(vectors) == 2 and all(vectors)
+
+
+def test_an_upload_skips_a_project_that_cannot_take_it_now(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    for key in list(proxy.gateway.pool.keys.values()):
+        if key.project == "p1":  # the emptiest project by name order: the first choice otherwise
+            proxy.gateway.pool.disable(key)
+    client = sdk(proxy.url)
+    f = client.files.upload(file=io.BytesIO(b"elsewhere"), config={"mime_type": "text/plain"})
+    owner = proxy.gateway.resources.owner(f.name or "")
+    assert owner is not None and owner.project == "p2"
+    for key in list(proxy.gateway.pool.keys.values()):
+        proxy.gateway.pool.disable(key)
+    with pytest.raises(errors.APIError) as err:
+        client.files.upload(file=io.BytesIO(b"nowhere"), config={"mime_type": "text/plain"})
+    assert err.value.code == 429

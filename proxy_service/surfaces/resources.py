@@ -141,13 +141,21 @@ def _scopes(gw: Gateway) -> list[str]:
     return sorted({k.scope for k in list(gw.pool.keys.values()) if k.status == "active"})
 
 
-def _roomiest(gw: Gateway) -> str | None:
-    """The project for a new upload: the one storing the fewest file bytes (Files API storage is per project)."""
-    scopes = _scopes(gw)
-    if not scopes:
-        return None
+def _upload_project(gw: Gateway, call: Call) -> str:
+    """The project for a new upload: the one storing the fewest file bytes (Files API storage is per project) among
+    those with a key that can take a call now; PoolExhausted when none can."""
     stored = gw.resources.stored_bytes()
-    return min(scopes, key=lambda s: (stored.get(s, 0), s))
+    refused: PoolExhausted | None = None
+    for scope in sorted(_scopes(gw), key=lambda s: (stored.get(s, 0), s)):
+        try:
+            gw.pool.choose("*", frozenset(), scope)
+        except PoolExhausted as exc:
+            refused = refused or exc
+            continue
+        return scope
+    raise refused or PoolExhausted(
+        "No usable upstream key: every key is invalid or disabled. Add or re-enable keys", 60
+    )
 
 
 async def _relay(gw: Gateway, request: Request, call: Call, path: str, body: bytes | None) -> Response:
@@ -290,10 +298,7 @@ def _upload_headers(request: Request) -> dict[str, str]:
 
 
 async def _start(request: Request, gw: Gateway, call: Call, version: str) -> Response:
-    scope = _roomiest(gw)
-    if scope is None:
-        raise PoolExhausted("No usable upstream key: every key is invalid or disabled. Add or re-enable keys", 60.0)
-    call.project = scope
+    scope = call.project = _upload_project(gw, call)
     call.answer_headers = ("x-goog-upload-url", *UPLOAD_ANSWER)
     call.path = f"/upload/{version}/files"
     call.body = await read_body(request, gw.config.max_body_mb)
@@ -423,10 +428,7 @@ async def _chunk(request: Request, gw: Gateway, call: Call, upload_id: str, sess
 
 
 async def _multipart(request: Request, gw: Gateway, call: Call, version: str) -> Response:
-    scope = _roomiest(gw)
-    if scope is None:
-        raise PoolExhausted("No usable upstream key: every key is invalid or disabled. Add or re-enable keys", 60.0)
-    call.project = scope
+    scope = call.project = _upload_project(gw, call)
     key = gw.pool.choose("*", frozenset(), scope)
     resp = await _stream_upstream(gw, call, request, f"/upload/{version}/files", key.id, _upload_headers(request))
     if resp.status_code == 200:
