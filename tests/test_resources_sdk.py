@@ -300,3 +300,29 @@ def test_an_upload_skips_a_project_that_cannot_take_it_now(pair: tuple[Upstream,
     with pytest.raises(errors.APIError) as err:
         client.files.upload(file=io.BytesIO(b"nowhere"), config={"mime_type": "text/plain"})
     assert err.value.code == 429
+
+
+def test_open_upload_sessions_are_bounded(pair: tuple[Upstream, Proxy], monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy_service.surfaces import resources as surface
+
+    _, proxy = pair
+    monkeypatch.setattr(surface, "MAX_SESSIONS", 2)
+    urls = []
+    for _ in range(3):
+        start = httpx.post(
+            f"{proxy.url}/upload/v1beta/files",
+            headers={
+                "x-goog-api-key": CLIENT_TOKEN,
+                "x-goog-upload-protocol": "resumable",
+                "x-goog-upload-command": "start",
+                "x-goog-upload-header-content-length": "1",
+            },
+            json={"file": {}},
+            timeout=30,
+        )
+        assert start.status_code == 200, start.text
+        urls.append(start.headers["x-goog-upload-url"])
+    assert len(proxy.gateway.upload_sessions) == 2
+    chunk = {"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"}
+    assert httpx.post(urls[0], headers=chunk, content=b"a", timeout=30).status_code == 404  # the oldest, forgotten
+    assert httpx.post(urls[2], headers=chunk, content=b"a", timeout=30).status_code == 200

@@ -55,6 +55,7 @@ UPLOAD_HEADERS = (
 UPLOAD_ANSWER = ("x-goog-upload-status", "x-goog-upload-size-received", "x-goog-upload-chunk-granularity")
 MAX_FILE_BYTES = 2 * 2**30  # Google's limit per file: an upload past it is cut off here, not streamed on
 SESSION_TTL_S = 7 * 86400.0  # a resumable upload session lives a week at Google
+MAX_SESSIONS = 10_000  # open uploads kept here; past it the oldest is forgotten (its client starts it again)
 JSON_ANSWER_CAP = 1 * 2**20  # an upload chunk's answer is a small JSON document
 BATCH_METHODS = frozenset({"batchGenerateContent", "asyncBatchEmbedContent"})
 LIST_FIELD = {"files": "files", "cachedContents": "cachedContents", "batches": "operations", "operations": "operations"}
@@ -331,6 +332,8 @@ def _expire_sessions(gw: Gateway) -> None:
     now = time.time()
     for sid in [s for s, v in gw.upload_sessions.items() if now - v.opened > SESSION_TTL_S]:
         del gw.upload_sessions[sid]
+    while len(gw.upload_sessions) > MAX_SESSIONS:  # oldest first: a dict keeps insertion order
+        del gw.upload_sessions[next(iter(gw.upload_sessions))]
 
 
 async def _piped(request: Request, counter: list[int]) -> AsyncIterator[bytes]:
