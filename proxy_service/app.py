@@ -42,6 +42,7 @@ from proxy_service.relay import Relay, Surface
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.store import StatsSource, StorageFault, Store, utcnow
 from proxy_service.surfaces import gemini, live, openai
+from proxy_service.surfaces import resources as resources_surface
 from proxy_service.surfaces.common import error_response
 from proxy_service.upstream import answer_cap, build_client, client_settings, parse_error, read_answer
 
@@ -105,6 +106,8 @@ class Gateway:
             limits=_limits(cfg),
         )
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
+        self.resources = resources_surface.resource_map(self)  # which project owns each resource
+        self.upload_sessions: dict[str, resources_surface.UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
@@ -434,6 +437,7 @@ class Gateway:
             self.ready = False
             await self.jobs.stop()  # one list: the gateway's jobs, the node's loops, the alert evaluator
             await self.alerts.stop()
+            await self.resources.flush()  # the resource map's last appends reach its file
             logs.remove_secret_source(self.alerts.secrets)
             if self.sandbox is not None:
                 await asyncio.to_thread(self.sandbox.close)
@@ -519,8 +523,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", prometheus),
         admin_api.mount(gw),
         *openai.routes(gw),
-        *gemini.routes(gw),
+        *gemini.routes(gw),  # the hot routes before the resources' (Starlette tries them in order)
         *live.routes(gw),
+        *resources_surface.routes(gw),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={404: not_found, 405: not_allowed})
     app.state.gateway = gw

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from proxy_service.forecast.engine import ForecastEngine
     from proxy_service.pool import Key
     from proxy_service.relay import Relay
+    from proxy_service.resources import ResourceMap
     from proxy_service.settings import Config
     from proxy_service.store import StatsSource
+    from proxy_service.surfaces.resources import UploadSession
 
 T = TypeVar("T")
 
@@ -63,6 +65,16 @@ class Gateway(Core, Protocol):
     @property
     def explore_slots(self) -> asyncio.Semaphore:
         """Explore reads running at once (the others wait, then 503)."""
+        ...
+
+    @property
+    def resources(self) -> ResourceMap:
+        """Which project (and key) created each file, cached content, batch and operation (surfaces/resources.py)."""
+        ...
+
+    @property
+    def upload_sessions(self) -> dict[str, UploadSession]:
+        """Keyrack's resumable upload ids → the upstream session each stands for."""
         ...
 
     @property

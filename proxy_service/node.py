@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
@@ -31,6 +31,9 @@ from proxy_service.quota import ModelLimits, pacific_day_start
 from proxy_service.settings import Config, ConfigError, Settings
 from proxy_service.spill import Spill
 from proxy_service.store import Store, private_dir
+
+if TYPE_CHECKING:
+    from proxy_service.cluster.resources import SharedResources
 
 log = logging.getLogger("keyrack")
 
@@ -102,6 +105,10 @@ class Node(Protocol):
 
     def secrets(self) -> list[str]:
         """Secret text of the node's own settings (service URLs), for `keys.redact`."""
+        ...
+
+    def shared_resources(self) -> SharedResources | None:
+        """Where the resource → project map is shared with the other replicas (None when alone)."""
         ...
 
     def state(self) -> dict[str, Any]:
@@ -270,6 +277,9 @@ class EmbeddedNode:
 
     def secrets(self) -> list[str]:
         return []
+
+    def shared_resources(self) -> None:
+        return None
 
     def state(self) -> dict[str, Any]:
         return {}

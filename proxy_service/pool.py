@@ -287,15 +287,16 @@ class Pool:
         return best
 
     # -- choosing ------------------------------------------------------------------------------------------------
-    def choose(self, model: str, exclude: set[str] | frozenset[str] = frozenset()) -> Key:
-        """The key for the next attempt at `model`, never one in `exclude` (keys already tried for this call).
+    def choose(self, model: str, exclude: set[str] | frozenset[str] = frozenset(), scope: str | None = None) -> Key:
+        """The key for the next attempt at `model`, never one in `exclude` (keys already tried for this call); with
+        `scope`, only a key of that project (the call names a resource it owns: resources.py).
 
         Raises PoolExhausted with the seconds until the earliest key is usable.
         """
         now = self.clock()
         candidates: list[Key] = []
         for key in self.keys.values():
-            if key.status != "active" or key.id in exclude:
+            if key.status != "active" or key.id in exclude or (scope is not None and key.scope != scope):
                 continue
             cd = self.cooldowns.get((key.scope, model))
             if cd is not None:
@@ -304,6 +305,8 @@ class Pool:
                 del self.cooldowns[(key.scope, model)]
             candidates.append(key)
         if not candidates:
+            if scope is not None:
+                raise self._scope_exhausted(model, scope, now, bool(exclude))
             raise self._exhausted(model, now, bool(exclude))
         if self.strategy == "round_robin":
             return self._round_robin(candidates, model)
@@ -355,6 +358,32 @@ class Pool:
                 if r is not None:
                     refusals.append(r)
         return exhausted(model, refusals, at - now)
+
+    def _scope_exhausted(self, model: str, scope: str, now: float, tried: bool) -> PoolExhausted:
+        """No key of the project that owns the call's resource can take it: 429 with when it frees up, or 503 when
+        the project has no usable key at all (another project's key would only get Google's 403)."""
+        active = [k for k in self.keys.values() if k.scope == scope and k.status == "active"]
+        if not active:
+            exc = PoolExhausted(
+                f"The resource this call names belongs to project {scope}, which has no usable key (every key of it "
+                "is invalid, disabled or removed); another project's key cannot see it",
+                self.default_cooldown_s,
+                "no_usable_key",
+            )
+            exc.status_code = 503
+            return exc
+        at = min(self._ready_at(k, model, now) for k in active)
+        if tried and at <= now:
+            return PoolExhausted(f"Every key of project {scope} was tried for this call ({model})", 0.0, "all_tried")
+        refusal = self._refusal(scope, model, now)
+        why = f" is {refusal.describe()}" if refusal is not None else " cannot take a call now"
+        name = model.partition("#")[0]
+        return PoolExhausted(
+            f"The resource this call names belongs to project {scope}, which{why} for {name}; another project's key "
+            "cannot see it",
+            max(0.0, at - now),
+            refusal.cause if refusal is not None else "no_usable_key",
+        )
 
     def _refusal(self, scope: str, model: str, now: float) -> Refusal | None:
         """What keeps `scope` from taking a call for `model` now: a cooldown, else a hard limit used up."""

@@ -106,6 +106,9 @@ class Call:
     ts: datetime = field(default_factory=utcnow)
     deadline: float = float("inf")  # event-loop time by which the answer (or a stream's first chunk) must be there
     junk_model: bool = False  # the client sent a model name that is no model id (dropped: recorded as NULL)
+    project: str | None = None  # only keys of this project: the call names a resource it owns (resources.py)
+    resource: str | None = None  # the resource the call names or creates (files/…, cachedContents/…, batches/…)
+    answer_headers: tuple[str, ...] = ()  # upstream answer headers the client needs beyond content-type (uploads)
 
     @property
     def quota_model(self) -> str:
@@ -299,7 +302,7 @@ class Relay:
             if self.pool.clustered and self.pool.strategy == "round_robin":
                 await self.pool.turn(call.quota_model)  # a cluster-wide turn for choose() (no I/O when one waits)
             try:
-                key = self.pool.choose(call.quota_model, tried)
+                key = self.pool.choose(call.quota_model, tried, call.project)
             except PoolExhausted as exc:
                 if last_key is not None:
                     # Attempts were made: the client gets what really happened (the last upstream answer, or
@@ -423,6 +426,9 @@ class Relay:
     def _failed_attempt(self, call: Call, n: int, key: Key, status: int, body: bytes, t0: float) -> FailedAttempt:
         err = parse_error(body)
         outcome = classify(status, err.reason)
+        if outcome == "invalid_key" and status == 403 and err.reason is None and call.resource is not None:
+            # A resource this project cannot see (expired, deleted, another project's): the call's fault, not the key's.
+            outcome = "client_error"
         extra: dict[str, object] = {"error_status": err.status}
         if outcome == "rate_limited":
             violation = parse_rate_limit(body)
@@ -597,7 +603,7 @@ class Relay:
 
     @staticmethod
     def _response_headers(resp: httpx.Response, call: Call, key: Key, n: int) -> dict[str, str]:
-        headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
+        headers = {h: resp.headers[h] for h in (*_PASS_HEADERS, *call.answer_headers) if h in resp.headers}
         headers["x-keyrack-request-id"] = call.request_id
         headers["x-keyrack-key-id"] = key.id
         headers["x-keyrack-attempts"] = str(n)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import event_writer, live_relay, proxy_throughput, quota_pressure, run_all, upstream_answer
+from bench import event_writer, live_relay, proxy_throughput, quota_pressure, run_all, upload_memory, upstream_answer
 
 
 def test_proxy_throughput_measures_both_paths_and_loses_no_event(tmp_path: Path) -> None:
@@ -161,3 +161,10 @@ def test_memory_report_states_the_dashboard_attached_figure_beside_the_proxy_alo
     rows = run_all.rows_memory(f)
     assert rows[2][:2] == ["memory (RSS)", "**proxy, dashboard attached and polling: steady through the 300 s soak**"]
     assert rows[2][2:6] == ["**160 MB**", "no dashboard 128 MB", "1.25", "≤ 150 MB"]
+
+
+def test_upload_memory_streams_an_upload_through_the_proxy(tmp_path: Path) -> None:
+    f = upload_memory.run(mb=16, chunk_mb=4, workdir=tmp_path)
+    assert f["mb"] == 16 and f["chunk_mb"] == 4
+    assert f["peak_rss_mb"] >= f["baseline_rss_mb"] > 0
+    assert f["ok"] == (f["growth_mb"] < upload_memory.TARGET_GROWTH_MB)

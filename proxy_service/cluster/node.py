@@ -38,6 +38,7 @@ from proxy_service.cluster.config import ClusterConfig, ClusterStartError, mask_
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
+from proxy_service.cluster.resources import SharedResources
 from proxy_service.cluster.trust import Trust
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
@@ -130,6 +131,9 @@ class Cluster:
 
     def secrets(self) -> list[str]:
         return [s for url in (self.cfg.redis_url, self.cfg.lake_catalog, self.cfg.lake_data) for s in secrets_of(url)]
+
+    def shared_resources(self) -> SharedResources:
+        return SharedResources(self.aredis, self.prefix, self.trust)
 
     # -- what the gateway asks its node (node.Node) ------------------------------------------------------------------
     def make_sandbox(self, slots: int) -> None:

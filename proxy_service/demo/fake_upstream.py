@@ -53,6 +53,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
 from proxy_service.demo import fake_live
+from proxy_service.demo.fake_resources import FakeResources
+from proxy_service.demo.fake_wire import Fail as _Fail
+from proxy_service.demo.fake_wire import bad as _bad
+from proxy_service.demo.fake_wire import gather as _gather
+from proxy_service.demo.fake_wire import prompt as _prompt
+from proxy_service.demo.fake_wire import response_id as _response_id
+from proxy_service.demo.fake_wire import tokens as _tokens
 
 # ---------------------------------------------------------------- static data (computed once at import)
 
@@ -282,36 +289,8 @@ class Scenario:
 # ---------------------------------------------------------------- small helpers
 
 
-class _Fail(Exception):
-    """An upstream error answer: Google's error envelope with HTTP status = error.code."""
-
-    def __init__(self, code: int, status: str, message: str, details: list[dict] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.body: dict[str, Any] = {"code": code, "message": message, "status": status}
-        if details:
-            self.body["details"] = details
-
-    def response(self, compat: bool) -> Response:
-        body = {"error": self.body}
-        text = json.dumps([body] if compat else body, indent=2) + "\n"
-        return Response(text.encode(), self.code, headers=_JSON_HEADERS)
-
-
 class _Reset(Exception):
     pass
-
-
-def _bad(message: str, violations: list[str] | None = None) -> _Fail:
-    details = None
-    if violations:
-        details = [
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"description": v} for v in violations],
-            }
-        ]
-    return _Fail(400, "INVALID_ARGUMENT", message, details)
 
 
 def _not_found(model: str, version: str, method: str) -> _Fail:
@@ -322,41 +301,6 @@ def _not_found(model: str, version: str, method: str) -> _Fail:
         f"supported for {method}. Call ListModels to see the list of available models and their "
         "supported methods.",
     )
-
-
-def _tokens(chars: int) -> int:
-    return max(1, (chars + 3) // 4)
-
-
-def _response_id() -> str:
-    return base64.urlsafe_b64encode(os.urandom(17)).decode()[:22]
-
-
-def _gather(contents: Any, out: list[str]) -> int:
-    """Append every text of Content/Part-like JSON to `out`; return media tokens (258 per inline/file part)."""
-    media = 0
-    items = contents if isinstance(contents, list) else [contents]
-    for c in items:
-        if isinstance(c, str):
-            out.append(c)
-            continue
-        if not isinstance(c, dict):
-            continue
-        parts = c.get("parts", [c])
-        for p in parts if isinstance(parts, list) else ():
-            if not isinstance(p, dict):
-                continue
-            if isinstance(p.get("text"), str):
-                out.append(p["text"])
-            elif any(k in p for k in ("inlineData", "inline_data", "fileData", "file_data", "image_url")):
-                media += 258
-    return media
-
-
-def _prompt(contents: Any, system: Any = None) -> tuple[list[str], int]:
-    texts: list[str] = []
-    media = _gather(contents, texts) + (_gather(system, texts) if system else 0)
-    return texts, media
 
 
 def _midstream_error(compat: bool) -> str:
@@ -423,6 +367,7 @@ class _Fake:
         self.clock = clock
         self.set_scenario(scenario)
         self.reset()
+        self.resources = FakeResources(self, clock)
 
     def set_scenario(self, scenario: Scenario) -> None:
         self.sc = scenario
@@ -740,6 +685,7 @@ class _Fake:
         model = self._model(model, version, method, "generateContent")
         if not body.get("contents"):
             raise _bad("* GenerateContentRequest.contents: contents is not specified\n")
+        self.resources.check_refs(project, body)
         texts, media = _prompt(body["contents"], body.get("systemInstruction", body.get("system_instruction")))
         ans = self._answer(model, texts, media, body.get("generationConfig", body.get("generation_config")) or {})
         midstream = await self._fault(stream)
@@ -952,6 +898,9 @@ class _Fake:
         return Response(json.dumps(info).encode(), headers=_JSON_HEADERS)
 
 
+Fake = _Fake  # the fake's state under a public name, for its resources module (fake_resources.py)
+
+
 def _abort_connection(request: Request) -> None:
     """Drop the client connection with a TCP RST and no response bytes (see the module docstring)."""
     cycle = getattr(request.receive, "__self__", None)
@@ -996,6 +945,8 @@ def create_app(scenario: Scenario | dict | None = None, clock: Callable[[], floa
         if request.method == "GET":
             return await fake.serve(request, False, "getModel", fake.get_model, version, target)
         model, _, method = target.rpartition(":")
+        if method in ("batchGenerateContent", "asyncBatchEmbedContent"):
+            return await fake.serve(request, False, method, fake.resources.create_batch, version, model, method)
         op = _NATIVE_OPS.get(method)
         if not model or op is None:
             return not_found
@@ -1003,6 +954,24 @@ def create_app(scenario: Scenario | dict | None = None, clock: Callable[[], floa
 
     async def chat(request: Request) -> Response:
         return await fake.serve(request, True, "chat.completions", fake.chat)
+
+    def resource(op: str, handler_name: str, *names: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            version = request.path_params["version"]
+            if version not in _VERSIONS:
+                return not_found
+            handler = getattr(fake.resources, handler_name)
+            args = [request.path_params[n] for n in names]
+            return await fake.serve(request, False, op, handler, version, *args)
+
+        return endpoint
+
+    async def file_endpoint(request: Request) -> Response:
+        version = request.path_params["version"]
+        if version not in _VERSIONS:
+            return not_found
+        name = request.path_params["name"]
+        return await fake.serve(request, False, "files", fake.resources.file, version, name, request.method)
 
     async def embeddings(request: Request) -> Response:
         return await fake.serve(request, True, "embeddings", fake.oai_embeddings)
@@ -1034,6 +1003,18 @@ def create_app(scenario: Scenario | dict | None = None, clock: Callable[[], floa
             Route("/v1beta/openai/embeddings", embeddings, methods=["POST"]),
             Route("/v1beta/openai/models", oai_models, methods=["GET"]),
             Route("/v1beta/openai/models/{model:path}", oai_models, methods=["GET"]),
+            Route("/upload/{version}/files", resource("upload", "upload"), methods=["POST"]),
+            Route("/{version}/files", resource("files.list", "list_files"), methods=["GET"]),
+            Route("/{version}/files/{name}", file_endpoint, methods=["GET", "DELETE"]),
+            Route("/download/{version}/files/{name}", file_endpoint, methods=["GET"]),
+            Route("/{version}/cachedContents", resource("cachedContents", "caches_root"), methods=["GET", "POST"]),
+            Route(
+                "/{version}/cachedContents/{cid}",
+                resource("cachedContents", "cache", "cid"),
+                methods=["GET", "PATCH", "DELETE"],
+            ),
+            Route("/{version}/batches", resource("batches.list", "list_batches"), methods=["GET"]),
+            Route("/{version}/batches/{name}", resource("batches", "batch", "name"), methods=["GET", "POST", "DELETE"]),
             Route("/_fake/stats", stats, methods=["GET"]),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/scenario", scenario_endpoint, methods=["GET", "POST"]),

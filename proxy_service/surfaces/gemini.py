@@ -11,7 +11,9 @@ from starlette.routing import Route
 
 from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
 from proxy_service.relay import Call
+from proxy_service.resources import names_in
 from proxy_service.settings import is_model_name
+from proxy_service.surfaces import resources
 from proxy_service.surfaces.common import answer_call, forward_headers, forward_query, read_body
 
 if TYPE_CHECKING:
@@ -59,9 +61,12 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
         if request.method == "GET":
             if method:
                 raise MethodNotAllowed(f"GET is not allowed on models/{rest}; use POST.")
+        elif method in resources.BATCH_METHODS:
+            return await resources.create_batch(request, gw, version, model, method, call)
         elif method not in METHODS:
             raise NotFound(
-                f"Unknown method {method!r} on models/{model}. Supported: {', '.join(METHODS)}."
+                f"Unknown method {method!r} on models/{model}. Supported: "
+                f"{', '.join([*METHODS, *sorted(resources.BATCH_METHODS)])}."
                 if method
                 else f"POST models/{model} needs a method, e.g. models/{model}:generateContent."
             )
@@ -73,6 +78,9 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
                 raise BadRequest(f"Invalid JSON payload received. {exc}.") from None
             except RecursionError:  # tens of thousands of nested [ or {: the client's fault, not Keyrack's
                 raise BadRequest("Invalid JSON payload received: nested too deeply.") from None
+            names = names_in(call.body)  # two substring scans; a regex only when a marker is there
+            if names:
+                await resources.pin(gw, call, names)
             call.stream = METHODS[method]
         call.path = f"/{version}/models/{rest}"
         call.query = forward_query(request)
