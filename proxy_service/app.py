@@ -39,6 +39,7 @@ from proxy_service.node import EmbeddedNode, Hooks, Node
 from proxy_service.pool import Key, Pool, key_from_row
 from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay, Surface
+from proxy_service.resources import UploadSession
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
 from proxy_service.store import StatsSource, StorageFault, Store, utcnow
 from proxy_service.surfaces import gemini, live, openai
@@ -107,7 +108,7 @@ class Gateway:
         )
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
         self.resources = resources_surface.resource_map(self)  # which project owns each resource
-        self.upload_sessions: dict[str, resources_surface.UploadSession] = {}  # Keyrack's resumable upload ids
+        self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S

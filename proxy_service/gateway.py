@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     from proxy_service.forecast.engine import ForecastEngine
     from proxy_service.pool import Key
     from proxy_service.relay import Relay
-    from proxy_service.resources import ResourceMap
+    from proxy_service.resources import ResourceMap, UploadSession
     from proxy_service.settings import Config
     from proxy_service.store import StatsSource
-    from proxy_service.surfaces.resources import UploadSession
 
 T = TypeVar("T")
 

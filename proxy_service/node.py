@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import duckdb
 
@@ -28,12 +28,10 @@ from proxy_service.background import Background
 from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.pool import Pool, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
+from proxy_service.resources import Share
 from proxy_service.settings import Config, ConfigError, Settings
 from proxy_service.spill import Spill
 from proxy_service.store import Store, private_dir
-
-if TYPE_CHECKING:
-    from proxy_service.cluster.resources import SharedResources
 
 log = logging.getLogger("keyrack")
 
@@ -107,7 +105,7 @@ class Node(Protocol):
         """Secret text of the node's own settings (service URLs), for `keys.redact`."""
         ...
 
-    def shared_resources(self) -> SharedResources | None:
+    def shared_resources(self) -> Share | None:
         """Where the resource → project map is shared with the other replicas (None when alone)."""
         ...
 

@@ -28,12 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from proxy_service.logs import event
-
-if TYPE_CHECKING:
-    from proxy_service.cluster.resources import SharedResources
 
 log = logging.getLogger("keyrack.resources")
 FILE_TTL_S = 48 * 3600.0  # Google deletes an uploaded file after 48 hours
@@ -87,6 +84,33 @@ def names_in(body: bytes) -> list[str]:
     return found
 
 
+@dataclass(slots=True)
+class UploadSession:
+    """A resumable upload Keyrack opened upstream: where its chunks go and with which key."""
+
+    upstream_path: str  # the upstream upload URL's path and query (its host is the configured upstream's)
+    key_id: str
+    project: str
+    opened: float
+    client_id: str | None  # the client that started it: its chunks are recorded as that client's
+
+
+class Share(Protocol):
+    """Where replicas share the map and the upload sessions (cluster mode: `cluster.resources.SharedResources`)."""
+
+    async def put_owner(self, owner: Owner) -> None: ...
+
+    async def owner(self, name: str) -> Owner | None: ...
+
+    async def drop(self, name: str) -> None: ...
+
+    async def put_session(self, sid: str, session: dict[str, Any], ttl_s: float) -> None: ...
+
+    async def session(self, sid: str) -> dict[str, Any] | None: ...
+
+    async def drop_session(self, sid: str) -> None: ...
+
+
 class ResourceMap:
     """name → Owner, in memory, durable in `path` (None: memory only)."""
 
@@ -97,7 +121,7 @@ class ResourceMap:
         # One thread for the appends: they reach the file in the order they were made (a create before its delete).
         self._appender = ThreadPoolExecutor(1, thread_name_prefix="keyrack-resources")
         self._pending: set[asyncio.Future[None]] = set()
-        self.shared: SharedResources | None = None  # cluster mode: the replicas' map in Redis
+        self.shared: Share | None = None  # cluster mode: the replicas' map in Redis
         if path is not None:
             self._load(path)
 

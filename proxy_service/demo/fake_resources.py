@@ -19,15 +19,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.demo.fake_wire import Fail, bad, prompt, response_id, tokens
 
-if TYPE_CHECKING:
-    from proxy_service.demo.fake_upstream import Fake
+
+class Fake(Protocol):
+    """What the resources ask of the fake upstream that mounts them (fake_upstream._Fake): its request reading,
+    model check and answers, so a batch is answered exactly as the same calls would be one by one."""
+
+    async def read_body(self, request: Request, allowed: frozenset[str] | None) -> dict[str, Any]: ...
+
+    def resolve_model(self, model: str, version: str, method: str, need: str) -> str: ...
+
+    def answer_for(self, model: str, texts: list[str], media: int, cfg: Any) -> Any: ...
+
+    def native_chunk(
+        self, ans: Any, text: str, first: bool, last: bool, chars: int | None, rid: str, model: str
+    ) -> dict[str, Any]: ...
+
+    def embed_one(self, req: dict[str, Any], model: str, where: str) -> tuple[str, int]: ...
+
 
 FILE_TTL_S = 48 * 3600
 KEEP_BYTES = 16 * 2**20
@@ -128,7 +143,7 @@ class FakeBatch:
 
 
 class FakeResources:
-    """The resource state of one fake upstream (`_Fake.resources`)."""
+    """The resource state of one fake upstream (`fake_upstream._Fake.resources`)."""
 
     def __init__(self, fake: Fake, clock: Callable[[], float] | None = None) -> None:
         self.fake = fake
@@ -186,7 +201,7 @@ class FakeResources:
             return await self._multipart(request, project, version)
         if protocol != "resumable" or h.get("x-goog-upload-command") != "start":
             raise bad("Upload requests must use X-Goog-Upload-Protocol resumable (command start) or multipart.")
-        meta = (await self.fake._body(request, None)).get("file") or {}
+        meta = (await self.fake.read_body(request, None)).get("file") or {}
         declared = h.get("x-goog-upload-header-content-length")
         f = self._new_file(project, meta, h.get("x-goog-upload-header-content-type"))
         sid = _new_id() + _new_id()
@@ -296,7 +311,7 @@ class FakeResources:
         if request.method == "GET":
             mine = [c.doc() for c in self.caches.values() if c.project == project and now < c.expires]
             return _json({"cachedContents": mine} if mine else {})
-        body = await self.fake._body(request, None)
+        body = await self.fake.read_body(request, None)
         model = body.get("model")
         if not isinstance(model, str) or not model.startswith("models/"):
             raise bad("* CreateCachedContentRequest.cached_content.model: model is required (models/...).")
@@ -321,14 +336,16 @@ class FakeResources:
             del self.caches[c.name]
             return _json({})
         if request.method == "PATCH":
-            c.expires = self._expiry(await self.fake._body(request, None), self.clock())
+            c.expires = self._expiry(await self.fake.read_body(request, None), self.clock())
         return _json(c.doc())
 
     # -- batches ----------------------------------------------------------------------------------------------------
     async def create_batch(self, request: Request, project: str, version: str, model: str, method: str) -> Response:
         kind = "embed" if method == "asyncBatchEmbedContent" else "generate"
-        model = self.fake._model(model, version, method, "embedContent" if kind == "embed" else "generateContent")
-        batch = (await self.fake._body(request, None)).get("batch")
+        model = self.fake.resolve_model(
+            model, version, method, "embedContent" if kind == "embed" else "generateContent"
+        )
+        batch = (await self.fake.read_body(request, None)).get("batch")
         if not isinstance(batch, dict):
             raise bad("* The request needs a batch.")
         source = batch.get("inputConfig") or {}
@@ -371,12 +388,12 @@ class FakeResources:
         for item in b.requests:
             req = item.get("request") or {}
             if b.kind == "embed":
-                vector, _ = self.fake._embed_one(req, b.model.removeprefix("models/"), "")
+                vector, _ = self.fake.embed_one(req, b.model.removeprefix("models/"), "")
                 answer: dict[str, Any] = {"embedding": {"values": json.loads(vector)}}
             else:
                 texts, media = prompt(req.get("contents", []))
-                ans = self.fake._answer(b.model.removeprefix("models/"), texts, media, req.get("generationConfig"))
-                answer = self.fake._native_chunk(
+                ans = self.fake.answer_for(b.model.removeprefix("models/"), texts, media, req.get("generationConfig"))
+                answer = self.fake.native_chunk(
                     ans, "".join(ans.pieces), True, True, None, response_id(), b.model.removeprefix("models/")
                 )
             extra: dict[str, Any] = {k: item[k] for k in ("key", "metadata") if k in item}

@@ -466,7 +466,7 @@ class _Fake:
         return project
 
     @staticmethod
-    async def _body(request: Request, allowed: frozenset[str] | None) -> dict[str, Any]:
+    async def read_body(request: Request, allowed: frozenset[str] | None) -> dict[str, Any]:
         raw = await request.body()
         try:
             body = json.loads(raw) if raw.strip() else {}
@@ -487,7 +487,7 @@ class _Fake:
         return body
 
     @staticmethod
-    def _model(model: str, version: str, method: str, need: str) -> str:
+    def resolve_model(model: str, version: str, method: str, need: str) -> str:
         model = model.removeprefix("models/")
         info = _MODELS.get(model)
         if info is None or need not in info["supportedGenerationMethods"]:
@@ -614,7 +614,7 @@ class _Fake:
 
     # -- generation
 
-    def _answer(self, model: str, texts: list[str], media: int, cfg: Any) -> _Answer:
+    def answer_for(self, model: str, texts: list[str], media: int, cfg: Any) -> _Answer:
         cfg = cfg if isinstance(cfg, dict) else {}
         prompt_text = "\n".join(texts)
         h = zlib.crc32(prompt_text.encode(), self.sc.seed & 0xFFFFFFFF)
@@ -649,7 +649,7 @@ class _Fake:
                     thought_text = _THOUGHT
         return _Answer(pieces, finish, _tokens(len(prompt_text)), media, thoughts, thought_text)
 
-    def _native_chunk(
+    def native_chunk(
         self, ans: _Answer, text: str, first: bool, last: bool, chars: int | None, rid: str, model: str
     ) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"text": text}]
@@ -681,27 +681,27 @@ class _Fake:
     async def generate(self, request: Request, project: str, version: str, model: str, method: str):
         stream = method == "streamGenerateContent"
         await self._delay()
-        body = await self._body(request, _GENERATE_FIELDS_V1 if version == "v1" else _GENERATE_FIELDS)
-        model = self._model(model, version, method, "generateContent")
+        body = await self.read_body(request, _GENERATE_FIELDS_V1 if version == "v1" else _GENERATE_FIELDS)
+        model = self.resolve_model(model, version, method, "generateContent")
         if not body.get("contents"):
             raise _bad("* GenerateContentRequest.contents: contents is not specified\n")
         self.resources.check_refs(project, body)
         texts, media = _prompt(body["contents"], body.get("systemInstruction", body.get("system_instruction")))
-        ans = self._answer(model, texts, media, body.get("generationConfig", body.get("generation_config")) or {})
+        ans = self.answer_for(model, texts, media, body.get("generationConfig", body.get("generation_config")) or {})
         midstream = await self._fault(stream)
         self._admit(project, model, ans.prompt + ans.media)
         rid = _response_id()
         if not stream:
             full = "".join(ans.pieces)
             return Response(
-                json.dumps(self._native_chunk(ans, full, True, True, None, rid, model)).encode(), headers=_JSON_HEADERS
+                json.dumps(self.native_chunk(ans, full, True, True, None, rid, model)).encode(), headers=_JSON_HEADERS
             )
         n = min(len(ans.pieces), self.rng.randint(1, 2)) if midstream else len(ans.pieces)
         chunks, chars = [], 0
         for i, piece in enumerate(ans.pieces[:n]):
             chars += len(piece)
             last = i == len(ans.pieces) - 1 and not midstream
-            chunk = self._native_chunk(ans, piece, i == 0, last, chars, rid, model)
+            chunk = self.native_chunk(ans, piece, i == 0, last, chars, rid, model)
             chunks.append((json.dumps(chunk, separators=(",", ": ")), _tokens(len(piece))))
         error = _midstream_error(False) if midstream else None
         if request.query_params.get("alt") == "sse":
@@ -713,8 +713,8 @@ class _Fake:
 
     async def count_tokens(self, request: Request, project: str, version: str, model: str, method: str):
         await self._delay()
-        body = await self._body(request, _COUNT_FIELDS)
-        model = self._model(model, version, method, "countTokens")
+        body = await self.read_body(request, _COUNT_FIELDS)
+        model = self.resolve_model(model, version, method, "countTokens")
         inner = body.get("generateContentRequest", body.get("generate_content_request")) or {}
         texts, media = _prompt(
             body.get("contents", inner.get("contents", [])),
@@ -729,7 +729,7 @@ class _Fake:
             json.dumps({"totalTokens": prompt + media, "promptTokensDetails": details}).encode(), headers=_JSON_HEADERS
         )
 
-    def _embed_one(self, req: dict[str, Any], model: str, where: str) -> tuple[str, int]:
+    def embed_one(self, req: dict[str, Any], model: str, where: str) -> tuple[str, int]:
         if not _EMBED_FIELDS.issuperset(req):
             msgs = [
                 f'Invalid JSON payload received. Unknown name "{k}"{where}: Cannot find field.'
@@ -751,18 +751,18 @@ class _Fake:
     async def embed(self, request: Request, project: str, version: str, model: str, method: str):
         await self._delay()
         batch = method == "batchEmbedContents"
-        body = await self._body(request, frozenset({"requests"}) if batch else None)
-        model = self._model(model, version, method, "embedContent")
+        body = await self.read_body(request, frozenset({"requests"}) if batch else None)
+        model = self.resolve_model(model, version, method, "embedContent")
         if batch:
             reqs = body.get("requests")
             if not isinstance(reqs, list) or not reqs:
                 raise _bad("* BatchEmbedContentsRequest.requests: requests is not specified\n")
             vecs = [
-                self._embed_one(r if isinstance(r, dict) else {}, model, f" at 'requests[{i}]'")
+                self.embed_one(r if isinstance(r, dict) else {}, model, f" at 'requests[{i}]'")
                 for i, r in enumerate(reqs)
             ]
         else:
-            vecs = [self._embed_one(body, model, "")]
+            vecs = [self.embed_one(body, model, "")]
         await self._fault(False)
         self._admit(project, model, sum(t for _, t in vecs))
         if batch:
@@ -802,8 +802,8 @@ class _Fake:
 
     async def chat(self, request: Request, project: str):
         await self._delay()
-        body = await self._body(request, None)
-        model = self._model(str(body.get("model") or ""), "v1beta", "generateContent", "generateContent")
+        body = await self.read_body(request, None)
+        model = self.resolve_model(str(body.get("model") or ""), "v1beta", "generateContent", "generateContent")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _bad("* GenerateContentRequest.contents: contents is not specified\n")
@@ -817,7 +817,7 @@ class _Fake:
         if effort:
             cfg["thinkingConfig"] = {"thinkingBudget": {"none": 0, "low": 1024, "medium": 8192}.get(str(effort), -1)}
         stream = bool(body.get("stream"))
-        ans = self._answer(model, texts, media, cfg)
+        ans = self.answer_for(model, texts, media, cfg)
         midstream = await self._fault(stream)
         self._admit(project, model, ans.prompt + ans.media)
         rid, created = _response_id(), int(time.time())
@@ -868,15 +868,15 @@ class _Fake:
 
     async def oai_embeddings(self, request: Request, project: str):
         await self._delay()
-        body = await self._body(request, None)
-        model = self._model(str(body.get("model") or ""), "v1beta", "embedContent", "embedContent")
+        body = await self.read_body(request, None)
+        model = self.resolve_model(str(body.get("model") or ""), "v1beta", "embedContent", "embedContent")
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
             raise _bad("* BatchEmbedContentsRequest.requests: input must be a string or a list of strings\n")
         dims = body.get("dimensions") or _EMBED_DIMS[model]
         vecs = [
-            self._embed_one({"content": {"parts": [{"text": t}]}, "outputDimensionality": dims}, model, "")
+            self.embed_one({"content": {"parts": [{"text": t}]}, "outputDimensionality": dims}, model, "")
             for t in inputs
         ]
         await self._fault(False)
@@ -896,9 +896,6 @@ class _Fake:
         if info is None:
             raise _not_found(model.removeprefix("models/"), "v1beta", "get")
         return Response(json.dumps(info).encode(), headers=_JSON_HEADERS)
-
-
-Fake = _Fake  # the fake's state under a public name, for its resources module (fake_resources.py)
 
 
 def _abort_connection(request: Request) -> None:

@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ from proxy_service.errors import (
 )
 from proxy_service.keys import redact
 from proxy_service.relay import Call
-from proxy_service.resources import NAME, Owner, ResourceMap, expiry, kind_of, names_in
+from proxy_service.resources import NAME, Owner, ResourceMap, UploadSession, expiry, kind_of, names_in
 from proxy_service.surfaces.common import answer_call, base_call, error_response, forward_headers, read_body
 from proxy_service.upstream import send
 
@@ -59,17 +59,6 @@ MAX_SESSIONS = 10_000  # open uploads kept here; past it the oldest is forgotten
 JSON_ANSWER_CAP = 1 * 2**20  # an upload chunk's answer is a small JSON document
 BATCH_METHODS = frozenset({"batchGenerateContent", "asyncBatchEmbedContent"})
 LIST_FIELD = {"files": "files", "cachedContents": "cachedContents", "batches": "operations", "operations": "operations"}
-
-
-@dataclass(slots=True)
-class UploadSession:
-    """A resumable upload Keyrack opened upstream: where its chunks go and with which key."""
-
-    upstream_path: str  # the upstream upload URL's path and query (its host is the configured upstream's)
-    key_id: str
-    project: str
-    opened: float
-    client_id: str | None  # the client that started it: its chunks are recorded as that client's
 
 
 def _version(request: Request) -> str:
