@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ from proxy_service.alerts import history as alert_history
 from proxy_service.alerts.engine import AlertEngine
 from proxy_service.analytics import queries, snapshot
 from proxy_service.analytics.rollup import Rollup
-from proxy_service.analytics.sql_sandbox import Sandbox
+from proxy_service.analytics.sql_sandbox import Sandbox, Snapshot
 from proxy_service.cluster import config as cluster_config
 from proxy_service.errors import MethodNotAllowed, NotFound, NotReady
 from proxy_service.events import Columns, EventWriter, insert_columns
@@ -96,18 +97,22 @@ class Gateway:
             self.store, self.writer = self.cluster.store, self.cluster.writer
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self.explore_slots = asyncio.Semaphore(EXPLORE_SLOTS)
-        # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox). The cluster's lake
-        # store runs it in process (sql_guard.run), as before.
-        self.sandbox: Sandbox | None = None
-        if self.cluster is None:
-            self.sandbox = Sandbox(
-                self.store,
-                self.writer,
-                settings.data_dir / "sql-sandbox",
-                QUERY_SLOTS,
-                settings.sql_memory_mb,
-                settings.duckdb_threads,
-            )
+        # User SQL: worker processes over a Parquet snapshot of the public tables (sql_sandbox), in both modes; a
+        # cluster replica writes that snapshot from the lake (cluster/sql_snapshot.py).
+        sql_files: Callable[[Any, Path], Snapshot] = Snapshot
+        if self.cluster is not None:
+            from proxy_service.cluster.sql_snapshot import LakeSnapshot
+
+            sql_files = LakeSnapshot
+        self.sandbox = Sandbox(
+            self.store,
+            self.writer,
+            settings.data_dir / "sql-sandbox",
+            QUERY_SLOTS,
+            settings.sql_memory_mb,
+            settings.duckdb_threads,
+            sql_files,
+        )
         self._config = self._load_config(settings.config())
         cfg = self._config
         self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
@@ -445,7 +450,7 @@ class Gateway:
             deleted = await self.write(
                 lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S
             )
-            if self.sandbox is not None and any(deleted.values()):  # rewritten now, not on the next query's time
+            if any(deleted.values()):  # rewritten now, not on the next query's time
                 await asyncio.to_thread(self.sandbox.refresh_quietly)
             alerts_cutoff = now - timedelta(days=cfg.retention_alert_history_days)
             await self.write(lambda cur: alert_history.prune(cur, alerts_cutoff), JOB_WRITE_TIMEOUT_S)
@@ -523,8 +528,7 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
-        if self.sandbox is not None:
-            self.sandbox.start()
+        self.sandbox.start()
         if self.cluster is not None:
             await self.cluster.start(self)
         self.relay.client = build_client(self._config)
@@ -554,8 +558,7 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.alerts.stop()
             logs.remove_secret_source(self.alerts.secrets)
-            if self.sandbox is not None:
-                await asyncio.to_thread(self.sandbox.close)
+            await asyncio.to_thread(self.sandbox.close)
             if self.cluster is not None:
                 await self.cluster.stop()
             self.persist_keys()
