@@ -528,7 +528,11 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
-        self.sandbox.start()
+        # A replica's first SQL snapshot is written by its first query instead: at start it would be a whole export
+        # of the lake on every replica at once, on the lake connection the cluster's own start is using (a replica
+        # whose snapshot overlapped its start then hung on SIGTERM).
+        if self.cluster is None:
+            self.sandbox.start()
         if self.cluster is not None:
             await self.cluster.start(self)
         self.relay.client = build_client(self._config)
