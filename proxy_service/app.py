@@ -87,7 +87,11 @@ class Gateway:
         self.jobs = Background()  # every background loop of the process, cancelled together at shutdown
         self.query_slots = asyncio.Semaphore(QUERY_SLOTS)
         self.explore_slots = asyncio.Semaphore(EXPLORE_SLOTS)
-        self.sandbox: Sandbox | None = self.node.make_sandbox(QUERY_SLOTS)  # None: user SQL runs in process
+        # User SQL: worker processes over a Parquet snapshot of the public tables, never this process (in a cluster
+        # the snapshot is written from the lake).
+        self.sandbox: Sandbox = self.node.make_sandbox(
+            settings.data_dir / "sql-sandbox", QUERY_SLOTS, settings.sql_memory_mb, settings.duckdb_threads
+        )
         self._config = self.node.load_config(settings.config())
         cfg = self._config
         self.rollup = Rollup(cfg.display_timezone)  # its local days are the display zone's
@@ -327,7 +331,7 @@ class Gateway:
             deleted = await self.write(
                 lambda cur: snapshot.apply_retention(cur, cutoffs, self.rollup), JOB_WRITE_TIMEOUT_S
             )
-            if self.sandbox is not None and any(deleted.values()):  # rewritten now, not on the next query's time
+            if any(deleted.values()):  # rewritten now, not on the next query's time
                 await asyncio.to_thread(self.sandbox.refresh_quietly)
             alerts_cutoff = now - timedelta(days=cfg.retention_alert_history_days)
             await self.write(lambda cur: alert_history.prune(cur, alerts_cutoff), JOB_WRITE_TIMEOUT_S)
@@ -403,8 +407,7 @@ class Gateway:
         logs.add_secret_source(self.secrets)
         logging.getLogger("keyrack").setLevel(self._config.log_level)  # the saved config may differ from env
         self.writer.start()
-        if self.sandbox is not None:
-            self.sandbox.start()
+        self.sandbox.start()
         await self.node.start(
             Hooks(
                 loop=self.loop,
@@ -440,8 +443,7 @@ class Gateway:
             await self.alerts.stop()
             await self.resources.flush()  # the resource map's last appends reach its file
             logs.remove_secret_source(self.alerts.secrets)
-            if self.sandbox is not None:
-                await asyncio.to_thread(self.sandbox.close)
+            await asyncio.to_thread(self.sandbox.close)
             await self.node.stop()
             self.persist_keys()
             self.writer.stop()

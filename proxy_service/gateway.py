@@ -52,8 +52,8 @@ class Gateway(Core, Protocol):
         ...
 
     @property
-    def sandbox(self) -> Sandbox | None:
-        """Where user SQL runs (worker processes over a snapshot); None: in process (sql_guard.run)."""
+    def sandbox(self) -> Sandbox:
+        """Where user SQL runs: worker processes over a Parquet snapshot (in a cluster, written from the lake)."""
         ...
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
@@ -71,8 +72,8 @@ class Node(Protocol):
         self, strategy: str, *, default_cooldown_s: float, failure_threshold: int, limits: dict[str, ModelLimits]
     ) -> Pool: ...
 
-    def make_sandbox(self, slots: int) -> Sandbox | None:
-        """Where user SQL runs: worker processes over a snapshot, or None (run in process by sql_guard)."""
+    def make_sandbox(self, directory: Path, slots: int, memory_mb: int, threads: int) -> Sandbox:
+        """Where user SQL runs: worker processes over a Parquet snapshot of the public tables (never this process)."""
         ...
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None: ...
@@ -191,9 +192,8 @@ class EmbeddedNode:
         )
         return self.pool
 
-    def make_sandbox(self, slots: int) -> Sandbox:
-        s = self.settings
-        return Sandbox(self.store, self.writer, s.data_dir / "sql-sandbox", slots, s.sql_memory_mb, s.duckdb_threads)
+    def make_sandbox(self, directory: Path, slots: int, memory_mb: int, threads: int) -> Sandbox:
+        return Sandbox(self.store, self.writer, directory, slots, memory_mb, threads)
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         queries.install_safe_views(cur)

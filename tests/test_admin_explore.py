@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+import pytest
 
 from bench.analytics import GENERATE, MODELS
 from proxy_service.store import Store
@@ -245,3 +246,44 @@ def test_stats_answers_say_when_they_are_read_raw_during_a_rebuild(
             assert time.monotonic() < deadline, "the rebuild did not finish"
             time.sleep(0.2)
         assert all(flag is None for flag, _ in answers().values())
+
+
+def test_the_answer_is_built_and_encoded_within_its_deadline(tmp_path: Path) -> None:
+    """Issue 23: the Python steps after Explore's DuckDB read (building the rows, encoding JSON or Arrow) stop at the
+    answer's deadline (ExploreTimeout, answered 408 like an interrupted read); within it they give the same bytes
+    as the whole answer encoded at once."""
+    import json
+    from zoneinfo import ZoneInfo
+
+    from proxy_service.admin import explore as admin_explore
+    from proxy_service.admin.common import dumps
+    from proxy_service.analytics import explore
+
+    rows = 40_000
+    store = Store(tmp_path / "keyrack.duckdb")
+    cur = store.cursor()
+    end = datetime.now(UTC).replace(tzinfo=None)
+    cur.execute(GENERATE.format(clients=20), [MODELS, end, rows, 30 * 86400 * 1_000_000 // rows, rows])
+    tz = ZoneInfo("UTC")
+    body = {"measures": ["calls", "avg_latency_ms"], "dimensions": ["hour", "client"], "from": "2020-01-01T00:00:00Z"}
+    spec, _fmt = explore.parse_spec(body, tz, end + timedelta(seconds=1), {})
+    try:
+        with pytest.raises(explore.ExploreTimeout):
+            explore.answer(cur, spec, tz, zone=None, deadline=time.monotonic() - 1)
+        ans = explore.answer(cur, spec, tz, zone=None, deadline=time.monotonic() + 600)
+    finally:
+        cur.close()
+        store.close()
+    assert len(ans.rows) > 2 * explore.CHECK_EVERY  # several chunks
+    meta = {"timezone": ans.timezone, "source": ans.source}
+    encoded = admin_explore.encode_json(ans, meta, time.monotonic() + 600)
+    assert encoded == dumps({"columns": ans.columns, "rows": ans.rows, **meta})
+    assert json.loads(encoded)["rows"][-1] == json.loads(dumps(ans.rows[-1:]))[0]
+    assert json.loads(admin_explore.encode_json(ans, {}, None)) == json.loads(
+        dumps({"columns": ans.columns, "rows": ans.rows})
+    )
+    with pytest.raises(explore.ExploreTimeout):
+        admin_explore.encode_json(ans, meta, time.monotonic() - 1)
+    with pytest.raises(explore.ExploreTimeout):
+        explore.to_arrow(ans, time.monotonic() - 1)
+    assert explore.to_arrow(ans, time.monotonic() + 600).num_rows == len(ans.rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,7 +18,7 @@ import duckdb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import arrow_response, iso, json_body, ok, rollup_ready
+from proxy_service.admin.common import arrow_response, dumps, iso, json_body, ok, rollup_ready
 from proxy_service.analytics import explore, queries
 from proxy_service.errors import ApiError
 from proxy_service.keys import mask
@@ -66,9 +67,25 @@ async def _limited(gw: Gateway, fn: Callable[[duckdb.DuckDBPyConnection], T]) ->
 
     try:
         return await gw.read(job)
-    except _TimedOut:
-        detail = f"the answer took longer than the {limit:g} s limit (explore_timeout_s); narrow the range or filters"
-        raise ApiError(408, f"explore interrupted: {detail}", reason="explore_timeout", detail=detail) from None
+    except (_TimedOut, explore.ExploreTimeout):
+        raise _timeout(limit) from None
+
+
+def _timeout(limit: float) -> ApiError:
+    detail = f"the answer took longer than the {limit:g} s limit (explore_timeout_s); narrow the range or filters"
+    return ApiError(408, f"explore interrupted: {detail}", reason="explore_timeout", detail=detail)
+
+
+def encode_json(ans: explore.Answer, meta: dict[str, Any], deadline: float | None) -> bytes:
+    """The JSON answer (`{"columns", "rows", **meta}`), its rows encoded a chunk at a time with the deadline checked
+    between chunks (ExploreTimeout past it): a big answer's encoding is CPU seconds of Python."""
+    parts: list[bytes] = []
+    for start in range(0, len(ans.rows), explore.CHECK_EVERY):
+        explore.check_deadline(deadline)
+        parts.append(dumps(ans.rows[start : start + explore.CHECK_EVERY])[1:-1])
+    head = dumps({"columns": ans.columns})[:-1]  # without its closing brace: the rows follow
+    tail = dumps(meta)[1:] if meta else b"}"
+    return head + b', "rows": [' + b", ".join(parts) + (b"], " + tail if meta else b"]" + tail)
 
 
 class _TimedOut(Exception):
@@ -87,11 +104,16 @@ def _spec(gw: Gateway, body: dict[str, Any]) -> tuple[explore.Spec, str, ZoneInf
 async def run_explore(gw: Gateway, request: Request) -> Response:
     spec, fmt, tz = _spec(gw, await json_body(request))
     (usable, progress), labels = await rollup_ready(gw), gw.config.client_labels
+    limit = gw.config.explore_timeout_s
+    deadline: list[float] = []  # the whole answer (read, build, encode) within explore_timeout_s of the read's start
+
+    def read(cur: duckdb.DuckDBPyConnection) -> explore.Answer:
+        deadline.append(time.monotonic() + limit)
+        return explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None, deadline=deadline[0])
+
     try:
         async with _slot(gw):
-            ans = await _limited(
-                gw, lambda cur: explore.answer(cur, spec, tz, labels, zone=gw.rollup.zone if usable else None)
-            )
+            ans = await _limited(gw, read)
     except explore.ExploreError as exc:
         raise ApiError(400, str(exc), exc.field) from None
     # While the pre-aggregates are rebuilt (after an upgrade or a display-zone change) answers are still exact, read
@@ -105,12 +127,17 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
         "compare_to": iso(ans.compare_hi),
         "rebuilding": progress,
     }
-    # Encoding a big answer takes CPU seconds: on a worker thread, never on the event loop that serves the proxy.
-    if fmt == "arrow":
-        headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in meta.items() if v is not None}
-        return await asyncio.to_thread(lambda: arrow_response(explore.to_arrow(ans), headers))
-    body = {"columns": ans.columns, "rows": ans.rows, **{k: v for k, v in meta.items() if v is not None}}
-    return await asyncio.to_thread(ok, body)
+    # Encoding a big answer takes CPU seconds: on a worker thread, never on the event loop that serves the proxy,
+    # and within the answer's deadline.
+    shown = {k: v for k, v in meta.items() if v is not None}
+    try:
+        if fmt == "arrow":
+            headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in shown.items()}
+            return await asyncio.to_thread(lambda: arrow_response(explore.to_arrow(ans, deadline[0]), headers))
+        body = await asyncio.to_thread(encode_json, ans, shown, deadline[0])
+    except explore.ExploreTimeout:
+        raise _timeout(limit) from None
+    return Response(body, media_type="application/json")
 
 
 async def explore_calls(gw: Gateway, request: Request) -> Response:

@@ -35,12 +35,8 @@ async def run_query(gw: Gateway, request: Request) -> Response:
     byte_cap = int(cfg.query_byte_cap_mb * 1024 * 1024)
     async with gw.query_slots:
         try:
-            if gw.sandbox is not None:
-                result = await asyncio.to_thread(gw.sandbox.run, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap)
-            else:  # the cluster's lake store: in process, behind the guard
-                result = await asyncio.to_thread(
-                    sql_guard.run, gw.store, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap
-                )
+            # Both modes: a sandboxed worker process over a Parquet snapshot, never this process.
+            result = await asyncio.to_thread(gw.sandbox.run, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap)
         except sql_guard.QueryRejected as exc:
             raise ApiError(
                 400, f"query not allowed: {exc}", "sql", reason="query_not_allowed", detail=str(exc)

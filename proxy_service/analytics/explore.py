@@ -15,6 +15,7 @@ See docs/ARCHITECTURE.md, "Explore", for which shapes read what.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,19 @@ _RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
 # A group's key in both the counters and the histogram (the same expression over d0, d1 of the same types).
 GROUP_KEY = "hash(d0, d1)"
 _SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
+
+
+class ExploreTimeout(Exception):
+    """The answer's deadline passed while Python built or encoded it (after the DuckDB read, which the cursor's
+    interrupt bounds): the same 408 as an interrupted read."""
+
+
+CHECK_EVERY = 4096  # rows built or encoded between two deadline checks
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ExploreTimeout
 
 
 class ExploreError(ValueError):
@@ -585,7 +599,14 @@ def _raw_percentiles(
     return {tuple(r[:n]): tuple(r[n:]) for r in got.fetchall()}
 
 
-def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict | None) -> tuple:
+def _period(
+    cur: duckdb.DuckDBPyConnection,
+    spec: Spec,
+    tz: ZoneInfo,
+    zone: str | None,
+    tops: dict | None,
+    deadline: float | None = None,
+) -> tuple:
     if tops is None:
         tops = _tops(cur, spec, tz, zone)
     table, parts = _counters(cur, spec, tz, zone, tops)
@@ -597,6 +618,8 @@ def _period(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str 
     values: dict[tuple, dict[str, Any]] = {}
     data = {m: table.column(m).to_pylist() for m in COUNTER_MEASURES if m in spec.measures}
     for k, key in enumerate(keys):
+        if not k % CHECK_EVERY:
+            check_deadline(deadline)
         values[key] = {m: col[k] for m, col in data.items()}
     metrics = sorted({PERCENTILE_MEASURES[m][0] for m in spec.measures if m in PERCENTILE_MEASURES})
     gk_of = dict(zip(keys, table.column("gk").to_pylist(), strict=True))
@@ -629,21 +652,27 @@ def answer(
     tz: ZoneInfo,
     labels: dict[str, str] | None = None,
     zone: str | None = "UTC",
+    deadline: float | None = None,
 ) -> Answer:
-    """`zone`: the zone of the pre-aggregates' local days (`Rollup.zone`); None reads raw rows only."""
-    values, tops, source = _period(cur, spec, tz, zone, None)
+    """`zone`: the zone of the pre-aggregates' local days (`Rollup.zone`); None reads raw rows only. Past `deadline`
+    (time.monotonic()) the Python steps after each read stop with ExploreTimeout."""
+    values, tops, source = _period(cur, spec, tz, zone, None, deadline)
     columns = [*spec.dimensions, *spec.measures]
     ans = Answer(columns, [], source, tz.key, spec.lo, spec.hi)
     prev: dict[tuple, dict[str, Any]] = {}
     if spec.compare:
         span = spec.hi - spec.lo
         ans.compare_lo, ans.compare_hi = spec.lo - span, spec.lo
-        prev, _, _ = _period(cur, replace(spec, lo=spec.lo - span, hi=spec.lo, open_end=False), tz, zone, tops)
+        prev, _, _ = _period(
+            cur, replace(spec, lo=spec.lo - span, hi=spec.lo, open_end=False), tz, zone, tops, deadline
+        )
         prev = _align(prev, spec, tz)
         columns += [f"{m}_{s}" for m in spec.measures for s in ("prev", "delta")]
     keys = _sorted(set(values) | (set(prev) if spec.compare else set()))
     shown: dict[tuple[str, Any], Any] = {}  # each dimension value converted once (time buckets: zone arithmetic)
-    for key in keys:
+    for k, key in enumerate(keys):
+        if not k % CHECK_EVERY:
+            check_deadline(deadline)
         cur_row, prev_row = values.get(key, {}), prev.get(key, {})
         row = []
         for d, v in zip(spec.dimensions, key, strict=True):
@@ -718,10 +747,13 @@ def _out(dim: str, v: Any, tz: ZoneInfo, labels: dict[str, str]) -> Any:
     return v
 
 
-def to_arrow(ans: Answer) -> pa.Table:
+def to_arrow(ans: Answer, deadline: float | None = None) -> pa.Table:
     import pyarrow as pa
 
-    cols = {c: [r[i] for r in ans.rows] for i, c in enumerate(ans.columns)}
+    cols: dict[str, list[Any]] = {}
+    for i, c in enumerate(ans.columns):  # column by column, the deadline checked between them
+        check_deadline(deadline)
+        cols[c] = [r[i] for r in ans.rows]
     return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
 
 

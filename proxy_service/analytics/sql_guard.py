@@ -13,8 +13,8 @@ extension — DuckDB itself refuses, and no error can carry text from outside th
 outside its memory_limit fails inside the worker (query_too_costly), and a function that ignores the interrupt is
 ended with its worker past the time limit plus a grace (408); the proxy starts a fresh worker and goes on. Only
 the statement-type rule (`select_only`: one SELECT as DuckDB's parser classifies it, so no COPY over a snapshot file)
-runs there when this guard is switched off (`ENABLED`, for tests). The cluster's lake store still runs user SQL in
-process on a cursor of its own connection (`run`), behind this guard alone.
+runs there when this guard is switched off (`ENABLED`, for tests). A cluster replica runs user SQL the same way, over a
+snapshot it writes from the lake (`cluster/sql_snapshot.py`): no worker reaches the lake's catalog or the network.
 
 Why a snapshot rather than the database file: DuckDB lets no second process open a file one process holds
 read-write, and `enable_external_access=false` cannot be set on the proxy's connection (it disables the Python
@@ -386,8 +386,9 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 # -- 4. run ----------------------------------------------------------------------------------------------------------
 def run(store: Store, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None = None) -> QueryResult:
-    """Check and run `sql` on a cursor of `store` (blocking: call from a worker thread). The embedded proxy runs user
-    SQL in the sandbox instead (`sql_sandbox`); this in-process path serves the cluster's lake store."""
+    """Check and run `sql` on a cursor of `store` (blocking: call from a worker thread). The proxy never serves user
+    SQL this way (both modes run it in the sandbox, `sql_sandbox`); tests and the bench use it as the in-process
+    reference the sandbox's answers are compared with."""
     cur = store.cursor()
     try:
         cur.execute(f"SET search_path = '{store.safe_schema}'")

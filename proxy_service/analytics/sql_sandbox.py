@@ -1,5 +1,5 @@
-"""Where user SQL runs in the embedded proxy: warm worker processes (`sql_worker`) over a Parquet snapshot of the
-public tables, never the proxy's own database.
+"""Where user SQL runs: warm worker processes (`sql_worker`) over a Parquet snapshot of the public tables, never the
+proxy's own database (a cluster replica writes the snapshot from the lake: `cluster/sql_snapshot.LakeSnapshot`).
 
 `Snapshot` keeps `<data dir>/sql-sandbox/` (0700) equal to what user SQL may see: requests, attempts, error_logs
 and keys as the `safe` views give them (no secret, no derived columns; requests with its `client` label). A refresh runs
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 @dataclass
-class _Table:
+class TableFiles:
     files: list[Path] = field(default_factory=list)
     rows: int = 0  # rows the files hold (append tables)
     next_rowid: int = 0  # rows with a rowid from here on are not in the files yet
@@ -72,10 +73,10 @@ class Snapshot:
             if stale.is_file():
                 stale.unlink(missing_ok=True)
         self.generation = 0
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, TableFiles] = {}
         self._retired: list[tuple[float, Path]] = []
         self._labels: int | None = None
-        self._dropped: dict[str, _Table] = {}  # tables to write whole again (their files retired once they are)
+        self._dropped: dict[str, TableFiles] = {}  # tables to write whole again (their files retired once they are)
         self._seq = 0
         self._lock = threading.Lock()
         self.last_refresh_ms = 0.0
@@ -90,13 +91,7 @@ class Snapshot:
         """Bring the files up to date with the database and return the manifest the worker opens."""
         with self._lock:
             started = time.perf_counter()
-            # Files gone (the data disk failed and was mounted again, or someone cleaned the directory): those tables
-            # are written whole again.
-            private_dir(self.directory)
-            for name, state in list(self._tables.items()):
-                if not all(f.exists() for f in state.files):
-                    log.warning("SQL snapshot files of %s are missing: writing the table again", name)
-                    self._dropped[name] = self._tables.pop(name)
+            self._check_files()
             cur = self.store.cursor()
             try:
                 cur.execute("BEGIN TRANSACTION")
@@ -119,6 +114,23 @@ class Snapshot:
             self._purge()
             self.last_refresh_ms = (time.perf_counter() - started) * 1000
             return self.manifest()
+
+    def _check_files(self) -> None:
+        """Files gone (the data disk failed and was mounted again, or someone cleaned the directory): those tables
+        are written whole again."""
+        private_dir(self.directory)
+        for name, state in list(self._tables.items()):
+            if not all(f.exists() for f in state.files):
+                log.warning("SQL snapshot files of %s are missing: writing the table again", name)
+                self._dropped[name] = self._tables.pop(name)
+
+    def _merge_deltas(self, cur: duckdb.DuckDBPyConnection, table: str, state: TableFiles) -> None:
+        """Past MAX_DELTAS delta files, merge them into one (a worker opens fewer files)."""
+        if len(state.files) > MAX_DELTAS + 1:
+            listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in state.files[1:])
+            merged = self._copy(cur, f"SELECT * FROM read_parquet([{listed}])", table)
+            self._retire(state.files[1:])
+            state.files = [state.files[0], merged]
 
     def invalidate(self) -> None:
         """Write every table again at the next refresh (a worker could not open the files)."""
@@ -175,11 +187,7 @@ class Snapshot:
                 delta = self._copy(cur, f"{select} WHERE {rowid} >= ?", table, [state.next_rowid])
                 state.files.append(delta)
                 state.rows, state.next_rowid = total, int(top) + 1
-                if len(state.files) > MAX_DELTAS + 1:
-                    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in state.files[1:])
-                    merged = self._copy(cur, f"SELECT * FROM read_parquet([{listed}])", table)
-                    self._retire(state.files[1:])
-                    state.files = [state.files[0], merged]
+                self._merge_deltas(cur, table, state)
                 return True
         # First refresh, rows were deleted, or new labels: the whole table again.
         row = cur.execute(f"SELECT count(*), max(rowid) FROM main.{table}").fetchone()
@@ -188,7 +196,7 @@ class Snapshot:
         old = self._dropped.pop(table, None) if state is None else state
         if old is not None:
             self._retire(old.files)
-        self._tables[table] = _Table([base], int(total), int(top) + 1 if top is not None else 0)
+        self._tables[table] = TableFiles([base], int(total), int(top) + 1 if top is not None else 0)
         return True
 
     def _small(self, cur: duckdb.DuckDBPyConnection, name: str, select: str) -> bool:
@@ -200,7 +208,7 @@ class Snapshot:
         old = self._dropped.pop(name, None) if state is None else state
         if old is not None:
             self._retire(old.files)
-        self._tables[name] = _Table([path], digest=digest)
+        self._tables[name] = TableFiles([path], digest=digest)
         return True
 
 
@@ -298,9 +306,20 @@ class Sandbox:
     """The snapshot and a pool of warm workers; `run` is blocking (call it from a worker thread)."""
 
     def __init__(
-        self, store: Store, writer: EventWriter, directory: Path, workers: int, memory_mb: int, threads: int
+        self,
+        store: Store,
+        writer: EventWriter,
+        directory: Path,
+        workers: int,
+        memory_mb: int,
+        threads: int,
+        snapshot: Callable[[Any, Path], Snapshot] = Snapshot,
+        snapshot_at_start: bool = True,
     ) -> None:
-        self.snapshot = Snapshot(store, directory)
+        # `snapshot`: how the files are made from `store` (the cluster's lake: cluster/sql_snapshot.LakeSnapshot).
+        # `snapshot_at_start` False: the first query writes it (a replica: see cluster/node.py's make_sandbox).
+        self.snapshot = snapshot(store, directory)
+        self.snapshot_at_start = snapshot_at_start
         self.writer = writer
         self.size, self.memory_mb, self.threads = workers, memory_mb, threads
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()
@@ -313,6 +332,8 @@ class Sandbox:
     def start(self) -> None:
         """Write the first snapshot in the background. The workers start with the first query and stay warm: a
         gateway whose SQL page is never used does not hold their memory."""
+        if not self.snapshot_at_start:
+            return
         threading.Thread(target=self.refresh_quietly, name="keyrack-sql-snapshot", daemon=True).start()
 
     def refresh_quietly(self) -> None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -33,12 +34,14 @@ from redis.backoff import NoBackoff
 
 from proxy_service.analytics import queries
 from proxy_service.analytics.rollup import fold_batch
+from proxy_service.analytics.sql_sandbox import Sandbox
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, ClusterStartError, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
 from proxy_service.cluster.leader import Leader
 from proxy_service.cluster.pool import MARKER_TTL_MS, REDIS_ERRORS, ClusterPool
 from proxy_service.cluster.resources import SharedResources
+from proxy_service.cluster.sql_snapshot import LakeSnapshot
 from proxy_service.cluster.trust import Trust
 from proxy_service.cluster.writer import LakeWriter
 from proxy_service.logs import event
@@ -136,8 +139,20 @@ class Cluster:
         return SharedResources(self.aredis, self.prefix, self.trust)
 
     # -- what the gateway asks its node (node.Node) ------------------------------------------------------------------
-    def make_sandbox(self, slots: int) -> None:
-        return None  # the lake store runs user SQL in process (sql_guard.run)
+    def make_sandbox(self, directory: Path, slots: int, memory_mb: int, threads: int) -> Sandbox:
+        # The snapshot is written from the lake (sql_snapshot.LakeSnapshot), first by the first query: at start it
+        # would be a whole export of the lake on every replica at once, on the lake connection the cluster's own
+        # start is using (a replica whose snapshot overlapped its start then hung on SIGTERM).
+        return Sandbox(
+            self.store,
+            self.writer,
+            directory,
+            slots,
+            memory_mb,
+            threads,
+            LakeSnapshot,
+            snapshot_at_start=False,
+        )
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         self.store.install_safe_views(cur)  # replica-local, with fully qualified bodies

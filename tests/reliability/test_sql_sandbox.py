@@ -5,6 +5,7 @@ real fake Gemini, real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -40,14 +41,18 @@ class Env:
         return self.http.post("/admin/api/query", json={"sql": sql, "format": "json"})
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("sandbox")
-    data_dir = root / "data"
+def canary_files(root: Path) -> tuple[Path, Path]:
+    """A .env and an /etc/passwd-shaped file, both holding the canary (the real /etc/passwd is read too)."""
     env_file = root / ".env"
     env_file.write_text(f"KEYRACK_ADMIN_TOKEN={CANARY}\n")
-    passwd = root / "passwd"  # the shape of /etc/passwd, with the canary (the real one is read too)
+    passwd = root / "passwd"
     passwd.write_text(f"root:x:0:0:{CANARY}:/root:/bin/sh\n")
+    return env_file, passwd
+
+
+@contextlib.contextmanager
+def canary_web() -> Iterator[tuple[str, list[str]]]:
+    """A server that answers any GET with the canary; yields its URL and the paths it was asked for."""
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -62,6 +67,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{web.server_address[1]}", hits
+    finally:
+        web.shutdown()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("sandbox")
+    data_dir = root / "data"
+    env_file, passwd = canary_files(root)
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         data_dir=data_dir,
@@ -70,7 +86,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         api_keys=POOL_KEYS,
         recheck_interval_s=3600,
     )
-    with serve_gateway(settings, SCENARIO) as (url, app):
+    with canary_web() as (web_url, hits), serve_gateway(settings, SCENARIO) as (url, app):
         r = httpx.post(
             f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
             headers={"x-goog-api-key": CLIENT_TOKEN},
@@ -80,9 +96,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         assert r.status_code == 200, r.text
         admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
         with httpx.Client(base_url=url, headers=admin, timeout=60) as client:
-            web_url = f"http://127.0.0.1:{web.server_address[1]}"
             yield Env(url, data_dir, env_file, passwd, app.state.gateway, web_url, hits, client)
-    web.shutdown()
 
 
 @pytest.fixture
@@ -141,15 +155,20 @@ def attacks(env: Env) -> list[str]:
     ]
 
 
-def test_with_the_guard_off_the_engine_refuses_every_read_outside_the_tables(env: Env, guard_off: None) -> None:
-    for sql in attacks(env):
+def assert_refused(env: Env, sqls: list[str], secrets: tuple[str, ...] = SECRETS) -> None:
+    """Every query refused (400, or a nested planner call's refusal as its value), no secret in any answer."""
+    for sql in sqls:
         r = env.query(sql)
-        leaked = [s for s in SECRETS if s in r.text]
+        leaked = [s for s in secrets if s in r.text]
         assert not leaked, (sql, leaked, r.text[:300])
         if r.status_code == 200:  # only a nested planner call answers, with the refusal as its value
             assert "disabled by configuration" in r.text or "error" in r.text, (sql, r.text[:300])
         else:
             assert r.status_code == 400, (sql, r.status_code, r.text[:300])
+
+
+def test_with_the_guard_off_the_engine_refuses_every_read_outside_the_tables(env: Env, guard_off: None) -> None:
+    assert_refused(env, attacks(env))
     assert not (env.data_dir / "copied.csv").exists() and not (env.data_dir / "exported").exists()
     assert env.hits == [], env.hits
     # The data tables are all there is, and they hold no secret.
