@@ -78,6 +78,10 @@ class Cluster:
         self.replica = cfg.replica_id
         self.prefix = cfg.redis_prefix
         self.bus, self.live = f"{self.prefix}:bus", f"{self.prefix}:live"
+        # Key statuses told by bus messages, numbered: a stored row read while a newer message was applied is stale
+        # for that key (its write was announced after commit, so the message holds the newer state).
+        self._told: dict[str, int] = {}
+        self._told_seq = 0
         self.redis = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=5)
         try:
             self.redis.ping()
@@ -507,6 +511,8 @@ class Cluster:
                 continue
             if st[0] in ("active", "invalid", "disabled"):
                 key.status, key.disabled_reason, key.label, key.project = st[0], st[1], st[2], st[3]
+                self._told_seq += 1
+                self._told[kid] = self._told_seq
         return need
 
     async def _reload_keys(self, ids: list[str] | None) -> None:
@@ -515,11 +521,14 @@ class Cluster:
         assert pool is not None
         if ids == []:
             return
+        since = self._told_seq
         stored = await asyncio.to_thread(self._read_keys, ids)
         wanted = set(stored) | set(ids or pool.keys)
         for kid in wanted:
             r = stored.get(kid)
             key = pool.keys.get(kid)
+            if self._told.get(kid, 0) > since:
+                continue  # a message applied while this read ran is newer than the row it read
             if r is None:
                 if key is not None and kid not in pool.dirty and kid not in pool.changed:
                     pool.keys.pop(kid, None)  # deleted elsewhere (not a local add still waiting to be written)

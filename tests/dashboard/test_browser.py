@@ -58,6 +58,7 @@ ALLOWED = {
     "csv",
     "parquet",
     "http",
+    "shift",  # the keyboard key, as printed on it (the wide-table hint: Shift + 滚轮)
     "https",
     "admin",
     "keyrack_admin_token",
