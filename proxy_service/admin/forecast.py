@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import ApiError, iso, json_body, ok, q_choice
-from proxy_service.analytics import queries
+from proxy_service.analytics import preagg_read
 from proxy_service.demo.history import latest_history
 from proxy_service.errors import NotReady
 from proxy_service.forecast import demand
@@ -43,7 +43,7 @@ def _reader(gw: Gateway) -> Any:
             done = rollup.progress
             share = f" ({done:.0%} done)" if done is not None else ""
             raise NotReady(f"the rollup is being rebuilt{share}; demand forecasts are fitted after it")
-        rows = await gw.read(lambda cur: queries.hourly_calls(cur, lo, hi))
+        rows = await gw.read(lambda cur: preagg_read.hourly_calls(cur, lo, hi))
         gw.forecast.demo_until = await gw.read(latest_history)
         return rows
 
