@@ -302,7 +302,8 @@ class Rollup:
             self._touched.update(preagg.touched(set(quarters), lo, hi, self.tz))
 
     def compact(self, cur: duckdb.DuckDBPyConnection) -> int:
-        """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns buckets."""
+        """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns the bucket
+        instants merged (any grain)."""
         self.fold(cur)
         if self.stale:
             self.rebuild(cur)
