@@ -239,6 +239,8 @@ _RAW_GROUP = {
     "status": "coalesce(CAST(status AS VARCHAR), '')",
     "key": "coalesce(key_id, '')",
 }
+_PREAGG_COUNTERS = "bucket, av, calls, successes, latency_sum, latency_n, prompt_tokens, output_tokens, total_tokens"
+_PREAGG_HIST = "bucket, av, lb, n"
 _PREAGG_SET: dict[str, set[str]] = {"none": set(), "model": {"model"}, "project": {"project"}, "status": {"status"}}
 _LB = histogram.lb_sql("latency_ms")
 _COUNTERS = """
@@ -318,11 +320,13 @@ def aggregate(
         for name in names:
             table, ranges = scans[name]
             if table == "requests":
-                column, extra, extra_params = "ts", key_filter, key_params
+                column, extra, extra_params, wanted = "ts", key_filter, key_params, columns
             else:  # "counters:<grain>" or "hist:<grain>"
                 kind, grain = table.split(":")
                 table, cond, extra_params = scan(grain, _PREAGG_SET[group], "l" if kind == "hist" else None)
                 column, extra = "bucket", f" AND {cond}"
+                # The pre-aggregates are wider than what the stats read: a materialised scan keeps only these.
+                wanted = _PREAGG_HIST if kind == "hist" else _PREAGG_COUNTERS
             # The bounding range is what the scan can prune row groups / files with (an OR of ranges is not pushed
             # down); the OR keeps only the parts' rows.
             # A scan that serves one part is inlined (materialising a large rollup range slows the embedded file down).
@@ -330,7 +334,7 @@ def aggregate(
             how = "MATERIALIZED" if len(ranges) > 1 else "NOT MATERIALIZED"
             source_table = raw_table if table == "requests" else table
             out.append(
-                f"{name} AS {how} (SELECT {columns} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
+                f"{name} AS {how} (SELECT {wanted} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
                 f"AND ({spans}){extra})"
             )
             params += [min(p.lo for p in ranges), max(p.hi for p in ranges)]
