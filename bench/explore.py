@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from bench.analytics import GENERATE, MODELS, Appender, timed
 from bench.common import RESULTS, markdown_table, write_json
-from proxy_service.analytics import explore
+from proxy_service.analytics import explore, preagg
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.app import COMPACT_TICK_S
 from proxy_service.events import EventWriter
@@ -236,7 +236,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "figures": figures,
         "achieved_rate": appender.sent / elapsed if elapsed else 0.0,
         "appended": appender.sent,
-        "exact": all(k == total for k in kept) and len(kept) == 2,
+        "exact": all(k == total for k in kept) and len(kept) == len(preagg.GRAINS),
     }
 
 
