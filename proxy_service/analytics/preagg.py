@@ -11,7 +11,8 @@ A set is named by its dimensions `a` ≤ `b` (in DIMS order, then `key`; '' when
 - '15m' (UTC quarter hours) and '1h' (UTC hours): the total and each single dimension; histograms of the total and
   of the stats dimensions (model, project, status) — '1h' for whole-hour display zones and forecasts, '15m' for
   zones with :30/:45 offsets (every zone in use today changes its offset at 15-minute-aligned instants, so every
-  local hour/day/week/month boundary is a 15-minute boundary) and alert backtests;
+  local hour/day/week/month boundary is a 15-minute boundary) and alert backtests; '15m' keeps latency histograms
+  only (its readers, the stats and backtests, read no TTFB; Explore reads '1h' and 'd');
 - 'd' (local days of the display zone: `bucket` is the UTC instant of its local midnight, the zone is in
   `rollup_meta`, a change rebuilds): every single dimension and every pair (8 + 28 sets, plus the total), the key
   alone and with each of KEY_PAIRS; histograms per single dimension.
@@ -261,7 +262,8 @@ def insert(
                    UNION ALL
                    SELECT {keys}, 't', {lb_sql("r.ttfb_ms")}, count(*) FROM {source} r
                    WHERE r.ttfb_ms IS NOT NULL GROUP BY ALL)
-        SELECT {_SET_KEYS}, l.metric, l.lb, sum(l.n) FROM l, {_sets_values(HISTOGRAM_SETS, grains)} GROUP BY ALL""",
+        SELECT {_SET_KEYS}, l.metric, l.lb, sum(l.n) FROM l, {_sets_values(HISTOGRAM_SETS, grains)}
+        WHERE l.metric = 'l' OR s.grain <> '{QUARTER}' GROUP BY ALL""",
         [*params_d, *params_d],
     )
 
@@ -307,17 +309,18 @@ _IN_TOUCHED = "WHERE bucket BETWEEN ? AND ? AND list_contains(?, bucket)"
 
 
 def compact(cur: duckdb.DuckDBPyConnection, buckets: list[datetime]) -> None:
-    """Merge the partial rows of the given buckets (inside the caller's transaction)."""
+    """Merge the partial rows of the given buckets (inside the caller's transaction), written back in the tables'
+    sort order (`cluster`), so that the newest rows' zone maps separate the grains and sets too."""
     params = [buckets[0], buckets[-1], buckets]
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE _preagg_c AS SELECT bucket, grain, a, av, b, bv, "
         + ", ".join(f"sum({s})::{'DOUBLE' if s.endswith('_sum') else 'BIGINT'}" for s in SUMS)
-        + f" FROM {COUNTERS} {_IN_TOUCHED} GROUP BY ALL",
+        + f" FROM {COUNTERS} {_IN_TOUCHED} GROUP BY ALL ORDER BY grain, a, b, bucket",
         params,
     )
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE _preagg_h AS SELECT bucket, grain, a, av, b, bv, metric, lb, sum(n)::BIGINT "
-        f"FROM {HISTOGRAM} {_IN_TOUCHED} GROUP BY ALL",
+        f"FROM {HISTOGRAM} {_IN_TOUCHED} GROUP BY ALL ORDER BY grain, a, b, metric, bucket",
         params,
     )
     try:
