@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     writer.flush()
     writer.submit(rollup.fold).result()
     total = cur.execute("SELECT count(*) FROM requests").fetchone()
-    rolled = cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone()
+    rolled = cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone()
     cur.close()
     writer.stop()
     store.close()

@@ -340,7 +340,7 @@ def ingest(work: Path, catalog: str, events: int) -> dict[str, Any]:
     store = LakeStore(ClusterConfig(REDIS, catalog, lake, "reader"), contextlib.nullcontext)
     cur = store.cursor()
     rows = dict(cur.execute("SELECT replica, count(*) FROM requests GROUP BY 1").fetchall())
-    rolled = cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone()
+    rolled = cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone()
     store.close()
     total = sum(r[2] for r in results)
     slowest = max(r[1] for r in results)

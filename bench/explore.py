@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from bench.analytics import GENERATE, MODELS, Appender, timed
 from bench.common import RESULTS, markdown_table, write_json
-from proxy_service.analytics import explore
+from proxy_service.analytics import explore, preagg
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.app import COMPACT_TICK_S
 from proxy_service.events import EventWriter
@@ -175,7 +175,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     writer.submit(rollup.compact).result()
     sizes = {
         t: cur0.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-        for t in ("requests", "explore_agg", "explore_hist")
+        for t in ("requests", "preagg", "preagg_hist")
     }
     cur0.close()
     stop = threading.Event()
@@ -226,7 +226,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     writer.flush()
     writer.submit(rollup.fold).result()
     total = cur.execute("SELECT count(*) FROM requests").fetchone()
-    kept = cur.execute("SELECT sum(calls) FROM explore_agg WHERE a = '' GROUP BY grain").fetchall()
+    kept = cur.execute("SELECT sum(calls) FROM preagg WHERE a = '' GROUP BY grain").fetchall()
     cur.close()
     writer.stop()
     store.close()
@@ -236,7 +236,7 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "figures": figures,
         "achieved_rate": appender.sent / elapsed if elapsed else 0.0,
         "appended": appender.sent,
-        "exact": all(k == total for k in kept) and len(kept) == 2,
+        "exact": all(k == total for k in kept) and len(kept) == len(preagg.GRAINS),
     }
 
 
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes, load = got["sizes"], got["load"]
         print(
             f"\n{traffic} traffic: rows {args.rows:,}  zone {args.tz}  runs {args.runs}  pre-aggregate rows "
-            f"{sizes['explore_agg']:,} (histograms {sizes['explore_hist']:,})  "
+            f"{sizes['preagg']:,} (histograms {sizes['preagg_hist']:,})  "
             + "  ".join(f"{k} {v:.1f}" for k, v in setup.items())
         )
         print(f"machine load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")

@@ -44,7 +44,7 @@ Handler = Callable[["Gateway", Request], Awaitable[Response]]
 
 # -- reads over the pre-aggregates ----------------------------------------------------------------------------------
 async def rollup_ready(gw: Gateway) -> tuple[bool, float | None]:
-    """Fold what the writer appended since the last fold (the explore pre-aggregates fold with the rollup), so the
+    """Fold what the writer appended since the last fold, so the
     pre-aggregates cover every written row; False → read the raw rows. Also the rebuild's progress at that moment
     (0..1, None when none runs): an answer says `rebuilding` when it was read raw because of the rebuild, even if the
     rebuild ends while it is read (progress is read first: a rebuild ending in between shows as running)."""

@@ -1,7 +1,7 @@
 """Admin API: Explore (measures × up to two dimensions) and its drill-down to the calls behind a cell.
 
 Contract: docs/ARCHITECTURE.md ("Explore"). Validation lives in `explore.parse_spec`; its errors become 400s naming
-the field. Reads fold the rollup first (the cube is folded with it) so that answers cover every written row.
+the field. Reads fold the pre-aggregates first so that answers cover every written row.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import arrow_response, dumps, iso, json_body, ok, rollup_ready
-from proxy_service.analytics import explore, queries
+from proxy_service.analytics import explore, preagg_read, queries
 from proxy_service.errors import ApiError
 from proxy_service.keys import mask
 from proxy_service.store import utcnow
@@ -170,7 +170,7 @@ async def list_clients(gw: Gateway, _request: Request) -> Response:
     labels = gw.config.client_labels
     tokens = {client_id(t) or "": mask(t) for t in gw.config.access_tokens}
     since = utcnow() - timedelta(days=90)
-    seen = dict(await gw.read(lambda cur: explore.client_calls(cur, since)))
+    seen = dict(await gw.read(lambda cur: preagg_read.client_calls(cur, since)))
     ids = sorted(set(tokens) | set(seen) | set(labels))
     items = [{"client_id": i, "token": tokens.get(i), "label": labels.get(i), "calls_90d": seen.get(i, 0)} for i in ids]
     return ok({"items": items})

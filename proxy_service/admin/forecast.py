@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from proxy_service import known_models
 from proxy_service.admin.common import iso, json_body, ok, q_choice
-from proxy_service.analytics import queries
+from proxy_service.analytics import preagg_read
 from proxy_service.demo.history import latest_history
 from proxy_service.errors import ApiError, NotReady
 from proxy_service.forecast import demand
@@ -45,7 +45,7 @@ def _reader(gw: Gateway) -> Any:
             done = rollup.progress
             share = f" ({done:.0%} done)" if done is not None else ""
             raise NotReady(f"the rollup is being rebuilt{share}; demand forecasts are fitted after it")
-        rows = await gw.read(lambda cur: queries.hourly_calls(cur, lo, hi))
+        rows = await gw.read(lambda cur: preagg_read.hourly_calls(cur, lo, hi))
         gw.forecast.demo_until = await gw.read(latest_history)
         real = _real_model(gw)  # a series per model users name; the total ('') keeps every call
         return [r for r in rows if r[1] == TOTAL or real(r[1])]

@@ -1,8 +1,8 @@
-"""Backtest: how a rule would have behaved over the last 7 days, from the 15-minute rollup only.
+"""Backtest: how a rule would have behaved over the last 7 days, from the 15-minute pre-aggregates only.
 
 Each 15-minute bucket gives one value of the metric (counts are scaled to the rule's window); consecutive breached
 buckets form a breach, and a breach that lasts at least `for_s` becomes a would-fire span starting `for_s` after
-the breach began. Metrics the rollup does not hold (key counts, attempts, TTFT, per-class errors) have no history.
+the breach began. Metrics the pre-aggregates do not hold (key counts, attempts, TTFT, per-class errors) have no history.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import duckdb
 
 from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
+from proxy_service.analytics import preagg_read
 from proxy_service.analytics.buckets import floor_time
 from proxy_service.analytics.histogram import percentiles
 
@@ -67,7 +68,7 @@ def _series(
 
     m = rule.metric
     if m == "p95_latency_ms":
-        rows = queries.backtest_latency(cur, dim, val, lo, hi)
+        rows = preagg_read.backtest_latency(cur, dim, val, lo, hi)
         hist = pa.table(
             {
                 "b": [r[0] for r in rows],
@@ -79,7 +80,7 @@ def _series(
         )
         found = percentiles(hist, (0.95,))
         return [(b, v[0]) for (b, _g), v in sorted(found.items())]
-    counters = queries.backtest_counters(cur, dim, val, lo, hi)
+    counters = preagg_read.backtest_counters(cur, dim, val, lo, hi)
     if m == "calls":
         scale = rule.window_s / RESOLUTION_S
         by_bucket = {b: calls * scale for b, calls, _ in counters}
@@ -87,10 +88,10 @@ def _series(
     if m in ("success_rate", "error_rate"):
         return [(b, (s / c if m == "success_rate" else (c - s) / c) if c else None) for b, c, s in counters]
     if m == "exhausted_rate":
-        refused = queries.backtest_exhausted(cur, lo, hi)
+        refused = preagg_read.backtest_exhausted(cur, lo, hi)
         return [(b, refused.get(b, 0) / c if c else None) for b, c, _ in counters]
     if m == "calls_vs_last_week":
-        earlier = queries.backtest_counters(cur, dim, val, lo - queries.WEEK, hi - queries.WEEK)
+        earlier = preagg_read.backtest_counters(cur, dim, val, lo - queries.WEEK, hi - queries.WEEK)
         before = {b + queries.WEEK: c for b, c, _ in earlier}
         now_calls = {b: c for b, c, _ in counters}
         return [(b, (now_calls.get(b, 0) / before[b]) if before.get(b) else None) for b, _v in _dense(lo, hi, {}, 0.0)]

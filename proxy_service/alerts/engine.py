@@ -42,6 +42,7 @@ from proxy_service.alerts.rules import (
     parse_rule,
 )
 from proxy_service.alerts.state import STATE_CODE, AlertState, Labels, Machine, Timing
+from proxy_service.analytics import preagg_read
 
 if TYPE_CHECKING:
     from proxy_service.core import Core
@@ -251,7 +252,7 @@ class AlertEngine:
         models: list[str] = []
         if self._served_until is None and self.gw.rollup.usable:
             try:
-                models = queries.served_models_rollup(cur, hi - timedelta(seconds=SERVED_SEED_S))
+                models = preagg_read.served_models(cur, hi - timedelta(seconds=SERVED_SEED_S))
             except duckdb.Error as exc:
                 log.warning("could not read the models served in the last week: %s", exc)
         lo = self._served_until or hi - timedelta(seconds=MAX_WINDOW_S)

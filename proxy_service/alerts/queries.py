@@ -1,11 +1,12 @@
-"""The alerting SQL, parameterised: window figures for live evaluation and 7-day series for backtests.
+"""The alerting SQL, parameterised: window figures for live evaluation.
 
 Live figures count the calls of authenticated clients only: a refused tokenless call says nothing about the pool's
 health, and anyone can send one (`unauthorized` calls carry no client id).
 
 Live evaluation reads only the rows of its window: `ts >= now - window` is pruned by DuckDB's per-row-group min/max
 (zone maps) on these append-ordered tables, so the cost follows the window's rows, never the table's size. Rules
-sharing (window, filters, grouping) share one query. Backtests read the 15-minute rollup (`rollup.py`) only.
+sharing (window, filters, grouping) share one query. Backtests read the 15-minute pre-aggregates through
+`analytics/preagg_read.py`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
-
-from proxy_service.analytics.rollup import TIERS
 
 # filter / group name → column; only these identifiers are ever put into SQL text
 REQUEST_COLUMNS = {"model": "model", "project": "project", "key": "key_id", "client": "client_id", "surface": "surface"}
@@ -92,42 +91,3 @@ def served_models(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) ->
 def _rows(rel: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
     names = [d[0] for d in rel.description]
     return {row[0]: dict(zip(names, row, strict=True)) for row in rel.fetchall()}
-
-
-# -- backtests: the 15-minute rollup ------------------------------------------------------------------------------
-_COUNTERS_15M, _LATENCY_15M = TIERS[900]
-_COUNTERS_1H = TIERS[3600][0]
-_BACKTEST_COUNTERS = f"""
-    SELECT bucket, CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes
-    FROM {_COUNTERS_15M} WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket ORDER BY bucket"""
-_BACKTEST_EXHAUSTED = f"""
-    SELECT bucket, CAST(sum(calls) AS BIGINT) AS calls FROM {_COUNTERS_15M}
-    WHERE dim = 'status' AND val = '429' AND bucket >= ? AND bucket < ? GROUP BY bucket"""
-_BACKTEST_LATENCY = f"""
-    SELECT bucket, lb, CAST(sum(n) AS DOUBLE) AS n FROM {_LATENCY_15M}
-    WHERE dim = ? AND val = ? AND bucket >= ? AND bucket < ? GROUP BY bucket, lb ORDER BY bucket, lb"""
-
-
-def served_models_rollup(cur: duckdb.DuckDBPyConnection, lo: datetime) -> list[str]:
-    """Models with a success since `lo` in the hourly rollup (a success is an answer upstream served, so the caller
-    held a token)."""
-    sql = f"SELECT DISTINCT val FROM {_COUNTERS_1H} WHERE dim = 'model' AND successes > 0 AND bucket >= ? LIMIT ?"
-    return [m for (m,) in cur.execute(sql, [lo, MAX_SERVED]).fetchall() if m]
-
-
-def backtest_counters(
-    cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
-) -> list[tuple[datetime, int, int]]:
-    """(bucket, calls, successes) per 15-minute bucket with traffic."""
-    return cur.execute(_BACKTEST_COUNTERS, [dim, val, lo, hi]).fetchall()
-
-
-def backtest_exhausted(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> dict[datetime, int]:
-    """Calls answered 429 per bucket (Keyrack's own refusals; the status dimension has no model split)."""
-    return dict(cur.execute(_BACKTEST_EXHAUSTED, [lo, hi]).fetchall())
-
-
-def backtest_latency(
-    cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
-) -> list[tuple[datetime, int, float]]:
-    return cur.execute(_BACKTEST_LATENCY, [dim, val, lo, hi]).fetchall()

@@ -4,7 +4,7 @@ The request (`Spec`) is validated here against allow-lists, so the only text ass
 fragments chosen from them; values travel as parameters (the "open in SQL" text inlines them as quoted literals for
 display, see `sql_text`).
 
-Sources (`plan`): whole local days and whole UTC hours come from the pre-aggregates (`cube.py`, exact counters +
+Sources (`plan`): whole local days and whole UTC hours come from the pre-aggregates (`preagg.py`, exact counters +
 ±2 % histograms) when they hold the query's set, the rest from raw `requests` rows. A top N of keys reads the top
 keys alone and the query without the key, "(other)" being the difference (`_split`). Percentiles from raw rows
 alone: a histogram per group or `quantile_disc` per group (`_raw_percentiles`). Time dimensions are local to the
@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from proxy_service.analytics import cube, queries
+from proxy_service.analytics import preagg, preagg_read, queries
 from proxy_service.analytics.histogram import GAMMA, lb_sql, percentiles, percentiles_by_key
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ CLOCK_DIMS = ("hour_of_day", "day_of_week")
 TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status")
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
 DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
-_RAW_TEXT = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')"}
+_RAW_TEXT = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')"}
 # A group's key in both the counters and the histogram (the same expression over d0, d1 of the same types).
 GROUP_KEY = "hash(d0, d1)"
-_SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in cube.SUMS}
+_SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in preagg.SUMS}
 
 
 class ExploreTimeout(Exception):
@@ -103,7 +103,9 @@ class Spec:
     filters: dict[str, list[Any]] = field(default_factory=dict)  # normalised: values as the dimension's SQL compares
     compare: bool = False
     top_n: int | None = None
-    open_end: bool = False  # `hi` is now: nothing newer exists, so the current hour may be read whole from the cube
+    open_end: bool = (
+        False  # `hi` is now: nothing newer exists, so the current hour may be read whole from the pre-aggregates
+    )
     folded: tuple[str, ...] = ()  # dimensions whose every value reads as OTHER: not read from the rows at all
 
 
@@ -235,7 +237,7 @@ def _text(spec: Spec) -> set[str]:
 def dim_sql(dim: str, part: Part, text: set[str], offs: queries.Offsets) -> Frag:
     """The dimension's value in a pre-aggregated row (of the set `text`) or a raw `requests` row."""
     if dim in TEXT_DIMS:
-        return Frag(cube.column_of(dim, text) if part.grain else _RAW_TEXT[dim], [])
+        return Frag(preagg.column_of(dim, text) if part.grain else _RAW_TEXT[dim], [])
     u = _local("bucket" if part.grain else "ts", offs)
     if dim == "hour_of_day":
         return Frag(f"({u.sql} // {_HOUR_US} % 24)", u.params)
@@ -253,7 +255,8 @@ def dim_sql(dim: str, part: Part, text: set[str], offs: queries.Offsets) -> Frag
 def _where(spec: Spec, part: Part, text: set[str], offs: queries.Offsets) -> Frag:
     params: list[Any] = []
     if part.grain:
-        clauses, params = ["grain = ?", "a = ?", "b = ?", "bucket >= ?", "bucket < ?"], [part.grain, *cube.set_of(text)]
+        _, cond, params = preagg_read.scan(part.grain, text)
+        clauses = [cond, "bucket >= ?", "bucket < ?"]
     else:
         clauses = ["ts >= ?", "ts < ?"]
     params += [part.lo, part.hi]
@@ -325,7 +328,7 @@ def _keyed(
 
 @dataclass(frozen=True)
 class Part:
-    """A piece of the range and where it is read: pre-aggregates of `grain` ('d' local days, 'h' hours) or raw
+    """A piece of the range and where it is read: pre-aggregates of `grain` ('d' local days, '1h' hours) or raw
     rows ('')."""
 
     grain: str
@@ -342,8 +345,8 @@ def plan(spec: Spec, tz: ZoneInfo, zone: str | None, histogram: bool = False) ->
     timed = {d for d in (*spec.dimensions, *spec.filters) if d not in TEXT_DIMS}
     if zone is None:
         return offs, [Part("", spec.lo, spec.hi)]
-    hour_ok = cube.holds("h", text, histogram) and (not timed or offs.aligned(3600))
-    day_ok = cube.holds("d", text, histogram) and (not timed or (zone == tz.key and timed <= DAY_DIMS))
+    hour_ok = preagg.holds(preagg.HOUR, text, histogram) and (not timed or offs.aligned(3600))
+    day_ok = preagg.holds(preagg.DAY, text, histogram) and (not timed or (zone == tz.key and timed <= DAY_DIMS))
 
     def edge(lo: datetime, hi: datetime) -> list[Part]:
         """[lo, hi) by whole hours (up to now: the current hour whole, nothing newer exists) and raw edges."""
@@ -355,21 +358,21 @@ def plan(spec: Spec, tz: ZoneInfo, zone: str | None, histogram: bool = False) ->
         b = queries.ceil_grain(hi, 3600) if spec.open_end and hi == spec.hi else queries.floor_time(hi, 3600)
         if a >= b:
             return [Part("", lo, hi)]
-        return [*([Part("", lo, a)] if lo < a else []), Part("h", a, b), *([Part("", b, hi)] if b < hi else [])]
+        return [*([Part("", lo, a)] if lo < a else []), Part(preagg.HOUR, a, b), *([Part("", b, hi)] if b < hi else [])]
 
     if day_ok:
-        starts = cube.day_starts(ZoneInfo(zone), spec.lo, spec.hi)
+        starts = preagg.day_starts(ZoneInfo(zone), spec.lo, spec.hi)
         inner = [s for s in starts if s >= spec.lo and (s <= spec.hi or spec.open_end)]
         if len(inner) >= 2:
             a, b = inner[0], inner[-1]
-            return offs, [*edge(spec.lo, a), Part("d", a, b), *edge(b, spec.hi)]
+            return offs, [*edge(spec.lo, a), Part(preagg.DAY, a, b), *edge(b, spec.hi)]
     return offs, edge(spec.lo, spec.hi)
 
 
 def _sums(spec: Spec) -> list[str]:
     """The counters the requested measures read (calls always: it decides which groups exist)."""
     exprs = [COUNTER_MEASURES[m] for m in spec.measures if m in COUNTER_MEASURES]
-    return [s for s in cube.SUMS if s == "calls" or any(re.search(rf"\b{s}\b", e) for e in exprs)]
+    return [s for s in preagg.SUMS if s == "calls" or any(re.search(rf"\b{s}\b", e) for e in exprs)]
 
 
 def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops: dict) -> Frag:
@@ -380,17 +383,17 @@ def _counter_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops: d
         where = _where(spec, part, text, offs)
         cols = ", ".join([*(k.sql for k in keys), ""]) if keys else ""
         if part.grain:
-            selects.append(f"SELECT {cols}{', '.join(wanted)} FROM {cube.COUNTERS} WHERE {where.sql}")
+            selects.append(f"SELECT {cols}{', '.join(wanted)} FROM {preagg.COUNTERS} WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
         elif "upstream_429s" in spec.measures:  # the attempts lookup costs a join: only when asked for
-            lookup = cube.upstream_429s_sql("?", "?")
-            sums = ", ".join(f"{cube.RAW_SUMS[s]} AS {s}" for s in wanted)
+            lookup = preagg.upstream_429s_sql("?", "?")
+            sums = ", ".join(f"{preagg.RAW_SUMS[s]} AS {s}" for s in wanted)
             selects.append(
                 f"SELECT {cols}{sums} FROM requests r LEFT JOIN ({lookup}) u USING (request_id) WHERE {where.sql}"
             )
             params += [p for k in keys for p in k.params] + [part.lo, part.hi] + where.params
         else:
-            sums = ", ".join(f"{cube.RAW_SUMS[s]} AS {s}" for s in wanted)
+            sums = ", ".join(f"{preagg.RAW_SUMS[s]} AS {s}" for s in wanted)
             selects.append(f"SELECT {cols}{sums} FROM requests r WHERE {where.sql}")
             params += [p for k in keys for p in k.params] + where.params
     return Frag(" UNION ALL ".join(selects), params)
@@ -503,7 +506,7 @@ def _histogram_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops:
         where = _where(spec, part, text, offs)
         cols = ", ".join([*(k.sql for k in keys), *(f"'' AS d{i}" for i in range(n, 2))])
         if part.grain:
-            selects.append(f"SELECT {cols}, lb, n FROM {cube.HISTOGRAM} WHERE metric = ? AND {where.sql}")
+            selects.append(f"SELECT {cols}, lb, n FROM {preagg.HISTOGRAM} WHERE metric = ? AND {where.sql}")
             params += [p for k in keys for p in k.params] + [metric, *where.params]
         else:
             selects.append(
@@ -755,16 +758,6 @@ def to_arrow(ans: Answer, deadline: float | None = None) -> pa.Table:
         check_deadline(deadline)
         cols[c] = [r[i] for r in ans.rows]
     return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
-
-
-def client_calls(cur: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, int]]:
-    """Calls per client id since `since` (whole local days from the pre-aggregates: a listing, not an exact figure)."""
-    rows = cur.execute(
-        f"SELECT av, CAST(sum(calls) AS BIGINT) FROM {cube.COUNTERS} WHERE grain = 'd' AND a = 'client' AND b = '' "
-        "AND bucket >= ? AND av <> '' GROUP BY av",
-        [since],
-    ).fetchall()
-    return [(str(c), int(n)) for c, n in rows]
 
 
 # -- drill-down ----------------------------------------------------------------------------------------------------

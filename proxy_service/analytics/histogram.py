@@ -1,4 +1,4 @@
-"""Log-bucket latency histograms, shared by the stats rollup and the explore cube.
+"""Log-bucket latency histograms, shared by every reader of the pre-aggregates and of raw rows.
 
 A value v falls in bucket lb = ceil(ln(v) / ln(GAMMA)); reading a bucket back as 2·GAMMA^lb/(GAMMA+1) is within
 ±2 % (GAMMA = 1.04) of every value in it, so a nearest-rank percentile read from the histogram is within ±2 % of the

@@ -3,8 +3,9 @@
 Values always travel as parameters; the only text ever assembled into SQL is identifiers and fragments chosen from
 the allow-lists below. Times are naive UTC everywhere (as stored); the display time zone is applied here.
 
-Stats read the 15-minute rollup (`rollup.py`) for whole buckets and the raw `requests` rows for partial edges, so
-figures are exact for counts and sums; p50/p95 come from the rollup's log histogram (±2 %). Local buckets: the
+Stats read the UTC 1-hour and 15-minute pre-aggregates (`preagg.py`, through `preagg_read.scan`) for whole buckets
+and the raw `requests` rows for partial edges, so figures are exact for counts and sums; p50/p95 come from the
+pre-aggregates' log histograms (±2 %). Local buckets: the
 UTC offset of the display zone over the queried range is a handful of constant segments (DST changes twice a
 year), so a bucket is `date_trunc(g, t + offset(t))` with offset(t) a CASE over the segment boundaries, computed
 in Python with zoneinfo — exact, and much cheaper than ICU's per-row `timezone()` (bench/analytics.py).
@@ -25,7 +26,8 @@ import duckdb
 
 from proxy_service.analytics import histogram
 from proxy_service.analytics.buckets import floor_time
-from proxy_service.analytics.rollup import TIERS
+from proxy_service.analytics.preagg import TIERS
+from proxy_service.analytics.preagg_read import scan
 from proxy_service.store import PUBLIC_TABLES, StatsSource, hidden_columns, public_select
 
 if TYPE_CHECKING:
@@ -233,7 +235,9 @@ _RAW_GROUP = {
     "status": "coalesce(CAST(status AS VARCHAR), '')",
     "key": "coalesce(key_id, '')",
 }
-_ROLLUP_DIM = {"none": "all", "model": "model", "project": "project", "status": "status"}
+_PREAGG_COUNTERS = "bucket, av, calls, successes, latency_sum, latency_n, prompt_tokens, output_tokens, total_tokens"
+_PREAGG_HIST = "bucket, av, lb, n"
+_PREAGG_SET: dict[str, set[str]] = {"none": set(), "model": {"model"}, "project": {"project"}, "status": {"status"}}
 _LB = histogram.lb_sql("latency_ms")
 _COUNTERS = """
     SELECT b AS bucket, g AS "group", CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(successes) AS BIGINT) AS successes,
@@ -274,15 +278,16 @@ def aggregate(
     counters, hists, c_params, h_params = [], [], [], []
     for part, (b_rollup, p_rollup), (b_raw, p_raw) in parts:
         if part.source == "rollup":
-            c_table, h_table = TIERS[part.grain]
-            for table in (c_table, h_table):
-                scans.setdefault(f"_s_{table}", (table, []))[1].append(part)
+            grain = TIERS[part.grain]
+            c_scan, h_scan = f"_s_counters_{grain}", f"_s_hist_{grain}"
+            scans.setdefault(c_scan, (f"counters:{grain}", []))[1].append(part)
+            scans.setdefault(h_scan, (f"hist:{grain}", []))[1].append(part)
             where, wp = " WHERE bucket >= ? AND bucket < ?", [part.lo, part.hi]
             counters.append(
-                f"SELECT {b_rollup} AS b, val AS g, calls, successes, latency_sum, latency_n, prompt_tokens, "
-                f"output_tokens, total_tokens FROM _s_{c_table}{where}"
+                f"SELECT {b_rollup} AS b, av AS g, calls, successes, latency_sum, latency_n, prompt_tokens, "
+                f"output_tokens, total_tokens FROM {c_scan}{where}"
             )
-            hists.append(f"SELECT {b_rollup} AS b, val AS g, lb, n FROM _s_{h_table}{where}")
+            hists.append(f"SELECT {b_rollup} AS b, av AS g, lb, n FROM {h_scan}{where}")
             c_params += [*p_rollup, *wp]
             h_params += [*p_rollup, *wp]
         else:
@@ -310,11 +315,14 @@ def aggregate(
         params: list[Any] = []
         for name in names:
             table, ranges = scans[name]
-            column, extra, extra_params = (
-                ("ts", key_filter, key_params)
-                if table == "requests"
-                else ("bucket", " AND dim = ?", [_ROLLUP_DIM[group]])
-            )
+            if table == "requests":
+                column, extra, extra_params, wanted = "ts", key_filter, key_params, columns
+            else:  # "counters:<grain>" or "hist:<grain>"
+                kind, grain = table.split(":")
+                table, cond, extra_params = scan(grain, _PREAGG_SET[group], "l" if kind == "hist" else None)
+                column, extra = "bucket", f" AND {cond}"
+                # The pre-aggregates are wider than what the stats read: a materialised scan keeps only these.
+                wanted = _PREAGG_HIST if kind == "hist" else _PREAGG_COUNTERS
             # The bounding range is what the scan can prune row groups / files with (an OR of ranges is not pushed
             # down); the OR keeps only the parts' rows.
             # A scan that serves one part is inlined (materialising a large rollup range slows the embedded file down).
@@ -322,7 +330,7 @@ def aggregate(
             how = "MATERIALIZED" if len(ranges) > 1 else "NOT MATERIALIZED"
             source_table = raw_table if table == "requests" else table
             out.append(
-                f"{name} AS {how} (SELECT {columns} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
+                f"{name} AS {how} (SELECT {wanted} FROM {source_table} WHERE {column} >= ? AND {column} < ? "
                 f"AND ({spans}){extra})"
             )
             params += [min(p.lo for p in ranges), max(p.hi for p in ranges)]
@@ -340,15 +348,13 @@ def aggregate(
             rows = cur.execute(f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}", r_params)
             cur.register(_RAW_ROWS, rows.to_arrow_table())
     try:
-        counter_tables = {"requests", *(c for c, _ in TIERS.values())}
-        c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if t in counter_tables])
+        c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if not t.startswith("hist:")])
         table = cur.execute(
             f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params]
         ).to_arrow_table()
         if not percentiles:
             return table
-        hist_tables = {"requests", *(h for _, h in TIERS.values())}
-        h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if t in hist_tables])
+        h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if not t.startswith("counters:")])
         hist = cur.execute(
             f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
         ).to_arrow_table()
@@ -598,21 +604,6 @@ def recent_calls(cur: duckdb.DuckDBPyConnection, key_id: str, limit: int = 20) -
 def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description or []]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-# -- forecasts ---------------------------------------------------------------------------------------------------------
-def hourly_calls(cur: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> list[tuple[datetime, str, int]]:
-    """Calls per UTC hour in [lo, hi) per model, and the total as model '' — from the 1-hour rollup only (a forecast
-    over 90 days never scans the raw rows). Hours without calls are absent."""
-    counters = TIERS[3600][0]
-    return [
-        (b, "" if dim == "all" else val, int(n))
-        for b, dim, val, n in cur.execute(
-            f"SELECT bucket, dim, val, sum(calls) FROM {counters} WHERE dim IN ('all', 'model') AND bucket >= ? "
-            "AND bucket < ? GROUP BY ALL ORDER BY 1",
-            [lo, hi],
-        ).fetchall()
-    ]
 
 
 # -- quota windows after a restart -------------------------------------------------------------------------------------

@@ -1,37 +1,21 @@
-"""The request rollup: exact pre-aggregates that keep the stats endpoints fast on tens of millions of rows.
+"""The lifecycle of the pre-aggregates (`preagg.py`): one fold, one compaction, one trim, one rebuild path.
 
-Why: on tens of millions of `requests` rows a plain hourly series with percentiles, and a display-time-zone
-conversion through ICU, read every row; the rollup answers the same questions from a small fraction of them
-(bench/analytics.py measures both on the same file).
-
-Shape: two tiers, UTC 1-hour and UTC 15-minute buckets, each a pair of tables (several rows may exist per key
-between compactions; readers always SUM):
-- `rollup_requests[_1h]`: calls, successes, latency sum/count, token sums per `bucket` × `dim` ∈ all · model ·
-  project · status × `val` (the dimension's value, '' for NULL);
-- `rollup_latency[_1h]`: a log-bucket latency histogram for the same keys: `lb` = ceil(ln(latency_ms) / ln(GAMMA)),
-  so p50/p95 read back as 2·GAMMA^lb/(GAMMA+1) are within ±2 % (GAMMA = 1.04) of the exact rank value.
-The key dimension is not rolled up (1,000 sparse keys would make it as large as the raw table); per-key figures read
-the raw rows.
-
-Why these grains: every time zone in use today has a UTC offset that is a multiple of 15 minutes and changes it
-(DST) at 15-minute-aligned instants, so every local hour/day/week/month boundary is a 15-minute boundary: any
-display zone (Asia/Kolkata +5:30, Asia/Kathmandu +5:45...) gets exact buckets from the 15-minute tier without a
-rebuild. Whole-hour zones (most) read the 1-hour tier, fewer rows. `queries.split` picks the coarsest tier that
-fits and reads raw rows only for partial edges.
+Why: on tens of millions of `requests` rows a plain hourly series with percentiles, or an Explore slice by two
+dimensions, reads every row; the pre-aggregates answer the same questions from a small fraction of them
+(bench/analytics.py, bench/explore.py measure both on the same file).
 
 Exactness by construction: the writer calls `on_append` right after each batch lands in `requests`, on the writer
-thread, so the rollup sees exactly the rows the table got, late or not. A fold's CPU cost barely depends on the
-batch size, so appended batches are kept and folded together every `FOLD_EVERY_S` (or past `FOLD_ROWS` rows);
-readers call `fold()` through the writer first, so what they read is always complete. `compact()` (a periodic writer job) merges
-the partial rows of the buckets touched since its last run. At startup `install()` compares each tier's total with
-`count(*)` of requests and rebuilds when they differ (first start on an old file, rows changed while the proxy was
-stopped, a crash between the appends); when they agree, the gateway's install marks the last hour as touched, so the
-first compaction merges what the previous process folded after its last one. If maintaining it ever fails, `stale` is set: readers fall back to the raw
-table (slower, still exact) until the next job tick rebuilds it.
-
-The explore cube (`cube.py`, all low-cardinality dimensions at once, hourly) lives and dies with the rollup: same
-fold, compaction, trim, rebuild and staleness. Folds wait for the append after the requests one in a flush (attempts,
-which the cube reads) or for a reader.
+thread, so the pre-aggregates see exactly the rows the table got, late or not. A fold's CPU cost barely depends on
+the batch size, so appended batches are kept and folded together every `FOLD_EVERY_S` (or past `FOLD_ROWS` rows);
+folds wait for the append after the requests one in a flush (attempts, which the upstream-429 counters read), and
+readers call `fold()` through the writer first, so what they read is always complete. `compact()` (a periodic writer
+job) merges the partial rows of the buckets touched since its last run. `trim()` follows retention. At startup
+`install()` compares each grain's total with `count(*)` of requests and rebuilds when they differ (first start on an
+old file — whose obsolete tables `preagg.install` drops —, rows changed while the proxy was stopped, a crash between
+the appends) or when the layout version or the display zone changed; when they agree, the install marks the last
+hour as touched, so the first compaction merges what the previous process folded after its last one. If maintaining
+them ever fails, `stale` is set: readers fall back to the raw table (slower, still exact) until the next job tick
+rebuilds them.
 """
 
 from __future__ import annotations
@@ -47,9 +31,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from proxy_service.analytics import cube
+from proxy_service.analytics import preagg
 from proxy_service.analytics.buckets import floor_time
-from proxy_service.analytics.histogram import GAMMA
 from proxy_service.events import Columns, insert_columns
 from proxy_service.store import utcnow
 
@@ -58,71 +41,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keyrack.rollup")
 
-# 4: explore pre-aggregates per local day (cube.py) replace the all-dimensions cube; 5: + per key; 6: + key pairs
-VERSION = "6"
-TIERS: dict[int, tuple[str, str]] = {  # grain (s) → (counters table, histogram table), coarsest first
-    3600: ("rollup_requests_1h", "rollup_latency_1h"),
-    900: ("rollup_requests", "rollup_latency"),
-}
+# 4: explore pre-aggregates per local day replace the all-dimensions cube; 5: + per key; 6: + key pairs;
+# 7: one family (`preagg`) for stats, Explore, alerts and forecasts
+VERSION = "7"
 FOLD_EVERY_S = 2.0  # a small, fixed share of a core at any traffic level (bench/analytics.py times reads with folds)
 FOLD_ROWS = 100_000
 INLINE_CHUNK_DAYS = 7
-_INTERVAL = {3600: "INTERVAL 1 HOUR", 900: "INTERVAL 15 MINUTE"}
-
-_COUNTERS_DDL = """CREATE TABLE IF NOT EXISTS {table} (
-    bucket TIMESTAMP NOT NULL, dim VARCHAR NOT NULL, val VARCHAR NOT NULL, calls BIGINT, successes BIGINT,
-    latency_sum DOUBLE, latency_n BIGINT, prompt_tokens BIGINT, output_tokens BIGINT, total_tokens BIGINT)"""
-_LATENCY_DDL = """CREATE TABLE IF NOT EXISTS {table} (
-    bucket TIMESTAMP NOT NULL, dim VARCHAR NOT NULL, val VARCHAR NOT NULL, lb SMALLINT NOT NULL, n BIGINT)"""
 _META_DDL = "CREATE TABLE IF NOT EXISTS rollup_meta (name VARCHAR PRIMARY KEY, value VARCHAR)"
-
-# One row per request with the grouping columns normalised ('' for NULL).
-_BASE = """
-    SELECT time_bucket({interval}, ts) AS bucket, coalesce(model, '') AS model,
-           coalesce(project, '') AS project, coalesce(CAST(status AS VARCHAR), '') AS status,
-           outcome = 'success' AS ok, latency_ms, prompt_tokens, output_tokens, total_tokens,
-           CAST(ceil(ln(greatest(latency_ms, 0.01)) / ln({gamma})) AS SMALLINT) AS lb
-    FROM {source}"""
-_DIM_CASE = """CASE WHEN grouping(model) = 0 THEN 'model' WHEN grouping(project) = 0 THEN 'project'
-                    WHEN grouping(status) = 0 THEN 'status' ELSE 'all' END"""
-# ORDER BY dim, bucket: a rebuilt table is clustered so that a query for one dimension skips the others' row groups.
-_INSERT_COUNTERS = f"""
-    INSERT INTO {{counters}}
-    WITH base AS ({_BASE})
-    SELECT bucket, {_DIM_CASE}, coalesce(model, project, status, ''), count(*), count(*) FILTER (WHERE ok),
-           sum(latency_ms), count(latency_ms), sum(prompt_tokens), sum(output_tokens), sum(total_tokens)
-    FROM base GROUP BY GROUPING SETS ((bucket), (bucket, model), (bucket, project), (bucket, status))
-    ORDER BY 2, 1"""
-_INSERT_LATENCY = f"""
-    INSERT INTO {{latency}}
-    WITH base AS ({_BASE} WHERE latency_ms IS NOT NULL)
-    SELECT bucket, {_DIM_CASE}, coalesce(model, project, status, ''), lb, count(*)
-    FROM base GROUP BY GROUPING SETS ((bucket, lb), (bucket, model, lb), (bucket, project, lb), (bucket, status, lb))
-    ORDER BY 2, 1"""
 # Sources: the batches just appended (a temp table, or an Arrow table registered under this name on the writer
-# cursor) or the whole table.
+# cursor) or one chunk of the whole table.
 _BATCH = "_rollup_batch"
 _CHUNK = "_rollup_chunk"
-_IN_TOUCHED = "WHERE bucket BETWEEN ? AND ? AND list_contains(?, bucket)"
-_COMPACT_COUNTERS = f"""
-    CREATE OR REPLACE TEMP TABLE _rollup_c AS
-    SELECT bucket, dim, val, sum(calls)::BIGINT, sum(successes)::BIGINT, sum(latency_sum), sum(latency_n)::BIGINT,
-           sum(prompt_tokens)::BIGINT, sum(output_tokens)::BIGINT, sum(total_tokens)::BIGINT
-    FROM {{counters}} {_IN_TOUCHED} GROUP BY ALL"""
-_COMPACT_LATENCY = f"""
-    CREATE OR REPLACE TEMP TABLE _rollup_l AS
-    SELECT bucket, dim, val, lb, sum(n)::BIGINT FROM {{latency}} {_IN_TOUCHED} GROUP BY ALL"""
 
 
 def _insert(
     cur: duckdb.DuckDBPyConnection, source: str, tz: ZoneInfo, span: tuple[datetime, datetime] | None = None
 ) -> None:
-    """Fold the `requests` rows in table `source` into every tier and the explore pre-aggregates."""
-    for grain, (counters, latency) in TIERS.items():
-        base = {"interval": _INTERVAL[grain], "gamma": GAMMA, "source": source}
-        cur.execute(_INSERT_COUNTERS.format(counters=counters, **base))
-        cur.execute(_INSERT_LATENCY.format(latency=latency, **base))
-    cube.insert(cur, source, tz, span=span)
+    """Fold the `requests` rows in table `source` into the pre-aggregates."""
+    preagg.insert(cur, source, tz, span=span)
 
 
 def _meta(cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
@@ -131,7 +67,7 @@ def _meta(cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
 
 
 def fold_batch(cur: duckdb.DuckDBPyConnection, batch: pa.Table) -> None:
-    """Insert the rollup rows of `batch` (rows about to be appended to `requests`); raises on failure.
+    """Insert the pre-aggregate rows of `batch` (rows about to be appended to `requests`); raises on failure.
 
     Cluster mode calls it inside the transaction that appends the batch, so the rollup and the raw rows of a lake
     agree at every snapshot whatever the number of writers. The local days are those of the zone the tables were
@@ -161,15 +97,14 @@ class _Rebuild:
 
 
 class Rollup:
-    """Maintains the rollup tables; all methods that write run on the event writer's thread."""
+    """Maintains the pre-aggregates; all methods that write run on the event writer's thread."""
 
     def __init__(self, zone: str = "UTC") -> None:
         self.zone = zone  # the local days of the explore pre-aggregates
         self.stale = False
         self.background = False  # rebuild in chunks (driven by `rebuild_step`) rather than in one go
         self.rebuilding: _Rebuild | None = None
-        self._touched: set[datetime] = set()  # 15-minute buckets appended to since the last compaction
-        self._cube_touched: set[datetime] = set()  # hour and local-day buckets of the explore pre-aggregates
+        self._touched: set[datetime] = set()  # buckets (any grain) appended to since the last compaction
         self._lock = threading.Lock()
         self._pending: Columns = {}  # rows appended to `requests`, not folded yet, per column (writer thread only)
         self._pending_rows = 0
@@ -198,19 +133,13 @@ class Rollup:
         writer thread until it returns False, and readers go raw meanwhile. Otherwise rebuild before returning."""
         self.background = background
         cur.execute(_META_DDL)
-        for counters, latency in TIERS.values():
-            cur.execute(_COUNTERS_DDL.format(table=counters))
-            cur.execute(_LATENCY_DDL.format(table=latency))
-        cube.install(cur)
+        preagg.install(cur)
         # One snapshot for all the counts: on a lake, other replicas commit between two statements.
         cur.execute("BEGIN TRANSACTION")
         try:
             raw = cur.execute("SELECT count(*) FROM requests").fetchone()
             n = raw[0] if raw else 0
-            agree = all(
-                cur.execute(f"SELECT coalesce(sum(calls), 0) FROM {counters} WHERE dim = 'all'").fetchone() == (n,)
-                for counters, _ in TIERS.values()
-            ) and cube.total_calls(cur) == (n, n)
+            agree = all(calls == n for calls in preagg.total_calls(cur).values())
         finally:
             cur.execute("COMMIT")
         if _meta(cur, "version") != VERSION or _meta(cur, "zone") != self.zone or not agree:
@@ -232,10 +161,7 @@ class Rollup:
         """Empty the tables and plan the chunks (one local day each, oldest first)."""
         cur.execute("BEGIN TRANSACTION")
         try:
-            for counters, latency in TIERS.values():
-                cur.execute(f"DELETE FROM {counters}")
-                cur.execute(f"DELETE FROM {latency}")
-            cube.reset(cur)
+            preagg.reset(cur)
             cur.execute("DELETE FROM rollup_meta WHERE name IN ('version', 'zone')")
             cur.execute("COMMIT")
         except Exception:
@@ -245,13 +171,12 @@ class Rollup:
         self._pending, self._pending_rows = {}, 0  # the chunks read them from `requests`
         with self._lock:
             self._touched.clear()
-            self._cube_touched.clear()
         self.stale = False
         chunks: list[tuple[datetime, datetime]] = []
         until = utcnow()
         if span is not None and span[0] is not None:
             until = span[1] + timedelta(microseconds=1)
-            starts = cube.day_starts(self.tz, span[0], span[1])
+            starts = preagg.day_starts(self.tz, span[0], span[1])
             # One local day per chunk in the background (the writer waits for one chunk at most); a week at a time
             # inline, where nothing waits and fewer, larger statements are faster.
             days = [a for a in starts if a < until] + [until]
@@ -289,7 +214,7 @@ class Rollup:
                 return True
         cur.execute("BEGIN TRANSACTION")
         try:
-            cube.cluster(cur)  # once, on the whole history
+            preagg.cluster(cur)  # once, on the whole history
             # Delete + insert rather than INSERT OR REPLACE: a DuckLake table (cluster mode) has no primary key.
             cur.execute("DELETE FROM rollup_meta WHERE name IN ('version', 'zone')")
             cur.execute("INSERT INTO rollup_meta VALUES ('version', ?), ('zone', ?)", [VERSION, self.zone])
@@ -315,7 +240,7 @@ class Rollup:
     def on_append(self, cur: duckdb.DuckDBPyConnection, table: str, batch: Columns) -> None:
         """EventWriter hook: keep the batch just appended to `requests`; fold when enough has gathered.
 
-        Folds only after another table's append: a flush appends requests first, then the attempts the cube needs
+        Folds only after another table's append: a flush appends requests first, then the attempts the upstream-429 counters need
         for those requests (a request's attempts are recorded before it)."""
         if self.stale:
             return
@@ -352,9 +277,7 @@ class Rollup:
             ts = batch["ts"]
             span = (min(ts), max(ts))
             minutes = {t.replace(second=0, microsecond=0) for t in ts}
-            buckets = {floor_time(m, 900) for m in minutes}
-            hours = sorted({floor_time(m, 3600) for m in minutes})
-            cube_buckets = cube.touched(hours, span[0], span[1], self.tz)
+            buckets = preagg.touched({floor_time(m, 900) for m in minutes}, span[0], span[1], self.tz)
             # A temp table with the columns of `requests` (their types, so the folds read what the table got).
             cur.execute(f"CREATE OR REPLACE TEMP TABLE {_BATCH} AS SELECT * FROM requests LIMIT 0")
             try:
@@ -369,7 +292,6 @@ class Rollup:
             return
         with self._lock:
             self._touched.update(buckets)
-            self._cube_touched.update(cube_buckets)
 
     def touch(self, lo: datetime, hi: datetime) -> None:
         """Mark [lo, hi] as appended to, so that the next `compact` merges whatever partial rows its buckets hold:
@@ -377,35 +299,23 @@ class Rollup:
         quarters = [
             floor_time(lo, 900) + timedelta(minutes=15 * i) for i in range(int((hi - lo) / timedelta(minutes=15)) + 2)
         ]
-        hours = sorted({floor_time(q, 3600) for q in quarters})
         with self._lock:
-            self._touched.update(quarters)
-            self._cube_touched.update(cube.touched(hours, lo, hi, self.tz))
+            self._touched.update(preagg.touched(set(quarters), lo, hi, self.tz))
 
     def compact(self, cur: duckdb.DuckDBPyConnection) -> int:
-        """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns buckets."""
+        """Merge the partial rows of the buckets touched since the last call; rebuild if stale. Returns the bucket
+        instants merged (any grain)."""
         self.fold(cur)
         if self.stale:
             self.rebuild(cur)
             return 0
         with self._lock:
             touched, self._touched = self._touched, set()
-            cube_touched, self._cube_touched = self._cube_touched, set()
-        if not touched and not cube_touched:
+        if not touched:
             return 0
         cur.execute("BEGIN TRANSACTION")
         try:
-            for grain, (counters, latency) in TIERS.items() if touched else ():
-                buckets = sorted({floor_time(b, grain) for b in touched})
-                params = [buckets[0], buckets[-1], buckets]
-                cur.execute(_COMPACT_COUNTERS.format(counters=counters), params)
-                cur.execute(_COMPACT_LATENCY.format(latency=latency), params)
-                cur.execute(f"DELETE FROM {counters} {_IN_TOUCHED}", params)
-                cur.execute(f"DELETE FROM {latency} {_IN_TOUCHED}", params)
-                cur.execute(f"INSERT INTO {counters} SELECT * FROM _rollup_c")
-                cur.execute(f"INSERT INTO {latency} SELECT * FROM _rollup_l")
-            if cube_touched:
-                cube.compact(cur, sorted(cube_touched))
+            preagg.compact(cur, sorted(touched))
             cur.execute("COMMIT")
         except Exception:
             # A lake commit that failed (a conflict with another replica's insert) has already ended its
@@ -414,11 +324,7 @@ class Rollup:
                 cur.execute("ROLLBACK")
             with self._lock:
                 self._touched.update(touched)
-                self._cube_touched.update(cube_touched)
             raise
-        finally:
-            cur.execute("DROP TABLE IF EXISTS _rollup_c")
-            cur.execute("DROP TABLE IF EXISTS _rollup_l")
         return len(touched)
 
     def trim(self, cur: duckdb.DuckDBPyConnection, before: datetime) -> None:
@@ -428,7 +334,4 @@ class Rollup:
             self.rebuilding.trim_due = before
             return
         self.fold(cur)  # the pending rows are in `requests`: the day recomputed below must not count them twice
-        for counters, latency in TIERS.values():
-            cur.execute(f"DELETE FROM {counters} WHERE bucket < ?", [before])
-            cur.execute(f"DELETE FROM {latency} WHERE bucket < ?", [before])
-        cube.trim(cur, before, self.tz)
+        preagg.trim(cur, before, self.tz)

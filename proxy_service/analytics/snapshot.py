@@ -26,7 +26,8 @@ from typing import Any
 import duckdb
 
 from proxy_service.analytics.buckets import floor_time
-from proxy_service.analytics.rollup import TIERS, Rollup
+from proxy_service.analytics.preagg import TIERS
+from proxy_service.analytics.rollup import Rollup
 from proxy_service.store import PUBLIC_TABLES, private_dir, private_file, public_select
 
 log = logging.getLogger("keyrack.snapshot")

@@ -33,7 +33,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
 
-from proxy_service.analytics.rollup import TIERS, Rollup
+from proxy_service.analytics import preagg
+from proxy_service.analytics.rollup import Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.settings import CONNINFO_PASSWORD
@@ -339,9 +340,8 @@ def compact_lake(cur: duckdb.DuckDBPyConnection, rollup: Rollup, prune_journal: 
     """The leader's lake maintenance (writer thread): fold the rollup rows that several commits left for one key (and
     the per-key counter deltas), drop old journal ids (`prune_journal`), write inlined rows out to Parquet, merge small adjacent files, expire snapshots older than SNAPSHOT_KEEP and
     delete their files. Readers' cost per scan grows with inlined rows and files until this runs."""
-    counters = TIERS[900][0]
     rows = cur.execute(
-        f"SELECT DISTINCT bucket FROM (SELECT bucket FROM {counters} GROUP BY bucket, dim, val "
+        f"SELECT DISTINCT bucket FROM (SELECT bucket FROM {preagg.COUNTERS} GROUP BY bucket, grain, a, av, b, bv "
         "HAVING count(*) > 1) ORDER BY 1 LIMIT 2000"
     ).fetchall()
     with rollup._lock:

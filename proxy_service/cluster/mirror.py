@@ -1,4 +1,4 @@
-"""A replica-local mirror of the lake's rollup tables and of the raw rows at stats' range edges, so that a stats read
+"""A replica-local mirror of the lake's pre-aggregate tables (`preagg.py`) and of the raw rows at stats' range edges, so that a stats read
 makes no catalog round trip beyond one snapshot check.
 
 On a DuckLake every table scan costs several PostgreSQL catalog queries (files, column statistics, delete files,
@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from proxy_service.analytics import preagg
 from proxy_service.analytics.buckets import floor_time
+from proxy_service.analytics.preagg import TIERS
 from proxy_service.analytics.queries import RAW_COLUMNS
-from proxy_service.analytics.rollup import TIERS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,10 +60,10 @@ log = logging.getLogger("keyrack.cluster.mirror")
 DB = "lake_mirror"  # a DuckDB file of the replica's own: compressed, paged (in memory: far larger, and slower)
 SCHEMA = f"{DB}.rollup"  # views, what readers see
 DATA = f"{DB}.main"  # tables with the lake's row id
-TABLES = tuple(t for pair in TIERS.values() for t in pair)
+TABLES = (preagg.COUNTERS, preagg.HISTOGRAM)
 RAW = "requests"  # the lake table whose rows at stats' range edges are mirrored
 EDGES = f"{DATA}.requests_edges"  # those rows (RAW_COLUMNS and the lake's row id)
-EDGE_GRAIN = min(TIERS)  # a raw part of a stats range lies within one bucket of the finest rollup tier
+EDGE_GRAIN = min(TIERS)  # a raw part of a stats range lies within one bucket of the finest UTC grain
 EDGE_BUCKETS = 96  # most buckets held; a read needing more (a long raw range) reads the lake
 EDGE_ROWS = 2_000_000  # most rows held (the busiest buckets of a high-traffic cluster are big)
 EDGE_IDLE_S = 3600.0  # a bucket no read used for this long is dropped at the next fetch
@@ -232,7 +233,9 @@ class Mirror:
         cur.register("_mirror_rows", rows)
         cur.execute("BEGIN")
         try:
-            cur.execute(f"CREATE OR REPLACE TABLE {DATA}.{table} AS SELECT * FROM _mirror_rows ORDER BY dim, bucket")
+            cur.execute(
+                f"CREATE OR REPLACE TABLE {DATA}.{table} AS SELECT * FROM _mirror_rows ORDER BY grain, a, b, bucket"
+            )
             cur.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.{table} AS SELECT * EXCLUDE (_rowid) FROM {DATA}.{table}")
             cur.execute("COMMIT")
         except BaseException:

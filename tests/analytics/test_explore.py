@@ -1,4 +1,4 @@
-"""Explore: the cube and the query builder against plain SQL over the raw rows, on a real DuckDB file."""
+"""Explore: the pre-aggregates and the query builder against plain SQL over the raw rows, on a real DuckDB file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from proxy_service.analytics import cube, explore
+from proxy_service.analytics import explore, preagg
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.events import AttemptEvent
 from tests.analytics.test_queries import DB, event
@@ -123,7 +123,7 @@ LOCAL = {
     "week": "strftime(date_trunc('week', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
     "month": "strftime(date_trunc('month', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
 }
-RAW = {**cube.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
+RAW = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
 
 
 def raw_sql(
@@ -473,8 +473,8 @@ def test_the_cube_follows_appends_after_compaction(loaded: DB) -> None:
     ans = ask(loaded, measures=["calls"], **{"from": START.isoformat(), "to": END.isoformat()})
     assert ans.rows == [[3050]]
     loaded.writer.submit(loaded.rollup.compact).result()
-    for grain in cube.GRAINS:
-        rows = loaded.cur.execute(f"SELECT sum(calls) FROM {cube.COUNTERS} WHERE grain = ? AND a = ''", [grain])
+    for grain in preagg.GRAINS:
+        rows = loaded.cur.execute(f"SELECT sum(calls) FROM {preagg.COUNTERS} WHERE grain = ? AND a = ''", [grain])
         assert rows.fetchone() == (3050,)
 
 
@@ -588,8 +588,8 @@ def test_a_background_rebuild_reads_raw_meanwhile_and_counts_rows_appended_durin
     assert rollup.usable and rollup.progress is None
     loaded.writer.submit(rollup.compact).result()
     _agree(loaded, UTC)
-    for grain in cube.GRAINS:
-        rows = loaded.cur.execute(f"SELECT sum(calls) FROM {cube.COUNTERS} WHERE grain = ? AND a = ''", [grain])
+    for grain in preagg.GRAINS:
+        rows = loaded.cur.execute(f"SELECT sum(calls) FROM {preagg.COUNTERS} WHERE grain = ? AND a = ''", [grain])
         assert rows.fetchone() == (3003,)
 
 
@@ -623,16 +623,14 @@ def test_retention_in_the_middle_of_a_local_day_keeps_that_day_equal_to_the_raw_
 def test_touch_lets_a_new_process_compact_the_partial_rows_an_earlier_one_folded(loaded: DB) -> None:
     extra, _ = traffic(40, seed=5)
     loaded.add(*[event(e.ts, 0, model=e.model, request_id=f"t{i}") for i, e in enumerate(extra)])  # folded only
-    partial = (
-        f"SELECT count(*) FROM (SELECT 1 FROM {cube.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
-    )
+    partial = f"SELECT count(*) FROM (SELECT 1 FROM {preagg.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
     assert loaded.cur.execute(partial).fetchone() != (0,)
     fresh = Rollup()  # a new process: it knows of no bucket appended to
     assert loaded.writer.submit(fresh.compact).result() == 0
     fresh.touch(START, END)
     loaded.writer.submit(fresh.compact).result()
     assert loaded.cur.execute(partial).fetchone() == (0,)
-    assert cube.total_calls(loaded.cur) == (3040, 3040)
+    assert set(preagg.total_calls(loaded.cur).values()) == {3040}
 
 
 def test_a_new_process_merges_the_partial_rows_an_earlier_one_left_in_the_last_hour(loaded: DB) -> None:
@@ -640,13 +638,11 @@ def test_a_new_process_merges_the_partial_rows_an_earlier_one_left_in_the_last_h
     merges what a killed or stopped process folded after its last one."""
     last = loaded.cur.execute("SELECT max(ts) FROM requests").fetchone()[0]
     loaded.add(*[event(last - timedelta(minutes=i), 0, request_id=f"late{i}") for i in range(50)])  # folded only
-    partial = (
-        f"SELECT count(*) FROM (SELECT 1 FROM {cube.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
-    )
+    partial = f"SELECT count(*) FROM (SELECT 1 FROM {preagg.COUNTERS} GROUP BY bucket, grain, a, av, b, bv HAVING count(*) > 1)"
     assert loaded.cur.execute(partial).fetchone() != (0,)
     fresh = Rollup()
     loaded.writer.submit(lambda cur: fresh.install(cur, background=True)).result()
     assert fresh.rebuilding is None  # the tables agreed with `requests`: nothing was rebuilt
     loaded.writer.submit(fresh.compact).result()
     assert loaded.cur.execute(partial).fetchone() == (0,)
-    assert cube.total_calls(loaded.cur) == (3050, 3050)
+    assert set(preagg.total_calls(loaded.cur).values()) == {3050}

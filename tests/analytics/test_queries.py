@@ -222,10 +222,10 @@ def test_install_rebuilds_when_the_rollup_disagrees(tmp_path: Path) -> None:
     )
     rollup = Rollup()
     rollup.install(cur)  # rows written without the proxy: the rollup is built from them
-    assert cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone() == (100,)
+    assert cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone() == (100,)
     cur.execute("DELETE FROM requests WHERE ts < TIMESTAMP '2026-01-01 00:30:00'")
     rollup.install(cur)
-    assert cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone() == (70,)
+    assert cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone() == (70,)
     cur.close()
     store.close()
 
@@ -234,11 +234,11 @@ def test_compaction_merges_partial_rows_and_keeps_totals(db: DB) -> None:
     t = datetime(2026, 3, 1, 10, 1)
     for i in range(5):
         db.add(event(t + timedelta(seconds=i), i, latency_ms=100.0 + i))
-    count = "SELECT count(*) FROM rollup_requests WHERE dim = 'all'"
+    count = "SELECT count(*) FROM preagg WHERE grain = '15m' AND a = ''"
     assert db.cur.execute(count).fetchone() == (5,)
-    assert db.writer.submit(db.rollup.compact).result() == 1
+    assert db.writer.submit(db.rollup.compact).result() == 2  # the quarter (= its hour) and the local day
     assert db.cur.execute(count).fetchone() == (1,)
-    assert db.cur.execute("SELECT calls, successes FROM rollup_requests WHERE dim = 'all'").fetchone() == (5, 5)
+    assert db.cur.execute("SELECT calls, successes FROM preagg WHERE grain = '15m' AND a = ''").fetchone() == (5, 5)
 
 
 def test_a_failed_rollup_update_falls_back_to_raw_and_rebuilds(db: DB, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +255,7 @@ def test_a_failed_rollup_update_falls_back_to_raw_and_rebuilds(db: DB, monkeypat
     db.add(event(t, 3))  # skipped while stale: the rebuild will count it
     db.writer.submit(db.rollup.compact).result()  # the job tick rebuilds
     assert not db.rollup.stale
-    assert db.cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone() == (3,)
+    assert db.cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone() == (3,)
 
 
 # -- retention and export --------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_retention_trims_raw_and_rollup_at_the_same_instant(db: DB) -> None:
     deleted = db.writer.submit(lambda cur: snapshot.apply_retention(cur, cutoffs, db.rollup)).result()
     assert deleted["requests"] == 29
     raw = db.cur.execute("SELECT count(*) FROM requests").fetchone()
-    rolled = db.cur.execute("SELECT sum(calls) FROM rollup_requests WHERE dim = 'all'").fetchone()
+    rolled = db.cur.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone()
     assert raw == rolled == (11,)
 
 
@@ -326,7 +326,7 @@ def test_batches_gather_until_a_fold_so_the_writer_does_not_fold_every_flush(db:
     for i in range(3):
         db.writer.record(event(t + timedelta(seconds=i), i))
         db.writer.flush()
-    count = "SELECT coalesce(sum(calls), 0) FROM rollup_requests WHERE dim = 'all'"
+    count = "SELECT coalesce(sum(calls), 0) FROM preagg WHERE grain = '15m' AND a = ''"
     assert db.cur.execute("SELECT count(*) FROM requests").fetchone() == (3,)
     assert db.cur.execute(count).fetchone() == (0,)  # appended, not folded yet
     db.writer.submit(db.rollup.fold).result()

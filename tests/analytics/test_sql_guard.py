@@ -98,7 +98,7 @@ def rejected(store: Store, sql: str) -> str:
         ("SELECT * FROM main.keys", "unknown table 'main.keys'"),
         ("SELECT * FROM main.settings", "the settings table is not available"),
         ("SELECT * FROM information_schema.tables", "unknown table 'information_schema.tables'"),
-        ("SELECT * FROM rollup_requests", "unknown table 'rollup_requests'"),
+        ("SELECT * FROM preagg", "unknown table 'preagg'"),
         ("SELECT * FROM nonexistent", "unknown table 'nonexistent'"),
         ("SELECT * FROM k.main.keys", "database-qualified names are not allowed"),
         ("WITH settings AS (SELECT * FROM settings) SELECT * FROM settings", "a CTE may not be named 'settings'"),

@@ -1,25 +1,31 @@
-"""The explore pre-aggregates: exact counters per local day for every pair of low-cardinality dimensions.
+"""The pre-aggregates: one family of exact counters and log-bucket histograms that Trends (stats), Explore, alert
+backtests and forecasts all read, kept in step with `requests` by the writer (`rollup.py` owns the lifecycle).
 
-Why: Explore slices any measure by any two dimensions. A cube over all dimensions at once does not shrink on real
-traffic (keys rotate across projects, so project × client × model × outcome × ... occurs about once per call), so
-reading it is as slow as reading the raw rows. What stays small whatever the traffic is one dimension or a pair:
-model × client has at most 5 × 50 values a day, project × client 40 × 50. So, per **local day of the display zone**
-(`grain` 'd'), one row per value of every single dimension and of every pair of them (8 + 28 sets, plus the total),
-with exact counters; and a log-bucket histogram (same GAMMA as the rollup: percentiles within ±2 %) of latency and
-TTFB per single dimension. Per **UTC hour** (`grain` 'h') the counters per single dimension and the histogram of the
-total (for hour / hour-of-day views). A set is named by its dimensions `a` ≤ `b` (in DIMS order; '' when absent)
-and their values `av`, `bv`. `explore.py` picks the set a query needs, and reads raw rows for what no set holds.
+Two tables, one row per (`bucket`, `grain`, set, value) between compactions (readers always SUM):
+- `preagg`: counters (calls, successes, exhausted, attempts, upstream 429s, token and byte sums, latency / TTFB
+  sums and counts);
+- `preagg_hist`: log-bucket histograms (`metric` 'l' latency, 't' time to first byte; `lb` = ceil(ln(v) /
+  ln(GAMMA)), percentiles read back within ±2 %, see `histogram.py`).
+A set is named by its dimensions `a` ≤ `b` (in DIMS order, then `key`; '' when absent) and their values `av`, `bv`
+('' for NULL). What each `grain` keeps:
+- '15m' (UTC quarter hours) and '1h' (UTC hours): the total and each single dimension; histograms of the total and
+  of the stats dimensions (model, project, status) — '1h' for whole-hour display zones and forecasts, '15m' for
+  zones with :30/:45 offsets (every zone in use today changes its offset at 15-minute-aligned instants, so every
+  local hour/day/week/month boundary is a 15-minute boundary) and alert backtests; '15m' keeps latency histograms
+  only (its readers, the stats and backtests, read no TTFB; Explore reads '1h' and 'd');
+- 'd' (local days of the display zone: `bucket` is the UTC instant of its local midnight, the zone is in
+  `rollup_meta`, a change rebuilds): every single dimension and every pair (8 + 28 sets, plus the total), the key
+  alone and with each of KEY_PAIRS; histograms per single dimension.
+Why pairs and no more: a cube over all dimensions at once does not shrink on real traffic (keys rotate across
+projects, so project × client × model × ... occurs about once per call); one dimension or a pair stays small
+(model × client: at most 5 × 50 values a day). Not here: `key` × `client` (as large as the raw rows), `key`'s
+histograms, histograms of pairs, three dimensions at once; per-key stats read the raw rows.
 
-`key` has counters per local day, alone and with each of KEY_PAIRS (1,000 keys × ~20 values: ~20,000 rows a day);
-not here: `key` × `client` (keys rotate over every client: as large as the raw table), `key`'s histograms, histograms
-of pairs (project × client × 150 latency buckets a day is again the raw table), and three dimensions at once (a
-query filtering on a third one).
-
-Local days: a day's `bucket` is the UTC instant its local midnight falls on, for the zone in `rollup_meta` (the
-display zone; a change rebuilds). Upstream 429s live in `attempts`: a request's attempts are recorded before the
-request itself, so when rows are folded every one of their attempts is already in the table; the fold looks them up
-in the rows' time span. The rollup (`rollup.py`) owns the lifecycle: it calls `insert`, `compact`, `trim` and
-`reset` here at the same points as for its own tables, on the writer thread.
+Upstream 429s live in `attempts`: a request's attempts are recorded before the request itself, so when rows are
+folded every one of their attempts is already in the table; the fold looks them up in the rows' time span.
+Readers build their filters with `preagg_read.py` (the one reader module); this module is the writer's side:
+`insert` (fold), `compact`, `trim`, `reset`, `cluster`, `install` (which drops the tables of the two families this
+one replaced: an old file then rebuilds from `requests` because its counts no longer agree).
 """
 
 from __future__ import annotations
@@ -33,9 +39,20 @@ import duckdb
 
 from proxy_service.analytics.histogram import lb_sql
 
-COUNTERS = "explore_agg"
-HISTOGRAM = "explore_hist"
-OLD_TABLES = ("cube_1h", "cube_hist_1h")  # the all-dimensions cube of rollup version 3
+COUNTERS = "preagg"
+HISTOGRAM = "preagg_hist"
+# Tables of older layouts, dropped at install: the stats rollup (two tiers), the explore pre-aggregates, and the
+# all-dimensions cube of rollup version 3.
+OBSOLETE_TABLES = (
+    "rollup_requests",
+    "rollup_latency",
+    "rollup_requests_1h",
+    "rollup_latency_1h",
+    "explore_agg",
+    "explore_hist",
+    "cube_1h",
+    "cube_hist_1h",
+)
 DIMS = ("model", "project", "client", "surface", "operation", "stream", "outcome", "status")
 # How each dimension is computed from a `requests` row ('' for NULL, so that it can be grouped and compared).
 RAW_DIMS = {
@@ -87,26 +104,29 @@ RAW_SUMS = {
 }
 # A request's attempts end within this long after it started (the call deadline is far shorter).
 ATTEMPT_SLACK = "INTERVAL 1 HOUR"
-GRAINS = ("h", "d")
+QUARTER, HOUR, DAY = "15m", "1h", "d"
+GRAINS = (QUARTER, HOUR, DAY)
+TIERS = {3600: HOUR, 900: QUARTER}  # the UTC grains by length in seconds, coarsest first
+STATS_DIMS = ("model", "project", "status")  # the stats' (Trends, alerts) dimensions, with histograms per UTC grain
 # The dimensions kept per local day with `key` (1,000 keys × these: ~20,000 rows a day). Not `client`: keys rotate
 # over every client, so key × client is as large as the raw rows.
 KEY_PAIRS = ("model", "project", "surface", "operation", "stream", "outcome", "status")
 
 
-def _sets(most: int) -> list[tuple[str, ...]]:
-    return [s for n in range(most + 1) for s in combinations(DIMS, n)]
+def _sets(most: int, dims: tuple[str, ...] = DIMS) -> list[tuple[str, ...]]:
+    return [s for n in range(most + 1) for s in combinations(dims, n)]
 
 
 # grain → the dimension sets kept: counters, histograms.
-COUNTER_SETS = {"h": _sets(1), "d": _sets(2)}
-HISTOGRAM_SETS = {"h": _sets(0), "d": _sets(1)}
+COUNTER_SETS = {QUARTER: _sets(1), HOUR: _sets(1), DAY: _sets(2)}
+HISTOGRAM_SETS = {QUARTER: _sets(1, STATS_DIMS), HOUR: _sets(1, STATS_DIMS), DAY: _sets(1)}
 
 
 def holds(grain: str, dims: set[str], histogram: bool) -> bool:
     """Whether the `grain` rows keep the set `dims` (for counters, or for histograms too)."""
     if "key" in dims:  # counters per local day only, of the key alone or with one of KEY_PAIRS
         return (
-            grain == "d"
+            grain == DAY
             and not histogram
             and (dims == {"key"} or (len(dims) == 2 and dims - {"key"} <= set(KEY_PAIRS)))
         )
@@ -174,7 +194,7 @@ def _value_of(name: str) -> str:
     return f"CASE s.{name} {whens} ELSE '' END"
 
 
-_SET_KEYS = f"CASE s.grain WHEN 'h' THEN l.bh ELSE l.bd END, s.grain, s.a, {_value_of('a')}, s.b, {_value_of('b')}"
+_SET_KEYS = f"CASE s.grain WHEN '{QUARTER}' THEN l.bq WHEN '{HOUR}' THEN l.bh ELSE l.bd END, s.grain, s.a, {_value_of('a')}, s.b, {_value_of('b')}"
 
 
 def _bucket_d(starts: list[datetime], col: str = "ts") -> tuple[str, list[Any]]:
@@ -207,8 +227,9 @@ def insert(
             return
         span = (row[0], row[1])
     bucket_d, params_d = _bucket_d(day_starts(tz, span[0], span[1]), "r.ts")
-    keys = f"time_bucket(INTERVAL 1 HOUR, r.ts) AS bh, {bucket_d} AS bd, " + ", ".join(
-        f"{expr} AS {d}" for d, expr in RAW_DIMS.items()
+    keys = (
+        f"time_bucket(INTERVAL 15 MINUTE, r.ts) AS bq, time_bucket(INTERVAL 1 HOUR, r.ts) AS bh, {bucket_d} AS bd, "
+        + ", ".join(f"{expr} AS {d}" for d, expr in RAW_DIMS.items())
     )
     params = [span[0], span[1] + timedelta(microseconds=1), *params_d]
     sums = ", ".join(f"sum({expr}) AS {s}" for s, expr in RAW_SUMS.items())
@@ -220,7 +241,7 @@ def insert(
         FROM l, {_sets_values(COUNTER_SETS, grains)} GROUP BY ALL""",
         params,
     )
-    if "d" in grains:  # per key, alone and with each of KEY_PAIRS: leaves per (day, key, those dimensions)
+    if DAY in grains:  # per key, alone and with each of KEY_PAIRS: leaves per (day, key, those dimensions)
         kdims = ", ".join(f"{RAW_DIMS[d]} AS {d}" for d in KEY_PAIRS)
         sets = ", ".join(["('key', '')", *(f"('{d}', 'key')" for d in KEY_PAIRS)])
         whens = " ".join(f"WHEN '{d}' THEN k.{d}" for d in KEY_PAIRS)
@@ -229,7 +250,7 @@ def insert(
             WITH u AS ({upstream_429s_sql("?", "?")}),
                  k AS (SELECT {bucket_d} AS bd, coalesce(r.key_id, '') AS key_id, {kdims}, {sums}
                        FROM {source} r LEFT JOIN u USING (request_id) GROUP BY ALL)
-            SELECT k.bd, 'd', s.a, CASE s.a WHEN 'key' THEN k.key_id {whens} END, s.b,
+            SELECT k.bd, '{DAY}', s.a, CASE s.a WHEN 'key' THEN k.key_id {whens} END, s.b,
                    CASE s.b WHEN 'key' THEN k.key_id ELSE '' END, {", ".join(f"sum(k.{s})" for s in SUMS)}
             FROM k, (VALUES {sets}) s(a, b) GROUP BY ALL""",
             params,
@@ -241,24 +262,25 @@ def insert(
                    UNION ALL
                    SELECT {keys}, 't', {lb_sql("r.ttfb_ms")}, count(*) FROM {source} r
                    WHERE r.ttfb_ms IS NOT NULL GROUP BY ALL)
-        SELECT {_SET_KEYS}, l.metric, l.lb, sum(l.n) FROM l, {_sets_values(HISTOGRAM_SETS, grains)} GROUP BY ALL""",
+        SELECT {_SET_KEYS}, l.metric, l.lb, sum(l.n) FROM l, {_sets_values(HISTOGRAM_SETS, grains)}
+        WHERE l.metric = 'l' OR s.grain <> '{QUARTER}' GROUP BY ALL""",
         [*params_d, *params_d],
     )
 
 
 def install(cur: duckdb.DuckDBPyConnection) -> None:
-    for table in OLD_TABLES:
+    for table in OBSOLETE_TABLES:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
     for ddl in _DDL:
         cur.execute(ddl)
 
 
-def total_calls(cur: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-    """Calls in the hourly and in the daily totals (each equals count(*) of `requests` when complete)."""
+def total_calls(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Calls in the totals of each grain (each equals count(*) of `requests` when complete)."""
     rows = dict(
         cur.execute(f"SELECT grain, CAST(sum(calls) AS BIGINT) FROM {COUNTERS} WHERE a = '' GROUP BY grain").fetchall()
     )
-    return int(rows.get("h") or 0), int(rows.get("d") or 0)
+    return {g: int(rows.get(g) or 0) for g in GRAINS}
 
 
 def reset(cur: duckdb.DuckDBPyConnection) -> None:
@@ -267,45 +289,48 @@ def reset(cur: duckdb.DuckDBPyConnection) -> None:
 
 
 def cluster(cur: duckdb.DuckDBPyConnection) -> None:
-    """Rewrite both tables ordered by (grain, set, bucket) (after a rebuild, inside its transaction): a query reads
-    one set, and DuckDB skips the row groups whose zone maps exclude it. Folds append the newest days after."""
-    for table in (COUNTERS, HISTOGRAM):
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE _cube_sorted AS SELECT * FROM {table} ORDER BY grain, a, b, bucket")
+    """Rewrite both tables ordered by (grain, set, [metric,] bucket) (after a rebuild, inside its transaction): a
+    query reads one set, and DuckDB skips the row groups whose zone maps exclude it. Folds append the newest after."""
+    for table, order in ((COUNTERS, "grain, a, b, bucket"), (HISTOGRAM, "grain, a, b, metric, bucket")):
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _preagg_sorted AS SELECT * FROM {table} ORDER BY {order}")
         cur.execute(f"DELETE FROM {table}")
-        cur.execute(f"INSERT INTO {table} SELECT * FROM _cube_sorted")
-        cur.execute("DROP TABLE _cube_sorted")
+        cur.execute(f"INSERT INTO {table} SELECT * FROM _preagg_sorted")
+        cur.execute("DROP TABLE _preagg_sorted")
 
 
-def touched(hours: list[datetime], lo: datetime, hi: datetime, tz: ZoneInfo) -> list[datetime]:
-    """The buckets rows fall in: their `hours` and the local days of [lo, hi] (their time span)."""
-    return sorted(set(hours) | set(day_starts(tz, lo, hi)[:-1]))
+def touched(quarters: set[datetime], lo: datetime, hi: datetime, tz: ZoneInfo) -> set[datetime]:
+    """The buckets rows fall in: their quarter hours, those quarters' hours and the local days of [lo, hi] (their time
+    span). Compaction merges every grain's rows of these instants (any extra one is merged harmlessly)."""
+    hours = {q.replace(minute=0) for q in quarters}
+    return quarters | hours | set(day_starts(tz, lo, hi)[:-1])
 
 
 _IN_TOUCHED = "WHERE bucket BETWEEN ? AND ? AND list_contains(?, bucket)"
 
 
 def compact(cur: duckdb.DuckDBPyConnection, buckets: list[datetime]) -> None:
-    """Merge the partial rows of the given buckets (inside the caller's transaction)."""
+    """Merge the partial rows of the given buckets (inside the caller's transaction), written back in the tables'
+    sort order (`cluster`), so that the newest rows' zone maps separate the grains and sets too."""
     params = [buckets[0], buckets[-1], buckets]
     cur.execute(
-        "CREATE OR REPLACE TEMP TABLE _cube_c AS SELECT bucket, grain, a, av, b, bv, "
+        "CREATE OR REPLACE TEMP TABLE _preagg_c AS SELECT bucket, grain, a, av, b, bv, "
         + ", ".join(f"sum({s})::{'DOUBLE' if s.endswith('_sum') else 'BIGINT'}" for s in SUMS)
-        + f" FROM {COUNTERS} {_IN_TOUCHED} GROUP BY ALL",
+        + f" FROM {COUNTERS} {_IN_TOUCHED} GROUP BY ALL ORDER BY grain, a, b, bucket",
         params,
     )
     cur.execute(
-        "CREATE OR REPLACE TEMP TABLE _cube_h AS SELECT bucket, grain, a, av, b, bv, metric, lb, sum(n)::BIGINT "
-        f"FROM {HISTOGRAM} {_IN_TOUCHED} GROUP BY ALL",
+        "CREATE OR REPLACE TEMP TABLE _preagg_h AS SELECT bucket, grain, a, av, b, bv, metric, lb, sum(n)::BIGINT "
+        f"FROM {HISTOGRAM} {_IN_TOUCHED} GROUP BY ALL ORDER BY grain, a, b, metric, bucket",
         params,
     )
     try:
         cur.execute(f"DELETE FROM {COUNTERS} {_IN_TOUCHED}", params)
         cur.execute(f"DELETE FROM {HISTOGRAM} {_IN_TOUCHED}", params)
-        cur.execute(f"INSERT INTO {COUNTERS} SELECT * FROM _cube_c")
-        cur.execute(f"INSERT INTO {HISTOGRAM} SELECT * FROM _cube_h")
+        cur.execute(f"INSERT INTO {COUNTERS} SELECT * FROM _preagg_c")
+        cur.execute(f"INSERT INTO {HISTOGRAM} SELECT * FROM _preagg_h")
     finally:
-        cur.execute("DROP TABLE IF EXISTS _cube_c")
-        cur.execute("DROP TABLE IF EXISTS _cube_h")
+        cur.execute("DROP TABLE IF EXISTS _preagg_c")
+        cur.execute("DROP TABLE IF EXISTS _preagg_h")
 
 
 def trim(cur: duckdb.DuckDBPyConnection, before: datetime, tz: ZoneInfo) -> None:
@@ -317,9 +342,9 @@ def trim(cur: duckdb.DuckDBPyConnection, before: datetime, tz: ZoneInfo) -> None
     if start == before:
         return
     cur.execute(
-        "CREATE OR REPLACE TEMP TABLE _cube_trim AS SELECT * FROM requests WHERE ts >= ? AND ts < ?", [before, end]
+        "CREATE OR REPLACE TEMP TABLE _preagg_trim AS SELECT * FROM requests WHERE ts >= ? AND ts < ?", [before, end]
     )
     try:
-        insert(cur, "_cube_trim", tz, grains=("d",))
+        insert(cur, "_preagg_trim", tz, grains=(DAY,))
     finally:
-        cur.execute("DROP TABLE IF EXISTS _cube_trim")
+        cur.execute("DROP TABLE IF EXISTS _preagg_trim")
