@@ -262,9 +262,10 @@ class Relay:
             )
         )
 
-    def _attempt(
+    def record_attempt(
         self, call: Call, n: int, key: Key, status: int | None, outcome: AttemptOutcome, t0: float, **extra: object
     ) -> None:
+        """One `attempts` row for upstream try `n` of `call` (the Live surface records its connects here too)."""
         self.writer.record(
             AttemptEvent(
                 ts=utcnow(),
@@ -361,7 +362,7 @@ class Relay:
                 self.pool.finished(key)
                 usage = self._usage(call, body)
                 self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
-                self._attempt(call, n, key, 200, "ok", t0)
+                self.record_attempt(call, n, key, 200, "ok", t0)
                 self.record_request(call, self._success_event(call, n, key, len(body), usage, None))
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
@@ -401,7 +402,7 @@ class Relay:
         self.pool.failed(
             key, f"{outcome}: {type(exc.__cause__ or exc).__name__}", None if timeout else call.quota_model
         )
-        self._attempt(call, n, key, status, outcome, t0)
+        self.record_attempt(call, n, key, status, outcome, t0)
         self.record_error(call, key, status, outcome, f"attempt {n}: {describe(exc)}")
         return timeout
 
@@ -410,7 +411,7 @@ class Relay:
         nothing held against the key (no cooldown, no failure count: the upstream served it)."""
         self.pool.finished(key)
         message = f"Keyrack refused an upstream answer: {exc} (attempt {n}, upstream status {status})."
-        self._attempt(call, n, key, status, "too_large", t0)
+        self.record_attempt(call, n, key, status, "too_large", t0)
         self.record_error(call, key, status, "answer_too_large", message)
         ev = self.request_event(call, 502, "upstream_error", n, key)
         ev.error_status, ev.error_message = "ANSWER_TOO_LARGE", message[:500]
@@ -439,7 +440,7 @@ class Relay:
             self.pool.invalid(key, f"{status} {err.reason or err.status}: {err.message}")
         elif outcome == "server_error":
             self.pool.failed(key, f"{status} {err.status}: {err.message}", call.quota_model)
-        self._attempt(call, n, key, status, outcome, t0, **extra)
+        self.record_attempt(call, n, key, status, outcome, t0, **extra)
         if outcome != "client_error":
             self.record_error(
                 call,
@@ -517,7 +518,7 @@ class Relay:
         self, call: Call, n: int, key: Key, resp: httpx.Response, first: bytes, chunks: AsyncIterator[bytes], t0: float
     ) -> Response:
         ttfb = (time.perf_counter() - call.started) * 1000
-        self._attempt(call, n, key, 200, "ok", t0)
+        self.record_attempt(call, n, key, 200, "ok", t0)
 
         async def body() -> AsyncIterator[bytes]:
             tail = first[-STREAM_TAIL:]

@@ -36,12 +36,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from proxy_service import metrics
 from proxy_service.errors import KeyrackError, PoolExhausted, Unauthorized
-from proxy_service.events import AttemptEvent
 from proxy_service.pool import Key
 from proxy_service.quota import parse_rate_limit
-from proxy_service.relay import Call, utcnow
+from proxy_service.relay import AttemptOutcome, Call
 from proxy_service.settings import is_model_name
 from proxy_service.surfaces.common import authenticate, untrusted
 from proxy_service.surfaces.live_wire import (
@@ -244,7 +242,7 @@ class LiveRelay:
                     await upstream.close()
                 pool.finished(key)
                 timeout = isinstance(exc, TimeoutError)
-                outcome = "timeout" if timeout else "connection_error"
+                outcome: AttemptOutcome = "timeout" if timeout else "connection_error"
                 pool.failed(key, f"{outcome}: {type(exc).__name__}", None if timeout else model)
                 self._attempt(session, n, key, None, outcome, t0)
                 self.gw.relay.record_error(call, key, None, outcome, f"attempt {n}: live connect: {type(exc).__name__}")
@@ -295,24 +293,9 @@ class LiveRelay:
         return Refused(code, reason, 400, "client_error")
 
     def _attempt(
-        self, session: Session, n: int, key: Key, status: int | None, outcome: str, t0: float, **extra: Any
+        self, session: Session, n: int, key: Key, status: int | None, outcome: AttemptOutcome, t0: float, **extra: Any
     ) -> None:
-        call = session.call
-        self.gw.relay.writer.record(
-            AttemptEvent(
-                ts=utcnow(),
-                request_id=call.request_id,
-                attempt=n,
-                key_id=key.id,
-                project=key.project,
-                model=call.model,
-                upstream_status=status,
-                outcome=outcome,
-                latency_ms=(time.perf_counter() - t0) * 1000,
-                **extra,
-            )
-        )
-        metrics.ATTEMPTS.labels(outcome).inc()
+        self.gw.relay.record_attempt(session.call, n, key, status, outcome, t0, **extra)
 
     # -- the session -------------------------------------------------------------------------------------------------
     async def _to_client(self, ws: WebSocket, session: Session, data: str | bytes) -> None:
