@@ -69,6 +69,26 @@ def disk_takes_writes(db: Path) -> bool:
         return False
 
 
+def disk_refusal(db: Path) -> OSError | None:
+    """What the database's file system answers to a one-byte write now: None when it takes it. Asked before every
+    write the writer hands DuckDB (a flush, a job): DuckDB 1.5 aborts the whole process when a commit's WAL write
+    succeeds and its sync then fails (the WAL truncate of its rollback throws where no exception may), which is what a
+    disk that failed since the last commit does (ext4 `errors=remount-ro`: the next write is refused at once, the sync
+    of earlier buffered bytes too). Cheap (open, one byte, close; no sync); a disk failing *inside* a commit is still
+    DuckDB's to survive (docs/storage.md)."""
+    if str(db) == ":memory:":
+        return None
+    try:
+        fd = os.open(db.parent / f".{db.name}.probe", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, b"\0", 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
 class WriterUnavailable(RuntimeError):
     """The event writer is not running or did not answer in time (admin answers 503: nothing was confirmed)."""
 
@@ -397,6 +417,13 @@ class EventWriter:
                 self._cur.close()
             self._cur = None
 
+    def _disk_refusal(self) -> tuple[str, OSError] | None:
+        """A storage fault's reason and error when the data disk refuses a write now (see `disk_refusal`)."""
+        exc = disk_refusal(self.store.path)
+        if exc is None:
+            return None
+        return fault_reason(exc) or f"the data disk refuses writes ({exc.strerror})", exc
+
     def _run_job(self, cur: duckdb.DuckDBPyConnection, job: WriteJob) -> None:
         job.settle(cur, log_failure=True)
 
@@ -409,6 +436,12 @@ class EventWriter:
             if not job.future.cancelled():
                 with contextlib.suppress(InvalidStateError):
                     job.future.set_exception(exc)
+            return
+        if (refused := self._disk_refusal()) is not None:
+            self._enter_fault(refused[0], refused[1])
+            if not job.future.cancelled():
+                with contextlib.suppress(InvalidStateError):
+                    job.future.set_exception(StorageFault(refused[0]))
             return
         fn = job.fn
 
@@ -460,6 +493,9 @@ class EventWriter:
         cur = self._cursor()
         if cur is None:
             self._enter_fault(self.store.released or "the database is closed", None)
+            return False
+        if (refused := self._disk_refusal()) is not None:
+            self._enter_fault(refused[0], refused[1])
             return False
         try:
             self._append(cur, table, batch)
