@@ -27,6 +27,7 @@ P95 = "#f58518"
 TOKENS = "#7b61ff"
 OTHERS = "#b0b0b0"
 HEIGHT = 320
+SMALL_HEIGHT = 200
 MAX_TICKS = 12
 # Tableau-like qualitative palette without the success green / failure red / grey used above.
 PALETTE = (
@@ -264,6 +265,16 @@ def calls(df: pd.DataFrame, axis: Axis) -> go.Figure:
         ]
     )
     return _layout(fig, t("chart.calls"), t("chart.count"), axis, stacked=True)
+
+
+def recent_calls(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    """Monitor's small chart: the calls bars of Trends, yesterday and today by the hour, without a legend (green and
+    red say success and failure; the hover says it in words)."""
+    fig = calls(df, axis)
+    fig.update_layout(
+        title={"text": t("monitor.recent_calls")}, height=SMALL_HEIGHT, showlegend=False, xaxis_title=None
+    )
+    return fig
 
 
 def success_rate(df: pd.DataFrame, axis: Axis) -> go.Figure:

@@ -266,6 +266,5 @@ def soonest_card() -> None:
     except AdminError:
         return  # the Monitor page stays useful without it (e.g. a proxy without forecasts)
     value, caption = soonest_text(quota, times.tz())
-    col, _rest = st.columns([1, 3])
-    col.metric(t("forecast.card_title"), value, border=True, help=caption)
-    col.caption(caption)
+    st.metric(t("forecast.card_title"), value, border=True, help=caption)
+    st.caption(caption)

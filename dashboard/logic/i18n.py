@@ -563,6 +563,7 @@ _add("forecast.reset_line", "reset (00:00 Pacific)", "重置（太平洋时间 0
 _add("forecast.runs_out_at", "runs out at {at}", "{at} 耗尽")
 _add("forecast.lasts", "lasts until reset", "可坚持到重置")
 _add("forecast.key_scope", "key {key}", "密钥 {key}")
+_add("monitor.recent_calls", "Calls by the hour, yesterday and today", "每小时调用数（昨天和今天）")
 _add("forecast.card_title", "Soonest quota exhaustion", "最早配额耗尽")
 _add("forecast.card_none", "No model runs out today at the current rate", "按当前速率今天没有模型会耗尽")
 _add("forecast.card_model", "{model} · {pt} Pacific", "{model} · 太平洋时间 {pt}")

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.logic import cache, fmt, times
+from dashboard.logic import cache, charts, fmt, times
 from dashboard.logic.client import AdminClient
 from dashboard.logic.i18n import t
 
@@ -61,6 +61,20 @@ def series(granularity: str, lo: datetime, hi: datetime, group_by: str) -> pd.Da
     out = df.sort_values("bucket")
     out.attrs = dict(df.attrs)  # `rebuilding` (see rebuilding_note)
     return out
+
+
+def recent_chart() -> None:
+    """Monitor's calls by the hour, yesterday and today. Beyond the glance it gives, it is the landing page's Plotly
+    chart: the browser loads and compiles Plotly's JavaScript (the dashboard's largest chunk) while the user reads
+    Monitor, not after a click on Trends (bench/dashboard_browser.py times that click)."""
+    today = times.today()
+    start = today - timedelta(days=1)
+    lo, hi = times.day_range_utc(start, today)
+    df = series("hour", lo, hi, "none")
+    if df is None:
+        return
+    axis = charts.Axis("hour", start, today, times.tz_name())
+    st.plotly_chart(charts.recent_calls(df, axis), key="chart_recent", config=charts.plotly_config())
 
 
 def rebuilding_note(*answers: pd.DataFrame | dict[str, Any] | None) -> None:

@@ -25,7 +25,11 @@ def live_cards() -> None:
 
 
 live_cards()
-forecast_view.soonest_card()  # the Forecast page's headline: which model runs out first today
+soonest, recent = st.columns([1, 3])
+with soonest:
+    forecast_view.soonest_card()  # the Forecast page's headline: which model runs out first today
+with recent:
+    trends_data.recent_chart()
 st.divider()
 flt = kp.filters(kp.projects())
 kp.batch_summary()

@@ -198,6 +198,24 @@ def test_monitor_separates_sections_and_filters(dash_env: Stack) -> None:
     assert key_id(fake_key("key-alpha-1")) in set(kt(at)[0].value["id"])
 
 
+def test_monitor_charts_yesterday_and_today_by_the_hour(dash_env: Stack) -> None:
+    """Every call of yesterday and today (local days) in the small chart's bars, as raw SQL counts them."""
+    from dashboard.logic import times
+
+    at = start()
+    (chart,) = [c for c in at.get("plotly_chart") if "chart_recent" in c.proto.id]
+    spec = json.loads(chart.proto.spec)
+    assert spec["layout"]["title"]["text"] == t("monitor.recent_calls")
+    today = times.today()
+    lo, hi = times.day_range_utc(today - timedelta(days=1), today)
+    naive = [f"TIMESTAMP '{d.replace(tzinfo=None).isoformat(' ')}'" for d in (lo, hi)]  # the store keeps UTC
+    sql = f"SELECT count(*) FROM requests WHERE ts >= {naive[0]} AND ts < {naive[1]}"
+    (count,) = dash_env.admin("POST", "/query", json={"sql": sql, "format": "json"})["rows"][0]
+    assert count > 0
+    assert sum(_values(trace["y"]).sum() for trace in spec["data"]) == count
+    assert len(_values(spec["data"][0]["y"])) == 48  # one bar per hour of the two days
+
+
 def test_monitor_disable_enable_copy_and_details(dash_env: Stack) -> None:
     secret = unique("key-solo")
     (kid,) = dash_env.add_keys([secret], project="solo", label=unique("solo"))
