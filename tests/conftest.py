@@ -6,8 +6,9 @@ Parallel safety (`make test` runs `pytest -n 4 --dist loadgroup`):
 - **A file runs on one worker, in order.** Many modules share module- or package-scoped servers and build on
   earlier tests' state, so the unit of work is the file (`FileOrGroupScheduling` below); `--dist loadgroup` is
   needed for xdist to tag grouped tests, and this conftest widens its per-test units to files.
-- **Groups** (`GROUPS`, applied as `xdist_group` marks at collection): files that must not overlap one another run
-  on one worker, one after the other. One group, `heavy`: the real-browser tests (each file drives a Chromium of
+- **Groups** (`GROUPS`, applied as `xdist_group` marks at collection): files, or single tests of a file, that must
+  not overlap one another run on one worker, one after the other (a file's tests outside its group stay a unit of
+  their own, so light tests do not wait in a group's queue). One group, `heavy`: the real-browser tests (each file drives a Chromium of
   several hundred MB beside a real dashboard) and the tests that load the machine on purpose or measure what load
   disturbs (CPU burners starving replicas, soaks and bench smoke runs with RSS and throughput figures). Two of
   them at once starve each other into their deadlines: a first parallel run that let the CPU burners overlap a
@@ -155,13 +156,14 @@ def proxy(start_proxy: Callable[..., Proxy], upstream: Upstream) -> Proxy:
 
 
 # -- parallel safety (see the module docstring) ----------------------------------------------------------------------
+# A key is a file or one test of a file ("file::test"): a file's other tests are a unit of their own.
 GROUPS: dict[str, str] = {
     path: "heavy"
     for path in (
         "tests/dashboard/test_browser.py",
         "tests/dashboard/test_explore_browser.py",
         "tests/dashboard/test_alerts_browser.py",
-        "tests/cluster/test_durability.py",
+        "tests/cluster/test_durability.py::test_three_starved_replicas_sigterm_then_sigkill_every_answer_once",
         "tests/cluster/test_bench_cluster.py",
         "tests/reliability/test_soak.py",
         "tests/test_bench_smoke.py",
@@ -175,6 +177,7 @@ GROUPS: dict[str, str] = {
         "tests/cluster/test_leader.py",
         "tests/cluster/test_lake.py",
         "tests/cluster/test_trust.py",
+        "tests/cluster/test_durability.py::test_key_counters_equal_the_lake_after_conflicts_and_a_postgres_outage",
     )
 }
 # The longest work units of a serial run, longest first (units not named keep their collection order after them).
@@ -186,14 +189,17 @@ FIRST: list[str] = [
 ]
 
 
-def _file_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+def group_of(nodeid: str) -> str | None:
+    """The group of a test (its own entry, else its file's), or None."""
+    file, _, rest = nodeid.partition("::")
+    test = rest.split("[", 1)[0]
+    return GROUPS.get(f"{file}::{test}") or GROUPS.get(file)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks to tag node ids with their group
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = GROUPS.get(_file_of(item))
+        group = group_of(item.nodeid)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
 
@@ -208,8 +214,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             if nodeid.rfind("@") > nodeid.rfind("]"):  # tagged by xdist with its group (a parameter may hold "@")
                 return nodeid.rsplit("@", 1)[1]
-            file = nodeid.split("::", 1)[0]
-            return GROUPS.get(file, file)  # xdist may tag before our marks are added: the table decides
+            # xdist may tag before our marks are added: the table decides
+            return group_of(nodeid) or nodeid.split("::", 1)[0]
 
         def _assign_work_unit(self, node: Any) -> None:
             if not getattr(self, "_ordered", False):

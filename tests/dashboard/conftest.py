@@ -61,6 +61,13 @@ class Stack:
         self.gateway.persist_keys()
         self.gateway.writer.flush()
 
+    def delete_keys(self, ids: list[str]) -> None:
+        """Remove keys a test added, so the shared stack's pool (its projects) is what the next test expects."""
+        for kid in ids:
+            if kid in self.gateway.pool.keys:
+                self.admin("DELETE", f"/keys/{kid}")
+        self.flush()
+
     def add_keys(self, secrets: list[str], project: str | None = None, label: str | None = None) -> list[str]:
         body: dict[str, Any] = {"text": "\n".join(secrets)}
         if project:

@@ -10,7 +10,8 @@ The data dir is a real file system of its own, failed and healed while c=8 real 
 Variants: the fault in steady load with the default checkpoint size; the fault at checkpoint time (a 64 KiB
 `KEYRACK_DUCKDB_WAL_AUTOCHECKPOINT`: a checkpoint fails and DuckDB invalidates the database) with a memory spill of
 200 rows, so the fault outlasts it and rows go to the spill dir (another disk); calls continue after the disk is
-back. After each: every answered call is in `requests` exactly once, without a restart, and /readyz said 503 with the
+back. Each phase ends on what it is for (calls answered before, during and after the fault; the store seen failing;
+rows spilled past memory), not on a clock. After each: every answered call is in `requests` exactly once, without a restart, and /readyz said 503 with the
 reason for the whole time events were not stored; admin writes and exports answered 503 (not 500) meanwhile.
 """
 
@@ -42,8 +43,11 @@ MIX: dict[str, float] = {"generate": 5, "chat": 3, "count": 1, "stream_sse": 1}
 POOL = ",".join(map(fake_key, ("s1", "s2", "s3", "s4")))
 SCENARIO = {"latency_ms": 5, "seed": 3}
 WORKERS = 8
-BEFORE_S, FAULT_S, AFTER_S = 3.0, 12.0, 4.0
+# Phases end on what they are for, not on a clock: answered calls before, during and after the fault.
+BEFORE_CALLS, DURING_CALLS, AFTER_CALLS = 50, 100, 50
+PHASE_S = 60.0  # the longest a phase waits for its condition (a starved machine); the asserts then say what lacked
 RECOVERY_S = 60.0  # generous: a starved machine writes the spill slowly
+SMALL_MEMORY = 200  # event rows held in memory by the variants whose fault outlasts them (the rest go to files)
 
 
 def run(*cmd: str) -> str:
@@ -130,14 +134,28 @@ def loop_devices_work() -> bool:
     return shutil.which("losetup") is not None and Path("/dev/loop-control").exists()
 
 
-async def scenario(url: str, disk: FullDisk | ReadOnlyDisk) -> dict[str, Any]:
-    """Load before, during and after the fault; /readyz sampled all along; admin writes tried during it."""
+async def scenario(url: str, disk: FullDisk | ReadOnlyDisk, memory_rows: int) -> dict[str, Any]:
+    """Load before, during and after the fault; /readyz sampled all along; admin writes tried during it. The fault
+    lasts until the store has been seen failing (/readyz 503), the admin writes were tried, `DURING_CALLS` calls were
+    answered and, with a small memory spill, rows went past it to the spill dir."""
     outcomes: list[Outcome] = []
     samples: list[tuple[float, int, str]] = []  # (time, /readyz status, its storage field)
     admin: dict[str, Any] = {}
     t0 = time.monotonic()
-    fault_at, heal_at = t0 + BEFORE_S, t0 + BEFORE_S + FAULT_S
     times: dict[str, float] = {}
+
+    def answered_since(at: float) -> int:
+        return sum(1 for o in outcomes if o.status is not None and o.started >= at)
+
+    async def wait_for(check: Any) -> None:
+        """Until `check()` (sync or async) is true, at most PHASE_S: the asserts report a phase that fell short."""
+        deadline = time.monotonic() + PHASE_S
+        while time.monotonic() < deadline:
+            done = check()
+            if done if isinstance(done, bool) else await done:
+                return
+            await asyncio.sleep(0.05)
+
     stop_load = asyncio.Event()
     headers = {"authorization": f"Bearer {ADMIN}"}
 
@@ -155,11 +173,15 @@ async def scenario(url: str, disk: FullDisk | ReadOnlyDisk) -> dict[str, Any]:
                     samples.append((time.monotonic(), r.status_code, r.json().get("storage", "")))
                 await asyncio.sleep(0.1)
 
+        async def spilled_past_memory() -> bool:
+            rows = metric((await client.get("/metrics")).text, "keyrack_event_spill_rows")
+            return rows is not None and rows > memory_rows
+
         async def controller() -> None:
-            await asyncio.sleep(fault_at - time.monotonic())
+            await wait_for(lambda: answered_since(t0) >= BEFORE_CALLS)
             await asyncio.to_thread(disk.fail)
             times["fault"] = time.monotonic()
-            await asyncio.sleep(FAULT_S / 2)
+            await wait_for(lambda: any(s[1] == 503 and s[0] >= times["fault"] for s in samples))
             # Admin writes while the disk fails: a config save, a key add, an alert rule save, an export.
             calls = {
                 "config": ("PATCH", "/admin/api/config", {"failure_threshold": 7}),
@@ -180,10 +202,13 @@ async def scenario(url: str, disk: FullDisk | ReadOnlyDisk) -> dict[str, Any]:
                 r = await client.request(method, path, json=body, headers=headers, timeout=40)
                 admin[name] = r.status_code
                 admin[f"{name}_reason"] = r.json().get("error", {}).get("reason", r.text[:200])
-            await asyncio.sleep(heal_at - time.monotonic())
+            await wait_for(lambda: answered_since(times["fault"]) >= DURING_CALLS)
+            if memory_rows <= SMALL_MEMORY:  # the variant whose fault outlasts the memory spill
+                await wait_for(spilled_past_memory)
+                times["spilled_past_memory"] = float(await spilled_past_memory())
             await asyncio.to_thread(disk.heal, time.monotonic() + 30)
             times["heal"] = time.monotonic()
-            await asyncio.sleep(AFTER_S)  # calls continue with the disk back
+            await wait_for(lambda: answered_since(times["heal"]) >= AFTER_CALLS)  # calls continue with the disk back
             stop_load.set()
 
         await asyncio.gather(controller(), sampler(), *(worker(n) for n in range(WORKERS)))
@@ -225,9 +250,9 @@ def metric(text: str, name: str) -> float | None:
 
 CASES = [
     pytest.param("full", "4MiB", 200_000, id="full-disk-steady"),
-    pytest.param("full", "64KiB", 200, id="full-disk-at-checkpoint-outlasting-memory"),
+    pytest.param("full", "64KiB", SMALL_MEMORY, id="full-disk-at-checkpoint-outlasting-memory"),
     pytest.param("readonly", "4MiB", 200_000, id="read-only-steady"),
-    pytest.param("readonly", "64KiB", 200, id="read-only-at-checkpoint-outlasting-memory"),
+    pytest.param("readonly", "64KiB", SMALL_MEMORY, id="read-only-at-checkpoint-outlasting-memory"),
 ]
 
 
@@ -254,7 +279,7 @@ def test_a_failing_data_disk_under_load_loses_no_answered_call(
             )
             try:
                 try:
-                    got = asyncio.run(scenario(url, disk))
+                    got = asyncio.run(scenario(url, disk, memory_rows))
                 except httpx.ConnectError as exc:  # the proxy died: its own log says why
                     raise AssertionError(f"the proxy stopped answering: {proc.log()[-6000:]}") from exc
                 log = proc.log()
@@ -287,6 +312,8 @@ def test_a_failing_data_disk_under_load_loses_no_answered_call(
     )
     print(report)
     assert len(during) > 50, report  # the fault really was under load
+    if memory_rows <= SMALL_MEMORY:
+        assert times["spilled_past_memory"], f"the fault did not outlast the memory spill: {report}"
     assert all(o.request_id for o in answered), report
     assert not missing, report
     assert not twice, report
