@@ -35,6 +35,7 @@ def clean_env(**extra: Any) -> dict[str, str]:
     """The current environment without any KEYRACK_* setting, plus `extra` (KEYRACK_ prefix added when missing)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYRACK_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a process that dies on a signal (an abort in a C library) says where
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     for k, v in extra.items():
         name = k if k.startswith("KEYRACK_") else f"KEYRACK_{k.upper()}"
