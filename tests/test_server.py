@@ -125,7 +125,7 @@ DECAY_PROBE = """
 import ctypes, sys
 import uvicorn
 def read_decay(self, sockets=None):
-    import pyarrow  # what the first admin read in Arrow loads: its buffers in glibc's heaps, which are trimmed
+    import pyarrow  # what a cluster replica's journals load: its buffers in glibc's heaps, which are trimmed
     assert pyarrow.default_memory_pool().backend_name == "system", pyarrow.default_memory_pool().backend_name
     import _duckdb
     lib = ctypes.CDLL(_duckdb.__file__)
