@@ -99,7 +99,7 @@ mark("open the database: schema, safe views, rollup, keys")
 heavy = [m for m in ("pyarrow", "numpy", "pandas") if m in sys.modules]
 steps.append(("loaded by start: " + (", ".join(heavy) or "none of pyarrow, numpy, pandas"), steps[-1][1]))
 import pyarrow, numpy, pyarrow.ipc
-mark("pyarrow and numpy (what the first admin read in Arrow loads, if start did not)")
+mark("pyarrow and numpy (not loaded by an embedded proxy: what they would add)")
 print(json.dumps(steps))
 """
 

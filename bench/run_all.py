@@ -469,6 +469,9 @@ def rows_memory(f: dict[str, Any]) -> list[Row]:
         )
         if dash:
             out.append([area, "the dashboard's Streamlit server at the soak's end", f"{dash:.0f} MB", "", "", "", "–"])
+    if f.get("load_average"):  # the machine's own load moves the soak's request rate, and with it the figures
+        before, after = f["load_average"]
+        out.append([area, "machine load average (1 min), before / after", f"{before:g} / {after:g}", "", "", "", "–"])
     return out
 
 

@@ -15,8 +15,8 @@ dropped (the memory is free again, not just unmapped), and a page DuckDB needs l
 the thread that touches it, a major page fault. The threads that run DuckDB (the writer, readers, its workers) run
 that code, not the event loop. bench/memory.py reports the library's resident pages and the major faults.
 Writable mappings are left alone; MADV_PAGEOUT never discards data (dirty or anonymous pages would go to swap).
-The same holds for the Arrow and numpy libraries the admin reads load (`ARROW_LIBRARIES`): reclaimed with DuckDB's
-once they are loaded, so a dashboard's first read does not leave them resident for the process's life.
+The same holds for the Arrow and numpy libraries where a proxy loads them (`ARROW_LIBRARIES`: a cluster replica's
+writer journals in Arrow; an embedded proxy never loads them): reclaimed with DuckDB's once they are loaded.
 
 glibc's arenas. Every thread that allocates gets an arena of its own, up to eight per core, and each keeps its
 free memory; the reads' worker threads, the writer and DuckDB's own threads would each hold one. `limit_arenas()`
@@ -41,8 +41,8 @@ RECLAIM_TICK_S = 60.0
 MADV_PAGEOUT = 21  # <linux/mman.h>
 M_ARENA_MAX = -8  # <malloc.h>
 ARENA_MAX = 2  # the event loop's thread keeps the main heap; the others share these
-# Packages whose bundled libraries the admin reads load (Arrow answers, percentiles) and whose pages are reclaimed
-# like DuckDB's once they are imported (their wheels keep the libraries beside the package: `numpy.libs`).
+# Packages whose bundled libraries a cluster replica loads (its writer's Arrow journals) and whose pages are
+# reclaimed like DuckDB's once they are imported (their wheels keep the libraries beside the package: `numpy.libs`).
 ARROW_LIBRARIES = ("pyarrow", "numpy")
 _READ_ONLY = ("r-xp", "r--p")  # private mappings the process never writes: code, read-only data, symbol tables
 

@@ -67,10 +67,10 @@ def duckdb_allocator_conf() -> None:
     os.environ.setdefault(ALLOCATOR_ENV, ALLOCATOR_CONF)
 
 
-# pyarrow's allocator. The admin reads answer in Arrow, so the first one loads pyarrow (docs/ARCHITECTURE.md,
-# "Memory", says why it is accepted there), whose default pool is a mimalloc of its own: it keeps what a read frees
-# for later reads, outside glibc's heaps that `heap.trimmer` gives back every second. The system pool puts Arrow's
-# buffers in those heaps. pyarrow reads this when it is first imported; an operator's own value wins.
+# pyarrow's allocator. An embedded proxy never loads pyarrow (docs/ARCHITECTURE.md, "Memory"); a cluster replica
+# does, for its writer's Arrow journals, and pyarrow's default pool is a mimalloc of its own: it keeps what a batch
+# frees for later ones, outside glibc's heaps that `heap.trimmer` gives back every second. The system pool puts
+# Arrow's buffers in those heaps. pyarrow reads this when it is first imported; an operator's own value wins.
 ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 
 

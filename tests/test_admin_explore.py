@@ -285,5 +285,5 @@ def test_the_answer_is_built_and_encoded_within_its_deadline(tmp_path: Path) -> 
     with pytest.raises(explore.ExploreTimeout):
         admin_explore.encode_json(ans, meta, time.monotonic() - 1)
     with pytest.raises(explore.ExploreTimeout):
-        explore.to_arrow(ans, time.monotonic() - 1)
-    assert explore.to_arrow(ans, time.monotonic() + 600).num_rows == len(ans.rows)
+        explore.to_columns(ans, time.monotonic() - 1)
+    assert explore.to_columns(ans, time.monotonic() + 600).num_rows == len(ans.rows)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,7 +125,7 @@ DECAY_PROBE = """
 import ctypes, sys
 import uvicorn
 def read_decay(self, sockets=None):
-    import pyarrow  # what the first admin read in Arrow loads: its buffers in glibc's heaps, which are trimmed
+    import pyarrow  # what a cluster replica's journals load: its buffers in glibc's heaps, which are trimmed
     assert pyarrow.default_memory_pool().backend_name == "system", pyarrow.default_memory_pool().backend_name
     import _duckdb
     lib = ctypes.CDLL(_duckdb.__file__)
@@ -154,12 +155,43 @@ def test_serve_returns_duckdbs_freed_memory_at_once(tmp_path: Path, operator: st
     assert probe(tmp_path, DECAY_PROBE, **env) == expected
 
 
-def test_a_running_proxy_serves_and_stores_calls_without_arrow_numpy_or_pandas(tmp_path: Path) -> None:
-    """The decision (docs/ARCHITECTURE.md, "Memory": pyarrow stays out of the proxy process) on a real `keyrack
-    serve` process, read from outside through /proc/<pid>/maps (no debug hook in the product): proxied calls, their
-    rows appended and folded, the keys persisted and the JSON admin answers a dashboard polls (keys, config, alerts)
-    map none of Arrow's, numpy's or pandas' libraries."""
+# What the dashboard's pages read (Monitor and Trends poll them), each admin read that answers in Arrow in both
+# formats, and the query API in both: (method, path, query parameters or JSON body, answer format).
+EXPLORE = {"measures": ["calls", "p50_latency_ms", "p95_latency_ms"], "dimensions": ["model", "day"], "top_n": 5}
+BACKTEST = {"name": "bt", "metric": "p95_latency_ms", "op": ">", "threshold": 1, "window_s": 900, "for_s": 900}
+ADMIN_READS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("GET", "/admin/api/keys", {}, "json"),
+    ("GET", "/admin/api/config", {}, "json"),
+    ("GET", "/admin/api/alerts/active", {}, "json"),
+    ("GET", "/admin/api/stats/summary", {}, "json"),
+    ("GET", "/admin/api/stats/series", {"granularity": "hour", "group_by": "model"}, "json"),
+    ("GET", "/admin/api/stats/series", {"granularity": "hour", "group_by": "model", "format": "arrow"}, "arrow"),
+    ("GET", "/admin/api/stats/series", {"granularity": "day", "group_by": "key", "format": "arrow"}, "arrow"),
+    ("GET", "/admin/api/stats/top", {"dim": "key"}, "json"),
+    ("GET", "/admin/api/stats/top", {"dim": "model", "format": "arrow"}, "arrow"),
+    ("GET", "/admin/api/stats/outcomes", {"granularity": "hour"}, "arrow"),
+    ("GET", "/admin/api/pool/headroom", {"hours": 24}, "json"),
+    ("GET", "/admin/api/clients", {}, "json"),
+    ("GET", "/admin/api/errors/facets", {}, "json"),
+    ("GET", "/admin/api/forecast/quota", {}, "json"),
+    ("POST", "/admin/api/explore", EXPLORE, "json"),
+    ("POST", "/admin/api/explore", {**EXPLORE, "format": "arrow"}, "arrow"),
+    ("POST", "/admin/api/alerts/backtest", BACKTEST, "json"),
+    ("POST", "/admin/api/query", {"sql": "SELECT model, count(*) AS n FROM requests GROUP BY 1"}, "arrow"),
+    ("POST", "/admin/api/query", {"sql": "SELECT model, ts FROM requests LIMIT 5", "format": "json"}, "json"),
+]
+
+
+def test_a_running_proxy_serves_stores_and_answers_the_dashboard_without_arrow_numpy_or_pandas(
+    tmp_path: Path,
+) -> None:
+    """The decision (docs/ARCHITECTURE.md, "Memory": pyarrow stays out of the proxy process, admin reads included) on
+    a real `keyrack serve` process, read from outside through /proc/<pid>/maps (no debug hook in the product):
+    proxied calls, their rows appended and folded, the keys persisted, and every admin read a dashboard polls, each
+    Arrow answer in both formats and the query API in both, map none of Arrow's, numpy's or pandas' libraries. The
+    Arrow answers are real Arrow streams (read here with pyarrow) with the JSON answers' rows."""
     import httpx
+    import pyarrow as pa
 
     from bench.common import ADMIN_TOKEN, NO_LIMITS, closed_loop, generate_path, start_fake, start_proxy, wait_ready
     from bench.memory import POOL_KEYS
@@ -171,12 +203,28 @@ def test_a_running_proxy_serves_and_stores_calls_without_arrow_numpy_or_pandas(t
         served = closed_loop(proxy.url + generate_path(), concurrency=4, duration=2)
         assert served.responses > 0 and not served.errors
         auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-        for path in ("/admin/api/keys", "/admin/api/config", "/admin/api/alerts/active"):
-            assert httpx.get(proxy.url + path, headers=auth, timeout=60).status_code == 200, path
         deadline = time.monotonic() + 60  # the writer appends within its flush interval: wait for every row
         while time.monotonic() < deadline and written_requests(proxy.url) < served.responses:
             time.sleep(0.2)
         assert written_requests(proxy.url) >= served.responses
+        answers: dict[tuple[str, str], Any] = {}
+        for method, path, args, fmt in ADMIN_READS:
+            kw: dict[str, Any] = {"json": args} if method == "POST" else {"params": args}
+            r = httpx.request(method, proxy.url + path, headers=auth, timeout=120, **kw)
+            assert r.status_code == 200, (path, args, r.text)
+            if fmt == "arrow":
+                assert r.headers["content-type"] == "application/vnd.apache.arrow.stream", path
+                answers[path, fmt] = pa.ipc.open_stream(r.content).read_all()
+            else:
+                answers[path, fmt] = r.json()
+        calls = sum(answers["/admin/api/query", "arrow"].column("n").to_pylist())
+        assert calls == served.responses
+        assert sum(answers["/admin/api/stats/outcomes", "arrow"].column("n").to_pylist()) >= 2 * calls
+        series = answers["/admin/api/stats/series", "json"]["rows"]
+        assert sum(r["calls"] for r in series) == calls and all(r["p95_latency_ms"] for r in series)
+        explored = answers["/admin/api/explore", "arrow"]
+        assert sum(explored.column("calls").to_pylist()) == calls and explored.column("p95_latency_ms").null_count == 0
+        assert explored.num_rows == len(answers["/admin/api/explore", "json"]["rows"])
         mapped = Path(f"/proc/{proxy.proc.pid}/maps").read_text()
         assert not [lib for lib in ("/libarrow.so", "/numpy", "/pandas/") if lib in mapped]
     finally:

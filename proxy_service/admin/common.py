@@ -14,17 +14,15 @@ import functools
 import hmac
 import json
 import logging
-import math
-import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy_service.analytics.answers import ARROW, ResultTable, arrow_ipc, dumps
+from proxy_service.analytics.answers import iso as iso  # the admin routes take it from here
 from proxy_service.errors import ApiError
 from proxy_service.events import WriterUnavailable
 from proxy_service.settings import ConfigError
@@ -32,13 +30,10 @@ from proxy_service.spill import fault_reason
 from proxy_service.store import StorageFault
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from proxy_service.gateway import Gateway
 
 log = logging.getLogger("keyrack.admin")
 MAX_BODY = 10 * 1024 * 1024
-ARROW = "application/vnd.apache.arrow.stream"
 Handler = Callable[["Gateway", Request], Awaitable[Response]]
 
 
@@ -80,56 +75,8 @@ def ok(data: Any, status: int = 200) -> Response:
     return Response(dumps(data), status, media_type="application/json")
 
 
-def arrow_response(table: pa.Table, headers: dict[str, str] | None = None) -> Response:
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
-        stream.write_table(table)
-    return Response(sink.getvalue().to_pybytes(), media_type=ARROW, headers=headers)
-
-
-def dumps(data: Any) -> bytes:
-    return json.dumps(jsonable(data), ensure_ascii=False, allow_nan=False).encode()
-
-
-def jsonable(v: Any) -> Any:
-    """Plain JSON values: times as ISO-8601 UTC ("...Z"; naive times are UTC), NaN → null, bytes → hex."""
-    if v is None or isinstance(v, (str, bool, int)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, datetime):
-        return iso(v)
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    arrow = sys.modules.get("pyarrow")  # an Arrow value can only come from an Arrow table: never import it here
-    if arrow is not None and isinstance(v, arrow.MonthDayNano):  # an interval: seconds when it has no calendar part
-        months, days, ns = v
-        return ns / 1e9 if not months and not days else f"{months} months {days} days {ns / 1e9:g} seconds"
-    if isinstance(v, (list, tuple, set)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, (date, time)):
-        return v.isoformat()
-    if isinstance(v, timedelta):
-        return v.total_seconds()
-    if isinstance(v, Decimal):
-        return float(v) if v.is_finite() else None
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return bytes(v).hex()
-    if isinstance(v, UUID):
-        return str(v)
-    return str(v)
-
-
-def iso(t: datetime | float | None) -> str | None:
-    if t is None:
-        return None
-    if isinstance(t, (int, float)):
-        t = datetime.fromtimestamp(t, UTC)
-    if t.tzinfo is not None:
-        t = t.astimezone(UTC).replace(tzinfo=None)
-    return t.isoformat(timespec="milliseconds") + "Z"
+def arrow_response(table: ResultTable, headers: dict[str, str] | None = None) -> Response:
+    return Response(arrow_ipc(table), media_type=ARROW, headers=headers)
 
 
 # -- request parsing -------------------------------------------------------------------------------------------------

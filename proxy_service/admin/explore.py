@@ -133,7 +133,7 @@ async def run_explore(gw: Gateway, request: Request) -> Response:
     try:
         if fmt == "arrow":
             headers = {f"x-keyrack-{k.replace('_', '-')}": str(v) for k, v in shown.items()}
-            return await asyncio.to_thread(lambda: arrow_response(explore.to_arrow(ans, deadline[0]), headers))
+            return await asyncio.to_thread(lambda: arrow_response(explore.to_columns(ans, deadline[0]), headers))
         body = await asyncio.to_thread(encode_json, ans, shown, deadline[0])
     except explore.ExploreTimeout:
         raise _timeout(limit) from None

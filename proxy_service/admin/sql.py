@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy_service.admin.common import arrow_response, dumps, json_body, ok
+from proxy_service.admin.common import json_body, ok
 from proxy_service.analytics import queries, sql_guard
+from proxy_service.analytics.answers import ARROW
 from proxy_service.analytics.sql_sandbox import SandboxUnavailable
 from proxy_service.errors import ApiError
 
@@ -35,8 +36,9 @@ async def run_query(gw: Gateway, request: Request) -> Response:
     byte_cap = int(cfg.query_byte_cap_mb * 1024 * 1024)
     async with gw.query_slots:
         try:
-            # Both modes: a sandboxed worker process over a Parquet snapshot, never this process.
-            result = await asyncio.to_thread(gw.sandbox.run, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap)
+            # Both modes: a sandboxed worker process over a Parquet snapshot, never this process; it also writes the
+            # answer (JSON or Arrow), so a big answer costs this process neither CPU nor the Arrow libraries.
+            result = await asyncio.to_thread(gw.sandbox.run, sql, cfg.query_timeout_s, cfg.query_row_cap, byte_cap, fmt)
         except sql_guard.QueryRejected as exc:
             raise ApiError(
                 400, f"query not allowed: {exc}", "sql", reason="query_not_allowed", detail=str(exc)
@@ -49,52 +51,14 @@ async def run_query(gw: Gateway, request: Request) -> Response:
             raise ApiError(400, f"query failed: {exc}", "sql", reason="query_failed", detail=str(exc)) from None
         except SandboxUnavailable as exc:
             raise ApiError(503, str(exc), "sql", reason="sql_unavailable", detail=str(exc)) from None
-        # Serialising a big answer takes seconds of CPU: on a worker thread (still inside the query slot), never on
-        # the event loop that serves the proxy.
-        if fmt == "arrow":
-            headers = {
-                "x-keyrack-truncated": "true" if result.truncated else "false",
-                "x-keyrack-rows": str(result.table.num_rows),
-                "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}",
-            }
-            return await asyncio.to_thread(arrow_response, result.table, headers)
-        answer = await asyncio.to_thread(json_answer, result, cfg.query_row_cap, byte_cap)
-    return Response(answer, media_type="application/json")
-
-
-def json_answer(result: sql_guard.QueryResult, row_cap: int, byte_cap: int) -> bytes:
-    """The JSON answer, its rows cut where the encoded rows would pass `byte_cap` bytes (then `truncated`)."""
-    table = result.table
-    columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
-    parts: list[bytes] = []
-    size, count, truncated = 0, 0, result.truncated
-    for batch in table.to_batches(max_chunksize=1000):
-        rows = [list(r.values()) for r in batch.to_pylist()]
-        encoded = dumps(rows)[1:-1]  # a whole batch at once; row by row only for the batch that reaches the cap
-        if size + len(encoded) + 1 <= byte_cap:
-            if encoded:
-                parts.append(encoded)
-            size, count = size + len(encoded) + 1, count + len(rows)
-            continue
-        for row in rows:
-            one = dumps(row)
-            if size + len(one) + 1 > byte_cap:
-                break
-            parts.append(one)
-            size, count = size + len(one) + 1, count + 1
-        truncated = True
-        break
-    head = dumps({"columns": columns})[:-1]  # without its closing brace: the rows follow
-    tail = dumps(
-        {
-            "truncated": truncated,
-            "row_count": count,
-            "row_cap": row_cap,
-            "byte_cap": byte_cap,
-            "elapsed_ms": round(result.elapsed_ms, 1),
+    if fmt == "arrow":
+        headers = {
+            "x-keyrack-truncated": "true" if result.truncated else "false",
+            "x-keyrack-rows": str(result.rows),
+            "x-keyrack-elapsed-ms": f"{result.elapsed_ms:.1f}",
         }
-    )[1:]
-    return head + b', "rows": [' + b",".join(parts) + b"], " + tail
+        return Response(result.body, media_type=ARROW, headers=headers)
+    return Response(result.body, media_type="application/json")
 
 
 async def schema(gw: Gateway, _request: Request) -> Response:

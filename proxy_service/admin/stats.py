@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from proxy_service.admin.common import arrow_response, iso, ok, q_choice, q_int, q_time, rollup_ready
 from proxy_service.analytics import pool_queries, queries
+from proxy_service.analytics.answers import ResultTable
 from proxy_service.errors import ApiError
 from proxy_service.store import utcnow
 
@@ -74,15 +75,13 @@ async def stats_series(gw: Gateway, request: Request) -> Response:
     meta |= _rebuilding(progress)
     if fmt == "arrow":
         return arrow_response(table, _headers(meta))
-    rows = table.to_pylist()
-    for r in rows:
-        r["bucket"] = r["bucket"].isoformat()  # local start with its UTC offset, e.g. 2026-03-08T00:00:00-05:00
+    rows = table.rows()
+    for r in rows:  # the local start with its UTC offset, e.g. 2026-03-08T00:00:00-05:00
+        r["bucket"] = r["bucket"].isoformat()
     return ok({**meta, "rows": rows})
 
 
 async def stats_top(gw: Gateway, request: Request) -> Response:
-    import pyarrow as pa
-
     dim = q_choice(request, "dim", ("key", "model"), "key")
     limit = q_int(request, "limit", 10, 1, 100)
     end = q_time(request, "to") or utcnow()
@@ -96,7 +95,7 @@ async def stats_top(gw: Gateway, request: Request) -> Response:
             key = gw.pool.keys.get(item["name"] or "")
             item["label"], item["project"] = (key.label, key.project) if key else (None, None)
     if q_choice(request, "format", ("json", "arrow"), "json") == "arrow":
-        table = pa.Table.from_pylist(items) if items else pa.table({"name": pa.array([], pa.string())})
+        table = ResultTable.from_rows(items, empty={"name": "string"})
         return arrow_response(table, _headers(_rebuilding(progress)))
     return ok({"dim": dim, "from": iso(start), "to": iso(end), "items": items, **_rebuilding(progress)})
 

@@ -16,7 +16,6 @@ from proxy_service.alerts import queries
 from proxy_service.alerts.rules import METRICS, Rule
 from proxy_service.analytics import preagg_read
 from proxy_service.analytics.buckets import floor_time
-from proxy_service.analytics.histogram import percentiles
 
 SPAN = timedelta(days=7)
 RESOLUTION_S = 900
@@ -64,22 +63,9 @@ def run(cur: duckdb.DuckDBPyConnection, rule: Rule, now: datetime) -> dict[str, 
 def _series(
     cur: duckdb.DuckDBPyConnection, rule: Rule, dim: str, val: str, lo: datetime, hi: datetime
 ) -> list[tuple[datetime, float | None]]:
-    import pyarrow as pa
-
     m = rule.metric
     if m == "p95_latency_ms":
-        rows = preagg_read.backtest_latency(cur, dim, val, lo, hi)
-        hist = pa.table(
-            {
-                "b": [r[0] for r in rows],
-                "g": [""] * len(rows),
-                "gk": [hash(r[0]) for r in rows],
-                "lb": [float(r[1]) for r in rows],
-                "n": [r[2] for r in rows],
-            }
-        )
-        found = percentiles(hist, (0.95,))
-        return [(b, v[0]) for (b, _g), v in sorted(found.items())]
+        return preagg_read.backtest_p95(cur, dim, val, lo, hi)
     counters = preagg_read.backtest_counters(cur, dim, val, lo, hi)
     if m == "calls":
         scale = rule.window_s / RESOLUTION_S

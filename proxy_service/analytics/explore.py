@@ -19,16 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
 
 from proxy_service.analytics import preagg, preagg_read, queries
-from proxy_service.analytics.histogram import GAMMA, lb_sql, percentiles, percentiles_by_key
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+from proxy_service.analytics.answers import ResultTable, infer
+from proxy_service.analytics.histogram import GAMMA, lb_sql, percentiles
 
 OTHER = "(other)"
 MAX_ROWS = 50_000
@@ -428,7 +426,7 @@ def _minus_tops(top: Frag, rest: Frag, i: int, n: int, values: list[str], keep: 
 
 def _counters(
     cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | None, tops: dict
-) -> tuple[pa.Table, list[Part]]:
+) -> tuple[ResultTable, list[Part]]:
     split = _split(spec, tops)
     if split is None:
         offs, parts = plan(spec, tz, zone)
@@ -455,7 +453,7 @@ def _counters(
     measures += [] if "calls" in spec.measures else ["calls"]
     sql = f"WITH c AS ({union.sql}) SELECT {', '.join([*dims, *measures])}, {GROUP_KEY} AS gk FROM ({agg}) "
     sql += "WHERE calls > 0"
-    return cur.execute(sql, union.params).to_arrow_table(), parts
+    return ResultTable.fetch(cur.execute(sql, union.params)), parts
 
 
 def _histogram(
@@ -466,8 +464,9 @@ def _histogram(
     tops: dict,
     metric: str,
     by_key: bool = True,
-) -> tuple[pa.Table, list[Part]]:
-    """The histogram rows per group: (gk, lb, n) when `by_key`, else (b, g, gk, lb, n) (the groups' values too)."""
+) -> tuple[tuple[str, list[Any]], list[Part]]:
+    """The histogram query per group: rows (gk, lb, n) when `by_key`, else (b, g, lb, n) (the groups' values), one
+    per cell; its SQL and parameters."""
     split = _split(spec, tops)
     if split is None:
         offs, parts = plan(spec, tz, zone, histogram=True)
@@ -489,11 +488,11 @@ def _histogram(
     # A group's buckets can sum to 0 in OTHER (every call of it in the top values): left out, as are empty groups.
     if by_key:  # grouped by the hash alone: half the cost of grouping by the two texts on raw rows
         sql = f"{union}, k AS (SELECT {GROUP_KEY} AS gk, lb, n FROM h) SELECT gk, CAST(lb AS DOUBLE) AS lb, "
-        sql += "CAST(sum(n) AS DOUBLE) AS n FROM k GROUP BY gk, lb HAVING sum(n) <> 0 ORDER BY gk, lb"
-    else:  # gk numbers the groups in order (a hash could collide, which is why this path runs)
-        sql = f"{union} SELECT d0 AS b, d1 AS g, dense_rank() OVER (ORDER BY d0, d1) AS gk, CAST(lb AS DOUBLE) AS lb, "
-        sql += "CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY d0, d1, lb HAVING sum(n) <> 0 ORDER BY gk, lb"
-    return cur.execute(sql, rows.params).to_arrow_table(), parts
+        sql += "CAST(sum(n) AS DOUBLE) AS n FROM k GROUP BY gk, lb HAVING sum(n) <> 0"
+    else:  # grouped by the values (two groups' hashes collide, which is why this path runs)
+        sql = f"{union} SELECT d0 AS b, d1 AS g, CAST(lb AS DOUBLE) AS lb, "
+        sql += "CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY d0, d1, lb HAVING sum(n) <> 0"
+    return (sql, rows.params), parts
 
 
 def _histogram_parts(spec: Spec, offs: queries.Offsets, parts: list[Part], tops: dict, metric: str) -> Frag:
@@ -528,7 +527,7 @@ def _tops(cur: duckdb.DuckDBPyConnection, spec: Spec, tz: ZoneInfo, zone: str | 
         one = replace(spec, dimensions=(dim,), measures=("calls",))
         table, _ = _counters(cur, one, tz, zone, {})
         ranked = sorted(
-            zip(table.column("d0").to_pylist(), table.column("calls").to_pylist(), strict=True),
+            zip(table.column("d0"), table.column("calls"), strict=True),
             key=lambda r: (-r[1], r[0]),
         )
         if len(ranked) > spec.top_n:
@@ -565,7 +564,7 @@ def _raw_percentiles(
     metric: str,
     qs: tuple[float, ...],
     groups: int,
-) -> dict[tuple, tuple[float, ...]]:
+) -> dict[tuple, tuple[float | None, ...]]:
     """Percentiles per group (d0, d1 values as the counters give them) when every part is raw rows. Many `groups`:
     DuckDB's `quantile_disc` of the rows' stored latency bucket, read back as a histogram's is (±2 %); on large files
     faster than a histogram per group (hour × project: millions of (group, bucket) cells). Few: that histogram,
@@ -589,9 +588,8 @@ def _raw_percentiles(
         blank = [f"'' AS d{i}" for i in range(n, 2)]
         cells = f"SELECT {', '.join([*shown, *blank])}, lb, n FROM (SELECT {''.join(f'{d}, ' for d in dims)}lb, "
         cells += f"count(*) AS n FROM ({rows}) GROUP BY ALL)"
-        sql = "SELECT d0 AS b, d1 AS g, dense_rank() OVER (ORDER BY d0, d1) AS gk, CAST(lb AS DOUBLE) AS lb, "
-        sql += f"CAST(n AS DOUBLE) AS n FROM ({cells}) ORDER BY gk, lb"
-        found = percentiles(cur.execute(sql, params).to_arrow_table(), qs)
+        sql = f"SELECT d0 AS b, d1 AS g, CAST(lb AS DOUBLE) AS lb, CAST(n AS DOUBLE) AS n FROM ({cells})"
+        found = percentiles(cur, sql, params, qs, ("b", "g"))
         return {(b, g)[:n]: v for (b, g), v in found.items()}
     inner = f"SELECT {''.join(f'{d}, ' for d in dims)}quantile_disc(lb, ?) AS q FROM ({rows})"
     inner += f" GROUP BY {', '.join(dims)}" if dims else ""
@@ -614,18 +612,18 @@ def _period(
         tops = _tops(cur, spec, tz, zone)
     table, parts = _counters(cur, spec, tz, zone, tops)
     n = len(spec.dimensions)
-    columns = [table.column(f"d{i}").to_pylist() for i in range(n)]
+    columns = [table.column(f"d{i}") for i in range(n)]
     keys = list(zip(*columns, strict=True)) if n else [()] * table.num_rows
     if len(keys) > MAX_ROWS:
         raise ExploreError(f"the answer would have more than {MAX_ROWS:,} rows: use top_n or a coarser time", "top_n")
     values: dict[tuple, dict[str, Any]] = {}
-    data = {m: table.column(m).to_pylist() for m in COUNTER_MEASURES if m in spec.measures}
+    data = {m: table.column(m) for m in COUNTER_MEASURES if m in spec.measures}
     for k, key in enumerate(keys):
         if not k % CHECK_EVERY:
             check_deadline(deadline)
         values[key] = {m: col[k] for m, col in data.items()}
     metrics = sorted({PERCENTILE_MEASURES[m][0] for m in spec.measures if m in PERCENTILE_MEASURES})
-    gk_of = dict(zip(keys, table.column("gk").to_pylist(), strict=True))
+    gk_of = dict(zip(keys, table.column("gk"), strict=True))
     by_key = len(set(gk_of.values())) == len(gk_of)  # two groups' hashes collide (~1e-10): group by their values
     for metric in metrics:
         wanted = [m for m in spec.measures if PERCENTILE_MEASURES.get(m, ("", 0))[0] == metric]
@@ -638,11 +636,11 @@ def _period(
                 for m, v in zip(wanted, by_values.get(key) or (None,) * len(wanted), strict=True):
                     row[m] = v
             continue
-        hist, hist_parts = _histogram(cur, spec, tz, zone, tops, metric, by_key)
+        (hist, hist_params), hist_parts = _histogram(cur, spec, tz, zone, tops, metric, by_key)
         parts = [*parts, *hist_parts]
-        found: dict[Any, tuple[float, ...]] = percentiles_by_key(hist, qs) if by_key else percentiles(hist, qs)
+        found = percentiles(cur, hist, hist_params, qs, ("gk",) if by_key else ("b", "g"))
         for key, row in values.items():
-            got = found.get(gk_of[key] if by_key else (*key, "", "")[:2])
+            got = found.get((gk_of[key],) if by_key else (*key, "", "")[:2])
             for m, v in zip(wanted, got or (None,) * len(wanted), strict=True):
                 row[m] = v
     sources = {"cube" if p.grain else "raw" for p in parts}
@@ -750,14 +748,13 @@ def _out(dim: str, v: Any, tz: ZoneInfo, labels: dict[str, str]) -> Any:
     return v
 
 
-def to_arrow(ans: Answer, deadline: float | None = None) -> pa.Table:
-    import pyarrow as pa
-
-    cols: dict[str, list[Any]] = {}
-    for i, c in enumerate(ans.columns):  # column by column, the deadline checked between them
+def to_columns(ans: Answer, deadline: float | None = None) -> ResultTable:
+    """The answer as a table for its Arrow form: each column's type read from its values (only nulls: null)."""
+    data: list[list[Any]] = []
+    for i in range(len(ans.columns)):  # column by column, the deadline checked between them
         check_deadline(deadline)
-        cols[c] = [r[i] for r in ans.rows]
-    return pa.table(cols) if ans.rows else pa.table({c: pa.array([], pa.null()) for c in ans.columns})
+        data.append([r[i] for r in ans.rows])
+    return ResultTable(list(ans.columns), [infer(col) for col in data], data)
 
 
 # -- drill-down ----------------------------------------------------------------------------------------------------

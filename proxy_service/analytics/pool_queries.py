@@ -5,25 +5,22 @@ distinct values the error-log filters offer. Parameterised, like everything in `
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
 
 from proxy_service.analytics import queries
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+from proxy_service.analytics.answers import ResultTable
 
 FACETS = ("model", "status", "error_type", "key_id")
 
 
-def outcomes(cur: duckdb.DuckDBPyConnection, g: str, tz: ZoneInfo, lo: datetime, hi: datetime) -> pa.Table:
+def outcomes(cur: duckdb.DuckDBPyConnection, g: str, tz: ZoneInfo, lo: datetime, hi: datetime) -> ResultTable:
     """Rows {bucket (local start, tz-aware), group, n} in long form, where group is
     "outcome:<outcome>" (calls by how they ended: success, exhausted = Keyrack refused, upstream_error, ...),
     "status:<http status>" (what the client got), "attempts" (upstream attempts) and "upstream_429"
     (attempts Google answered 429). Attempts per success and refusals vs upstream 429s follow from these."""
-    import pyarrow as pa
 
     offs = queries.offsets(tz, lo, hi)
     b_req, p_req = queries._bucket_sql("ts", g, offs)
@@ -43,16 +40,7 @@ def outcomes(cur: duckdb.DuckDBPyConnection, g: str, tz: ZoneInfo, lo: datetime,
         ORDER BY bucket, "group"
     """
     params: list[Any] = [*p_req, lo, hi, *p_req, lo, hi, *p_att, lo, hi, *p_att, lo, hi]
-    table = cur.execute(sql, params).fetch_arrow_table()
-    if table.num_rows == 0:
-        table = pa.table(
-            {
-                "bucket": pa.array([], pa.timestamp("us")),
-                "group": pa.array([], pa.string()),
-                "n": pa.array([], pa.int64()),
-            }
-        )
-    return queries._localise(table, tz)
+    return queries._localise(ResultTable.fetch(cur.execute(sql, params)), tz)
 
 
 def recent_key_models(cur: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[str, str]]:

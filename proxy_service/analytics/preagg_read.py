@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from proxy_service.analytics.histogram import percentiles
 from proxy_service.analytics.preagg import COUNTERS, DAY, HISTOGRAM, HOUR, QUARTER, TIERS, set_of
 
 MAX_SERVED = 1000
@@ -99,3 +100,11 @@ def backtest_latency(
     cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
 ) -> list[tuple[datetime, int, float]]:
     return cur.execute(_BACKTEST_LATENCY, [_set_name(dim), val, lo, hi]).fetchall()
+
+
+def backtest_p95(
+    cur: duckdb.DuckDBPyConnection, dim: str, val: str, lo: datetime, hi: datetime
+) -> list[tuple[datetime, float | None]]:
+    """p95 latency per 15-minute bucket, read back from the histogram cells `backtest_latency` returns."""
+    found = percentiles(cur, _BACKTEST_LATENCY, [_set_name(dim), val, lo, hi], (0.95,), ("bucket",))
+    return sorted((b, v[0]) for (b,), v in found.items())

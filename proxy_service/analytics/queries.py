@@ -19,19 +19,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import duckdb
 
 from proxy_service.analytics import histogram
+from proxy_service.analytics.answers import ResultTable
 from proxy_service.analytics.buckets import floor_time
 from proxy_service.analytics.preagg import TIERS
 from proxy_service.analytics.preagg_read import scan
 from proxy_service.store import PUBLIC_TABLES, StatsSource, hidden_columns, public_select
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 GROUP_BYS: tuple[str, ...] = ("none", "model", "key", "project", "status")
@@ -248,8 +246,7 @@ _COUNTERS = """
            CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS total_tokens
     FROM c GROUP BY b, g ORDER BY b, g"""
 _HISTOGRAM = """
-    SELECT b, g, hash(b, g) AS gk, CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n
-    FROM h GROUP BY b, g, lb ORDER BY b, g, lb"""
+    SELECT b, g, CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY b, g, lb"""
 
 
 def aggregate(
@@ -259,7 +256,7 @@ def aggregate(
     key_ids: list[str] | None = None,
     percentiles: bool = True,
     source: StatsSource | None = None,
-) -> pa.Table:
+) -> ResultTable:
     """Counters and latency percentiles per (bucket, group) over the union of `parts`; raw rows from `source`
     (default: the cursor's `requests`).
 
@@ -269,8 +266,6 @@ def aggregate(
     a handful of catalog round trips, so a scan per part made the summary much slower than the same data in a
     DuckDB file (bench/cluster.py compares the two).
     """
-    import pyarrow as pa
-
     graw = _RAW_GROUP[group]
     key_filter, key_params = ("", []) if key_ids is None else (" AND list_contains(?, key_id)", [key_ids])
     raw_scan = _raw_clusters([p for p, _, _ in parts if p.source == "raw"])
@@ -339,33 +334,40 @@ def aggregate(
 
     if prefetch:
         # The raw edges are short: read their rows once for both queries (on a lake each scan costs catalog round
-        # trips, and the second query would repeat them).
+        # trips, and the second query would repeat them), into a temporary table of this cursor's own.
         # A cluster replica's mirror holds them locally (no catalog round trip); else they come from `src.raw`.
         names = [n for n, (t, _) in scans.items() if t == "requests"]
         edges = src.edges([(p.lo, p.hi) for p in raws]) if src.edges else contextlib.nullcontext(None)
         with edges as held:
             r_with, r_params = ctes(names, held or src.raw, RAW_COLUMNS)
-            rows = cur.execute(f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}", r_params)
-            cur.register(_RAW_ROWS, rows.to_arrow_table())
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_RAW_ROWS} AS "
+                f"WITH {r_with} {' UNION ALL '.join(f'SELECT * FROM {n}' for n in names)}",
+                r_params,
+            )
     try:
         c_with, c_with_params = ctes([n for n, (t, _) in scans.items() if not t.startswith("hist:")])
-        table = cur.execute(
-            f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params]
-        ).to_arrow_table()
+        table = ResultTable.fetch(
+            cur.execute(f"WITH {c_with}, c AS ({' UNION ALL '.join(counters)}){_COUNTERS}", [*c_with_params, *c_params])
+        )
         if not percentiles:
             return table
         h_with, h_with_params = ctes([n for n, (t, _) in scans.items() if not t.startswith("counters:")])
-        hist = cur.execute(
-            f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}", [*h_with_params, *h_params]
-        ).to_arrow_table()
+        found = histogram.percentiles(
+            cur,
+            f"WITH {h_with}, h AS ({' UNION ALL '.join(hists)}) {_HISTOGRAM}",
+            [*h_with_params, *h_params],
+            (0.5, 0.95),
+            ("b", "g"),
+        )
     finally:
         if prefetch:
-            cur.unregister(_RAW_ROWS)
-    found = histogram.percentiles(hist, (0.5, 0.95))
-    keys = zip(table.column("bucket").to_pylist(), table.column("group").to_pylist(), strict=True)
+            cur.execute(f"DROP TABLE IF EXISTS temp.{_RAW_ROWS}")
+    keys = zip(table.column("bucket"), table.column("group"), strict=True)
     p50, p95 = zip(*(found.get(k, (None, None)) for k in keys), strict=True) if table.num_rows else ((), ())
-    table = table.append_column("p50_latency_ms", pa.array(p50, pa.float64()))
-    return table.append_column("p95_latency_ms", pa.array(p95, pa.float64()))
+    table.set("p50_latency_ms", "float64", list(p50))
+    table.set("p95_latency_ms", "float64", list(p95))
+    return table
 
 
 RAW_CLUSTER = timedelta(hours=2)  # raw parts closer than this share one scan
@@ -418,7 +420,7 @@ def summary(
     for window, lo in starts.items():
         label = ("?", [window])
         parts += [(part, label, label) for part in split(lo, hi, tuple(TIERS) if use_rollup else ())]
-    rows = {r["bucket"]: r for r in aggregate(cur, parts, "none", source=source).to_pylist()}
+    rows = {r["bucket"]: r for r in aggregate(cur, parts, "none", source=source).rows()}
     out = {}
     for window in WINDOWS:
         r = rows.get(window)
@@ -457,7 +459,7 @@ def series(
     use_rollup: bool = True,
     limit: int = 10,
     source: StatsSource | None = None,
-) -> pa.Table:
+) -> ResultTable:
     """Rows {bucket (local start, tz-aware), group, calls, successes, failures, success_rate, latencies, tokens}.
 
     `lo`/`hi` must be local bucket boundaries (see `series_range`). group_by=key keeps the `limit` busiest keys.
@@ -497,23 +499,18 @@ def top(
     group = "key" if dim == "key" else "model"
     label = ("?", [""])
     parts = [(p, label, label) for p in split(lo, hi, tuple(TIERS) if use_rollup and group != "key" else ())]
-    rows = aggregate(cur, parts, group, percentiles=False, source=source).to_pylist()
+    rows = aggregate(cur, parts, group, percentiles=False, source=source).rows()
     rows.sort(key=lambda r: (-r["calls"], r["group"]))
     fields = [k for k in _EMPTY_WINDOW if k != "p95_latency_ms"]
     return [{"name": r["group"] or None, **{k: _round(r[k]) for k in fields}} for r in rows[:limit]]
 
 
-def _localise(table: pa.Table, tz: ZoneInfo) -> pa.Table:
-    """Local naive bucket starts → the UTC instants they denote, typed as timestamps in the display zone."""
-    import pyarrow as pa
-
-    local = table.column("bucket").to_pylist()
-    cache = {t: to_utc(t, tz) for t in set(local)}
-    instants = [cache[t] for t in local]
-    col = pa.array(instants, pa.timestamp("us")).cast(pa.timestamp("us", tz=tz.key))
-    groups = [g or None for g in table.column("group").to_pylist()]
-    table = table.set_column(table.schema.get_field_index("bucket"), "bucket", col)
-    return table.set_column(table.schema.get_field_index("group"), "group", pa.array(groups, pa.string()))
+def _localise(table: ResultTable, tz: ZoneInfo) -> ResultTable:
+    """Local naive bucket starts → the instants they denote, in the display zone (typed so in Arrow too)."""
+    cache = {t: to_utc(t, tz).replace(tzinfo=UTC).astimezone(tz) for t in set(table.column("bucket"))}
+    table.set("bucket", f"timestamp:{tz.key}", [cache[t] for t in table.column("bucket")])
+    table.set("group", "string", [g or None for g in table.column("group")])
+    return table
 
 
 def _round(v: Any) -> Any:

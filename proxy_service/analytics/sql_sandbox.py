@@ -50,6 +50,16 @@ WORKER_WAIT_S = 60.0  # how long a query waits for an idle worker (one being sta
 FLUSH_WAIT_S = 10.0
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A query's answer as the worker wrote it: `body` is an Arrow IPC stream, or the query API's JSON answer."""
+
+    body: bytes
+    rows: int
+    truncated: bool
+    elapsed_ms: float
+
+
 class SandboxUnavailable(RuntimeError):
     """No SQL worker could be had (answered 503)."""
 
@@ -413,20 +423,19 @@ class Sandbox:
                 f"the SQL snapshot could not be written: {text[0] if text else type(exc).__name__}"
             ) from None
 
-    def run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
+    def run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None, fmt: str = "arrow") -> Answer:
+        """Run `sql` in a worker, which answers in `fmt` ("arrow" or "json")."""
         try:
-            return self._run(sql, timeout_s, row_cap, byte_cap)
+            return self._run(sql, timeout_s, row_cap, byte_cap, fmt)
         except _Damaged as exc:
             log.warning("%s; writing the whole snapshot again", exc)
             self.snapshot.invalidate()
         try:
-            return self._run(sql, timeout_s, row_cap, byte_cap)
+            return self._run(sql, timeout_s, row_cap, byte_cap, fmt)
         except _Damaged as exc:
             raise SandboxUnavailable(str(exc)) from None
 
-    def _run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None) -> sql_guard.QueryResult:
-        import pyarrow as pa
-
+    def _run(self, sql: str, timeout_s: float, row_cap: int, byte_cap: int | None, fmt: str) -> Answer:
         self._ensure_workers()
         manifest = self.fresh()
         try:
@@ -440,6 +449,7 @@ class Sandbox:
             "row_cap": row_cap,
             "byte_cap": byte_cap,
             "guard": sql_guard.ENABLED,
+            "format": fmt,
             "snapshot": manifest,
         }
         keep = False
@@ -469,8 +479,7 @@ class Sandbox:
                     self._replace()
         status, message = header.get("status"), str(header.get("message", ""))
         if status == "ok":
-            table = pa.ipc.open_stream(data).read_all()
-            return sql_guard.QueryResult(table, bool(header["truncated"]), float(header["elapsed_ms"]))
+            return Answer(data, int(header["rows"]), bool(header["truncated"]), float(header["elapsed_ms"]))
         if status == "rejected":
             raise sql_guard.QueryRejected(message)
         if status == "timeout":

@@ -12,7 +12,9 @@ proxy. Each snapshot generation gets a fresh database (the allowed paths cannot 
 stays warm.
 
 Protocol over stdin/stdout: frames of a 4-byte big-endian length and a payload. A request is one JSON frame; the
-answer is a JSON header frame then one frame of Arrow IPC stream bytes (empty unless the status is "ok"). The
+answer is a JSON header frame then one frame of the answer's body (empty unless the status is "ok"): an Arrow IPC
+stream, or the query API's JSON answer when the request's `format` is "json". The worker writes both, so the proxy
+process never loads pyarrow for user SQL. The
 worker exits at end of input (the proxy closed the pipe or died).
 """
 
@@ -29,6 +31,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
+
+    from proxy_service.analytics import sql_guard
 
 LENGTH = struct.Struct(">I")
 SAFE = "safe"
@@ -127,7 +131,10 @@ class Worker:
                 request.get("byte_cap"),
                 guard=bool(request.get("guard", True)),
             )
-            data = _ipc(result.table)
+            if request.get("format", "arrow") == "json":
+                data = json_answer(result, int(request["row_cap"]), request.get("byte_cap"))
+            else:
+                data = _ipc(result.table)
         except sql_guard.QueryRejected as exc:
             return {"status": "rejected", "message": str(exc)}, b""
         except sql_guard.QueryTimeout as exc:
@@ -140,8 +147,52 @@ class Worker:
             return {"status": "too_costly", "message": "the answer did not fit in the SQL worker's memory"}, b""
         finally:
             cur.close()
-        header = {"status": "ok", "truncated": result.truncated, "elapsed_ms": result.elapsed_ms}
+        header = {
+            "status": "ok",
+            "truncated": result.truncated,
+            "elapsed_ms": result.elapsed_ms,
+            "rows": result.table.num_rows,
+        }
         return header, data
+
+
+def json_answer(result: sql_guard.QueryResult, row_cap: int, byte_cap: int | None) -> bytes:
+    """The JSON answer of the query API, its rows cut where the encoded rows would pass `byte_cap` bytes (then
+    `truncated`); each column's type as Arrow names it."""
+    from proxy_service.analytics.answers import dumps
+
+    cap = byte_cap if byte_cap is not None else 2**62
+    table = result.table
+    columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+    parts: list[bytes] = []
+    size, count, truncated = 0, 0, result.truncated
+    for batch in table.to_batches(max_chunksize=1000):
+        rows = [list(r.values()) for r in batch.to_pylist()]
+        encoded = dumps(rows)[1:-1]  # a whole batch at once; row by row only for the batch that reaches the cap
+        if size + len(encoded) + 1 <= cap:
+            if encoded:
+                parts.append(encoded)
+            size, count = size + len(encoded) + 1, count + len(rows)
+            continue
+        for row in rows:
+            one = dumps(row)
+            if size + len(one) + 1 > cap:
+                break
+            parts.append(one)
+            size, count = size + len(one) + 1, count + 1
+        truncated = True
+        break
+    head = dumps({"columns": columns})[:-1]  # without its closing brace: the rows follow
+    tail = dumps(
+        {
+            "truncated": truncated,
+            "row_count": count,
+            "row_cap": row_cap,
+            "byte_cap": byte_cap,
+            "elapsed_ms": round(result.elapsed_ms, 1),
+        }
+    )[1:]
+    return head + b', "rows": [' + b",".join(parts) + b"], " + tail
 
 
 def _ipc(table: pa.Table) -> bytes:

@@ -100,10 +100,10 @@ def test_an_old_file_drops_the_obsolete_tables_and_answers_the_same(tmp_path: Pa
     assert n is not None and preagg.total_calls(cur) == dict.fromkeys(preagg.GRAINS, n[0])
 
     lo, hi = START, START + timedelta(days=DAYS)
-    rows = queries.series(cur, "day", "model", UTC, lo, hi).to_pylist()
+    rows = queries.series(cur, "day", "model", UTC, lo, hi).rows()
     new = [(r["bucket"].replace(tzinfo=None), r["group"], r["calls"], r["successes"], r["total_tokens"]) for r in rows]
     assert new == old
-    raw = queries.series(cur, "day", "model", UTC, lo, hi, use_rollup=False).to_pylist()
+    raw = queries.series(cur, "day", "model", UTC, lo, hi, use_rollup=False).rows()
     assert rows == raw  # percentiles included: both read log buckets
 
     spec = explore.Spec(measures=("calls",), dimensions=("model",), lo=lo, hi=hi)

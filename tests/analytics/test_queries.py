@@ -68,7 +68,7 @@ class DB:
 
     def series(self, g: str, tz: ZoneInfo, start: datetime, end: datetime, group_by: str = "none", **kw: Any) -> list:
         lo, hi = queries.series_range(g, tz, start, end, end)
-        return queries.series(self.cur, g, group_by, tz, lo, hi, **kw).to_pylist()
+        return queries.series(self.cur, g, group_by, tz, lo, hi, **kw).rows()
 
     def close(self) -> None:
         self.cur.close()

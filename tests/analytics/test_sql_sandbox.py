@@ -10,14 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from proxy_service.analytics import queries, sql_sandbox
-from proxy_service.analytics.sql_sandbox import Sandbox
+from proxy_service.analytics.sql_sandbox import Answer, Sandbox
 from proxy_service.events import EventWriter
 from proxy_service.store import Store
 
 T0 = datetime(2026, 3, 1)
+
+
+def table(answer: Answer) -> pa.Table:
+    """The worker's Arrow answer, read (the test process may load pyarrow; the proxy does not)."""
+    return pa.ipc.open_stream(answer.body).read_all()
 
 
 @pytest.fixture
@@ -58,10 +64,10 @@ def same(store: Store, sandbox: Sandbox) -> None:
     want = cur.execute(sql).fetchall()
     want_attempts = cur.execute("SELECT count(*) FROM attempts").fetchall()
     cur.close()
-    got = sandbox.run(sql, 30, 1_000_000, None).table
+    got = table(sandbox.run(sql, 30, 1_000_000, None))
     rows: list[tuple[Any, ...]] = [tuple(r.values()) for r in got.to_pylist()]
     assert rows == want
-    assert sandbox.run("SELECT count(*) FROM attempts", 30, 10, None).table.to_pylist()[0] == {
+    assert table(sandbox.run("SELECT count(*) FROM attempts", 30, 10, None)).to_pylist()[0] == {
         "count_star()": want_attempts[0][0]
     }
 
@@ -83,7 +89,7 @@ def test_the_snapshot_follows_appends_deletes_labels_and_lost_files(box: tuple[S
     queries.set_client_labels(cur, {"c1": "billing"})
     cur.close()
     same(store, sandbox)
-    assert sandbox.run("SELECT count(*) AS n FROM requests WHERE client = 'billing'", 30, 10, None).table.to_pylist()[
+    assert table(sandbox.run("SELECT count(*) AS n FROM requests WHERE client = 'billing'", 30, 10, None)).to_pylist()[
         0
     ]["n"]
     for f in sandbox.snapshot.manifest()["tables"]["requests"]:  # the disk lost them
@@ -111,7 +117,7 @@ def test_workers_start_with_the_first_query_and_stay_warm(box: tuple[Store, Sand
     append(store, 0, 10)
     assert sandbox.workers() == []  # a gateway whose SQL page is never used holds no worker
     first = sandbox.run("SELECT count(*) AS n FROM requests", 10, 100, None)
-    assert first.table.to_pylist() == [{"n": 10}]
+    assert table(first).to_pylist() == [{"n": 10}]
     pids = sandbox.workers()
     assert len(pids) == 1
     sandbox.run("SELECT 1 AS one", 10, 100, None)

@@ -433,19 +433,20 @@ def test_deeply_nested_json_to_the_admin_api_is_a_client_error(proxy: Proxy) -> 
 # -- 5. the SQL endpoint cannot stall the data plane or take its memory ----------------------------------------------
 
 
-def test_sql_answer_is_serialised_off_the_event_loop(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The JSON answer waits (up to 10 s) for a /healthz answered meanwhile: only possible if the event loop is free.
-    from proxy_service.admin import sql as admin_sql
+def test_sql_answer_is_waited_for_off_the_event_loop(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The answer (run and serialised by the SQL worker process) waits (up to 10 s) for a /healthz answered
+    # meanwhile: only possible if the event loop is free.
+    from proxy_service.analytics.sql_sandbox import Answer, Sandbox
 
     serialising, healthz_done = threading.Event(), threading.Event()
-    real = admin_sql.json_answer
+    real = Sandbox.run
 
-    def slow_answer(*args: Any) -> bytes:
+    def slow_answer(*args: Any) -> Answer:
         serialising.set()
         healthz_done.wait(10)
         return real(*args)
 
-    monkeypatch.setattr(admin_sql, "json_answer", slow_answer)
+    monkeypatch.setattr(Sandbox, "run", slow_answer)
     order: list[str] = []
 
     def query() -> None:
