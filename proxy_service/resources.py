@@ -54,8 +54,29 @@ class Owner:
     size_bytes: int = 0
 
 
+# What events call each kind (`requests.resource_kind`); a Live session is "live" (it names no resource).
+EVENT_KINDS = {"files": "file", "cachedContents": "cachedContent", "batches": "batch", "operations": "operation"}
+
+
 def kind_of(name: str) -> str:
     return name.partition("/")[0]
+
+
+def event_kind(name: str) -> str | None:
+    """The event's resource kind of a resource name (None for a name of no known collection)."""
+    return EVENT_KINDS.get(kind_of(name))
+
+
+def answered_name(body: bytes) -> str | None:
+    """The name of the resource a create answered with (`{"name": ...}`, or `{"file": {"name": ...}}` for an
+    upload), when it is one; read only for calls that create a resource (rare), never on the generate path."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    inner = doc.get("file", doc) if isinstance(doc, dict) else None
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) and NAME.match(name) else None
 
 
 def expiry(name: str, doc: dict[str, object], now: float) -> float:

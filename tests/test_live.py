@@ -47,7 +47,7 @@ MODEL = "gemini-2.0-flash-live-001"
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 SESSIONS_SQL = (
     "SELECT project, outcome, status, total_tokens, prompt_tokens, output_tokens, error_status, error_message, "
-    "request_bytes, response_bytes, ttfb_ms, latency_ms, attempts FROM requests "
+    "request_bytes, response_bytes, ttfb_ms, latency_ms, attempts, resource_kind, resource_id FROM requests "
     "WHERE operation = 'BidiGenerateContent' ORDER BY ts"
 )
 
@@ -169,6 +169,7 @@ def test_sdk_sessions_over_wss_rotate_across_projects_and_are_recorded_once_each
         assert row[4] and row[5] and row[4] + row[5] == row[3]
         assert row[6] == "LIVE_CLIENT_CLOSED" and "3 turn(s)" in row[7]
         assert row[8] > 0 and row[9] > 0 and 0 < row[10] <= row[11]
+        assert row[13:] == ("live", None)  # Explore's resource dimension: a Live session names no resource
     assert upstream.stats()["by_operation"]["BidiGenerateContent"] == 3
 
 

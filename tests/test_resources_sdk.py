@@ -326,3 +326,36 @@ def test_open_upload_sessions_are_bounded(pair: tuple[Upstream, Proxy], monkeypa
     chunk = {"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"}
     assert httpx.post(urls[0], headers=chunk, content=b"a", timeout=30).status_code == 404  # the oldest, forgotten
     assert httpx.post(urls[2], headers=chunk, content=b"a", timeout=30).status_code == 200
+
+
+def test_events_carry_the_resource_kind_and_id(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    client = sdk(proxy.url)
+    data = b"resource events\n" * 500
+    f = client.files.upload(file=io.BytesIO(data), config={"mime_type": "text/plain"})
+    assert f.name
+    assert client.models.generate_content(model=FLASH, contents=[f, "q"]).text
+    cache = client.caches.create(
+        model=FLASH, config=types.CreateCachedContentConfig(contents=[f, "context"], ttl="300s")
+    )
+    assert cache.name
+    client.caches.get(name=cache.name)
+    job = client.batches.create(model=FLASH, src=[{"contents": [{"parts": [{"text": "q"}], "role": "user"}]}])
+    assert job.name
+    assert client.models.generate_content(model=FLASH, contents="plain").text
+    rows = proxy.rows(
+        "SELECT operation, resource_kind, resource_id, request_bytes, project FROM requests "
+        "WHERE status = 200 ORDER BY ts"
+    )
+    by_op: dict[str, list[tuple[str | None, str | None, int]]] = {}
+    for op, kind, rid, sent, _ in rows:
+        by_op.setdefault(op, []).append((kind, rid, sent))
+    # The upload's start names no file yet; its final chunk names the file made and counts the bytes moved.
+    assert by_op["files.upload.resumable"] == [("file", None, by_op["files.upload.resumable"][0][2])]
+    assert by_op["files.upload"] == [("file", f.name, len(data))]
+    # A generate call naming a file carries it; a cache's create names the cache it made (not the file it holds).
+    assert ("file", f.name) in [(k, r) for k, r, _ in by_op["generateContent"]]
+    assert (None, None) in [(k, r) for k, r, _ in by_op["generateContent"]]
+    assert [(k, r) for k, r, _ in by_op["cachedContents.create"]] == [("cachedContent", cache.name)]
+    assert [(k, r) for k, r, _ in by_op["cachedContents.get"]] == [("cachedContent", cache.name)]
+    assert [(k, r) for k, r, _ in by_op["batchGenerateContent"]] == [("batch", job.name)]

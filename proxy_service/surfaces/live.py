@@ -99,6 +99,7 @@ class LiveRelay:
                 await ws.close(1008)  # not a Live path (before accept: the client sees HTTP 403)
             return
         call = Call("gemini", OPERATION, None, "GET", f"/ws/{version}", [], {}, b"", True, None)
+        call.resource_kind = "live"
         session = Session(call)
         await ws.accept()
         upstream: ClientConnection | None = None
