@@ -359,3 +359,29 @@ def test_events_carry_the_resource_kind_and_id(pair: tuple[Upstream, Proxy]) -> 
     assert [(k, r) for k, r, _ in by_op["cachedContents.create"]] == [("cachedContent", cache.name)]
     assert [(k, r) for k, r, _ in by_op["cachedContents.get"]] == [("cachedContent", cache.name)]
     assert [(k, r) for k, r, _ in by_op["batchGenerateContent"]] == [("batch", job.name)]
+
+
+def test_a_resource_map_that_cannot_be_saved_shows_in_readyz_and_loses_nothing(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    client = sdk(proxy.url)
+    path = proxy.data_dir / "resources.jsonl"
+    assert httpx.get(f"{proxy.url}/readyz").json()["resources"] == "ok"
+    path.unlink(missing_ok=True)
+    path.mkdir()  # the side file cannot be written (as on a full or read-only disk)
+    f = client.files.upload(file=io.BytesIO(b"made during the fault"), config={"mime_type": "text/plain"})
+    assert f.name
+    deadline = time.monotonic() + DEADLINE_S
+    while (ready := httpx.get(f"{proxy.url}/readyz")).status_code == 200:
+        assert time.monotonic() < deadline, "readyz never reported the resource map"
+        time.sleep(0.05)
+    body = ready.json()
+    assert ready.status_code == 503 and body["resources"].startswith("resource map not saved")
+    assert body["reason"] == body["resources"] and body["storage"] == "ok"
+    for _ in range(4):  # the file is still pinned to its project, from memory
+        assert client.models.generate_content(model=FLASH, contents=[f, "q"]).text
+    path.rmdir()
+    while httpx.get(f"{proxy.url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "readyz never recovered"
+        time.sleep(0.05)
+    saved = [json.loads(line)["name"] for line in path.read_text().splitlines()]
+    assert f.name in saved
