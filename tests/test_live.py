@@ -173,7 +173,11 @@ def test_sdk_sessions_over_wss_rotate_across_projects_and_are_recorded_once_each
     assert upstream.stats()["by_operation"]["BidiGenerateContent"] == 3
 
 
-def test_sdk_session_over_plain_ws(start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]) -> None:
+# "//ws/…": the JS SDK's path (its base URL ends with "/"; tests/test_js_sdk.py drives it for real).
+@pytest.mark.parametrize("path", [LIVE_PATH, "/" + LIVE_PATH])
+def test_sdk_session_over_plain_ws(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy], path: str
+) -> None:
     """The SDK turns an API-key client's base URL into `wss://`, so over plain `ws://` (Keyrack behind nothing, or
     behind a proxy that does not terminate TLS) the SDK's session is given a `ws://` socket opened here."""
     upstream = start_upstream(SCENARIO)
@@ -181,7 +185,7 @@ def test_sdk_session_over_plain_ws(start_upstream: Callable[..., Upstream], star
     client = sdk(proxy.url)
 
     async def session() -> tuple[list[str], list[int]]:
-        url = proxy.url.replace("http://", "ws://") + LIVE_PATH
+        url = proxy.url.replace("http://", "ws://") + path
         async with websockets.connect(url, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
             await ws.send(
                 json.dumps(

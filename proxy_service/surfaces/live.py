@@ -432,4 +432,6 @@ class LiveRelay:
 
 def routes(gw: Gateway) -> list[WebSocketRoute]:
     live = LiveRelay(gw)
-    return [WebSocketRoute("/ws/{service}", live.endpoint)]
+    # The JS SDK (@google/genai) joins its base URL, which URL() ends with "/", and "/ws/…": its Live sessions
+    # arrive on "//ws/…" (Google's front end takes both).
+    return [WebSocketRoute("/ws/{service}", live.endpoint), WebSocketRoute("//ws/{service}", live.endpoint)]
