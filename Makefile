@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint install chromium services screenshots clean screenshot-forecast
+.PHONY: run test bench lint install chromium js services screenshots clean screenshot-forecast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
+# The real @google/genai JS SDK for tests/test_js_sdk.py, exactly as tests/js/package-lock.json pins it (needs
+# Node.js 20 or later and npm).
+JS_STAMP := tests/js/node_modules/.installed-stamp
+$(JS_STAMP): tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
+	touch $(JS_STAMP)
+
+js: $(JS_STAMP)
+
 # Redis and PostgreSQL for the cluster tests: the local services, or throwaway ones started by .ci/services.sh
 # (`make services` leaves them running; `make test` stops the ones it started when the suite ends).
 services:
@@ -33,7 +42,7 @@ run: install
 # Four workers on two cores: most of a test's time is spent waiting for servers it started (the rules that keep the
 # workers apart are in tests/conftest.py's docstring). `make test TEST_WORKERS=0` runs the suite in one process.
 TEST_WORKERS ?= 4
-test: install chromium
+test: install chromium js
 	@bash .ci/services.sh $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # README picture of the Forecast page (demo history, a busy quota day, real Chromium); not part of `make test`.
@@ -60,4 +69,4 @@ lint: install
 	$(BIN)/mypy proxy_service dashboard
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache tests/js/node_modules

@@ -384,7 +384,7 @@ class Gateway:
 
     def is_ready(self) -> bool:
         """Ready to serve and to record: one answer for /readyz and the keyrack_ready metric."""
-        return self.ready and self.writer.alive and self.writer.storing
+        return self.ready and self.writer.alive and self.writer.storing and self.resources.fault is None
 
     def not_ready_reason(self) -> str | None:
         if not self.ready:
@@ -393,7 +393,7 @@ class Gateway:
             return "the event writer is not running"
         if not self.writer.storing:
             return self.writer.storage_state()
-        return None
+        return self.resources.fault  # the resource map's side file cannot be written (the map is kept in memory)
 
     def secrets(self) -> list[str]:
         """What `keys.redact` hides (log lines, upstream text): secret settings as their metadata declares, and
@@ -500,6 +500,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def readyz(_request: Request) -> Response:
         ok = gw.is_ready()
         body: dict[str, Any] = {"ready": ok, "keys": gw.pool.counts(), "storage": gw.writer.storage_state()}
+        body["resources"] = gw.resources.fault or "ok"
         if not ok:
             body["reason"] = gw.not_ready_reason()
         body.update(gw.node.readiness())

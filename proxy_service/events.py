@@ -118,6 +118,8 @@ class RequestEvent:
     response_bytes: int = 0
     error_status: str | None = None
     error_message: str | None = None
+    resource_kind: str | None = None  # file, cachedContent, batch, operation, live (resources.KINDS)
+    resource_id: str | None = None  # the resource's name (files/abc), when the call names or made one
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestE
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
 from proxy_service.quota import parse_rate_limit, stated_wait
+from proxy_service.resources import answered_name, event_kind
 from proxy_service.store import utcnow
 from proxy_service.upstream import (
     STREAM_TAIL,
@@ -108,6 +109,9 @@ class Call:
     junk_model: bool = False  # the client sent a model name that is no model id (dropped: recorded as NULL)
     project: str | None = None  # only keys of this project: the call names a resource it owns (resources.py)
     resource: str | None = None  # the resource the call names or creates (files/…, cachedContents/…, batches/…)
+    # The kind of resource the call works on, for its event (resources.EVENT_KINDS, or "live"); set by the resource
+    # routes. None: the kind of `resource` when it names one (a generate call naming a file or cache).
+    resource_kind: str | None = None
     answer_headers: tuple[str, ...] = ()  # upstream answer headers the client needs beyond content-type (uploads)
 
     @property
@@ -227,6 +231,8 @@ class Relay:
             key_id=key.id if key else None,
             project=key.project if key else None,
             request_bytes=len(call.body),
+            resource_kind=call.resource_kind or (event_kind(call.resource) if call.resource else None),
+            resource_id=call.resource,
         )
 
     def record_request(self, call: Call, ev: RequestEvent) -> None:
@@ -363,6 +369,8 @@ class Relay:
                 usage = self._usage(call, body)
                 self.pool.succeeded(key, call.quota_model, usage.total if usage else None)
                 self.record_attempt(call, n, key, 200, "ok", t0)
+                if call.resource_kind is not None and call.method == "POST":
+                    self._created(call, body)
                 self.record_request(call, self._success_event(call, n, key, len(body), usage, None))
                 return Response(body, 200, headers=self._response_headers(resp, call, key, n))
 
@@ -587,6 +595,13 @@ class Relay:
                 )
 
         return StreamingResponse(body(), 200, headers=self._response_headers(resp, call, key, n))
+
+    @staticmethod
+    def _created(call: Call, body: bytes) -> None:
+        """A create's event names the resource it made (a cache's create body may name a file: the cache is meant)."""
+        name = answered_name(body)
+        if name is not None and event_kind(name) == call.resource_kind:
+            call.resource = name
 
     def _usage(self, call: Call, data: bytes) -> Usage | None:
         return openai_usage(data) if call.surface == "openai" else gemini_usage(data)

@@ -8,7 +8,9 @@ The map lives in memory (a lookup on the generate path is a dict read) and is du
 file, `<data dir>/resources.jsonl`: a create is rare, so one appended line per create is fine, written on a worker
 thread (never the event loop). Loading replays the file, drops what has expired and rewrites it compacted. An entry
 expires with its resource: files after Google's 48 h, caches at their expireTime, batches and operations when
-deleted (or after `JOB_TTL_S`, past any batch's life at Google).
+deleted (or after `JOB_TTL_S`, past any batch's life at Google). An append that fails (a full or read-only disk) is
+not silent: a logged warning, `fault` (which /readyz reports, as it does the event store's), and the whole map is
+written again from memory every RETRY_S until the disk takes it; calls go on being pinned from memory meanwhile.
 
 The generate path asks `names_in(body)` for the resources a request body names; it looks for the two markers
 (`cachedContent`, `files/`) with a bytes search first and runs the regex only on bodies that contain one, so a plain
@@ -36,6 +38,7 @@ log = logging.getLogger("keyrack.resources")
 FILE_TTL_S = 48 * 3600.0  # Google deletes an uploaded file after 48 hours
 JOB_TTL_S = 7 * 86400.0  # batches and operations: forgotten when deleted, at the latest after this
 CACHE_TTL_S = 3600.0  # Google's default TTL for a cached content created without one
+RETRY_S = 1.0  # while the side file cannot be written, how often it is tried again
 KINDS = ("files", "cachedContents", "batches", "operations")
 # A resource name as Google spells it: the collection, then an id of lowercase letters, digits and dashes.
 NAME = re.compile(r"^(files|cachedContents|batches|operations)/[a-z0-9][a-z0-9_-]{0,127}$")
@@ -54,8 +57,29 @@ class Owner:
     size_bytes: int = 0
 
 
+# What events call each kind (`requests.resource_kind`); a Live session is "live" (it names no resource).
+EVENT_KINDS = {"files": "file", "cachedContents": "cachedContent", "batches": "batch", "operations": "operation"}
+
+
 def kind_of(name: str) -> str:
     return name.partition("/")[0]
+
+
+def event_kind(name: str) -> str | None:
+    """The event's resource kind of a resource name (None for a name of no known collection)."""
+    return EVENT_KINDS.get(kind_of(name))
+
+
+def answered_name(body: bytes) -> str | None:
+    """The name of the resource a create answered with (`{"name": ...}`, or `{"file": {"name": ...}}` for an
+    upload), when it is one; read only for calls that create a resource (rare), never on the generate path."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    inner = doc.get("file", doc) if isinstance(doc, dict) else None
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) and NAME.match(name) else None
 
 
 def expiry(name: str, doc: dict[str, object], now: float) -> float:
@@ -122,6 +146,10 @@ class ResourceMap:
         self._appender = ThreadPoolExecutor(1, thread_name_prefix="keyrack-resources")
         self._pending: set[asyncio.Future[None]] = set()
         self.shared: Share | None = None  # cluster mode: the replicas' map in Redis
+        # Why the side file cannot be written now (full or read-only disk), None when it can: /readyz says so.
+        self.fault: str | None = None
+        self.failed_writes = 0  # writes of the side file that failed (appends and retries)
+        self._retry: threading.Timer | None = None
         if path is not None:
             self._load(path)
 
@@ -139,18 +167,67 @@ class ResourceMap:
                 except (ValueError, TypeError, KeyError):
                     log.warning("skipping a damaged line in %s", path)
         self.owners = {n: o for n, o in self.owners.items() if o.expires_at > now}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(asdict(o)) + "\n" for o in self.owners.values()), "utf-8")
-        tmp.replace(path)
+        self._rewrite(path)
         if self.owners:
             event(log, "resources_loaded", resources=len(self.owners))
 
+    def _rewrite(self, path: Path) -> None:
+        """Write the whole map (what has not expired) to `path` at once: compaction at load, and the way back from a
+        fault (every entry is in memory, so whatever the failed appends held is written)."""
+        now = time.time()
+        owners = [o for o in dict(self.owners).values() if o.expires_at > now]  # a copy: the loop may add meanwhile
+        tmp = path.with_suffix(".tmp")
+        with self._lock:
+            tmp.write_text("".join(json.dumps(asdict(o)) + "\n" for o in owners), "utf-8")
+            tmp.replace(path)
+
     def _append(self, row: dict[str, object]) -> None:
-        if self.path is None:
+        """Append one line (the appender thread). A failure is never silent: logged, `fault` set (/readyz says it),
+        and the file rewritten whole from memory every RETRY_S until the disk takes it again."""
+        path = self.path
+        if path is None:
             return
-        line = json.dumps(row) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+        if self.fault is not None:
+            self._recover()  # the rewrite holds `row` too: it is in memory already
+            return
+        try:
+            with self._lock, path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            self._failed(path, exc)
+
+    def _recover(self) -> None:
+        path = self.path
+        if path is None or self.fault is None:
+            return
+        try:
+            self._rewrite(path)
+        except OSError as exc:
+            self._failed(path, exc)
+            return
+        log.warning("resource map: %s is written again (was: %s); nothing was lost", path, self.fault)
+        self.fault = None
+
+    def _failed(self, path: Path, exc: OSError) -> None:
+        self.failed_writes += 1
+        if self.fault is None:
+            log.warning(
+                "resource map: cannot write %s (%s); the map is kept in memory and written again every %g s until "
+                "the disk takes it (a restart meanwhile would forget the resources made since)",
+                path,
+                exc.strerror or type(exc).__name__,
+                RETRY_S,
+            )
+        self.fault = f"resource map not saved: {exc.strerror or type(exc).__name__} ({path.name})"
+        if self._retry is None or not self._retry.is_alive():
+            self._retry = threading.Timer(RETRY_S, self._retry_now)
+            self._retry.daemon = True
+            self._retry.start()
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self.fault is not None:  # on the appender thread, in order with the appends
+            self._appender.submit(self._recover)
 
     def _persist(self, row: dict[str, object]) -> None:
         """Append on a worker thread; the answer to the client does not wait for the disk."""

@@ -28,7 +28,8 @@ SCHEMA: dict[str, str] = {
         model VARCHAR, stream BOOLEAN, status SMALLINT, outcome VARCHAR, attempts SMALLINT, key_id VARCHAR,
         project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
         thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
-        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT""",
+        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT,
+        resource_kind VARCHAR, resource_id VARCHAR""",
     "attempts": """
         ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
         model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
@@ -52,6 +53,10 @@ SCHEMA: dict[str, str] = {
     "severity VARCHAR, state VARCHAR, labels VARCHAR, value DOUBLE, threshold DOUBLE, channel_id VARCHAR, "
     "attempt SMALLINT, message VARCHAR",
     "alert_meta": "name VARCHAR PRIMARY KEY, value VARCHAR",
+}
+# Columns added to a table after its first release: files (and lakes) from before get them, NULL in the old rows.
+ADDED: dict[str, dict[str, str]] = {  # table → column → its type
+    "requests": {"resource_kind": "VARCHAR", "resource_id": "VARCHAR"},
 }
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of
 # each latency, so that percentiles over raw rows (Explore's pairs) group by it instead of computing a logarithm per
@@ -216,6 +221,11 @@ class Store:
                 if col not in have and source in have:  # once, in the upgrade adding it
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} SMALLINT")
                     cur.execute(f"UPDATE {table} SET {col} = {expr} WHERE {source} IS NOT NULL")
+        for table, added in ADDED.items():
+            have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
+            for col, kind in added.items():
+                if col not in have:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         cur.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:

@@ -39,6 +39,7 @@ import httpx
 from proxy_service import dashboard_link, heap
 from proxy_service.dashboard_link import KEY_ENV as LINK_KEY_ENV
 from proxy_service.demo import history
+from proxy_service.demo.resource_use import WORKFLOW_CLIENT, Workflows
 from proxy_service.demo.rhythm import DEFAULT_RATE
 from proxy_service.demo.scenario import demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
@@ -362,8 +363,15 @@ class Launcher:
             raise StartupError(f"the proxy did not become ready in 60 s; see {proxy.log_path}")
 
         if opts.demo and opts.rate > 0:  # traffic first: the dashboard has data by the time it opens
+            # Files, caches and Live sessions come from one of the demo's clients (Explore: client × resource).
+            flows_token = next((t for t, h in demo_clients.items() if h.name == WORKFLOW_CLIENT), client_token or "")
             self.traffic = TrafficGenerator(
-                proxy_url, client_token or "", rate=opts.rate, clients=demo_clients, rhythmic=True
+                proxy_url,
+                client_token or "",
+                rate=opts.rate,
+                clients=demo_clients,
+                rhythmic=True,
+                workflows=Workflows(proxy_url, flows_token),
             )
             self.traffic.start()
 

@@ -128,6 +128,7 @@ FAKE = (
     "proxy_service.demo.fake_upstream",
     "proxy_service.demo.fake_live",
     "proxy_service.demo.fake_resources",
+    "proxy_service.demo.fake_tools",
     "proxy_service.demo.fake_wire",
 )
 

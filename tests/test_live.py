@@ -47,7 +47,7 @@ MODEL = "gemini-2.0-flash-live-001"
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 SESSIONS_SQL = (
     "SELECT project, outcome, status, total_tokens, prompt_tokens, output_tokens, error_status, error_message, "
-    "request_bytes, response_bytes, ttfb_ms, latency_ms, attempts FROM requests "
+    "request_bytes, response_bytes, ttfb_ms, latency_ms, attempts, resource_kind, resource_id FROM requests "
     "WHERE operation = 'BidiGenerateContent' ORDER BY ts"
 )
 
@@ -169,10 +169,15 @@ def test_sdk_sessions_over_wss_rotate_across_projects_and_are_recorded_once_each
         assert row[4] and row[5] and row[4] + row[5] == row[3]
         assert row[6] == "LIVE_CLIENT_CLOSED" and "3 turn(s)" in row[7]
         assert row[8] > 0 and row[9] > 0 and 0 < row[10] <= row[11]
+        assert row[13:] == ("live", None)  # Explore's resource dimension: a Live session names no resource
     assert upstream.stats()["by_operation"]["BidiGenerateContent"] == 3
 
 
-def test_sdk_session_over_plain_ws(start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]) -> None:
+# "//ws/…": the JS SDK's path (its base URL ends with "/"; tests/test_js_sdk.py drives it for real).
+@pytest.mark.parametrize("path", [LIVE_PATH, "/" + LIVE_PATH])
+def test_sdk_session_over_plain_ws(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy], path: str
+) -> None:
     """The SDK turns an API-key client's base URL into `wss://`, so over plain `ws://` (Keyrack behind nothing, or
     behind a proxy that does not terminate TLS) the SDK's session is given a `ws://` socket opened here."""
     upstream = start_upstream(SCENARIO)
@@ -180,7 +185,7 @@ def test_sdk_session_over_plain_ws(start_upstream: Callable[..., Upstream], star
     client = sdk(proxy.url)
 
     async def session() -> tuple[list[str], list[int]]:
-        url = proxy.url.replace("http://", "ws://") + LIVE_PATH
+        url = proxy.url.replace("http://", "ws://") + path
         async with websockets.connect(url, additional_headers={"x-goog-api-key": CLIENT_TOKEN}) as ws:
             await ws.send(
                 json.dumps(

@@ -119,6 +119,7 @@ def test_healthz_is_liveness_and_readyz_is_readiness(proxy: Proxy) -> None:
         "ready": True,
         "keys": proxy.gateway.pool.counts(),
         "storage": "ok",
+        "resources": "ok",
     }
     proxy.gateway.ready = False  # e.g. during shutdown
     try:

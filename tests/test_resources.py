@@ -1,10 +1,13 @@
-"""The resource → project map: what a body names, durability across a restart, expiry with the resource, and the
-pool's choice pinned to the owning project."""
+"""The resource → project map: what a body names, durability across a restart (and through a disk that fails for a
+while), expiry with the resource, and the pool's choice pinned to the owning project."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,46 @@ def test_a_pinned_project_without_usable_keys_answers_503() -> None:
         pool.choose("m", scope="p1")
     assert err.value.status_code == 503
     assert "project p1" in err.value.message and "no usable key" in err.value.message
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_failing_append_is_reported_kept_in_memory_and_written_once_the_disk_takes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "resources.jsonl"
+    now = time.time()
+    m = ResourceMap(path)
+    m.record(Owner("files/a", "p1", "k1", now + FILE_TTL_S, 10))
+    assert m.fault is None
+    # The file cannot be written (a directory in its place: as a full or read-only disk, even for root).
+    path.unlink()
+    path.mkdir()
+
+    async def during_the_fault() -> None:  # on an event loop, as the proxy records: the appends go to the thread
+        m.record(Owner("files/b", "p2", "k2", now + FILE_TTL_S, 20))
+        m.record(Owner("batches/c", "p3", "k3", now + 3600))
+        m.forget("files/a")
+        await m.flush()
+
+    with caplog.at_level(logging.WARNING, logger="keyrack.resources"):
+        asyncio.run(during_the_fault())
+        wait_for(lambda: m.fault is not None, "the fault")
+        assert m.fault is not None and "resource map not saved" in m.fault and "resources.jsonl" in m.fault
+        assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1  # once, not once per append
+        # Nothing answered is lost: the map still pins from memory.
+        assert m.owner("files/b") is not None and m.owner("batches/c") is not None and m.owner("files/a") is None
+        failed = m.failed_writes
+        wait_for(lambda: m.failed_writes >= failed + 2, "two retries")  # retried every RETRY_S, still failing
+        assert m.fault is not None
+        path.rmdir()  # the disk takes writes again
+        wait_for(lambda: m.fault is None, "the recovery")
+        assert any("written again" in r.getMessage() for r in caplog.records)
+    again = ResourceMap(path)
+    assert sorted(again.owners) == ["batches/c", "files/b"]
+    assert again.owners["files/b"] == m.owners["files/b"]

@@ -326,3 +326,62 @@ def test_open_upload_sessions_are_bounded(pair: tuple[Upstream, Proxy], monkeypa
     chunk = {"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"}
     assert httpx.post(urls[0], headers=chunk, content=b"a", timeout=30).status_code == 404  # the oldest, forgotten
     assert httpx.post(urls[2], headers=chunk, content=b"a", timeout=30).status_code == 200
+
+
+def test_events_carry_the_resource_kind_and_id(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    client = sdk(proxy.url)
+    data = b"resource events\n" * 500
+    f = client.files.upload(file=io.BytesIO(data), config={"mime_type": "text/plain"})
+    assert f.name
+    assert client.models.generate_content(model=FLASH, contents=[f, "q"]).text
+    cache = client.caches.create(
+        model=FLASH, config=types.CreateCachedContentConfig(contents=[f, "context"], ttl="300s")
+    )
+    assert cache.name
+    client.caches.get(name=cache.name)
+    job = client.batches.create(model=FLASH, src=[{"contents": [{"parts": [{"text": "q"}], "role": "user"}]}])
+    assert job.name
+    assert client.models.generate_content(model=FLASH, contents="plain").text
+    rows = proxy.rows(
+        "SELECT operation, resource_kind, resource_id, request_bytes, project FROM requests "
+        "WHERE status = 200 ORDER BY ts"
+    )
+    by_op: dict[str, list[tuple[str | None, str | None, int]]] = {}
+    for op, kind, rid, sent, _ in rows:
+        by_op.setdefault(op, []).append((kind, rid, sent))
+    # The upload's start names no file yet; its final chunk names the file made and counts the bytes moved.
+    assert by_op["files.upload.resumable"] == [("file", None, by_op["files.upload.resumable"][0][2])]
+    assert by_op["files.upload"] == [("file", f.name, len(data))]
+    # A generate call naming a file carries it; a cache's create names the cache it made (not the file it holds).
+    assert ("file", f.name) in [(k, r) for k, r, _ in by_op["generateContent"]]
+    assert (None, None) in [(k, r) for k, r, _ in by_op["generateContent"]]
+    assert [(k, r) for k, r, _ in by_op["cachedContents.create"]] == [("cachedContent", cache.name)]
+    assert [(k, r) for k, r, _ in by_op["cachedContents.get"]] == [("cachedContent", cache.name)]
+    assert [(k, r) for k, r, _ in by_op["batchGenerateContent"]] == [("batch", job.name)]
+
+
+def test_a_resource_map_that_cannot_be_saved_shows_in_readyz_and_loses_nothing(pair: tuple[Upstream, Proxy]) -> None:
+    _, proxy = pair
+    client = sdk(proxy.url)
+    path = proxy.data_dir / "resources.jsonl"
+    assert httpx.get(f"{proxy.url}/readyz").json()["resources"] == "ok"
+    path.unlink(missing_ok=True)
+    path.mkdir()  # the side file cannot be written (as on a full or read-only disk)
+    f = client.files.upload(file=io.BytesIO(b"made during the fault"), config={"mime_type": "text/plain"})
+    assert f.name
+    deadline = time.monotonic() + DEADLINE_S
+    while (ready := httpx.get(f"{proxy.url}/readyz")).status_code == 200:
+        assert time.monotonic() < deadline, "readyz never reported the resource map"
+        time.sleep(0.05)
+    body = ready.json()
+    assert ready.status_code == 503 and body["resources"].startswith("resource map not saved")
+    assert body["reason"] == body["resources"] and body["storage"] == "ok"
+    for _ in range(4):  # the file is still pinned to its project, from memory
+        assert client.models.generate_content(model=FLASH, contents=[f, "q"]).text
+    path.rmdir()
+    while httpx.get(f"{proxy.url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "readyz never recovered"
+        time.sleep(0.05)
+    saved = [json.loads(line)["name"] for line in path.read_text().splitlines()]
+    assert f.name in saved

@@ -14,7 +14,7 @@ from proxy_service.analytics import queries, snapshot
 from proxy_service.analytics.histogram import lb_sql
 from proxy_service.events import EventWriter, RequestEvent
 from proxy_service.settings import DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE
-from proxy_service.store import DERIVED, SCHEMA, Store
+from proxy_service.store import ADDED, DERIVED, SCHEMA, Store
 from tests.analytics.test_queries import event
 
 
@@ -149,6 +149,26 @@ def test_a_file_from_before_the_buckets_gets_them_when_opened(tmp_path: Path) ->
     assert cur.execute(EXPECTED).fetchone() == (0,)
     store.close()
     Store(path).close()  # opening again changes nothing
+
+
+def test_a_file_from_before_the_resource_columns_gets_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    old = SCHEMA["requests"].split(", latency_lb SMALLINT")[0]
+    assert "resource_kind" not in old
+    con.execute(f"CREATE TABLE requests ({old})")
+    con.execute("INSERT INTO requests (ts, request_id, operation) VALUES (TIMESTAMP '2026-01-01', 'r1', 'x')")
+    con.close()
+    store = Store(path)
+    cur = store.cursor()
+    columns = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE requests)").fetchall())
+    assert {c: columns[c] for c in ADDED["requests"]} == ADDED["requests"]
+    assert cur.execute("SELECT request_id, resource_kind, resource_id FROM requests").fetchall() == [("r1", None, None)]
+    cur.execute("INSERT INTO requests (ts, request_id, resource_kind) VALUES (TIMESTAMP '2026-01-02', 'r2', 'file')")
+    store.close()
+    store = Store(path)  # opening again changes nothing
+    assert store.cursor().execute("SELECT count(resource_kind) FROM requests").fetchone() == (1,)
+    store.close()
 
 
 def test_user_sql_and_exports_do_not_see_derived_columns(tmp_path: Path) -> None:

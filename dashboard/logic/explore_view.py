@@ -50,6 +50,7 @@ DIMENSIONS = [
     "stream",
     "outcome",
     "status",
+    "resource",
     "hour_of_day",
     "day_of_week",
     "hour",
@@ -188,8 +189,8 @@ def value_label(dim: str, value: Any) -> Any:
     other value (models, keys, times, numbers) as it is."""
     if isinstance(value, str) and value == OTHER:
         return t("explore.other")
-    if dim == "outcome" and isinstance(value, str) and value != NONE:
-        return label_of("outcome", value)
+    if dim in ("outcome", "resource") and isinstance(value, str) and value != NONE:
+        return label_of(dim, value)
     if dim == "stream" and (isinstance(value, bool) or value in ("true", "false", "True", "False")):
         return t("common.yes") if value in (True, "true", "True") else t("common.no")
     return value
@@ -357,6 +358,10 @@ CALL_COLUMNS = [
     "latency_ms",
     "ttfb_ms",
     "total_tokens",
+    "request_bytes",
+    "response_bytes",
+    "resource_kind",
+    "resource_id",
     "error_id",
     "error_message",
 ]
@@ -367,6 +372,8 @@ def calls_frame(items: pd.DataFrame) -> pd.DataFrame:
     for dim in ("outcome", "stream"):
         if dim in out:
             out[dim] = out[dim].map(lambda x, d=dim: value_label(d, x))
+    if "resource_kind" in out:
+        out["resource_kind"] = out["resource_kind"].map(lambda x: None if x is None else value_label("resource", x))
     if "ts" in out:
         out["ts"] = pd.to_datetime(out["ts"], utc=True, errors="coerce", format="ISO8601")
     return out

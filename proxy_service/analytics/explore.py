@@ -62,7 +62,7 @@ PERCENTILE_MEASURES: dict[str, tuple[str, float]] = {
 MEASURES = (*COUNTER_MEASURES, *PERCENTILE_MEASURES)
 TIME_BUCKETS = ("hour", "day", "week", "month")
 CLOCK_DIMS = ("hour_of_day", "day_of_week")
-TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status")
+TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status", "resource")
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
 DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
 _RAW_TEXT = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')"}
@@ -270,7 +270,7 @@ def _where(spec: Spec, part: Part, text: set[str], offs: queries.Offsets) -> Fra
     return Frag(" AND ".join(clauses), params)
 
 
-_RAW_COLUMN = {"client": "client_id", "key": "key_id"}
+_RAW_COLUMN = {"client": "client_id", "key": "key_id", "resource": "resource_kind"}
 
 
 def _raw_filter(dim: str, values: list[Any]) -> Frag:
@@ -774,6 +774,10 @@ CALL_COLUMNS = (
     "latency_ms",
     "ttfb_ms",
     "total_tokens",
+    "request_bytes",
+    "response_bytes",
+    "resource_kind",
+    "resource_id",
     "error_message",
 )
 

@@ -14,7 +14,7 @@ A set is named by its dimensions `a` ≤ `b` (in DIMS order, then `key`; '' when
   local hour/day/week/month boundary is a 15-minute boundary) and alert backtests; '15m' keeps latency histograms
   only (its readers, the stats and backtests, read no TTFB; Explore reads '1h' and 'd');
 - 'd' (local days of the display zone: `bucket` is the UTC instant of its local midnight, the zone is in
-  `rollup_meta`, a change rebuilds): every single dimension and every pair (8 + 28 sets, plus the total), the key
+  `rollup_meta`, a change rebuilds): every single dimension and every pair (9 + 36 sets, plus the total), the key
   alone and with each of KEY_PAIRS; histograms per single dimension.
 Why pairs and no more: a cube over all dimensions at once does not shrink on real traffic (keys rotate across
 projects, so project × client × model × ... occurs about once per call); one dimension or a pair stays small
@@ -53,7 +53,7 @@ OBSOLETE_TABLES = (
     "cube_1h",
     "cube_hist_1h",
 )
-DIMS = ("model", "project", "client", "surface", "operation", "stream", "outcome", "status")
+DIMS = ("model", "project", "client", "surface", "operation", "stream", "outcome", "status", "resource")
 # How each dimension is computed from a `requests` row ('' for NULL, so that it can be grouped and compared).
 RAW_DIMS = {
     "model": "coalesce(model, '')",
@@ -64,6 +64,7 @@ RAW_DIMS = {
     "stream": "coalesce(CAST(stream AS VARCHAR), '')",
     "outcome": "coalesce(outcome, '')",
     "status": "coalesce(CAST(status AS VARCHAR), '')",
+    "resource": "coalesce(resource_kind, '')",
 }
 SUMS = (
     "calls",
@@ -217,7 +218,7 @@ def insert(
 ) -> None:
     """Fold the rows of `source` (a table or registered batch of `requests` rows) into the pre-aggregates.
 
-    Two steps: the rows are summed per (hour, local day, all eight dimensions) — the leaves, far fewer than the rows
+    Two steps: the rows are summed per (hour, local day, all nine dimensions) — the leaves, far fewer than the rows
     on real traffic — then each leaf is expanded once per kept set and summed again. One plain GROUP BY each: a
     GROUPING SETS of every kept set costs a lot to plan and run even on one row (bench/explore.py times the fold). `span`: the rows' min and max `ts` when the
     caller knows them (a fold: one query less)."""

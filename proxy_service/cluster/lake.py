@@ -38,7 +38,7 @@ from proxy_service.analytics.rollup import Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.settings import CONNINFO_PASSWORD
-from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
+from proxy_service.store import ADDED, DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -233,14 +233,16 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if (CATALOG, table) not in have:
                 extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
-        for table, derived in DERIVED.items():  # lakes from before a derived column existed
-            for col in derived:
-                if not _has_column(cur, table, col):
-                    try:
-                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} SMALLINT")
-                    except duckdb.Error:
-                        if not _has_column(cur, table, col):  # else another replica added it first
-                            raise
+        # Lakes from before a derived or added column existed.
+        later = [(t, c, "SMALLINT") for t, derived in DERIVED.items() for c in derived]
+        later += [(t, c, kind) for t, added in ADDED.items() for c, kind in added.items()]
+        for table, col, kind in later:
+            if not _has_column(cur, table, col):
+                try:
+                    cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} {kind}")
+                except duckdb.Error:
+                    if not _has_column(cur, table, col):  # else another replica added it first
+                        raise
         for table in STATE_TABLES:
             if (STATE_DB, table) not in have:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")

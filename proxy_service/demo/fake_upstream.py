@@ -8,7 +8,9 @@ Endpoints: `/{v1beta,v1}/models` (list, get, `:generateContent`, `:streamGenerat
 a JSON array, `:countTokens`, `:embedContent`, `:batchEmbedContents`), `/v1beta/openai/{chat/completions,
 embeddings,models}`, the Live API's WebSocket `/ws/google.ai.generativelanguage.{v1beta,v1,v1alpha}.GenerativeService.
 BidiGenerateContent` (fake_live.py; a session's setup is one call against its project's quota, `live_gate`), and
-the fake's own `GET /_fake/stats`, `POST /_fake/reset`, `GET|POST /_fake/scenario`.
+the fake's own `GET /_fake/stats`, `POST /_fake/reset`, `GET|POST /_fake/scenario`. Files, caches and batches are
+fake_resources.py's; function calls (`tools` → `functionCall` parts / OpenAI `tool_calls`) and structured output
+(`responseSchema` / `response_format`) fake_tools.py's. `systemInstruction` is taken on `v1` as on `v1beta`.
 
 Scenario (JSON, all optional): `projects` {project: [keys]} (empty = any key is accepted and is its own project),
 `invalid_keys`, `limits` {"default"|model: {rpm, rpd, tpm}} (model entries override default; null = unlimited),
@@ -52,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from proxy_service.demo import fake_live
+from proxy_service.demo import fake_live, fake_tools
 from proxy_service.demo.fake_resources import FakeResources
 from proxy_service.demo.fake_wire import Fail as _Fail
 from proxy_service.demo.fake_wire import bad as _bad
@@ -187,7 +189,7 @@ _GENERATE_FIELDS = frozenset(
         "continuationToken",
     }
 )
-_GENERATE_FIELDS_V1 = _GENERATE_FIELDS - {"systemInstruction", "system_instruction"}
+_GENERATE_FIELDS_V1 = _GENERATE_FIELDS  # v1 takes systemInstruction too now (what the SDKs send on /v1)
 _EMBED_FIELDS = frozenset(
     {"model", "content", "taskType", "task_type", "title", "outputDimensionality", "output_dimensionality"}
 )
@@ -330,6 +332,7 @@ class _Answer:
     media: int
     thoughts: int
     thought_text: str | None
+    call: dict[str, Any] | None = None  # a functionCall answer (fake_tools): its JSON is the one piece
 
     def usage(self, chars: int | None = None) -> dict[str, Any]:
         """usageMetadata after `chars` characters of answer (None = all of it)."""
@@ -621,7 +624,10 @@ class _Fake:
         n, start, stride = len(_SENTENCES), (h >> 4) % 17, 1 + (h >> 12) % 16
         chosen = [_SENTENCES[(start + i * stride) % n] for i in range(2 + h % 4)]
         pieces = [s + " " for s in chosen[:-1]] + [chosen[-1]]
-        if cfg.get("responseMimeType", cfg.get("response_mime_type")) == "application/json":
+        structured = fake_tools.native_structured(cfg, h)
+        if structured is not None:  # a document of the response schema, in two deltas
+            pieces = [structured[: len(structured) // 2], structured[len(structured) // 2 :]]
+        elif cfg.get("responseMimeType", cfg.get("response_mime_type")) == "application/json":
             pieces = ['{"answer": "', *pieces, '"}']
         finish = "STOP"
         max_out = cfg.get("maxOutputTokens", cfg.get("max_output_tokens"))
@@ -652,7 +658,7 @@ class _Fake:
     def native_chunk(
         self, ans: _Answer, text: str, first: bool, last: bool, chars: int | None, rid: str, model: str
     ) -> dict[str, Any]:
-        parts: list[dict[str, Any]] = [{"text": text}]
+        parts: list[dict[str, Any]] = [{"text": text}] if ans.call is None else [{"functionCall": ans.call}]
         if first and ans.thought_text:
             parts.insert(0, {"text": ans.thought_text, "thought": True})
         cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
@@ -688,6 +694,9 @@ class _Fake:
         self.resources.check_refs(project, body)
         texts, media = _prompt(body["contents"], body.get("systemInstruction", body.get("system_instruction")))
         ans = self.answer_for(model, texts, media, body.get("generationConfig", body.get("generation_config")) or {})
+        call = fake_tools.native_call(body, zlib.crc32("\n".join(texts).encode(), self.sc.seed & 0xFFFFFFFF))
+        if call is not None:
+            ans.call, ans.pieces, ans.finish = call, [json.dumps(call)], "STOP"
         midstream = await self._fault(stream)
         self._admit(project, model, ans.prompt + ans.media)
         rid = _response_id()
@@ -816,12 +825,21 @@ class _Fake:
         effort = body.get("reasoning_effort")
         if effort:
             cfg["thinkingConfig"] = {"thinkingBudget": {"none": 0, "low": 1024, "medium": 8192}.get(str(effort), -1)}
+        cfg.update(fake_tools.openai_config(body))
         stream = bool(body.get("stream"))
         ans = self.answer_for(model, texts, media, cfg)
+        call = fake_tools.openai_call(body, zlib.crc32("\n".join(texts).encode(), self.sc.seed & 0xFFFFFFFF))
+        if call is not None:
+            ans.pieces = [call["arguments"]]
         midstream = await self._fault(stream)
         self._admit(project, model, ans.prompt + ans.media)
         rid, created = _response_id(), int(time.time())
         finish = "length" if ans.finish == "MAX_TOKENS" else "stop"
+        message: dict[str, Any] = {"content": "".join(ans.pieces), "role": "assistant"}
+        if call is not None:
+            finish = "tool_calls"
+            tool_call = {"id": f"call_{rid[:16]}", "type": "function", "function": call}
+            message = {"content": None, "role": "assistant", "tool_calls": [tool_call]}
         u = ans.usage()
         usage = {
             "prompt_tokens": u["promptTokenCount"],
@@ -836,7 +854,7 @@ class _Fake:
                             {
                                 "finish_reason": finish,
                                 "index": 0,
-                                "message": {"content": "".join(ans.pieces), "role": "assistant"},
+                                "message": message,
                             }
                         ],
                         "created": created,
@@ -851,7 +869,10 @@ class _Fake:
         n = min(len(ans.pieces), self.rng.randint(1, 2)) if midstream else len(ans.pieces)
         frames = []
         for i, piece in enumerate(ans.pieces[:n]):
-            choice: dict[str, Any] = {"delta": {"content": piece, "role": "assistant"}, "index": 0}
+            delta: dict[str, Any] = {"content": piece, "role": "assistant"}
+            if call is not None:
+                delta = {"role": "assistant", "tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
+            choice: dict[str, Any] = {"delta": delta, "index": 0}
             chunk: dict[str, Any] = {
                 "choices": [choice],
                 "created": created,

@@ -9,7 +9,9 @@ job, every 20–45 s at 2 requests/s) so that rate limits and cooldowns show on 
 drawn from the same description (mix.py), so the live traffic continues it.
 
 `make_request()` builds one request, `send()` sends it and `check_answer()` says whether the answer is well formed
-(a status and a body that parses in the surface's shape); the tests drive the same mix closed-loop.
+(a status and a body that parses in the surface's shape); the tests drive the same mix closed-loop. Given
+`workflows` (demo/resource_use.py), the generator also runs requests that belong together now and then: an upload
+and calls naming the file, a cache and its calls, a Live session.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -306,6 +308,15 @@ async def send(client: httpx.AsyncClient, spec: Spec, timeout: float = 60.0, kee
 # -- the demo's open-loop generator ---------------------------------------------------------------------------------
 
 
+class Workflows(Protocol):
+    """Requests in a row that belong together (demo/resource_use.py: an upload and calls naming the file, a cache and
+    its calls, a Live session), run now and then: `share` of the plain calls' rate."""
+
+    share: float
+
+    async def __call__(self, client: httpx.AsyncClient, rng: random.Random) -> list[Outcome]: ...
+
+
 class TrafficGenerator:
     """Sends `make_request()` traffic to `base_url` from a background thread until `stop()`."""
 
@@ -319,6 +330,7 @@ class TrafficGenerator:
         on_outcome: Callable[[Outcome], None] | None = None,
         clients: dict[str, Habit] | None = None,
         rhythmic: bool = False,
+        workflows: Workflows | None = None,
     ) -> None:
         self.base_url = base_url
         self.token = token
@@ -327,6 +339,7 @@ class TrafficGenerator:
         self.rhythm = rhythm.rhythm_now if rhythmic else lambda: 1.0  # the demo follows the hour; tests a flat rate
         self.rng = random.Random(seed)
         self.concurrency = concurrency
+        self.workflows = workflows
         self.on_outcome = on_outcome
         self.counts: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -412,8 +425,19 @@ class TrafficGenerator:
                     launch(make_request(self.rng, token, kind, model))
                     await asyncio.sleep(span / n)
 
-            bursts: set[asyncio.Task[None]] = set()
+            async def workflow(run: Workflows) -> None:
+                for outcome in await run(client, self.rng):
+                    self.counts["sent"] += 1
+                    self._count(outcome)
+
+            def next_workflow(now: float) -> float:
+                if self.workflows is None:
+                    return math.inf
+                return now + self.rng.expovariate(self.current_rate(now - start) * self.workflows.share)
+
+            bursts: set[asyncio.Task[None]] = set()  # bursts and workflows
             next_call = start + self.rng.expovariate(self.current_rate(0.0))
+            next_flow = next_workflow(start)
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_burst:
@@ -421,11 +445,17 @@ class TrafficGenerator:
                     bursts.add(b)
                     b.add_done_callback(bursts.discard)
                     next_burst = now + rhythm.burst_gap_s(self.rate, self.rng) / self.rhythm()
+                if now >= next_flow and self.workflows is not None:
+                    if len(bursts) < self.concurrency:
+                        w = asyncio.create_task(workflow(self.workflows))
+                        bursts.add(w)
+                        w.add_done_callback(bursts.discard)
+                    next_flow = next_workflow(now)
                 if now >= next_call:
                     launch(self.next_request())
                     next_call = now + self.rng.expovariate(self.current_rate(now - start))
                 # Short naps (a stop is seen at once) that keep the exponential gaps: a capped sleep would not.
-                await asyncio.sleep(min(max(min(next_call, next_burst) - now, 0.0), 0.5))
+                await asyncio.sleep(min(max(min(next_call, next_burst, next_flow) - now, 0.0), 0.5))
             for b in list(bursts):
                 b.cancel()
             if tasks:

@@ -99,6 +99,7 @@ class LiveRelay:
                 await ws.close(1008)  # not a Live path (before accept: the client sees HTTP 403)
             return
         call = Call("gemini", OPERATION, None, "GET", f"/ws/{version}", [], {}, b"", True, None)
+        call.resource_kind = "live"
         session = Session(call)
         await ws.accept()
         upstream: ClientConnection | None = None
@@ -431,4 +432,6 @@ class LiveRelay:
 
 def routes(gw: Gateway) -> list[WebSocketRoute]:
     live = LiveRelay(gw)
-    return [WebSocketRoute("/ws/{service}", live.endpoint)]
+    # The JS SDK (@google/genai) joins its base URL, which URL() ends with "/", and "/ws/…": its Live sessions
+    # arrive on "//ws/…" (Google's front end takes both).
+    return [WebSocketRoute("/ws/{service}", live.endpoint), WebSocketRoute("//ws/{service}", live.endpoint)]

@@ -34,7 +34,17 @@ from proxy_service.errors import (
 )
 from proxy_service.keys import redact
 from proxy_service.relay import Call
-from proxy_service.resources import NAME, Owner, ResourceMap, UploadSession, expiry, kind_of, names_in
+from proxy_service.resources import (
+    EVENT_KINDS,
+    NAME,
+    Owner,
+    ResourceMap,
+    UploadSession,
+    answered_name,
+    expiry,
+    kind_of,
+    names_in,
+)
 from proxy_service.surfaces.common import answer_call, base_call, error_response, forward_headers, read_body
 from proxy_service.upstream import send
 
@@ -168,6 +178,7 @@ async def collection(request: Request, gw: Gateway) -> Response:
     operation = f"{kind}.{'create' if creating else 'list'}"
 
     async def run(call: Call) -> Response:
+        call.resource_kind = EVENT_KINDS[kind]
         if creating:
             body = await read_body(request, gw.config.max_body_mb)
             await pin(gw, call, names_in(body))
@@ -221,6 +232,7 @@ async def resource(request: Request, gw: Gateway) -> Response:
     operation = f"{kind}.{op}"
 
     async def run(call: Call) -> Response:
+        call.resource_kind = EVENT_KINDS[kind]
         if not NAME.match(name):
             raise BadRequest(f"Invalid resource name {name[:80]!r}: expected e.g. {kind}/abc-123.")
         if verb and verb not in verbs[kind]:
@@ -248,6 +260,7 @@ async def resource(request: Request, gw: Gateway) -> Response:
 # -- batches: models/{m}:batchGenerateContent | :asyncBatchEmbedContent ------------------------------------------------
 async def create_batch(request: Request, gw: Gateway, version: str, model: str, method: str, call: Call) -> Response:
     """Called from the model route (surfaces/gemini.py): a batch goes to the project owning its input file, if any."""
+    call.resource_kind = "batch"
     body = await read_body(request, gw.config.max_body_mb)
     await pin(gw, call, names_in(body))
     resp = await _relay(gw, request, call, f"/{version}/models/{model}:{method}", body)
@@ -266,6 +279,7 @@ async def upload(request: Request, gw: Gateway) -> Response:
         return await _chunk_endpoint(request, gw, upload_id)
 
     async def run(call: Call) -> Response:
+        call.resource_kind = "file"
         if protocol == "multipart":
             return await _multipart(request, gw, call, version)
         if protocol != "resumable" or request.headers.get("x-goog-upload-command", "").strip() != "start":
@@ -368,6 +382,8 @@ async def _stream_upstream(
     finally:
         key.in_flight -= 1
     status = resp.status_code
+    if status == 200 and (name := answered_name(body)) is not None:  # the final chunk answers with the new file
+        call.resource = name
     ev = gw.relay.request_event(call, status, "success" if status == 200 else "upstream_error", 1, key)
     ev.request_bytes, ev.response_bytes = counter[0], len(body)
     ev.latency_ms = (time.perf_counter() - t0) * 1000
@@ -383,6 +399,7 @@ async def _chunk_endpoint(request: Request, gw: Gateway, upload_id: str) -> Resp
     """A chunk of a resumable upload. Its URL is its credential, as Google's own upload URLs are (the SDKs send no
     key with the chunks): the session id is 32 random bytes that only the client that started the upload got."""
     call = base_call(request, "gemini", "files.upload", None)
+    call.resource_kind = "file"
     session = gw.upload_sessions.get(upload_id)
     if session is None and gw.resources.shared is not None:
         found = await gw.resources.shared.session(upload_id)

@@ -35,6 +35,7 @@ MEASURES = [
 ]
 CLIENTS = ["t_billing", "t_search", "t_batch", None]
 MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
+RESOURCES = [None, None, None, "file", "cachedContent", "batch", "live"]
 
 
 def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
@@ -80,6 +81,7 @@ def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
                 output_tokens=rnd.choice([None, rnd.randint(0, 900)]),
                 total_tokens=rnd.randint(0, 6000),
                 request_bytes=rnd.randint(100, 9000),
+                resource_kind=RESOURCES[i % len(RESOURCES)],  # not drawn: the other columns' draws stay as they were
             )
         )
     return events, attempts
@@ -179,6 +181,8 @@ def normal(dim: str, v: Any) -> Any:
         (["client", "key"], NY, START + timedelta(minutes=30), END),  # key × client: raw rows
         (["key"], NY, START + timedelta(minutes=30), END),  # key alone: counters per local day
         (["hour_of_day", "outcome"], KOLKATA, START, END),  # a half-hour zone: raw rows
+        (["resource", "project"], NY, START, END),  # the resource kind, like every low-cardinality dimension
+        (["resource"], UTC, START + timedelta(minutes=17), END),
     ],
 )
 # The pre-aggregates' local days in UTC or New York, or raw rows only (as while they are rebuilt).
@@ -249,6 +253,7 @@ def test_filters_on_several_dimensions_match_raw_sql(loaded: DB) -> None:
         {"stream": [False, "maybe"], "outcome": ["success", None]},
         {"stream": [None], "model": ["nope"]},  # no row: an empty answer
         {"key": [None, ""], "status": [None]},
+        {"resource": ["file", None], "model": ["gemini-2.5-pro"]},
     ],
 )
 @pytest.mark.parametrize("zone", ["UTC", None])
@@ -263,7 +268,7 @@ def test_text_filters_on_raw_rows_compare_as_their_text_does(
     loaded.writer.submit(loaded.rollup.fold).result()
     ans = explore.answer(loaded.cur, spec, UTC, zone=zone)
     where = "".join(
-        f" AND coalesce(CAST({ {'key': 'key_id'}.get(d, d) } AS VARCHAR), '') IN "
+        f" AND coalesce(CAST({ {'key': 'key_id', 'resource': 'resource_kind'}.get(d, d) } AS VARCHAR), '') IN "
         f"({', '.join(repr('' if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for v in vs)})"
         for d, vs in filters.items()
     )

@@ -40,6 +40,8 @@ def event(i: int) -> RequestEvent:
         stream=False,
         status=200,
         latency_ms=float(10 + i),
+        resource_kind="file" if i % 10 == 0 else None,
+        resource_id=f"files/f{i}" if i % 10 == 0 else None,
     )
 
 
@@ -75,6 +77,10 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         "SELECT count(latency_lb), count(*) FILTER (WHERE latency_lb = ceil(ln(latency_ms) / ln(1.04))) FROM requests"
     ).fetchone() == (800, 800)
     assert con.execute("SELECT sum(calls) FROM preagg WHERE grain = '15m' AND a = ''").fetchone() == (800,)
+    # Each call's resource, in the raw rows and in the pre-aggregates' resource dimension.
+    assert con.execute("SELECT count(resource_id) FROM requests WHERE resource_kind = 'file'").fetchone() == (80,)
+    files = "SELECT sum(calls) FROM preagg WHERE grain = '1h' AND a = 'resource' AND av = 'file'"
+    assert con.execute(files).fetchone() == (80,)
     with pytest.raises(duckdb.Error, match=r"read-only|READ_ONLY"):
         con.execute("DELETE FROM requests")
     con.close()
@@ -85,13 +91,15 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
     )
     assert index.fetchone() == (1,), "the catalog's file statistics are indexed for the per-scan lookups"
     # A lake from before a derived column: the next replica to start adds it (old rows keep NULL: readers compute).
-    store.cursor().execute("ALTER TABLE lake.main.requests DROP COLUMN ttfb_lb")
+    # So are the columns added later (the resource's kind and id).
+    for col in ("ttfb_lb", "resource_kind", "resource_id"):
+        store.cursor().execute(f"ALTER TABLE lake.main.requests DROP COLUMN {col}")
     store.close()
     again = LakeStore(cfg, contextlib.nullcontext)
     columns = again.cursor().execute(
         "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND table_name = 'requests'"
     )
-    assert {"latency_lb", "ttfb_lb"} <= {r[0] for r in columns.fetchall()}
+    assert {"latency_lb", "ttfb_lb", "resource_kind", "resource_id"} <= {r[0] for r in columns.fetchall()}
     again.close()
     assert "password" not in pg_conninfo(lake_catalog)
 
