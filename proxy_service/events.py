@@ -98,6 +98,8 @@ class RequestEvent:
     response_bytes: int = 0
     error_status: str | None = None
     error_message: str | None = None
+    client_label: str | None = None
+    refusal: str | None = None  # why Keyrack refused the call: client_limit, client_model, priority, pool
 
 
 @dataclass(slots=True)

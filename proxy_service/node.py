@@ -46,6 +46,7 @@ class Hooks:
     rollup: Rollup  # folded before the embedded shutdown; compacted by the cluster's leader
     reload_config: Callable[[], Awaitable[None]]  # re-read the stored settings and apply them if they changed
     reload_alerts: Callable[[], Awaitable[None]]  # re-read the stored alert rules, channels and silences
+    reload_clients: Callable[[], Awaitable[None]]  # re-read the stored client records (a revocation, a change)
 
 
 class Node(Protocol):

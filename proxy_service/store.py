@@ -28,7 +28,8 @@ SCHEMA: dict[str, str] = {
         model VARCHAR, stream BOOLEAN, status SMALLINT, outcome VARCHAR, attempts SMALLINT, key_id VARCHAR,
         project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
         thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
-        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT""",
+        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT,
+        client_label VARCHAR, refusal VARCHAR""",
     "attempts": """
         ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
         model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
@@ -42,6 +43,11 @@ SCHEMA: dict[str, str] = {
         created_at TIMESTAMP, last_used_at TIMESTAMP, consecutive_failures INTEGER, total_failures BIGINT,
         requests BIGINT, successes BIGINT, last_error VARCHAR, last_checked_at TIMESTAMP, disabled_reason VARCHAR""",
     "settings": "name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMP",
+    # Client records (proxy_service/clients.py): tokens only as keyed hashes, under the install's own key.
+    "clients": "id VARCHAR PRIMARY KEY, label VARCHAR, owner VARCHAR, class VARCHAR, models VARCHAR, "
+    "limits VARCHAR, expires_at TIMESTAMP, created_at TIMESTAMP, last_used_at TIMESTAMP, revoked_at TIMESTAMP, "
+    "source VARCHAR, token_hash VARCHAR NOT NULL, old_hash VARCHAR, old_until TIMESTAMP",
+    "client_secret": "name VARCHAR PRIMARY KEY, value VARCHAR",
     # Alerting (proxy_service/alerts): rules as JSON bodies, channels (url and secret are secrets), silences, and
     # the history of every state change and delivery attempt.
     "alert_rules": "id VARCHAR PRIMARY KEY, body VARCHAR NOT NULL, updated_at TIMESTAMP",
@@ -53,6 +59,9 @@ SCHEMA: dict[str, str] = {
     "attempt SMALLINT, message VARCHAR",
     "alert_meta": "name VARCHAR PRIMARY KEY, value VARCHAR",
 }
+# Columns added to a table after files with it existed: `_migrate` (and the lake's) adds the missing ones, NULL in
+# older rows.
+ADDED: dict[str, dict[str, str]] = {"requests": {"client_label": "VARCHAR", "refusal": "VARCHAR"}}
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of
 # each latency, so that percentiles over raw rows (Explore's pairs) group by it instead of computing a logarithm per
 # row (cheaper on large files: bench/explore.py measures Explore's shapes). Internal: hidden from user SQL and exports like secrets are. Rows from before a
@@ -210,6 +219,11 @@ class Store:
         cur = self.cursor()
         for table, columns in SCHEMA.items():
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        for table, added in ADDED.items():
+            have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
+            for col, sql_type in added.items():
+                if col not in have:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
         for table, derived in DERIVED.items():  # files from before a derived column existed: added and filled once
             have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
             for col, (source, expr) in derived.items():

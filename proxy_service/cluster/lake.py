@@ -38,7 +38,7 @@ from proxy_service.analytics.rollup import Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.settings import CONNINFO_PASSWORD
-from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
+from proxy_service.store import ADDED, DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -233,11 +233,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if (CATALOG, table) not in have:
                 extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
-        for table, derived in DERIVED.items():  # lakes from before a derived column existed
-            for col in derived:
+        late = {t: {**ADDED.get(t, {}), **{c: "SMALLINT" for c in DERIVED.get(t, {})}} for t in {*ADDED, *DERIVED}}
+        for table, wanted in late.items():  # lakes from before an added or derived column existed
+            for col, sql_type in wanted.items():
                 if not _has_column(cur, table, col):
                     try:
-                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} SMALLINT")
+                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} {sql_type}")
                     except duckdb.Error:
                         if not _has_column(cur, table, col):  # else another replica added it first
                             raise

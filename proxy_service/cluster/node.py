@@ -452,6 +452,8 @@ class Cluster:
                         await self._reload_config()
                     elif data.get("kind") == "alerts" and self.hooks is not None:
                         await self.hooks.reload_alerts()
+                    elif data.get("kind") == "clients" and self.hooks is not None:
+                        await self.hooks.reload_clients()
             except REDIS_ERRORS:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -475,6 +477,7 @@ class Cluster:
         await self._reload_config()
         if self.hooks is not None:
             await self.hooks.reload_alerts()
+            await self.hooks.reload_clients()
 
     def _read(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = self.store.cursor()
