@@ -1,4 +1,4 @@
-"""Config page: client labels — a name for each client (access token), tokens always masked."""
+"""Config page: client labels — a name for each client id seen (tokens never shown)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ FIELD = "client_labels"
 
 
 def frame(items: list[dict]) -> pd.DataFrame:
-    cols = ["client_id", "token", "calls_90d", "label"]
+    cols = ["client_id", "calls_90d", "label"]
     df = pd.DataFrame(items, columns=cols)
     df["label"] = df["label"].fillna("")
     return df
@@ -40,7 +40,7 @@ def editor() -> None:
             key="cfg_clients",
             hide_index=True,
             width="stretch",
-            disabled=["client_id", "token", "calls_90d"],
+            disabled=["client_id", "calls_90d"],
             column_config=fmt.column_labels(df),
         )
         labels = labels_of(edited)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import json_body, ok, parse_time
+from proxy_service.analytics import preagg_read
 from proxy_service.clients import CLASSES, LIMITS, Client, new_token
 from proxy_service.errors import ApiError
 from proxy_service.settings import is_model_name
@@ -121,8 +122,18 @@ async def create(gw: Gateway, request: Request) -> Response:
 
 
 async def list_clients(gw: Gateway, _request: Request) -> Response:
-    items = sorted(gw.clients.by_id.values(), key=lambda c: c.created_at)
-    return ok({"items": [gw.clients.view(c) for c in items]})
+    """Every record with its usage against its limits, then the client ids seen in the last 90 days without one
+    (open mode's callers, tokens removed long ago), each with its calls of those 90 days and its label."""
+    since = utcnow() - timedelta(days=90)
+    seen = dict(await gw.read(lambda cur: preagg_read.client_calls(cur, since)))
+    labels = gw.config.client_labels
+    records = sorted(gw.clients.by_id.values(), key=lambda c: c.created_at)
+    items = [{**gw.clients.view(c), "client_id": c.id, "calls_90d": seen.get(c.id, 0)} for c in records]
+    for cid in sorted((set(seen) | set(labels)) - set(gw.clients.by_id)):
+        items.append(
+            {"id": cid, "client_id": cid, "label": labels.get(cid), "calls_90d": seen.get(cid, 0), "source": "events"}
+        )
+    return ok({"items": items})
 
 
 async def details(gw: Gateway, request: Request) -> Response:
