@@ -252,6 +252,7 @@ class ClientBook:
         self._last_used: dict[str, float] = {}  # not yet stored
         self._active: dict[str, dict[str, float]] = {c: {} for c in CLASSES}  # class → client id → last call
         self._classes: dict[str, int] = {}  # class → how many records of it are not revoked
+        self._required = False
 
     # -- records -------------------------------------------------------------------------------------------------
     def hash(self, token: str) -> str:
@@ -259,8 +260,9 @@ class ClientBook:
 
     @property
     def required(self) -> bool:
-        """Whether a token is needed: some record exists that has not been revoked."""
-        return any(self._classes.values())
+        """Whether a token is needed: a token of `access_tokens` is configured, or a client was ever made through
+        the admin API (revoking the last one must not open the proxy)."""
+        return self._required
 
     def put(self, client: Client, recount: bool = True) -> None:
         """Add or replace a record (its counters carry over from the record it replaces)."""
@@ -281,10 +283,12 @@ class ClientBook:
 
     def _count_classes(self) -> None:
         counts: dict[str, int] = {}
+        required = False
         for c in self.by_id.values():
             if c.revoked_at is None:
                 counts[c.cls] = counts.get(c.cls, 0) + 1
-        self._classes = counts
+            required = required or c.source != "config" or c.revoked_at is None
+        self._classes, self._required = counts, required
 
     def replace_all(self, clients: Iterable[Client]) -> None:
         """The stored records (another replica changed them): kept counters, gone records dropped."""

@@ -171,6 +171,13 @@ def test_config_tokens_become_records_and_follow_the_config() -> None:
     assert gone in changed and gone.revoked_at is not None
     assert b.sync_config(["tok-1"], {}) == []  # nothing changed
     assert not book().required  # no record: open mode (loopback only)
+    b.sync_config([], {})
+    assert not b.required  # every config token removed: open again, as the config says
+    api = book()
+    made = client(api, "made")
+    made.revoked_at = NOW
+    api.put(made)
+    assert api.required  # revoking the last client made through the API does not open the proxy
 
 
 def test_restore_refills_counters() -> None:
