@@ -251,22 +251,28 @@ class Gateway:
         return {**cfg.client_labels, **{c.id: c.label for c in book.by_id.values()}}
 
     async def save_clients(self, changed: list[clients.Client]) -> None:
-        """Store changed client records (waits for the writer: WriterUnavailable when it could not), refresh the
-        analytics labels, and tell the other replicas (a revocation holds everywhere within the bus's delay)."""
-        labels = self._client_labels(self.clients, self._config)
+        """Store changed client records (waits for the writer: WriterUnavailable when it could not), their analytics
+        labels, and tell the other replicas (a revocation holds everywhere within the bus's delay)."""
+        labels = [(c.id, c.label) for c in changed]
         table = self.store.client_labels
 
         def write(cur: duckdb.DuckDBPyConnection) -> None:
             clients.save(cur, changed)
-            queries.set_client_labels(cur, labels, table)
+            cur.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", labels)
 
         await self.writer.run(write)
         self.node.broadcast({"kind": "clients"})
 
     async def reload_clients(self) -> None:
-        """Re-read the stored client records (another replica changed them: `Hooks`)."""
+        """Re-read the stored client records (another replica changed them: `Hooks`); the analytics labels are
+        rewritten only when they changed."""
         records = await self.read(clients.load)
+        before = self._client_labels(self.clients, self._config)
         self.clients.replace_all(records)
+        labels = self._client_labels(self.clients, self._config)
+        if labels != before:
+            table = self.store.client_labels
+            self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, table))
 
     def persist_clients(self) -> None:
         """`last_used_at` of the clients used since the last time, in one batch (never per request)."""

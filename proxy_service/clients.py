@@ -48,6 +48,7 @@ TOKEN_PREFIX = "krc_"
 # Within a class, fair share is enforced only while the model's free share is below the class's reserve plus this
 # band: above it there is enough for everyone and nobody is held back.
 FAIR_BAND = 0.15
+FREE_REUSE_S = 0.1
 ACTIVE_S = 60.0  # a client that made no call in this long does not count towards its class's fair share
 
 
@@ -105,14 +106,17 @@ class Usage:
             minute.popleft()
 
     def used(self, name: str) -> int:
-        return {
-            "rpm": len(self.minute),
-            "rpd": self.calls_day,
-            "tpd": self.tokens_day,
-            "calls_per_month": self.calls_month,
-            "tokens_per_month": self.tokens_month,
-            "concurrency": self.in_flight,
-        }[name]
+        if name == "rpm":
+            return len(self.minute)
+        if name == "rpd":
+            return self.calls_day
+        if name == "tpd":
+            return self.tokens_day
+        if name == "calls_per_month":
+            return self.calls_month
+        if name == "tokens_per_month":
+            return self.tokens_month
+        return self.in_flight
 
 
 @dataclass
@@ -253,6 +257,7 @@ class ClientBook:
         self._active: dict[str, dict[str, float]] = {c: {} for c in CLASSES}  # class → client id → last call
         self._classes: dict[str, int] = {}  # class → how many records of it are not revoked
         self._required = False
+        self._free_cache: dict[str, tuple[float, float]] = {}  # model → (when, free share), only when plentiful
 
     # -- records -------------------------------------------------------------------------------------------------
     def hash(self, token: str) -> str:
@@ -304,10 +309,11 @@ class ClientBook:
 
     def find(self, token: str) -> Client | None:
         """The record `token` belongs to (revoked and expired ones included: the caller says why it refuses)."""
-        client = self._by_hash.get(self.hash(token))
+        h = self.hash(token)
+        client = self._by_hash.get(h)
         if client is None:
             return None
-        if client.token_hash != self.hash(token) and (client.old_until is None or self.clock() >= client.old_until):
+        if client.token_hash != h and (client.old_until is None or self.clock() >= client.old_until):
             return None  # the token before a rotation, after its grace period
         return client
 
@@ -336,8 +342,10 @@ class ClientBook:
         return changed
 
     # -- the request path ----------------------------------------------------------------------------------------
-    def admit(self, client: Client, model: str | None) -> None:
-        """Count a call of `client` (to `model`, None: no model) or raise ClientRefused saying which rule refused."""
+    def admit(self, client: Client, model: str | None, quota_model: str | None = None) -> None:
+        """Count a call of `client` (to `model`, None: no model) or raise ClientRefused saying which rule refused.
+        `quota_model`: the quota the call spends (None: none, e.g. reading a model's metadata), whose scarcity the
+        client's class is weighed against."""
         now = self.clock()
         if model is not None and client.models is not None and model not in client.models:
             allowed = ", ".join(sorted(client.models)) or "none"
@@ -349,8 +357,8 @@ class ClientBook:
         limits = client.limits
         if limits:
             self._check_limits(client, u, limits, now)
-        if model is not None:
-            self._check_priority(client, model, now)
+        if quota_model is not None:
+            self._check_priority(client, quota_model, now)
         u.minute.append(now)
         u.calls_day += 1
         u.calls_month += 1
@@ -381,7 +389,7 @@ class ClientBook:
         rank = CLASSES.index(client.cls)
         above = any(self._classes.get(c) for c in CLASSES[:rank])
         reserve = self.reserve().get(client.cls, 0.0) if above else 0.0
-        free = self.free_share(model)
+        free = self._free(model, now)
         if free >= reserve + FAIR_BAND or free <= 0.0:
             return  # plenty; or nothing left for anyone, which the pool's own refusal explains better
         if free < reserve:
@@ -420,10 +428,30 @@ class ClientBook:
                 min(wait, MINUTE_S),
             )
 
-    def release(self, client: Client, tokens: int | None) -> None:
-        """An admitted call ended: one less in flight, its tokens counted (from the answer's usage)."""
+    def _free(self, model: str, now: float) -> float:
+        """The pool's free share of `model` (one pass over its keys). A share well above every reserve is reused
+        for FREE_REUSE_S: no decision can change until a fifth of the quota is spent, and the pass is most of what
+        admission costs; a lower one is read again for every call."""
+        cached = self._free_cache.get(model)
+        if cached is not None and now - cached[0] < FREE_REUSE_S:
+            return cached[1]
+        free = self.free_share(model)
+        if free >= max(self.reserve().values(), default=0.0) + FAIR_BAND + 0.2:
+            self._free_cache[model] = (now, free)
+        else:
+            self._free_cache.pop(model, None)
+        return free
+
+    def release(self, client: Client, tokens: int | None, refund: bool = False) -> None:
+        """An admitted call ended: one less in flight, its tokens counted (from the answer's usage). `refund`: the
+        pool refused it (no key could take it), so it does not count as one of the client's calls either."""
         u = client.usage
         u.in_flight = max(0, u.in_flight - 1)
+        if refund:
+            u.calls_day = max(0, u.calls_day - 1)
+            u.calls_month = max(0, u.calls_month - 1)
+            if u.minute:
+                u.minute.pop()
         if tokens:
             u.roll(self.clock())
             u.tokens_day += tokens

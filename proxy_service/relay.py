@@ -216,12 +216,16 @@ class Relay:
         self.clients = clients
         self.client: httpx.AsyncClient | None = None
 
-    def admit(self, call: Call) -> None:
-        """Count the call against its client's limits, or raise ClientRefused (the refusal noted on the call)."""
+    def admit(self, call: Call, spends: bool | None = None) -> None:
+        """Count the call against its client's limits, or raise ClientRefused (the refusal noted on the call).
+        `spends`: whether it spends the model's quota (default: a POST; reading a model's metadata does not), and so
+        is weighed against the quota's scarcity by the client's class."""
         if call.client is None or call.admitted:
             return
+        if spends is None:
+            spends = call.method == "POST"
         try:
-            self.clients.admit(call.client, call.model)
+            self.clients.admit(call.client, call.model, call.quota_model if spends and call.model else None)
         except ClientRefused as exc:
             call.refusal = exc.refusal
             metrics.CLIENT_REFUSALS.labels(exc.refusal).inc()
@@ -252,7 +256,7 @@ class Relay:
     def record_request(self, call: Call, ev: RequestEvent) -> None:
         if call.admitted and call.client is not None:  # every call ends here once: the client's slot and tokens
             call.admitted = False
-            self.clients.release(call.client, ev.total_tokens)
+            self.clients.release(call.client, ev.total_tokens, refund=ev.refusal == "pool")
         ev.latency_ms = (time.perf_counter() - call.started) * 1000
         # A key pasted where a model name goes ends up in the model column and in "Invalid model name '…'".
         if ev.error_message:

@@ -41,7 +41,7 @@ def client(b: ClientBook, name: str, token: str | None = None, **kw: Any) -> Cli
 
 def refusal(b: ClientBook, c: Client, model: str | None = "m") -> ClientRefused:
     with pytest.raises(ClientRefused) as caught:
-        b.admit(c, model)
+        b.admit(c, model, model)
     return caught.value
 
 
@@ -128,20 +128,20 @@ def test_reserve_refuses_lower_classes_first_and_only_when_a_higher_class_exists
     free = {"m": 0.2}
     b = book(lambda m: free[m])
     alone = client(b, "alone", cls="batch")
-    b.admit(alone, "m")  # no class above has a client: nothing is kept back for nobody
+    b.admit(alone, "m", "m")  # no class above has a client: nothing is kept back for nobody
     b = book(lambda m: free[m])
     batch = client(b, "b", cls="batch")
     std = client(b, "s", cls="standard")
-    b.admit(std, "m")  # no interactive client: standard keeps nothing back
+    b.admit(std, "m", "m")  # no interactive client: standard keeps nothing back
     err = refusal(b, batch)
     assert "model 'm' has 20% of its quota left and 30% is kept for higher-priority clients" in err.message
     assert err.retry_after == 6  # a tenth of the minute window at an even pace
     inter = client(b, "i", cls="interactive")
     free["m"] = 0.05
     assert refusal(b, std).refusal == "priority"
-    b.admit(inter, "m")
+    b.admit(inter, "m", "m")
     free["m"] = 0.0
-    b.admit(batch, "m")  # nothing left for anyone: the pool's own refusal says so, with its wait
+    b.admit(batch, "m", "m")  # nothing left for anyone: the pool's own refusal says so, with its wait
 
 
 def test_fair_share_within_a_class_holds_back_the_burst_not_the_trickle() -> None:
@@ -152,7 +152,7 @@ def test_fair_share_within_a_class_holds_back_the_burst_not_the_trickle() -> Non
     for i in range(110):
         c = light if i % 11 == 0 else heavy
         try:
-            b.admit(c, "m")
+            b.admit(c, "m", "m")
             served[c.id] += 1
         except ClientRefused as exc:
             assert exc.refusal == "priority" and c is heavy and "fair share" in exc.message
@@ -183,8 +183,12 @@ def test_config_tokens_become_records_and_follow_the_config() -> None:
 def test_restore_refills_counters() -> None:
     b = book()
     c = client(b, "a", limits={"rpd": 5})
-    b.restore([("a", 5, 1000, 40, 9000, [NOW - 10, NOW - 100])])
-    assert c.usage.calls_day == 5 and c.usage.tokens_month == 9000 and list(c.usage.minute) == [NOW - 10]
+    b.restore([("a", 4, 1000, 40, 9000, [NOW - 10, NOW - 100])])
+    b.admit(c, "m")
+    b.release(c, None, refund=True)  # the pool refused it: not one of the client's calls
+    assert c.usage.calls_day == 4 and c.usage.in_flight == 0
+    b.admit(c, "m")
+    assert c.usage.calls_day == 5 and c.usage.tokens_month == 9000 and list(c.usage.minute) == [NOW - 10, NOW]
     assert "daily call limit (rpd 5)" in refusal(b, c).message
 
 

@@ -120,7 +120,7 @@ class LiveRelay:
             # A setup can carry a long system instruction: a large one is parsed off the event loop.
             setup = self._setup(raw) if len(raw) <= 65_536 else await asyncio.to_thread(self._setup, raw)
             call.model = self._model(setup)
-            self.gw.relay.admit(call)  # the client's own policy: a session is one call
+            self.gw.relay.admit(call, spends=True)  # the client's own policy: a session is one call
             upstream = await self._open(ws, session, version, raw)
             await self._relay(ws, upstream, session)
         except Refused as exc:
