@@ -8,6 +8,7 @@ from __future__ import annotations
 import calendar
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -278,3 +279,37 @@ def test_two_clients_of_one_class_at_ten_to_one_each_get_their_fair_share(
     assert served["light"] >= min(light_demand, CAPACITY)  # the trickle: every call (under half of the minute)
     assert served["heavy"] >= CAPACITY * (minutes - 1) / 2  # the burst: at least an equal share
     assert sum(served.values()) >= 0.85 * CAPACITY * (minutes - 1)  # little of the quota goes unused
+
+
+def test_usage_rows_count_this_month_today_and_the_last_minute_of_admitted_calls(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from proxy_service.clients import usage_rows
+    from proxy_service.store import Store
+
+    store = Store(tmp_path / "k.duckdb")
+    cur = store.cursor()
+
+    def at(epoch: float) -> datetime:
+        return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
+
+    rows = [
+        (at(NOW - 10), "a", 100, "success", None),  # the last minute
+        (at(NOW - 3600), "a", 50, "success", None),  # today
+        (at(NOW - 5 * 86400), "a", 7, "success", None),  # this month
+        (at(NOW - 40 * 86400), "a", 1000, "success", None),  # last month: not counted
+        (at(NOW - 20), "a", None, "refused", "client_limit"),  # refused: not admitted
+        (at(NOW - 20), "a", None, "exhausted", "pool"),  # the pool refused it: given back
+        (at(NOW - 30), "b", 5, "success", None),
+    ]
+    for ts, cid, tokens, outcome, refusal in rows:
+        cur.execute(
+            "INSERT INTO requests (ts, request_id, client_id, total_tokens, outcome, refusal) VALUES (?, ?, ?, ?, ?, ?)",
+            [ts, "r", cid, tokens, outcome, refusal],
+        )
+    got = {r[0]: r for r in usage_rows(cur, NOW)}
+    cur.close()
+    store.close()
+    assert got["a"][1:5] == (2, 150, 3, 157)
+    assert [round(t) for t in got["a"][5]] == [round(NOW - 10)]
+    assert got["b"][1:5] == (1, 5, 1, 5)

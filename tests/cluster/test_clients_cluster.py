@@ -66,6 +66,11 @@ def test_a_client_made_on_one_replica_is_served_and_revoked_on_the_other(
     # No token in clear at rest: PostgreSQL's tables, the lake's files, the replicas' data dirs.
     con = duckdb_connect(lake_catalog)
     try:
+        deadline = time.monotonic() + DEADLINE_S
+        sql = "SELECT last_used_at FROM pg.keyrack.clients WHERE id = ?"
+        while con.execute(sql, [cid]).fetchone() == (None,):  # last use reaches PostgreSQL in batches
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         rows = con.execute("SELECT * FROM pg.keyrack.clients").fetchall()
         assert rows and not any(token in str(v) for row in rows for v in row)
         assert con.execute("SELECT count(*) FROM pg.keyrack.clients WHERE revoked_at IS NOT NULL").fetchone() == (1,)
