@@ -13,8 +13,15 @@ FIELD = "client_labels"
 
 
 def frame(items: list[dict]) -> pd.DataFrame:
+    """The ids this editor names: tokens of `access_tokens` and ids seen in events (a client made on the Clients
+    page has its label there); a token's record without a configured label shows a blank one."""
     cols = ["client_id", "calls_90d", "label"]
-    df = pd.DataFrame(items, columns=cols)
+    rows = [
+        {**i, "label": None if i.get("label") == i.get("client_id") else i.get("label")}
+        for i in items
+        if i.get("source") != "api"
+    ]
+    df = pd.DataFrame(rows, columns=cols)
     df["label"] = df["label"].fillna("")
     return df
 
@@ -31,10 +38,10 @@ def editor() -> None:
         items = cache.safe(cache.api().clients, ttl=30.0)()
         if items is None:
             return
-        if not items:
+        df = frame(items)
+        if df.empty:
             st.info(t("config.clients_none"))
             return
-        df = frame(items)
         edited = st.data_editor(
             df,
             key="cfg_clients",

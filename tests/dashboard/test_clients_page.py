@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from dashboard.logic import clients_panel
 from dashboard.logic import tenants_view as tv
 from tests.dashboard.conftest import Stack
 from tests.dashboard.test_pages import ok, start, texts
@@ -29,6 +30,24 @@ def test_view_helpers_show_use_against_limits() -> None:
     assert tv.near_limit(items) == [("nightly", "tpd", 0.9)]
     body = tv.create_body(" x ", "batch", "", "a, b\nc", {"rpm": 0, "tpd": 5}, None)
     assert body == {"label": "x", "class": "batch", "models": ["a", "b", "c"], "limits": {"tpd": 5}}
+
+
+def test_the_config_label_editor_names_config_tokens_and_seen_ids_not_records_made_here() -> None:
+    items = [
+        {
+            "id": "t_0123456789",
+            "client_id": "t_0123456789",
+            "label": "t_0123456789",
+            "source": "config",
+            "calls_90d": 2,
+        },
+        {"id": "t_aaaaaaaaaa", "client_id": "t_aaaaaaaaaa", "label": "billing", "source": "config", "calls_90d": 0},
+        {"id": "c_1", "client_id": "c_1", "label": "made-here", "source": "api", "calls_90d": 5},
+        {"id": "anonymous", "client_id": "anonymous", "label": None, "source": "events", "calls_90d": 1},
+    ]
+    df = clients_panel.frame(items)
+    assert list(df["client_id"]) == ["t_0123456789", "t_aaaaaaaaaa", "anonymous"]
+    assert list(df["label"]) == ["", "billing", ""]
 
 
 def test_clients_page_creates_shows_the_token_once_rotates_and_revokes(dash_env: Stack) -> None:
