@@ -49,6 +49,7 @@ from proxy_service.upstream import answer_cap, build_client, client_settings, pa
 
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
+CLIENT_SHARE_S = 1.0  # how often replicas exchange their clients' usage (a limit may be overrun by one period's calls)
 RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
 JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
@@ -238,9 +239,7 @@ class Gateway:
         self.writer.submit(lambda cur: book.replace_all(clients.load(cur))).result()
         changed = book.sync_config(cfg.access_tokens, cfg.client_labels)
         self.writer.submit(lambda cur: clients.save(cur, changed)).result()
-        if book.by_id:
-            now = time.time()
-            book.restore(self.writer.submit(lambda cur: clients.usage_rows(cur, now)).result())
+        self.node.restore_client_usage(book)
         labels = self._client_labels(book, cfg)
         self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, self.store.client_labels)).result()
         return book
@@ -250,7 +249,7 @@ class Gateway:
         """Names of clients in analytics: the records' labels, and config labels for ids without a record."""
         return {**cfg.client_labels, **{c.id: c.label for c in book.by_id.values()}}
 
-    async def save_clients(self, changed: list[clients.Client]) -> None:
+    async def save_clients(self, changed: list[clients.Client], retired: list[str] | None = None) -> None:
         """Store changed client records (waits for the writer: WriterUnavailable when it could not), their analytics
         labels, and tell the other replicas (a revocation holds everywhere within the bus's delay)."""
         labels = [(c.id, c.label) for c in changed]
@@ -261,11 +260,14 @@ class Gateway:
             cur.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", labels)
 
         await self.writer.run(write)
-        self.node.broadcast({"kind": "clients"})
+        # What must stop working at once travels in the message itself: the others act before re-reading the rows.
+        revoked = [c.id for c in changed if c.revoked_at is not None]
+        self.node.broadcast({"kind": "clients", "revoked": revoked, "retired": retired or []})
 
-    async def reload_clients(self) -> None:
-        """Re-read the stored client records (another replica changed them: `Hooks`); the analytics labels are
-        rewritten only when they changed."""
+    async def reload_clients(self, revoked: list[str] | None = None, retired: list[str] | None = None) -> None:
+        """Refuse the `revoked` clients and `retired` token hashes at once, then re-read the stored client records
+        (another replica changed them: `Hooks`); the analytics labels are rewritten only when they changed."""
+        self.clients.stop(revoked or [], retired or [])
         records = await self.read(clients.load)
         before = self._client_labels(self.clients, self._config)
         self.clients.replace_all(records)
@@ -273,6 +275,14 @@ class Gateway:
         if labels != before:
             table = self.store.client_labels
             self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, table))
+
+    async def share_client_usage(self) -> None:
+        """Exchange the clients' day and month usage with the other replicas, so their limits hold cluster-wide
+        (within this job's period; alone it is an empty exchange)."""
+        day, month, own = self.clients.own_usage()
+        peers = await self.node.share_client_usage(day, month, own)
+        if peers is not None:
+            self.clients.set_peers(day, peers)
 
     def persist_clients(self) -> None:
         """`last_used_at` of the clients used since the last time, in one batch (never per request)."""
@@ -478,6 +488,7 @@ class Gateway:
         metrics.REGISTRY.register(self._collector)
         self.jobs.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
         self.jobs.every(lambda: KEY_FLUSH_S, self.persist_clients, "persist-clients")
+        self.jobs.every(lambda: CLIENT_SHARE_S, self.share_client_usage, "share-client-usage")
         self.jobs.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
         trim = heap.trimmer()
         if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop

@@ -93,13 +93,20 @@ class Usage:
     calls_month: int = 0
     tokens_month: int = 0
     in_flight: int = 0
+    # The other replicas' calls and tokens of this day and month (cluster mode: `ClientBook.set_peers`).
+    peer_calls_day: int = 0
+    peer_tokens_day: int = 0
+    peer_calls_month: int = 0
+    peer_tokens_month: int = 0
 
     def roll(self, now: float) -> None:
         day, month = _utc_day(now), _utc_month(now)
         if day != self.day:
             self.day, self.calls_day, self.tokens_day = day, 0, 0
+            self.peer_calls_day = self.peer_tokens_day = 0
         if month != self.month:
             self.month, self.calls_month, self.tokens_month = month, 0, 0
+            self.peer_calls_month = self.peer_tokens_month = 0
         cutoff = now - MINUTE_S
         minute = self.minute
         while minute and minute[0] <= cutoff:
@@ -109,13 +116,13 @@ class Usage:
         if name == "rpm":
             return len(self.minute)
         if name == "rpd":
-            return self.calls_day
+            return self.calls_day + self.peer_calls_day
         if name == "tpd":
-            return self.tokens_day
+            return self.tokens_day + self.peer_tokens_day
         if name == "calls_per_month":
-            return self.calls_month
+            return self.calls_month + self.peer_calls_month
         if name == "tokens_per_month":
-            return self.tokens_month
+            return self.tokens_month + self.peer_tokens_month
         return self.in_flight
 
 
@@ -307,6 +314,20 @@ class ClientBook:
             self.put(c, recount=False)
         self._count_classes()
 
+    def stop(self, revoked: Iterable[str], retired: Iterable[str]) -> None:
+        """Another replica revoked these clients or retired these token hashes: refused from now on (the stored
+        rows, read next, say the same)."""
+        now = self.clock()
+        for cid in revoked:
+            c = self.by_id.get(cid)
+            if c is not None and c.revoked_at is None:
+                c.revoked_at = now
+        for h in retired:
+            c = self._by_hash.pop(h, None)  # the record's current hash here, until the re-read brings the new one
+            if c is not None and c.old_hash == h:
+                c.old_hash = c.old_until = None
+        self._count_classes()
+
     def find(self, token: str) -> Client | None:
         """The record `token` belongs to (revoked and expired ones included: the caller says why it refuses)."""
         h = self.hash(token)
@@ -456,6 +477,29 @@ class ClientBook:
             u.roll(self.clock())
             u.tokens_day += tokens
             u.tokens_month += tokens
+
+    # -- sharing with other replicas -------------------------------------------------------------------------------
+    def own_usage(self) -> tuple[str, str, dict[str, tuple[int, int, int, int]]]:
+        """This process's UTC day and month ("20261207", "202612") and, per client that has any, its own calls and
+        tokens of the day and of the month."""
+        now = self.clock()
+        own: dict[str, tuple[int, int, int, int]] = {}
+        for c in self.by_id.values():
+            u = c.usage
+            u.roll(now)
+            if u.calls_month or u.tokens_month:
+                own[c.id] = (u.calls_day, u.tokens_day, u.calls_month, u.tokens_month)
+        return time.strftime("%Y%m%d", time.gmtime(now)), time.strftime("%Y%m", time.gmtime(now)), own
+
+    def set_peers(self, day: str, peers: Mapping[str, tuple[int, int, int, int]]) -> None:
+        """The other replicas' calls and tokens of `day` and its month, per client (clients not named: none)."""
+        now = self.clock()
+        if day != time.strftime("%Y%m%d", time.gmtime(now)):
+            return  # the day turned meanwhile: the next exchange brings the new one's
+        for c in self.by_id.values():
+            u = c.usage
+            u.roll(now)
+            u.peer_calls_day, u.peer_tokens_day, u.peer_calls_month, u.peer_tokens_month = peers.get(c.id, (0, 0, 0, 0))
 
     # -- storage -------------------------------------------------------------------------------------------------
     def take_last_used(self) -> dict[str, float]:

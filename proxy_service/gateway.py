@@ -47,8 +47,9 @@ class Gateway(Core, Protocol):
         """The client records (hashed tokens, classes, limits) and their usage: authentication and admission."""
         ...
 
-    async def save_clients(self, changed: list[Client]) -> None:
-        """Store changed client records, refresh their analytics labels, tell the other replicas."""
+    async def save_clients(self, changed: list[Client], retired: list[str] | None = None) -> None:
+        """Store changed client records, refresh their analytics labels, tell the other replicas (`retired`: token
+        hashes that stop working at once, e.g. the one a rotation without grace replaced)."""
         ...
 
     @property

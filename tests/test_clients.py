@@ -313,3 +313,29 @@ def test_usage_rows_count_this_month_today_and_the_last_minute_of_admitted_calls
     assert got["a"][1:5] == (2, 150, 3, 157)
     assert [round(t) for t in got["a"][5]] == [round(NOW - 10)]
     assert got["b"][1:5] == (1, 5, 1, 5)
+
+
+def test_peers_usage_counts_against_day_and_month_limits() -> None:
+    b = book()
+    c = client(b, "shared", limits={"rpd": 3, "tokens_per_month": 1000})
+    b.admit(c, "m")
+    b.release(c, 10)
+    day, month, own = b.own_usage()
+    assert (day, month) == ("20261207", "202612") and own == {"shared": (1, 10, 1, 10)}
+    b.set_peers(day, {"shared": (2, 0, 2, 990)})  # the other replicas' share
+    err = refusal(b, c)
+    assert "daily call limit (rpd 3)" in err.message
+    assert b.view(c)["usage"]["rpd"] == {"used": 3, "limit": 3}
+    b.set_peers("20261206", {"shared": (0, 0, 0, 0)})  # a stale day's exchange is ignored
+    assert b.view(c)["usage"]["rpd"]["used"] == 3
+    b.set_peers(day, {})
+    b.admit(c, "m")
+
+
+def test_a_message_from_another_replica_stops_a_client_or_a_token_at_once() -> None:
+    b = book()
+    a = client(b, "a", token="tok-a")
+    client(b, "b", token="tok-b")
+    b.stop(["a"], [b.hash("tok-b")])
+    assert a.revoked_at is not None and b.find("tok-a") is a  # found, and refused as revoked by authenticate
+    assert b.find("tok-b") is None  # a token a rotation without grace replaced elsewhere

@@ -182,7 +182,8 @@ async def rotate(gw: Gateway, request: Request) -> Response:
         old_until=now + grace if grace > 0 else None,
         source="api",  # a rotated config token is the API's now: the config's token no longer opens it
     )
-    await gw.save_clients([updated])
+    # Without grace the old token stops at once on every replica, not when each re-reads the record.
+    await gw.save_clients([updated], retired=[client.token_hash] if grace <= 0 else [])
     gw.clients.put(updated)
     view = gw.clients.view(updated)
     return ok({**view, "token": token, "rotated_at": utcnow()})

@@ -87,3 +87,23 @@ def duckdb_connect(catalog: str):  # type: ignore[no-untyped-def]
     load_extensions(con)
     con.execute(f"ATTACH {_lit(pg_conninfo(catalog))} AS pg (TYPE postgres, READ_ONLY)")
     return con
+
+
+def test_a_daily_limit_holds_across_replicas(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    up = start_upstream(SCENARIO)
+    r1, r2 = start_replica(up.url), start_replica(up.url)
+    made = httpx.post(
+        f"{r1.url}/admin/api/clients", json={"label": "capped", "limits": {"rpd": 4}}, headers=ADMIN, timeout=30
+    )
+    assert made.status_code == 201, made.text
+    token, cid = made.json()["token"], made.json()["id"]
+    wait_status(r2.url, token, 200)  # r2 knows the record: that is one call of the four
+    assert status(r2.url, token) == 200
+    deadline = time.monotonic() + DEADLINE_S
+    while httpx.get(f"{r1.url}/admin/api/clients/{cid}", headers=ADMIN, timeout=30).json()["usage"]["rpd"]["used"] < 2:
+        assert time.monotonic() < deadline  # r2's calls reach r1 through Redis within the exchange period
+        time.sleep(0.1)
+    assert [status(r1.url, token) for _ in range(3)] == [200, 200, 429]  # 2 on r2 + 2 here: the limit
+    wait_status(r2.url, token, 429, deadline_s=10.0)  # and r2 learns r1's two
