@@ -550,6 +550,7 @@ class Gateway:
             projects=len({k.project for k in self.pool.keys.values() if k.project}),
             strategy=cfg.strategy,
             access_tokens=len(cfg.access_tokens),
+            clients=sum(1 for c in self.clients.by_id.values() if c.revoked_at is None),
             admin_api="on" if self.settings.admin_token else "off",
             outbound_proxy="on" if cfg.outbound_proxy else "off",
             log_level=cfg.log_level,

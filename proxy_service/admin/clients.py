@@ -48,12 +48,12 @@ def _fields(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         raise _bad("label is required: a name for the client, e.g. 'nightly-batch'", "label", 400)
     if "label" in body:
         label = body["label"]
-        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
-            raise _bad(f"label must be a non-empty text of at most {MAX_LABEL} characters", "label")
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL or not label.isprintable():
+            raise _bad(f"label must be a non-empty printable text of at most {MAX_LABEL} characters", "label")
         out["label"] = label.strip()
     if "owner" in body:
         owner = body["owner"]
-        if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_LABEL):
+        if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_LABEL or not owner.isprintable()):
             raise _bad(f"owner must be a text of at most {MAX_LABEL} characters, or null", "owner")
         out["owner"] = owner.strip() or None if isinstance(owner, str) else None
     if "class" in body:

@@ -44,6 +44,8 @@ def make(env: Env, body: dict[str, Any]) -> dict[str, Any]:
     [
         ({}, 400, "label", "label is required"),
         ({"label": ""}, 422, "label", "non-empty"),
+        ({"label": "two\nlines"}, 422, "label", "printable"),
+        ({"label": "x", "owner": 5}, 422, "owner", "a text of at most"),
         ({"label": "x", "class": "vip"}, 422, "class", "interactive, standard, batch"),
         ({"label": "x", "limits": {"rph": 5}}, 400, "limits.rph", "unknown limit 'rph'"),
         ({"label": "x", "limits": {"tpd": -1}}, 422, "limits.tpd", "from 0 to"),
