@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from proxy_service.alerts.engine import AlertEngine
     from proxy_service.analytics import snapshot
     from proxy_service.analytics.sql_sandbox import Sandbox
-    from proxy_service.clients import Client, ClientBook
+    from proxy_service.clients import Client
     from proxy_service.forecast.engine import ForecastEngine
     from proxy_service.pool import Key
     from proxy_service.relay import Relay
@@ -40,11 +40,6 @@ class Gateway(Core, Protocol):
     @property
     def relay(self) -> Relay:
         """The request path: choose a key, call upstream, learn, record."""
-        ...
-
-    @property
-    def clients(self) -> ClientBook:
-        """The client records (hashed tokens, classes, limits) and their usage: authentication and admission."""
         ...
 
     async def save_clients(self, changed: list[Client], retired: list[str] | None = None) -> None:

@@ -339,3 +339,27 @@ def test_a_message_from_another_replica_stops_a_client_or_a_token_at_once() -> N
     b.stop(["a"], [b.hash("tok-b")])
     assert a.revoked_at is not None and b.find("tok-a") is a  # found, and refused as revoked by authenticate
     assert b.find("tok-b") is None  # a token a rotation without grace replaced elsewhere
+
+
+def test_alert_metric_of_the_most_used_client_limit() -> None:
+    from proxy_service.alerts.rules import RuleError, parse_rule
+    from proxy_service.alerts.sources import FlapCounter, live_values
+    from proxy_service.pool import Pool
+
+    b = book()
+    nightly = client(b, "nightly", limits={"tpd": 1000, "rpm": 100})
+    client(b, "free")  # no limit: never near one
+    b.admit(nightly, "m")
+    b.release(nightly, 850)
+
+    def rule(filters: dict[str, str]) -> Any:
+        body = {"name": "client near its limit", "metric": "client_limit_use_pct", "op": ">", "threshold": 80}
+        return parse_rule({**body, "window_s": 60, "filters": filters})
+
+    pool = Pool("quota_aware", default_cooldown_s=60, failure_threshold=5, limits={})
+    every, one, gone = rule({}), rule({"client": "nightly"}), rule({"client": "c_nobody"})
+    values = live_values(pool, [every, one, gone], {}, FlapCounter(), NOW, clients=b)
+    assert values[every.id] == {(): 85.0} and values[one.id] == {(): 85.0}
+    assert values[gone.id] == {(): None}  # no such client: no data, never a breach
+    with pytest.raises(RuleError):
+        rule({"model": "gemini-2.5-flash"})

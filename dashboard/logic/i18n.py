@@ -888,6 +888,7 @@ _add("alerts.metric.quota_day_usage_pct", "daily quota used (%)", "每日配额�
 _add("alerts.metric.exhaustion_before_reset_min", "minutes the daily quota runs out before the reset",
      "每日配额在重置前提前耗尽的分钟数")
 _add("alerts.metric.key_flaps", "key flaps (invalid ↔ active)", "密钥状态反复（无效 ↔ 可用）")
+_add("alerts.metric.client_limit_use_pct", "client's limit used (%)", "客户端限额已用（%）")
 # The shipped rules, under the English names the proxy gives them (a renamed rule keeps its operator's name).
 _add("alerts.rule.default-invalid-keys", "Invalid keys", "存在无效密钥")
 _add("alerts.rule.default-no-active-keys", "No usable keys", "没有可用密钥")
