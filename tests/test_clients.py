@@ -6,6 +6,7 @@ at a 10:1 demand ratio)."""
 from __future__ import annotations
 
 import calendar
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -363,3 +364,49 @@ def test_alert_metric_of_the_most_used_client_limit() -> None:
     assert values[gone.id] == {(): None}  # no such client: no data, never a breach
     with pytest.raises(RuleError):
         rule({"model": "gemini-2.5-flash"})
+
+
+def test_a_live_session_is_admitted_by_the_clients_policy(
+    start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
+) -> None:
+    """A Live session is one call: a model outside the client's allow-list closes it with 1008 and the reason, no
+    key spent, the refusal recorded."""
+    import asyncio
+    import json
+
+    import websockets
+
+    from tests.conftest import SCENARIO
+    from tests.test_live import LIVE_PATH
+    from tests.test_live import MODEL as LIVE_MODEL
+
+    upstream = start_upstream(SCENARIO)
+    proxy = start_proxy(upstream.url)
+    token = _make_with(proxy, {"label": "text-only", "models": ["gemini-2.5-flash"]})
+
+    async def session() -> tuple[int, str]:
+        url = proxy.url.replace("http://", "ws://") + LIVE_PATH
+        async with websockets.connect(url, additional_headers={"x-goog-api-key": token}) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{LIVE_MODEL}"}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            return closed.value.rcvd.code, closed.value.rcvd.reason
+
+    code, reason = asyncio.run(session())
+    assert code == 1008 and f"may not use model '{LIVE_MODEL}'" in reason
+    deadline = time.monotonic() + 30
+    sql = "SELECT refusal, outcome, client_label FROM requests WHERE operation = 'BidiGenerateContent'"
+    while not (rows := proxy.rows(sql)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rows == [("client_model", "refused", "text-only")]
+    assert upstream.stats()["by_operation"].get("BidiGenerateContent") is None  # no key was spent
+
+
+def _make_with(proxy: Proxy, body: dict[str, Any]) -> str:
+    r = httpx.post(
+        f"{proxy.url}/admin/api/clients", json=body, headers={"authorization": "Bearer admin-secret-token-123"}
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
