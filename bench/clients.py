@@ -123,9 +123,9 @@ async def _one(http: httpx.AsyncClient, url: str, token: str, out: Counter[str])
     if r.status_code == 200:
         out["served"] += 1
     elif r.status_code == 429:
-        reason = "client"
+        reason = "upstream"  # Google's own 429, passed through
         for d in r.json().get("error", {}).get("details", []):
-            if str(d.get("@type", "")).endswith("ErrorInfo"):
+            if str(d.get("@type", "")).endswith("ErrorInfo") and d.get("domain") == "keyrack":
                 reason = str(d.get("reason", "")).lower()
         out[f"refused_{reason}"] += 1
     else:
@@ -159,8 +159,9 @@ def _make(url: str, label: str, cls: str) -> str:
 
 
 def scarcity(workdir: Path, capacity: int, minutes: float, reserve: dict[str, float]) -> dict[str, Any]:
-    keys = [demo_key(f"bench-scarce-{i}") for i in range(2)]
-    fake = start_fake(workdir, {"projects": {"p1": keys}, "limits": {MODEL: {"rpm": capacity}}, "seed": 5})
+    # Each phase on a project of its own: the fake's minute window of the first must not be the second's.
+    keys = {phase: [demo_key(f"bench-scarce-{phase}-{i}") for i in range(2)] for phase in ("classes", "fair")}
+    fake = start_fake(workdir, {"projects": keys, "limits": {MODEL: {"rpm": capacity}}, "seed": 5})
     import json
 
     out: dict[str, Any] = {"capacity_per_min": capacity, "minutes": minutes, "priority_reserve": reserve}
@@ -171,7 +172,7 @@ def scarcity(workdir: Path, capacity: int, minutes: float, reserve: dict[str, fl
             proxy = start_proxy(
                 workdir,
                 fake.url,
-                ",".join(f"p1:{k}" for k in keys),
+                ",".join(f"{phase}:{k}" for k in keys[phase]),
                 model_limits=json.dumps({MODEL: {"rpm": capacity}}),
                 env=env,
                 name=f"scarce-{phase}",
