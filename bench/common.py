@@ -373,13 +373,27 @@ def closed_loop(
     return run_async(_closed_loop(url, body, hdrs, concurrency, duration, max_requests, timeout))
 
 
-def side_by_side(urls: Sequence[str], *, concurrency: int, duration: float) -> list[LoadResult]:
+def side_by_side(
+    urls: Sequence[str], *, concurrency: int, duration: float, tokens: Sequence[str] | None = None
+) -> list[LoadResult]:
     """`closed_loop` against each of `urls` at the same time (one event loop, `concurrency` workers each): every
-    target sees the same machine at the same moment, so a load spike from elsewhere moves them alike."""
-    hdrs = {"content-type": "application/json", "x-goog-api-key": CLIENT_TOKEN}
+    target sees the same machine at the same moment, so a load spike from elsewhere moves them alike. `tokens`: the
+    client token for each url (default: the bench's one)."""
+    tokens = tokens or [CLIENT_TOKEN] * len(urls)
 
     async def both() -> list[LoadResult]:
-        runs = [_closed_loop(u, GENERATE_BODY, hdrs, concurrency, duration, 1_000_000, 30.0) for u in urls]
+        runs = [
+            _closed_loop(
+                u,
+                GENERATE_BODY,
+                {"content-type": "application/json", "x-goog-api-key": t},
+                concurrency,
+                duration,
+                1_000_000,
+                30.0,
+            )
+            for u, t in zip(urls, tokens, strict=True)
+        ]
         return list(await asyncio.gather(*runs))
 
     results: list[LoadResult] = run_async(both())

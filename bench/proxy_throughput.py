@@ -9,7 +9,7 @@ granian would be adopted only if >= 15 % faster at c=32), and optionally on plai
 transport.
 
     python -m bench.proxy_throughput [--duration 10] [--warmup 2] [--no-transport] [--no-granian]
-        [--against DIR [--rounds 5]]
+        [--against DIR [--rounds 5]] [--clients 1000 [--rounds 5]]
 
 `--against DIR` compares with another Keyrack checkout that has its own `.venv` (e.g. `git worktree add
 /tmp/oldmain <commit> && make -C /tmp/oldmain install`): both proxies run on the same fake upstream. In each round
@@ -17,8 +17,14 @@ both are loaded at c=32 at the same time (each its own closed loop, one client e
 elsewhere on the machine lands on both alike: the ratio is this checkout's answers over the other's, over the rounds.
 Each round also measures each proxy alone (alternating which goes first), with the proxies' CPU time per answer.
 
+`--clients N` measures what client records cost (issue 27): two proxies of this checkout on the same fake upstream,
+one with only the bench's token, one with N client records made through the admin API with every limit set (none
+reached), loaded with one of those records' tokens. Each round loads both at c=32 at once (the ratio) and each alone
+at c=1 (alternating which goes first): the added p50 is the median over the rounds of the records side's p50 minus
+the other's.
+
 Targets (2 cores): >= 700 req/s through the proxy at c=32; <= 3 ms added p50 at c=1; against the previous main,
-a ratio >= 0.95.
+a ratio >= 0.95; with N client records against none, a ratio >= 0.95 and <= 0.1 ms added p50 at c=1.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    ADMIN_TOKEN,
+    CLIENT_TOKEN,
     GENERATE_BODY,
     HOST,
     NO_LIMITS,
@@ -56,6 +64,17 @@ from proxy_service.demo.scenario import demo_key
 TARGET_RPS = 700.0
 TARGET_ADDED_P50_MS = 3.0
 TARGET_AGAINST_RATIO = 0.95
+TARGET_CLIENTS_RATIO = 0.95
+TARGET_CLIENTS_ADDED_P50_MS = 0.1
+# Every limit set on every record, none reached in a bench run: each call checks them all.
+BENCH_LIMITS = {
+    "rpm": 10**7,
+    "rpd": 10**9,
+    "tpd": 10**11,
+    "calls_per_month": 10**10,
+    "tokens_per_month": 10**12,
+    "concurrency": 10_000,
+}
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-key-{i:02d}')}" for i in range(8))  # 8 keys in 4 projects
 
 
@@ -158,6 +177,62 @@ def _against_phase(
     }
 
 
+def make_clients(url: str, n: int) -> str:
+    """`n` client records through the admin API, every limit set; the last one's token."""
+    import httpx
+
+    token = ""
+    classes = ("interactive", "standard", "batch")
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60) as http:
+        for i in range(n):
+            body = {"label": f"bench-{i:05d}", "class": classes[i % 3], "limits": BENCH_LIMITS}
+            r = http.post("/admin/api/clients", json=body)
+            r.raise_for_status()
+            token = r.json()["token"]
+    return token
+
+
+def _clients_phase(workdir: Path, fake: Server, n: int, duration: float, warmup: float, rounds: int) -> dict[str, Any]:
+    """A proxy with `n` client records (loaded with one's token) against one with none, side by side."""
+    plain = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="no-records-proxy")
+    records = start_proxy(workdir, fake.url, POOL_KEYS, model_limits=NO_LIMITS, name="records-proxy")
+    together: list[list[LoadResult]] = []
+    p50: dict[str, list[float]] = {"plain": [], "records": []}
+    try:
+        wait_ready([plain, records])
+        token = make_clients(records.url, n)
+        tokens = [CLIENT_TOKEN, token]
+        urls = [plain.url + generate_path(), records.url + generate_path()]
+        if warmup > 0:
+            side_by_side(urls, concurrency=8, duration=warmup, tokens=tokens)
+        for i in range(rounds):
+            together.append(side_by_side(urls, concurrency=32, duration=duration, tokens=tokens))
+            order = [("plain", plain, CLIENT_TOKEN), ("records", records, token)]
+            for side, server, tok in order if i % 2 == 0 else order[::-1]:
+                r = closed_loop(
+                    server.url + generate_path(), concurrency=1, duration=duration, headers={"x-goog-api-key": tok}
+                )
+                p50[side].append(r.pct(50))
+    finally:
+        plain.stop()
+        records.stop()
+    ratios = sorted(b.rps / a.rps for a, b in together if a.rps)
+    added = sorted(r - p for p, r in zip(p50["plain"], p50["records"], strict=True))
+    return {
+        "records": n,
+        "rounds": rounds,
+        "ratio_c32": round(sum(b.ok for _, b in together) / max(1, sum(a.ok for a, _ in together)), 3),
+        "ratio_rounds": [round(r, 3) for r in ratios],
+        "rps_c32": [
+            round(sum(a.ok for a, _ in together) / sum(a.elapsed_s for a, _ in together), 1),
+            round(sum(b.ok for _, b in together) / sum(b.elapsed_s for _, b in together), 1),
+        ],
+        "p50_ms_c1": [[round(x, 3) for x in p50["plain"]], [round(x, 3) for x in p50["records"]]],
+        "added_p50_ms_c1": round(added[len(added) // 2], 3) if added else 0.0,
+        "errors": [sum(a.errors for a, _ in together), sum(b.errors for _, b in together)],
+    }
+
+
 def _minimal_phase(workdir: Path, fake: Server, duration: float, warmup: float) -> LoadResult:
     """The calibration row: bench/_minimal_proxy.py (same stack, no Keyrack logic) at c=32."""
     port = free_port()
@@ -181,6 +256,7 @@ def run(
     granian: bool = True,
     against: Path | None = None,
     rounds: int = 5,
+    clients: int = 0,
 ) -> dict[str, Any]:
     """Run every phase; returns the figures (see `report`)."""
     load_before = load_average()
@@ -210,6 +286,7 @@ def run(
                 workdir, fake, "proxy-plain-httpx", duration, warmup, (32,), "bench._plain_httpx_proxy"
             )
         compared = _against_phase(workdir, fake, against, duration, warmup, rounds) if against is not None else None
+        with_clients = _clients_phase(workdir, fake, clients, duration, warmup, rounds) if clients > 0 else None
         fake_stats = http_json(fake.url + "/_fake/stats")
     finally:
         fake.stop()
@@ -259,6 +336,16 @@ def run(
         figures["targets"]["against_ratio_c32"] = {
             "target": f">= {TARGET_AGAINST_RATIO:g}",
             "met": compared["ratio_c32"] >= TARGET_AGAINST_RATIO,
+        }
+    if with_clients is not None:
+        figures["clients"] = with_clients
+        figures["targets"]["clients_ratio_c32"] = {
+            "target": f">= {TARGET_CLIENTS_RATIO:g}",
+            "met": with_clients["ratio_c32"] >= TARGET_CLIENTS_RATIO,
+        }
+        figures["targets"]["clients_added_p50_ms_c1"] = {
+            "target": f"<= {TARGET_CLIENTS_ADDED_P50_MS:g}",
+            "met": with_clients["added_p50_ms_c1"] <= TARGET_CLIENTS_ADDED_P50_MS,
         }
     if plain:
         figures["plain_httpx_rps_c32"] = round(plain[32].rps, 1)
@@ -319,6 +406,14 @@ def report(f: dict[str, Any]) -> str:
             f"errors {a['errors'][0]}/{a['errors'][1]}); proxy CPU per answered call this {a['cpu_ms_per_call'][0]:.3f} "
             f"ms vs {a['cpu_ms_per_call'][1]:.3f} ms (against / this {a['cpu_ratio']:.3f}: above 1 = this is cheaper)"
         )
+    if "clients" in f:
+        c = f["clients"]
+        lines.append(
+            f"- {c['records']:,} client records with every limit set vs none ({c['rounds']} rounds): c=32 side by "
+            f"side {c['rps_c32'][1]:,.0f} vs {c['rps_c32'][0]:,.0f} req/s, ratio {c['ratio_c32']:.3f} (rounds: "
+            f"{', '.join(map(str, c['ratio_rounds']))}); added p50 at c=1 {c['added_p50_ms_c1']:+.3f} ms (median of "
+            f"the rounds; errors {c['errors'][0]}/{c['errors'][1]})"
+        )
     for name, t in f["targets"].items():
         lines.append(f"- target {name} {t['target']}: {'met' if t['met'] else 'MISSED'}")
     return "\n".join(lines)
@@ -334,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--against", type=Path, default=None, help="another Keyrack checkout (with its .venv) to compare with at c=32"
     )
-    ap.add_argument("--rounds", type=int, default=5, help="alternating c=32 rounds per side with --against")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per side with --against and --clients")
+    ap.add_argument("--clients", type=int, default=0, help="also compare N client records (with limits) against none")
     ap.add_argument("--json", type=Path, default=RESULTS / "proxy_throughput.json", help="where to write the figures")
     args = ap.parse_args(argv)
     figures = run(
@@ -345,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         granian=not args.no_granian,
         against=args.against,
         rounds=args.rounds,
+        clients=args.clients,
     )
     print(report(figures))
     write_json(args.json, figures)

@@ -45,6 +45,7 @@ PAGES = [
     ("explore.py", "nav.explore", ":material/pivot_table_chart:"),
     ("error_logs.py", "nav.errors", ":material/error:"),
     ("alerts.py", "nav.alerts", ":material/notifications:"),
+    ("clients.py", "nav.clients", ":material/group:"),
     ("config.py", "nav.config", ":material/settings:"),
     ("sql.py", "nav.sql", ":material/database:"),
 ]

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy_service import heap, logs, metrics
+from proxy_service import clients, heap, logs, metrics
 from proxy_service.admin import api as admin_api
 from proxy_service.admin import forecast as admin_forecast
 from proxy_service.alerts import history as alert_history
@@ -49,6 +49,7 @@ from proxy_service.upstream import answer_cap, build_client, client_settings, pa
 
 log = logging.getLogger("keyrack")
 KEY_FLUSH_S = 2.0  # key counters reach the database in batches, never per request
+CLIENT_SHARE_S = 1.0  # how often replicas exchange their clients' usage (a limit may be overrun by one period's calls)
 RECHECK_TICK_S = 5.0
 FAILURE_RECHECK_S = 30.0
 JOB_WRITE_TIMEOUT_S = 600.0  # background jobs may wait for a long retention delete; admin answers may not
@@ -101,16 +102,14 @@ class Gateway:
         except ConfigError:
             self.store.close()
             raise
-        self.writer.submit(
-            lambda cur: queries.set_client_labels(cur, cfg.client_labels, self.store.client_labels)
-        )  # inline: not started
         self.pool: Pool = self.node.make_pool(
             cfg.strategy,
             default_cooldown_s=cfg.default_cooldown_s,
             failure_threshold=cfg.failure_threshold,
             limits=_limits(cfg),
         )
-        self.relay = Relay(self.pool, self.writer, lambda: self._config)
+        self.clients = self._load_clients(cfg)
+        self.relay = Relay(self.pool, self.writer, lambda: self._config, self.clients)
         self.resources = resources_surface.resource_map(self)  # which project owns each resource
         self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
@@ -208,8 +207,15 @@ class Gateway:
 
     async def _apply(self, new: Config) -> None:
         old, self._config = self._config, new
-        if old.client_labels != new.client_labels:
-            self.writer.submit(lambda cur: queries.set_client_labels(cur, new.client_labels, self.store.client_labels))
+        if old.access_tokens != new.access_tokens or old.client_labels != new.client_labels:
+            changed = self.clients.sync_config(new.access_tokens, new.client_labels)
+            labels, table = self._client_labels(self.clients, new), self.store.client_labels
+
+            def write(cur: duckdb.DuckDBPyConnection) -> None:
+                clients.save(cur, changed)
+                queries.set_client_labels(cur, labels, table)
+
+            self.writer.submit(write)
         if old.display_timezone != new.display_timezone and self.node.rebuilds_rollup_in_background:
             self.writer.submit(lambda cur: self.rollup.rezone(cur, new.display_timezone))  # rebuilt in the background
         self.pool.strategy = new.strategy
@@ -223,6 +229,66 @@ class Gateway:
             asyncio.get_running_loop().call_later(
                 new.request_timeout_s + 5, lambda: asyncio.ensure_future(previous.aclose())
             )
+
+    # -- clients -------------------------------------------------------------------------------------------------
+    def _load_clients(self, cfg: Config) -> clients.ClientBook:
+        """The client records (tokens of `access_tokens` among them) and their usage so far this month (inline: the
+        writer has not started)."""
+        secret = self.writer.submit(clients.install_secret).result()
+        book = clients.ClientBook(secret, self.pool.free_share, lambda: self._config.priority_reserve)
+        self.writer.submit(lambda cur: book.replace_all(clients.load(cur))).result()
+        changed = book.sync_config(cfg.access_tokens, cfg.client_labels)
+        self.writer.submit(lambda cur: clients.save(cur, changed)).result()
+        self.node.restore_client_usage(book)
+        labels = self._client_labels(book, cfg)
+        self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, self.store.client_labels)).result()
+        return book
+
+    @staticmethod
+    def _client_labels(book: clients.ClientBook, cfg: Config) -> dict[str, str]:
+        """Names of clients in analytics: the records' labels, and config labels for ids without a record."""
+        return {**cfg.client_labels, **{c.id: c.label for c in book.by_id.values()}}
+
+    async def save_clients(self, changed: list[clients.Client], retired: list[str] | None = None) -> None:
+        """Store changed client records (waits for the writer: WriterUnavailable when it could not), their analytics
+        labels, and tell the other replicas (a revocation holds everywhere within the bus's delay)."""
+        labels = [(c.id, c.label) for c in changed]
+        table = self.store.client_labels
+
+        def write(cur: duckdb.DuckDBPyConnection) -> None:
+            clients.save(cur, changed)
+            cur.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", labels)
+
+        await self.writer.run(write)
+        # What must stop working at once travels in the message itself: the others act before re-reading the rows.
+        revoked = [c.id for c in changed if c.revoked_at is not None]
+        self.node.broadcast({"kind": "clients", "revoked": revoked, "retired": retired or []})
+
+    async def reload_clients(self, revoked: list[str] | None = None, retired: list[str] | None = None) -> None:
+        """Refuse the `revoked` clients and `retired` token hashes at once, then re-read the stored client records
+        (another replica changed them: `Hooks`); the analytics labels are rewritten only when they changed."""
+        self.clients.stop(revoked or [], retired or [])
+        records = await self.read(clients.load)
+        before = self._client_labels(self.clients, self._config)
+        self.clients.replace_all(records)
+        labels = self._client_labels(self.clients, self._config)
+        if labels != before:
+            table = self.store.client_labels
+            self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, table))
+
+    async def share_client_usage(self) -> None:
+        """Exchange the clients' day and month usage with the other replicas, so their limits hold cluster-wide
+        (within this job's period; alone it is an empty exchange)."""
+        day, month, own = self.clients.own_usage()
+        peers = await self.node.share_client_usage(day, month, own)
+        if peers is not None:
+            self.clients.set_peers(day, peers)
+
+    def persist_clients(self) -> None:
+        """`last_used_at` of the clients used since the last time, in one batch (never per request)."""
+        used = self.clients.take_last_used()
+        if used:
+            self.writer.submit(lambda cur: clients.save_last_used(cur, used))
 
     # -- keys ----------------------------------------------------------------------------------------------------
     def _load_keys(self, seeds: list[KeySpec]) -> None:
@@ -415,11 +481,14 @@ class Gateway:
                 rollup=self.rollup,
                 reload_config=self.reload_config,
                 reload_alerts=self.alerts.reload,
+                reload_clients=self.reload_clients,
             )
         )
         self.relay.client = build_client(self._config)
         metrics.REGISTRY.register(self._collector)
         self.jobs.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
+        self.jobs.every(lambda: KEY_FLUSH_S, self.persist_clients, "persist-clients")
+        self.jobs.every(lambda: CLIENT_SHARE_S, self.share_client_usage, "share-client-usage")
         self.jobs.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
         trim = heap.trimmer()
         if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop
@@ -446,6 +515,7 @@ class Gateway:
             await asyncio.to_thread(self.sandbox.close)
             await self.node.stop()
             self.persist_keys()
+            self.persist_clients()
             self.writer.stop()
             await self.node.close()
             metrics.REGISTRY.unregister(self._collector)
@@ -480,6 +550,7 @@ class Gateway:
             projects=len({k.project for k in self.pool.keys.values() if k.project}),
             strategy=cfg.strategy,
             access_tokens=len(cfg.access_tokens),
+            clients=sum(1 for c in self.clients.by_id.values() if c.revoked_at is None),
             admin_api="on" if self.settings.admin_token else "off",
             outbound_proxy="on" if cfg.outbound_proxy else "off",
             log_level=cfg.log_level,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from proxy_service.analytics.rollup import Rollup
     from proxy_service.background import Background
+    from proxy_service.clients import ClientBook
     from proxy_service.events import EventWriter
     from proxy_service.node import Node
     from proxy_service.pool import Pool
@@ -56,6 +57,11 @@ class Core(Protocol):
     @property
     def pool(self) -> Pool:
         """The keys, their statuses, cooldowns and quota windows (event loop only)."""
+        ...
+
+    @property
+    def clients(self) -> ClientBook:
+        """The client records (hashed tokens, classes, limits) and their usage: authentication and admission."""
         ...
 
     @property

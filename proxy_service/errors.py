@@ -10,6 +10,7 @@ Hierarchy:
     ├── PayloadTooLarge   413    body over `max_body_mb`
     ├── UnsupportedMediaType 415 open-localhost mode: a POST without a JSON content type
     ├── PoolExhausted     429    no key can take the call now; carries `retry_after` seconds
+    ├── ClientRefused     403/429 the client's own policy: model allow-list, limits, priority under scarcity
     ├── UpstreamUnreachable 502/504  every attempt failed without an upstream answer (timeouts, resets)
     │   └── BadUpstreamAnswer 502    an answer Keyrack will not pass on: over `max_answer_mb`, or an invalid status
     └── ApiError          4xx/5xx an admin API answer (`/admin/api/*`): its status per instance, `reason` a stable
@@ -165,6 +166,33 @@ class PoolExhausted(KeyrackError):
         if self.violation is not None:
             out.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [self.violation]})
         out.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"})
+        return out
+
+
+class ClientRefused(KeyrackError):
+    """The client's own policy refuses the call (before any key is chosen): its model allow-list (403), one of its
+    limits, or its class's priority while the model's quota is scarce (429 with the wait). `refusal` is the event's
+    reason: `client_model`, `client_limit` or `priority`."""
+
+    error_type = "client_refused"
+
+    def __init__(self, message: str, refusal: str, status: int = 429, wait_s: float | None = None) -> None:
+        self.status_code = status
+        self.refusal = refusal
+        self.retry_after = retry_after_s(wait_s) if wait_s is not None else None
+        if self.retry_after is not None:
+            message = f"{message}; retry in {self.retry_after}s."
+        super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        return retry_headers(self.retry_after) if self.retry_after is not None else {}
+
+    def details(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.refusal.upper(), "domain": "keyrack"}
+        ]
+        if self.retry_after is not None:
+            out.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"})
         return out
 
 

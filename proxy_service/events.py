@@ -120,6 +120,8 @@ class RequestEvent:
     error_message: str | None = None
     resource_kind: str | None = None  # file, cachedContent, batch, operation, live (resources.KINDS)
     resource_id: str | None = None  # the resource's name (files/abc), when the call names or made one
+    client_label: str | None = None
+    refusal: str | None = None  # why Keyrack refused the call: client_limit, client_model, priority, pool
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from proxy_service.alerts.engine import AlertEngine
     from proxy_service.analytics import snapshot
     from proxy_service.analytics.sql_sandbox import Sandbox
+    from proxy_service.clients import Client
     from proxy_service.forecast.engine import ForecastEngine
     from proxy_service.pool import Key
     from proxy_service.relay import Relay
@@ -39,6 +40,11 @@ class Gateway(Core, Protocol):
     @property
     def relay(self) -> Relay:
         """The request path: choose a key, call upstream, learn, record."""
+        ...
+
+    async def save_clients(self, changed: list[Client], retired: list[str] | None = None) -> None:
+        """Store changed client records, refresh their analytics labels, tell the other replicas (`retired`: token
+        hashes that stop working at once, e.g. the one a rotation without grace replaced)."""
         ...
 
     @property

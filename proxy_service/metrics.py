@@ -41,6 +41,12 @@ FIRST_BYTE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+CLIENT_REFUSALS = Counter(
+    "keyrack_client_refusals",
+    "Calls refused by their client's own policy, by reason (client_limit, client_model, priority)",
+    ["reason"],
+    registry=REGISTRY,
+)
 UNTRUSTED = Counter(
     "keyrack_untrusted_requests",
     "Refused calls that carried what anyone can send: unauthenticated, or with a model name that is no model id",

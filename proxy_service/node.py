@@ -21,11 +21,12 @@ from typing import Any, Protocol
 
 import duckdb
 
-from proxy_service import logs
+from proxy_service import clients, logs
 from proxy_service.analytics import queries
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.analytics.sql_sandbox import Sandbox
 from proxy_service.background import Background
+from proxy_service.clients import ClientBook
 from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.pool import Pool, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
@@ -46,6 +47,8 @@ class Hooks:
     rollup: Rollup  # folded before the embedded shutdown; compacted by the cluster's leader
     reload_config: Callable[[], Awaitable[None]]  # re-read the stored settings and apply them if they changed
     reload_alerts: Callable[[], Awaitable[None]]  # re-read the stored alert rules, channels and silences
+    # Refuse the revoked client ids and retired token hashes a message names, then re-read the stored records.
+    reload_clients: Callable[[list[str], list[str]], Awaitable[None]]
 
 
 class Node(Protocol):
@@ -92,6 +95,18 @@ class Node(Protocol):
 
     def persist_keys(self) -> None:
         """Queue the pool's changed keys for storage (and tell the other replicas)."""
+        ...
+
+    def restore_client_usage(self, book: ClientBook) -> None:
+        """The clients' calls and tokens of this day and month back after a restart (a cluster shares them in
+        Redis instead: `share_client_usage`)."""
+        ...
+
+    async def share_client_usage(
+        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
+    ) -> dict[str, tuple[int, int, int, int]] | None:
+        """Give the others this process's client usage of `day` and `month` (calls, tokens of each) and get theirs,
+        per client; None when it could not be exchanged now (empty when alone)."""
         ...
 
     def broadcast(self, message: dict[str, Any]) -> None:
@@ -217,6 +232,22 @@ class EmbeddedNode:
             pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent], now)
         if rows:
             logs.event(log, "quota_usage_restored", pairs=len(rows), calls_today=sum(r[2] for r in rows))
+
+    def restore_client_usage(self, book: ClientBook) -> None:
+        """Today's and this month's calls and tokens per client, back from the requests table."""
+        if not book.by_id:
+            return
+        now = time.time()
+        cur = self.store.cursor()
+        try:
+            book.restore(clients.usage_rows(cur, now))
+        finally:
+            cur.close()
+
+    async def share_client_usage(
+        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
+    ) -> dict[str, tuple[int, int, int, int]]:
+        return {}  # alone: nobody else uses the clients' limits
 
     def persist_keys(self) -> None:
         """The changed keys' rows to the writer (one statement, whatever the number of keys)."""

@@ -286,6 +286,22 @@ class Pool:
             best = max(best, self.tracker.headroom(key.scope, model, now))
         return best
 
+    def free_share(self, model: str) -> float:
+        """The pool's free share of `model`'s quota now: the mean over the active keys' scopes of each scope's free
+        fraction (a cooling or used-up scope has none; an unknown limit counts as free). 0.0 when no key is active.
+        What the clients' priority classes compare with their reserve (clients.py)."""
+        now = self.clock()
+        total, n = 0.0, 0
+        seen: set[str] = set()
+        for key in self.keys.values():
+            if key.status != "active" or key.scope in seen:
+                continue
+            seen.add(key.scope)
+            n += 1
+            if self._ready_at(key, model, now) <= now:
+                total += self.tracker.headroom(key.scope, model, now)
+        return total / n if n else 0.0
+
     # -- choosing ------------------------------------------------------------------------------------------------
     def choose(self, model: str, exclude: set[str] | frozenset[str] = frozenset(), scope: str | None = None) -> Key:
         """The key for the next attempt at `model`, never one in `exclude` (keys already tried for this call); with

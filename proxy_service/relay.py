@@ -25,8 +25,10 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from proxy_service import metrics
+from proxy_service.clients import Client, ClientBook
 from proxy_service.errors import (
     BadUpstreamAnswer,
+    ClientRefused,
     PoolExhausted,
     StreamAborted,
     UpstreamUnreachable,
@@ -113,6 +115,9 @@ class Call:
     # routes. None: the kind of `resource` when it names one (a generate call naming a file or cache).
     resource_kind: str | None = None
     answer_headers: tuple[str, ...] = ()  # upstream answer headers the client needs beyond content-type (uploads)
+    client: Client | None = None  # the client's record (None: open mode)
+    admitted: bool = False  # counted against the client's limits: released once, when the call is recorded
+    refusal: str | None = None  # why Keyrack refused it (client_limit, client_model, priority, pool)
 
     @property
     def quota_model(self) -> str:
@@ -208,11 +213,28 @@ class OpenedStream:
 
 
 class Relay:
-    def __init__(self, pool: Pool, writer: EventWriter, config: Callable[[], Config]) -> None:
+    def __init__(self, pool: Pool, writer: EventWriter, config: Callable[[], Config], clients: ClientBook) -> None:
         self.pool = pool
         self.writer = writer
         self.config = config
+        self.clients = clients
         self.client: httpx.AsyncClient | None = None
+
+    def admit(self, call: Call, spends: bool | None = None) -> None:
+        """Count the call against its client's limits, or raise ClientRefused (the refusal noted on the call).
+        `spends`: whether it spends the model's quota (default: a POST; reading a model's metadata does not), and so
+        is weighed against the quota's scarcity by the client's class."""
+        if call.client is None or call.admitted:
+            return
+        if spends is None:
+            spends = call.method == "POST"
+        try:
+            self.clients.admit(call.client, call.model, call.quota_model if spends and call.model else None)
+        except ClientRefused as exc:
+            call.refusal = exc.refusal
+            metrics.CLIENT_REFUSALS.labels(exc.refusal).inc()
+            raise
+        call.admitted = True
 
     @staticmethod
     def request_event(call: Call, status: int, outcome: str, attempts: int, key: Key | None = None) -> RequestEvent:
@@ -221,6 +243,8 @@ class Relay:
             ts=call.ts,
             request_id=call.request_id,
             client_id=call.client_id,
+            client_label=call.client.label if call.client is not None else None,
+            refusal=call.refusal,
             surface=call.surface,
             operation=call.operation,
             model=call.model,
@@ -236,6 +260,9 @@ class Relay:
         )
 
     def record_request(self, call: Call, ev: RequestEvent) -> None:
+        if call.admitted and call.client is not None:  # every call ends here once: the client's slot and tokens
+            call.admitted = False
+            self.clients.release(call.client, ev.total_tokens, refund=ev.refusal == "pool")
         ev.latency_ms = (time.perf_counter() - call.started) * 1000
         # A key pasted where a model name goes ends up in the model column and in "Invalid model name '…'".
         if ev.error_message:
@@ -291,6 +318,7 @@ class Relay:
     async def handle(self, call: Call) -> Response:
         """Forward `call`; raises KeyrackError for answers Keyrack gives itself (the surface formats them)."""
         assert self.client is not None
+        self.admit(call)
         cfg = self.config()
         loop = asyncio.get_running_loop()
         # The whole call, retries included, gets `call_deadline_s` (a hanging upstream would otherwise hold the
@@ -315,6 +343,7 @@ class Relay:
                     # Attempts were made: the client gets what really happened (the last upstream answer, or
                     # 502/504 when every attempt died in transport), not a 429 claiming the pool is out of quota.
                     break
+                call.refusal = "pool"
                 ev = self.request_event(call, 429, "exhausted", n)
                 ev.error_message = exc.message
                 self.record_request(call, ev)

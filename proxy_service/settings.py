@@ -164,6 +164,14 @@ class Config(BaseModel):
     recheck_interval_s: float = Field(
         300.0, ge=1, le=86400, json_schema_extra=_meta("upstream", "How often invalid/failed keys are re-checked (s)")
     )
+    priority_reserve: dict[str, float] = Field(
+        default_factory=lambda: {"interactive": 0.0, "standard": 0.1, "batch": 0.3},
+        json_schema_extra=_meta(
+            "upstream",
+            "Share of a model's quota kept from each client class: a class is refused while less is left "
+            '(e.g. {"interactive": 0, "standard": 0.1, "batch": 0.3})',
+        ),
+    )
     model_limits: Annotated[dict[str, dict[str, int | None]], NoDecode] = Field(
         default_factory=dict,
         json_schema_extra=_meta("upstream", 'Per-model limits, e.g. {"gemini-2.5-pro": {"rpm": 5, "rpd": 100}}'),
@@ -251,6 +259,18 @@ class Config(BaseModel):
                 raise ValueError(f"the label of {client} must be 1 to 64 printable characters")
             out[client] = text
         return out
+
+    @field_validator("priority_reserve")
+    @classmethod
+    def _check_reserve(cls, value: dict[str, float]) -> dict[str, float]:
+        classes = ("interactive", "standard", "batch")
+        unknown = sorted(set(value) - set(classes))
+        if unknown:
+            raise ValueError(f"unknown client class {unknown[0]!r}: the classes are {', '.join(classes)}")
+        for name, share in value.items():
+            if not 0.0 <= share <= 0.9:
+                raise ValueError(f"{name}: {share} is not a share between 0 and 0.9 of a model's quota")
+        return value
 
     @field_validator("model_limits", mode="before")
     @classmethod

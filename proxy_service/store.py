@@ -29,7 +29,7 @@ SCHEMA: dict[str, str] = {
         project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
         thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
         response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT,
-        resource_kind VARCHAR, resource_id VARCHAR""",
+        resource_kind VARCHAR, resource_id VARCHAR, client_label VARCHAR, refusal VARCHAR""",
     "attempts": """
         ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
         model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
@@ -43,6 +43,11 @@ SCHEMA: dict[str, str] = {
         created_at TIMESTAMP, last_used_at TIMESTAMP, consecutive_failures INTEGER, total_failures BIGINT,
         requests BIGINT, successes BIGINT, last_error VARCHAR, last_checked_at TIMESTAMP, disabled_reason VARCHAR""",
     "settings": "name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMP",
+    # Client records (proxy_service/clients.py): tokens only as keyed hashes, under the install's own key.
+    "clients": "id VARCHAR PRIMARY KEY, label VARCHAR, owner VARCHAR, class VARCHAR, models VARCHAR, "
+    "limits VARCHAR, expires_at TIMESTAMP, created_at TIMESTAMP, last_used_at TIMESTAMP, revoked_at TIMESTAMP, "
+    "source VARCHAR, token_hash VARCHAR NOT NULL, old_hash VARCHAR, old_until TIMESTAMP",
+    "client_secret": "name VARCHAR PRIMARY KEY, value VARCHAR",
     # Alerting (proxy_service/alerts): rules as JSON bodies, channels (url and secret are secrets), silences, and
     # the history of every state change and delivery attempt.
     "alert_rules": "id VARCHAR PRIMARY KEY, body VARCHAR NOT NULL, updated_at TIMESTAMP",
@@ -56,7 +61,12 @@ SCHEMA: dict[str, str] = {
 }
 # Columns added to a table after its first release: files (and lakes) from before get them, NULL in the old rows.
 ADDED: dict[str, dict[str, str]] = {  # table → column → its type
-    "requests": {"resource_kind": "VARCHAR", "resource_id": "VARCHAR"},
+    "requests": {
+        "resource_kind": "VARCHAR",
+        "resource_id": "VARCHAR",
+        "client_label": "VARCHAR",
+        "refusal": "VARCHAR",
+    },
 }
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of
 # each latency, so that percentiles over raw rows (Explore's pairs) group by it instead of computing a logarithm per
@@ -215,17 +225,17 @@ class Store:
         cur = self.cursor()
         for table, columns in SCHEMA.items():
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        for table, added in ADDED.items():
+            have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
+            for col, sql_type in added.items():
+                if col not in have:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
         for table, derived in DERIVED.items():  # files from before a derived column existed: added and filled once
             have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
             for col, (source, expr) in derived.items():
                 if col not in have and source in have:  # once, in the upgrade adding it
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} SMALLINT")
                     cur.execute(f"UPDATE {table} SET {col} = {expr} WHERE {source} IS NOT NULL")
-        for table, added in ADDED.items():
-            have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
-            for col, kind in added.items():
-                if col not in have:
-                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         cur.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:

@@ -169,3 +169,19 @@ def test_upload_memory_streams_an_upload_through_the_proxy(tmp_path: Path) -> No
     assert f["mb"] == 16 and f["chunk_mb"] == 4
     assert f["peak_rss_mb"] >= f["baseline_rss_mb"] > 0
     assert f["ok"] == (f["growth_mb"] < upload_memory.TARGET_GROWTH_MB)
+
+
+def test_clients_bench_measures_the_path_and_the_records_phase(tmp_path: Path) -> None:
+    from bench import clients
+    from bench.common import start_fake, wait_ready
+
+    p = clients.path_cost(records=30, calls=200, repeats=1)
+    assert p["records"] == 30 and p["us_per_call_records"] > 0 and p["us_per_call_before"] > 0
+    fake = start_fake(tmp_path)
+    try:
+        wait_ready([fake])
+        c = proxy_throughput._clients_phase(tmp_path, fake, 3, 0.3, 0.0, 1)
+    finally:
+        fake.stop()
+    assert c["records"] == 3 and c["errors"] == [0, 0] and c["ratio_c32"] > 0
+    assert len(c["p50_ms_c1"][0]) == len(c["p50_ms_c1"][1]) == 1

@@ -426,6 +426,20 @@ class AdminClient:
     def clients(self) -> list[dict[str, Any]]:
         return self._json("GET", "/clients").get("items", [])
 
+    def create_client(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /clients: the record and its `token` (the only time it is shown)."""
+        return self._json("POST", "/clients", json=body)
+
+    def update_client(self, client_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PATCH", f"/clients/{client_id}", json=patch)
+
+    def revoke_client(self, client_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/clients/{client_id}")
+
+    def rotate_client(self, client_id: str, grace_s: float) -> dict[str, Any]:
+        """POST /clients/{id}/rotate: the record and its new `token`."""
+        return self._json("POST", f"/clients/{client_id}/rotate", json={"grace_s": grace_s})
+
     def outcomes(
         self, granularity: str = "day", start: datetime | str | None = None, end: datetime | str | None = None
     ) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Config page: client labels — a name for each client (access token), tokens always masked."""
+"""Config page: client labels — a name for each client id seen (tokens never shown)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ FIELD = "client_labels"
 
 
 def frame(items: list[dict]) -> pd.DataFrame:
-    cols = ["client_id", "token", "calls_90d", "label"]
-    df = pd.DataFrame(items, columns=cols)
+    """The ids this editor names: tokens of `access_tokens` and ids seen in events (a client made on the Clients
+    page has its label there); a token's record without a configured label shows a blank one."""
+    cols = ["client_id", "calls_90d", "label"]
+    rows = [
+        {**i, "label": None if i.get("label") == i.get("client_id") else i.get("label")}
+        for i in items
+        if i.get("source") != "api"
+    ]
+    df = pd.DataFrame(rows, columns=cols)
     df["label"] = df["label"].fillna("")
     return df
 
@@ -31,16 +38,16 @@ def editor() -> None:
         items = cache.safe(cache.api().clients, ttl=30.0)()
         if items is None:
             return
-        if not items:
+        df = frame(items)
+        if df.empty:
             st.info(t("config.clients_none"))
             return
-        df = frame(items)
         edited = st.data_editor(
             df,
             key="cfg_clients",
             hide_index=True,
             width="stretch",
-            disabled=["client_id", "token", "calls_90d"],
+            disabled=["client_id", "calls_90d"],
             column_config=fmt.column_labels(df),
         )
         labels = labels_of(edited)

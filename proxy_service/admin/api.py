@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Route
 
-from proxy_service.admin import alerts, config, errors, explore, forecast, keys, pool, sql, stats
+from proxy_service.admin import alerts, clients, config, errors, explore, forecast, keys, pool, sql, stats
 from proxy_service.admin.common import Handler, behind_admin_token, error_response
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 def mount(gw: Gateway) -> Mount:
     table: list[tuple[str, list[str], Handler]] = [
         *keys.ROUTES,
+        *clients.ROUTES,
         *config.ROUTES,
         *errors.ROUTES,
         *stats.ROUTES,

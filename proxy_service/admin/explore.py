@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -19,11 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy_service.admin.common import arrow_response, dumps, iso, json_body, ok, rollup_ready
-from proxy_service.analytics import explore, preagg_read, queries
+from proxy_service.analytics import explore, queries
 from proxy_service.errors import ApiError
-from proxy_service.keys import mask
 from proxy_service.store import utcnow
-from proxy_service.surfaces.common import client_id
 
 if TYPE_CHECKING:
     from proxy_service.gateway import Gateway
@@ -165,19 +162,7 @@ async def explore_calls(gw: Gateway, request: Request) -> Response:
     return ok({"items": items, "sql": explore.sql_text(spec, tz), "from": iso(spec.lo), "to": iso(spec.hi)})
 
 
-async def list_clients(gw: Gateway, _request: Request) -> Response:
-    """Every client: the configured access tokens (masked) and the ids seen in the last 90 days, with labels."""
-    labels = gw.config.client_labels
-    tokens = {client_id(t) or "": mask(t) for t in gw.config.access_tokens}
-    since = utcnow() - timedelta(days=90)
-    seen = dict(await gw.read(lambda cur: preagg_read.client_calls(cur, since)))
-    ids = sorted(set(tokens) | set(seen) | set(labels))
-    items = [{"client_id": i, "token": tokens.get(i), "label": labels.get(i), "calls_90d": seen.get(i, 0)} for i in ids]
-    return ok({"items": items})
-
-
 ROUTES: list[tuple[str, list[str], Any]] = [
     ("/explore", ["POST"], run_explore),
     ("/explore/calls", ["POST"], explore_calls),
-    ("/clients", ["GET"], list_clients),
 ]

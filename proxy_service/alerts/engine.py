@@ -217,7 +217,9 @@ class AlertEngine:
         known = KnownLabels.of(self.gw.pool, self.gw.config.model_limits)
         demand = {m: v for m, v in demand.items() if known.model(m)}
         self.flaps.observe(self.gw.pool, now)
-        live = sources.live_values(self.gw.pool, rules, demand, self.flaps, now, self.quota_rate, known.model)
+        live = sources.live_values(
+            self.gw.pool, rules, demand, self.flaps, now, self.quota_rate, known.model, self.gw.clients
+        )
         values = {**db_values, **live}
         for rule in rules:
             if rule.id not in self.rules:  # deleted while reading

@@ -97,6 +97,15 @@ METRICS: dict[str, Metric] = {
             False,
         ),
         Metric("key_flaps", "flaps", "count", "Invalid ↔ active changes of a key in the last hour", ("", "key"), False),
+        Metric(
+            "client_limit_use_pct",
+            "clients",
+            "pct",
+            "The most used of a client's own limits, in % (calls or tokens per minute, day, month; calls at once); "
+            "filter by client id for one client, else the fullest client",
+            ("",),
+            False,
+        ),
     )
 }
 _RATE_OUTCOME = {
@@ -258,6 +267,8 @@ def parse_rule(data: Any, *, base: Rule | None = None, known_channels: set[str] 
         raise RuleError("group_by", f"{metric} can be grouped by {allowed}")
     if spec.source == "pool" and set(filters) - {"project"}:
         raise RuleError("filters", f"{metric} takes only the project filter")
+    if spec.source == "clients" and set(filters) - {"client"}:
+        raise RuleError("filters", f"{metric} takes only the client filter")
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RuleError("enabled", "must be true or false")

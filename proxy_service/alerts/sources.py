@@ -22,6 +22,7 @@ from proxy_service.forecast.exhaustion import project_exhaustion
 from proxy_service.quota import next_pacific_midnight
 
 if TYPE_CHECKING:
+    from proxy_service.clients import ClientBook
     from proxy_service.pool import Pool
 
 QuotaRate = Callable[[str, str], float]  # (scope, model) → calls per minute
@@ -130,6 +131,7 @@ def live_values(
     now: float | None = None,
     quota_rate: QuotaRate | None = None,
     model_known: Callable[[str], bool] | None = None,
+    clients: ClientBook | None = None,
 ) -> dict[str, Values]:
     """Values of the pool-backed rules. `demand`: calls per minute per model over the recent window; `quota_rate`:
     the forecast's smoothed calls per minute of a (scope, model) (without it, nothing is projected to run out);
@@ -163,6 +165,8 @@ def live_values(
             out[rule.id] = _exhaustion(pool, rule, filters, quota_rate, now, known)
         elif rule.metric == "usable_capacity_pct":
             out[rule.id] = _capacity(pool, rule, filters, demand, now)
+        elif source == "clients":
+            out[rule.id] = {(): client_limit_use(clients, filters.get("client"), now)}
         elif source == "flaps":
             counts = flaps.counts()
             if rule.group_by:
@@ -170,6 +174,26 @@ def live_values(
             else:
                 out[rule.id] = {(): float(max(counts.values(), default=0))}
     return out
+
+
+def client_limit_use(book: ClientBook | None, client_id: str | None, now: float) -> float | None:
+    """The most used limit of the client `client_id` (None: of every active client), in %; 0 when none has a limit,
+    None when the named client does not exist (no data, never a breach)."""
+    if book is None:
+        return 0.0
+    records = [book.by_id[client_id]] if client_id in book.by_id else [] if client_id else list(book.by_id.values())
+    if client_id and not records:
+        return None
+    best = 0.0
+    for c in records:
+        if not c.active(now):
+            continue
+        c.usage.roll(now)
+        for name, limit in c.limits.items():
+            used = c.usage.used(name)
+            share = 100.0 if limit <= 0 else 100.0 * used / limit
+            best = max(best, share)
+    return best
 
 
 def _quota_day(pool: Pool, rule: Rule, filters: dict[str, str], now: float, known: Callable[[str], bool]) -> Values:

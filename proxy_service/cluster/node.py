@@ -77,6 +77,7 @@ class Cluster:
         self.cfg = cfg
         self.replica = cfg.replica_id
         self.prefix = cfg.redis_prefix
+        self._client_pushed: dict[tuple[str, str], tuple[int, int]] = {}  # (day or month, client) → (calls, tokens)
         self.bus, self.live = f"{self.prefix}:bus", f"{self.prefix}:live"
         # Key statuses told by bus messages, numbered: a stored row read while a newer message was applied is stale
         # for that key (its write was announced after commit, so the message holds the newer state).
@@ -169,6 +170,53 @@ class Cluster:
 
     def restore_usage(self, pool: Pool) -> None:
         return None  # the quota windows live in Redis (restore_day_counts refills them after a Redis loss)
+
+    def restore_client_usage(self, book: Any) -> None:
+        return None  # the clients' day and month usage lives in Redis (`share_client_usage`)
+
+    async def share_client_usage(
+        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
+    ) -> dict[str, tuple[int, int, int, int]] | None:
+        """Add this replica's client usage since its last exchange to the cluster's day and month counters
+        (`<prefix>:cu:d:<day>`, `<prefix>:cu:m:<month>`: hash fields `<client>:c` calls, `<client>:t` tokens), and
+        read them back: the others' share is the total minus what this replica has added. None on a Redis error (the
+        next exchange adds what this one could not)."""
+        keys = {"d": f"{self.prefix}:cu:d:{day}", "m": f"{self.prefix}:cu:m:{month}"}
+        staged = {k: v for k, v in self._client_pushed.items() if k[0] in (day, month)}
+        pipe = self.aredis.pipeline(transaction=False)
+        for cid, (calls_d, tokens_d, calls_m, tokens_m) in own.items():
+            for kind, period, calls, tokens in (("d", day, calls_d, tokens_d), ("m", month, calls_m, tokens_m)):
+                before = staged.get((period, cid), (0, 0))
+                if calls != before[0]:
+                    pipe.hincrby(keys[kind], f"{cid}:c", calls - before[0])
+                if tokens != before[1]:
+                    pipe.hincrby(keys[kind], f"{cid}:t", tokens - before[1])
+                staged[(period, cid)] = (calls, tokens)
+        pipe.expire(keys["d"], 2 * 86400)
+        pipe.expire(keys["m"], 40 * 86400)
+        pipe.hgetall(keys["d"])
+        pipe.hgetall(keys["m"])
+        try:
+            answers = await pipe.execute()
+        except REDIS_ERRORS:
+            return None
+        self._client_pushed = staged
+        totals: dict[str, list[int]] = {}
+        for slot, hashed in ((0, answers[-2]), (2, answers[-1])):
+            for field, value in hashed.items():
+                cid, _, what = (field.decode() if isinstance(field, bytes) else str(field)).rpartition(":")
+                row = totals.setdefault(cid, [0, 0, 0, 0])
+                row[slot + (what == "t")] = int(value)
+        peers: dict[str, tuple[int, int, int, int]] = {}
+        for cid, (cd, td, cm, tm) in totals.items():
+            mine_d, mine_m = staged.get((day, cid), (0, 0)), staged.get((month, cid), (0, 0))
+            peers[cid] = (
+                max(0, cd - mine_d[0]),
+                max(0, td - mine_d[1]),
+                max(0, cm - mine_m[0]),
+                max(0, tm - mine_m[1]),
+            )
+        return peers
 
     def leads(self) -> bool:
         return self.leader.leading
@@ -452,6 +500,10 @@ class Cluster:
                         await self._reload_config()
                     elif data.get("kind") == "alerts" and self.hooks is not None:
                         await self.hooks.reload_alerts()
+                    elif data.get("kind") == "clients" and self.hooks is not None:
+                        revoked = [i for i in data.get("revoked") or [] if isinstance(i, str)][:10_000]
+                        retired = [h for h in data.get("retired") or [] if isinstance(h, str)][:10_000]
+                        await self.hooks.reload_clients(revoked, retired)
             except REDIS_ERRORS:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -475,6 +527,7 @@ class Cluster:
         await self._reload_config()
         if self.hooks is not None:
             await self.hooks.reload_alerts()
+            await self.hooks.reload_clients([], [])
 
     def _read(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = self.store.cursor()

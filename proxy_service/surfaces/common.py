@@ -3,8 +3,6 @@ errors into the surface's error shape (while recording the call: no request goes
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -13,7 +11,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from proxy_service import metrics
+from proxy_service.clients import Client, config_client_id
 from proxy_service.errors import (
+    ClientRefused,
     Forbidden,
     KeyrackError,
     PayloadTooLarge,
@@ -49,35 +49,36 @@ def client_token(request: HTTPConnection) -> str | None:
 
 
 def client_id(token: str | None) -> str | None:
-    return "t_" + hashlib.sha256(token.encode()).hexdigest()[:10] if token else None
+    return config_client_id(token) if token else None
 
 
-def authenticate(request: HTTPConnection, gw: Gateway) -> str | None:
-    """The client's id, or Unauthorized/Forbidden.
+def authenticate(request: HTTPConnection, gw: Gateway) -> tuple[str | None, Client | None]:
+    """The client's id and record, or Unauthorized/Forbidden.
 
-    With no tokens configured the proxy is open, which is allowed only while it is bound to loopback (checked at
-    startup and on every config change; checked here again so that a way around those checks still fails closed)
-    and only for local programs: see `check_local_caller`.
+    A token is looked up by its keyed hash among the client records (`clients.py`: one HMAC, one dict lookup; the
+    hash of a wrong token says nothing about a right one). With no record at all the proxy is open, which is allowed
+    only while it is bound to loopback (checked at startup and on every config change; checked here again so that a
+    way around those checks still fails closed) and only for local programs: see `check_local_caller`.
     """
-    tokens = gw.config.access_tokens
+    book = gw.clients
     token = client_token(request)
-    if not tokens:
+    if not book.required:
         if not gw.loopback:
             raise Unauthorized("This Keyrack has no client tokens configured and is not bound to loopback: refused.")
         check_local_caller(request)
-        return client_id(token) if token else "anonymous"
+        return (client_id(token) if token else "anonymous"), None
     if token is None:
         raise Unauthorized(
             "Missing client token: send your Keyrack access token as x-goog-api-key, ?key= or Authorization: Bearer."
         )
-    encoded = token.encode()
-    # Compare against every configured token (constant time each) so timing reveals nothing about which matched.
-    ok = False
-    for t in tokens:
-        ok |= hmac.compare_digest(encoded, t.encode())
-    if not ok:
+    client = book.find(token)
+    if client is None:
         raise Unauthorized("Invalid client token: it is not one of this Keyrack's access tokens.")
-    return client_id(token)
+    if client.revoked_at is not None:
+        raise Unauthorized(f"Client token of '{client.label}' was revoked.")
+    if not client.active(book.clock()):
+        raise Unauthorized(f"Client token of '{client.label}' has expired.")
+    return client.id, client
 
 
 def _host_name(value: str) -> str:
@@ -185,12 +186,14 @@ async def answer_call(
     """Authenticate, run `handler`, and make sure every outcome is answered in the surface's shape and recorded."""
     call = base_call(request, surface, operation, model)
     try:
-        call.client_id = authenticate(request, gw)
+        call.client_id, call.client = authenticate(request, gw)
         return await handler(call)
     except KeyrackError as exc:
         if exc.error_type not in ("exhausted", "upstream_unreachable"):  # the relay already recorded those
             untrusted(call)
             outcome = "unauthorized" if isinstance(exc, Unauthorized) else "client_error"
+            if isinstance(exc, ClientRefused):
+                outcome = "refused"
             ev = gw.relay.request_event(call, exc.status_code, outcome, 0)
             ev.error_message, ev.error_status = exc.message[:500], exc.error_type
             gw.relay.record_request(call, ev)

@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from proxy_service.errors import KeyrackError, PoolExhausted, Unauthorized
+from proxy_service.errors import ClientRefused, KeyrackError, PoolExhausted, Unauthorized
 from proxy_service.pool import Key
 from proxy_service.quota import parse_rate_limit
 from proxy_service.relay import AttemptOutcome, Call
@@ -105,7 +105,7 @@ class LiveRelay:
         upstream: ClientConnection | None = None
         try:
             try:
-                call.client_id = authenticate(ws, self.gw)
+                call.client_id, call.client = authenticate(ws, self.gw)
                 refusal: KeyrackError | None = None
             except KeyrackError as exc:
                 refusal = exc
@@ -121,6 +121,7 @@ class LiveRelay:
             # A setup can carry a long system instruction: a large one is parsed off the event loop.
             setup = self._setup(raw) if len(raw) <= 65_536 else await asyncio.to_thread(self._setup, raw)
             call.model = self._model(setup)
+            self.gw.relay.admit(call, spends=True)  # the client's own policy: a session is one call
             upstream = await self._open(ws, session, version, raw)
             await self._relay(ws, upstream, session)
         except Refused as exc:
@@ -129,6 +130,8 @@ class LiveRelay:
         except KeyrackError as exc:  # authentication and access refusals
             untrusted(call)
             outcome = "unauthorized" if isinstance(exc, Unauthorized) else "client_error"
+            if isinstance(exc, ClientRefused):
+                outcome = "refused"
             await self._close(ws, 1008, exc.message)
             self._record(session, exc.status_code, outcome, exc.message, exc.error_type)
         except Exception as exc:

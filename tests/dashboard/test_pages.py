@@ -452,6 +452,7 @@ TITLES_ZH = {
     "explore": "多维分析",
     "error_logs": "错误日志",
     "alerts": "告警",
+    "clients": "客户端",
     "config": "配置",
     "sql": "SQL 查询",
 }
