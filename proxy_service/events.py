@@ -98,6 +98,10 @@ class RequestEvent:
     response_bytes: int = 0
     error_status: str | None = None
     error_message: str | None = None
+    served_model: str | None = None  # the model that answered (the asked one, an alias's target or a fallback)
+    tier: str | None = None  # the billing tier of the project that served ("free" / "paid")
+    cost_usd: float | None = None  # estimated: 0 on the free tier
+    list_cost_usd: float | None = None  # what the call costs at list price, whatever the tier
 
 
 @dataclass(slots=True)

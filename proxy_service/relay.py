@@ -39,6 +39,7 @@ from proxy_service.errors import (
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
+from proxy_service.prices import PriceBook
 from proxy_service.quota import parse_rate_limit, stated_wait
 from proxy_service.store import utcnow
 from proxy_service.upstream import (
@@ -209,6 +210,24 @@ class Relay:
         self.writer = writer
         self.config = config
         self.client: httpx.AsyncClient | None = None
+        self._book = PriceBook({})
+        self._book_of: object = None  # the `prices` setting the book was made from
+
+    def price(self, ev: RequestEvent) -> None:
+        """Fill the row's served model, tier and cost (arithmetic on its token counts; NULL cost when the model is
+        unpriced or the answer had no usage)."""
+        if ev.key_id is None:
+            return
+        cfg = self.config()
+        if self._book_of is not cfg.prices:  # a config update replaces the dict: one new book per update
+            self._book, self._book_of = PriceBook(cfg.prices), cfg.prices
+        ev.served_model = ev.served_model or ev.model
+        ev.tier = cfg.project_tiers.get(ev.project, "free") if ev.project else "free"
+        ev.list_cost_usd = self._book.cost(
+            ev.served_model, ev.prompt_tokens, ev.output_tokens, ev.thinking_tokens, ev.cached_tokens, ev.total_tokens
+        )
+        if ev.list_cost_usd is not None:
+            ev.cost_usd = 0.0 if ev.tier == "free" else ev.list_cost_usd
 
     @staticmethod
     def request_event(call: Call, status: int, outcome: str, attempts: int, key: Key | None = None) -> RequestEvent:
@@ -236,6 +255,7 @@ class Relay:
             ev.error_message = redact(ev.error_message)
         if ev.model and "AIza" in ev.model:
             ev.model = redact(ev.model)
+        self.price(ev)
         self.writer.record(ev)
         # Unauthenticated calls and junk names never claim a metric label (anyone can send them): "other".
         label = "other" if call.junk_model or (call.client_id is None and ev.model) else ev.model

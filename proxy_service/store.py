@@ -28,7 +28,8 @@ SCHEMA: dict[str, str] = {
         model VARCHAR, stream BOOLEAN, status SMALLINT, outcome VARCHAR, attempts SMALLINT, key_id VARCHAR,
         project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
         thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
-        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT""",
+        response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT,
+        served_model VARCHAR, tier VARCHAR, cost_usd DOUBLE, list_cost_usd DOUBLE""",
     "attempts": """
         ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
         model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
@@ -62,6 +63,11 @@ DERIVED: dict[str, dict[str, tuple[str, str]]] = {  # table → column → (its 
         col[:-3] + "_lb": (col, f"CASE WHEN {col} IS NOT NULL THEN {lb_sql(col)} END")
         for col in ("latency_ms", "ttfb_ms")
     }
+}
+# Columns added to a table after its first release (appended to SCHEMA as well): the migration adds them to an
+# older file or lake with their type.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "requests": {"served_model": "VARCHAR", "tier": "VARCHAR", "cost_usd": "DOUBLE", "list_cost_usd": "DOUBLE"},
 }
 # What may leave the store without an explicit reveal (user SQL, Parquet exports): these tables, the keys without
 # their secret. One rule for the safe views and the export.
@@ -210,6 +216,11 @@ class Store:
         cur = self.cursor()
         for table, columns in SCHEMA.items():
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        for table, added in ADDED_COLUMNS.items():  # files from before these columns existed
+            have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
+            for col, kind in added.items():
+                if col not in have:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         for table, derived in DERIVED.items():  # files from before a derived column existed: added and filled once
             have = {r[0] for r in cur.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
             for col, (source, expr) in derived.items():

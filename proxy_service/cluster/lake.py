@@ -38,7 +38,16 @@ from proxy_service.analytics.rollup import Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.settings import CONNINFO_PASSWORD
-from proxy_service.store import DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
+from proxy_service.store import (
+    ADDED_COLUMNS,
+    DERIVED,
+    PUBLIC_TABLES,
+    SCHEMA,
+    StatsSource,
+    Store,
+    hidden_columns,
+    public_select,
+)
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -233,11 +242,13 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if (CATALOG, table) not in have:
                 extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
-        for table, derived in DERIVED.items():  # lakes from before a derived column existed
-            for col in derived:
+        # Lakes from before a derived or added column existed.
+        later = {t: {**ADDED_COLUMNS.get(t, {}), **dict.fromkeys(DERIVED.get(t, {}), "SMALLINT")} for t in LAKE_TABLES}
+        for table, added in later.items():
+            for col, kind in added.items():
                 if not _has_column(cur, table, col):
                     try:
-                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} SMALLINT")
+                        cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} {kind}")
                     except duckdb.Error:
                         if not _has_column(cur, table, col):  # else another replica added it first
                             raise
