@@ -110,6 +110,7 @@ class Gateway:
             failure_threshold=cfg.failure_threshold,
             limits=_limits(cfg),
         )
+        self.pool.set_billing(cfg.project_tiers, cfg.paid_daily_cap_usd)
         self.relay = Relay(self.pool, self.writer, lambda: self._config)
         self.resources = resources_surface.resource_map(self)  # which project owns each resource
         self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
@@ -216,6 +217,7 @@ class Gateway:
         self.pool.default_cooldown_s = new.default_cooldown_s
         self.pool.failure_threshold = new.failure_threshold
         self.pool.tracker.set_overrides(_limits(new))
+        self.pool.set_billing(new.project_tiers, new.paid_daily_cap_usd)
         logging.getLogger("keyrack").setLevel(new.log_level)
         if client_settings(old) != client_settings(new) and self.relay.client is not None:
             previous, self.relay.client = self.relay.client, build_client(new)

@@ -228,6 +228,8 @@ class Relay:
         )
         if ev.list_cost_usd is not None:
             ev.cost_usd = 0.0 if ev.tier == "free" else ev.list_cost_usd
+            if ev.cost_usd:
+                self.pool.spent(ev.cost_usd)  # toward paid_daily_cap_usd
 
     @staticmethod
     def request_event(call: Call, status: int, outcome: str, attempts: int, key: Key | None = None) -> RequestEvent:

@@ -191,6 +191,14 @@ class Config(BaseModel):
             "routing", 'Billing tier per project (absent: free), e.g. {"acme-prod": "paid"}; free calls cost 0'
         ),
     )
+    paid_daily_cap_usd: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=_meta(
+            "routing", "Stop using paid projects for the rest of the quota day once their spend reaches this (USD)"
+        ),
+    )
 
     # Logging & retention
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
