@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from proxy_service import metrics
+from proxy_service import metrics, routing
 from proxy_service.errors import (
     BadUpstreamAnswer,
     PoolExhausted,
@@ -110,6 +110,8 @@ class Call:
     project: str | None = None  # only keys of this project: the call names a resource it owns (resources.py)
     resource: str | None = None  # the resource the call names or creates (files/…, cachedContents/…, batches/…)
     answer_headers: tuple[str, ...] = ()  # upstream answer headers the client needs beyond content-type (uploads)
+    asked: str | None = None  # the model the client named, once an alias or a fallback points `model` elsewhere
+    models_tried: tuple[str, ...] = ()  # models whose pool had no headroom for this call (its fallback chain so far)
 
     @property
     def quota_model(self) -> str:
@@ -240,7 +242,8 @@ class Relay:
             client_id=call.client_id,
             surface=call.surface,
             operation=call.operation,
-            model=call.model,
+            model=call.asked or call.model,
+            served_model=call.model if key else None,
             stream=call.stream,
             status=status,
             outcome=outcome,
@@ -312,6 +315,8 @@ class Relay:
         # The whole call, retries included, gets `call_deadline_s` (a hanging upstream would otherwise hold the
         # client for (max_retries + 1) × request_timeout_s); a stream's deadline ends with its first chunk.
         call.deadline = loop.time() + cfg.call_deadline_s - (time.perf_counter() - call.started)
+        if cfg.aliases and call.asked is None:
+            routing.aliased(call, cfg.aliases)
         late = False
         tried: set[str] = set()
         last: FailedAttempt | None = None  # the last upstream error answer
@@ -327,6 +332,14 @@ class Relay:
             try:
                 key = self.pool.choose(call.quota_model, tried, call.project)
             except PoolExhausted as exc:
+                # No headroom left for this model (nothing tried, or every key tried said 429): its fallback chain.
+                # The opt-in is global for now; a client record's own "fallback" flag goes here (issue 27).
+                if cfg.fallback_enabled and (last_key is None or (last is not None and last.outcome == "rate_limited")):
+                    fallback = routing.next_fallback(call, cfg.fallbacks, {*call.models_tried, call.model or ""})
+                    if fallback is not None:
+                        call.models_tried += (call.model or "",)
+                        routing.retarget(call, fallback)
+                        return await self.handle(call)
                 if last_key is not None:
                     # Attempts were made: the client gets what really happened (the last upstream answer, or
                     # 502/504 when every attempt died in transport), not a 429 claiming the pool is out of quota.
@@ -630,6 +643,8 @@ class Relay:
         headers["x-keyrack-request-id"] = call.request_id
         headers["x-keyrack-key-id"] = key.id
         headers["x-keyrack-attempts"] = str(n)
+        if call.asked is not None and call.asked != call.model:
+            headers[routing.SERVED_MODEL_HEADER] = call.model or ""
         return headers
 
     def internal_error(self, call: Call, exc: BaseException) -> None:

@@ -39,10 +39,13 @@ DUCKDB_BLOCK_SIZE = 65_536
 # Rows per row group of the database file (DuckDB: 122,880), for every file opened (why: store.Store). DuckDB takes
 # multiples of its vector size (2,048) up to 122,880.
 DUCKDB_ROW_GROUP_SIZE = 16_384
+MAX_CHAIN = 5  # models in one fallback chain: each step is another pass over the pool
 _JSON_EXAMPLES = {
     "model_limits": '{"gemini-2.5-pro": {"rpm": 5, "rpd": 100}}',
     "prices": '{"gemini-2.5-flash": {"input_per_mtok": 0.3, "output_per_mtok": 2.5}}',
     "project_tiers": '{"acme-prod": "paid"}',
+    "fallbacks": '{"gemini-2.5-pro": ["gemini-2.5-flash"]}',
+    "aliases": '{"gpt-4o-mini": "gemini-2.5-flash"}',
 }
 CLIENT_ID = re.compile(r"t_[0-9a-f]{10}|anonymous")  # what surfaces.common.client_id makes of a token
 
@@ -191,6 +194,24 @@ class Config(BaseModel):
             "routing", 'Billing tier per project (absent: free), e.g. {"acme-prod": "paid"}; free calls cost 0'
         ),
     )
+    fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "routing",
+            'Models to serve instead when the pool has no headroom for one, in order, e.g. {"gemini-2.5-pro": '
+            '["gemini-2.5-flash"]}',
+        ),
+    )
+    fallback_enabled: bool = Field(
+        False,
+        json_schema_extra=_meta("routing", "Clients get fallback answers (off: they get the 429 of the model asked)"),
+    )
+    aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "routing", 'Client-facing model names for Gemini models, e.g. {"gpt-4o-mini": "gemini-2.5-flash"}'
+        ),
+    )
     paid_daily_cap_usd: float | None = Field(
         None,
         ge=0,
@@ -283,7 +304,7 @@ class Config(BaseModel):
             out[client] = text
         return out
 
-    @field_validator("model_limits", "prices", "project_tiers", mode="before")
+    @field_validator("model_limits", "prices", "project_tiers", "fallbacks", "aliases", mode="before")
     @classmethod
     def _json_text(cls, v: Any, info: ValidationInfo) -> Any:
         # From the environment the value is JSON text: a parse error is one line naming the setting, not a traceback.
@@ -318,6 +339,36 @@ class Config(BaseModel):
         for model in v:
             if not is_model_name(model):
                 raise ValueError(f"{model[:40]!r} is not a model id (such as gemini-2.5-flash)")
+        return v
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if len(v) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} models")
+        for model, chain in v.items():
+            for name in (model, *chain):
+                if not is_model_name(name):
+                    raise ValueError(f"{name[:40]!r} is not a model id (such as gemini-2.5-flash)")
+            if not 1 <= len(chain) <= MAX_CHAIN:
+                raise ValueError(f"{model}: a chain of 1 to {MAX_CHAIN} models")
+            if model in chain or len(set(chain)) != len(chain):
+                raise ValueError(f"{model}: a chain names each model once, and not {model} itself")
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} aliases")
+        for name, target in v.items():
+            for text in (name, target):
+                if not is_model_name(text):
+                    raise ValueError(f"{text[:40]!r} is not a model name (letters, digits, . _ -)")
+            if target == name or target in v:
+                raise ValueError(
+                    f"{name}: the target must be a model, not {'itself' if target == name else 'an alias'}"
+                )
         return v
 
     @field_validator("project_tiers")

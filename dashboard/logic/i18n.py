@@ -553,6 +553,9 @@ _add("field.model_limits", "Per-model limits (JSON)", "按模型限额（JSON）
 _add("field.prices", "Prices per model, USD per 1M tokens (JSON)", "按模型价格，每百万 Token 美元（JSON）")
 _add("field.paid_daily_cap_usd", "Daily cap on paid spend, USD (JSON number; null: no cap)",
      "付费项目每日费用上限，美元（JSON 数字；null 表示不限）")
+_add("field.fallbacks", "Fallback chains per model (JSON)", "按模型的回退链（JSON）")
+_add("field.fallback_enabled", "Serve fallbacks when a model has no headroom", "模型无余量时使用回退模型")
+_add("field.aliases", "Model aliases: client name → Gemini model (JSON)", "模型别名：客户端名称 → Gemini 模型（JSON）")
 _add("field.project_tiers", "Billing tier per project: free or paid (JSON)", "按项目计费层级：free 或 paid（JSON）")
 _add("field.log_level", "Log level", "日志级别")
 _add("field.log_request_bodies", "Record request bodies of failed calls", "记录失败调用的请求体")
