@@ -260,6 +260,8 @@ class Relay:
             ev.error_message = redact(ev.error_message)
         if ev.model and "AIza" in ev.model:
             ev.model = redact(ev.model)
+        if ev.served_model and "AIza" in ev.served_model:
+            ev.served_model = redact(ev.served_model)
         self.price(ev)
         self.writer.record(ev)
         # Unauthenticated calls and junk names never claim a metric label (anyone can send them): "other".
