@@ -397,7 +397,12 @@ class Pool:
                 r = self._refusal(key.scope, model, now)
                 if r is not None:
                     refusals.append(r)
-        return exhausted(model, refusals, at - now)
+        exc = exhausted(model, refusals, at - now)
+        if self.paid_capped(now):  # the paid projects' refusal is the cap, which no cooldown or limit describes
+            reason = str(exc).rpartition("; retry in ")[0]
+            cap = f"paid projects are out for the rest of the quota day (paid_daily_cap_usd {self.paid_cap_usd:g} reached)"
+            exc = PoolExhausted(f"{reason}; {cap}", at - now, exc.cause if refusals else "paid_cap", exc.violation)
+        return exc
 
     def _scope_exhausted(self, model: str, scope: str, now: float, tried: bool) -> PoolExhausted:
         """No key of the project that owns the call's resource can take it: 429 with when it frees up, or 503 when

@@ -399,6 +399,7 @@ def test_paid_daily_cap_stops_paid_use_until_the_next_quota_day() -> None:
     pool.spent(0.03)
     with pytest.raises(PoolExhausted) as err:
         pool.choose(MODEL)
+    assert "paid_daily_cap_usd 0.05 reached" in str(err.value)
     wait = pool.retry_after(MODEL)
     assert wait is not None and 0 < wait <= 600 < next_pacific_midnight(T0) - T0  # the free cooldowns end first
     assert err.value.retry_after == pytest.approx(wait, abs=1)

@@ -15,7 +15,7 @@ import pytest
 from proxy_service.relay import Call
 from proxy_service.routing import SERVED_MODEL_HEADER, aliased, next_fallback, retarget, with_aliases
 from proxy_service.settings import Config, ConfigError
-from tests.conftest import CLIENT_TOKEN, Proxy, Upstream, wait_rows
+from tests.conftest import CLIENT_TOKEN, SCENARIO, Proxy, Upstream, wait_rows
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}
@@ -150,3 +150,18 @@ def test_an_openai_client_asking_for_an_alias_is_served_by_its_target(
     assert wait_rows(proxy, "SELECT model, served_model FROM requests WHERE request_id = ?", [rid]) == [
         ("gpt-4o-mini", FLASH)
     ]
+
+
+def test_every_key_answering_429_for_pro_falls_back_too(
+    start_proxy: Callable[..., Proxy], start_upstream: Callable[..., Upstream]
+) -> None:
+    # Google's own limits (the fake's), unknown to Keyrack: the pro calls reach upstream and come back 429.
+    upstream = start_upstream({**SCENARIO, "limits": {PRO: {"rpm": 1}, "default": {"rpm": 100}}})
+    proxy = start_proxy(upstream.url, fallbacks={PRO: [FLASH]}, fallback_enabled=True, max_retries=5)
+    answers = [generate(proxy, PRO) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200] * 4
+    assert answers[-1].headers[SERVED_MODEL_HEADER] == FLASH
+    rid = answers[-1].headers["x-keyrack-request-id"]
+    assert wait_rows(proxy, "SELECT model, served_model FROM requests WHERE request_id = ?", [rid]) == [(PRO, FLASH)]
+    outcomes = proxy.rows("SELECT outcome FROM attempts WHERE request_id = ? ORDER BY ts", [rid])
+    assert outcomes[-1] == ("ok",) and ("rate_limited",) in outcomes  # pro's 429s first, then flash answered

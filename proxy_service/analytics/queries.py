@@ -633,6 +633,15 @@ _QUOTA_USAGE = """
     GROUP BY ALL"""
 
 
+def paid_spend(cur: duckdb.DuckDBPyConnection, since: float) -> float:
+    """Estimated spend (USD) on paid projects since `since` (epoch): what paid_daily_cap_usd counts against."""
+    start = datetime.fromtimestamp(since, UTC).replace(tzinfo=None)
+    row = cur.execute(
+        "SELECT coalesce(sum(cost_usd), 0) FROM requests WHERE ts >= ? AND tier = 'paid'", [start]
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
 def quota_usage(
     cur: duckdb.DuckDBPyConnection, day_start: float, recent: float, until: float
 ) -> list[tuple[str, str, int, list[datetime]]]:
