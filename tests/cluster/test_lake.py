@@ -84,14 +84,17 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
         "''ducklake_file_column_stats_table_column''')"
     )
     assert index.fetchone() == (1,), "the catalog's file statistics are indexed for the per-scan lookups"
-    # A lake from before a derived column: the next replica to start adds it (old rows keep NULL: readers compute).
+    # A lake from before a derived or an added column: the next replica to start adds it (old rows keep NULL).
     store.cursor().execute("ALTER TABLE lake.main.requests DROP COLUMN ttfb_lb")
+    store.cursor().execute("ALTER TABLE lake.main.requests DROP COLUMN cost_usd")
     store.close()
     again = LakeStore(cfg, contextlib.nullcontext)
     columns = again.cursor().execute(
         "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND table_name = 'requests'"
     )
-    assert {"latency_lb", "ttfb_lb"} <= {r[0] for r in columns.fetchall()}
+    assert {"latency_lb", "ttfb_lb", "cost_usd", "list_cost_usd", "tier", "served_model"} <= {
+        r[0] for r in columns.fetchall()
+    }
     again.close()
     assert "password" not in pg_conninfo(lake_catalog)
 
