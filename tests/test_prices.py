@@ -148,7 +148,10 @@ def test_every_call_records_its_cost_free_tier_zero(start_proxy: Callable[..., P
         ans = api.post("/explore", json=body, timeout=30).json()
         assert ans["columns"] == ["project", "cost_usd", "list_cost_usd"]
         assert {p: (pytest.approx(c), pytest.approx(lc)) for p, c, lc in ans["rows"]} == spent
-        month = api.get("/stats/summary", timeout=30).json()["windows"]["month"]
+        summary = api.get("/stats/summary", timeout=30).json()
+        month = summary["windows"]["month"]
+        assert summary["spend"]["month_cost_usd"] == pytest.approx(month["cost_usd"])
+        assert summary["spend"]["month_end_cost_usd"] >= month["cost_usd"]
         assert month["cost_usd"] == pytest.approx(sum(c for c, _ in spent.values()), abs=1e-8)
         assert month["list_cost_usd"] == pytest.approx(sum(lc for _, lc in spent.values()), abs=1e-8)
         q = api.post(

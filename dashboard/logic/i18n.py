@@ -370,6 +370,8 @@ _add("chart.list_spend", "At list price (all calls)", "按标价计（全部调�
 _add("chart.usd", "USD", "美元")
 _add("trends.spend_range", "Estimated spend in this range", "该时间范围内的估算费用")
 _add("trends.list_spend_range", "{usd} at list price", "按标价计 {usd}")
+_add("trends.month_end", "This month at the last 24 hours' rate: {usd} (at list price {list})",
+     "按最近 24 小时的速率，本月预计：{usd}（按标价计 {list}）")
 _add("chart.tokens_by", "Tokens by {dim}", "按{dim}的 Token 用量")
 _add("chart.success", "Success", "成功")
 _add("chart.upstream_429", "429 from Google", "Google 返回的 429")

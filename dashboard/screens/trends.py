@@ -55,6 +55,16 @@ elif series is not None:
         t("trends.list_spend_range", usd=f"${listed:,.2f}"),
         delta_color="off",
     )
+    summary = cache.safe(cache.api().summary, ttl=15.0)()
+    if summary and summary.get("spend"):
+        outlook = summary["spend"]
+        right.caption(
+            t(
+                "trends.month_end",
+                usd=f"${outlook['month_end_cost_usd']:,.2f}",
+                list=f"${outlook['month_end_list_cost_usd']:,.2f}",
+            )
+        )
 
     st.subheader(t("trends.story_heading"))
     st.caption(t("trends.story_intro"))

@@ -436,6 +436,19 @@ def summary(
     return out
 
 
+def spend_outlook(windows: dict[str, Any], tz: ZoneInfo, now: datetime) -> dict[str, float]:
+    """The month's estimated spend so far and at month end if the last 24 hours' rate holds (USD), from `summary`'s
+    windows: the same figures for the list price beside."""
+    month_start = floor_local(to_local(now, tz), "month")
+    left_h = (to_utc(next_local(month_start, "month"), tz) - now).total_seconds() / 3600
+    out = {}
+    for name in ("cost_usd", "list_cost_usd"):
+        month, day = float(windows["month"][name] or 0), float(windows["24h"][name] or 0)
+        out[f"month_{name}"] = round(month, 6)
+        out[f"month_end_{name}"] = round(month + day / 24 * max(0.0, left_h), 6)
+    return out
+
+
 def series_range(
     g: str, tz: ZoneInfo, start: datetime | None, end: datetime | None, now: datetime
 ) -> tuple[datetime, datetime]:

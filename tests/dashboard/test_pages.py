@@ -282,6 +282,7 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
         "Tokens by model",
     ]
     assert [m.label for m in at.metric][-1:] == ["Estimated spend in this range"]
+    assert any(c.startswith("This month at the last 24 hours' rate: $") for c in texts(at.caption)), texts(at.caption)
     hourly = len(_values(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]))
     at.segmented_control(key="granularity.en").set_value("day")
     ok(at.run())
