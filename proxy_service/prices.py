@@ -1,8 +1,10 @@
 """What a call costs: the price table per model and the arithmetic on a call's token counts.
 
 Shipped prices are Google's list prices for the Gemini Developer API's paid tier ("Standard"), USD per 1M tokens,
-from https://ai.google.dev/gemini-api/docs/pricing (as read in December 2026; third-party summaries of the same
-page agree, e.g. 2.5 Pro $1.25 / $10 up to 200k prompt tokens, $2.50 / $15 above). Text, image and video input
+as published at https://ai.google.dev/gemini-api/docs/pricing; the 2.5 figures were cross-checked against
+third-party summaries of that page dated January-March 2026 (e.g. deploybase.ai: 2.5 Pro $1.25 / $10 up to 200k
+prompt tokens, $2.50 / $15 above; 2.5 Flash $0.30 / $2.50), the page itself was not re-read for this table: an
+operator billing on these figures should check them there and edit `prices`. Text, image and video input
 share one price; audio input costs more on the flash models, but Keyrack's events do not split the prompt by
 modality, so audio is priced as text (an estimate, not a bill). Thinking tokens are billed as output tokens. The
 operator edits the table (`prices` setting); a model absent from it costs nothing (NULL cost in its events).
