@@ -109,6 +109,7 @@ class Gateway:
             limits=_limits(cfg),
         )
         self.clients = self._load_clients(cfg)
+        self.pool.set_billing(cfg.project_tiers, cfg.paid_daily_cap_usd)
         self.relay = Relay(self.pool, self.writer, lambda: self._config, self.clients)
         self.resources = resources_surface.resource_map(self)  # which project owns each resource
         self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
@@ -222,6 +223,7 @@ class Gateway:
         self.pool.default_cooldown_s = new.default_cooldown_s
         self.pool.failure_threshold = new.failure_threshold
         self.pool.tracker.set_overrides(_limits(new))
+        self.pool.set_billing(new.project_tiers, new.paid_daily_cap_usd)
         logging.getLogger("keyrack").setLevel(new.log_level)
         if client_settings(old) != client_settings(new) and self.relay.client is not None:
             previous, self.relay.client = self.relay.client, build_client(new)

@@ -141,8 +141,8 @@ class PoolExhausted(KeyrackError):
 
     `reason` is the sentence without the wait; the message appends "retry in Ns." with the same N as the headers.
     `cause` says why in one word (`configured_limit`, `learned_limit`, `upstream_cooldown`, `no_usable_key`,
-    `all_tried`); `violation`, when the refusal is a quota's, is its `google.rpc.QuotaFailure` violation. The native
-    surface's body carries both as Google's details (`ErrorInfo`, `QuotaFailure`, `RetryInfo`), as Google's own 429s do.
+    `all_tried`, `paid_cap`); `violation`, when the refusal is a quota's, is its `google.rpc.QuotaFailure` violation.
+    The native surface's body carries both as Google's details (`ErrorInfo`, `QuotaFailure`, `RetryInfo`), as Google's own 429s do.
     """
 
     status_code = 429

@@ -122,6 +122,10 @@ class RequestEvent:
     resource_id: str | None = None  # the resource's name (files/abc), when the call names or made one
     client_label: str | None = None
     refusal: str | None = None  # why Keyrack refused the call: client_limit, client_model, priority, pool
+    served_model: str | None = None  # the model that answered (the asked one, an alias's target or a fallback)
+    tier: str | None = None  # the billing tier of the project that served ("free" / "paid")
+    cost_usd: float | None = None  # estimated: 0 on the free tier
+    list_cost_usd: float | None = None  # what the call costs at list price, whatever the tier
 
 
 @dataclass(slots=True)

@@ -226,8 +226,11 @@ class EmbeddedNode:
         cur = self.store.cursor()
         try:
             rows = queries.quota_usage(cur, pacific_day_start(now), now - 60, now + 3600)
+            spend = queries.paid_spend(cur, pacific_day_start(now))  # toward paid_daily_cap_usd
         finally:
             cur.close()
+        if spend:
+            pool.spent(spend)
         for scope, model, today, recent in rows:
             pool.tracker.restore(scope, model, today, [stored_epoch(t) or now for t in recent], now)
         if rows:

@@ -10,6 +10,10 @@ Everything here runs on the event loop and does no I/O. Quota facts (429 parsing
   (`disabled_reason="failures"`); both come back when a re-check passes. A success resets the streak;
 - `quota_aware` picks the key whose (scope, model) has the most headroom. Only hard limits (configured, or learned
   from Google's 429s) refuse a call; the built-in free-tier table orders the choice and nothing else;
+- billing tiers (`set_billing`): a project is free unless `project_tiers` says paid. `quota_aware` serves from free
+  scopes with headroom first, then paid ones, then free scopes full only by the built-in guess; paid scopes are left
+  out for the rest of the Pacific quota day once their spend (`spent`, told by the relay) reaches
+  `paid_daily_cap_usd`. A paid scope's success never disproves the free-tier guess (its limits are another tier's);
 - `retry_after(model)` / `headroom(model)` look without choosing (no cursor moves): every 429 Keyrack answers states
   the pool's earliest-usable time for the model.
 """
@@ -34,6 +38,7 @@ from proxy_service.quota import (
     QuotaTracker,
     QuotaViolation,
     cooldown_until,
+    next_pacific_midnight,
     quota_violation,
 )
 
@@ -172,6 +177,34 @@ class Pool:
         self.dirty: set[str] = set()  # key ids whose stored row is stale (persisted in batches, not per request)
         self.deleted: set[str] = set()
         self._rr = itertools.count()
+        self.paid_projects: frozenset[str] = frozenset()
+        self.paid_cap_usd: float | None = None
+        self.paid_spent_usd = 0.0  # on paid projects since the last Pacific midnight (this process's calls)
+        self._spend_day_end = 0.0
+
+    # -- billing tiers -------------------------------------------------------------------------------------------
+    def set_billing(self, tiers: Mapping[str, str], paid_daily_cap_usd: float | None) -> None:
+        self.paid_projects = frozenset(p for p, tier in tiers.items() if tier == "paid")
+        self.paid_cap_usd = paid_daily_cap_usd
+
+    def is_paid(self, key: Key) -> bool:
+        return key.project is not None and key.project in self.paid_projects
+
+    def spent(self, usd: float) -> None:
+        """A call on a paid project cost `usd` (the relay's estimate from its usage)."""
+        self._roll_day(self.clock())
+        self.paid_spent_usd += usd
+
+    def _roll_day(self, now: float) -> None:
+        if now >= self._spend_day_end:
+            self.paid_spent_usd, self._spend_day_end = 0.0, next_pacific_midnight(now)
+
+    def paid_capped(self, now: float) -> bool:
+        """Paid keys are out for the rest of the quota day: their spend reached the cap."""
+        if self.paid_cap_usd is None or not self.paid_projects:
+            return False
+        self._roll_day(now)
+        return self.paid_spent_usd >= self.paid_cap_usd
 
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:
@@ -250,6 +283,8 @@ class Pool:
     # -- looking (read-only: no cursor moves, nothing reserved) --------------------------------------------------
     def _ready_at(self, key: Key, model: str, now: float) -> float:
         """When `key` can take a call for `model`: its scope's cooldown, then its hard limits (never the guess)."""
+        if self.is_paid(key) and self.paid_capped(now):
+            return self._spend_day_end
         cd = self.cooldowns.get((key.scope, model))
         if cd is not None and cd.until > now:
             return cd.until
@@ -311,8 +346,11 @@ class Pool:
         """
         now = self.clock()
         candidates: list[Key] = []
+        capped = self.paid_capped(now)
         for key in self.keys.values():
             if key.status != "active" or key.id in exclude or (scope is not None and key.scope != scope):
+                continue
+            if capped and self.is_paid(key):
                 continue
             cd = self.cooldowns.get((key.scope, model))
             if cd is not None:
@@ -335,7 +373,7 @@ class Pool:
 
     def _most_headroom(self, candidates: list[Key], model: str, now: float) -> Key:
         best: Key | None = None
-        best_rank: tuple[float, int, float] | None = None
+        best_rank: tuple[int, float, int, float] | None = None
         open_of: dict[str, float] = {}  # scope → headroom, or -1.0 when a hard limit refuses it
         for key in candidates:
             h = open_of.get(key.scope)
@@ -346,9 +384,11 @@ class Pool:
                 open_of[key.scope] = h
             if h < 0.0:
                 continue
-            # Most headroom first (a scope full only by the built-in guess ranks last but is still used); inside a
+            # Free scopes with headroom first, then paid ones (the overflow), then free scopes full only by the
+            # built-in guess (still used: the guess refuses nothing). Most headroom first within each; inside a
             # scope spread over keys (fewest in flight, least recently used).
-            rank = (-h, key.in_flight, key.last_used_at or 0.0)
+            tier = 1 if self.is_paid(key) else 0 if h > 0.0 else 2
+            rank = (tier, -h, key.in_flight, key.last_used_at or 0.0)
             if best_rank is None or rank < best_rank:
                 best, best_rank = key, rank
         if best is not None:
@@ -373,7 +413,12 @@ class Pool:
                 r = self._refusal(key.scope, model, now)
                 if r is not None:
                     refusals.append(r)
-        return exhausted(model, refusals, at - now)
+        exc = exhausted(model, refusals, at - now)
+        if self.paid_capped(now):  # the paid projects' refusal is the cap, which no cooldown or limit describes
+            reason = str(exc).rpartition("; retry in ")[0]
+            cap = f"paid projects are out for the rest of the quota day (paid_daily_cap_usd {self.paid_cap_usd:g} reached)"
+            exc = PoolExhausted(f"{reason}; {cap}", at - now, exc.cause if refusals else "paid_cap", exc.violation)
+        return exc
 
     def _scope_exhausted(self, model: str, scope: str, now: float, tried: bool) -> PoolExhausted:
         """No key of the project that owns the call's resource can take it: 429 with when it frees up, or 503 when
@@ -447,7 +492,8 @@ class Pool:
         key.successes += 1
         key.consecutive_failures = 0
         now = self.clock()
-        self.tracker.note_success(key.scope, model, now)  # served past the built-in guess: the guess is dropped
+        if not self.is_paid(key):  # served past the built-in (free-tier) guess: the guess is dropped
+            self.tracker.note_success(key.scope, model, now)
         if tokens:
             self.tracker.add_tokens(key.scope, model, now, tokens)
 

@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from proxy_service import metrics
+from proxy_service import metrics, routing
 from proxy_service.clients import Client, ClientBook
 from proxy_service.errors import (
     BadUpstreamAnswer,
@@ -41,6 +41,7 @@ from proxy_service.errors import (
 from proxy_service.events import AttemptEvent, ErrorEvent, EventWriter, RequestEvent
 from proxy_service.keys import redact
 from proxy_service.pool import Key, Pool
+from proxy_service.prices import PriceBook
 from proxy_service.quota import parse_rate_limit, stated_wait
 from proxy_service.resources import answered_name, event_kind
 from proxy_service.store import utcnow
@@ -118,6 +119,8 @@ class Call:
     client: Client | None = None  # the client's record (None: open mode)
     admitted: bool = False  # counted against the client's limits: released once, when the call is recorded
     refusal: str | None = None  # why Keyrack refused it (client_limit, client_model, priority, pool)
+    asked: str | None = None  # the model the client named, once an alias or a fallback points `model` elsewhere
+    models_tried: tuple[str, ...] = ()  # models whose pool had no headroom for this call (its fallback chain so far)
 
     @property
     def quota_model(self) -> str:
@@ -219,6 +222,26 @@ class Relay:
         self.config = config
         self.clients = clients
         self.client: httpx.AsyncClient | None = None
+        self._book = PriceBook({})
+        self._book_of: object = None  # the `prices` setting the book was made from
+
+    def price(self, ev: RequestEvent) -> None:
+        """Fill the row's served model, tier and cost (arithmetic on its token counts; NULL cost when the model is
+        unpriced or the answer had no usage)."""
+        if ev.key_id is None:
+            return
+        cfg = self.config()
+        if self._book_of is not cfg.prices:  # a config update replaces the dict: one new book per update
+            self._book, self._book_of = PriceBook(cfg.prices), cfg.prices
+        ev.served_model = ev.served_model or ev.model
+        ev.tier = cfg.project_tiers.get(ev.project, "free") if ev.project else "free"
+        ev.list_cost_usd = self._book.cost(
+            ev.served_model, ev.prompt_tokens, ev.output_tokens, ev.thinking_tokens, ev.cached_tokens, ev.total_tokens
+        )
+        if ev.list_cost_usd is not None:
+            ev.cost_usd = 0.0 if ev.tier == "free" else ev.list_cost_usd
+            if ev.cost_usd:
+                self.pool.spent(ev.cost_usd)  # toward paid_daily_cap_usd
 
     def admit(self, call: Call, spends: bool | None = None) -> None:
         """Count the call against its client's limits, or raise ClientRefused (the refusal noted on the call).
@@ -247,7 +270,8 @@ class Relay:
             refusal=call.refusal,
             surface=call.surface,
             operation=call.operation,
-            model=call.model,
+            model=call.asked or call.model,
+            served_model=call.model if key else None,
             stream=call.stream,
             status=status,
             outcome=outcome,
@@ -269,6 +293,9 @@ class Relay:
             ev.error_message = redact(ev.error_message)
         if ev.model and "AIza" in ev.model:
             ev.model = redact(ev.model)
+        if ev.served_model and "AIza" in ev.served_model:
+            ev.served_model = redact(ev.served_model)
+        self.price(ev)
         self.writer.record(ev)
         # Unauthenticated calls and junk names never claim a metric label (anyone can send them): "other".
         label = "other" if call.junk_model or (call.client_id is None and ev.model) else ev.model
@@ -324,6 +351,8 @@ class Relay:
         # The whole call, retries included, gets `call_deadline_s` (a hanging upstream would otherwise hold the
         # client for (max_retries + 1) × request_timeout_s); a stream's deadline ends with its first chunk.
         call.deadline = loop.time() + cfg.call_deadline_s - (time.perf_counter() - call.started)
+        if cfg.aliases and call.asked is None:
+            routing.aliased(call, cfg.aliases)
         late = False
         tried: set[str] = set()
         last: FailedAttempt | None = None  # the last upstream error answer
@@ -339,6 +368,14 @@ class Relay:
             try:
                 key = self.pool.choose(call.quota_model, tried, call.project)
             except PoolExhausted as exc:
+                # No headroom left for this model (nothing tried, or every key tried said 429): its fallback chain.
+                # The opt-in is global for now; a client record's own "fallback" flag goes here (issue 27).
+                if cfg.fallback_enabled and (last_key is None or (last is not None and last.outcome == "rate_limited")):
+                    fallback = routing.next_fallback(call, cfg.fallbacks, {*call.models_tried, call.model or ""})
+                    if fallback is not None:
+                        call.models_tried += (call.model or "",)
+                        routing.retarget(call, fallback)
+                        return await self.handle(call)
                 if last_key is not None:
                     # Attempts were made: the client gets what really happened (the last upstream answer, or
                     # 502/504 when every attempt died in transport), not a 429 claiming the pool is out of quota.
@@ -652,6 +689,8 @@ class Relay:
         headers["x-keyrack-request-id"] = call.request_id
         headers["x-keyrack-key-id"] = key.id
         headers["x-keyrack-attempts"] = str(n)
+        if call.asked is not None and call.asked != call.model:
+            headers[routing.SERVED_MODEL_HEADER] = call.model or ""
         return headers
 
     def internal_error(self, call: Call, exc: BaseException) -> None:

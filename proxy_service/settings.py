@@ -16,13 +16,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from proxy_service.envfile import ENV_FILE
-from proxy_service.keys import mask, parse_key_list
+from proxy_service.keys import mask, parse_key_list, valid_project
+from proxy_service.prices import MAX_MODELS, Price, default_prices
 
 Strategy = Literal["quota_aware", "round_robin", "least_used"]
+Tier = Literal["free", "paid"]
 # How a secret setting is hidden: "value" masks the whole value (each item of a list), "url" only the password of
 # a URL (http://user:pass@host → http://user:***@host). Declared once per field, below; config answers, log lines,
 # the redaction of outside text and the dashboard's form all read it from here.
@@ -37,6 +39,14 @@ DUCKDB_BLOCK_SIZE = 65_536
 # Rows per row group of the database file (DuckDB: 122,880), for every file opened (why: store.Store). DuckDB takes
 # multiples of its vector size (2,048) up to 122,880.
 DUCKDB_ROW_GROUP_SIZE = 16_384
+MAX_CHAIN = 5  # models in one fallback chain: each step is another pass over the pool
+_JSON_EXAMPLES = {
+    "model_limits": '{"gemini-2.5-pro": {"rpm": 5, "rpd": 100}}',
+    "prices": '{"gemini-2.5-flash": {"input_per_mtok": 0.3, "output_per_mtok": 2.5}}',
+    "project_tiers": '{"acme-prod": "paid"}',
+    "fallbacks": '{"gemini-2.5-pro": ["gemini-2.5-flash"]}',
+    "aliases": '{"gpt-4o-mini": "gemini-2.5-flash"}',
+}
 CLIENT_ID = re.compile(r"t_[0-9a-f]{10}|anonymous")  # what surfaces.common.client_id makes of a token
 
 
@@ -177,6 +187,48 @@ class Config(BaseModel):
         json_schema_extra=_meta("upstream", 'Per-model limits, e.g. {"gemini-2.5-pro": {"rpm": 5, "rpd": 100}}'),
     )
 
+    # Routing & cost
+    prices: Annotated[dict[str, Price], NoDecode] = Field(
+        default_factory=default_prices,
+        json_schema_extra=_meta(
+            "routing",
+            "Price per model, USD per 1M tokens (list prices shipped), e.g. "
+            '{"gemini-2.5-flash": {"input_per_mtok": 0.3, "output_per_mtok": 2.5, "cached_input_per_mtok": 0.03}}',
+        ),
+    )
+    project_tiers: Annotated[dict[str, Tier], NoDecode] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "routing", 'Billing tier per project (absent: free), e.g. {"acme-prod": "paid"}; free calls cost 0'
+        ),
+    )
+    fallbacks: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "routing",
+            'Models to serve instead when the pool has no headroom for one, in order, e.g. {"gemini-2.5-pro": '
+            '["gemini-2.5-flash"]}',
+        ),
+    )
+    fallback_enabled: bool = Field(
+        False,
+        json_schema_extra=_meta("routing", "Clients get fallback answers (off: they get the 429 of the model asked)"),
+    )
+    aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        json_schema_extra=_meta(
+            "routing", 'Client-facing model names for Gemini models, e.g. {"gpt-4o-mini": "gemini-2.5-flash"}'
+        ),
+    )
+    paid_daily_cap_usd: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=_meta(
+            "routing", "Stop using paid projects for the rest of the quota day once their spend reaches this (USD)"
+        ),
+    )
+
     # Logging & retention
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", json_schema_extra=_meta("logging", "Log level")
@@ -272,9 +324,9 @@ class Config(BaseModel):
                 raise ValueError(f"{name}: {share} is not a share between 0 and 0.9 of a model's quota")
         return value
 
-    @field_validator("model_limits", mode="before")
+    @field_validator("model_limits", "prices", "project_tiers", "fallbacks", "aliases", mode="before")
     @classmethod
-    def _limits_json(cls, v: Any) -> Any:
+    def _json_text(cls, v: Any, info: ValidationInfo) -> Any:
         # From the environment the value is JSON text: a parse error is one line naming the setting, not a traceback.
         if isinstance(v, str):
             if not v.strip():
@@ -283,7 +335,7 @@ class Config(BaseModel):
                 return json.loads(v)
             except ValueError as exc:
                 raise ValueError(
-                    f'not valid JSON ({exc}); expected e.g. {{"gemini-2.5-pro": {{"rpm": 5, "rpd": 100}}}}'
+                    f"not valid JSON ({exc}); expected e.g. {_JSON_EXAMPLES[str(info.field_name)]}"
                 ) from None
         return v
 
@@ -297,6 +349,56 @@ class Config(BaseModel):
             for name, n in lim.items():
                 if n is not None and n < 0:
                     raise ValueError(f"{model}.{name} must be ≥ 0")
+        return v
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, v: dict[str, Price]) -> dict[str, Price]:
+        if len(v) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} models")
+        for model in v:
+            if not is_model_name(model):
+                raise ValueError(f"{model[:40]!r} is not a model id (such as gemini-2.5-flash)")
+        return v
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if len(v) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} models")
+        for model, chain in v.items():
+            for name in (model, *chain):
+                if not is_model_name(name):
+                    raise ValueError(f"{name[:40]!r} is not a model id (such as gemini-2.5-flash)")
+            if not 1 <= len(chain) <= MAX_CHAIN:
+                raise ValueError(f"{model}: a chain of 1 to {MAX_CHAIN} models")
+            if model in chain or len(set(chain)) != len(chain):
+                raise ValueError(f"{model}: a chain names each model once, and not {model} itself")
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} aliases")
+        for name, target in v.items():
+            for text in (name, target):
+                if not is_model_name(text):
+                    raise ValueError(f"{text[:40]!r} is not a model name (letters, digits, . _ -)")
+            if target == name or target in v:
+                raise ValueError(
+                    f"{name}: the target must be a model, not {'itself' if target == name else 'an alias'}"
+                )
+        return v
+
+    @field_validator("project_tiers")
+    @classmethod
+    def _tiers(cls, v: dict[str, Tier]) -> dict[str, Tier]:
+        if len(v) > 10_000:
+            raise ValueError("at most 10,000 projects")
+        for project in v:
+            if not valid_project(project):
+                raise ValueError(f"{project[:40]!r} is not a project name")
         return v
 
     @classmethod

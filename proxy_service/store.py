@@ -29,7 +29,8 @@ SCHEMA: dict[str, str] = {
         project VARCHAR, latency_ms DOUBLE, ttfb_ms DOUBLE, prompt_tokens INTEGER, output_tokens INTEGER,
         thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, request_bytes BIGINT,
         response_bytes BIGINT, error_status VARCHAR, error_message VARCHAR, latency_lb SMALLINT, ttfb_lb SMALLINT,
-        resource_kind VARCHAR, resource_id VARCHAR, client_label VARCHAR, refusal VARCHAR""",
+        resource_kind VARCHAR, resource_id VARCHAR, client_label VARCHAR, refusal VARCHAR, served_model VARCHAR,
+        tier VARCHAR, cost_usd DOUBLE, list_cost_usd DOUBLE""",
     "attempts": """
         ts TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL, attempt SMALLINT, key_id VARCHAR, project VARCHAR,
         model VARCHAR, upstream_status SMALLINT, error_status VARCHAR, quota_id VARCHAR, retry_delay_s DOUBLE,
@@ -66,6 +67,10 @@ ADDED: dict[str, dict[str, str]] = {  # table → column → its type
         "resource_id": "VARCHAR",
         "client_label": "VARCHAR",
         "refusal": "VARCHAR",
+        "served_model": "VARCHAR",
+        "tier": "VARCHAR",
+        "cost_usd": "DOUBLE",
+        "list_cost_usd": "DOUBLE",
     },
 }
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of

@@ -41,7 +41,7 @@ from proxy_service.dashboard_link import KEY_ENV as LINK_KEY_ENV
 from proxy_service.demo import history
 from proxy_service.demo.resource_use import WORKFLOW_CLIENT, Workflows
 from proxy_service.demo.rhythm import DEFAULT_RATE
-from proxy_service.demo.scenario import demo_pool
+from proxy_service.demo.scenario import DEMO_TIERS, demo_pool
 from proxy_service.demo.tokens import demo_tokens, derived_token
 from proxy_service.demo.traffic import HABITS, Habit, TrafficGenerator
 from proxy_service.keys import parse_key_list
@@ -314,6 +314,7 @@ class Launcher:
                     "KEYRACK_UPSTREAM_URL": upstream_url,
                     "KEYRACK_ACCESS_TOKENS": ",".join(demo_clients),
                     "KEYRACK_CLIENT_LABELS": json.dumps(labels),
+                    "KEYRACK_PROJECT_TIERS": env.get("KEYRACK_PROJECT_TIERS", json.dumps(DEMO_TIERS)),
                     "KEYRACK_HOST": host,
                     "KEYRACK_OUTBOUND_PROXY": "",  # the fake upstream is local
                     "KEYRACK_REQUEST_TIMEOUT_S": env.get("KEYRACK_REQUEST_TIMEOUT_S", "6"),

@@ -396,7 +396,32 @@ def test_messages_show_values_as_the_dashboard_does() -> None:
     assert "usable_capacity_pct value 7.5 % > threshold 10.0 %" in body("usable_capacity_pct", 7.5, 10)
     assert "attempts_per_call value 1.25× > threshold 2.00×" in body("attempts_per_call", 1.25, 2)
     assert "calls value 12,345 > threshold 100" in body("calls", 12345, 100)
+    assert "spend_usd value $12.35 > threshold $10.00" in body("spend_usd", 12.345, 10)
     assert "invalid_keys value n/a" in body("invalid_keys", None, 0)  # type: ignore[arg-type]
+
+
+def test_spend_rule_sums_the_windows_estimated_cost_per_project(tmp_path: Any) -> None:
+    from proxy_service.alerts.rules import parse_rule
+    from proxy_service.alerts.sources import database_values
+    from proxy_service.store import Store, utcnow
+
+    store = Store(tmp_path / "spend.duckdb")
+    cur = store.cursor()
+    now = utcnow()
+    rows = [("p1", 0.25, 10), ("p1", 0.5, 20), ("p2", 0.0, 30), ("p1", 9.0, 7200)]  # the last: out of the window
+    for i, (project, cost, age) in enumerate(rows):
+        cur.execute(
+            "INSERT INTO requests (ts, request_id, client_id, project, outcome, cost_usd) VALUES (?, ?, 't', ?, "
+            "'success', ?)",
+            [now - timedelta(seconds=age), f"r{i}", project, cost],
+        )
+    rule = parse_rule(
+        {"name": "spend", "metric": "spend_usd", "op": ">", "threshold": 0.5, "window_s": 3600, "group_by": "project"}
+    )
+    values = database_values(cur, [rule], time.time())[rule.id]
+    assert {labels: v for labels, v in values.items()} == {(("project", "p1"),): 0.75, (("project", "p2"),): 0.0}
+    cur.close()
+    store.close()
 
 
 # -- backtest --------------------------------------------------------------------------------------------------------

@@ -131,3 +131,32 @@ def test_quota_day_counts_survive_a_restart(start_upstream: Callable[..., Upstre
     usage = gw.pool.tracker.usage("p2", "gemini-2.5-flash", time.time())
     gw.store.close()
     assert usage["rpd_used"] == 5 and usage["rpm_used"] == 5
+
+
+def test_the_paid_spend_cap_survives_a_restart(start_upstream: Callable[..., Upstream], tmp_path: Path) -> None:
+    """Embedded: today's paid spend is read back from the requests at start, so a restart does not reopen the cap."""
+    upstream = start_upstream(SCENARIO)
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        upstream_url=upstream.url,
+        api_keys=f"p2:{P2_A}",  # type: ignore[call-arg]
+        access_tokens=[CLIENT_TOKEN],
+        project_tiers={"p2": "paid"},
+        paid_daily_cap_usd=1e-9,  # the first paid call reaches it
+    )
+
+    def calls(n: int) -> list[int]:
+        with serve(create_app(settings), lifespan="on") as url:
+            return [
+                httpx.post(
+                    f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
+                    json=BODY,
+                    headers={"x-goog-api-key": CLIENT_TOKEN},
+                ).status_code
+                for _ in range(n)
+            ]
+
+    assert calls(2) == [200, 429]
+    assert calls(1) == [429]
+    assert upstream.stats()["requests"] == 1

@@ -131,3 +131,21 @@ def test_latest_history_marks_where_recorded_data_begins(db: duckdb.DuckDBPyConn
         assert history.latest_history(con) is None
     finally:
         con.close()
+
+
+def test_history_rows_carry_the_relays_spend_on_the_demos_tiers(db: duckdb.DuckDBPyConnection) -> None:
+    from proxy_service.demo.scenario import DEMO_TIERS
+    from proxy_service.prices import default_prices
+
+    flash = default_prices()["gemini-2.5-flash"]
+    rows = db.execute(
+        "SELECT project, tier, served_model, prompt_tokens, output_tokens, cost_usd, list_cost_usd FROM requests "
+        "WHERE outcome = 'success' AND model = 'gemini-2.5-flash' AND operation = 'generateContent' LIMIT 2000"
+    ).fetchall()
+    assert rows and {r[1] for r in rows} == {"free", "paid"}
+    for project, tier, served, prompt, output, cost, listed in rows:
+        assert served == "gemini-2.5-flash" and tier == DEMO_TIERS.get(project, "free")
+        assert listed == pytest.approx((prompt * flash.input_per_mtok + output * flash.output_per_mtok) / 1e6)
+        assert cost == (pytest.approx(listed) if tier == "paid" else 0.0)
+    failed = db.execute("SELECT count(*) FROM requests WHERE outcome <> 'success' AND cost_usd IS NOT NULL").fetchone()
+    assert failed == (0,)

@@ -360,3 +360,56 @@ def test_a_bare_upstream_429_cooldown_gives_retry_info_without_inventing_a_quota
     exc = refusal(pool)
     assert "cooling down after Google answered 429 (no quota details)" in exc.message
     assert quota_ids(exc) == [] and any(d["@type"].endswith("RetryInfo") for d in exc.details())
+
+
+# -- billing tiers: free first, paid as overflow, the paid spend cap ------------------------------------------------
+def tiered_pool(cap: float | None = None) -> tuple[Pool, Clock]:
+    clock = Clock()
+    pool = Pool("quota_aware", clock=clock)
+    pool.add([KeySpec(f"f{i}", f"free{i}") for i in range(4)] + [KeySpec("p1", "paid"), KeySpec("p2", "paid")])
+    pool.set_billing({"paid": "paid", "free0": "free"}, cap)
+    return pool, clock
+
+
+def test_free_capacity_is_used_first_and_only_the_overflow_lands_on_paid() -> None:
+    pool, _ = tiered_pool()  # gemini-2.5-flash: the built-in free-tier guess, rpm 10 per project
+    served = [pool.keys[key_id(use(pool))].project for _ in range(60)]  # 1.5x the free projects' minute
+    assert all(p != "paid" for p in served[:40]), served[:40]
+    assert served[40:] == ["paid"] * 20
+    assert sorted(served[:40]) == sorted(f"free{i}" for i in range(4) for _ in range(10))
+    # The paid project's successes past the guess prove nothing about the free tier: its guess stands.
+    assert pool.tracker.limits("free0", MODEL).rpm == 10
+
+
+def test_free_scopes_full_by_the_guess_are_still_used_when_paid_is_out() -> None:
+    pool, _ = tiered_pool()
+    for secret in ("p1", "p2"):
+        pool.rate_limited(pool.keys[key_id(secret)], MODEL, minute_429())
+    served = {pool.keys[key_id(use(pool))].project for _ in range(50)}
+    assert served == {f"free{i}" for i in range(4)}  # the guess orders, never refuses
+
+
+def test_paid_daily_cap_stops_paid_use_until_the_next_quota_day() -> None:
+    pool, clock = tiered_pool(cap=0.05)
+    for i in range(4):
+        pool.rate_limited(pool.keys[key_id(f"f{i}")], MODEL, minute_429(delay=600))
+    assert pool.choose(MODEL).project == "paid"
+    pool.spent(0.03)
+    assert pool.choose(MODEL).project == "paid"  # under the cap
+    pool.spent(0.03)
+    with pytest.raises(PoolExhausted) as err:
+        pool.choose(MODEL)
+    assert "paid_daily_cap_usd 0.05 reached" in str(err.value)
+    wait = pool.retry_after(MODEL)
+    assert wait is not None and 0 < wait <= 600 < next_pacific_midnight(T0) - T0  # the free cooldowns end first
+    assert err.value.retry_after == pytest.approx(wait, abs=1)
+    for i in range(4):
+        pool.cooldowns.clear()
+        pool.disable(pool.keys[key_id(f"f{i}")])
+    assert pool.retry_after(MODEL) == pytest.approx(next_pacific_midnight(T0) - T0)  # paid: at the day's end
+    clock.now = next_pacific_midnight(T0) + 1  # a new quota day: the spend starts from zero
+    assert pool.choose(MODEL).project in {"paid", *(f"free{i}" for i in range(4))}
+    assert not pool.paid_capped(clock.now) and pool.paid_spent_usd == 0.0
+    pool.set_billing({"paid": "paid"}, None)
+    pool.spent(1e9)
+    assert not pool.paid_capped(clock.now)  # no cap set

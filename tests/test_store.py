@@ -1,6 +1,6 @@
 """The DuckDB file's storage choices that the proxy's memory depends on (bench/memory.py has the figures), and its
 derived columns: the latency buckets are set as rows are appended and on the migration that adds them, and neither
-user SQL nor exports see them."""
+user SQL nor exports see them; columns added later (spend) reach older files."""
 
 from __future__ import annotations
 
@@ -221,3 +221,25 @@ def test_the_data_dir_is_closed_but_a_shared_directory_is_left_as_it_is(tmp_path
     Store(shared / "k.duckdb").close()
     assert shared.stat().st_mode & 0o7777 == 0o1777
     assert (shared / "k.duckdb").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_file_from_before_the_spend_columns_gets_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    old = SCHEMA["requests"].split(",\n        served_model")[0]
+    assert "cost_usd" not in old and "served_model" not in old
+    con.execute(f"CREATE TABLE requests ({old})")
+    con.execute("INSERT INTO requests (ts, request_id) VALUES (TIMESTAMP '2026-01-01', 'old')")
+    con.close()
+    store = Store(path)
+    cur = store.cursor()
+    types = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE requests)").fetchall())
+    assert {c: types[c] for c in ADDED["requests"]} == {
+        "served_model": "VARCHAR",
+        "tier": "VARCHAR",
+        "cost_usd": "DOUBLE",
+        "list_cost_usd": "DOUBLE",
+    }
+    assert cur.execute("SELECT cost_usd, tier FROM requests").fetchall() == [(None, None)]
+    store.close()
+    Store(path).close()  # opening again changes nothing

@@ -25,6 +25,8 @@ FAILURE = "#d9534f"
 P50 = "#4c78a8"
 P95 = "#f58518"
 TOKENS = "#7b61ff"
+SPEND = "#e45756"
+LIST_SPEND = "#b0b0b0"
 OTHERS = "#b0b0b0"
 HEIGHT = 320
 SMALL_HEIGHT = 200
@@ -320,6 +322,27 @@ def tokens(df: pd.DataFrame, axis: Axis) -> go.Figure:
     df = complete(df, axis)
     fig = go.Figure(_bar(df["bucket"], _num(df, "total_tokens"), t("chart.tokens"), TOKENS, axis))
     return _layout(fig, t("chart.tokens"), t("chart.token_count"), axis)
+
+
+def spend(df: pd.DataFrame, axis: Axis) -> go.Figure:
+    """Bars of the estimated spend per bucket, and a line of what the same calls cost at list price (the free
+    tier's calls cost nothing but count there)."""
+    df = complete(df, axis)
+    fig = go.Figure(
+        [
+            _bar(df["bucket"], _num(df, "cost_usd"), t("chart.spend"), SPEND, axis),
+            go.Scatter(
+                x=df["bucket"],
+                y=_num(df, "list_cost_usd"),
+                name=t("chart.list_spend"),
+                mode="lines+markers",
+                line={"color": LIST_SPEND, "dash": "dot"},
+            ),
+        ]
+    )
+    fig = _layout(fig, t("chart.spend_title"), t("chart.usd"), axis)
+    fig.update_yaxes(tickprefix="$")
+    return fig
 
 
 def group_label(dim: str, value: object) -> str:

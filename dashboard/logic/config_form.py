@@ -12,7 +12,7 @@ from dashboard.logic.client import AdminError
 from dashboard.logic.i18n import EN, LANGUAGES, t
 from dashboard.logic.i18n import current as current_language
 
-SECTIONS = ("general", "upstream", "logging", "alerts")
+SECTIONS = ("general", "upstream", "routing", "logging", "alerts")
 PREFIX = "cfg_"
 ERRORS = "cfg_errors_state"
 

@@ -39,6 +39,8 @@ MEASURES = [
     "tokens_per_call",
     "request_bytes",
     "response_bytes",
+    "cost_usd",
+    "list_cost_usd",
 ]
 DIMENSIONS = [
     "model",

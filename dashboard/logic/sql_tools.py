@@ -57,6 +57,17 @@ GROUP BY error_type, status
 ORDER BY entries DESC""",
     ),
     (
+        "sql.ex.spend",
+        """SELECT date_trunc('day', ts) AS day, project, tier, served_model,
+       count(*) AS calls,
+       round(sum(cost_usd), 4) AS spend_usd,
+       round(sum(list_cost_usd), 4) AS list_price_usd
+FROM requests
+WHERE ts > now() - INTERVAL 30 DAY
+GROUP BY ALL
+ORDER BY day DESC, spend_usd DESC""",
+    ),
+    (
         "sql.ex.tokens_by_project",
         """SELECT CAST(ts AS DATE) AS day, coalesce(project, '–') AS project,
        sum(prompt_tokens) AS prompt, sum(output_tokens) AS output, sum(total_tokens) AS total

@@ -77,6 +77,15 @@ def recent_chart() -> None:
     st.plotly_chart(charts.recent_calls(df, axis), key="chart_recent", config=charts.plotly_config())
 
 
+def spend(df: pd.DataFrame) -> tuple[float, float]:
+    """(estimated spend, spend at list price) in USD over the series' buckets."""
+
+    def total(column: str) -> float:
+        return float(df[column].fillna(0).sum()) if column in df else 0.0
+
+    return total("cost_usd"), total("list_cost_usd")
+
+
 def rebuilding_note(*answers: pd.DataFrame | dict[str, Any] | None) -> None:
     """The stats answers were read from the raw rows while the pre-aggregates are rebuilt: say so (as Explore)."""
     shares = [

@@ -1,4 +1,4 @@
-"""Trends: calls, success rate, latency and tokens over time; the 429 story; breakdowns; top keys and models."""
+"""Trends: calls, success rate, latency, tokens and spend over time; the 429 story; breakdowns; top keys and models."""
 
 from datetime import timedelta
 
@@ -46,6 +46,25 @@ elif series is not None:
     left, right = st.columns(2)
     left.plotly_chart(charts.latency(series, axis), key="chart_latency", config=charts.plotly_config())
     right.plotly_chart(charts.tokens(series, axis), key="chart_tokens", config=charts.plotly_config())
+    left, right = st.columns(2)
+    left.plotly_chart(charts.spend(series, axis), key="chart_spend", config=charts.plotly_config())
+    spent, listed = trends_data.spend(series)
+    right.metric(
+        t("trends.spend_range"),
+        f"${spent:,.2f}",
+        t("trends.list_spend_range", usd=f"${listed:,.2f}"),
+        delta_color="off",
+    )
+    summary = cache.safe(cache.api().summary, ttl=15.0)()
+    if summary and summary.get("spend"):
+        outlook = summary["spend"]
+        right.caption(
+            t(
+                "trends.month_end",
+                usd=f"${outlook['month_end_cost_usd']:,.2f}",
+                list=f"${outlook['month_end_list_cost_usd']:,.2f}",
+            )
+        )
 
     st.subheader(t("trends.story_heading"))
     st.caption(t("trends.story_intro"))

@@ -44,6 +44,7 @@ async def stats_summary(gw: Gateway, _request: Request) -> Response:
     return ok(
         {
             "windows": windows,
+            "spend": queries.spend_outlook(windows, tz, now),
             "keys": gw.pool.counts(),
             "timezone": tz.key,
             "generated_at": iso(now),

@@ -30,7 +30,8 @@ _REQUESTS = """
            count(*) FILTER (WHERE outcome = 'client_error') AS client_error,
            avg(attempts) AS attempts_per_call,
            quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
-           quantile_cont(ttfb_ms, 0.95) FILTER (WHERE stream) AS p95_ttft_ms
+           quantile_cont(ttfb_ms, 0.95) FILTER (WHERE stream) AS p95_ttft_ms,
+           coalesce(sum(cost_usd), 0) AS spend_usd
     FROM requests WHERE ts >= ? AND ts < ? AND client_id IS NOT NULL{where} GROUP BY ALL"""
 _ATTEMPTS = """
     SELECT {group} AS g, count(*) AS attempts,

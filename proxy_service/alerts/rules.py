@@ -29,7 +29,7 @@ _FILTER_RE = re.compile(r"^[0-9A-Za-z_\-.:/@]{1,128}$")
 class Metric:
     name: str
     source: str  # requests · attempts · pool · quota · flaps · volume
-    unit: str  # ratio · ms · count · pct · x
+    unit: str  # ratio · ms · count · pct · x · usd
     description: str
     group_bys: tuple[str, ...]  # the dimensions it can be split by
     backtest: bool  # the rollups hold its history
@@ -59,6 +59,7 @@ METRICS: dict[str, Metric] = {
         Metric("p95_latency_ms", "requests", "ms", "95th percentile call latency", _REQ_GROUPS, True),
         Metric("p95_ttft_ms", "requests", "ms", "95th percentile time to first streamed byte", _REQ_GROUPS, False),
         Metric("calls", "requests", "count", "Calls in the window", _REQ_GROUPS, True),
+        Metric("spend_usd", "requests", "usd", "Estimated spend in the window (USD, paid tier)", _REQ_GROUPS, False),
         Metric(
             "calls_vs_last_week",
             "volume",

@@ -48,6 +48,8 @@ def _request_value(rule: Rule, row: dict[str, Any]) -> float | None:
     m = rule.metric
     if m == "calls":
         return float(calls)
+    if m == "spend_usd":
+        return float(row["spend_usd"] or 0)
     if m == "success_rate":
         return _ratio(row["success"], calls)
     if m == "error_rate":
@@ -88,7 +90,7 @@ def database_values(cur: duckdb.DuckDBPyConnection, rules: Iterable[Rule], now: 
             else:
                 values[labels] = _request_value(rule, row)
         if not rule.group_by and () not in values and source == "requests":
-            values[()] = 0.0 if rule.metric == "calls" else None  # no calls at all in the window
+            values[()] = 0.0 if rule.metric in ("calls", "spend_usd") else None  # no calls at all in the window
         out[rule.id] = values
     return out
 

@@ -9,7 +9,7 @@ import math
 
 def format_value(v: float | None, unit: str = "", missing: str = "n/a") -> str:
     """A value in its unit's words: a ratio in percent (0.2093 → 20.9 %), milliseconds in ms, an already-percent
-    value with %, a factor with ×, a count in whole numbers; `missing` for no value (None or NaN)."""
+    value with %, a factor with ×, US dollars with $, a count in whole numbers; `missing` for no value (None or NaN)."""
     if v is None:
         return missing
     v = float(v)
@@ -23,6 +23,8 @@ def format_value(v: float | None, unit: str = "", missing: str = "n/a") -> str:
         return f"{v:,.0f} ms"
     if unit == "x":
         return f"{v:,.2f}×"
+    if unit == "usd":
+        return f"${v:,.2f}" if abs(v) >= 1 or v == 0 else f"${v:.4g}"
     if math.isinf(v):
         return f"{v}"
     return f"{v:,.0f}" if v == int(v) else f"{v:,.4g}"

@@ -50,6 +50,8 @@ COUNTER_MEASURES: dict[str, str] = {
     "response_bytes": "response_bytes",
     "avg_latency_ms": "latency_sum / nullif(latency_n, 0)",
     "avg_ttfb_ms": "ttfb_sum / nullif(ttfb_n, 0)",
+    "cost_usd": "cost_sum",  # estimated spend (0 on the free tier)
+    "list_cost_usd": "list_cost_sum",  # the same calls at list price
 }
 # name → (histogram metric, quantile)
 PERCENTILE_MEASURES: dict[str, tuple[str, float]] = {
@@ -691,7 +693,7 @@ def answer(
 def _num(v: Any, m: str) -> Any:
     if v is None:
         return 0 if m in COUNTER_MEASURES and COUNTER_MEASURES[m] == m else None
-    return round(v, 6) if isinstance(v, float) else v
+    return round(v, 10 if m.endswith("cost_usd") else 6) if isinstance(v, float) else v  # a call costs < $0.001
 
 
 def _sorted(keys: set[tuple]) -> list[tuple]:

@@ -83,6 +83,8 @@ SUMS = (
     "latency_n",
     "ttfb_sum",
     "ttfb_n",
+    "cost_sum",
+    "list_cost_sum",
 )
 # Per-row values of the counters, over `requests` aliased r and the upstream-429 lookup aliased u.
 RAW_SUMS = {
@@ -102,6 +104,8 @@ RAW_SUMS = {
     "latency_n": "CAST(r.latency_ms IS NOT NULL AS INTEGER)",
     "ttfb_sum": "coalesce(r.ttfb_ms, 0)",
     "ttfb_n": "CAST(r.ttfb_ms IS NOT NULL AS INTEGER)",
+    "cost_sum": "coalesce(r.cost_usd, 0)",
+    "list_cost_sum": "coalesce(r.list_cost_usd, 0)",
 }
 # A request's attempts end within this long after it started (the call deadline is far shorter).
 ATTEMPT_SLACK = "INTERVAL 1 HOUR"
@@ -274,6 +278,16 @@ def install(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
     for ddl in _DDL:
         cur.execute(ddl)
+    # Counters added since a table was made (the spend sums): added here, filled by the rebuild the layout version
+    # change starts. On a lake another replica may add one first.
+    have = {r[0] for r in cur.execute(f"SELECT * FROM {COUNTERS} LIMIT 0").description or ()}
+    for s in SUMS:
+        if s not in have:
+            try:
+                cur.execute(f"ALTER TABLE {COUNTERS} ADD COLUMN {s} {'DOUBLE' if s.endswith('_sum') else 'BIGINT'}")
+            except duckdb.Error:
+                if s not in {r[0] for r in cur.execute(f"SELECT * FROM {COUNTERS} LIMIT 0").description or ()}:
+                    raise
 
 
 def total_calls(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:

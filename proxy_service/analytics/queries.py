@@ -233,7 +233,10 @@ _RAW_GROUP = {
     "status": "coalesce(CAST(status AS VARCHAR), '')",
     "key": "coalesce(key_id, '')",
 }
-_PREAGG_COUNTERS = "bucket, av, calls, successes, latency_sum, latency_n, prompt_tokens, output_tokens, total_tokens"
+_PREAGG_COUNTERS = (
+    "bucket, av, calls, successes, latency_sum, latency_n, prompt_tokens, output_tokens, total_tokens, cost_sum, "
+    "list_cost_sum"
+)
 _PREAGG_HIST = "bucket, av, lb, n"
 _PREAGG_SET: dict[str, set[str]] = {"none": set(), "model": {"model"}, "project": {"project"}, "status": {"status"}}
 _LB = histogram.lb_sql("latency_ms")
@@ -243,7 +246,8 @@ _COUNTERS = """
            sum(latency_sum) / nullif(sum(latency_n), 0) AS avg_latency_ms,
            CAST(coalesce(sum(prompt_tokens), 0) AS BIGINT) AS prompt_tokens,
            CAST(coalesce(sum(output_tokens), 0) AS BIGINT) AS output_tokens,
-           CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS total_tokens
+           CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS total_tokens,
+           coalesce(sum(cost_sum), 0) AS cost_usd, coalesce(sum(list_cost_sum), 0) AS list_cost_usd
     FROM c GROUP BY b, g ORDER BY b, g"""
 _HISTOGRAM = """
     SELECT b, g, CAST(lb AS DOUBLE) AS lb, CAST(sum(n) AS DOUBLE) AS n FROM h GROUP BY b, g, lb"""
@@ -280,7 +284,7 @@ def aggregate(
             where, wp = " WHERE bucket >= ? AND bucket < ?", [part.lo, part.hi]
             counters.append(
                 f"SELECT {b_rollup} AS b, av AS g, calls, successes, latency_sum, latency_n, prompt_tokens, "
-                f"output_tokens, total_tokens FROM {c_scan}{where}"
+                f"output_tokens, total_tokens, cost_sum, list_cost_sum FROM {c_scan}{where}"
             )
             hists.append(f"SELECT {b_rollup} AS b, av AS g, lb, n FROM {h_scan}{where}")
             c_params += [*p_rollup, *wp]
@@ -292,7 +296,8 @@ def aggregate(
             counters.append(
                 f"SELECT {b_raw} AS b, {graw} AS g, 1 AS calls, CAST(outcome = 'success' AS INTEGER) AS successes, "
                 "latency_ms AS latency_sum, CAST(latency_ms IS NOT NULL AS INTEGER) AS latency_n, prompt_tokens, "
-                f"output_tokens, total_tokens FROM {name}{where}"
+                "output_tokens, total_tokens, coalesce(cost_usd, 0) AS cost_sum, "
+                f"coalesce(list_cost_usd, 0) AS list_cost_sum FROM {name}{where}"
             )
             hists.append(
                 f"SELECT {b_raw} AS b, {graw} AS g, {_LB} AS lb, 1 AS n FROM {name}{where} AND latency_ms IS NOT NULL"
@@ -373,7 +378,10 @@ def aggregate(
 RAW_CLUSTER = timedelta(hours=2)  # raw parts closer than this share one scan
 RAW_PREFETCH = timedelta(hours=6)  # raw parts this short in all are read once for both queries (the rollup's edges)
 _RAW_ROWS = "_aggregate_raw_rows"
-RAW_COLUMNS = "ts, model, project, status, key_id, outcome, latency_ms, prompt_tokens, output_tokens, total_tokens"
+RAW_COLUMNS = (
+    "ts, model, project, status, key_id, outcome, latency_ms, prompt_tokens, output_tokens, total_tokens, cost_usd, "
+    "list_cost_usd"
+)
 
 
 def _raw_clusters(parts: list[Part]) -> dict[int, int]:
@@ -401,6 +409,8 @@ _EMPTY_WINDOW = {
     "prompt_tokens": 0,
     "output_tokens": 0,
     "total_tokens": 0,
+    "cost_usd": 0.0,
+    "list_cost_usd": 0.0,
 }
 
 
@@ -424,7 +434,20 @@ def summary(
     out = {}
     for window in WINDOWS:
         r = rows.get(window)
-        out[window] = _EMPTY_WINDOW.copy() if r is None else {k: _round(r[k]) for k in _EMPTY_WINDOW}
+        out[window] = _EMPTY_WINDOW.copy() if r is None else {k: _round(r[k], k) for k in _EMPTY_WINDOW}
+    return out
+
+
+def spend_outlook(windows: dict[str, Any], tz: ZoneInfo, now: datetime) -> dict[str, float]:
+    """The month's estimated spend so far and at month end if the last 24 hours' rate holds (USD), from `summary`'s
+    windows: the same figures for the list price beside."""
+    month_start = floor_local(to_local(now, tz), "month")
+    left_h = (to_utc(next_local(month_start, "month"), tz) - now).total_seconds() / 3600
+    out = {}
+    for name in ("cost_usd", "list_cost_usd"):
+        month, day = float(windows["month"][name] or 0), float(windows["24h"][name] or 0)
+        out[f"month_{name}"] = round(month, 6)
+        out[f"month_end_{name}"] = round(month + day / 24 * max(0.0, left_h), 6)
     return out
 
 
@@ -513,8 +536,10 @@ def _localise(table: ResultTable, tz: ZoneInfo) -> ResultTable:
     return table
 
 
-def _round(v: Any) -> Any:
-    return round(v, 4) if isinstance(v, float) else v
+def _round(v: Any, name: str = "") -> Any:
+    if not isinstance(v, float):
+        return v
+    return round(v, 8 if name.endswith("cost_usd") else 4)  # a minute's spend is fractions of a cent
 
 
 # -- error logs --------------------------------------------------------------------------------------------------
@@ -616,6 +641,15 @@ _QUOTA_USAGE = """
     WHERE a.ts >= ? AND a.ts < ? AND a.model IS NOT NULL AND a.key_id IS NOT NULL
       AND a.outcome NOT IN ('rate_limited', 'server_error', 'connection_error')
     GROUP BY ALL"""
+
+
+def paid_spend(cur: duckdb.DuckDBPyConnection, since: float) -> float:
+    """Estimated spend (USD) on paid projects since `since` (epoch): what paid_daily_cap_usd counts against."""
+    start = datetime.fromtimestamp(since, UTC).replace(tzinfo=None)
+    row = cur.execute(
+        "SELECT coalesce(sum(cost_usd), 0) FROM requests WHERE ts >= ? AND tier = 'paid'", [start]
+    ).fetchone()
+    return float(row[0]) if row else 0.0
 
 
 def quota_usage(

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyrack.rollup")
 
 # 4: explore pre-aggregates per local day replace the all-dimensions cube; 5: + per key; 6: + key pairs;
-# 7: one family (`preagg`) for stats, Explore, alerts and forecasts; 8: + the resource kind (files, caches, Live...)
-VERSION = "8"
+# 7: one family (`preagg`) for stats, Explore, alerts and forecasts; 8: + the resource kind (files, caches, Live...);
+# 9: + spend sums (cost_sum, list_cost_sum)
+VERSION = "9"
 FOLD_EVERY_S = 2.0  # a small, fixed share of a core at any traffic level (bench/analytics.py times reads with folds)
 FOLD_ROWS = 100_000
 INLINE_CHUNK_DAYS = 7

@@ -68,6 +68,36 @@ def pool_of(api_keys: str, invalid: list[str], clients: dict[str, str]) -> Pool:
     return Pool(clients, keys)
 
 
+def _spend(
+    models: Sequence[str | None],
+    model_idx: np.ndarray,
+    projects: Cat,
+    prompt: np.ndarray,
+    output: np.ndarray,
+    served: np.ndarray,
+) -> dict[str, Any]:
+    """The rows' served model, tier and costs as the relay records them (`prices.PriceBook` on the shipped prices,
+    the demo's `DEMO_TIERS`); the history's prompts are far below the long-prompt tier."""
+    import numpy as np
+
+    from proxy_service.demo.scenario import DEMO_TIERS
+    from proxy_service.prices import PriceBook, default_prices
+
+    book = PriceBook(default_prices())
+    rates = [book.price(m) for m in models]
+    r_in = np.array([p.input_per_mtok / 1e6 if p else np.nan for p in rates])[model_idx]
+    r_out = np.array([p.output_per_mtok / 1e6 if p else np.nan for p in rates])[model_idx]
+    listed = np.where(served, prompt * r_in + output * r_out, np.nan)
+    paid = np.array([DEMO_TIERS.get(p or "") == "paid" for p in [*projects.values, None]])[projects.codes]  # -1: none
+    tier = np.where(served, paid.astype(np.int32), -1)
+    return {
+        "served_model": Cat(np.where(served, model_idx, -1), list(models)),
+        "tier": Cat(tier, ["free", "paid"]),
+        "list_cost_usd": listed,
+        "cost_usd": np.where(paid, listed, np.where(np.isnan(listed), np.nan, 0.0)),
+    }
+
+
 def hourly_profile(hours: np.ndarray) -> np.ndarray:
     """Relative demand per UTC hour: `rhythm.rhythm` (mean 1) and a slow rise (+1 % a day) up to the last hour."""
     import numpy as np
@@ -257,6 +287,7 @@ def _tables(rng: np.random.Generator, c: dict[str, Any], rate_limited: np.ndarra
         "output_tokens": output.astype(np.int32),
         "total_tokens": (prompt + output).astype(np.int32),
         "error_status": Cat(error_status, statuses),
+        **_spend(c["models"], c["model_idx"], projects, prompt, output, fwd & (outcome == 0)),
     }
     att_ok = att_fault < 0
     no_att = c["upstream_no"][att_call]

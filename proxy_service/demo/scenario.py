@@ -9,6 +9,9 @@ from typing import Any
 
 DEMO_PROJECTS = ("acme-prod", "acme-staging", "research", "batch-jobs", "free-tier")
 KEYS_PER_PROJECT = 2
+# The demo's billing tiers (KEYRACK_PROJECT_TIERS of the demo proxy, and the tier of its history's rows): two paid
+# projects take the overflow, so Trends shows spend beside the list-price line.
+DEMO_TIERS = {"acme-prod": "paid", "batch-jobs": "paid"}
 # Per project and model, as Google counts them; tight for the demo's rate (rhythm.DEFAULT_RATE), so that its busy
 # hours and batch bursts run into them and cooldowns show.
 DEMO_LIMITS: dict[str, dict[str, int | None]] = {

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy_service import routing
 from proxy_service.errors import BadRequest, MethodNotAllowed, NotFound
 from proxy_service.relay import Call
 from proxy_service.resources import names_in
@@ -42,7 +43,9 @@ async def list_models(request: Request, gw: Gateway) -> Response:
         call.path = f"/{version}/models"
         call.query = forward_query(request)
         call.headers = forward_headers(request)
-        return await gw.relay.handle(call)
+        resp = await gw.relay.handle(call)
+        first_page = "pageToken" not in request.query_params
+        return routing.listed(resp, gw.config.aliases, openai=False) if first_page else resp
 
     return await answer_call(request, gw, "gemini", "listModels", None, run)
 

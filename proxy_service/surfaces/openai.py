@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy_service import routing
 from proxy_service.errors import BadRequest
 from proxy_service.relay import Call
 from proxy_service.surfaces import gemini
@@ -72,6 +73,8 @@ async def models(request: Request, gw: Gateway) -> Response:
             call.model = gemini._model(model_id.removeprefix("models/"))
         call.path = f"{UPSTREAM}/models" + (f"/{model_id}" if model_id else "")
         call.headers = forward_headers(request)
+        if model_id is None:
+            return routing.listed(await gw.relay.handle(call), gw.config.aliases, openai=True)
         return await gw.relay.handle(call)
 
     return await answer_call(request, gw, "openai", "models", None, run)

@@ -154,3 +154,32 @@ def test_the_reader_answers_agree_with_the_raw_rows(tmp_path: Path) -> None:
     )  # type: ignore[index]
     cur.close()
     store.close()
+
+
+def test_a_layout_7_file_gains_the_spend_sums_and_rebuilds_them(tmp_path: Path) -> None:
+    path = tmp_path / "v7.duckdb"
+    store = Store(path)
+    cur = store.cursor()
+    cur.execute(
+        "INSERT INTO requests (ts, request_id, model, outcome, cost_usd, list_cost_usd) SELECT TIMESTAMP '2026-03-01'"
+        " + INTERVAL (i) MINUTE, 'r' || i, 'm' || (i % 3), 'success', i * 0.001, i * 0.002 FROM range(600) t(i)"
+    )
+    sums = ", ".join(f"{s} {'DOUBLE' if s.endswith('_sum') else 'BIGINT'}" for s in preagg.SUMS[:-2])
+    cur.execute(
+        f"CREATE TABLE {preagg.COUNTERS} (bucket TIMESTAMP NOT NULL, grain VARCHAR NOT NULL, a VARCHAR NOT NULL, "
+        f"av VARCHAR NOT NULL, b VARCHAR NOT NULL, bv VARCHAR NOT NULL, {sums})"
+    )
+    cur.execute("CREATE TABLE rollup_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")
+    cur.execute("INSERT INTO rollup_meta VALUES ('version', '7'), ('zone', 'UTC')")
+    Rollup().install(cur)
+    assert cur.execute("SELECT value FROM rollup_meta WHERE name = 'version'").fetchone() == (VERSION,)
+    lo, hi = datetime(2026, 3, 1), datetime(2026, 3, 2)
+    spec = explore.Spec(measures=("cost_usd", "list_cost_usd"), dimensions=("model",), lo=lo, hi=hi)
+    ans = explore.answer(cur, spec, UTC, zone="UTC")
+    assert ans.source == "cube"
+    expected = cur.execute(
+        "SELECT model, round(sum(cost_usd), 10), round(sum(list_cost_usd), 10) FROM requests GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert sorted(tuple(r) for r in ans.rows) == expected
+    cur.close()
+    store.close()

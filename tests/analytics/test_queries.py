@@ -331,3 +331,18 @@ def test_batches_gather_until_a_fold_so_the_writer_does_not_fold_every_flush(db:
     assert db.cur.execute(count).fetchone() == (0,)  # appended, not folded yet
     db.writer.submit(db.rollup.fold).result()
     assert db.cur.execute(count).fetchone() == (3,)
+
+
+def test_spend_outlook_projects_the_last_days_rate_to_the_months_end() -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    now = datetime(2026, 12, 30, 16, 0)  # 2026-12-31 00:00 in Shanghai: 24 hours of the month left
+    windows = {
+        "month": {"cost_usd": 10.0, "list_cost_usd": 30.0},
+        "24h": {"cost_usd": 2.0, "list_cost_usd": 0.0},
+    }
+    assert queries.spend_outlook(windows, tz, now) == {
+        "month_cost_usd": 10.0,
+        "month_end_cost_usd": 12.0,
+        "month_list_cost_usd": 30.0,
+        "month_end_list_cost_usd": 30.0,
+    }

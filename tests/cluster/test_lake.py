@@ -91,15 +91,25 @@ def test_writer_commits_events_with_their_rollup_and_an_analyst_reads_them_read_
     )
     assert index.fetchone() == (1,), "the catalog's file statistics are indexed for the per-scan lookups"
     # A lake from before a derived column: the next replica to start adds it (old rows keep NULL: readers compute).
-    # So are the columns added later (the resource's kind and id).
-    for col in ("ttfb_lb", "resource_kind", "resource_id"):
+    # So are the columns added later (the resource's kind and id, the spend).
+    for col in ("ttfb_lb", "resource_kind", "resource_id", "cost_usd"):
         store.cursor().execute(f"ALTER TABLE lake.main.requests DROP COLUMN {col}")
     store.close()
     again = LakeStore(cfg, contextlib.nullcontext)
     columns = again.cursor().execute(
         "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND table_name = 'requests'"
     )
-    assert {"latency_lb", "ttfb_lb", "resource_kind", "resource_id"} <= {r[0] for r in columns.fetchall()}
+    wanted = {
+        "latency_lb",
+        "ttfb_lb",
+        "resource_kind",
+        "resource_id",
+        "cost_usd",
+        "list_cost_usd",
+        "tier",
+        "served_model",
+    }
+    assert wanted <= {r[0] for r in columns.fetchall()}
     again.close()
     assert "password" not in pg_conninfo(lake_catalog)
 

@@ -104,9 +104,13 @@ def test_keys_and_config_changes_apply_on_every_replica(
     admin(r1, "DELETE", f"/keys/{added[0]}")
     assert until(lambda: status(r2, added[0]) is None)
 
-    admin(r2, "PATCH", "/config", json={"max_retries": 7, "strategy": "least_used"})
+    routing = {"aliases": {"gpt-4o-mini": MODEL}, "project_tiers": {"p1": "paid"}, "fallback_enabled": True}
+    admin(r2, "PATCH", "/config", json={"max_retries": 7, "strategy": "least_used", **routing})
     assert until(lambda: admin(r1, "GET", "/config")["values"]["max_retries"] == 7)
-    assert admin(r1, "GET", "/config")["values"]["strategy"] == "least_used"
+    values = admin(r1, "GET", "/config")["values"]
+    assert values["strategy"] == "least_used" and {k: values[k] for k in routing} == routing
+    aliased = call(r1, "gpt-4o-mini")  # routing settings act on the other replica too
+    assert aliased.status_code == 200 and aliased.headers["x-keyrack-served-model"] == MODEL
     admin(r1, "POST", "/config/reset")
     assert until(lambda: admin(r2, "GET", "/config")["values"]["max_retries"] == 3)
 

@@ -305,6 +305,7 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
         "Success rate",
         "Latency p50 / p95",
         "Tokens",
+        "Estimated spend (USD)",
         "Rate limits: Google's 429s vs Keyrack's refusals",
         "Upstream attempts per successful call",
         "Calls by outcome",
@@ -312,6 +313,8 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
         "Calls by model",
         "Tokens by model",
     ]
+    assert [m.label for m in at.metric][-1:] == ["Estimated spend in this range"]
+    assert any(c.startswith("This month at the last 24 hours' rate: $") for c in texts(at.caption)), texts(at.caption)
     hourly = len(_values(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]))
     at.segmented_control(key="granularity.en").set_value("day")
     ok(at.run())
@@ -323,7 +326,7 @@ def test_trends_charts_granularity_breakdown_and_top_tables(dash_env: Stack) -> 
     assert "Calls by project" in _chart_titles(at)
     at.selectbox(key="breakdown.en").set_value("model")
     ok(at.run())
-    by_model = json.loads(at.get("plotly_chart")[8].proto.spec)["data"]
+    by_model = json.loads(at.get("plotly_chart")[9].proto.spec)["data"]
     assert {trace["name"] for trace in by_model} <= {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}
     assert texts(at.subheader)[-2:] == ["Top keys", "Top models"]
     assert len(at.dataframe) == 2 and not at.dataframe[1].value.empty
@@ -381,7 +384,12 @@ def test_error_logs_filter_detail_and_delete_selected(dash_env: Stack) -> None:
 # -- config ----------------------------------------------------------------------------------------------------
 def test_config_marks_changes_shows_validation_and_saves_live(dash_env: Stack) -> None:
     at = start("config")
-    assert [s for s in texts(at.subheader)][:3] == ["General", "Gemini upstream & pool", "Logging & retention"]
+    assert [s for s in texts(at.subheader)][:4] == [
+        "General",
+        "Gemini upstream & pool",
+        "Routing & cost",
+        "Logging & retention",
+    ]
     at.number_input(key="cfg_max_retries").set_value(99)
     ok(at.run())
     assert any("1 unsaved change" in m and "changes" not in m for m in texts(at.markdown))
@@ -399,6 +407,17 @@ def test_config_marks_changes_shows_validation_and_saves_live(dash_env: Stack) -
     assert dash_env.gateway.config.max_retries == 5  # applied live
     assert any("No unsaved changes" in m for m in texts(at.markdown))
     dash_env.admin("PATCH", "/config", json={"max_retries": 3})
+
+    # Routing & cost: JSON settings, refused with the API's words next to the field, saved when valid.
+    at.text_area(key="cfg_project_tiers").input('{"p1": "gold"}')
+    ok(at.run())
+    ok(at.button(key="cfg_save_btn").click().run())
+    assert any("'free' or 'paid'" in e for e in texts(at.error)), texts(at.error)
+    at.text_area(key="cfg_project_tiers").input('{"p1": "paid"}')
+    ok(at.run())
+    ok(at.button(key="cfg_save_btn").click().run())
+    assert dash_env.gateway.config.project_tiers == {"p1": "paid"}
+    dash_env.admin("PATCH", "/config", json={"project_tiers": {}})
 
 
 # -- SQL -------------------------------------------------------------------------------------------------------
