@@ -142,6 +142,7 @@ class Client:
     source: str = "api"  # "api" (the admin API) or "config" (a token in access_tokens)
     old_hash: str | None = None  # the token before the last rotation, valid until `old_until`
     old_until: float | None = None
+    fallback: bool | None = None  # may its calls take a model's fallback chain (None: the `fallback_enabled` setting)
     usage: Usage = field(default_factory=Usage)
 
     def active(self, now: float) -> bool:
@@ -171,6 +172,7 @@ COLUMNS = (
     "token_hash",
     "old_hash",
     "old_until",
+    "fallback",
 )
 
 
@@ -190,6 +192,7 @@ def to_row(c: Client) -> tuple[Any, ...]:
         c.token_hash,
         c.old_hash,
         _ts(c.old_until),
+        c.fallback,
     )
 
 
@@ -211,6 +214,7 @@ def from_row(row: Mapping[str, Any]) -> Client:
         token_hash=row["token_hash"],
         old_hash=row["old_hash"],
         old_until=_epoch(row["old_until"]),
+        fallback=row.get("fallback"),
     )
 
 
@@ -540,6 +544,7 @@ class ClientBook:
             if client.old_hash and (client.old_until or 0) > now
             else None,
             "source": client.source,
+            "fallback": client.fallback,
             "status": "revoked"
             if client.revoked_at is not None
             else ("expired" if not client.active(now) else "active"),

@@ -369,8 +369,11 @@ class Relay:
                 key = self.pool.choose(call.quota_model, tried, call.project)
             except PoolExhausted as exc:
                 # No headroom left for this model (nothing tried, or every key tried said 429): its fallback chain.
-                # The opt-in is global for now; a client record's own "fallback" flag goes here (issue 27).
-                if cfg.fallback_enabled and (last_key is None or (last is not None and last.outcome == "rate_limited")):
+                # Opted in by the client's record, else by the fallback_enabled setting.
+                opted = call.client.fallback if call.client is not None else None
+                if (cfg.fallback_enabled if opted is None else opted) and (
+                    last_key is None or (last is not None and last.outcome == "rate_limited")
+                ):
                     fallback = routing.next_fallback(call, cfg.fallbacks, {*call.models_tried, call.model or ""})
                     if fallback is not None:
                         call.models_tried += (call.model or "",)

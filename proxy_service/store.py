@@ -47,7 +47,7 @@ SCHEMA: dict[str, str] = {
     # Client records (proxy_service/clients.py): tokens only as keyed hashes, under the install's own key.
     "clients": "id VARCHAR PRIMARY KEY, label VARCHAR, owner VARCHAR, class VARCHAR, models VARCHAR, "
     "limits VARCHAR, expires_at TIMESTAMP, created_at TIMESTAMP, last_used_at TIMESTAMP, revoked_at TIMESTAMP, "
-    "source VARCHAR, token_hash VARCHAR NOT NULL, old_hash VARCHAR, old_until TIMESTAMP",
+    "source VARCHAR, token_hash VARCHAR NOT NULL, old_hash VARCHAR, old_until TIMESTAMP, fallback BOOLEAN",
     "client_secret": "name VARCHAR PRIMARY KEY, value VARCHAR",
     # Alerting (proxy_service/alerts): rules as JSON bodies, channels (url and secret are secrets), silences, and
     # the history of every state change and delivery attempt.
@@ -72,6 +72,7 @@ ADDED: dict[str, dict[str, str]] = {  # table → column → its type
         "cost_usd": "DOUBLE",
         "list_cost_usd": "DOUBLE",
     },
+    "clients": {"fallback": "BOOLEAN"},
 }
 # Columns the store derives from others as rows are appended (writers never send them): the histogram bucket of
 # each latency, so that percentiles over raw rows (Explore's pairs) group by it instead of computing a logarithm per

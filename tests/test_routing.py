@@ -15,7 +15,7 @@ import pytest
 from proxy_service.relay import Call
 from proxy_service.routing import SERVED_MODEL_HEADER, aliased, next_fallback, retarget, with_aliases
 from proxy_service.settings import Config, ConfigError
-from tests.conftest import CLIENT_TOKEN, SCENARIO, Proxy, Upstream, wait_rows
+from tests.conftest import ADMIN_TOKEN, CLIENT_TOKEN, SCENARIO, Proxy, Upstream, wait_rows
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}
@@ -130,6 +130,33 @@ def test_a_client_that_did_not_opt_in_gets_the_429(start_proxy: Callable[..., Pr
     assert wait_rows(proxy, "SELECT model, served_model, outcome FROM requests WHERE request_id = ?", [rid]) == [
         (PRO, None, "exhausted")
     ]
+
+
+def test_a_client_record_opts_in_or_out_whatever_the_setting(
+    start_proxy: Callable[..., Proxy], upstream: Upstream
+) -> None:
+    """The record's `fallback` decides for its own calls; null leaves it to `fallback_enabled` (off here)."""
+    proxy = routed_proxy(start_proxy, upstream, enabled=False)
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def client(fallback: bool | None) -> str:
+        r = httpx.post(
+            f"{proxy.url}/admin/api/clients", json={"label": f"f-{fallback}", "fallback": fallback}, headers=admin
+        )
+        assert r.status_code == 201 and r.json()["fallback"] is fallback
+        return str(r.json()["token"])
+
+    eager, default = client(True), client(None)
+    bad = httpx.post(f"{proxy.url}/admin/api/clients", json={"label": "x", "fallback": "yes"}, headers=admin)
+    assert bad.status_code == 422 and "fallback" in bad.text
+    answers = [
+        httpx.post(
+            f"{proxy.url}/v1beta/models/{PRO}:generateContent", json=BODY, headers={"x-goog-api-key": t}, timeout=30
+        )
+        for t in (eager, eager, eager, eager, default)
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200, 200, 429]
+    assert answers[3].headers.get(SERVED_MODEL_HEADER) == FLASH and SERVED_MODEL_HEADER not in answers[4].headers
 
 
 def test_an_openai_client_asking_for_an_alias_is_served_by_its_target(

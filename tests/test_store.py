@@ -223,18 +223,20 @@ def test_the_data_dir_is_closed_but_a_shared_directory_is_left_as_it_is(tmp_path
     assert (shared / "k.duckdb").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_file_from_before_the_spend_columns_gets_them_when_opened(tmp_path: Path) -> None:
+def test_a_file_from_before_the_added_columns_gets_them_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    old = SCHEMA["requests"].split(",\n        served_model")[0]
-    assert "cost_usd" not in old and "served_model" not in old
+    columns = [c.strip() for c in SCHEMA["requests"].split(",")]
+    old = ", ".join(c for c in columns if c.split()[0] not in ADDED["requests"])
+    assert "cost_usd" not in old and "served_model" not in old and "resource_kind" not in old
     con.execute(f"CREATE TABLE requests ({old})")
     con.execute("INSERT INTO requests (ts, request_id) VALUES (TIMESTAMP '2026-01-01', 'old')")
     con.close()
     store = Store(path)
     cur = store.cursor()
     types = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE requests)").fetchall())
-    assert {c: types[c] for c in ADDED["requests"]} == {
+    assert {c: types[c] for c in ADDED["requests"]} == ADDED["requests"]
+    assert {c: ADDED["requests"][c] for c in ("served_model", "tier", "cost_usd", "list_cost_usd")} == {
         "served_model": "VARCHAR",
         "tier": "VARCHAR",
         "cost_usd": "DOUBLE",

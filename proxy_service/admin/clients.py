@@ -26,7 +26,7 @@ from proxy_service.store import utcnow
 if TYPE_CHECKING:
     from proxy_service.gateway import Gateway
 
-FIELDS = ("label", "owner", "class", "models", "limits", "expires_at")
+FIELDS = ("label", "owner", "class", "models", "limits", "expires_at", "fallback")
 MAX_LABEL = 100
 MAX_MODELS = 200
 MAX_LIMIT = 10**12  # beyond any real quota: a larger number is a typo, refused rather than taken as "no limit"
@@ -90,6 +90,11 @@ def _fields(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
                 )
             clean[name] = value
         out["limits"] = clean
+    if "fallback" in body:
+        value = body["fallback"]
+        if value is not None and not isinstance(value, bool):
+            raise _bad("fallback must be true, false or null (the fallback_enabled setting decides)", "fallback")
+        out["fallback"] = value
     if "expires_at" in body:
         value = body["expires_at"]
         if value is None:

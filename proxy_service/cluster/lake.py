@@ -211,10 +211,10 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _has_column(cur: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+def _has_column(cur: duckdb.DuckDBPyConnection, table: str, column: str, database: str = CATALOG) -> bool:
     found = cur.execute(
         "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = ? AND column_name = ?",
-        [CATALOG, table, column],
+        [database, table, column],
     ).fetchone()
     return bool(found and found[0])
 
@@ -233,19 +233,22 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             if (CATALOG, table) not in have:
                 extra = f", {EXTRA_COLUMNS[table]}" if table in EXTRA_COLUMNS else ""
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {CATALOG}.main.{table} ({SCHEMA[table]}{extra})")
-        # Lakes from before a derived or added column existed.
-        later = [(t, c, "SMALLINT") for t, derived in DERIVED.items() for c in derived]
-        later += [(t, c, kind) for t, added in ADDED.items() for c, kind in added.items()]
-        for table, col, kind in later:
-            if not _has_column(cur, table, col):
-                try:
-                    cur.execute(f"ALTER TABLE {CATALOG}.main.{table} ADD COLUMN {col} {kind}")
-                except duckdb.Error:
-                    if not _has_column(cur, table, col):  # else another replica added it first
-                        raise
         for table in STATE_TABLES:
             if (STATE_DB, table) not in have:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {STATE_DB}.{STATE_SCHEMA}.{table} ({SCHEMA[table]})")
+        # Lakes (and state tables) from before a derived or added column existed.
+        later = [(t, c, "SMALLINT") for t, derived in DERIVED.items() for c in derived]
+        later += [(t, c, kind) for t, added in ADDED.items() for c, kind in added.items()]
+        for table, col, kind in later:
+            db, where = (
+                (STATE_DB, f"{STATE_DB}.{STATE_SCHEMA}") if table in STATE_TABLES else (CATALOG, f"{CATALOG}.main")
+            )
+            if not _has_column(cur, table, col, db):
+                try:
+                    cur.execute(f"ALTER TABLE {where}.{table} ADD COLUMN {col} {kind}")
+                except duckdb.Error:
+                    if not _has_column(cur, table, col, db):  # else another replica added it first
+                        raise
         if (CATALOG, "rollup_meta") not in have:
             cur.execute(ROLLUP_META_DDL)
         for table, columns in WRITER_DDL.items():

@@ -362,8 +362,8 @@ def test_the_rollup_mirror_follows_two_writers_a_compaction_and_retention_and_an
     start = now - timedelta(days=90)
     for ask in (
         lambda c: queries.summary(c, tz, now),
-        lambda c: queries.series(c, "day", "model", tz, *queries.series_range("day", tz, start, now, now)).to_pylist(),
-        lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now)).to_pylist(),
+        lambda c: queries.series(c, "day", "model", tz, *queries.series_range("day", tz, start, now, now)).rows(),
+        lambda c: queries.series(c, "hour", "none", tz, *queries.series_range("hour", tz, start, now, now)).rows(),
         lambda c: queries.top(c, "model", start, now, 10),
     ):
         assert ask(mirror_cur) == ask(lake_cur)
@@ -444,7 +444,7 @@ def test_the_mirror_holds_the_raw_edges_of_stats_reads_and_follows_late_rows_com
         lambda c, s: queries.top(c, "key", lo, now, 10, source=s),  # raw over 40 days: the lake's rows
         lambda c, s: queries.series(
             c, "hour", "key", tz, *queries.series_range("hour", tz, lo, now, now), source=s
-        ).to_pylist(),
+        ).rows(),
         lambda c, s: queries.summary(c, tz, now, use_rollup=False, source=s),
     ]
 
