@@ -471,7 +471,7 @@ def rows_memory(f: dict[str, Any]) -> list[Row]:
             out.append([area, "the dashboard's Streamlit server at the soak's end", f"{dash:.0f} MB", "", "", "", "–"])
     if f.get("load_average"):  # the machine's own load moves the soak's request rate, and with it the figures
         before, after = f["load_average"]
-        out.append([area, "machine load average (1 min), before / after", f"{before:g} / {after:g}", "", "", "", "–"])
+        out.append([area, "machine load (1 min), before / after", f"{before:g} / {after:g}", "", "", "", "–"])
     return out
 
 

@@ -161,7 +161,7 @@ def test_memory_report_states_the_dashboard_attached_figure_beside_the_proxy_alo
     rows = run_all.rows_memory(f)
     assert rows[2][:2] == ["memory (RSS)", "**proxy, dashboard attached and polling: steady through the 300 s soak**"]
     assert rows[2][2:6] == ["**160 MB**", "no dashboard 128 MB", "1.25", "≤ 150 MB"]
-    assert rows[-1][1:3] == ["machine load average (1 min), before / after", "10 / 12"]  # beside the figure
+    assert rows[-1][1:3] == ["machine load (1 min), before / after", "10 / 12"]  # beside the figure
 
 
 def test_upload_memory_streams_an_upload_through_the_proxy(tmp_path: Path) -> None:

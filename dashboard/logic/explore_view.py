@@ -53,6 +53,7 @@ DIMENSIONS = [
     "outcome",
     "status",
     "resource",
+    "tier",
     "hour_of_day",
     "day_of_week",
     "hour",
@@ -191,7 +192,7 @@ def value_label(dim: str, value: Any) -> Any:
     other value (models, keys, times, numbers) as it is."""
     if isinstance(value, str) and value == OTHER:
         return t("explore.other")
-    if dim in ("outcome", "resource") and isinstance(value, str) and value != NONE:
+    if dim in ("outcome", "resource", "tier") and isinstance(value, str) and value != NONE:
         return label_of(dim, value)
     if dim == "stream" and (isinstance(value, bool) or value in ("true", "false", "True", "False")):
         return t("common.yes") if value in (True, "true", "True") else t("common.no")

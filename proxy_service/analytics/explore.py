@@ -64,10 +64,22 @@ PERCENTILE_MEASURES: dict[str, tuple[str, float]] = {
 MEASURES = (*COUNTER_MEASURES, *PERCENTILE_MEASURES)
 TIME_BUCKETS = ("hour", "day", "week", "month")
 CLOCK_DIMS = ("hour_of_day", "day_of_week")
-TEXT_DIMS = ("model", "project", "key", "client", "surface", "operation", "stream", "outcome", "status", "resource")
+TEXT_DIMS = (
+    "model",
+    "project",
+    "key",
+    "client",
+    "surface",
+    "operation",
+    "stream",
+    "outcome",
+    "status",
+    "resource",
+    "tier",  # read from raw rows (not pre-aggregated): spend by tier is a question of a few days, not of years
+)
 DIMENSIONS = (*TEXT_DIMS, *CLOCK_DIMS, *TIME_BUCKETS)
 DAY_DIMS = {"day_of_week", "day", "week", "month"}  # time dimensions a local day determines
-_RAW_TEXT = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')"}
+_RAW_TEXT = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')", "tier": "coalesce(tier, '')"}
 # A group's key in both the counters and the histogram (the same expression over d0, d1 of the same types).
 GROUP_KEY = "hash(d0, d1)"
 _SUM_TYPES = {s: ("DOUBLE" if s.endswith("_sum") else "BIGINT") for s in preagg.SUMS}

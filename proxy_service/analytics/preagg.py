@@ -129,6 +129,8 @@ HISTOGRAM_SETS = {QUARTER: _sets(1, STATS_DIMS), HOUR: _sets(1, STATS_DIMS), DAY
 
 def holds(grain: str, dims: set[str], histogram: bool) -> bool:
     """Whether the `grain` rows keep the set `dims` (for counters, or for histograms too)."""
+    if dims - {*DIMS, "key"}:  # a dimension read from raw rows only (Explore's `tier`)
+        return False
     if "key" in dims:  # counters per local day only, of the key alone or with one of KEY_PAIRS
         return (
             grain == DAY

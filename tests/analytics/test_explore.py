@@ -82,6 +82,7 @@ def traffic(n: int, seed: int = 7) -> tuple[list[Any], list[AttemptEvent]]:
                 total_tokens=rnd.randint(0, 6000),
                 request_bytes=rnd.randint(100, 9000),
                 resource_kind=RESOURCES[i % len(RESOURCES)],  # not drawn: the other columns' draws stay as they were
+                tier=("free", "paid", None)[i % 3],
             )
         )
     return events, attempts
@@ -125,7 +126,7 @@ LOCAL = {
     "week": "strftime(date_trunc('week', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
     "month": "strftime(date_trunc('month', timezone('{tz}', ts::TIMESTAMPTZ)), '%Y-%m-%dT%H:%M:%S')",
 }
-RAW = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')", **LOCAL}
+RAW = {**preagg.RAW_DIMS, "key": "coalesce(key_id, '')", "tier": "coalesce(tier, '')", **LOCAL}
 
 
 def raw_sql(
@@ -183,6 +184,7 @@ def normal(dim: str, v: Any) -> Any:
         (["hour_of_day", "outcome"], KOLKATA, START, END),  # a half-hour zone: raw rows
         (["resource", "project"], NY, START, END),  # the resource kind, like every low-cardinality dimension
         (["resource"], UTC, START + timedelta(minutes=17), END),
+        (["tier", "model"], NY, START, END),  # the billing tier: raw rows whatever the pre-aggregates hold
     ],
 )
 # The pre-aggregates' local days in UTC or New York, or raw rows only (as while they are rebuilt).
@@ -205,7 +207,8 @@ def test_counts_and_token_sums_equal_raw_sql_and_percentiles_are_within_two_perc
         assert row[:6] == [calls, ok, prompt, output, total, u429], key
         assert row[6] == pytest.approx(attempts / calls)
         assert row[7] == pytest.approx(p95, rel=0.021), key
-    assert (ans.source == "raw") == (zone is None or {"key", "client"} <= set(dims) or tz is KOLKATA)
+    raw_only = zone is None or {"key", "client"} <= set(dims) or tz is KOLKATA or "tier" in dims
+    assert (ans.source == "raw") == raw_only
 
 
 @pytest.mark.parametrize("dim", [*explore.TIME_BUCKETS, *explore.CLOCK_DIMS])
