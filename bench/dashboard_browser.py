@@ -24,6 +24,7 @@ TRENDS_CHARTS = [
     "chart_rate",
     "chart_latency",
     "chart_tokens",
+    "chart_spend",
     "chart_refusals",
     "chart_attempts",
     "chart_outcomes",

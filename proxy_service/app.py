@@ -184,7 +184,8 @@ class Gateway:
         bind is one), WriterUnavailable when the change could not be saved (then nothing changed)."""
         new = self._config.updated(patch)
         check_access(self.settings.host, new)
-        changed = {k: v for k, v in new.model_dump().items() if v != getattr(self._config, k)}
+        before = self._config.model_dump()  # dumps on both sides: a field of models (prices) compares as plain data
+        changed = {k: v for k, v in new.model_dump().items() if v != before.get(k)}
         now = datetime.now(UTC).replace(tzinfo=None)
         rows = [(k, json.dumps(v), now) for k, v in changed.items()]
         if rows:

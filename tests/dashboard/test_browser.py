@@ -35,7 +35,14 @@ CHROMIUM_ARGS = [
 ]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 pytestmark = pytest.mark.timeout(600)  # a real browser on a shared 2-core machine: minutes, not the suite's 120 s
-PAGES = {"": "Monitor", "trends": "Trends", "error_logs": "Error logs", "config": "Config", "sql": "SQL"}
+PAGES = {
+    "": "Monitor",
+    "trends": "Trends",
+    "error_logs": "Error logs",
+    "config": "Config",
+    "sql": "SQL",
+    "clients": "Clients",
+}
 # Words that stay as they are in Chinese: names, units, protocol and product terms, the seeded data.
 ALLOWED = {
     "keyrack",
@@ -361,7 +368,7 @@ def test_wrong_token_then_every_page_and_screenshots(
 
         t.page.get_by_role("link", name="Trends").click()
         expect(t.heading("Trends")).to_be_visible()
-        expect(t.page.locator('[data-testid="stPlotlyChart"]')).to_have_count(10)
+        expect(t.page.locator('[data-testid="stPlotlyChart"]')).to_have_count(11)
         expect(t.page.get_by_text("Top models")).to_be_visible()
         t.shot(shots, "trends")
 
@@ -406,11 +413,11 @@ def test_trends_single_bucket_and_one_colour_per_model(browser: Any, dashboard_u
         t.sign_in()
         expect(t.heading("Trends")).to_be_visible()
         charts = t.page.locator('[data-testid="stPlotlyChart"]')
-        expect(charts).to_have_count(10)
-        expect(charts.nth(9).locator("g.legend g.traces").first).to_be_visible()
+        expect(charts).to_have_count(11)
+        expect(charts.nth(10).locator("g.legend g.traces").first).to_be_visible()
 
         # The default breakdown is by model: both breakdown charts give each model the same colour.
-        by_calls, by_tokens = _legend_colours(charts.nth(8)), _legend_colours(charts.nth(9))
+        by_calls, by_tokens = _legend_colours(charts.nth(9)), _legend_colours(charts.nth(10))
         assert len(by_calls) >= 3 and by_calls == by_tokens, (by_calls, by_tokens)
         assert len(set(by_calls.values())) == len(by_calls)
 
@@ -498,6 +505,7 @@ PAGES_ZH = [
     ("多维分析", "多维分析"),
     ("错误日志", "错误日志"),
     ("告警", "告警"),
+    ("客户端", "客户端"),
     ("配置", "配置"),
     ("SQL 查询", "SQL 查询"),
 ]

@@ -64,6 +64,7 @@ def test_a_cold_dashboard_paints_keyrack_navigation_first(
     for s in shown:
         assert set(s["links"]) <= TITLES, f"a frame showed {s['links']} (file names: {FILE_NAMES})"
     assert set(shown[-1]["links"]) == {
-        EN[f"nav.{p}"] for p in ("monitor", "trends", "forecast", "explore", "errors", "alerts", "config", "sql")
+        EN[f"nav.{p}"]
+        for p in ("monitor", "trends", "forecast", "explore", "errors", "alerts", "clients", "config", "sql")
     }
     assert not [s for s in signed_out if s["links"]], f"signed out, a navigation was drawn: {signed_out}"

@@ -100,8 +100,9 @@ def test_access_fail_closed_authenticate_refuses_an_open_non_loopback_proxy(
     start_proxy: Callable[..., Proxy], upstream: Upstream
 ) -> None:
     proxy = start_proxy(upstream.url, host="0.0.0.0")
-    # However the list became empty (a future code path), authenticate itself refuses.
+    # However the list and the client records became empty (a future code path), authenticate itself refuses.
     proxy.gateway._config = proxy.gateway.config.model_copy(update={"access_tokens": []})
+    proxy.gateway.clients.replace_all([])
     r = httpx.post(f"{proxy.url}{GEN}", json=BODY)
     assert r.status_code == 401 and "not bound to loopback" in r.json()["error"]["message"]
 
