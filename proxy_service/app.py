@@ -287,6 +287,16 @@ class Gateway:
         if peers is not None:
             self.clients.set_peers(day, peers)
 
+    async def share_paid_spend(self) -> None:
+        """Exchange the paid projects' spend of the quota day with the other replicas (paid_daily_cap_usd is one
+        cap for the whole cluster); nothing to do without a cap."""
+        if self.pool.paid_cap_usd is None or not self.pool.paid_projects:
+            return
+        day, own = self.pool.own_paid_spend(time.time())
+        peers = await self.node.share_paid_spend(day, own)
+        if peers is not None:
+            self.pool.peers_paid_spend(day, peers)
+
     def persist_clients(self) -> None:
         """`last_used_at` of the clients used since the last time, in one batch (never per request)."""
         used = self.clients.take_last_used()
@@ -446,6 +456,7 @@ class Gateway:
             "spill_rows": self.writer.spill.rows,
             "dropped": s.dropped,
             "in_flight": sum(k.in_flight for k in list(self.pool.keys.values())),
+            "paid_spend": {"own": self.pool.paid_spent_usd, "peers": self.pool.paid_peers_usd},
             "ready": self.is_ready(),
             "started_at": self.started_at,
             "duckdb_memory": self.duckdb_memory,
@@ -492,6 +503,7 @@ class Gateway:
         self.jobs.every(lambda: KEY_FLUSH_S, self.persist_keys, "persist-keys")
         self.jobs.every(lambda: KEY_FLUSH_S, self.persist_clients, "persist-clients")
         self.jobs.every(lambda: CLIENT_SHARE_S, self.share_client_usage, "share-client-usage")
+        self.jobs.every(lambda: CLIENT_SHARE_S, self.share_paid_spend, "share-paid-spend")
         self.jobs.every(lambda: MEMORY_TICK_S, self.read_duckdb_memory, "duckdb-memory", at_start=True)
         trim = heap.trimmer()
         if trim is not None:  # on a worker thread: a trim walks the heap's free lists, never on the event loop

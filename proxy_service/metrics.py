@@ -138,6 +138,15 @@ class StateCollector(Collector):
                 "Event rows lost: the store failed and every spill place was full (see the proxy log)",
                 value=state["dropped"],
             )
+        if "paid_spend" in state:
+            spend = GaugeMetricFamily(
+                "keyrack_paid_spend_usd",
+                "Estimated spend on paid projects this Pacific quota day: this process's and the other replicas'",
+                labels=["by"],
+            )
+            for by, usd in state["paid_spend"].items():
+                spend.add_metric([by], usd)
+            yield spend
         if "in_flight" in state:
             yield GaugeMetricFamily(
                 "keyrack_upstream_in_flight", "Upstream calls in progress", value=state["in_flight"]

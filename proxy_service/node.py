@@ -109,6 +109,11 @@ class Node(Protocol):
         per client; None when it could not be exchanged now (empty when alone)."""
         ...
 
+    async def share_paid_spend(self, day: str, own_usd: float) -> float | None:
+        """Tell the others this process's paid spend of Pacific quota day `day` and get the sum of theirs (so that
+        `paid_daily_cap_usd` holds cluster-wide); None when it could not be exchanged now (0 when alone)."""
+        ...
+
     def broadcast(self, message: dict[str, Any]) -> None:
         """Tell the other replicas that something stored changed (`{"kind": "config"|"alerts"|...}`)."""
         ...
@@ -251,6 +256,9 @@ class EmbeddedNode:
         self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
     ) -> dict[str, tuple[int, int, int, int]]:
         return {}  # alone: nobody else uses the clients' limits
+
+    async def share_paid_spend(self, day: str, own_usd: float) -> float:
+        return 0.0  # alone: nobody else spends on the paid projects
 
     def persist_keys(self) -> None:
         """The changed keys' rows to the writer (one statement, whatever the number of keys)."""

@@ -39,6 +39,7 @@ from proxy_service.quota import (
     QuotaViolation,
     cooldown_until,
     next_pacific_midnight,
+    pacific_day,
     quota_violation,
 )
 
@@ -180,6 +181,7 @@ class Pool:
         self.paid_projects: frozenset[str] = frozenset()
         self.paid_cap_usd: float | None = None
         self.paid_spent_usd = 0.0  # on paid projects since the last Pacific midnight (this process's calls)
+        self.paid_peers_usd = 0.0  # the other replicas' paid spend of the same quota day (`Node.share_paid_spend`)
         self._spend_day_end = 0.0
 
     # -- billing tiers -------------------------------------------------------------------------------------------
@@ -198,13 +200,24 @@ class Pool:
     def _roll_day(self, now: float) -> None:
         if now >= self._spend_day_end:
             self.paid_spent_usd, self._spend_day_end = 0.0, next_pacific_midnight(now)
+            self.paid_peers_usd = 0.0
+
+    def own_paid_spend(self, now: float) -> tuple[str, float]:
+        """(the Pacific quota day, this process's paid spend in it): what the other replicas are told."""
+        self._roll_day(now)
+        return pacific_day(now).isoformat(), self.paid_spent_usd
+
+    def peers_paid_spend(self, day: str, usd: float) -> None:
+        """The other replicas' paid spend of quota day `day` (ignored once this process has moved on to another)."""
+        if day == pacific_day(self.clock()).isoformat():
+            self.paid_peers_usd = usd
 
     def paid_capped(self, now: float) -> bool:
         """Paid keys are out for the rest of the quota day: their spend reached the cap."""
         if self.paid_cap_usd is None or not self.paid_projects:
             return False
         self._roll_day(now)
-        return self.paid_spent_usd >= self.paid_cap_usd
+        return self.paid_spent_usd + self.paid_peers_usd >= self.paid_cap_usd
 
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, specs: Iterable[KeySpec]) -> tuple[list[str], int]:

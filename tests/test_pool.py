@@ -413,3 +413,18 @@ def test_paid_daily_cap_stops_paid_use_until_the_next_quota_day() -> None:
     pool.set_billing({"paid": "paid"}, None)
     pool.spent(1e9)
     assert not pool.paid_capped(clock.now)  # no cap set
+
+
+def test_the_other_replicas_paid_spend_counts_toward_the_cap() -> None:
+    now = 1_800_000_000.0
+    pool = Pool(clock=lambda: now)
+    pool.set_billing({"pp": "paid"}, 1.0)
+    day, own = pool.own_paid_spend(now)
+    assert own == 0.0 and not pool.paid_capped(now)
+    pool.peers_paid_spend("1999-01-01", 5.0)  # another quota day: not this one's
+    assert not pool.paid_capped(now)
+    pool.peers_paid_spend(day, 0.6)
+    pool.spent(0.3)
+    assert not pool.paid_capped(now)
+    pool.spent(0.2)
+    assert pool.paid_capped(now) and pool.own_paid_spend(now) == (day, 0.5)

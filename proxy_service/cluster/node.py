@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -173,6 +174,32 @@ class Cluster:
 
     def restore_client_usage(self, book: Any) -> None:
         return None  # the clients' day and month usage lives in Redis (`share_client_usage`)
+
+    async def share_paid_spend(self, day: str, own_usd: float) -> float | None:
+        """This replica's paid spend of `day` as its own field of `<prefix>:paid:<day>` (a total, so a lost exchange
+        is made good by the next), and the sum of the other replicas' fields."""
+        key = f"{self.prefix}:paid:{day}"
+        pipe = self.aredis.pipeline(transaction=False)
+        pipe.hset(key, self.replica, repr(float(own_usd)))
+        pipe.expire(key, 2 * 86400)
+        pipe.hgetall(key)
+        try:
+            answers = await pipe.execute()
+        except REDIS_ERRORS:
+            return None
+        total = 0.0
+        for field, value in answers[-1].items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            if name == self.replica:
+                continue
+            try:
+                usd = float(value)
+            except ValueError:  # not written by a replica: ignored, as the other shared state's malformed values
+                self.trust.reject("paid_spend_malformed")
+                continue
+            if math.isfinite(usd) and usd > 0:
+                total += usd
+        return total
 
     async def share_client_usage(
         self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]

@@ -4,6 +4,7 @@ data dir. Real `keyrack serve` processes on one lake, one catalog and one Redis.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +108,33 @@ def test_a_daily_limit_holds_across_replicas(
         time.sleep(0.1)
     assert [status(r1.url, token) for _ in range(3)] == [200, 200, 429]  # 2 on r2 + 2 here: the limit
     wait_status(r2.url, token, 429, deadline_s=10.0)  # and r2 learns r1's two
+
+
+def test_the_paid_daily_cap_is_one_cap_for_the_cluster(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    """Every project paid, a cap below one call's cost: once r1 has spent past it, r2 — which spent nothing — refuses
+    too, having learnt r1's spend through Redis (and says it is the cap)."""
+    from tests.conftest import CLIENT_TOKEN
+
+    up = start_upstream(SCENARIO)
+    paid = {"project_tiers": {p: "paid" for p in SCENARIO["projects"]}, "paid_daily_cap_usd": 1e-9}
+    r1, r2 = start_replica(up.url, **paid), start_replica(up.url, **paid)
+    assert status(r1.url, CLIENT_TOKEN) == 200  # the cap is checked before a call: this one goes past it
+    assert status(r1.url, CLIENT_TOKEN) == 429
+    deadline = time.monotonic() + DEADLINE_S
+    while not peers_spend(r2.url) > 0:  # r2 learns r1's spend through Redis (no call of its own)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = httpx.post(
+        f"{r2.url}/v1beta/models/{FLASH}:generateContent",
+        headers={"x-goog-api-key": CLIENT_TOKEN},
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+        timeout=30,
+    )
+    assert r.status_code == 429 and "paid_daily_cap_usd" in r.json()["error"]["message"], r.text
+
+
+def peers_spend(url: str) -> float:
+    m = re.search(r'^keyrack_paid_spend_usd\{by="peers"\} (\S+)$', httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+    return float(m.group(1)) if m else 0.0
