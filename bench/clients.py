@@ -30,21 +30,13 @@ from typing import Any
 
 import httpx
 
-from bench.common import ADMIN_TOKEN, RESULTS, start_fake, start_proxy, wait_ready, write_json
+from bench.common import ADMIN_TOKEN, CLIENT_LIMITS, RESULTS, start_fake, start_proxy, wait_ready, write_json
 from proxy_service.clients import CLASSES, Client, ClientBook, new_token
 from proxy_service.demo.scenario import demo_key
 from proxy_service.keys import KeySpec
 from proxy_service.pool import Pool
 
 MODEL = "gemini-2.5-flash"
-LIMITS = {
-    "rpm": 10**7,
-    "rpd": 10**9,
-    "tpd": 10**11,
-    "calls_per_month": 10**10,
-    "tokens_per_month": 10**12,
-    "concurrency": 10_000,
-}
 TARGET_ADDED_US = 100.0  # the 0.1 ms added p50 at c=1
 
 
@@ -59,7 +51,13 @@ def path_cost(records: int, calls: int = 20_000, repeats: int = 7) -> dict[str, 
         token = new_token()
         tokens.append(token)
         book.put(
-            Client(id=f"c_{i:06d}", label=f"bench-{i}", token_hash=book.hash(token), cls=CLASSES[i % 3], limits=LIMITS),
+            Client(
+                id=f"c_{i:06d}",
+                label=f"bench-{i}",
+                token_hash=book.hash(token),
+                cls=CLASSES[i % 3],
+                limits=CLIENT_LIMITS,
+            ),
             recount=False,
         )
     book.replace_all(list(book.by_id.values()))

@@ -32,6 +32,15 @@ ADMIN_TOKEN = "bench-admin-token-0123456789"
 GENERATE_BODY = json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say hello in one sentence."}]}]}).encode()
 # The proxy's built-in free-tier table knows gemini-2.5-flash (rpm 10): unset it where the bench wants no limit.
 NO_LIMITS = json.dumps({MODEL: {"rpm": None, "rpd": None, "tpm": None}})
+# Every client limit set, none reached in a bench run: each call checks them all (bench.clients, proxy_throughput).
+CLIENT_LIMITS = {
+    "rpm": 10**7,
+    "rpd": 10**9,
+    "tpd": 10**11,
+    "calls_per_month": 10**10,
+    "tokens_per_month": 10**12,
+    "concurrency": 10_000,
+}
 
 
 def generate_path(model: str = MODEL) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.common import (
     ADMIN_TOKEN,
+    CLIENT_LIMITS,
     CLIENT_TOKEN,
     GENERATE_BODY,
     HOST,
@@ -66,15 +67,6 @@ TARGET_ADDED_P50_MS = 3.0
 TARGET_AGAINST_RATIO = 0.95
 TARGET_CLIENTS_RATIO = 0.95
 TARGET_CLIENTS_ADDED_P50_MS = 0.1
-# Every limit set on every record, none reached in a bench run: each call checks them all.
-BENCH_LIMITS = {
-    "rpm": 10**7,
-    "rpd": 10**9,
-    "tpd": 10**11,
-    "calls_per_month": 10**10,
-    "tokens_per_month": 10**12,
-    "concurrency": 10_000,
-}
 POOL_KEYS = ",".join(f"p{i // 2 + 1}:{demo_key(f'bench-key-{i:02d}')}" for i in range(8))  # 8 keys in 4 projects
 
 
@@ -185,7 +177,7 @@ def make_clients(url: str, n: int) -> str:
     classes = ("interactive", "standard", "batch")
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60) as http:
         for i in range(n):
-            body = {"label": f"bench-{i:05d}", "class": classes[i % 3], "limits": BENCH_LIMITS}
+            body = {"label": f"bench-{i:05d}", "class": classes[i % 3], "limits": CLIENT_LIMITS}
             r = http.post("/admin/api/clients", json=body)
             r.raise_for_status()
             token = r.json()["token"]

@@ -46,42 +46,24 @@ WRITE_TIMEOUT_S = 15.0  # how long an admin action waits for the writer before a
 PROBE_S = 0.5  # while the store fails, how often the writer tries it again
 
 
-def disk_takes_writes(db: Path) -> bool:
-    """Whether the database's directory takes a small synced write now. Probed before DuckDB is tried again after a
-    storage fault: DuckDB opening or committing on a disk that turned read-only can fail while truncating its WAL in
-    a path that aborts the whole process (a C++ exception where none may be thrown), so it only gets the disk back
-    once a plain write succeeds."""
-    if str(db) == ":memory:":
-        return True
-    probe = db.parent / f".{db.name}.probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, bytes(4096))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.unlink(probe)
-        return True
-    except OSError:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-        return False
-
-
-def disk_refusal(db: Path) -> OSError | None:
-    """What the database's file system answers to a one-byte write now: None when it takes it. Asked before every
-    write the writer hands DuckDB (a flush, a job): DuckDB 1.5 aborts the whole process when a commit's WAL write
-    succeeds and its sync then fails (the WAL truncate of its rollback throws where no exception may), which is what a
-    disk that failed since the last commit does (ext4 `errors=remount-ro`: the next write is refused at once, the sync
-    of earlier buffered bytes too). Cheap (open, one byte, close; no sync); a disk failing *inside* a commit is still
-    DuckDB's to survive (docs/storage.md)."""
+def disk_refusal(db: Path, sync: bool = False) -> OSError | None:
+    """What the database's file system answers to a one-byte write (and, with `sync`, its sync) now: None when it
+    takes it. Asked before every write the writer hands DuckDB (a flush, a job), and with `sync` (a new block, synced)
+    before DuckDB is tried again after a fault: DuckDB 1.5 aborts the whole process when a commit's WAL write succeeds and its sync then fails
+    (the WAL truncate of its rollback throws where no exception may), which is what a disk that failed since the last
+    commit does (ext4 `errors=remount-ro`: the next write is refused at once, the sync of earlier buffered bytes too).
+    Cheap without `sync` (open, one byte, close); a disk failing *inside* a commit is still DuckDB's to survive
+    (docs/storage.md)."""
     if str(db) == ":memory:":
         return None
     try:
-        fd = os.open(db.parent / f".{db.name}.probe", os.O_WRONLY | os.O_CREAT, 0o600)
+        # With `sync`, a block written anew (truncated first): a full disk refuses it until space is free again.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if sync else 0)
+        fd = os.open(db.parent / f".{db.name}.probe", flags, 0o600)
         try:
-            os.pwrite(fd, b"\0", 0)
+            os.pwrite(fd, bytes(4096) if sync else b"\0", 0)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -566,8 +548,8 @@ class EventWriter:
             if now < self._probe_at:
                 return
             self._probe_at = now + PROBE_S
-            if not disk_takes_writes(self.store.path):
-                return  # DuckDB is not touched while its disk refuses a small write (see disk_takes_writes)
+            if disk_refusal(self.store.path, sync=True) is not None:
+                return  # DuckDB is not touched while its disk refuses a small synced write (see disk_refusal)
             if self.store.released is not None:
                 try:
                     self.store.reopen()

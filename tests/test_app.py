@@ -28,6 +28,19 @@ def generate(proxy: Proxy) -> httpx.Response:
     )
 
 
+def calls(settings: Settings, n: int) -> list[int]:
+    """Status codes of `n` generateContent calls through a gateway started (and stopped) for them."""
+    with serve(create_app(settings), lifespan="on") as url:
+        return [
+            httpx.post(
+                f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
+                json=BODY,
+                headers={"x-goog-api-key": CLIENT_TOKEN},
+            ).status_code
+            for _ in range(n)
+        ]
+
+
 def test_invalid_key_comes_back_when_a_scheduled_recheck_passes(
     monkeypatch: pytest.MonkeyPatch, start_upstream: Callable[..., Upstream], start_proxy: Callable[..., Proxy]
 ) -> None:
@@ -113,19 +126,8 @@ def test_quota_day_counts_survive_a_restart(start_upstream: Callable[..., Upstre
         model_limits={"gemini-2.5-flash": {"rpd": 5}},
     )
 
-    def calls(n: int) -> list[int]:
-        with serve(create_app(settings), lifespan="on") as url:
-            return [
-                httpx.post(
-                    f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
-                    json=BODY,
-                    headers={"x-goog-api-key": CLIENT_TOKEN},
-                ).status_code
-                for _ in range(n)
-            ]
-
-    assert calls(3) == [200, 200, 200]
-    assert calls(3) == [200, 200, 429]  # 3 before the restart + 2 = the day's 5
+    assert calls(settings, 3) == [200, 200, 200]
+    assert calls(settings, 3) == [200, 200, 429]  # 3 before the restart + 2 = the day's 5
     assert upstream.stats()["requests"] == 5
     gw = Gateway(settings)
     usage = gw.pool.tracker.usage("p2", "gemini-2.5-flash", time.time())
@@ -146,17 +148,6 @@ def test_the_paid_spend_cap_survives_a_restart(start_upstream: Callable[..., Ups
         paid_daily_cap_usd=1e-9,  # the first paid call reaches it
     )
 
-    def calls(n: int) -> list[int]:
-        with serve(create_app(settings), lifespan="on") as url:
-            return [
-                httpx.post(
-                    f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
-                    json=BODY,
-                    headers={"x-goog-api-key": CLIENT_TOKEN},
-                ).status_code
-                for _ in range(n)
-            ]
-
-    assert calls(2) == [200, 429]
-    assert calls(1) == [429]
+    assert calls(settings, 2) == [200, 429]
+    assert calls(settings, 1) == [429]
     assert upstream.stats()["requests"] == 1
