@@ -109,6 +109,7 @@ class Gateway:
             limits=_limits(cfg),
         )
         self.clients = self._load_clients(cfg)
+        self.store.after_reopen = self._local_objects
         self.pool.set_billing(cfg.project_tiers, cfg.paid_daily_cap_usd)
         self.relay = Relay(self.pool, self.writer, lambda: self._config, self.clients)
         self.resources = resources_surface.resource_map(self)  # which project owns each resource
@@ -246,6 +247,11 @@ class Gateway:
         labels = self._client_labels(book, cfg)
         self.writer.submit(lambda cur: queries.set_client_labels(cur, labels, self.store.client_labels)).result()
         return book
+
+    def _local_objects(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """What a new in-memory connection of the cluster's store needs made again (`LakeStore.reopen`)."""
+        self.node.install_safe_views(cur)
+        queries.set_client_labels(cur, self._client_labels(self.clients, self._config), self.store.client_labels)
 
     @staticmethod
     def _client_labels(book: clients.ClientBook, cfg: Config) -> dict[str, str]:

@@ -167,6 +167,8 @@ class Store:
     memory_limit: str | None = None  # as configured; None (the cluster's lake store): trim_cache leaves DuckDB alone
     generation = 0  # bumped by every reopen(): a long-lived cursor from an older one is stale
     _released: str | None = None  # why the file was let go (a storage fault), until reopen()
+    # The cluster's lake store runs it on each new connection (replica-local views and labels); a file keeps them.
+    after_reopen: Callable[[duckdb.DuckDBPyConnection], None] | None = None
 
     def __init__(
         self,

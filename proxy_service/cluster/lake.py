@@ -397,6 +397,34 @@ class LakeStore(Store):
         else:
             self._mirror_dir = None
         self.mirror = mirror.Mirror(self._plain_cursor, CATALOG, mirror_path, META_SCHEMA)
+        # Replica-local objects of the in-memory database (the safe views, the client labels) made again by
+        # reopen() on a new connection: the gateway sets it once its storage is set up.
+        self.after_reopen = None
+
+    def reopen(self) -> None:
+        """A new in-memory DuckDB with the lake and the state schema attached again. DuckDB invalidates a whole
+        instance after an internal error, and an extension raises one when the catalog's PostgreSQL dies in the
+        middle of a query: nothing works on the old instance again. Raises (and changes nothing) while PostgreSQL
+        does not answer; cursors come from the new connection from then on (`generation`)."""
+        con = connect(self.cfg)
+        try:
+            if self.after_reopen is not None:
+                cur = con.cursor()
+                try:
+                    cur.execute(f"USE {CATALOG}")
+                    cur.execute(f"SET search_path = '{SEARCH_PATH}'")
+                    self.after_reopen(cur)
+                finally:
+                    cur.close()
+        except BaseException:
+            con.close()
+            raise
+        with self._lock:
+            old, self._con = self._con, con
+            self.generation += 1
+        self.mirror.reset()  # its file was attached to the old instance: a fresh one on the new
+        with contextlib.suppress(duckdb.Error):
+            old.close()
 
     def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
         last: BaseException | None = None

@@ -157,6 +157,15 @@ class Mirror:
             raise RuntimeError("the lake has no snapshot")
         return int(row[0])
 
+    def reset(self) -> None:
+        """Forget the attached file and snapshot (the connection it was attached to is gone: `LakeStore.reopen`);
+        the next catch-up attaches a fresh file and loads it whole."""
+        with self._lock:
+            self._drop_check()
+            self._attached, self._snapshot = False, None
+            self._edges.clear()
+            self._edges_valid = False
+
     def _drop_check(self) -> None:
         if self._check is not None:
             with contextlib.suppress(duckdb.Error):

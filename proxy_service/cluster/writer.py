@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from proxy_service.events import COLUMNS, STOP, TABLE_OF, EventWriter, WriteJob, WriterUnavailable
+from proxy_service.spill import needs_reopen
 from proxy_service.store import derived_of
 
 log = logging.getLogger("keyrack.cluster.writer")
@@ -142,6 +143,7 @@ class LakeWriter(EventWriter):
         self.spilled_rows = 0
         self.skipped_files = 0  # journal files found already committed (not committed again)
         self.last_error: str | None = None
+        self._invalidated = False  # DuckDB invalidated the store's instance: reopened before the next attempt
 
     # -- producer side -------------------------------------------------------------------------------------------
     def submit(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Future[T]:
@@ -307,6 +309,7 @@ class LakeWriter(EventWriter):
     # -- committer thread ----------------------------------------------------------------------------------------
     def _commit_loop(self) -> None:
         cur = self._committer_cur = self.store.cursor()
+        generation = self.store.generation
         stopping = False
         while not stopping and not self._abandoned:
             wait = max(self._commit_at, self._retry_at) - time.monotonic()
@@ -315,6 +318,13 @@ class LakeWriter(EventWriter):
             except queue.Empty:
                 item = None
             try:
+                if self._invalidated and time.monotonic() >= self._retry_at:
+                    self._reopen()
+                if generation != self.store.generation:  # a new connection: the old cursor is useless
+                    with contextlib.suppress(Exception):
+                        cur.close()
+                    cur = self._committer_cur = self.store.cursor()
+                    generation = self.store.generation
                 while item is not None:
                     if self._abandoned:  # stop() gave up: no more lake work (the store is closing)
                         if isinstance(item, WriteJob) and not item.future.done():
@@ -366,6 +376,7 @@ class LakeWriter(EventWriter):
                 self._write(cur, self._carry)
         except Exception as exc:
             self._doubt = True
+            self._invalidated = self._invalidated or needs_reopen(exc)
             self.stats.failures += 1
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             self._retry_at = time.monotonic() + self._backoff
@@ -387,6 +398,35 @@ class LakeWriter(EventWriter):
         self._carry, self._carry_rows = [], 0
         self.stats.flushes += 1
         self.stats.last_flush_ms = (time.perf_counter() - started) * 1000
+
+    def _run_job(self, cur: duckdb.DuckDBPyConnection, job: WriteJob) -> None:
+        fn = job.fn
+
+        def watched(c: duckdb.DuckDBPyConnection) -> Any:
+            try:
+                return fn(c)
+            except Exception as exc:
+                self._invalidated = self._invalidated or needs_reopen(exc)
+                raise
+
+        job.fn = watched
+        job.settle(cur, log_failure=True)
+
+    def _reopen(self) -> None:
+        """DuckDB invalidated this replica's instance (see `LakeStore.reopen`): a new one, tried at each retry (with
+        the commits' backoff) until PostgreSQL answers. The journal keeps every row meanwhile."""
+        try:
+            self.store.reopen()
+        except Exception as exc:
+            self.last_error = "reopening DuckDB: " + (
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            )
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+            log.warning("%s (retry in %.2f s)", self.last_error, self._backoff)
+            return
+        self._invalidated = False
+        log.warning("DuckDB invalidated its database (an internal error in an extension): opened a new one")
 
     def _done(self, files: list[Journaled]) -> None:
         for j in files:

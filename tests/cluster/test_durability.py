@@ -24,7 +24,7 @@ from proxy_service.cluster.writer import LakeWriter
 from tests.cluster.conftest import Replica, database
 from tests.cluster.services import throwaway_postgres
 from tests.cluster.test_faults import ROOMY, Load
-from tests.cluster.test_lake import REPO
+from tests.cluster.test_lake import REPO, _rollup_writers
 from tests.cluster.test_replicas import admin, lake_rows, until
 from tests.conftest import SCENARIO, Upstream, fake_key
 
@@ -331,3 +331,61 @@ def test_counter_deltas_are_committed_with_the_events_and_the_leader_folds_them(
     cur.close()
     writer.stop()
     store.close()
+
+
+def test_an_invalidated_duckdb_is_replaced_and_the_writer_commits_on(tmp_path: Path, lake_catalog: str) -> None:
+    """DuckDB invalidates a whole instance after an internal error (seen when the catalog's PostgreSQL died in the
+    middle of a mirror reload): every later statement fails with "database has been invalidated". The writer opens a
+    new instance (the lake attached again, the replica-local views made again, the mirror loaded afresh) and commits
+    what waited, once. (The invalidation is raised by a job here: no SQL invalidates DuckDB on purpose.)"""
+    import duckdb
+
+    from tests.cluster.test_lake import event
+
+    cfg = ClusterConfig("redis://unused", lake_catalog, str(tmp_path / "lake"), "k1", commit_interval_s=0.2)
+    store = LakeStore(cfg, contextlib.nullcontext, tmp_path / "mirror.duckdb")
+    made: list[int] = []
+
+    def local_objects(cur: Any) -> None:
+        store.install_safe_views(cur)
+        made.append(store.generation)
+
+    store.after_reopen = local_objects
+    _, (writer,) = _rollup_writers([store], tmp_path)
+    try:
+        for i in range(50):
+            writer.record(event(i))
+        writer.flush()
+        assert store.mirror.catch_up()
+        loaded = store.mirror.reloads
+
+        def invalidated(cur: Any) -> None:
+            raise duckdb.FatalException(
+                "FATAL Error: Failed: database has been invalidated because of a previous fatal error."
+            )
+
+        with pytest.raises(duckdb.FatalException):
+            writer.submit(invalidated).result(30)
+        for i in range(50, 120):
+            writer.record(event(i))
+        until(lambda: store.generation == 1 and not writer.pending_spill() and writer.depth == 0, timeout=60)
+        assert made == [0], "the replica-local objects were made on the new connection, before it was used"
+        writer.flush()
+        assert writer.healthy, writer.last_error
+        cur = store.cursor()
+        try:
+            rows = cur.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()
+            views = cur.execute(f"SELECT count(*) FROM {store.safe_schema}.requests").fetchone()
+        finally:
+            cur.close()
+        assert rows == (120, 120)
+        assert views == (120,)
+        # The mirror attaches a fresh file on the new instance and holds the rollup of every row.
+        until(lambda: store.mirror.catch_up(), timeout=30)
+        assert store.mirror.reloads > loaded, "loaded afresh on the new instance"
+        with store.stats_reader() as (reader, _source):
+            folded = reader.execute("SELECT sum(calls) FROM preagg WHERE grain = '1h' AND a = ''").fetchone()
+        assert folded == (120,)
+    finally:
+        writer.stop()
+        store.close()
