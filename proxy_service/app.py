@@ -116,6 +116,9 @@ class Gateway:
         self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False
+        # `keyrack serve` owns its process: process-wide tuning (heap.tune_gc) is for it, not for an app that tests
+        # or tools build in their own process.
+        self.owns_process = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, for callers on other threads
         self._collector = metrics.StateCollector(self.metrics_state)
@@ -523,6 +526,8 @@ class Gateway:
         self.alerts.quota_rate = self.forecast.meter.per_min  # "runs out before reset" rules
         self.alerts.start()
         logs.add_secret_source(self.alerts.secrets)
+        if self.owns_process:
+            heap.tune_gc()
         self.ready = True
         self._log_startup()
         try:
@@ -613,13 +618,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         path = request.url.path[:200]
         return error_response(surface, MethodNotAllowed(f"Method {request.method} is not allowed on {path}."))
 
+    # Starlette tries the routes in order, a path match each: the data plane's first (the native /v1beta surface
+    # shares no path with the others; /v1 must come after the OpenAI surface's /v1/models), the rest after.
     routes: list[Any] = [
+        *gemini.routes(gw, ("v1beta",)),
+        *openai.routes(gw),
+        *gemini.routes(gw, ("v1",)),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
         admin_api.mount(gw),
-        *openai.routes(gw),
-        *gemini.routes(gw),  # the hot routes before the resources' (Starlette tries them in order)
         *live.routes(gw),
         *resources_surface.routes(gw),
     ]
