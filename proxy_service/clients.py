@@ -44,6 +44,7 @@ LIMIT_WORDS = {
     "concurrency": "concurrency limit",
 }
 MINUTE_S = 60.0
+SEEN_TOKENS = 4096  # tokens whose hash is remembered (_hash_of_known); past it, the memory starts over
 TOKEN_PREFIX = "krc_"
 # Within a class, fair share is enforced only while the model's free share is below the class's reserve plus this
 # band: above it there is enough for everyone and nobody is held back.
@@ -100,13 +101,14 @@ class Usage:
     peer_tokens_month: int = 0
 
     def roll(self, now: float) -> None:
-        day, month = _utc_day(now), _utc_month(now)
-        if day != self.day:
+        day = _utc_day(now)
+        if day != self.day:  # a month changes only with a day
             self.day, self.calls_day, self.tokens_day = day, 0, 0
             self.peer_calls_day = self.peer_tokens_day = 0
-        if month != self.month:
-            self.month, self.calls_month, self.tokens_month = month, 0, 0
-            self.peer_calls_month = self.peer_tokens_month = 0
+            month = _utc_month(now)
+            if month != self.month:
+                self.month, self.calls_month, self.tokens_month = month, 0, 0
+                self.peer_calls_month = self.peer_tokens_month = 0
         cutoff = now - MINUTE_S
         minute = self.minute
         while minute and minute[0] <= cutoff:
@@ -269,10 +271,23 @@ class ClientBook:
         self._classes: dict[str, int] = {}  # class → how many records of it are not revoked
         self._required = False
         self._free_cache: dict[str, tuple[float, float]] = {}  # model → (when, free share), only when plentiful
+        self._seen: dict[str, str] = {}  # token → its hash, for tokens of records (_hash_of_known)
 
     # -- records -------------------------------------------------------------------------------------------------
     def hash(self, token: str) -> str:
         return hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()
+
+    def _hash_of_known(self, token: str) -> str:
+        """`hash(token)`, remembered for tokens that belong to a record (an HMAC per call was a measurable share of
+        the request path; unknown tokens, which anyone can send, are never remembered)."""
+        h = self._seen.get(token)
+        if h is None:
+            h = self.hash(token)
+            if h in self._by_hash:
+                if len(self._seen) >= SEEN_TOKENS:
+                    self._seen.clear()
+                self._seen[token] = h
+        return h
 
     @property
     def required(self) -> bool:
@@ -334,7 +349,7 @@ class ClientBook:
 
     def find(self, token: str) -> Client | None:
         """The record `token` belongs to (revoked and expired ones included: the caller says why it refuses)."""
-        h = self.hash(token)
+        h = self._hash_of_known(token)
         client = self._by_hash.get(h)
         if client is None:
             return None

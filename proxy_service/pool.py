@@ -388,6 +388,7 @@ class Pool:
         best: Key | None = None
         best_rank: tuple[int, float, int, float] | None = None
         open_of: dict[str, float] = {}  # scope → headroom, or -1.0 when a hard limit refuses it
+        paid = self.paid_projects
         for key in candidates:
             h = open_of.get(key.scope)
             if h is None:
@@ -400,7 +401,7 @@ class Pool:
             # Free scopes with headroom first, then paid ones (the overflow), then free scopes full only by the
             # built-in guess (still used: the guess refuses nothing). Most headroom first within each; inside a
             # scope spread over keys (fewest in flight, least recently used).
-            tier = 1 if self.is_paid(key) else 0 if h > 0.0 else 2
+            tier = 1 if paid and key.project in paid else 0 if h > 0.0 else 2
             rank = (tier, -h, key.in_flight, key.last_used_at or 0.0)
             if best_rank is None or rank < best_rank:
                 best, best_rank = key, rank

@@ -93,7 +93,7 @@ async def model_resource(request: Request, gw: Gateway) -> Response:
     return await answer_call(request, gw, "gemini", operation or "getModel", model, run)
 
 
-def routes(gw: Gateway) -> list[Route]:
+def routes(gw: Gateway, versions: tuple[str, ...] = ("v1beta", "v1")) -> list[Route]:
     def bind(fn):  # type: ignore[no-untyped-def]
         async def endpoint(request: Request) -> Response:
             return await fn(request, gw)
@@ -101,7 +101,7 @@ def routes(gw: Gateway) -> list[Route]:
         return endpoint
 
     out = []
-    for version in ("v1beta", "v1"):
+    for version in versions:
         out.append(Route(f"/{version}/models", bind(list_models), methods=["GET"]))
         out.append(Route(f"/{version}/models/{{rest:path}}", bind(model_resource), methods=["GET", "POST"]))
     return out
