@@ -46,9 +46,13 @@ LIMIT_WORDS = {
 MINUTE_S = 60.0
 SEEN_TOKENS = 4096  # tokens whose hash is remembered (_hash_of_known); past it, the memory starts over
 TOKEN_PREFIX = "krc_"
-# Within a class, fair share is enforced only while the model's free share is below the class's reserve plus this
-# band: above it there is enough for everyone and nobody is held back.
+# Within a class, fair share is enforced only while the model's free share is below the class's reserve plus a band
+# (`_check_fair_share`): at least FAIR_BAND, at most FAIR_BAND_MAX; above it there is enough for everyone and nobody
+# is held back. PACE_MIN_S: the shortest time a client's pace is measured over (its first calls are no pace yet).
 FAIR_BAND = 0.15
+FAIR_BAND_MAX = 0.5
+PACE_MIN_S = 10.0
+PACE_MARGIN = 1.5  # the others' pace is measured, not promised: what it needs is kept with this margin
 FREE_REUSE_S = 0.1
 ACTIVE_S = 60.0  # a client that made no call in this long does not count towards its class's fair share
 
@@ -430,7 +434,7 @@ class ClientBook:
         above = any(self._classes.get(c) for c in CLASSES[:rank])
         reserve = self.reserve().get(client.cls, 0.0) if above else 0.0
         free = self._free(model, now)
-        if free >= reserve + FAIR_BAND or free <= 0.0:
+        if free >= reserve + FAIR_BAND_MAX or free <= 0.0:
             return  # plenty; or nothing left for anyone, which the pool's own refusal explains better
         if free < reserve:
             # What is left is kept for higher classes. The wait: how long the minute window takes to give back the
@@ -443,8 +447,14 @@ class ClientBook:
                 429,
                 wait,
             )
-        # Scarce, inside the band: a client already above an equal share of its class's recent calls waits, so a
-        # burst of one cannot starve the others' trickle.
+        self._check_fair_share(client, model, free, free - reserve, now)
+
+    def _check_fair_share(self, client: Client, model: str, free: float, left: float, now: float) -> None:
+        """Scarce (`left`: the free share above the class's reserve): a client already above an equal share of its
+        class's calls of the last minute waits while `left` is below the band, so a burst of one cannot starve the
+        others' trickle. The band is FAIR_BAND, or more while the minute window frees nothing for a while: what the
+        others' pace needs until the class's oldest call of the window expires (a burst that filled the window
+        at once frees it only a minute later; at most FAIR_BAND_MAX)."""
         active = self._active[client.cls]
         cutoff = now - ACTIVE_S
         for cid in [i for i, t in active.items() if t <= cutoff]:
@@ -452,21 +462,36 @@ class ClientBook:
         if len(active) < 2 or client.id not in active:
             return
         mine = len(client.usage.minute)
-        total = 0
+        total = mine
+        pace = 0.0  # the others' calls per second
+        oldest = client.usage.minute[0] if client.usage.minute else now
         for cid in active:
             other = self.by_id.get(cid)
-            if other is not None:
-                other.usage.roll(now)
-                total += len(other.usage.minute)
-        if mine * len(active) > total:
-            wait = max(1.0, client.usage.minute[0] + MINUTE_S - now) if client.usage.minute else 1.0
-            raise ClientRefused(
-                f"client '{client.label}' ({client.cls}) refused: model '{model}' is scarce and this client already "
-                f"has more than its fair share of the {client.cls} class ({mine} of {total} calls in the last minute)",
-                "priority",
-                429,
-                min(wait, MINUTE_S),
-            )
+            if other is None or other is client:
+                continue
+            other.usage.roll(now)
+            minute = other.usage.minute
+            total += len(minute)
+            if minute:
+                pace += len(minute) / max(PACE_MIN_S, now - minute[0])
+                oldest = min(oldest, minute[0])
+        if mine * len(active) <= total:
+            return  # at or below an equal share
+        band = FAIR_BAND
+        if total and free < 1.0:
+            capacity = total / (1.0 - free)  # calls the window holds, as far as this class's calls tell
+            gap = oldest + MINUTE_S - now  # until the minute window frees the class's oldest call
+            band = min(FAIR_BAND_MAX, max(FAIR_BAND, PACE_MARGIN * pace * gap / capacity))
+        if left >= band:
+            return
+        wait = max(1.0, client.usage.minute[0] + MINUTE_S - now) if client.usage.minute else 1.0
+        raise ClientRefused(
+            f"client '{client.label}' ({client.cls}) refused: model '{model}' is scarce and this client already "
+            f"has more than its fair share of the {client.cls} class ({mine} of {total} calls in the last minute)",
+            "priority",
+            429,
+            min(wait, MINUTE_S),
+        )
 
     def _free(self, model: str, now: float) -> float:
         """The pool's free share of `model` (one pass over its keys). A share well above every reserve is reused
@@ -476,7 +501,7 @@ class ClientBook:
         if cached is not None and now - cached[0] < FREE_REUSE_S:
             return cached[1]
         free = self.free_share(model)
-        if free >= max(self.reserve().values(), default=0.0) + FAIR_BAND + 0.2:
+        if free >= max(self.reserve().values(), default=0.0) + FAIR_BAND_MAX + 0.2:
             self._free_cache[model] = (now, free)
         else:
             self._free_cache.pop(model, None)
