@@ -505,6 +505,9 @@ class Pool:
     def succeeded(self, key: Key, model: str, tokens: int | None = None) -> None:
         key.successes += 1
         key.consecutive_failures = 0
+        # Dirty again: the key may have been persisted between the attempt's start and now, and a success left
+        # unwritten stayed so until the key's next call (forever when none came: its counter one short).
+        self.dirty.add(key.id)
         now = self.clock()
         if not self.is_paid(key):  # served past the built-in (free-tier) guess: the guess is dropped
             self.tracker.note_success(key.scope, model, now)

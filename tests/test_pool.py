@@ -428,3 +428,16 @@ def test_the_other_replicas_paid_spend_counts_toward_the_cap() -> None:
     assert not pool.paid_capped(now)
     pool.spent(0.2)
     assert pool.paid_capped(now) and pool.own_paid_spend(now) == (day, 0.5)
+
+
+def test_a_success_after_the_keys_were_persisted_marks_its_key_for_the_next_write() -> None:
+    """The counters are written in batches (the dirty keys); a call that started before a write and succeeded
+    after it must be written by the next one, not only at the key's next call (a CI run saw the lake three
+    successes short after the last calls of a load)."""
+    pool, _ = make_pool()
+    key = pool.choose(MODEL, set())
+    pool.started(key, MODEL)
+    pool.dirty.clear()  # the periodic write took the key here, the call still in flight
+    pool.succeeded(key, MODEL)
+    assert key.id in pool.dirty
+    assert (key.requests, key.successes) == (1, 1)

@@ -288,7 +288,11 @@ def test_key_counters_equal_the_lake_after_conflicts_and_a_postgres_outage(
             rows = lake()
             return len(rows) == 1 and rows[0][0] == rows[0][2] and rows[0][1] == rows[0][3]
 
-        until(settled, timeout=60)
+        try:
+            until(settled, timeout=60)
+        except AssertionError:
+            # What differs, for the record: (attempts, successful calls, key requests, key successes) per key.
+            raise AssertionError(f"not settled: lake {lake()}, pages {pages()}") from None
         attempts, successes, _, _ = lake()[0]
         print(f"one key, two replicas, PostgreSQL stopped: {successes} successes in the lake, counters {lake()[0][2:]}")
         assert successes == len(load.answers)
