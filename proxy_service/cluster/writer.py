@@ -499,11 +499,12 @@ class LakeWriter(EventWriter):
         chunk = [(p, *file_id(p)) for p in waiting[:REPLAY_FILES]]
         done = self._committed(cur, {w for _, w, _, _ in chunk})
         files = []
+        skipped = 0
         for path, writer, seq, table in chunk:
             if (writer, seq) in done:
                 path.unlink(missing_ok=True)
                 self._released.discard(path)
-                self.skipped_files += 1
+                skipped += 1
                 continue
             with pa.memory_map(str(path)) as source:
                 files.append(Journaled(table, ipc.open_file(source).read_all(), path, writer, seq))
@@ -511,8 +512,9 @@ class LakeWriter(EventWriter):
             self._write(cur, files)  # one transaction for all of them
             self._done(files)
             log.info("committed %d journaled rows from %d files", sum(j.rows for j in files), len(files))
-        if len(done):
-            log.info("%d journal files were already committed: deleted, not committed again", len(done))
+        if skipped:
+            self.skipped_files += skipped
+            log.info("%d journal files were already committed: deleted, not committed again", skipped)
         return len(waiting) <= REPLAY_FILES
 
     def _spill_all(self) -> None:
