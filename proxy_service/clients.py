@@ -86,6 +86,33 @@ def _next_utc_month(now: float) -> float:
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
+def _utc_month_start(now: float) -> float:
+    t = time.gmtime(now)
+    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+# A period's limits forecast by its pace so far (`limit_forecast`): the period and when it started and ends.
+FORECAST_PERIODS = {
+    "rpd": (lambda now: _utc_day(now) * 86400.0, _next_utc_midnight),
+    "tpd": (lambda now: _utc_day(now) * 86400.0, _next_utc_midnight),
+    "calls_per_month": (_utc_month_start, _next_utc_month),
+    "tokens_per_month": (_utc_month_start, _next_utc_month),
+}
+FORECAST_MIN_S = 600.0  # a pace is measured over at least this long (a period's first minutes are no pace yet)
+
+
+def limit_forecast(used: int, limit: int, now: float, start: float, end: float) -> float | None:
+    """When a per-day or per-month limit is reached at the pace of the period so far (epoch seconds): `now` when it
+    already is, None when the pace does not reach it before the period ends (and resets it)."""
+    if used >= limit:
+        return now
+    if used <= 0:
+        return None
+    pace = used / max(FORECAST_MIN_S, now - start)  # per second
+    at = now + (limit - used) / pace
+    return at if at < end else None
+
+
 @dataclass
 class Usage:
     """A client's counters (in memory; `restore` refills them after a restart)."""
@@ -576,6 +603,14 @@ class ClientBook:
             "models": sorted(client.models) if client.models is not None else None,
             "limits": {name: client.limits.get(name) for name in LIMITS},
             "usage": {name: {"used": client.usage.used(name), "limit": client.limits.get(name)} for name in LIMITS},
+            # When each per-day and per-month limit is reached at the pace of its period so far (null: not before
+            # it resets, or no limit).
+            "limit_at": {
+                name: _ts(limit_forecast(client.usage.used(name), limit, now, start(now), end(now)))
+                if (limit := client.limits.get(name)) is not None
+                else None
+                for name, (start, end) in FORECAST_PERIODS.items()
+            },
             "expires_at": _ts(client.expires_at),
             "created_at": _ts(client.created_at),
             "last_used_at": _ts(client.last_used_at),

@@ -9,13 +9,14 @@ import calendar
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from proxy_service.clients import Client, ClientBook, config_client_id
+from proxy_service.clients import FORECAST_MIN_S, Client, ClientBook, config_client_id, limit_forecast
 from proxy_service.errors import ClientRefused
 from tests.conftest import Proxy, Upstream, fake_key
 
@@ -160,6 +161,30 @@ def test_fair_share_within_a_class_holds_back_the_burst_not_the_trickle() -> Non
             assert exc.refusal == "priority" and c is heavy and "fair share" in exc.message
     assert served["light"] == 10  # every call of the trickle
     assert served["heavy"] >= 10  # the burst still gets an equal share
+
+
+def test_each_daily_and_monthly_limit_is_forecast_at_the_pace_of_its_period() -> None:
+    """The admin view says when a client reaches each per-day / per-month limit at its pace so far (the Clients
+    page shows the soonest): linear in the period's pace, `now` once reached, null when the period resets first."""
+    b = book()
+    c = client(b, "steady", limits={"rpd": 100, "tpd": 10_000, "calls_per_month": 1_000_000})
+    day = int(NOW // 86400) * 86400
+    b.clock.t = day + 6 * 3600  # type: ignore[attr-defined]  # 06:00 UTC
+    for _ in range(50):
+        b.admit(c, "m", None)
+        b.release(c, 20)
+    view = b.view(c)
+    # 50 calls in 6 h: 100 at 12:00; 1,000 tokens in 6 h: 10,000 only after the day's end; no monthly forecast
+    # before the month's end at this pace (unless the month is nearly over), none for a limit not set.
+    assert view["limit_at"]["rpd"] == datetime.fromtimestamp(day + 12 * 3600, UTC).replace(tzinfo=None)
+    assert view["limit_at"]["tpd"] is None
+    assert view["limit_at"]["tokens_per_month"] is None
+    for _ in range(50):
+        b.admit(c, "m", None)
+    assert b.view(c)["limit_at"]["rpd"] == datetime.fromtimestamp(b.clock.t, UTC).replace(tzinfo=None)  # type: ignore[attr-defined]
+    assert limit_forecast(5, 10, now=700.0, start=0.0, end=10_000.0) == 1400.0
+    assert limit_forecast(5, 10, now=60.0, start=0.0, end=10_000.0) == 60.0 + 5 * FORECAST_MIN_S / 5  # min pace window
+    assert limit_forecast(0, 10, now=60.0, start=0.0, end=10_000.0) is None
 
 
 def test_config_tokens_become_records_and_follow_the_config() -> None:

@@ -5,14 +5,14 @@ Pure functions over the admin API's answers (`GET /admin/api/clients`), so they 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
 
 LIMITS = ("rpm", "rpd", "tpd", "calls_per_month", "tokens_per_month", "concurrency")
 CLASSES = ("interactive", "standard", "batch")
-COLUMNS = ["id", "label", "owner", "class", "status", *LIMITS, "models", "last_used_at", "expires_at"]
+COLUMNS = ["id", "label", "owner", "class", "status", *LIMITS, "limit_at", "models", "last_used_at", "expires_at"]
 
 
 def use_text(usage: dict[str, Any] | None) -> str:
@@ -28,7 +28,17 @@ def records(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in items if c.get("source") in ("api", "config")]
 
 
-def frame(items: list[dict[str, Any]]) -> pd.DataFrame:
+def soonest_limit(limit_at: Mapping[str, Any] | None, label: Callable[[str], str] = str) -> str:
+    """The per-day or per-month limit a client reaches first at its pace ("Calls / day · 2026-12-08 14:05"), or ""."""
+    due = sorted((str(at), name) for name, at in (limit_at or {}).items() if at)
+    if not due:
+        return ""
+    at, name = due[0]
+    return f"{label(name)} · {at.replace('T', ' ')[:16]}"
+
+
+def frame(items: list[dict[str, Any]], label: Callable[[str], str] = str) -> pd.DataFrame:
+    """`label`: a limit's name as the page shows it."""
     rows = []
     for c in records(items):
         usage = c.get("usage") or {}
@@ -40,6 +50,7 @@ def frame(items: list[dict[str, Any]]) -> pd.DataFrame:
                 "class": c.get("class") or "",
                 "status": c.get("status") or "",
                 **{name: use_text(usage.get(name)) for name in LIMITS},
+                "limit_at": soonest_limit(c.get("limit_at"), label),
                 "models": ", ".join(c["models"]) if c.get("models") is not None else "*",
                 "last_used_at": c.get("last_used_at") or "",
                 "expires_at": c.get("expires_at") or "",

@@ -21,6 +21,7 @@ def test_view_helpers_show_use_against_limits() -> None:
             "source": "api",
             "models": ["gemini-2.5-flash"],
             "usage": {"tpd": {"used": 900, "limit": 1000}, "rpm": {"used": 3, "limit": None}},
+            "limit_at": {"rpd": None, "tpd": "2026-12-08T14:05:09", "calls_per_month": "2026-12-20T01:00:00"},
         },
         {"id": "t_seen", "client_id": "t_seen", "calls_90d": 4, "source": "events"},
     ]
@@ -28,6 +29,8 @@ def test_view_helpers_show_use_against_limits() -> None:
     assert list(df["id"]) == ["c_1"]  # ids only seen in events are not records
     assert df.loc[0, "tpd"] == "900 / 1,000" and df.loc[0, "rpm"] == "3" and df.loc[0, "models"] == "gemini-2.5-flash"
     assert tv.near_limit(items) == [("nightly", "tpd", 0.9)]
+    assert df.loc[0, "limit_at"] == "tpd · 2026-12-08 14:05"  # the soonest of the forecasts
+    assert tv.frame(items, lambda n: n.upper()).loc[0, "limit_at"] == "TPD · 2026-12-08 14:05"
     body = tv.create_body(" x ", "batch", "", "a, b\nc", {"rpm": 0, "tpd": 5}, None)
     assert body == {"label": "x", "class": "batch", "models": ["a", "b", "c"], "limits": {"tpd": 5}}
 
