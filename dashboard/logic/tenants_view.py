@@ -59,6 +59,34 @@ def frame(items: list[dict[str, Any]], label: Callable[[str], str] = str) -> pd.
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+BUSY_COLUMNS = ["label", "class", "rpm", "rpd", "tpd", "concurrency", "limit_at"]
+
+
+def busiest(items: list[dict[str, Any]], n: int = 8, label: Callable[[str], str] = str) -> pd.DataFrame:
+    """Monitor's clients panel: the active records that made calls today, busiest first (calls in the last minute,
+    then today), with their use against limits and the soonest forecast limit."""
+    rows = []
+    for c in records(items):
+        usage = c.get("usage") or {}
+        today = (usage.get("rpd") or {}).get("used", 0)
+        if c.get("status") != "active" or not today:
+            continue
+        minute = (usage.get("rpm") or {}).get("used", 0)
+        rows.append(
+            (
+                (-minute, -today),
+                {
+                    "label": c.get("label") or c["id"],
+                    "class": c.get("class") or "",
+                    **{name: use_text(usage.get(name)) for name in ("rpm", "rpd", "tpd", "concurrency")},
+                    "limit_at": soonest_limit(c.get("limit_at"), label),
+                },
+            )
+        )
+    rows.sort(key=lambda r: r[0])
+    return pd.DataFrame([r[1] for r in rows[:n]], columns=BUSY_COLUMNS)
+
+
 def near_limit(items: list[dict[str, Any]], share: float = 0.8) -> list[tuple[str, str, float]]:
     """(label, limit, used share) of every active client at or above `share` of a limit, fullest first."""
     out = []

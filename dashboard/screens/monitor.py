@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.logic import cache, dialogs, forecast_view, headroom_panel, trends_data
+from dashboard.logic import cache, client_use_panel, dialogs, forecast_view, headroom_panel, trends_data
 from dashboard.logic import keys_panel as kp
 from dashboard.logic.i18n import t, wkey
 
@@ -22,6 +22,7 @@ def live_cards() -> None:
     counts = cache.safe(cache.api().keys, ttl=ttl)(page_size=1)
     kp.cards(summary, counts.counts if counts else {})
     headroom_panel.panel(ttl)
+    client_use_panel.panel(ttl)
 
 
 live_cards()

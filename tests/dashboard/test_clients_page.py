@@ -31,6 +31,19 @@ def test_view_helpers_show_use_against_limits() -> None:
     assert tv.near_limit(items) == [("nightly", "tpd", 0.9)]
     assert df.loc[0, "limit_at"] == "tpd · 2026-12-08 14:05"  # the soonest of the forecasts
     assert tv.frame(items, lambda n: n.upper()).loc[0, "limit_at"] == "TPD · 2026-12-08 14:05"
+    quiet = {"id": "c_2", "label": "idle", "status": "active", "source": "api", "usage": {"rpd": {"used": 0}}}
+    busy = {
+        "id": "c_3",
+        "label": "chat",
+        "class": "interactive",
+        "status": "active",
+        "source": "api",
+        "usage": {"rpm": {"used": 9, "limit": 60}, "rpd": {"used": 40, "limit": None}},
+    }
+    items[0]["usage"]["rpd"] = {"used": 700, "limit": None}
+    now = tv.busiest([*items, quiet, busy])
+    assert list(now["label"]) == ["chat", "nightly"]  # calls in the last minute first; no call today: not shown
+    assert now.loc[0, "rpm"] == "9 / 60" and now.loc[1, "limit_at"] == "tpd · 2026-12-08 14:05"
     body = tv.create_body(" x ", "batch", "", "a, b\nc", {"rpm": 0, "tpd": 5}, None)
     assert body == {"label": "x", "class": "batch", "models": ["a", "b", "c"], "limits": {"tpd": 5}}
 
