@@ -19,5 +19,6 @@ def panel(ttl: float) -> None:
     if df.empty:
         st.caption(t("clients.monitor_none"))
         return
+    df["class"] = df["class"].map(lambda c: t(f"clients.class.{c}") if c else "")
     labels = {c: t(f"clients.col.{c}") for c in df.columns}
     st.dataframe(df, hide_index=True, width="stretch", key="tbl_clients_now", column_config=labels)

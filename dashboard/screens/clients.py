@@ -22,6 +22,7 @@ for label, limit, used in tv.near_limit(items):
     st.info(t("clients.near_limit", label=label, limit=limit, share=f"{used:.0%}"), icon=":material/speed:")
 if records:
     df = tv.frame(items, lambda name: t(f"clients.limit.{name}"))
+    df["class"] = df["class"].map(lambda c: t(f"clients.class.{c}") if c else "")
     labels = {c: t(f"clients.col.{c}") for c in df.columns}
     st.dataframe(df, hide_index=True, width="stretch", key="tbl_clients", column_config=labels)
 else:

@@ -88,6 +88,11 @@ def test_clients_page_creates_shows_the_token_once_rotates_and_revokes(dash_env:
         timeout=30,
     )
     assert r.status_code == 200, r.text
+    monitor = start()  # Monitor: the client that just called is among the busiest now
+    # (inside the cards' fragment, AppTest does not give the table's key: found by its columns)
+    (now,) = [d for d in monitor.dataframe if list(d.value.columns) == tv.BUSY_COLUMNS]
+    busy = now.value.set_index("label")
+    assert busy.loc["page-made", "rpd"] == "1" and busy.loc["page-made", "class"] == "batch"
     ok(at.run())
     assert not at.code
     # Rotate without grace: the old token is refused, the new one shown once.
