@@ -113,6 +113,11 @@ def limit_forecast(used: int, limit: int, now: float, start: float, end: float) 
     return at if at < end else None
 
 
+# What a replica shares of one client (`own_usage`, `set_peers`): calls and tokens today, calls and tokens this month,
+# calls in the last minute, calls in flight.
+ClientUse = tuple[int, int, int, int, int, int]
+
+
 @dataclass
 class Usage:
     """A client's counters (in memory; `restore` refills them after a restart)."""
@@ -125,11 +130,14 @@ class Usage:
     calls_month: int = 0
     tokens_month: int = 0
     in_flight: int = 0
-    # The other replicas' calls and tokens of this day and month (cluster mode: `ClientBook.set_peers`).
+    # The other replicas' calls and tokens of this day and month, calls in their last minute and in flight (cluster
+    # mode: `ClientBook.set_peers`).
     peer_calls_day: int = 0
     peer_tokens_day: int = 0
     peer_calls_month: int = 0
     peer_tokens_month: int = 0
+    peer_minute: int = 0
+    peer_in_flight: int = 0
 
     def roll(self, now: float) -> None:
         day = _utc_day(now)
@@ -147,7 +155,7 @@ class Usage:
 
     def used(self, name: str) -> int:
         if name == "rpm":
-            return len(self.minute)
+            return len(self.minute) + self.peer_minute
         if name == "rpd":
             return self.calls_day + self.peer_calls_day
         if name == "tpd":
@@ -156,7 +164,7 @@ class Usage:
             return self.calls_month + self.peer_calls_month
         if name == "tokens_per_month":
             return self.tokens_month + self.peer_tokens_month
-        return self.in_flight
+        return self.in_flight + self.peer_in_flight
 
 
 @dataclass
@@ -550,27 +558,35 @@ class ClientBook:
             u.tokens_month += tokens
 
     # -- sharing with other replicas -------------------------------------------------------------------------------
-    def own_usage(self) -> tuple[str, str, dict[str, tuple[int, int, int, int]]]:
-        """This process's UTC day and month ("20261207", "202612") and, per client that has any, its own calls and
-        tokens of the day and of the month."""
+    def own_usage(self) -> tuple[str, str, dict[str, ClientUse]]:
+        """This process's UTC day and month ("20261207", "202612") and, per client that has any, its own use
+        (`ClientUse`)."""
         now = self.clock()
-        own: dict[str, tuple[int, int, int, int]] = {}
+        own: dict[str, ClientUse] = {}
         for c in self.by_id.values():
             u = c.usage
             u.roll(now)
-            if u.calls_month or u.tokens_month:
-                own[c.id] = (u.calls_day, u.tokens_day, u.calls_month, u.tokens_month)
+            if u.calls_month or u.tokens_month or u.in_flight:
+                own[c.id] = (u.calls_day, u.tokens_day, u.calls_month, u.tokens_month, len(u.minute), u.in_flight)
         return time.strftime("%Y%m%d", time.gmtime(now)), time.strftime("%Y%m", time.gmtime(now)), own
 
-    def set_peers(self, day: str, peers: Mapping[str, tuple[int, int, int, int]]) -> None:
-        """The other replicas' calls and tokens of `day` and its month, per client (clients not named: none)."""
+    def set_peers(self, day: str, peers: Mapping[str, ClientUse]) -> None:
+        """The other replicas' use of `day` and its month, their last minute and their calls in flight, per client
+        (clients not named: none)."""
         now = self.clock()
         if day != time.strftime("%Y%m%d", time.gmtime(now)):
             return  # the day turned meanwhile: the next exchange brings the new one's
         for c in self.by_id.values():
             u = c.usage
             u.roll(now)
-            u.peer_calls_day, u.peer_tokens_day, u.peer_calls_month, u.peer_tokens_month = peers.get(c.id, (0, 0, 0, 0))
+            (
+                u.peer_calls_day,
+                u.peer_tokens_day,
+                u.peer_calls_month,
+                u.peer_tokens_month,
+                u.peer_minute,
+                u.peer_in_flight,
+            ) = peers.get(c.id, (0, 0, 0, 0, 0, 0))
 
     # -- storage -------------------------------------------------------------------------------------------------
     def take_last_used(self) -> dict[str, float]:

@@ -26,7 +26,7 @@ from proxy_service.analytics import queries
 from proxy_service.analytics.rollup import Rollup
 from proxy_service.analytics.sql_sandbox import Sandbox
 from proxy_service.background import Background
-from proxy_service.clients import ClientBook
+from proxy_service.clients import ClientBook, ClientUse
 from proxy_service.events import Columns, EventWriter, insert_columns
 from proxy_service.pool import Pool, stored_epoch
 from proxy_service.quota import ModelLimits, pacific_day_start
@@ -102,11 +102,10 @@ class Node(Protocol):
         Redis instead: `share_client_usage`)."""
         ...
 
-    async def share_client_usage(
-        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
-    ) -> dict[str, tuple[int, int, int, int]] | None:
-        """Give the others this process's client usage of `day` and `month` (calls, tokens of each) and get theirs,
-        per client; None when it could not be exchanged now (empty when alone)."""
+    async def share_client_usage(self, day: str, month: str, own: dict[str, ClientUse]) -> dict[str, ClientUse] | None:
+        """Give the others this process's client use (`ClientUse`: calls and tokens of `day` and `month`, calls in
+        the last minute and in flight) and get theirs, per client; None when it could not be exchanged now (empty
+        when alone)."""
         ...
 
     async def share_paid_spend(self, day: str, own_usd: float) -> float | None:
@@ -252,9 +251,7 @@ class EmbeddedNode:
         finally:
             cur.close()
 
-    async def share_client_usage(
-        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
-    ) -> dict[str, tuple[int, int, int, int]]:
+    async def share_client_usage(self, day: str, month: str, own: dict[str, ClientUse]) -> dict[str, ClientUse]:
         return {}  # alone: nobody else uses the clients' limits
 
     async def share_paid_spend(self, day: str, own_usd: float) -> float:

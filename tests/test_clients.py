@@ -342,19 +342,23 @@ def test_usage_rows_count_this_month_today_and_the_last_minute_of_admitted_calls
     assert got["b"][1:5] == (1, 5, 1, 5)
 
 
-def test_peers_usage_counts_against_day_and_month_limits() -> None:
+def test_peers_usage_counts_against_every_limit() -> None:
     b = book()
-    c = client(b, "shared", limits={"rpd": 3, "tokens_per_month": 1000})
+    c = client(b, "shared", limits={"rpd": 3, "tokens_per_month": 1000, "rpm": 4, "concurrency": 3})
     b.admit(c, "m")
     b.release(c, 10)
     day, month, own = b.own_usage()
-    assert (day, month) == ("20261207", "202612") and own == {"shared": (1, 10, 1, 10)}
-    b.set_peers(day, {"shared": (2, 0, 2, 990)})  # the other replicas' share
+    assert (day, month) == ("20261207", "202612") and own == {"shared": (1, 10, 1, 10, 1, 0)}
+    b.set_peers(day, {"shared": (2, 0, 2, 990, 0, 0)})  # the other replicas' share
     err = refusal(b, c)
     assert "daily call limit (rpd 3)" in err.message
     assert b.view(c)["usage"]["rpd"] == {"used": 3, "limit": 3}
-    b.set_peers("20261206", {"shared": (0, 0, 0, 0)})  # a stale day's exchange is ignored
+    b.set_peers("20261206", {"shared": (0, 0, 0, 0, 0, 0)})  # a stale day's exchange is ignored
     assert b.view(c)["usage"]["rpd"]["used"] == 3
+    b.set_peers(day, {"shared": (0, 0, 0, 0, 3, 0)})  # their last minute: 3 + this replica's 1 = rpm 4
+    assert "rpm 4" in refusal(b, c).message
+    b.set_peers(day, {"shared": (0, 0, 0, 0, 0, 3)})  # their calls in flight
+    assert "concurrency 3" in refusal(b, c).message
     b.set_peers(day, {})
     b.admit(c, "m")
 

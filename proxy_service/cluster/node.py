@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from proxy_service.analytics import queries
 from proxy_service.analytics.rollup import fold_batch
 from proxy_service.analytics.sql_sandbox import Sandbox
+from proxy_service.clients import ClientUse
 from proxy_service.cluster import shared
 from proxy_service.cluster.config import ClusterConfig, ClusterStartError, mask_url, secrets_of
 from proxy_service.cluster.lake import LakeError, LakeStore, compact_lake, key_counts
@@ -54,6 +55,7 @@ from proxy_service.settings import Config
 log = logging.getLogger("keyrack.cluster")
 HEARTBEAT_S = 1.0
 ALIVE_S = 5.0  # a replica silent for longer is not counted in N
+NOW_FRESH_S = ALIVE_S  # a replica's snapshot of its clients' last minute and calls in flight counts this long
 RELOAD_S = 10.0
 COMPACT_S = 30.0
 JOURNAL_PRUNE_S = 3600.0  # the leader drops old journal ids this often (a delete fails concurrent commits once)
@@ -201,17 +203,19 @@ class Cluster:
                 total += usd
         return total
 
-    async def share_client_usage(
-        self, day: str, month: str, own: dict[str, tuple[int, int, int, int]]
-    ) -> dict[str, tuple[int, int, int, int]] | None:
+    async def share_client_usage(self, day: str, month: str, own: dict[str, ClientUse]) -> dict[str, ClientUse] | None:
         """Add this replica's client usage since its last exchange to the cluster's day and month counters
         (`<prefix>:cu:d:<day>`, `<prefix>:cu:m:<month>`: hash fields `<client>:c` calls, `<client>:t` tokens), and
-        read them back: the others' share is the total minus what this replica has added. None on a Redis error (the
-        next exchange adds what this one could not)."""
+        read them back: the others' share is the total minus what this replica has added. Calls of the last minute
+        and in flight are a snapshot per replica (`<prefix>:cu:now`, field `<replica>|<client>`, value "minute,in
+        flight,epoch ms"), read back from the others' fresh ones (a stopped replica's age out in NOW_FRESH_S). None
+        on a Redis error (the next exchange adds what this one could not)."""
         keys = {"d": f"{self.prefix}:cu:d:{day}", "m": f"{self.prefix}:cu:m:{month}"}
+        now_key = f"{self.prefix}:cu:now"
         staged = {k: v for k, v in self._client_pushed.items() if k[0] in (day, month)}
         pipe = self.aredis.pipeline(transaction=False)
-        for cid, (calls_d, tokens_d, calls_m, tokens_m) in own.items():
+        stamp = int(time.time() * 1000)
+        for cid, (calls_d, tokens_d, calls_m, tokens_m, minute, flight) in own.items():
             for kind, period, calls, tokens in (("d", day, calls_d, tokens_d), ("m", month, calls_m, tokens_m)):
                 before = staged.get((period, cid), (0, 0))
                 if calls != before[0]:
@@ -219,31 +223,61 @@ class Cluster:
                 if tokens != before[1]:
                     pipe.hincrby(keys[kind], f"{cid}:t", tokens - before[1])
                 staged[(period, cid)] = (calls, tokens)
+            pipe.hset(now_key, f"{self.replica}|{cid}", f"{minute},{flight},{stamp}")
+        pipe.expire(now_key, 300)
         pipe.expire(keys["d"], 2 * 86400)
         pipe.expire(keys["m"], 40 * 86400)
         pipe.hgetall(keys["d"])
         pipe.hgetall(keys["m"])
+        pipe.hgetall(now_key)
         try:
             answers = await pipe.execute()
         except REDIS_ERRORS:
             return None
         self._client_pushed = staged
         totals: dict[str, list[int]] = {}
-        for slot, hashed in ((0, answers[-2]), (2, answers[-1])):
+        for slot, hashed in ((0, answers[-3]), (2, answers[-2])):
             for field, value in hashed.items():
                 cid, _, what = (field.decode() if isinstance(field, bytes) else str(field)).rpartition(":")
                 row = totals.setdefault(cid, [0, 0, 0, 0])
                 row[slot + (what == "t")] = int(value)
-        peers: dict[str, tuple[int, int, int, int]] = {}
-        for cid, (cd, td, cm, tm) in totals.items():
+        current = self._peers_now(answers[-1], stamp)
+        peers: dict[str, ClientUse] = {}
+        for cid in totals.keys() | current.keys():
+            cd, td, cm, tm = totals.get(cid, (0, 0, 0, 0))
             mine_d, mine_m = staged.get((day, cid), (0, 0)), staged.get((month, cid), (0, 0))
+            minute, flight = current.get(cid, (0, 0))
             peers[cid] = (
                 max(0, cd - mine_d[0]),
                 max(0, td - mine_d[1]),
                 max(0, cm - mine_m[0]),
                 max(0, tm - mine_m[1]),
+                minute,
+                flight,
             )
         return peers
+
+    def _peers_now(self, hashed: dict[Any, Any], stamp: int) -> dict[str, tuple[int, int]]:
+        """The other replicas' fresh snapshots of calls in the last minute and in flight, summed per client (values
+        that are not a replica's are ignored and counted, as the other shared state's malformed values)."""
+        out: dict[str, tuple[int, int]] = {}
+        for field, value in hashed.items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            replica, _, cid = name.partition("|")
+            if replica == self.replica or not cid:
+                continue
+            try:
+                minute, flight, at = (
+                    int(v) for v in (value.decode() if isinstance(value, bytes) else value).split(",")
+                )
+            except ValueError:
+                self.trust.reject("client_use_malformed")
+                continue
+            if not 0 <= stamp - at <= NOW_FRESH_S * 1000 or not (0 <= minute <= 10**9 and 0 <= flight <= 10**9):
+                continue  # a stopped replica's (or a clock far off): not counted
+            m, f = out.get(cid, (0, 0))
+            out[cid] = (m + minute, f + flight)
+        return out
 
     def leads(self) -> bool:
         return self.leader.leading

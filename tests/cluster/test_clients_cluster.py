@@ -110,6 +110,31 @@ def test_a_daily_limit_holds_across_replicas(
     wait_status(r2.url, token, 429, deadline_s=10.0)  # and r2 learns r1's two
 
 
+def test_a_per_minute_limit_holds_across_replicas(
+    start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
+) -> None:
+    """Each replica shares its clients' calls of the last minute (and in flight: test_clients.py) every second: two
+    calls on r2 count against the client's rpm on r1."""
+    up = start_upstream(SCENARIO)
+    r1, r2 = start_replica(up.url), start_replica(up.url)
+    made = httpx.post(
+        f"{r1.url}/admin/api/clients",
+        json={"label": "paced", "limits": {"rpm": 3}},
+        headers=ADMIN,
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    token, cid = made.json()["token"], made.json()["id"]
+    wait_status(r2.url, token, 200)  # r2 knows the record: one call of the minute
+    assert status(r2.url, token) == 200
+    deadline = time.monotonic() + DEADLINE_S
+    while httpx.get(f"{r1.url}/admin/api/clients/{cid}", headers=ADMIN, timeout=30).json()["usage"]["rpm"]["used"] < 2:
+        assert time.monotonic() < deadline  # r2's minute reaches r1 through Redis within the exchange period
+        time.sleep(0.1)
+    refused = [status(r1.url, token) for _ in range(2)]
+    assert refused == [200, 429]  # 2 on r2 + 1 here: the minute's limit
+
+
 def test_the_paid_daily_cap_is_one_cap_for_the_cluster(
     start_upstream: Callable[..., Upstream], start_replica: Callable[..., Replica]
 ) -> None:
