@@ -144,3 +144,10 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
     server.run(sockets=[sock])
     if not server.started:
         raise StartupError("the proxy did not start (see the log lines above).")
+    from proxy_service.store import any_invalidated
+
+    if any_invalidated():
+        # Cursors of a DuckDB instance that was invalidated are kept alive (store.py): destroying them as the
+        # interpreter ends could abort the process. Everything is flushed by now (the lifespan's shutdown ran).
+        logging.shutdown()
+        os._exit(0)

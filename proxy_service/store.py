@@ -127,6 +127,45 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
+# DuckDB aborts the whole process (std::terminate) when some objects of an invalidated database are destroyed: seen
+# in CI, a read cursor closed after its query failed with "database has been invalidated". Such cursors and
+# connections are kept here, never destroyed, until the process ends; `keyrack serve` then ends without destroying
+# them (server.py), once everything is flushed.
+_INVALIDATED: list[object] = []
+
+
+def invalidated(exc: BaseException) -> bool:
+    """`exc` says DuckDB invalidated the database the failed statement ran on."""
+    return isinstance(exc, duckdb.Error) and "invalidated" in str(exc).lower()
+
+
+def keep_invalidated(obj: object) -> None:
+    """Keep a cursor or connection of an invalidated database alive for the process's life (see _INVALIDATED)."""
+    _INVALIDATED.append(obj)
+
+
+def any_invalidated() -> bool:
+    return bool(_INVALIDATED)
+
+
+def close_kept() -> None:
+    """Close what `keep_invalidated` kept: for a test that raised the invalidation itself (the database is fine, and
+    an instance kept open holds its PostgreSQL connections)."""
+    while _INVALIDATED:
+        obj = _INVALIDATED.pop()
+        with contextlib.suppress(duckdb.Error):
+            obj.close()  # type: ignore[attr-defined]
+
+
+def close_cursor(cur: duckdb.DuckDBPyConnection, failure: BaseException | None = None) -> None:
+    """Close `cur`, unless `failure` (what its last statement raised) says its database was invalidated: then it is
+    kept (closing it can abort the process)."""
+    if failure is not None and invalidated(failure):
+        keep_invalidated(cur)
+        return
+    cur.close()
+
+
 def utcnow() -> datetime:
     """Now, as every stored time is: naive UTC."""
     return datetime.now(UTC).replace(tzinfo=None)

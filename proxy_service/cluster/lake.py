@@ -38,7 +38,18 @@ from proxy_service.analytics.rollup import Rollup
 from proxy_service.cluster import mirror
 from proxy_service.cluster.config import ClusterConfig, mask_url, pg_conninfo
 from proxy_service.settings import CONNINFO_PASSWORD
-from proxy_service.store import ADDED, DERIVED, PUBLIC_TABLES, SCHEMA, StatsSource, Store, hidden_columns, public_select
+from proxy_service.store import (
+    ADDED,
+    DERIVED,
+    PUBLIC_TABLES,
+    SCHEMA,
+    StatsSource,
+    Store,
+    close_cursor,
+    hidden_columns,
+    keep_invalidated,
+    public_select,
+)
 
 log = logging.getLogger("keyrack.cluster.lake")
 
@@ -422,9 +433,10 @@ class LakeStore(Store):
         with self._lock:
             old, self._con = self._con, con
             self.generation += 1
-        self.mirror.reset()  # its file was attached to the old instance: a fresh one on the new
-        with contextlib.suppress(duckdb.Error):
-            old.close()
+        self.mirror.reset(self.generation)  # its file was attached to the old instance: a fresh one on the new
+        # Never closed: closing it closes its cursors, and destroying one of an invalidated instance can abort the
+        # process (store.py). It keeps its few PostgreSQL connections and its memory: a rare event's price.
+        keep_invalidated(old)
 
     def _open(self, init_lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> duckdb.DuckDBPyConnection:
         last: BaseException | None = None
@@ -491,8 +503,10 @@ class LakeStore(Store):
             cur, source = self.cursor(), StatsSource()
         try:
             yield cur, source
-        finally:
-            cur.close()
+        except BaseException as exc:
+            close_cursor(cur, exc)
+            raise
+        cur.close()
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""
@@ -511,8 +525,10 @@ class LakeStore(Store):
         cur = self.cursor()
         try:
             yield cur
-        finally:
-            cur.close()
+        except BaseException as exc:
+            close_cursor(cur, exc)
+            raise
+        cur.close()
 
     def close(self) -> None:
         self.mirror.stop()

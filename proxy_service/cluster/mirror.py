@@ -49,6 +49,7 @@ from proxy_service.analytics import preagg
 from proxy_service.analytics.buckets import floor_time
 from proxy_service.analytics.preagg import TIERS
 from proxy_service.analytics.queries import RAW_COLUMNS
+from proxy_service.store import close_cursor, invalidated, keep_invalidated
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -88,7 +89,7 @@ class Mirror:
         sql = f"SELECT max(snapshot_id) FROM {meta_schema}.ducklake_snapshot"
         # Outside a transaction: one statement instead of BEGIN / COPY / COMMIT (each a round trip)
         self._check_sql = f"SELECT * FROM postgres_query({_lit(self._meta)}, {_lit(sql)}, use_transaction => false)"
-        self._path = path
+        self._path = self._first_path = path
         self._attached = False
         self._lock = threading.Lock()
         self._snapshot: int | None = None  # the lake snapshot the mirror holds; None: not usable
@@ -133,13 +134,15 @@ class Mirror:
                     cur = self._cursor()
                     try:
                         self._catch_up(cur, now)
-                    finally:
-                        cur.close()
+                    except BaseException as exc:
+                        close_cursor(cur, exc)
+                        raise
+                    cur.close()
                 self.last_error = None
                 return True
             except Exception as exc:  # any failure: readers go to the lake until a catch-up succeeds
                 self._snapshot = None
-                self._drop_check()
+                self._drop_check(invalidated(exc))
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if text != self.last_error:
                     log.warning("lake mirror not usable: %s", text)
@@ -157,19 +160,28 @@ class Mirror:
             raise RuntimeError("the lake has no snapshot")
         return int(row[0])
 
-    def reset(self) -> None:
+    def reset(self, generation: int) -> None:
         """Forget the attached file and snapshot (the connection it was attached to is gone: `LakeStore.reopen`);
-        the next catch-up attaches a fresh file and loads it whole."""
+        the next catch-up attaches a fresh file, named after the connection's `generation` (the old instance may
+        be kept, holding the old file), and loads it whole."""
         with self._lock:
             self._drop_check()
+            old = self._path
+            self._path = self._first_path.with_name(f"{self._first_path.stem}.{generation}{self._first_path.suffix}")
+            for stale in (old, old.with_name(old.name + ".wal")):
+                stale.unlink(missing_ok=True)
             self._attached, self._snapshot = False, None
             self._edges.clear()
             self._edges_valid = False
 
-    def _drop_check(self) -> None:
+    def _drop_check(self, keep: bool = False) -> None:
+        """Let the snapshot check's cursor go; `keep`: its database was invalidated (never closed, see store.py)."""
         if self._check is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._check.close()
+            if keep:
+                keep_invalidated(self._check)
+            else:
+                with contextlib.suppress(duckdb.Error):
+                    self._check.close()
             self._check = None
 
     def _catch_up(self, cur: duckdb.DuckDBPyConnection, now: int) -> None:

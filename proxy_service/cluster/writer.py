@@ -55,7 +55,7 @@ import pyarrow.ipc as ipc
 
 from proxy_service.events import COLUMNS, STOP, TABLE_OF, EventWriter, WriteJob, WriterUnavailable
 from proxy_service.spill import needs_reopen
-from proxy_service.store import derived_of
+from proxy_service.store import derived_of, keep_invalidated
 
 log = logging.getLogger("keyrack.cluster.writer")
 T = TypeVar("T")
@@ -320,9 +320,8 @@ class LakeWriter(EventWriter):
             try:
                 if self._invalidated and time.monotonic() >= self._retry_at:
                     self._reopen()
-                if generation != self.store.generation:  # a new connection: the old cursor is useless
-                    with contextlib.suppress(Exception):
-                        cur.close()
+                if generation != self.store.generation:  # a new connection: the old, invalidated one's cursor
+                    keep_invalidated(cur)  # is never closed (see store.py)
                     cur = self._committer_cur = self.store.cursor()
                     generation = self.store.generation
                 while item is not None:

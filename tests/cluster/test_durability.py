@@ -344,6 +344,7 @@ def test_an_invalidated_duckdb_is_replaced_and_the_writer_commits_on(tmp_path: P
     what waited, once. (The invalidation is raised by a job here: no SQL invalidates DuckDB on purpose.)"""
     import duckdb
 
+    from proxy_service.store import close_kept
     from tests.cluster.test_lake import event
 
     cfg = ClusterConfig("redis://unused", lake_catalog, str(tmp_path / "lake"), "k1", commit_interval_s=0.2)
@@ -393,3 +394,4 @@ def test_an_invalidated_duckdb_is_replaced_and_the_writer_commits_on(tmp_path: P
     finally:
         writer.stop()
         store.close()
+        close_kept()  # the first instance, kept open as a really invalidated one would be (its PostgreSQL connections)
