@@ -54,8 +54,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from proxy_service.events import COLUMNS, STOP, TABLE_OF, EventWriter, WriteJob, WriterUnavailable
-from proxy_service.spill import needs_reopen
-from proxy_service.store import derived_of, keep_invalidated
+from proxy_service.store import derived_of, invalidated, keep_invalidated
 
 log = logging.getLogger("keyrack.cluster.writer")
 T = TypeVar("T")
@@ -375,7 +374,7 @@ class LakeWriter(EventWriter):
                 self._write(cur, self._carry)
         except Exception as exc:
             self._doubt = True
-            self._invalidated = self._invalidated or needs_reopen(exc)
+            self._invalidated = self._invalidated or invalidated(exc)
             self.stats.failures += 1
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             self._retry_at = time.monotonic() + self._backoff
@@ -405,7 +404,7 @@ class LakeWriter(EventWriter):
             try:
                 return fn(c)
             except Exception as exc:
-                self._invalidated = self._invalidated or needs_reopen(exc)
+                self._invalidated = self._invalidated or invalidated(exc)
                 raise
 
         job.fn = watched
