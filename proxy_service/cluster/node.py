@@ -241,7 +241,10 @@ class Cluster:
                 cid, _, what = (field.decode() if isinstance(field, bytes) else str(field)).rpartition(":")
                 row = totals.setdefault(cid, [0, 0, 0, 0])
                 row[slot + (what == "t")] = int(value)
-        current = self._peers_now(answers[-1], stamp)
+        current, stale = self._peers_now(answers[-1], stamp)
+        if stale:  # stopped replicas' snapshots: gone, so the hash holds only live replicas' clients
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.aredis.hdel(now_key, *stale)
         peers: dict[str, ClientUse] = {}
         for cid in totals.keys() | current.keys():
             cd, td, cm, tm = totals.get(cid, (0, 0, 0, 0))
@@ -257,10 +260,12 @@ class Cluster:
             )
         return peers
 
-    def _peers_now(self, hashed: dict[Any, Any], stamp: int) -> dict[str, tuple[int, int]]:
+    def _peers_now(self, hashed: dict[Any, Any], stamp: int) -> tuple[dict[str, tuple[int, int]], list[str]]:
         """The other replicas' fresh snapshots of calls in the last minute and in flight, summed per client (values
-        that are not a replica's are ignored and counted, as the other shared state's malformed values)."""
+        that are not a replica's are ignored and counted, as the other shared state's malformed values), and the
+        fields of snapshots a minute old or older (their replica stopped)."""
         out: dict[str, tuple[int, int]] = {}
+        stale: list[str] = []
         for field, value in hashed.items():
             name = field.decode() if isinstance(field, bytes) else str(field)
             replica, _, cid = name.partition("|")
@@ -272,12 +277,15 @@ class Cluster:
                 )
             except ValueError:
                 self.trust.reject("client_use_malformed")
+                stale.append(name)
                 continue
+            if stamp - at >= 60_000:
+                stale.append(name)
             if not 0 <= stamp - at <= NOW_FRESH_S * 1000 or not (0 <= minute <= 10**9 and 0 <= flight <= 10**9):
                 continue  # a stopped replica's (or a clock far off): not counted
             m, f = out.get(cid, (0, 0))
             out[cid] = (m + minute, f + flight)
-        return out
+        return out, stale
 
     def leads(self) -> bool:
         return self.leader.leading

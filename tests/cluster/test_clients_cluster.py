@@ -163,3 +163,28 @@ def test_the_paid_daily_cap_is_one_cap_for_the_cluster(
 def peers_spend(url: str) -> float:
     m = re.search(r'^keyrack_paid_spend_usd\{by="peers"\} (\S+)$', httpx.get(f"{url}/metrics", timeout=30).text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def test_the_other_replicas_snapshots_count_while_fresh_and_malformed_ones_are_dropped() -> None:
+    """`<prefix>:cu:now` as Redis holds it: this replica's own field, another's fresh and stale ones, values no
+    replica wrote (counted as rejected) — only the fresh others count; stale and malformed fields go."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from proxy_service.cluster.node import Cluster
+
+    rejected: Counter[str] = Counter()
+    me = SimpleNamespace(replica="r1", trust=SimpleNamespace(reject=lambda reason: rejected.update([reason])))
+    now = 1_000_000_000
+    hashed = {
+        b"r1|c_a": f"9,9,{now}".encode(),  # mine: not a peer's
+        b"r2|c_a": f"3,1,{now - 2_000}".encode(),
+        b"r3|c_a": f"2,0,{now - 1_000}".encode(),
+        b"r4|c_a": f"7,7,{now - 90_000}".encode(),  # a replica gone for 90 s
+        b"r5|c_b": b"lots,of,calls",
+        b"r6|c_b": f"{10**12},0,{now}".encode(),  # absurd: not counted
+    }
+    current, stale = Cluster._peers_now(me, hashed, now)  # type: ignore[arg-type]
+    assert current == {"c_a": (5, 1)}
+    assert sorted(stale) == ["r4|c_a", "r5|c_b"]
+    assert rejected == {"client_use_malformed": 1}
