@@ -116,9 +116,6 @@ class Gateway:
         self.upload_sessions: dict[str, UploadSession] = {}  # Keyrack's resumable upload ids
         self.started_at = time.time()
         self.ready = False
-        # `keyrack serve` owns its process: process-wide tuning (heap.tune_gc) is for it, not for an app that tests
-        # or tools build in their own process.
-        self.owns_process = False
         self.duckdb_memory: dict[str, int] = {}  # by tag, read every MEMORY_TICK_S
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, for callers on other threads
         self._collector = metrics.StateCollector(self.metrics_state)
@@ -529,8 +526,6 @@ class Gateway:
         self.alerts.quota_rate = self.forecast.meter.per_min  # "runs out before reset" rules
         self.alerts.start()
         logs.add_secret_source(self.alerts.secrets)
-        if self.owns_process:
-            heap.tune_gc()
         self.ready = True
         self._log_startup()
         try:

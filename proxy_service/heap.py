@@ -23,20 +23,12 @@ free memory; the reads' worker threads, the writer and DuckDB's own threads woul
 caps them (`mallopt(M_ARENA_MAX)`, as `MALLOC_ARENA_MAX` would, which must be set before the process starts) before
 any of those threads exists: more threads share an arena, which costs them a little lock contention, and the free
 memory sits in fewer places for `malloc_trim` (bench/memory.py measures the RSS with the dashboard attached).
-
-Python's cyclic collector. A call allocates a few thousand short-lived objects (the request, the upstream exchange,
-the event), so CPython's default threshold (a collection per 700 net allocations) ran a young collection every call
-or so, and every hundredth one walked every long-lived object (the imported modules, the gateway). `tune_gc()`
-(once the proxy is ready) freezes what exists then (moved out of the collector's sight: it lives as long as the
-process) and raises the young threshold, so a collection runs every few calls and walks only what they left.
-bench/proxy_throughput.py measures the proxy's CPU per call.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import logging
 import os
 import sys
@@ -44,7 +36,6 @@ from collections.abc import Callable
 
 log = logging.getLogger("keyrack")
 
-GC_THRESHOLDS = (10_000, 10, 10)  # young, middle, old (CPython's defaults: 700, 10, 10)
 TRIM_TICK_S = 1.0
 RECLAIM_TICK_S = 60.0
 MADV_PAGEOUT = 21  # <linux/mman.h>
@@ -155,10 +146,3 @@ def library_reclaimer(path: str | None = None) -> Callable[[], None] | None:
                 return
 
     return reclaim
-
-
-def tune_gc() -> None:
-    """Freeze the objects made so far and collect young objects less often (see the module's docstring)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)

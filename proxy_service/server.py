@@ -109,7 +109,6 @@ def serve_proxy(host: str | None, port: int | None, warn_unknown: bool = True) -
     settings.port = sock.getsockname()[1]  # the real port when 0 was asked for (logged at startup)
     try:
         app = create_app(settings)
-        app.state.gateway.owns_process = True
     except ConfigError as exc:  # the effective config (saved values included) would open the proxy
         sock.close()
         raise StartupError(f"Refusing to start: {exc}") from None

@@ -219,6 +219,7 @@ OWN_PRIVATE_ATTRIBUTES = {
     "proxy_service/cluster/lake.py: rollup._touched",
     "proxy_service/demo/fake_upstream.py: s._validate",  # the class's own validation, in its own classmethod
     "proxy_service/cluster/pool.py: super()._round_robin",  # its base class, the project's Pool
+    "proxy_service/server.py: os._exit",  # the standard library's documented exit without cleanup
 }
 # A private module of a dependency named in a string: httpx's command-line client, kept out of the proxy process
 # (server.without_pandas) because `import httpx` would load it with rich and pygments; no public switch exists.
