@@ -41,7 +41,7 @@ from proxy_service.quota import ModelLimits
 from proxy_service.relay import Relay, Surface
 from proxy_service.resources import UploadSession
 from proxy_service.settings import Config, ConfigError, Settings, check_access, is_loopback
-from proxy_service.store import StatsSource, StorageFault, Store, close_cursor, utcnow
+from proxy_service.store import StatsSource, StorageFault, Store, closing, utcnow
 from proxy_service.surfaces import gemini, live, openai
 from proxy_service.surfaces import resources as resources_surface
 from proxy_service.surfaces.common import error_response
@@ -140,14 +140,8 @@ class Gateway:
         """Run `fn(cursor)` on a worker thread with its own cursor (never on the event loop, which serves the proxy)."""
 
         def job() -> T:
-            cur = self.store.read_cursor()
-            try:
-                result = fn(cur)
-            except BaseException as exc:
-                close_cursor(cur, exc)
-                raise
-            cur.close()
-            return result
+            with closing(self.store.read_cursor()) as cur:
+                return fn(cur)
 
         return await asyncio.to_thread(job)
 

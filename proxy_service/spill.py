@@ -61,11 +61,16 @@ def fault_reason(exc: BaseException) -> str | None:
     return None
 
 
+def invalidated(exc: BaseException) -> bool:
+    """DuckDB invalidated the database the failed statement ran on: nothing works on that instance again (DuckDB's
+    own words, not any message that happens to hold the word)."""
+    return isinstance(exc, duckdb.Error) and "has been invalidated" in str(exc).lower()
+
+
 def needs_reopen(exc: BaseException) -> bool:
     """The open database cannot be used again: DuckDB invalidated it, or its file system went read-only (which only
     comes back after a remount, and that needs the file released)."""
-    reason = fault_reason(exc)
-    return reason in ("database invalidated", "read-only file system") or "invalidated" in str(exc).lower()
+    return invalidated(exc) or fault_reason(exc) == "read-only file system"
 
 
 def encode(table: str, columns: dict[str, list[Any]]) -> str:

@@ -20,6 +20,7 @@ import duckdb
 
 from proxy_service.analytics.histogram import lb_sql
 from proxy_service.settings import DUCKDB_BLOCK_SIZE, DUCKDB_ROW_GROUP_SIZE
+from proxy_service.spill import invalidated
 
 # Column order matters only for readability; inserts go BY NAME.
 SCHEMA: dict[str, str] = {
@@ -134,11 +135,6 @@ def private_file(path: Path) -> None:
 _INVALIDATED: list[object] = []
 
 
-def invalidated(exc: BaseException) -> bool:
-    """`exc` says DuckDB invalidated the database the failed statement ran on."""
-    return isinstance(exc, duckdb.Error) and "invalidated" in str(exc).lower()
-
-
 def keep_invalidated(obj: object) -> None:
     """Keep a cursor or connection of an invalidated database alive for the process's life (see _INVALIDATED)."""
     _INVALIDATED.append(obj)
@@ -157,12 +153,18 @@ def close_kept() -> None:
             obj.close()  # type: ignore[attr-defined]
 
 
-def close_cursor(cur: duckdb.DuckDBPyConnection, failure: BaseException | None = None) -> None:
-    """Close `cur`, unless `failure` (what its last statement raised) says its database was invalidated: then it is
-    kept (closing it can abort the process)."""
-    if failure is not None and invalidated(failure):
-        keep_invalidated(cur)
-        return
+@contextlib.contextmanager
+def closing(cur: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`cur`, closed on the way out, unless what its statement raised says its database was invalidated: then it
+    is kept (closing it can abort the process)."""
+    try:
+        yield cur
+    except BaseException as exc:
+        if invalidated(exc):
+            keep_invalidated(cur)
+        else:
+            cur.close()
+        raise
     cur.close()
 
 

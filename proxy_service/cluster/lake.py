@@ -45,7 +45,7 @@ from proxy_service.store import (
     SCHEMA,
     StatsSource,
     Store,
-    close_cursor,
+    closing,
     hidden_columns,
     keep_invalidated,
     public_select,
@@ -501,12 +501,8 @@ class LakeStore(Store):
             source = StatsSource(raw=f"{CATALOG}.main.requests", edges=self.mirror.edges)
         else:
             cur, source = self.cursor(), StatsSource()
-        try:
+        with closing(cur):
             yield cur, source
-        except BaseException as exc:
-            close_cursor(cur, exc)
-            raise
-        cur.close()
 
     def install_safe_views(self, cur: duckdb.DuckDBPyConnection) -> None:
         """User SQL's views, replica-local, with fully qualified bodies (a view binds in the reader's path)."""
@@ -522,13 +518,8 @@ class LakeStore(Store):
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        cur = self.cursor()
-        try:
+        with closing(self.cursor()) as cur:
             yield cur
-        except BaseException as exc:
-            close_cursor(cur, exc)
-            raise
-        cur.close()
 
     def close(self) -> None:
         self.mirror.stop()

@@ -49,7 +49,8 @@ from proxy_service.analytics import preagg
 from proxy_service.analytics.buckets import floor_time
 from proxy_service.analytics.preagg import TIERS
 from proxy_service.analytics.queries import RAW_COLUMNS
-from proxy_service.store import close_cursor, invalidated, keep_invalidated
+from proxy_service.spill import invalidated
+from proxy_service.store import closing, keep_invalidated
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -131,13 +132,8 @@ class Mirror:
             try:
                 now = self._current()
                 if now != self._snapshot or not self._attached:
-                    cur = self._cursor()
-                    try:
+                    with closing(self._cursor()) as cur:
                         self._catch_up(cur, now)
-                    except BaseException as exc:
-                        close_cursor(cur, exc)
-                        raise
-                    cur.close()
                 self.last_error = None
                 return True
             except Exception as exc:  # any failure: readers go to the lake until a catch-up succeeds

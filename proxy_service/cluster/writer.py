@@ -54,7 +54,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from proxy_service.events import COLUMNS, STOP, TABLE_OF, EventWriter, WriteJob, WriterUnavailable
-from proxy_service.store import derived_of, invalidated, keep_invalidated
+from proxy_service.spill import invalidated
+from proxy_service.store import derived_of, keep_invalidated
 
 log = logging.getLogger("keyrack.cluster.writer")
 T = TypeVar("T")
