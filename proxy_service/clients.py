@@ -77,13 +77,17 @@ def _utc_month(now: float) -> int:
 
 
 def _next_utc_midnight(now: float) -> float:
-    return (_utc_day(now) + 1) * 86400.0
+    return _utc_day_start(now) + 86400.0
 
 
 def _next_utc_month(now: float) -> float:
     t = time.gmtime(now)
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
+def _utc_day_start(now: float) -> float:
+    return _utc_day(now) * 86400.0
 
 
 def _utc_month_start(now: float) -> float:
@@ -93,8 +97,8 @@ def _utc_month_start(now: float) -> float:
 
 # A period's limits forecast by its pace so far (`limit_forecast`): the period and when it started and ends.
 FORECAST_PERIODS = {
-    "rpd": (lambda now: _utc_day(now) * 86400.0, _next_utc_midnight),
-    "tpd": (lambda now: _utc_day(now) * 86400.0, _next_utc_midnight),
+    "rpd": (_utc_day_start, _next_utc_midnight),
+    "tpd": (_utc_day_start, _next_utc_midnight),
     "calls_per_month": (_utc_month_start, _next_utc_month),
     "tokens_per_month": (_utc_month_start, _next_utc_month),
 }
@@ -647,7 +651,7 @@ def usage_rows(cur: duckdb.DuckDBPyConnection, now: float) -> list[tuple[str, in
     stored requests (refused calls do not count: they were not admitted)."""
     t = time.gmtime(now)
     month_start = datetime(t.tm_year, t.tm_mon, 1)
-    day_start = datetime.fromtimestamp(_utc_day(now) * 86400.0, UTC).replace(tzinfo=None)
+    day_start = datetime.fromtimestamp(_utc_day_start(now), UTC).replace(tzinfo=None)
     minute_ago = datetime.fromtimestamp(now - MINUTE_S, UTC).replace(tzinfo=None)
     rows = cur.execute(
         "SELECT client_id, count(*) FILTER (WHERE ts >= ?), coalesce(sum(total_tokens) FILTER (WHERE ts >= ?), 0), "
